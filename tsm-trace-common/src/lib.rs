@@ -1,0 +1,256 @@
+//! Types shared by the eBPF programs (`tsm-trace-ebpf`) and userspace (`tsm-trace`).
+//!
+//! Everything here is `#[repr(C)]` plain data: the kernel writes [`RawEvent`]s into the ring
+//! buffer and userspace reads them back byte for byte; userspace writes [`Offsets`] into a
+//! read-only global before the programs load.
+#![no_std]
+
+/// Sentinel for an offset that BTF could not resolve. Programs skip the read and set the
+/// field's bit in [`RawEvent::missing`].
+pub const OFFSET_UNKNOWN: u32 = u32::MAX;
+
+/// Length of a device name (`dev->kobj.name`, a PCI BDF such as `0000:01:00.0`).
+pub const DEV_NAME_LEN: usize = 32;
+/// `KVM_STATS_NAME_SIZE` in the kernel.
+pub const STATS_ID_LEN: usize = 48;
+/// `TASK_COMM_LEN`.
+pub const COMM_LEN: usize = 16;
+
+/// Which kernel function an event comes from. The discriminant is stable: it is part of the
+/// record file format (`tsm-trace trace --record`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ProbeId {
+    /// `int iommufd_vdevice_tsm_op_ioctl(struct iommufd_ucmd *ucmd)`
+    TsmOpIoctl = 0,
+    /// `int tsm_bind(struct device *dev, struct kvm *kvm, u64 tdi_id)`
+    TsmBind = 1,
+    /// `int tsm_unbind(struct device *dev)`
+    TsmUnbind = 2,
+    /// `void iommufd_vdevice_abort(struct iommufd_object *obj)`
+    VdeviceAbort = 3,
+    /// `int pci_tsm_bind(struct pci_dev *pdev, struct kvm *kvm, u32 tdi_id)`
+    PciTsmBind = 4,
+    /// `void pci_tsm_unbind(struct pci_dev *pdev)`
+    PciTsmUnbind = 5,
+    /// A TSM driver's bind op, named by the user: `(struct pci_dev *, struct kvm *, u32)`,
+    /// returning an `ERR_PTR` or an int.
+    DriverBind = 6,
+    /// A TSM driver's unbind op, named by the user: `(struct pci_dev *)`.
+    DriverUnbind = 7,
+    /// `void kvm_destroy_vm(struct kvm *kvm)` (entry only).
+    KvmDestroyVm = 8,
+    /// Exit of a process that holds a binding (raw tracepoint `sched_process_exit`).
+    VmmExit = 9,
+}
+
+impl ProbeId {
+    pub const ALL: [ProbeId; 10] = [
+        ProbeId::TsmOpIoctl,
+        ProbeId::TsmBind,
+        ProbeId::TsmUnbind,
+        ProbeId::VdeviceAbort,
+        ProbeId::PciTsmBind,
+        ProbeId::PciTsmUnbind,
+        ProbeId::DriverBind,
+        ProbeId::DriverUnbind,
+        ProbeId::KvmDestroyVm,
+        ProbeId::VmmExit,
+    ];
+
+    pub const fn from_u32(v: u32) -> Option<ProbeId> {
+        if (v as usize) < Self::ALL.len() {
+            Some(Self::ALL[v as usize])
+        } else {
+            None
+        }
+    }
+}
+
+/// Bits of [`RawEvent::missing`]: a field the program could not read (offset unresolved or the
+/// read faulted). Userspace reports them as "unknown", never as zero.
+pub mod missing {
+    pub const DEV_NAME: u32 = 1 << 0;
+    pub const KVM_PID: u32 = 1 << 1;
+    pub const KVM_STATS_ID: u32 = 1 << 2;
+    pub const OP: u32 = 1 << 3;
+    pub const FLAGS: u32 = 1 << 4;
+    pub const VDEVICE_ID: u32 = 1 << 5;
+    pub const OBJ_ID: u32 = 1 << 6;
+    pub const VIRT_ID: u32 = 1 << 7;
+    /// The return probe fired without a matching entry (entry evicted or attached late).
+    pub const ENTRY: u32 = 1 << 8;
+}
+
+/// Flags in [`RawEvent::flags`].
+pub mod flags {
+    /// The return value is a pointer (`ERR_PTR` convention) rather than an int.
+    pub const RET_IS_PTR: u32 = 1 << 0;
+    /// The function returns void: `ret` carries nothing.
+    pub const RET_VOID: u32 = 1 << 1;
+    /// A point event (no return probe): `end_ns == start_ns`.
+    pub const POINT: u32 = 1 << 2;
+}
+
+/// One completed call of a probed function (or a point event), as the kernel reports it.
+///
+/// Field order keeps natural alignment with no implicit padding, so the layout is identical on
+/// both sides and in record files.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawEvent {
+    /// [`ProbeId`] discriminant.
+    pub probe: u32,
+    /// [`flags`] bits.
+    pub flags: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) at function entry.
+    pub start_ns: u64,
+    /// `bpf_ktime_get_ns()` at function return (equal to `start_ns` for point events).
+    pub end_ns: u64,
+    /// `bpf_get_current_pid_tgid()`: tgid in the high 32 bits, tid in the low.
+    pub pid_tgid: u64,
+    /// The function's return value, sign-extended (an errno is negative).
+    pub ret: i64,
+    /// `struct kvm *` as an opaque identity (0 if none).
+    pub kvm: u64,
+    /// `tdi_id` argument (tsm_bind: u64, pci_tsm_bind: u32).
+    pub tdi_id: u64,
+    /// `iommufd_vdevice::virt_id` (vdevice teardown).
+    pub virt_id: u64,
+    /// [`missing`] bits.
+    pub missing: u32,
+    /// `kvm->userspace_pid`, the VMM process that created the VM.
+    pub kvm_pid: i32,
+    /// UAPI `op` (1 bind, 2 unbind).
+    pub op: u32,
+    /// UAPI `flags`.
+    pub cmd_flags: u32,
+    /// UAPI `vdevice_id`.
+    pub vdevice_id: u32,
+    /// `iommufd_object::id` (vdevice teardown).
+    pub obj_id: u32,
+    /// `current->comm`.
+    pub comm: [u8; COMM_LEN],
+    /// `dev_name(dev)`.
+    pub dev_name: [u8; DEV_NAME_LEN],
+    /// `kvm->stats_id` ("kvm-<pid>").
+    pub kvm_stats_id: [u8; STATS_ID_LEN],
+}
+
+impl RawEvent {
+    pub const SIZE: usize = core::mem::size_of::<RawEvent>();
+
+    pub const fn zeroed() -> RawEvent {
+        RawEvent {
+            probe: 0,
+            flags: 0,
+            start_ns: 0,
+            end_ns: 0,
+            pid_tgid: 0,
+            ret: 0,
+            kvm: 0,
+            tdi_id: 0,
+            virt_id: 0,
+            missing: 0,
+            kvm_pid: 0,
+            op: 0,
+            cmd_flags: 0,
+            vdevice_id: 0,
+            obj_id: 0,
+            comm: [0; COMM_LEN],
+            dev_name: [0; DEV_NAME_LEN],
+            kvm_stats_id: [0; STATS_ID_LEN],
+        }
+    }
+}
+
+/// Where to find fields inside a `struct kvm` as seen by one probed function's prototype.
+/// (A stand-in `struct kvm` in a module and the real one in vmlinux/kvm.ko differ.)
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvmOffsets {
+    pub userspace_pid: u32,
+    pub stats_id: u32,
+}
+
+impl KvmOffsets {
+    pub const UNKNOWN: KvmOffsets = KvmOffsets {
+        userspace_pid: OFFSET_UNKNOWN,
+        stats_id: OFFSET_UNKNOWN,
+    };
+}
+
+/// Struct offsets resolved from BTF at run time, handed to the programs as a read-only global.
+/// Every field is a byte offset or [`OFFSET_UNKNOWN`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offsets {
+    /// `struct iommufd_ucmd::cmd`.
+    pub ucmd_cmd: u32,
+    /// UAPI `struct iommu_vdevice_tsm_op::{op, flags, vdevice_id}` (v5: `type` for op).
+    pub tsm_op_op: u32,
+    pub tsm_op_flags: u32,
+    pub tsm_op_vdevice_id: u32,
+    /// `struct iommufd_object::id`.
+    pub obj_id: u32,
+    /// `struct iommufd_vdevice::obj` (container_of from the object pointer).
+    pub vdev_obj: u32,
+    /// `struct iommufd_vdevice::virt_id`.
+    pub vdev_virt_id: u32,
+    /// `struct iommufd_vdevice::idev`.
+    pub vdev_idev: u32,
+    /// `struct iommufd_device::dev`.
+    pub idev_dev: u32,
+    /// `struct device::kobj` + `struct kobject::name`: where `dev_name()` reads from.
+    pub dev_name: u32,
+    /// `struct pci_dev::dev`.
+    pub pci_dev_dev: u32,
+    pub _pad: u32,
+    /// `struct kvm` fields per function that takes one.
+    pub kvm_tsm_bind: KvmOffsets,
+    pub kvm_pci_tsm_bind: KvmOffsets,
+    pub kvm_driver_bind: KvmOffsets,
+    pub kvm_destroy_vm: KvmOffsets,
+}
+
+impl Offsets {
+    pub const UNKNOWN: Offsets = Offsets {
+        ucmd_cmd: OFFSET_UNKNOWN,
+        tsm_op_op: OFFSET_UNKNOWN,
+        tsm_op_flags: OFFSET_UNKNOWN,
+        tsm_op_vdevice_id: OFFSET_UNKNOWN,
+        obj_id: OFFSET_UNKNOWN,
+        vdev_obj: OFFSET_UNKNOWN,
+        vdev_virt_id: OFFSET_UNKNOWN,
+        vdev_idev: OFFSET_UNKNOWN,
+        idev_dev: OFFSET_UNKNOWN,
+        dev_name: OFFSET_UNKNOWN,
+        pci_dev_dev: OFFSET_UNKNOWN,
+        _pad: 0,
+        kvm_tsm_bind: KvmOffsets::UNKNOWN,
+        kvm_pci_tsm_bind: KvmOffsets::UNKNOWN,
+        kvm_driver_bind: KvmOffsets::UNKNOWN,
+        kvm_destroy_vm: KvmOffsets::UNKNOWN,
+    };
+}
+
+/// Indices of the kernel-side self-counters (per-CPU array `STATS`).
+pub mod stat {
+    /// `bpf_ringbuf_output` failed: the ring buffer was full and an event was lost.
+    pub const RINGBUF_DROPS: u32 = 0;
+    /// The in-flight map refused an entry (a return will then lack its entry).
+    pub const INFLIGHT_FULL: u32 = 1;
+    /// A kernel read (`bpf_probe_read_kernel*`) faulted.
+    pub const READ_FAULTS: u32 = 2;
+    /// A return probe fired with no matching entry.
+    pub const ORPHAN_RETURNS: u32 = 3;
+    pub const COUNT: u32 = 4;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain #[repr(C)] data with no padding and no invalid bit patterns.
+    unsafe impl aya::Pod for super::RawEvent {}
+    unsafe impl aya::Pod for super::Offsets {}
+    unsafe impl aya::Pod for super::KvmOffsets {}
+}

@@ -1,0 +1,29 @@
+//! Kernel side of tsm-trace: kprobes/kretprobes on the TSM bind path and VM-teardown points.
+//!
+//! Data flow: an entry probe stashes the decoded arguments in [`maps::INFLIGHT`] keyed by
+//! (task, probe); the matching return probe completes the record (return value, duration) and
+//! sends one [`RawEvent`] through the [`maps::EVENTS`] ring buffer. Point events (VM destroyed,
+//! VMM exited) are sent directly. Struct offsets come from userspace (resolved from BTF) in the
+//! read-only global [`OFFSETS`]; nothing about kernel layouts is compiled in.
+#![no_std]
+#![no_main]
+
+mod maps;
+mod probes;
+mod read;
+
+use tsm_trace_common::Offsets;
+
+/// Filled in by userspace before load (aya `EbpfLoader::set_global`).
+#[unsafe(no_mangle)]
+static OFFSETS: Offsets = Offsets::UNKNOWN;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

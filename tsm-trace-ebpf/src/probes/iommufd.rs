@@ -1,0 +1,87 @@
+//! iommufd (from the patch): the vdevice TSM ioctl and vdevice teardown.
+
+use aya_ebpf::{
+    macros::{kprobe, kretprobe},
+    programs::{ProbeContext, RetProbeContext},
+};
+use tsm_trace_common::{ProbeId, missing};
+
+use super::{VOID, begin, finish, int_ret, read_dev_name, stash};
+use crate::read::{self, offsets};
+
+/// `int iommufd_vdevice_tsm_op_ioctl(struct iommufd_ucmd *ucmd)`: decodes the UAPI command
+/// (`op`, `flags`, `vdevice_id`) that `ucmd->cmd` points at.
+#[kprobe]
+pub fn tsm_op_entry(ctx: ProbeContext) -> u32 {
+    try_tsm_op_entry(&ctx).unwrap_or(1)
+}
+
+fn try_tsm_op_entry(ctx: &ProbeContext) -> Option<u32> {
+    let ucmd: u64 = ctx.arg(0)?;
+    let ev = begin(ProbeId::TsmOpIoctl)?;
+    let o = offsets();
+    match read::at::<u64>(ucmd, o.ucmd_cmd) {
+        Ok(cmd) => {
+            match read::at::<u32>(cmd, o.tsm_op_op) {
+                Ok(v) => ev.op = v,
+                Err(_) => ev.missing |= missing::OP,
+            }
+            match read::at::<u32>(cmd, o.tsm_op_flags) {
+                Ok(v) => ev.cmd_flags = v,
+                Err(_) => ev.missing |= missing::FLAGS,
+            }
+            match read::at::<u32>(cmd, o.tsm_op_vdevice_id) {
+                Ok(v) => ev.vdevice_id = v,
+                Err(_) => ev.missing |= missing::VDEVICE_ID,
+            }
+        }
+        Err(_) => ev.missing |= missing::OP | missing::FLAGS | missing::VDEVICE_ID,
+    }
+    stash(ev);
+    Some(0)
+}
+
+#[kretprobe]
+pub fn tsm_op_return(ctx: RetProbeContext) -> u32 {
+    finish(ProbeId::TsmOpIoctl, int_ret(ctx.ret()), 0);
+    0
+}
+
+/// `void iommufd_vdevice_abort(struct iommufd_object *obj)`: the vdevice being torn down, its
+/// virtual id and its device.
+#[kprobe]
+pub fn vdev_abort_entry(ctx: ProbeContext) -> u32 {
+    try_vdev_abort_entry(&ctx).unwrap_or(1)
+}
+
+fn try_vdev_abort_entry(ctx: &ProbeContext) -> Option<u32> {
+    let obj: u64 = ctx.arg(0)?;
+    let ev = begin(ProbeId::VdeviceAbort)?;
+    let o = offsets();
+    match read::at::<u32>(obj, o.obj_id) {
+        Ok(v) => ev.obj_id = v,
+        Err(_) => ev.missing |= missing::OBJ_ID,
+    }
+    // container_of(obj, struct iommufd_vdevice, obj)
+    let vdev = if o.vdev_obj == tsm_trace_common::OFFSET_UNKNOWN {
+        0
+    } else {
+        obj.wrapping_sub(o.vdev_obj as u64)
+    };
+    match read::at::<u64>(vdev, o.vdev_virt_id) {
+        Ok(v) => ev.virt_id = v,
+        Err(_) => ev.missing |= missing::VIRT_ID,
+    }
+    let dev = read::at::<u64>(vdev, o.vdev_idev)
+        .and_then(|idev| read::at::<u64>(idev, o.idev_dev))
+        .unwrap_or(0);
+    read_dev_name(ev, dev);
+    stash(ev);
+    Some(0)
+}
+
+#[kretprobe]
+pub fn vdev_abort_return(_ctx: RetProbeContext) -> u32 {
+    finish(ProbeId::VdeviceAbort, 0, VOID);
+    0
+}

@@ -1,0 +1,128 @@
+//! Probe programs, one file per kernel subsystem. Each `#[kprobe]`/`#[kretprobe]` is a thin
+//! wrapper over a `try_*` function; entry and return are paired through [`maps::INFLIGHT`].
+//!
+//! | file         | functions                                               |
+//! |--------------|---------------------------------------------------------|
+//! | `iommufd.rs` | `iommufd_vdevice_tsm_op_ioctl`, `iommufd_vdevice_abort` |
+//! | `tsm.rs`     | `tsm_bind`, `tsm_unbind` (tsm-core, from the patch)     |
+//! | `pci_tsm.rs` | `pci_tsm_bind`, `pci_tsm_unbind`, TSM driver bind ops   |
+//! | `kvm.rs`     | `kvm_destroy_vm`, exit of a VMM holding a binding       |
+
+pub mod iommufd;
+pub mod kvm;
+pub mod pci_tsm;
+pub mod tsm;
+
+use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
+use tsm_trace_common::{KvmOffsets, ProbeId, RawEvent, flags, missing, stat};
+
+use crate::{
+    maps::{EVENTS, INFLIGHT, InflightKey, SCRATCH, VMM_TGIDS, count},
+    read,
+};
+
+/// Starts a record in per-CPU scratch space with the fields every event carries.
+#[inline(always)]
+pub fn begin(probe: ProbeId) -> Option<&'static mut RawEvent> {
+    let ev = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
+    *ev = RawEvent::zeroed();
+    ev.probe = probe as u32;
+    ev.start_ns = unsafe { bpf_ktime_get_ns() };
+    ev.end_ns = ev.start_ns;
+    ev.pid_tgid = bpf_get_current_pid_tgid();
+    if let Ok(comm) = bpf_get_current_comm() {
+        ev.comm = comm;
+    }
+    Some(ev)
+}
+
+/// Parks an entry record until the function returns.
+#[inline(always)]
+pub fn stash(ev: &RawEvent) {
+    let key = InflightKey {
+        pid_tgid: ev.pid_tgid,
+        probe: ev.probe,
+        _pad: 0,
+    };
+    if INFLIGHT.insert(&key, ev, 0).is_err() {
+        count(stat::INFLIGHT_FULL);
+    }
+}
+
+/// Sends a record to userspace, counting a full ring buffer as a drop.
+#[inline(always)]
+pub fn emit(ev: &RawEvent) {
+    if EVENTS.output::<RawEvent>(ev, 0).is_err() {
+        count(stat::RINGBUF_DROPS);
+    }
+}
+
+/// Completes the in-flight record of `probe` for this task with the return value and sends it.
+/// A return without an entry is still reported, marked [`missing::ENTRY`].
+#[inline(always)]
+pub fn finish(probe: ProbeId, ret: i64, ret_flags: u32) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let now = unsafe { bpf_ktime_get_ns() };
+    let key = InflightKey {
+        pid_tgid,
+        probe: probe as u32,
+        _pad: 0,
+    };
+    match INFLIGHT.get_ptr_mut(&key) {
+        Some(p) => {
+            let ev = unsafe { &mut *p };
+            ev.end_ns = now;
+            ev.ret = ret;
+            ev.flags |= ret_flags;
+            emit(ev);
+            let _ = INFLIGHT.remove(&key);
+        }
+        None => {
+            count(stat::ORPHAN_RETURNS);
+            if let Some(ev) = begin(probe) {
+                ev.ret = ret;
+                ev.flags |= ret_flags;
+                ev.missing |= missing::ENTRY;
+                emit(ev);
+            }
+        }
+    }
+}
+
+/// Fills `dev_name` from a `struct device *`.
+#[inline(always)]
+pub fn read_dev_name(ev: &mut RawEvent, dev: u64) {
+    let o = read::offsets();
+    if read::str_ptr_at(dev, o.dev_name, &mut ev.dev_name).is_err() {
+        ev.missing |= missing::DEV_NAME;
+    }
+}
+
+/// Fills the VM identity from a `struct kvm *`, with the offsets that this function's own BTF
+/// prototype gave.
+#[inline(always)]
+pub fn read_kvm(ev: &mut RawEvent, kvm: u64, o: KvmOffsets) {
+    ev.kvm = kvm;
+    match read::at::<i32>(kvm, o.userspace_pid) {
+        Ok(pid) => ev.kvm_pid = pid,
+        Err(_) => ev.missing |= missing::KVM_PID,
+    }
+    if read::str_at(kvm, o.stats_id, &mut ev.kvm_stats_id).is_err() {
+        ev.missing |= missing::KVM_STATS_ID;
+    }
+}
+
+/// Remembers the calling process as a VMM holding a binding (its exit is then reported).
+#[inline(always)]
+pub fn note_vmm() {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let _ = VMM_TGIDS.insert(&tgid, &1, 0);
+}
+
+/// An `int` return value, sign-extended (the upper half of the register is undefined).
+#[inline(always)]
+pub fn int_ret(raw: u64) -> i64 {
+    raw as u32 as i32 as i64
+}
+
+pub const VOID: u32 = flags::RET_VOID;

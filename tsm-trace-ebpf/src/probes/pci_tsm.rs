@@ -1,0 +1,99 @@
+//! PCI TSM (upstream since 6.19): `pci_tsm_bind` / `pci_tsm_unbind`, and the TSM driver's own
+//! bind/unbind ops when the user names them (`--driver-bind`, `--driver-unbind`).
+
+use aya_ebpf::{
+    macros::{kprobe, kretprobe},
+    programs::{ProbeContext, RetProbeContext},
+};
+use tsm_trace_common::{KvmOffsets, OFFSET_UNKNOWN, ProbeId, flags};
+
+use super::{VOID, begin, finish, int_ret, note_vmm, read_dev_name, read_kvm, stash};
+use crate::read::offsets;
+
+/// `&pdev->dev`, or 0 when the offset is unknown.
+#[inline(always)]
+fn pci_dev_to_dev(pdev: u64) -> u64 {
+    let off = offsets().pci_dev_dev;
+    if off == OFFSET_UNKNOWN || pdev == 0 {
+        0
+    } else {
+        pdev + off as u64
+    }
+}
+
+/// Shared by `pci_tsm_bind` and driver bind ops: `(struct pci_dev *, struct kvm *, u32 tdi_id)`.
+#[inline(always)]
+fn bind_entry(ctx: &ProbeContext, probe: ProbeId, kvm_off: KvmOffsets) -> Option<u32> {
+    let pdev: u64 = ctx.arg(0)?;
+    let kvm: u64 = ctx.arg(1)?;
+    let tdi_id: u64 = ctx.arg(2)?;
+    let ev = begin(probe)?;
+    read_dev_name(ev, pci_dev_to_dev(pdev));
+    read_kvm(ev, kvm, kvm_off);
+    ev.tdi_id = tdi_id as u32 as u64;
+    stash(ev);
+    Some(0)
+}
+
+#[inline(always)]
+fn unbind_entry(ctx: &ProbeContext, probe: ProbeId) -> Option<u32> {
+    let pdev: u64 = ctx.arg(0)?;
+    let ev = begin(probe)?;
+    read_dev_name(ev, pci_dev_to_dev(pdev));
+    stash(ev);
+    Some(0)
+}
+
+/// `int pci_tsm_bind(struct pci_dev *pdev, struct kvm *kvm, u32 tdi_id)`
+#[kprobe]
+pub fn pci_bind_entry(ctx: ProbeContext) -> u32 {
+    bind_entry(&ctx, ProbeId::PciTsmBind, offsets().kvm_pci_tsm_bind).unwrap_or(1)
+}
+
+#[kretprobe]
+pub fn pci_bind_return(ctx: RetProbeContext) -> u32 {
+    let rc = int_ret(ctx.ret());
+    if rc == 0 {
+        note_vmm();
+    }
+    finish(ProbeId::PciTsmBind, rc, 0);
+    0
+}
+
+/// `void pci_tsm_unbind(struct pci_dev *pdev)`
+#[kprobe]
+pub fn pci_unbind_entry(ctx: ProbeContext) -> u32 {
+    unbind_entry(&ctx, ProbeId::PciTsmUnbind).unwrap_or(1)
+}
+
+#[kretprobe]
+pub fn pci_unbind_return(_ctx: RetProbeContext) -> u32 {
+    finish(ProbeId::PciTsmUnbind, 0, VOID);
+    0
+}
+
+/// A TSM driver's bind op, e.g. `struct pci_tdi *(*bind)(struct pci_dev *, struct kvm *, u32)`.
+/// The return value may be an `ERR_PTR`; userspace decodes it.
+#[kprobe]
+pub fn drv_bind_entry(ctx: ProbeContext) -> u32 {
+    bind_entry(&ctx, ProbeId::DriverBind, offsets().kvm_driver_bind).unwrap_or(1)
+}
+
+#[kretprobe]
+pub fn drv_bind_return(ctx: RetProbeContext) -> u32 {
+    let raw: u64 = ctx.ret();
+    finish(ProbeId::DriverBind, raw as i64, flags::RET_IS_PTR);
+    0
+}
+
+/// A TSM driver's unbind op: `void (*unbind)(struct pci_dev *)` or similar.
+#[kprobe]
+pub fn drv_unbind_entry(ctx: ProbeContext) -> u32 {
+    unbind_entry(&ctx, ProbeId::DriverUnbind).unwrap_or(1)
+}
+
+#[kretprobe]
+pub fn drv_unbind_return(_ctx: RetProbeContext) -> u32 {
+    finish(ProbeId::DriverUnbind, 0, VOID);
+    0
+}

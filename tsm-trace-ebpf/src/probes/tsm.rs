@@ -1,0 +1,58 @@
+//! tsm-core (from the patch): `tsm_bind` / `tsm_unbind`, the device-generic layer.
+
+use aya_ebpf::{
+    macros::{kprobe, kretprobe},
+    programs::{ProbeContext, RetProbeContext},
+};
+use tsm_trace_common::ProbeId;
+
+use super::{begin, finish, int_ret, note_vmm, read_dev_name, read_kvm, stash};
+use crate::read::offsets;
+
+/// `int tsm_bind(struct device *dev, struct kvm *kvm, u64 tdi_id)`
+#[kprobe]
+pub fn tsm_bind_entry(ctx: ProbeContext) -> u32 {
+    try_tsm_bind_entry(&ctx).unwrap_or(1)
+}
+
+fn try_tsm_bind_entry(ctx: &ProbeContext) -> Option<u32> {
+    let dev: u64 = ctx.arg(0)?;
+    let kvm: u64 = ctx.arg(1)?;
+    let tdi_id: u64 = ctx.arg(2)?;
+    let ev = begin(ProbeId::TsmBind)?;
+    read_dev_name(ev, dev);
+    read_kvm(ev, kvm, offsets().kvm_tsm_bind);
+    ev.tdi_id = tdi_id;
+    stash(ev);
+    Some(0)
+}
+
+#[kretprobe]
+pub fn tsm_bind_return(ctx: RetProbeContext) -> u32 {
+    let rc = int_ret(ctx.ret());
+    if rc == 0 {
+        note_vmm();
+    }
+    finish(ProbeId::TsmBind, rc, 0);
+    0
+}
+
+/// `int tsm_unbind(struct device *dev)`
+#[kprobe]
+pub fn tsm_unbind_entry(ctx: ProbeContext) -> u32 {
+    try_tsm_unbind_entry(&ctx).unwrap_or(1)
+}
+
+fn try_tsm_unbind_entry(ctx: &ProbeContext) -> Option<u32> {
+    let dev: u64 = ctx.arg(0)?;
+    let ev = begin(ProbeId::TsmUnbind)?;
+    read_dev_name(ev, dev);
+    stash(ev);
+    Some(0)
+}
+
+#[kretprobe]
+pub fn tsm_unbind_return(ctx: RetProbeContext) -> u32 {
+    finish(ProbeId::TsmUnbind, int_ret(ctx.ret()), 0);
+    0
+}

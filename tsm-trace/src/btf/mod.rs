@@ -1,0 +1,1 @@
+//! BTF: resolve struct offsets at run time (vmlinux + module split BTF).

@@ -1,0 +1,1 @@
+//! Correlation: nested calls into operations, the binding table, leaks.

@@ -1,0 +1,423 @@
+//! Decoded events: what one kernel record says, in userspace types.
+//!
+//! [`Event::decode`] turns a [`RawEvent`] from the ring buffer into an [`Event`]; unreadable
+//! fields become `None` ("unknown"), never zero. [`record`] writes and reads the event stream as
+//! JSON lines, so a capture replays through the same correlator as a live session.
+
+pub mod record;
+
+use serde::{Deserialize, Serialize};
+use tsm_trace_common::{ProbeId, RawEvent, flags, missing};
+
+use crate::errno;
+
+/// The layer of the TSM stack a function belongs to; a failure is attributed to the deepest
+/// layer that produced its errno.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layer {
+    /// iommufd: the ioctl's argument checks, vdevice/KVM lookup, response copy; vdevice teardown.
+    Iommufd,
+    /// tsm-core: `tsm_bind` / `tsm_unbind` (device-type dispatch).
+    TsmCore,
+    /// PCI TSM: `pci_tsm_bind` / `pci_tsm_unbind` (TSM context, ownership checks).
+    PciTsm,
+    /// The TSM driver's own bind/unbind op (firmware, TDISP).
+    TsmDriver,
+    /// KVM and process lifetime (VM destroyed, VMM exited).
+    Vm,
+}
+
+impl Layer {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Layer::Iommufd => "iommufd",
+            Layer::TsmCore => "tsm_core",
+            Layer::PciTsm => "pci_tsm",
+            Layer::TsmDriver => "tsm_driver",
+            Layer::Vm => "vm",
+        }
+    }
+
+    /// Depth in the call chain: larger is deeper.
+    pub const fn depth(self) -> u8 {
+        match self {
+            Layer::Vm => 0,
+            Layer::Iommufd => 1,
+            Layer::TsmCore => 2,
+            Layer::PciTsm => 3,
+            Layer::TsmDriver => 4,
+        }
+    }
+}
+
+/// A probed function, by role. Serialized with the names used on the command line and in
+/// record files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Probe {
+    TsmOpIoctl,
+    TsmBind,
+    TsmUnbind,
+    VdeviceAbort,
+    PciTsmBind,
+    PciTsmUnbind,
+    DriverBind,
+    DriverUnbind,
+    KvmDestroyVm,
+    VmmExit,
+}
+
+impl Probe {
+    pub const ALL: [Probe; 10] = [
+        Probe::TsmOpIoctl,
+        Probe::TsmBind,
+        Probe::TsmUnbind,
+        Probe::VdeviceAbort,
+        Probe::PciTsmBind,
+        Probe::PciTsmUnbind,
+        Probe::DriverBind,
+        Probe::DriverUnbind,
+        Probe::KvmDestroyVm,
+        Probe::VmmExit,
+    ];
+
+    pub fn from_id(id: ProbeId) -> Probe {
+        Self::ALL[id as usize]
+    }
+
+    pub fn id(self) -> ProbeId {
+        ProbeId::ALL[self as usize]
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Probe::TsmOpIoctl => "tsm_op_ioctl",
+            Probe::TsmBind => "tsm_bind",
+            Probe::TsmUnbind => "tsm_unbind",
+            Probe::VdeviceAbort => "vdevice_abort",
+            Probe::PciTsmBind => "pci_tsm_bind",
+            Probe::PciTsmUnbind => "pci_tsm_unbind",
+            Probe::DriverBind => "driver_bind",
+            Probe::DriverUnbind => "driver_unbind",
+            Probe::KvmDestroyVm => "kvm_destroy_vm",
+            Probe::VmmExit => "vmm_exit",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Probe> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    pub const fn layer(self) -> Layer {
+        match self {
+            Probe::TsmOpIoctl | Probe::VdeviceAbort => Layer::Iommufd,
+            Probe::TsmBind | Probe::TsmUnbind => Layer::TsmCore,
+            Probe::PciTsmBind | Probe::PciTsmUnbind => Layer::PciTsm,
+            Probe::DriverBind | Probe::DriverUnbind => Layer::TsmDriver,
+            Probe::KvmDestroyVm | Probe::VmmExit => Layer::Vm,
+        }
+    }
+
+    /// Point events have no duration and no return value.
+    pub const fn is_point(self) -> bool {
+        matches!(self, Probe::KvmDestroyVm | Probe::VmmExit)
+    }
+}
+
+/// A KVM VM's identity as the kernel showed it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Vm {
+    /// `struct kvm *`: unique while the VM lives (may be reused after it is freed).
+    #[serde(with = "hex_u64")]
+    pub kvm: u64,
+    /// `kvm->userspace_pid`: the VMM process that created it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    /// `kvm->stats_id`, e.g. `kvm-4242`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats_id: Option<String>,
+}
+
+impl Vm {
+    /// The name used in labels and trace lines: stats id, else `kvm-<pid>`, else the pointer.
+    pub fn name(&self) -> String {
+        match (&self.stats_id, self.pid) {
+            (Some(s), _) if !s.is_empty() => s.clone(),
+            (_, Some(pid)) => format!("kvm-{pid}"),
+            _ => format!("kvm@{:#x}", self.kvm),
+        }
+    }
+}
+
+/// One completed call of a probed function (or a point event), decoded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub probe: Probe,
+    /// CLOCK_MONOTONIC nanoseconds at entry and return.
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub comm: String,
+    /// The return value (`None` for void functions and point events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ret: Option<i64>,
+    /// The return value is a pointer (`ERR_PTR` convention).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ret_is_ptr: bool,
+    /// The return probe fired without its entry: arguments and start time are unknown.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub entry_missing: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<Vm>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tdi_id: Option<u64>,
+    /// UAPI fields of the ioctl.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flags: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vdevice_id: Option<u32>,
+    /// vdevice teardown: `iommufd_object::id` and `iommufd_vdevice::virt_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub obj_id: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virt_id: Option<u64>,
+}
+
+/// Why a ring-buffer record could not be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record is {got} bytes, expected {expected}: the eBPF object and tsm-trace disagree")]
+    Size { got: usize, expected: usize },
+    #[error("unknown probe id {0}: the eBPF object is newer than this tsm-trace")]
+    UnknownProbe(u32),
+    #[error("return time {end_ns} precedes entry time {start_ns}")]
+    TimeReversed { start_ns: u64, end_ns: u64 },
+}
+
+impl Event {
+    /// Decodes one ring-buffer record.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Event, DecodeError> {
+        if bytes.len() != RawEvent::SIZE {
+            return Err(DecodeError::Size {
+                got: bytes.len(),
+                expected: RawEvent::SIZE,
+            });
+        }
+        // SAFETY: size checked; RawEvent is plain data valid for any bit pattern.
+        let raw = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<RawEvent>()) };
+        Event::decode(&raw)
+    }
+
+    pub fn decode(raw: &RawEvent) -> Result<Event, DecodeError> {
+        let id = ProbeId::from_u32(raw.probe).ok_or(DecodeError::UnknownProbe(raw.probe))?;
+        let probe = Probe::from_id(id);
+        if raw.end_ns < raw.start_ns {
+            return Err(DecodeError::TimeReversed {
+                start_ns: raw.start_ns,
+                end_ns: raw.end_ns,
+            });
+        }
+        let m = raw.missing;
+        let has = |bit: u32| m & bit == 0;
+        let entry_missing = m & missing::ENTRY != 0;
+        let void = raw.flags & (flags::RET_VOID | flags::POINT) != 0;
+        let mut ev = Event {
+            probe,
+            start_ns: raw.start_ns,
+            end_ns: raw.end_ns,
+            tgid: (raw.pid_tgid >> 32) as u32,
+            tid: raw.pid_tgid as u32,
+            comm: cstr(&raw.comm),
+            ret: (!void).then_some(raw.ret),
+            ret_is_ptr: raw.flags & flags::RET_IS_PTR != 0,
+            entry_missing,
+            device: None,
+            vm: None,
+            tdi_id: None,
+            op: None,
+            flags: None,
+            vdevice_id: None,
+            obj_id: None,
+            virt_id: None,
+        };
+        if entry_missing {
+            return Ok(ev);
+        }
+        let device = has(missing::DEV_NAME).then(|| cstr(&raw.dev_name));
+        let vm = || {
+            (raw.kvm != 0).then(|| Vm {
+                kvm: raw.kvm,
+                pid: has(missing::KVM_PID).then_some(raw.kvm_pid),
+                stats_id: has(missing::KVM_STATS_ID)
+                    .then(|| cstr(&raw.kvm_stats_id))
+                    .filter(|s| !s.is_empty()),
+            })
+        };
+        match probe {
+            Probe::TsmOpIoctl => {
+                ev.op = has(missing::OP).then_some(raw.op);
+                ev.flags = has(missing::FLAGS).then_some(raw.cmd_flags);
+                ev.vdevice_id = has(missing::VDEVICE_ID).then_some(raw.vdevice_id);
+            }
+            Probe::TsmBind | Probe::PciTsmBind | Probe::DriverBind => {
+                ev.device = device;
+                ev.vm = vm();
+                ev.tdi_id = Some(raw.tdi_id);
+            }
+            Probe::TsmUnbind | Probe::PciTsmUnbind | Probe::DriverUnbind => ev.device = device,
+            Probe::VdeviceAbort => {
+                ev.device = device;
+                ev.obj_id = has(missing::OBJ_ID).then_some(raw.obj_id);
+                ev.virt_id = has(missing::VIRT_ID).then_some(raw.virt_id);
+            }
+            Probe::KvmDestroyVm => ev.vm = vm(),
+            Probe::VmmExit => {}
+        }
+        Ok(ev)
+    }
+
+    /// The errno this call returned, if it failed.
+    pub fn errno(&self) -> Option<i32> {
+        self.ret.and_then(errno::from_ret)
+    }
+
+    /// Entry-to-return time (0 for point events and returns without entry).
+    pub fn duration_ns(&self) -> u64 {
+        if self.entry_missing {
+            0
+        } else {
+            self.end_ns - self.start_ns
+        }
+    }
+
+    /// Did this call succeed? Void calls succeed; `ERR_PTR`/negative ints fail.
+    pub fn ok(&self) -> bool {
+        self.errno().is_none()
+    }
+}
+
+/// A NUL-terminated byte array as text (lossy: kernel names are ASCII in practice).
+fn cstr(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+mod hex_u64 {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{v:#x}"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let s = String::deserialize(d)?;
+        let digits = s.strip_prefix("0x").ok_or_else(|| {
+            D::Error::custom(format!("expected a 0x-prefixed hex pointer, got {s:?}"))
+        })?;
+        u64::from_str_radix(digits, 16)
+            .map_err(|e| D::Error::custom(format!("bad hex pointer {s:?}: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(probe: ProbeId) -> RawEvent {
+        let mut r = RawEvent::zeroed();
+        r.probe = probe as u32;
+        r.start_ns = 1_000;
+        r.end_ns = 21_000;
+        r.pid_tgid = (42u64 << 32) | 43;
+        r.comm[..4].copy_from_slice(b"qemu");
+        r
+    }
+
+    #[test]
+    fn decodes_bind_with_vm() {
+        let mut r = raw(ProbeId::TsmBind);
+        r.ret = -16;
+        r.dev_name[..12].copy_from_slice(b"0000:01:00.0");
+        r.kvm = 0xffff_8880_1234_0000;
+        r.kvm_pid = 4242;
+        r.kvm_stats_id[..9].copy_from_slice(b"kvm-4242\0");
+        r.tdi_id = 7;
+        let ev = Event::decode(&r).unwrap();
+        assert_eq!(ev.probe, Probe::TsmBind);
+        assert_eq!((ev.tgid, ev.tid), (42, 43));
+        assert_eq!(ev.comm, "qemu");
+        assert_eq!(ev.errno(), Some(16));
+        assert_eq!(ev.duration_ns(), 20_000);
+        assert_eq!(ev.device.as_deref(), Some("0000:01:00.0"));
+        let vm = ev.vm.unwrap();
+        assert_eq!(vm.pid, Some(4242));
+        assert_eq!(vm.name(), "kvm-4242");
+        assert_eq!(ev.tdi_id, Some(7));
+    }
+
+    #[test]
+    fn missing_fields_are_unknown_not_zero() {
+        let mut r = raw(ProbeId::TsmOpIoctl);
+        r.missing = missing::OP | missing::VDEVICE_ID;
+        let ev = Event::decode(&r).unwrap();
+        assert_eq!(ev.op, None);
+        assert_eq!(ev.vdevice_id, None);
+        assert_eq!(ev.flags, Some(0));
+
+        let mut r = raw(ProbeId::TsmBind);
+        r.missing = missing::DEV_NAME | missing::KVM_PID;
+        r.kvm = 0x1000;
+        let ev = Event::decode(&r).unwrap();
+        assert_eq!(ev.device, None);
+        assert_eq!(ev.vm.as_ref().unwrap().pid, None);
+        assert_eq!(ev.vm.unwrap().name(), "kvm@0x1000");
+    }
+
+    #[test]
+    fn rejects_bad_records() {
+        assert!(matches!(
+            Event::from_bytes(&[0u8; 10]),
+            Err(DecodeError::Size { got: 10, .. })
+        ));
+        let mut r = raw(ProbeId::TsmBind);
+        r.probe = 99;
+        assert_eq!(Event::decode(&r), Err(DecodeError::UnknownProbe(99)));
+        let mut r = raw(ProbeId::TsmBind);
+        r.end_ns = 0;
+        assert!(matches!(
+            Event::decode(&r),
+            Err(DecodeError::TimeReversed { .. })
+        ));
+    }
+
+    #[test]
+    fn void_and_err_ptr_returns() {
+        let mut r = raw(ProbeId::PciTsmUnbind);
+        r.flags = flags::RET_VOID;
+        r.ret = 12345;
+        let ev = Event::decode(&r).unwrap();
+        assert_eq!(ev.ret, None);
+        assert!(ev.ok());
+        let mut r = raw(ProbeId::DriverBind);
+        r.flags = flags::RET_IS_PTR;
+        r.ret = -5;
+        assert_eq!(Event::decode(&r).unwrap().errno(), Some(5));
+        r.ret = 0xffff_8880_0000_1000_u64 as i64;
+        assert!(Event::decode(&r).unwrap().ok());
+    }
+
+    #[test]
+    fn probe_tables_agree() {
+        for (i, p) in Probe::ALL.iter().enumerate() {
+            assert_eq!(p.id() as usize, i);
+            assert_eq!(Probe::from_id(p.id()), *p);
+            assert_eq!(Probe::parse(p.as_str()), Some(*p));
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! The record file: a header line, then one [`Event`] per line, as JSON.
+//!
+//! ```text
+//! {"tsm_trace_record":1,"tsm_trace_version":"0.1.0","kernel":"7.3.4+deb13-amd64"}
+//! {"probe":"tsm_bind","start_ns":...,"end_ns":...,"tgid":...,...}
+//! ```
+//! Reading validates every line and names the line and the problem on error.
+
+use std::io::{BufRead, Write};
+
+use serde::{Deserialize, Serialize};
+
+use super::Event;
+
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Header {
+    pub tsm_trace_record: u32,
+    pub tsm_trace_version: String,
+    #[serde(default)]
+    pub kernel: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("{path}: reading line {line}: {source}")]
+    Io {
+        path: String,
+        line: usize,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path}: line 1 is not a tsm-trace record header (expected {{\"tsm_trace_record\":1,...}}): {reason}"
+    )]
+    Header { path: String, reason: String },
+    #[error(
+        "{path}: record format version {found} is not supported (this tsm-trace reads {FORMAT_VERSION})"
+    )]
+    Version { path: String, found: u32 },
+    #[error("{path}:{line}: {reason}")]
+    Line {
+        path: String,
+        line: usize,
+        reason: String,
+    },
+}
+
+/// Writes the header and then events.
+pub struct Writer<W: Write> {
+    out: W,
+}
+
+impl<W: Write> Writer<W> {
+    pub fn new(mut out: W, kernel: &str) -> std::io::Result<Self> {
+        let header = Header {
+            tsm_trace_record: FORMAT_VERSION,
+            tsm_trace_version: env!("CARGO_PKG_VERSION").to_string(),
+            kernel: kernel.to_string(),
+        };
+        serde_json::to_writer(&mut out, &header)?;
+        out.write_all(b"\n")?;
+        Ok(Writer { out })
+    }
+
+    pub fn write(&mut self, ev: &Event) -> std::io::Result<()> {
+        serde_json::to_writer(&mut self.out, ev)?;
+        self.out.write_all(b"\n")
+    }
+
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Reads a whole record: the header and every event, in file order. Blank lines are skipped.
+pub fn read_all(input: impl BufRead, path: &str) -> Result<(Header, Vec<Event>), RecordError> {
+    let mut lines = input.lines().enumerate();
+    let header_line = match lines.next() {
+        Some((_, Ok(l))) => l,
+        Some((_, Err(source))) => {
+            return Err(RecordError::Io {
+                path: path.into(),
+                line: 1,
+                source,
+            });
+        }
+        None => {
+            return Err(RecordError::Header {
+                path: path.into(),
+                reason: "the file is empty".into(),
+            });
+        }
+    };
+    let header: Header = serde_json::from_str(&header_line).map_err(|e| RecordError::Header {
+        path: path.into(),
+        reason: e.to_string(),
+    })?;
+    if header.tsm_trace_record != FORMAT_VERSION {
+        return Err(RecordError::Version {
+            path: path.into(),
+            found: header.tsm_trace_record,
+        });
+    }
+    let mut events = Vec::new();
+    for (i, line) in lines {
+        let n = i + 1;
+        let line = line.map_err(|source| RecordError::Io {
+            path: path.into(),
+            line: n,
+            source,
+        })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let ev: Event = serde_json::from_str(&line).map_err(|e| RecordError::Line {
+            path: path.into(),
+            line: n,
+            reason: e.to_string(),
+        })?;
+        if ev.end_ns < ev.start_ns {
+            return Err(RecordError::Line {
+                path: path.into(),
+                line: n,
+                reason: format!("end_ns {} precedes start_ns {}", ev.end_ns, ev.start_ns),
+            });
+        }
+        events.push(ev);
+    }
+    Ok((header, events))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{Probe, Vm};
+
+    fn ev() -> Event {
+        Event {
+            probe: Probe::TsmBind,
+            start_ns: 10,
+            end_ns: 20,
+            tgid: 1,
+            tid: 2,
+            comm: "qemu".into(),
+            ret: Some(-16),
+            ret_is_ptr: false,
+            entry_missing: false,
+            device: Some("0000:01:00.0".into()),
+            vm: Some(Vm {
+                kvm: 0xffff_0000_0000_1000,
+                pid: Some(5),
+                stats_id: Some("kvm-5".into()),
+            }),
+            tdi_id: Some(3),
+            op: None,
+            flags: None,
+            vdevice_id: None,
+            obj_id: None,
+            virt_id: None,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let mut buf = Vec::new();
+        let mut w = Writer::new(&mut buf, "test").unwrap();
+        w.write(&ev()).unwrap();
+        w.write(&ev()).unwrap();
+        drop(w);
+        let (h, evs) = read_all(&buf[..], "mem").unwrap();
+        assert_eq!(h.kernel, "test");
+        assert_eq!(evs, vec![ev(), ev()]);
+    }
+
+    #[test]
+    fn errors_name_line_and_problem() {
+        let text =
+            "{\"tsm_trace_record\":1,\"tsm_trace_version\":\"x\"}\n\n{\"probe\":\"tsm_bind\"}\n";
+        let err = read_all(text.as_bytes(), "cap.jsonl")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("cap.jsonl:3: missing field"), "{err}");
+
+        let text = "{\"tsm_trace_record\":1,\"tsm_trace_version\":\"x\"}\n{\"probe\":\"nope\",\"start_ns\":1}\n";
+        let err = read_all(text.as_bytes(), "cap.jsonl")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cap.jsonl:2: unknown variant `nope`"), "{err}");
+
+        let err = read_all("hello\n".as_bytes(), "x").unwrap_err().to_string();
+        assert!(
+            err.contains("line 1 is not a tsm-trace record header"),
+            "{err}"
+        );
+
+        let text = "{\"tsm_trace_record\":9,\"tsm_trace_version\":\"x\"}\n";
+        let err = read_all(text.as_bytes(), "x").unwrap_err().to_string();
+        assert!(err.contains("version 9 is not supported"), "{err}");
+    }
+}

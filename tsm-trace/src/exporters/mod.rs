@@ -1,0 +1,1 @@
+//! Exporters: Prometheus metrics, trace lines, JSON.

@@ -1,0 +1,17 @@
+//! tsm-trace: observe TEE device assignment (TSM bind/unbind) on confidential-VM hosts.
+//!
+//! The data flows through the modules in this order:
+//!
+//! ```text
+//! btf ──offsets──▶ probes (load + attach eBPF) ──RawEvent──▶ events (decode, record/replay)
+//!     ──Event──▶ correlate (operations, layers, bindings, leaks) ◀── sysfs (reconcile)
+//!     ──▶ exporters (Prometheus metrics, trace lines, JSON) ──▶ http (/metrics, /bindings)
+//! ```
+pub mod btf;
+pub mod correlate;
+pub mod errno;
+pub mod events;
+pub mod exporters;
+pub mod http;
+pub mod probes;
+pub mod sysfs;

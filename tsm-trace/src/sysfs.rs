@@ -1,0 +1,1 @@
+//! sysfs reconciliation (/sys/bus/pci/devices/*/tsm/bound).

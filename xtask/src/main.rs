@@ -1,0 +1,56 @@
+//! Developer tasks for tsm-trace: `cargo xtask <command>`.
+//!
+//! xtask compiles with nothing but a stable Rust toolchain: every tool the other commands need is
+//! installed by `cargo xtask setup`, which each command runs first as a (fast) check.
+
+mod setup;
+mod util;
+mod vm;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, test and demo tsm-trace", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install everything the build and the tests need (idempotent; seconds when done).
+    Setup(setup::SetupArgs),
+    /// Build the eBPF programs and the tsm-trace binaries (host and static musl).
+    Build,
+    /// Run the whole test suite: unit tests, verifier-load test, VM suite, promtool checks.
+    Test(TestArgs),
+    /// Boot real Debian kernels in qemu and run the probe scenarios against them.
+    VmTest(vm::VmTestArgs),
+}
+
+#[derive(clap::Args)]
+struct TestArgs {
+    /// Skip the VM suite (host tests only).
+    #[arg(long)]
+    no_vm: bool,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Setup(args) => setup::run(&args),
+        Command::Build => {
+            setup::ensure()?;
+            util::build_all()
+        }
+        Command::Test(args) => {
+            setup::ensure()?;
+            util::test_all(args.no_vm)
+        }
+        Command::VmTest(args) => {
+            setup::ensure()?;
+            vm::run(&args)
+        }
+    }
+}
