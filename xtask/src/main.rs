@@ -3,6 +3,7 @@
 //! xtask compiles with nothing but a stable Rust toolchain: every tool the other commands need is
 //! installed by `cargo xtask setup`, which each command runs first as a (fast) check.
 
+mod promtool;
 mod setup;
 mod util;
 mod vm;

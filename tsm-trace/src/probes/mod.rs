@@ -1,1 +1,461 @@
-//! Loading and attaching the eBPF programs.
+//! Loading and attaching the eBPF programs, with a compatibility table per probe.
+//!
+//! Attach is *loose* by default (as in ebpf_exporter): a probe whose function is absent is
+//! reported — which one, and why — and the others keep running. `--strict` makes any missing
+//! requested probe fatal.
+
+mod kallsyms;
+mod privileges;
+
+use std::collections::BTreeMap;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{KProbe, ProgramError, RawTracePoint},
+};
+pub use kallsyms::{Kallsyms, SymbolMatch};
+pub use privileges::{PrivilegeError, check_privileges};
+use serde::Serialize;
+use tsm_trace_common::{Offsets, stat};
+
+use crate::events::Probe;
+
+/// The eBPF object built by `tsm-trace-ebpf` (see build.rs).
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tsm-trace"));
+
+/// How a program attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Kprobe,
+    Kretprobe,
+    RawTracepoint,
+}
+
+impl Kind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Kind::Kprobe => "kprobe",
+            Kind::Kretprobe => "kretprobe",
+            Kind::RawTracepoint => "raw_tracepoint",
+        }
+    }
+}
+
+/// One row of the compatibility table.
+pub struct Target {
+    pub probe: Probe,
+    /// Candidate function names, in order of preference (the first in kallsyms wins).
+    pub symbols: &'static [&'static str],
+    /// Entry program (kprobe) and return program (kretprobe), by eBPF function name.
+    pub entry: &'static str,
+    pub ret: Option<&'static str>,
+    /// Where the function comes from, for "why is this missing" messages.
+    pub origin: &'static str,
+}
+
+/// The compatibility table. Functions from the iommufd TSM patch are absent from kernels
+/// without it; `pci_tsm_*` exist since Linux 6.19 (CONFIG_PCI_TSM); `kvm_destroy_vm` lives in
+/// kvm.ko and may be inlined; driver ops are named by the user.
+pub const TARGETS: &[Target] = &[
+    Target {
+        probe: Probe::TsmOpIoctl,
+        // v2/v4 name; v5 renames the ioctl IOMMU_VDEVICE_TSM_REQ.
+        symbols: &[
+            "iommufd_vdevice_tsm_op_ioctl",
+            "iommufd_vdevice_tsm_req_ioctl",
+        ],
+        entry: "tsm_op_entry",
+        ret: Some("tsm_op_return"),
+        origin: "the iommufd TSM bind patch (iommufd.ko, CONFIG_TSM=y)",
+    },
+    Target {
+        probe: Probe::TsmBind,
+        symbols: &["tsm_bind"],
+        entry: "tsm_bind_entry",
+        ret: Some("tsm_bind_return"),
+        origin: "the iommufd TSM bind patch (tsm-core, CONFIG_TSM=y)",
+    },
+    Target {
+        probe: Probe::TsmUnbind,
+        symbols: &["tsm_unbind"],
+        entry: "tsm_unbind_entry",
+        ret: Some("tsm_unbind_return"),
+        origin: "the iommufd TSM bind patch (tsm-core, CONFIG_TSM=y)",
+    },
+    Target {
+        probe: Probe::VdeviceAbort,
+        symbols: &["iommufd_vdevice_abort"],
+        entry: "vdev_abort_entry",
+        ret: Some("vdev_abort_return"),
+        origin: "iommufd.ko (CONFIG_IOMMUFD; unbinds on teardown only with the patch)",
+    },
+    Target {
+        probe: Probe::PciTsmBind,
+        symbols: &["pci_tsm_bind"],
+        entry: "pci_bind_entry",
+        ret: Some("pci_bind_return"),
+        origin: "Linux 6.19+ with CONFIG_PCI_TSM=y",
+    },
+    Target {
+        probe: Probe::PciTsmUnbind,
+        symbols: &["pci_tsm_unbind"],
+        entry: "pci_unbind_entry",
+        ret: Some("pci_unbind_return"),
+        origin: "Linux 6.19+ with CONFIG_PCI_TSM=y",
+    },
+    Target {
+        probe: Probe::DriverBind,
+        symbols: &[],
+        entry: "drv_bind_entry",
+        ret: Some("drv_bind_return"),
+        origin: "a TSM driver's bind op, named with --driver-bind",
+    },
+    Target {
+        probe: Probe::DriverUnbind,
+        symbols: &[],
+        entry: "drv_unbind_entry",
+        ret: Some("drv_unbind_return"),
+        origin: "a TSM driver's unbind op, named with --driver-unbind",
+    },
+    Target {
+        probe: Probe::KvmDestroyVm,
+        symbols: &["kvm_destroy_vm"],
+        entry: "kvm_destroy_entry",
+        ret: None,
+        origin: "kvm.ko (static; missing if the compiler inlined it or kvm is not loaded)",
+    },
+    Target {
+        probe: Probe::VmmExit,
+        symbols: &["sched_process_exit"],
+        entry: "vmm_exit",
+        ret: None,
+        origin: "the sched_process_exit raw tracepoint",
+    },
+];
+
+pub fn target(probe: Probe) -> &'static Target {
+    TARGETS
+        .iter()
+        .find(|t| t.probe == probe)
+        .expect("every probe has a row in TARGETS")
+}
+
+/// What the user asked to attach.
+#[derive(Clone, Debug, Default)]
+pub struct AttachConfig {
+    /// Any requested probe that cannot attach is fatal.
+    pub strict: bool,
+    /// TSM driver bind/unbind functions to probe (layer `tsm_driver`).
+    pub driver_bind: Option<String>,
+    pub driver_unbind: Option<String>,
+    /// Probes not to attach at all.
+    pub disabled: Vec<Probe>,
+}
+
+/// The outcome for one program.
+#[derive(Clone, Debug, Serialize)]
+pub struct AttachReport {
+    pub probe: Probe,
+    pub kind: Kind,
+    /// The kernel function (or tracepoint) it was, or would have been, attached to.
+    pub function: String,
+    pub attached: bool,
+    /// Why not attached (or a note, such as a suffixed symbol being used).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Requested: a probe the user asked for (driver ops) or a default one.
+    pub requested: bool,
+}
+
+/// Errors of this module. A load error carries the verifier log.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "the embedded eBPF object is empty: tsm-trace was built with AYA_BUILD_SKIP; rebuild without it"
+    )]
+    EmptyObject,
+    #[error("loading the eBPF object: {0}")]
+    Object(#[source] aya::EbpfError),
+    #[error(
+        "eBPF program {program} is missing from the object (tsm-trace and tsm-trace-ebpf disagree)"
+    )]
+    MissingProgram { program: &'static str },
+    #[error("the kernel verifier rejected {program}: {io_error}\nverifier log:\n{verifier_log}")]
+    Verifier {
+        program: &'static str,
+        io_error: std::io::Error,
+        verifier_log: String,
+    },
+    #[error("loading {program}: {source}")]
+    Load {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("--strict: {count} requested probe(s) did not attach:\n{details}")]
+    Strict { count: usize, details: String },
+}
+
+/// Parses the object with `offsets` patched in and creates its maps.
+pub fn open(offsets: &Offsets, ringbuf_bytes: Option<u32>) -> Result<Ebpf, ProbeError> {
+    if EBPF_OBJECT.is_empty() {
+        return Err(ProbeError::EmptyObject);
+    }
+    let mut loader = EbpfLoader::new();
+    loader.override_global("OFFSETS", offsets, true);
+    if let Some(b) = ringbuf_bytes {
+        loader.map_max_entries("EVENTS", b);
+    }
+    loader.load(EBPF_OBJECT).map_err(ProbeError::Object)
+}
+
+fn program_names(t: &Target) -> impl Iterator<Item = (&'static str, Kind)> {
+    let entry_kind = if t.probe == Probe::VmmExit {
+        Kind::RawTracepoint
+    } else {
+        Kind::Kprobe
+    };
+    std::iter::once((t.entry, entry_kind)).chain(t.ret.map(|r| (r, Kind::Kretprobe)))
+}
+
+fn load_error(program: &'static str, e: ProgramError) -> ProbeError {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => ProbeError::Verifier {
+            program,
+            io_error,
+            verifier_log: verifier_log.to_string(),
+        },
+        source => ProbeError::Load { program, source },
+    }
+}
+
+/// Loads every program through the verifier without attaching (the host test, and `check`).
+pub fn load_all(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    for t in TARGETS {
+        for (name, kind) in program_names(t) {
+            load_program(ebpf, name, kind)?;
+        }
+    }
+    Ok(())
+}
+
+fn load_program(ebpf: &mut Ebpf, name: &'static str, kind: Kind) -> Result<(), ProbeError> {
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or(ProbeError::MissingProgram { program: name })?;
+    let r = match kind {
+        Kind::RawTracepoint => {
+            let p: &mut RawTracePoint = prog.try_into().map_err(|e| load_error(name, e))?;
+            if p.fd().is_ok() {
+                return Ok(());
+            }
+            p.load()
+        }
+        Kind::Kprobe | Kind::Kretprobe => {
+            let p: &mut KProbe = prog.try_into().map_err(|e| load_error(name, e))?;
+            if p.fd().is_ok() {
+                return Ok(());
+            }
+            p.load()
+        }
+    };
+    r.map_err(|e| load_error(name, e))
+}
+
+/// Resolves, loads and attaches every probe; returns one report per program.
+pub fn attach_all(
+    ebpf: &mut Ebpf,
+    syms: &Kallsyms,
+    config: &AttachConfig,
+) -> Result<Vec<AttachReport>, ProbeError> {
+    let mut reports = Vec::new();
+    for t in TARGETS {
+        let (symbols, requested): (Vec<&str>, bool) = match t.probe {
+            Probe::DriverBind => (
+                config.driver_bind.as_deref().into_iter().collect(),
+                config.driver_bind.is_some(),
+            ),
+            Probe::DriverUnbind => (
+                config.driver_unbind.as_deref().into_iter().collect(),
+                config.driver_unbind.is_some(),
+            ),
+            _ => (t.symbols.to_vec(), !config.disabled.contains(&t.probe)),
+        };
+        for (program, kind) in program_names(t) {
+            let mut report = AttachReport {
+                probe: t.probe,
+                kind,
+                function: symbols.first().map(|s| s.to_string()).unwrap_or_default(),
+                attached: false,
+                reason: None,
+                requested,
+            };
+            if !requested {
+                report.reason = Some(if symbols.is_empty() {
+                    format!("not requested: {}", t.origin)
+                } else {
+                    "disabled on the command line".to_string()
+                });
+                reports.push(report);
+                continue;
+            }
+            if kind == Kind::RawTracepoint {
+                load_program(ebpf, program, kind)?;
+                let p: &mut RawTracePoint = ebpf
+                    .program_mut(program)
+                    .ok_or(ProbeError::MissingProgram { program })?
+                    .try_into()
+                    .map_err(|e| load_error(program, e))?;
+                match p.attach(t.symbols[0]) {
+                    Ok(_) => report.attached = true,
+                    Err(e) => report.reason = Some(format!("attach failed: {}", chain(&e))),
+                }
+                reports.push(report);
+                continue;
+            }
+            let sym = match syms.find(&symbols) {
+                SymbolMatch::Found { name, module, note } => {
+                    report.function = name.clone();
+                    report.reason = note;
+                    let _ = module;
+                    name
+                }
+                SymbolMatch::Missing { reason } => {
+                    report.reason = Some(format!("{reason}; comes from {}", t.origin));
+                    reports.push(report);
+                    continue;
+                }
+            };
+            load_program(ebpf, program, kind)?;
+            let p: &mut KProbe = ebpf
+                .program_mut(program)
+                .ok_or(ProbeError::MissingProgram { program })?
+                .try_into()
+                .map_err(|e| load_error(program, e))?;
+            match p.attach(&sym, 0) {
+                Ok(_) => report.attached = true,
+                Err(e) => report.reason = Some(format!("attach failed: {}", chain(&e))),
+            }
+            reports.push(report);
+        }
+    }
+    if config.strict {
+        let failed: Vec<_> = reports
+            .iter()
+            .filter(|r| r.requested && !r.attached)
+            .collect();
+        if !failed.is_empty() {
+            return Err(ProbeError::Strict {
+                count: failed.len(),
+                details: failed
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "  {} {} ({}): {}",
+                            r.kind.as_str(),
+                            r.probe.as_str(),
+                            r.function,
+                            r.reason.as_deref().unwrap_or("unknown")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            });
+        }
+    }
+    Ok(reports)
+}
+
+/// An error and its sources on one line.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Kernel-side self-counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct KernelStats {
+    pub ringbuf_drops: u64,
+    pub inflight_full: u64,
+    pub read_faults: u64,
+    pub orphan_returns: u64,
+}
+
+/// Handles to the maps userspace reads.
+pub struct Maps {
+    pub events: RingBuf<MapData>,
+    pub stats: PerCpuArray<MapData, u64>,
+}
+
+impl Maps {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Maps, ProbeError> {
+        let events = ebpf
+            .take_map("EVENTS")
+            .ok_or(ProbeError::MissingMap("EVENTS"))?;
+        let stats = ebpf
+            .take_map("STATS")
+            .ok_or(ProbeError::MissingMap("STATS"))?;
+        Ok(Maps {
+            events: RingBuf::try_from(events).map_err(|source| ProbeError::Map {
+                name: "EVENTS",
+                source,
+            })?,
+            stats: PerCpuArray::try_from(stats).map_err(|source| ProbeError::Map {
+                name: "STATS",
+                source,
+            })?,
+        })
+    }
+}
+
+/// Reads the per-CPU counters.
+pub fn kernel_stats(stats: &PerCpuArray<MapData, u64>) -> Result<KernelStats, ProbeError> {
+    let get = |i: u32| -> Result<u64, ProbeError> {
+        Ok(stats
+            .get(&i, 0)
+            .map_err(|source| ProbeError::Map {
+                name: "STATS",
+                source,
+            })?
+            .iter()
+            .sum())
+    };
+    Ok(KernelStats {
+        ringbuf_drops: get(stat::RINGBUF_DROPS)?,
+        inflight_full: get(stat::INFLIGHT_FULL)?,
+        read_faults: get(stat::READ_FAULTS)?,
+        orphan_returns: get(stat::ORPHAN_RETURNS)?,
+    })
+}
+
+/// Attached/total per probe, for summaries.
+pub fn summarize(reports: &[AttachReport]) -> BTreeMap<&'static str, (usize, usize)> {
+    let mut m = BTreeMap::new();
+    for r in reports.iter().filter(|r| r.requested) {
+        let e = m.entry(r.probe.as_str()).or_insert((0, 0));
+        e.1 += 1;
+        if r.attached {
+            e.0 += 1;
+        }
+    }
+    m
+}

@@ -1,0 +1,69 @@
+//! Loads every eBPF program through the running kernel's verifier (load, not attach: the
+//! development kernel has no kprobes). Needs root; without it the test says so and skips.
+
+use tsm_trace::probes;
+use tsm_trace_common::{KvmOffsets, OFFSET_UNKNOWN, Offsets};
+
+fn is_root() -> bool {
+    probes::check_privileges().is_ok()
+}
+
+fn load_with(offsets: &Offsets) {
+    let mut ebpf = match probes::open(offsets, None) {
+        Ok(e) => e,
+        Err(e) => panic!("opening the eBPF object failed: {}", probes::chain(&e)),
+    };
+    if let Err(e) = probes::load_all(&mut ebpf) {
+        // ProbeError::Verifier's Display carries the whole verifier log.
+        panic!("{e}");
+    }
+    let loaded = ebpf.programs().count();
+    let expected: usize = probes::TARGETS
+        .iter()
+        .map(|t| 1 + usize::from(t.ret.is_some()))
+        .sum();
+    assert_eq!(
+        loaded, expected,
+        "every program in the compatibility table is in the object"
+    );
+    for (name, prog) in ebpf.programs() {
+        assert!(prog.fd().is_ok(), "program {name} was not loaded");
+    }
+}
+
+#[test]
+fn every_program_passes_the_verifier() {
+    if !is_root() {
+        eprintln!(
+            "SKIP every_program_passes_the_verifier: needs root (or CAP_BPF+CAP_PERFMON) to load eBPF programs"
+        );
+        return;
+    }
+    // Both paths through each program: offsets unknown (reads skipped) and resolved.
+    load_with(&Offsets::UNKNOWN);
+    let kvm = KvmOffsets {
+        userspace_pid: 40,
+        stats_id: 48,
+    };
+    load_with(&Offsets {
+        ucmd_cmd: 24,
+        tsm_op_op: 4,
+        tsm_op_flags: 8,
+        tsm_op_vdevice_id: 12,
+        obj_id: 12,
+        vdev_obj: 0,
+        vdev_virt_id: 32,
+        vdev_idev: 24,
+        idev_dev: 16,
+        dev_name: 0,
+        pci_dev_dev: 200,
+        _pad: 0,
+        kvm_tsm_bind: kvm,
+        kvm_pci_tsm_bind: kvm,
+        kvm_driver_bind: kvm,
+        kvm_destroy_vm: KvmOffsets {
+            userspace_pid: OFFSET_UNKNOWN,
+            stats_id: 7000,
+        },
+    });
+}

@@ -1,0 +1,123 @@
+//! Running commands, building, and the whole test suite.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context, Result, bail};
+
+/// The repository root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent directory")
+        .to_path_buf()
+}
+
+/// Runs a command, echoing it, and fails with the command line if it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    println!("+ {}", show(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting `{}`", show(cmd)))?;
+    if !status.success() {
+        bail!("`{}` failed: {status}", show(cmd));
+    }
+    Ok(())
+}
+
+pub fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+pub fn show(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+/// The static (musl) tsm-trace binary for the test VMs.
+pub fn build_static() -> Result<PathBuf> {
+    run(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "tsm-trace",
+        "--target",
+        "x86_64-unknown-linux-musl",
+    ]))?;
+    Ok(root().join("target/x86_64-unknown-linux-musl/release/tsm-trace"))
+}
+
+pub fn build_all() -> Result<()> {
+    run(cargo().args(["build", "--workspace"]))?;
+    let bin = build_static()?;
+    println!("built {}", bin.display());
+    Ok(())
+}
+
+/// `cargo xtask test`: lints, unit and host tests (incl. the verifier-load test), promtool
+/// checks, then the VM suite on real kernels.
+pub fn test_all(no_vm: bool) -> Result<()> {
+    let mut steps: Vec<(&str, f64)> = Vec::new();
+    let mut step = |name: &'static str, f: &mut dyn FnMut() -> Result<()>| -> Result<()> {
+        println!("\n==> {name}");
+        let t = Instant::now();
+        f().with_context(|| format!("test step `{name}` failed"))?;
+        steps.push((name, t.elapsed().as_secs_f64()));
+        Ok(())
+    };
+    step("format", &mut || run(cargo().args(["fmt", "--all", "--check"])))?;
+    step("clippy", &mut || {
+        run(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+        run(Command::new("cargo")
+            .current_dir(root().join("tsm-trace-ebpf"))
+            .args([
+                "+nightly",
+                "clippy",
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--",
+                "-D",
+                "warnings",
+            ]))
+    })?;
+    step("unit and host tests", &mut || {
+        run(cargo().args(["test", "--workspace", "--no-fail-fast"]))
+    })?;
+    step("promtool rules", &mut || crate::promtool::check())?;
+    if !no_vm {
+        step("VM suite (real kernels)", &mut || {
+            crate::vm::run(&crate::vm::VmTestArgs::default())
+        })?;
+    }
+    println!("\nall test steps passed:");
+    for (name, secs) in &steps {
+        println!("  {name:<28} {secs:>7.1}s");
+    }
+    Ok(())
+}
