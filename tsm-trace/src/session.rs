@@ -1,0 +1,156 @@
+//! A live tracing session: resolve BTF offsets, load and attach the probes, stream events.
+//! Shared by `tsm-trace run`, `trace` and `check`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use aya::{Ebpf, maps::{MapData, RingBuf}};
+use tokio::io::unix::AsyncFd;
+
+use crate::{
+    btf::{self, BtfSources, Resolution},
+    events::{DecodeError, Event, Probe},
+    probes::{self, AttachConfig, AttachReport, Kallsyms, KernelStats, SymbolMatch},
+};
+
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    pub attach: AttachConfig,
+    pub btf: BtfSources,
+    pub kallsyms: PathBuf,
+    pub ringbuf_bytes: Option<u32>,
+}
+
+pub struct Session {
+    /// Owns the programs and their links: dropping it detaches everything.
+    pub ebpf: Ebpf,
+    pub stats: aya::maps::PerCpuArray<MapData, u64>,
+    pub events: Option<RingBuf<MapData>>,
+    pub attach: Vec<AttachReport>,
+    pub btf: Resolution,
+}
+
+/// The symbol a probe will use, for BTF lookups (compiler suffixes such as `.isra.0` dropped).
+fn btf_name(syms: &Kallsyms, probe: Probe, fallback: &'static str, config: &AttachConfig) -> String {
+    let t = probes::target(probe);
+    let candidates: Vec<&str> = match probe {
+        Probe::DriverBind => config.driver_bind.as_deref().into_iter().collect(),
+        _ => t.symbols.to_vec(),
+    };
+    match syms.find(&candidates) {
+        SymbolMatch::Found { name, .. } => name.split('.').next().unwrap_or(&name).to_string(),
+        SymbolMatch::Missing { .. } => candidates.first().copied().unwrap_or(fallback).to_string(),
+    }
+}
+
+impl Session {
+    pub fn start(opts: &SessionOptions) -> Result<Session> {
+        probes::check_privileges()?;
+        // Old kernels (< 5.11) charge BPF maps to RLIMIT_MEMLOCK.
+        let rlim = libc::rlimit {
+            rlim_cur: libc::RLIM_INFINITY,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+            log::debug!("could not raise RLIMIT_MEMLOCK (fine on kernels 5.11+ with memcg accounting)");
+        }
+
+        let mut wanted: Vec<&str> = probes::TARGETS.iter().flat_map(|t| t.symbols.iter().copied()).collect();
+        wanted.extend(opts.attach.driver_bind.as_deref());
+        wanted.extend(opts.attach.driver_unbind.as_deref());
+        let syms = Kallsyms::load(&opts.kallsyms, &wanted)
+            .with_context(|| format!("reading {}", opts.kallsyms.display()))?;
+
+        let names = [
+            btf_name(&syms, Probe::TsmOpIoctl, "iommufd_vdevice_tsm_op_ioctl", &opts.attach),
+            btf_name(&syms, Probe::TsmBind, "tsm_bind", &opts.attach),
+            btf_name(&syms, Probe::VdeviceAbort, "iommufd_vdevice_abort", &opts.attach),
+            btf_name(&syms, Probe::PciTsmBind, "pci_tsm_bind", &opts.attach),
+            btf_name(&syms, Probe::KvmDestroyVm, "kvm_destroy_vm", &opts.attach),
+        ];
+        let driver_bind = opts.attach.driver_bind.as_deref().map(|s| s.split('.').next().unwrap_or(s));
+        let resolution = btf::resolve(
+            &opts.btf,
+            &btf::Functions {
+                tsm_op_ioctl: &names[0],
+                tsm_bind: &names[1],
+                vdevice_abort: &names[2],
+                pci_tsm_bind: &names[3],
+                driver_bind,
+                kvm_destroy_vm: &names[4],
+            },
+        )
+        .context("resolving struct offsets from BTF")?;
+
+        let mut ebpf = probes::open(&resolution.offsets, opts.ringbuf_bytes)?;
+        let attach = probes::attach_all(&mut ebpf, &syms, &opts.attach)?;
+        let maps = probes::Maps::take(&mut ebpf)?;
+        Ok(Session {
+            ebpf,
+            stats: maps.stats,
+            events: Some(maps.events),
+            attach,
+            btf: resolution,
+        })
+    }
+
+    /// Lines for the startup report: probes attached or not (and why), BTF fields.
+    pub fn report_lines(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for r in &self.attach {
+            let status = match (r.requested, r.attached) {
+                (_, true) => "attached    ",
+                (true, false) => "NOT ATTACHED",
+                (false, false) => "skipped     ",
+            };
+            let mut l = format!(
+                "probe {status} {:<15} {:<14} {}",
+                r.probe.as_str(),
+                r.kind.as_str(),
+                if r.function.is_empty() { "-" } else { &r.function }
+            );
+            if let Some(reason) = &r.reason {
+                l.push_str(&format!("  ({reason})"));
+            }
+            lines.push(l);
+        }
+        lines.extend(self.btf.summary_lines().into_iter().map(|l| format!("btf   {l}")));
+        lines
+    }
+
+    pub fn attached_count(&self) -> usize {
+        self.attach.iter().filter(|r| r.attached).count()
+    }
+
+    pub fn kernel_stats(&self) -> Result<KernelStats> {
+        Ok(probes::kernel_stats(&self.stats)?)
+    }
+
+    /// Takes the ring buffer for async reading.
+    pub fn event_stream(&mut self) -> Result<EventStream> {
+        let ring = self.events.take().context("the event stream was already taken")?;
+        // SAFETY: the ring buffer fd stays valid while `ring` lives inside the AsyncFd.
+        let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .context("registering the ring buffer with tokio")?;
+        Ok(EventStream { fd })
+    }
+}
+
+/// Decoded events from the ring buffer, in batches, woken by epoll (no polling loop).
+pub struct EventStream {
+    fd: AsyncFd<RingBuf<MapData>>,
+}
+
+impl EventStream {
+    /// Waits until events are available and appends everything readable to `out`.
+    pub async fn next_batch(&mut self, out: &mut Vec<Result<Event, DecodeError>>) -> Result<()> {
+        let mut guard = self.fd.readable_mut().await?;
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            let item: &[u8] = &item;
+            out.push(Event::from_bytes(&item));
+        }
+        guard.clear_ready();
+        Ok(())
+    }
+}
