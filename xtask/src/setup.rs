@@ -7,7 +7,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::util::{run, succeeds};
+use crate::util::{run as sh, succeeds};
 
 /// Debian packages: LLVM 22 for bpf-linker; qemu, busybox, cpio for the test VMs; gcc, make,
 /// libelf, dwarves (pahole), bc, flex, bison, kmod for building the stand-in kernel module;
@@ -172,14 +172,14 @@ fn install(m: &Missing) -> Result<()> {
                 m.packages.join(" ")
             );
         }
-        run(Command::new("apt-get").args(["update", "-q"]))?;
-        run(Command::new("apt-get")
+        sh(Command::new("apt-get").args(["update", "-q"]))?;
+        sh(Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&m.packages)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
     if m.nightly {
-        run(Command::new("rustup").args([
+        sh(Command::new("rustup").args([
             "toolchain",
             "install",
             "nightly",
@@ -189,14 +189,14 @@ fn install(m: &Missing) -> Result<()> {
             "rust-src",
         ]))?;
     } else if m.rust_src {
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        sh(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
     }
     if m.musl {
-        run(Command::new("rustup").args(["target", "add", "x86_64-unknown-linux-musl"]))?;
+        sh(Command::new("rustup").args(["target", "add", "x86_64-unknown-linux-musl"]))?;
     }
     if m.bpf_linker {
         // Measured: ~35 s. Without LLVM_PREFIX the link fails with `unable to find library -lLLVM`.
-        run(Command::new("cargo")
+        sh(Command::new("cargo")
             .args([
                 "install",
                 "--locked",

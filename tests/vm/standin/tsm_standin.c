@@ -61,11 +61,23 @@
  *
  * /sys/kernel/debug/tsm_standin/last: ground truth of the last command as one
  * line of space-separated key=value pairs (values never contain spaces),
- * always starting with "seq=<n> cmd=<name> rc=<errno>"; other keys appear
- * when known, e.g. pid comm op flags vdevice_id obj_id virt_id dev kvm
- * kvm_pid stats_id tdi_id layer driver_called driver_rc driver_ns
- * duration_ns bound_kvm destroyed.  kvm= is the raw pointer (%px).
- *
+ * always starting with "seq=<n> cmd=<name> rc=<-errno|0> pid=<tgid> comm=<c>";
+ * further keys appear when known, in the order things happened:
+ *   vm vdevice_id op flags virt_id obj_id dev (BDF or "tsm_standin")
+ *   kvm kvm_pid stats_id       the VM the command used (kvm=0x0: none)
+ *   tdi_id                     what tsm_bind() got (= vdevice virt_id)
+ *   layer                      PCI-layer function called (standin_pci_tsm_bind,
+ *                              pci_tsm_bind, ...)
+ *   bound_kvm bound_kvm_pid bound_stats_id   binding found by the PCI layer
+ *                              (idempotent / -EBUSY cases, disconnect)
+ *   driver_called driver_rc driver_ns        standin_tdi_bind() ran, its rc
+ *                              and its own measured duration (incl. delay)
+ *   driver_unbind=1            standin_tdi_unbind() ran
+ *   respond_rc                 the respond step after a successful op
+ *   duration_ns                iommufd_vdevice_tsm_op_ioctl() / abort / tsm_bind
+ *   after_kvm after_kvm_pid after_stats_id   binding of the device afterwards
+ *   destroyed destroyed_kvm destroyed_kvm_pid   kvm_destroy_vm() ran (or not)
+ * Pointers are raw (0x%px), as a probe sees them.
  * /sys/kernel/debug/tsm_standin/bound: one line per bound device:
  *   dev=<bdf> kvm=0x... kvm_pid=<pid> stats_id=kvm-<pid> tdi_id=<n>
  * /sys/kernel/debug/tsm_standin/info: static facts (pci_tsm=real|standin,
@@ -292,7 +304,7 @@ static void rec_kvm(const char *prefix, struct kvm *kvm)
 		rec("%skvm=0x0", prefix);
 		return;
 	}
-	rec("%skvm=%px %skvm_pid=%d %sstats_id=%s", prefix, kvm, prefix,
+	rec("%skvm=0x%px %skvm_pid=%d %sstats_id=%s", prefix, kvm, prefix,
 	    kvm->userspace_pid, prefix, kvm->stats_id);
 }
 
@@ -311,7 +323,7 @@ static const struct file_operations standin_kvm_fops = {
 
 noinline void kvm_destroy_vm(struct kvm *kvm)
 {
-	rec("destroyed_kvm=%px destroyed_kvm_pid=%d", kvm, kvm->userspace_pid);
+	rec("destroyed_kvm=0x%px destroyed_kvm_pid=%d", kvm, kvm->userspace_pid);
 	kvm->vm_dead = true;
 	kfree(kvm);
 }
@@ -733,6 +745,16 @@ static int cmd_vdev_create(unsigned int id, const char *devname,
 	return 0;
 }
 
+static void rec_binding(struct pci_dev *pdev)
+{
+	struct standin_tdi *tdi = pdev ? find_tdi(pdev) : NULL;
+
+	if (tdi)
+		rec_kvm("after_", tdi->kvm);
+	else
+		rec("after_kvm=0x0");
+}
+
 static int cmd_ioctl(unsigned int vdev_id, u32 op, u32 flags,
 		     const char __user *ubuf)
 {
@@ -751,21 +773,16 @@ static int cmd_ioctl(unsigned int vdev_id, u32 op, u32 flags,
 	ktime_t start;
 	int rc;
 
+	struct standin_vdev *sv;
+
 	rec("op=%u flags=%u vdevice_id=%u", op, flags, vdev_id);
 	start = ktime_get();
 	rc = iommufd_vdevice_tsm_op_ioctl(&ucmd);
 	rec("duration_ns=%lld", ktime_to_ns(ktime_sub(ktime_get(), start)));
+	sv = find_vdev(vdev_id);
+	if (sv && sv->pdev)
+		rec_binding(sv->pdev);
 	return rc;
-}
-
-static void rec_binding(struct device *dev, struct pci_dev *pdev)
-{
-	struct standin_tdi *tdi = pdev ? find_tdi(pdev) : NULL;
-
-	if (tdi)
-		rec_kvm("after_", tdi->kvm);
-	else
-		rec("after_kvm=0x0");
 }
 
 static int cmd_vdev_destroy(unsigned int id, bool unbind)
@@ -783,7 +800,7 @@ static int cmd_vdev_destroy(unsigned int id, bool unbind)
 	iommufd_vdevice_abort(&sv->vdev.obj);
 	rec("duration_ns=%lld", ktime_to_ns(ktime_sub(ktime_get(), start)));
 	standin_abort_unbind = true;
-	rec_binding(sv->idev.dev, sv->pdev);
+	rec_binding(sv->pdev);
 	if (sv->vm)
 		vm_put(sv->vm);
 	pci_dev_put(sv->pdev);
@@ -1022,7 +1039,7 @@ static ssize_t bound_read(struct file *file, char __user *ubuf, size_t count,
 	mutex_lock(&standin_lock);
 	list_for_each_entry(tdi, &standin_tdis, node)
 		len += scnprintf(buf + len, size - len,
-				 "dev=%s kvm=%px kvm_pid=%d stats_id=%s tdi_id=%u\n",
+				 "dev=%s kvm=0x%px kvm_pid=%d stats_id=%s tdi_id=%u\n",
 				 pci_name(tdi->pdev), tdi->kvm,
 				 tdi->kvm->userspace_pid, tdi->kvm->stats_id,
 				 tdi->tdi_id);

@@ -1,0 +1,127 @@
+//! Building the stand-in kernel module (`tests/vm/standin/`) against a fetched kernel's headers,
+//! with module BTF (the daemon resolves struct offsets from `/sys/kernel/btf/tsm_standin`).
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use super::kernel::Kernel;
+use super::repo_root;
+
+const SOURCES: &[&str] = &["tsm_standin.c", "Kbuild"];
+
+/// Build `tsm_standin.ko` for `k` into `k.standin_ko` unless an up-to-date build is cached.
+pub fn build(k: &Kernel) -> Result<()> {
+    let src = repo_root().join("tests/vm/standin");
+    let build = k.standin_ko.parent().unwrap().to_path_buf();
+    let up_to_date = k.standin_ko.is_file()
+        && SOURCES.iter().all(|f| {
+            matches!((fs::read(src.join(f)), fs::read(build.join(f))), (Ok(a), Ok(b)) if a == b)
+        });
+    if up_to_date {
+        return Ok(());
+    }
+    let _ = fs::remove_dir_all(&build);
+    fs::create_dir_all(&build)?;
+    for f in SOURCES {
+        fs::copy(src.join(f), build.join(f)).with_context(|| format!("copying {f}"))?;
+    }
+
+    let mut cmd = Command::new("make");
+    cmd.arg("-C")
+        .arg(&k.headers)
+        .arg(format!("M={}", build.display()))
+        .arg(format!("CC={}", host_cc()))
+        // pahole 1.24 (bookworm) has no --btf_features.
+        .arg("PAHOLE_FLAGS=--btf_gen_floats -j")
+        .arg("modules");
+    if kernel_gcc_major(k) != host_gcc_major() {
+        // Built with a newer gcc (7.x: gcc-14); this option's test result does not carry over.
+        cmd.arg("CONFIG_CC_HAS_MIN_FUNCTION_ALIGNMENT=");
+    }
+    if !k
+        .headers
+        .join("tools/bpf/resolve_btfids/resolve_btfids")
+        .exists()
+    {
+        cmd.arg("RESOLVE_BTFIDS=true");
+    }
+    let out = cmd
+        .output()
+        .with_context(|| format!("running make for {}", k.version))?;
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::write(build.join("build.log"), &log)?;
+    if !out.status.success() || !k.standin_ko.is_file() {
+        let _ = fs::remove_file(&k.standin_ko);
+        bail!("building tsm_standin.ko for {} failed:\n{log}", k.version);
+    }
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("tsm_standin") && (l.contains("warning:") || l.contains("error:")))
+        .collect();
+    if !warnings.is_empty() || log.contains("Skipping BTF generation") {
+        let _ = fs::remove_file(&k.standin_ko);
+        bail!(
+            "tsm_standin.ko for {} built with warnings or without BTF:\n{log}",
+            k.version
+        );
+    }
+    if !has_btf_section(&k.standin_ko)? {
+        let _ = fs::remove_file(&k.standin_ko);
+        bail!("tsm_standin.ko for {} has no .BTF section", k.version);
+    }
+    Ok(())
+}
+
+fn host_cc() -> String {
+    std::env::var("TSM_VM_CC").unwrap_or_else(|_| {
+        if Command::new("gcc-12").arg("--version").output().is_ok() {
+            "gcc-12".into()
+        } else {
+            "gcc".into()
+        }
+    })
+}
+
+fn host_gcc_major() -> u32 {
+    Command::new(host_cc())
+        .arg("-dumpversion")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .split('.')
+                .next()
+                .and_then(|m| m.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// gcc major version from the kernel's `CONFIG_CC_VERSION_TEXT`.
+fn kernel_gcc_major(k: &Kernel) -> u32 {
+    let config = fs::read_to_string(k.headers.join(".config")).unwrap_or_default();
+    config
+        .lines()
+        .find_map(|l| l.strip_prefix("CONFIG_GCC_VERSION="))
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .map(|v| v / 10000)
+        .unwrap_or(0)
+}
+
+fn has_btf_section(ko: &Path) -> Result<bool> {
+    let out = Command::new("readelf")
+        .arg("-S")
+        .arg(ko)
+        .output()
+        .context("running readelf")?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .any(|w| w == ".BTF"))
+}

@@ -1,0 +1,342 @@
+//! Booting a prepared kernel in qemu (TCG, single-threaded) with the test initramfs, and
+//! collecting its output.
+//!
+//! Two serial ports: ttyS0 is the console (kernel messages, init chatter, run.sh's own
+//! stdout/stderr) and ttyS1 the data port that only `section` output goes to, so section
+//! text is never interleaved with kernel messages. Both are written to files under
+//! `.vm-cache/runs/<run>/` (`console.log`, `data.log`).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+
+use super::cache_dir;
+use super::initramfs::{self, InitramfsSpec};
+use super::kernel::Kernel;
+
+/// Patterns in the console log that mean the guest kernel crashed.
+const CRASH_PATTERNS: &[&str] = &[
+    "Kernel panic",
+    "BUG: ",
+    "kernel BUG at",
+    "Oops: ",
+    "general protection fault",
+    "Unable to handle kernel",
+    "stack-protector: Kernel stack is corrupted",
+];
+
+/// One `section NAME CMD...` block from the guest.
+#[derive(Clone, Debug, Default)]
+pub struct Section {
+    /// Output of the command (stdout + stderr), `\r` removed.
+    pub text: String,
+    /// Exit code printed by the section helper (None if the END marker had none).
+    pub rc: Option<i32>,
+}
+
+/// Everything a VM run produced.
+#[derive(Clone, Debug)]
+pub struct VmOutput {
+    pub kernel_version: String,
+    /// Serial console (ttyS0) log, `\r` removed.
+    pub console: String,
+    /// Data port (ttyS1) log, `\r` removed.
+    pub data: String,
+    /// Sections by name, in the order they were printed (a repeated name keeps the last).
+    pub sections: BTreeMap<String, Section>,
+    /// Exit code of `/scenarios/run.sh`.
+    pub run_rc: Option<i32>,
+    /// Kernel warnings (`WARNING:` lines) seen on the console or in dmesg; not fatal.
+    pub warnings: Vec<String>,
+    /// Directory with console.log, data.log (and the initramfs with `keep`).
+    pub run_dir: PathBuf,
+    pub elapsed: Duration,
+}
+
+impl VmOutput {
+    /// Text of a section, or an error naming the run's logs.
+    pub fn section(&self, name: &str) -> Result<&Section> {
+        self.sections.get(name).with_context(|| {
+            format!(
+                "guest printed no section {name:?} (logs in {})",
+                self.run_dir.display()
+            )
+        })
+    }
+}
+
+/// Options of one VM run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Kill the guest after this long.
+    pub timeout: Duration,
+    /// Keep the initramfs next to the logs.
+    pub keep: bool,
+    /// Extra kernel command-line arguments.
+    pub extra_cmdline: String,
+    pub memory_mb: u32,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        let timeout = std::env::var("TSM_VM_TIMEOUT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(300);
+        RunOptions {
+            timeout: Duration::from_secs(timeout),
+            keep: false,
+            extra_cmdline: String::new(),
+            memory_mb: 1024,
+        }
+    }
+}
+
+/// Boot `kernel` with `script` as `/scenarios/run.sh` and `extra_files` (host path, guest path)
+/// in the initramfs; return its output. Fails if the guest crashed, timed out or did not
+/// reach the end of init.
+pub fn run_in_vm(
+    kernel: &Kernel,
+    extra_files: &[(PathBuf, String)],
+    script: &str,
+) -> Result<VmOutput> {
+    run_in_vm_with(kernel, extra_files, script, &RunOptions::default())
+}
+
+/// `run_in_vm` with explicit options.
+pub fn run_in_vm_with(
+    kernel: &Kernel,
+    extra_files: &[(PathBuf, String)],
+    script: &str,
+    opts: &RunOptions,
+) -> Result<VmOutput> {
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    let run_dir =
+        cache_dir()
+            .join("runs")
+            .join(format!("{stamp}-{}-{}", kernel.version, std::process::id()));
+    fs::create_dir_all(&run_dir)?;
+    let initrd = run_dir.join("initramfs.cpio");
+    initramfs::build(
+        &InitramfsSpec {
+            standin_ko: &kernel.standin_ko,
+            script,
+            extra_files,
+        },
+        &initrd,
+    )?;
+    let console_log = run_dir.join("console.log");
+    let data_log = run_dir.join("data.log");
+
+    let accel = std::env::var("TSM_VM_ACCEL").unwrap_or_else(|_| "tcg,thread=single".into());
+    let mut cmdline = "console=ttyS0 quiet panic=-1 oops=panic".to_owned();
+    if !opts.extra_cmdline.is_empty() {
+        cmdline.push(' ');
+        cmdline.push_str(&opts.extra_cmdline);
+    }
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-accel", &accel, "-cpu", "max", "-smp", "2"])
+        .args(["-m", &opts.memory_mb.to_string()])
+        .args(["-display", "none", "-monitor", "none", "-no-reboot"])
+        .arg("-serial")
+        .arg(format!("file:{}", console_log.display()))
+        .arg("-serial")
+        .arg(format!("file:{}", data_log.display()))
+        .arg("-kernel")
+        .arg(&kernel.vmlinuz)
+        .arg("-initrd")
+        .arg(&initrd)
+        .args(["-append", &cmdline])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        if start.elapsed() > opts.timeout {
+            timed_out = true;
+            let _ = child.kill();
+            break child.wait()?;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let elapsed = start.elapsed();
+    let qemu_err = {
+        use std::io::Read;
+        let mut s = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    };
+    let read = |p: &PathBuf| {
+        fs::read(p)
+            .map(|b| String::from_utf8_lossy(&b).replace('\r', ""))
+            .unwrap_or_default()
+    };
+    let console = read(&console_log);
+    let data = read(&data_log);
+    if !opts.keep {
+        let _ = fs::remove_file(&initrd);
+    }
+    let (sections, run_rc, done) = parse_data(&data);
+    let mut warnings: Vec<String> = console
+        .lines()
+        .chain(
+            sections
+                .get("dmesg")
+                .map(|s| s.text.as_str())
+                .unwrap_or("")
+                .lines(),
+        )
+        .filter(|l| l.contains("WARNING:"))
+        .map(str::to_owned)
+        .collect();
+    warnings.dedup();
+    let out = VmOutput {
+        kernel_version: kernel.version.clone(),
+        console,
+        data,
+        sections,
+        run_rc,
+        warnings,
+        run_dir: run_dir.clone(),
+        elapsed,
+    };
+
+    let dmesg = out
+        .sections
+        .get("dmesg")
+        .map(|s| s.text.as_str())
+        .unwrap_or("");
+    if let Some(line) = out
+        .console
+        .lines()
+        .chain(dmesg.lines())
+        .find(|l| CRASH_PATTERNS.iter().any(|p| l.contains(p)))
+    {
+        bail!(
+            "guest kernel {} crashed: {line:?}\n--- console tail ---\n{}\n(logs in {})",
+            kernel.version,
+            tail(&out.console, 40),
+            run_dir.display()
+        );
+    }
+    if timed_out {
+        bail!(
+            "guest {} timed out after {:?}\n--- console tail ---\n{}\n(logs in {})",
+            kernel.version,
+            opts.timeout,
+            tail(&out.console, 40),
+            run_dir.display()
+        );
+    }
+    if !done {
+        bail!(
+            "guest {} stopped before init finished (qemu {status}){}\n--- console tail ---\n{}\n(logs in {})",
+            kernel.version,
+            if qemu_err.trim().is_empty() {
+                String::new()
+            } else {
+                format!("\nqemu: {}", qemu_err.trim())
+            },
+            tail(&out.console, 40),
+            run_dir.display()
+        );
+    }
+    Ok(out)
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Split the data-port log into sections; also return run.sh's exit code and whether init
+/// reached its end.
+pub fn parse_data(data: &str) -> (BTreeMap<String, Section>, Option<i32>, bool) {
+    let mut sections = BTreeMap::new();
+    let mut current: Option<(String, String)> = None;
+    let mut run_rc = None;
+    let mut done = false;
+    for line in data.lines() {
+        if let Some(name) = line
+            .strip_prefix("=== BEGIN ")
+            .and_then(|r| r.strip_suffix(" ==="))
+        {
+            current = Some((name.to_owned(), String::new()));
+            continue;
+        }
+        if let Some(rest) = line
+            .strip_prefix("=== END ")
+            .and_then(|r| r.strip_suffix(" ==="))
+        {
+            let (name, rc) = match rest.rsplit_once(" rc=") {
+                Some((n, rc)) => (n, rc.parse().ok()),
+                None => (rest, None),
+            };
+            if let Some((cur, text)) = current.take() {
+                if cur == name {
+                    sections.insert(name.to_owned(), Section { text, rc });
+                    continue;
+                }
+                // Mismatched END: keep what we had under its own name.
+                sections.insert(cur, Section { text, rc: None });
+            }
+            continue;
+        }
+        if let Some(rc) = line
+            .strip_prefix("=== RUN_RC ")
+            .and_then(|r| r.strip_suffix(" ==="))
+        {
+            run_rc = rc.parse().ok();
+            continue;
+        }
+        if line == "=== TSM-VM DONE ===" {
+            done = true;
+            continue;
+        }
+        if let Some((_, text)) = current.as_mut() {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    if let Some((name, text)) = current {
+        sections.insert(name, Section { text, rc: None });
+    }
+    (sections, run_rc, done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_sections() {
+        let data = "junk\n=== BEGIN a ===\nx\ny\n=== END a rc=0 ===\n=== BEGIN b c ===\n=== END b c rc=3 ===\n=== RUN_RC 0 ===\n=== TSM-VM DONE ===\n";
+        let (s, rc, done) = parse_data(data);
+        assert_eq!(s["a"].text, "x\ny\n");
+        assert_eq!(s["a"].rc, Some(0));
+        assert_eq!(s["b c"].rc, Some(3));
+        assert_eq!(rc, Some(0));
+        assert!(done);
+    }
+
+    #[test]
+    fn unterminated_section_kept() {
+        let (s, _, done) = parse_data("=== BEGIN a ===\npartial\n");
+        assert_eq!(s["a"].text, "partial\n");
+        assert!(!done);
+    }
+}
