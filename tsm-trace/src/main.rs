@@ -1,1 +1,675 @@
-fn main() {}
+//! `tsm-trace`: the command line. See `tsm-trace --help`.
+
+mod logger;
+
+use std::{
+    fs::File,
+    io::{BufReader, BufWriter, IsTerminal, Write},
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tsm_trace::{
+    btf::BtfSources,
+    correlate,
+    events::{Event, Probe, record},
+    exporters::{
+        metrics::Metrics,
+        trace::{Clock, Filters},
+    },
+    http::{self, HttpState, Readiness},
+    pipeline::{self, Pipeline, ReplayOptions, TraceFormat, TraceSink},
+    probes::{AttachConfig, chain},
+    session::{Session, SessionOptions},
+    sysfs::Snapshot,
+};
+
+const ABOUT: &str = "See TEE device assignment on confidential-VM hosts: TSM bind latency, \
+failures by layer and errno, and bindings left behind.";
+
+const AFTER_HELP: &str = "\
+Examples:
+  tsm-trace check                          which probes attach here, and why not
+  tsm-trace trace --failed                 failed binds/unbinds as they happen
+  tsm-trace trace --json --record cap.jsonl --duration 10m
+  tsm-trace replay cap.jsonl --metrics     the same report from a capture, no kernel needed
+  tsm-trace run                            the daemon: http://0.0.0.0:9477/metrics";
+
+#[derive(Parser)]
+#[command(name = "tsm-trace", version, about = ABOUT, after_help = AFTER_HELP)]
+struct Cli {
+    /// Log level: off, error, warn, info, debug, trace.
+    #[arg(long, global = true, env = "TSM_TRACE_LOG", default_value = "info", value_parser = parse_level)]
+    log_level: log::LevelFilter,
+    /// Log format (logs go to stderr).
+    #[arg(long, global = true, env = "TSM_TRACE_LOG_FORMAT", value_enum, default_value_t = logger::Format::Text)]
+    log_format: logger::Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: Prometheus metrics, health, readiness and a JSON view of bindings.
+    Run(RunArgs),
+    /// Print each TSM operation as it completes, with a summary on exit (kernel bring-up).
+    Trace(TraceArgs),
+    /// Run a capture (`trace --record`) through the correlator and print the same report.
+    Replay(ReplayArgs),
+    /// Resolve BTF, attach every probe, print what attached (and why not), and exit.
+    Check(CheckArgs),
+}
+
+/// Which probes to attach and where kernel facts come from.
+#[derive(Args, Clone)]
+struct ProbeArgs {
+    /// Fail if any requested probe cannot attach (default: report it and keep going).
+    #[arg(long, env = "TSM_TRACE_STRICT")]
+    strict: bool,
+    /// Also probe this TSM driver bind op (layer tsm_driver), e.g. a driver's `.bind` function.
+    #[arg(long, value_name = "SYMBOL", env = "TSM_TRACE_DRIVER_BIND")]
+    driver_bind: Option<String>,
+    /// Also probe this TSM driver unbind op.
+    #[arg(long, value_name = "SYMBOL", env = "TSM_TRACE_DRIVER_UNBIND")]
+    driver_unbind: Option<String>,
+    /// Do not attach this probe (repeatable): tsm_op_ioctl, tsm_bind, tsm_unbind,
+    /// vdevice_abort, pci_tsm_bind, pci_tsm_unbind, kvm_destroy_vm, vmm_exit.
+    #[arg(long, value_name = "PROBE", value_parser = parse_probe)]
+    disable: Vec<Probe>,
+    /// Attach PROBE to FUNCTION instead of its usual function (same prototype), for renamed
+    /// functions: e.g. --symbol tsm_op_ioctl=iommufd_vdevice_tsm_req_ioctl (repeatable).
+    #[arg(long, value_name = "PROBE=FUNCTION", value_parser = parse_symbol)]
+    symbol: Vec<(Probe, String)>,
+    /// vmlinux BTF.
+    #[arg(long, value_name = "PATH", default_value = "/sys/kernel/btf/vmlinux")]
+    btf: PathBuf,
+    /// Directory of module split BTF (every file but vmlinux).
+    #[arg(long, value_name = "DIR", default_value = "/sys/kernel/btf")]
+    btf_modules: PathBuf,
+    /// Symbol table used to find probe targets.
+    #[arg(long, value_name = "PATH", default_value = "/proc/kallsyms")]
+    kallsyms: PathBuf,
+    /// Ring buffer size in bytes (a power of two, multiple of the page size).
+    #[arg(long, value_name = "BYTES", default_value_t = 256 * 1024, value_parser = parse_ringbuf)]
+    ringbuf_size: u32,
+}
+
+/// How events become operations, bindings and leaks.
+#[derive(Args, Clone)]
+struct CorrelateArgs {
+    /// After a VM is destroyed or its VMM exits, how long its devices may stay bound before
+    /// that is reported as a leak (teardown order varies).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration, env = "TSM_TRACE_GRACE")]
+    grace: Duration,
+    /// Most bindings tracked at once (memory stays bounded whatever the event stream does).
+    #[arg(long, value_name = "N", default_value_t = 65_536)]
+    max_bindings: usize,
+}
+
+impl CorrelateArgs {
+    fn config(&self) -> correlate::Config {
+        correlate::Config {
+            leak_grace_ns: self.grace.as_nanos() as u64,
+            max_bindings: self.max_bindings,
+            ..correlate::Config::default()
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+struct FilterArgs {
+    /// Only this device (PCI BDF, e.g. 0000:01:00.0).
+    #[arg(long, value_name = "BDF")]
+    device: Option<String>,
+    /// Only this VM: `kvm-<pid>`, the VMM pid, or the `struct kvm` pointer.
+    #[arg(long, value_name = "VM")]
+    vm: Option<String>,
+    /// Only failures (and leaks).
+    #[arg(long)]
+    failed: bool,
+    /// JSON lines instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+impl FilterArgs {
+    fn filters(&self) -> Filters {
+        Filters {
+            device: self.device.clone(),
+            vm: self.vm.clone(),
+            failures_only: self.failed,
+        }
+    }
+
+    fn format(&self) -> TraceFormat {
+        if self.json {
+            TraceFormat::Json
+        } else {
+            TraceFormat::Text
+        }
+    }
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    probes: ProbeArgs,
+    #[command(flatten)]
+    correlate: CorrelateArgs,
+    /// Address for /metrics, /healthz, /readyz and /bindings.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "TSM_TRACE_LISTEN",
+        default_value = "0.0.0.0:9477"
+    )]
+    listen: SocketAddr,
+    /// How often to compare the binding table with sysfs (`tsm/bound`); 0 disables it.
+    #[arg(long, value_name = "DURATION", env = "TSM_TRACE_RECONCILE_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    reconcile_interval: Duration,
+    /// sysfs root (tests point this at a fake tree).
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "TSM_TRACE_SYSFS_ROOT",
+        default_value = "/sys"
+    )]
+    sysfs_root: PathBuf,
+    /// Also print every operation and leak to stdout (as `trace` would).
+    #[arg(long, value_enum, env = "TSM_TRACE_PRINT")]
+    print: Option<PrintFormat>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PrintFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args)]
+struct TraceArgs {
+    #[command(flatten)]
+    probes: ProbeArgs,
+    #[command(flatten)]
+    correlate: CorrelateArgs,
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// Stop after this long (e.g. 30s, 10m); default: until Ctrl-C.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Also write every raw event to FILE, for `tsm-trace replay`.
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
+    /// Do not print the summary on exit.
+    #[arg(long)]
+    no_summary: bool,
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// A capture written by `tsm-trace trace --record`.
+    file: PathBuf,
+    #[command(flatten)]
+    correlate: CorrelateArgs,
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// Print the Prometheus exposition the daemon would serve after this capture.
+    #[arg(long)]
+    metrics: bool,
+    /// Do not print the summary.
+    #[arg(long)]
+    no_summary: bool,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    probes: ProbeArgs,
+}
+
+fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
+    s.parse()
+        .map_err(|_| format!("unknown log level {s:?} (off, error, warn, info, debug, trace)"))
+}
+
+fn parse_probe(s: &str) -> Result<Probe, String> {
+    Probe::parse(s).ok_or_else(|| {
+        let names: Vec<_> = Probe::ALL.iter().map(|p| p.as_str()).collect();
+        format!("unknown probe {s:?}; known probes: {}", names.join(", "))
+    })
+}
+
+fn parse_symbol(s: &str) -> Result<(Probe, String), String> {
+    let (p, f) = s.split_once('=').ok_or_else(|| {
+        format!("{s:?}: expected PROBE=FUNCTION, e.g. pci_tsm_bind=my_pci_tsm_bind")
+    })?;
+    if f.is_empty() || f.contains(char::is_whitespace) {
+        return Err(format!("{s:?}: {f:?} is not a function name"));
+    }
+    Ok((parse_probe(p)?, f.to_string()))
+}
+
+fn parse_ringbuf(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a byte count: {e}"))?;
+    if n < 4096 || !n.is_power_of_two() {
+        return Err(format!(
+            "{n} must be a power of two of at least 4096 (the page size)"
+        ));
+    }
+    Ok(n)
+}
+
+/// `500ms`, `30s`, `5m`, `2h`, or plain seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (examples: 500ms, 30s, 5m, 2h)"))?;
+    let secs = match unit {
+        "" | "s" => v,
+        "ms" => v / 1e3,
+        "us" => v / 1e6,
+        "m" => v * 60.0,
+        "h" => v * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+impl ProbeArgs {
+    fn session_options(&self) -> SessionOptions {
+        SessionOptions {
+            attach: AttachConfig {
+                strict: self.strict,
+                driver_bind: self.driver_bind.clone(),
+                driver_unbind: self.driver_unbind.clone(),
+                disabled: self.disable.clone(),
+                symbols: self.symbol.clone(),
+            },
+            btf: BtfSources {
+                vmlinux: self.btf.clone(),
+                modules_dir: self.btf_modules.clone(),
+            },
+            kallsyms: self.kallsyms.clone(),
+            ringbuf_bytes: Some(self.ringbuf_size),
+        }
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    logger::init(cli.log_level, cli.log_format);
+    let result = match cli.command {
+        Command::Replay(args) => replay(args),
+        Command::Check(args) => check(args),
+        Command::Run(args) => runtime().and_then(|rt| rt.block_on(run(args))),
+        Command::Trace(args) => runtime().and_then(|rt| rt.block_on(trace(args))),
+    };
+    if let Err(e) = result {
+        // One readable message: the error and its causes, no backtrace noise.
+        eprintln!("tsm-trace: error: {e}");
+        for cause in e.chain().skip(1) {
+            eprintln!("  caused by: {cause}");
+        }
+        std::process::exit(1);
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn start_session(probes: &ProbeArgs) -> Result<Session> {
+    let session = Session::start(&probes.session_options())?;
+    for line in session.report_lines() {
+        log::info!("{line}");
+    }
+    Ok(session)
+}
+
+/// Publishes probe and BTF state as self-metrics.
+fn publish_session(metrics: &Metrics, s: &Session) {
+    for r in &s.attach {
+        metrics.set_probe_attached(r.probe, &r.function, r.kind.as_str(), r.attached);
+    }
+    metrics.set_btf_fields(s.btf.fields.iter().map(|f| (f.field, f.offset.is_some())));
+}
+
+fn sync_kernel_stats(metrics: &Metrics, s: &Session) {
+    match s.kernel_stats() {
+        Ok(k) => metrics.set_kernel_counters(tsm_trace::exporters::metrics::KernelCounters {
+            ringbuf_full: k.ringbuf_drops,
+            inflight_full: k.inflight_full,
+            orphan_return: k.orphan_returns,
+            kernel_read_faults: k.read_faults,
+        }),
+        Err(e) => log::warn!("reading kernel-side counters failed: {}", chain(&*e)),
+    }
+}
+
+/// Is at least one probe that sees binds attached? Otherwise the session is blind.
+fn bind_path_attached(s: &Session) -> bool {
+    s.attach.iter().any(|r| {
+        r.attached
+            && matches!(
+                r.probe,
+                Probe::TsmBind | Probe::PciTsmBind | Probe::TsmOpIoctl
+            )
+    })
+}
+
+async fn shutdown_signal() -> Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+/// When the correlator next needs a timer: pending frames or leak grace periods.
+fn next_deadline(p: &Pipeline, cfg: &correlate::Config) -> Option<Duration> {
+    let c = p.correlator();
+    if c.pending_vm_checks() > 0 {
+        Some(Duration::from_nanos(
+            cfg.leak_grace_ns.min(cfg.pending_timeout_ns).max(1_000_000),
+        ))
+    } else if c.pending_frames() > 0 {
+        Some(Duration::from_nanos(cfg.pending_timeout_ns))
+    } else {
+        None
+    }
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let readiness = Readiness::default();
+    readiness.set_not_ready("probes are being attached");
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "listening on {} (use --listen to pick another address)",
+                args.listen
+            )
+        })?;
+    let mut session = start_session(&args.probes)?;
+    publish_session(&metrics, &session);
+    if bind_path_attached(&session) {
+        readiness.set_ready();
+    } else {
+        let why = "no bind-path probe attached (tsm_op_ioctl, tsm_bind, pci_tsm_bind): this kernel has neither the iommufd TSM patch nor PCI TSM; see the probe lines above";
+        log::warn!("{why}");
+        // Explained, so ready (as ebpf_exporter): the exporter serves what it can.
+        readiness.set_ready();
+    }
+    let cfg = args.correlate.config();
+    let sink = args.print.map(|f| {
+        TraceSink::new(
+            Box::new(std::io::stdout()),
+            match f {
+                PrintFormat::Text => TraceFormat::Text,
+                PrintFormat::Json => TraceFormat::Json,
+            },
+            Filters::default(),
+            Clock::wall_now(),
+        )
+    });
+    let pipeline = Arc::new(Mutex::new(Pipeline::new(
+        cfg.clone(),
+        metrics.clone(),
+        sink,
+    )));
+    let state = HttpState::new(pipeline.clone(), readiness.clone());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(http::serve(listener, state, async move {
+        let _ = stop_rx.await;
+    }));
+    log::info!(
+        "serving http://{}/metrics ({} programs attached); Ctrl-C or SIGTERM stops",
+        args.listen,
+        session.attached_count()
+    );
+
+    let mut stream = session.event_stream()?;
+    let mut batch = Vec::new();
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let reconcile_every = (!args.reconcile_interval.is_zero()).then_some(args.reconcile_interval);
+    let mut next_reconcile = reconcile_every.map(|d| tokio::time::Instant::now() + d);
+    // Reconcile once at startup: bindings made before we started show up here.
+    reconcile(&pipeline, &metrics, &session, &args.sysfs_root);
+    loop {
+        let deadline = next_deadline(&pipeline.lock().expect("pipeline lock"), &cfg)
+            .map(|d| tokio::time::Instant::now() + d);
+        let wake = [deadline, next_reconcile].into_iter().flatten().min();
+        tokio::select! {
+            sig = &mut shutdown => {
+                log::info!("{}: detaching probes and exiting", sig?);
+                break;
+            }
+            r = stream.next_batch(&mut batch) => {
+                r?;
+                handle_batch(&pipeline, &metrics, &mut batch);
+                sync_kernel_stats(&metrics, &session);
+            }
+            _ = sleep_until(wake) => {
+                let now = monotonic_ns();
+                if next_reconcile.is_some_and(|t| t <= tokio::time::Instant::now()) {
+                    reconcile(&pipeline, &metrics, &session, &args.sysfs_root);
+                    next_reconcile = reconcile_every.map(|d| tokio::time::Instant::now() + d);
+                }
+                pipeline.lock().expect("pipeline lock").tick(now);
+            }
+        }
+    }
+    let _ = stop_tx.send(());
+    server
+        .await
+        .context("the HTTP server task")?
+        .context("the HTTP server")?;
+    drop(stream);
+    drop(session);
+    Ok(())
+}
+
+async fn sleep_until(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn handle_batch(
+    pipeline: &Mutex<Pipeline>,
+    metrics: &Metrics,
+    batch: &mut Vec<Result<Event, tsm_trace::events::DecodeError>>,
+) {
+    let now = monotonic_ns();
+    let mut p = pipeline.lock().expect("pipeline lock");
+    for r in batch.drain(..) {
+        match r {
+            Ok(ev) => {
+                p.handle(ev, now);
+            }
+            Err(e) => {
+                metrics.decode_error();
+                log::warn!("dropped an undecodable ring-buffer record: {e}");
+            }
+        }
+    }
+    p.tick(now);
+    if let Some(s) = p.sink_mut() {
+        s.flush();
+    }
+}
+
+fn reconcile(
+    pipeline: &Mutex<Pipeline>,
+    metrics: &Metrics,
+    session: &Session,
+    root: &std::path::Path,
+) {
+    let snap = Snapshot::read(root);
+    pipeline
+        .lock()
+        .expect("pipeline lock")
+        .reconcile(&snap, monotonic_ns());
+    sync_kernel_stats(metrics, session);
+}
+
+async fn trace(args: TraceArgs) -> Result<()> {
+    let mut session = start_session(&args.probes)?;
+    if !bind_path_attached(&session) {
+        log::warn!(
+            "no bind-path probe attached (tsm_op_ioctl, tsm_bind, pci_tsm_bind): nothing to trace on this kernel; see the probe lines above"
+        );
+    }
+    let mut recorder = match &args.record {
+        Some(path) => {
+            let f = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+            Some(record::Writer::new(BufWriter::new(f), &kernel_release())?)
+        }
+        None => None,
+    };
+    let metrics = Arc::new(Metrics::new());
+    publish_session(&metrics, &session);
+    let cfg = args.correlate.config();
+    let clock = Clock::wall_now();
+    let sink = TraceSink::new(
+        Box::new(std::io::stdout()),
+        args.filter.format(),
+        args.filter.filters(),
+        clock,
+    );
+    let pipeline = Mutex::new(Pipeline::new(cfg.clone(), metrics.clone(), Some(sink)));
+    let mut stream = session.event_stream()?;
+    eprintln!(
+        "tsm-trace: tracing with {} programs attached{}; Ctrl-C stops",
+        session.attached_count(),
+        args.duration
+            .map(|d| format!(
+                " for {}",
+                tsm_trace::exporters::trace::fmt_duration(d.as_nanos() as u64)
+            ))
+            .unwrap_or_default()
+    );
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let end = args.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut batch = Vec::new();
+    loop {
+        let deadline = next_deadline(&pipeline.lock().expect("pipeline lock"), &cfg)
+            .map(|d| tokio::time::Instant::now() + d);
+        tokio::select! {
+            sig = &mut shutdown => { sig?; break; }
+            _ = sleep_until(end) => break,
+            r = stream.next_batch(&mut batch) => {
+                r?;
+                if let Some(w) = recorder.as_mut() {
+                    for ev in batch.iter().flatten() {
+                        w.write(ev).context("writing the record file")?;
+                    }
+                    w.flush().context("writing the record file")?;
+                }
+                handle_batch(&pipeline, &metrics, &mut batch);
+            }
+            _ = sleep_until(deadline) => {
+                let mut p = pipeline.lock().expect("pipeline lock");
+                p.tick(monotonic_ns());
+                if let Some(s) = p.sink_mut() { s.flush(); }
+            }
+        }
+    }
+    // Drain what is already in the ring buffer, then close open frames.
+    let mut p = pipeline.into_inner().expect("pipeline lock");
+    p.finish(monotonic_ns());
+    if let Some(s) = p.sink_mut() {
+        s.flush();
+    }
+    sync_kernel_stats(&metrics, &session);
+    let k = session.kernel_stats().unwrap_or_default();
+    if !args.no_summary {
+        let mut err = std::io::stderr().lock();
+        writeln!(err, "{}", p.render_summary())?;
+        writeln!(
+            err,
+            "lost events: {} (ring buffer full), {} (in-flight table full), {} returns without entry; {} kernel read faults",
+            k.ringbuf_drops, k.inflight_full, k.orphan_returns, k.read_faults
+        )?;
+    }
+    Ok(())
+}
+
+fn replay(args: ReplayArgs) -> Result<()> {
+    let path = args.file.display().to_string();
+    let f = File::open(&args.file).with_context(|| format!("opening {path}"))?;
+    let (_header, events) = record::read_all(BufReader::new(f), &path)?;
+    let report = pipeline::replay(
+        events,
+        &ReplayOptions {
+            config: args.correlate.config(),
+            format: args.filter.format(),
+            filters: args.filter.filters(),
+            clock: None,
+            summary: !args.no_summary,
+            metrics: args.metrics,
+        },
+        Box::new(std::io::stdout()),
+    )?;
+    let mut out = std::io::stdout().lock();
+    if !args.no_summary {
+        writeln!(out, "{}", report.summary)?;
+    }
+    if let Some(m) = report.metrics {
+        write!(out, "{m}")?;
+    }
+    Ok(())
+}
+
+fn check(args: CheckArgs) -> Result<()> {
+    let session = Session::start(&args.probes.session_options())?;
+    let mut out = std::io::stdout().lock();
+    for line in session.report_lines() {
+        writeln!(out, "{line}")?;
+    }
+    let attached = session.attached_count();
+    writeln!(out, "{attached} programs attached")?;
+    if !bind_path_attached(&session) {
+        bail!(
+            "no bind-path probe attached (tsm_op_ioctl, tsm_bind, pci_tsm_bind): tsm-trace would see no binds on this kernel"
+        );
+    }
+    let _ = std::io::stdout().is_terminal();
+    Ok(())
+}

@@ -4,7 +4,10 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use aya::{Ebpf, maps::{MapData, RingBuf}};
+use aya::{
+    Ebpf,
+    maps::{MapData, RingBuf},
+};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
@@ -31,12 +34,13 @@ pub struct Session {
 }
 
 /// The symbol a probe will use, for BTF lookups (compiler suffixes such as `.isra.0` dropped).
-fn btf_name(syms: &Kallsyms, probe: Probe, fallback: &'static str, config: &AttachConfig) -> String {
-    let t = probes::target(probe);
-    let candidates: Vec<&str> = match probe {
-        Probe::DriverBind => config.driver_bind.as_deref().into_iter().collect(),
-        _ => t.symbols.to_vec(),
-    };
+fn btf_name(
+    syms: &Kallsyms,
+    probe: Probe,
+    fallback: &'static str,
+    config: &AttachConfig,
+) -> String {
+    let candidates = config.candidates(probes::target(probe));
     match syms.find(&candidates) {
         SymbolMatch::Found { name, .. } => name.split('.').next().unwrap_or(&name).to_string(),
         SymbolMatch::Missing { .. } => candidates.first().copied().unwrap_or(fallback).to_string(),
@@ -52,23 +56,42 @@ impl Session {
             rlim_max: libc::RLIM_INFINITY,
         };
         if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
-            log::debug!("could not raise RLIMIT_MEMLOCK (fine on kernels 5.11+ with memcg accounting)");
+            log::debug!(
+                "could not raise RLIMIT_MEMLOCK (fine on kernels 5.11+ with memcg accounting)"
+            );
         }
 
-        let mut wanted: Vec<&str> = probes::TARGETS.iter().flat_map(|t| t.symbols.iter().copied()).collect();
+        let mut wanted: Vec<&str> = probes::TARGETS
+            .iter()
+            .flat_map(|t| t.symbols.iter().copied())
+            .collect();
         wanted.extend(opts.attach.driver_bind.as_deref());
         wanted.extend(opts.attach.driver_unbind.as_deref());
         let syms = Kallsyms::load(&opts.kallsyms, &wanted)
             .with_context(|| format!("reading {}", opts.kallsyms.display()))?;
 
         let names = [
-            btf_name(&syms, Probe::TsmOpIoctl, "iommufd_vdevice_tsm_op_ioctl", &opts.attach),
+            btf_name(
+                &syms,
+                Probe::TsmOpIoctl,
+                "iommufd_vdevice_tsm_op_ioctl",
+                &opts.attach,
+            ),
             btf_name(&syms, Probe::TsmBind, "tsm_bind", &opts.attach),
-            btf_name(&syms, Probe::VdeviceAbort, "iommufd_vdevice_abort", &opts.attach),
+            btf_name(
+                &syms,
+                Probe::VdeviceAbort,
+                "iommufd_vdevice_abort",
+                &opts.attach,
+            ),
             btf_name(&syms, Probe::PciTsmBind, "pci_tsm_bind", &opts.attach),
             btf_name(&syms, Probe::KvmDestroyVm, "kvm_destroy_vm", &opts.attach),
         ];
-        let driver_bind = opts.attach.driver_bind.as_deref().map(|s| s.split('.').next().unwrap_or(s));
+        let driver_bind = opts
+            .attach
+            .driver_bind
+            .as_deref()
+            .map(|s| s.split('.').next().unwrap_or(s));
         let resolution = btf::resolve(
             &opts.btf,
             &btf::Functions {
@@ -76,7 +99,7 @@ impl Session {
                 tsm_bind: &names[1],
                 vdevice_abort: &names[2],
                 pci_tsm_bind: &names[3],
-                driver_bind,
+                driver_bind: driver_bind.as_deref(),
                 kvm_destroy_vm: &names[4],
             },
         )
@@ -107,14 +130,23 @@ impl Session {
                 "probe {status} {:<15} {:<14} {}",
                 r.probe.as_str(),
                 r.kind.as_str(),
-                if r.function.is_empty() { "-" } else { &r.function }
+                if r.function.is_empty() {
+                    "-"
+                } else {
+                    &r.function
+                }
             );
             if let Some(reason) = &r.reason {
                 l.push_str(&format!("  ({reason})"));
             }
             lines.push(l);
         }
-        lines.extend(self.btf.summary_lines().into_iter().map(|l| format!("btf   {l}")));
+        lines.extend(
+            self.btf
+                .summary_lines()
+                .into_iter()
+                .map(|l| format!("btf   {l}")),
+        );
         lines
     }
 
@@ -128,7 +160,10 @@ impl Session {
 
     /// Takes the ring buffer for async reading.
     pub fn event_stream(&mut self) -> Result<EventStream> {
-        let ring = self.events.take().context("the event stream was already taken")?;
+        let ring = self
+            .events
+            .take()
+            .context("the event stream was already taken")?;
         // SAFETY: the ring buffer fd stays valid while `ring` lives inside the AsyncFd.
         let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .context("registering the ring buffer with tokio")?;

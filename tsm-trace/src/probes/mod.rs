@@ -152,6 +152,32 @@ pub struct AttachConfig {
     pub driver_unbind: Option<String>,
     /// Probes not to attach at all.
     pub disabled: Vec<Probe>,
+    /// Attach a probe to another function of the same prototype (`--symbol PROBE=FUNCTION`),
+    /// for kernels that renamed it (the patch series renames across versions).
+    pub symbols: Vec<(Probe, String)>,
+}
+
+impl AttachConfig {
+    /// The function names to try for `t`, in order: an override, else the table's candidates
+    /// (driver ops come only from the command line).
+    pub fn candidates<'a>(&'a self, t: &'a Target) -> Vec<&'a str> {
+        if let Some((_, f)) = self.symbols.iter().find(|(p, _)| *p == t.probe) {
+            return vec![f.as_str()];
+        }
+        match t.probe {
+            Probe::DriverBind => self.driver_bind.as_deref().into_iter().collect(),
+            Probe::DriverUnbind => self.driver_unbind.as_deref().into_iter().collect(),
+            _ => t.symbols.to_vec(),
+        }
+    }
+
+    fn requested(&self, t: &Target) -> bool {
+        match t.probe {
+            Probe::DriverBind => self.driver_bind.is_some(),
+            Probe::DriverUnbind => self.driver_unbind.is_some(),
+            _ => !self.disabled.contains(&t.probe),
+        }
+    }
 }
 
 /// The outcome for one program.
@@ -283,17 +309,8 @@ pub fn attach_all(
 ) -> Result<Vec<AttachReport>, ProbeError> {
     let mut reports = Vec::new();
     for t in TARGETS {
-        let (symbols, requested): (Vec<&str>, bool) = match t.probe {
-            Probe::DriverBind => (
-                config.driver_bind.as_deref().into_iter().collect(),
-                config.driver_bind.is_some(),
-            ),
-            Probe::DriverUnbind => (
-                config.driver_unbind.as_deref().into_iter().collect(),
-                config.driver_unbind.is_some(),
-            ),
-            _ => (t.symbols.to_vec(), !config.disabled.contains(&t.probe)),
-        };
+        let symbols = config.candidates(t);
+        let requested = config.requested(t);
         for (program, kind) in program_names(t) {
             let mut report = AttachReport {
                 probe: t.probe,
@@ -319,7 +336,7 @@ pub fn attach_all(
                     .ok_or(ProbeError::MissingProgram { program })?
                     .try_into()
                     .map_err(|e| load_error(program, e))?;
-                match p.attach(t.symbols[0]) {
+                match p.attach(symbols[0]) {
                     Ok(_) => report.attached = true,
                     Err(e) => report.reason = Some(format!("attach failed: {}", chain(&e))),
                 }
