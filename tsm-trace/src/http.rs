@@ -1,1 +1,200 @@
-//! HTTP: /metrics, /healthz, /readyz, /bindings.
+//! HTTP: `/metrics`, `/healthz`, `/readyz`, `/bindings`.
+//!
+//! - `/metrics`: the Prometheus text exposition (`text/plain; version=0.0.4`).
+//! - `/healthz`: 200 while the process serves.
+//! - `/readyz`: 200 once the daemon says its probes are attached (or their absence is
+//!   explained, e.g. loose attach mode); 503 with the reason before that.
+//! - `/bindings`: JSON, the binding table and current leaks ([`BindingsView`]).
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, RwLock};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::exporters::json::BindingsView;
+use crate::exporters::metrics::{CONTENT_TYPE, Metrics};
+use crate::pipeline::Pipeline;
+
+/// Readiness, set by the daemon: `Ok(())` when ready, `Err(reason)` otherwise.
+#[derive(Clone, Debug)]
+pub struct Readiness(Arc<RwLock<Result<(), String>>>);
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness(Arc::new(RwLock::new(Err("probes not attached yet".into()))))
+    }
+}
+
+impl Readiness {
+    pub fn set_ready(&self) {
+        if let Ok(mut g) = self.0.write() {
+            *g = Ok(());
+        }
+    }
+
+    pub fn set_not_ready(&self, reason: impl Into<String>) {
+        if let Ok(mut g) = self.0.write() {
+            *g = Err(reason.into());
+        }
+    }
+
+    pub fn get(&self) -> Result<(), String> {
+        match self.0.read() {
+            Ok(g) => g.clone(),
+            Err(_) => Err("readiness state poisoned".into()),
+        }
+    }
+}
+
+/// What the handlers read. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct HttpState {
+    pub metrics: Arc<Metrics>,
+    pub pipeline: Arc<Mutex<Pipeline>>,
+    pub readiness: Readiness,
+}
+
+impl HttpState {
+    /// Metrics are taken from the pipeline.
+    pub fn new(pipeline: Arc<Mutex<Pipeline>>, readiness: Readiness) -> Self {
+        let metrics = match pipeline.lock() {
+            Ok(p) => p.metrics().clone(),
+            Err(poisoned) => poisoned.into_inner().metrics().clone(),
+        };
+        HttpState {
+            metrics,
+            pipeline,
+            readiness,
+        }
+    }
+}
+
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/bindings", get(bindings))
+        .route("/", get(index))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: HttpState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn index() -> &'static str {
+    "tsm-trace: /metrics /healthz /readyz /bindings\n"
+}
+
+async fn metrics(State(s): State<HttpState>) -> Response {
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], s.metrics.render()).into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(s): State<HttpState>) -> Response {
+    match s.readiness.get() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_string()).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn bindings(State(s): State<HttpState>) -> Response {
+    let view = match s.pipeline.lock() {
+        Ok(p) => BindingsView::of(p.correlator()),
+        Err(poisoned) => BindingsView::of(poisoned.into_inner().correlator()),
+    };
+    ([(header::CONTENT_TYPE, "application/json")], view.to_json()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String, String) {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.unwrap();
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, head.to_string(), body.to_string())
+    }
+
+    #[tokio::test]
+    async fn endpoints() {
+        let metrics = Arc::new(Metrics::new());
+        let p = Pipeline::new(crate::correlate::Config::default(), metrics, None);
+        let pipeline = Arc::new(Mutex::new(p));
+        let ready = Readiness::default();
+        let state = HttpState::new(pipeline.clone(), ready.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, state, async {
+            let _ = rx.await;
+        }));
+
+        let (st, head, body) = get(addr, "/metrics").await;
+        assert_eq!(st, 200);
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: text/plain; version=0.0.4"),
+            "{head}"
+        );
+        assert!(body.contains("tsm_trace_build_info{version="), "{body}");
+
+        assert_eq!(get(addr, "/healthz").await.0, 200);
+
+        let (st, _, body) = get(addr, "/readyz").await;
+        assert_eq!(st, 503);
+        assert!(body.contains("probes not attached yet"), "{body}");
+        ready.set_ready();
+        assert_eq!(get(addr, "/readyz").await.0, 200);
+        ready.set_not_ready("tsm_bind: symbol not found");
+        let (st, _, body) = get(addr, "/readyz").await;
+        assert_eq!(st, 503);
+        assert!(body.contains("tsm_bind: symbol not found"));
+
+        // A binding made through the pipeline shows up in /bindings.
+        {
+            let mut p = pipeline.lock().unwrap();
+            for ev in crate::correlate::tests::bind_via_ioctl(7, 100, "0000:01:00.0", 0) {
+                let now = ev.end_ns;
+                p.handle(ev, now);
+            }
+        }
+        let (st, head, body) = get(addr, "/bindings").await;
+        assert_eq!(st, 200);
+        assert!(head.to_ascii_lowercase().contains("application/json"));
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["bindings"][0]["device"], "0000:01:00.0");
+        assert_eq!(v["bindings"][0]["vm"]["stats_id"], "kvm-4242");
+        assert_eq!(v["leaks"].as_array().unwrap().len(), 0);
+
+        assert_eq!(get(addr, "/nope").await.0, 404);
+        tx.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
+}

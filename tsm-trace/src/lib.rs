@@ -13,5 +13,7 @@ pub mod errno;
 pub mod events;
 pub mod exporters;
 pub mod http;
+pub mod pipeline;
 pub mod probes;
+pub mod session;
 pub mod sysfs;

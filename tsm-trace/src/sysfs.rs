@@ -1,1 +1,250 @@
-//! sysfs reconciliation (/sys/bus/pci/devices/*/tsm/bound).
+//! sysfs reconciliation input: `/sys/bus/pci/devices/*/tsm/bound`.
+//!
+//! `tsm/bound` holds the TSM's name while the device is bound (TDISP LOCKED/RUN/ERROR) and is
+//! empty otherwise. A device without a `tsm/` directory (or without `tsm/bound`, on kernels
+//! before the attribute existed) tells nothing: it is [`DeviceState::Unknown`], never unbound.
+//! Errors reading one device are recorded and that device is unknown; they never fail the
+//! whole snapshot.
+
+use std::collections::BTreeMap;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+/// The default sysfs mount point.
+pub const DEFAULT_ROOT: &str = "/sys";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "tsm")]
+pub enum DeviceState {
+    /// `tsm/bound` names this TSM.
+    Bound(String),
+    /// `tsm/bound` exists and is empty.
+    Unbound,
+    /// No `tsm/` directory, no `tsm/bound`, or it could not be read.
+    Unknown,
+}
+
+impl DeviceState {
+    pub const fn label(&self) -> &'static str {
+        match self {
+            DeviceState::Bound(_) => "bound",
+            DeviceState::Unbound => "unbound",
+            DeviceState::Unknown => "unknown",
+        }
+    }
+}
+
+/// A per-device read error.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SysfsError {
+    pub device: String,
+    pub path: PathBuf,
+    pub error: String,
+}
+
+/// What sysfs said about every PCI device at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Snapshot {
+    pub root: PathBuf,
+    /// BDF → state, for every entry of `<root>/bus/pci/devices`.
+    pub devices: BTreeMap<String, DeviceState>,
+    /// Devices whose `tsm/bound` could not be read (they are `Unknown`).
+    pub errors: Vec<SysfsError>,
+    /// `<root>/bus/pci/devices` itself could not be listed: the snapshot says nothing.
+    pub listing_error: Option<String>,
+}
+
+/// Device counts per state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StateCounts {
+    pub bound: usize,
+    pub unbound: usize,
+    pub unknown: usize,
+}
+
+impl Snapshot {
+    /// Reads `<root>/bus/pci/devices/*/tsm/bound`. `root` is `/sys` in production and a fake
+    /// tree in tests.
+    pub fn read(root: &Path) -> Snapshot {
+        let mut snap = Snapshot {
+            root: root.to_path_buf(),
+            ..Default::default()
+        };
+        let dir = root.join("bus/pci/devices");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) => {
+                snap.listing_error = Some(format!("{}: {e}", dir.display()));
+                return snap;
+            }
+        };
+        for entry in entries {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    snap.errors.push(SysfsError {
+                        device: String::new(),
+                        path: dir.clone(),
+                        error: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            let device = entry.file_name().to_string_lossy().into_owned();
+            // Entries are symlinks to the device directories: follow them.
+            let tsm = entry.path().join("tsm");
+            let state = if !tsm.is_dir() {
+                DeviceState::Unknown
+            } else {
+                let bound = tsm.join("bound");
+                match std::fs::read(&bound) {
+                    Ok(bytes) => {
+                        let text = String::from_utf8_lossy(&bytes);
+                        let name = text.trim();
+                        if name.is_empty() {
+                            DeviceState::Unbound
+                        } else {
+                            DeviceState::Bound(name.to_string())
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::NotFound => DeviceState::Unknown,
+                    Err(e) => {
+                        snap.errors.push(SysfsError {
+                            device: device.clone(),
+                            path: bound,
+                            error: e.to_string(),
+                        });
+                        DeviceState::Unknown
+                    }
+                }
+            };
+            snap.devices.insert(device, state);
+        }
+        snap
+    }
+
+    /// How many devices are in each state.
+    pub fn counts(&self) -> StateCounts {
+        let mut c = StateCounts::default();
+        for s in self.devices.values() {
+            match s {
+                DeviceState::Bound(_) => c.bound += 1,
+                DeviceState::Unbound => c.unbound += 1,
+                DeviceState::Unknown => c.unknown += 1,
+            }
+        }
+        c
+    }
+
+    /// Errors in this snapshot (per device, plus one for a failed listing).
+    pub fn error_count(&self) -> usize {
+        self.errors.len() + usize::from(self.listing_error.is_some())
+    }
+
+    pub fn state(&self, device: &str) -> Option<&DeviceState> {
+        self.devices.get(device)
+    }
+}
+
+/// Helpers to build fake sysfs trees (tests here and in other modules).
+#[cfg(test)]
+pub mod fake {
+    use std::fs;
+    use std::path::Path;
+
+    /// Adds a PCI device directory; `bound`: `None` = no `tsm/` dir, `Some("")` = unbound,
+    /// `Some(name)` = bound to `name`.
+    pub fn device(root: &Path, bdf: &str, bound: Option<&str>) {
+        let dev = root.join("bus/pci/devices").join(bdf);
+        fs::create_dir_all(&dev).unwrap();
+        if let Some(b) = bound {
+            fs::create_dir_all(dev.join("tsm")).unwrap();
+            let text = if b.is_empty() {
+                "\n".to_string()
+            } else {
+                format!("{b}\n")
+            };
+            fs::write(dev.join("tsm/bound"), text).unwrap();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_bound_unbound_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fake::device(root, "0000:01:00.0", Some("tsm0"));
+        fake::device(root, "0000:02:00.0", Some(""));
+        fake::device(root, "0000:03:00.0", None);
+        // tsm/ without bound (older kernel): unknown.
+        std::fs::create_dir_all(root.join("bus/pci/devices/0000:04:00.0/tsm")).unwrap();
+        let s = Snapshot::read(root);
+        assert_eq!(s.listing_error, None);
+        assert_eq!(
+            s.state("0000:01:00.0"),
+            Some(&DeviceState::Bound("tsm0".into()))
+        );
+        assert_eq!(s.state("0000:02:00.0"), Some(&DeviceState::Unbound));
+        assert_eq!(s.state("0000:03:00.0"), Some(&DeviceState::Unknown));
+        assert_eq!(s.state("0000:04:00.0"), Some(&DeviceState::Unknown));
+        assert_eq!(
+            s.counts(),
+            StateCounts {
+                bound: 1,
+                unbound: 1,
+                unknown: 2
+            }
+        );
+        assert!(s.errors.is_empty());
+        assert_eq!(s.error_count(), 0);
+    }
+
+    #[test]
+    fn follows_symlinks_like_real_sysfs() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let real = root.join("devices/pci0000:00/0000:00:01.0");
+        std::fs::create_dir_all(real.join("tsm")).unwrap();
+        std::fs::write(real.join("tsm/bound"), "tsm1\n").unwrap();
+        std::fs::create_dir_all(root.join("bus/pci/devices")).unwrap();
+        std::os::unix::fs::symlink(&real, root.join("bus/pci/devices/0000:00:01.0")).unwrap();
+        let s = Snapshot::read(root);
+        assert_eq!(
+            s.state("0000:00:01.0"),
+            Some(&DeviceState::Bound("tsm1".into()))
+        );
+    }
+
+    #[test]
+    fn per_device_errors_are_recorded_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fake::device(root, "0000:01:00.0", Some("tsm0"));
+        // `bound` is a directory: reading it fails with EISDIR.
+        std::fs::create_dir_all(root.join("bus/pci/devices/0000:05:00.0/tsm/bound")).unwrap();
+        let s = Snapshot::read(root);
+        assert_eq!(s.state("0000:05:00.0"), Some(&DeviceState::Unknown));
+        assert_eq!(
+            s.state("0000:01:00.0"),
+            Some(&DeviceState::Bound("tsm0".into()))
+        );
+        assert_eq!(s.errors.len(), 1);
+        assert_eq!(s.errors[0].device, "0000:05:00.0");
+        assert_eq!(s.error_count(), 1);
+    }
+
+    #[test]
+    fn missing_root_is_a_listing_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Snapshot::read(&dir.path().join("nope"));
+        assert!(s.listing_error.is_some());
+        assert!(s.devices.is_empty());
+        assert_eq!(s.error_count(), 1);
+    }
+}

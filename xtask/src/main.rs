@@ -12,7 +12,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Build, test and demo tsm-trace", version)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, test and demo tsm-trace",
+    version
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

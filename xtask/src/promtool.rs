@@ -14,7 +14,10 @@ pub fn check() -> Result<()> {
         .filter(|p| p.exists())
         .collect();
     if !rules.is_empty() {
-        run(Command::new("promtool").arg("check").arg("rules").args(&rules))?;
+        run(Command::new("promtool")
+            .arg("check")
+            .arg("rules")
+            .args(&rules))?;
     }
     let tests = d.join("tests/alerts_test.yml");
     if tests.exists() {

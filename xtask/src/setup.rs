@@ -52,7 +52,11 @@ struct Missing {
 
 impl Missing {
     fn none(&self) -> bool {
-        self.packages.is_empty() && !self.nightly && !self.rust_src && !self.musl && !self.bpf_linker
+        self.packages.is_empty()
+            && !self.nightly
+            && !self.rust_src
+            && !self.musl
+            && !self.bpf_linker
     }
 
     fn describe(&self) -> Vec<String> {
@@ -70,7 +74,9 @@ impl Missing {
             v.push("the x86_64-unknown-linux-musl target (static binary for the test VMs)".into());
         }
         if self.bpf_linker {
-            v.push(format!("bpf-linker {BPF_LINKER_VERSION} built against LLVM 22"));
+            v.push(format!(
+                "bpf-linker {BPF_LINKER_VERSION} built against LLVM 22"
+            ));
         }
         v
     }
@@ -189,7 +195,13 @@ fn install(m: &Missing) -> Result<()> {
             "rust-src",
         ]))?;
     } else if m.rust_src {
-        sh(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        sh(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     if m.musl {
         sh(Command::new("rustup").args(["target", "add", "x86_64-unknown-linux-musl"]))?;

@@ -81,7 +81,9 @@ pub fn test_all(no_vm: bool) -> Result<()> {
         steps.push((name, t.elapsed().as_secs_f64()));
         Ok(())
     };
-    step("format", &mut || run(cargo().args(["fmt", "--all", "--check"])))?;
+    step("format", &mut || {
+        run(cargo().args(["fmt", "--all", "--check"]))
+    })?;
     step("clippy", &mut || {
         run(cargo().args([
             "clippy",
@@ -112,7 +114,10 @@ pub fn test_all(no_vm: bool) -> Result<()> {
     step("promtool rules", &mut || crate::promtool::check())?;
     if !no_vm {
         step("VM suite (real kernels)", &mut || {
-            crate::vm::run(&crate::vm::VmTestArgs::default())
+            crate::vm::run(&crate::vm::VmTestArgs {
+                timeout: 300,
+                ..Default::default()
+            })
         })?;
     }
     println!("\nall test steps passed:");

@@ -1,1 +1,4 @@
-//! Exporters: Prometheus metrics, trace lines, JSON.
+//! Exporters: Prometheus metrics, human trace lines and summary, JSON lines.
+pub mod json;
+pub mod metrics;
+pub mod trace;

@@ -16,6 +16,7 @@ pub mod initramfs;
 pub mod kernel;
 pub mod module;
 pub mod qemu;
+pub mod scenarios;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -43,6 +44,9 @@ pub struct VmTestArgs {
     /// Run `apt-get update` on the private package lists even if they are cached.
     #[arg(long)]
     pub refresh: bool,
+    /// Run the fixture smoke test (every ctl command, no tsm-trace) instead of the probe suite.
+    #[arg(long)]
+    pub smoke: bool,
     /// Seconds before a guest is killed.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
@@ -130,8 +134,20 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
             .map(|s| KernelSpec::parse(s))
             .collect::<Result<Vec<_>>>()?
     };
-    let script = std::fs::read_to_string(repo_root().join(SMOKE_SCRIPT))
-        .with_context(|| format!("reading {SMOKE_SCRIPT}"))?;
+    let smoke = args.smoke;
+    let script_path = if smoke {
+        SMOKE_SCRIPT
+    } else {
+        scenarios::SCRIPT
+    };
+    let script = std::fs::read_to_string(repo_root().join(script_path))
+        .with_context(|| format!("reading {script_path}"))?;
+    let extra = if smoke {
+        Vec::new()
+    } else {
+        let bin = crate::util::build_static()?;
+        vec![(bin, "/bin/tsm-trace".to_string())]
+    };
     let opts = RunOptions {
         timeout: Duration::from_secs(args.timeout),
         keep: args.keep,
@@ -151,8 +167,13 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
         };
         let prep = t0.elapsed();
         let t1 = Instant::now();
-        let result = run_in_vm_with(&kernel, &[], &script, &opts)
-            .and_then(|out| check_smoke(&out).map(|n| (out, n)));
+        let result = run_in_vm_with(&kernel, &extra, &script, &opts).and_then(|out| {
+            if smoke {
+                check_smoke(&out).map(|n| (out, n))
+            } else {
+                check_probes(&out).map(|n| (out, n))
+            }
+        });
         let boot = t1.elapsed();
         match result {
             Ok((out, n)) => {
@@ -210,6 +231,38 @@ const EINVAL: i32 = 22;
 const EIO: i32 = 5;
 const EFAULT: i32 = 14;
 const EBUSY: i32 = 16;
+
+/// Runs every probe-suite check; returns how many were made, or every failure.
+fn check_probes(out: &VmOutput) -> Result<usize> {
+    let real_pci = parse_kv(&out.section("standin_info")?.text)
+        .get("pci_tsm")
+        .is_some_and(|v| v == "real");
+    let mut all = vec![
+        ("session A", scenarios::check_session_a(out)?),
+        ("daemon", scenarios::check_daemon(out)?),
+    ];
+    if real_pci {
+        all.push((
+            "session B (real pci_tsm_bind)",
+            scenarios::check_session_b(out)?,
+        ));
+    }
+    let mut n = 0;
+    let mut failed = Vec::new();
+    for (name, c) in all {
+        n += c.count;
+        failed.extend(c.failed.into_iter().map(|f| format!("{name}: {f}")));
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} of {n} checks failed (logs in {}):\n  {}",
+            failed.len(),
+            out.run_dir.display(),
+            failed.join("\n  ")
+        );
+    }
+    Ok(n)
+}
 
 /// Check the placeholder scenario's output; returns the number of checks made.
 fn check_smoke(out: &VmOutput) -> Result<usize> {

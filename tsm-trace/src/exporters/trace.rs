@@ -1,0 +1,574 @@
+//! Human output: one line per operation, leak and VM event, and a [`Summary`] printed on exit.
+//!
+//! ```text
+//! 22:31:05.123456 bind     0000:01:00.0 vdev=3 vm=kvm-4242 tdi=7  EBUSY from pci_tsm (pci_tsm_bind)  iommufd 1.2ms > tsm_core 1.1ms > pci_tsm 1.0ms EBUSY  comm=qemu tgid=4242
+//! 22:31:09.000001 LEAK     0000:01:00.0 vm_destroyed  vm=kvm-4242 vmm=qemu/4242 vdev=3 tdi=7 bound 4.1s
+//! 22:31:12.500000 LEAK-END 0000:01:00.0 vm_destroyed  cleared by unbound after 3.5s
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use crate::correlate::{
+    AnomalyKind, LeakReason, MismatchKind, OpKind, OpResult, Operation, Output,
+};
+use crate::errno;
+use crate::events::{Layer, Probe, Vm};
+
+/// How monotonic event times are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Clock {
+    /// Seconds since `base_ns` (e.g. the first event of a replay): `   12.345678`.
+    Relative { base_ns: u64 },
+    /// Local wall-clock time: `realtime = monotonic + offset_ns`, shifted by the local time
+    /// zone's UTC offset: `22:31:05.123456`.
+    Wall { offset_ns: i64, utc_offset_s: i64 },
+}
+
+impl Clock {
+    /// Wall-clock time from the current CLOCK_MONOTONIC→CLOCK_REALTIME offset and local zone.
+    pub fn wall_now() -> Clock {
+        let mono = clock_ns(libc::CLOCK_MONOTONIC);
+        let real = clock_ns(libc::CLOCK_REALTIME);
+        Clock::Wall {
+            offset_ns: real.saturating_sub(mono),
+            utc_offset_s: local_utc_offset_s(real / 1_000_000_000),
+        }
+    }
+
+    /// Formats a CLOCK_MONOTONIC time.
+    pub fn format(&self, mono_ns: u64) -> String {
+        match *self {
+            Clock::Relative { base_ns } => {
+                let d = mono_ns.saturating_sub(base_ns);
+                format!(
+                    "{:>5}.{:06}",
+                    d / 1_000_000_000,
+                    (d % 1_000_000_000) / 1_000
+                )
+            }
+            Clock::Wall {
+                offset_ns,
+                utc_offset_s,
+            } => {
+                let real = i128::from(mono_ns)
+                    + i128::from(offset_ns)
+                    + i128::from(utc_offset_s) * 1_000_000_000;
+                let real = real.max(0);
+                let secs = real / 1_000_000_000;
+                let micros = (real % 1_000_000_000) / 1_000;
+                let day = secs % 86_400;
+                format!(
+                    "{:02}:{:02}:{:02}.{:06}",
+                    day / 3600,
+                    (day % 3600) / 60,
+                    day % 60,
+                    micros
+                )
+            }
+        }
+    }
+}
+
+// time_t/c_long are i64 here but not on every target.
+#[allow(clippy::useless_conversion)]
+fn clock_ns(clock: libc::clockid_t) -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec to the pointer we own.
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    i64::from(ts.tv_sec)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(i64::from(ts.tv_nsec))
+}
+
+#[allow(clippy::useless_conversion)]
+fn local_utc_offset_s(unix_s: i64) -> i64 {
+    let t: libc::time_t = unix_s as libc::time_t;
+    // SAFETY: an all-zero `tm` is valid; localtime_r writes it and returns NULL on failure.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::localtime_r(&t, &mut tm) };
+    if r.is_null() {
+        0
+    } else {
+        i64::from(tm.tm_gmtoff)
+    }
+}
+
+/// `850ns`, `12.3us`, `1.2ms`, `3.40s`.
+pub fn fmt_duration(ns: u64) -> String {
+    if ns < 1_000 {
+        format!("{ns}ns")
+    } else if ns < 1_000_000 {
+        format!("{:.1}us", ns as f64 / 1e3)
+    } else if ns < 1_000_000_000 {
+        format!("{:.1}ms", ns as f64 / 1e6)
+    } else {
+        format!("{:.2}s", ns as f64 / 1e9)
+    }
+}
+
+/// Which lines to print.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filters {
+    /// Only this device (BDF).
+    pub device: Option<String>,
+    /// Only this VM: its name (`kvm-4242`), VMM pid (`4242`) or `struct kvm` pointer (`0x…`).
+    pub vm: Option<String>,
+    /// Only failed operations (leaks are always failures worth seeing).
+    pub failures_only: bool,
+}
+
+fn vm_matches(filter: &str, vm: Option<&Vm>) -> bool {
+    let Some(vm) = vm else { return false };
+    vm.name() == filter
+        || vm.pid.is_some_and(|p| p.to_string() == filter)
+        || format!("{:#x}", vm.kvm) == filter.to_ascii_lowercase()
+}
+
+impl Filters {
+    pub fn matches(&self, out: &Output) -> bool {
+        let (device, vm, failure) = match out {
+            Output::Operation(op) => (op.device.as_deref(), op.vm.as_ref(), !op.ok()),
+            Output::LeakDetected(l) | Output::LeakCleared(l) => {
+                (Some(l.device.as_str()), l.vm.as_ref(), true)
+            }
+            Output::VmEvent(v) => (None, v.vm.as_ref(), false),
+            Output::Mismatch(m) => (
+                Some(m.device.as_str()),
+                m.binding.as_ref().and_then(|b| b.vm.as_ref()),
+                true,
+            ),
+            Output::Anomaly(a) => (a.device.as_deref(), None, true),
+        };
+        if let Some(d) = &self.device
+            && device != Some(d.as_str())
+        {
+            return false;
+        }
+        if let Some(v) = &self.vm
+            && !vm_matches(v, vm)
+        {
+            return false;
+        }
+        !self.failures_only || failure
+    }
+}
+
+/// Formats correlator outputs as trace lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceFormatter {
+    pub clock: Clock,
+}
+
+impl TraceFormatter {
+    pub fn new(clock: Clock) -> Self {
+        TraceFormatter { clock }
+    }
+
+    /// The line for an output, if it has one (anomalies are counted, not printed).
+    pub fn format(&self, out: &Output) -> Option<String> {
+        match out {
+            Output::Operation(op) => Some(self.operation(op)),
+            Output::LeakDetected(l) => {
+                let mut s = format!(
+                    "{} LEAK     {} {}  vm={}",
+                    self.clock.format(l.detected_ns),
+                    l.device,
+                    l.reason.as_str(),
+                    opt_vm(l.vm.as_ref())
+                );
+                if let (Some(c), Some(t)) = (&l.vmm_comm, l.vmm_tgid) {
+                    let _ = write!(s, " vmm={c}/{t}");
+                }
+                if let Some(v) = l.vdevice_id {
+                    let _ = write!(s, " vdev={v}");
+                }
+                if let Some(t) = l.tdi_id {
+                    let _ = write!(s, " tdi={t}");
+                }
+                if let Some(tsm) = &l.tsm {
+                    let _ = write!(s, " tsm={tsm}");
+                }
+                if let Some(since) = l.bound_since_ns {
+                    let _ = write!(
+                        s,
+                        " bound {}",
+                        fmt_duration(l.detected_ns.saturating_sub(since))
+                    );
+                }
+                Some(s)
+            }
+            Output::LeakCleared(l) => {
+                let at = l.cleared_ns.unwrap_or(l.detected_ns);
+                Some(format!(
+                    "{} LEAK-END {} {}  cleared by {} after {}",
+                    self.clock.format(at),
+                    l.device,
+                    l.reason.as_str(),
+                    l.cleared_by.map_or("?", |c| c.as_str()),
+                    fmt_duration(at.saturating_sub(l.detected_ns))
+                ))
+            }
+            Output::VmEvent(v) => Some(format!(
+                "{} {:<8} vm={} comm={} tgid={} bound_devices={}",
+                self.clock.format(v.time_ns),
+                match v.event {
+                    crate::correlate::VmEventKind::VmDestroyed => "VM-GONE",
+                    crate::correlate::VmEventKind::VmmExited => "VMM-EXIT",
+                },
+                opt_vm(v.vm.as_ref()),
+                v.comm,
+                v.tgid,
+                v.bound_devices
+            )),
+            Output::Mismatch(m) => Some(format!(
+                "{:>15} SYSFS    {} {}",
+                "",
+                m.device,
+                match m.kind {
+                    MismatchKind::BoundWithoutOwner => "bound in sysfs, no bind seen",
+                    MismatchKind::DeniesBinding =>
+                        "unbound in sysfs: missed unbind, binding dropped",
+                }
+            )),
+            Output::Anomaly(_) => None,
+        }
+    }
+
+    pub fn operation(&self, op: &Operation) -> String {
+        let mut s = format!(
+            "{} {:<8} {}",
+            self.clock.format(op.start_ns),
+            op.kind.as_str(),
+            op.device.as_deref().unwrap_or("?")
+        );
+        if let Some(v) = op.vdevice_id {
+            let _ = write!(s, " vdev={v}");
+        }
+        if let Some(vm) = &op.vm {
+            let _ = write!(s, " vm={}", vm.name());
+        }
+        if let Some(t) = op.tdi_id.or(op.virt_id) {
+            let _ = write!(s, " tdi={t}");
+        }
+        match &op.result {
+            OpResult::Ok => s.push_str("  ok"),
+            OpResult::Err {
+                errno: e,
+                layer,
+                function,
+            } => {
+                let _ = write!(
+                    s,
+                    "  {} from {} ({})",
+                    errno::name(*e),
+                    layer.as_str(),
+                    function.as_str()
+                );
+            }
+        }
+        s.push_str("  ");
+        for (i, f) in op.frames.iter().enumerate() {
+            if i > 0 {
+                s.push_str(" > ");
+            }
+            s.push_str(f.layer.as_str());
+            s.push(' ');
+            if f.entry_missing {
+                s.push('?');
+            } else {
+                s.push_str(&fmt_duration(f.duration_ns));
+            }
+            // The errno where it appears: on the deepest frame returning it (not repeated
+            // on the frames that passed it up).
+            if let Some(e) = f.errno
+                && op.frames.get(i + 1).and_then(|n| n.errno) != Some(e)
+            {
+                s.push(' ');
+                s.push_str(&errno::name(e));
+            }
+        }
+        let _ = write!(s, "  comm={} tgid={}", op.comm, op.tgid);
+        if op.tid != op.tgid {
+            let _ = write!(s, " tid={}", op.tid);
+        }
+        s
+    }
+}
+
+fn opt_vm(vm: Option<&Vm>) -> String {
+    vm.map(Vm::name).unwrap_or_else(|| "?".into())
+}
+
+/// A log2 histogram of microseconds, printed like bpftrace's `hist()`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Log2Hist {
+    /// Bucket i holds values in `[2^(i-1), 2^i)`; bucket 0 holds 0.
+    buckets: [u64; 65],
+    count: u64,
+    sum: u128,
+    max: u64,
+}
+
+impl Default for Log2Hist {
+    fn default() -> Self {
+        Log2Hist {
+            buckets: [0; 65],
+            count: 0,
+            sum: 0,
+            max: 0,
+        }
+    }
+}
+
+impl Log2Hist {
+    pub fn add(&mut self, v: u64) {
+        let i = if v == 0 {
+            0
+        } else {
+            64 - v.leading_zeros() as usize
+        };
+        self.buckets[i] += 1;
+        self.count += 1;
+        self.sum += u128::from(v);
+        self.max = self.max.max(v);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    pub fn render(&self, out: &mut String) {
+        let Some(lo) = self.buckets.iter().position(|&c| c > 0) else {
+            return;
+        };
+        let hi = self.buckets.iter().rposition(|&c| c > 0).unwrap_or(lo);
+        let peak = self.buckets[lo..=hi]
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        for i in lo..=hi {
+            let c = self.buckets[i];
+            let range = if i == 0 {
+                "[0]".to_string()
+            } else if i == 1 {
+                "[1]".to_string()
+            } else {
+                format!("[{}, {})", si(1u64 << (i - 1)), si_upper(i))
+            };
+            let bar = c.saturating_mul(52).div_ceil(peak) as usize;
+            let _ = writeln!(out, "{range:<20}{c:>8} |{:<52}|", "@".repeat(bar));
+        }
+    }
+}
+
+fn si_upper(i: usize) -> String {
+    if i >= 64 { "inf".into() } else { si(1u64 << i) }
+}
+
+/// 1024 → `1K`, as bpftrace prints bucket bounds.
+fn si(v: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [
+        (1 << 40, "T"),
+        (1 << 30, "G"),
+        (1 << 20, "M"),
+        (1 << 10, "K"),
+    ];
+    for (n, u) in UNITS {
+        if v >= n && v.is_multiple_of(n) {
+            return format!("{}{u}", v / n);
+        }
+    }
+    v.to_string()
+}
+
+const SUMMARY_LEAKS: usize = 100;
+
+/// Accumulates outputs and prints a summary at exit.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    latency_us: BTreeMap<OpKind, Log2Hist>,
+    ops: BTreeMap<(OpKind, bool), u64>,
+    errors: BTreeMap<(String, Layer, Probe, OpKind), u64>,
+    leaks_detected: BTreeMap<LeakReason, u64>,
+    leaks_cleared: u64,
+    /// The first leaks detected (bounded), as trace lines.
+    leak_lines: Vec<String>,
+    anomalies: BTreeMap<AnomalyKind, u64>,
+    mismatches: BTreeMap<MismatchKind, u64>,
+}
+
+impl Summary {
+    pub fn add(&mut self, out: &Output, fmt: &TraceFormatter) {
+        match out {
+            Output::Operation(op) => {
+                if op.frames.first().is_some_and(|f| !f.entry_missing) {
+                    self.latency_us
+                        .entry(op.kind)
+                        .or_default()
+                        .add(op.end_ns.saturating_sub(op.start_ns) / 1_000);
+                }
+                *self.ops.entry((op.kind, op.ok())).or_default() += 1;
+                if let OpResult::Err {
+                    errno: e,
+                    layer,
+                    function,
+                } = &op.result
+                {
+                    *self
+                        .errors
+                        .entry((errno::name(*e), *layer, *function, op.kind))
+                        .or_default() += 1;
+                }
+            }
+            Output::LeakDetected(l) => {
+                *self.leaks_detected.entry(l.reason).or_default() += 1;
+                if self.leak_lines.len() < SUMMARY_LEAKS
+                    && let Some(line) = fmt.format(out)
+                {
+                    self.leak_lines.push(line);
+                }
+            }
+            Output::LeakCleared(_) => self.leaks_cleared += 1,
+            Output::Anomaly(a) => *self.anomalies.entry(a.kind).or_default() += 1,
+            Output::Mismatch(m) => *self.mismatches.entry(m.kind).or_default() += 1,
+            Output::VmEvent(_) => {}
+        }
+    }
+
+    pub fn operations(&self) -> u64 {
+        self.ops.values().sum()
+    }
+
+    pub fn failures(&self) -> u64 {
+        self.ops
+            .iter()
+            .filter(|((_, ok), _)| !ok)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// The summary text. `still_leaked` lists leaks open at the end.
+    pub fn render(&self, still_leaked: &[String]) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "\n=== tsm-trace summary: {} operations, {} failed ===",
+            self.operations(),
+            self.failures()
+        );
+        for kind in OpKind::ALL {
+            let ok = self.ops.get(&(kind, true)).copied().unwrap_or(0);
+            let err = self.ops.get(&(kind, false)).copied().unwrap_or(0);
+            if ok + err == 0 {
+                continue;
+            }
+            let _ = writeln!(s, "\n@{}_us: ({ok} ok, {err} failed)", kind.as_str());
+            if let Some(h) = self.latency_us.get(&kind) {
+                h.render(&mut s);
+            }
+        }
+        if !self.errors.is_empty() {
+            let _ = writeln!(s, "\nerrors by errno and layer:");
+            let mut rows: Vec<_> = self.errors.iter().collect();
+            rows.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            for ((e, layer, function, kind), n) in rows {
+                let _ = writeln!(
+                    s,
+                    "  {n:>8}  {e:<12} {:<10} {:<14} ({})",
+                    layer.as_str(),
+                    function.as_str(),
+                    kind.as_str()
+                );
+            }
+        }
+        let detected: u64 = self.leaks_detected.values().sum();
+        if detected > 0 || !still_leaked.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nleaks: {detected} detected, {} cleared, {} still leaked",
+                self.leaks_cleared,
+                still_leaked.len()
+            );
+            for (r, n) in &self.leaks_detected {
+                let _ = writeln!(s, "  {n:>8}  {}", r.as_str());
+            }
+            for l in still_leaked {
+                let _ = writeln!(s, "  {l}");
+            }
+        }
+        if !self.mismatches.is_empty() {
+            let _ = writeln!(s, "\nsysfs mismatches:");
+            for (k, n) in &self.mismatches {
+                let _ = writeln!(s, "  {n:>8}  {}", k.as_str());
+            }
+        }
+        if !self.anomalies.is_empty() {
+            let _ = writeln!(s, "\ncorrelation anomalies:");
+            for (k, n) in &self.anomalies {
+                let _ = writeln!(s, "  {n:>8}  {}", k.as_str());
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clocks() {
+        let c = Clock::Relative { base_ns: 1_000 };
+        assert_eq!(c.format(1_500_001_000), "    1.500000");
+        let w = Clock::Wall {
+            offset_ns: 0,
+            utc_offset_s: 3600,
+        };
+        // 22:31:05.123456 UTC-1h → 23:31:05 local.
+        let t = (22 * 3600 + 31 * 60 + 5) * 1_000_000_000 + 123_456_789;
+        assert_eq!(w.format(t), "23:31:05.123456");
+        // wall_now must not panic and must give HH:MM:SS.ffffff.
+        let s = Clock::wall_now().format(0);
+        assert_eq!(s.len(), 15, "{s}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(fmt_duration(850), "850ns");
+        assert_eq!(fmt_duration(12_300), "12.3us");
+        assert_eq!(fmt_duration(1_200_000), "1.2ms");
+        assert_eq!(fmt_duration(3_400_000_000), "3.40s");
+    }
+
+    #[test]
+    fn log2_hist_like_bpftrace() {
+        let mut h = Log2Hist::default();
+        for v in [0, 1, 3, 700, 900, 1500] {
+            h.add(v);
+        }
+        let mut s = String::new();
+        h.render(&mut s);
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(
+            lines[0].split_whitespace().take(2).collect::<Vec<_>>(),
+            ["[0]", "1"]
+        );
+        assert!(s.contains("[512, 1K)"), "{s}");
+        assert!(s.contains("[1K, 2K)"), "{s}");
+        // The fullest bucket gets the full 52-character bar.
+        let full = lines.iter().find(|l| l.starts_with("[512, 1K)")).unwrap();
+        assert!(full.contains(&format!("|{}|", "@".repeat(52))), "{full}");
+        // Empty buckets in between are printed (continuous scale), none beyond the last.
+        assert!(lines.last().unwrap().starts_with("[1K, 2K)"));
+        assert_eq!(h.count(), 6);
+    }
+}

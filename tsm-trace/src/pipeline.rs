@@ -1,0 +1,470 @@
+//! The pipeline: events → [`Correlator`] → [`Metrics`] and an optional trace sink.
+//!
+//! The live daemon calls [`Pipeline::handle`] for every decoded event, [`Pipeline::tick`]
+//! periodically (after draining the ring buffer) and [`Pipeline::reconcile`] with each sysfs
+//! snapshot; `tsm-trace replay FILE` runs a capture through [`replay`], the same code.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use crate::correlate::{self, Correlator, Leak, Output};
+use crate::events::Event;
+use crate::exporters::json;
+use crate::exporters::metrics::Metrics;
+use crate::exporters::trace::{Clock, Filters, Summary, TraceFormatter};
+use crate::sysfs::Snapshot;
+
+/// Trace line format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TraceFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Where and how trace lines go.
+pub struct TraceSink {
+    pub format: TraceFormat,
+    pub filters: Filters,
+    pub formatter: TraceFormatter,
+    /// Also print anomalies (JSON only; text never prints them).
+    pub anomalies: bool,
+    out: Box<dyn Write + Send>,
+    /// The first write error (e.g. a closed pipe); writing stops after it.
+    pub write_error: Option<std::io::Error>,
+}
+
+impl TraceSink {
+    pub fn new(
+        out: Box<dyn Write + Send>,
+        format: TraceFormat,
+        filters: Filters,
+        clock: Clock,
+    ) -> Self {
+        TraceSink {
+            format,
+            filters,
+            formatter: TraceFormatter::new(clock),
+            anomalies: false,
+            out,
+            write_error: None,
+        }
+    }
+
+    pub fn write(&mut self, o: &Output) {
+        if self.write_error.is_some() || !self.filters.matches(o) {
+            return;
+        }
+        let line = match self.format {
+            TraceFormat::Text => self.formatter.format(o),
+            TraceFormat::Json => json::line(o, self.anomalies),
+        };
+        if let Some(line) = line
+            && let Err(e) = writeln!(self.out, "{line}")
+        {
+            self.write_error = Some(e);
+        }
+    }
+
+    pub fn flush(&mut self) {
+        if self.write_error.is_none()
+            && let Err(e) = self.out.flush()
+        {
+            self.write_error = Some(e);
+        }
+    }
+}
+
+impl std::fmt::Debug for TraceSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TraceSink")
+            .field("format", &self.format)
+            .field("filters", &self.filters)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Correlator + metrics + optional trace sink + summary.
+#[derive(Debug)]
+pub struct Pipeline {
+    correlator: Correlator,
+    metrics: Arc<Metrics>,
+    sink: Option<TraceSink>,
+    summary: Summary,
+    summary_fmt: TraceFormatter,
+}
+
+impl Pipeline {
+    pub fn new(cfg: correlate::Config, metrics: Arc<Metrics>, sink: Option<TraceSink>) -> Self {
+        let summary_fmt = sink
+            .as_ref()
+            .map(|s| s.formatter)
+            .unwrap_or(TraceFormatter::new(Clock::Relative { base_ns: 0 }));
+        Pipeline {
+            correlator: Correlator::new(cfg),
+            metrics,
+            sink,
+            summary: Summary::default(),
+            summary_fmt,
+        }
+    }
+
+    pub fn correlator(&self) -> &Correlator {
+        &self.correlator
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn summary(&self) -> &Summary {
+        &self.summary
+    }
+
+    pub fn sink_mut(&mut self) -> Option<&mut TraceSink> {
+        self.sink.as_mut()
+    }
+
+    /// One decoded event. Counts it in `tsm_trace_events_processed_total{probe}` (the caller
+    /// must not count it again).
+    pub fn handle(&mut self, ev: Event, now_ns: u64) -> Vec<Output> {
+        self.metrics.event_processed(ev.probe);
+        let outs = self.correlator.handle(ev, now_ns);
+        self.emit(&outs);
+        outs
+    }
+
+    /// Timers (pending frames, leak grace periods). Call periodically, after draining events.
+    pub fn tick(&mut self, now_ns: u64) -> Vec<Output> {
+        let outs = self.correlator.tick(now_ns);
+        self.emit(&outs);
+        outs
+    }
+
+    /// A sysfs snapshot: reconciles and updates the sysfs metrics.
+    pub fn reconcile(&mut self, snapshot: &Snapshot, now_ns: u64) -> Vec<Output> {
+        self.metrics.observe_snapshot(snapshot);
+        let outs = self.correlator.reconcile(snapshot, now_ns);
+        self.emit(&outs);
+        outs
+    }
+
+    /// End of input: flushes pending frames and runs every grace check.
+    pub fn finish(&mut self, now_ns: u64) -> Vec<Output> {
+        let outs = self.correlator.finish(now_ns);
+        self.emit(&outs);
+        if let Some(s) = self.sink.as_mut() {
+            s.flush();
+        }
+        outs
+    }
+
+    /// The summary text, with the leaks still open.
+    pub fn render_summary(&self) -> String {
+        let open: Vec<String> = self
+            .correlator
+            .leaks()
+            .filter_map(|l| self.summary_fmt.format(&Output::LeakDetected(l.clone())))
+            .collect();
+        self.summary.render(&open)
+    }
+
+    fn emit(&mut self, outs: &[Output]) {
+        for o in outs {
+            self.metrics.observe(o);
+            self.summary.add(o, &self.summary_fmt);
+            if let Some(s) = self.sink.as_mut() {
+                s.write(o);
+            }
+        }
+        self.metrics.sync(&self.correlator);
+    }
+}
+
+/// How to replay a capture.
+#[derive(Clone, Debug, Default)]
+pub struct ReplayOptions {
+    pub config: correlate::Config,
+    pub format: TraceFormat,
+    pub filters: Filters,
+    /// Times relative to the first event (default) or wall clock through an offset.
+    pub clock: Option<Clock>,
+    /// Print the summary after the trace lines.
+    pub summary: bool,
+    /// Print the metrics exposition at the end.
+    pub metrics: bool,
+}
+
+/// What a replay found.
+#[derive(Clone, Debug)]
+pub struct ReplayReport {
+    pub events: usize,
+    pub operations: u64,
+    pub failures: u64,
+    pub leaks_detected: u64,
+    /// Leaks still open at the end of the capture.
+    pub leaks: Vec<Leak>,
+    pub anomalies: u64,
+    pub summary: String,
+    /// The exposition, if asked for.
+    pub metrics: Option<String>,
+}
+
+/// Runs a recorded capture through the correlator, as a live session would see it: "now" is
+/// each event's return time; the end of the capture flushes pending frames and runs every
+/// grace check. Trace lines (then the summary and the exposition, if asked) go to `out`.
+pub fn replay(
+    events: Vec<Event>,
+    opts: &ReplayOptions,
+    out: Box<dyn Write + Send>,
+) -> std::io::Result<ReplayReport> {
+    let base = events
+        .iter()
+        // A return without entry has no meaningful start.
+        .map(|e| {
+            if e.entry_missing {
+                e.end_ns
+            } else {
+                e.start_ns.min(e.end_ns)
+            }
+        })
+        .min()
+        .unwrap_or(0);
+    let clock = opts.clock.unwrap_or(Clock::Relative { base_ns: base });
+    let metrics = Arc::new(Metrics::new());
+    let sink = TraceSink::new(out, opts.format, opts.filters.clone(), clock);
+    let mut p = Pipeline::new(opts.config.clone(), metrics.clone(), Some(sink));
+    let n = events.len();
+    let mut now = 0u64;
+    for ev in events {
+        now = now.max(ev.end_ns);
+        p.handle(ev, now);
+    }
+    p.finish(now);
+    let summary = p.render_summary();
+    let exposition = opts.metrics.then(|| metrics.render());
+    if let Some(s) = p.sink.as_mut() {
+        if let Some(e) = s.write_error.take() {
+            return Err(e);
+        }
+        if opts.summary {
+            writeln!(s.out, "{summary}")?;
+        }
+        if let Some(m) = &exposition {
+            write!(s.out, "{m}")?;
+        }
+        s.out.flush()?;
+    }
+    let stats = p.correlator.stats();
+    Ok(ReplayReport {
+        events: n,
+        operations: p.summary.operations(),
+        failures: p.summary.failures(),
+        leaks_detected: stats.leaks_detected.values().sum(),
+        leaks: p.correlator.leaks().cloned().collect(),
+        anomalies: stats.anomalies.values().sum(),
+        summary,
+        metrics: exposition,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::correlate::tests::{EBUSY, bind_stack, bind_via_ioctl, kvm_destroy, teardown};
+    use crate::events::record;
+
+    /// A `Write` the test can read back.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Shared {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    /// A small capture as `tsm-trace record` writes it: a failed bind, a bind, a teardown
+    /// without unbind, the VM destroyed.
+    fn capture() -> String {
+        let mut evs = Vec::new();
+        evs.extend(bind_stack(
+            11,
+            1_000_000_000,
+            "0000:02:00.0",
+            Some(EBUSY),
+            Some(EBUSY),
+            Some(EBUSY),
+            None,
+        ));
+        evs.extend(bind_via_ioctl(10, 2_000_000_000, "0000:01:00.0", 0));
+        evs.extend(teardown(12, 3_000_000_000, "0000:01:00.0", false));
+        evs.push(kvm_destroy(4_000_000_000));
+        let mut buf = Vec::new();
+        let mut w = record::Writer::new(&mut buf, "7.3.0-test").unwrap();
+        for e in &evs {
+            w.write(e).unwrap();
+        }
+        w.flush().unwrap();
+        String::from_utf8(buf).unwrap()
+    }
+
+    fn replay_text(opts: &ReplayOptions) -> (ReplayReport, String) {
+        let (_h, events) = record::read_all(capture().as_bytes(), "cap.jsonl").unwrap();
+        let out = Shared::default();
+        let report = replay(events, opts, Box::new(out.clone())).unwrap();
+        (report, out.text())
+    }
+
+    #[test]
+    fn replay_a_jsonl_capture() {
+        let opts = ReplayOptions {
+            summary: true,
+            metrics: true,
+            ..Default::default()
+        };
+        let (report, text) = replay_text(&opts);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "    0.000000 bind     0000:02:00.0 vdev=3 vm=kvm-4242 tdi=7  EBUSY from pci_tsm (pci_tsm_bind)  \
+             iommufd 1.0ms > tsm_core 800.0us > pci_tsm 600.0us EBUSY  comm=qemu tgid=4242 tid=11"
+        );
+        assert_eq!(
+            lines[1],
+            "    1.000000 bind     0000:01:00.0 vdev=3 vm=kvm-4242 tdi=7  ok  \
+             iommufd 1.0ms > tsm_core 800.0us > pci_tsm 600.0us > tsm_driver 400.0us  comm=qemu tgid=4242 tid=10"
+        );
+        assert!(
+            lines[2]
+                .starts_with("    2.000000 teardown 0000:01:00.0 vdev=3 tdi=7  ok  iommufd 1.0ms"),
+            "{}",
+            lines[2]
+        );
+        assert_eq!(
+            lines[3],
+            "    2.001000 LEAK     0000:01:00.0 vdevice_teardown_without_unbind  vm=kvm-4242 vmm=qemu/4242 vdev=3 tdi=7 bound 1.00s"
+        );
+        assert!(
+            lines[4].starts_with("    3.000000 VM-GONE  vm=kvm-4242"),
+            "{}",
+            lines[4]
+        );
+        // End of capture: the grace period is cut short, the VM's device is still bound.
+        assert!(
+            lines[5].starts_with("    3.000000 LEAK     0000:01:00.0 vm_destroyed"),
+            "{}",
+            lines[5]
+        );
+
+        assert_eq!(report.events, 9);
+        assert_eq!(report.operations, 3);
+        assert_eq!(report.failures, 1);
+        assert_eq!(report.leaks_detected, 2);
+        assert_eq!(report.leaks.len(), 2);
+        assert_eq!(report.anomalies, 0);
+
+        assert!(
+            text.contains("=== tsm-trace summary: 3 operations, 1 failed ==="),
+            "{text}"
+        );
+        assert!(text.contains("@bind_us: (1 ok, 1 failed)"));
+        assert!(
+            text.contains("[512, 1K)"),
+            "1 ms binds land in the 512..1K µs bucket:\n{text}"
+        );
+        assert!(
+            text.contains("EBUSY        pci_tsm    pci_tsm_bind   (bind)"),
+            "{text}"
+        );
+        assert!(text.contains("leaks: 2 detected, 0 cleared, 2 still leaked"));
+        let m = report.metrics.as_deref().unwrap();
+        assert!(m.contains(
+            "tsm_trace_operations_total{errno=\"EBUSY\",layer=\"pci_tsm\",op=\"bind\",result=\"error\"} 1"
+        ));
+        assert!(text.ends_with(m), "the exposition is printed last");
+    }
+
+    #[test]
+    fn replay_with_filters_and_json() {
+        let opts = ReplayOptions {
+            filters: Filters {
+                failures_only: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let (_, text) = replay_text(&opts);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].contains("EBUSY from pci_tsm"));
+        assert!(lines[1].contains("LEAK "));
+
+        let opts = ReplayOptions {
+            filters: Filters {
+                device: Some("0000:02:00.0".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let (_, text) = replay_text(&opts);
+        assert_eq!(text.lines().count(), 1, "{text}");
+
+        let opts = ReplayOptions {
+            filters: Filters {
+                vm: Some("kvm-9".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(replay_text(&opts).1, "");
+
+        let opts = ReplayOptions {
+            format: TraceFormat::Json,
+            ..Default::default()
+        };
+        let (_, text) = replay_text(&opts);
+        let v: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(v[0]["type"], "operation");
+        assert_eq!(v[0]["kind"], "bind");
+        assert_eq!(v[0]["result"], "error");
+        assert_eq!(v[0]["errno"], "EBUSY");
+        assert_eq!(v[0]["layer"], "pci_tsm");
+        assert_eq!(v[0]["function"], "pci_tsm_bind");
+        assert_eq!(v[0]["frames"][2]["errno"], "EBUSY");
+        assert_eq!(v[0]["vm"]["kvm"], "0xffff888012340000");
+        assert_eq!(v[1]["result"], "ok");
+        assert_eq!(v[3]["type"], "leak");
+        assert_eq!(v[3]["event"], "detected");
+        assert_eq!(v[3]["reason"], "vdevice_teardown_without_unbind");
+        assert_eq!(v[4]["type"], "vm_event");
+        assert_eq!(v[4]["event"], "vm_destroyed");
+    }
+
+    #[test]
+    fn replay_of_nothing() {
+        let (report, text) = {
+            let out = Shared::default();
+            let r = replay(Vec::new(), &ReplayOptions::default(), Box::new(out.clone())).unwrap();
+            (r, out.text())
+        };
+        assert_eq!(report.events, 0);
+        assert_eq!(report.operations, 0);
+        assert_eq!(text, "");
+    }
+}
