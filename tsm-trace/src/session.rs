@@ -61,12 +61,11 @@ impl Session {
             );
         }
 
-        let mut wanted: Vec<&str> = probes::TARGETS
+        // Only the names we may attach to (overrides and driver ops included).
+        let wanted: Vec<&str> = probes::TARGETS
             .iter()
-            .flat_map(|t| t.symbols.iter().copied())
+            .flat_map(|t| opts.attach.candidates(t))
             .collect();
-        wanted.extend(opts.attach.driver_bind.as_deref());
-        wanted.extend(opts.attach.driver_unbind.as_deref());
         let syms = Kallsyms::load(&opts.kallsyms, &wanted)
             .with_context(|| format!("reading {}", opts.kallsyms.display()))?;
 
