@@ -89,8 +89,8 @@ impl Session {
         let driver_bind = opts
             .attach
             .driver_bind
-            .as_deref()
-            .map(|s| s.split('.').next().unwrap_or(s));
+            .is_some()
+            .then(|| btf_name(&syms, Probe::DriverBind, "", &opts.attach));
         let resolution = btf::resolve(
             &opts.btf,
             &btf::Functions {
@@ -182,7 +182,7 @@ impl EventStream {
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
             let item: &[u8] = &item;
-            out.push(Event::from_bytes(&item));
+            out.push(Event::from_bytes(item));
         }
         guard.clear_ready();
         Ok(())

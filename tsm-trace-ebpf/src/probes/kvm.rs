@@ -35,10 +35,10 @@ pub fn vmm_exit(_ctx: RawTracePointContext) -> u32 {
     if tgid != pid_tgid as u32 {
         return 0;
     }
-    if unsafe { VMM_TGIDS.get(&tgid) }.is_none() {
+    if unsafe { VMM_TGIDS.get(tgid) }.is_none() {
         return 0;
     }
-    let _ = VMM_TGIDS.remove(&tgid);
+    let _ = VMM_TGIDS.remove(tgid);
     if let Some(ev) = begin(ProbeId::VmmExit) {
         ev.flags |= flags::POINT;
         emit(ev);

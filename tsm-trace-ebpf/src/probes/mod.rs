@@ -44,7 +44,7 @@ pub fn stash(ev: &RawEvent) {
         probe: ev.probe,
         _pad: 0,
     };
-    if INFLIGHT.insert(&key, ev, 0).is_err() {
+    if INFLIGHT.insert(key, ev, 0).is_err() {
         count(stat::INFLIGHT_FULL);
     }
 }
@@ -68,14 +68,14 @@ pub fn finish(probe: ProbeId, ret: i64, ret_flags: u32) {
         probe: probe as u32,
         _pad: 0,
     };
-    match INFLIGHT.get_ptr_mut(&key) {
+    match INFLIGHT.get_ptr_mut(key) {
         Some(p) => {
             let ev = unsafe { &mut *p };
             ev.end_ns = now;
             ev.ret = ret;
             ev.flags |= ret_flags;
             emit(ev);
-            let _ = INFLIGHT.remove(&key);
+            let _ = INFLIGHT.remove(key);
         }
         None => {
             count(stat::ORPHAN_RETURNS);
@@ -116,7 +116,7 @@ pub fn read_kvm(ev: &mut RawEvent, kvm: u64, o: KvmOffsets) {
 #[inline(always)]
 pub fn note_vmm() {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let _ = VMM_TGIDS.insert(&tgid, &1, 0);
+    let _ = VMM_TGIDS.insert(tgid, 1, 0);
 }
 
 /// An `int` return value, sign-extended (the upper half of the register is undefined).

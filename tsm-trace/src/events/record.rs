@@ -164,10 +164,11 @@ mod tests {
     #[test]
     fn round_trip() {
         let mut buf = Vec::new();
-        let mut w = Writer::new(&mut buf, "test").unwrap();
-        w.write(&ev()).unwrap();
-        w.write(&ev()).unwrap();
-        drop(w);
+        {
+            let mut w = Writer::new(&mut buf, "test").unwrap();
+            w.write(&ev()).unwrap();
+            w.write(&ev()).unwrap();
+        }
         let (h, evs) = read_all(&buf[..], "mem").unwrap();
         assert_eq!(h.kernel, "test");
         assert_eq!(evs, vec![ev(), ev()]);
