@@ -3,6 +3,7 @@
 //! xtask compiles with nothing but a stable Rust toolchain: every tool the other commands need is
 //! installed by `cargo xtask setup`, which each command runs first as a (fast) check.
 
+mod demo;
 mod promtool;
 mod setup;
 mod util;
@@ -32,6 +33,9 @@ enum Command {
     Test(TestArgs),
     /// Boot real Debian kernels in qemu and run the probe scenarios against them.
     VmTest(vm::VmTestArgs),
+    /// The main job, without TSM hardware: tsm-trace in a VM with a stand-in TSM module,
+    /// a scenario with failures and leaks, its trace lines, leak alert and /metrics.
+    Demo(demo::DemoArgs),
 }
 
 #[derive(clap::Args)]
@@ -52,6 +56,10 @@ fn main() -> Result<()> {
         Command::Test(args) => {
             setup::ensure()?;
             util::test_all(args.no_vm)
+        }
+        Command::Demo(args) => {
+            setup::ensure()?;
+            demo::run(&args)
         }
         Command::VmTest(args) => {
             setup::ensure()?;

@@ -89,7 +89,8 @@ fn clock_ns(clock: libc::clockid_t) -> i64 {
 
 #[allow(clippy::useless_conversion)]
 fn local_utc_offset_s(unix_s: i64) -> i64 {
-    let t: libc::time_t = unix_s as libc::time_t;
+    // `time_t` is i64 on x86-64 glibc and musl alike; let inference name the type.
+    let t = unix_s as _;
     // SAFETY: an all-zero `tm` is valid; localtime_r writes it and returns NULL on failure.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     let r = unsafe { libc::localtime_r(&t, &mut tm) };
