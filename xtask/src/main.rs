@@ -3,7 +3,9 @@
 //! xtask compiles with nothing but a stable Rust toolchain: every tool the other commands need is
 //! installed by `cargo xtask setup`, which each command runs first as a (fast) check.
 
+mod bench;
 mod demo;
+mod e2e;
 mod promtool;
 mod setup;
 mod util;
@@ -36,6 +38,10 @@ enum Command {
     /// The main job, without TSM hardware: tsm-trace in a VM with a stand-in TSM module,
     /// a scenario with failures and leaks, its trace lines, leak alert and /metrics.
     Demo(demo::DemoArgs),
+    /// Benchmarks with floors; writes BENCHMARKS.md (fails if a floor is missed).
+    Bench(bench::BenchArgs),
+    /// A real Prometheus scrapes tsm-trace in a VM; every dashboard and rule query must answer.
+    E2e(e2e::E2eArgs),
 }
 
 #[derive(clap::Args)]
@@ -56,6 +62,14 @@ fn main() -> Result<()> {
         Command::Test(args) => {
             setup::ensure()?;
             util::test_all(args.no_vm)
+        }
+        Command::Bench(args) => {
+            setup::ensure()?;
+            bench::run(&args)
+        }
+        Command::E2e(args) => {
+            setup::ensure()?;
+            e2e::run(&args)
         }
         Command::Demo(args) => {
             setup::ensure()?;

@@ -120,6 +120,14 @@ pub fn test_all(no_vm: bool) -> Result<()> {
             })
         })?;
     }
+    if !no_vm {
+        step("Prometheus end to end (VM)", &mut || {
+            crate::e2e::run(&crate::e2e::E2eArgs::default())
+        })?;
+        step("benchmark smoke run", &mut || {
+            crate::bench::run(&crate::bench::BenchArgs { smoke: true })
+        })?;
+    }
     println!("\nall test steps passed:");
     for (name, secs) in &steps {
         println!("  {name:<28} {secs:>7.1}s");
