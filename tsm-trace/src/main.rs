@@ -179,6 +179,10 @@ struct RunArgs {
         default_value = "/sys"
     )]
     sysfs_root: PathBuf,
+    /// Keep all capabilities after the probes are attached (default: drop all but CAP_BPF,
+    /// which reading the maps needs).
+    #[arg(long, env = "TSM_TRACE_KEEP_CAPABILITIES")]
+    keep_capabilities: bool,
     /// Also print every operation and leak to stdout (as `trace` would).
     #[arg(long, value_enum, env = "TSM_TRACE_PRINT")]
     print: Option<PrintFormat>,
@@ -425,6 +429,14 @@ async fn run(args: RunArgs) -> Result<()> {
         })?;
     let mut session = start_session(&args.probes)?;
     publish_session(&metrics, &session);
+    if !args.keep_capabilities {
+        match tsm_trace::probes::capabilities::drop_all_but_bpf() {
+            Ok(()) => {
+                log::info!("dropped all capabilities but CAP_BPF (--keep-capabilities keeps them)")
+            }
+            Err(e) => log::warn!("could not drop capabilities: {e}; continuing with them"),
+        }
+    }
     if bind_path_attached(&session) {
         readiness.set_ready();
     } else {

@@ -4,6 +4,7 @@
 //! reported — which one, and why — and the others keep running. `--strict` makes any missing
 //! requested probe fatal.
 
+pub mod capabilities;
 mod kallsyms;
 mod privileges;
 

@@ -605,6 +605,13 @@ pub fn check_daemon(out: &VmOutput) -> Result<Checks> {
     c.check(err.lines().any(|l| l == "exit=0"), || {
         format!("daemon did not exit 0 on SIGTERM:\n{err}")
     });
+    c.check(err.contains("dropped all capabilities but CAP_BPF"), || {
+        format!("daemon did not drop its capabilities after attaching:\n{err}")
+    });
+    // Warnings would mean e.g. kernel counters unreadable after the capability drop.
+    c.check(!err.contains(": warn: "), || {
+        format!("daemon logged warnings:\n{err}")
+    });
     let m = parse_exposition(&out.section("daemon_metrics")?.text);
     if m.is_empty() {
         bail!("/metrics was empty; daemon stderr:\n{err}");
