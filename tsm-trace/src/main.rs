@@ -66,6 +66,7 @@ enum Command {
 
 /// Which probes to attach and where kernel facts come from.
 #[derive(Args, Clone)]
+#[command(next_help_heading = "Probes")]
 struct ProbeArgs {
     /// Fail if any requested probe cannot attach (default: report it and keep going).
     #[arg(long, env = "TSM_TRACE_STRICT")]
@@ -100,6 +101,7 @@ struct ProbeArgs {
 
 /// How events become operations, bindings and leaks.
 #[derive(Args, Clone)]
+#[command(next_help_heading = "Correlation")]
 struct CorrelateArgs {
     /// After a VM is destroyed or its VMM exits, how long its devices may stay bound before
     /// that is reported as a leak (teardown order varies).
@@ -121,6 +123,7 @@ impl CorrelateArgs {
 }
 
 #[derive(Args, Clone)]
+#[command(next_help_heading = "Output")]
 struct FilterArgs {
     /// Only this device (PCI BDF, e.g. 0000:01:00.0).
     #[arg(long, value_name = "BDF")]
@@ -165,26 +168,28 @@ struct RunArgs {
         long,
         value_name = "ADDR",
         env = "TSM_TRACE_LISTEN",
-        default_value = "0.0.0.0:9477"
+        default_value = "0.0.0.0:9477",
+        help_heading = "Daemon"
     )]
     listen: SocketAddr,
     /// How often to compare the binding table with sysfs (`tsm/bound`); 0 disables it.
-    #[arg(long, value_name = "DURATION", env = "TSM_TRACE_RECONCILE_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", env = "TSM_TRACE_RECONCILE_INTERVAL", default_value = "60s", value_parser = parse_duration, help_heading = "Daemon")]
     reconcile_interval: Duration,
     /// sysfs root (tests point this at a fake tree).
     #[arg(
         long,
         value_name = "DIR",
         env = "TSM_TRACE_SYSFS_ROOT",
-        default_value = "/sys"
+        default_value = "/sys",
+        help_heading = "Daemon"
     )]
     sysfs_root: PathBuf,
     /// Keep all capabilities after the probes are attached (default: drop all but CAP_BPF,
     /// which reading the maps needs).
-    #[arg(long, env = "TSM_TRACE_KEEP_CAPABILITIES")]
+    #[arg(long, env = "TSM_TRACE_KEEP_CAPABILITIES", help_heading = "Daemon")]
     keep_capabilities: bool,
     /// Also print every operation and leak to stdout (as `trace` would).
-    #[arg(long, value_enum, env = "TSM_TRACE_PRINT")]
+    #[arg(long, value_enum, env = "TSM_TRACE_PRINT", help_heading = "Daemon")]
     print: Option<PrintFormat>,
 }
 
@@ -203,13 +208,13 @@ struct TraceArgs {
     #[command(flatten)]
     filter: FilterArgs,
     /// Stop after this long (e.g. 30s, 10m); default: until Ctrl-C.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Session")]
     duration: Option<Duration>,
     /// Also write every raw event to FILE, for `tsm-trace replay`.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Session")]
     record: Option<PathBuf>,
     /// Do not print the summary on exit.
-    #[arg(long)]
+    #[arg(long, help_heading = "Session")]
     no_summary: bool,
 }
 
