@@ -42,10 +42,13 @@ pub enum ProbeId {
     KvmDestroyVm = 8,
     /// Exit of a process that holds a binding (raw tracepoint `sched_process_exit`).
     VmmExit = 9,
+    /// A kernel module was loaded (raw tracepoint `module_load`): userspace looks again for
+    /// probe targets that were missing (iommufd.ko and kvm.ko often load after boot).
+    ModuleLoad = 10,
 }
 
 impl ProbeId {
-    pub const ALL: [ProbeId; 10] = [
+    pub const ALL: [ProbeId; 11] = [
         ProbeId::TsmOpIoctl,
         ProbeId::TsmBind,
         ProbeId::TsmUnbind,
@@ -56,6 +59,7 @@ impl ProbeId {
         ProbeId::DriverUnbind,
         ProbeId::KvmDestroyVm,
         ProbeId::VmmExit,
+        ProbeId::ModuleLoad,
     ];
 
     pub const fn from_u32(v: u32) -> Option<ProbeId> {

@@ -24,7 +24,7 @@ use tsm_trace::{
     http::{self, HttpState, Readiness},
     pipeline::{self, Pipeline, ReplayOptions, TraceFormat, TraceSink},
     probes::{AttachConfig, chain},
-    session::{Session, SessionOptions},
+    session::{LiveSession, Session, SessionOptions},
     sysfs::Snapshot,
 };
 
@@ -184,8 +184,8 @@ struct RunArgs {
         help_heading = "Daemon"
     )]
     sysfs_root: PathBuf,
-    /// Keep all capabilities after the probes are attached (default: drop all but CAP_BPF,
-    /// which reading the maps needs).
+    /// Keep all capabilities after the probes are attached (default: drop all but CAP_BPF and
+    /// CAP_PERFMON, which reading the maps and attaching to late-loaded modules need).
     #[arg(long, env = "TSM_TRACE_KEEP_CAPABILITIES", help_heading = "Daemon")]
     keep_capabilities: bool,
     /// Also print every operation and leak to stdout (as `trace` would).
@@ -357,12 +357,43 @@ fn kernel_release() -> String {
         .unwrap_or_default()
 }
 
-fn start_session(probes: &ProbeArgs) -> Result<Session> {
-    let session = Session::start(&probes.session_options())?;
-    for line in session.report_lines() {
+fn start_session(probes: &ProbeArgs) -> Result<LiveSession> {
+    let live = LiveSession::start(&probes.session_options())?;
+    for line in live.session().report_lines() {
         log::info!("{line}");
     }
-    Ok(session)
+    Ok(live)
+}
+
+/// How long after a module load to look for probe targets again (its BTF and symbols are
+/// registered while it initializes).
+const RESCAN_DELAY: Duration = Duration::from_millis(500);
+
+/// After a module load: attach what became available, and publish it.
+fn rescan(live: &mut LiveSession, pipeline: &Mutex<Pipeline>, metrics: &Metrics) {
+    let mut drained = Vec::new();
+    match live.rescan(&mut drained) {
+        Ok(gained) if gained.is_empty() => {
+            log::debug!(
+                "module loaded; no new probe target ({} still missing)",
+                live.missing()
+            )
+        }
+        Ok(gained) => {
+            log::info!(
+                "a module load made more probes available; now attached: {}",
+                gained.join(", ")
+            );
+            for line in live.session().report_lines() {
+                log::info!("{line}");
+            }
+            publish_session(metrics, live.session());
+        }
+        Err(e) => log::warn!(
+            "looking for probe targets after a module load failed: {e:#}; the probes attached before keep running"
+        ),
+    }
+    handle_batch(pipeline, metrics, &mut drained);
 }
 
 /// Publishes probe and BTF state as self-metrics.
@@ -373,7 +404,7 @@ fn publish_session(metrics: &Metrics, s: &Session) {
     metrics.set_btf_fields(s.btf.fields.iter().map(|f| (f.field, f.offset.is_some())));
 }
 
-fn sync_kernel_stats(metrics: &Metrics, s: &Session) {
+fn sync_kernel_stats(metrics: &Metrics, s: &LiveSession) {
     match s.kernel_stats() {
         Ok(k) => metrics.set_kernel_counters(tsm_trace::exporters::metrics::KernelCounters {
             ringbuf_full: k.ringbuf_drops,
@@ -432,17 +463,19 @@ async fn run(args: RunArgs) -> Result<()> {
                 args.listen
             )
         })?;
-    let mut session = start_session(&args.probes)?;
-    publish_session(&metrics, &session);
+    let mut live = start_session(&args.probes)?;
+    publish_session(&metrics, live.session());
     if !args.keep_capabilities {
-        match tsm_trace::probes::capabilities::drop_all_but_bpf() {
+        match tsm_trace::probes::capabilities::drop_all_but_bpf_perfmon() {
             Ok(()) => {
-                log::info!("dropped all capabilities but CAP_BPF (--keep-capabilities keeps them)")
+                log::info!(
+                    "dropped all capabilities but CAP_BPF and CAP_PERFMON (--keep-capabilities keeps them)"
+                )
             }
             Err(e) => log::warn!("could not drop capabilities: {e}; continuing with them"),
         }
     }
-    if bind_path_attached(&session) {
+    if bind_path_attached(live.session()) {
         readiness.set_ready();
     } else {
         let why = "no bind-path probe attached (tsm_op_ioctl, tsm_bind, pci_tsm_bind): this kernel has neither the iommufd TSM patch nor PCI TSM; see the probe lines above";
@@ -475,35 +508,45 @@ async fn run(args: RunArgs) -> Result<()> {
     log::info!(
         "serving http://{}/metrics ({} programs attached); Ctrl-C or SIGTERM stops",
         args.listen,
-        session.attached_count()
+        live.session().attached_count()
     );
 
-    let mut stream = session.event_stream()?;
     let mut batch = Vec::new();
+    let mut rescan_at: Option<tokio::time::Instant> = None;
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     let reconcile_every = (!args.reconcile_interval.is_zero()).then_some(args.reconcile_interval);
     let mut next_reconcile = reconcile_every.map(|d| tokio::time::Instant::now() + d);
     // Reconcile once at startup: bindings made before we started show up here.
-    reconcile(&pipeline, &metrics, &session, &args.sysfs_root);
+    reconcile(&pipeline, &metrics, &live, &args.sysfs_root);
     loop {
         let deadline = next_deadline(&pipeline.lock().expect("pipeline lock"), &cfg)
             .map(|d| tokio::time::Instant::now() + d);
-        let wake = [deadline, next_reconcile].into_iter().flatten().min();
+        let wake = [deadline, next_reconcile, rescan_at]
+            .into_iter()
+            .flatten()
+            .min();
         tokio::select! {
             sig = &mut shutdown => {
                 log::info!("{}: detaching probes and exiting", sig?);
                 break;
             }
-            r = stream.next_batch(&mut batch) => {
+            r = live.next_batch(&mut batch) => {
                 r?;
                 handle_batch(&pipeline, &metrics, &mut batch);
-                sync_kernel_stats(&metrics, &session);
+                sync_kernel_stats(&metrics, &live);
+                if live.take_rescan_request() {
+                    rescan_at = Some(tokio::time::Instant::now() + RESCAN_DELAY);
+                }
             }
             _ = sleep_until(wake) => {
                 let now = monotonic_ns();
+                if rescan_at.is_some_and(|t| t <= tokio::time::Instant::now()) {
+                    rescan_at = None;
+                    rescan(&mut live, &pipeline, &metrics);
+                }
                 if next_reconcile.is_some_and(|t| t <= tokio::time::Instant::now()) {
-                    reconcile(&pipeline, &metrics, &session, &args.sysfs_root);
+                    reconcile(&pipeline, &metrics, &live, &args.sysfs_root);
                     next_reconcile = reconcile_every.map(|d| tokio::time::Instant::now() + d);
                 }
                 pipeline.lock().expect("pipeline lock").tick(now);
@@ -515,8 +558,7 @@ async fn run(args: RunArgs) -> Result<()> {
         .await
         .context("the HTTP server task")?
         .context("the HTTP server")?;
-    drop(stream);
-    drop(session);
+    drop(live);
     Ok(())
 }
 
@@ -554,7 +596,7 @@ fn handle_batch(
 fn reconcile(
     pipeline: &Mutex<Pipeline>,
     metrics: &Metrics,
-    session: &Session,
+    session: &LiveSession,
     root: &std::path::Path,
 ) {
     let snap = Snapshot::read(root);
@@ -566,10 +608,10 @@ fn reconcile(
 }
 
 async fn trace(args: TraceArgs) -> Result<()> {
-    let mut session = start_session(&args.probes)?;
-    if !bind_path_attached(&session) {
+    let mut live = start_session(&args.probes)?;
+    if !bind_path_attached(live.session()) {
         log::warn!(
-            "no bind-path probe attached (tsm_op_ioctl, tsm_bind, pci_tsm_bind): nothing to trace on this kernel; see the probe lines above"
+            "no bind-path probe attached (tsm_op_ioctl, tsm_bind, pci_tsm_bind) yet: nothing to trace until a module provides one; see the probe lines above"
         );
     }
     let mut recorder = match &args.record {
@@ -580,7 +622,7 @@ async fn trace(args: TraceArgs) -> Result<()> {
         None => None,
     };
     let metrics = Arc::new(Metrics::new());
-    publish_session(&metrics, &session);
+    publish_session(&metrics, live.session());
     let cfg = args.correlate.config();
     let clock = Clock::wall_now();
     let sink = TraceSink::new(
@@ -590,10 +632,9 @@ async fn trace(args: TraceArgs) -> Result<()> {
         clock,
     );
     let pipeline = Mutex::new(Pipeline::new(cfg.clone(), metrics.clone(), Some(sink)));
-    let mut stream = session.event_stream()?;
     eprintln!(
         "tsm-trace: tracing with {} programs attached{}; Ctrl-C stops",
-        session.attached_count(),
+        live.session().attached_count(),
         args.duration
             .map(|d| format!(
                 " for {}",
@@ -605,37 +646,54 @@ async fn trace(args: TraceArgs) -> Result<()> {
     tokio::pin!(shutdown);
     let end = args.duration.map(|d| tokio::time::Instant::now() + d);
     let mut batch = Vec::new();
+    let mut rescan_at: Option<tokio::time::Instant> = None;
+    let mut record = |batch: &[Result<Event, tsm_trace::events::DecodeError>]| -> Result<()> {
+        if let Some(w) = recorder.as_mut() {
+            for ev in batch.iter().flatten() {
+                w.write(ev).context("writing the record file")?;
+            }
+            w.flush().context("writing the record file")?;
+        }
+        Ok(())
+    };
     loop {
         let deadline = next_deadline(&pipeline.lock().expect("pipeline lock"), &cfg)
             .map(|d| tokio::time::Instant::now() + d);
+        let wake = [deadline, rescan_at].into_iter().flatten().min();
         tokio::select! {
             sig = &mut shutdown => { sig?; break; }
             _ = sleep_until(end) => break,
-            r = stream.next_batch(&mut batch) => {
+            r = live.next_batch(&mut batch) => {
                 r?;
-                if let Some(w) = recorder.as_mut() {
-                    for ev in batch.iter().flatten() {
-                        w.write(ev).context("writing the record file")?;
-                    }
-                    w.flush().context("writing the record file")?;
-                }
+                record(&batch)?;
                 handle_batch(&pipeline, &metrics, &mut batch);
+                if live.take_rescan_request() {
+                    rescan_at = Some(tokio::time::Instant::now() + RESCAN_DELAY);
+                }
             }
-            _ = sleep_until(deadline) => {
+            _ = sleep_until(wake) => {
+                if rescan_at.is_some_and(|t| t <= tokio::time::Instant::now()) {
+                    rescan_at = None;
+                    rescan(&mut live, &pipeline, &metrics);
+                    eprintln!("tsm-trace: now tracing with {} programs attached", live.session().attached_count());
+                }
                 let mut p = pipeline.lock().expect("pipeline lock");
                 p.tick(monotonic_ns());
                 if let Some(s) = p.sink_mut() { s.flush(); }
             }
         }
     }
-    // Drain what is already in the ring buffer, then close open frames.
+    // Take what is already in the ring buffer, then close open frames.
+    live.drain_now(&mut batch);
+    record(&batch)?;
+    handle_batch(&pipeline, &metrics, &mut batch);
     let mut p = pipeline.into_inner().expect("pipeline lock");
     p.finish(monotonic_ns());
     if let Some(s) = p.sink_mut() {
         s.flush();
     }
-    sync_kernel_stats(&metrics, &session);
-    let k = session.kernel_stats().unwrap_or_default();
+    sync_kernel_stats(&metrics, &live);
+    let k = live.kernel_stats().unwrap_or_default();
     if !args.no_summary {
         let mut err = std::io::stderr().lock();
         writeln!(err, "{}", p.render_summary())?;

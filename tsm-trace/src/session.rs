@@ -188,3 +188,123 @@ impl EventStream {
         Ok(())
     }
 }
+
+impl EventStream {
+    /// Appends whatever is in the ring buffer now, without waiting.
+    pub fn drain_now(&mut self, out: &mut Vec<Result<Event, DecodeError>>) {
+        let ring = self.fd.get_mut();
+        while let Some(item) = ring.next() {
+            let item: &[u8] = &item;
+            out.push(Event::from_bytes(item));
+        }
+    }
+}
+
+impl std::ops::Add for KernelStats {
+    type Output = KernelStats;
+
+    fn add(self, o: KernelStats) -> KernelStats {
+        KernelStats {
+            ringbuf_drops: self.ringbuf_drops + o.ringbuf_drops,
+            inflight_full: self.inflight_full + o.inflight_full,
+            read_faults: self.read_faults + o.read_faults,
+            orphan_returns: self.orphan_returns + o.orphan_returns,
+        }
+    }
+}
+
+/// A session that follows module loads: when a module is loaded (iommufd.ko and kvm.ko often
+/// load after boot) and some requested probe is still unattached, [`LiveSession::rescan`]
+/// starts a fresh session (new BTF resolution, new object) and, if it attaches more, swaps it
+/// in: the old ring buffer is drained first and its counters carry over.
+pub struct LiveSession {
+    opts: SessionOptions,
+    session: Session,
+    stream: EventStream,
+    /// Kernel counters of sessions already replaced.
+    retired: KernelStats,
+    module_loaded: bool,
+}
+
+impl LiveSession {
+    pub fn start(opts: &SessionOptions) -> Result<LiveSession> {
+        let mut session = Session::start(opts)?;
+        let stream = session.event_stream()?;
+        Ok(LiveSession {
+            opts: opts.clone(),
+            session,
+            stream,
+            retired: KernelStats::default(),
+            module_loaded: false,
+        })
+    }
+
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    pub async fn next_batch(&mut self, out: &mut Vec<Result<Event, DecodeError>>) -> Result<()> {
+        let from = out.len();
+        self.stream.next_batch(out).await?;
+        if out[from..]
+            .iter()
+            .any(|e| matches!(e, Ok(ev) if ev.probe == Probe::ModuleLoad))
+        {
+            self.module_loaded = true;
+        }
+        Ok(())
+    }
+
+    /// Appends whatever is in the ring buffer now, without waiting.
+    pub fn drain_now(&mut self, out: &mut Vec<Result<Event, DecodeError>>) {
+        self.stream.drain_now(out);
+    }
+
+    /// Requested probes that are not attached.
+    pub fn missing(&self) -> usize {
+        self.session
+            .attach
+            .iter()
+            .filter(|r| r.requested && !r.attached)
+            .count()
+    }
+
+    /// True once after a module load while probes are missing.
+    pub fn take_rescan_request(&mut self) -> bool {
+        std::mem::take(&mut self.module_loaded) && self.missing() > 0
+    }
+
+    /// Looks for probe targets again. Returns the newly attached probes (empty if nothing
+    /// changed); events still in the old ring buffer are appended to `out`.
+    pub fn rescan(&mut self, out: &mut Vec<Result<Event, DecodeError>>) -> Result<Vec<String>> {
+        let mut fresh = Session::start(&self.opts)?;
+        if fresh.attached_count() <= self.session.attached_count() {
+            return Ok(Vec::new());
+        }
+        let stream = fresh.event_stream()?;
+        let gained: Vec<String> = fresh
+            .attach
+            .iter()
+            .filter(|r| r.attached)
+            .filter(|r| {
+                !self
+                    .session
+                    .attach
+                    .iter()
+                    .any(|o| o.attached && o.probe == r.probe && o.kind == r.kind)
+            })
+            .map(|r| format!("{} {} ({})", r.kind.as_str(), r.probe.as_str(), r.function))
+            .collect();
+        // Both are attached now; drain the old one, then let it go (detaching it).
+        self.stream.drain_now(out);
+        self.retired = self.retired + self.session.kernel_stats().unwrap_or_default();
+        self.session = fresh;
+        self.stream = stream;
+        Ok(gained)
+    }
+
+    /// Kernel counters of this and every replaced session.
+    pub fn kernel_stats(&self) -> Result<KernelStats> {
+        Ok(self.retired + self.session.kernel_stats()?)
+    }
+}

@@ -71,6 +71,22 @@ stop_trace() { # stop_trace NAME
 	rm -f /tmp/truth
 }
 
+# ---- Session L: the module is loaded after tsm-trace started ----------------
+# (iommufd.ko and kvm.ko often load after boot): the module_load event makes
+# tsm-trace look again, resolve the new module BTF and attach.
+rmmod tsm_standin
+start_trace l $DRV $PCI_SYMS
+insmod /lib/modules/tsm_standin.ko
+wait_for /tmp/trace_l.err 'now tracing with' 60 || echo "no rescan after insmod" >> /tmp/trace_l.err
+step l_vm vm_create 1
+step l_vdev vdev_create 1 0000:00:02.0 1 77
+step l_bind ioctl 1 1 0
+step l_destroy vdev_destroy 1
+step l_vm_destroy vm_destroy 1
+sleep 0.5
+stop_trace l
+rmmod tsm_standin && insmod /lib/modules/tsm_standin.ko
+
 # ---- Session A: every scenario, all layers visible -------------------------
 start_trace a $DRV $PCI_SYMS
 step vm1 vm_create 1

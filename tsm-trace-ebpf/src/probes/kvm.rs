@@ -45,3 +45,14 @@ pub fn vmm_exit(_ctx: RawTracePointContext) -> u32 {
     }
     0
 }
+
+/// `module_load`: one point event per module load (rare), so userspace can attach probes
+/// whose functions live in a module loaded after it started.
+#[raw_tracepoint(tracepoint = "module_load")]
+pub fn module_load(_ctx: RawTracePointContext) -> u32 {
+    if let Some(ev) = begin(ProbeId::ModuleLoad) {
+        ev.flags |= flags::POINT;
+        emit(ev);
+    }
+    0
+}

@@ -729,6 +729,8 @@ impl Correlator {
             ev.start_ns = ev.end_ns;
         }
         match ev.probe {
+            // Not a TSM event (the session acts on it); nothing to correlate.
+            Probe::ModuleLoad => {}
             Probe::KvmDestroyVm | Probe::VmmExit => self.point_event(ev, now_ns, &mut out),
             _ => self.frame_event(ev, now_ns, &mut out),
         }

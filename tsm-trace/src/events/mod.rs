@@ -66,10 +66,13 @@ pub enum Probe {
     DriverUnbind,
     KvmDestroyVm,
     VmmExit,
+    /// A kernel module was loaded: not a TSM event; tells the session to look for probe
+    /// targets again. Never reaches the correlator.
+    ModuleLoad,
 }
 
 impl Probe {
-    pub const ALL: [Probe; 10] = [
+    pub const ALL: [Probe; 11] = [
         Probe::TsmOpIoctl,
         Probe::TsmBind,
         Probe::TsmUnbind,
@@ -80,6 +83,7 @@ impl Probe {
         Probe::DriverUnbind,
         Probe::KvmDestroyVm,
         Probe::VmmExit,
+        Probe::ModuleLoad,
     ];
 
     pub fn from_id(id: ProbeId) -> Probe {
@@ -102,6 +106,7 @@ impl Probe {
             Probe::DriverUnbind => "driver_unbind",
             Probe::KvmDestroyVm => "kvm_destroy_vm",
             Probe::VmmExit => "vmm_exit",
+            Probe::ModuleLoad => "module_load",
         }
     }
 
@@ -115,13 +120,16 @@ impl Probe {
             Probe::TsmBind | Probe::TsmUnbind => Layer::TsmCore,
             Probe::PciTsmBind | Probe::PciTsmUnbind => Layer::PciTsm,
             Probe::DriverBind | Probe::DriverUnbind => Layer::TsmDriver,
-            Probe::KvmDestroyVm | Probe::VmmExit => Layer::Vm,
+            Probe::KvmDestroyVm | Probe::VmmExit | Probe::ModuleLoad => Layer::Vm,
         }
     }
 
     /// Point events have no duration and no return value.
     pub const fn is_point(self) -> bool {
-        matches!(self, Probe::KvmDestroyVm | Probe::VmmExit)
+        matches!(
+            self,
+            Probe::KvmDestroyVm | Probe::VmmExit | Probe::ModuleLoad
+        )
     }
 }
 
@@ -277,7 +285,7 @@ impl Event {
                 ev.virt_id = has(missing::VIRT_ID).then_some(raw.virt_id);
             }
             Probe::KvmDestroyVm => ev.vm = vm(),
-            Probe::VmmExit => {}
+            Probe::VmmExit | Probe::ModuleLoad => {}
         }
         Ok(ev)
     }

@@ -1,8 +1,10 @@
 //! Dropping capabilities once the probes are attached (as ebpf_exporter's
-//! `--capabilities.keep`): the daemon then keeps only what reading its maps needs.
+//! `--capabilities.keep`): the daemon then keeps only what reading its maps and attaching
+//! probes for late-loaded modules need.
 
 /// `_LINUX_CAPABILITY_VERSION_3`.
 const VERSION_3: u32 = 0x2008_0522;
+const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 #[repr(C)]
@@ -20,9 +22,10 @@ struct Data {
 }
 
 /// Keeps only CAP_BPF (map reads go through bpf(2), which kernels with
-/// `unprivileged_bpf_disabled` refuse without it) in the effective and permitted sets;
-/// everything else, including CAP_SYS_ADMIN and CAP_PERFMON, is gone for good.
-pub fn drop_all_but_bpf() -> std::io::Result<()> {
+/// `unprivileged_bpf_disabled` refuse without it) and CAP_PERFMON (attaching kprobes when a
+/// module with probe targets loads later) in the effective and permitted sets; everything
+/// else, including CAP_SYS_ADMIN, CAP_DAC_OVERRIDE and CAP_NET_ADMIN, is gone for good.
+pub fn drop_all_but_bpf_perfmon() -> std::io::Result<()> {
     let mut header = Header {
         version: VERSION_3,
         pid: 0,
@@ -32,13 +35,10 @@ pub fn drop_all_but_bpf() -> std::io::Result<()> {
     if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let keep_hi = 1u32 << (CAP_BPF - 32);
-    let had_bpf = data[1].permitted & keep_hi != 0;
+    let keep_hi = ((1u32 << (CAP_BPF - 32)) | (1u32 << (CAP_PERFMON - 32))) & data[1].permitted;
     let mut new = [Data::default(); 2];
-    if had_bpf {
-        new[1].effective = keep_hi;
-        new[1].permitted = keep_hi;
-    }
+    new[1].effective = keep_hi;
+    new[1].permitted = keep_hi;
     // SAFETY: as above.
     if unsafe { libc::syscall(libc::SYS_capset, &mut header, new.as_ptr()) } != 0 {
         return Err(std::io::Error::last_os_error());

@@ -134,6 +134,13 @@ pub const TARGETS: &[Target] = &[
         ret: None,
         origin: "the sched_process_exit raw tracepoint",
     },
+    Target {
+        probe: Probe::ModuleLoad,
+        symbols: &["module_load"],
+        entry: "module_load",
+        ret: None,
+        origin: "the module_load raw tracepoint (re-attach after module loads)",
+    },
 ];
 
 pub fn target(probe: Probe) -> &'static Target {
@@ -247,7 +254,7 @@ pub fn open(offsets: &Offsets, ringbuf_bytes: Option<u32>) -> Result<Ebpf, Probe
 }
 
 fn program_names(t: &Target) -> impl Iterator<Item = (&'static str, Kind)> {
-    let entry_kind = if t.probe == Probe::VmmExit {
+    let entry_kind = if matches!(t.probe, Probe::VmmExit | Probe::ModuleLoad) {
         Kind::RawTracepoint
     } else {
         Kind::Kprobe

@@ -65,6 +65,47 @@ pub fn build(spec: &InitramfsSpec, out: &Path) -> Result<()> {
     fs::write(out, bytes).with_context(|| format!("writing {}", out.display()))
 }
 
+/// Copy a kernel module into `dir` as a plain `.ko` (busybox `insmod` cannot decompress):
+/// `.ko.xz` / `.ko.zst` / `.ko.gz` are decompressed with xz / zstd / gzip. Returns the copy.
+pub fn plain_module(src: &Path, dir: &Path) -> Result<PathBuf> {
+    let name = src
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let (stem, tool) = if let Some(s) = name.strip_suffix(".xz") {
+        (s, Some("xz"))
+    } else if let Some(s) = name.strip_suffix(".zst") {
+        (s, Some("zstd"))
+    } else if let Some(s) = name.strip_suffix(".gz") {
+        (s, Some("gzip"))
+    } else {
+        (name.as_str(), None)
+    };
+    fs::create_dir_all(dir)?;
+    let out = dir.join(stem);
+    let data = match tool {
+        None => fs::read(src).with_context(|| format!("reading {}", src.display()))?,
+        Some(tool) => {
+            let o = std::process::Command::new(tool)
+                .args(["-dc"])
+                .arg(src)
+                .output()
+                .with_context(|| format!("running {tool} -dc {}", src.display()))?;
+            if !o.status.success() {
+                bail!(
+                    "{tool} -dc {} failed: {}",
+                    src.display(),
+                    String::from_utf8_lossy(&o.stderr)
+                );
+            }
+            o.stdout
+        }
+    };
+    fs::write(&out, data).with_context(|| format!("writing {}", out.display()))?;
+    fs::set_permissions(&out, fs::Permissions::from_mode(0o644))?;
+    Ok(out)
+}
+
 fn find_busybox() -> Result<PathBuf> {
     for p in ["/bin/busybox", "/usr/bin/busybox", "/usr/sbin/busybox"] {
         let p = Path::new(p);

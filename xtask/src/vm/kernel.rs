@@ -234,6 +234,54 @@ impl Kernel {
     }
 }
 
+impl Kernel {
+    /// The `.ko` files (possibly `.ko.xz`/`.ko.zst`/`.ko.gz`) of Debian's modules `names` and
+    /// everything they depend on (`modinfo -F depends`), dependencies first: the order to
+    /// `insmod` them in. A name with no module file is taken to be built in and skipped.
+    pub fn module_closure(&self, names: &[&str]) -> Result<Vec<PathBuf>> {
+        let mut files = Vec::new();
+        walk_files(&self.modules.join("kernel"), &mut files);
+        let by_name: std::collections::BTreeMap<String, PathBuf> = files
+            .into_iter()
+            .filter_map(|p| {
+                let f = p.file_name()?.to_string_lossy().into_owned();
+                let stem = f
+                    .strip_suffix(".ko")
+                    .or_else(|| f.strip_suffix(".ko.xz"))
+                    .or_else(|| f.strip_suffix(".ko.zst"))
+                    .or_else(|| f.strip_suffix(".ko.gz"))?;
+                Some((stem.replace('-', "_"), p))
+            })
+            .collect();
+        fn visit(
+            name: &str,
+            by_name: &std::collections::BTreeMap<String, PathBuf>,
+            seen: &mut Vec<String>,
+            out: &mut Vec<PathBuf>,
+        ) -> Result<()> {
+            let name = name.trim().replace('-', "_");
+            if name.is_empty() || seen.contains(&name) {
+                return Ok(());
+            }
+            seen.push(name.clone());
+            let Some(path) = by_name.get(&name) else {
+                return Ok(()); // built in
+            };
+            let deps = run_cmd_output(Command::new("modinfo").args(["-F", "depends"]).arg(path))?;
+            for d in deps.trim().split(',') {
+                visit(d, by_name, seen, out)?;
+            }
+            out.push(path.clone());
+            Ok(())
+        }
+        let (mut seen, mut out) = (Vec::new(), Vec::new());
+        for n in names {
+            visit(n, &by_name, &mut seen, &mut out)?;
+        }
+        Ok(out)
+    }
+}
+
 fn version_key(v: &str) -> Vec<u64> {
     v.split(|c: char| !c.is_ascii_digit())
         .filter(|s| !s.is_empty())

@@ -240,6 +240,10 @@ fn check_probes(out: &VmOutput) -> Result<usize> {
     let mut all = vec![
         ("session A", scenarios::check_session_a(out)?),
         ("daemon", scenarios::check_daemon(out)?),
+        (
+            "session L (module loaded late)",
+            scenarios::check_session_late(out)?,
+        ),
     ];
     if real_pci {
         all.push((

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
@@ -79,6 +79,13 @@ pub struct RunOptions {
     /// Extra kernel command-line arguments.
     pub extra_cmdline: String,
     pub memory_mb: u32,
+    /// Guest TCP port to reach from the host: the guest gets a virtio-net NIC on qemu user
+    /// networking (guest 10.0.2.15/24 once configured, host = 10.0.2.2) and this port is
+    /// forwarded from a free port on the host's 127.0.0.1 ([`VmHandle::host_port`]). The
+    /// NIC's driver modules (and their dependencies) are put, uncompressed, into
+    /// [`NET_MODULES_DIR`] as `NN-name.ko`; the script loads them in name order and
+    /// configures the interface itself (see `tests/vm/scenarios/e2e.sh`). None: no network.
+    pub hostfwd: Option<u16>,
 }
 
 impl Default for RunOptions {
@@ -92,6 +99,7 @@ impl Default for RunOptions {
             keep: false,
             extra_cmdline: String::new(),
             memory_mb: 1024,
+            hostfwd: None,
         }
     }
 }
@@ -107,6 +115,12 @@ pub fn run_in_vm(
     run_in_vm_with(kernel, extra_files, script, &RunOptions::default())
 }
 
+/// Guest directory of the NIC driver modules added with [`RunOptions::hostfwd`].
+pub const NET_MODULES_DIR: &str = "/lib/modules/net";
+
+/// Debian modules the virtio-net NIC needs (dependencies are added; built-in ones skipped).
+const NET_MODULES: &[&str] = &["virtio_pci", "virtio_net"];
+
 /// `run_in_vm` with explicit options.
 pub fn run_in_vm_with(
     kernel: &Kernel,
@@ -114,6 +128,32 @@ pub fn run_in_vm_with(
     script: &str,
     opts: &RunOptions,
 ) -> Result<VmOutput> {
+    spawn_in_vm(kernel, extra_files, script, opts)?.wait()
+}
+
+/// A guest started by [`spawn_in_vm`], running while the host does other things. Dropping it
+/// kills qemu.
+pub struct VmHandle {
+    child: Option<Child>,
+    kernel_version: String,
+    run_dir: PathBuf,
+    initrd: PathBuf,
+    console_log: PathBuf,
+    data_log: PathBuf,
+    start: Instant,
+    opts: RunOptions,
+    /// Host port on 127.0.0.1 forwarded to the guest's [`RunOptions::hostfwd`] port.
+    pub host_port: Option<u16>,
+}
+
+/// Like [`run_in_vm_with`] but returns as soon as qemu has started; [`VmHandle::wait`] then
+/// collects the output exactly as `run_in_vm_with` does (same checks, same timeout).
+pub fn spawn_in_vm(
+    kernel: &Kernel,
+    extra_files: &[(PathBuf, String)],
+    script: &str,
+    opts: &RunOptions,
+) -> Result<VmHandle> {
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -124,11 +164,25 @@ pub fn run_in_vm_with(
             .join(format!("{stamp}-{}-{}", kernel.version, std::process::id()));
     fs::create_dir_all(&run_dir)?;
     let initrd = run_dir.join("initramfs.cpio");
+    let mut files = extra_files.to_vec();
+    let mut host_port = None;
+    if opts.hostfwd.is_some() {
+        let mods = kernel
+            .module_closure(NET_MODULES)
+            .context("finding the virtio-net driver modules")?;
+        let mod_dir = run_dir.join("net-modules");
+        for (i, m) in mods.iter().enumerate() {
+            let plain = initramfs::plain_module(m, &mod_dir)?;
+            let name = plain.file_name().unwrap_or_default().to_string_lossy();
+            files.push((plain.clone(), format!("{NET_MODULES_DIR}/{i:02}-{name}")));
+        }
+        host_port = Some(free_port()?);
+    }
     initramfs::build(
         &InitramfsSpec {
             standin_ko: &kernel.standin_ko,
             script,
-            extra_files,
+            extra_files: &files,
         },
         &initrd,
     )?;
@@ -155,107 +209,172 @@ pub fn run_in_vm_with(
         .arg(&initrd)
         .args(["-append", &cmdline])
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    if let (Some(guest), Some(host)) = (opts.hostfwd, host_port) {
+        cmd.arg("-netdev")
+            .arg(format!("user,id=n0,hostfwd=tcp:127.0.0.1:{host}-:{guest}"))
+            .args(["-device", "virtio-net-pci,netdev=n0"]);
+    }
     let start = Instant::now();
-    let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
-    let mut timed_out = false;
-    let status = loop {
-        if let Some(st) = child.try_wait()? {
-            break st;
-        }
-        if start.elapsed() > opts.timeout {
-            timed_out = true;
-            let _ = child.kill();
-            break child.wait()?;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let elapsed = start.elapsed();
-    let qemu_err = {
-        use std::io::Read;
-        let mut s = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = e.read_to_string(&mut s);
-        }
-        s
-    };
-    let read = |p: &PathBuf| {
-        fs::read(p)
-            .map(|b| String::from_utf8_lossy(&b).replace('\r', ""))
-            .unwrap_or_default()
-    };
-    let console = read(&console_log);
-    let data = read(&data_log);
-    if !opts.keep {
-        let _ = fs::remove_file(&initrd);
-    }
-    let (sections, run_rc, done) = parse_data(&data);
-    let mut warnings: Vec<String> = console
-        .lines()
-        .chain(
-            sections
-                .get("dmesg")
-                .map(|s| s.text.as_str())
-                .unwrap_or("")
-                .lines(),
-        )
-        .filter(|l| l.contains("WARNING:"))
-        .map(str::to_owned)
-        .collect();
-    warnings.dedup();
-    let out = VmOutput {
+    let child = cmd.spawn().context("starting qemu-system-x86_64")?;
+    Ok(VmHandle {
+        child: Some(child),
         kernel_version: kernel.version.clone(),
-        console,
-        data,
-        sections,
-        run_rc,
-        warnings,
-        run_dir: run_dir.clone(),
-        elapsed,
-    };
+        run_dir,
+        initrd,
+        console_log,
+        data_log,
+        start,
+        opts: opts.clone(),
+        host_port,
+    })
+}
 
-    let dmesg = out
-        .sections
-        .get("dmesg")
-        .map(|s| s.text.as_str())
-        .unwrap_or("");
-    if let Some(line) = out
-        .console
-        .lines()
-        .chain(dmesg.lines())
-        .find(|l| CRASH_PATTERNS.iter().any(|p| l.contains(p)))
-    {
-        bail!(
-            "guest kernel {} crashed: {line:?}\n--- console tail ---\n{}\n(logs in {})",
-            kernel.version,
-            tail(&out.console, 40),
-            run_dir.display()
-        );
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+impl Drop for VmHandle {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
-    if timed_out {
-        bail!(
-            "guest {} timed out after {:?}\n--- console tail ---\n{}\n(logs in {})",
-            kernel.version,
-            opts.timeout,
-            tail(&out.console, 40),
-            run_dir.display()
-        );
+}
+
+impl VmHandle {
+    /// `.vm-cache/runs/<run>/` (console.log, data.log).
+    pub fn run_dir(&self) -> &std::path::Path {
+        &self.run_dir
     }
-    if !done {
-        bail!(
-            "guest {} stopped before init finished (qemu {status}){}\n--- console tail ---\n{}\n(logs in {})",
-            kernel.version,
-            if qemu_err.trim().is_empty() {
-                String::new()
-            } else {
-                format!("\nqemu: {}", qemu_err.trim())
-            },
-            tail(&out.console, 40),
-            run_dir.display()
-        );
+
+    /// Is qemu still running?
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
-    Ok(out)
+
+    /// Kill qemu now; a following [`VmHandle::wait`] reports the guest as stopped early.
+    pub fn kill(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+        }
+    }
+
+    /// Wait for the guest to power off (or the timeout) and collect its output; fails if the
+    /// guest crashed, timed out or did not reach the end of init.
+    pub fn wait(mut self) -> Result<VmOutput> {
+        let mut child = self.child.take().context("VM already waited for")?;
+        self.collect(&mut child)
+    }
+
+    fn collect(&self, child: &mut Child) -> Result<VmOutput> {
+        let (kernel_version, run_dir, initrd) = (&self.kernel_version, &self.run_dir, &self.initrd);
+        let (console_log, data_log, start, opts) =
+            (&self.console_log, &self.data_log, self.start, &self.opts);
+        let mut timed_out = false;
+        let status = loop {
+            if let Some(st) = child.try_wait()? {
+                break st;
+            }
+            if start.elapsed() > opts.timeout {
+                timed_out = true;
+                let _ = child.kill();
+                break child.wait()?;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let elapsed = start.elapsed();
+        let qemu_err = {
+            use std::io::Read;
+            let mut s = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut s);
+            }
+            s
+        };
+        let read = |p: &PathBuf| {
+            fs::read(p)
+                .map(|b| String::from_utf8_lossy(&b).replace('\r', ""))
+                .unwrap_or_default()
+        };
+        let console = read(console_log);
+        let data = read(data_log);
+        if !opts.keep {
+            let _ = fs::remove_file(initrd);
+        }
+        let (sections, run_rc, done) = parse_data(&data);
+        let mut warnings: Vec<String> = console
+            .lines()
+            .chain(
+                sections
+                    .get("dmesg")
+                    .map(|s| s.text.as_str())
+                    .unwrap_or("")
+                    .lines(),
+            )
+            .filter(|l| l.contains("WARNING:"))
+            .map(str::to_owned)
+            .collect();
+        warnings.dedup();
+        let out = VmOutput {
+            kernel_version: kernel_version.to_owned(),
+            console,
+            data,
+            sections,
+            run_rc,
+            warnings,
+            run_dir: run_dir.clone(),
+            elapsed,
+        };
+
+        let dmesg = out
+            .sections
+            .get("dmesg")
+            .map(|s| s.text.as_str())
+            .unwrap_or("");
+        if let Some(line) = out
+            .console
+            .lines()
+            .chain(dmesg.lines())
+            .find(|l| CRASH_PATTERNS.iter().any(|p| l.contains(p)))
+        {
+            bail!(
+                "guest kernel {} crashed: {line:?}\n--- console tail ---\n{}\n(logs in {})",
+                kernel_version,
+                tail(&out.console, 40),
+                run_dir.display()
+            );
+        }
+        if timed_out {
+            bail!(
+                "guest {} timed out after {:?}\n--- console tail ---\n{}\n(logs in {})",
+                kernel_version,
+                opts.timeout,
+                tail(&out.console, 40),
+                run_dir.display()
+            );
+        }
+        if !done {
+            bail!(
+                "guest {} stopped before init finished (qemu {status}){}\n--- console tail ---\n{}\n(logs in {})",
+                kernel_version,
+                if qemu_err.trim().is_empty() {
+                    String::new()
+                } else {
+                    format!("\nqemu: {}", qemu_err.trim())
+                },
+                tail(&out.console, 40),
+                run_dir.display()
+            );
+        }
+        Ok(out)
+    }
 }
 
 fn tail(s: &str, n: usize) -> String {

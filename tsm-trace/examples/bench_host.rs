@@ -1,0 +1,248 @@
+//! Host-side benchmarks for `cargo xtask bench` (run in release mode), through the library API:
+//!
+//! - `throughput --events N`: a synthetic capture (binds and unbinds through the ioctl, four
+//!   frames each, interleaved over many VMMs, plus teardowns and VM destructions) replayed on
+//!   one core through [`Pipeline::handle`] (correlator + metrics, what `tsm-trace replay` and
+//!   the daemon do per event, without trace output) and through [`Correlator::handle`] alone.
+//! - `scale --devices D --vms V`: D devices bound across V VMs through a pipeline, then the
+//!   `/metrics` exposition rendered `--renders` times; reports render time and the process's
+//!   peak RSS (VmHWM).
+//!
+//! Output: one `key=value` per line (parsed by xtask/src/bench/).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tsm_trace::correlate::{Config, Correlator, UAPI_OP_BIND, UAPI_OP_UNBIND};
+use tsm_trace::events::{Event, Probe, Vm};
+use tsm_trace::exporters::metrics::Metrics;
+use tsm_trace::pipeline::Pipeline;
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: bench_host throughput [--events N]\n       bench_host scale [--devices D] [--vms V] [--renders R]"
+    );
+    std::process::exit(2)
+}
+
+fn arg(args: &[String], name: &str, default: u64) -> u64 {
+    match args.iter().position(|a| a == name) {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| usage()),
+        None => default,
+    }
+}
+
+/// Runs the calling thread on CPU 0 only ("one core").
+fn pin_to_one_core() -> bool {
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+struct Gen {
+    vms: Vec<Vm>,
+}
+
+impl Gen {
+    fn new(vms: usize) -> Gen {
+        Gen {
+            vms: (0..vms)
+                .map(|i| Vm {
+                    kvm: 0xffff_8880_0000_0000 + (i as u64) * 0x1_0000,
+                    pid: Some(10_000 + i as i32),
+                    stats_id: Some(format!("kvm-{}", 10_000 + i)),
+                })
+                .collect(),
+        }
+    }
+
+    fn device(d: usize) -> String {
+        format!(
+            "0000:{:02x}:{:02x}.{}",
+            (d >> 8) & 0xff,
+            (d >> 3) & 0x1f,
+            d & 7
+        )
+    }
+
+    fn base(&self, probe: Probe, vm: usize, start: u64, end: u64) -> Event {
+        let tgid = 10_000 + vm as u32;
+        Event {
+            probe,
+            start_ns: start,
+            end_ns: end,
+            tgid,
+            tid: tgid,
+            comm: "qemu-system-x86".into(),
+            ret: Some(0),
+            ret_is_ptr: false,
+            entry_missing: false,
+            device: None,
+            vm: None,
+            tdi_id: None,
+            op: None,
+            flags: None,
+            vdevice_id: None,
+            obj_id: None,
+            virt_id: None,
+        }
+    }
+
+    /// One ioctl operation (bind or unbind) in delivery order: innermost frame first.
+    fn op(&self, out: &mut Vec<Event>, bind: bool, vm: usize, dev: usize, t0: u64) {
+        let name = Self::device(dev);
+        let layers: [Probe; 3] = if bind {
+            [Probe::DriverBind, Probe::PciTsmBind, Probe::TsmBind]
+        } else {
+            [Probe::DriverUnbind, Probe::PciTsmUnbind, Probe::TsmUnbind]
+        };
+        for (i, probe) in layers.into_iter().enumerate() {
+            let lvl = 3 - i as u64;
+            let mut e = self.base(probe, vm, t0 + lvl * 1_000, t0 + 10_000 - lvl * 1_000);
+            e.device = Some(name.clone());
+            if bind {
+                e.vm = Some(self.vms[vm].clone());
+                e.tdi_id = Some(dev as u64);
+            } else if probe != Probe::TsmUnbind {
+                e.ret = None;
+            }
+            out.push(e);
+        }
+        let mut e = self.base(Probe::TsmOpIoctl, vm, t0, t0 + 10_000);
+        e.op = Some(if bind { UAPI_OP_BIND } else { UAPI_OP_UNBIND });
+        e.flags = Some(0);
+        e.vdevice_id = Some(dev as u32);
+        out.push(e);
+    }
+}
+
+/// A synthetic capture of at least `n` events: every device is bound, then unbound, in rounds.
+fn capture(n: usize, devices: usize, vms: usize) -> Vec<Event> {
+    let g = Gen::new(vms);
+    let mut out = Vec::with_capacity(n + 8);
+    let mut t = 1_000_000_000u64;
+    let mut round = 0usize;
+    while out.len() < n {
+        let bind = round.is_multiple_of(2);
+        for d in 0..devices {
+            if out.len() >= n {
+                break;
+            }
+            g.op(&mut out, bind, d % vms, d, t);
+            t += 20_000;
+        }
+        round += 1;
+    }
+    out
+}
+
+fn throughput(args: &[String]) {
+    let n = arg(args, "--events", 2_000_000) as usize;
+    let pinned = pin_to_one_core();
+    let events = capture(n, 1024, 64);
+    let n = events.len();
+    let copy = events.clone();
+
+    let metrics = Arc::new(Metrics::new());
+    let mut p = Pipeline::new(Config::default(), metrics.clone(), None);
+    let t = Instant::now();
+    let mut now = 0;
+    for ev in events {
+        now = ev.end_ns;
+        p.handle(ev, now);
+    }
+    p.finish(now);
+    let secs = t.elapsed().as_secs_f64();
+    let ops = p.correlator().stats().operations;
+
+    let mut c = Correlator::new(Config::default());
+    let t = Instant::now();
+    for ev in copy {
+        now = ev.end_ns;
+        c.handle(ev, now);
+    }
+    c.finish(now);
+    let csecs = t.elapsed().as_secs_f64();
+
+    println!("pinned_one_core={pinned}");
+    println!("events={n}");
+    println!("operations={ops}");
+    println!("pipeline_events_per_s={:.0}", n as f64 / secs);
+    println!("pipeline_ns_per_event={:.1}", secs * 1e9 / n as f64);
+    println!("correlator_events_per_s={:.0}", n as f64 / csecs);
+    println!("correlator_ns_per_event={:.1}", csecs * 1e9 / n as f64);
+    // Sanity: the capture must have been understood, not dropped as anomalies.
+    if ops * 4 < n as u64 * 9 / 10 {
+        eprintln!("bench_host: only {ops} operations from {n} events: the capture is wrong");
+        std::process::exit(1);
+    }
+}
+
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn scale(args: &[String]) {
+    let devices = arg(args, "--devices", 4096) as usize;
+    let vms = arg(args, "--vms", 256) as usize;
+    let renders = arg(args, "--renders", 20).max(1) as usize;
+    let g = Gen::new(vms);
+    let metrics = Arc::new(Metrics::new());
+    let mut p = Pipeline::new(Config::default(), metrics.clone(), None);
+    let mut t = 1_000_000_000u64;
+    let mut buf = Vec::with_capacity(4);
+    for d in 0..devices {
+        buf.clear();
+        g.op(&mut buf, true, d % vms, d, t);
+        for ev in buf.drain(..) {
+            let now = ev.end_ns;
+            p.handle(ev, now);
+        }
+        t += 20_000;
+    }
+    p.tick(t);
+    let bound = p.correlator().binding_count();
+    let mut times: Vec<f64> = Vec::with_capacity(renders);
+    let mut bytes = 0;
+    for _ in 0..renders {
+        let t = Instant::now();
+        let body = metrics.render();
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        bytes = body.len();
+        std::hint::black_box(body);
+    }
+    let first = times[0];
+    times.sort_by(f64::total_cmp);
+    println!("devices={devices}");
+    println!("vms={vms}");
+    println!("bound={bound}");
+    println!("exposition_bytes={bytes}");
+    println!("render_ms_first={first:.3}");
+    println!("render_ms_p50={:.3}", times[times.len() / 2]);
+    println!("render_ms_max={:.3}", times[times.len() - 1]);
+    println!("vm_hwm_kib={}", status_kib("VmHWM:"));
+    println!("vm_rss_kib={}", status_kib("VmRSS:"));
+    if bound != devices {
+        eprintln!("bench_host: {bound} bindings, expected {devices}");
+        std::process::exit(1);
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("throughput") => throughput(&args[1..]),
+        Some("scale") => scale(&args[1..]),
+        _ => usage(),
+    }
+}
