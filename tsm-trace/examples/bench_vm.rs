@@ -229,6 +229,9 @@ fn idle(pid: &str, secs: u64) {
     println!("clk_tck={hz}");
     println!("stat_cpu_ms={}", (t1 - t0) * 1000 / hz);
     println!("schedstat_cpu_ns={}", n1.saturating_sub(n0));
+    // Total since start: proves schedstat was readable (a 0 delta is then real).
+    println!("schedstat_total_ns={n1}");
+    println!("stat_total_ms={}", t1 * 1000 / hz);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     for l in status.lines() {
         if let Some(v) = l

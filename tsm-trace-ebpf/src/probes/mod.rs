@@ -8,6 +8,7 @@
 //! | `pci_tsm.rs` | `pci_tsm_bind`, `pci_tsm_unbind`, TSM driver bind ops   |
 //! | `kvm.rs`     | `kvm_destroy_vm`, exit of a VMM holding a binding       |
 
+pub mod bench;
 pub mod iommufd;
 pub mod kvm;
 pub mod pci_tsm;

@@ -1,0 +1,127 @@
+//! Host-side figures: `tsm-trace/examples/bench_host.rs`, release build.
+
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use super::{Row, Sizes, kv};
+use crate::util::{cargo, root, run as run_cmd};
+
+fn num(m: &std::collections::BTreeMap<String, String>, k: &str) -> Option<f64> {
+    m.get(k).and_then(|v| v.parse().ok())
+}
+
+pub fn run(s: &Sizes) -> Result<Vec<Row>> {
+    run_cmd(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "tsm-trace",
+        "--example",
+        "bench_host",
+    ]))?;
+    let bin = root().join("target/release/examples/bench_host");
+    let exec = |args: &[String]| -> Result<(String, String)> {
+        let out = Command::new(&bin)
+            .args(args)
+            .output()
+            .with_context(|| format!("running {}", bin.display()))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() {
+            anyhow::bail!("bench_host {args:?} failed ({}): {err}{text}", out.status);
+        }
+        Ok((text, args.join(" ")))
+    };
+    let mut rows = Vec::new();
+
+    // 3. Correlator throughput, one core.
+    let args = vec![
+        "throughput".to_string(),
+        "--events".into(),
+        s.events.to_string(),
+    ];
+    let cmd = |a: &str| format!("target/release/examples/bench_host {a}");
+    match exec(&args) {
+        Ok((text, a)) => {
+            let m = kv(&text);
+            match (
+                num(&m, "pipeline_events_per_s"),
+                num(&m, "pipeline_ns_per_event"),
+                num(&m, "correlator_events_per_s"),
+                num(&m, "correlator_ns_per_event"),
+            ) {
+                (Some(p), Some(pns), Some(c), Some(cns)) => {
+                    let n = m.get("events").cloned().unwrap_or_default();
+                    let mut r = Row::floor(
+                        "3. replay throughput, one core: Pipeline::handle (correlator + metrics, as `tsm-trace replay` and the daemon)",
+                        format!(
+                            "{:.2} M events/s ({pns:.0} ns/event; {n} synthetic events)",
+                            p / 1e6
+                        ),
+                        "≥ 2 M events/s",
+                        p >= 2e6,
+                    );
+                    r.command = cmd(&a);
+                    rows.push(r);
+                    let mut r = Row::floor(
+                        "3. replay throughput, one core: Correlator::handle alone",
+                        format!("{:.2} M events/s ({cns:.0} ns/event)", c / 1e6),
+                        "≥ 2 M events/s",
+                        c >= 2e6,
+                    );
+                    r.command = cmd(&a);
+                    rows.push(r);
+                }
+                _ => rows.push(Row::missing(
+                    "3. correlator throughput",
+                    format!("no numbers in {text:?}"),
+                )),
+            }
+        }
+        Err(e) => rows.push(Row::missing("3. correlator throughput", format!("{e:#}"))),
+    }
+
+    // 4. Scale: /metrics render and RSS with many bindings.
+    let args = vec![
+        "scale".to_string(),
+        "--devices".into(),
+        s.devices.to_string(),
+        "--vms".into(),
+        s.vms.to_string(),
+    ];
+    match exec(&args) {
+        Ok((text, a)) => {
+            let m = kv(&text);
+            let label = format!("4. {} devices bound across {} VMs", s.devices, s.vms);
+            match (
+                num(&m, "render_ms_max"),
+                num(&m, "render_ms_p50"),
+                num(&m, "vm_hwm_kib"),
+            ) {
+                (Some(max), Some(p50), Some(hwm)) => {
+                    let bytes = m.get("exposition_bytes").cloned().unwrap_or_default();
+                    let mut r = Row::floor(
+                        format!("{label}: /metrics render time (worst of 20, incl. the first)"),
+                        format!("{max:.3} ms (median {p50:.3} ms; {bytes} bytes)"),
+                        "≤ 5 ms",
+                        max <= 5.0,
+                    );
+                    r.command = cmd(&a);
+                    rows.push(r);
+                    let mut r = Row::floor(
+                        format!("{label}: peak RSS (VmHWM) of a process holding the pipeline"),
+                        format!("{:.1} MiB", hwm / 1024.0),
+                        "≤ 32 MiB",
+                        hwm <= 32.0 * 1024.0,
+                    );
+                    r.command = cmd(&a);
+                    rows.push(r);
+                }
+                _ => rows.push(Row::missing(label, format!("no numbers in {text:?}"))),
+            }
+        }
+        Err(e) => rows.push(Row::missing("4. scale", format!("{e:#}"))),
+    }
+    Ok(rows)
+}

@@ -1,0 +1,467 @@
+//! VM figures: one boot of the test VM running `tests/vm/scenarios/bench.sh` with the static
+//! tsm-trace and `bench_vm` helper (both musl, release).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use super::{Row, Sizes, kv, percentile};
+use crate::util::{cargo, root, run as run_cmd};
+use crate::vm::{self, KernelSpec, RunOptions, VmOutput};
+
+pub const SCRIPT: &str = "tests/vm/scenarios/bench.sh";
+
+pub struct VmBench {
+    /// Guest description for the table header.
+    pub machine: String,
+    pub rows: Vec<Row>,
+}
+
+fn vm_row(mut r: Row, cmd: &str) -> Row {
+    r.place = "VM";
+    r.command = cmd.to_owned();
+    r
+}
+
+pub fn run(s: &Sizes) -> Result<VmBench> {
+    let spec = match std::env::var("TSM_VM_KERNEL") {
+        Ok(k) if !k.trim().is_empty() => KernelSpec::parse(&k)?,
+        _ => KernelSpec::TrixieBackports,
+    };
+    let tsm_trace = crate::util::build_static()?;
+    run_cmd(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "tsm-trace",
+        "--example",
+        "bench_vm",
+        "--target",
+        "x86_64-unknown-linux-musl",
+    ]))?;
+    let helper = root().join("target/x86_64-unknown-linux-musl/release/examples/bench_vm");
+    let kernel = vm::prepare(std::slice::from_ref(&spec))?.remove(0);
+    let body = std::fs::read_to_string(root().join(SCRIPT)).context(SCRIPT)?;
+    let script = format!(
+        "#!/bin/sh\nIDLE_S={}\nCYCLES={}\nHOT_N={}\nLAT_N={}\nACC_N={}\n{body}",
+        s.idle_s, s.cycles, s.hot_n, s.lat_n, s.acc_n
+    );
+    let extra = vec![
+        (tsm_trace, "/bin/tsm-trace".to_string()),
+        (helper, "/bin/bench_vm".to_string()),
+    ];
+    let opts = RunOptions {
+        timeout: Duration::from_secs(900),
+        ..RunOptions::default()
+    };
+    println!(
+        "bench: booting {} (TCG) for the VM benchmarks",
+        kernel.version
+    );
+    let out = vm::run_in_vm_with(&kernel, &extra, &script, &opts)?;
+    println!(
+        "bench: VM run {:.1}s (logs {})",
+        out.elapsed.as_secs_f64(),
+        out.run_dir.display()
+    );
+    let env = out
+        .section("bench_env")
+        .map(|s| kv(&s.text))
+        .unwrap_or_default();
+    let accel = std::env::var("TSM_VM_ACCEL").unwrap_or_else(|_| "tcg,thread=single".into());
+    let machine = format!(
+        "qemu -accel {accel} -cpu max -smp 2 on the host above; guest CPU {} ({} vCPUs), guest kernel {} (Debian), with the tsm_standin fixture; bpftool in VM: {}, bpftrace in VM: {}",
+        env.get("cpu").map_or("?".into(), |c| c.replace('_', " ")),
+        env.get("cpus").map_or("?", String::as_str),
+        kernel.version,
+        env.get("bpftool").map_or("?", String::as_str),
+        env.get("bpftrace").map_or("?", String::as_str),
+    );
+    let cmd = format!(
+        "{SCRIPT} on {} (IDLE_S={} CYCLES={} HOT_N={} LAT_N={} ACC_N={})",
+        kernel.version, s.idle_s, s.cycles, s.hot_n, s.lat_n, s.acc_n
+    );
+    let mut rows = Vec::new();
+    rows.extend(cost(&out, s).into_iter().map(|r| vm_row(r, &cmd)));
+    rows.push(vm_row(hotpath(&out, s), &cmd));
+    rows.extend(idle(&out, s).into_iter().map(|r| vm_row(r, &cmd)));
+    rows.push(vm_row(latency(&out), &cmd));
+    rows.extend(accuracy(&out).into_iter().map(|r| vm_row(r, &cmd)));
+    Ok(VmBench { machine, rows })
+}
+
+struct Prog {
+    name: String,
+    run_time_ns: u64,
+    run_cnt: u64,
+}
+
+fn progs(text: &str, prefix: &str) -> BTreeMap<u32, Prog> {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| {
+            let m = kv(l);
+            Some((
+                m.get("id")?.parse().ok()?,
+                Prog {
+                    name: m.get("name")?.clone(),
+                    run_time_ns: m
+                        .get("run_time_ns")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0),
+                    run_cnt: m
+                        .get("run_cnt")
+                        .or_else(|| m.get("run_cnt_delta"))
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// The kernel keeps 15 characters of a program's name.
+fn kname(name: &str) -> &str {
+    &name[..name.len().min(15)]
+}
+
+/// 1. Per program: ns per run of ours vs the empty baseline on the same function.
+fn cost(out: &VmOutput, s: &Sizes) -> Vec<Row> {
+    let label = "1. in-kernel cost vs empty baseline";
+    let (pairs, stats) = match (out.section("pairs"), out.section("cost_stats")) {
+        (Ok(p), Ok(c)) => (p.text.clone(), c.text.clone()),
+        (Err(e), _) | (_, Err(e)) => return vec![Row::missing(label, format!("{e:#}"))],
+    };
+    // Deltas from the snapshot taken after the warm-up cycles (steady state).
+    let before = out
+        .section("cost_before")
+        .map(|b| progs(&b.text, "prog "))
+        .unwrap_or_default();
+    let mut progs = progs(&stats, "prog ");
+    for (id, p) in progs.iter_mut() {
+        if let Some(b) = before.get(id) {
+            p.run_time_ns = p.run_time_ns.saturating_sub(b.run_time_ns);
+            p.run_cnt = p.run_cnt.saturating_sub(b.run_cnt);
+        }
+    }
+    let mut rows = Vec::new();
+    let mut paired = Vec::new();
+    for line in pairs.lines().filter(|l| l.starts_with("pair ")) {
+        let m = kv(line);
+        let (Some(ours), Some(func), Some(bid)) = (
+            m.get("ours"),
+            m.get("function"),
+            m.get("baseline_id").and_then(|v| v.parse::<u32>().ok()),
+        ) else {
+            continue;
+        };
+        let kind = if m.get("baseline").is_some_and(|b| b.ends_with("_ret")) {
+            "kretprobe"
+        } else {
+            "kprobe"
+        };
+        paired.push(kname(ours).to_owned());
+        let figure = format!("{label}: {ours} ({kind} on {func})");
+        let Some(b) = progs.get(&bid) else {
+            rows.push(Row::missing(
+                figure,
+                format!("baseline id {bid} not loaded"),
+            ));
+            continue;
+        };
+        let Some(o) = progs
+            .iter()
+            .find(|(id, p)| **id != bid && p.name == kname(ours))
+            .map(|(_, p)| p)
+        else {
+            rows.push(Row::missing(
+                figure,
+                format!("{ours} not loaded (not attached?)"),
+            ));
+            continue;
+        };
+        if o.run_cnt == 0 || b.run_cnt == 0 {
+            rows.push(Row::missing(
+                figure,
+                format!(
+                    "no runs counted (ours {}, baseline {}) after {} cycles",
+                    o.run_cnt, b.run_cnt, s.cycles
+                ),
+            ));
+            continue;
+        }
+        let on = o.run_time_ns as f64 / o.run_cnt as f64;
+        let bn = b.run_time_ns as f64 / b.run_cnt as f64;
+        let ratio = on / bn;
+        rows.push(Row::floor(
+            figure,
+            format!(
+                "{on:.0} ns/run vs {bn:.0} ns/run empty = ×{ratio:.2} ({} / {} runs)",
+                o.run_cnt, b.run_cnt
+            ),
+            "ratio ≤ 1.5",
+            ratio <= 1.5,
+        ));
+    }
+    if rows.is_empty() {
+        rows.push(Row::missing(label, format!("no pairs: {}", pairs.trim())));
+    }
+    // Programs without a kprobe baseline (raw tracepoints).
+    for p in progs.values() {
+        if matches!(p.name.as_str(), "vmm_exit" | "module_load") && p.run_cnt > 0 {
+            rows.push(Row::report(
+                format!(
+                    "1. in-kernel cost: {} (raw tracepoint; no empty raw_tp baseline)",
+                    p.name
+                ),
+                format!(
+                    "{:.0} ns/run ({} runs)",
+                    p.run_time_ns as f64 / p.run_cnt as f64,
+                    p.run_cnt
+                ),
+            ));
+        }
+    }
+    rows
+}
+
+/// 2. run_cnt deltas of every program over the hot-path loop must all be 0.
+fn hotpath(out: &VmOutput, s: &Sizes) -> Row {
+    let figure = format!(
+        "2. runs of our programs during {} non-TSM ioctls + {} getpid calls",
+        s.hot_n, s.hot_n
+    );
+    let text = match out.section("hotpath") {
+        Ok(t) => t.text.clone(),
+        Err(e) => return Row::missing(figure, format!("{e:#}")),
+    };
+    let ioctls = text.lines().find(|l| l.starts_with("ioctls=")).map(kv);
+    let getpids = text.lines().find(|l| l.starts_with("getpids=")).map(kv);
+    let deltas = progs(&text, "delta ");
+    let (Some(i), Some(g)) = (ioctls, getpids) else {
+        return Row::missing(figure, format!("helper output: {}", text.trim()));
+    };
+    if deltas.is_empty() {
+        return Row::missing(figure, "no BPF programs loaded during the loop".into());
+    }
+    let total: u64 = deltas.values().map(|p| p.run_cnt).sum();
+    let nonzero: Vec<String> = deltas
+        .values()
+        .filter(|p| p.run_cnt > 0)
+        .map(|p| format!("{}={}", p.name, p.run_cnt))
+        .collect();
+    Row::floor(
+        figure,
+        format!(
+            "{total} runs across {} programs{} (loops took {} s + {} s)",
+            deltas.len(),
+            if nonzero.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", nonzero.join(", "))
+            },
+            i.get("seconds").map_or("?", String::as_str),
+            g.get("seconds").map_or("?", String::as_str),
+        ),
+        "0 runs (run_cnt unchanged)",
+        total == 0,
+    )
+}
+
+/// 5. Daemon CPU time while idle.
+fn idle(out: &VmOutput, s: &Sizes) -> Vec<Row> {
+    let figure = format!(
+        "5. daemon CPU time over {} s idle (probes attached, no events)",
+        s.idle_s
+    );
+    let text = match out.section("idle") {
+        Ok(t) => t.text.clone(),
+        Err(e) => return vec![Row::missing(figure, format!("{e:#}"))],
+    };
+    let m = kv(&text);
+    // A schedstat delta counts only if schedstat was readable (its total is non-zero).
+    let ns: Option<u64> = m
+        .get("schedstat_cpu_ns")
+        .and_then(|v| v.parse().ok())
+        .filter(|_| {
+            m.get("schedstat_total_ns")
+                .and_then(|v| v.parse::<u64>().ok())
+                .is_some_and(|t| t > 0)
+        });
+    let ms: Option<u64> = m.get("stat_cpu_ms").and_then(|v| v.parse().ok());
+    // Floor scaled to the window: 10 ms per 30 s.
+    let limit_ms = 10.0 * s.idle_s as f64 / 30.0;
+    let mut rows = vec![match (ns, ms) {
+        (Some(ns), Some(ms)) => Row::floor(
+            figure,
+            format!(
+                "{:.3} ms (sum of /proc/PID/task/*/schedstat; utime+stime: {ms} ms at {} Hz ticks; daemon total since start {:.0} ms)",
+                ns as f64 / 1e6,
+                m.get("clk_tck").map_or("?", String::as_str),
+                m.get("schedstat_total_ns")
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+                    / 1e6
+            ),
+            &format!("< {limit_ms:.0} ms"),
+            (ns as f64 / 1e6) < limit_ms && (ms as f64) < limit_ms.max(10.0),
+        ),
+        _ => Row::missing(figure, format!("helper output: {}", text.trim())),
+    }];
+    if let (Some(hwm), Some(rss)) = (
+        m.get("vmhwm_kib").and_then(|v| v.parse::<f64>().ok()),
+        m.get("vmrss_kib").and_then(|v| v.parse::<f64>().ok()),
+    ) {
+        // VmHWM never decreases, so the real daemon's peak at idle is a lower bound of its
+        // peak with 4,096 bindings: floor 4 applies to it too.
+        rows.push(Row::floor(
+            "4b. the real daemon (`tsm-trace run`) in the VM, idle with probes attached: peak RSS (VmHWM; a lower bound of its peak at any scale)",
+            format!(
+                "VmHWM {:.1} MiB (VmRSS now {:.1} MiB)",
+                hwm / 1024.0,
+                rss / 1024.0
+            ),
+            "≤ 32 MiB",
+            hwm <= 32.0 * 1024.0,
+        ));
+    }
+    rows
+}
+
+/// 6. kretprobe → /metrics latency.
+fn latency(out: &VmOutput) -> Row {
+    let figure = "6. end-to-end latency, write() of the bind/unbind ioctl returned → counter visible on /metrics (polled every 0.5 ms)";
+    let text = match out.section("latency") {
+        Ok(t) => t.text.clone(),
+        Err(e) => return Row::missing(figure, format!("{e:#}")),
+    };
+    let mut v: Vec<f64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("latency_us="))
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    if v.is_empty() {
+        return Row::missing(figure, format!("helper output: {}", text.trim()));
+    }
+    v.sort_by(f64::total_cmp);
+    let p50 = percentile(&v, 50.0) / 1e3;
+    let p99 = percentile(&v, 99.0) / 1e3;
+    let max = v[v.len() - 1] / 1e3;
+    Row::floor(
+        figure,
+        format!(
+            "p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms ({} operations)",
+            v.len()
+        ),
+        "p99 ≤ 250 ms (generous: TCG emulation)",
+        p99 <= 250.0,
+    )
+}
+
+/// 7. driver_bind frame duration vs the module's own `driver_ns`.
+fn accuracy(out: &VmOutput) -> Vec<Row> {
+    let figure = "7. accuracy: driver_bind frame (trace --json) vs the stand-in's measured driver_ns (after 2 warm-up binds)";
+    let (trace, truth) = match (out.section("acc_trace"), out.section("acc_truth")) {
+        (Ok(t), Ok(u)) => (t.text.clone(), u.text.clone()),
+        (Err(e), _) | (_, Err(e)) => return vec![Row::missing(figure, format!("{e:#}"))],
+    };
+    // Successful binds in order, with their frames' durations by probe.
+    let mut binds: Vec<BTreeMap<String, u64>> = Vec::new();
+    for l in trace.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else {
+            continue;
+        };
+        if v["type"] != "operation" || v["kind"] != "bind" || v["result"] != "ok" {
+            continue;
+        }
+        let mut frames = BTreeMap::new();
+        for f in v["frames"].as_array().into_iter().flatten() {
+            if let (Some(p), Some(d)) = (f["probe"].as_str(), f["duration_ns"].as_u64()) {
+                frames.insert(p.to_owned(), d);
+            }
+        }
+        binds.push(frames);
+    }
+    let truths: Vec<BTreeMap<String, String>> = truth.lines().map(kv).collect();
+    // The trace starts with warm-up binds that have no truth line.
+    if binds.len() > truths.len() {
+        binds.drain(..binds.len() - truths.len());
+    }
+    if binds.is_empty() || binds.len() != truths.len() {
+        return vec![Row::missing(
+            figure,
+            format!(
+                "{} bind operations traced, {} binds made",
+                binds.len(),
+                truths.len()
+            ),
+        )];
+    }
+    let mut worst_excess = f64::NEG_INFINITY; // error minus allowance, ns
+    let mut worst = String::new();
+    let mut outer_err: Vec<f64> = Vec::new();
+    let mut misses = 0;
+    for (b, t) in binds.iter().zip(&truths) {
+        let (Some(frame), Some(truth)) = (
+            b.get("driver_bind"),
+            t.get("driver_ns").and_then(|v| v.parse::<u64>().ok()),
+        ) else {
+            misses += 1;
+            continue;
+        };
+        let err = (*frame as f64 - truth as f64).abs();
+        let allowed = 0.01 * truth as f64 + 50_000.0;
+        if err - allowed > worst_excess {
+            worst_excess = err - allowed;
+            worst = format!(
+                "worst: frame {:.3} ms vs module {:.3} ms (delay_us={}), error {:.1} µs, allowed {:.1} µs",
+                *frame as f64 / 1e6,
+                truth as f64 / 1e6,
+                t.get("delay_us").map_or("?", String::as_str),
+                err / 1e3,
+                allowed / 1e3
+            );
+        }
+        if let (Some(f), Some(d)) = (
+            b.get("tsm_op_ioctl"),
+            t.get("duration_ns").and_then(|v| v.parse::<u64>().ok()),
+        ) {
+            outer_err.push((*f as f64 - d as f64).abs() / 1e3);
+        }
+    }
+    let n = binds.len() - misses;
+    let mut rows = vec![if n == 0 {
+        Row::missing(
+            figure,
+            "no bind had both a driver_bind frame and driver_ns".into(),
+        )
+    } else {
+        Row::floor(
+            figure,
+            format!(
+                "{n} binds, delays 0/1/5/20 ms; {worst}{}",
+                if misses > 0 {
+                    format!("; {misses} binds lacked a driver frame")
+                } else {
+                    String::new()
+                }
+            ),
+            "|error| ≤ 1% + 50 µs, every bind",
+            worst_excess <= 0.0 && misses == 0,
+        )
+    }];
+    if !outer_err.is_empty() {
+        outer_err.sort_by(f64::total_cmp);
+        rows.push(Row::report(
+            "7b. accuracy, outer frame: tsm_op_ioctl frame vs the module's duration_ns of iommufd_vdevice_tsm_op_ioctl",
+            format!(
+                "|error| median {:.1} µs, max {:.1} µs ({} binds)",
+                percentile(&outer_err, 50.0),
+                outer_err[outer_err.len() - 1],
+                outer_err.len()
+            ),
+        ));
+    }
+    rows
+}
