@@ -5,6 +5,7 @@ use std::{env, fs, path::PathBuf};
 
 fn main() -> aya_build::Result<()> {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
+    println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
     let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     if skip {
         fs::write(out.join("tsm-trace"), b"")?;

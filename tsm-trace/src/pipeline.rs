@@ -92,6 +92,8 @@ pub struct Pipeline {
     sink: Option<TraceSink>,
     summary: Summary,
     summary_fmt: TraceFormatter,
+    /// The last [`Pipeline::handle`]'s outputs (reused: no allocation per event).
+    outs: Vec<Output>,
 }
 
 impl Pipeline {
@@ -106,6 +108,7 @@ impl Pipeline {
             sink,
             summary: Summary::default(),
             summary_fmt,
+            outs: Vec::new(),
         }
     }
 
@@ -126,12 +129,21 @@ impl Pipeline {
     }
 
     /// One decoded event. Counts it in `tsm_trace_events_processed_total{probe}` (the caller
-    /// must not count it again).
-    pub fn handle(&mut self, ev: Event, now_ns: u64) -> Vec<Output> {
+    /// must not count it again). Returns what it produced; the slice is valid until the next
+    /// call (its buffer is reused).
+    pub fn handle(&mut self, ev: Event, now_ns: u64) -> &[Output] {
         self.metrics.event_processed(ev.probe);
-        let outs = self.correlator.handle(ev, now_ns);
+        let mut outs = std::mem::take(&mut self.outs);
+        // The previous event's outputs have been seen: hand their buffers back.
+        for o in outs.drain(..) {
+            if let Output::Operation(op) = o {
+                self.correlator.recycle_frames(op.frames);
+            }
+        }
+        self.correlator.handle_into(ev, now_ns, &mut outs);
         self.emit(&outs);
-        outs
+        self.outs = outs;
+        &self.outs
     }
 
     /// Timers (pending frames, leak grace periods). Call periodically, after draining events.

@@ -21,7 +21,10 @@
 #[cfg(test)]
 pub(crate) mod tests;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 
 use serde::{Serialize, Serializer};
 
@@ -509,9 +512,10 @@ const MAX_CHAIN_FRAMES: usize = 8;
 /// Identity of an event for duplicate detection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Key {
-    probe: Probe,
-    start_ns: u64,
+    // The most distinctive fields first: the derived `eq` stops at the first difference.
     end_ns: u64,
+    start_ns: u64,
+    probe: Probe,
     tgid: u32,
     tid: u32,
     ret: Option<i64>,
@@ -572,8 +576,12 @@ impl Chain {
     }
 
     fn sort(&mut self) {
-        self.frames
-            .sort_by_key(|f| (f.probe.layer().depth(), f.start_ns, f.end_ns));
+        let key = |f: &Event| (f.probe.layer().depth(), f.start_ns, f.end_ns);
+        // Usually already in order (outer frames arrive last and are put first); a stable
+        // sort of sorted input is the identity, so skip the moves.
+        if !self.frames.is_sorted_by_key(key) {
+            self.frames.sort_by_key(key);
+        }
     }
 }
 
@@ -617,24 +625,97 @@ fn is_unbind_probe(p: Probe) -> bool {
     )
 }
 
+/// A small, fast, non-cryptographic hasher (FxHash) for the correlator's tables: keys are
+/// thread ids and device names chosen by the kernel, not by an adversary.
+#[derive(Default, Clone, Copy)]
+struct FxHasher(u64);
+
+const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl FxHasher {
+    #[inline]
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(FX_SEED);
+    }
+}
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes(c.try_into().unwrap_or([0; 8])));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut b = [0u8; 8];
+            b[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(b));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FxBuild = BuildHasherDefault<FxHasher>;
+
 /// Turns events into operations, bindings and leaks. See the module documentation.
 #[derive(Debug)]
 pub struct Correlator {
     cfg: Config,
-    threads: HashMap<u32, ThreadState>,
-    /// lru_seq → tid, oldest first.
-    thread_lru: BTreeMap<u64, u32>,
+    threads: HashMap<u32, ThreadState, FxBuild>,
+    /// (lru_seq, tid), oldest first. Entries whose seq is no longer the thread's `lru_seq`
+    /// (the thread was seen again, or forgotten) are stale: skipped, and compacted away.
+    thread_lru: VecDeque<(u64, u32)>,
     seq: u64,
     /// Earliest time at which some pending chain or idle thread may be due.
     next_due_ns: u64,
-    bindings: HashMap<String, (Binding, u64)>,
+    bindings: HashMap<Arc<str>, (Binding, u64), FxBuild>,
     /// insertion seq → device, oldest first.
-    binding_order: BTreeMap<u64, String>,
+    binding_order: BTreeMap<u64, Arc<str>>,
     leaks: BTreeMap<(String, LeakReason), Leak>,
+    /// Current leaks per reason (indexed by `LeakReason as usize`).
+    leak_count: [usize; LeakReason::ALL.len()],
+    /// Frames in all threads' pending chains.
+    pending_count: usize,
     vm_checks: VecDeque<VmCheck>,
     recent_points: VecDeque<Key>,
     stats: Stats,
+    /// Reusable buffers (no allocation per event in the steady state).
+    scratch: Scratch,
+    /// Emptied `Operation::frames` vectors given back by [`Self::recycle_frames`].
+    frame_vecs: Vec<Vec<Frame>>,
 }
+
+#[derive(Debug, Default)]
+struct Scratch {
+    to_close: Vec<Chain>,
+    absorbed: Vec<Chain>,
+    keep: Vec<Chain>,
+    effects: Vec<Output>,
+    /// Emptied frame vectors of closed chains.
+    frame_pool: Vec<Vec<Event>>,
+}
+
+const FRAME_POOL_MAX: usize = 64;
 
 impl Default for Correlator {
     fn default() -> Self {
@@ -651,16 +732,20 @@ impl Correlator {
         cfg.max_vm_checks = cfg.max_vm_checks.max(1);
         Correlator {
             cfg,
-            threads: HashMap::new(),
-            thread_lru: BTreeMap::new(),
+            threads: HashMap::default(),
+            thread_lru: VecDeque::new(),
             seq: 0,
             next_due_ns: u64::MAX,
-            bindings: HashMap::new(),
+            bindings: HashMap::default(),
             binding_order: BTreeMap::new(),
             leaks: BTreeMap::new(),
+            leak_count: [0; LeakReason::ALL.len()],
+            pending_count: 0,
             vm_checks: VecDeque::new(),
             recent_points: VecDeque::new(),
             stats: Stats::default(),
+            scratch: Scratch::default(),
+            frame_vecs: Vec::new(),
         }
     }
 
@@ -694,20 +779,46 @@ impl Correlator {
 
     /// Current leaks per reason (every reason present, zero or not).
     pub fn leak_counts(&self) -> BTreeMap<LeakReason, usize> {
-        let mut m: BTreeMap<LeakReason, usize> = LeakReason::ALL.iter().map(|r| (*r, 0)).collect();
-        for (_, r) in self.leaks.keys() {
-            *m.entry(*r).or_default() += 1;
-        }
-        m
+        LeakReason::ALL
+            .iter()
+            .map(|r| (*r, self.leak_count(*r)))
+            .collect()
     }
 
-    /// Frames waiting for an outer frame, over all threads.
+    /// Current leaks for one reason (constant time).
+    pub fn leak_count(&self, reason: LeakReason) -> usize {
+        self.leak_count[reason as usize]
+    }
+
+    /// Frames waiting for an outer frame, over all threads (constant time).
     pub fn pending_frames(&self) -> usize {
-        self.threads
+        self.pending_count
+    }
+
+    /// Counts what [`Self::pending_frames`] and [`Self::leak_count`] keep incrementally.
+    #[cfg(debug_assertions)]
+    fn check_counts(&self) {
+        let pending: usize = self
+            .threads
             .values()
             .flat_map(|t| t.pending.iter())
             .map(|c| c.frames.len())
-            .sum()
+            .sum();
+        debug_assert_eq!(pending, self.pending_count, "pending frame count");
+        let mut leaks = [0usize; LeakReason::ALL.len()];
+        for (_, r) in self.leaks.keys() {
+            leaks[*r as usize] += 1;
+        }
+        debug_assert_eq!(leaks, self.leak_count, "leak counts");
+    }
+
+    /// Gives back the frame vector of an [`Operation`] the caller is done with, so the next
+    /// operation can reuse its allocation.
+    pub fn recycle_frames(&mut self, mut frames: Vec<Frame>) {
+        frames.clear();
+        if self.frame_vecs.len() < FRAME_POOL_MAX {
+            self.frame_vecs.push(frames);
+        }
     }
 
     pub fn thread_count(&self) -> usize {
@@ -722,17 +833,23 @@ impl Correlator {
     /// event's time). Also runs whatever timers are due.
     pub fn handle(&mut self, ev: Event, now_ns: u64) -> Vec<Output> {
         let mut out = Vec::new();
+        self.handle_into(ev, now_ns, &mut out);
+        out
+    }
+
+    /// [`Self::handle`], appending the outputs to `out` (which the caller can reuse).
+    pub fn handle_into(&mut self, ev: Event, now_ns: u64, out: &mut Vec<Output>) {
         self.stats.events += 1;
         let mut ev = ev;
         if ev.end_ns < ev.start_ns {
-            self.anomaly(AnomalyKind::TimeReversed, Some(ev.tid), None, &mut out);
+            self.anomaly(AnomalyKind::TimeReversed, Some(ev.tid), None, out);
             ev.start_ns = ev.end_ns;
         }
         match ev.probe {
             // Not a TSM event (the session acts on it); nothing to correlate.
             Probe::ModuleLoad => {}
-            Probe::KvmDestroyVm | Probe::VmmExit => self.point_event(ev, now_ns, &mut out),
-            _ => self.frame_event(ev, now_ns, &mut out),
+            Probe::KvmDestroyVm | Probe::VmmExit => self.point_event(ev, now_ns, out),
+            _ => self.frame_event(ev, now_ns, out),
         }
         if now_ns >= self.next_due_ns
             || self
@@ -740,9 +857,10 @@ impl Correlator {
                 .front()
                 .is_some_and(|c| c.deadline_ns <= now_ns)
         {
-            self.expire(now_ns, false, &mut out);
+            self.expire(now_ns, false, out);
         }
-        out
+        #[cfg(debug_assertions)]
+        self.check_counts();
     }
 
     /// Runs the timers: pending frames that waited long enough become operations, VM checks
@@ -750,6 +868,8 @@ impl Correlator {
     pub fn tick(&mut self, now_ns: u64) -> Vec<Output> {
         let mut out = Vec::new();
         self.expire(now_ns, false, &mut out);
+        #[cfg(debug_assertions)]
+        self.check_counts();
         out
     }
 
@@ -758,6 +878,8 @@ impl Correlator {
     pub fn finish(&mut self, now_ns: u64) -> Vec<Output> {
         let mut out = Vec::new();
         self.expire(now_ns, true, &mut out);
+        #[cfg(debug_assertions)]
+        self.check_counts();
         out
     }
 
@@ -775,7 +897,8 @@ impl Correlator {
         for (device, state) in &snapshot.devices {
             match state {
                 DeviceState::Bound(tsm) => {
-                    if self.bindings.contains_key(device) || self.pending_mentions(device) {
+                    if self.bindings.contains_key(device.as_str()) || self.pending_mentions(device)
+                    {
                         continue;
                     }
                     let key = (device.clone(), LeakReason::SysfsBoundWithoutOwner);
@@ -809,7 +932,7 @@ impl Correlator {
                     self.insert_leak(leak, &mut out);
                 }
                 DeviceState::Unbound => {
-                    if self.bindings.contains_key(device) {
+                    if self.bindings.contains_key(device.as_str()) {
                         *self
                             .stats
                             .mismatches
@@ -894,7 +1017,7 @@ impl Correlator {
         if ev.entry_missing {
             self.anomaly(AnomalyKind::EntryMissing, Some(tid), None, out);
         }
-        let mut to_close: Vec<Chain> = Vec::new();
+        let mut to_close = std::mem::take(&mut self.scratch.to_close);
         self.touch_thread(tid, now_ns, &mut to_close, out);
         let window = self.cfg.reorder_window_ns;
         let pending_timeout = self.cfg.pending_timeout_ns.max(window);
@@ -924,23 +1047,27 @@ impl Correlator {
         let depth = ev.probe.layer().depth();
         let ev_start = (!ev.entry_missing).then_some(ev.start_ns);
         let ev_s = ev_start.unwrap_or(ev.end_ns);
+        let ev_end = ev.end_ns;
 
         // A frame of an operation already closed: too late.
         if ts
             .closed
             .iter()
-            .any(|&(s, e, d)| d < depth && contains(Some(s), e, ev_s, ev.end_ns))
+            .any(|&(s, e, d)| d < depth && contains(Some(s), e, ev_s, ev_end))
         {
             self.close_all(to_close, now_ns, out);
             self.anomaly(AnomalyKind::LateFrame, Some(tid), ev.device.clone(), out);
             return;
         }
 
-        let mut absorbed: Vec<Chain> = Vec::new();
-        let mut keep: Vec<Chain> = Vec::new();
-        for chain in std::mem::take(&mut ts.pending) {
-            if chain.outer_depth() > depth
-                && contains(ev_start, ev.end_ns, chain.start(), chain.end())
+        // The thread's pending chains, split three ways; `pending` keeps its allocation and
+        // receives what remains pending.
+        let mut pending = std::mem::take(&mut ts.pending);
+        self.pending_count -= pending.iter().map(|c| c.frames.len()).sum::<usize>();
+        let mut absorbed = std::mem::take(&mut self.scratch.absorbed);
+        let mut keep = std::mem::take(&mut self.scratch.keep);
+        for chain in pending.drain(..) {
+            if chain.outer_depth() > depth && contains(ev_start, ev_end, chain.start(), chain.end())
             {
                 absorbed.push(chain);
             } else if window == 0 && ev_start.is_some_and(|s| s > chain.end()) {
@@ -959,30 +1086,36 @@ impl Correlator {
         }
 
         let mut overlapping = false;
-        let mut hosted = false;
-        if absorbed.is_empty() {
-            // Out of order: an outer frame that arrived before this inner one.
-            if let Some(host) = keep.iter_mut().find(|c| {
+        // Out of order: an outer frame that arrived before this inner one.
+        let host = if absorbed.is_empty() {
+            keep.iter().position(|c| {
                 c.outer_depth() < depth
-                    && contains(c.outer_start(), c.outer().end_ns, ev_s, ev.end_ns)
+                    && contains(c.outer_start(), c.outer().end_ns, ev_s, ev_end)
                     && c.frames.len() < MAX_CHAIN_FRAMES
-            }) {
-                overlapping = host.frames.iter().any(|f| f.probe.layer().depth() == depth);
-                host.frames.push(ev.clone());
-                host.sort();
-                hosted = true;
-            }
-        }
-        if !hosted {
-            let mut frames = vec![ev];
+            })
+        } else {
+            None
+        };
+        if let Some(i) = host {
+            let host = &mut keep[i];
+            overlapping = host.frames.iter().any(|f| f.probe.layer().depth() == depth);
+            host.frames.push(ev);
+            host.sort();
+        } else {
+            let mut frames = self.scratch.frame_pool.pop().unwrap_or_default();
+            frames.push(ev);
             let mut extra = Vec::new();
-            for c in absorbed {
-                for f in c.frames {
+            for c in absorbed.drain(..) {
+                let mut cf = c.frames;
+                for f in cf.drain(..) {
                     if frames.len() < MAX_CHAIN_FRAMES {
                         frames.push(f);
                     } else {
                         extra.push(f);
                     }
+                }
+                if self.scratch.frame_pool.len() < FRAME_POOL_MAX {
+                    self.scratch.frame_pool.push(cf);
                 }
             }
             let mut chain = Chain {
@@ -990,13 +1123,11 @@ impl Correlator {
                 deadline_ns: 0,
             };
             chain.sort();
-            let mut depths: Vec<u8> = chain
+            // Sorted by depth: two frames of one layer are neighbours.
+            overlapping |= chain
                 .frames
-                .iter()
-                .map(|f| f.probe.layer().depth())
-                .collect();
-            depths.dedup();
-            overlapping |= depths.len() != chain.frames.len();
+                .windows(2)
+                .any(|w| w[0].probe.layer().depth() == w[1].probe.layer().depth());
             chain.deadline_ns = if depth <= Layer::Iommufd.depth() {
                 now_ns.saturating_add(window)
             } else {
@@ -1012,21 +1143,23 @@ impl Correlator {
         }
 
         // Close outermost chains now unless a reorder window holds them.
-        let mut remaining = Vec::with_capacity(keep.len());
-        for c in keep {
+        for c in keep.drain(..) {
             if window == 0 && c.outer_depth() <= Layer::Iommufd.depth() {
                 to_close.push(c);
             } else {
-                remaining.push(c);
+                pending.push(c);
             }
         }
         let mut overflow = 0;
-        while remaining.len() > max_pending {
-            to_close.push(remaining.remove(0));
+        while pending.len() > max_pending {
+            to_close.push(pending.remove(0));
             overflow += 1;
         }
-        let next_due = remaining.iter().map(|c| c.deadline_ns).min();
-        ts.pending = remaining;
+        let next_due = pending.iter().map(|c| c.deadline_ns).min();
+        self.pending_count += pending.iter().map(|c| c.frames.len()).sum::<usize>();
+        ts.pending = pending;
+        self.scratch.absorbed = absorbed;
+        self.scratch.keep = keep;
         if let Some(d) = next_due {
             self.next_due_ns = self.next_due_ns.min(d);
         }
@@ -1037,6 +1170,16 @@ impl Correlator {
             self.anomaly(AnomalyKind::OverlappingFrames, Some(tid), None, out);
         }
         self.close_all(to_close, now_ns, out);
+    }
+
+    /// Drops stale entries from the thread LRU queue once they outnumber the live ones
+    /// (amortised constant time per event).
+    fn compact_lru(&mut self) {
+        if self.thread_lru.len() > 2 * self.threads.len() + 64 {
+            let threads = &self.threads;
+            self.thread_lru
+                .retain(|(s, t)| threads.get(t).is_some_and(|ts| ts.lru_seq == *s));
+        }
     }
 
     /// Creates or refreshes a thread's state; evicts the least recently seen thread if full.
@@ -1050,19 +1193,23 @@ impl Correlator {
         self.seq += 1;
         let seq = self.seq;
         if let Some(ts) = self.threads.get_mut(&tid) {
-            self.thread_lru.remove(&ts.lru_seq);
             ts.lru_seq = seq;
             ts.last_seen_ns = ts.last_seen_ns.max(now_ns);
-            self.thread_lru.insert(seq, tid);
+            self.thread_lru.push_back((seq, tid));
+            self.compact_lru();
             return;
         }
         while self.threads.len() >= self.cfg.max_threads {
-            let Some((_, old)) = self.thread_lru.pop_first() else {
+            let Some((s, old)) = self.thread_lru.pop_front() else {
                 break;
             };
+            if self.threads.get(&old).is_none_or(|t| t.lru_seq != s) {
+                continue; // stale entry
+            }
             if let Some(ots) = self.threads.remove(&old)
                 && !ots.pending.is_empty()
             {
+                self.pending_count -= ots.pending.iter().map(|c| c.frames.len()).sum::<usize>();
                 to_close.extend(ots.pending);
                 self.anomaly(AnomalyKind::ThreadEvicted, Some(old), None, out);
             }
@@ -1075,47 +1222,57 @@ impl Correlator {
                 ..Default::default()
             },
         );
-        self.thread_lru.insert(seq, tid);
+        self.thread_lru.push_back((seq, tid));
+        self.compact_lru();
         self.next_due_ns = self
             .next_due_ns
             .min(now_ns.saturating_add(self.cfg.idle_thread_ns));
     }
 
     fn expire(&mut self, now_ns: u64, all: bool, out: &mut Vec<Output>) {
-        let mut to_close = Vec::new();
+        let mut to_close = std::mem::take(&mut self.scratch.to_close);
         let mut idle = Vec::new();
         let mut next_due = u64::MAX;
         let idle_ns = self.cfg.idle_thread_ns;
+        let mut closed_frames = 0;
         for (tid, ts) in self.threads.iter_mut() {
-            let (due, wait): (Vec<Chain>, Vec<Chain>) = std::mem::take(&mut ts.pending)
-                .into_iter()
-                .partition(|c| all || c.deadline_ns <= now_ns);
-            ts.pending = wait;
+            let first = to_close.len();
+            let mut i = 0;
+            while i < ts.pending.len() {
+                if all || ts.pending[i].deadline_ns <= now_ns {
+                    to_close.push(ts.pending.remove(i));
+                } else {
+                    i += 1;
+                }
+            }
             for c in &ts.pending {
                 next_due = next_due.min(c.deadline_ns);
             }
-            for c in &due {
+            for c in &to_close[first..] {
+                closed_frames += c.frames.len();
                 push_closed(ts, c);
             }
-            to_close.extend(due);
             if ts.pending.is_empty() {
                 let idle_at = ts.last_seen_ns.saturating_add(idle_ns);
                 if all || idle_at <= now_ns {
-                    idle.push((*tid, ts.lru_seq));
+                    idle.push(*tid);
                 } else {
                     next_due = next_due.min(idle_at);
                 }
             }
         }
-        for (tid, seq) in idle {
+        self.pending_count -= closed_frames;
+        for tid in idle {
+            // Its LRU entry goes stale and is skipped.
             self.threads.remove(&tid);
-            self.thread_lru.remove(&seq);
         }
+        self.compact_lru();
         self.next_due_ns = next_due;
         to_close.sort_by_key(|c| (c.end(), c.outer().tid));
-        for c in to_close {
+        for c in to_close.drain(..) {
             self.close(c, now_ns, out);
         }
+        self.scratch.to_close = to_close;
         while let Some(c) = self.vm_checks.front() {
             if !all && c.deadline_ns > now_ns {
                 break;
@@ -1126,25 +1283,34 @@ impl Correlator {
         }
     }
 
+    /// Closes `chains` (and gives the emptied vector back to the scratch buffers).
     fn close_all(&mut self, mut chains: Vec<Chain>, now_ns: u64, out: &mut Vec<Output>) {
         chains.sort_by_key(|c| (c.end(), c.outer().tid));
-        for c in chains {
+        for c in chains.drain(..) {
             if let Some(ts) = self.threads.get_mut(&c.outer().tid) {
                 push_closed(ts, &c);
             }
             self.close(c, now_ns, out);
         }
+        self.scratch.to_close = chains;
     }
 
     /// Turns a chain into an operation and applies it to the binding table.
     fn close(&mut self, chain: Chain, now_ns: u64, out: &mut Vec<Output>) {
-        let op = build_operation(&chain.frames);
+        let mut frames = chain.frames;
+        let op_frames = self.frame_vecs.pop().unwrap_or_default();
+        let op = build_operation(&mut frames, op_frames);
         self.stats.operations += 1;
         // The operation first, then what it caused (bindings, leaks).
-        let mut effects = Vec::new();
-        self.apply(&op, &chain.frames, now_ns, &mut effects);
+        let mut effects = std::mem::take(&mut self.scratch.effects);
+        self.apply(&op, &frames, now_ns, &mut effects);
         out.push(Output::Operation(op));
         out.append(&mut effects);
+        self.scratch.effects = effects;
+        frames.clear();
+        if self.scratch.frame_pool.len() < FRAME_POOL_MAX {
+            self.scratch.frame_pool.push(frames);
+        }
     }
 
     fn apply(&mut self, op: &Operation, frames: &[Event], now_ns: u64, out: &mut Vec<Output>) {
@@ -1193,7 +1359,7 @@ impl Correlator {
                     since_ns: op.end_ns,
                     path,
                 };
-                if let Some((old, _)) = self.bindings.get(&device) {
+                if let Some((old, _)) = self.bindings.get(device.as_str()) {
                     let same_vm = match (&old.vm, &binding.vm) {
                         (Some(a), Some(b)) => a.kvm == b.kvm,
                         _ => true,
@@ -1219,16 +1385,22 @@ impl Correlator {
                 }
             }
             OpKind::Unbind | OpKind::Teardown => {
-                let unbind_frames: Vec<&Event> =
-                    frames.iter().filter(|f| is_unbind_probe(f.probe)).collect();
-                let unbound = unbind_frames.iter().any(|f| f.ok())
+                let mut unbind_frames = false;
+                let mut unbind_ok = false;
+                for f in frames.iter().filter(|f| is_unbind_probe(f.probe)) {
+                    unbind_frames = true;
+                    unbind_ok |= f.ok();
+                }
+                let unbound = unbind_ok
                     || (op.kind == OpKind::Unbind
                         && outer.probe == Probe::TsmOpIoctl
                         && outer.ok());
-                let device = op
-                    .device
-                    .clone()
-                    .or_else(|| self.device_by_vdevice(op.tgid, op.vdevice_id));
+                let device: Option<Cow<'_, str>> = match op.device.as_deref() {
+                    Some(d) => Some(Cow::Borrowed(d)),
+                    None => self
+                        .device_by_vdevice(op.tgid, op.vdevice_id)
+                        .map(Cow::Owned),
+                };
                 if unbound {
                     match device {
                         Some(d) => {
@@ -1241,9 +1413,9 @@ impl Correlator {
                         }
                     }
                 } else if op.kind == OpKind::Teardown
-                    && unbind_frames.is_empty()
+                    && !unbind_frames
                     && let Some(d) = device
-                    && self.bindings.contains_key(&d)
+                    && self.bindings.contains_key(&*d)
                 {
                     self.detect_leak(&d, LeakReason::VdeviceTeardownWithoutUnbind, now_ns, out);
                 }
@@ -1298,18 +1470,27 @@ impl Correlator {
     }
 
     fn insert_binding(&mut self, binding: Binding, now_ns: u64, out: &mut Vec<Output>) {
-        let device = binding.device.clone();
         self.seq += 1;
         let seq = self.seq;
-        if let Some((_, old_seq)) = self.bindings.remove(&device) {
-            self.binding_order.remove(&old_seq);
-        }
+        let device: Arc<str> = match self.bindings.remove_entry(binding.device.as_str()) {
+            // Same device again: keep its key.
+            Some((key, (_, old_seq))) => {
+                self.binding_order.remove(&old_seq);
+                key
+            }
+            None => Arc::from(binding.device.as_str()),
+        };
         while self.bindings.len() >= self.cfg.max_bindings {
             let Some((_, old)) = self.binding_order.pop_first() else {
                 break;
             };
-            self.bindings.remove(&old);
-            self.anomaly(AnomalyKind::BindingEvicted, None, Some(old.clone()), out);
+            self.bindings.remove(&*old);
+            self.anomaly(
+                AnomalyKind::BindingEvicted,
+                None,
+                Some(old.to_string()),
+                out,
+            );
             self.clear_leaks(&old, ClearCause::Evicted, now_ns, out);
         }
         self.binding_order.insert(seq, device.clone());
@@ -1323,7 +1504,7 @@ impl Correlator {
     }
 
     fn has_leaks(&self, device: &str) -> bool {
-        self.leak_keys(device).next().is_some()
+        !self.leaks.is_empty() && self.leak_keys(device).next().is_some()
     }
 
     fn leak_keys(&self, device: &str) -> impl Iterator<Item = &(String, LeakReason)> {
@@ -1377,15 +1558,20 @@ impl Correlator {
             return;
         }
         *self.stats.leaks_detected.entry(leak.reason).or_default() += 1;
+        self.leak_count[leak.reason as usize] += 1;
         self.leaks
             .insert((leak.device.clone(), leak.reason), leak.clone());
         out.push(Output::LeakDetected(leak));
     }
 
     fn clear_leaks(&mut self, device: &str, cause: ClearCause, now_ns: u64, out: &mut Vec<Output>) {
+        if self.leaks.is_empty() {
+            return;
+        }
         let keys: Vec<(String, LeakReason)> = self.leak_keys(device).cloned().collect();
         for k in keys {
             if let Some(mut leak) = self.leaks.remove(&k) {
+                self.leak_count[leak.reason as usize] -= 1;
                 leak.cleared_ns = Some(now_ns);
                 leak.cleared_by = Some(cause);
                 out.push(Output::LeakCleared(leak));
@@ -1416,8 +1602,14 @@ fn push_closed(ts: &mut ThreadState, c: &Chain) {
     ts.closed.push_back((c.start(), c.end(), c.outer_depth()));
 }
 
-/// Builds an operation from frames sorted outermost first (non-empty).
-fn build_operation(frames: &[Event]) -> Operation {
+/// Builds an operation from frames sorted outermost first (non-empty). Moves the owned fields
+/// (comm, device, VM) out of the frames, which are dropped afterwards; `frame_vec` is an empty
+/// vector to reuse for [`Operation::frames`].
+fn build_operation(frames: &mut [Event], mut frame_vec: Vec<Frame>) -> Operation {
+    let comm = std::mem::take(&mut frames[0].comm);
+    let device = frames.iter_mut().find_map(|f| f.device.take());
+    let vm = frames.iter_mut().find_map(|f| f.vm.take());
+    let frames: &[Event] = frames;
     let outer = &frames[0];
     let inferred = frames.iter().find_map(|f| {
         if is_bind_probe(f.probe) {
@@ -1478,13 +1670,17 @@ fn build_operation(frames: &[Event]) -> Operation {
             .unwrap_or(outer.end_ns),
         tgid: outer.tgid,
         tid: outer.tid,
-        comm: outer.comm.clone(),
-        device: frames.iter().find_map(|f| f.device.clone()),
+        comm,
+        device,
         vdevice_id: frames.iter().find_map(|f| f.vdevice_id.or(f.obj_id)),
-        vm: frames.iter().find_map(|f| f.vm.clone()),
+        vm,
         tdi_id: frames.iter().find_map(|f| f.tdi_id),
         virt_id: frames.iter().find_map(|f| f.virt_id),
-        frames: frames.iter().map(Frame::from_event).collect(),
+        frames: {
+            frame_vec.clear();
+            frame_vec.extend(frames.iter().map(Frame::from_event));
+            frame_vec
+        },
         result,
     }
 }

@@ -6,12 +6,12 @@
 //! space; only `tsm_trace_leaked_binding_info` carries a device and VM, one series per
 //! currently leaked binding (bounded by the leak table).
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, OnceLock};
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::correlate::{
@@ -58,7 +58,6 @@ pub struct Metrics {
     operations: IntCounterVec,
     duration: HistogramVec,
     bindings_active: IntGauge,
-    bindings_leaked: IntGaugeVec,
     leaks_detected: IntCounterVec,
     leaked_info: IntGaugeVec,
     reconcile_runs: IntCounter,
@@ -75,6 +74,45 @@ pub struct Metrics {
     btf_unresolved: IntGauge,
     pending_frames: IntGauge,
     btf_fields: Mutex<BTreeMap<String, bool>>,
+    /// Label lookups resolved once (hot path: every event and every operation). Series are
+    /// still created on first use, as `with_label_values` would.
+    handles: Handles,
+}
+
+const N_OPS: usize = OpKind::ALL.len();
+const N_LAYERS: usize = 5;
+const N_PROBES: usize = Probe::ALL.len();
+
+/// Pre-resolved metric handles.
+struct Handles {
+    /// `tsm_trace_operations_total{op, layer, result="ok", errno=""}`, by `[op][layer]`.
+    ops_ok: [[OnceLock<IntCounter>; N_LAYERS]; N_OPS],
+    /// `tsm_trace_operations_total{op, layer, result="error", errno}`.
+    ops_err: Mutex<HashMap<(OpKind, Layer, i32), IntCounter>>,
+    /// `tsm_trace_operation_duration_seconds{op, layer, result}`, by `[op][layer][ok]`.
+    duration: [[[OnceLock<Histogram>; 2]; N_LAYERS]; N_OPS],
+    /// `tsm_trace_events_processed_total{probe}`, by probe.
+    processed: [OnceLock<IntCounter>; N_PROBES],
+    /// `tsm_trace_bindings_leaked{reason}`, in `LeakReason::ALL` order.
+    leaked: [IntGauge; LeakReason::ALL.len()],
+}
+
+const fn layer_index(l: Layer) -> usize {
+    match l {
+        Layer::Iommufd => 0,
+        Layer::TsmCore => 1,
+        Layer::PciTsm => 2,
+        Layer::TsmDriver => 3,
+        Layer::Vm => 4,
+    }
+}
+
+fn op_index(k: OpKind) -> usize {
+    k as usize
+}
+
+fn probe_index(p: Probe) -> usize {
+    p as usize
 }
 
 impl std::fmt::Debug for Metrics {
@@ -277,12 +315,21 @@ impl Metrics {
             anomalies.with_label_values(&[kind.as_str()]);
         }
 
+        let handles = Handles {
+            ops_ok: Default::default(),
+            ops_err: Mutex::new(HashMap::new()),
+            duration: Default::default(),
+            processed: Default::default(),
+            leaked: LeakReason::ALL
+                .map(|reason| bindings_leaked.with_label_values(&[reason.as_str()])),
+        };
+
         Metrics {
+            handles,
             registry: r,
             operations,
             duration,
             bindings_active,
-            bindings_leaked,
             leaks_detected,
             leaked_info,
             reconcile_runs,
@@ -320,18 +367,48 @@ impl Metrics {
     pub fn observe(&self, out: &Output) {
         match out {
             Output::Operation(op) => {
-                let errno = op.errno().map(errno::name).unwrap_or_default();
-                let result = if op.ok() { "ok" } else { "error" };
-                self.operations
-                    .with_label_values(&[op.kind.as_str(), op.layer().as_str(), result, &errno])
-                    .inc();
+                let h = &self.handles;
+                let layer = op.layer();
+                match op.errno() {
+                    None => h.ops_ok[op_index(op.kind)][layer_index(layer)]
+                        .get_or_init(|| {
+                            self.operations.with_label_values(&[
+                                op.kind.as_str(),
+                                layer.as_str(),
+                                "ok",
+                                "",
+                            ])
+                        })
+                        .inc(),
+                    Some(e) => {
+                        let mut m = h.ops_err.lock().unwrap_or_else(|p| p.into_inner());
+                        m.entry((op.kind, layer, e))
+                            .or_insert_with(|| {
+                                self.operations.with_label_values(&[
+                                    op.kind.as_str(),
+                                    layer.as_str(),
+                                    "error",
+                                    &errno::name(e),
+                                ])
+                            })
+                            .inc();
+                    }
+                }
+                let by_layer = &h.duration[op_index(op.kind)];
                 for f in &op.frames {
                     if f.entry_missing {
                         continue; // duration unknown
                     }
-                    let result = if f.ok() { "ok" } else { "error" };
-                    self.duration
-                        .with_label_values(&[op.kind.as_str(), f.layer.as_str(), result])
+                    let ok = f.ok();
+                    by_layer[layer_index(f.layer)][usize::from(ok)]
+                        .get_or_init(|| {
+                            let result = if ok { "ok" } else { "error" };
+                            self.duration.with_label_values(&[
+                                op.kind.as_str(),
+                                f.layer.as_str(),
+                                result,
+                            ])
+                        })
                         .observe(f.duration_ns as f64 / 1e9);
                 }
             }
@@ -362,10 +439,8 @@ impl Metrics {
     /// Sets the gauges that mirror the correlator's tables.
     pub fn sync(&self, c: &Correlator) {
         self.bindings_active.set(c.binding_count() as i64);
-        for (reason, n) in c.leak_counts() {
-            self.bindings_leaked
-                .with_label_values(&[reason.as_str()])
-                .set(n as i64);
+        for (g, reason) in self.handles.leaked.iter().zip(LeakReason::ALL) {
+            g.set(c.leak_count(reason) as i64);
         }
         self.pending_frames.set(c.pending_frames() as i64);
     }
@@ -389,8 +464,8 @@ impl Metrics {
 
     /// One decoded event (the [`crate::pipeline::Pipeline`] calls this for every event).
     pub fn event_processed(&self, probe: Probe) {
-        self.events_processed
-            .with_label_values(&[probe.as_str()])
+        self.handles.processed[probe_index(probe)]
+            .get_or_init(|| self.events_processed.with_label_values(&[probe.as_str()]))
             .inc();
     }
 
