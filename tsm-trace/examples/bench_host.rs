@@ -93,35 +93,65 @@ impl Gen {
         }
     }
 
-    /// One ioctl operation (bind or unbind) in delivery order: innermost frame first.
-    fn op(&self, out: &mut Vec<Event>, bind: bool, vm: usize, dev: usize, t0: u64) {
+    /// One operation in delivery order (innermost frame first): a bind or unbind ioctl, a bind
+    /// that fails with EBUSY in the PCI TSM layer (no driver frame), or a vdevice teardown
+    /// (`iommufd_vdevice_abort` around the unbind chain).
+    fn op(&self, out: &mut Vec<Event>, kind: OpKind, vm: usize, dev: usize, t0: u64) {
+        const EBUSY: i64 = -16;
         let name = Self::device(dev);
-        let layers: [Probe; 3] = if bind {
-            [Probe::DriverBind, Probe::PciTsmBind, Probe::TsmBind]
-        } else {
-            [Probe::DriverUnbind, Probe::PciTsmUnbind, Probe::TsmUnbind]
+        let bind = matches!(kind, OpKind::Bind | OpKind::BindBusy);
+        let layers: &[Probe] = match kind {
+            OpKind::Bind => &[Probe::DriverBind, Probe::PciTsmBind, Probe::TsmBind],
+            OpKind::BindBusy => &[Probe::PciTsmBind, Probe::TsmBind],
+            OpKind::Unbind | OpKind::Teardown => {
+                &[Probe::DriverUnbind, Probe::PciTsmUnbind, Probe::TsmUnbind]
+            }
         };
-        for (i, probe) in layers.into_iter().enumerate() {
-            let lvl = 3 - i as u64;
+        for (i, probe) in layers.iter().copied().enumerate() {
+            let lvl = (layers.len() - i) as u64;
             let mut e = self.base(probe, vm, t0 + lvl * 1_000, t0 + 10_000 - lvl * 1_000);
             e.device = Some(name.clone());
             if bind {
                 e.vm = Some(self.vms[vm].clone());
                 e.tdi_id = Some(dev as u64);
+                if kind == OpKind::BindBusy {
+                    e.ret = Some(EBUSY);
+                }
             } else if probe != Probe::TsmUnbind {
                 e.ret = None;
             }
             out.push(e);
         }
+        if kind == OpKind::Teardown {
+            let mut e = self.base(Probe::VdeviceAbort, vm, t0, t0 + 10_000);
+            e.ret = None;
+            e.device = Some(name);
+            e.obj_id = Some(dev as u32);
+            e.virt_id = Some(dev as u64);
+            out.push(e);
+            return;
+        }
         let mut e = self.base(Probe::TsmOpIoctl, vm, t0, t0 + 10_000);
         e.op = Some(if bind { UAPI_OP_BIND } else { UAPI_OP_UNBIND });
         e.flags = Some(0);
         e.vdevice_id = Some(dev as u32);
+        if kind == OpKind::BindBusy {
+            e.ret = Some(EBUSY);
+        }
         out.push(e);
     }
 }
 
-/// A synthetic capture of at least `n` events: every device is bound, then unbound, in rounds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OpKind {
+    Bind,
+    BindBusy,
+    Unbind,
+    Teardown,
+}
+
+/// A synthetic capture of at least `n` events: every device is bound, then unbound, in rounds;
+/// one bind in 8 fails with EBUSY from the PCI TSM layer, one unbind in 8 is a vdevice teardown.
 fn capture(n: usize, devices: usize, vms: usize) -> Vec<Event> {
     let g = Gen::new(vms);
     let mut out = Vec::with_capacity(n + 8);
@@ -133,7 +163,13 @@ fn capture(n: usize, devices: usize, vms: usize) -> Vec<Event> {
             if out.len() >= n {
                 break;
             }
-            g.op(&mut out, bind, d % vms, d, t);
+            let kind = match (bind, d % 8 == 7) {
+                (true, false) => OpKind::Bind,
+                (true, true) => OpKind::BindBusy,
+                (false, false) => OpKind::Unbind,
+                (false, true) => OpKind::Teardown,
+            };
+            g.op(&mut out, kind, d % vms, d, t);
             t += 20_000;
         }
         round += 1;
@@ -203,7 +239,7 @@ fn scale(args: &[String]) {
     let mut buf = Vec::with_capacity(4);
     for d in 0..devices {
         buf.clear();
-        g.op(&mut buf, true, d % vms, d, t);
+        g.op(&mut buf, OpKind::Bind, d % vms, d, t);
         for ev in buf.drain(..) {
             let now = ev.end_ns;
             p.handle(ev, now);
