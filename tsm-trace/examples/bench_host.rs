@@ -73,23 +73,8 @@ impl Gen {
     fn base(&self, probe: Probe, vm: usize, start: u64, end: u64) -> Event {
         let tgid = 10_000 + vm as u32;
         Event {
-            probe,
-            start_ns: start,
-            end_ns: end,
-            tgid,
-            tid: tgid,
-            comm: "qemu-system-x86".into(),
             ret: Some(0),
-            ret_is_ptr: false,
-            entry_missing: false,
-            device: None,
-            vm: None,
-            tdi_id: None,
-            op: None,
-            flags: None,
-            vdevice_id: None,
-            obj_id: None,
-            virt_id: None,
+            ..Event::new(probe, start, end, tgid, tgid, "qemu-system-x86".into())
         }
     }
 

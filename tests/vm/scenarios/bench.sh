@@ -18,40 +18,11 @@ CYCLES=${CYCLES:-200}
 HOT_N=${HOT_N:-1000000}
 LAT_N=${LAT_N:-100}
 ACC_N=${ACC_N:-12}
-D=/sys/kernel/debug/tsm_standin
-CTL=$D/ctl
-LAST=$D/last
-OUT=${TSM_VM_OUT:-/dev/console}
+. /scenarios/lib.sh
 BIN=/bin/tsm-trace
 H=/bin/bench_vm
 PORT=9477
 
-if grep -q 'pci_tsm=real' "$D/info"; then
-	PCI_SYMS="--symbol pci_tsm_bind=standin_pci_tsm_bind --symbol pci_tsm_unbind=standin_pci_tsm_unbind"
-	PCI_BIND=standin_pci_tsm_bind
-	PCI_UNBIND=standin_pci_tsm_unbind
-else
-	PCI_SYMS=""
-	PCI_BIND=pci_tsm_bind
-	PCI_UNBIND=pci_tsm_unbind
-fi
-DRV="--driver-bind standin_tdi_bind --driver-unbind standin_tdi_unbind"
-
-frame() { # frame NAME FILE
-	echo "=== BEGIN $1 ===" >> "$OUT"
-	cat "$2" >> "$OUT" 2>&1
-	[ -n "$(tail -c 1 "$2" 2>/dev/null)" ] && echo >> "$OUT"
-	echo "=== END $1 rc=0 ===" >> "$OUT"
-}
-ctl() { echo "$*" 2>/dev/null > "$CTL"; }
-wait_for() { # wait_for FILE PATTERN SECONDS
-	i=0
-	while ! grep -q "$2" "$1" 2>/dev/null; do
-		i=$((i + 1))
-		[ $i -gt $(($3 * 10)) ] && return 1
-		sleep 0.1
-	done
-}
 
 {
 	echo "cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//;s/ /_/g')"
@@ -63,7 +34,7 @@ wait_for() { # wait_for FILE PATTERN SECONDS
 } > /tmp/env
 frame bench_env /tmp/env
 
-ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
+lo_up
 $BIN run --listen 127.0.0.1:$PORT --grace 1s $DRV $PCI_SYMS \
 	> /tmp/daemon.out 2> /tmp/daemon.err &
 DAEMON=$!

@@ -2,26 +2,12 @@
 # /scenarios/run.sh for `cargo xtask demo`: the daemon on a kernel with no TSM hardware,
 # driven through the tsm_standin fixture (the iommufd TSM patch's functions, a PCI TSM
 # layer, a TSM driver and KVM VMs, all stand-ins; qemu's PCI devices are the devices).
-D=/sys/kernel/debug/tsm_standin
-CTL=$D/ctl
-OUT=${TSM_VM_OUT:-/dev/console}
-if grep -q 'pci_tsm=real' "$D/info"; then
-	PCI_SYMS="--symbol pci_tsm_bind=standin_pci_tsm_bind --symbol pci_tsm_unbind=standin_pci_tsm_unbind"
-else
-	PCI_SYMS=""
-fi
-frame() {
-	echo "=== BEGIN $1 ===" >> "$OUT"
-	cat "$2" >> "$OUT" 2>&1
-	[ -n "$(tail -c 1 "$2" 2>/dev/null)" ] && echo >> "$OUT"
-	echo "=== END $1 rc=0 ===" >> "$OUT"
-}
+. /scenarios/lib.sh
 say() { echo "# $*" >> /tmp/story; }
-ctl() { echo "$*" 2>/dev/null > "$CTL"; }
 
-ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
+lo_up
 /bin/tsm-trace run --listen 127.0.0.1:9477 --grace 1s --reconcile-interval 0 --print text \
-	--driver-bind standin_tdi_bind --driver-unbind standin_tdi_unbind $PCI_SYMS \
+	$DRV $PCI_SYMS \
 	> /tmp/daemon.out 2> /tmp/daemon.err &
 DAEMON=$!
 i=0

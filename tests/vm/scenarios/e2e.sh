@@ -16,9 +16,7 @@
 # EFAULT after a successful bind (ioctl_failed_after_bind) and a vDevice torn down without
 # unbind (vdevice_teardown_without_unbind). Their VM is never destroyed (the stand-in would keep
 # a dangling struct kvm pointer in the leaked binding).
-D=/sys/kernel/debug/tsm_standin
-CTL=$D/ctl
-OUT=${TSM_VM_OUT:-/dev/console}
+. /scenarios/lib.sh
 CTLPORT=
 ROUNDS=8
 GAP=2
@@ -29,17 +27,6 @@ for a in $(cat /proc/cmdline); do
 	tsm_e2e.gap=*) GAP=${a#*=} ;;
 	esac
 done
-if grep -q 'pci_tsm=real' "$D/info"; then
-	PCI_SYMS="--symbol pci_tsm_bind=standin_pci_tsm_bind --symbol pci_tsm_unbind=standin_pci_tsm_unbind"
-else
-	PCI_SYMS=""
-fi
-frame() {
-	echo "=== BEGIN $1 ===" >> "$OUT"
-	cat "$2" >> "$OUT" 2>&1
-	[ -n "$(tail -c 1 "$2" 2>/dev/null)" ] && echo >> "$OUT"
-	echo "=== END $1 rc=0 ===" >> "$OUT"
-}
 log() { echo "e2e: $*"; echo "$(cut -d' ' -f1 /proc/uptime) $*" >> /tmp/story; }
 # ctl NAME CMD...: one stand-in command, written by this shell (so the VMs it creates are owned
 # by a process that lives until the end, like a VMM); the ground truth goes to /tmp/steps.

@@ -6,23 +6,8 @@
 #   truth_a      one line per step: "step=<name> write=ok|fail <last>"
 #   trace_b.*, truth_b   session B (7.x only): the real upstream pci_tsm_bind
 #   daemon_*     `tsm-trace run`: /metrics, /bindings, /readyz after a scenario
-D=/sys/kernel/debug/tsm_standin
-CTL=$D/ctl
-LAST=$D/last
-OUT=${TSM_VM_OUT:-/dev/console}
+. /scenarios/lib.sh
 BIN=/bin/tsm-trace
-
-# Kernels with upstream PCI TSM have the real pci_tsm_bind in vmlinux; the
-# fixture's own PCI layer there is standin_pci_tsm_bind (--symbol points the
-# pci_tsm probes at it). On 6.1 the fixture's copy is named pci_tsm_bind.
-if grep -q 'pci_tsm=real' "$D/info"; then
-	REAL_PCI=1
-	PCI_SYMS="--symbol pci_tsm_bind=standin_pci_tsm_bind --symbol pci_tsm_unbind=standin_pci_tsm_unbind"
-else
-	REAL_PCI=0
-	PCI_SYMS=""
-fi
-DRV="--driver-bind standin_tdi_bind --driver-unbind standin_tdi_unbind"
 
 step() { # step NAME CTL-COMMAND... (from this long-lived shell: no fork, so
 	# binds are not held by a process that exits right away)
@@ -36,21 +21,6 @@ step_child() { # same, from a short-lived child process (its own tgid)
 	shift
 	sh -c "echo '$*' > $CTL" 2>/dev/null && w=ok || w=fail
 	echo "step=$name write=$w $(cat "$LAST")" >> /tmp/truth
-}
-frame() { # frame NAME FILE: print FILE as a section
-	echo "=== BEGIN $1 ===" >> "$OUT"
-	cat "$2" >> "$OUT" 2>&1
-	# Always end on a new line (JSON bodies have none).
-	[ -n "$(tail -c 1 "$2" 2>/dev/null)" ] && echo >> "$OUT"
-	echo "=== END $1 rc=0 ===" >> "$OUT"
-}
-wait_for() { # wait_for FILE PATTERN SECONDS
-	i=0
-	while ! grep -q "$2" "$1" 2>/dev/null; do
-		i=$((i + 1))
-		[ $i -gt $(($3 * 10)) ] && return 1
-		sleep 0.1
-	done
 }
 start_trace() { # start_trace NAME ARGS...: background `tsm-trace trace --json`
 	n=$1
@@ -142,7 +112,7 @@ if [ $REAL_PCI = 1 ]; then
 fi
 
 # ---- The daemon: metrics and the bindings view ------------------------------
-ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
+lo_up
 $BIN run --listen 127.0.0.1:9477 --grace 1s --reconcile-interval 0 $DRV $PCI_SYMS \
 	> /tmp/daemon.out 2> /tmp/daemon.err &
 DAEMON=$!

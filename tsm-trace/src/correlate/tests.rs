@@ -28,23 +28,8 @@ pub(crate) fn vm() -> Vm {
 
 pub(crate) fn ev(probe: Probe, start: u64, end: u64, tid: u32, ret: Option<i64>) -> Event {
     Event {
-        probe,
-        start_ns: start,
-        end_ns: end,
-        tgid: TGID,
-        tid,
-        comm: "qemu".into(),
         ret,
-        ret_is_ptr: false,
-        entry_missing: false,
-        device: None,
-        vm: None,
-        tdi_id: None,
-        op: None,
-        flags: None,
-        vdevice_id: None,
-        obj_id: None,
-        virt_id: None,
+        ..Event::new(probe, start, end, TGID, tid, "qemu".into())
     }
 }
 

@@ -209,6 +209,36 @@ pub enum DecodeError {
 }
 
 impl Event {
+    /// An event with only its identity set: every decoded field unknown, no return value.
+    pub fn new(
+        probe: Probe,
+        start_ns: u64,
+        end_ns: u64,
+        tgid: u32,
+        tid: u32,
+        comm: String,
+    ) -> Event {
+        Event {
+            probe,
+            start_ns,
+            end_ns,
+            tgid,
+            tid,
+            comm,
+            ret: None,
+            ret_is_ptr: false,
+            entry_missing: false,
+            device: None,
+            vm: None,
+            tdi_id: None,
+            op: None,
+            flags: None,
+            vdevice_id: None,
+            obj_id: None,
+            virt_id: None,
+        }
+    }
+
     /// Decodes one ring-buffer record.
     pub fn from_bytes(bytes: &[u8]) -> Result<Event, DecodeError> {
         if bytes.len() != RawEvent::SIZE {
@@ -235,25 +265,17 @@ impl Event {
         let has = |bit: u32| m & bit == 0;
         let entry_missing = m & missing::ENTRY != 0;
         let void = raw.flags & (flags::RET_VOID | flags::POINT) != 0;
-        let mut ev = Event {
+        let mut ev = Event::new(
             probe,
-            start_ns: raw.start_ns,
-            end_ns: raw.end_ns,
-            tgid: (raw.pid_tgid >> 32) as u32,
-            tid: raw.pid_tgid as u32,
-            comm: cstr(&raw.comm),
-            ret: (!void).then_some(raw.ret),
-            ret_is_ptr: raw.flags & flags::RET_IS_PTR != 0,
-            entry_missing,
-            device: None,
-            vm: None,
-            tdi_id: None,
-            op: None,
-            flags: None,
-            vdevice_id: None,
-            obj_id: None,
-            virt_id: None,
-        };
+            raw.start_ns,
+            raw.end_ns,
+            (raw.pid_tgid >> 32) as u32,
+            raw.pid_tgid as u32,
+            cstr(&raw.comm),
+        );
+        ev.ret = (!void).then_some(raw.ret);
+        ev.ret_is_ptr = raw.flags & flags::RET_IS_PTR != 0;
+        ev.entry_missing = entry_missing;
         if entry_missing {
             return Ok(ev);
         }

@@ -56,6 +56,10 @@ pub fn build(spec: &InitramfsSpec, out: &Path) -> Result<()> {
         0o644,
     )?;
     w.file("/scenarios/run.sh", spec.script.as_bytes(), 0o755)?;
+    // Helpers every scenario sources (`. /scenarios/lib.sh`).
+    let lib = super::repo_root().join("tests/vm/scenarios/lib.sh");
+    let lib = std::fs::read(&lib).with_context(|| format!("reading {}", lib.display()))?;
+    w.file("/scenarios/lib.sh", &lib, 0o644)?;
     for (host, guest) in spec.extra_files {
         let data = fs::read(host).with_context(|| format!("reading {}", host.display()))?;
         let mode = fs::metadata(host)?.permissions().mode() & 0o777;

@@ -1,0 +1,50 @@
+# Shared helpers for the guest scenario scripts (sourced as /scenarios/lib.sh; the harness
+# puts it in every initramfs). Sets:
+#   D CTL LAST OUT   the tsm_standin debugfs files and the data port
+#   REAL_PCI         1 on kernels with upstream PCI TSM (7.x), else 0
+#   PCI_SYMS         tsm-trace flags pointing the pci_tsm probes at the fixture's own PCI
+#                    layer on 7.x (there, pci_tsm_bind is the real vmlinux function)
+#   PCI_BIND PCI_UNBIND   the fixture's PCI-layer function names
+#   DRV              tsm-trace flags probing the fixture's TSM driver ops
+D=/sys/kernel/debug/tsm_standin
+CTL=$D/ctl
+LAST=$D/last
+OUT=${TSM_VM_OUT:-/dev/console}
+if grep -q 'pci_tsm=real' "$D/info" 2>/dev/null; then
+	REAL_PCI=1
+	PCI_BIND=standin_pci_tsm_bind
+	PCI_UNBIND=standin_pci_tsm_unbind
+	PCI_SYMS="--symbol pci_tsm_bind=$PCI_BIND --symbol pci_tsm_unbind=$PCI_UNBIND"
+else
+	REAL_PCI=0
+	PCI_BIND=pci_tsm_bind
+	PCI_UNBIND=pci_tsm_unbind
+	PCI_SYMS=""
+fi
+DRV="--driver-bind standin_tdi_bind --driver-unbind standin_tdi_unbind"
+
+# frame NAME FILE: print FILE as a section on the data port.
+frame() {
+	echo "=== BEGIN $1 ===" >> "$OUT"
+	cat "$2" >> "$OUT" 2>&1
+	# Always end on a new line (JSON bodies have none).
+	[ -n "$(tail -c 1 "$2" 2>/dev/null)" ] && echo >> "$OUT"
+	echo "=== END $1 rc=0 ===" >> "$OUT"
+}
+
+# wait_for FILE PATTERN SECONDS: 0 once PATTERN is in FILE, 1 after SECONDS.
+wait_for() {
+	i=0
+	while ! grep -q "$2" "$1" 2>/dev/null; do
+		i=$((i + 1))
+		[ $i -gt $(($3 * 10)) ] && return 1
+		sleep 0.1
+	done
+}
+
+# ctl CMD...: one stand-in command from this long-lived shell (no fork: the VMs it creates
+# are owned by a process that lives on, like a VMM). Fails with the command's errno.
+ctl() { echo "$*" 2>/dev/null > "$CTL"; }
+
+# lo_up: loopback for the daemon's HTTP endpoint.
+lo_up() { ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up; }
