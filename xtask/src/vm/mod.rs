@@ -53,27 +53,13 @@ pub struct VmTestArgs {
 }
 
 /// `<repo>` (the workspace root).
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
-}
+pub use crate::util::root as repo_root;
 
 /// `<repo>/.vm-cache` unless `TSM_VM_CACHE` is set.
 pub fn cache_dir() -> PathBuf {
     std::env::var_os("TSM_VM_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join(".vm-cache"))
-}
-
-fn describe(cmd: &Command) -> String {
-    let mut s = cmd.get_program().to_string_lossy().into_owned();
-    for a in cmd.get_args() {
-        s.push(' ');
-        s.push_str(&a.to_string_lossy());
-    }
-    s
 }
 
 /// Run a command; error (with its stderr) unless it succeeds.
@@ -85,11 +71,11 @@ pub(crate) fn run_cmd(cmd: &mut Command) -> Result<()> {
 pub(crate) fn run_cmd_output(cmd: &mut Command) -> Result<String> {
     let out = cmd
         .output()
-        .with_context(|| format!("running {}", describe(cmd)))?;
+        .with_context(|| format!("running {}", crate::util::show(cmd)))?;
     if !out.status.success() {
         bail!(
             "{} failed ({}):\n{}{}",
-            describe(cmd),
+            crate::util::show(cmd),
             out.status,
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
