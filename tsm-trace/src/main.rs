@@ -184,8 +184,8 @@ struct RunArgs {
         help_heading = "Daemon"
     )]
     sysfs_root: PathBuf,
-    /// Keep all capabilities after the probes are attached (default: drop all but CAP_BPF and
-    /// CAP_PERFMON, which reading the maps and attaching to late-loaded modules need).
+    /// Keep all capabilities after the probes are attached (default: keep only CAP_BPF for
+    /// reading the maps, plus what attaching later needs while probes wait for their module).
     #[arg(long, env = "TSM_TRACE_KEEP_CAPABILITIES", help_heading = "Daemon")]
     keep_capabilities: bool,
     /// Also print every operation and leak to stdout (as `trace` would).
@@ -373,12 +373,10 @@ const RESCAN_DELAY: Duration = Duration::from_millis(500);
 fn rescan(live: &mut LiveSession, pipeline: &Mutex<Pipeline>, metrics: &Metrics) {
     let mut drained = Vec::new();
     match live.rescan(&mut drained) {
-        Ok(gained) if gained.is_empty() => {
-            log::debug!(
-                "module loaded; no new probe target ({} still missing)",
-                live.missing()
-            )
-        }
+        Ok(gained) if gained.is_empty() => log::info!(
+            "a module was loaded; no new probe could attach ({} requested probes still missing)",
+            live.missing()
+        ),
         Ok(gained) => {
             log::info!(
                 "a module load made more probes available; now attached: {}",
@@ -413,6 +411,27 @@ fn sync_kernel_stats(metrics: &Metrics, s: &LiveSession) {
             kernel_read_faults: k.read_faults,
         }),
         Err(e) => log::warn!("reading kernel-side counters failed: {}", chain(&*e)),
+    }
+}
+
+/// Keeps CAP_BPF (map reads) and, while requested probes still wait for their module, what
+/// attaching them later needs; drops everything else.
+fn drop_capabilities(live: &LiveSession) {
+    use tsm_trace::probes::capabilities;
+    let waiting = live.missing();
+    let keep = capabilities::to_keep(waiting > 0);
+    let names: Vec<_> = keep.iter().map(|&c| capabilities::name(c)).collect();
+    let why = if waiting > 0 {
+        format!("{waiting} requested probes may still attach when their module loads")
+    } else {
+        "all requested probes attached".to_string()
+    };
+    match capabilities::drop_all_but(&keep) {
+        Ok(()) => log::info!(
+            "dropped all capabilities but {} ({why}; --keep-capabilities keeps them all)",
+            names.join(", ")
+        ),
+        Err(e) => log::warn!("could not drop capabilities: {e}; continuing with them"),
     }
 }
 
@@ -466,14 +485,7 @@ async fn run(args: RunArgs) -> Result<()> {
     let mut live = start_session(&args.probes)?;
     publish_session(&metrics, live.session());
     if !args.keep_capabilities {
-        match tsm_trace::probes::capabilities::drop_all_but_bpf_perfmon() {
-            Ok(()) => {
-                log::info!(
-                    "dropped all capabilities but CAP_BPF and CAP_PERFMON (--keep-capabilities keeps them)"
-                )
-            }
-            Err(e) => log::warn!("could not drop capabilities: {e}; continuing with them"),
-        }
+        drop_capabilities(&live);
     }
     if bind_path_attached(live.session()) {
         readiness.set_ready();

@@ -279,6 +279,14 @@ impl LiveSession {
     pub fn rescan(&mut self, out: &mut Vec<Result<Event, DecodeError>>) -> Result<Vec<String>> {
         let mut fresh = Session::start(&self.opts)?;
         if fresh.attached_count() <= self.session.attached_count() {
+            for r in fresh.attach.iter().filter(|r| r.requested && !r.attached) {
+                log::debug!(
+                    "after the module load, {} {} still not attached: {}",
+                    r.kind.as_str(),
+                    r.probe.as_str(),
+                    r.reason.as_deref().unwrap_or("unknown")
+                );
+            }
             return Ok(Vec::new());
         }
         let stream = fresh.event_stream()?;

@@ -44,16 +44,30 @@ stop_trace() { # stop_trace NAME
 # ---- Session L: the module is loaded after tsm-trace started ----------------
 # (iommufd.ko and kvm.ko often load after boot): the module_load event makes
 # tsm-trace look again, resolve the new module BTF and attach.
+# A daemon runs alongside: it has already dropped its capabilities (all but CAP_BPF and
+# CAP_PERFMON) when the module loads, and must still attach.
 rmmod tsm_standin
+lo_up
+$BIN run --listen 127.0.0.1:9478 --grace 1s --reconcile-interval 0 $DRV $PCI_SYMS \
+	> /tmp/daemon_l.out 2> /tmp/daemon_l.err &
+DAEMON_L=$!
+wait_for /tmp/daemon_l.err 'serving http' 60
 start_trace l $DRV $PCI_SYMS
 insmod /lib/modules/tsm_standin.ko
 wait_for /tmp/trace_l.err 'now tracing with' 60 || echo "no rescan after insmod" >> /tmp/trace_l.err
+wait_for /tmp/daemon_l.err 'now attached' 60 || echo "daemon: no rescan after insmod" >> /tmp/daemon_l.err
 step l_vm vm_create 1
 step l_vdev vdev_create 1 0000:00:02.0 1 77
 step l_bind ioctl 1 1 0
 step l_destroy vdev_destroy 1
 step l_vm_destroy vm_destroy 1
 sleep 0.5
+wget -q -O /tmp/metrics_l http://127.0.0.1:9478/metrics
+kill -TERM $DAEMON_L
+wait $DAEMON_L
+echo "exit=$?" >> /tmp/daemon_l.err
+frame daemon_l_err /tmp/daemon_l.err
+frame daemon_l_metrics /tmp/metrics_l
 stop_trace l
 rmmod tsm_standin && insmod /lib/modules/tsm_standin.ko
 

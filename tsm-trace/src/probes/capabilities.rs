@@ -1,11 +1,15 @@
 //! Dropping capabilities once the probes are attached (as ebpf_exporter's
-//! `--capabilities.keep`): the daemon then keeps only what reading its maps and attaching
-//! probes for late-loaded modules need.
+//! `--capabilities.keep`).
+//!
+//! Reading the maps needs only CAP_BPF (bpf(2) is refused without it where
+//! `unprivileged_bpf_disabled` is set). Attaching a kprobe later — when a module with probe
+//! targets loads — also needs CAP_PERFMON, and CAP_SYS_ADMIN where
+//! `kernel.perf_event_paranoid` is 3 (Debian's kernels refuse `perf_event_open` without it).
+
+use super::privileges::{CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, perf_paranoid_needs_sys_admin};
 
 /// `_LINUX_CAPABILITY_VERSION_3`.
 const VERSION_3: u32 = 0x2008_0522;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
 
 #[repr(C)]
 struct Header {
@@ -21,11 +25,30 @@ struct Data {
     inheritable: u32,
 }
 
-/// Keeps only CAP_BPF (map reads go through bpf(2), which kernels with
-/// `unprivileged_bpf_disabled` refuse without it) and CAP_PERFMON (attaching kprobes when a
-/// module with probe targets loads later) in the effective and permitted sets; everything
-/// else, including CAP_SYS_ADMIN, CAP_DAC_OVERRIDE and CAP_NET_ADMIN, is gone for good.
-pub fn drop_all_but_bpf_perfmon() -> std::io::Result<()> {
+/// The capabilities to keep: CAP_BPF, plus what attaching later needs if `attach_later`.
+pub fn to_keep(attach_later: bool) -> Vec<u32> {
+    let mut keep = vec![CAP_BPF];
+    if attach_later {
+        keep.push(CAP_PERFMON);
+        if perf_paranoid_needs_sys_admin() {
+            keep.push(CAP_SYS_ADMIN);
+        }
+    }
+    keep
+}
+
+pub fn name(cap: u32) -> &'static str {
+    match cap {
+        CAP_BPF => "CAP_BPF",
+        CAP_PERFMON => "CAP_PERFMON",
+        CAP_SYS_ADMIN => "CAP_SYS_ADMIN",
+        _ => "?",
+    }
+}
+
+/// Reduces the effective and permitted sets to `keep` (those the process has); the rest is gone
+/// for good.
+pub fn drop_all_but(keep: &[u32]) -> std::io::Result<()> {
     let mut header = Header {
         version: VERSION_3,
         pid: 0,
@@ -35,10 +58,13 @@ pub fn drop_all_but_bpf_perfmon() -> std::io::Result<()> {
     if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let keep_hi = ((1u32 << (CAP_BPF - 32)) | (1u32 << (CAP_PERFMON - 32))) & data[1].permitted;
     let mut new = [Data::default(); 2];
-    new[1].effective = keep_hi;
-    new[1].permitted = keep_hi;
+    for &cap in keep {
+        let (word, bit) = ((cap / 32) as usize, 1u32 << (cap % 32));
+        let have = data[word].permitted & bit;
+        new[word].effective |= have;
+        new[word].permitted |= have;
+    }
     // SAFETY: as above.
     if unsafe { libc::syscall(libc::SYS_capset, &mut header, new.as_ptr()) } != 0 {
         return Err(std::io::Error::last_os_error());

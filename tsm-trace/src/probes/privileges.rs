@@ -1,16 +1,29 @@
 //! Privileges: say in one line what is missing, instead of an aya error chain.
 
 /// Capability numbers (linux/capability.h).
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
+pub(crate) const CAP_SYS_ADMIN: u32 = 21;
+pub(crate) const CAP_PERFMON: u32 = 38;
+pub(crate) const CAP_BPF: u32 = 39;
+
+/// `kernel.perf_event_paranoid` of 3 or more (a Debian patch) refuses `perf_event_open`, and so
+/// attaching kprobes, to anything but CAP_SYS_ADMIN.
+pub fn perf_paranoid_needs_sys_admin() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .is_some_and(|p| p >= 3)
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PrivilegeError {
     #[error(
-        "tsm-trace needs root, or CAP_BPF + CAP_PERFMON (kernel 5.8+), to load and attach its probes; missing: {missing}. Run it with sudo, or give the binary the capabilities: setcap cap_bpf,cap_perfmon+ep $(command -v tsm-trace)"
+        "tsm-trace needs root, or CAP_BPF + CAP_PERFMON (kernel 5.8+; plus CAP_SYS_ADMIN where kernel.perf_event_paranoid=3), to load and attach its probes; missing: {missing}. Run it with sudo, or give the binary the capabilities: setcap cap_bpf,cap_perfmon,cap_sys_admin+ep $(command -v tsm-trace)"
     )]
     Missing { missing: String },
+    #[error(
+        "this kernel has kernel.perf_event_paranoid=3 (a Debian setting), so attaching kprobes needs CAP_SYS_ADMIN, which tsm-trace lacks. Run it as root, add CAP_SYS_ADMIN, or lower the setting: sysctl kernel.perf_event_paranoid=2"
+    )]
+    ParanoidNeedsSysAdmin,
     #[error("cannot read effective capabilities from /proc/self/status: {0}")]
     Unreadable(String),
 }
@@ -21,7 +34,11 @@ pub fn check_privileges() -> Result<(), PrivilegeError> {
         .map_err(|e| PrivilegeError::Unreadable(e.to_string()))?;
     let caps = parse_cap_eff(&status)
         .ok_or_else(|| PrivilegeError::Unreadable("no CapEff line".into()))?;
-    check_caps(caps)
+    check_caps(caps)?;
+    if caps & (1u64 << CAP_SYS_ADMIN) == 0 && perf_paranoid_needs_sys_admin() {
+        return Err(PrivilegeError::ParanoidNeedsSysAdmin);
+    }
+    Ok(())
 }
 
 fn parse_cap_eff(status: &str) -> Option<u64> {

@@ -600,6 +600,35 @@ pub fn check_session_late(out: &VmOutput) -> Result<Checks> {
         evs.iter().any(|e| s(e, "probe") == "kvm_destroy_vm"),
         || "l_vm_destroy: no kvm_destroy_vm event".into(),
     );
+    // The daemon, capabilities already dropped, attached on the module load too.
+    let derr = &out.section("daemon_l_err")?.text;
+    c.check(
+        derr.contains("dropped all capabilities but CAP_BPF, CAP_PERFMON")
+            && derr.contains("a module load made more probes available")
+            && derr.lines().any(|l| l == "exit=0"),
+        || format!("daemon_l: no re-attach after dropping capabilities:\n{derr}"),
+    );
+    let m = parse_exposition(&out.section("daemon_l_metrics")?.text);
+    c.eq(
+        m.get("tsm_trace_operations_total{errno=\"\",layer=\"iommufd\",op=\"bind\",result=\"ok\"}")
+            .copied(),
+        Some(1.0),
+        "daemon_l: binds counted after the late attach",
+    );
+    c.eq(
+        m.get("tsm_trace_operations_total{errno=\"\",layer=\"iommufd\",op=\"teardown\",result=\"ok\"}")
+            .copied(),
+        Some(1.0),
+        "daemon_l: teardowns counted after the late attach",
+    );
+    c.check(
+        m.iter().any(|(k, v)| {
+            k.starts_with("tsm_trace_probe_attached{")
+                && k.contains("probe=\"tsm_bind\"")
+                && *v == 1.0
+        }),
+        || "daemon_l: tsm_trace_probe_attached for tsm_bind is not 1".into(),
+    );
     Ok(c)
 }
 
@@ -669,7 +698,7 @@ pub fn check_daemon(out: &VmOutput) -> Result<Checks> {
         format!("daemon did not exit 0 on SIGTERM:\n{err}")
     });
     c.check(
-        err.contains("dropped all capabilities but CAP_BPF and CAP_PERFMON"),
+        err.contains("dropped all capabilities but CAP_BPF (all requested probes attached"),
         || format!("daemon did not drop its capabilities after attaching:\n{err}"),
     );
     // Warnings would mean e.g. kernel counters unreadable after the capability drop.
