@@ -86,6 +86,51 @@ pub mod missing {
     pub const ENTRY: u32 = 1 << 8;
 }
 
+/// errno numbers and their names (Linux, x86-64/generic): one table for the trace output,
+/// the metric labels and the test harness.
+pub mod errno {
+    /// Names of the errnos the TSM bind path can return, plus the common ones a driver might.
+    pub const NAMES: &[(i32, &str)] = &[
+        (1, "EPERM"),
+        (2, "ENOENT"),
+        (3, "ESRCH"),
+        (4, "EINTR"),
+        (5, "EIO"),
+        (6, "ENXIO"),
+        (7, "E2BIG"),
+        (9, "EBADF"),
+        (11, "EAGAIN"),
+        (12, "ENOMEM"),
+        (13, "EACCES"),
+        (14, "EFAULT"),
+        (16, "EBUSY"),
+        (17, "EEXIST"),
+        (19, "ENODEV"),
+        (22, "EINVAL"),
+        (25, "ENOTTY"),
+        (28, "ENOSPC"),
+        (34, "ERANGE"),
+        (38, "ENOSYS"),
+        (61, "ENODATA"),
+        (62, "ETIME"),
+        (71, "EPROTO"),
+        (74, "EBADMSG"),
+        (75, "EOVERFLOW"),
+        (95, "EOPNOTSUPP"),
+        (110, "ETIMEDOUT"),
+        (114, "EALREADY"),
+        (115, "EINPROGRESS"),
+        (125, "ECANCELED"),
+        (512, "ERESTARTSYS"),
+        (524, "ENOTSUPP"),
+    ];
+
+    /// The name of a positive errno in the table.
+    pub fn name(errno: i32) -> Option<&'static str> {
+        NAMES.iter().find(|(n, _)| *n == errno).map(|(_, s)| *s)
+    }
+}
+
 /// Flags in [`RawEvent::flags`].
 pub mod flags {
     /// The return value is a pointer (`ERR_PTR` convention) rather than an int.

@@ -1,48 +1,12 @@
 //! errno numbers ↔ names (Linux, x86-64/generic), for labels and trace lines (`EBUSY`, not -16).
 
-/// Names of the errnos the TSM bind path can return, plus the common ones a driver might.
-const NAMES: &[(i32, &str)] = &[
-    (1, "EPERM"),
-    (2, "ENOENT"),
-    (3, "ESRCH"),
-    (4, "EINTR"),
-    (5, "EIO"),
-    (6, "ENXIO"),
-    (7, "E2BIG"),
-    (9, "EBADF"),
-    (11, "EAGAIN"),
-    (12, "ENOMEM"),
-    (13, "EACCES"),
-    (14, "EFAULT"),
-    (16, "EBUSY"),
-    (17, "EEXIST"),
-    (19, "ENODEV"),
-    (22, "EINVAL"),
-    (25, "ENOTTY"),
-    (28, "ENOSPC"),
-    (34, "ERANGE"),
-    (38, "ENOSYS"),
-    (61, "ENODATA"),
-    (62, "ETIME"),
-    (71, "EPROTO"),
-    (74, "EBADMSG"),
-    (75, "EOVERFLOW"),
-    (95, "EOPNOTSUPP"),
-    (110, "ETIMEDOUT"),
-    (114, "EALREADY"),
-    (115, "EINPROGRESS"),
-    (125, "ECANCELED"),
-    (512, "ERESTARTSYS"),
-    (524, "ENOTSUPP"),
-];
+use tsm_trace_common::errno::NAMES;
 
 /// The name of a positive errno, or `E<number>` for one not in the table (so a label is never
 /// empty and never unbounded: the kernel's errno space is 1..=4095).
 pub fn name(errno: i32) -> String {
-    NAMES
-        .iter()
-        .find(|(n, _)| *n == errno)
-        .map(|(_, s)| (*s).to_string())
+    tsm_trace_common::errno::name(errno)
+        .map(str::to_string)
         .unwrap_or_else(|| format!("E{errno}"))
 }
 

@@ -108,18 +108,12 @@ fn inner<'a>(evs: &'a [Value], from: usize, outer: usize, probe: &str) -> Option
     })
 }
 
+/// The errno name of the ground truth's `rc`, as tsm-trace prints it ("" for success).
 fn errno_of(kv: &BTreeMap<String, String>) -> String {
-    let rc: i64 = t(kv, "rc").parse().unwrap_or(0);
+    let rc: i32 = t(kv, "rc").parse().unwrap_or(0);
     match -rc {
         0 => String::new(),
-        2 => "ENOENT".into(),
-        5 => "EIO".into(),
-        14 => "EFAULT".into(),
-        16 => "EBUSY".into(),
-        19 => "ENODEV".into(),
-        22 => "EINVAL".into(),
-        95 => "EOPNOTSUPP".into(),
-        n => format!("E{n}"),
+        n => tsm_trace_common::errno::name(n).map_or_else(|| format!("E{n}"), str::to_string),
     }
 }
 
