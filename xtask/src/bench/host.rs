@@ -5,22 +5,13 @@ use std::process::Command;
 use anyhow::{Context, Result};
 
 use super::{Row, Sizes, kv};
-use crate::util::{cargo, root, run as run_cmd};
 
 fn num(m: &std::collections::BTreeMap<String, String>, k: &str) -> Option<f64> {
     m.get(k).and_then(|v| v.parse().ok())
 }
 
 pub fn run(s: &Sizes) -> Result<Vec<Row>> {
-    run_cmd(cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "tsm-trace",
-        "--example",
-        "bench_host",
-    ]))?;
-    let bin = root().join("target/release/examples/bench_host");
+    let bin = crate::util::build_release(Some("bench_host"), None)?;
     let exec = |args: &[String]| -> Result<(String, String)> {
         let out = Command::new(&bin)
             .args(args)

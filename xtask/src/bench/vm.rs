@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use super::{Row, Sizes, kv, percentile};
-use crate::util::{cargo, root, run as run_cmd};
+use crate::util::root;
 use crate::vm::{self, KernelSpec, RunOptions, VmOutput};
 
 pub const SCRIPT: &str = "tests/vm/scenarios/bench.sh";
@@ -30,17 +30,7 @@ pub fn run(s: &Sizes) -> Result<VmBench> {
         _ => KernelSpec::TrixieBackports,
     };
     let tsm_trace = crate::util::build_static()?;
-    run_cmd(cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "tsm-trace",
-        "--example",
-        "bench_vm",
-        "--target",
-        "x86_64-unknown-linux-musl",
-    ]))?;
-    let helper = root().join("target/x86_64-unknown-linux-musl/release/examples/bench_vm");
+    let helper = crate::util::build_release(Some("bench_vm"), Some(crate::util::MUSL))?;
     let kernel = vm::prepare(std::slice::from_ref(&spec))?.remove(0);
     let body = std::fs::read_to_string(root().join(SCRIPT)).context(SCRIPT)?;
     let script = format!(
