@@ -18,12 +18,30 @@ fn main() -> aya_build::Result<()> {
     env::set_current_dir(&root)?;
     let root = root.to_str().expect("utf-8 path");
     println!("cargo:rerun-if-changed={root}/../tsm-trace-common/src");
+    // The eBPF crate's dated nightly, named once in its rust-toolchain.toml (aya-build would
+    // otherwise run plain `cargo +nightly`, whatever nightly that is today).
+    let toolchain_file = format!("{root}/rust-toolchain.toml");
+    println!("cargo:rerun-if-changed={toolchain_file}");
+    let channel = pinned_channel(&fs::read_to_string(&toolchain_file)?).ok_or_else(|| {
+        std::io::Error::other(format!(
+            "{toolchain_file}: no `channel = \"nightly-YYYY-MM-DD\"` line"
+        ))
+    })?;
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "tsm-trace-ebpf",
             root_dir: root,
             ..Default::default()
         }],
-        aya_build::Toolchain::default(),
+        aya_build::Toolchain::Custom(&channel),
     )
+}
+
+/// `channel = "..."` of a rust-toolchain.toml (xtask's `toolchain.rs` validates it further).
+fn pinned_channel(toml: &str) -> Option<String> {
+    toml.lines()
+        .filter_map(|l| l.trim().strip_prefix("channel"))
+        .filter_map(|rest| rest.trim_start().strip_prefix('='))
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .next()
 }

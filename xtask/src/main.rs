@@ -8,6 +8,7 @@ mod demo;
 mod e2e;
 mod promtool;
 mod setup;
+mod toolchain;
 mod util;
 mod vm;
 

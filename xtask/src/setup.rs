@@ -3,18 +3,19 @@
 //! Idempotent: every step checks first and does nothing when its tool is present, so the whole
 //! check takes well under a second and every other xtask command runs it first.
 
+use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+use crate::toolchain;
 use crate::util::{run as sh, succeeds};
 
-/// Debian packages: LLVM 22 for bpf-linker; qemu, busybox, cpio for the test VMs; gcc, make,
-/// libelf, dwarves (pahole), bc, flex, bison, kmod for building the stand-in kernel module;
-/// prometheus for promtool and the end-to-end scrape test.
+/// Debian packages: qemu, busybox, cpio for the test VMs; gcc, make, libelf, dwarves (pahole),
+/// bc, flex, bison, kmod for building the stand-in kernel module; prometheus for promtool and
+/// the end-to-end scrape test. LLVM (`llvm-<major>-dev`, `libpolly-<major>-dev`) is added for
+/// the major the pinned nightly uses: see [`llvm_packages`].
 pub const DEB_PACKAGES: &[&str] = &[
-    "llvm-22-dev",
-    "libpolly-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
     "qemu-system-x86",
@@ -33,6 +34,15 @@ pub const DEB_PACKAGES: &[&str] = &[
     "prometheus",
 ];
 
+/// bpf-linker is built against Debian's LLVM of the pinned nightly's major, not against the LLVM
+/// rustup ships: rustup's `llvm-tools` has no headers, `llvm-config` or linkable libLLVM, and
+/// bpf-linker's own "rust-llvm" feature downloads prebuilt LLVM from GitHub, which machines
+/// with only the package registries cannot reach. Debian (bookworm included) carries
+/// `llvm-<major>-dev` for the majors rustc has used since 2023.
+pub fn llvm_packages(major: u32) -> [String; 2] {
+    [format!("llvm-{major}-dev"), format!("libpolly-{major}-dev")]
+}
+
 const BPF_LINKER_VERSION: &str = "0.13";
 
 #[derive(clap::Args)]
@@ -40,86 +50,121 @@ pub struct SetupArgs {
     /// Only report what is missing; install nothing.
     #[arg(long)]
     check: bool,
+    /// Rebuild bpf-linker even if one is installed (after changing the pinned nightly).
+    #[arg(long)]
+    rebuild_bpf_linker: bool,
 }
 
+/// What is missing, in the order it is installed (the nightly first: its LLVM major decides
+/// which LLVM packages and which bpf-linker build the rest needs).
+#[derive(Default)]
 struct Missing {
-    packages: Vec<&'static str>,
-    nightly: bool,
+    /// The pinned nightly, and whether an installed copy of the same build can be adopted.
+    nightly: Option<Option<PathBuf>>,
     rust_src: bool,
+    /// `None` while the nightly (and so the LLVM major) is still missing.
+    llvm_major: Option<u32>,
+    packages: Vec<String>,
     musl: bool,
-    bpf_linker: bool,
+    /// Why bpf-linker must be (re)built.
+    bpf_linker: Option<String>,
 }
 
 impl Missing {
     fn none(&self) -> bool {
-        self.packages.is_empty()
-            && !self.nightly
+        self.nightly.is_none()
             && !self.rust_src
+            && self.packages.is_empty()
             && !self.musl
-            && !self.bpf_linker
+            && self.bpf_linker.is_none()
     }
 
-    fn describe(&self) -> Vec<String> {
+    fn describe(&self, channel: &str) -> Vec<String> {
         let mut v = Vec::new();
-        if !self.packages.is_empty() {
-            v.push(format!("Debian packages: {}", self.packages.join(" ")));
-        }
-        if self.nightly {
-            v.push("the nightly Rust toolchain (builds the eBPF programs)".into());
+        match &self.nightly {
+            Some(Some(src)) => v.push(format!(
+                "{channel} (the eBPF toolchain; the same build is at {}, adopted without a download)",
+                src.display()
+            )),
+            Some(None) => v.push(format!("{channel} (the eBPF toolchain, from rustup)")),
+            None => {}
         }
         if self.rust_src {
-            v.push("rust-src for nightly (-Z build-std=core)".into());
+            v.push(format!("rust-src for {channel} (-Z build-std=core)"));
+        }
+        if !self.packages.is_empty() {
+            v.push(format!("Debian packages: {}", self.packages.join(" ")));
         }
         if self.musl {
             v.push("the x86_64-unknown-linux-musl target (static binary for the test VMs)".into());
         }
-        if self.bpf_linker {
+        if let Some(why) = &self.bpf_linker {
+            let llvm = self
+                .llvm_major
+                .map_or_else(|| "the nightly's LLVM".to_string(), |m| format!("LLVM {m}"));
             v.push(format!(
-                "bpf-linker {BPF_LINKER_VERSION} built against LLVM 22"
+                "bpf-linker {BPF_LINKER_VERSION} built against {llvm} ({why})"
             ));
         }
         v
     }
 }
 
-fn find_missing() -> Result<Missing> {
-    let installed = installed_packages()?;
-    let packages = DEB_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !installed.iter().any(|i| i == p))
+fn find_missing(channel: &str, rebuild_linker: bool) -> Result<Missing> {
+    let mut m = Missing::default();
+    if !toolchain::installed(channel)? {
+        m.nightly = Some(toolchain::same_build_elsewhere(channel)?);
+    }
+    let tc_dir = toolchain::rustup_home()?
+        .join("toolchains")
+        .join(toolchain::toolchain_dir_name(channel));
+    m.rust_src = m.nightly.is_some() || !tc_dir.join("lib/rustlib/src/rust/library/core").is_dir();
+    if m.nightly.is_none() {
+        m.llvm_major = Some(toolchain::nightly_llvm(channel)?);
+    }
+    let mut wanted: Vec<String> = DEB_PACKAGES.iter().map(|p| p.to_string()).collect();
+    if let Some(major) = m.llvm_major {
+        wanted.extend(llvm_packages(major));
+    }
+    let installed = installed_packages(&wanted)?;
+    m.packages = wanted
+        .into_iter()
+        .filter(|p| !installed.contains(p))
         .collect();
-    let toolchains = capture("rustup", &["toolchain", "list"]).unwrap_or_default();
-    let nightly = !toolchains.lines().any(|l| l.starts_with("nightly"));
-    let rust_src = nightly
-        || !capture(
-            "rustup",
-            &["component", "list", "--installed", "--toolchain", "nightly"],
-        )
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.starts_with("rust-src"));
     // The toolchain in rust-toolchain.toml (the one cargo runs us with).
-    let musl = !capture("rustup", &["target", "list", "--installed"])
+    m.musl = !capture("rustup", &["target", "list", "--installed"])
         .unwrap_or_default()
         .lines()
         .any(|l| l.trim() == "x86_64-unknown-linux-musl");
-    let bpf_linker = !capture("bpf-linker", &["--version"])
-        .map(|v| v.contains(&format!(" {BPF_LINKER_VERSION}.")))
-        .unwrap_or(false);
-    Ok(Missing {
-        packages,
-        nightly,
-        rust_src,
-        musl,
-        bpf_linker,
-    })
+    m.bpf_linker = bpf_linker_problem(m.llvm_major, rebuild_linker);
+    Ok(m)
 }
 
-fn installed_packages() -> Result<Vec<String>> {
+/// Why the bpf-linker on PATH will not do, if it will not.
+fn bpf_linker_problem(llvm_major: Option<u32>, rebuild: bool) -> Option<String> {
+    if rebuild {
+        return Some("asked to rebuild".into());
+    }
+    let version = capture("bpf-linker", &["--version"]);
+    let Some(version) = version else {
+        return Some("not installed".into());
+    };
+    if !version.contains(&format!(" {BPF_LINKER_VERSION}.")) {
+        return Some(format!("installed is {}", version.trim()));
+    }
+    // Without the nightly the major is unknown yet; `install` asks again once it is there.
+    let major = llvm_major?;
+    match toolchain::bpf_linker_llvm() {
+        Some((_, Some(l))) if l == major => None,
+        Some((_, Some(l))) => Some(format!("installed links LLVM {l}")),
+        _ => Some("cannot tell which LLVM the installed one links".into()),
+    }
+}
+
+fn installed_packages(wanted: &[String]) -> Result<Vec<String>> {
     let mut cmd = Command::new("dpkg-query");
     cmd.args(["-W", "-f", "${Package} ${db:Status-Status}\n"]);
-    cmd.args(DEB_PACKAGES);
+    cmd.args(wanted);
     // dpkg-query exits 1 when some package is unknown; its stdout still lists the known ones.
     let out = cmd
         .output()
@@ -139,38 +184,74 @@ fn capture(prog: &str, args: &[&str]) -> Option<String> {
 
 /// Checks, and installs what is missing. Called by every command that needs tools.
 pub fn ensure() -> Result<()> {
-    let missing = find_missing()?;
-    if missing.none() {
-        return Ok(());
+    let channel = toolchain::pinned_channel()?;
+    let missing = find_missing(&channel, false)?;
+    if !missing.none() {
+        install(&channel, missing)?;
     }
-    install(&missing)
+    toolchain::check_installed()
 }
 
 pub fn run(args: &SetupArgs) -> Result<()> {
     let start = std::time::Instant::now();
-    let missing = find_missing()?;
+    let channel = toolchain::pinned_channel()?;
+    let missing = find_missing(&channel, args.rebuild_bpf_linker)?;
     if missing.none() {
+        toolchain::check_installed()?;
         println!(
-            "setup: everything is installed (checked in {:.2}s)",
+            "setup: everything is installed, {channel} and bpf-linker agree on LLVM {} (checked in {:.2}s)",
+            missing.llvm_major.unwrap_or_default(),
             start.elapsed().as_secs_f64()
         );
         return Ok(());
     }
     if args.check {
-        for m in missing.describe() {
+        for m in missing.describe(&channel) {
             println!("setup: missing {m}");
         }
         bail!("setup: run `cargo xtask setup` to install the above");
     }
-    install(&missing)?;
+    install(&channel, missing)?;
+    toolchain::check_installed()?;
     println!("setup: done in {:.0}s", start.elapsed().as_secs_f64());
     Ok(())
 }
 
-fn install(m: &Missing) -> Result<()> {
-    for d in m.describe() {
+fn install(channel: &str, mut m: Missing) -> Result<()> {
+    for d in m.describe(channel) {
         println!("setup: installing {d}");
     }
+    match m.nightly.take() {
+        Some(Some(src)) => toolchain::adopt(&src, channel)?,
+        Some(None) => sh(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            channel,
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))?,
+        None => {}
+    }
+    if m.rust_src {
+        sh(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", channel]))?;
+    }
+    // Now that the nightly is there, its LLVM decides the rest.
+    let major = match m.llvm_major {
+        Some(major) => major,
+        None => {
+            let major = toolchain::nightly_llvm(channel)?;
+            let extra = llvm_packages(major);
+            let have = installed_packages(&extra)?;
+            m.packages
+                .extend(extra.into_iter().filter(|p| !have.contains(p)));
+            if m.bpf_linker.is_none() {
+                m.bpf_linker = bpf_linker_problem(Some(major), false);
+            }
+            major
+        }
+    };
     if !m.packages.is_empty() {
         if effective_uid() != 0 {
             bail!(
@@ -184,49 +265,30 @@ fn install(m: &Missing) -> Result<()> {
             .args(&m.packages)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
-    if m.nightly {
-        sh(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            "nightly",
-            "--profile",
-            "minimal",
-            "--component",
-            "rust-src",
-        ]))?;
-    } else if m.rust_src {
-        sh(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            "nightly",
-        ]))?;
-    }
     if m.musl {
         sh(Command::new("rustup").args(["target", "add", "x86_64-unknown-linux-musl"]))?;
     }
-    if m.bpf_linker {
-        // Measured: ~35 s. Without LLVM_PREFIX the link fails with `unable to find library -lLLVM`.
+    if m.bpf_linker.is_some() {
+        // Measured: ~55 s. Without LLVM_PREFIX the link fails with `unable to find library -lLLVM`.
         sh(Command::new("cargo")
             .args([
                 "install",
                 "--locked",
+                "--force",
                 "bpf-linker",
                 "--version",
                 &format!("~{BPF_LINKER_VERSION}"),
                 "--no-default-features",
                 "--features",
-                "llvm-22",
+                &format!("llvm-{major}"),
             ])
-            .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
+            .env("LLVM_PREFIX", format!("/usr/lib/llvm-{major}")))?;
     }
     if !succeeds(Command::new("bpf-linker").arg("--version")) {
         bail!("setup: bpf-linker is still not on PATH; is ~/.cargo/bin on PATH?");
     }
     Ok(())
 }
-
 fn effective_uid() -> u32 {
     // Avoids a libc dependency: /proc/self/status has the effective uid on its `Uid:` line.
     std::fs::read_to_string("/proc/self/status")

@@ -98,6 +98,10 @@ pub fn test_all(no_vm: bool) -> Result<()> {
         steps.push((name, t.elapsed().as_secs_f64()));
         Ok(())
     };
+    step(
+        "eBPF toolchain pair",
+        &mut crate::toolchain::check_installed,
+    )?;
     step("format", &mut || {
         run(cargo().args(["fmt", "--all", "--check"]))
     })?;
@@ -110,10 +114,11 @@ pub fn test_all(no_vm: bool) -> Result<()> {
             "-D",
             "warnings",
         ]))?;
+        let channel = crate::toolchain::pinned_channel()?;
         run(Command::new("cargo")
             .current_dir(root().join("tsm-trace-ebpf"))
+            .arg(format!("+{channel}"))
             .args([
-                "+nightly",
                 "clippy",
                 "--release",
                 "--target",
