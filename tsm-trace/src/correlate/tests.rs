@@ -1,8 +1,10 @@
 //! Correlator scenarios. Helpers are `pub(crate)` so exporter, pipeline and HTTP tests build
 //! the same event streams.
 
+use super::nesting::MAX_CHAIN_FRAMES;
 use super::*;
-use crate::sysfs::fake;
+use crate::events::{Event, Layer, Probe, Vm};
+use crate::sysfs::{DeviceState, Snapshot, fake};
 
 pub(crate) const KVM: u64 = 0xffff_8880_1234_0000;
 pub(crate) const TGID: u32 = 4242;

@@ -1,0 +1,360 @@
+//! The binding table and the leak table: how an operation changes them ([`Correlator::apply`]),
+//! and the delayed VM-destroyed / VMM-exited checks that turn lingering bindings into leaks.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use super::Correlator;
+use super::build::is_unbind_probe;
+use super::nesting::{Key, RECENT_KEYS};
+use super::types::{
+    AnomalyKind, BindPath, Binding, ClearCause, Leak, LeakReason, OpKind, Operation, Output,
+    VmEvent, VmEventKind,
+};
+use crate::events::{Event, Probe};
+
+#[derive(Debug)]
+enum VmCheckTarget {
+    Kvm(u64),
+    Tgid(u32),
+}
+
+#[derive(Debug)]
+pub(super) struct VmCheck {
+    pub(super) deadline_ns: u64,
+    event_ns: u64,
+    target: VmCheckTarget,
+}
+
+fn binding_of_tgid(b: &Binding, tgid: u32) -> bool {
+    b.vmm_tgid == tgid || b.vm.as_ref().and_then(|v| v.pid) == i32::try_from(tgid).ok()
+}
+
+impl Correlator {
+    /// A VM lifecycle event (VM destroyed, VMM exited): reported at once, and its bindings are
+    /// checked again after [`super::Config::leak_grace_ns`].
+    pub(super) fn point_event(&mut self, ev: Event, now_ns: u64, out: &mut Vec<Output>) {
+        let key = Key::of(&ev);
+        if self.recent_points.contains(&key) {
+            self.anomaly(AnomalyKind::DuplicateEvent, Some(ev.tid), None, out);
+            return;
+        }
+        if self.recent_points.len() >= RECENT_KEYS * 4 {
+            self.recent_points.pop_front();
+        }
+        self.recent_points.push_back(key);
+
+        let (event, target, bound) = match ev.probe {
+            Probe::KvmDestroyVm => {
+                let Some(vm) = ev.vm.as_ref() else {
+                    self.anomaly(AnomalyKind::VmEventWithoutVm, Some(ev.tid), None, out);
+                    return;
+                };
+                let kvm = vm.kvm;
+                let bound = self
+                    .bindings
+                    .values()
+                    .filter(|(b, _)| b.vm.as_ref().is_some_and(|v| v.kvm == kvm))
+                    .count();
+                (VmEventKind::VmDestroyed, VmCheckTarget::Kvm(kvm), bound)
+            }
+            _ => {
+                let tgid = ev.tgid;
+                let bound = self
+                    .bindings
+                    .values()
+                    .filter(|(b, _)| binding_of_tgid(b, tgid))
+                    .count();
+                (VmEventKind::VmmExited, VmCheckTarget::Tgid(tgid), bound)
+            }
+        };
+        out.push(Output::VmEvent(VmEvent {
+            event,
+            time_ns: ev.end_ns,
+            vm: ev.vm.clone(),
+            tgid: ev.tgid,
+            comm: ev.comm.clone(),
+            bound_devices: bound,
+        }));
+        if self.vm_checks.len() >= self.cfg.max_vm_checks {
+            // Run the oldest check early rather than grow.
+            self.anomaly(AnomalyKind::VmCheckOverflow, None, None, out);
+            if let Some(c) = self.vm_checks.pop_front() {
+                self.run_vm_check(&c, now_ns, out);
+            }
+        }
+        self.vm_checks.push_back(VmCheck {
+            deadline_ns: now_ns.saturating_add(self.cfg.leak_grace_ns),
+            event_ns: ev.end_ns,
+            target,
+        });
+    }
+
+    pub(super) fn apply(
+        &mut self,
+        op: &Operation,
+        frames: &[Event],
+        now_ns: u64,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(outer) = frames.first() else {
+            return;
+        };
+        match op.kind {
+            OpKind::Bind => {
+                // The deepest of ioctl / tsm_bind / pci_tsm_bind decides; else the driver's op.
+                let decider = frames
+                    .iter()
+                    .rev()
+                    .find(|f| {
+                        matches!(
+                            f.probe,
+                            Probe::TsmOpIoctl | Probe::TsmBind | Probe::PciTsmBind
+                        )
+                    })
+                    .or_else(|| frames.iter().find(|f| f.probe == Probe::DriverBind));
+                let Some(decider) = decider else { return };
+                if !decider.ok() {
+                    return;
+                }
+                let device = op
+                    .device
+                    .clone()
+                    .or_else(|| self.device_by_vdevice(op.tgid, op.vdevice_id));
+                let Some(device) = device else {
+                    self.anomaly(AnomalyKind::BindWithoutDevice, Some(op.tid), None, out);
+                    return;
+                };
+                let path = match outer.probe {
+                    Probe::TsmOpIoctl => BindPath::Ioctl,
+                    Probe::TsmBind => BindPath::TsmBind,
+                    Probe::PciTsmBind => BindPath::PciTsmBind,
+                    _ => BindPath::DriverBind,
+                };
+                self.clear_leaks(&device, ClearCause::Rebound, now_ns, out);
+                let mut binding = Binding {
+                    device: device.clone(),
+                    vm: op.vm.clone(),
+                    vmm_tgid: op.tgid,
+                    vmm_comm: op.comm.clone(),
+                    vdevice_id: op.vdevice_id,
+                    tdi_id: op.tdi_id,
+                    since_ns: op.end_ns,
+                    path,
+                };
+                if let Some((old, _)) = self.bindings.get(device.as_str()) {
+                    let same_vm = match (&old.vm, &binding.vm) {
+                        (Some(a), Some(b)) => a.kvm == b.kvm,
+                        _ => true,
+                    };
+                    if same_vm {
+                        // Idempotent rebind: keep the original time and fill unknowns.
+                        binding.since_ns = old.since_ns;
+                        binding.vm = binding.vm.or_else(|| old.vm.clone());
+                        binding.vdevice_id = binding.vdevice_id.or(old.vdevice_id);
+                        binding.tdi_id = binding.tdi_id.or(old.tdi_id);
+                    } else {
+                        self.anomaly(
+                            AnomalyKind::BindingReplaced,
+                            Some(op.tid),
+                            Some(device.clone()),
+                            out,
+                        );
+                    }
+                }
+                self.insert_binding(binding, now_ns, out);
+                if outer.probe == Probe::TsmOpIoctl && !outer.ok() {
+                    self.detect_leak(&device, LeakReason::IoctlFailedAfterBind, now_ns, out);
+                }
+            }
+            OpKind::Unbind | OpKind::Teardown => {
+                let mut unbind_frames = false;
+                let mut unbind_ok = false;
+                for f in frames.iter().filter(|f| is_unbind_probe(f.probe)) {
+                    unbind_frames = true;
+                    unbind_ok |= f.ok();
+                }
+                let unbound = unbind_ok
+                    || (op.kind == OpKind::Unbind
+                        && outer.probe == Probe::TsmOpIoctl
+                        && outer.ok());
+                let device: Option<Cow<'_, str>> = match op.device.as_deref() {
+                    Some(d) => Some(Cow::Borrowed(d)),
+                    None => self
+                        .device_by_vdevice(op.tgid, op.vdevice_id)
+                        .map(Cow::Owned),
+                };
+                if unbound {
+                    match device {
+                        Some(d) => {
+                            if self.remove_binding(&d).is_some() || self.has_leaks(&d) {
+                                self.clear_leaks(&d, ClearCause::Unbound, now_ns, out);
+                            }
+                        }
+                        None => {
+                            self.anomaly(AnomalyKind::UnbindWithoutDevice, Some(op.tid), None, out)
+                        }
+                    }
+                } else if op.kind == OpKind::Teardown
+                    && !unbind_frames
+                    && let Some(d) = device
+                    && self.bindings.contains_key(&*d)
+                {
+                    self.detect_leak(&d, LeakReason::VdeviceTeardownWithoutUnbind, now_ns, out);
+                }
+            }
+            OpKind::Invalid => {}
+        }
+    }
+
+    pub(super) fn run_vm_check(&mut self, check: &VmCheck, now_ns: u64, out: &mut Vec<Output>) {
+        let (reason, mut devices): (LeakReason, Vec<String>) = match check.target {
+            VmCheckTarget::Kvm(kvm) => (
+                LeakReason::VmDestroyed,
+                self.bindings
+                    .values()
+                    .filter(|(b, _)| {
+                        b.since_ns <= check.event_ns && b.vm.as_ref().is_some_and(|v| v.kvm == kvm)
+                    })
+                    .map(|(b, _)| b.device.clone())
+                    .collect(),
+            ),
+            VmCheckTarget::Tgid(tgid) => (
+                LeakReason::VmmExited,
+                self.bindings
+                    .values()
+                    .filter(|(b, _)| b.since_ns <= check.event_ns && binding_of_tgid(b, tgid))
+                    .map(|(b, _)| b.device.clone())
+                    .collect(),
+            ),
+        };
+        devices.sort();
+        for d in devices {
+            self.detect_leak(&d, reason, now_ns, out);
+        }
+    }
+
+    fn device_by_vdevice(&self, tgid: u32, vdevice_id: Option<u32>) -> Option<String> {
+        let id = vdevice_id?;
+        self.bindings
+            .values()
+            .find(|(b, _)| b.vmm_tgid == tgid && b.vdevice_id == Some(id))
+            .map(|(b, _)| b.device.clone())
+    }
+
+    fn insert_binding(&mut self, binding: Binding, now_ns: u64, out: &mut Vec<Output>) {
+        self.seq += 1;
+        let seq = self.seq;
+        let device: Arc<str> = match self.bindings.remove_entry(binding.device.as_str()) {
+            // Same device again: keep its key.
+            Some((key, (_, old_seq))) => {
+                self.binding_order.remove(&old_seq);
+                key
+            }
+            None => Arc::from(binding.device.as_str()),
+        };
+        while self.bindings.len() >= self.cfg.max_bindings {
+            let Some((_, old)) = self.binding_order.pop_first() else {
+                break;
+            };
+            self.bindings.remove(&*old);
+            self.anomaly(
+                AnomalyKind::BindingEvicted,
+                None,
+                Some(old.to_string()),
+                out,
+            );
+            self.clear_leaks(&old, ClearCause::Evicted, now_ns, out);
+        }
+        self.binding_order.insert(seq, device.clone());
+        self.bindings.insert(device, (binding, seq));
+    }
+
+    pub(super) fn remove_binding(&mut self, device: &str) -> Option<Binding> {
+        let (b, seq) = self.bindings.remove(device)?;
+        self.binding_order.remove(&seq);
+        Some(b)
+    }
+
+    fn has_leaks(&self, device: &str) -> bool {
+        !self.leaks.is_empty() && self.leak_keys(device).next().is_some()
+    }
+
+    fn leak_keys(&self, device: &str) -> impl Iterator<Item = &(String, LeakReason)> {
+        let lo = (device.to_string(), LeakReason::ALL[0]);
+        let hi = (
+            device.to_string(),
+            LeakReason::ALL[LeakReason::ALL.len() - 1],
+        );
+        self.leaks.range(lo..=hi).map(|(k, _)| k)
+    }
+
+    /// Records a leak of a bound device, unless it is already recorded for that reason.
+    fn detect_leak(
+        &mut self,
+        device: &str,
+        reason: LeakReason,
+        now_ns: u64,
+        out: &mut Vec<Output>,
+    ) {
+        let Some((b, _)) = self.bindings.get(device) else {
+            return;
+        };
+        if self.leaks.contains_key(&(device.to_string(), reason)) {
+            return;
+        }
+        let leak = Leak {
+            device: device.to_string(),
+            reason,
+            vm: b.vm.clone(),
+            vmm_tgid: Some(b.vmm_tgid),
+            vmm_comm: Some(b.vmm_comm.clone()),
+            vdevice_id: b.vdevice_id,
+            tdi_id: b.tdi_id,
+            bound_since_ns: Some(b.since_ns),
+            tsm: None,
+            detected_ns: now_ns,
+            cleared_ns: None,
+            cleared_by: None,
+        };
+        self.insert_leak(leak, out);
+    }
+
+    pub(super) fn insert_leak(&mut self, leak: Leak, out: &mut Vec<Output>) {
+        if self.leaks.len() >= self.cfg.max_leaks {
+            self.anomaly(
+                AnomalyKind::LeakTableFull,
+                None,
+                Some(leak.device.clone()),
+                out,
+            );
+            return;
+        }
+        *self.stats.leaks_detected.entry(leak.reason).or_default() += 1;
+        self.leak_count[leak.reason as usize] += 1;
+        self.leaks
+            .insert((leak.device.clone(), leak.reason), leak.clone());
+        out.push(Output::LeakDetected(leak));
+    }
+
+    pub(super) fn clear_leaks(
+        &mut self,
+        device: &str,
+        cause: ClearCause,
+        now_ns: u64,
+        out: &mut Vec<Output>,
+    ) {
+        if self.leaks.is_empty() {
+            return;
+        }
+        let keys: Vec<(String, LeakReason)> = self.leak_keys(device).cloned().collect();
+        for k in keys {
+            if let Some(mut leak) = self.leaks.remove(&k) {
+                self.leak_count[leak.reason as usize] -= 1;
+                leak.cleared_ns = Some(now_ns);
+                leak.cleared_by = Some(cause);
+                out.push(Output::LeakCleared(leak));
+            }
+        }
+    }
+}

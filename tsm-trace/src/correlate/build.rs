@@ -1,0 +1,121 @@
+//! Operation building: a closed chain of frames becomes one [`Operation`] (kind, result and
+//! errno attribution, identifiers), which is then applied to the binding table.
+
+use super::nesting::Chain;
+use super::types::{Frame, OpKind, OpResult, Operation, Output, UAPI_OP_BIND, UAPI_OP_UNBIND};
+use super::{Correlator, FRAME_POOL_MAX};
+use crate::events::{Event, Probe};
+
+impl Correlator {
+    /// Turns a chain into an operation and applies it to the binding table.
+    pub(super) fn close(&mut self, chain: Chain, now_ns: u64, out: &mut Vec<Output>) {
+        let mut frames = chain.frames;
+        let op_frames = self.frame_vecs.pop().unwrap_or_default();
+        let op = build_operation(&mut frames, op_frames);
+        self.stats.operations += 1;
+        // The operation first, then what it caused (bindings, leaks).
+        let mut effects = std::mem::take(&mut self.scratch.effects);
+        self.apply(&op, &frames, now_ns, &mut effects);
+        out.push(Output::Operation(op));
+        out.append(&mut effects);
+        self.scratch.effects = effects;
+        frames.clear();
+        if self.scratch.frame_pool.len() < FRAME_POOL_MAX {
+            self.scratch.frame_pool.push(frames);
+        }
+    }
+}
+
+fn is_bind_probe(p: Probe) -> bool {
+    matches!(p, Probe::TsmBind | Probe::PciTsmBind | Probe::DriverBind)
+}
+
+pub(super) fn is_unbind_probe(p: Probe) -> bool {
+    matches!(
+        p,
+        Probe::TsmUnbind | Probe::PciTsmUnbind | Probe::DriverUnbind
+    )
+}
+
+/// Builds an operation from frames sorted outermost first (non-empty). Moves the owned fields
+/// (comm, device, VM) out of the frames, which are dropped afterwards; `frame_vec` is an empty
+/// vector to reuse for [`Operation::frames`].
+fn build_operation(frames: &mut [Event], mut frame_vec: Vec<Frame>) -> Operation {
+    let comm = std::mem::take(&mut frames[0].comm);
+    let device = frames.iter_mut().find_map(|f| f.device.take());
+    let vm = frames.iter_mut().find_map(|f| f.vm.take());
+    let frames: &[Event] = frames;
+    let outer = &frames[0];
+    let inferred = frames.iter().find_map(|f| {
+        if is_bind_probe(f.probe) {
+            Some(OpKind::Bind)
+        } else if is_unbind_probe(f.probe) {
+            Some(OpKind::Unbind)
+        } else {
+            None
+        }
+    });
+    let kind = match outer.probe {
+        Probe::TsmOpIoctl => match outer.op {
+            Some(UAPI_OP_BIND) => OpKind::Bind,
+            Some(UAPI_OP_UNBIND) => OpKind::Unbind,
+            Some(_) => OpKind::Invalid,
+            None => inferred.unwrap_or(OpKind::Invalid),
+        },
+        Probe::VdeviceAbort => OpKind::Teardown,
+        _ => inferred.unwrap_or(OpKind::Invalid),
+    };
+    let result = match outer.errno() {
+        None => OpResult::Ok,
+        Some(e) => {
+            let src = frames
+                .iter()
+                .rev()
+                .find(|f| f.errno() == Some(e))
+                .unwrap_or(outer);
+            OpResult::Err {
+                errno: e,
+                layer: src.probe.layer(),
+                function: src.probe,
+            }
+        }
+    };
+    let start_ns = if outer.entry_missing {
+        frames
+            .iter()
+            .map(|f| {
+                if f.entry_missing {
+                    f.end_ns
+                } else {
+                    f.start_ns
+                }
+            })
+            .min()
+            .unwrap_or(outer.end_ns)
+    } else {
+        outer.start_ns
+    };
+    Operation {
+        kind,
+        start_ns,
+        end_ns: frames
+            .iter()
+            .map(|f| f.end_ns)
+            .max()
+            .unwrap_or(outer.end_ns),
+        tgid: outer.tgid,
+        tid: outer.tid,
+        comm,
+        device,
+        vdevice_id: frames.iter().find_map(|f| f.vdevice_id.or(f.obj_id)),
+        vm,
+        tdi_id: frames.iter().find_map(|f| f.tdi_id),
+        virt_id: frames.iter().find_map(|f| f.virt_id),
+        frames: {
+            frame_vec.clear();
+            frame_vec.extend(frames.iter().map(Frame::from_event));
+            frame_vec
+        },
+        result,
+    }
+}

@@ -1,0 +1,406 @@
+//! Call nesting: per thread, the completed frames that no outer frame has claimed yet
+//! ([`Chain`]s), how a new frame absorbs them or joins one, and the timers that close chains
+//! nobody can claim any more (see the [module documentation](super)).
+
+use std::collections::VecDeque;
+
+use super::types::AnomalyKind;
+use super::{Correlator, FRAME_POOL_MAX, Output};
+use crate::events::{Event, Layer, Probe};
+
+pub(super) const RECENT_KEYS: usize = 16;
+const RECENT_OPS: usize = 4;
+/// More frames than any real operation has (4 layers); protects against floods of overlaps.
+pub(super) const MAX_CHAIN_FRAMES: usize = 8;
+
+/// Identity of an event for duplicate detection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) struct Key {
+    // The most distinctive fields first: the derived `eq` stops at the first difference.
+    end_ns: u64,
+    start_ns: u64,
+    probe: Probe,
+    tgid: u32,
+    tid: u32,
+    ret: Option<i64>,
+}
+
+impl Key {
+    pub(super) fn of(ev: &Event) -> Key {
+        Key {
+            probe: ev.probe,
+            start_ns: ev.start_ns,
+            end_ns: ev.end_ns,
+            tgid: ev.tgid,
+            tid: ev.tid,
+            ret: ev.ret,
+        }
+    }
+}
+
+/// Completed frames of one (partial) operation, outermost first.
+#[derive(Debug)]
+pub(super) struct Chain {
+    pub(super) frames: Vec<Event>,
+    pub(super) deadline_ns: u64,
+}
+
+impl Chain {
+    pub(super) fn outer(&self) -> &Event {
+        &self.frames[0]
+    }
+
+    fn outer_depth(&self) -> u8 {
+        self.outer().probe.layer().depth()
+    }
+
+    /// Start of the outermost frame, if its entry was seen.
+    fn outer_start(&self) -> Option<u64> {
+        let o = self.outer();
+        (!o.entry_missing).then_some(o.start_ns)
+    }
+
+    /// Earliest known start (for containment tests of the whole chain).
+    fn start(&self) -> u64 {
+        self.frames
+            .iter()
+            .map(|f| {
+                if f.entry_missing {
+                    f.end_ns
+                } else {
+                    f.start_ns
+                }
+            })
+            .min()
+            .unwrap_or(0)
+    }
+
+    pub(super) fn end(&self) -> u64 {
+        self.frames.iter().map(|f| f.end_ns).max().unwrap_or(0)
+    }
+
+    fn sort(&mut self) {
+        let key = |f: &Event| (f.probe.layer().depth(), f.start_ns, f.end_ns);
+        // Usually already in order (outer frames arrive last and are put first); a stable
+        // sort of sorted input is the identity, so skip the moves.
+        if !self.frames.is_sorted_by_key(key) {
+            self.frames.sort_by_key(key);
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(super) struct ThreadState {
+    lru_seq: u64,
+    last_seen_ns: u64,
+    pub(super) pending: Vec<Chain>,
+    recent: VecDeque<Key>,
+    /// Recently closed operations: (start, end, outer depth), to recognise late frames.
+    closed: VecDeque<(u64, u64, u8)>,
+}
+
+/// Is `[s, e]` inside `[outer_start, outer_end]`? An unknown outer start contains anything
+/// that ends before the outer end.
+fn contains(outer_start: Option<u64>, outer_end: u64, s: u64, e: u64) -> bool {
+    e <= outer_end && outer_start.is_none_or(|os| os <= s)
+}
+
+fn push_closed(ts: &mut ThreadState, c: &Chain) {
+    if ts.closed.len() >= RECENT_OPS {
+        ts.closed.pop_front();
+    }
+    ts.closed.push_back((c.start(), c.end(), c.outer_depth()));
+}
+
+impl Correlator {
+    pub(super) fn frame_event(&mut self, ev: Event, now_ns: u64, out: &mut Vec<Output>) {
+        let tid = ev.tid;
+        if ev.entry_missing {
+            self.anomaly(AnomalyKind::EntryMissing, Some(tid), None, out);
+        }
+        let mut to_close = std::mem::take(&mut self.scratch.to_close);
+        self.touch_thread(tid, now_ns, &mut to_close, out);
+        let window = self.cfg.reorder_window_ns;
+        let pending_timeout = self.cfg.pending_timeout_ns.max(window);
+        let max_pending = self.cfg.max_pending_per_thread;
+        let Some(ts) = self.threads.get_mut(&tid) else {
+            self.close_all(to_close, now_ns, out);
+            return;
+        };
+
+        // Duplicates.
+        let key = Key::of(&ev);
+        if ts.recent.contains(&key) {
+            self.close_all(to_close, now_ns, out);
+            self.anomaly(
+                AnomalyKind::DuplicateEvent,
+                Some(tid),
+                ev.device.clone(),
+                out,
+            );
+            return;
+        }
+        if ts.recent.len() >= RECENT_KEYS {
+            ts.recent.pop_front();
+        }
+        ts.recent.push_back(key);
+
+        let depth = ev.probe.layer().depth();
+        let ev_start = (!ev.entry_missing).then_some(ev.start_ns);
+        let ev_s = ev_start.unwrap_or(ev.end_ns);
+        let ev_end = ev.end_ns;
+
+        // A frame of an operation already closed: too late.
+        if ts
+            .closed
+            .iter()
+            .any(|&(s, e, d)| d < depth && contains(Some(s), e, ev_s, ev_end))
+        {
+            self.close_all(to_close, now_ns, out);
+            self.anomaly(AnomalyKind::LateFrame, Some(tid), ev.device.clone(), out);
+            return;
+        }
+
+        // The thread's pending chains, split three ways; `pending` keeps its allocation and
+        // receives what remains pending.
+        let mut pending = std::mem::take(&mut ts.pending);
+        self.pending_count -= pending.iter().map(|c| c.frames.len()).sum::<usize>();
+        let mut absorbed = std::mem::take(&mut self.scratch.absorbed);
+        let mut keep = std::mem::take(&mut self.scratch.keep);
+        for chain in pending.drain(..) {
+            if chain.outer_depth() > depth && contains(ev_start, ev_end, chain.start(), chain.end())
+            {
+                absorbed.push(chain);
+            } else if window == 0 && ev_start.is_some_and(|s| s > chain.end()) {
+                // The thread moved on: nothing can contain that chain any more.
+                to_close.push(chain);
+            } else {
+                keep.push(chain);
+            }
+        }
+        if ev_start.is_none() && absorbed.len() > 1 {
+            // Unknown start: only the latest deeper chain can be ours.
+            absorbed.sort_by_key(Chain::end);
+            let last = absorbed.pop();
+            to_close.append(&mut absorbed);
+            absorbed.extend(last);
+        }
+
+        let mut overlapping = false;
+        // Out of order: an outer frame that arrived before this inner one.
+        let host = if absorbed.is_empty() {
+            keep.iter().position(|c| {
+                c.outer_depth() < depth
+                    && contains(c.outer_start(), c.outer().end_ns, ev_s, ev_end)
+                    && c.frames.len() < MAX_CHAIN_FRAMES
+            })
+        } else {
+            None
+        };
+        if let Some(i) = host {
+            let host = &mut keep[i];
+            overlapping = host.frames.iter().any(|f| f.probe.layer().depth() == depth);
+            host.frames.push(ev);
+            host.sort();
+        } else {
+            let mut frames = self.scratch.frame_pool.pop().unwrap_or_default();
+            frames.push(ev);
+            let mut extra = Vec::new();
+            for c in absorbed.drain(..) {
+                let mut cf = c.frames;
+                for f in cf.drain(..) {
+                    if frames.len() < MAX_CHAIN_FRAMES {
+                        frames.push(f);
+                    } else {
+                        extra.push(f);
+                    }
+                }
+                if self.scratch.frame_pool.len() < FRAME_POOL_MAX {
+                    self.scratch.frame_pool.push(cf);
+                }
+            }
+            let mut chain = Chain {
+                frames,
+                deadline_ns: 0,
+            };
+            chain.sort();
+            // Sorted by depth: two frames of one layer are neighbours.
+            overlapping |= chain
+                .frames
+                .windows(2)
+                .any(|w| w[0].probe.layer().depth() == w[1].probe.layer().depth());
+            chain.deadline_ns = if depth <= Layer::Iommufd.depth() {
+                now_ns.saturating_add(window)
+            } else {
+                now_ns.saturating_add(pending_timeout)
+            };
+            if !extra.is_empty() {
+                to_close.push(Chain {
+                    frames: extra,
+                    deadline_ns: 0,
+                });
+            }
+            keep.push(chain);
+        }
+
+        // Close outermost chains now unless a reorder window holds them.
+        for c in keep.drain(..) {
+            if window == 0 && c.outer_depth() <= Layer::Iommufd.depth() {
+                to_close.push(c);
+            } else {
+                pending.push(c);
+            }
+        }
+        let mut overflow = 0;
+        while pending.len() > max_pending {
+            to_close.push(pending.remove(0));
+            overflow += 1;
+        }
+        let next_due = pending.iter().map(|c| c.deadline_ns).min();
+        self.pending_count += pending.iter().map(|c| c.frames.len()).sum::<usize>();
+        ts.pending = pending;
+        self.scratch.absorbed = absorbed;
+        self.scratch.keep = keep;
+        if let Some(d) = next_due {
+            self.next_due_ns = self.next_due_ns.min(d);
+        }
+        for _ in 0..overflow {
+            self.anomaly(AnomalyKind::PendingOverflow, Some(tid), None, out);
+        }
+        if overlapping {
+            self.anomaly(AnomalyKind::OverlappingFrames, Some(tid), None, out);
+        }
+        self.close_all(to_close, now_ns, out);
+    }
+
+    /// Drops stale entries from the thread LRU queue once they outnumber the live ones
+    /// (amortised constant time per event).
+    fn compact_lru(&mut self) {
+        if self.thread_lru.len() > 2 * self.threads.len() + 64 {
+            let threads = &self.threads;
+            self.thread_lru
+                .retain(|(s, t)| threads.get(t).is_some_and(|ts| ts.lru_seq == *s));
+        }
+    }
+
+    /// Creates or refreshes a thread's state; evicts the least recently seen thread if full.
+    fn touch_thread(
+        &mut self,
+        tid: u32,
+        now_ns: u64,
+        to_close: &mut Vec<Chain>,
+        out: &mut Vec<Output>,
+    ) {
+        self.seq += 1;
+        let seq = self.seq;
+        if let Some(ts) = self.threads.get_mut(&tid) {
+            ts.lru_seq = seq;
+            ts.last_seen_ns = ts.last_seen_ns.max(now_ns);
+            self.thread_lru.push_back((seq, tid));
+            self.compact_lru();
+            return;
+        }
+        while self.threads.len() >= self.cfg.max_threads {
+            let Some((s, old)) = self.thread_lru.pop_front() else {
+                break;
+            };
+            if self.threads.get(&old).is_none_or(|t| t.lru_seq != s) {
+                continue; // stale entry
+            }
+            if let Some(ots) = self.threads.remove(&old)
+                && !ots.pending.is_empty()
+            {
+                self.pending_count -= ots.pending.iter().map(|c| c.frames.len()).sum::<usize>();
+                to_close.extend(ots.pending);
+                self.anomaly(AnomalyKind::ThreadEvicted, Some(old), None, out);
+            }
+        }
+        self.threads.insert(
+            tid,
+            ThreadState {
+                lru_seq: seq,
+                last_seen_ns: now_ns,
+                ..Default::default()
+            },
+        );
+        self.thread_lru.push_back((seq, tid));
+        self.compact_lru();
+        self.next_due_ns = self
+            .next_due_ns
+            .min(now_ns.saturating_add(self.cfg.idle_thread_ns));
+    }
+
+    pub(super) fn expire(&mut self, now_ns: u64, all: bool, out: &mut Vec<Output>) {
+        let mut to_close = std::mem::take(&mut self.scratch.to_close);
+        let mut idle = Vec::new();
+        let mut next_due = u64::MAX;
+        let idle_ns = self.cfg.idle_thread_ns;
+        let mut closed_frames = 0;
+        for (tid, ts) in self.threads.iter_mut() {
+            let first = to_close.len();
+            let mut i = 0;
+            while i < ts.pending.len() {
+                if all || ts.pending[i].deadline_ns <= now_ns {
+                    to_close.push(ts.pending.remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            for c in &ts.pending {
+                next_due = next_due.min(c.deadline_ns);
+            }
+            for c in &to_close[first..] {
+                closed_frames += c.frames.len();
+                push_closed(ts, c);
+            }
+            if ts.pending.is_empty() {
+                let idle_at = ts.last_seen_ns.saturating_add(idle_ns);
+                if all || idle_at <= now_ns {
+                    idle.push(*tid);
+                } else {
+                    next_due = next_due.min(idle_at);
+                }
+            }
+        }
+        self.pending_count -= closed_frames;
+        for tid in idle {
+            // Its LRU entry goes stale and is skipped.
+            self.threads.remove(&tid);
+        }
+        self.compact_lru();
+        self.next_due_ns = next_due;
+        to_close.sort_by_key(|c| (c.end(), c.outer().tid));
+        for c in to_close.drain(..) {
+            self.close(c, now_ns, out);
+        }
+        self.scratch.to_close = to_close;
+        while let Some(c) = self.vm_checks.front() {
+            if !all && c.deadline_ns > now_ns {
+                break;
+            }
+            if let Some(c) = self.vm_checks.pop_front() {
+                self.run_vm_check(&c, now_ns, out);
+            }
+        }
+    }
+
+    /// Closes `chains` (and gives the emptied vector back to the scratch buffers).
+    fn close_all(&mut self, mut chains: Vec<Chain>, now_ns: u64, out: &mut Vec<Output>) {
+        chains.sort_by_key(|c| (c.end(), c.outer().tid));
+        for c in chains.drain(..) {
+            if let Some(ts) = self.threads.get_mut(&c.outer().tid) {
+                push_closed(ts, &c);
+            }
+            self.close(c, now_ns, out);
+        }
+        self.scratch.to_close = chains;
+    }
+
+    pub(super) fn pending_mentions(&self, device: &str) -> bool {
+        self.threads.values().any(|t| {
+            t.pending
+                .iter()
+                .any(|c| c.frames.iter().any(|f| f.device.as_deref() == Some(device)))
+        })
+    }
+}

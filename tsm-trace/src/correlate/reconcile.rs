@@ -1,0 +1,77 @@
+//! sysfs reconciliation: the binding table checked against what the kernel reports.
+
+use super::Correlator;
+use super::types::{ClearCause, Leak, LeakReason, Mismatch, MismatchKind, Output};
+use crate::sysfs::{DeviceState, Snapshot};
+
+impl Correlator {
+    /// Compares the binding table with what sysfs says.
+    ///
+    /// - sysfs bound, no binding known (and none pending) → leak `sysfs_bound_without_owner`.
+    /// - binding known, sysfs `tsm/bound` empty → mismatch `denies_binding`: binding dropped.
+    /// - sysfs unbound clears `sysfs_bound_without_owner` leaks.
+    /// - a device without `tsm/` (or not listed) is unknown: nothing changes.
+    pub fn reconcile(&mut self, snapshot: &Snapshot, now_ns: u64) -> Vec<Output> {
+        let mut out = Vec::new();
+        if snapshot.listing_error.is_some() {
+            return out;
+        }
+        for (device, state) in &snapshot.devices {
+            match state {
+                DeviceState::Bound(tsm) => {
+                    if self.bindings.contains_key(device.as_str()) || self.pending_mentions(device)
+                    {
+                        continue;
+                    }
+                    let key = (device.clone(), LeakReason::SysfsBoundWithoutOwner);
+                    if self.leaks.contains_key(&key) {
+                        continue;
+                    }
+                    let leak = Leak {
+                        device: device.clone(),
+                        reason: LeakReason::SysfsBoundWithoutOwner,
+                        vm: None,
+                        vmm_tgid: None,
+                        vmm_comm: None,
+                        vdevice_id: None,
+                        tdi_id: None,
+                        bound_since_ns: None,
+                        tsm: Some(tsm.clone()),
+                        detected_ns: now_ns,
+                        cleared_ns: None,
+                        cleared_by: None,
+                    };
+                    *self
+                        .stats
+                        .mismatches
+                        .entry(MismatchKind::BoundWithoutOwner)
+                        .or_default() += 1;
+                    out.push(Output::Mismatch(Mismatch {
+                        kind: MismatchKind::BoundWithoutOwner,
+                        device: device.clone(),
+                        binding: None,
+                    }));
+                    self.insert_leak(leak, &mut out);
+                }
+                DeviceState::Unbound => {
+                    if self.bindings.contains_key(device.as_str()) {
+                        *self
+                            .stats
+                            .mismatches
+                            .entry(MismatchKind::DeniesBinding)
+                            .or_default() += 1;
+                        let binding = self.remove_binding(device);
+                        out.push(Output::Mismatch(Mismatch {
+                            kind: MismatchKind::DeniesBinding,
+                            device: device.clone(),
+                            binding,
+                        }));
+                    }
+                    self.clear_leaks(device, ClearCause::SysfsUnbound, now_ns, &mut out);
+                }
+                DeviceState::Unknown => {}
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,439 @@
+//! The correlator's vocabulary: what goes in ([`Frame`]s of an [`Operation`]) and what comes
+//! out ([`Output`]: operations, leaks, anomalies, sysfs mismatches, VM lifecycle events).
+//! Plain data; the logic that produces it lives in the sibling modules.
+
+use serde::{Serialize, Serializer};
+
+use crate::errno;
+use crate::events::{Event, Layer, Probe, Vm};
+
+/// What an operation did, from the ioctl's `op` or from the functions it called.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpKind {
+    Bind,
+    Unbind,
+    /// `iommufd_vdevice_abort`: vdevice destroyed (which, with the patch, unbinds).
+    Teardown,
+    /// The ioctl with an `op` that is neither bind nor unbind (or unreadable, with no inner call).
+    Invalid,
+}
+
+impl OpKind {
+    pub const ALL: [OpKind; 4] = [
+        OpKind::Bind,
+        OpKind::Unbind,
+        OpKind::Teardown,
+        OpKind::Invalid,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OpKind::Bind => "bind",
+            OpKind::Unbind => "unbind",
+            OpKind::Teardown => "teardown",
+            OpKind::Invalid => "invalid",
+        }
+    }
+}
+
+/// `IOMMU_VDEVICE_TSM_BIND` / `IOMMU_VDEVICE_TSM_UNBIND`.
+pub const UAPI_OP_BIND: u32 = 1;
+pub const UAPI_OP_UNBIND: u32 = 2;
+
+/// One function call inside an operation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Frame {
+    pub probe: Probe,
+    pub layer: Layer,
+    /// CLOCK_MONOTONIC ns; `start_ns` is meaningless when `entry_missing`.
+    pub start_ns: u64,
+    pub end_ns: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ret: Option<i64>,
+    #[serde(
+        serialize_with = "ser_errno_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub errno: Option<i32>,
+    /// 0 when the entry was missed.
+    pub duration_ns: u64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub entry_missing: bool,
+}
+
+impl Frame {
+    pub(super) fn from_event(ev: &Event) -> Frame {
+        Frame {
+            probe: ev.probe,
+            layer: ev.probe.layer(),
+            start_ns: ev.start_ns,
+            end_ns: ev.end_ns,
+            ret: ev.ret,
+            errno: ev.errno(),
+            duration_ns: ev.duration_ns(),
+            entry_missing: ev.entry_missing,
+        }
+    }
+
+    pub fn ok(&self) -> bool {
+        self.errno.is_none()
+    }
+}
+
+/// How an operation ended. A failure names the layer (and function) that produced the errno:
+/// the deepest frame that returned the same errno as the outermost frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum OpResult {
+    Ok,
+    #[serde(rename = "error")]
+    Err {
+        #[serde(serialize_with = "ser_errno")]
+        errno: i32,
+        layer: Layer,
+        function: Probe,
+    },
+}
+
+/// One TSM operation: an outer frame and the calls it made (or a bare call without outer frame).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Operation {
+    pub kind: OpKind,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub comm: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vdevice_id: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm: Option<Vm>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tdi_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub virt_id: Option<u64>,
+    /// Outermost first.
+    pub frames: Vec<Frame>,
+    #[serde(flatten)]
+    pub result: OpResult,
+}
+
+impl Operation {
+    pub fn ok(&self) -> bool {
+        matches!(self.result, OpResult::Ok)
+    }
+
+    pub fn errno(&self) -> Option<i32> {
+        match self.result {
+            OpResult::Ok => None,
+            OpResult::Err { errno, .. } => Some(errno),
+        }
+    }
+
+    /// The layer used in metrics: the attributed layer for errors, the outer frame's for
+    /// successes.
+    pub fn layer(&self) -> Layer {
+        match &self.result {
+            OpResult::Err { layer, .. } => *layer,
+            OpResult::Ok => self.frames.first().map_or(Layer::Iommufd, |f| f.layer),
+        }
+    }
+
+    pub fn outer(&self) -> Option<&Frame> {
+        self.frames.first()
+    }
+}
+
+/// Which outermost function made a binding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BindPath {
+    /// `IOMMU_VDEVICE_TSM_OP` ioctl (the iommufd patch).
+    Ioctl,
+    /// `tsm_bind` called by something other than the ioctl.
+    TsmBind,
+    /// `pci_tsm_bind` called directly.
+    PciTsmBind,
+    /// Only the driver's bind op was seen.
+    DriverBind,
+}
+
+/// A device believed bound to a VM.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Binding {
+    pub device: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm: Option<Vm>,
+    /// The process that bound it (the VMM).
+    pub vmm_tgid: u32,
+    pub vmm_comm: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vdevice_id: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tdi_id: Option<u64>,
+    pub since_ns: u64,
+    pub path: BindPath,
+}
+
+/// Why a binding is believed leaked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeakReason {
+    /// The vdevice was destroyed without an unbind while its device was bound.
+    VdeviceTeardownWithoutUnbind,
+    /// The ioctl returned an error although the inner bind succeeded (the -EFAULT path).
+    IoctlFailedAfterBind,
+    /// The VM was destroyed and the device was still bound after the grace period.
+    VmDestroyed,
+    /// The VMM process exited and the device was still bound after the grace period.
+    VmmExited,
+    /// sysfs shows the device bound but no bind was seen.
+    SysfsBoundWithoutOwner,
+}
+
+impl LeakReason {
+    pub const ALL: [LeakReason; 5] = [
+        LeakReason::VdeviceTeardownWithoutUnbind,
+        LeakReason::IoctlFailedAfterBind,
+        LeakReason::VmDestroyed,
+        LeakReason::VmmExited,
+        LeakReason::SysfsBoundWithoutOwner,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LeakReason::VdeviceTeardownWithoutUnbind => "vdevice_teardown_without_unbind",
+            LeakReason::IoctlFailedAfterBind => "ioctl_failed_after_bind",
+            LeakReason::VmDestroyed => "vm_destroyed",
+            LeakReason::VmmExited => "vmm_exited",
+            LeakReason::SysfsBoundWithoutOwner => "sysfs_bound_without_owner",
+        }
+    }
+}
+
+/// Why a leak stopped being one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClearCause {
+    /// An unbind (or a teardown that unbinds) was seen.
+    Unbound,
+    /// A later successful bind of the device: it has an owner again.
+    Rebound,
+    /// sysfs shows the device unbound.
+    SysfsUnbound,
+    /// The binding was evicted from the full table.
+    Evicted,
+}
+
+impl ClearCause {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ClearCause::Unbound => "unbound",
+            ClearCause::Rebound => "rebound",
+            ClearCause::SysfsUnbound => "sysfs_unbound",
+            ClearCause::Evicted => "evicted",
+        }
+    }
+}
+
+/// A binding believed leaked (or, in [`Output::LeakCleared`], one that no longer is).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Leak {
+    pub device: String,
+    pub reason: LeakReason,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm: Option<Vm>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vmm_tgid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vmm_comm: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vdevice_id: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tdi_id: Option<u64>,
+    /// When the binding was made (unknown for `sysfs_bound_without_owner`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bound_since_ns: Option<u64>,
+    /// The TSM sysfs names as the device's owner (`sysfs_bound_without_owner`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tsm: Option<String>,
+    pub detected_ns: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cleared_ns: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cleared_by: Option<ClearCause>,
+}
+
+impl Leak {
+    /// The `vm` label: [`Vm::name`], or empty when unknown.
+    pub fn vm_name(&self) -> String {
+        self.vm.as_ref().map(Vm::name).unwrap_or_default()
+    }
+}
+
+/// Something in the event stream that did not fit: counted, never fatal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnomalyKind {
+    /// The same event twice: dropped.
+    DuplicateEvent,
+    /// A return without its entry: start time and arguments unknown.
+    EntryMissing,
+    /// A return that precedes its entry (only possible in edited captures): start set to end.
+    TimeReversed,
+    /// An inner frame that arrived after its operation was closed: dropped.
+    LateFrame,
+    /// Two frames of the same layer inside one operation.
+    OverlappingFrames,
+    /// A successful bind whose device name is unknown: no binding recorded.
+    BindWithoutDevice,
+    /// A successful unbind whose device is unknown and could not be found by vdevice id.
+    UnbindWithoutDevice,
+    /// A successful bind of a device the table had bound to another VM (an unbind was missed).
+    BindingReplaced,
+    /// The binding table was full: the oldest binding was dropped.
+    BindingEvicted,
+    /// The leak table was full: a leak was not recorded.
+    LeakTableFull,
+    /// Too many threads with pending frames: the least recently seen was flushed.
+    ThreadEvicted,
+    /// Too many pending chains on one thread: the oldest was flushed.
+    PendingOverflow,
+    /// A VM lifecycle event without a usable VM identity.
+    VmEventWithoutVm,
+    /// Too many pending VM checks: the oldest was run early.
+    VmCheckOverflow,
+}
+
+impl AnomalyKind {
+    pub const ALL: [AnomalyKind; 14] = [
+        AnomalyKind::DuplicateEvent,
+        AnomalyKind::EntryMissing,
+        AnomalyKind::TimeReversed,
+        AnomalyKind::LateFrame,
+        AnomalyKind::OverlappingFrames,
+        AnomalyKind::BindWithoutDevice,
+        AnomalyKind::UnbindWithoutDevice,
+        AnomalyKind::BindingReplaced,
+        AnomalyKind::BindingEvicted,
+        AnomalyKind::LeakTableFull,
+        AnomalyKind::ThreadEvicted,
+        AnomalyKind::PendingOverflow,
+        AnomalyKind::VmEventWithoutVm,
+        AnomalyKind::VmCheckOverflow,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AnomalyKind::DuplicateEvent => "duplicate_event",
+            AnomalyKind::EntryMissing => "entry_missing",
+            AnomalyKind::TimeReversed => "time_reversed",
+            AnomalyKind::LateFrame => "late_frame",
+            AnomalyKind::OverlappingFrames => "overlapping_frames",
+            AnomalyKind::BindWithoutDevice => "bind_without_device",
+            AnomalyKind::UnbindWithoutDevice => "unbind_without_device",
+            AnomalyKind::BindingReplaced => "binding_replaced",
+            AnomalyKind::BindingEvicted => "binding_evicted",
+            AnomalyKind::LeakTableFull => "leak_table_full",
+            AnomalyKind::ThreadEvicted => "thread_evicted",
+            AnomalyKind::PendingOverflow => "pending_overflow",
+            AnomalyKind::VmEventWithoutVm => "vm_event_without_vm",
+            AnomalyKind::VmCheckOverflow => "vm_check_overflow",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Anomaly {
+    pub kind: AnomalyKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+}
+
+/// sysfs disagrees with the binding table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MismatchKind {
+    /// sysfs shows a binding nobody was seen to make (also a `sysfs_bound_without_owner` leak).
+    BoundWithoutOwner,
+    /// The table holds a binding that sysfs says is gone (a missed unbind): dropped.
+    DeniesBinding,
+}
+
+impl MismatchKind {
+    pub const ALL: [MismatchKind; 2] =
+        [MismatchKind::BoundWithoutOwner, MismatchKind::DeniesBinding];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            MismatchKind::BoundWithoutOwner => "bound_without_owner",
+            MismatchKind::DeniesBinding => "denies_binding",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Mismatch {
+    pub kind: MismatchKind,
+    pub device: String,
+    /// The binding the table dropped (`denies_binding`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub binding: Option<Binding>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmEventKind {
+    VmDestroyed,
+    VmmExited,
+}
+
+impl VmEventKind {
+    pub const ALL: [VmEventKind; 2] = [VmEventKind::VmDestroyed, VmEventKind::VmmExited];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            VmEventKind::VmDestroyed => "vm_destroyed",
+            VmEventKind::VmmExited => "vmm_exited",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VmEvent {
+    pub event: VmEventKind,
+    pub time_ns: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm: Option<Vm>,
+    pub tgid: u32,
+    pub comm: String,
+    /// Bindings of this VM/VMM at the time of the event (checked again after the grace period).
+    pub bound_devices: usize,
+}
+
+/// What the correlator tells exporters and trace printing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    Operation(Operation),
+    LeakDetected(Leak),
+    LeakCleared(Leak),
+    Anomaly(Anomaly),
+    Mismatch(Mismatch),
+    VmEvent(VmEvent),
+}
+
+fn ser_errno<S: Serializer>(e: &i32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&errno::name(*e))
+}
+
+fn ser_errno_opt<S: Serializer>(e: &Option<i32>, s: S) -> Result<S::Ok, S::Error> {
+    match e {
+        Some(e) => s.serialize_str(&errno::name(*e)),
+        None => s.serialize_none(),
+    }
+}
