@@ -15,6 +15,8 @@ pub const DEV_NAME_LEN: usize = 32;
 pub const STATS_ID_LEN: usize = 48;
 /// `TASK_COMM_LEN`.
 pub const COMM_LEN: usize = 16;
+/// Length of a TSM device name (`dev_name(&tsm_dev->dev)`, `tsmN`).
+pub const TSM_NAME_LEN: usize = 16;
 
 /// Which kernel function an event comes from. The discriminant is stable: it is part of the
 /// record file format (`tsm-trace trace --record`).
@@ -45,10 +47,37 @@ pub enum ProbeId {
     /// A kernel module was loaded (raw tracepoint `module_load`): userspace looks again for
     /// probe targets that were missing (iommufd.ko and kvm.ko often load after boot).
     ModuleLoad = 10,
+    /// `ssize_t connect_store(struct device *, struct device_attribute *, const char *buf,
+    /// size_t)`: `echo tsmN > /sys/bus/pci/devices/<BDF>/tsm/connect` (static in
+    /// drivers/pci/tsm.c; `pci_tsm_connect` itself is inlined).
+    Connect = 11,
+    /// `disconnect_store`, same prototype: `echo tsmN > .../tsm/disconnect`.
+    Disconnect = 12,
+    /// `void __pci_tsm_disconnect(struct pci_dev *)`: every disconnect, also from device
+    /// removal and TSM unregistration (through `__pci_tsm_destroy`).
+    PciTsmDisconnect = 13,
+    /// `int __pci_tsm_unbind(struct pci_dev *, void *)`: every unbind, including those of
+    /// disconnect and removal that never pass through `pci_tsm_unbind`.
+    PciTsmUnbindAny = 14,
+    /// `void __pci_tsm_destroy(struct pci_dev *, struct tsm_dev *)`: device removal
+    /// (`tsm_dev` NULL) or TSM unregistration. Reported only for devices with TSM context.
+    PciTsmDestroy = 15,
+    /// `ssize_t pci_tsm_guest_req(struct pci_dev *, enum pci_tsm_req_scope, sockptr_t,
+    /// size_t, sockptr_t, size_t, u64 *tsm_code)`.
+    PciTsmGuestReq = 16,
+    /// TSM driver link ops (`struct pci_tsm_ops::link_ops`): `probe(tsm_dev, pdev)`.
+    DriverProbe = 17,
+    /// `int connect(struct pci_dev *)`.
+    DriverConnect = 18,
+    /// `void disconnect(struct pci_dev *)`.
+    DriverDisconnect = 19,
+    /// `ssize_t guest_req(struct pci_tdi *, scope, sockptr_t, size_t, sockptr_t, size_t,
+    /// u64 *)`.
+    DriverGuestReq = 20,
 }
 
 impl ProbeId {
-    pub const ALL: [ProbeId; 11] = [
+    pub const ALL: [ProbeId; 21] = [
         ProbeId::TsmOpIoctl,
         ProbeId::TsmBind,
         ProbeId::TsmUnbind,
@@ -60,6 +89,16 @@ impl ProbeId {
         ProbeId::KvmDestroyVm,
         ProbeId::VmmExit,
         ProbeId::ModuleLoad,
+        ProbeId::Connect,
+        ProbeId::Disconnect,
+        ProbeId::PciTsmDisconnect,
+        ProbeId::PciTsmUnbindAny,
+        ProbeId::PciTsmDestroy,
+        ProbeId::PciTsmGuestReq,
+        ProbeId::DriverProbe,
+        ProbeId::DriverConnect,
+        ProbeId::DriverDisconnect,
+        ProbeId::DriverGuestReq,
     ];
 
     pub const fn from_u32(v: u32) -> Option<ProbeId> {
@@ -84,6 +123,14 @@ pub mod missing {
     pub const VIRT_ID: u32 = 1 << 7;
     /// The return probe fired without a matching entry (entry evicted or attached late).
     pub const ENTRY: u32 = 1 << 8;
+    /// `dev_name(&tsm_dev->dev)` (or the name written to a sysfs `tsm/` file).
+    pub const TSM_NAME: u32 = 1 << 9;
+    /// The binding a PCI TSM function found (`pdev->tsm->tdi`): kvm and tdi_id.
+    pub const TDI: u32 = 1 << 10;
+    /// Guest request arguments: scope, in/out lengths.
+    pub const GUEST_REQ_ARGS: u32 = 1 << 11;
+    /// `*tsm_code` after a guest request (NULL pointer or unreadable).
+    pub const TSM_CODE: u32 = 1 << 12;
 }
 
 /// errno numbers and their names (Linux, x86-64/generic): one table for the trace output,
@@ -139,6 +186,14 @@ pub mod flags {
     pub const RET_VOID: u32 = 1 << 1;
     /// A point event (no return probe): `end_ns == start_ns`.
     pub const POINT: u32 = 1 << 2;
+    /// The return value is an `ssize_t` (64 bits, positive sizes) rather than an `int`.
+    pub const RET_IS_LONG: u32 = 1 << 3;
+    /// A pointer return where NULL (not only an `ERR_PTR`) means failure (driver `probe`).
+    pub const RET_NULL_IS_ERR: u32 = 1 << 4;
+    /// The device had no binding (`pdev->tsm` or `pdev->tsm->tdi` NULL): nothing was unbound.
+    pub const NOTHING_BOUND: u32 = 1 << 5;
+    /// `__pci_tsm_destroy` was called for a TSM's unregistration (else: device removal).
+    pub const TSM_UNREGISTER: u32 = 1 << 6;
 }
 
 /// One completed call of a probed function (or a point event), as the kernel reports it.
@@ -184,6 +239,16 @@ pub struct RawEvent {
     pub dev_name: [u8; DEV_NAME_LEN],
     /// `kvm->stats_id` ("kvm-<pid>").
     pub kvm_stats_id: [u8; STATS_ID_LEN],
+    /// Guest requests: `in_len`, `out_len` and `*tsm_code` after the call.
+    pub in_len: u64,
+    pub out_len: u64,
+    pub tsm_code: u64,
+    /// Guest requests: `enum pci_tsm_req_scope`.
+    pub scope: u32,
+    pub _pad: u32,
+    /// The TSM (`tsmN`): from `pdev->tsm->tsm_dev`, a `tsm_dev *` argument, or the name
+    /// written to `tsm/connect` / `tsm/disconnect`.
+    pub tsm_name: [u8; TSM_NAME_LEN],
 }
 
 impl RawEvent {
@@ -209,6 +274,12 @@ impl RawEvent {
             comm: [0; COMM_LEN],
             dev_name: [0; DEV_NAME_LEN],
             kvm_stats_id: [0; STATS_ID_LEN],
+            in_len: 0,
+            out_len: 0,
+            tsm_code: 0,
+            scope: 0,
+            _pad: 0,
+            tsm_name: [0; TSM_NAME_LEN],
         }
     }
 }
@@ -226,6 +297,42 @@ impl KvmOffsets {
     pub const UNKNOWN: KvmOffsets = KvmOffsets {
         userspace_pid: OFFSET_UNKNOWN,
         stats_id: OFFSET_UNKNOWN,
+    };
+}
+
+/// The first parameter of a driver unbind op is a `struct pci_dev *` (the stand-in and
+/// older drivers)...
+pub const ARG_PCI_DEV: u32 = 0;
+/// ...or a `struct pci_tdi *` (upstream `pci_tsm_link_ops::unbind`).
+pub const ARG_PCI_TDI: u32 = 1;
+
+/// Where a function argument is at entry, computed in userspace from the BTF prototype and the
+/// x86-64 SysV calling convention: `0..=5` is an argument register (rdi, rsi, rdx, rcx, r8,
+/// r9); [`ArgLoc::STACK`] + n is n bytes above the stack pointer at entry (the return address
+/// is at 0); [`OFFSET_UNKNOWN`] is unknown.
+pub struct ArgLoc;
+
+impl ArgLoc {
+    pub const STACK: u32 = 0x1000;
+}
+
+/// Argument locations of a guest request function (`pci_tsm_guest_req` or a driver op of
+/// the same shape), as [`ArgLoc`] values.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestReqArgs {
+    pub scope: u32,
+    pub in_len: u32,
+    pub out_len: u32,
+    pub tsm_code: u32,
+}
+
+impl GuestReqArgs {
+    pub const UNKNOWN: GuestReqArgs = GuestReqArgs {
+        scope: OFFSET_UNKNOWN,
+        in_len: OFFSET_UNKNOWN,
+        out_len: OFFSET_UNKNOWN,
+        tsm_code: OFFSET_UNKNOWN,
     };
 }
 
@@ -254,7 +361,23 @@ pub struct Offsets {
     pub dev_name: u32,
     /// `struct pci_dev::dev`.
     pub pci_dev_dev: u32,
-    pub _pad: u32,
+    /// `struct pci_dev::tsm` (`struct pci_tsm *`).
+    pub pci_dev_tsm: u32,
+    /// `struct pci_tsm::{tsm_dev, tdi}`.
+    pub pci_tsm_tsm_dev: u32,
+    pub pci_tsm_tdi: u32,
+    /// `struct tsm_dev::dev` + `device.kobj.name`: where the TSM's name is read from.
+    pub tsm_dev_name: u32,
+    /// `struct pci_tdi::{pdev, kvm, tdi_id}`.
+    pub tdi_pdev: u32,
+    pub tdi_kvm: u32,
+    pub tdi_tdi_id: u32,
+    /// The driver unbind op's first parameter: [`ARG_PCI_DEV`] or [`ARG_PCI_TDI`].
+    pub drv_unbind_arg: u32,
+    /// Where `pci_tsm_guest_req`'s arguments are at entry, as [`ArgLoc`]s.
+    pub guest_req: GuestReqArgs,
+    /// The same for the driver's `guest_req` op.
+    pub drv_guest_req: GuestReqArgs,
     /// `struct kvm` fields per function that takes one.
     pub kvm_tsm_bind: KvmOffsets,
     pub kvm_pci_tsm_bind: KvmOffsets,
@@ -275,7 +398,16 @@ impl Offsets {
         idev_dev: OFFSET_UNKNOWN,
         dev_name: OFFSET_UNKNOWN,
         pci_dev_dev: OFFSET_UNKNOWN,
-        _pad: 0,
+        pci_dev_tsm: OFFSET_UNKNOWN,
+        pci_tsm_tsm_dev: OFFSET_UNKNOWN,
+        pci_tsm_tdi: OFFSET_UNKNOWN,
+        tsm_dev_name: OFFSET_UNKNOWN,
+        tdi_pdev: OFFSET_UNKNOWN,
+        tdi_kvm: OFFSET_UNKNOWN,
+        tdi_tdi_id: OFFSET_UNKNOWN,
+        drv_unbind_arg: OFFSET_UNKNOWN,
+        guest_req: GuestReqArgs::UNKNOWN,
+        drv_guest_req: GuestReqArgs::UNKNOWN,
         kvm_tsm_bind: KvmOffsets::UNKNOWN,
         kvm_pci_tsm_bind: KvmOffsets::UNKNOWN,
         kvm_driver_bind: KvmOffsets::UNKNOWN,
@@ -302,4 +434,5 @@ mod pod {
     unsafe impl aya::Pod for super::RawEvent {}
     unsafe impl aya::Pod for super::Offsets {}
     unsafe impl aya::Pod for super::KvmOffsets {}
+    unsafe impl aya::Pod for super::GuestReqArgs {}
 }

@@ -71,14 +71,30 @@ struct ProbeArgs {
     /// Fail if any requested probe cannot attach (default: report it and keep going).
     #[arg(long, env = "TSM_TRACE_STRICT")]
     strict: bool,
-    /// Also probe this TSM driver bind op (layer tsm_driver), e.g. a driver's `.bind` function.
+    /// Probe this function as the TSM driver's link `probe` op (layer tsm_driver). Needed
+    /// only for drivers tsm-trace does not know (it knows AMD SEV-TIO, Arm CCA and Intel TDX
+    /// Connect); the function's BTF prototype must match the op's.
+    #[arg(long, value_name = "SYMBOL", env = "TSM_TRACE_DRIVER_PROBE")]
+    driver_probe: Option<String>,
+    /// The TSM driver's `connect` op (SPDM session, IDE set-up).
+    #[arg(long, value_name = "SYMBOL", env = "TSM_TRACE_DRIVER_CONNECT")]
+    driver_connect: Option<String>,
+    /// The TSM driver's `disconnect` op.
+    #[arg(long, value_name = "SYMBOL", env = "TSM_TRACE_DRIVER_DISCONNECT")]
+    driver_disconnect: Option<String>,
+    /// The TSM driver's `bind` op (e.g. a driver's `.bind` function).
     #[arg(long, value_name = "SYMBOL", env = "TSM_TRACE_DRIVER_BIND")]
     driver_bind: Option<String>,
-    /// Also probe this TSM driver unbind op.
+    /// The TSM driver's `unbind` op.
     #[arg(long, value_name = "SYMBOL", env = "TSM_TRACE_DRIVER_UNBIND")]
     driver_unbind: Option<String>,
+    /// The TSM driver's `guest_req` op (TDISP requests from the guest).
+    #[arg(long, value_name = "SYMBOL", env = "TSM_TRACE_DRIVER_GUEST_REQ")]
+    driver_guest_req: Option<String>,
     /// Do not attach this probe (repeatable): tsm_op_ioctl, tsm_bind, tsm_unbind,
-    /// vdevice_abort, pci_tsm_bind, pci_tsm_unbind, kvm_destroy_vm, vmm_exit.
+    /// vdevice_abort, pci_tsm_bind, pci_tsm_unbind, connect, disconnect, pci_tsm_disconnect,
+    /// pci_tsm_unbind_any, pci_tsm_destroy, pci_tsm_guest_req, driver_* ops,
+    /// kvm_destroy_vm, vmm_exit.
     #[arg(long, value_name = "PROBE", value_parser = parse_probe)]
     disable: Vec<Probe>,
     /// Attach PROBE to FUNCTION instead of its usual function (same prototype), for renamed
@@ -300,8 +316,17 @@ impl ProbeArgs {
         SessionOptions {
             attach: AttachConfig {
                 strict: self.strict,
-                driver_bind: self.driver_bind.clone(),
-                driver_unbind: self.driver_unbind.clone(),
+                driver_ops: [
+                    (Probe::DriverProbe, &self.driver_probe),
+                    (Probe::DriverConnect, &self.driver_connect),
+                    (Probe::DriverDisconnect, &self.driver_disconnect),
+                    (Probe::DriverBind, &self.driver_bind),
+                    (Probe::DriverUnbind, &self.driver_unbind),
+                    (Probe::DriverGuestReq, &self.driver_guest_req),
+                ]
+                .into_iter()
+                .filter_map(|(p, f)| f.clone().map(|f| (p, f)))
+                .collect(),
                 disabled: self.disable.clone(),
                 symbols: self.symbol.clone(),
             },

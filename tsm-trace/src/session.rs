@@ -33,18 +33,32 @@ pub struct Session {
     pub btf: Resolution,
 }
 
-/// The symbol a probe will use, for BTF lookups (compiler suffixes such as `.isra.0` dropped).
+/// The function a probe will use, for BTF lookups (compiler suffixes such as `.isra.0`
+/// dropped), or `None` if kallsyms has none of its candidates.
+fn found_name(syms: &Kallsyms, probe: Probe, config: &AttachConfig) -> Option<String> {
+    let t = probes::target(probe);
+    match syms.find_in(&config.candidates(t), t.anchors) {
+        SymbolMatch::Found { name, .. } => {
+            Some(name.split('.').next().unwrap_or(&name).to_string())
+        }
+        SymbolMatch::Missing { .. } => None,
+    }
+}
+
+/// [`found_name`], else the first candidate (so BTF reports name the function looked for).
 fn btf_name(
     syms: &Kallsyms,
     probe: Probe,
     fallback: &'static str,
     config: &AttachConfig,
 ) -> String {
-    let candidates = config.candidates(probes::target(probe));
-    match syms.find(&candidates) {
-        SymbolMatch::Found { name, .. } => name.split('.').next().unwrap_or(&name).to_string(),
-        SymbolMatch::Missing { .. } => candidates.first().copied().unwrap_or(fallback).to_string(),
-    }
+    found_name(syms, probe, config).unwrap_or_else(|| {
+        config
+            .candidates(probes::target(probe))
+            .first()
+            .map_or(fallback, |c| c.name)
+            .to_string()
+    })
 }
 
 impl Session {
@@ -62,10 +76,7 @@ impl Session {
         }
 
         // Only the names we may attach to (overrides and driver ops included).
-        let wanted: Vec<&str> = probes::TARGETS
-            .iter()
-            .flat_map(|t| opts.attach.candidates(t))
-            .collect();
+        let wanted = opts.attach.wanted();
         let syms = Kallsyms::load(&opts.kallsyms, &wanted)
             .with_context(|| format!("reading {}", opts.kallsyms.display()))?;
 
@@ -85,12 +96,31 @@ impl Session {
             ),
             btf_name(&syms, Probe::PciTsmBind, "pci_tsm_bind", &opts.attach),
             btf_name(&syms, Probe::KvmDestroyVm, "kvm_destroy_vm", &opts.attach),
+            btf_name(
+                &syms,
+                Probe::PciTsmUnbindAny,
+                "__pci_tsm_unbind",
+                &opts.attach,
+            ),
+            btf_name(
+                &syms,
+                Probe::PciTsmGuestReq,
+                "pci_tsm_guest_req",
+                &opts.attach,
+            ),
         ];
-        let driver_bind = opts
-            .attach
-            .driver_bind
-            .is_some()
-            .then(|| btf_name(&syms, Probe::DriverBind, "", &opts.attach));
+        // Driver ops that will be probed: named ones, else those of a known driver present.
+        let driver_ops: Vec<(Probe, String)> = probes::TARGETS
+            .iter()
+            .filter(|t| t.probe.layer() == crate::events::Layer::TsmDriver)
+            .filter_map(|t| found_name(&syms, t.probe, &opts.attach).map(|f| (t.probe, f)))
+            .collect();
+        let driver_ops_ref: Vec<(Probe, &str)> =
+            driver_ops.iter().map(|(p, f)| (*p, f.as_str())).collect();
+        let driver_bind = driver_ops_ref
+            .iter()
+            .find(|(p, _)| *p == Probe::DriverBind)
+            .map(|(_, f)| *f);
         let resolution = btf::resolve(
             &opts.btf,
             &btf::Functions {
@@ -98,14 +128,17 @@ impl Session {
                 tsm_bind: &names[1],
                 vdevice_abort: &names[2],
                 pci_tsm_bind: &names[3],
-                driver_bind: driver_bind.as_deref(),
+                driver_bind,
                 kvm_destroy_vm: &names[4],
+                pci_tsm_unbind_any: &names[5],
+                pci_tsm_guest_req: &names[6],
+                driver_ops: &driver_ops_ref,
             },
         )
         .context("resolving struct offsets from BTF")?;
 
         let mut ebpf = probes::open(&resolution.offsets, opts.ringbuf_bytes)?;
-        let attach = probes::attach_all(&mut ebpf, &syms, &opts.attach)?;
+        let attach = probes::attach_all(&mut ebpf, &syms, &opts.attach, &resolution.prototypes)?;
         let maps = probes::Maps::take(&mut ebpf)?;
         Ok(Session {
             ebpf,

@@ -2,7 +2,7 @@
 //! development kernel has no kprobes). Needs root; without it the test says so and skips.
 
 use tsm_trace::probes;
-use tsm_trace_common::{KvmOffsets, OFFSET_UNKNOWN, Offsets};
+use tsm_trace_common::{ARG_PCI_TDI, ArgLoc, GuestReqArgs, KvmOffsets, OFFSET_UNKNOWN, Offsets};
 
 fn is_root() -> bool {
     probes::check_privileges().is_ok()
@@ -80,7 +80,22 @@ fn every_program_passes_the_verifier() {
         idev_dev: 16,
         dev_name: 0,
         pci_dev_dev: 200,
-        _pad: 0,
+        pci_dev_tsm: 2400,
+        pci_tsm_tsm_dev: 16,
+        pci_tsm_tdi: 24,
+        tsm_dev_name: 0,
+        tdi_pdev: 0,
+        tdi_kvm: 8,
+        tdi_tdi_id: 16,
+        drv_unbind_arg: ARG_PCI_TDI,
+        // pci_tsm_guest_req's real layout: both register and stack locations.
+        guest_req: GuestReqArgs {
+            scope: 1,
+            in_len: 4,
+            out_len: 5,
+            tsm_code: ArgLoc::STACK + 24,
+        },
+        drv_guest_req: GuestReqArgs::UNKNOWN,
         kvm_tsm_bind: kvm,
         kvm_pci_tsm_bind: kvm,
         kvm_driver_bind: kvm,

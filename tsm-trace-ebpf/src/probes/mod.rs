@@ -5,14 +5,20 @@
 //! |--------------|---------------------------------------------------------|
 //! | `iommufd.rs` | `iommufd_vdevice_tsm_op_ioctl`, `iommufd_vdevice_abort` |
 //! | `tsm.rs`     | `tsm_bind`, `tsm_unbind` (tsm-core, from the patch)     |
-//! | `pci_tsm.rs` | `pci_tsm_bind`, `pci_tsm_unbind`, TSM driver bind ops   |
+//! | `pci_tsm.rs` | `pci_tsm_bind`, `pci_tsm_unbind`                        |
+//! | `pci_tsm_link.rs` | sysfs `tsm/connect` and `tsm/disconnect`, `__pci_tsm_disconnect`, `__pci_tsm_unbind`, `__pci_tsm_destroy`, `pci_tsm_guest_req` |
+//! | `tsm_driver.rs` | the TSM driver's link ops (probe, connect, disconnect, bind, unbind, guest_req) |
 //! | `kvm.rs`     | `kvm_destroy_vm`, exit of a VMM holding a binding       |
+//! | `args.rs`    | arguments at locations userspace computed from BTF (registers or stack) |
 
+pub mod args;
 pub mod bench;
 pub mod iommufd;
 pub mod kvm;
 pub mod pci_tsm;
+pub mod pci_tsm_link;
 pub mod tsm;
+pub mod tsm_driver;
 
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 use tsm_trace_common::{KvmOffsets, ProbeId, RawEvent, flags, missing, stat};
@@ -62,6 +68,20 @@ pub fn emit(ev: &RawEvent) {
 /// A return without an entry is still reported, marked [`missing::ENTRY`].
 #[inline(always)]
 pub fn finish(probe: ProbeId, ret: i64, ret_flags: u32) {
+    finish_with(probe, ret, ret_flags, |_| true)
+}
+
+/// Like [`finish`], with `complete` filling in what only the return knows (e.g. `*tsm_code`);
+/// it returns false to drop the record (an entry that turned out not to concern the TSM path,
+/// such as `__pci_tsm_destroy` of a device without TSM context: not a loss, not an orphan).
+/// An orphan return is passed a fresh record marked [`missing::ENTRY`].
+#[inline(always)]
+pub fn finish_with(
+    probe: ProbeId,
+    ret: i64,
+    ret_flags: u32,
+    complete: impl FnOnce(&mut RawEvent) -> bool,
+) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let now = unsafe { bpf_ktime_get_ns() };
     let key = InflightKey {
@@ -75,7 +95,9 @@ pub fn finish(probe: ProbeId, ret: i64, ret_flags: u32) {
             ev.end_ns = now;
             ev.ret = ret;
             ev.flags |= ret_flags;
-            emit(ev);
+            if complete(ev) {
+                emit(ev);
+            }
             let _ = INFLIGHT.remove(key);
         }
         None => {
@@ -84,6 +106,7 @@ pub fn finish(probe: ProbeId, ret: i64, ret_flags: u32) {
                 ev.ret = ret;
                 ev.flags |= ret_flags;
                 ev.missing |= missing::ENTRY;
+                // Without the entry there is nothing for `complete` to use or to filter on.
                 emit(ev);
             }
         }
@@ -96,6 +119,46 @@ pub fn read_dev_name(ev: &mut RawEvent, dev: u64) {
     let o = read::offsets();
     if read::str_ptr_at(dev, o.dev_name, &mut ev.dev_name).is_err() {
         ev.missing |= missing::DEV_NAME;
+    }
+}
+
+/// Fills `tsm_name` from a `struct tsm_dev *`.
+#[inline(always)]
+pub fn read_tsm_name(ev: &mut RawEvent, tsm_dev: u64) {
+    let o = read::offsets();
+    if read::str_ptr_at(tsm_dev, o.tsm_dev_name, &mut ev.tsm_name).is_err() {
+        ev.missing |= missing::TSM_NAME;
+    }
+}
+
+/// `&pdev->dev`, or 0 when the offset is unknown.
+#[inline(always)]
+pub fn pci_dev_to_dev(pdev: u64) -> u64 {
+    let off = read::offsets().pci_dev_dev;
+    if off == tsm_trace_common::OFFSET_UNKNOWN || pdev == 0 {
+        0
+    } else {
+        pdev + off as u64
+    }
+}
+
+/// `pdev->tsm`: `Ok(0)` when the device has no TSM context.
+#[inline(always)]
+pub fn pci_tsm_of(pdev: u64) -> Result<u64, read::ReadError> {
+    read::at::<u64>(pdev, read::offsets().pci_dev_tsm)
+}
+
+/// Fills the binding a `struct pci_tdi *` describes: the VM (as an opaque identity: the
+/// pointer's `struct kvm` layout is whatever the binder passed) and the tdi id.
+#[inline(always)]
+pub fn read_tdi(ev: &mut RawEvent, tdi: u64) {
+    let o = read::offsets();
+    match (read::at::<u64>(tdi, o.tdi_kvm), read::at::<u32>(tdi, o.tdi_tdi_id)) {
+        (Ok(kvm), Ok(id)) => {
+            ev.kvm = kvm;
+            ev.tdi_id = id as u64;
+        }
+        _ => ev.missing |= missing::TDI,
     }
 }
 

@@ -1,29 +1,19 @@
-//! PCI TSM (upstream since 6.19): `pci_tsm_bind` / `pci_tsm_unbind`, and the TSM driver's own
-//! bind/unbind ops when the user names them (`--driver-bind`, `--driver-unbind`).
+//! PCI TSM (upstream since 6.19): `pci_tsm_bind` / `pci_tsm_unbind`.
 
 use aya_ebpf::{
     macros::{kprobe, kretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use tsm_trace_common::{KvmOffsets, OFFSET_UNKNOWN, ProbeId, flags};
+use tsm_trace_common::{KvmOffsets, ProbeId};
 
-use super::{VOID, begin, finish, int_ret, note_vmm, read_dev_name, read_kvm, stash};
+use super::{
+    VOID, begin, finish, int_ret, note_vmm, pci_dev_to_dev, read_dev_name, read_kvm, stash,
+};
 use crate::read::offsets;
-
-/// `&pdev->dev`, or 0 when the offset is unknown.
-#[inline(always)]
-fn pci_dev_to_dev(pdev: u64) -> u64 {
-    let off = offsets().pci_dev_dev;
-    if off == OFFSET_UNKNOWN || pdev == 0 {
-        0
-    } else {
-        pdev + off as u64
-    }
-}
 
 /// Shared by `pci_tsm_bind` and driver bind ops: `(struct pci_dev *, struct kvm *, u32 tdi_id)`.
 #[inline(always)]
-fn bind_entry(ctx: &ProbeContext, probe: ProbeId, kvm_off: KvmOffsets) -> Option<u32> {
+pub fn bind_entry(ctx: &ProbeContext, probe: ProbeId, kvm_off: KvmOffsets) -> Option<u32> {
     let pdev: u64 = ctx.arg(0)?;
     let kvm: u64 = ctx.arg(1)?;
     let tdi_id: u64 = ctx.arg(2)?;
@@ -35,8 +25,9 @@ fn bind_entry(ctx: &ProbeContext, probe: ProbeId, kvm_off: KvmOffsets) -> Option
     Some(0)
 }
 
+/// Any `(struct pci_dev *, ...)` function: the device name only.
 #[inline(always)]
-fn unbind_entry(ctx: &ProbeContext, probe: ProbeId) -> Option<u32> {
+pub fn pdev_entry(ctx: &ProbeContext, probe: ProbeId) -> Option<u32> {
     let pdev: u64 = ctx.arg(0)?;
     let ev = begin(probe)?;
     read_dev_name(ev, pci_dev_to_dev(pdev));
@@ -63,37 +54,11 @@ pub fn pci_bind_return(ctx: RetProbeContext) -> u32 {
 /// `void pci_tsm_unbind(struct pci_dev *pdev)`
 #[kprobe]
 pub fn pci_unbind_entry(ctx: ProbeContext) -> u32 {
-    unbind_entry(&ctx, ProbeId::PciTsmUnbind).unwrap_or(1)
+    pdev_entry(&ctx, ProbeId::PciTsmUnbind).unwrap_or(1)
 }
 
 #[kretprobe]
 pub fn pci_unbind_return(_ctx: RetProbeContext) -> u32 {
     finish(ProbeId::PciTsmUnbind, 0, VOID);
-    0
-}
-
-/// A TSM driver's bind op, e.g. `struct pci_tdi *(*bind)(struct pci_dev *, struct kvm *, u32)`.
-/// The return value may be an `ERR_PTR`; userspace decodes it.
-#[kprobe]
-pub fn drv_bind_entry(ctx: ProbeContext) -> u32 {
-    bind_entry(&ctx, ProbeId::DriverBind, offsets().kvm_driver_bind).unwrap_or(1)
-}
-
-#[kretprobe]
-pub fn drv_bind_return(ctx: RetProbeContext) -> u32 {
-    let raw: u64 = ctx.ret();
-    finish(ProbeId::DriverBind, raw as i64, flags::RET_IS_PTR);
-    0
-}
-
-/// A TSM driver's unbind op: `void (*unbind)(struct pci_dev *)` or similar.
-#[kprobe]
-pub fn drv_unbind_entry(ctx: ProbeContext) -> u32 {
-    unbind_entry(&ctx, ProbeId::DriverUnbind).unwrap_or(1)
-}
-
-#[kretprobe]
-pub fn drv_unbind_return(_ctx: RetProbeContext) -> u32 {
-    finish(ProbeId::DriverUnbind, 0, VOID);
     0
 }

@@ -24,6 +24,8 @@ use std::{
 use btf_rs::{Btf, BtfType, Struct, Type};
 use tsm_trace_common::{KvmOffsets, OFFSET_UNKNOWN, Offsets};
 
+use crate::events::Probe;
+
 /// Where BTF comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BtfSources {
@@ -67,6 +69,23 @@ pub struct Functions<'a> {
     pub driver_bind: Option<&'a str>,
     /// `void (struct kvm *)`.
     pub kvm_destroy_vm: &'a str,
+    /// `int __pci_tsm_unbind(struct pci_dev *, void *)`.
+    pub pci_tsm_unbind_any: &'a str,
+    /// `ssize_t pci_tsm_guest_req(struct pci_dev *, scope, sockptr_t, size_t, sockptr_t,
+    /// size_t, u64 *)`.
+    pub pci_tsm_guest_req: &'a str,
+    /// The TSM driver ops that will be probed: each prototype is checked against its op.
+    pub driver_ops: &'a [(Probe, &'a str)],
+}
+
+impl Functions<'_> {
+    /// The function probed for driver op `probe`, if any.
+    pub fn driver_op(&self, probe: Probe) -> Option<&str> {
+        self.driver_ops
+            .iter()
+            .find(|(p, _)| *p == probe)
+            .map(|(_, f)| *f)
+    }
 }
 
 impl Functions<'static> {
@@ -78,6 +97,9 @@ impl Functions<'static> {
         pci_tsm_bind: "pci_tsm_bind",
         driver_bind: None,
         kvm_destroy_vm: "kvm_destroy_vm",
+        pci_tsm_unbind_any: "__pci_tsm_unbind",
+        pci_tsm_guest_req: "pci_tsm_guest_req",
+        driver_ops: &[],
     };
 }
 
@@ -141,6 +163,8 @@ pub struct ObjectReport {
 pub struct Resolution {
     pub offsets: Offsets,
     pub fields: Vec<FieldReport>,
+    /// Driver ops whose prototype was checked (a mismatch keeps the probe detached).
+    pub prototypes: Vec<PrototypeCheck>,
     /// vmlinux first, then modules in name order.
     pub objects: Vec<ObjectReport>,
 }
@@ -198,10 +222,11 @@ impl Resolution {
 /// Loads vmlinux and module BTF from `sources` and resolves every offset the probes need.
 pub fn resolve(sources: &BtfSources, fns: &Functions) -> Result<Resolution, BtfError> {
     let (objs, objects) = load(sources)?;
-    let (offsets, fields) = resolve_fields(&objs, fns);
+    let (offsets, fields, prototypes) = resolve_fields(&objs, fns);
     Ok(Resolution {
         offsets,
         fields,
+        prototypes,
         objects,
     })
 }
@@ -631,6 +656,7 @@ impl Objects {
 // ---------------------------------------------------------------------------------------------
 // Field resolution
 
+#[derive(Clone)]
 struct Found {
     offset: u32,
     obj: String,
@@ -741,7 +767,10 @@ const KVM_FIELDS: [(&str, &str); 4] = [
 /// UAPI struct names of the TSM ioctl (v2..v4, v5).
 const TSM_OP_STRUCTS: [&str; 2] = ["iommu_vdevice_tsm_op", "iommu_vdevice_tsm_req"];
 
-fn resolve_fields(objs: &Objects, fns: &Functions) -> (Offsets, Vec<FieldReport>) {
+fn resolve_fields(
+    objs: &Objects,
+    fns: &Functions,
+) -> (Offsets, Vec<FieldReport>, Vec<PrototypeCheck>) {
     let mut o = Offsets::UNKNOWN;
     let mut out = Out::default();
 
@@ -866,8 +895,13 @@ fn resolve_fields(objs: &Objects, fns: &Functions) -> (Offsets, Vec<FieldReport>
         o.kvm_destroy_vm,
     ] = kvm_offsets;
 
-    (o, out.fields)
+    let prototypes = lifecycle::resolve(objs, fns, &mut o, &mut out);
+    (o, out.fields, prototypes)
 }
 
+mod abi;
+mod lifecycle;
 #[cfg(test)]
 mod tests;
+
+pub use lifecycle::{PrototypeCheck, describe_loc};

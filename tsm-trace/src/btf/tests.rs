@@ -341,8 +341,10 @@ fn host_patch_fields_unresolved_naming_the_function() {
     );
     assert_eq!(r.offsets.ucmd_cmd, OFFSET_UNKNOWN);
     assert_eq!(r.offsets.obj_id, OFFSET_UNKNOWN);
-    // Every field is reported exactly once; driver_bind (not given) is left out.
-    assert_eq!(r.fields.len(), 17, "{:#?}", r.fields);
+    // Every field is reported exactly once (17 of the bind path, 8 of the PCI TSM
+    // lifecycle); driver ops (none given) are left out.
+    assert_eq!(r.fields.len(), 25, "{:#?}", r.fields);
+    assert!(r.field("driver unbind argument").is_none());
     assert!(r.field("kvm.userspace_pid (driver_bind)").is_none());
     // kvm fields: resolved by name with a note naming the function, or unresolved naming it.
     if !raw.has_func("tsm_bind") {
@@ -463,7 +465,18 @@ fn synthetic() -> PathBuf {
     // dev at 8 + 0 + 8 = 16, through an anonymous union and an anonymous struct.
     let inner = v.strukt("", 40, &[("b", u32_, 0, 0), ("dev", device, 64, 0)]);
     let un = v.union("", 40, &[("u1", u64_, 0, 0), ("", inner, 0, 0)]);
-    let pci_dev = v.strukt("pci_dev", 48, &[("a", u64_, 0, 0), ("", un, 64, 0)]);
+    // pci_dev.tsm at 48: a pointer to a forward-declared struct pci_tsm (completed by name).
+    let pci_tsm_fwd = v.fwd("pci_tsm");
+    let pci_tsm_fwd_ptr = v.ptr(pci_tsm_fwd);
+    let pci_dev = v.strukt(
+        "pci_dev",
+        56,
+        &[
+            ("a", u64_, 0, 0),
+            ("", un, 64, 0),
+            ("tsm", pci_tsm_fwd_ptr, 384, 0),
+        ],
+    );
     let pci_dev_ptr = v.ptr(pci_dev);
     // The real struct kvm: userspace_pid at 100, stats_id at 200.
     let kvm = v.strukt(
@@ -503,6 +516,48 @@ fn synthetic() -> PathBuf {
     );
     let _ = vdevice;
     v.func("pci_tsm_bind", u32_, &[pci_dev_ptr, kvm_ptr, u32_]);
+    // struct tsm_dev { int id @0; struct device dev @8; }: the TSM's name at 8 + 24 = 32.
+    let tsm_dev = v.strukt("tsm_dev", 48, &[("id", u32_, 0, 0), ("dev", device, 64, 0)]);
+    let tsm_dev_ptr = v.ptr(tsm_dev);
+    // struct pci_tdi { pdev @0; kvm @8; u32 tdi_id @16; }.
+    let pci_tdi = v.strukt(
+        "pci_tdi",
+        24,
+        &[
+            ("pdev", pci_dev_ptr, 0, 0),
+            ("kvm", kvm_ptr, 64, 0),
+            ("tdi_id", u32_, 128, 0),
+        ],
+    );
+    let pci_tdi_ptr = v.ptr(pci_tdi);
+    // struct pci_tsm { pdev @0; dsm_dev @8; tsm_dev @16; tdi @24; }.
+    v.strukt(
+        "pci_tsm",
+        32,
+        &[
+            ("pdev", pci_dev_ptr, 0, 0),
+            ("dsm_dev", pci_dev_ptr, 64, 0),
+            ("tsm_dev", tsm_dev_ptr, 128, 0),
+            ("tdi", pci_tdi_ptr, 192, 0),
+        ],
+    );
+    v.func("__pci_tsm_unbind", u32_, &[pci_dev_ptr, void_ptr]);
+    // typedef struct { union { void *kernel; void *user; }; bool is_kernel:1; } sockptr_t;
+    let bool_ = v.int("_Bool", 1);
+    let sp_union = v.union(
+        "",
+        8,
+        &[("kernel", void_ptr, 0, 0), ("user", void_ptr, 0, 0)],
+    );
+    let sp = v.strukt("", 16, &[("", sp_union, 0, 0), ("is_kernel", bool_, 64, 1)]);
+    let sockptr = v.typedef("sockptr_t", sp);
+    let u64_ptr = v.ptr(u64_);
+    let long_ = v.int("long int", 8);
+    v.func(
+        "pci_tsm_guest_req",
+        long_,
+        &[pci_dev_ptr, u32_, sockptr, u64_, sockptr, u64_, u64_ptr],
+    );
 
     // Module tsm_standin: v5 names, a stand-in struct kvm, types shared with vmlinux by id.
     let mut m = Enc::split(&v);
@@ -561,6 +616,15 @@ fn synthetic() -> PathBuf {
     );
     let bkvm_ptr = d.ptr(bkvm);
     d.func("tsm_drv_bind", void_ptr, &[pci_dev_ptr, bkvm_ptr, u32_]);
+    // Link ops: upstream-shaped unbind and guest_req, and a connect of the wrong shape.
+    d.func("tsm_drv_unbind", 0, &[pci_tdi_ptr]);
+    d.func(
+        "tsm_drv_guest_req",
+        long_,
+        &[pci_tdi_ptr, u32_, sockptr, u64_, sockptr, u64_, u64_ptr],
+    );
+    d.func("tsm_drv_connect", u32_, &[u32_]);
+    d.func("tsm_drv_probe", pci_dev_ptr, &[tsm_dev_ptr, pci_dev_ptr]);
 
     let dir = tempdir("synthetic");
     fs::write(dir.join("vmlinux"), v.bytes()).unwrap();
@@ -573,8 +637,62 @@ fn synthetic() -> PathBuf {
 const SYNTH_FNS: Functions<'static> = Functions {
     tsm_op_ioctl: "iommufd_vdevice_tsm_req_ioctl",
     driver_bind: Some("tsm_drv_bind"),
+    driver_ops: &[
+        (Probe::DriverBind, "tsm_drv_bind"),
+        (Probe::DriverUnbind, "tsm_drv_unbind"),
+        (Probe::DriverGuestReq, "tsm_drv_guest_req"),
+        (Probe::DriverConnect, "tsm_drv_connect"),
+        (Probe::DriverProbe, "tsm_drv_probe"),
+    ],
     ..Functions::DEFAULT
 };
+
+#[test]
+fn synthetic_lifecycle_fields_and_argument_locations() {
+    use tsm_trace_common::{ARG_PCI_TDI, ArgLoc, GuestReqArgs};
+    let dir = synthetic();
+    let r = resolve(&BtfSources::in_dir(&dir), &SYNTH_FNS).unwrap();
+    fs::remove_dir_all(&dir).unwrap();
+    let o = &r.offsets;
+    assert_resolved(&r, "pci_dev.tsm", 48, "vmlinux");
+    assert_resolved(&r, "pci_tsm.tsm_dev", 16, "vmlinux");
+    assert_resolved(&r, "pci_tsm.tdi", 24, "vmlinux");
+    assert_resolved(&r, "tsm_dev.dev.kobj.name", 32, "vmlinux");
+    assert_resolved(&r, "pci_tdi.pdev", 0, "vmlinux");
+    assert_resolved(&r, "pci_tdi.kvm", 8, "vmlinux");
+    assert_resolved(&r, "pci_tdi.tdi_id", 16, "vmlinux");
+    // SysV: two 16-byte sockptr_t by value; the second no longer fits the registers.
+    let want = GuestReqArgs {
+        scope: 1,
+        in_len: 4,
+        out_len: 5,
+        tsm_code: ArgLoc::STACK + 24,
+    };
+    assert_eq!(o.guest_req, want);
+    assert_eq!(o.drv_guest_req, want);
+    assert_eq!(o.drv_unbind_arg, ARG_PCI_TDI);
+    let note = field(&r, "pci_tsm_guest_req arguments")
+        .note
+        .clone()
+        .unwrap();
+    assert_eq!(
+        note,
+        "scope, in_len, out_len, tsm_code at rsi, r8, r9, stack+24"
+    );
+    // Prototype checks: the right shapes pass, the wrong one is named.
+    let check = |p: Probe| &r.prototypes.iter().find(|c| c.probe == p).unwrap().result;
+    assert_eq!(check(Probe::DriverBind), &Ok(()));
+    assert_eq!(check(Probe::DriverUnbind), &Ok(()));
+    assert_eq!(check(Probe::DriverGuestReq), &Ok(()));
+    assert_eq!(check(Probe::DriverProbe), &Ok(()));
+    let Err(why) = check(Probe::DriverConnect) else {
+        panic!("wrong shape must be refused")
+    };
+    assert_eq!(
+        why,
+        "tsm_drv_connect(scalar) is not the shape of the driver_connect op (struct pci_dev *)"
+    );
+}
 
 #[test]
 fn synthetic_split_btf_resolves_through_function_prototypes() {
@@ -680,7 +798,10 @@ fn synthetic_split_btf_resolves_through_function_prototypes() {
             stats_id: 200
         }
     );
-    assert_eq!(r.unresolved().count(), 1);
+    assert_eq!(
+        r.unresolved().map(|f| f.field).collect::<Vec<_>>(),
+        ["kvm.userspace_pid (driver_bind)"]
+    );
 
     // Objects: vmlinux, then modules by name; the broken one reported, not fatal.
     let names: Vec<&str> = r.objects.iter().map(|o| o.name.as_str()).collect();

@@ -28,6 +28,31 @@ pub enum Layer {
     Vm,
 }
 
+/// Why a binding ended, as the PCI TSM core's own call chain shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnbindCause {
+    /// `pci_tsm_unbind()`: an explicit unbind (the iommufd ioctl, vdevice teardown, a VMM).
+    Unbind,
+    /// `tsm/disconnect`: the core unbinds every function before it disconnects.
+    Disconnect,
+    /// The device was removed (`__pci_tsm_destroy` without a TSM).
+    DeviceRemoval,
+    /// The TSM driver unregistered its TSM (`tsm_unregister` → `__pci_tsm_destroy`).
+    TsmUnregister,
+}
+
+impl UnbindCause {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            UnbindCause::Unbind => "unbind",
+            UnbindCause::Disconnect => "disconnect",
+            UnbindCause::DeviceRemoval => "device_removal",
+            UnbindCause::TsmUnregister => "tsm_unregister",
+        }
+    }
+}
+
 impl Layer {
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -69,10 +94,27 @@ pub enum Probe {
     /// A kernel module was loaded: not a TSM event; tells the session to look for probe
     /// targets again. Never reaches the correlator.
     ModuleLoad,
+    /// sysfs `tsm/connect` (`connect_store`).
+    Connect,
+    /// sysfs `tsm/disconnect` (`disconnect_store`).
+    Disconnect,
+    /// `__pci_tsm_disconnect`: every disconnect, also from removal and unregistration.
+    PciTsmDisconnect,
+    /// `__pci_tsm_unbind`: every unbind, also those that bypass `pci_tsm_unbind`.
+    PciTsmUnbindAny,
+    /// `__pci_tsm_destroy`: device removal or TSM unregistration (devices with TSM context).
+    PciTsmDestroy,
+    /// `pci_tsm_guest_req`: a guest's TDISP request.
+    PciTsmGuestReq,
+    /// The TSM driver's link ops.
+    DriverProbe,
+    DriverConnect,
+    DriverDisconnect,
+    DriverGuestReq,
 }
 
 impl Probe {
-    pub const ALL: [Probe; 11] = [
+    pub const ALL: [Probe; 21] = [
         Probe::TsmOpIoctl,
         Probe::TsmBind,
         Probe::TsmUnbind,
@@ -84,6 +126,16 @@ impl Probe {
         Probe::KvmDestroyVm,
         Probe::VmmExit,
         Probe::ModuleLoad,
+        Probe::Connect,
+        Probe::Disconnect,
+        Probe::PciTsmDisconnect,
+        Probe::PciTsmUnbindAny,
+        Probe::PciTsmDestroy,
+        Probe::PciTsmGuestReq,
+        Probe::DriverProbe,
+        Probe::DriverConnect,
+        Probe::DriverDisconnect,
+        Probe::DriverGuestReq,
     ];
 
     pub fn from_id(id: ProbeId) -> Probe {
@@ -107,6 +159,16 @@ impl Probe {
             Probe::KvmDestroyVm => "kvm_destroy_vm",
             Probe::VmmExit => "vmm_exit",
             Probe::ModuleLoad => "module_load",
+            Probe::Connect => "connect",
+            Probe::Disconnect => "disconnect",
+            Probe::PciTsmDisconnect => "pci_tsm_disconnect",
+            Probe::PciTsmUnbindAny => "pci_tsm_unbind_any",
+            Probe::PciTsmDestroy => "pci_tsm_destroy",
+            Probe::PciTsmGuestReq => "pci_tsm_guest_req",
+            Probe::DriverProbe => "driver_probe",
+            Probe::DriverConnect => "driver_connect",
+            Probe::DriverDisconnect => "driver_disconnect",
+            Probe::DriverGuestReq => "driver_guest_req",
         }
     }
 
@@ -118,8 +180,20 @@ impl Probe {
         match self {
             Probe::TsmOpIoctl | Probe::VdeviceAbort => Layer::Iommufd,
             Probe::TsmBind | Probe::TsmUnbind => Layer::TsmCore,
-            Probe::PciTsmBind | Probe::PciTsmUnbind => Layer::PciTsm,
-            Probe::DriverBind | Probe::DriverUnbind => Layer::TsmDriver,
+            Probe::PciTsmBind
+            | Probe::PciTsmUnbind
+            | Probe::Connect
+            | Probe::Disconnect
+            | Probe::PciTsmDisconnect
+            | Probe::PciTsmUnbindAny
+            | Probe::PciTsmDestroy
+            | Probe::PciTsmGuestReq => Layer::PciTsm,
+            Probe::DriverBind
+            | Probe::DriverUnbind
+            | Probe::DriverProbe
+            | Probe::DriverConnect
+            | Probe::DriverDisconnect
+            | Probe::DriverGuestReq => Layer::TsmDriver,
             Probe::KvmDestroyVm | Probe::VmmExit | Probe::ModuleLoad => Layer::Vm,
         }
     }
@@ -195,6 +269,28 @@ pub struct Event {
     pub obj_id: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub virt_id: Option<u64>,
+    /// The TSM (`tsmN`) the call concerns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tsm: Option<String>,
+    /// Guest requests: `enum pci_tsm_req_scope`, request and response sizes, and the TSM's
+    /// result code (`*tsm_code` after the call).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_len: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out_len: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tsm_code: Option<u64>,
+    /// A NULL pointer return is a failure (driver `probe`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ret_null_is_err: bool,
+    /// `__pci_tsm_unbind` found no binding: nothing was unbound.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nothing_bound: bool,
+    /// `__pci_tsm_destroy` ran for a TSM's unregistration (else: device removal).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tsm_unregister: bool,
 }
 
 /// Why a ring-buffer record could not be decoded.
@@ -236,6 +332,14 @@ impl Event {
             vdevice_id: None,
             obj_id: None,
             virt_id: None,
+            tsm: None,
+            scope: None,
+            in_len: None,
+            out_len: None,
+            tsm_code: None,
+            ret_null_is_err: false,
+            nothing_bound: false,
+            tsm_unregister: false,
         }
     }
 
@@ -275,11 +379,16 @@ impl Event {
         );
         ev.ret = (!void).then_some(raw.ret);
         ev.ret_is_ptr = raw.flags & flags::RET_IS_PTR != 0;
+        ev.ret_null_is_err = raw.flags & flags::RET_NULL_IS_ERR != 0;
         ev.entry_missing = entry_missing;
         if entry_missing {
             return Ok(ev);
         }
         let device = has(missing::DEV_NAME).then(|| cstr(&raw.dev_name));
+        // sysfs writes carry a trailing newline (`echo tsm0 > connect`).
+        let tsm = has(missing::TSM_NAME)
+            .then(|| cstr(&raw.tsm_name).trim_end().to_string())
+            .filter(|s| !s.is_empty());
         let vm = || {
             (raw.kvm != 0).then(|| Vm {
                 kvm: raw.kvm,
@@ -308,6 +417,41 @@ impl Event {
             }
             Probe::KvmDestroyVm => ev.vm = vm(),
             Probe::VmmExit | Probe::ModuleLoad => {}
+            Probe::Connect
+            | Probe::Disconnect
+            | Probe::PciTsmDisconnect
+            | Probe::DriverProbe
+            | Probe::PciTsmDestroy => {
+                ev.device = device;
+                ev.tsm = tsm;
+                ev.tsm_unregister = raw.flags & flags::TSM_UNREGISTER != 0;
+            }
+            Probe::DriverConnect | Probe::DriverDisconnect => ev.device = device,
+            Probe::PciTsmUnbindAny => {
+                ev.device = device;
+                ev.tsm = tsm;
+                ev.nothing_bound = raw.flags & flags::NOTHING_BOUND != 0;
+                if !ev.nothing_bound && has(missing::TDI) {
+                    ev.vm = (raw.kvm != 0).then_some(Vm {
+                        kvm: raw.kvm,
+                        pid: None,
+                        stats_id: None,
+                    });
+                    ev.tdi_id = Some(raw.tdi_id);
+                }
+            }
+            Probe::PciTsmGuestReq | Probe::DriverGuestReq => {
+                ev.device = device;
+                if has(missing::GUEST_REQ_ARGS) {
+                    ev.scope = Some(raw.scope);
+                    ev.in_len = Some(raw.in_len);
+                    ev.out_len = Some(raw.out_len);
+                }
+                ev.tsm_code = has(missing::TSM_CODE).then_some(raw.tsm_code);
+                if probe == Probe::DriverGuestReq && has(missing::TDI) {
+                    ev.tdi_id = Some(raw.tdi_id);
+                }
+            }
         }
         Ok(ev)
     }
@@ -326,9 +470,10 @@ impl Event {
         }
     }
 
-    /// Did this call succeed? Void calls succeed; `ERR_PTR`/negative ints fail.
+    /// Did this call succeed? Void calls succeed; `ERR_PTR`/negative ints fail, and so does a
+    /// NULL from a function whose NULL means failure (a driver's `probe`).
     pub fn ok(&self) -> bool {
-        self.errno().is_none()
+        self.errno().is_none() && !(self.ret_null_is_err && self.ret == Some(0))
     }
 }
 

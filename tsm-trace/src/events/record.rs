@@ -136,29 +136,35 @@ mod tests {
     use crate::events::{Probe, Vm};
 
     fn ev() -> Event {
-        Event {
-            probe: Probe::TsmBind,
-            start_ns: 10,
-            end_ns: 20,
-            tgid: 1,
-            tid: 2,
-            comm: "qemu".into(),
-            ret: Some(-16),
-            ret_is_ptr: false,
-            entry_missing: false,
-            device: Some("0000:01:00.0".into()),
-            vm: Some(Vm {
-                kvm: 0xffff_0000_0000_1000,
-                pid: Some(5),
-                stats_id: Some("kvm-5".into()),
-            }),
-            tdi_id: Some(3),
-            op: None,
-            flags: None,
-            vdevice_id: None,
-            obj_id: None,
-            virt_id: None,
+        let mut e = Event::new(Probe::TsmBind, 10, 20, 1, 2, "qemu".into());
+        e.ret = Some(-16);
+        e.device = Some("0000:01:00.0".into());
+        e.vm = Some(Vm {
+            kvm: 0xffff_0000_0000_1000,
+            pid: Some(5),
+            stats_id: Some("kvm-5".into()),
+        });
+        e.tdi_id = Some(3);
+        e
+    }
+
+    /// A guest request with every lifecycle field set survives the round trip.
+    #[test]
+    fn lifecycle_fields_round_trip() {
+        let mut e = Event::new(Probe::PciTsmGuestReq, 10, 20, 1, 2, "qemu".into());
+        e.ret = Some(12);
+        e.tsm = Some("tsm0".into());
+        e.scope = Some(1);
+        e.in_len = Some(64);
+        e.out_len = Some(128);
+        e.tsm_code = Some(0xdead);
+        let mut buf = Vec::new();
+        {
+            let mut w = Writer::new(&mut buf, "test").unwrap();
+            w.write(&e).unwrap();
         }
+        let (_, back) = read_all(&buf[..], "test").unwrap();
+        assert_eq!(back, vec![e]);
     }
 
     #[test]

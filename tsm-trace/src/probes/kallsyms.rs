@@ -1,5 +1,10 @@
 //! Which probe targets exist in the running kernel: `/proc/kallsyms`, filtered to the names we
 //! might attach to (the full table is ~200k symbols; we keep a handful).
+//!
+//! Hand-written rather than a crate: the format is four columns, and what matters here is the
+//! policy around it — a kprobe by name refuses ambiguous names, static functions such as
+//! `connect_store` exist in several subsystems, and compiler clones (`.isra.0`) need a note.
+//! Addresses are kept in memory only to pick among duplicates; they never leave the process.
 
 use std::{
     collections::BTreeMap,
@@ -7,14 +12,41 @@ use std::{
     path::Path,
 };
 
-/// Where a function is defined: `None` for vmlinux, `Some(module)` otherwise.
-type Definitions = Vec<Option<String>>;
+/// One definition of a function: its module (`None`: vmlinux) and address (0 when the kernel
+/// hides addresses, `kptr_restrict`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Def {
+    module: Option<String>,
+    addr: u64,
+}
 
 /// The subset of kallsyms we care about.
 #[derive(Debug, Default, Clone)]
 pub struct Kallsyms {
-    functions: BTreeMap<String, Definitions>,
+    functions: BTreeMap<String, Vec<Def>>,
     source: String,
+}
+
+/// A function name to look for, optionally only in one module (`Some("ccp")`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate<'a> {
+    pub name: &'a str,
+    pub module: Option<&'a str>,
+}
+
+impl<'a> Candidate<'a> {
+    pub const fn any(name: &'a str) -> Candidate<'a> {
+        Candidate { name, module: None }
+    }
+}
+
+/// Where a kprobe goes: a unique symbol and an offset from it. The offset is non-zero only
+/// for a function whose name is ambiguous, reached from a unique neighbour (the kernel
+/// normalises `symbol+offset` to the containing function's entry, for kretprobes too).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachPoint {
+    pub symbol: String,
+    pub offset: u64,
 }
 
 /// The result of looking a probe's candidate names up.
@@ -23,12 +55,22 @@ pub enum SymbolMatch {
     Found {
         name: String,
         module: Option<String>,
-        /// Set when a compiler-renamed variant (`.isra.0`, `.constprop.0`) is used.
+        /// Set when a compiler-renamed variant (`.isra.0`, `.constprop.0`) is used, or an
+        /// ambiguous name was resolved.
         note: Option<String>,
+        attach: AttachPoint,
     },
     Missing {
         reason: String,
     },
+}
+
+/// How far (bytes) a static function may sit from a global of the same source file for the two
+/// to be taken as one object file's code.
+const NEIGHBOUR_RANGE: u64 = 64 * 1024;
+
+fn obj_name(m: &Option<String>) -> &str {
+    m.as_deref().unwrap_or("vmlinux")
 }
 
 impl Kallsyms {
@@ -40,11 +82,11 @@ impl Kallsyms {
     }
 
     pub fn parse(r: impl BufRead, wanted: &[&str], source: &str) -> std::io::Result<Kallsyms> {
-        let mut functions: BTreeMap<String, Definitions> = BTreeMap::new();
+        let mut functions: BTreeMap<String, Vec<Def>> = BTreeMap::new();
         for line in r.lines() {
             let line = line?;
             let mut it = line.split_whitespace();
-            let (Some(_addr), Some(ty), Some(name)) = (it.next(), it.next(), it.next()) else {
+            let (Some(addr), Some(ty), Some(name)) = (it.next(), it.next(), it.next()) else {
                 continue;
             };
             if !matches!(ty, "t" | "T") {
@@ -57,7 +99,11 @@ impl Kallsyms {
             let module = it
                 .next()
                 .map(|m| m.trim_start_matches('[').trim_end_matches(']').to_string());
-            functions.entry(name.to_string()).or_default().push(module);
+            let addr = u64::from_str_radix(addr, 16).unwrap_or(0);
+            functions
+                .entry(name.to_string())
+                .or_default()
+                .push(Def { module, addr });
         }
         Ok(Kallsyms {
             functions,
@@ -65,9 +111,18 @@ impl Kallsyms {
         })
     }
 
-    /// Finds the first candidate that exists exactly once (kprobes by name refuse ambiguous
-    /// symbols), falling back to a single compiler-renamed variant.
+    /// [`Kallsyms::find_in`] for names that may come from anywhere, with no neighbours.
     pub fn find(&self, candidates: &[&str]) -> SymbolMatch {
+        let c: Vec<Candidate> = candidates.iter().map(|n| Candidate::any(n)).collect();
+        self.find_in(&c, &[])
+    }
+
+    /// Finds the first candidate that exists exactly once (kprobes by name refuse ambiguous
+    /// symbols) — in its expected module if it names one — falling back to a single
+    /// compiler-renamed variant. A name defined several times is resolved through `anchors`:
+    /// unique global functions of the same source file; the copy right after one of them, in
+    /// the same object, is the one.
+    pub fn find_in(&self, candidates: &[Candidate], anchors: &[&str]) -> SymbolMatch {
         if candidates.is_empty() {
             return SymbolMatch::Missing {
                 reason: "no function named".into(),
@@ -75,44 +130,81 @@ impl Kallsyms {
         }
         let mut reasons = Vec::new();
         for cand in candidates {
-            if let Some(defs) = self.functions.get(*cand) {
-                if defs.len() == 1 {
-                    return SymbolMatch::Found {
-                        name: cand.to_string(),
-                        module: defs[0].clone(),
-                        note: None,
-                    };
+            if let Some(all) = self.functions.get(cand.name) {
+                let defs: Vec<&Def> = all
+                    .iter()
+                    .filter(|d| cand.module.is_none_or(|m| d.module.as_deref() == Some(m)))
+                    .collect();
+                match defs.as_slice() {
+                    [] => {
+                        reasons.push(format!(
+                            "{} is not in module {} (defined in {})",
+                            cand.name,
+                            cand.module.unwrap_or("?"),
+                            all.iter()
+                                .map(|d| obj_name(&d.module))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ));
+                        continue;
+                    }
+                    [d] => {
+                        // Qualify with the module when the name exists elsewhere too.
+                        let symbol = match (&d.module, all.len()) {
+                            (Some(m), n) if n > 1 => format!("{m}:{}", cand.name),
+                            _ => cand.name.to_string(),
+                        };
+                        return SymbolMatch::Found {
+                            name: cand.name.to_string(),
+                            module: d.module.clone(),
+                            note: (all.len() > 1).then(|| {
+                                format!(
+                                    "{} is defined {} times; using the one in {}",
+                                    cand.name,
+                                    all.len(),
+                                    obj_name(&d.module)
+                                )
+                            }),
+                            attach: AttachPoint { symbol, offset: 0 },
+                        };
+                    }
+                    several => match self.by_neighbour(cand.name, several, anchors) {
+                        Ok(found) => return found,
+                        Err(why) => {
+                            reasons.push(why);
+                            continue;
+                        }
+                    },
                 }
-                reasons.push(format!(
-                    "{cand} is defined {} times ({}), so a kprobe by name is ambiguous",
-                    defs.len(),
-                    defs.iter()
-                        .map(|d| d.as_deref().unwrap_or("vmlinux"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-                continue;
             }
             let variants: Vec<_> = self
                 .functions
                 .iter()
                 .filter(|(n, _)| {
-                    n.strip_prefix(*cand)
+                    n.strip_prefix(cand.name)
                         .is_some_and(|rest| rest.starts_with('.') && !rest.contains("cold"))
                 })
                 .collect();
             if let [(name, defs)] = variants.as_slice()
-                && defs.len() == 1
+                && let [d] = defs.as_slice()
             {
                 return SymbolMatch::Found {
                     name: name.to_string(),
-                    module: defs[0].clone(),
-                    note: Some(format!("{cand} was renamed by the compiler; using {name}")),
+                    module: d.module.clone(),
+                    note: Some(format!(
+                        "{} was renamed by the compiler; using {name}",
+                        cand.name
+                    )),
+                    attach: AttachPoint {
+                        symbol: name.to_string(),
+                        offset: 0,
+                    },
                 };
             }
             if !variants.is_empty() {
                 reasons.push(format!(
-                    "{cand} exists only as several compiler-renamed copies ({})",
+                    "{} exists only as several compiler-renamed copies ({})",
+                    cand.name,
                     variants
                         .iter()
                         .map(|(n, _)| n.as_str())
@@ -120,7 +212,7 @@ impl Kallsyms {
                         .join(", ")
                 ));
             } else {
-                reasons.push(format!("{cand} is not in {}", self.source));
+                reasons.push(format!("{} is not in {}", cand.name, self.source));
             }
         }
         SymbolMatch::Missing {
@@ -130,7 +222,100 @@ impl Kallsyms {
             ),
         }
     }
+
+    /// Picks the one of several same-named definitions that lies within [`NEIGHBOUR_RANGE`]
+    /// of a unique anchor function of the expected source file, in the same object. It is
+    /// attached as `base+offset`, with the nearest unique function below it as the base (an
+    /// anchor, or `_text` for vmlinux).
+    fn by_neighbour(
+        &self,
+        name: &str,
+        defs: &[&Def],
+        anchors: &[&str],
+    ) -> Result<SymbolMatch, String> {
+        let places = defs
+            .iter()
+            .map(|d| obj_name(&d.module))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let ambiguous = format!(
+            "{name} is defined {} times ({places}), so a kprobe by name is ambiguous",
+            defs.len()
+        );
+        if anchors.is_empty() {
+            return Err(ambiguous);
+        }
+        if defs.iter().all(|d| d.addr == 0) {
+            return Err(format!(
+                "{ambiguous}, and the kernel hides addresses (kptr_restrict), so the right copy cannot be told: run as root"
+            ));
+        }
+        let unique = |n: &str| match self.functions.get(n).map(Vec::as_slice) {
+            Some([d]) if d.addr != 0 => Some(d.clone()),
+            _ => None,
+        };
+        let near: Vec<(&Def, &str)> = defs
+            .iter()
+            .filter_map(|d| {
+                anchors
+                    .iter()
+                    .filter_map(|a| unique(a).map(|ad| (ad, *a)))
+                    .filter(|(ad, _)| ad.module == d.module)
+                    .map(|(ad, a)| (ad.addr.abs_diff(d.addr), a))
+                    .filter(|(dist, _)| *dist <= NEIGHBOUR_RANGE)
+                    .min()
+                    .map(|(_, a)| (*d, a))
+            })
+            .collect();
+        let [(d, anchor)] = near.as_slice() else {
+            return Err(if near.is_empty() {
+                format!(
+                    "{ambiguous}, and no copy lies within {NEIGHBOUR_RANGE:#x} bytes of {} in the same object",
+                    anchors.join("/")
+                )
+            } else {
+                format!(
+                    "{ambiguous}, and {} copies lie near {}",
+                    near.len(),
+                    anchors.join("/")
+                )
+            });
+        };
+        // The base: the closest unique function at or below it in the same object.
+        let base = anchors
+            .iter()
+            .copied()
+            .chain(d.module.is_none().then_some(TEXT_START))
+            .filter_map(|a| unique(a).map(|ad| (ad, a)))
+            .filter(|(ad, _)| ad.module == d.module && ad.addr <= d.addr)
+            .min_by_key(|(ad, _)| d.addr - ad.addr);
+        let Some((base_def, base)) = base else {
+            return Err(format!(
+                "{ambiguous}; the copy next to {anchor} has no unique function below it to attach from"
+            ));
+        };
+        let offset = d.addr - base_def.addr;
+        Ok(SymbolMatch::Found {
+            name: name.to_string(),
+            module: d.module.clone(),
+            note: Some(format!(
+                "{name} is defined {} times ({places}); using the copy in {} next to {anchor}, attached as {base}+{offset:#x}",
+                defs.len(),
+                obj_name(&d.module)
+            )),
+            attach: AttachPoint {
+                symbol: match &d.module {
+                    Some(m) => format!("{m}:{base}"),
+                    None => base.to_string(),
+                },
+                offset,
+            },
+        })
+    }
 }
+
+/// The start of vmlinux's text: a base for attaching by offset when no anchor lies below.
+pub const TEXT_START: &str = "_text";
 
 #[cfg(test)]
 mod tests {
@@ -172,7 +357,11 @@ ffffffff82222223 t iommufd_vdevice_abort.isra.0
             SymbolMatch::Found {
                 name: "pci_tsm_bind".into(),
                 module: None,
-                note: None
+                note: None,
+                attach: AttachPoint {
+                    symbol: "pci_tsm_bind".into(),
+                    offset: 0
+                },
             }
         );
         assert_eq!(
@@ -180,7 +369,11 @@ ffffffff82222223 t iommufd_vdevice_abort.isra.0
             SymbolMatch::Found {
                 name: "tsm_bind".into(),
                 module: Some("tsm_standin".into()),
-                note: None
+                note: None,
+                attach: AttachPoint {
+                    symbol: "tsm_bind".into(),
+                    offset: 0
+                },
             }
         );
     }
@@ -215,11 +408,93 @@ ffffffff82222223 t iommufd_vdevice_abort.isra.0
 
     #[test]
     fn uses_a_single_renamed_copy() {
-        let SymbolMatch::Found { name, module, note } = syms().find(&["kvm_destroy_vm"]) else {
+        let SymbolMatch::Found {
+            name, module, note, ..
+        } = syms().find(&["kvm_destroy_vm"])
+        else {
             panic!("renamed copy must match")
         };
         assert_eq!(name, "kvm_destroy_vm.isra.0");
         assert_eq!(module.as_deref(), Some("kvm"));
         assert!(note.unwrap().contains("renamed by the compiler"));
+    }
+
+    /// Three `connect_store`s (as in a kernel with several subsystems using the name): the one
+    /// right after drivers/pci/tsm.c's `pci_tsm_bind` is chosen, through that anchor.
+    const DUPS: &str = "\
+ffffffff81100000 t connect_store
+ffffffff81500000 T pci_tsm_bind
+ffffffff81500400 t connect_store
+ffffffff81503000 T pci_tsm_guest_req
+ffffffff81900000 t connect_store
+ffffffffc0100000 t dsm_probe\t[ccp]
+ffffffffc0200000 t dsm_probe\t[other]
+";
+
+    #[test]
+    fn ambiguous_static_resolved_by_neighbour() {
+        let wanted = [
+            "connect_store",
+            "pci_tsm_bind",
+            "pci_tsm_guest_req",
+            "dsm_probe",
+        ];
+        let s = Kallsyms::parse(DUPS.as_bytes(), &wanted, "k").unwrap();
+        let SymbolMatch::Found { attach, note, .. } = s.find_in(
+            &[Candidate::any("connect_store")],
+            &["pci_tsm_bind", "pci_tsm_guest_req"],
+        ) else {
+            panic!("must resolve")
+        };
+        assert_eq!(
+            attach,
+            AttachPoint {
+                symbol: "pci_tsm_bind".into(),
+                offset: 0x400
+            }
+        );
+        assert!(note.unwrap().contains("defined 3 times"));
+        // Without anchors it stays ambiguous, with the reason.
+        let SymbolMatch::Missing { reason } = s.find(&["connect_store"]) else {
+            panic!("must be ambiguous")
+        };
+        assert!(reason.contains("defined 3 times"), "{reason}");
+        // Hidden addresses: said so.
+        let hidden: String = DUPS
+            .lines()
+            .map(|l| format!("0000000000000000{}\n", &l[16..]))
+            .collect();
+        let s2 = Kallsyms::parse(hidden.as_bytes(), &wanted, "k").unwrap();
+        let SymbolMatch::Missing { reason } =
+            s2.find_in(&[Candidate::any("connect_store")], &["pci_tsm_bind"])
+        else {
+            panic!("must not guess")
+        };
+        assert!(reason.contains("kptr_restrict"), "{reason}");
+    }
+
+    #[test]
+    fn module_qualified_candidate() {
+        let wanted = ["dsm_probe"];
+        let s = Kallsyms::parse(DUPS.as_bytes(), &wanted, "k").unwrap();
+        let cand = Candidate {
+            name: "dsm_probe",
+            module: Some("ccp"),
+        };
+        let SymbolMatch::Found { attach, module, .. } = s.find_in(&[cand], &[]) else {
+            panic!("must resolve in ccp")
+        };
+        assert_eq!(module.as_deref(), Some("ccp"));
+        assert_eq!(attach.symbol, "ccp:dsm_probe");
+        let SymbolMatch::Missing { reason } = s.find_in(
+            &[Candidate {
+                name: "dsm_probe",
+                module: Some("kvm"),
+            }],
+            &[],
+        ) else {
+            panic!("not in kvm")
+        };
+        assert!(reason.contains("not in module kvm"), "{reason}");
     }
 }

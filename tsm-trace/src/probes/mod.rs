@@ -5,6 +5,7 @@
 //! requested probe fatal.
 
 pub mod capabilities;
+mod compat;
 mod kallsyms;
 mod privileges;
 
@@ -15,7 +16,7 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{KProbe, ProgramError, RawTracePoint},
 };
-pub use kallsyms::{Kallsyms, SymbolMatch};
+pub use kallsyms::{AttachPoint, Candidate, Kallsyms, SymbolMatch};
 pub use privileges::{PrivilegeError, check_privileges};
 use serde::Serialize;
 use tsm_trace_common::{Offsets, stat};
@@ -44,120 +45,16 @@ impl Kind {
     }
 }
 
-/// One row of the compatibility table.
-pub struct Target {
-    pub probe: Probe,
-    /// Candidate function names, in order of preference (the first in kallsyms wins).
-    pub symbols: &'static [&'static str],
-    /// Entry program (kprobe) and return program (kretprobe), by eBPF function name.
-    pub entry: &'static str,
-    pub ret: Option<&'static str>,
-    /// Where the function comes from, for "why is this missing" messages.
-    pub origin: &'static str,
-}
-
-/// The compatibility table. Functions from the iommufd TSM patch are absent from kernels
-/// without it; `pci_tsm_*` exist since Linux 6.19 (CONFIG_PCI_TSM); `kvm_destroy_vm` lives in
-/// kvm.ko and may be inlined; driver ops are named by the user.
-pub const TARGETS: &[Target] = &[
-    Target {
-        probe: Probe::TsmOpIoctl,
-        // v2/v4 name; v5 renames the ioctl IOMMU_VDEVICE_TSM_REQ.
-        symbols: &[
-            "iommufd_vdevice_tsm_op_ioctl",
-            "iommufd_vdevice_tsm_req_ioctl",
-        ],
-        entry: "tsm_op_entry",
-        ret: Some("tsm_op_return"),
-        origin: "the iommufd TSM bind patch (iommufd.ko, CONFIG_TSM=y)",
-    },
-    Target {
-        probe: Probe::TsmBind,
-        symbols: &["tsm_bind"],
-        entry: "tsm_bind_entry",
-        ret: Some("tsm_bind_return"),
-        origin: "the iommufd TSM bind patch (tsm-core, CONFIG_TSM=y)",
-    },
-    Target {
-        probe: Probe::TsmUnbind,
-        symbols: &["tsm_unbind"],
-        entry: "tsm_unbind_entry",
-        ret: Some("tsm_unbind_return"),
-        origin: "the iommufd TSM bind patch (tsm-core, CONFIG_TSM=y)",
-    },
-    Target {
-        probe: Probe::VdeviceAbort,
-        symbols: &["iommufd_vdevice_abort"],
-        entry: "vdev_abort_entry",
-        ret: Some("vdev_abort_return"),
-        origin: "iommufd.ko (CONFIG_IOMMUFD; unbinds on teardown only with the patch)",
-    },
-    Target {
-        probe: Probe::PciTsmBind,
-        symbols: &["pci_tsm_bind"],
-        entry: "pci_bind_entry",
-        ret: Some("pci_bind_return"),
-        origin: "Linux 6.19+ with CONFIG_PCI_TSM=y",
-    },
-    Target {
-        probe: Probe::PciTsmUnbind,
-        symbols: &["pci_tsm_unbind"],
-        entry: "pci_unbind_entry",
-        ret: Some("pci_unbind_return"),
-        origin: "Linux 6.19+ with CONFIG_PCI_TSM=y",
-    },
-    Target {
-        probe: Probe::DriverBind,
-        symbols: &[],
-        entry: "drv_bind_entry",
-        ret: Some("drv_bind_return"),
-        origin: "a TSM driver's bind op, named with --driver-bind",
-    },
-    Target {
-        probe: Probe::DriverUnbind,
-        symbols: &[],
-        entry: "drv_unbind_entry",
-        ret: Some("drv_unbind_return"),
-        origin: "a TSM driver's unbind op, named with --driver-unbind",
-    },
-    Target {
-        probe: Probe::KvmDestroyVm,
-        symbols: &["kvm_destroy_vm"],
-        entry: "kvm_destroy_entry",
-        ret: None,
-        origin: "kvm.ko (static; missing if the compiler inlined it or kvm is not loaded)",
-    },
-    Target {
-        probe: Probe::VmmExit,
-        symbols: &["sched_process_exit"],
-        entry: "vmm_exit",
-        ret: None,
-        origin: "the sched_process_exit raw tracepoint",
-    },
-    Target {
-        probe: Probe::ModuleLoad,
-        symbols: &["module_load"],
-        entry: "module_load",
-        ret: None,
-        origin: "the module_load raw tracepoint (re-attach after module loads)",
-    },
-];
-
-pub fn target(probe: Probe) -> &'static Target {
-    TARGETS
-        .iter()
-        .find(|t| t.probe == probe)
-        .expect("every probe has a row in TARGETS")
-}
+pub use compat::{KNOWN_DRIVERS, KnownDriver, TARGETS, Target, target};
 
 /// What the user asked to attach.
 #[derive(Clone, Debug, Default)]
 pub struct AttachConfig {
     /// Any requested probe that cannot attach is fatal.
     pub strict: bool,
-    /// TSM driver bind/unbind functions to probe (layer `tsm_driver`).
-    pub driver_bind: Option<String>,
-    pub driver_unbind: Option<String>,
+    /// TSM driver ops to probe (layer `tsm_driver`), by probe: `--driver-bind FUNCTION` etc.
+    /// Ops not named here are looked up in [`KNOWN_DRIVERS`].
+    pub driver_ops: Vec<(Probe, String)>,
     /// Probes not to attach at all.
     pub disabled: Vec<Probe>,
     /// Attach a probe to another function of the same prototype (`--symbol PROBE=FUNCTION`),
@@ -166,25 +63,40 @@ pub struct AttachConfig {
 }
 
 impl AttachConfig {
-    /// The function names to try for `t`, in order: an override, else the table's candidates
-    /// (driver ops come only from the command line).
-    pub fn candidates<'a>(&'a self, t: &'a Target) -> Vec<&'a str> {
+    /// The functions to try for `t`, in order: an override, else the table's candidates; for
+    /// driver ops, the function named on the command line, else the known drivers' ops.
+    pub fn candidates<'a>(&'a self, t: &'a Target) -> Vec<Candidate<'a>> {
         if let Some((_, f)) = self.symbols.iter().find(|(p, _)| *p == t.probe) {
-            return vec![f.as_str()];
+            return vec![Candidate::any(f)];
         }
-        match t.probe {
-            Probe::DriverBind => self.driver_bind.as_deref().into_iter().collect(),
-            Probe::DriverUnbind => self.driver_unbind.as_deref().into_iter().collect(),
-            _ => t.symbols.to_vec(),
+        if t.probe.layer() == crate::events::Layer::TsmDriver {
+            if let Some((_, f)) = self.driver_ops.iter().find(|(p, _)| *p == t.probe) {
+                return vec![Candidate::any(f)];
+            }
+            return compat::driver_candidates(t.probe);
         }
+        t.symbols.iter().map(|s| Candidate::any(s)).collect()
     }
 
+    /// Names to keep from kallsyms: every candidate and every anchor.
+    pub fn wanted(&self) -> Vec<&str> {
+        TARGETS
+            .iter()
+            .flat_map(|t| {
+                self.candidates(t)
+                    .into_iter()
+                    .map(|c| c.name)
+                    .chain(t.anchors.iter().copied())
+            })
+            .chain([kallsyms::TEXT_START])
+            .collect()
+    }
+
+    /// Must this probe attach (for `--strict` and the NOT ATTACHED report)? Driver ops only
+    /// when named on the command line.
     fn requested(&self, t: &Target) -> bool {
-        match t.probe {
-            Probe::DriverBind => self.driver_bind.is_some(),
-            Probe::DriverUnbind => self.driver_unbind.is_some(),
-            _ => !self.disabled.contains(&t.probe),
-        }
+        t.probe.layer() != crate::events::Layer::TsmDriver
+            || self.driver_ops.iter().any(|(p, _)| *p == t.probe)
     }
 }
 
@@ -314,22 +226,29 @@ pub fn attach_all(
     ebpf: &mut Ebpf,
     syms: &Kallsyms,
     config: &AttachConfig,
+    prototypes: &[crate::btf::PrototypeCheck],
 ) -> Result<Vec<AttachReport>, ProbeError> {
     let mut reports = Vec::new();
     for t in TARGETS {
         let symbols = config.candidates(t);
-        let requested = config.requested(t);
+        let enabled = !config.disabled.contains(&t.probe);
+        // Driver ops found through the known-driver table are optional: a host without that
+        // driver is not missing anything, so they are neither "requested" nor fatal.
+        let requested = enabled && config.requested(t);
         for (program, kind) in program_names(t) {
             let mut report = AttachReport {
                 probe: t.probe,
                 kind,
-                function: symbols.first().map(|s| s.to_string()).unwrap_or_default(),
+                function: symbols
+                    .first()
+                    .map(|s| s.name.to_string())
+                    .unwrap_or_default(),
                 attached: false,
                 reason: None,
                 requested,
             };
-            if !requested {
-                report.reason = Some(if symbols.is_empty() {
+            if !enabled || symbols.is_empty() {
+                report.reason = Some(if enabled {
                     format!("not requested: {}", t.origin)
                 } else {
                     "disabled on the command line".to_string()
@@ -344,19 +263,26 @@ pub fn attach_all(
                     .ok_or(ProbeError::MissingProgram { program })?
                     .try_into()
                     .map_err(|e| load_error(program, e))?;
-                match p.attach(symbols[0]) {
+                match p.attach(symbols[0].name) {
                     Ok(_) => report.attached = true,
                     Err(e) => report.reason = Some(format!("attach failed: {}", chain(&e))),
                 }
                 reports.push(report);
                 continue;
             }
-            let sym = match syms.find(&symbols) {
-                SymbolMatch::Found { name, module, note } => {
-                    report.function = name.clone();
+            let point = match syms.find_in(&symbols, t.anchors) {
+                SymbolMatch::Found {
+                    name,
+                    module,
+                    note,
+                    attach,
+                } => {
+                    report.function = match module {
+                        Some(m) => format!("{name} [{m}]"),
+                        None => name,
+                    };
                     report.reason = note;
-                    let _ = module;
-                    name
+                    attach
                 }
                 SymbolMatch::Missing { reason } => {
                     report.reason = Some(format!("{reason}; comes from {}", t.origin));
@@ -364,13 +290,22 @@ pub fn attach_all(
                     continue;
                 }
             };
+            if let Some(Err(why)) = prototypes
+                .iter()
+                .find(|c| c.probe == t.probe)
+                .map(|c| &c.result)
+            {
+                report.reason = Some(format!("not attached: {why}"));
+                reports.push(report);
+                continue;
+            }
             load_program(ebpf, program, kind)?;
             let p: &mut KProbe = ebpf
                 .program_mut(program)
                 .ok_or(ProbeError::MissingProgram { program })?
                 .try_into()
                 .map_err(|e| load_error(program, e))?;
-            match p.attach(&sym, 0) {
+            match p.attach(&point.symbol, point.offset) {
                 Ok(_) => report.attached = true,
                 Err(e) => report.reason = Some(format!("attach failed: {}", chain(&e))),
             }
