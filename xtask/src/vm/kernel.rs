@@ -221,6 +221,9 @@ pub struct Kernel {
     pub vmlinux_btf: PathBuf,
     /// The stand-in module built for this kernel (set by `prepare`).
     pub standin_ko: PathBuf,
+    /// The link TSM fixture (`tests/vm/linktsm/`), built by `prepare` only for kernels with
+    /// `CONFIG_PCI_TSM` ([`Kernel::has_pci_tsm`]); absent otherwise.
+    pub linktsm_ko: PathBuf,
 }
 
 impl Kernel {
@@ -231,6 +234,13 @@ impl Kernel {
             .split(|c: char| !c.is_ascii_digit())
             .map(|s| s.parse().unwrap_or(0));
         (it.next().unwrap_or(0), it.next().unwrap_or(0))
+    }
+
+    /// Is the upstream PCI TSM core built in (`CONFIG_PCI_TSM=y` in the headers' `.config`)?
+    pub fn has_pci_tsm(&self) -> bool {
+        std::fs::read_to_string(self.headers.join(".config"))
+            .map(|c| c.lines().any(|l| l == "CONFIG_PCI_TSM=y"))
+            .unwrap_or(false)
     }
 }
 
@@ -382,6 +392,7 @@ fn kernel_paths(version: &str) -> Kernel {
         version: version.to_owned(),
         vmlinux_btf: headers.join("vmlinux"),
         standin_ko: dir.join("standin/tsm_standin.ko"),
+        linktsm_ko: dir.join("linktsm/tsm_linktsm.ko"),
         dir,
         root,
         vmlinuz,

@@ -1,5 +1,8 @@
-//! Building the stand-in kernel module (`tests/vm/standin/`) against a fetched kernel's headers,
-//! with module BTF (the daemon resolves struct offsets from `/sys/kernel/btf/tsm_standin`).
+//! Building the fixture kernel modules against a fetched kernel's headers, with module BTF
+//! (the daemon resolves struct offsets from `/sys/kernel/btf/<module>`):
+//! - `tests/vm/standin/` → `tsm_standin.ko`, for every kernel;
+//! - `tests/vm/linktsm/` → `tsm_linktsm.ko`, a link TSM for the real PCI TSM core, only for
+//!   kernels with `CONFIG_PCI_TSM` (7.x); skipped (and any stale copy removed) elsewhere.
 
 use std::fs;
 use std::path::Path;
@@ -10,14 +13,44 @@ use anyhow::{Context, Result, bail};
 use super::kernel::Kernel;
 use super::repo_root;
 
-const SOURCES: &[&str] = &["tsm_standin.c", "Kbuild"];
+/// One out-of-tree fixture module: its source folder under `tests/vm/`, the files copied into
+/// the build folder, and its name.
+struct ModuleSrc {
+    dir: &'static str,
+    name: &'static str,
+    sources: &'static [&'static str],
+}
 
-/// Build `tsm_standin.ko` for `k` into `k.standin_ko` unless an up-to-date build is cached.
+const STANDIN: ModuleSrc = ModuleSrc {
+    dir: "tests/vm/standin",
+    name: "tsm_standin",
+    sources: &["tsm_standin.c", "Kbuild"],
+};
+
+const LINKTSM: ModuleSrc = ModuleSrc {
+    dir: "tests/vm/linktsm",
+    name: "tsm_linktsm",
+    sources: &["tsm_linktsm.c", "Kbuild"],
+};
+
+/// Build `tsm_standin.ko` for `k` into `k.standin_ko`, and on kernels with `CONFIG_PCI_TSM`
+/// `tsm_linktsm.ko` into `k.linktsm_ko`, unless up-to-date builds are cached.
 pub fn build(k: &Kernel) -> Result<()> {
-    let src = repo_root().join("tests/vm/standin");
-    let build = k.standin_ko.parent().unwrap().to_path_buf();
-    let up_to_date = k.standin_ko.is_file()
-        && SOURCES.iter().all(|f| {
+    build_one(k, &STANDIN, &k.standin_ko)?;
+    if k.has_pci_tsm() {
+        build_one(k, &LINKTSM, &k.linktsm_ko)
+            .with_context(|| format!("building tsm_linktsm for {}", k.version))?;
+    } else {
+        let _ = fs::remove_file(&k.linktsm_ko);
+    }
+    Ok(())
+}
+
+fn build_one(k: &Kernel, m: &ModuleSrc, ko: &Path) -> Result<()> {
+    let src = repo_root().join(m.dir);
+    let build = ko.parent().unwrap().to_path_buf();
+    let up_to_date = ko.is_file()
+        && m.sources.iter().all(|f| {
             matches!((fs::read(src.join(f)), fs::read(build.join(f))), (Ok(a), Ok(b)) if a == b)
         });
     if up_to_date {
@@ -25,7 +58,7 @@ pub fn build(k: &Kernel) -> Result<()> {
     }
     let _ = fs::remove_dir_all(&build);
     fs::create_dir_all(&build)?;
-    for f in SOURCES {
+    for f in m.sources {
         fs::copy(src.join(f), build.join(f)).with_context(|| format!("copying {f}"))?;
     }
 
@@ -57,24 +90,25 @@ pub fn build(k: &Kernel) -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     fs::write(build.join("build.log"), &log)?;
-    if !out.status.success() || !k.standin_ko.is_file() {
-        let _ = fs::remove_file(&k.standin_ko);
-        bail!("building tsm_standin.ko for {} failed:\n{log}", k.version);
+    let name = m.name;
+    if !out.status.success() || !ko.is_file() {
+        let _ = fs::remove_file(ko);
+        bail!("building {name}.ko for {} failed:\n{log}", k.version);
     }
     let warnings: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("tsm_standin") && (l.contains("warning:") || l.contains("error:")))
+        .filter(|l| l.contains(name) && (l.contains("warning:") || l.contains("error:")))
         .collect();
     if !warnings.is_empty() || log.contains("Skipping BTF generation") {
-        let _ = fs::remove_file(&k.standin_ko);
+        let _ = fs::remove_file(ko);
         bail!(
-            "tsm_standin.ko for {} built with warnings or without BTF:\n{log}",
+            "{name}.ko for {} built with warnings or without BTF:\n{log}",
             k.version
         );
     }
-    if !has_btf_section(&k.standin_ko)? {
-        let _ = fs::remove_file(&k.standin_ko);
-        bail!("tsm_standin.ko for {} has no .BTF section", k.version);
+    if !has_btf_section(ko)? {
+        let _ = fs::remove_file(ko);
+        bail!("{name}.ko for {} has no .BTF section", k.version);
     }
     Ok(())
 }

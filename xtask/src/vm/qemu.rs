@@ -86,6 +86,30 @@ pub struct RunOptions {
     /// [`NET_MODULES_DIR`] as `NN-name.ko`; the script loads them in name order and
     /// configures the interface itself (see `tests/vm/scenarios/e2e.sh`). None: no network.
     pub hostfwd: Option<u16>,
+    /// Boot a q35 machine with PCIe endpoints the real PCI TSM core accepts once
+    /// `tsm_linktsm` marks them TEE-capable ([`TEE_PCIE_DEVICES`]), keeping the `pc`
+    /// machine's 00:02.0 (VGA) and 00:03.0 (e1000) as plain PCI devices. false: qemu's
+    /// default `pc` machine.
+    pub tee_pcie: bool,
+}
+
+/// With [`RunOptions::tee_pcie`]: the PCIe devices on q35's root bus (RC-integrated
+/// endpoints). 00:04.0 and 00:05.0 are function 0 (what `is_pci_tsm_pf0()` needs, with
+/// DEVCAP_TEE); 00:04.1 is a sub-function the core probes through 00:04.0's DSM on connect.
+pub const TEE_PCIE_DEVICES: &[&str] = &["0000:00:04.0", "0000:00:04.1", "0000:00:05.0"];
+
+/// qemu arguments for [`RunOptions::tee_pcie`]. Explicit devices only (`-vga none`, `-nic
+/// none`); `romfile=` because no option ROM is needed (nor installed) for them.
+fn tee_pcie_args(cmd: &mut Command) {
+    cmd.args(["-machine", "q35", "-vga", "none", "-nic", "none"])
+        .args(["-device", "VGA,bus=pcie.0,addr=0x2"])
+        .args(["-device", "e1000,bus=pcie.0,addr=0x3,romfile="])
+        .args([
+            "-device",
+            "e1000e,bus=pcie.0,addr=0x4.0,multifunction=on,romfile=",
+        ])
+        .args(["-device", "e1000e,bus=pcie.0,addr=0x4.1,romfile="])
+        .args(["-device", "e1000e,bus=pcie.0,addr=0x5.0,romfile="]);
 }
 
 impl Default for RunOptions {
@@ -100,6 +124,7 @@ impl Default for RunOptions {
             extra_cmdline: String::new(),
             memory_mb: 1024,
             hostfwd: None,
+            tee_pcie: false,
         }
     }
 }
@@ -228,6 +253,10 @@ pub fn spawn_in_vm(
     initramfs::build(
         &InitramfsSpec {
             standin_ko: &kernel.standin_ko,
+            linktsm_ko: kernel
+                .linktsm_ko
+                .is_file()
+                .then_some(kernel.linktsm_ko.as_path()),
             script,
             extra_files: &files,
         },
@@ -258,6 +287,9 @@ pub fn spawn_in_vm(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    if opts.tee_pcie {
+        tee_pcie_args(&mut cmd);
+    }
     if let (Some(guest), Some(host)) = (opts.hostfwd, host_port) {
         cmd.arg("-netdev")
             .arg(format!("user,id=n0,hostfwd=tcp:127.0.0.1:{host}-:{guest}"))
