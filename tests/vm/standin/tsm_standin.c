@@ -58,6 +58,15 @@
  *   delay_us <n>                            driver bind sleeps n microseconds
  *   realpci 0|1                             see above (-EOPNOTSUPP if the
  *                                           kernel has no PCI TSM)
+ *   guest_req <bdf> <scope> <in_len> <out_len>
+ *                                           call the real pci_tsm_guest_req()
+ *                                           (7.x; else -EOPNOTSUPP) with kernel
+ *                                           sockptrs (input bytes i & 0xff);
+ *                                           records layer=pci_tsm_guest_req
+ *                                           scope in_len out_len guest_rc
+ *                                           err (%pe or 0) residue tsm_code
+ *                                           out_sum; a negative result is the
+ *                                           write()'s errno
  *
  * /sys/kernel/debug/tsm_standin/last: ground truth of the last command as one
  * line of space-separated key=value pairs (values never contain spaces),
@@ -112,6 +121,8 @@ struct kvm;
 /* Upstream (linux/pci-tsm.h); declared here to keep the include list flat. */
 int pci_tsm_bind(struct pci_dev *pdev, struct kvm *kvm, u32 tdi_id);
 void pci_tsm_unbind(struct pci_dev *pdev);
+#include <linux/pci-tsm.h>	/* pci_tsm_guest_req(), enum pci_tsm_req_scope */
+#include <linux/sockptr.h>
 #else
 #define STANDIN_HAVE_REAL_PCI_TSM 0
 #define STANDIN_PCI_BIND pci_tsm_bind
@@ -749,6 +760,31 @@ static void rec_binding(struct pci_dev *pdev)
 {
 	struct standin_tdi *tdi = pdev ? find_tdi(pdev) : NULL;
 
+#if STANDIN_HAVE_REAL_PCI_TSM
+	if (realpci && pdev) {
+		/*
+		 * The real core's binding (pdev->tsm->tdi; unlocked read, fine
+		 * for sequential tests). Only this module's VMs are dereferenced.
+		 */
+		struct pci_tsm *t = READ_ONCE(pdev->tsm);
+		struct pci_tdi *rt = t ? READ_ONCE(t->tdi) : NULL;
+		struct standin_vm *vm;
+
+		if (!rt) {
+			rec("after_kvm=0x0");
+			return;
+		}
+		list_for_each_entry(vm, &standin_vms, node) {
+			if (vm->kvm == rt->kvm) {
+				rec_kvm("after_", rt->kvm);
+				return;
+			}
+		}
+		rec("after_kvm=0x%px", rt->kvm);
+		return;
+	}
+#endif
+
 	if (tdi)
 		rec_kvm("after_", tdi->kvm);
 	else
@@ -870,6 +906,58 @@ static int cmd_disconnect(const char *devname)
 	return 0;
 }
 
+/* guest_req: the real pci_tsm_guest_req() (TDISP guest request) on a device. */
+static int cmd_guest_req(const char *devname, u32 scope, u32 in_len,
+			 u32 out_len)
+{
+#if STANDIN_HAVE_REAL_PCI_TSM
+	struct pci_dev *pdev;
+	struct device *dev;
+	u8 *in, *out;
+	u64 code = 0, out_sum = 0;
+	char err[32] = "0";
+	ktime_t start;
+	ssize_t r;
+	u32 i;
+	int rc;
+
+	if (in_len > PAGE_SIZE || out_len > PAGE_SIZE)
+		return -E2BIG;
+	rc = lookup_dev(devname, &dev, &pdev);
+	if (rc)
+		return rc;
+	rec("dev=%s layer=pci_tsm_guest_req scope=%u in_len=%u out_len=%u",
+	    dev_name(dev), scope, in_len, out_len);
+	if (!pdev)
+		return -EINVAL;
+	in = kmalloc(PAGE_SIZE, GFP_KERNEL);
+	out = kzalloc(PAGE_SIZE, GFP_KERNEL);
+	if (!in || !out) {
+		r = -ENOMEM;
+		goto out;
+	}
+	for (i = 0; i < in_len; i++)
+		in[i] = i & 0xff;
+	start = ktime_get();
+	r = pci_tsm_guest_req(pdev, scope, KERNEL_SOCKPTR(in), in_len,
+			      KERNEL_SOCKPTR(out), out_len, &code);
+	rec("duration_ns=%lld", ktime_to_ns(ktime_sub(ktime_get(), start)));
+	for (i = 0; i < out_len; i++)
+		out_sum += out[i];
+	if (r < 0)
+		snprintf(err, sizeof(err), "%pe", ERR_PTR(r));
+	rec("guest_rc=%zd err=%s residue=%zd tsm_code=0x%llx out_sum=%llu", r,
+	    err, r > 0 ? r : 0, code, out_sum);
+out:
+	kfree(in);
+	kfree(out);
+	pci_dev_put(pdev);
+	return r < 0 ? r : 0;
+#else
+	return -EOPNOTSUPP;
+#endif
+}
+
 #define MAX_ARGS 6
 
 static int parse_u32(const char *s, u32 *v)
@@ -957,6 +1045,11 @@ static int run_cmd(char **argv, int argc, const char __user *ubuf)
 		bind_delay_us = a;
 		rec("delay_us=%u", a);
 		return 0;
+	}
+	if (!strcmp(c, "guest_req") && argc == 5) {
+		rc = parse_u32(argv[2], &a) ?: parse_u32(argv[3], &b) ?:
+		     parse_u32(argv[4], &d);
+		return rc ?: cmd_guest_req(argv[1], a, b, d);
 	}
 	if (!strcmp(c, "realpci") && argc == 2) {
 		rc = parse_u32(argv[1], &a);
