@@ -31,6 +31,9 @@ pub use qemu::{RunOptions, Section, VmOutput, run_in_vm, run_in_vm_with};
 /// The placeholder scenario run by `cargo xtask vm-test` (exercises every ctl command).
 pub const SMOKE_SCRIPT: &str = "tests/vm/scenarios/standin-smoke.sh";
 
+/// The real PCI TSM core driven through `tsm_linktsm` (7.x only, q35 with TEE devices).
+pub const LIFECYCLE_SCRIPT: &str = "tests/vm/scenarios/lifecycle-smoke.sh";
+
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct VmTestArgs {
     /// Kernel(s) to test: `trixie-backports` (newest 7.x there), `bookworm` (newest 6.1), or
@@ -44,9 +47,15 @@ pub struct VmTestArgs {
     /// Run `apt-get update` on the private package lists even if they are cached.
     #[arg(long)]
     pub refresh: bool,
-    /// Run the fixture smoke test (every ctl command, no tsm-trace) instead of the probe suite.
+    /// Run the fixture smoke test (every ctl command, no tsm-trace) instead of the probe suite;
+    /// on kernels with PCI TSM (7.x) also the lifecycle smoke (see --lifecycle).
     #[arg(long)]
     pub smoke: bool,
+    /// Run only the lifecycle smoke: the real PCI TSM core (connect, disconnect, bind, unbind,
+    /// guest requests, removal, TSM unregistration) driven through the tsm_linktsm fixture,
+    /// no tsm-trace. Kernels without PCI TSM are skipped.
+    #[arg(long)]
+    pub lifecycle: bool,
     /// Seconds before a guest is killed.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
@@ -120,15 +129,23 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
             .map(|s| KernelSpec::parse(s))
             .collect::<Result<Vec<_>>>()?
     };
-    let smoke = args.smoke;
-    let script_path = if smoke {
+    // Which scenario runs: the probe suite (default), the fixture smoke (+ lifecycle on
+    // kernels with PCI TSM), or the lifecycle smoke alone.
+    let (smoke, lifecycle_only) = (args.smoke, args.lifecycle && !args.smoke);
+    let read_script = |path: &str| {
+        std::fs::read_to_string(repo_root().join(path)).with_context(|| format!("reading {path}"))
+    };
+    let script = read_script(if smoke {
         SMOKE_SCRIPT
     } else {
         scenarios::SCRIPT
+    })?;
+    let lifecycle_script = if smoke || args.lifecycle {
+        Some(read_script(LIFECYCLE_SCRIPT)?)
+    } else {
+        None
     };
-    let script = std::fs::read_to_string(repo_root().join(script_path))
-        .with_context(|| format!("reading {script_path}"))?;
-    let extra = if smoke {
+    let extra = if smoke || lifecycle_only {
         Vec::new()
     } else {
         let bin = crate::util::build_static()?;
@@ -152,38 +169,53 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
             }
         };
         let prep = t0.elapsed();
-        let t1 = Instant::now();
-        let result = run_in_vm_with(&kernel, &extra, &script, &opts).and_then(|out| {
-            if smoke {
-                check_smoke(&out).map(|n| (out, n))
-            } else {
-                check_probes(&out).map(|n| (out, n))
+        // (label, script, options, checker)
+        type Check = fn(&VmOutput) -> Result<usize>;
+        let mut runs: Vec<(&str, &str, RunOptions, Check)> = Vec::new();
+        if !lifecycle_only {
+            let check: Check = if smoke { check_smoke } else { check_probes };
+            runs.push(("", script.as_str(), opts.clone(), check));
+        }
+        if let Some(ls) = &lifecycle_script {
+            if kernel.has_pci_tsm() {
+                let lopts = RunOptions {
+                    tee_pcie: true,
+                    ..opts.clone()
+                };
+                runs.push((" lifecycle", ls.as_str(), lopts, check_lifecycle));
+            } else if lifecycle_only {
+                println!("vm: {} skipped: no CONFIG_PCI_TSM", kernel.version);
             }
-        });
-        let boot = t1.elapsed();
-        match result {
-            Ok((out, n)) => {
-                passed += 1;
-                for w in &out.warnings {
-                    eprintln!("vm: {}: kernel warning: {w}", kernel.version);
+        }
+        for (label, script, ropts, check) in runs {
+            let t1 = Instant::now();
+            let result = run_in_vm_with(&kernel, &extra, script, &ropts)
+                .and_then(|out| check(&out).map(|n| (out, n)));
+            let boot = t1.elapsed();
+            match result {
+                Ok((out, n)) => {
+                    passed += 1;
+                    for w in &out.warnings {
+                        eprintln!("vm: {}{label}: kernel warning: {w}", kernel.version);
+                    }
+                    println!(
+                        "vm: {}{label} ok: {n} checks; prepare {:.1}s, vm {:.1}s (logs {})",
+                        kernel.version,
+                        prep.as_secs_f64(),
+                        boot.as_secs_f64(),
+                        out.run_dir.display()
+                    );
                 }
-                println!(
-                    "vm: {} ok: {n} checks; prepare {:.1}s, vm {:.1}s (logs {})",
-                    kernel.version,
-                    prep.as_secs_f64(),
-                    boot.as_secs_f64(),
-                    out.run_dir.display()
-                );
-            }
-            Err(e) => {
-                eprintln!("vm: {}: FAILED: {e:#}", kernel.version);
-                failures.push(format!("{}: {e:#}", kernel.version));
-                println!(
-                    "vm: {} FAILED; prepare {:.1}s, vm {:.1}s",
-                    kernel.version,
-                    prep.as_secs_f64(),
-                    boot.as_secs_f64()
-                );
+                Err(e) => {
+                    eprintln!("vm: {}{label}: FAILED: {e:#}", kernel.version);
+                    failures.push(format!("{}{label}: {e:#}", kernel.version));
+                    println!(
+                        "vm: {}{label} FAILED; prepare {:.1}s, vm {:.1}s",
+                        kernel.version,
+                        prep.as_secs_f64(),
+                        boot.as_secs_f64()
+                    );
+                }
             }
         }
     }
@@ -252,6 +284,41 @@ fn check_probes(out: &VmOutput) -> Result<usize> {
         );
     }
     Ok(n)
+}
+
+/// Check the lifecycle smoke (`tests/vm/scenarios/lifecycle-smoke.sh`): the guest compares
+/// every step's ground truth (sysfs, the fixture's `events`/`last`/`info`) with what the real
+/// PCI TSM core must do and prints one `check=<name> ok|FAIL ...` line per comparison in the
+/// `checks` section; every line must say ok, at least `LIFECYCLE_MIN_CHECKS` of them.
+fn check_lifecycle(out: &VmOutput) -> Result<usize> {
+    const LIFECYCLE_MIN_CHECKS: usize = 60;
+    let text = &out.section("checks")?.text;
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("check=")).collect();
+    let failed: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| parse_kv(l).get("result").map(String::as_str) != Some("ok"))
+        .collect();
+    let mut errs: Vec<String> = failed.iter().map(|l| l.to_string()).collect();
+    if out.run_rc != Some(0) {
+        errs.push(format!("run.sh exited {:?}", out.run_rc));
+    }
+    if lines.len() < LIFECYCLE_MIN_CHECKS {
+        errs.push(format!(
+            "only {} checks ran, expected at least {LIFECYCLE_MIN_CHECKS}",
+            lines.len()
+        ));
+    }
+    if !errs.is_empty() {
+        bail!(
+            "{} of {} lifecycle checks failed (logs in {}):\n  {}",
+            errs.len(),
+            lines.len(),
+            out.run_dir.display(),
+            errs.join("\n  ")
+        );
+    }
+    Ok(lines.len())
 }
 
 /// Check the placeholder scenario's output; returns the number of checks made.
