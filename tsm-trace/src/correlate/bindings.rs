@@ -11,7 +11,7 @@ use super::types::{
     AnomalyKind, BindPath, Binding, ClearCause, Leak, LeakReason, OpKind, Operation, Output,
     VmEvent, VmEventKind,
 };
-use crate::events::{Event, Probe};
+use crate::events::{Event, Probe, UnbindCause};
 
 #[derive(Debug)]
 enum VmCheckTarget {
@@ -141,6 +141,7 @@ impl Correlator {
                     tdi_id: op.tdi_id,
                     since_ns: op.end_ns,
                     path,
+                    tsm: self.device_tsm(&device).map(str::to_string),
                 };
                 if let Some((old, _)) = self.bindings.get(device.as_str()) {
                     let same_vm = match (&old.vm, &binding.vm) {
@@ -153,6 +154,7 @@ impl Correlator {
                         binding.vm = binding.vm.or_else(|| old.vm.clone());
                         binding.vdevice_id = binding.vdevice_id.or(old.vdevice_id);
                         binding.tdi_id = binding.tdi_id.or(old.tdi_id);
+                        binding.tsm = binding.tsm.or_else(|| old.tsm.clone());
                     } else {
                         self.anomaly(
                             AnomalyKind::BindingReplaced,
@@ -185,11 +187,13 @@ impl Correlator {
                         .map(Cow::Owned),
                 };
                 if unbound {
+                    // Every device the PCI TSM core itself found bound (also other functions'),
+                    // then the operation's own device.
+                    self.close_unbound(frames, UnbindCause::Unbind, now_ns, out);
                     match device {
                         Some(d) => {
-                            if self.remove_binding(&d).is_some() || self.has_leaks(&d) {
-                                self.clear_leaks(&d, ClearCause::Unbound, now_ns, out);
-                            }
+                            let d = d.into_owned();
+                            self.close_binding(&d, UnbindCause::Unbind, op.end_ns, now_ns, out);
                         }
                         None => {
                             self.anomaly(AnomalyKind::UnbindWithoutDevice, Some(op.tid), None, out)
@@ -203,7 +207,8 @@ impl Correlator {
                     self.detect_leak(&d, LeakReason::VdeviceTeardownWithoutUnbind, now_ns, out);
                 }
             }
-            OpKind::Invalid => {}
+            OpKind::Connect | OpKind::Disconnect => self.apply_lifecycle(op, frames, now_ns, out),
+            OpKind::Invalid | OpKind::GuestRequest => {}
         }
     }
 
@@ -276,7 +281,7 @@ impl Correlator {
         Some(b)
     }
 
-    fn has_leaks(&self, device: &str) -> bool {
+    pub(super) fn has_leaks(&self, device: &str) -> bool {
         !self.leaks.is_empty() && self.leak_keys(device).next().is_some()
     }
 
@@ -290,7 +295,7 @@ impl Correlator {
     }
 
     /// Records a leak of a bound device, unless it is already recorded for that reason.
-    fn detect_leak(
+    pub(super) fn detect_leak(
         &mut self,
         device: &str,
         reason: LeakReason,

@@ -2,9 +2,11 @@
 //! errno attribution, identifiers), which is then applied to the binding table.
 
 use super::nesting::Chain;
-use super::types::{Frame, OpKind, OpResult, Operation, Output, UAPI_OP_BIND, UAPI_OP_UNBIND};
+use super::types::{
+    Frame, GuestRequest, OpKind, OpResult, Operation, Output, UAPI_OP_BIND, UAPI_OP_UNBIND,
+};
 use super::{Correlator, FRAME_POOL_MAX};
-use crate::events::{Event, Probe};
+use crate::events::{Event, Probe, UnbindCause};
 
 impl Correlator {
     /// Turns a chain into an operation and applies it to the binding table.
@@ -33,8 +35,41 @@ fn is_bind_probe(p: Probe) -> bool {
 pub(super) fn is_unbind_probe(p: Probe) -> bool {
     matches!(
         p,
-        Probe::TsmUnbind | Probe::PciTsmUnbind | Probe::DriverUnbind
+        Probe::TsmUnbind | Probe::PciTsmUnbind | Probe::PciTsmUnbindAny | Probe::DriverUnbind
     )
+}
+
+/// The kind an outermost frame gives its operation, when it decides alone.
+fn kind_of_outer(outer: &Event) -> Option<OpKind> {
+    Some(match outer.probe {
+        Probe::TsmOpIoctl => match outer.op {
+            Some(UAPI_OP_BIND) => OpKind::Bind,
+            Some(UAPI_OP_UNBIND) => OpKind::Unbind,
+            Some(_) => OpKind::Invalid,
+            None => return None,
+        },
+        Probe::VdeviceAbort => OpKind::Teardown,
+        Probe::Connect | Probe::DriverProbe | Probe::DriverConnect => OpKind::Connect,
+        Probe::Disconnect
+        | Probe::PciTsmDisconnect
+        | Probe::PciTsmDestroy
+        | Probe::DriverDisconnect => OpKind::Disconnect,
+        Probe::PciTsmGuestReq | Probe::DriverGuestReq => OpKind::GuestRequest,
+        _ => return None,
+    })
+}
+
+/// Why a disconnect or an unbind happened, from its outermost frame.
+fn cause_of(kind: OpKind, outer: &Event) -> Option<UnbindCause> {
+    match (kind, outer.probe) {
+        (OpKind::Disconnect, Probe::PciTsmDestroy) if outer.tsm_unregister => {
+            Some(UnbindCause::TsmUnregister)
+        }
+        (OpKind::Disconnect, Probe::PciTsmDestroy) => Some(UnbindCause::DeviceRemoval),
+        (OpKind::Disconnect, _) => Some(UnbindCause::Disconnect),
+        (OpKind::Unbind | OpKind::Teardown, _) => Some(UnbindCause::Unbind),
+        _ => None,
+    }
 }
 
 /// Builds an operation from frames sorted outermost first (non-empty). Moves the owned fields
@@ -55,23 +90,24 @@ fn build_operation(frames: &mut [Event], mut frame_vec: Vec<Frame>) -> Operation
             None
         }
     });
-    let kind = match outer.probe {
-        Probe::TsmOpIoctl => match outer.op {
-            Some(UAPI_OP_BIND) => OpKind::Bind,
-            Some(UAPI_OP_UNBIND) => OpKind::Unbind,
-            Some(_) => OpKind::Invalid,
-            None => inferred.unwrap_or(OpKind::Invalid),
-        },
-        Probe::VdeviceAbort => OpKind::Teardown,
-        _ => inferred.unwrap_or(OpKind::Invalid),
-    };
+    let kind = kind_of_outer(outer).or(inferred).unwrap_or(OpKind::Invalid);
     let result = match outer.errno() {
         None => OpResult::Ok,
         Some(e) => {
+            // The deepest frame that returned the same errno; if only the outer frame did,
+            // a deeper frame that failed without an errno (a driver probe's NULL) explains it.
             let src = frames
                 .iter()
+                .skip(1)
                 .rev()
                 .find(|f| f.errno() == Some(e))
+                .or_else(|| {
+                    frames
+                        .iter()
+                        .skip(1)
+                        .rev()
+                        .find(|f| f.errno().is_none() && !f.ok())
+                })
                 .unwrap_or(outer);
             OpResult::Err {
                 errno: e,
@@ -80,6 +116,16 @@ fn build_operation(frames: &mut [Event], mut frame_vec: Vec<Frame>) -> Operation
             }
         }
     };
+    let guest_request = frames
+        .iter()
+        .find(|f| matches!(f.probe, Probe::PciTsmGuestReq | Probe::DriverGuestReq))
+        .map(|f| GuestRequest {
+            scope: f.scope,
+            in_len: f.in_len,
+            out_len: f.out_len,
+            tsm_code: f.tsm_code,
+            residue: f.ret.filter(|r| *r > 0).map(|r| r as u64),
+        });
     let start_ns = if outer.entry_missing {
         frames
             .iter()
@@ -111,6 +157,9 @@ fn build_operation(frames: &mut [Event], mut frame_vec: Vec<Frame>) -> Operation
         vm,
         tdi_id: frames.iter().find_map(|f| f.tdi_id),
         virt_id: frames.iter().find_map(|f| f.virt_id),
+        tsm: frames.iter().find_map(|f| f.tsm.clone()),
+        cause: cause_of(kind, outer),
+        guest_request,
         frames: {
             frame_vec.clear();
             frame_vec.extend(frames.iter().map(Frame::from_event));

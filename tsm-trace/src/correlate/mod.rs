@@ -28,6 +28,8 @@
 //!                               │        │
 //!                               │        ▼
 //!                               └─▶ bindings.rs  binding table, leak table, VM/VMM checks
+//!                                   devices.rs   connect state per device; bindings the
+//!                                                core ends on disconnect/removal
 //!                                        ▲
 //!  Snapshot ─▶ Correlator::reconcile ────┘      (reconcile.rs: sysfs vs. the binding table)
 //! ```
@@ -44,7 +46,10 @@
 
 mod bindings;
 mod build;
+mod devices;
 mod fxhash;
+#[cfg(test)]
+mod lifecycle_tests;
 mod nesting;
 mod reconcile;
 #[cfg(test)]
@@ -62,9 +67,9 @@ use bindings::VmCheck;
 use fxhash::FxBuild;
 use nesting::{Chain, Key, ThreadState};
 pub use types::{
-    Anomaly, AnomalyKind, BindPath, Binding, ClearCause, Frame, Leak, LeakReason, Mismatch,
-    MismatchKind, OpKind, OpResult, Operation, Output, UAPI_OP_BIND, UAPI_OP_UNBIND, VmEvent,
-    VmEventKind,
+    Anomaly, AnomalyKind, BindPath, Binding, BindingClosed, ClearCause, Frame, GuestRequest, Leak,
+    LeakReason, Mismatch, MismatchKind, OpKind, OpResult, Operation, Output, TsmState,
+    UAPI_OP_BIND, UAPI_OP_UNBIND, VmEvent, VmEventKind,
 };
 
 /// Limits and timers. All times are CLOCK_MONOTONIC nanoseconds.
@@ -140,6 +145,8 @@ pub struct Correlator {
     pending_count: usize,
     vm_checks: VecDeque<VmCheck>,
     recent_points: VecDeque<Key>,
+    /// Connect state per device (devices.rs), bounded by `max_bindings`.
+    devices: BTreeMap<String, devices::DeviceLink>,
     stats: Stats,
     /// Reusable buffers (no allocation per event in the steady state).
     scratch: Scratch,
@@ -179,6 +186,7 @@ impl Correlator {
             seq: 0,
             next_due_ns: u64::MAX,
             bindings: HashMap::default(),
+            devices: BTreeMap::new(),
             binding_order: BTreeMap::new(),
             leaks: BTreeMap::new(),
             leak_count: [0; LeakReason::ALL.len()],

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 
 use super::types::AnomalyKind;
 use super::{Correlator, FRAME_POOL_MAX, Output};
-use crate::events::{Event, Layer, Probe};
+use crate::events::{Event, Probe};
 
 pub(super) const RECENT_KEYS: usize = 16;
 const RECENT_OPS: usize = 4;
@@ -51,7 +51,7 @@ impl Chain {
     }
 
     fn outer_depth(&self) -> u8 {
-        self.outer().probe.layer().depth()
+        self.outer().probe.depth()
     }
 
     /// Start of the outermost frame, if its entry was seen.
@@ -80,7 +80,7 @@ impl Chain {
     }
 
     fn sort(&mut self) {
-        let key = |f: &Event| (f.probe.layer().depth(), f.start_ns, f.end_ns);
+        let key = |f: &Event| (f.probe.depth(), f.start_ns, f.end_ns);
         // Usually already in order (outer frames arrive last and are put first); a stable
         // sort of sorted input is the identity, so skip the moves.
         if !self.frames.is_sorted_by_key(key) {
@@ -103,6 +103,18 @@ pub(super) struct ThreadState {
 /// that ends before the outer end.
 fn contains(outer_start: Option<u64>, outer_end: u64, s: u64, e: u64) -> bool {
     e <= outer_end && outer_start.is_none_or(|os| os <= s)
+}
+
+/// Do two calls of one thread overlap in time (neither ended before the other started)?
+fn overlap(a: &Event, b: &Event) -> bool {
+    let start = |f: &Event| {
+        if f.entry_missing {
+            f.end_ns
+        } else {
+            f.start_ns
+        }
+    };
+    start(a) < b.end_ns && start(b) < a.end_ns
 }
 
 fn push_closed(ts: &mut ThreadState, c: &Chain) {
@@ -145,7 +157,7 @@ impl Correlator {
         }
         ts.recent.push_back(key);
 
-        let depth = ev.probe.layer().depth();
+        let depth = ev.probe.depth();
         let ev_start = (!ev.entry_missing).then_some(ev.start_ns);
         let ev_s = ev_start.unwrap_or(ev.end_ns);
         let ev_end = ev.end_ns;
@@ -171,8 +183,12 @@ impl Correlator {
             if chain.outer_depth() > depth && contains(ev_start, ev_end, chain.start(), chain.end())
             {
                 absorbed.push(chain);
-            } else if window == 0 && ev_start.is_some_and(|s| s > chain.end()) {
-                // The thread moved on: nothing can contain that chain any more.
+            } else if window == 0
+                && ev_start.is_some_and(|s| s > chain.end())
+                && !(ev.probe.has_siblings() && chain.outer().probe.has_siblings())
+            {
+                // The thread moved on: nothing can contain that chain any more (unless both
+                // are calls an unseen parent makes one after the other).
                 to_close.push(chain);
             } else {
                 keep.push(chain);
@@ -199,7 +215,10 @@ impl Correlator {
         };
         if let Some(i) = host {
             let host = &mut keep[i];
-            overlapping = host.frames.iter().any(|f| f.probe.layer().depth() == depth);
+            overlapping = host
+                .frames
+                .iter()
+                .any(|f| f.probe.depth() == depth && overlap(f, &ev));
             host.frames.push(ev);
             host.sort();
         } else {
@@ -224,12 +243,14 @@ impl Correlator {
                 deadline_ns: 0,
             };
             chain.sort();
-            // Sorted by depth: two frames of one layer are neighbours.
+            // Sorted by depth, then start: two frames at one depth that overlap in time are
+            // neighbours. (Siblings one after the other are normal: a disconnect unbinds every
+            // function, connect runs the driver's probe, then its connect.)
             overlapping |= chain
                 .frames
                 .windows(2)
-                .any(|w| w[0].probe.layer().depth() == w[1].probe.layer().depth());
-            chain.deadline_ns = if depth <= Layer::Iommufd.depth() {
+                .any(|w| w[0].probe.depth() == w[1].probe.depth() && overlap(&w[0], &w[1]));
+            chain.deadline_ns = if chain.outer().probe.is_root() {
                 now_ns.saturating_add(window)
             } else {
                 now_ns.saturating_add(pending_timeout)
@@ -245,7 +266,7 @@ impl Correlator {
 
         // Close outermost chains now unless a reorder window holds them.
         for c in keep.drain(..) {
-            if window == 0 && c.outer_depth() <= Layer::Iommufd.depth() {
+            if window == 0 && c.outer().probe.is_root() {
                 to_close.push(c);
             } else {
                 pending.push(c);

@@ -5,7 +5,7 @@
 use serde::{Serialize, Serializer};
 
 use crate::errno;
-use crate::events::{Event, Layer, Probe, Vm};
+use crate::events::{Event, Layer, Probe, UnbindCause, Vm};
 
 /// What an operation did, from the ioctl's `op` or from the functions it called.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -17,14 +17,24 @@ pub enum OpKind {
     Teardown,
     /// The ioctl with an `op` that is neither bind nor unbind (or unreadable, with no inner call).
     Invalid,
+    /// `tsm/connect`: the TSM driver's probe and connect (SPDM session, IDE set-up).
+    Connect,
+    /// `tsm/disconnect`, device removal or TSM unregistration (see [`Operation::cause`]):
+    /// every function unbound, then the link torn down.
+    Disconnect,
+    /// A guest's TDISP request (`pci_tsm_guest_req`).
+    GuestRequest,
 }
 
 impl OpKind {
-    pub const ALL: [OpKind; 4] = [
+    pub const ALL: [OpKind; 7] = [
         OpKind::Bind,
         OpKind::Unbind,
         OpKind::Teardown,
         OpKind::Invalid,
+        OpKind::Connect,
+        OpKind::Disconnect,
+        OpKind::GuestRequest,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -33,6 +43,41 @@ impl OpKind {
             OpKind::Unbind => "unbind",
             OpKind::Teardown => "teardown",
             OpKind::Invalid => "invalid",
+            OpKind::Connect => "connect",
+            OpKind::Disconnect => "disconnect",
+            OpKind::GuestRequest => "guest_request",
+        }
+    }
+}
+
+/// What a guest request asked and got.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GuestRequest {
+    /// `enum pci_tsm_req_scope`: 0 info, 1 state change (others are refused with -EINVAL).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_len: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub out_len: Option<u64>,
+    /// The TSM's own result code for the guest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tsm_code: Option<u64>,
+    /// Bytes of the response buffer left unfilled (a positive return).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub residue: Option<u64>,
+}
+
+impl GuestRequest {
+    /// The scope's name (`info`, `state_change`, ...), for labels and trace lines.
+    pub fn scope_name(&self) -> &'static str {
+        match self.scope {
+            Some(0) => "info",
+            Some(1) => "state_change",
+            Some(2) => "debug_read",
+            Some(3) => "debug_write",
+            Some(_) => "other",
+            None => "unknown",
         }
     }
 }
@@ -60,6 +105,9 @@ pub struct Frame {
     pub duration_ns: u64,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub entry_missing: bool,
+    /// Failed by returning NULL, with no errno (a driver's `probe`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub null_return: bool,
 }
 
 impl Frame {
@@ -73,11 +121,12 @@ impl Frame {
             errno: ev.errno(),
             duration_ns: ev.duration_ns(),
             entry_missing: ev.entry_missing,
+            null_return: ev.errno().is_none() && !ev.ok(),
         }
     }
 
     pub fn ok(&self) -> bool {
-        self.errno.is_none()
+        self.errno.is_none() && !self.null_return
     }
 }
 
@@ -115,6 +164,14 @@ pub struct Operation {
     pub tdi_id: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub virt_id: Option<u64>,
+    /// The TSM (`tsmN`) of a connect, disconnect or guest request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tsm: Option<String>,
+    /// Why a disconnect ran (or an unbind): sysfs, device removal, TSM unregistration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<UnbindCause>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guest_request: Option<GuestRequest>,
     /// Outermost first.
     pub frames: Vec<Frame>,
     #[serde(flatten)]
@@ -176,6 +233,42 @@ pub struct Binding {
     pub tdi_id: Option<u64>,
     pub since_ns: u64,
     pub path: BindPath,
+    /// The TSM the device was connected to when it was bound, if the connect was seen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tsm: Option<String>,
+}
+
+/// A binding that ended, and why: an explicit unbind, or the PCI TSM core unbinding it on a
+/// disconnect, a device removal or a TSM unregistration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BindingClosed {
+    pub binding: Binding,
+    pub cause: UnbindCause,
+    pub closed_ns: u64,
+}
+
+/// Where a device is in the TSM lifecycle, as far as the probes saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TsmState {
+    /// Connected to a TSM (SPDM session and IDE up), not bound.
+    Connected,
+    /// Bound to a VM (the binding table holds it).
+    Bound,
+    /// Disconnected (by sysfs, removal or TSM unregistration) since tsm-trace started.
+    Disconnected,
+}
+
+impl TsmState {
+    pub const ALL: [TsmState; 3] = [TsmState::Connected, TsmState::Bound, TsmState::Disconnected];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TsmState::Connected => "connected",
+            TsmState::Bound => "bound",
+            TsmState::Disconnected => "disconnected",
+        }
+    }
 }
 
 /// Why a binding is believed leaked.
@@ -306,10 +399,12 @@ pub enum AnomalyKind {
     VmEventWithoutVm,
     /// Too many pending VM checks: the oldest was run early.
     VmCheckOverflow,
+    /// The device lifecycle table was full: a device's connect state was forgotten.
+    DeviceTableFull,
 }
 
 impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 14] = [
+    pub const ALL: [AnomalyKind; 15] = [
         AnomalyKind::DuplicateEvent,
         AnomalyKind::EntryMissing,
         AnomalyKind::TimeReversed,
@@ -324,6 +419,7 @@ impl AnomalyKind {
         AnomalyKind::PendingOverflow,
         AnomalyKind::VmEventWithoutVm,
         AnomalyKind::VmCheckOverflow,
+        AnomalyKind::DeviceTableFull,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -342,6 +438,7 @@ impl AnomalyKind {
             AnomalyKind::PendingOverflow => "pending_overflow",
             AnomalyKind::VmEventWithoutVm => "vm_event_without_vm",
             AnomalyKind::VmCheckOverflow => "vm_check_overflow",
+            AnomalyKind::DeviceTableFull => "device_table_full",
         }
     }
 }
@@ -425,6 +522,8 @@ pub enum Output {
     Anomaly(Anomaly),
     Mismatch(Mismatch),
     VmEvent(VmEvent),
+    /// A binding ended (any cause); the unbind or disconnect operation comes first.
+    BindingClosed(BindingClosed),
 }
 
 fn ser_errno<S: Serializer>(e: &i32, s: S) -> Result<S::Ok, S::Error> {

@@ -198,6 +198,61 @@ impl Probe {
         }
     }
 
+    /// Call depth, for nesting frames into operations: a frame contains only deeper frames.
+    /// Finer than [`Layer::depth`]: inside PCI TSM, `connect_store` calls the driver's ops and
+    /// `disconnect_store` → `__pci_tsm_disconnect` → `__pci_tsm_unbind` → the driver's unbind.
+    pub const fn depth(self) -> u8 {
+        match self {
+            Probe::KvmDestroyVm | Probe::VmmExit | Probe::ModuleLoad => 0,
+            Probe::TsmOpIoctl | Probe::VdeviceAbort => 1,
+            Probe::TsmBind | Probe::TsmUnbind => 2,
+            Probe::PciTsmBind
+            | Probe::PciTsmUnbind
+            | Probe::PciTsmGuestReq
+            | Probe::Connect
+            | Probe::Disconnect
+            | Probe::PciTsmDestroy => 3,
+            Probe::PciTsmDisconnect => 4,
+            Probe::PciTsmUnbindAny => 5,
+            Probe::DriverProbe
+            | Probe::DriverConnect
+            | Probe::DriverDisconnect
+            | Probe::DriverBind
+            | Probe::DriverUnbind
+            | Probe::DriverGuestReq => 6,
+        }
+    }
+
+    /// Nothing tsm-trace probes ever calls this function: its operation is complete when it
+    /// returns (sysfs writes, device removal, TSM unregistration, guest requests, and the
+    /// iommufd entry points).
+    pub const fn is_root(self) -> bool {
+        matches!(
+            self,
+            Probe::TsmOpIoctl
+                | Probe::VdeviceAbort
+                | Probe::Connect
+                | Probe::Disconnect
+                | Probe::PciTsmDestroy
+                | Probe::PciTsmGuestReq
+        )
+    }
+
+    /// Calls that follow one another under one parent: the driver's probe then connect under
+    /// `connect_store`; every function's `__pci_tsm_unbind` (with the driver's unbind) then
+    /// the driver's disconnect under `__pci_tsm_disconnect`. A finished call of these is not
+    /// closed just because the thread started another one of them.
+    pub const fn has_siblings(self) -> bool {
+        matches!(
+            self,
+            Probe::DriverProbe
+                | Probe::DriverConnect
+                | Probe::DriverDisconnect
+                | Probe::DriverUnbind
+                | Probe::PciTsmUnbindAny
+        )
+    }
+
     /// Point events have no duration and no return value.
     pub const fn is_point(self) -> bool {
         matches!(

@@ -6,6 +6,7 @@
 //! {"type":"leak","event":"cleared",…,"cleared_by":"unbound"}
 //! {"type":"vm_event","event":"vm_destroyed",…}
 //! {"type":"sysfs_mismatch","kind":"denies_binding","device":…}
+//! {"type":"binding_closed","cause":"disconnect","binding":{"device":…},"closed_ns":…}
 //! ```
 //! Errnos are names (`EBUSY`, or `E<n>` for one without a name); times are CLOCK_MONOTONIC ns.
 
@@ -25,6 +26,7 @@ enum Line<'a> {
     VmEvent(&'a crate::correlate::VmEvent),
     SysfsMismatch(&'a crate::correlate::Mismatch),
     Anomaly(&'a crate::correlate::Anomaly),
+    BindingClosed(&'a crate::correlate::BindingClosed),
 }
 
 /// The JSON line for an output (without the newline). Anomalies are included only when
@@ -44,6 +46,7 @@ pub fn line(out: &Output, anomalies: bool) -> Option<String> {
         Output::Mismatch(m) => Line::SysfsMismatch(m),
         Output::Anomaly(a) if anomalies => Line::Anomaly(a),
         Output::Anomaly(_) => return None,
+        Output::BindingClosed(c) => Line::BindingClosed(c),
     };
     serde_json::to_string(&l).ok()
 }
@@ -52,6 +55,8 @@ pub fn line(out: &Output, anomalies: bool) -> Option<String> {
 #[derive(Clone, Debug, Serialize)]
 pub struct BindingsView {
     pub bindings: Vec<Binding>,
+    /// Devices per PCI TSM lifecycle state (connected, bound, disconnected).
+    pub devices: std::collections::BTreeMap<crate::correlate::TsmState, usize>,
     pub leaks: Vec<Leak>,
     /// Frames waiting for their outer call.
     pub pending_frames: usize,
@@ -61,6 +66,7 @@ impl BindingsView {
     pub fn of(c: &Correlator) -> BindingsView {
         BindingsView {
             bindings: c.bindings().into_iter().cloned().collect(),
+            devices: c.device_states(),
             leaks: c.leaks().cloned().collect(),
             pending_frames: c.pending_frames(),
         }

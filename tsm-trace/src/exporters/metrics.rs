@@ -15,10 +15,10 @@ use prometheus::{
 };
 
 use crate::correlate::{
-    AnomalyKind, Correlator, LeakReason, MismatchKind, OpKind, Output, VmEventKind,
+    AnomalyKind, Correlator, LeakReason, MismatchKind, OpKind, Output, TsmState, VmEventKind,
 };
 use crate::errno;
-use crate::events::{Layer, Probe};
+use crate::events::{Layer, Probe, UnbindCause};
 use crate::sysfs::Snapshot;
 
 /// The exposition's content type.
@@ -58,6 +58,8 @@ pub struct Metrics {
     operations: IntCounterVec,
     duration: HistogramVec,
     bindings_active: IntGauge,
+    bindings_closed: IntCounterVec,
+    devices: IntGaugeVec,
     leaks_detected: IntCounterVec,
     leaked_info: IntGaugeVec,
     reconcile_runs: IntCounter,
@@ -168,7 +170,7 @@ impl Metrics {
         let operations = counter_vec(
             &r,
             "tsm_trace_operations_total",
-            "TSM operations (bind, unbind, vdevice teardown) by outcome; layer is the layer that produced the errno, or the outermost layer for successes.",
+            "TSM operations (bind, unbind, vdevice teardown, connect, disconnect, guest_request) by outcome; layer is the layer that produced the errno, or the outermost layer for successes.",
             &["op", "layer", "result", "errno"],
         );
         let duration = HistogramVec::new(
@@ -186,6 +188,18 @@ impl Metrics {
             &r,
             "tsm_trace_bindings_active",
             "Devices currently believed bound to a VM (including leaked ones).",
+        );
+        let bindings_closed = counter_vec(
+            &r,
+            "tsm_trace_bindings_closed_total",
+            "Bindings that ended, by cause: unbind (pci_tsm_unbind), or the PCI TSM core unbinding on disconnect, device_removal or tsm_unregister.",
+            &["cause"],
+        );
+        let devices = gauge_vec(
+            &r,
+            "tsm_trace_devices",
+            "Devices by PCI TSM lifecycle state as the probes saw it: connected (not bound), bound, disconnected (since start).",
+            &["state"],
         );
         let bindings_leaked = gauge_vec(
             &r,
@@ -302,6 +316,17 @@ impl Metrics {
         for kind in MismatchKind::ALL {
             sysfs_mismatches.with_label_values(&[kind.as_str()]);
         }
+        for cause in [
+            UnbindCause::Unbind,
+            UnbindCause::Disconnect,
+            UnbindCause::DeviceRemoval,
+            UnbindCause::TsmUnregister,
+        ] {
+            bindings_closed.with_label_values(&[cause.as_str()]);
+        }
+        for state in TsmState::ALL {
+            devices.with_label_values(&[state.as_str()]).set(0);
+        }
         for state in ["bound", "unbound", "unknown"] {
             sysfs_devices.with_label_values(&[state]).set(0);
         }
@@ -330,6 +355,8 @@ impl Metrics {
             operations,
             duration,
             bindings_active,
+            bindings_closed,
+            devices,
             leaks_detected,
             leaked_info,
             reconcile_runs,
@@ -433,12 +460,21 @@ impl Metrics {
                 .with_label_values(&[m.kind.as_str()])
                 .inc(),
             Output::VmEvent(v) => self.vm_events.with_label_values(&[v.event.as_str()]).inc(),
+            Output::BindingClosed(c) => self
+                .bindings_closed
+                .with_label_values(&[c.cause.as_str()])
+                .inc(),
         }
     }
 
     /// Sets the gauges that mirror the correlator's tables.
     pub fn sync(&self, c: &Correlator) {
         self.bindings_active.set(c.binding_count() as i64);
+        for (state, n) in c.device_states() {
+            self.devices
+                .with_label_values(&[state.as_str()])
+                .set(n as i64);
+        }
         for (g, reason) in self.handles.leaked.iter().zip(LeakReason::ALL) {
             g.set(c.leak_count(reason) as i64);
         }

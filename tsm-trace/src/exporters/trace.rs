@@ -146,6 +146,11 @@ impl Filters {
                 true,
             ),
             Output::Anomaly(a) => (a.device.as_deref(), None, true),
+            Output::BindingClosed(c) => (
+                Some(c.binding.device.as_str()),
+                c.binding.vm.as_ref(),
+                false,
+            ),
         };
         if let Some(d) = &self.device
             && device != Some(d.as_str())
@@ -239,6 +244,31 @@ impl TraceFormatter {
                 }
             )),
             Output::Anomaly(_) => None,
+            // An unbind's own line says it; the core's unbinds on disconnect, removal and
+            // unregistration get a line of their own.
+            Output::BindingClosed(c) if c.cause == crate::events::UnbindCause::Unbind => None,
+            Output::BindingClosed(c) => {
+                let b = &c.binding;
+                let mut s = format!(
+                    "{} UNBOUND  {} by {}  vm={}",
+                    self.clock.format(c.closed_ns),
+                    b.device,
+                    c.cause.as_str(),
+                    opt_vm(b.vm.as_ref())
+                );
+                if let Some(t) = b.tdi_id {
+                    let _ = write!(s, " tdi={t}");
+                }
+                if let Some(tsm) = &b.tsm {
+                    let _ = write!(s, " tsm={tsm}");
+                }
+                let _ = write!(
+                    s,
+                    " bound {}",
+                    fmt_duration(c.closed_ns.saturating_sub(b.since_ns))
+                );
+                Some(s)
+            }
         }
     }
 
@@ -249,6 +279,26 @@ impl TraceFormatter {
             op.kind.as_str(),
             op.device.as_deref().unwrap_or("?")
         );
+        if let Some(tsm) = &op.tsm {
+            let _ = write!(s, " tsm={tsm}");
+        }
+        if let Some(c) = op.cause
+            && op.kind == crate::correlate::OpKind::Disconnect
+        {
+            let _ = write!(s, " by={}", c.as_str());
+        }
+        if let Some(g) = &op.guest_request {
+            let _ = write!(s, " scope={}", g.scope_name());
+            if let (Some(i), Some(o)) = (g.in_len, g.out_len) {
+                let _ = write!(s, " in={i} out={o}");
+            }
+            if let Some(r) = g.residue {
+                let _ = write!(s, " residue={r}");
+            }
+            if let Some(c) = g.tsm_code {
+                let _ = write!(s, " tsm_code={c:#x}");
+            }
+        }
         if let Some(v) = op.vdevice_id {
             let _ = write!(s, " vdev={v}");
         }
@@ -279,7 +329,19 @@ impl TraceFormatter {
             if i > 0 {
                 s.push_str(" > ");
             }
-            s.push_str(f.layer.as_str());
+            // Bind paths cross layers; lifecycle operations stay in PCI TSM and the driver, so
+            // name the functions there.
+            let lifecycle = matches!(
+                op.kind,
+                crate::correlate::OpKind::Connect
+                    | crate::correlate::OpKind::Disconnect
+                    | crate::correlate::OpKind::GuestRequest
+            );
+            s.push_str(if lifecycle {
+                f.probe.as_str()
+            } else {
+                f.layer.as_str()
+            });
             s.push(' ');
             if f.entry_missing {
                 s.push('?');
@@ -293,6 +355,9 @@ impl TraceFormatter {
             {
                 s.push(' ');
                 s.push_str(&errno::name(e));
+            }
+            if f.null_return {
+                s.push_str(" NULL");
             }
         }
         let _ = write!(s, "  comm={} tgid={}", op.comm, op.tgid);
@@ -405,6 +470,8 @@ pub struct Summary {
     leak_lines: Vec<String>,
     anomalies: BTreeMap<AnomalyKind, u64>,
     mismatches: BTreeMap<MismatchKind, u64>,
+    /// Bindings ended, by cause.
+    closed: BTreeMap<&'static str, u64>,
 }
 
 impl Summary {
@@ -442,6 +509,7 @@ impl Summary {
             Output::Anomaly(a) => *self.anomalies.entry(a.kind).or_default() += 1,
             Output::Mismatch(m) => *self.mismatches.entry(m.kind).or_default() += 1,
             Output::VmEvent(_) => {}
+            Output::BindingClosed(c) => *self.closed.entry(c.cause.as_str()).or_default() += 1,
         }
     }
 
@@ -504,6 +572,12 @@ impl Summary {
             }
             for l in still_leaked {
                 let _ = writeln!(s, "  {l}");
+            }
+        }
+        if !self.closed.is_empty() {
+            let _ = writeln!(s, "\nbindings ended, by cause:");
+            for (c, n) in &self.closed {
+                let _ = writeln!(s, "  {n:>8}  {c}");
             }
         }
         if !self.mismatches.is_empty() {

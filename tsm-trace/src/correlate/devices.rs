@@ -1,0 +1,139 @@
+//! The PCI TSM lifecycle of each device: connected to a TSM, bound, disconnected; and the
+//! bindings the PCI TSM core ends itself (disconnect, device removal, TSM unregistration all
+//! unbind every function first, through `__pci_tsm_unbind`, never through `pci_tsm_unbind`).
+//!
+//! ```text
+//! unconnected ──connect──▶ connected(tsmN) ──bind──▶ bound(VM) ──unbind──▶ connected
+//!                               ▲                        │
+//!                               └──────────── disconnect / removal / unregistration
+//!                                            (binding closed with that cause) ──▶ disconnected
+//! ```
+
+use std::collections::BTreeMap;
+
+use super::Correlator;
+use super::types::{AnomalyKind, BindingClosed, ClearCause, OpKind, Operation, Output, TsmState};
+use crate::events::{Event, Probe, UnbindCause};
+
+/// What the probes last saw of a device's link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct DeviceLink {
+    /// Connected to this TSM (`None`: disconnected).
+    pub(super) tsm: Option<String>,
+    pub(super) since_ns: u64,
+}
+
+impl Correlator {
+    /// Applies a connect or disconnect to the device table, and closes the bindings that a
+    /// disconnect (of any cause) ended.
+    pub(super) fn apply_lifecycle(
+        &mut self,
+        op: &Operation,
+        frames: &[Event],
+        now_ns: u64,
+        out: &mut Vec<Output>,
+    ) {
+        match op.kind {
+            OpKind::Connect if op.ok() => {
+                if let Some(d) = &op.device {
+                    self.set_link(d, op.tsm.clone(), op.end_ns, out);
+                }
+            }
+            OpKind::Disconnect => {
+                let cause = op.cause.unwrap_or(UnbindCause::Disconnect);
+                self.close_unbound(frames, cause, now_ns, out);
+                // A failed disconnect_store (wrong TSM name, not connected) changed nothing.
+                if op.ok()
+                    && let Some(d) = &op.device
+                {
+                    self.set_link(d, None, op.end_ns, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Closes the binding of every device a `__pci_tsm_unbind` frame found bound.
+    pub(super) fn close_unbound(
+        &mut self,
+        frames: &[Event],
+        cause: UnbindCause,
+        now_ns: u64,
+        out: &mut Vec<Output>,
+    ) {
+        for f in frames
+            .iter()
+            .filter(|f| f.probe == Probe::PciTsmUnbindAny && !f.nothing_bound)
+        {
+            if let Some(d) = &f.device {
+                self.close_binding(d, cause, f.end_ns, now_ns, out);
+            }
+        }
+    }
+
+    /// Ends the binding of `device` (if the table has one) and clears its leaks.
+    pub(super) fn close_binding(
+        &mut self,
+        device: &str,
+        cause: UnbindCause,
+        closed_ns: u64,
+        now_ns: u64,
+        out: &mut Vec<Output>,
+    ) {
+        let had_leaks = self.has_leaks(device);
+        if let Some(binding) = self.remove_binding(device) {
+            out.push(Output::BindingClosed(BindingClosed {
+                binding,
+                cause,
+                closed_ns,
+            }));
+            self.clear_leaks(device, ClearCause::Unbound, now_ns, out);
+        } else if had_leaks {
+            self.clear_leaks(device, ClearCause::Unbound, now_ns, out);
+        }
+    }
+
+    fn set_link(&mut self, device: &str, tsm: Option<String>, at_ns: u64, out: &mut Vec<Output>) {
+        if !self.devices.contains_key(device) && self.devices.len() >= self.cfg.max_bindings {
+            // Forget a disconnected device first, else the first one.
+            let victim = self
+                .devices
+                .iter()
+                .find(|(_, l)| l.tsm.is_none())
+                .or_else(|| self.devices.iter().next())
+                .map(|(k, _)| k.clone());
+            if let Some(v) = victim {
+                self.devices.remove(&v);
+                self.anomaly(AnomalyKind::DeviceTableFull, None, Some(v), out);
+            }
+        }
+        self.devices.insert(
+            device.to_string(),
+            DeviceLink {
+                tsm,
+                since_ns: at_ns,
+            },
+        );
+    }
+
+    /// The TSM a device is connected to, if its connect was seen.
+    pub fn device_tsm(&self, device: &str) -> Option<&str> {
+        self.devices.get(device).and_then(|l| l.tsm.as_deref())
+    }
+
+    /// Devices per lifecycle state: `bound` counts the binding table; `connected`, devices
+    /// connected and not bound; `disconnected`, devices disconnected since the start.
+    pub fn device_states(&self) -> BTreeMap<TsmState, usize> {
+        let mut m: BTreeMap<TsmState, usize> = TsmState::ALL.iter().map(|s| (*s, 0)).collect();
+        *m.entry(TsmState::Bound).or_default() = self.bindings.len();
+        for (d, l) in &self.devices {
+            let state = match l.tsm {
+                None => TsmState::Disconnected,
+                Some(_) if self.bindings.contains_key(d.as_str()) => continue,
+                Some(_) => TsmState::Connected,
+            };
+            *m.entry(state).or_default() += 1;
+        }
+        m
+    }
+}

@@ -1,0 +1,229 @@
+//! The PCI TSM lifecycle through the correlator: connect, guest requests, disconnect and
+//! removal while bound, as the real core's call chains deliver them (return order).
+
+use super::tests::{DEV, EIO, ENXIO, ev, vm};
+use super::*;
+use crate::events::{Event, Layer, Probe, UnbindCause, Vm};
+
+const TSM: &str = "tsm0";
+
+fn dev_frame(probe: Probe, start: u64, end: u64, ret: Option<i64>) -> Event {
+    let mut e = ev(probe, start, end, 7, ret);
+    e.device = Some(DEV.into());
+    e
+}
+
+/// `echo tsm0 > tsm/connect` → probe → connect, returning `len` or an errno.
+fn connect(t0: u64, probe_ret: i64, connect_ret: Option<i64>, store_ret: i64) -> Vec<Event> {
+    let mut v = Vec::new();
+    let mut p = dev_frame(Probe::DriverProbe, t0 + 10, t0 + 20, Some(probe_ret));
+    p.ret_is_ptr = true;
+    p.ret_null_is_err = true;
+    p.tsm = Some(TSM.into());
+    v.push(p);
+    if let Some(r) = connect_ret {
+        v.push(dev_frame(Probe::DriverConnect, t0 + 30, t0 + 900, Some(r)));
+    }
+    let mut s = dev_frame(Probe::Connect, t0, t0 + 1_000, Some(store_ret));
+    s.tsm = Some(TSM.into());
+    v.push(s);
+    v
+}
+
+/// A bare `pci_tsm_bind` (and the driver's bind below it) of DEV.
+fn bind(t0: u64) -> Vec<Event> {
+    let mut d = dev_frame(
+        Probe::DriverBind,
+        t0 + 10,
+        t0 + 90,
+        Some(0xffff_8880_0000_1000u64 as i64),
+    );
+    d.ret_is_ptr = true;
+    d.vm = Some(vm());
+    let mut p = dev_frame(Probe::PciTsmBind, t0, t0 + 100, Some(0));
+    p.vm = Some(vm());
+    p.tdi_id = Some(7);
+    vec![d, p]
+}
+
+/// The core's own unbind of DEV inside a disconnect or removal.
+fn core_unbind(t0: u64) -> Vec<Event> {
+    let mut u = dev_frame(Probe::PciTsmUnbindAny, t0, t0 + 50, Some(0));
+    u.vm = Some(Vm {
+        kvm: vm().kvm,
+        pid: None,
+        stats_id: None,
+    });
+    u.tdi_id = Some(7);
+    vec![dev_frame(Probe::DriverUnbind, t0 + 10, t0 + 40, None), u]
+}
+
+/// `outer` (disconnect_store or __pci_tsm_destroy) → __pci_tsm_disconnect → unbind → driver
+/// disconnect.
+fn disconnect(t0: u64, outer: Event) -> Vec<Event> {
+    let mut v = core_unbind(t0 + 20);
+    v.push(dev_frame(Probe::DriverDisconnect, t0 + 100, t0 + 200, None));
+    let mut d = dev_frame(Probe::PciTsmDisconnect, t0 + 10, t0 + 300, None);
+    d.tsm = Some(TSM.into());
+    v.push(d);
+    v.push(outer);
+    v
+}
+
+fn run(c: &mut Correlator, evs: Vec<Event>) -> Vec<Output> {
+    let mut out = Vec::new();
+    for e in evs {
+        let t = e.end_ns;
+        out.extend(c.handle(e, t));
+    }
+    out.extend(c.tick(u64::MAX / 2));
+    out
+}
+
+fn ops(out: &[Output]) -> Vec<&Operation> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Operation(op) => Some(op),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn connect_then_bind_carries_the_tsm() {
+    let mut c = Correlator::default();
+    let out = run(
+        &mut c,
+        connect(1_000, 0xffff_8880_0000_2000u64 as i64, Some(0), 5),
+    );
+    let o = ops(&out);
+    assert_eq!(o.len(), 1, "{out:#?}");
+    assert_eq!(o[0].kind, OpKind::Connect);
+    assert!(o[0].ok());
+    assert_eq!(o[0].tsm.as_deref(), Some(TSM));
+    let probes: Vec<Probe> = o[0].frames.iter().map(|f| f.probe).collect();
+    assert_eq!(
+        probes,
+        [Probe::Connect, Probe::DriverProbe, Probe::DriverConnect]
+    );
+    assert!(
+        !out.iter().any(|x| matches!(x, Output::Anomaly(_))),
+        "sibling driver ops are not overlapping frames: {out:#?}"
+    );
+    assert_eq!(c.device_states()[&TsmState::Connected], 1);
+
+    let out = run(&mut c, bind(10_000));
+    assert_eq!(ops(&out)[0].kind, OpKind::Bind);
+    assert_eq!(c.binding(DEV).unwrap().tsm.as_deref(), Some(TSM));
+    let s = c.device_states();
+    assert_eq!((s[&TsmState::Connected], s[&TsmState::Bound]), (0, 1));
+}
+
+#[test]
+fn connect_failures_name_the_layer() {
+    // The driver's connect op failed: its errno, from tsm_driver.
+    let mut c = Correlator::default();
+    let out = run(
+        &mut c,
+        connect(1_000, 0xffff_8880_0000_2000u64 as i64, Some(EIO), EIO),
+    );
+    let op = ops(&out)[0];
+    assert_eq!(
+        op.result,
+        OpResult::Err {
+            errno: 5,
+            layer: Layer::TsmDriver,
+            function: Probe::DriverConnect
+        }
+    );
+    // The driver's probe returned NULL: connect_store says -ENXIO, the driver is the cause.
+    let out = run(&mut c, connect(5_000, 0, None, ENXIO));
+    let op = ops(&out)[0];
+    assert_eq!(
+        op.result,
+        OpResult::Err {
+            errno: 6,
+            layer: Layer::TsmDriver,
+            function: Probe::DriverProbe
+        }
+    );
+    assert!(op.frames[1].null_return);
+    // Neither connected the device.
+    assert_eq!(c.device_states()[&TsmState::Connected], 0);
+}
+
+#[test]
+fn disconnect_while_bound_closes_the_binding_with_its_cause() {
+    let mut c = Correlator::default();
+    run(&mut c, connect(1_000, 0x1000, Some(0), 5));
+    run(&mut c, bind(10_000));
+    let mut store = dev_frame(Probe::Disconnect, 20_000, 21_000, Some(5));
+    store.tsm = Some(TSM.into());
+    let out = run(&mut c, disconnect(20_000, store));
+    let o = ops(&out);
+    assert_eq!(o.len(), 1, "one disconnect operation: {out:#?}");
+    assert_eq!(o[0].kind, OpKind::Disconnect);
+    assert_eq!(o[0].cause, Some(UnbindCause::Disconnect));
+    let closed: Vec<&BindingClosed> = out
+        .iter()
+        .filter_map(|x| match x {
+            Output::BindingClosed(b) => Some(b),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0].cause, UnbindCause::Disconnect);
+    assert_eq!(closed[0].binding.device, DEV);
+    assert!(c.binding(DEV).is_none());
+    // No leak, and sysfs (now unbound) finds nothing to complain about.
+    assert_eq!(c.leak_counts().values().sum::<usize>(), 0);
+    let s = c.device_states();
+    assert_eq!((s[&TsmState::Bound], s[&TsmState::Disconnected]), (0, 1));
+}
+
+#[test]
+fn removal_and_unregistration_while_bound() {
+    for (unregister, cause) in [
+        (false, UnbindCause::DeviceRemoval),
+        (true, UnbindCause::TsmUnregister),
+    ] {
+        let mut c = Correlator::default();
+        run(&mut c, bind(10_000));
+        let mut destroy = dev_frame(Probe::PciTsmDestroy, 19_990, 21_000, None);
+        destroy.tsm_unregister = unregister;
+        let out = run(&mut c, disconnect(20_000, destroy));
+        let o = ops(&out);
+        assert_eq!(o.len(), 1, "{out:#?}");
+        assert_eq!(o[0].cause, Some(cause));
+        assert!(
+            out.iter()
+                .any(|x| matches!(x, Output::BindingClosed(b) if b.cause == cause))
+        );
+        assert!(c.binding(DEV).is_none());
+    }
+}
+
+#[test]
+fn guest_request_fields() {
+    let mut c = Correlator::default();
+    let mut g = dev_frame(Probe::PciTsmGuestReq, 1_000, 2_000, Some(16));
+    g.scope = Some(1);
+    g.in_len = Some(64);
+    g.out_len = Some(128);
+    g.tsm_code = Some(0x77);
+    let out = run(&mut c, vec![g]);
+    let op = ops(&out)[0];
+    assert_eq!(op.kind, OpKind::GuestRequest);
+    assert!(op.ok());
+    let gr = op.guest_request.as_ref().unwrap();
+    assert_eq!(
+        (
+            gr.scope_name(),
+            gr.in_len,
+            gr.out_len,
+            gr.tsm_code,
+            gr.residue
+        ),
+        ("state_change", Some(64), Some(128), Some(0x77), Some(16))
+    );
+}
