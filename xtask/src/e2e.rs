@@ -67,6 +67,23 @@ const MAY_BE_EMPTY: &[(&str, &str)] = &[
          stand-in's devices have no tsm/bound file (tsm_trace_sysfs_devices{state=\"unknown\"})",
     ),
     (
+        "sum by (op, result) (instance_op_result:tsm_trace_operations:rate5m{op=~\"connect|disconnect|guest_request\", instance=~\"$instance\"})",
+        "the e2e VM (pc machine, stand-in module) registers no link TSM, so nothing connects; \
+         the lifecycle VM suite (xtask/src/vm/lifecycle.rs) checks these operations' metrics",
+    ),
+    (
+        "histogram_quantile(0.99, sum by (layer, le) (instance_op_layer:tsm_trace_operation_duration_seconds_bucket:rate5m{op=\"connect\", instance=~\"$instance\"}))",
+        "no connect in the e2e run (see above)",
+    ),
+    (
+        "alert TsmConnectFailureRateHigh",
+        "no connect in the e2e run (see above)",
+    ),
+    (
+        "alert TsmConnectLatencyHigh",
+        "no connect in the e2e run (see above)",
+    ),
+    (
         "alert TsmBindLatencyHigh",
         "needs a bind p99 > 10s; the scenario's slowest bind takes 15 ms",
     ),
