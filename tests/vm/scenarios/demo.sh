@@ -1,37 +1,71 @@
 #!/bin/sh
-# /scenarios/run.sh for `cargo xtask demo`: the daemon on a kernel with no TSM hardware,
-# driven through the tsm_standin fixture (the iommufd TSM patch's functions, a PCI TSM
-# layer, a TSM driver and KVM VMs, all stand-ins; qemu's PCI devices are the devices).
+# /scenarios/run.sh for `cargo xtask demo`: the daemon on a kernel with no TSM hardware.
+# The PCI TSM code is the kernel's own (drivers/pci/tsm.c of Debian 7.x); what no hardware
+# provides comes from two test modules:
+#   tsm_linktsm  a link TSM driver registered with the real tsm_register(), on qemu q35's
+#                e1000e endpoints marked TEE-capable (A = 0000:00:04.0, C = 0000:00:05.0)
+#   tsm_standin  the iommufd TSM patch's ioctl and tsm_bind (not in any released kernel) and
+#                KVM VMs owned by this shell (the "VMM"); `realpci 1` binds through the real
+#                pci_tsm_bind().
 . /scenarios/lib.sh
 say() { echo "# $*" >> /tmp/story; }
+L=/sys/kernel/debug/tsm_linktsm
+A=0000:00:04.0
+C=0000:00:05.0
+P=/sys/bus/pci/devices
+lctl() { echo "$*" > $L/ctl; }
+# sysw VALUE FILE: echo VALUE > FILE, noting the error if the kernel refuses.
+sysw() {
+	if ! err=$({ echo "$1" > "$2"; } 2>&1); then say "  -> ${err##*: }"; fi
+}
+DRV_OPS="--driver-probe linktsm_probe --driver-connect linktsm_connect \
+	--driver-disconnect linktsm_disconnect --driver-bind linktsm_bind \
+	--driver-unbind linktsm_unbind --driver-guest-req linktsm_guest_req"
 
+insmod /lib/modules/tsm_linktsm.ko
 lo_up
-/bin/tsm-trace run --listen 127.0.0.1:9477 --grace 1s --reconcile-interval 0 --print text \
-	$DRV $PCI_SYMS \
-	> /tmp/daemon.out 2> /tmp/daemon.err &
+/bin/tsm-trace run --listen 127.0.0.1:9477 --grace 1s --reconcile-interval 1s --print text \
+	$DRV_OPS > /tmp/daemon.out 2> /tmp/daemon.err &
 DAEMON=$!
 i=0
 until wget -q -O /dev/null http://127.0.0.1:9477/readyz 2>/dev/null; do
 	i=$((i + 1)); [ $i -gt 600 ] && break; sleep 0.1
 done
 
-say "a VMM creates two confidential VMs and three vdevices"
+say "the TSM driver registers tsm0; the kernel's PCI TSM core offers $A and $C (tsm/ in sysfs)"
+lctl register
+say "connect $A to tsm0, but the SPDM handshake fails (the driver's connect returns -EIO)"
+lctl inject connect 5
+sysw tsm0 $P/$A/tsm/connect
+say "connect $A again (the driver takes 20 ms) and $C"
+lctl delay connect 20000
+sysw tsm0 $P/$A/tsm/connect
+lctl delay connect 0
+sysw tsm0 $P/$C/tsm/connect
+say "a VMM creates two confidential VMs and vdevices; binds go through the real pci_tsm_bind"
+ctl realpci 1
 ctl vm_create 1
 sh -c "echo vm_create 2 > $CTL"  # VM 2 belongs to another VMM process
-ctl vdev_create 1 0000:00:02.0 1 7
-ctl vdev_create 2 0000:00:02.0 2 8
-ctl vdev_create 3 0000:00:03.0 1 9
-say "bind 0000:00:02.0 to VM 1 (the TSM firmware takes 15 ms)"
-ctl delay_us 15000; ctl ioctl 1 1 0; ctl delay_us 0
-say "VM 2 tries to bind the same device: EBUSY from the PCI TSM layer"
+ctl vdev_create 1 $A 1 7
+ctl vdev_create 2 $A 2 8
+ctl vdev_create 3 $C 1 9
+say "bind $A to VM 1 (the TSM firmware takes 15 ms): tsm/bound names the TSM"
+lctl delay bind 15000; ctl ioctl 1 1 0; lctl delay bind 0
+say "  $P/$A/tsm/bound: $(cat $P/$A/tsm/bound)"
+say "VM 2 tries to bind the same device: EBUSY from the PCI TSM core"
 ctl ioctl 2 1 0
-say "the TSM driver fails a bind with EIO"
-ctl inject driver 5; ctl ioctl 3 1 0
-say "a bind succeeds but copying the response to userspace faults: EFAULT, device left bound"
+say "the TSM driver fails a bind of $C with EIO"
+lctl inject bind 5; ctl ioctl 3 1 0
+say "the guest of VM 1 asks for a TDISP state change (tsm_code 0xabc, 5 bytes of the reply unused)"
+lctl tsm_code 0xabc; lctl guest_req_residue 5
+ctl guest_req $A 1 16 64
+say "a bind of $C succeeds, but copying the response to userspace faults: EFAULT, device left bound"
 ctl inject respond_efault; ctl ioctl 3 1 0
-say "VM 1's vdevice on 0000:00:02.0 is torn down without unbinding (a kernel without the patch's unbind)"
-ctl vdev_destroy 1 nounbind
-sleep 1.5
+say "$A is disconnected while VM 1 holds it: the kernel unbinds it first"
+sysw tsm0 $P/$A/tsm/disconnect
+say "VM 1's vdevice on $C is torn down without unbinding (a kernel without the patch's unbind)"
+ctl vdev_destroy 3 nounbind
+sleep 2.5
 wget -q -O /tmp/metrics http://127.0.0.1:9477/metrics
 wget -q -O /tmp/bindings http://127.0.0.1:9477/bindings
 kill -TERM $DAEMON

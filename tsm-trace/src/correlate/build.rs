@@ -13,7 +13,8 @@ impl Correlator {
     pub(super) fn close(&mut self, chain: Chain, now_ns: u64, out: &mut Vec<Output>) {
         let mut frames = chain.frames;
         let op_frames = self.frame_vecs.pop().unwrap_or_default();
-        let op = build_operation(&mut frames, op_frames);
+        let mut op = build_operation(&mut frames, op_frames);
+        self.name_vm(&mut op);
         self.stats.operations += 1;
         // The operation first, then what it caused (bindings, leaks).
         let mut effects = std::mem::take(&mut self.scratch.effects);
@@ -24,6 +25,35 @@ impl Correlator {
         frames.clear();
         if self.scratch.frame_pool.len() < FRAME_POOL_MAX {
             self.scratch.frame_pool.push(frames);
+        }
+    }
+}
+
+impl Correlator {
+    /// Frames inside the PCI TSM core know a binding's VM only as a `struct kvm` pointer
+    /// (`pci_tdi.kvm`); the binding table knows its name and pid. For disconnects and guest
+    /// requests, fill them in before the operation changes the table.
+    fn name_vm(&self, op: &mut Operation) {
+        if !matches!(op.kind, OpKind::Disconnect | OpKind::GuestRequest) {
+            return;
+        }
+        let named = op
+            .vm
+            .as_ref()
+            .is_some_and(|v| v.pid.is_some() || v.stats_id.is_some());
+        if named {
+            return;
+        }
+        let Some(b) = op.device.as_deref().and_then(|d| self.binding(d)) else {
+            return;
+        };
+        match (&op.vm, &b.vm) {
+            (Some(v), Some(bv)) if v.kvm == bv.kvm => op.vm = Some(bv.clone()),
+            (None, Some(bv)) => op.vm = Some(bv.clone()),
+            _ => {}
+        }
+        if op.tdi_id.is_none() {
+            op.tdi_id = b.tdi_id;
         }
     }
 }

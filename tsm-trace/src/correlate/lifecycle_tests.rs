@@ -164,6 +164,8 @@ fn disconnect_while_bound_closes_the_binding_with_its_cause() {
     assert_eq!(o.len(), 1, "one disconnect operation: {out:#?}");
     assert_eq!(o[0].kind, OpKind::Disconnect);
     assert_eq!(o[0].cause, Some(UnbindCause::Disconnect));
+    // The core's frames know the VM only by pointer; the binding table names it.
+    assert_eq!(o[0].vm, Some(vm()));
     let closed: Vec<&BindingClosed> = out
         .iter()
         .filter_map(|x| match x {

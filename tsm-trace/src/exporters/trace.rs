@@ -349,9 +349,10 @@ impl TraceFormatter {
                 s.push_str(&fmt_duration(f.duration_ns));
             }
             // The errno where it appears: on the deepest frame returning it (not repeated
-            // on the frames that passed it up).
+            // on the frames that passed it up, nor on a caller whose sibling calls sit
+            // between it and the source).
             if let Some(e) = f.errno
-                && op.frames.get(i + 1).and_then(|n| n.errno) != Some(e)
+                && !op.frames[i + 1..].iter().any(|n| n.errno == Some(e))
             {
                 s.push(' ');
                 s.push_str(&errno::name(e));
