@@ -45,6 +45,9 @@ pub fn llvm_packages(major: u32) -> [String; 2] {
 
 const BPF_LINKER_VERSION: &str = "0.13";
 
+/// Components the pinned nightly needs (also listed in its rust-toolchain.toml).
+const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "clippy"];
+
 #[derive(clap::Args)]
 pub struct SetupArgs {
     /// Only report what is missing; install nothing.
@@ -61,7 +64,9 @@ pub struct SetupArgs {
 struct Missing {
     /// The pinned nightly, and whether an installed copy of the same build can be adopted.
     nightly: Option<Option<PathBuf>>,
-    rust_src: bool,
+    /// Components of the pinned nightly that are missing: `rust-src` (`-Z build-std=core`)
+    /// and `clippy` (the test suite lints the eBPF crate).
+    components: Vec<&'static str>,
     /// `None` while the nightly (and so the LLVM major) is still missing.
     llvm_major: Option<u32>,
     packages: Vec<String>,
@@ -73,7 +78,7 @@ struct Missing {
 impl Missing {
     fn none(&self) -> bool {
         self.nightly.is_none()
-            && !self.rust_src
+            && self.components.is_empty()
             && self.packages.is_empty()
             && !self.musl
             && self.bpf_linker.is_none()
@@ -89,8 +94,11 @@ impl Missing {
             Some(None) => v.push(format!("{channel} (the eBPF toolchain, from rustup)")),
             None => {}
         }
-        if self.rust_src {
-            v.push(format!("rust-src for {channel} (-Z build-std=core)"));
+        if !self.components.is_empty() {
+            v.push(format!(
+                "{} for {channel} (-Z build-std=core; clippy of the eBPF crate)",
+                self.components.join(", ")
+            ));
         }
         if !self.packages.is_empty() {
             v.push(format!("Debian packages: {}", self.packages.join(" ")));
@@ -118,7 +126,15 @@ fn find_missing(channel: &str, rebuild_linker: bool) -> Result<Missing> {
     let tc_dir = toolchain::rustup_home()?
         .join("toolchains")
         .join(toolchain::toolchain_dir_name(channel));
-    m.rust_src = m.nightly.is_some() || !tc_dir.join("lib/rustlib/src/rust/library/core").is_dir();
+    let have = |c: &str| match c {
+        "rust-src" => tc_dir.join("lib/rustlib/src/rust/library/core").is_dir(),
+        _ => tc_dir.join("bin/cargo-clippy").is_file(),
+    };
+    m.components = NIGHTLY_COMPONENTS
+        .iter()
+        .copied()
+        .filter(|c| m.nightly.is_some() || !have(c))
+        .collect();
     if m.nightly.is_none() {
         m.llvm_major = Some(toolchain::nightly_llvm(channel)?);
     }
@@ -221,21 +237,24 @@ fn install(channel: &str, mut m: Missing) -> Result<()> {
     for d in m.describe(channel) {
         println!("setup: installing {d}");
     }
+    let mut components = std::mem::take(&mut m.components);
     match m.nightly.take() {
         Some(Some(src)) => toolchain::adopt(&src, channel)?,
-        Some(None) => sh(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            channel,
-            "--profile",
-            "minimal",
-            "--component",
-            "rust-src",
-        ]))?,
+        Some(None) => {
+            let mut cmd = Command::new("rustup");
+            cmd.args(["toolchain", "install", channel, "--profile", "minimal"]);
+            for c in &components {
+                cmd.args(["--component", c]);
+            }
+            sh(&mut cmd)?;
+            components.clear();
+        }
         None => {}
     }
-    if m.rust_src {
-        sh(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", channel]))?;
+    if !components.is_empty() {
+        sh(Command::new("rustup")
+            .args(["component", "add", "--toolchain", channel])
+            .args(&components))?;
     }
     // Now that the nightly is there, its LLVM decides the rest.
     let major = match m.llvm_major {
