@@ -543,39 +543,18 @@ impl Objects {
     /// The struct that parameter `idx` of function `func` points to, from the function's own
     /// prototype. `Ok(None)` if no BTF object defines `func`.
     fn param_struct(&self, func: &str, idx: usize) -> Result<Option<(Agg, String)>, String> {
-        let Some(f) = self.find_func(func) else {
+        let Some((obj, params)) = self.prototype(func)? else {
             return Ok(None);
         };
-        let Type::Func(fty) = self.ty(f)? else {
-            return Err(format!("{func} is not a function"));
-        };
-        let proto_id = fty
-            .get_type_id()
-            .ok_or_else(|| format!("function {func} has no prototype"))?;
-        let Type::FuncProto(proto) = self.ty(TypeRef {
-            obj: f.obj,
-            id: proto_id,
-        })?
-        else {
-            return Err(format!("function {func}'s type is not a prototype"));
-        };
-        let fobj = &self.list[f.obj].name;
-        let n = proto.parameters.len();
-        let param = proto
-            .parameters
-            .get(idx)
-            .filter(|p| !p.is_variadic())
-            .ok_or_else(|| {
-                format!("function {func} ({fobj}) has {n} parameter(s), no parameter {idx}")
-            })?;
-        let pid = param
-            .get_type_id()
-            .ok_or_else(|| format!("parameter {idx} of {func} has no type"))?;
+        let fobj = &self.list[obj].name;
+        let pid = *params.get(idx).ok_or_else(|| {
+            format!(
+                "function {func} ({fobj}) has {} parameter(s), no parameter {idx}",
+                params.len()
+            )
+        })?;
         let agg = self
-            .deref_struct(TypeRef {
-                obj: f.obj,
-                id: pid,
-            })
+            .deref_struct(TypeRef { obj, id: pid })
             .map_err(|e| format!("parameter {idx} of {func} ({fobj}): {e}"))?;
         Ok(Some((agg, format!("{func}() parameter {idx} in {fobj}"))))
     }

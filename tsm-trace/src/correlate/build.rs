@@ -159,13 +159,7 @@ fn build_operation(frames: &mut [Event], mut frame_vec: Vec<Frame>) -> Operation
     let start_ns = if outer.entry_missing {
         frames
             .iter()
-            .map(|f| {
-                if f.entry_missing {
-                    f.end_ns
-                } else {
-                    f.start_ns
-                }
-            })
+            .map(Event::known_start_ns)
             .min()
             .unwrap_or(outer.end_ns)
     } else {

@@ -64,13 +64,7 @@ impl Chain {
     fn start(&self) -> u64 {
         self.frames
             .iter()
-            .map(|f| {
-                if f.entry_missing {
-                    f.end_ns
-                } else {
-                    f.start_ns
-                }
-            })
+            .map(Event::known_start_ns)
             .min()
             .unwrap_or(0)
     }
@@ -107,14 +101,7 @@ fn contains(outer_start: Option<u64>, outer_end: u64, s: u64, e: u64) -> bool {
 
 /// Do two calls of one thread overlap in time (neither ended before the other started)?
 fn overlap(a: &Event, b: &Event) -> bool {
-    let start = |f: &Event| {
-        if f.entry_missing {
-            f.end_ns
-        } else {
-            f.start_ns
-        }
-    };
-    start(a) < b.end_ns && start(b) < a.end_ns
+    a.known_start_ns() < b.end_ns && b.known_start_ns() < a.end_ns
 }
 
 fn push_closed(ts: &mut ThreadState, c: &Chain) {

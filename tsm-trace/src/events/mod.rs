@@ -516,6 +516,16 @@ impl Event {
         self.ret.and_then(errno::from_ret)
     }
 
+    /// The entry time, or the return time when the entry was missed (the earliest time the
+    /// call is known to have been running).
+    pub fn known_start_ns(&self) -> u64 {
+        if self.entry_missing {
+            self.end_ns
+        } else {
+            self.start_ns
+        }
+    }
+
     /// Entry-to-return time (0 for point events and returns without entry).
     pub fn duration_ns(&self) -> u64 {
         if self.entry_missing {
