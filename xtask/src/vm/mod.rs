@@ -14,6 +14,7 @@
 
 pub mod initramfs;
 pub mod kernel;
+pub mod lifecycle;
 pub mod module;
 pub mod qemu;
 pub mod scenarios;
@@ -145,6 +146,7 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
     } else {
         None
     };
+    let lifecycle_trace = read_script(lifecycle::SCRIPT)?;
     let extra = if smoke || lifecycle_only {
         Vec::new()
     } else {
@@ -175,6 +177,20 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
         if !lifecycle_only {
             let check: Check = if smoke { check_smoke } else { check_probes };
             runs.push(("", script.as_str(), opts.clone(), check));
+        }
+        // The lifecycle suite (tsm-trace against the real PCI TSM core): q35 with TEE
+        // devices on kernels with PCI TSM; elsewhere it only reports what `check` attaches.
+        if !smoke && !lifecycle_only {
+            let lopts = RunOptions {
+                tee_pcie: kernel.has_pci_tsm(),
+                ..opts.clone()
+            };
+            let check: Check = if kernel.has_pci_tsm() {
+                lifecycle::check
+            } else {
+                lifecycle::check_absent
+            };
+            runs.push((" lifecycle-trace", lifecycle_trace.as_str(), lopts, check));
         }
         if let Some(ls) = &lifecycle_script {
             if kernel.has_pci_tsm() {

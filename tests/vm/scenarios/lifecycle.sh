@@ -1,0 +1,286 @@
+#!/bin/sh
+# /scenarios/run.sh for the lifecycle suite (`cargo xtask vm-test`, checked by
+# xtask/src/vm/lifecycle.rs): tsm-trace against the REAL upstream PCI TSM core
+# (drivers/pci/tsm.c) with tsm_linktsm as its link TSM and tsm_standin (realpci 1) as the
+# bind path, on the q35 machine of RunOptions::tee_pcie:
+#   A = 0000:00:04.0  function 0, TEE-capable (a DSM)
+#   B = 0000:00:04.1  function 1, probed through A on connect
+#   C = 0000:00:05.0  function 0, TEE-capable
+#
+# Sections (data port):
+#   lc_kernel        "pci_tsm=1|0" (0: no CONFIG_PCI_TSM, e.g. 6.1; only lc_check runs)
+#   lc_check         `tsm-trace check` with the linktsm driver flags, then "exit=<rc>"
+#   lc_truth         ground truth, one line per record: "step=<name> src=<source> ..."
+#                    src=sysfs    file=<path> value=<written> len=<bytes> pid=<writer>
+#                                 write=ok|<strerror>
+#                    src=linktsm  write=... <tsm_linktsm last>
+#                    src=standin  write=... <tsm_standin last>
+#                    src=event    <one tsm_linktsm events line (the link op's own record)>
+#                    src=state    dev=<bdf> connect= bound= dsm= tsm_dir=yes|no (sysfs tsm/)
+#                    src=info     <tsm_linktsm info>
+#                    src=mark     daemon=<n> lines=<stdout lines so far>  (phase boundaries)
+#   lc_trace.err / lc_trace.jsonl / lc_record.jsonl   the `tsm-trace trace` session
+#   lc_d1_* / lc_d2_*  daemons: .err, .out (--print json), metrics_<phase>, bindings_<phase>
+# strerror texts have spaces replaced by "_".
+. /scenarios/lib.sh
+BIN=/bin/tsm-trace
+L=/sys/kernel/debug/tsm_linktsm
+LCTL=$L/ctl
+LLAST=$L/last
+EV=$L/events
+A=0000:00:04.0
+B=0000:00:04.1
+C=0000:00:05.0
+P=/sys/bus/pci/devices
+TRUTH=/tmp/lc_truth
+: > "$TRUTH"
+LDRV="--driver-probe linktsm_probe --driver-connect linktsm_connect --driver-disconnect linktsm_disconnect --driver-bind linktsm_bind --driver-unbind linktsm_unbind --driver-guest-req linktsm_guest_req"
+STEP=none
+
+q() { printf '%s' "$1" | tr ' \n' '_~'; }
+# kv KEY LINE: value of KEY in a key=value line (first occurrence).
+kv() { printf '%s\n' "$2" | tr ' ' '\n' | sed -n "s/^$1=//p" | head -n 1; }
+# wr VALUE FILE: `echo VALUE > FILE` from this long-lived shell (no fork: the VMs and
+# bindings it makes are owned by a process that lives on, like a VMM); r=ok or the error.
+wr() {
+	if echo "$1" 2> /tmp/lc_err > "$2"; then r=ok; else r=$(cat /tmp/lc_err); r=${r##*: }; fi
+}
+rd() { if [ -e "$1" ]; then cat "$1" 2>&1; else echo absent; fi; }
+t() { echo "step=$STEP $*" >> "$TRUTH"; }
+step() { STEP=$1; }
+# grab: the link ops' own records since the last grab, then clear them.
+grab() {
+	while IFS= read -r l; do
+		[ -n "$l" ] && t "src=event $l"
+	done < "$EV"
+	echo > "$EV"
+}
+# sfs VALUE FILE: a sysfs write through the real core, recorded.
+sfs() {
+	wr "$1" "$2"
+	t "src=sysfs file=$2 value=$1 len=$((${#1} + 1)) pid=$$ write=$(q "$r")"
+	grab
+}
+lctl() { wr "$*" "$LCTL"; t "src=linktsm write=$(q "$r") $(cat "$LLAST")"; grab; }
+sctl() { wr "$*" "$CTL"; t "src=standin write=$(q "$r") $(cat "$LAST")"; grab; }
+state() {
+	t "src=state dev=$1 connect=$(q "$(rd $P/$1/tsm/connect)") bound=$(q "$(rd $P/$1/tsm/bound)") dsm=$(q "$(rd $P/$1/tsm/dsm)") tsm_dir=$([ -d $P/$1/tsm ] && echo yes || echo no)"
+}
+info() { t "src=info $(cat $L/info)"; }
+
+if [ -f /lib/modules/tsm_linktsm.ko ] && [ $REAL_PCI = 1 ]; then
+	HAVE=1
+	insmod /lib/modules/tsm_linktsm.ko || HAVE=0
+else
+	HAVE=0
+fi
+echo "pci_tsm=$HAVE" > /tmp/lc_kernel
+frame lc_kernel /tmp/lc_kernel
+
+# What attaches here (on 6.1: the lifecycle probes absent, each with a reason).
+$BIN check $LDRV > /tmp/lc_check 2>&1
+echo "exit=$?" >> /tmp/lc_check
+frame lc_check /tmp/lc_check
+if [ $HAVE = 0 ]; then
+	echo "lifecycle: skipped (no CONFIG_PCI_TSM or no tsm_linktsm)"
+	exit 0
+fi
+
+# ---- The trace session: the whole lifecycle through the real core -----------
+$BIN trace --json --record /tmp/lc_record.jsonl --grace 1s $LDRV \
+	> /tmp/lc_trace.jsonl 2> /tmp/lc_trace.err &
+TRACE_PID=$!
+wait_for /tmp/lc_trace.err 'tracing with' 60 || echo "tsm-trace did not start" >> /tmp/lc_trace.err
+
+step register
+lctl register
+TSM=$(kv tsm "$(cat "$LLAST")")
+info
+state $A; state $B; state $C
+
+step connect_badname
+sfs foo $P/$A/tsm/connect
+step connect_notsm
+sfs tsm9 $P/$A/tsm/connect
+
+step connect_probe_fail
+lctl inject probe_fail
+sfs "$TSM" $P/$C/tsm/connect
+state $C
+
+step connect_eio
+lctl inject connect -5
+sfs "$TSM" $P/$C/tsm/connect
+state $C
+
+step connect_A
+lctl delay connect 20000
+sfs "$TSM" $P/$A/tsm/connect
+lctl delay connect 0
+state $A; state $B
+
+step connect_twice
+sfs "$TSM" $P/$A/tsm/connect
+
+step vms
+sctl vm_create 1
+sctl vdev_create 1 $A 1 77
+sctl vdev_create 2 $B 1 78
+sctl realpci 1
+
+step bind_A
+sctl ioctl 1 1 0
+state $A
+
+step bind_B
+lctl delay bind 20000
+sctl ioctl 2 1 0
+lctl delay bind 0
+state $B
+
+step guest_req
+lctl guest_req_residue 5
+lctl tsm_code 0xabc
+sctl guest_req $A 1 16 64
+
+step guest_req_scope
+sctl guest_req $A 2 16 64
+
+step guest_req_eio
+lctl inject guest_req -5
+sctl guest_req $A 0 8 8
+
+step unbind_A
+sctl ioctl 1 2 0
+state $A
+
+step rebind_A
+sctl ioctl 1 1 0
+state $A
+
+step disconnect_bound
+lctl delay disconnect 20000
+sfs "$TSM" $P/$A/tsm/disconnect
+lctl delay disconnect 0
+state $A; state $B
+info
+
+step connect_C
+sfs "$TSM" $P/$C/tsm/connect
+sctl vdev_create 4 $C 1 80
+sctl ioctl 4 1 0
+state $C
+
+step remove_C
+sfs 1 $P/$C/remove
+t "src=gone dev=$C present=$([ -e $P/$C ] && echo yes || echo no)"
+
+step reconnect_A
+sfs "$TSM" $P/$A/tsm/connect
+sctl ioctl 1 1 0
+sctl ioctl 2 1 0
+state $A; state $B
+
+step unregister
+lctl unregister
+state $A; state $B
+info
+
+sleep 1.5
+kill -INT $TRACE_PID
+wait $TRACE_PID
+echo "exit=$?" >> /tmp/lc_trace.err
+frame lc_trace.err /tmp/lc_trace.err
+frame lc_trace.jsonl /tmp/lc_trace.jsonl
+frame lc_record.jsonl /tmp/lc_record.jsonl
+
+# ---- Daemons: reconciliation against the real tsm/bound ---------------------
+lo_up
+# start_daemon N PORT ARGS...: `tsm-trace run` printing JSON lines, reconciling every 1s.
+start_daemon() {
+	n=$1
+	port=$2
+	shift 2
+	$BIN run --listen 127.0.0.1:$port --grace 1s --reconcile-interval 1s --print json \
+		$LDRV "$@" > /tmp/lc_d$n.out 2> /tmp/lc_d$n.err &
+	DAEMON=$!
+	i=0
+	until wget -q -O /dev/null http://127.0.0.1:$port/readyz 2>/dev/null; do
+		i=$((i + 1))
+		[ $i -gt 600 ] && break
+		sleep 0.1
+	done
+}
+# snap N PORT PHASE: metrics and bindings now, and where the daemon's output stands.
+snap() {
+	wget -q -O /tmp/lc_d$1_metrics_$3 http://127.0.0.1:$2/metrics
+	wget -q -O /tmp/lc_d$1_bindings_$3 http://127.0.0.1:$2/bindings
+	t "src=mark daemon=$1 phase=$3 lines=$(wc -l < /tmp/lc_d$1.out)"
+}
+stop_daemon() {
+	kill -TERM $DAEMON
+	wait $DAEMON
+	echo "exit=$?" >> /tmp/lc_d$1.err
+	frame lc_d$1.err /tmp/lc_d$1.err
+	frame lc_d$1.out /tmp/lc_d$1.out
+	for f in /tmp/lc_d$1_metrics_* /tmp/lc_d$1_bindings_*; do
+		frame "${f#/tmp/}" "$f"
+	done
+}
+
+# (a) bound before the daemon starts: the probes never saw the bind.
+step d1_prebind
+lctl register
+TSM=$(kv tsm "$(cat "$LLAST")")
+sfs "$TSM" $P/$A/tsm/connect
+sctl ioctl 1 1 0
+state $A
+start_daemon 1 9481
+step d1_start
+sleep 2.5
+snap 1 9481 a
+# Its unbind, seen: the unowned binding is gone.
+step d1_unbind
+sctl ioctl 1 2 0
+state $A
+sleep 2.5
+snap 1 9481 a2
+# (c) bound and disconnected while the daemon watches, every probe on: no mismatch.
+step d1_bind
+sctl ioctl 1 1 0
+sctl ioctl 2 1 0
+state $A; state $B
+sleep 2.5
+snap 1 9481 c1
+step d1_disconnect
+sfs "$TSM" $P/$A/tsm/disconnect
+state $A; state $B
+sleep 2.5
+snap 1 9481 c2
+stop_daemon 1
+
+# (b) a binding the daemon saw, whose unbind it misses.
+start_daemon 2 9482 --disable pci_tsm_unbind --disable pci_tsm_unbind_any --disable driver_unbind
+step d2_connect
+sfs "$TSM" $P/$A/tsm/connect
+step d2_bind
+sctl ioctl 1 1 0
+state $A
+sleep 2.5
+snap 2 9482 b1
+step d2_unbind_unseen
+lctl unbind $A
+state $A
+sleep 2.5
+snap 2 9482 b2
+stop_daemon 2
+
+# ---- Cleanup (untraced) -----------------------------------------------------
+step cleanup
+sfs "$TSM" $P/$A/tsm/disconnect
+for v in 1 2 4; do sctl vdev_destroy $v; done
+sctl vm_destroy 1
+sctl realpci 0
+lctl unregister
+frame lc_truth "$TRUTH"
+exit 0
