@@ -159,9 +159,7 @@ sctl ioctl 1 1 0
 state $A
 
 step disconnect_bound
-lctl delay disconnect 20000
 sfs "$TSM" $P/$A/tsm/disconnect
-lctl delay disconnect 0
 state $A; state $B
 info
 
@@ -172,7 +170,9 @@ sctl ioctl 4 1 0
 state $C
 
 step remove_C
+lctl delay disconnect 20000
 sfs 1 $P/$C/remove
+lctl delay disconnect 0
 t "src=gone dev=$C present=$([ -e $P/$C ] && echo yes || echo no)"
 
 step reconnect_A

@@ -354,16 +354,26 @@ fn write_errno(kv: &Kv) -> Result<Option<(&'static str, i64)>> {
         .with_context(|| format!("unknown strerror text {w:?} in {kv:?}"))
 }
 
-/// Checks a driver frame's duration against the link op's own `ns=`.
+/// Checks a driver frame's duration against the link op's own `ns=`: the frame contains the
+/// op's own measurement; for the delayed ops (>= 15 ms) it is within the tolerance too
+/// (shorter ops are dominated by probe overhead, which under TCG is milliseconds on a probe's
+/// first hit).
 fn latency(c: &mut Checks, what: &str, frame: &Value, ev: &Kv) {
     let measured = frame["duration_ns"].as_f64().unwrap_or(0.0);
     let own: f64 = t(ev, "ns").parse().unwrap_or(-1.0);
-    c.check(own >= 0.0 && measured >= own && measured - own <= tolerance(own), || {
+    c.check(own >= 0.0 && measured >= own, || {
         format!(
-            "{what}: frame took {measured} ns, the link op measured {own} ns itself (tolerance {})",
-            tolerance(own)
+            "{what}: frame took {measured} ns, less than the {own} ns the link op measured itself"
         )
     });
+    if own >= 15_000_000.0 {
+        c.check(measured - own <= tolerance(own), || {
+            format!(
+                "{what}: frame took {measured} ns, the link op measured {own} ns itself (tolerance {})",
+                tolerance(own)
+            )
+        });
+    }
 }
 
 /// Checks the driver frames of `probe` against the link op events `op` of the step, in order:
@@ -1180,13 +1190,6 @@ fn ops_after_connect(
         unbind_any_frames(c, rec, step, o, truth, tsm);
         driver_frames(c, rec, step, o, truth, "unbind");
         driver_frames(c, rec, step, o, truth, "disconnect");
-        c.check(
-            truth
-                .events(step, "disconnect")
-                .first()
-                .is_some_and(|e| t(e, "ns").parse::<u64>().unwrap_or(0) >= 20_000_000),
-            || "disconnect_bound: the 20 ms disconnect delay did not happen".into(),
-        );
         closed(c, trace, step, truth, "disconnect", &kvm);
     }
     let info = truth.one(step, "info")?;
@@ -1252,6 +1255,13 @@ fn ops_after_connect_c(
         unbind_any_frames(c, rec, step, o, truth, tsm);
         driver_frames(c, rec, step, o, truth, "unbind");
         driver_frames(c, rec, step, o, truth, "disconnect");
+        c.check(
+            truth
+                .events(step, "disconnect")
+                .first()
+                .is_some_and(|e| t(e, "ns").parse::<u64>().unwrap_or(0) >= 20_000_000),
+            || "remove_C: the 20 ms disconnect delay did not happen".into(),
+        );
         closed(c, trace, step, truth, "device_removal", &kvm);
     }
     Ok(())
