@@ -13,9 +13,9 @@ pub fn name(errno: i32) -> String {
 /// Parses `EBUSY`, `ebusy`, `16` or `-16` into a positive errno.
 pub fn parse(s: &str) -> Option<i32> {
     let t = s.trim();
-    if let Ok(n) = t.parse::<i32>() {
-        let n = n.abs();
-        return (1..=4095).contains(&n).then_some(n);
+    let in_range = |n: i64| (1..=4095).contains(&n).then_some(n as i32);
+    if let Ok(n) = t.parse::<i64>() {
+        return in_range(n.checked_abs()?);
     }
     NAMES
         .iter()
@@ -24,7 +24,9 @@ pub fn parse(s: &str) -> Option<i32> {
         .or_else(|| {
             t.strip_prefix('E')
                 .or_else(|| t.strip_prefix('e'))
-                .and_then(|d| d.parse().ok())
+                .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|d| d.parse::<i64>().ok())
+                .and_then(in_range)
         })
 }
 
@@ -36,6 +38,31 @@ pub fn from_ret(ret: i64) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Out-of-range and hostile inputs are `None`, never a panic.
+    #[test]
+    fn parse_table() {
+        for (input, want) in [
+            ("EBUSY", Some(16)),
+            ("ebusy", Some(16)),
+            ("16", Some(16)),
+            ("-16", Some(16)),
+            (" ENOENT ", Some(2)),
+            ("E4095", Some(4095)),
+            ("0", None),
+            ("4096", None),
+            ("-2147483648", None),
+            ("-9223372036854775808", None),
+            ("99999999999999999999", None),
+            ("E99999", None),
+            ("E+5", None),
+            ("E", None),
+            ("", None),
+            ("EWHAT", None),
+        ] {
+            assert_eq!(parse(input), want, "{input:?}");
+        }
+    }
 
     #[test]
     fn names_round_trip() {

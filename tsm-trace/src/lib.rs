@@ -8,10 +8,12 @@
 //!     ──▶ exporters (Prometheus metrics, trace lines, JSON) ──▶ http (/metrics, /bindings)
 //! ```
 pub mod btf;
+pub mod cli;
 pub mod correlate;
 pub mod errno;
 pub mod events;
 pub mod exporters;
+pub mod files;
 pub mod http;
 pub mod pipeline;
 pub mod probes;

@@ -15,6 +15,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tsm_trace::{
     btf::BtfSources,
+    cli::parse,
     correlate,
     events::{Event, Probe, record},
     exporters::{
@@ -43,7 +44,7 @@ Examples:
 #[command(name = "tsm-trace", version, about = ABOUT, after_help = AFTER_HELP)]
 struct Cli {
     /// Log level: off, error, warn, info, debug, trace.
-    #[arg(long, global = true, env = "TSM_TRACE_LOG", default_value = "info", value_parser = parse_level)]
+    #[arg(long, global = true, env = "TSM_TRACE_LOG", default_value = "info", value_parser = parse::level)]
     log_level: log::LevelFilter,
     /// Log format (logs go to stderr).
     #[arg(long, global = true, env = "TSM_TRACE_LOG_FORMAT", value_enum, default_value_t = logger::Format::Text)]
@@ -74,32 +75,32 @@ struct ProbeArgs {
     /// Probe this function as the TSM driver's link `probe` op (layer tsm_driver). Needed
     /// only for drivers tsm-trace does not know (it knows AMD SEV-TIO, Arm CCA and Intel TDX
     /// Connect); the function's BTF prototype must match the op's.
-    #[arg(long, value_name = "SYMBOL", env = "TSM_TRACE_DRIVER_PROBE")]
+    #[arg(long, value_name = "SYMBOL", env = "TSM_TRACE_DRIVER_PROBE", value_parser = parse::function)]
     driver_probe: Option<String>,
     /// The TSM driver's `connect` op (SPDM session, IDE set-up).
-    #[arg(long, value_name = "SYMBOL", env = "TSM_TRACE_DRIVER_CONNECT")]
+    #[arg(long, value_name = "SYMBOL", env = "TSM_TRACE_DRIVER_CONNECT", value_parser = parse::function)]
     driver_connect: Option<String>,
     /// The TSM driver's `disconnect` op.
-    #[arg(long, value_name = "SYMBOL", env = "TSM_TRACE_DRIVER_DISCONNECT")]
+    #[arg(long, value_name = "SYMBOL", env = "TSM_TRACE_DRIVER_DISCONNECT", value_parser = parse::function)]
     driver_disconnect: Option<String>,
     /// The TSM driver's `bind` op (e.g. a driver's `.bind` function).
-    #[arg(long, value_name = "SYMBOL", env = "TSM_TRACE_DRIVER_BIND")]
+    #[arg(long, value_name = "SYMBOL", env = "TSM_TRACE_DRIVER_BIND", value_parser = parse::function)]
     driver_bind: Option<String>,
     /// The TSM driver's `unbind` op.
-    #[arg(long, value_name = "SYMBOL", env = "TSM_TRACE_DRIVER_UNBIND")]
+    #[arg(long, value_name = "SYMBOL", env = "TSM_TRACE_DRIVER_UNBIND", value_parser = parse::function)]
     driver_unbind: Option<String>,
     /// The TSM driver's `guest_req` op (TDISP requests from the guest).
-    #[arg(long, value_name = "SYMBOL", env = "TSM_TRACE_DRIVER_GUEST_REQ")]
+    #[arg(long, value_name = "SYMBOL", env = "TSM_TRACE_DRIVER_GUEST_REQ", value_parser = parse::function)]
     driver_guest_req: Option<String>,
     /// Do not attach this probe (repeatable): tsm_op_ioctl, tsm_bind, tsm_unbind,
     /// vdevice_abort, pci_tsm_bind, pci_tsm_unbind, connect, disconnect, pci_tsm_disconnect,
     /// pci_tsm_unbind_any, pci_tsm_destroy, pci_tsm_guest_req, driver_* ops,
     /// kvm_destroy_vm, vmm_exit.
-    #[arg(long, value_name = "PROBE", value_parser = parse_probe)]
+    #[arg(long, value_name = "PROBE", value_parser = parse::probe)]
     disable: Vec<Probe>,
     /// Attach PROBE to FUNCTION instead of its usual function (same prototype), for renamed
     /// functions: e.g. --symbol tsm_op_ioctl=iommufd_vdevice_tsm_req_ioctl (repeatable).
-    #[arg(long, value_name = "PROBE=FUNCTION", value_parser = parse_symbol)]
+    #[arg(long, value_name = "PROBE=FUNCTION", value_parser = parse::symbol)]
     symbol: Vec<(Probe, String)>,
     /// vmlinux BTF.
     #[arg(long, value_name = "PATH", default_value = "/sys/kernel/btf/vmlinux")]
@@ -111,7 +112,7 @@ struct ProbeArgs {
     #[arg(long, value_name = "PATH", default_value = "/proc/kallsyms")]
     kallsyms: PathBuf,
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
-    #[arg(long, value_name = "BYTES", default_value_t = 256 * 1024, value_parser = parse_ringbuf)]
+    #[arg(long, value_name = "BYTES", default_value_t = 256 * 1024, value_parser = parse::ringbuf)]
     ringbuf_size: u32,
 }
 
@@ -121,10 +122,10 @@ struct ProbeArgs {
 struct CorrelateArgs {
     /// After a VM is destroyed or its VMM exits, how long its devices may stay bound before
     /// that is reported as a leak (teardown order varies).
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration, env = "TSM_TRACE_GRACE")]
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse::duration, env = "TSM_TRACE_GRACE")]
     grace: Duration,
     /// Most bindings tracked at once (memory stays bounded whatever the event stream does).
-    #[arg(long, value_name = "N", default_value_t = 65_536)]
+    #[arg(long, value_name = "N", default_value = "65536", value_parser = parse::max_bindings)]
     max_bindings: usize,
 }
 
@@ -142,10 +143,10 @@ impl CorrelateArgs {
 #[command(next_help_heading = "Output")]
 struct FilterArgs {
     /// Only this device (PCI BDF, e.g. 0000:01:00.0).
-    #[arg(long, value_name = "BDF")]
+    #[arg(long, value_name = "BDF", value_parser = parse::bdf)]
     device: Option<String>,
     /// Only this VM: `kvm-<pid>`, the VMM pid, or the `struct kvm` pointer.
-    #[arg(long, value_name = "VM")]
+    #[arg(long, value_name = "VM", value_parser = parse::vm)]
     vm: Option<String>,
     /// Only failures (and leaks).
     #[arg(long)]
@@ -185,11 +186,14 @@ struct RunArgs {
         value_name = "ADDR",
         env = "TSM_TRACE_LISTEN",
         default_value = "0.0.0.0:9477",
+        value_parser = parse::listen,
         help_heading = "Daemon"
     )]
     listen: SocketAddr,
+    #[command(flatten)]
+    web: WebArgs,
     /// How often to compare the binding table with sysfs (`tsm/bound`); 0 disables it.
-    #[arg(long, value_name = "DURATION", env = "TSM_TRACE_RECONCILE_INTERVAL", default_value = "60s", value_parser = parse_duration, help_heading = "Daemon")]
+    #[arg(long, value_name = "DURATION", env = "TSM_TRACE_RECONCILE_INTERVAL", default_value = "60s", value_parser = parse::duration, help_heading = "Daemon")]
     reconcile_interval: Duration,
     /// sysfs root (tests point this at a fake tree).
     #[arg(
@@ -209,6 +213,49 @@ struct RunArgs {
     print: Option<PrintFormat>,
 }
 
+/// TLS, auth and the limits of the HTTP server.
+#[derive(Args)]
+#[command(next_help_heading = "Web")]
+struct WebArgs {
+    /// TLS and basic auth, in the format of the Prometheus exporter-toolkit web config
+    /// (`tls_server_config.cert_file/key_file/client_ca_file`, `basic_auth_users` with
+    /// bcrypt hashes). Default: plain HTTP without auth.
+    #[arg(
+        long = "web.config.file",
+        value_name = "FILE",
+        env = "TSM_TRACE_WEB_CONFIG_FILE"
+    )]
+    web_config_file: Option<PathBuf>,
+    /// Most HTTP connections open at once; at the cap the longest-idle one is closed.
+    #[arg(long = "web.max-connections", value_name = "N", env = "TSM_TRACE_WEB_MAX_CONNECTIONS", default_value = "512", value_parser = parse::max_connections)]
+    max_connections: usize,
+    /// Time for a client to send a request header (and finish a TLS handshake), also between
+    /// requests on a kept-alive connection.
+    #[arg(long = "web.header-timeout", value_name = "DURATION", env = "TSM_TRACE_WEB_HEADER_TIMEOUT", default_value = "10s", value_parser = parse::timeout)]
+    header_timeout: Duration,
+    /// Time to answer one request, until its last byte is written.
+    #[arg(long = "web.request-timeout", value_name = "DURATION", env = "TSM_TRACE_WEB_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse::timeout)]
+    request_timeout: Duration,
+}
+
+impl WebArgs {
+    fn limits(&self) -> http::Limits {
+        http::Limits {
+            max_connections: self.max_connections,
+            header_read_timeout: self.header_timeout,
+            request_timeout: self.request_timeout,
+            ..http::Limits::default()
+        }
+    }
+
+    fn config(&self) -> Result<http::WebConfig> {
+        match &self.web_config_file {
+            None => Ok(http::WebConfig::default()),
+            Some(p) => http::WebConfig::load(p).map_err(anyhow::Error::msg),
+        }
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum PrintFormat {
     Text,
@@ -224,11 +271,15 @@ struct TraceArgs {
     #[command(flatten)]
     filter: FilterArgs,
     /// Stop after this long (e.g. 30s, 10m); default: until Ctrl-C.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Session")]
+    #[arg(long, value_name = "DURATION", value_parser = parse::duration, help_heading = "Session")]
     duration: Option<Duration>,
-    /// Also write every raw event to FILE, for `tsm-trace replay`.
+    /// Also write every raw event to FILE, for `tsm-trace replay` (created 0600; never
+    /// through a symlink; an existing FILE is kept unless --force).
     #[arg(long, value_name = "FILE", help_heading = "Session")]
     record: Option<PathBuf>,
+    /// Let --record overwrite an existing file.
+    #[arg(long, requires = "record", help_heading = "Session")]
+    force: bool,
     /// Do not print the summary on exit.
     #[arg(long, help_heading = "Session")]
     no_summary: bool,
@@ -254,61 +305,6 @@ struct ReplayArgs {
 struct CheckArgs {
     #[command(flatten)]
     probes: ProbeArgs,
-}
-
-fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
-    s.parse()
-        .map_err(|_| format!("unknown log level {s:?} (off, error, warn, info, debug, trace)"))
-}
-
-fn parse_probe(s: &str) -> Result<Probe, String> {
-    Probe::parse(s).ok_or_else(|| {
-        let names: Vec<_> = Probe::ALL.iter().map(|p| p.as_str()).collect();
-        format!("unknown probe {s:?}; known probes: {}", names.join(", "))
-    })
-}
-
-fn parse_symbol(s: &str) -> Result<(Probe, String), String> {
-    let (p, f) = s.split_once('=').ok_or_else(|| {
-        format!("{s:?}: expected PROBE=FUNCTION, e.g. pci_tsm_bind=my_pci_tsm_bind")
-    })?;
-    if f.is_empty() || f.contains(char::is_whitespace) {
-        return Err(format!("{s:?}: {f:?} is not a function name"));
-    }
-    Ok((parse_probe(p)?, f.to_string()))
-}
-
-fn parse_ringbuf(s: &str) -> Result<u32, String> {
-    let n: u32 = s
-        .parse()
-        .map_err(|e| format!("{s:?} is not a byte count: {e}"))?;
-    if n < 4096 || !n.is_power_of_two() {
-        return Err(format!(
-            "{n} must be a power of two of at least 4096 (the page size)"
-        ));
-    }
-    Ok(n)
-}
-
-/// `500ms`, `30s`, `5m`, `2h`, or plain seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (examples: 500ms, 30s, 5m, 2h)"))?;
-    let secs = match unit {
-        "" | "s" => v,
-        "ms" => v / 1e3,
-        "us" => v / 1e6,
-        "m" => v * 60.0,
-        "h" => v * 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-    };
-    Ok(Duration::from_secs_f64(secs))
 }
 
 impl ProbeArgs {
@@ -343,6 +339,7 @@ impl ProbeArgs {
 fn main() {
     let cli = Cli::parse();
     logger::init(cli.log_level, cli.log_format);
+    warn_unknown_env();
     let result = match cli.command {
         Command::Replay(args) => replay(args),
         Command::Check(args) => check(args),
@@ -356,6 +353,38 @@ fn main() {
             eprintln!("  caused by: {cause}");
         }
         std::process::exit(1);
+    }
+}
+
+/// Every `TSM_TRACE_*` variable that the flags read.
+fn known_env() -> Vec<String> {
+    fn walk(cmd: &clap::Command, out: &mut Vec<String>) {
+        for a in cmd.get_arguments() {
+            if let Some(e) = a.get_env() {
+                out.push(e.to_string_lossy().into_owned());
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            walk(sub, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(&<Cli as clap::CommandFactory>::command(), &mut out);
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// A misspelt variable would otherwise be ignored without a word.
+fn warn_unknown_env() {
+    let known = known_env();
+    let known: Vec<&str> = known.iter().map(String::as_str).collect();
+    let vars = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok());
+    for k in parse::unknown_env(vars, &known) {
+        log::warn!(
+            "{k} is set but no flag reads it (known: {})",
+            known.join(", ")
+        );
     }
 }
 
@@ -499,6 +528,8 @@ async fn run(args: RunArgs) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
     let readiness = Readiness::default();
     readiness.set_not_ready("probes are being attached");
+    // The web config is checked before anything is attached: a wrong file fails fast.
+    let web = args.web.config()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| {
@@ -539,11 +570,19 @@ async fn run(args: RunArgs) -> Result<()> {
     )));
     let state = HttpState::new(pipeline.clone(), readiness.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(http::serve(listener, state, async move {
+    let scheme = if web.tls.is_some() { "https" } else { "http" };
+    let auth = if web.basic_auth.is_some() {
+        ", basic auth"
+    } else {
+        ""
+    };
+    let limits = args.web.limits();
+    let grace = limits.shutdown_grace;
+    let server = tokio::spawn(http::serve_with(listener, state, web, limits, async move {
         let _ = stop_rx.await;
     }));
     log::info!(
-        "serving http://{}/metrics ({} programs attached); Ctrl-C or SIGTERM stops",
+        "serving {scheme}://{}/metrics{auth} ({} programs attached); Ctrl-C or SIGTERM stops",
         args.listen,
         live.session().attached_count()
     );
@@ -590,12 +629,17 @@ async fn run(args: RunArgs) -> Result<()> {
             }
         }
     }
-    let _ = stop_tx.send(());
-    server
-        .await
-        .context("the HTTP server task")?
-        .context("the HTTP server")?;
+    // Detach first: whatever the HTTP clients do, the probes are gone at once.
+    readiness.set_not_ready("shutting down");
     drop(live);
+    let _ = stop_tx.send(());
+    // The server returns within its grace; the margin covers a stalled runtime.
+    match tokio::time::timeout(grace + Duration::from_millis(500), server).await {
+        Ok(r) => r
+            .context("the HTTP server task")?
+            .context("the HTTP server")?,
+        Err(_) => log::warn!("the HTTP server did not stop in time; exiting anyway"),
+    }
     Ok(())
 }
 
@@ -653,7 +697,8 @@ async fn trace(args: TraceArgs) -> Result<()> {
     }
     let mut recorder = match &args.record {
         Some(path) => {
-            let f = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+            let f = tsm_trace::files::create_private(path, args.force)
+                .with_context(|| format!("--record {}", path.display()))?;
             Some(record::Writer::new(BufWriter::new(f), &kernel_release())?)
         }
         None => None,
@@ -746,6 +791,13 @@ async fn trace(args: TraceArgs) -> Result<()> {
 fn replay(args: ReplayArgs) -> Result<()> {
     let path = args.file.display().to_string();
     let f = File::open(&args.file).with_context(|| format!("opening {path}"))?;
+    let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if size > tsm_trace::files::cap::RECORD {
+        bail!(tsm_trace::files::too_large(
+            &args.file,
+            tsm_trace::files::cap::RECORD
+        ));
+    }
     let (_header, events) = record::read_all(BufReader::new(f), &path)?;
     let report = pipeline::replay(
         events,

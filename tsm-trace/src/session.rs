@@ -96,19 +96,18 @@ impl Session {
             ),
             btf_name(&syms, Probe::PciTsmBind, "pci_tsm_bind", &opts.attach),
             btf_name(&syms, Probe::KvmDestroyVm, "kvm_destroy_vm", &opts.attach),
-            btf_name(
-                &syms,
-                Probe::PciTsmUnbindAny,
-                "__pci_tsm_unbind",
-                &opts.attach,
-            ),
-            btf_name(
-                &syms,
-                Probe::PciTsmGuestReq,
-                "pci_tsm_guest_req",
-                &opts.attach,
-            ),
         ];
+        // PCI TSM context fields and guest request arguments only where those probes exist
+        // (a kernel without PCI TSM must not report them unresolved).
+        let pci_context = [
+            Probe::PciTsmUnbindAny,
+            Probe::PciTsmDisconnect,
+            Probe::PciTsmDestroy,
+        ]
+        .iter()
+        .any(|p| found_name(&syms, *p, &opts.attach).is_some())
+        .then(|| btf_name(&syms, Probe::PciTsmUnbindAny, "__pci_tsm_unbind", &opts.attach));
+        let guest_req = found_name(&syms, Probe::PciTsmGuestReq, &opts.attach);
         // Driver ops that will be probed: named ones, else those of a known driver present.
         let driver_ops: Vec<(Probe, String)> = probes::TARGETS
             .iter()
@@ -130,8 +129,8 @@ impl Session {
                 pci_tsm_bind: &names[3],
                 driver_bind,
                 kvm_destroy_vm: &names[4],
-                pci_tsm_unbind_any: &names[5],
-                pci_tsm_guest_req: &names[6],
+                pci_tsm_unbind_any: pci_context.as_deref(),
+                pci_tsm_guest_req: guest_req.as_deref(),
                 driver_ops: &driver_ops_ref,
             },
         )
@@ -293,12 +292,13 @@ impl LiveSession {
         self.stream.drain_now(out);
     }
 
-    /// Requested probes that are not attached.
+    /// Requested probes that are not attached but that a module loaded later may bring
+    /// (functions only vmlinux can have are not waited for).
     pub fn missing(&self) -> usize {
         self.session
             .attach
             .iter()
-            .filter(|r| r.requested && !r.attached)
+            .filter(|r| r.requested && !r.attached && r.may_load_later)
             .count()
     }
 

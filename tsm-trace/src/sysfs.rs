@@ -99,7 +99,7 @@ impl Snapshot {
                 DeviceState::Unknown
             } else {
                 let bound = tsm.join("bound");
-                match std::fs::read(&bound) {
+                match crate::files::read_capped(&bound, crate::files::cap::SYSFS_ATTR) {
                     Ok(bytes) => {
                         let text = String::from_utf8_lossy(&bytes);
                         let name = text.trim();
@@ -237,6 +237,26 @@ mod tests {
         assert_eq!(s.errors.len(), 1);
         assert_eq!(s.errors[0].device, "0000:05:00.0");
         assert_eq!(s.error_count(), 1);
+    }
+
+    /// A `bound` larger than a sysfs page is not sysfs: an error, the device unknown.
+    #[test]
+    fn oversized_attribute_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fake::device(root, "0000:06:00.0", Some("tsm0"));
+        std::fs::write(
+            root.join("bus/pci/devices/0000:06:00.0/tsm/bound"),
+            vec![b'a'; 5000],
+        )
+        .unwrap();
+        let s = Snapshot::read(root);
+        assert_eq!(s.state("0000:06:00.0"), Some(&DeviceState::Unknown));
+        assert!(
+            s.errors[0].error.contains("larger than 4096 bytes"),
+            "{:?}",
+            s.errors
+        );
     }
 
     #[test]

@@ -104,9 +104,31 @@ pub(super) fn resolve(
     o: &mut Offsets,
     out: &mut Out,
 ) -> Vec<PrototypeCheck> {
+    let checks = fns
+        .driver_ops
+        .iter()
+        .map(|(probe, func)| PrototypeCheck {
+            probe: *probe,
+            function: func.to_string(),
+            result: check_prototype(objs, *probe, func),
+        })
+        .collect();
+    if let Some(f) = fns.pci_tsm_guest_req {
+        o.guest_req = put_args(out, "pci_tsm_guest_req arguments", guest_req_args(objs, f));
+    }
+    if let Some(f) = fns.driver_op(Probe::DriverGuestReq) {
+        o.drv_guest_req = put_args(out, "driver guest_req arguments", guest_req_args(objs, f));
+    }
+    // The PCI TSM context: only when a probe reads it.
+    if fns.pci_tsm_unbind_any.is_none() && fns.driver_ops.is_empty() {
+        return checks;
+    }
     // struct pci_dev, from the prototype of a function that takes one.
-    let pdev = from_param(objs, fns.pci_tsm_unbind_any, 0)
-        .or_else(|_| from_param_or_name(objs, fns.pci_tsm_bind, 0, "pci_dev", &[0]));
+    let pdev = match fns.pci_tsm_unbind_any {
+        Some(f) => from_param(objs, f, 0),
+        None => Err(String::new()),
+    }
+    .or_else(|_| from_param_or_name(objs, fns.pci_tsm_bind, 0, "pci_dev", &[0]));
     let pdev_tsm = pdev.and_then(|(pdev, note)| {
         let (off, t) = objs.member(&pdev, "tsm")?;
         Ok((found(objs, &pdev, off, &note), t, note))
@@ -172,38 +194,6 @@ pub(super) fn resolve(
     o.tdi_kvm = out.put("pci_tdi.kvm", tdi_field("kvm"));
     o.tdi_tdi_id = out.put("pci_tdi.tdi_id", tdi_field("tdi_id"));
 
-    // Guest request argument locations.
-    let mut put_args = |name: &'static str, r: Result<GuestReqArgs, String>| match r {
-        Ok(a) => {
-            out.fields.push(super::FieldReport {
-                field: name,
-                offset: Some(a.tsm_code),
-                btf_object: None,
-                reason: None,
-                note: Some(format!(
-                    "scope, in_len, out_len, tsm_code at {}",
-                    [a.scope, a.in_len, a.out_len, a.tsm_code]
-                        .iter()
-                        .map(|&l| describe_loc(l))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )),
-            });
-            a
-        }
-        Err(reason) => {
-            out.put(name, Err(reason));
-            GuestReqArgs::UNKNOWN
-        }
-    };
-    o.guest_req = put_args(
-        "pci_tsm_guest_req arguments",
-        guest_req_args(objs, fns.pci_tsm_guest_req),
-    );
-    if let Some(f) = fns.driver_op(Probe::DriverGuestReq) {
-        o.drv_guest_req = put_args("driver guest_req arguments", guest_req_args(objs, f));
-    }
-
     // The driver unbind op's argument: upstream's `struct pci_tdi *` or a `struct pci_dev *`.
     if let Some(f) = fns.driver_op(Probe::DriverUnbind) {
         let arg = match objs.prototype(f) {
@@ -245,14 +235,34 @@ pub(super) fn resolve(
         };
     }
 
-    fns.driver_ops
-        .iter()
-        .map(|(probe, func)| PrototypeCheck {
-            probe: *probe,
-            function: func.to_string(),
-            result: check_prototype(objs, *probe, func),
-        })
-        .collect()
+    checks
+}
+
+/// Records the argument locations of a guest request function as a field report.
+fn put_args(out: &mut Out, name: &'static str, r: Result<GuestReqArgs, String>) -> GuestReqArgs {
+    match r {
+        Ok(a) => {
+            out.fields.push(super::FieldReport {
+                field: name,
+                offset: Some(a.tsm_code),
+                btf_object: None,
+                reason: None,
+                note: Some(format!(
+                    "scope, in_len, out_len, tsm_code at {}",
+                    [a.scope, a.in_len, a.out_len, a.tsm_code]
+                        .iter()
+                        .map(|&l| describe_loc(l))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            });
+            a
+        }
+        Err(reason) => {
+            out.put(name, Err(reason));
+            GuestReqArgs::UNKNOWN
+        }
+    }
 }
 
 /// `rdi`, `r9`, `stack+16`.

@@ -69,11 +69,13 @@ pub struct Functions<'a> {
     pub driver_bind: Option<&'a str>,
     /// `void (struct kvm *)`.
     pub kvm_destroy_vm: &'a str,
-    /// `int __pci_tsm_unbind(struct pci_dev *, void *)`.
-    pub pci_tsm_unbind_any: &'a str,
+    /// `int __pci_tsm_unbind(struct pci_dev *, void *)`: its prototype gives `struct pci_dev`
+    /// for the PCI TSM context fields (`pci_dev.tsm`, `pci_tsm.*`, `pci_tdi.*`). `None`: no
+    /// probe reads that context (a kernel without PCI TSM), so those fields are left out.
+    pub pci_tsm_unbind_any: Option<&'a str>,
     /// `ssize_t pci_tsm_guest_req(struct pci_dev *, scope, sockptr_t, size_t, sockptr_t,
-    /// size_t, u64 *)`.
-    pub pci_tsm_guest_req: &'a str,
+    /// size_t, u64 *)`; `None`: not probed, its argument locations are left out.
+    pub pci_tsm_guest_req: Option<&'a str>,
     /// The TSM driver ops that will be probed: each prototype is checked against its op.
     pub driver_ops: &'a [(Probe, &'a str)],
 }
@@ -97,8 +99,8 @@ impl Functions<'static> {
         pci_tsm_bind: "pci_tsm_bind",
         driver_bind: None,
         kvm_destroy_vm: "kvm_destroy_vm",
-        pci_tsm_unbind_any: "__pci_tsm_unbind",
-        pci_tsm_guest_req: "pci_tsm_guest_req",
+        pci_tsm_unbind_any: Some("__pci_tsm_unbind"),
+        pci_tsm_guest_req: Some("pci_tsm_guest_req"),
         driver_ops: &[],
     };
 }
@@ -255,16 +257,18 @@ fn load(sources: &BtfSources) -> Result<(Objects, Vec<ObjectReport>), BtfError> 
     let vmlinux = match Btf::from_file_with_backend(path, btf_rs::Backend::Mmap) {
         Ok(b) => b,
         Err(_) => {
-            let bytes = fs::read(path).map_err(|cause| {
-                if cause.kind() == io::ErrorKind::NotFound {
-                    BtfError::VmlinuxMissing { path: path.clone() }
-                } else {
-                    BtfError::VmlinuxRead {
-                        path: path.clone(),
-                        cause,
+            let bytes = crate::files::read_capped(path, crate::files::cap::VMLINUX_BTF).map_err(
+                |cause| {
+                    if cause.kind() == io::ErrorKind::NotFound {
+                        BtfError::VmlinuxMissing { path: path.clone() }
+                    } else {
+                        BtfError::VmlinuxRead {
+                            path: path.clone(),
+                            cause,
+                        }
                     }
-                }
-            })?;
+                },
+            )?;
             Btf::from_bytes(&bytes).map_err(|cause| BtfError::VmlinuxParse {
                 path: path.clone(),
                 cause,
@@ -309,7 +313,7 @@ fn load(sources: &BtfSources) -> Result<(Objects, Vec<ObjectReport>), BtfError> 
     }];
     let mut unreadable = 0;
     for (name, p) in modules {
-        let loaded = fs::read(&p)
+        let loaded = crate::files::read_capped(&p, crate::files::cap::MODULE_BTF)
             .map_err(|e| format!("read failed: {e}"))
             .and_then(|b| {
                 Btf::from_split_bytes(&b, &list[0].btf)

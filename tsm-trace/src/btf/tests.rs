@@ -863,3 +863,28 @@ fn synthetic_wrong_prototype_is_reported() {
         &["struct iommufd_ucmd has no member userspace_pid"],
     );
 }
+
+/// A kernel without PCI TSM (6.1): no probe reads the PCI TSM context, so its fields are not
+/// reported at all (rather than "unresolved"), and nothing else changes.
+#[test]
+fn synthetic_without_pci_tsm_leaves_lifecycle_fields_out() {
+    let dir = synthetic();
+    let fns = Functions {
+        pci_tsm_unbind_any: None,
+        pci_tsm_guest_req: None,
+        ..Functions::DEFAULT
+    };
+    let r = resolve(&BtfSources::in_dir(&dir), &fns).unwrap();
+    fs::remove_dir_all(&dir).unwrap();
+    for f in [
+        "pci_dev.tsm",
+        "pci_tsm.tdi",
+        "tsm_dev.dev.kobj.name",
+        "pci_tdi.kvm",
+        "pci_tsm_guest_req arguments",
+    ] {
+        assert!(r.field(f).is_none(), "{f} must be left out: {:?}", r.field(f));
+    }
+    assert_eq!(r.offsets.pci_dev_tsm, OFFSET_UNKNOWN);
+    assert_eq!(r.offsets.guest_req, tsm_trace_common::GuestReqArgs::UNKNOWN);
+}

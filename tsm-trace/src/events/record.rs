@@ -6,7 +6,7 @@
 //! ```
 //! Reading validates every line and names the line and the problem on error.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
@@ -73,9 +73,52 @@ impl<W: Write> Writer<W> {
     }
 }
 
+/// The longest line read (an event is a few hundred bytes).
+pub const MAX_LINE: usize = crate::files::cap::RECORD_LINE as usize;
+
+/// Lines of at most [`MAX_LINE`] bytes; a longer one is an error, not an allocation.
+fn capped_lines(mut input: impl BufRead) -> impl Iterator<Item = std::io::Result<String>> {
+    let mut done = false;
+    std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        let mut buf = Vec::new();
+        let r = (&mut input)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut buf);
+        match r {
+            Err(e) => {
+                done = true;
+                Some(Err(e))
+            }
+            Ok(0) => None,
+            Ok(_) => {
+                if buf.last() == Some(&b'\n') {
+                    buf.pop();
+                    if buf.last() == Some(&b'\r') {
+                        buf.pop();
+                    }
+                } else if buf.len() > MAX_LINE {
+                    done = true;
+                    return Some(Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("line longer than {MAX_LINE} bytes"),
+                    )));
+                }
+                Some(
+                    String::from_utf8(buf).map_err(|_| {
+                        std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8")
+                    }),
+                )
+            }
+        }
+    })
+}
+
 /// Reads a whole record: the header and every event, in file order. Blank lines are skipped.
 pub fn read_all(input: impl BufRead, path: &str) -> Result<(Header, Vec<Event>), RecordError> {
-    let mut lines = input.lines().enumerate();
+    let mut lines = capped_lines(input).enumerate();
     let header_line = match lines.next() {
         Some((_, Ok(l))) => l,
         Some((_, Err(source))) => {
@@ -204,5 +247,24 @@ mod tests {
         let text = "{\"tsm_trace_record\":9,\"tsm_trace_version\":\"x\"}\n";
         let err = read_all(text.as_bytes(), "x").unwrap_err().to_string();
         assert!(err.contains("version 9 is not supported"), "{err}");
+    }
+
+    /// A line without an end is refused at the cap, not read into memory whole.
+    #[test]
+    fn overlong_lines_are_errors() {
+        let mut text = b"{\"tsm_trace_record\":1,\"tsm_trace_version\":\"x\"}\n".to_vec();
+        text.extend(std::iter::repeat_n(b'x', MAX_LINE + 10));
+        let err = read_all(&text[..], "big.jsonl").unwrap_err().to_string();
+        assert!(
+            err.contains("big.jsonl: reading line 2: line longer than"),
+            "{err}"
+        );
+        let err = read_all(&vec![b'{'; MAX_LINE + 1][..], "h")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line longer than"), "{err}");
+        // CRLF files read as well.
+        let text = "{\"tsm_trace_record\":1,\"tsm_trace_version\":\"x\"}\r\n";
+        assert!(read_all(text.as_bytes(), "crlf").is_ok());
     }
 }

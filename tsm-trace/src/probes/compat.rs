@@ -27,6 +27,9 @@ pub struct Target {
     pub ret: Option<&'static str>,
     /// Where the function comes from, for "why is this missing" messages.
     pub origin: &'static str,
+    /// The function can only be in vmlinux (drivers/pci/tsm.c is built in: CONFIG_PCI_TSM is
+    /// a bool): a module load never brings it, so nothing waits for it.
+    pub vmlinux_only: bool,
 }
 
 /// Exported functions of drivers/pci/tsm.c (global in every kernel that has the file).
@@ -58,6 +61,15 @@ const fn row(
         entry,
         ret,
         origin,
+        vmlinux_only: false,
+    }
+}
+
+/// A row for a function only vmlinux can have (see [`Target::vmlinux_only`]).
+const fn builtin(t: Target) -> Target {
+    Target {
+        vmlinux_only: true,
+        ..t
     }
 }
 
@@ -114,54 +126,54 @@ pub const TARGETS: &[Target] = &[
         Some("pci_unbind_return"),
         PCI_TSM_ORIGIN,
     ),
-    row(
+    builtin(row(
         Probe::Connect,
         &["connect_store"],
         PCI_TSM_C,
         "connect_entry",
         Some("connect_return"),
         "Linux 6.19+ with CONFIG_PCI_TSM=y (static connect_store of drivers/pci/tsm.c; pci_tsm_connect is inlined)",
-    ),
-    row(
+    )),
+    builtin(row(
         Probe::Disconnect,
         &["disconnect_store"],
         PCI_TSM_C,
         "disconnect_entry",
         Some("disconnect_return"),
         "Linux 6.19+ with CONFIG_PCI_TSM=y (static disconnect_store of drivers/pci/tsm.c)",
-    ),
-    row(
+    )),
+    builtin(row(
         Probe::PciTsmDisconnect,
         &["__pci_tsm_disconnect"],
         PCI_TSM_C,
         "pci_disconnect_entry",
         Some("pci_disconnect_return"),
         "Linux 6.19+ with CONFIG_PCI_TSM=y (static; may be inlined)",
-    ),
-    row(
+    )),
+    builtin(row(
         Probe::PciTsmUnbindAny,
         &["__pci_tsm_unbind"],
         PCI_TSM_C,
         "pci_unbind_any_entry",
         Some("pci_unbind_any_return"),
         "Linux 6.19+ with CONFIG_PCI_TSM=y (static; may be inlined)",
-    ),
-    row(
+    )),
+    builtin(row(
         Probe::PciTsmDestroy,
         &["__pci_tsm_destroy"],
         PCI_TSM_C,
         "pci_destroy_entry",
         Some("pci_destroy_return"),
         "Linux 6.19+ with CONFIG_PCI_TSM=y (static; may be inlined)",
-    ),
-    row(
+    )),
+    builtin(row(
         Probe::PciTsmGuestReq,
         &["pci_tsm_guest_req"],
         &[],
         "guest_req_entry_pci",
         Some("guest_req_return_pci"),
         PCI_TSM_ORIGIN,
-    ),
+    )),
     row(
         Probe::DriverProbe,
         &[],

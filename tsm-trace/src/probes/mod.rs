@@ -113,6 +113,10 @@ pub struct AttachReport {
     pub reason: Option<String>,
     /// Requested: a probe the user asked for (driver ops) or a default one.
     pub requested: bool,
+    /// Not attached, but a module loaded later may bring the function (see
+    /// [`Target::vmlinux_only`]).
+    #[serde(skip)]
+    pub may_load_later: bool,
 }
 
 /// Errors of this module. A load error carries the verifier log.
@@ -246,6 +250,7 @@ pub fn attach_all(
                 attached: false,
                 reason: None,
                 requested,
+                may_load_later: !t.vmlinux_only,
             };
             if !enabled || symbols.is_empty() {
                 report.reason = Some(if enabled {

@@ -5,6 +5,16 @@
 //! - `/readyz`: 200 once the daemon says its probes are attached (or their absence is
 //!   explained, e.g. loose attach mode); 503 with the reason before that.
 //! - `/bindings`: JSON, the binding table and current leaks ([`BindingsView`]).
+//!
+//! The server itself ([`server`]) bounds connections, time and sizes, and shuts down within a
+//! grace period; [`web_config`] adds TLS and basic auth from an exporter-toolkit web config.
+
+pub mod auth;
+pub mod server;
+pub mod web_config;
+
+pub use server::Limits;
+pub use web_config::WebConfig;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, RwLock};
@@ -83,15 +93,31 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-/// Serves until `shutdown` completes.
+/// Serves until `shutdown` completes, plain HTTP with the default [`Limits`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: HttpState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_with(
+        listener,
+        state,
+        WebConfig::default(),
+        Limits::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// Serves until `shutdown` completes, then returns within `limits.shutdown_grace`.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: HttpState,
+    web: WebConfig,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    server::serve_with(listener, router(state), web, limits, shutdown).await
 }
 
 async fn index() -> &'static str {

@@ -1,0 +1,483 @@
+//! Value parsers for the command line and its `TSM_TRACE_*` variables.
+//!
+//! Each returns a message that says what was wrong and what is expected; clap puts the flag
+//! (or variable) name in front of it. None of them panics, whatever the input (the tables in
+//! the tests hold the hostile cases).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use crate::events::Probe;
+
+/// The longest duration accepted: far beyond any useful grace or interval, and small enough
+/// that nanoseconds fit in a `u64` everywhere downstream.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// `500ms`, `30s`, `5m`, `2h`, `1d`, or plain seconds; fractions allowed (`1.5s`); at most
+/// [`MAX_DURATION`].
+pub fn duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let bad = || format!("{s:?} is not a duration (examples: 500ms, 30s, 5m, 2h)");
+    if num.is_empty() || num.len() > 32 {
+        return Err(bad());
+    }
+    let v: f64 = num.parse().map_err(|_| bad())?;
+    let scale = match unit {
+        "" | "s" => 1.0,
+        "ms" => 1e-3,
+        "us" => 1e-6,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "d" => 86400.0,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
+            ));
+        }
+    };
+    let secs = v * scale;
+    if !secs.is_finite() || secs > MAX_DURATION.as_secs_f64() {
+        return Err(format!(
+            "{s:?} is too long (at most {}d)",
+            MAX_DURATION.as_secs() / 86400
+        ));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|_| bad())
+}
+
+pub fn level(s: &str) -> Result<log::LevelFilter, String> {
+    s.parse()
+        .map_err(|_| format!("unknown log level {s:?} (off, error, warn, info, debug, trace)"))
+}
+
+pub fn probe(s: &str) -> Result<Probe, String> {
+    Probe::parse(s).ok_or_else(|| {
+        let names: Vec<_> = Probe::ALL.iter().map(|p| p.as_str()).collect();
+        format!("unknown probe {s:?}; known probes: {}", names.join(", "))
+    })
+}
+
+/// Longest kernel symbol name (`KSYM_NAME_LEN`).
+const MAX_SYMBOL: usize = 512;
+
+/// A kernel function name: `[A-Za-z0-9_.]`, not starting with a digit, at most 512 bytes
+/// (compiler suffixes such as `.isra.0` are allowed).
+pub fn function(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= MAX_SYMBOL
+        && !s.starts_with(|c: char| c.is_ascii_digit() || c == '.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a kernel function name (letters, digits, '_' and '.', at most {MAX_SYMBOL} bytes)"
+        ))
+    }
+}
+
+/// `PROBE=FUNCTION`.
+pub fn symbol(s: &str) -> Result<(Probe, String), String> {
+    let (p, f) = s.split_once('=').ok_or_else(|| {
+        format!("{s:?}: expected PROBE=FUNCTION, e.g. pci_tsm_bind=my_pci_tsm_bind")
+    })?;
+    Ok((probe(p)?, function(f)?))
+}
+
+/// The largest ring buffer accepted (1 GiB).
+pub const MAX_RINGBUF: u32 = 1 << 30;
+
+/// A ring buffer size: a power of two from 4096 (the page size) to [`MAX_RINGBUF`]; `k`/`m`
+/// suffixes (KiB, MiB) allowed.
+pub fn ringbuf(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let (digits, mult) = match t.as_bytes().last() {
+        Some(b'k' | b'K') => (&t[..t.len() - 1], 1024u64),
+        Some(b'm' | b'M') => (&t[..t.len() - 1], 1024 * 1024),
+        _ => (t, 1),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a byte count (e.g. 262144, 256k, 4m)"))?;
+    let n = n.checked_mul(mult).unwrap_or(u64::MAX);
+    if n < 4096 || n > u64::from(MAX_RINGBUF) || !n.is_power_of_two() {
+        return Err(format!(
+            "{s:?}: must be a power of two from 4096 (the page size) to {MAX_RINGBUF} (1 GiB)"
+        ));
+    }
+    Ok(n as u32)
+}
+
+/// The most bindings that can be tracked.
+pub const MAX_BINDINGS: usize = 1 << 24;
+
+pub fn max_bindings(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a count"))?;
+    if n == 0 || n > MAX_BINDINGS {
+        return Err(format!("{n}: must be from 1 to {MAX_BINDINGS}"));
+    }
+    Ok(n)
+}
+
+/// The most HTTP connections that can be allowed at once.
+pub const MAX_CONNECTIONS: usize = 65_536;
+
+pub fn max_connections(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a count"))?;
+    if n == 0 || n > MAX_CONNECTIONS {
+        return Err(format!("{n}: must be from 1 to {MAX_CONNECTIONS}"));
+    }
+    Ok(n)
+}
+
+/// A timeout: a [`duration`] that is not zero.
+pub fn timeout(s: &str) -> Result<Duration, String> {
+    let d = duration(s)?;
+    if d.is_zero() {
+        return Err(format!("{s:?}: a timeout cannot be zero"));
+    }
+    Ok(d)
+}
+
+/// A PCI address: `DDDD:BB:DD.F` (domain, bus, device, function in hex), or `BB:DD.F` for
+/// domain 0. Returned in the kernel's spelling (lower case, four-digit domain), as sysfs and
+/// events name devices.
+pub fn bdf(s: &str) -> Result<String, String> {
+    let bad =
+        || format!("{s:?} is not a PCI address: expected DDDD:BB:DD.F in hex, e.g. 0000:01:00.0");
+    let t = s.trim();
+    let parts: Vec<&str> = t.split(':').collect();
+    let (domain, bus, devfn) = match parts.as_slice() {
+        [d, b, df] => (*d, *b, *df),
+        [b, df] => ("0000", *b, *df),
+        _ => return Err(bad()),
+    };
+    let (dev, func) = devfn.split_once('.').ok_or_else(bad)?;
+    let hex = |x: &str, max_len: usize| -> Result<u32, String> {
+        if x.is_empty() || x.len() > max_len || !x.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        u32::from_str_radix(x, 16).map_err(|_| bad())
+    };
+    let (d, b, dv, f) = (hex(domain, 4)?, hex(bus, 2)?, hex(dev, 2)?, hex(func, 1)?);
+    if dv > 0x1f || f > 7 {
+        return Err(format!(
+            "{s:?}: device must be 00-1f and function 0-7 (e.g. 0000:01:00.0)"
+        ));
+    }
+    Ok(format!("{d:04x}:{b:02x}:{dv:02x}.{f:x}"))
+}
+
+/// A VM selector: `kvm-<pid>` (its KVM stats name), a VMM pid, or a `struct kvm` pointer
+/// (`0x…`, 1 to 16 hex digits).
+pub fn vm(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    let pid = |x: &str| {
+        !x.is_empty()
+            && x.len() <= 10
+            && x.bytes().all(|b| b.is_ascii_digit())
+            && x.parse::<u32>().is_ok_and(|n| n > 0)
+    };
+    let ok = match t.strip_prefix("kvm-") {
+        Some(p) => pid(p),
+        None => match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+            Some(h) => !h.is_empty() && h.len() <= 16 && h.bytes().all(|b| b.is_ascii_hexdigit()),
+            None => pid(t),
+        },
+    };
+    if ok {
+        Ok(t.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a VM: expected kvm-<pid>, a VMM pid, or a struct kvm pointer (0x…)"
+        ))
+    }
+}
+
+/// An errno: `EBUSY`, `ebusy`, `16` or `-16`.
+pub fn errno(s: &str) -> Result<i32, String> {
+    crate::errno::parse(s).ok_or_else(|| {
+        format!("{s:?} is not an errno (a name such as EBUSY, or a number from 1 to 4095)")
+    })
+}
+
+/// A listen address: `HOST:PORT` with an IP (`0.0.0.0:9477`, `[::1]:9477`), `:PORT` for
+/// every IPv4 address (as Prometheus exporters write it), or `localhost:PORT`.
+pub fn listen(s: &str) -> Result<SocketAddr, String> {
+    let t = s.trim();
+    if let Ok(a) = t.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let bad = || {
+        format!(
+            "{s:?} is not a listen address: expected IP:PORT, e.g. 0.0.0.0:9477, [::1]:9477 or :9477"
+        )
+    };
+    let (host, port) = t.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    match host {
+        "" => Ok(SocketAddr::from(([0, 0, 0, 0], port))),
+        "localhost" => ("localhost", port)
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(bad),
+        _ => Err(bad()),
+    }
+}
+
+/// `TSM_TRACE_*` variables in `vars` that no flag reads (a typo, or a flag that was removed):
+/// they would otherwise be ignored without a word.
+pub fn unknown_env<'a>(vars: impl IntoIterator<Item = String>, known: &[&'a str]) -> Vec<String> {
+    let mut unknown: Vec<String> = vars
+        .into_iter()
+        .filter(|k| k.starts_with("TSM_TRACE_") && !known.contains(&k.as_str()))
+        .collect();
+    unknown.sort();
+    unknown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check<T: PartialEq + std::fmt::Debug>(
+        f: fn(&str) -> Result<T, String>,
+        table: &[(&str, Result<T, &str>)],
+    ) {
+        for (input, want) in table {
+            match (f(input), want) {
+                (Ok(got), Ok(w)) => assert_eq!(&got, w, "{input:?}"),
+                (Err(e), Err(w)) => assert!(e.contains(w), "{input:?}: {e:?} lacks {w:?}"),
+                (got, want) => panic!("{input:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn durations() {
+        check(
+            duration,
+            &[
+                ("500ms", Ok(Duration::from_millis(500))),
+                ("30s", Ok(Duration::from_secs(30))),
+                ("1.5s", Ok(Duration::from_millis(1500))),
+                ("5m", Ok(Duration::from_secs(300))),
+                ("2h", Ok(Duration::from_secs(7200))),
+                ("1d", Ok(Duration::from_secs(86400))),
+                ("7", Ok(Duration::from_secs(7))),
+                ("0", Ok(Duration::ZERO)),
+                ("365d", Ok(MAX_DURATION)),
+                ("99999999999999999999999s", Err("too long")),
+                ("366d", Err("too long")),
+                ("1e400", Err("unknown unit")),
+                (&"9".repeat(400), Err("not a duration")),
+                ("-1s", Err("not a duration")),
+                ("", Err("not a duration")),
+                ("s", Err("not a duration")),
+                ("1..2s", Err("not a duration")),
+                (".", Err("not a duration")),
+                ("5x", Err("unknown unit")),
+                ("NaN", Err("not a duration")),
+                ("inf", Err("not a duration")),
+            ],
+        );
+        check(
+            timeout,
+            &[
+                ("0s", Err("cannot be zero")),
+                ("1s", Ok(Duration::from_secs(1))),
+            ],
+        );
+    }
+
+    #[test]
+    fn bdfs() {
+        check(
+            bdf,
+            &[
+                ("0000:01:00.0", Ok("0000:01:00.0".to_string())),
+                ("0000:AF:1f.7", Ok("0000:af:1f.7".to_string())),
+                ("01:00.0", Ok("0000:01:00.0".to_string())),
+                ("10000:01:00.0", Err("not a PCI address")),
+                ("zz", Err("not a PCI address")),
+                ("0000:zz:00.0", Err("not a PCI address")),
+                ("0000:01:20.0", Err("device must be 00-1f")),
+                ("0000:01:00.8", Err("function 0-7")),
+                ("0000:01:00", Err("not a PCI address")),
+                ("0000:01:00.", Err("not a PCI address")),
+                ("0000:01:00.0.0", Err("not a PCI address")),
+                ("0000:+1:00.0", Err("not a PCI address")),
+                ("", Err("not a PCI address")),
+                ("::.", Err("not a PCI address")),
+            ],
+        );
+    }
+
+    #[test]
+    fn vms() {
+        check(
+            vm,
+            &[
+                ("kvm-4242", Ok("kvm-4242".to_string())),
+                ("4242", Ok("4242".to_string())),
+                ("0xffff888012340000", Ok("0xffff888012340000".to_string())),
+                ("kvm-", Err("not a VM")),
+                ("kvm-0", Err("not a VM")),
+                ("kvm-abc", Err("not a VM")),
+                ("0", Err("not a VM")),
+                ("99999999999", Err("not a VM")),
+                ("0x", Err("not a VM")),
+                ("0x1ffffffffffffffff", Err("not a VM")),
+                ("qemu", Err("not a VM")),
+                ("", Err("not a VM")),
+            ],
+        );
+    }
+
+    #[test]
+    fn ring_sizes() {
+        check(
+            ringbuf,
+            &[
+                ("262144", Ok(262_144)),
+                ("4096", Ok(4096)),
+                ("256k", Ok(262_144)),
+                ("4M", Ok(4 << 20)),
+                ("1073741824", Ok(1 << 30)),
+                ("2048", Err("power of two from 4096")),
+                ("5000", Err("power of two")),
+                ("2147483648", Err("power of two")),
+                ("99999999999999999999", Err("not a byte count")),
+                ("18014398509481984m", Err("power of two")),
+                ("-4096", Err("not a byte count")),
+                ("k", Err("not a byte count")),
+                ("", Err("not a byte count")),
+            ],
+        );
+    }
+
+    #[test]
+    fn counts() {
+        check(
+            max_bindings,
+            &[
+                ("65536", Ok(65_536)),
+                ("0", Err("from 1")),
+                ("99999999999999999999999", Err("not a count")),
+                ("16777217", Err("from 1")),
+            ],
+        );
+        check(
+            max_connections,
+            &[
+                ("512", Ok(512)),
+                ("0", Err("from 1")),
+                ("x", Err("not a count")),
+            ],
+        );
+    }
+
+    #[test]
+    fn errnos() {
+        check(
+            errno,
+            &[
+                ("EBUSY", Ok(16)),
+                ("-16", Ok(16)),
+                ("EWHAT", Err("not an errno")),
+                ("-2147483648", Err("not an errno")),
+                ("0", Err("not an errno")),
+            ],
+        );
+    }
+
+    #[test]
+    fn listen_addresses() {
+        check(
+            listen,
+            &[
+                ("0.0.0.0:9477", Ok("0.0.0.0:9477".parse().unwrap())),
+                ("[::1]:9477", Ok("[::1]:9477".parse().unwrap())),
+                (":9477", Ok("0.0.0.0:9477".parse().unwrap())),
+                ("0.0.0.0", Err("not a listen address")),
+                ("0.0.0.0:99999", Err("not a listen address")),
+                ("example.com:9477", Err("not a listen address")),
+                ("", Err("not a listen address")),
+                (":", Err("not a listen address")),
+            ],
+        );
+        assert!(listen("localhost:9477").is_ok_and(|a| a.ip().is_loopback()));
+    }
+
+    #[test]
+    fn functions_and_symbols() {
+        check(
+            function,
+            &[
+                ("pci_tsm_bind", Ok("pci_tsm_bind".to_string())),
+                ("tsm_bind.isra.0", Ok("tsm_bind.isra.0".to_string())),
+                ("", Err("not a kernel function name")),
+                ("1abc", Err("not a kernel function name")),
+                ("a b", Err("not a kernel function name")),
+                ("a/b", Err("not a kernel function name")),
+                (&"a".repeat(513), Err("not a kernel function name")),
+            ],
+        );
+        check(
+            symbol,
+            &[
+                (
+                    "tsm_bind=my_bind",
+                    Ok((Probe::TsmBind, "my_bind".to_string())),
+                ),
+                ("tsm_bind", Err("expected PROBE=FUNCTION")),
+                ("nope=f", Err("unknown probe")),
+                ("tsm_bind=", Err("not a kernel function name")),
+            ],
+        );
+        check(
+            probe,
+            &[
+                ("tsm_bind", Ok(Probe::TsmBind)),
+                ("x", Err("unknown probe")),
+            ],
+        );
+        check(
+            level,
+            &[
+                ("debug", Ok(log::LevelFilter::Debug)),
+                ("loud", Err("unknown log level")),
+            ],
+        );
+    }
+
+    #[test]
+    fn unknown_env_vars_are_named() {
+        let vars = [
+            "TSM_TRACE_GRACE",
+            "TSM_TRACE_GRACEE",
+            "PATH",
+            "TSM_TRACE_LISTN",
+        ]
+        .map(String::from);
+        assert_eq!(
+            unknown_env(vars, &["TSM_TRACE_GRACE"]),
+            vec![
+                "TSM_TRACE_GRACEE".to_string(),
+                "TSM_TRACE_LISTN".to_string()
+            ]
+        );
+    }
+}

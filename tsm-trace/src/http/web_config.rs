@@ -1,0 +1,310 @@
+//! `--web.config.file`: TLS and basic auth, in the format of the Prometheus exporter-toolkit
+//! (<https://prometheus.io/docs/prometheus/latest/configuration/https/>), so scrape configs
+//! written for node_exporter and friends work unchanged:
+//!
+//! ```yaml
+//! tls_server_config:
+//!   cert_file: server.crt            # relative paths are relative to this file
+//!   key_file: server.key
+//!   client_auth_type: RequireAndVerifyClientCert   # optional, with client_ca_file
+//!   client_ca_file: ca.crt
+//!   min_version: TLS12               # TLS12 (default) or TLS13
+//! http_server_config:
+//!   headers:
+//!     Strict-Transport-Security: max-age=31536000
+//! basic_auth_users:
+//!   prometheus: $2y$10$...           # bcrypt (htpasswd -nBC 10 prometheus)
+//! ```
+//!
+//! Keys tsm-trace does not implement (`cipher_suites`, `curve_preferences`,
+//! `client_allowed_sans`, `max_version`, inline `cert`/`key`) are refused with a clear error
+//! rather than silently ignored: a security setting that is not applied must not look as if
+//! it were. The file is read once, at startup.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::http::{HeaderName, HeaderValue};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
+
+use super::auth::BasicAuth;
+use crate::files::{cap, read_capped, read_to_string_capped};
+
+/// What the server applies: built from the file by [`WebConfig::load`]; the default is plain
+/// HTTP without auth.
+#[derive(Clone, Default)]
+pub struct WebConfig {
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub basic_auth: Option<Arc<BasicAuth>>,
+    /// Added to every response (`http_server_config.headers`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl std::fmt::Debug for WebConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebConfig")
+            .field("tls", &self.tls.is_some())
+            .field("basic_auth", &self.basic_auth.is_some())
+            .field("headers", &self.headers)
+            .finish()
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct File {
+    tls_server_config: Option<TlsServerConfig>,
+    http_server_config: Option<HttpServerConfig>,
+    basic_auth_users: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TlsServerConfig {
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    client_auth_type: Option<String>,
+    client_ca_file: Option<PathBuf>,
+    min_version: Option<String>,
+    prefer_server_cipher_suites: Option<bool>,
+    // Known to the exporter-toolkit, not implemented here: refused if set.
+    cert: Option<serde::de::IgnoredAny>,
+    key: Option<serde::de::IgnoredAny>,
+    client_ca: Option<serde::de::IgnoredAny>,
+    max_version: Option<serde::de::IgnoredAny>,
+    cipher_suites: Option<serde::de::IgnoredAny>,
+    curve_preferences: Option<serde::de::IgnoredAny>,
+    client_allowed_sans: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct HttpServerConfig {
+    /// HTTP/2 is not served (HTTP/1.1 only); accepted so that shared files load.
+    http2: Option<bool>,
+    headers: Option<BTreeMap<String, String>>,
+}
+
+/// The response headers the exporter-toolkit lets a web config set.
+const SETTABLE_HEADERS: &[&str] = &[
+    "content-security-policy",
+    "strict-transport-security",
+    "x-content-type-options",
+    "x-frame-options",
+    "x-xss-protection",
+];
+
+impl WebConfig {
+    /// Reads and applies `path`. Every error names the file and the key.
+    pub fn load(path: &Path) -> Result<WebConfig, String> {
+        let text = read_to_string_capped(path, cap::CONFIG)
+            .map_err(|e| format!("--web.config.file {}: {e}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, base).map_err(|e| format!("--web.config.file {}: {e}", path.display()))
+    }
+
+    /// Parses a web config; relative paths in it are taken from `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<WebConfig, String> {
+        let file: File = if text.trim().is_empty() {
+            File::default()
+        } else {
+            serde_saphyr::from_str(text).map_err(|e| e.to_string())?
+        };
+        let mut cfg = WebConfig::default();
+        if let Some(t) = file.tls_server_config {
+            cfg.tls = Some(tls(t, base)?);
+        }
+        if let Some(h) = file.http_server_config {
+            if h.http2 == Some(true) {
+                log::debug!("web config: http2 is not served; HTTP/1.1 only");
+            }
+            for (k, v) in h.headers.unwrap_or_default() {
+                let name = HeaderName::try_from(k.as_str())
+                    .map_err(|e| format!("http_server_config.headers: {k:?}: {e}"))?;
+                if !SETTABLE_HEADERS.contains(&name.as_str()) {
+                    return Err(format!(
+                        "http_server_config.headers: {k:?} cannot be set (allowed: {})",
+                        SETTABLE_HEADERS.join(", ")
+                    ));
+                }
+                let value = HeaderValue::try_from(v.as_str())
+                    .map_err(|e| format!("http_server_config.headers.{k}: {e}"))?;
+                cfg.headers.push((name, value));
+            }
+        }
+        if let Some(users) = file.basic_auth_users
+            && !users.is_empty()
+        {
+            cfg.basic_auth = Some(Arc::new(BasicAuth::new(users)?));
+        }
+        Ok(cfg)
+    }
+}
+
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+fn tls(t: TlsServerConfig, base: &Path) -> Result<tokio_rustls::TlsAcceptor, String> {
+    for (set, key) in [
+        (t.cert.is_some(), "cert (inline)"),
+        (t.key.is_some(), "key (inline)"),
+        (t.client_ca.is_some(), "client_ca (inline)"),
+        (t.max_version.is_some(), "max_version"),
+        (t.cipher_suites.is_some(), "cipher_suites"),
+        (t.curve_preferences.is_some(), "curve_preferences"),
+        (t.client_allowed_sans.is_some(), "client_allowed_sans"),
+    ] {
+        if set {
+            return Err(format!(
+                "tls_server_config.{key} is not supported by tsm-trace (use cert_file/key_file; rustls picks safe cipher suites and curves)"
+            ));
+        }
+    }
+    let (Some(cert_file), Some(key_file)) = (&t.cert_file, &t.key_file) else {
+        return Err("tls_server_config needs both cert_file and key_file".into());
+    };
+    let cert_path = resolve(base, cert_file);
+    let key_path = resolve(base, key_file);
+    let certs = read_certs(&cert_path, "tls_server_config.cert_file")?;
+    let key_pem = read_capped(&key_path, cap::CONFIG)
+        .map_err(|e| format!("tls_server_config.key_file: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        format!(
+            "tls_server_config.key_file {}: no PEM private key: {e}",
+            key_path.display()
+        )
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] = match t.min_version.as_deref() {
+        None | Some("TLS12") => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        Some("TLS13") => &[&rustls::version::TLS13],
+        Some(v @ ("TLS10" | "TLS11")) => {
+            return Err(format!(
+                "tls_server_config.min_version {v} is not supported (TLS12 or TLS13)"
+            ));
+        }
+        Some(v) => {
+            return Err(format!(
+                "tls_server_config.min_version {v:?}: expected TLS12 or TLS13"
+            ));
+        }
+    };
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .map_err(|e| format!("tls_server_config: {e}"))?;
+    let auth_type = t.client_auth_type.as_deref().unwrap_or("NoClientCert");
+    let ca = match (&t.client_ca_file, auth_type) {
+        (None, "RequireAndVerifyClientCert" | "VerifyClientCertIfGiven") => {
+            return Err(format!(
+                "tls_server_config.client_auth_type {auth_type} needs client_ca_file"
+            ));
+        }
+        (Some(f), _) => {
+            let path = resolve(base, f);
+            let mut roots = rustls::RootCertStore::empty();
+            for c in read_certs(&path, "tls_server_config.client_ca_file")? {
+                roots.add(c).map_err(|e| {
+                    format!("tls_server_config.client_ca_file {}: {e}", path.display())
+                })?;
+            }
+            Some(Arc::new(roots))
+        }
+        (None, _) => None,
+    };
+    let builder = match (auth_type, ca) {
+        ("NoClientCert", _) => builder.with_no_client_auth(),
+        (kind @ ("RequireAndVerifyClientCert" | "VerifyClientCertIfGiven"), Some(roots)) => {
+            let mut v = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                roots,
+                provider.clone(),
+            );
+            if kind == "VerifyClientCertIfGiven" {
+                v = v.allow_unauthenticated();
+            }
+            let v = v
+                .build()
+                .map_err(|e| format!("tls_server_config.client_ca_file: {e}"))?;
+            builder.with_client_cert_verifier(v)
+        }
+        (other @ ("RequestClientCert" | "RequireAnyClientCert"), _) => {
+            return Err(format!(
+                "tls_server_config.client_auth_type {other} (a client certificate that is not verified) is not supported; use RequireAndVerifyClientCert"
+            ));
+        }
+        (other, _) => {
+            return Err(format!(
+                "tls_server_config.client_auth_type {other:?}: expected NoClientCert, VerifyClientCertIfGiven or RequireAndVerifyClientCert"
+            ));
+        }
+    };
+    let mut server = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("tls_server_config: certificate and key: {e}"))?;
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    server.ignore_client_order = t.prefer_server_cipher_suites.unwrap_or(true);
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
+}
+
+fn read_certs(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = read_capped(path, cap::CONFIG).map_err(|e| format!("{key}: {e}"))?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{key} {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{key} {}: no PEM certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(yaml: &str) -> String {
+        WebConfig::parse(yaml, Path::new("/nonexistent")).unwrap_err()
+    }
+
+    #[test]
+    fn empty_means_plain_http() {
+        let c = WebConfig::parse("", Path::new(".")).unwrap();
+        assert!(c.tls.is_none() && c.basic_auth.is_none());
+        let c = WebConfig::parse("basic_auth_users: {}\n", Path::new(".")).unwrap();
+        assert!(c.basic_auth.is_none());
+    }
+
+    #[test]
+    fn refusals_name_the_key() {
+        for (yaml, want) in [
+            ("tls_server_confg: {}\n", "tls_server_confg"),
+            (
+                "tls_server_config:\n  cert_file: a\n",
+                "both cert_file and key_file",
+            ),
+            (
+                "tls_server_config:\n  cert_file: a\n  key_file: b\n  cipher_suites: [TLS_AES_128_GCM_SHA256]\n",
+                "cipher_suites is not supported",
+            ),
+            (
+                "tls_server_config:\n  cert_file: a\n  key_file: b\n",
+                "tls_server_config.cert_file",
+            ),
+            ("basic_auth_users:\n  prom: notahash\n", "not a bcrypt hash"),
+            (
+                "http_server_config:\n  headers:\n    Set-Cookie: x\n",
+                "cannot be set",
+            ),
+            ("- a list\n", ""),
+        ] {
+            let e = err(yaml);
+            assert!(e.contains(want), "{yaml:?}: {e}");
+        }
+    }
+}
