@@ -104,7 +104,7 @@ pub fn ringbuf(s: &str) -> Result<u32, String> {
     let n: u64 = digits
         .parse()
         .map_err(|_| format!("{s:?} is not a byte count (e.g. 262144, 256k, 4m)"))?;
-    let n = n.checked_mul(mult).unwrap_or(u64::MAX);
+    let n = n.saturating_mul(mult);
     if n < 4096 || n > u64::from(MAX_RINGBUF) || !n.is_power_of_two() {
         return Err(format!(
             "{s:?}: must be a power of two from 4096 (the page size) to {MAX_RINGBUF} (1 GiB)"
@@ -239,7 +239,7 @@ pub fn listen(s: &str) -> Result<SocketAddr, String> {
 
 /// `TSM_TRACE_*` variables in `vars` that no flag reads (a typo, or a flag that was removed):
 /// they would otherwise be ignored without a word.
-pub fn unknown_env<'a>(vars: impl IntoIterator<Item = String>, known: &[&'a str]) -> Vec<String> {
+pub fn unknown_env(vars: impl IntoIterator<Item = String>, known: &[&str]) -> Vec<String> {
     let mut unknown: Vec<String> = vars
         .into_iter()
         .filter(|k| k.starts_with("TSM_TRACE_") && !known.contains(&k.as_str()))
