@@ -106,7 +106,14 @@ impl Session {
         ]
         .iter()
         .any(|p| found_name(&syms, *p, &opts.attach).is_some())
-        .then(|| btf_name(&syms, Probe::PciTsmUnbindAny, "__pci_tsm_unbind", &opts.attach));
+        .then(|| {
+            btf_name(
+                &syms,
+                Probe::PciTsmUnbindAny,
+                "__pci_tsm_unbind",
+                &opts.attach,
+            )
+        });
         let guest_req = found_name(&syms, Probe::PciTsmGuestReq, &opts.attach);
         // Driver ops that will be probed: named ones, else those of a known driver present.
         let driver_ops: Vec<(Probe, String)> = probes::TARGETS

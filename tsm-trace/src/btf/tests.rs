@@ -883,7 +883,11 @@ fn synthetic_without_pci_tsm_leaves_lifecycle_fields_out() {
         "pci_tdi.kvm",
         "pci_tsm_guest_req arguments",
     ] {
-        assert!(r.field(f).is_none(), "{f} must be left out: {:?}", r.field(f));
+        assert!(
+            r.field(f).is_none(),
+            "{f} must be left out: {:?}",
+            r.field(f)
+        );
     }
     assert_eq!(r.offsets.pci_dev_tsm, OFFSET_UNKNOWN);
     assert_eq!(r.offsets.guest_req, tsm_trace_common::GuestReqArgs::UNKNOWN);
