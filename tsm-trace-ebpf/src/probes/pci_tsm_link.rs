@@ -183,6 +183,7 @@ pub fn guest_req_entry(ctx: &ProbeContext, probe: ProbeId, is_tdi: bool) -> Opti
         first
     };
     read_dev_name(ev, pci_dev_to_dev(pdev));
+    read_context(ev, pdev);
     match (
         arg_at(ctx, locs.scope),
         arg_at(ctx, locs.in_len),

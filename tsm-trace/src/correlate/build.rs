@@ -108,7 +108,18 @@ fn cause_of(kind: OpKind, outer: &Event) -> Option<UnbindCause> {
 fn build_operation(frames: &mut [Event], mut frame_vec: Vec<Frame>) -> Operation {
     let comm = std::mem::take(&mut frames[0].comm);
     let device = frames.iter_mut().find_map(|f| f.device.take());
-    let vm = frames.iter_mut().find_map(|f| f.vm.take());
+    // A disconnect unbinds every function of the device: the VM and tdi of the operation are
+    // those of its own device's frames (device taken above, so `None` there), else the first.
+    let own = |f: &Event| f.device.is_none() || f.device == device;
+    let vm = match frames.iter().position(|f| own(f) && f.vm.is_some()) {
+        Some(i) => frames[i].vm.take(),
+        None => frames.iter_mut().find_map(|f| f.vm.take()),
+    };
+    let tdi_id = frames
+        .iter()
+        .filter(|f| own(f))
+        .find_map(|f| f.tdi_id)
+        .or_else(|| frames.iter().find_map(|f| f.tdi_id));
     let frames: &[Event] = frames;
     let outer = &frames[0];
     let inferred = frames.iter().find_map(|f| {
@@ -179,7 +190,7 @@ fn build_operation(frames: &mut [Event], mut frame_vec: Vec<Frame>) -> Operation
         device,
         vdevice_id: frames.iter().find_map(|f| f.vdevice_id.or(f.obj_id)),
         vm,
-        tdi_id: frames.iter().find_map(|f| f.tdi_id),
+        tdi_id,
         virt_id: frames.iter().find_map(|f| f.virt_id),
         tsm: frames.iter().find_map(|f| f.tsm.clone()),
         cause: cause_of(kind, outer),

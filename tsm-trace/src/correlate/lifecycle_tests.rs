@@ -229,3 +229,63 @@ fn guest_request_fields() {
         ("state_change", Some(64), Some(128), Some(0x77), Some(16))
     );
 }
+
+/// A disconnect of function 0 unbinds function 1 first: the operation is function 0's (its
+/// VM and tdi), and both bindings end with cause disconnect.
+#[test]
+fn disconnect_of_a_dsm_unbinds_its_functions() {
+    const FN1: &str = "0000:01:00.1";
+    let mut c = Correlator::default();
+    run(&mut c, bind(10_000));
+    let mut b = bind(12_000);
+    for e in &mut b {
+        e.device = Some(FN1.into());
+        e.tdi_id = e.tdi_id.map(|_| 8);
+        e.vm = Some(Vm {
+            kvm: 0xffff_8880_9999_0000,
+            pid: Some(77),
+            stats_id: Some("kvm-77".into()),
+        });
+    }
+    run(&mut c, b);
+    // Function 1's unbind (with the driver's) runs first inside __pci_tsm_disconnect.
+    let mut drv = ev(Probe::DriverUnbind, 20_012, 20_016, 7, None);
+    drv.device = Some(FN1.into());
+    let mut u = ev(Probe::PciTsmUnbindAny, 20_011, 20_018, 7, Some(0));
+    u.device = Some(FN1.into());
+    u.tdi_id = Some(8);
+    u.vm = Some(Vm {
+        kvm: 0xffff_8880_9999_0000,
+        pid: None,
+        stats_id: None,
+    });
+    let mut store = dev_frame(Probe::Disconnect, 20_000, 21_000, Some(5));
+    store.tsm = Some(TSM.into());
+    let mut evs = vec![drv, u];
+    evs.extend(disconnect(20_000, store));
+    let out = run(&mut c, evs);
+    let o = ops(&out);
+    assert_eq!(o.len(), 1, "{out:#?}");
+    assert_eq!(o[0].device.as_deref(), Some(DEV));
+    assert_eq!(o[0].tdi_id, Some(7));
+    assert_eq!(o[0].vm, Some(vm()));
+    let closed: Vec<&str> = out
+        .iter()
+        .filter_map(|x| match x {
+            Output::BindingClosed(b) if b.cause == UnbindCause::Disconnect => {
+                Some(b.binding.device.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closed, [FN1, DEV]);
+}
+
+#[test]
+fn guest_request_carries_the_tsm() {
+    let mut c = Correlator::default();
+    let mut g = dev_frame(Probe::PciTsmGuestReq, 1_000, 2_000, Some(0));
+    g.tsm = Some(TSM.into());
+    let out = run(&mut c, vec![g]);
+    assert_eq!(ops(&out)[0].tsm.as_deref(), Some(TSM));
+}

@@ -497,6 +497,7 @@ impl Event {
             }
             Probe::PciTsmGuestReq | Probe::DriverGuestReq => {
                 ev.device = device;
+                ev.tsm = tsm;
                 if has(missing::GUEST_REQ_ARGS) {
                     ev.scope = Some(raw.scope);
                     ev.in_len = Some(raw.in_len);
