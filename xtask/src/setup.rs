@@ -13,7 +13,7 @@ use crate::util::{run as sh, succeeds};
 
 /// Debian packages: qemu, busybox, cpio for the test VMs; gcc, make, libelf, dwarves (pahole),
 /// bc, flex, bison, kmod for building the stand-in kernel module; prometheus for promtool and
-/// the end-to-end scrape test. LLVM (`llvm-<major>-dev`, `libpolly-<major>-dev`) is added for
+/// the end-to-end scrape test; musl-tools for the C parts of the static binary. LLVM (`llvm-<major>-dev`, `libpolly-<major>-dev`) is added for
 /// the major the pinned nightly uses: see [`llvm_packages`].
 pub const DEB_PACKAGES: &[&str] = &[
     "libzstd-dev",
@@ -32,6 +32,8 @@ pub const DEB_PACKAGES: &[&str] = &[
     "xz-utils",
     "zstd",
     "prometheus",
+    // x86_64-linux-musl-gcc: the static binary's C dependencies (ring, under rustls).
+    "musl-tools",
 ];
 
 /// bpf-linker is built against Debian's LLVM of the pinned nightly's major, not against the LLVM
