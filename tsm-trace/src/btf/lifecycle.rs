@@ -119,8 +119,53 @@ pub(super) fn resolve(
     if let Some(f) = fns.driver_op(Probe::DriverGuestReq) {
         o.drv_guest_req = put_args(out, "driver guest_req arguments", guest_req_args(objs, f));
     }
-    // The PCI TSM context: only when a probe reads it.
-    if fns.pci_tsm_unbind_any.is_none() && fns.driver_ops.is_empty() {
+    // The driver unbind op's argument: upstream's `struct pci_tdi *` or a `struct pci_dev *`.
+    if let Some(f) = fns.driver_op(Probe::DriverUnbind) {
+        let arg = match objs.prototype(f) {
+            Ok(Some((obj, params))) if !params.is_empty() => {
+                match objs.param_shape(obj, params[0]).as_str() {
+                    "pci_tdi" => Ok(ARG_PCI_TDI),
+                    "pci_dev" => Ok(ARG_PCI_DEV),
+                    other => Err(format!(
+                        "parameter 0 of {f} points to {other:?}, not pci_tdi or pci_dev"
+                    )),
+                }
+            }
+            Ok(Some(_)) => Err(format!("{f} has no parameters")),
+            Ok(None) => Err(format!("function {f} not in {}", objs.searched())),
+            Err(e) => Err(e),
+        };
+        o.drv_unbind_arg = match arg {
+            Ok(a) => {
+                out.fields.push(super::FieldReport {
+                    field: "driver unbind argument",
+                    offset: Some(a),
+                    btf_object: None,
+                    reason: None,
+                    note: Some(
+                        if a == ARG_PCI_TDI {
+                            "struct pci_tdi *"
+                        } else {
+                            "struct pci_dev *"
+                        }
+                        .into(),
+                    ),
+                });
+                a
+            }
+            Err(e) => {
+                out.put("driver unbind argument", Err(e));
+                OFFSET_UNKNOWN
+            }
+        };
+    }
+
+    // The PCI TSM context: only when a probe reads it (the core's own functions, or driver
+    // ops handed a `struct tsm_dev *` or `struct pci_tdi *`).
+    let driver_needs_context = fns.driver_op(Probe::DriverProbe).is_some()
+        || fns.driver_op(Probe::DriverGuestReq).is_some()
+        || o.drv_unbind_arg == ARG_PCI_TDI;
+    if fns.pci_tsm_unbind_any.is_none() && !driver_needs_context {
         return checks;
     }
     // struct pci_dev, from the prototype of a function that takes one.
@@ -193,47 +238,6 @@ pub(super) fn resolve(
     o.tdi_pdev = out.put("pci_tdi.pdev", tdi_field("pdev"));
     o.tdi_kvm = out.put("pci_tdi.kvm", tdi_field("kvm"));
     o.tdi_tdi_id = out.put("pci_tdi.tdi_id", tdi_field("tdi_id"));
-
-    // The driver unbind op's argument: upstream's `struct pci_tdi *` or a `struct pci_dev *`.
-    if let Some(f) = fns.driver_op(Probe::DriverUnbind) {
-        let arg = match objs.prototype(f) {
-            Ok(Some((obj, params))) if !params.is_empty() => {
-                match objs.param_shape(obj, params[0]).as_str() {
-                    "pci_tdi" => Ok(ARG_PCI_TDI),
-                    "pci_dev" => Ok(ARG_PCI_DEV),
-                    other => Err(format!(
-                        "parameter 0 of {f} points to {other:?}, not pci_tdi or pci_dev"
-                    )),
-                }
-            }
-            Ok(Some(_)) => Err(format!("{f} has no parameters")),
-            Ok(None) => Err(format!("function {f} not in {}", objs.searched())),
-            Err(e) => Err(e),
-        };
-        o.drv_unbind_arg = match arg {
-            Ok(a) => {
-                out.fields.push(super::FieldReport {
-                    field: "driver unbind argument",
-                    offset: Some(a),
-                    btf_object: None,
-                    reason: None,
-                    note: Some(
-                        if a == ARG_PCI_TDI {
-                            "struct pci_tdi *"
-                        } else {
-                            "struct pci_dev *"
-                        }
-                        .into(),
-                    ),
-                });
-                a
-            }
-            Err(e) => {
-                out.put("driver unbind argument", Err(e));
-                OFFSET_UNKNOWN
-            }
-        };
-    }
 
     checks
 }

@@ -869,9 +869,12 @@ fn synthetic_wrong_prototype_is_reported() {
 #[test]
 fn synthetic_without_pci_tsm_leaves_lifecycle_fields_out() {
     let dir = synthetic();
+    // A driver bind op alone (as on 6.1 with --driver-bind) needs no PCI TSM context either.
     let fns = Functions {
         pci_tsm_unbind_any: None,
         pci_tsm_guest_req: None,
+        driver_bind: Some("tsm_drv_bind"),
+        driver_ops: &[(Probe::DriverBind, "tsm_drv_bind")],
         ..Functions::DEFAULT
     };
     let r = resolve(&BtfSources::in_dir(&dir), &fns).unwrap();
