@@ -9,23 +9,16 @@
 #                pci_tsm_bind().
 . /scenarios/lib.sh
 say() { echo "# $*" >> /tmp/story; }
-L=/sys/kernel/debug/tsm_linktsm
-A=0000:00:04.0
-C=0000:00:05.0
-P=/sys/bus/pci/devices
 lctl() { echo "$*" > $L/ctl; }
 # sysw VALUE FILE: echo VALUE > FILE, noting the error if the kernel refuses.
 sysw() {
 	if ! err=$({ echo "$1" > "$2"; } 2>&1); then say "  -> ${err##*: }"; fi
 }
-DRV_OPS="--driver-probe linktsm_probe --driver-connect linktsm_connect \
-	--driver-disconnect linktsm_disconnect --driver-bind linktsm_bind \
-	--driver-unbind linktsm_unbind --driver-guest-req linktsm_guest_req"
 
 insmod /lib/modules/tsm_linktsm.ko
 lo_up
 /bin/tsm-trace run --listen 127.0.0.1:9477 --grace 1s --reconcile-interval 1s --print text \
-	$DRV_OPS > /tmp/daemon.out 2> /tmp/daemon.err &
+	$LDRV > /tmp/daemon.out 2> /tmp/daemon.err &
 DAEMON=$!
 i=0
 until wget -q -O /dev/null http://127.0.0.1:9477/readyz 2>/dev/null; do

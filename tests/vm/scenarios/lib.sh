@@ -6,6 +6,7 @@
 #                    layer on 7.x (there, pci_tsm_bind is the real vmlinux function)
 #   PCI_BIND PCI_UNBIND   the fixture's PCI-layer function names
 #   DRV              tsm-trace flags probing the fixture's TSM driver ops
+#   L LCTL LLAST EV A B C P LDRV   the tsm_linktsm fixture (see below)
 D=/sys/kernel/debug/tsm_standin
 CTL=$D/ctl
 LAST=$D/last
@@ -22,6 +23,19 @@ else
 	PCI_SYMS=""
 fi
 DRV="--driver-bind standin_tdi_bind --driver-unbind standin_tdi_unbind"
+
+# The tsm_linktsm fixture (7.x, RunOptions::tee_pcie: q35): a link TSM on the real PCI TSM
+# core. A (function 0, a DSM) and C are marked TEE-capable; B is A's function 1.
+L=/sys/kernel/debug/tsm_linktsm
+LCTL=$L/ctl
+LLAST=$L/last
+EV=$L/events
+A=0000:00:04.0
+B=0000:00:04.1
+C=0000:00:05.0
+P=/sys/bus/pci/devices
+# tsm-trace flags probing the fixture's link ops (a driver tsm-trace does not know).
+LDRV="--driver-probe linktsm_probe --driver-connect linktsm_connect --driver-disconnect linktsm_disconnect --driver-bind linktsm_bind --driver-unbind linktsm_unbind --driver-guest-req linktsm_guest_req"
 
 # frame NAME FILE: print FILE as a section on the data port.
 frame() {

@@ -13,14 +13,6 @@
 # comparison: "check=<name> result=ok|FAIL want=<..> got=<..>"; xtask fails on any FAIL),
 # section "kallsyms" (names + module of the TSM symbols).
 . /scenarios/lib.sh
-L=/sys/kernel/debug/tsm_linktsm
-LCTL=$L/ctl
-LLAST=$L/last
-EV=$L/events
-A=0000:00:04.0
-B=0000:00:04.1
-C=0000:00:05.0
-P=/sys/bus/pci/devices
 CHECKS=/tmp/checks
 : > "$CHECKS"
 STEPS=/tmp/steps

@@ -24,17 +24,8 @@
 # strerror texts have spaces replaced by "_".
 . /scenarios/lib.sh
 BIN=/bin/tsm-trace
-L=/sys/kernel/debug/tsm_linktsm
-LCTL=$L/ctl
-LLAST=$L/last
-EV=$L/events
-A=0000:00:04.0
-B=0000:00:04.1
-C=0000:00:05.0
-P=/sys/bus/pci/devices
 TRUTH=/tmp/lc_truth
 : > "$TRUTH"
-LDRV="--driver-probe linktsm_probe --driver-connect linktsm_connect --driver-disconnect linktsm_disconnect --driver-bind linktsm_bind --driver-unbind linktsm_unbind --driver-guest-req linktsm_guest_req"
 STEP=none
 
 q() { printf '%s' "$1" | tr ' \n' '_~'; }

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use super::scenarios::parse_exposition;
+use super::scenarios::{Checks, parse_exposition};
 use super::{VmOutput, parse_kv};
 
 pub const SCRIPT: &str = "tests/vm/scenarios/lifecycle.sh";
@@ -80,30 +80,6 @@ const STRERROR: &[(&str, &str, i64)] = &[
 /// The latency tolerance of scenarios.rs's driver_bind check: 1% + 2 ms (TCG probe overhead).
 fn tolerance(ns: f64) -> f64 {
     ns * 0.01 + 2_000_000.0
-}
-
-/// Collects failed checks instead of stopping at the first.
-#[derive(Default)]
-struct Checks {
-    count: usize,
-    failed: Vec<String>,
-}
-
-impl Checks {
-    fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
-        self.count += 1;
-        if !ok {
-            self.failed.push(what());
-        }
-    }
-
-    fn eq<T: PartialEq + std::fmt::Debug>(&mut self, got: T, want: T, what: &str) {
-        self.count += 1;
-        if got != want {
-            self.failed
-                .push(format!("{what}: got {got:?}, want {want:?}"));
-        }
-    }
 }
 
 type Kv = BTreeMap<String, String>;

@@ -25,14 +25,14 @@ pub struct Checks {
 }
 
 impl Checks {
-    fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
+    pub(crate) fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
         self.count += 1;
         if !ok {
             self.failed.push(what());
         }
     }
 
-    fn eq<T: PartialEq + std::fmt::Debug>(&mut self, got: T, want: T, what: &str) {
+    pub(crate) fn eq<T: PartialEq + std::fmt::Debug>(&mut self, got: T, want: T, what: &str) {
         self.count += 1;
         if got != want {
             self.failed
