@@ -178,6 +178,21 @@ fn ptr(s: &str) -> Option<u64> {
     u64::from_str_radix(s.trim_start_matches("0x"), 16).ok()
 }
 
+/// A decoded VM (`{"kvm","pid","stats_id"}`) against the stand-in's record of it.
+fn check_vm(c: &mut Checks, vm: &Value, kv: &Kv, what: &str) {
+    c.eq(
+        ptr(&s(vm, "kvm")),
+        ptr(&t(kv, "kvm")),
+        &format!("{what} vm.kvm"),
+    );
+    c.eq(s(vm, "pid"), t(kv, "kvm_pid"), &format!("{what} vm.pid"));
+    c.eq(
+        s(vm, "stats_id"),
+        t(kv, "stats_id"),
+        &format!("{what} vm.stats_id"),
+    );
+}
+
 /// `-EIO` → `EIO`; `0` → "".
 fn pe_name(err: &str) -> String {
     if err == "0" {
@@ -830,21 +845,7 @@ fn bind(
         t(kv, "tdi_id"),
         &format!("{step}: operation tdi_id"),
     );
-    c.eq(
-        ptr(&s(&o["vm"], "kvm")),
-        ptr(&t(kv, "kvm")),
-        &format!("{step}: operation vm.kvm"),
-    );
-    c.eq(
-        s(&o["vm"], "pid"),
-        t(kv, "kvm_pid"),
-        &format!("{step}: operation vm.pid"),
-    );
-    c.eq(
-        s(&o["vm"], "stats_id"),
-        t(kv, "stats_id"),
-        &format!("{step}: operation vm.stats_id"),
-    );
+    check_vm(c, &o["vm"], kv, &format!("{step}: operation"));
     let fs: Vec<String> = o["frames"]
         .as_array()
         .map(|f| f.iter().map(|f| s(f, "probe")).collect())
@@ -866,21 +867,7 @@ fn bind(
             dev.clone(),
             &format!("{step}: tsm_bind device"),
         );
-        c.eq(
-            ptr(&s(&r["vm"], "kvm")),
-            ptr(&t(kv, "kvm")),
-            &format!("{step}: tsm_bind vm.kvm"),
-        );
-        c.eq(
-            s(&r["vm"], "pid"),
-            t(kv, "kvm_pid"),
-            &format!("{step}: tsm_bind vm.pid"),
-        );
-        c.eq(
-            s(&r["vm"], "stats_id"),
-            t(kv, "stats_id"),
-            &format!("{step}: tsm_bind vm.stats_id"),
-        );
+        check_vm(c, &r["vm"], kv, &format!("{step}: tsm_bind"));
         c.eq(
             s(r, "tdi_id"),
             t(kv, "tdi_id"),
