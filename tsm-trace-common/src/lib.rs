@@ -383,6 +383,8 @@ pub struct Offsets {
     pub kvm_pci_tsm_bind: KvmOffsets,
     pub kvm_driver_bind: KvmOffsets,
     pub kvm_destroy_vm: KvmOffsets,
+    /// `struct module::name` (the module tracepoints name the module loaded or freed).
+    pub module_name: u32,
 }
 
 impl Offsets {
@@ -412,7 +414,43 @@ impl Offsets {
         kvm_pci_tsm_bind: KvmOffsets::UNKNOWN,
         kvm_driver_bind: KvmOffsets::UNKNOWN,
         kvm_destroy_vm: KvmOffsets::UNKNOWN,
+        module_name: OFFSET_UNKNOWN,
     };
+}
+
+/// Key of an in-flight call in `INFLIGHT`: one entry per (task, probed function). Userspace
+/// reads the table to know which binds and unbinds are still running.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InflightKey {
+    pub pid_tgid: u64,
+    pub probe: u32,
+    pub _pad: u32,
+}
+
+/// Longest module name a [`ControlEvent`] carries (the kernel's `MODULE_NAME_LEN`).
+pub const MODULE_NAME_LEN: usize = 56;
+
+/// What a [`ControlEvent`] reports.
+pub mod control {
+    /// A module finished loading (`module_load`): probe targets may have appeared.
+    pub const MODULE_LOAD: u32 = 1;
+    /// A module is being freed (`module_free`): probes in it stop firing.
+    pub const MODULE_FREE: u32 = 2;
+}
+
+/// A control record, on its own ring buffer (`CONTROL`), never mixed with the event data:
+/// module loads and unloads, which make userspace attach or detach probes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ControlEvent {
+    /// [`control::MODULE_LOAD`] or [`control::MODULE_FREE`].
+    pub kind: u32,
+    /// 1 when `name` could be read (`module.name` resolved and the read did not fault).
+    pub has_name: u32,
+    pub ktime_ns: u64,
+    /// NUL-terminated module name.
+    pub name: [u8; MODULE_NAME_LEN],
 }
 
 /// Indices of the kernel-side self-counters (per-CPU array `STATS`).
@@ -425,7 +463,9 @@ pub mod stat {
     pub const READ_FAULTS: u32 = 2;
     /// A return probe fired with no matching entry.
     pub const ORPHAN_RETURNS: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// The control ring buffer was full: a module load or unload was not reported.
+    pub const CONTROL_DROPS: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 #[cfg(feature = "user")]
@@ -435,4 +475,6 @@ mod pod {
     unsafe impl aya::Pod for super::Offsets {}
     unsafe impl aya::Pod for super::KvmOffsets {}
     unsafe impl aya::Pod for super::GuestReqArgs {}
+    unsafe impl aya::Pod for super::ControlEvent {}
+    unsafe impl aya::Pod for super::InflightKey {}
 }

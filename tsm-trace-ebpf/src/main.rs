@@ -4,19 +4,15 @@
 //! (task, probe); the matching return probe completes the record (return value, duration) and
 //! sends one [`RawEvent`] through the [`maps::EVENTS`] ring buffer. Point events (VM destroyed,
 //! VMM exited) are sent directly. Struct offsets come from userspace (resolved from BTF) in the
-//! read-only global [`OFFSETS`]; nothing about kernel layouts is compiled in.
+//! one-entry array [`maps::OFFSETS`], which userspace rewrites when a module brings new BTF;
+//! nothing about kernel layouts is compiled in. Module loads and unloads go to userspace on
+//! their own ring buffer, [`maps::CONTROL`].
 #![no_std]
 #![no_main]
 
 mod maps;
 mod probes;
 mod read;
-
-use tsm_trace_common::Offsets;
-
-/// Filled in by userspace before load (aya `EbpfLoader::set_global`).
-#[unsafe(no_mangle)]
-static OFFSETS: Offsets = Offsets::UNKNOWN;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -2,22 +2,24 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use tsm_trace_common::{RawEvent, stat};
+use tsm_trace_common::{Offsets, RawEvent, stat};
+
+/// Struct offsets and argument locations, resolved from BTF by userspace (one entry). Written
+/// after load and again when a module brings new BTF: the programs are never reloaded for it.
+#[map]
+pub static OFFSETS: Array<Offsets> = Array::with_max_entries(1, 0);
+
+/// Module loads and unloads, to userspace: control, not event data.
+#[map]
+pub static CONTROL: RingBuf = RingBuf::with_byte_size(16 * 1024, 0);
 
 /// Completed calls and point events, to userspace. Userspace may resize it at load time.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
-/// Key of an in-flight call: one entry per (task, probed function).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct InflightKey {
-    pub pid_tgid: u64,
-    pub probe: u32,
-    pub _pad: u32,
-}
+pub use tsm_trace_common::InflightKey;
 
 /// Entry-time records waiting for their return probe. LRU so a lost return can never fill it.
 #[map]

@@ -5,11 +5,13 @@ use tsm_trace_common::{OFFSET_UNKNOWN, Offsets, stat};
 
 use crate::maps::count;
 
+/// The offsets userspace resolved (all unknown until it has written them).
 #[inline(always)]
-pub fn offsets() -> Offsets {
-    // Volatile: the value is patched into .rodata at load time; the compiler must not fold the
-    // compile-time default.
-    unsafe { core::ptr::read_volatile(&raw const crate::OFFSETS) }
+pub fn offsets() -> &'static Offsets {
+    match crate::maps::OFFSETS.get(0) {
+        Some(o) => o,
+        None => &Offsets::UNKNOWN,
+    }
 }
 
 /// Why a read did not produce a value.

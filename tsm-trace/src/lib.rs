@@ -11,6 +11,7 @@ pub mod btf;
 pub mod cli;
 pub mod correlate;
 pub mod errno;
+pub mod event_loop;
 pub mod events;
 pub mod exporters;
 pub mod files;

@@ -17,16 +17,18 @@ use tsm_trace::{
     btf::BtfSources,
     cli::parse,
     correlate,
-    events::{Event, Probe, record},
+    event_loop::{
+        self, Batch, LoopOptions, Reconcile, Stop, handle_batch, publish_session, sync_kernel_stats,
+    },
+    events::{Probe, record},
     exporters::{
         metrics::Metrics,
         trace::{Clock, Filters},
     },
     http::{self, HttpState, Readiness},
     pipeline::{self, Pipeline, ReplayOptions, TraceFormat, TraceSink},
-    probes::{AttachConfig, chain},
+    probes::AttachConfig,
     session::{LiveSession, Session, SessionOptions},
-    sysfs::Snapshot,
 };
 
 const ABOUT: &str = "See TEE device assignment on confidential-VM hosts: TSM bind latency, \
@@ -395,16 +397,6 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the tokio runtime")
 }
 
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
@@ -417,55 +409,6 @@ fn start_session(probes: &ProbeArgs) -> Result<LiveSession> {
         log::info!("{line}");
     }
     Ok(live)
-}
-
-/// How long after a module load to look for probe targets again (its BTF and symbols are
-/// registered while it initializes).
-const RESCAN_DELAY: Duration = Duration::from_millis(500);
-
-/// After a module load: attach what became available, and publish it.
-fn rescan(live: &mut LiveSession, pipeline: &Mutex<Pipeline>, metrics: &Metrics) {
-    let mut drained = Vec::new();
-    match live.rescan(&mut drained) {
-        Ok(gained) if gained.is_empty() => log::info!(
-            "a module was loaded; no new probe could attach ({} requested probes still missing)",
-            live.missing()
-        ),
-        Ok(gained) => {
-            log::info!(
-                "a module load made more probes available; now attached: {}",
-                gained.join(", ")
-            );
-            for line in live.session().report_lines() {
-                log::info!("{line}");
-            }
-            publish_session(metrics, live.session());
-        }
-        Err(e) => log::warn!(
-            "looking for probe targets after a module load failed: {e:#}; the probes attached before keep running"
-        ),
-    }
-    handle_batch(pipeline, metrics, &mut drained);
-}
-
-/// Publishes probe and BTF state as self-metrics.
-fn publish_session(metrics: &Metrics, s: &Session) {
-    for r in &s.attach {
-        metrics.set_probe_attached(r.probe, &r.function, r.kind.as_str(), r.attached);
-    }
-    metrics.set_btf_fields(s.btf.fields.iter().map(|f| (f.field, f.offset.is_some())));
-}
-
-fn sync_kernel_stats(metrics: &Metrics, s: &LiveSession) {
-    match s.kernel_stats() {
-        Ok(k) => metrics.set_kernel_counters(tsm_trace::exporters::metrics::KernelCounters {
-            ringbuf_full: k.ringbuf_drops,
-            inflight_full: k.inflight_full,
-            orphan_return: k.orphan_returns,
-            kernel_read_faults: k.read_faults,
-        }),
-        Err(e) => log::warn!("reading kernel-side counters failed: {}", chain(&*e)),
-    }
 }
 
 /// Keeps CAP_BPF (map reads) and, while requested probes still wait for their module, what
@@ -498,30 +441,6 @@ fn bind_path_attached(s: &Session) -> bool {
                 Probe::TsmBind | Probe::PciTsmBind | Probe::TsmOpIoctl
             )
     })
-}
-
-async fn shutdown_signal() -> Result<&'static str> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
-}
-
-/// When the correlator next needs a timer: pending frames or leak grace periods.
-fn next_deadline(p: &Pipeline, cfg: &correlate::Config) -> Option<Duration> {
-    let c = p.correlator();
-    if c.pending_vm_checks() > 0 {
-        Some(Duration::from_nanos(
-            cfg.leak_grace_ns.min(cfg.pending_timeout_ns).max(1_000_000),
-        ))
-    } else if c.pending_frames() > 0 {
-        Some(Duration::from_nanos(cfg.pending_timeout_ns))
-    } else {
-        None
-    }
 }
 
 async fn run(args: RunArgs) -> Result<()> {
@@ -587,47 +506,16 @@ async fn run(args: RunArgs) -> Result<()> {
         live.session().attached_count()
     );
 
-    let mut batch = Vec::new();
-    let mut rescan_at: Option<tokio::time::Instant> = None;
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
-    let reconcile_every = (!args.reconcile_interval.is_zero()).then_some(args.reconcile_interval);
-    let mut next_reconcile = reconcile_every.map(|d| tokio::time::Instant::now() + d);
-    // Reconcile once at startup: bindings made before we started show up here.
-    reconcile(&pipeline, &metrics, &live, &args.sysfs_root);
-    loop {
-        let deadline = next_deadline(&pipeline.lock().expect("pipeline lock"), &cfg)
-            .map(|d| tokio::time::Instant::now() + d);
-        let wake = [deadline, next_reconcile, rescan_at]
-            .into_iter()
-            .flatten()
-            .min();
-        tokio::select! {
-            sig = &mut shutdown => {
-                log::info!("{}: detaching probes and exiting", sig?);
-                break;
-            }
-            r = live.next_batch(&mut batch) => {
-                r?;
-                handle_batch(&pipeline, &metrics, &mut batch);
-                sync_kernel_stats(&metrics, &live);
-                if live.take_rescan_request() {
-                    rescan_at = Some(tokio::time::Instant::now() + RESCAN_DELAY);
-                }
-            }
-            _ = sleep_until(wake) => {
-                let now = monotonic_ns();
-                if rescan_at.is_some_and(|t| t <= tokio::time::Instant::now()) {
-                    rescan_at = None;
-                    rescan(&mut live, &pipeline, &metrics);
-                }
-                if next_reconcile.is_some_and(|t| t <= tokio::time::Instant::now()) {
-                    reconcile(&pipeline, &metrics, &live, &args.sysfs_root);
-                    next_reconcile = reconcile_every.map(|d| tokio::time::Instant::now() + d);
-                }
-                pipeline.lock().expect("pipeline lock").tick(now);
-            }
-        }
+    let opts = LoopOptions {
+        reconcile: Some(Reconcile {
+            root: args.sysfs_root.clone(),
+            every: (!args.reconcile_interval.is_zero()).then_some(args.reconcile_interval),
+        }),
+        end: None,
+    };
+    let stop = event_loop::run(&mut live, &pipeline, &metrics, &cfg, &opts, None).await?;
+    if let Stop::Signal(sig) = stop {
+        log::info!("{sig}: detaching probes and exiting");
     }
     // Detach first: whatever the HTTP clients do, the probes are gone at once.
     readiness.set_not_ready("shutting down");
@@ -641,51 +529,6 @@ async fn run(args: RunArgs) -> Result<()> {
         Err(_) => log::warn!("the HTTP server did not stop in time; exiting anyway"),
     }
     Ok(())
-}
-
-async fn sleep_until(t: Option<tokio::time::Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
-    }
-}
-
-fn handle_batch(
-    pipeline: &Mutex<Pipeline>,
-    metrics: &Metrics,
-    batch: &mut Vec<Result<Event, tsm_trace::events::DecodeError>>,
-) {
-    let now = monotonic_ns();
-    let mut p = pipeline.lock().expect("pipeline lock");
-    for r in batch.drain(..) {
-        match r {
-            Ok(ev) => {
-                p.handle(ev, now);
-            }
-            Err(e) => {
-                metrics.decode_error();
-                log::warn!("dropped an undecodable ring-buffer record: {e}");
-            }
-        }
-    }
-    p.tick(now);
-    if let Some(s) = p.sink_mut() {
-        s.flush();
-    }
-}
-
-fn reconcile(
-    pipeline: &Mutex<Pipeline>,
-    metrics: &Metrics,
-    session: &LiveSession,
-    root: &std::path::Path,
-) {
-    let snap = Snapshot::read(root);
-    pipeline
-        .lock()
-        .expect("pipeline lock")
-        .reconcile(&snap, monotonic_ns());
-    sync_kernel_stats(metrics, session);
 }
 
 async fn trace(args: TraceArgs) -> Result<()> {
@@ -724,12 +567,8 @@ async fn trace(args: TraceArgs) -> Result<()> {
             ))
             .unwrap_or_default()
     );
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
-    let end = args.duration.map(|d| tokio::time::Instant::now() + d);
     let mut batch = Vec::new();
-    let mut rescan_at: Option<tokio::time::Instant> = None;
-    let mut record = |batch: &[Result<Event, tsm_trace::events::DecodeError>]| -> Result<()> {
+    let mut record = |batch: &Batch| -> Result<()> {
         if let Some(w) = recorder.as_mut() {
             for ev in batch.iter().flatten() {
                 w.write(ev).context("writing the record file")?;
@@ -738,39 +577,25 @@ async fn trace(args: TraceArgs) -> Result<()> {
         }
         Ok(())
     };
-    loop {
-        let deadline = next_deadline(&pipeline.lock().expect("pipeline lock"), &cfg)
-            .map(|d| tokio::time::Instant::now() + d);
-        let wake = [deadline, rescan_at].into_iter().flatten().min();
-        tokio::select! {
-            sig = &mut shutdown => { sig?; break; }
-            _ = sleep_until(end) => break,
-            r = live.next_batch(&mut batch) => {
-                r?;
-                record(&batch)?;
-                handle_batch(&pipeline, &metrics, &mut batch);
-                if live.take_rescan_request() {
-                    rescan_at = Some(tokio::time::Instant::now() + RESCAN_DELAY);
-                }
-            }
-            _ = sleep_until(wake) => {
-                if rescan_at.is_some_and(|t| t <= tokio::time::Instant::now()) {
-                    rescan_at = None;
-                    rescan(&mut live, &pipeline, &metrics);
-                    eprintln!("tsm-trace: now tracing with {} programs attached", live.session().attached_count());
-                }
-                let mut p = pipeline.lock().expect("pipeline lock");
-                p.tick(monotonic_ns());
-                if let Some(s) = p.sink_mut() { s.flush(); }
-            }
-        }
-    }
+    let opts = LoopOptions {
+        reconcile: None,
+        end: args.duration.map(|d| tokio::time::Instant::now() + d),
+    };
+    event_loop::run(
+        &mut live,
+        &pipeline,
+        &metrics,
+        &cfg,
+        &opts,
+        Some(&mut record),
+    )
+    .await?;
     // Take what is already in the ring buffer, then close open frames.
     live.drain_now(&mut batch);
     record(&batch)?;
     handle_batch(&pipeline, &metrics, &mut batch);
     let mut p = pipeline.into_inner().expect("pipeline lock");
-    p.finish(monotonic_ns());
+    p.finish(event_loop::monotonic_ns());
     if let Some(s) = p.sink_mut() {
         s.flush();
     }

@@ -154,9 +154,15 @@ impl Pipeline {
     }
 
     /// A sysfs snapshot: reconciles and updates the sysfs metrics.
-    pub fn reconcile(&mut self, snapshot: &Snapshot, now_ns: u64) -> Vec<Output> {
+    /// See [`Correlator::reconcile`]: drain the event stream first.
+    pub fn reconcile(
+        &mut self,
+        snapshot: &Snapshot,
+        in_flight: &std::collections::BTreeSet<String>,
+        now_ns: u64,
+    ) -> Vec<Output> {
         self.metrics.observe_snapshot(snapshot);
-        let outs = self.correlator.reconcile(snapshot, now_ns);
+        let outs = self.correlator.reconcile(snapshot, in_flight, now_ns);
         self.emit(&outs);
         outs
     }

@@ -6,14 +6,15 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use aya::{
     Ebpf,
-    maps::{MapData, RingBuf},
+    maps::{Array, MapData, RingBuf},
 };
 use tokio::io::unix::AsyncFd;
+use tsm_trace_common::{ControlEvent, InflightKey, Offsets, RawEvent, control};
 
 use crate::{
     btf::{self, BtfSources, Resolution},
     events::{DecodeError, Event, Probe},
-    probes::{self, AttachConfig, AttachReport, Kallsyms, KernelStats, SymbolMatch},
+    probes::{self, AttachConfig, AttachReport, Kallsyms, KernelStats, Links, SymbolMatch},
 };
 
 #[derive(Clone, Debug)]
@@ -24,13 +25,94 @@ pub struct SessionOptions {
     pub ringbuf_bytes: Option<u32>,
 }
 
+/// One loaded eBPF object for the session's whole life: module loads attach more of its
+/// programs, module unloads detach some; its maps (in-flight calls, VMMs, counters) are never
+/// replaced.
 pub struct Session {
+    opts: SessionOptions,
     /// Owns the programs and their links: dropping it detaches everything.
-    pub ebpf: Ebpf,
-    pub stats: aya::maps::PerCpuArray<MapData, u64>,
-    pub events: Option<RingBuf<MapData>>,
+    ebpf: Ebpf,
+    links: Links,
+    stats: aya::maps::PerCpuArray<MapData, u64>,
+    offsets: Array<MapData, Offsets>,
+    inflight: aya::maps::HashMap<MapData, InflightKey, RawEvent>,
+    events: Option<RingBuf<MapData>>,
+    control: Option<RingBuf<MapData>>,
     pub attach: Vec<AttachReport>,
     pub btf: Resolution,
+}
+
+fn load_kallsyms(opts: &SessionOptions) -> Result<Kallsyms> {
+    // Only the names we may attach to (overrides and driver ops included).
+    let wanted = opts.attach.wanted();
+    Kallsyms::load(&opts.kallsyms, &wanted)
+        .with_context(|| format!("reading {}", opts.kallsyms.display()))
+}
+
+/// Resolves every offset from BTF, through the prototypes of the functions kallsyms has.
+fn resolve_btf(syms: &Kallsyms, opts: &SessionOptions) -> Result<Resolution> {
+    let names = [
+        btf_name(
+            syms,
+            Probe::TsmOpIoctl,
+            "iommufd_vdevice_tsm_op_ioctl",
+            &opts.attach,
+        ),
+        btf_name(syms, Probe::TsmBind, "tsm_bind", &opts.attach),
+        btf_name(
+            syms,
+            Probe::VdeviceAbort,
+            "iommufd_vdevice_abort",
+            &opts.attach,
+        ),
+        btf_name(syms, Probe::PciTsmBind, "pci_tsm_bind", &opts.attach),
+        btf_name(syms, Probe::KvmDestroyVm, "kvm_destroy_vm", &opts.attach),
+    ];
+    // PCI TSM context fields and guest request arguments only where those probes exist
+    // (a kernel without PCI TSM must not report them unresolved).
+    let pci_context = [
+        Probe::PciTsmUnbindAny,
+        Probe::PciTsmDisconnect,
+        Probe::PciTsmDestroy,
+    ]
+    .iter()
+    .any(|p| found_name(syms, *p, &opts.attach).is_some())
+    .then(|| {
+        btf_name(
+            syms,
+            Probe::PciTsmUnbindAny,
+            "__pci_tsm_unbind",
+            &opts.attach,
+        )
+    });
+    let guest_req = found_name(syms, Probe::PciTsmGuestReq, &opts.attach);
+    // Driver ops that will be probed: named ones, else those of a known driver present.
+    let driver_ops: Vec<(Probe, String)> = probes::TARGETS
+        .iter()
+        .filter(|t| t.probe.layer() == crate::events::Layer::TsmDriver)
+        .filter_map(|t| found_name(syms, t.probe, &opts.attach).map(|f| (t.probe, f)))
+        .collect();
+    let driver_ops_ref: Vec<(Probe, &str)> =
+        driver_ops.iter().map(|(p, f)| (*p, f.as_str())).collect();
+    let driver_bind = driver_ops_ref
+        .iter()
+        .find(|(p, _)| *p == Probe::DriverBind)
+        .map(|(_, f)| *f);
+    btf::resolve(
+        &opts.btf,
+        &btf::Functions {
+            tsm_op_ioctl: &names[0],
+            tsm_bind: &names[1],
+            vdevice_abort: &names[2],
+            pci_tsm_bind: &names[3],
+            driver_bind,
+            kvm_destroy_vm: &names[4],
+            pci_tsm_unbind_any: pci_context.as_deref(),
+            pci_tsm_guest_req: guest_req.as_deref(),
+            driver_ops: &driver_ops_ref,
+        },
+    )
+    .context("resolving struct offsets from BTF")
 }
 
 /// The function a probe will use, for BTF lookups (compiler suffixes such as `.isra.0`
@@ -74,85 +156,90 @@ impl Session {
                 "could not raise RLIMIT_MEMLOCK (fine on kernels 5.11+ with memcg accounting)"
             );
         }
-
-        // Only the names we may attach to (overrides and driver ops included).
-        let wanted = opts.attach.wanted();
-        let syms = Kallsyms::load(&opts.kallsyms, &wanted)
-            .with_context(|| format!("reading {}", opts.kallsyms.display()))?;
-
-        let names = [
-            btf_name(
-                &syms,
-                Probe::TsmOpIoctl,
-                "iommufd_vdevice_tsm_op_ioctl",
-                &opts.attach,
-            ),
-            btf_name(&syms, Probe::TsmBind, "tsm_bind", &opts.attach),
-            btf_name(
-                &syms,
-                Probe::VdeviceAbort,
-                "iommufd_vdevice_abort",
-                &opts.attach,
-            ),
-            btf_name(&syms, Probe::PciTsmBind, "pci_tsm_bind", &opts.attach),
-            btf_name(&syms, Probe::KvmDestroyVm, "kvm_destroy_vm", &opts.attach),
-        ];
-        // PCI TSM context fields and guest request arguments only where those probes exist
-        // (a kernel without PCI TSM must not report them unresolved).
-        let pci_context = [
-            Probe::PciTsmUnbindAny,
-            Probe::PciTsmDisconnect,
-            Probe::PciTsmDestroy,
-        ]
-        .iter()
-        .any(|p| found_name(&syms, *p, &opts.attach).is_some())
-        .then(|| {
-            btf_name(
-                &syms,
-                Probe::PciTsmUnbindAny,
-                "__pci_tsm_unbind",
-                &opts.attach,
-            )
-        });
-        let guest_req = found_name(&syms, Probe::PciTsmGuestReq, &opts.attach);
-        // Driver ops that will be probed: named ones, else those of a known driver present.
-        let driver_ops: Vec<(Probe, String)> = probes::TARGETS
-            .iter()
-            .filter(|t| t.probe.layer() == crate::events::Layer::TsmDriver)
-            .filter_map(|t| found_name(&syms, t.probe, &opts.attach).map(|f| (t.probe, f)))
-            .collect();
-        let driver_ops_ref: Vec<(Probe, &str)> =
-            driver_ops.iter().map(|(p, f)| (*p, f.as_str())).collect();
-        let driver_bind = driver_ops_ref
-            .iter()
-            .find(|(p, _)| *p == Probe::DriverBind)
-            .map(|(_, f)| *f);
-        let resolution = btf::resolve(
-            &opts.btf,
-            &btf::Functions {
-                tsm_op_ioctl: &names[0],
-                tsm_bind: &names[1],
-                vdevice_abort: &names[2],
-                pci_tsm_bind: &names[3],
-                driver_bind,
-                kvm_destroy_vm: &names[4],
-                pci_tsm_unbind_any: pci_context.as_deref(),
-                pci_tsm_guest_req: guest_req.as_deref(),
-                driver_ops: &driver_ops_ref,
-            },
-        )
-        .context("resolving struct offsets from BTF")?;
-
+        let syms = load_kallsyms(opts)?;
+        let resolution = resolve_btf(&syms, opts)?;
         let mut ebpf = probes::open(&resolution.offsets, opts.ringbuf_bytes)?;
-        let attach = probes::attach_all(&mut ebpf, &syms, &opts.attach, &resolution.prototypes)?;
+        let mut links = Links::default();
+        let attach = probes::attach_all(
+            &mut ebpf,
+            &mut links,
+            &syms,
+            &opts.attach,
+            &resolution.prototypes,
+        )?;
         let maps = probes::Maps::take(&mut ebpf)?;
         Ok(Session {
+            opts: opts.clone(),
             ebpf,
+            links,
             stats: maps.stats,
+            offsets: maps.offsets,
+            inflight: maps.inflight,
             events: Some(maps.events),
+            control: Some(maps.control),
             attach,
             btf: resolution,
         })
+    }
+
+    /// After a module load (or an unload whose module name was unreadable): reads kallsyms
+    /// and BTF again, updates the offsets the programs read, detaches probes whose function
+    /// went away and attaches, to this same object, those whose function is there now.
+    /// Returns (attached, detached) as report lines.
+    pub fn rescan(&mut self) -> Result<(Vec<String>, Vec<String>)> {
+        let syms = load_kallsyms(&self.opts)?;
+        let gone = probes::detach_gone(
+            &mut self.ebpf,
+            &mut self.links,
+            &mut self.attach,
+            &syms,
+            &self.opts.attach,
+        );
+        let resolution = resolve_btf(&syms, &self.opts)?;
+        if resolution.offsets != self.btf.offsets {
+            probes::write_offsets(&mut self.offsets, &resolution.offsets)
+                .context("updating the offsets the programs read")?;
+        }
+        let gained = probes::attach_missing(
+            &mut self.ebpf,
+            &mut self.links,
+            &syms,
+            &self.opts.attach,
+            &resolution.prototypes,
+            &mut self.attach,
+        )?;
+        self.btf = resolution;
+        Ok((gained, gone))
+    }
+
+    /// A module is being freed: detaches its probes (they would never fire again) and
+    /// returns them as report lines.
+    pub fn module_unloaded(&mut self, module: &str) -> Vec<String> {
+        probes::detach_module(&mut self.ebpf, &mut self.links, &mut self.attach, module)
+    }
+
+    /// Devices with a bind or unbind still running (entry seen, return not yet): the
+    /// kernel may already show their new state in sysfs, so reconciliation leaves them be.
+    pub fn devices_in_flight(&self) -> std::collections::BTreeSet<String> {
+        let mut out = std::collections::BTreeSet::new();
+        for (_, ev) in self.inflight.iter().flatten() {
+            let Ok(ev) = Event::decode(&ev) else {
+                continue;
+            };
+            if let Some(d) = ev.device {
+                out.insert(d);
+            }
+        }
+        out
+    }
+
+    /// Requested probes that are not attached but that a module loaded later may bring
+    /// (functions only vmlinux can have are not waited for).
+    pub fn missing(&self) -> usize {
+        self.attach
+            .iter()
+            .filter(|r| r.requested && !r.attached && r.may_load_later)
+            .count()
     }
 
     /// Lines for the startup report: probes attached or not (and why), BTF fields.
@@ -196,16 +283,72 @@ impl Session {
         Ok(probes::kernel_stats(&self.stats)?)
     }
 
-    /// Takes the ring buffer for async reading.
-    pub fn event_stream(&mut self) -> Result<EventStream> {
+    /// Takes the ring buffers for async reading.
+    pub fn streams(&mut self) -> Result<(EventStream, ControlStream)> {
         let ring = self
             .events
             .take()
             .context("the event stream was already taken")?;
-        // SAFETY: the ring buffer fd stays valid while `ring` lives inside the AsyncFd.
+        let control = self
+            .control
+            .take()
+            .context("the control stream was already taken")?;
+        // SAFETY: the ring buffer fds stay valid while the rings live inside the AsyncFds.
         let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .context("registering the ring buffer with tokio")?;
-        Ok(EventStream { fd })
+        let cfd =
+            unsafe { AsyncFd::register_with_interest(control, tokio::io::Interest::READABLE) }
+                .context("registering the control ring buffer with tokio")?;
+        Ok((EventStream { fd }, ControlStream { fd: cfd }))
+    }
+}
+
+/// A module load or unload, from the control ring buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Control {
+    ModuleLoaded { name: Option<String> },
+    ModuleFreed { name: Option<String> },
+}
+
+impl Control {
+    /// Decodes a control record; `None` for a record of the wrong size or kind.
+    pub fn from_bytes(b: &[u8]) -> Option<Control> {
+        if b.len() < core::mem::size_of::<ControlEvent>() {
+            return None;
+        }
+        // SAFETY: size checked; ControlEvent is plain data, read unaligned.
+        let ev: ControlEvent = unsafe { core::ptr::read_unaligned(b.as_ptr().cast()) };
+        let name = (ev.has_name == 1).then(|| {
+            let end = ev
+                .name
+                .iter()
+                .position(|&c| c == 0)
+                .unwrap_or(ev.name.len());
+            String::from_utf8_lossy(&ev.name[..end]).into_owned()
+        });
+        match ev.kind {
+            control::MODULE_LOAD => Some(Control::ModuleLoaded { name }),
+            control::MODULE_FREE => Some(Control::ModuleFreed { name }),
+            _ => None,
+        }
+    }
+}
+
+/// Module loads and unloads, woken by epoll.
+pub struct ControlStream {
+    fd: AsyncFd<RingBuf<MapData>>,
+}
+
+impl ControlStream {
+    /// Waits for control records and appends them to `out` (undecodable ones as `None`).
+    pub async fn next_batch(&mut self, out: &mut Vec<Option<Control>>) -> Result<()> {
+        let mut guard = self.fd.readable_mut().await?;
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            out.push(Control::from_bytes(&item));
+        }
+        guard.clear_ready();
+        Ok(())
     }
 }
 
@@ -239,42 +382,21 @@ impl EventStream {
     }
 }
 
-impl std::ops::Add for KernelStats {
-    type Output = KernelStats;
-
-    fn add(self, o: KernelStats) -> KernelStats {
-        KernelStats {
-            ringbuf_drops: self.ringbuf_drops + o.ringbuf_drops,
-            inflight_full: self.inflight_full + o.inflight_full,
-            read_faults: self.read_faults + o.read_faults,
-            orphan_returns: self.orphan_returns + o.orphan_returns,
-        }
-    }
-}
-
-/// A session that follows module loads: when a module is loaded (iommufd.ko and kvm.ko often
-/// load after boot) and some requested probe is still unattached, [`LiveSession::rescan`]
-/// starts a fresh session (new BTF resolution, new object) and, if it attaches more, swaps it
-/// in: the old ring buffer is drained first and its counters carry over.
+/// A session with its event and control streams: what `run` and `trace` drive.
 pub struct LiveSession {
-    opts: SessionOptions,
     session: Session,
     stream: EventStream,
-    /// Kernel counters of sessions already replaced.
-    retired: KernelStats,
-    module_loaded: bool,
+    control: ControlStream,
 }
 
 impl LiveSession {
     pub fn start(opts: &SessionOptions) -> Result<LiveSession> {
         let mut session = Session::start(opts)?;
-        let stream = session.event_stream()?;
+        let (stream, control) = session.streams()?;
         Ok(LiveSession {
-            opts: opts.clone(),
             session,
             stream,
-            retired: KernelStats::default(),
-            module_loaded: false,
+            control,
         })
     }
 
@@ -282,16 +404,24 @@ impl LiveSession {
         &self.session
     }
 
-    pub async fn next_batch(&mut self, out: &mut Vec<Result<Event, DecodeError>>) -> Result<()> {
-        let from = out.len();
-        self.stream.next_batch(out).await?;
-        if out[from..]
-            .iter()
-            .any(|e| matches!(e, Ok(ev) if ev.probe == Probe::ModuleLoad))
-        {
-            self.module_loaded = true;
+    pub fn session_mut(&mut self) -> &mut Session {
+        &mut self.session
+    }
+
+    /// Waits until events or control records (module loads and unloads) are readable and
+    /// appends them to `events` and `controls`.
+    pub async fn next(
+        &mut self,
+        events: &mut Vec<Result<Event, DecodeError>>,
+        controls: &mut Vec<Option<Control>>,
+    ) -> Result<()> {
+        let LiveSession {
+            stream, control, ..
+        } = self;
+        tokio::select! {
+            r = stream.next_batch(events) => r,
+            r = control.next_batch(controls) => r,
         }
-        Ok(())
     }
 
     /// Appends whatever is in the ring buffer now, without waiting.
@@ -299,60 +429,11 @@ impl LiveSession {
         self.stream.drain_now(out);
     }
 
-    /// Requested probes that are not attached but that a module loaded later may bring
-    /// (functions only vmlinux can have are not waited for).
     pub fn missing(&self) -> usize {
-        self.session
-            .attach
-            .iter()
-            .filter(|r| r.requested && !r.attached && r.may_load_later)
-            .count()
+        self.session.missing()
     }
 
-    /// True once after a module load while probes are missing.
-    pub fn take_rescan_request(&mut self) -> bool {
-        std::mem::take(&mut self.module_loaded) && self.missing() > 0
-    }
-
-    /// Looks for probe targets again. Returns the newly attached probes (empty if nothing
-    /// changed); events still in the old ring buffer are appended to `out`.
-    pub fn rescan(&mut self, out: &mut Vec<Result<Event, DecodeError>>) -> Result<Vec<String>> {
-        let mut fresh = Session::start(&self.opts)?;
-        if fresh.attached_count() <= self.session.attached_count() {
-            for r in fresh.attach.iter().filter(|r| r.requested && !r.attached) {
-                log::debug!(
-                    "after the module load, {} {} still not attached: {}",
-                    r.kind.as_str(),
-                    r.probe.as_str(),
-                    r.reason.as_deref().unwrap_or("unknown")
-                );
-            }
-            return Ok(Vec::new());
-        }
-        let stream = fresh.event_stream()?;
-        let gained: Vec<String> = fresh
-            .attach
-            .iter()
-            .filter(|r| r.attached)
-            .filter(|r| {
-                !self
-                    .session
-                    .attach
-                    .iter()
-                    .any(|o| o.attached && o.probe == r.probe && o.kind == r.kind)
-            })
-            .map(|r| format!("{} {} ({})", r.kind.as_str(), r.probe.as_str(), r.function))
-            .collect();
-        // Both are attached now; drain the old one, then let it go (detaching it).
-        self.stream.drain_now(out);
-        self.retired = self.retired + self.session.kernel_stats().unwrap_or_default();
-        self.session = fresh;
-        self.stream = stream;
-        Ok(gained)
-    }
-
-    /// Kernel counters of this and every replaced session.
     pub fn kernel_stats(&self) -> Result<KernelStats> {
-        Ok(self.retired + self.session.kernel_stats()?)
+        self.session.kernel_stats()
     }
 }

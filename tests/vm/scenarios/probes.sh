@@ -54,7 +54,7 @@ DAEMON_L=$!
 wait_for /tmp/daemon_l.err 'serving http' 60
 start_trace l $DRV $PCI_SYMS
 insmod /lib/modules/tsm_standin.ko
-wait_for /tmp/trace_l.err 'now tracing with' 60 || echo "no rescan after insmod" >> /tmp/trace_l.err
+wait_for /tmp/trace_l.err 'now attached' 60 || echo "no rescan after insmod" >> /tmp/trace_l.err
 wait_for /tmp/daemon_l.err 'now attached' 60 || echo "daemon: no rescan after insmod" >> /tmp/daemon_l.err
 step l_vm vm_create 1
 step l_vdev vdev_create 1 0000:00:02.0 1 77

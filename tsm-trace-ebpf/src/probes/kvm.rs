@@ -1,14 +1,17 @@
 //! VM teardown: `kvm_destroy_vm` and the exit of a VMM process that holds a binding.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{kprobe, raw_tracepoint},
     programs::{ProbeContext, RawTracePointContext},
 };
-use tsm_trace_common::{ProbeId, flags};
+use tsm_trace_common::{ControlEvent, MODULE_NAME_LEN, ProbeId, control, flags, stat};
 
 use super::{begin, emit, read_kvm};
-use crate::{maps::VMM_TGIDS, read::offsets};
+use crate::{
+    maps::{CONTROL, VMM_TGIDS, count},
+    read::{self, offsets},
+};
 
 /// `void kvm_destroy_vm(struct kvm *kvm)`: a point event with the VM's identity.
 #[kprobe]
@@ -46,13 +49,39 @@ pub fn vmm_exit(_ctx: RawTracePointContext) -> u32 {
     0
 }
 
-/// `module_load`: one point event per module load (rare), so userspace can attach probes
-/// whose functions live in a module loaded after it started.
+/// `module_load(struct module *)`: one control record per module load (rare), so userspace
+/// can attach probes whose functions live in a module loaded after it started.
 #[raw_tracepoint(tracepoint = "module_load")]
-pub fn module_load(_ctx: RawTracePointContext) -> u32 {
-    if let Some(ev) = begin(ProbeId::ModuleLoad) {
-        ev.flags |= flags::POINT;
-        emit(ev);
-    }
+pub fn module_load(ctx: RawTracePointContext) -> u32 {
+    module_event(&ctx, control::MODULE_LOAD);
     0
+}
+
+/// `module_free(struct module *)`: the module's probes stop firing; userspace marks them
+/// detached until it loads again.
+#[raw_tracepoint(tracepoint = "module_free")]
+pub fn module_free(ctx: RawTracePointContext) -> u32 {
+    module_event(&ctx, control::MODULE_FREE);
+    0
+}
+
+#[inline(always)]
+fn module_event(ctx: &RawTracePointContext, kind: u32) {
+    let Some(mut slot) = CONTROL.reserve::<ControlEvent>(0) else {
+        count(stat::CONTROL_DROPS);
+        return;
+    };
+    let ev = slot.as_mut_ptr();
+    // SAFETY: `ev` points to a reserved, exclusively owned ring-buffer record.
+    unsafe {
+        (*ev).kind = kind;
+        (*ev).has_name = 0;
+        (*ev).ktime_ns = bpf_ktime_get_ns();
+        (*ev).name = [0; MODULE_NAME_LEN];
+        let module: u64 = ctx.arg(0);
+        if read::str_at(module, offsets().module_name, &mut (*ev).name).is_ok() {
+            (*ev).has_name = 1;
+        }
+    }
+    slot.submit(0);
 }

@@ -878,6 +878,19 @@ fn resolve_fields(
         o.kvm_destroy_vm,
     ] = kvm_offsets;
 
+    // struct module::name, from vmlinux: the module tracepoints name the module.
+    let module = objs
+        .find_structs("module", &[0])
+        .first()
+        .copied()
+        .ok_or_else(|| "no struct module in vmlinux BTF".to_string())
+        .and_then(|r| objs.as_struct(r))
+        .and_then(|a| {
+            let (off, _) = objs.member(&a, "name")?;
+            Ok(found(objs, &a, off, &None))
+        });
+    o.module_name = out.put("module.name", module);
+
     let prototypes = lifecycle::resolve(objs, fns, &mut o, &mut out);
     (o, out.fields, prototypes)
 }

@@ -342,8 +342,9 @@ fn host_patch_fields_unresolved_naming_the_function() {
     assert_eq!(r.offsets.ucmd_cmd, OFFSET_UNKNOWN);
     assert_eq!(r.offsets.obj_id, OFFSET_UNKNOWN);
     // Every field is reported exactly once (17 of the bind path, 8 of the PCI TSM
-    // lifecycle); driver ops (none given) are left out.
-    assert_eq!(r.fields.len(), 25, "{:#?}", r.fields);
+    // lifecycle, module.name); driver ops (none given) are left out.
+    assert_eq!(r.fields.len(), 26, "{:#?}", r.fields);
+    assert_resolved(&r, "module.name", raw.offset("module", "name"), "vmlinux");
     assert!(r.field("driver unbind argument").is_none());
     assert!(r.field("kvm.userspace_pid (driver_bind)").is_none());
     // kvm fields: resolved by name with a note naming the function, or unresolved naming it.
@@ -800,7 +801,8 @@ fn synthetic_split_btf_resolves_through_function_prototypes() {
     );
     assert_eq!(
         r.unresolved().map(|f| f.field).collect::<Vec<_>>(),
-        ["kvm.userspace_pid (driver_bind)"]
+        // The synthetic vmlinux has no struct module.
+        ["kvm.userspace_pid (driver_bind)", "module.name"]
     );
 
     // Objects: vmlinux, then modules by name; the broken one reported, not fatal.

@@ -122,6 +122,8 @@ pub struct Stats {
     pub anomalies: BTreeMap<AnomalyKind, u64>,
     pub leaks_detected: BTreeMap<LeakReason, u64>,
     pub mismatches: BTreeMap<MismatchKind, u64>,
+    /// Devices a reconciliation left alone because a bind or unbind of theirs was running.
+    pub reconcile_in_flight: u64,
 }
 
 /// Turns events into operations, bindings and leaks. See the module documentation.

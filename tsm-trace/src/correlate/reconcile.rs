@@ -1,5 +1,7 @@
 //! sysfs reconciliation: the binding table checked against what the kernel reports.
 
+use std::collections::BTreeSet;
+
 use super::Correlator;
 use super::types::{ClearCause, Leak, LeakReason, Mismatch, MismatchKind, Output};
 use crate::sysfs::{DeviceState, Snapshot};
@@ -11,12 +13,25 @@ impl Correlator {
     /// - binding known, sysfs `tsm/bound` empty → mismatch `denies_binding`: binding dropped.
     /// - sysfs unbound clears `sysfs_bound_without_owner` leaks.
     /// - a device without `tsm/` (or not listed) is unknown: nothing changes.
-    pub fn reconcile(&mut self, snapshot: &Snapshot, now_ns: u64) -> Vec<Output> {
+    /// - a device in `in_flight` (a bind or unbind entered and not returned: the kernel may
+    ///   show its new state before the call returns) is owned by that call: nothing changes.
+    ///
+    /// Callers drain the event stream first, so that every call that returned is applied.
+    pub fn reconcile(
+        &mut self,
+        snapshot: &Snapshot,
+        in_flight: &BTreeSet<String>,
+        now_ns: u64,
+    ) -> Vec<Output> {
         let mut out = Vec::new();
         if snapshot.listing_error.is_some() {
             return out;
         }
         for (device, state) in &snapshot.devices {
+            if in_flight.contains(device) {
+                self.stats.reconcile_in_flight += 1;
+                continue;
+            }
             match state {
                 DeviceState::Bound(tsm) => {
                     if self.bindings.contains_key(device.as_str()) || self.pending_mentions(device)

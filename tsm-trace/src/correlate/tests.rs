@@ -791,7 +791,7 @@ fn reconcile_against_fake_sysfs() {
     // Bound in sysfs, never seen: no owner.
     fake::device(root, "0000:04:00.0", Some("tsm0"));
     let snap = Snapshot::read(root);
-    let out = c.reconcile(&snap, 100_000_000);
+    let out = c.reconcile(&snap, &Default::default(), 100_000_000);
     let mismatches: Vec<(MismatchKind, &str)> = out
         .iter()
         .filter_map(|o| match o {
@@ -819,19 +819,23 @@ fn reconcile_against_fake_sysfs() {
     assert_eq!(c.stats().mismatches[&MismatchKind::DeniesBinding], 1);
 
     // Same state again: nothing new.
-    let out = c.reconcile(&snap, 200_000_000);
+    let out = c.reconcile(&snap, &Default::default(), 200_000_000);
     assert!(out.is_empty(), "{out:?}");
 
     // The owner-less device gets unbound: its leak clears.
     fake::device(root, "0000:04:00.0", Some(""));
-    let out = c.reconcile(&Snapshot::read(root), 300_000_000);
+    let out = c.reconcile(&Snapshot::read(root), &Default::default(), 300_000_000);
     let cleared = leaks_cleared(&out);
     assert_eq!(cleared.len(), 1);
     assert_eq!(cleared[0].cleared_by, Some(ClearCause::SysfsUnbound));
     assert_eq!(c.leaks().count(), 0);
 
     // An unreadable tree changes nothing.
-    let out = c.reconcile(&Snapshot::read(&root.join("missing")), 400_000_000);
+    let out = c.reconcile(
+        &Snapshot::read(&root.join("missing")),
+        &Default::default(),
+        400_000_000,
+    );
     assert!(out.is_empty());
     assert_eq!(c.binding_count(), 2);
 }
@@ -844,7 +848,7 @@ fn reconcile_clears_teardown_leak_when_sysfs_says_unbound() {
     feed(&mut c, teardown(10, 3_000_000, DEV, false));
     assert_eq!(c.leaks().count(), 1);
     fake::device(dir.path(), DEV, Some(""));
-    let out = c.reconcile(&Snapshot::read(dir.path()), 10_000_000);
+    let out = c.reconcile(&Snapshot::read(dir.path()), &Default::default(), 10_000_000);
     assert_eq!(
         leaks_cleared(&out)[0].cleared_by,
         Some(ClearCause::SysfsUnbound)
@@ -862,7 +866,7 @@ fn reconcile_ignores_binding_in_flight() {
         bind_stack(10, 1_000_000, DEV, None, Some(0), Some(0), None),
     );
     fake::device(dir.path(), DEV, Some("tsm0"));
-    let out = c.reconcile(&Snapshot::read(dir.path()), 2_000_000);
+    let out = c.reconcile(&Snapshot::read(dir.path()), &Default::default(), 2_000_000);
     assert!(out.is_empty(), "{out:?}");
 }
 
@@ -955,7 +959,7 @@ fn bounded_under_a_flood_of_random_events() {
                     .collect(),
                 ..Default::default()
             };
-            c.reconcile(&dir_snapshot, now);
+            c.reconcile(&dir_snapshot, &Default::default(), now);
         }
         assert!(c.thread_count() <= 8);
         assert!(c.binding_count() <= 16);

@@ -31,11 +31,12 @@ pub const DURATION_BUCKETS: [f64; 20] = [
 ];
 
 /// Why events were lost (`tsm_trace_events_lost_total{reason}`).
-pub const LOST_REASONS: [&str; 4] = [
+pub const LOST_REASONS: [&str; 5] = [
     "ringbuf_full",
     "inflight_full",
     "orphan_return",
     "decode_error",
+    "control_full",
 ];
 
 /// Kernel-side counters, as absolute values read from the eBPF maps.
@@ -50,6 +51,9 @@ pub struct KernelCounters {
     pub orphan_return: u64,
     /// `bpf_probe_read_kernel` failures.
     pub kernel_read_faults: u64,
+    /// Module loads/unloads the control ring buffer could not take (a probe may then stay
+    /// unattached until the next module event).
+    pub control_full: u64,
 }
 
 /// All of tsm-trace's metrics, in their own registry.
@@ -76,6 +80,8 @@ pub struct Metrics {
     btf_unresolved: IntGauge,
     pending_frames: IntGauge,
     btf_fields: Mutex<BTreeMap<String, bool>>,
+    /// The function label last published per (probe, kind).
+    probe_functions: Mutex<HashMap<(Probe, String), String>>,
     /// Label lookups resolved once (hot path: every event and every operation). Series are
     /// still created on first use, as `with_label_values` would.
     handles: Handles,
@@ -373,6 +379,7 @@ impl Metrics {
             btf_unresolved,
             pending_frames,
             btf_fields: Mutex::new(BTreeMap::new()),
+            probe_functions: Mutex::new(HashMap::new()),
         }
     }
 
@@ -524,12 +531,29 @@ impl Metrics {
             &self.events_lost.with_label_values(&["orphan_return"]),
             k.orphan_return,
         );
+        counter_to(
+            &self.events_lost.with_label_values(&["control_full"]),
+            k.control_full,
+        );
         counter_to(&self.kernel_read_faults, k.kernel_read_faults);
     }
 
     /// `kind` is `kprobe`, `kretprobe` or `raw_tracepoint`; `function` the kernel symbol (or
     /// tracepoint) it was attached to, or wanted to be.
     pub fn set_probe_attached(&self, probe: Probe, function: &str, kind: &str, attached: bool) {
+        // One series per program: a function found later (`tsm_bind [module]`) replaces the
+        // name it was looked for under.
+        let mut last = self
+            .probe_functions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = last.insert((probe, kind.to_string()), function.to_string())
+            && old != function
+        {
+            let _ = self
+                .probe_attached
+                .remove_label_values(&[probe.as_str(), &old, kind]);
+        }
         self.probe_attached
             .with_label_values(&[probe.as_str(), function, kind])
             .set(i64::from(attached));
@@ -842,7 +866,11 @@ mod tests {
         fake::device(dir.path(), D3, Some("tsm0"));
         fake::device(dir.path(), "0000:09:00.0", Some("tsm0"));
         fake::device(dir.path(), "0000:0a:00.0", None);
-        p.reconcile(&Snapshot::read(dir.path()), 21_000_000_000);
+        p.reconcile(
+            &Snapshot::read(dir.path()),
+            &Default::default(),
+            21_000_000_000,
+        );
         let s = m.samples();
         assert_eq!(get(&s, "tsm_trace_sysfs_reconcile_runs_total"), 1.0);
         assert_eq!(get(&s, "tsm_trace_sysfs_devices{state=\"bound\"}"), 2.0);
@@ -881,12 +909,14 @@ mod tests {
             inflight_full: 1,
             orphan_return: 2,
             kernel_read_faults: 9,
+            control_full: 0,
         });
         m.set_kernel_counters(KernelCounters {
             ringbuf_full: 7,
             inflight_full: 1,
             orphan_return: 2,
             kernel_read_faults: 9,
+            control_full: 0,
         });
         // A smaller absolute value (maps recreated) never makes a counter go down.
         m.set_kernel_counters(KernelCounters {

@@ -4,6 +4,7 @@
 //! reported — which one, and why — and the others keep running. `--strict` makes any missing
 //! requested probe fatal.
 
+mod attach;
 pub mod capabilities;
 mod compat;
 mod kallsyms;
@@ -11,15 +12,16 @@ mod privileges;
 
 use std::collections::BTreeMap;
 
+pub use attach::{Links, attach_all, attach_missing, detach_gone, detach_module};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{KProbe, ProgramError, RawTracePoint},
 };
 pub use kallsyms::{AttachPoint, Candidate, Kallsyms, SymbolMatch};
 pub use privileges::{PrivilegeError, check_privileges};
 use serde::Serialize;
-use tsm_trace_common::{Offsets, stat};
+use tsm_trace_common::{InflightKey, Offsets, RawEvent, stat};
 
 use crate::events::Probe;
 
@@ -117,6 +119,10 @@ pub struct AttachReport {
     /// [`Target::vmlinux_only`]).
     #[serde(skip)]
     pub may_load_later: bool,
+    /// The module the function is in (`None`: vmlinux, or not found). Its unload detaches
+    /// the probe until it loads again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
 }
 
 /// Errors of this module. A load error carries the verifier log.
@@ -156,29 +162,55 @@ pub enum ProbeError {
     Strict { count: usize, details: String },
 }
 
-/// Parses the object with `offsets` patched in and creates its maps.
+/// Parses the object, creates its maps and writes `offsets` into `OFFSETS` (programs read
+/// them from there, so a module's BTF later updates them without a reload).
 pub fn open(offsets: &Offsets, ringbuf_bytes: Option<u32>) -> Result<Ebpf, ProbeError> {
     if EBPF_OBJECT.is_empty() {
         return Err(ProbeError::EmptyObject);
     }
     let mut loader = EbpfLoader::new();
-    loader.override_global("OFFSETS", offsets, true);
     if let Some(b) = ringbuf_bytes {
         loader.map_max_entries("EVENTS", b);
     }
-    loader.load(EBPF_OBJECT).map_err(ProbeError::Object)
+    let mut ebpf = loader.load(EBPF_OBJECT).map_err(ProbeError::Object)?;
+    let map = ebpf
+        .map_mut("OFFSETS")
+        .ok_or(ProbeError::MissingMap("OFFSETS"))?;
+    let mut arr: Array<&mut MapData, Offsets> =
+        Array::try_from(map).map_err(|source| ProbeError::Map {
+            name: "OFFSETS",
+            source,
+        })?;
+    write_offsets(&mut arr, offsets)?;
+    Ok(ebpf)
 }
 
-fn program_names(t: &Target) -> impl Iterator<Item = (&'static str, Kind)> {
-    let entry_kind = if matches!(t.probe, Probe::VmmExit | Probe::ModuleLoad) {
-        Kind::RawTracepoint
-    } else {
-        Kind::Kprobe
+/// Replaces the offsets the programs read.
+pub fn write_offsets<M: std::borrow::BorrowMut<MapData>>(
+    arr: &mut Array<M, Offsets>,
+    offsets: &Offsets,
+) -> Result<(), ProbeError> {
+    arr.set(0, offsets, 0).map_err(|source| ProbeError::Map {
+        name: "OFFSETS",
+        source,
+    })
+}
+
+/// The programs of `t`: its entry (a kprobe, or a raw tracepoint named like its symbol) and
+/// its return program. `module_load` brings `module_free` (both control, not events).
+pub fn program_names(t: &Target) -> impl Iterator<Item = (&'static str, Kind)> {
+    let (entry_kind, second) = match t.probe {
+        Probe::VmmExit => (Kind::RawTracepoint, None),
+        Probe::ModuleLoad => (
+            Kind::RawTracepoint,
+            Some(("module_free", Kind::RawTracepoint)),
+        ),
+        _ => (Kind::Kprobe, t.ret.map(|r| (r, Kind::Kretprobe))),
     };
-    std::iter::once((t.entry, entry_kind)).chain(t.ret.map(|r| (r, Kind::Kretprobe)))
+    std::iter::once((t.entry, entry_kind)).chain(second)
 }
 
-fn load_error(program: &'static str, e: ProgramError) -> ProbeError {
+pub(crate) fn load_error(program: &'static str, e: ProgramError) -> ProbeError {
     match e {
         ProgramError::LoadError {
             io_error,
@@ -202,7 +234,11 @@ pub fn load_all(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
     Ok(())
 }
 
-fn load_program(ebpf: &mut Ebpf, name: &'static str, kind: Kind) -> Result<(), ProbeError> {
+pub(crate) fn load_program(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    kind: Kind,
+) -> Result<(), ProbeError> {
     let prog = ebpf
         .program_mut(name)
         .ok_or(ProbeError::MissingProgram { program: name })?;
@@ -225,125 +261,6 @@ fn load_program(ebpf: &mut Ebpf, name: &'static str, kind: Kind) -> Result<(), P
     r.map_err(|e| load_error(name, e))
 }
 
-/// Resolves, loads and attaches every probe; returns one report per program.
-pub fn attach_all(
-    ebpf: &mut Ebpf,
-    syms: &Kallsyms,
-    config: &AttachConfig,
-    prototypes: &[crate::btf::PrototypeCheck],
-) -> Result<Vec<AttachReport>, ProbeError> {
-    let mut reports = Vec::new();
-    for t in TARGETS {
-        let symbols = config.candidates(t);
-        let enabled = !config.disabled.contains(&t.probe);
-        // Driver ops found through the known-driver table are optional: a host without that
-        // driver is not missing anything, so they are neither "requested" nor fatal.
-        let requested = enabled && config.requested(t);
-        for (program, kind) in program_names(t) {
-            let mut report = AttachReport {
-                probe: t.probe,
-                kind,
-                function: symbols
-                    .first()
-                    .map(|s| s.name.to_string())
-                    .unwrap_or_default(),
-                attached: false,
-                reason: None,
-                requested,
-                may_load_later: !t.vmlinux_only,
-            };
-            if !enabled || symbols.is_empty() {
-                report.reason = Some(if enabled {
-                    format!("not requested: {}", t.origin)
-                } else {
-                    "disabled on the command line".to_string()
-                });
-                reports.push(report);
-                continue;
-            }
-            if kind == Kind::RawTracepoint {
-                load_program(ebpf, program, kind)?;
-                let p: &mut RawTracePoint = ebpf
-                    .program_mut(program)
-                    .ok_or(ProbeError::MissingProgram { program })?
-                    .try_into()
-                    .map_err(|e| load_error(program, e))?;
-                match p.attach(symbols[0].name) {
-                    Ok(_) => report.attached = true,
-                    Err(e) => report.reason = Some(format!("attach failed: {}", chain(&e))),
-                }
-                reports.push(report);
-                continue;
-            }
-            let point = match syms.find_in(&symbols, t.anchors) {
-                SymbolMatch::Found {
-                    name,
-                    module,
-                    note,
-                    attach,
-                } => {
-                    report.function = match module {
-                        Some(m) => format!("{name} [{m}]"),
-                        None => name,
-                    };
-                    report.reason = note;
-                    attach
-                }
-                SymbolMatch::Missing { reason } => {
-                    report.reason = Some(format!("{reason}; comes from {}", t.origin));
-                    reports.push(report);
-                    continue;
-                }
-            };
-            if let Some(Err(why)) = prototypes
-                .iter()
-                .find(|c| c.probe == t.probe)
-                .map(|c| &c.result)
-            {
-                report.reason = Some(format!("not attached: {why}"));
-                reports.push(report);
-                continue;
-            }
-            load_program(ebpf, program, kind)?;
-            let p: &mut KProbe = ebpf
-                .program_mut(program)
-                .ok_or(ProbeError::MissingProgram { program })?
-                .try_into()
-                .map_err(|e| load_error(program, e))?;
-            match p.attach(&point.symbol, point.offset) {
-                Ok(_) => report.attached = true,
-                Err(e) => report.reason = Some(format!("attach failed: {}", chain(&e))),
-            }
-            reports.push(report);
-        }
-    }
-    if config.strict {
-        let failed: Vec<_> = reports
-            .iter()
-            .filter(|r| r.requested && !r.attached)
-            .collect();
-        if !failed.is_empty() {
-            return Err(ProbeError::Strict {
-                count: failed.len(),
-                details: failed
-                    .iter()
-                    .map(|r| {
-                        format!(
-                            "  {} {} ({}): {}",
-                            r.kind.as_str(),
-                            r.probe.as_str(),
-                            r.function,
-                            r.reason.as_deref().unwrap_or("unknown")
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-            });
-        }
-    }
-    Ok(reports)
-}
-
 /// An error and its sources on one line.
 pub fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -363,12 +280,18 @@ pub struct KernelStats {
     pub inflight_full: u64,
     pub read_faults: u64,
     pub orphan_returns: u64,
+    /// Module loads/unloads the control ring buffer could not take.
+    pub control_drops: u64,
 }
 
-/// Handles to the maps userspace reads.
+/// Handles to the maps userspace reads (and `OFFSETS`, which it rewrites).
 pub struct Maps {
     pub events: RingBuf<MapData>,
+    pub control: RingBuf<MapData>,
     pub stats: PerCpuArray<MapData, u64>,
+    pub offsets: Array<MapData, Offsets>,
+    /// Entry records waiting for their return (read-only here: binds still running).
+    pub inflight: aya::maps::HashMap<MapData, InflightKey, RawEvent>,
 }
 
 impl Maps {
@@ -379,9 +302,30 @@ impl Maps {
         let stats = ebpf
             .take_map("STATS")
             .ok_or(ProbeError::MissingMap("STATS"))?;
+        let control = ebpf
+            .take_map("CONTROL")
+            .ok_or(ProbeError::MissingMap("CONTROL"))?;
+        let offsets = ebpf
+            .take_map("OFFSETS")
+            .ok_or(ProbeError::MissingMap("OFFSETS"))?;
+        let inflight = ebpf
+            .take_map("INFLIGHT")
+            .ok_or(ProbeError::MissingMap("INFLIGHT"))?;
         Ok(Maps {
             events: RingBuf::try_from(events).map_err(|source| ProbeError::Map {
                 name: "EVENTS",
+                source,
+            })?,
+            control: RingBuf::try_from(control).map_err(|source| ProbeError::Map {
+                name: "CONTROL",
+                source,
+            })?,
+            offsets: Array::try_from(offsets).map_err(|source| ProbeError::Map {
+                name: "OFFSETS",
+                source,
+            })?,
+            inflight: aya::maps::HashMap::try_from(inflight).map_err(|source| ProbeError::Map {
+                name: "INFLIGHT",
                 source,
             })?,
             stats: PerCpuArray::try_from(stats).map_err(|source| ProbeError::Map {
@@ -409,6 +353,7 @@ pub fn kernel_stats(stats: &PerCpuArray<MapData, u64>) -> Result<KernelStats, Pr
         inflight_full: get(stat::INFLIGHT_FULL)?,
         read_faults: get(stat::READ_FAULTS)?,
         orphan_returns: get(stat::ORPHAN_RETURNS)?,
+        control_drops: get(stat::CONTROL_DROPS)?,
     })
 }
 

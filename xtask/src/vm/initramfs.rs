@@ -4,6 +4,7 @@
 //!
 //! Guest layout: `/init`, `/bin/busybox` (applets linked by init), `/dev/console`,
 //! `/lib/modules/tsm_standin.ko`, `/lib/modules/tsm_linktsm.ko` (kernels with PCI TSM only),
+//! `/lib/modules/tsm_latemod.ko`,
 //! `/scenarios/run.sh`, plus each extra file at its guest path.
 
 use std::collections::BTreeSet;
@@ -18,6 +19,8 @@ use super::repo_root;
 
 /// Guest path of the stand-in module inside the initramfs.
 pub const STANDIN_GUEST_PATH: &str = "/lib/modules/tsm_standin.ko";
+/// Guest path of the module loaded and unloaded while tracing.
+pub const LATEMOD_GUEST_PATH: &str = "/lib/modules/tsm_latemod.ko";
 /// Guest path of the link TSM fixture (present only where it was built).
 pub const LINKTSM_GUEST_PATH: &str = "/lib/modules/tsm_linktsm.ko";
 
@@ -26,6 +29,8 @@ pub struct InitramfsSpec<'a> {
     pub standin_ko: &'a Path,
     /// `tsm_linktsm.ko` if built for this kernel (not loaded by `/init`: scenarios do).
     pub linktsm_ko: Option<&'a Path>,
+    /// `tsm_latemod.ko` (not loaded by `/init`: scenarios do).
+    pub latemod_ko: Option<&'a Path>,
     /// Contents of `/scenarios/run.sh`.
     pub script: &'a str,
     /// `(host path, guest absolute path)`; the host file's executable bit is kept.
@@ -60,12 +65,17 @@ pub fn build(spec: &InitramfsSpec, out: &Path) -> Result<()> {
         &fs::read(spec.standin_ko).with_context(|| spec.standin_ko.display().to_string())?,
         0o644,
     )?;
-    if let Some(ko) = spec.linktsm_ko {
-        w.file(
-            LINKTSM_GUEST_PATH,
-            &fs::read(ko).with_context(|| ko.display().to_string())?,
-            0o644,
-        )?;
+    for (ko, guest) in [
+        (spec.linktsm_ko, LINKTSM_GUEST_PATH),
+        (spec.latemod_ko, LATEMOD_GUEST_PATH),
+    ] {
+        if let Some(ko) = ko {
+            w.file(
+                guest,
+                &fs::read(ko).with_context(|| ko.display().to_string())?,
+                0o644,
+            )?;
+        }
     }
     w.file("/scenarios/run.sh", spec.script.as_bytes(), 0o755)?;
     // Helpers every scenario sources (`. /scenarios/lib.sh`).

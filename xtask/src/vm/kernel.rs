@@ -224,6 +224,8 @@ pub struct Kernel {
     /// The link TSM fixture (`tests/vm/linktsm/`), built by `prepare` only for kernels with
     /// `CONFIG_PCI_TSM` ([`Kernel::has_pci_tsm`]); absent otherwise.
     pub linktsm_ko: PathBuf,
+    /// `tests/vm/latemod/`: loaded and unloaded while tracing (every kernel).
+    pub latemod_ko: PathBuf,
 }
 
 impl Kernel {
@@ -393,6 +395,7 @@ fn kernel_paths(version: &str) -> Kernel {
         vmlinux_btf: headers.join("vmlinux"),
         standin_ko: dir.join("standin/tsm_standin.ko"),
         linktsm_ko: dir.join("linktsm/tsm_linktsm.ko"),
+        latemod_ko: dir.join("latemod/tsm_latemod.ko"),
         dir,
         root,
         vmlinuz,

@@ -16,6 +16,7 @@ pub mod initramfs;
 pub mod kernel;
 pub mod lifecycle;
 pub mod module;
+pub mod modules;
 pub mod qemu;
 pub mod scenarios;
 
@@ -60,6 +61,10 @@ pub struct VmTestArgs {
     /// Seconds before a guest is killed.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
+    /// Run only these tsm-trace suites: probes, lifecycle-trace, modules (repeat or
+    /// comma-separate). Default: all of them.
+    #[arg(long, value_delimiter = ',')]
+    pub suite: Vec<String>,
 }
 
 /// `<repo>` (the workspace root).
@@ -147,6 +152,7 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
         None
     };
     let lifecycle_trace = read_script(lifecycle::SCRIPT)?;
+    let modules_script = read_script(modules::SCRIPT)?;
     let extra = if smoke || lifecycle_only {
         Vec::new()
     } else {
@@ -191,6 +197,13 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
                 lifecycle::check_absent
             };
             runs.push((" lifecycle-trace", lifecycle_trace.as_str(), lopts, check));
+            // Module loads and unloads while tracing (every kernel).
+            runs.push((
+                " modules",
+                modules_script.as_str(),
+                opts.clone(),
+                modules::check,
+            ));
         }
         if let Some(ls) = &lifecycle_script {
             if kernel.has_pci_tsm() {
@@ -202,6 +215,16 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
             } else if lifecycle_only {
                 println!("vm: {} skipped: no CONFIG_PCI_TSM", kernel.version);
             }
+        }
+        if !args.suite.is_empty() {
+            runs.retain(|(label, ..)| {
+                let name = if label.is_empty() {
+                    "probes"
+                } else {
+                    label.trim()
+                };
+                args.suite.iter().any(|s| s == name)
+            });
         }
         for (label, script, ropts, check) in runs {
             let t1 = Instant::now();

@@ -1,6 +1,7 @@
 //! Building the fixture kernel modules against a fetched kernel's headers, with module BTF
 //! (the daemon resolves struct offsets from `/sys/kernel/btf/<module>`):
 //! - `tests/vm/standin/` → `tsm_standin.ko`, for every kernel;
+//! - `tests/vm/latemod/` → `tsm_latemod.ko`, loaded and unloaded while tracing, every kernel;
 //! - `tests/vm/linktsm/` → `tsm_linktsm.ko`, a link TSM for the real PCI TSM core, only for
 //!   kernels with `CONFIG_PCI_TSM` (7.x); skipped (and any stale copy removed) elsewhere.
 
@@ -27,6 +28,12 @@ const STANDIN: ModuleSrc = ModuleSrc {
     sources: &["tsm_standin.c", "Kbuild"],
 };
 
+const LATEMOD: ModuleSrc = ModuleSrc {
+    dir: "tests/vm/latemod",
+    name: "tsm_latemod",
+    sources: &["tsm_latemod.c", "Kbuild"],
+};
+
 const LINKTSM: ModuleSrc = ModuleSrc {
     dir: "tests/vm/linktsm",
     name: "tsm_linktsm",
@@ -37,6 +44,8 @@ const LINKTSM: ModuleSrc = ModuleSrc {
 /// `tsm_linktsm.ko` into `k.linktsm_ko`, unless up-to-date builds are cached.
 pub fn build(k: &Kernel) -> Result<()> {
     build_one(k, &STANDIN, &k.standin_ko)?;
+    build_one(k, &LATEMOD, &k.latemod_ko)
+        .with_context(|| format!("building tsm_latemod for {}", k.version))?;
     if k.has_pci_tsm() {
         build_one(k, &LINKTSM, &k.linktsm_ko)
             .with_context(|| format!("building tsm_linktsm for {}", k.version))?;

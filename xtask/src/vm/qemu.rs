@@ -275,6 +275,10 @@ pub fn spawn_in_vm(
                 .linktsm_ko
                 .is_file()
                 .then_some(kernel.linktsm_ko.as_path()),
+            latemod_ko: kernel
+                .latemod_ko
+                .is_file()
+                .then_some(kernel.latemod_ko.as_path()),
             script,
             extra_files: &files,
         },

@@ -1,0 +1,296 @@
+//! The one event loop `run` and `trace` share: events from the ring buffer into the pipeline,
+//! module loads and unloads from the control ring into the session, and the timers
+//! (correlator deadlines, sysfs reconciliation, re-attach after a module load, the end of a
+//! `--duration`).
+
+use std::{path::PathBuf, sync::Mutex, time::Duration};
+
+use anyhow::{Context, Result};
+use tokio::time::Instant;
+
+use crate::{
+    correlate,
+    events::{DecodeError, Event},
+    exporters::metrics::{KernelCounters, Metrics},
+    pipeline::Pipeline,
+    probes::chain,
+    session::{Control, LiveSession, Session},
+    sysfs::Snapshot,
+};
+
+/// How long after a module load to look for probe targets again (its BTF and symbols are
+/// registered while it initializes).
+pub const RESCAN_DELAY: Duration = Duration::from_millis(500);
+
+/// A batch of decoded ring-buffer records.
+pub type Batch = Vec<Result<Event, DecodeError>>;
+
+/// What the loop does besides feeding the pipeline.
+pub struct LoopOptions {
+    /// Compare the binding table with sysfs (`run`).
+    pub reconcile: Option<Reconcile>,
+    /// Stop at this instant (`trace --duration`).
+    pub end: Option<Instant>,
+}
+
+/// sysfs reconciliation: once at start, then every `every`.
+pub struct Reconcile {
+    pub root: PathBuf,
+    pub every: Option<Duration>,
+}
+
+/// Why the loop returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    Signal(&'static str),
+    Duration,
+}
+
+/// Called with every batch before the pipeline sees it (`trace --record`).
+pub type Tap<'a> = &'a mut dyn FnMut(&Batch) -> Result<()>;
+
+/// Runs until a signal or the end of `--duration`. Events still in the ring buffer at that
+/// point are the caller's to drain (see [`LiveSession::drain_now`]).
+pub async fn run(
+    live: &mut LiveSession,
+    pipeline: &Mutex<Pipeline>,
+    metrics: &Metrics,
+    cfg: &correlate::Config,
+    opts: &LoopOptions,
+    mut tap: Option<Tap<'_>>,
+) -> Result<Stop> {
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut batch: Batch = Vec::new();
+    let mut controls: Vec<Option<Control>> = Vec::new();
+    let mut rescan_at: Option<Instant> = None;
+    let every = opts.reconcile.as_ref().and_then(|r| r.every);
+    let mut next_reconcile = every.map(|d| Instant::now() + d);
+    if let Some(r) = &opts.reconcile {
+        // Once at start: bindings made before we started show up here.
+        reconcile(live, pipeline, metrics, &r.root, &mut batch, &mut tap)?;
+    }
+    loop {
+        let deadline = next_deadline(&pipeline.lock().expect("pipeline lock"), cfg)
+            .map(|d| Instant::now() + d);
+        let wake = [deadline, next_reconcile, rescan_at]
+            .into_iter()
+            .flatten()
+            .min();
+        tokio::select! {
+            sig = &mut shutdown => return Ok(Stop::Signal(sig?)),
+            _ = sleep_until(opts.end) => return Ok(Stop::Duration),
+            r = live.next(&mut batch, &mut controls) => {
+                r?;
+                if !batch.is_empty() {
+                    feed(pipeline, metrics, &mut batch, &mut tap)?;
+                    sync_kernel_stats(metrics, live);
+                }
+                for c in controls.drain(..) {
+                    if control(live, metrics, c) {
+                        rescan_at.get_or_insert_with(|| Instant::now() + RESCAN_DELAY);
+                    }
+                }
+            }
+            _ = sleep_until(wake) => {
+                let now = Instant::now();
+                if rescan_at.is_some_and(|t| t <= now) {
+                    rescan_at = None;
+                    rescan(live, metrics);
+                }
+                if next_reconcile.is_some_and(|t| t <= now) {
+                    if let Some(r) = &opts.reconcile {
+                        reconcile(live, pipeline, metrics, &r.root, &mut batch, &mut tap)?;
+                    }
+                    next_reconcile = every.map(|d| Instant::now() + d);
+                }
+                let mut p = pipeline.lock().expect("pipeline lock");
+                p.tick(monotonic_ns());
+                if let Some(s) = p.sink_mut() {
+                    s.flush();
+                }
+            }
+        }
+    }
+}
+
+/// Applies one control record; true when the session should look for probe targets again.
+fn control(live: &mut LiveSession, metrics: &Metrics, c: Option<Control>) -> bool {
+    match c {
+        None => {
+            log::warn!(
+                "dropped an undecodable control record (tsm-trace and its eBPF object disagree?); looking for probe targets again"
+            );
+            true
+        }
+        Some(Control::ModuleFreed { name: Some(name) }) => {
+            let gone = live.session_mut().module_unloaded(&name);
+            if !gone.is_empty() {
+                log::warn!(
+                    "module {name} was unloaded: detached {} until it loads again",
+                    gone.join(", ")
+                );
+                publish_session(metrics, live.session());
+            }
+            false
+        }
+        // Without the name, kallsyms tells which probes lost their function.
+        Some(Control::ModuleFreed { name: None }) => true,
+        Some(Control::ModuleLoaded { .. }) => live.missing() > 0,
+    }
+}
+
+/// After a module load or unload: attach what became available, detach what went away.
+pub fn rescan(live: &mut LiveSession, metrics: &Metrics) {
+    match live.session_mut().rescan() {
+        Ok((gained, gone)) => {
+            if !gone.is_empty() {
+                log::warn!(
+                    "a module was unloaded: detached {} until it loads again",
+                    gone.join(", ")
+                );
+            }
+            if gained.is_empty() {
+                log::info!(
+                    "a module was loaded; no new probe could attach ({} requested probes still missing)",
+                    live.missing()
+                );
+            } else {
+                log::info!(
+                    "a module load made more probes available; now attached: {}",
+                    gained.join(", ")
+                );
+                for line in live.session().report_lines() {
+                    log::info!("{line}");
+                }
+                log::info!("now attached: {} programs", live.session().attached_count());
+            }
+            if !gained.is_empty() || !gone.is_empty() {
+                publish_session(metrics, live.session());
+            }
+        }
+        Err(e) => log::warn!(
+            "looking for probe targets after a module load failed: {e:#}; the probes attached before keep running"
+        ),
+    }
+}
+
+/// Publishes probe and BTF state as self-metrics.
+pub fn publish_session(metrics: &Metrics, s: &Session) {
+    for r in &s.attach {
+        metrics.set_probe_attached(r.probe, &r.function, r.kind.as_str(), r.attached);
+    }
+    metrics.set_btf_fields(s.btf.fields.iter().map(|f| (f.field, f.offset.is_some())));
+}
+
+pub fn sync_kernel_stats(metrics: &Metrics, s: &LiveSession) {
+    match s.kernel_stats() {
+        Ok(k) => metrics.set_kernel_counters(KernelCounters {
+            ringbuf_full: k.ringbuf_drops,
+            inflight_full: k.inflight_full,
+            orphan_return: k.orphan_returns,
+            kernel_read_faults: k.read_faults,
+            control_full: k.control_drops,
+        }),
+        Err(e) => log::warn!("reading kernel-side counters failed: {}", chain(&*e)),
+    }
+}
+
+/// Records `batch` through the tap, then runs it through the pipeline.
+fn feed(
+    pipeline: &Mutex<Pipeline>,
+    metrics: &Metrics,
+    batch: &mut Batch,
+    tap: &mut Option<Tap<'_>>,
+) -> Result<()> {
+    if let Some(t) = tap.as_mut() {
+        t(batch)?;
+    }
+    handle_batch(pipeline, metrics, batch);
+    Ok(())
+}
+
+/// Runs a batch through the pipeline (and empties it).
+pub fn handle_batch(pipeline: &Mutex<Pipeline>, metrics: &Metrics, batch: &mut Batch) {
+    let now = monotonic_ns();
+    let mut p = pipeline.lock().expect("pipeline lock");
+    for r in batch.drain(..) {
+        match r {
+            Ok(ev) => {
+                p.handle(ev, now);
+            }
+            Err(e) => {
+                metrics.decode_error();
+                log::warn!("dropped an undecodable ring-buffer record: {e}");
+            }
+        }
+    }
+    p.tick(now);
+    if let Some(s) = p.sink_mut() {
+        s.flush();
+    }
+}
+
+/// Drains the ring buffer (every call that returned is applied first), then compares the
+/// binding table with sysfs; binds and unbinds still running are left alone.
+fn reconcile(
+    live: &mut LiveSession,
+    pipeline: &Mutex<Pipeline>,
+    metrics: &Metrics,
+    root: &std::path::Path,
+    batch: &mut Batch,
+    tap: &mut Option<Tap<'_>>,
+) -> Result<()> {
+    let in_flight = live.session().devices_in_flight();
+    live.drain_now(batch);
+    feed(pipeline, metrics, batch, tap)?;
+    let snap = Snapshot::read(root);
+    pipeline
+        .lock()
+        .expect("pipeline lock")
+        .reconcile(&snap, &in_flight, monotonic_ns());
+    sync_kernel_stats(metrics, live);
+    Ok(())
+}
+
+/// When the correlator next needs a timer: pending frames or leak grace periods.
+fn next_deadline(p: &Pipeline, cfg: &correlate::Config) -> Option<Duration> {
+    let c = p.correlator();
+    if c.pending_vm_checks() > 0 {
+        Some(Duration::from_nanos(
+            cfg.leak_grace_ns.min(cfg.pending_timeout_ns).max(1_000_000),
+        ))
+    } else if c.pending_frames() > 0 {
+        Some(Duration::from_nanos(cfg.pending_timeout_ns))
+    } else {
+        None
+    }
+}
+
+async fn shutdown_signal() -> Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` uses.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

@@ -1,0 +1,325 @@
+//! Attaching and detaching the programs of one loaded object, for the daemon's whole life.
+//!
+//! [`attach_all`] attaches what the kernel has at start; after a module load,
+//! [`attach_missing`] attaches what it brought to the *same* object (its maps, in-flight
+//! entries and VMM table included); when a module goes, [`detach_module`] (or, without its
+//! name, [`detach_gone`]) marks its probes detached with the reason, until it loads again.
+
+use std::collections::HashMap;
+
+use aya::{
+    Ebpf,
+    programs::{KProbe, RawTracePoint, kprobe::KProbeLinkId, raw_trace_point::RawTracePointLinkId},
+};
+
+use super::{
+    AttachConfig, AttachReport, Kallsyms, Kind, ProbeError, SymbolMatch, TARGETS, Target, chain,
+    load_error, load_program, program_names,
+};
+use crate::btf::PrototypeCheck;
+
+enum LinkId {
+    Kprobe(KProbeLinkId),
+    RawTracepoint(RawTracePointLinkId),
+}
+
+/// The links of the attached programs, by program name. Dropping the object detaches them.
+#[derive(Default)]
+pub struct Links {
+    by_program: HashMap<&'static str, LinkId>,
+}
+
+impl Links {
+    fn detach(&mut self, ebpf: &mut Ebpf, program: &'static str) -> Result<(), String> {
+        let Some(id) = self.by_program.remove(program) else {
+            return Ok(());
+        };
+        let prog = ebpf
+            .program_mut(program)
+            .ok_or_else(|| format!("program {program} is missing from the object"))?;
+        let r = match id {
+            LinkId::Kprobe(id) => <&mut KProbe>::try_from(prog)
+                .map_err(|e| chain(&e))?
+                .detach(id),
+            LinkId::RawTracepoint(id) => <&mut RawTracePoint>::try_from(prog)
+                .map_err(|e| chain(&e))?
+                .detach(id),
+        };
+        r.map_err(|e| chain(&e))
+    }
+}
+
+/// Resolves, loads and attaches every probe; returns one report per program.
+pub fn attach_all(
+    ebpf: &mut Ebpf,
+    links: &mut Links,
+    syms: &Kallsyms,
+    config: &AttachConfig,
+    prototypes: &[PrototypeCheck],
+) -> Result<Vec<AttachReport>, ProbeError> {
+    let mut reports = Vec::new();
+    for t in TARGETS {
+        for (program, kind) in program_names(t) {
+            reports.push(attach_one(
+                ebpf, links, syms, config, prototypes, t, program, kind,
+            )?);
+        }
+    }
+    if config.strict {
+        strict_check(&reports)?;
+    }
+    Ok(reports)
+}
+
+/// After a module load: attaches every program not attached yet whose function is there now,
+/// to the object already loaded. Returns the programs newly attached, as report lines.
+pub fn attach_missing(
+    ebpf: &mut Ebpf,
+    links: &mut Links,
+    syms: &Kallsyms,
+    config: &AttachConfig,
+    prototypes: &[PrototypeCheck],
+    reports: &mut [AttachReport],
+) -> Result<Vec<String>, ProbeError> {
+    let mut gained = Vec::new();
+    let mut i = 0;
+    for t in TARGETS {
+        for (program, kind) in program_names(t) {
+            let r = &mut reports[i];
+            i += 1;
+            if r.attached || !r.may_load_later {
+                continue;
+            }
+            let fresh = attach_one(ebpf, links, syms, config, prototypes, t, program, kind)?;
+            if fresh.attached {
+                gained.push(format!(
+                    "{} {} ({})",
+                    kind.as_str(),
+                    t.probe.as_str(),
+                    fresh.function
+                ));
+            }
+            *r = fresh;
+        }
+    }
+    Ok(gained)
+}
+
+/// A module is going: its probes stop firing. Detaches them and says why; returns them.
+pub fn detach_module(
+    ebpf: &mut Ebpf,
+    links: &mut Links,
+    reports: &mut [AttachReport],
+    module: &str,
+) -> Vec<String> {
+    let mut gone = Vec::new();
+    let mut i = 0;
+    for t in TARGETS {
+        for (program, kind) in program_names(t) {
+            let r = &mut reports[i];
+            i += 1;
+            if !r.attached || r.module.as_deref() != Some(module) {
+                continue;
+            }
+            mark_detached(ebpf, links, r, program, kind, t, module);
+            gone.push(format!(
+                "{} {} ({})",
+                kind.as_str(),
+                t.probe.as_str(),
+                r.function
+            ));
+        }
+    }
+    gone
+}
+
+/// Detaches the attached probes whose module function is no longer in `syms` (a module
+/// unload whose name could not be read). Returns them.
+pub fn detach_gone(
+    ebpf: &mut Ebpf,
+    links: &mut Links,
+    reports: &mut [AttachReport],
+    syms: &Kallsyms,
+    config: &AttachConfig,
+) -> Vec<String> {
+    let mut gone = Vec::new();
+    let mut i = 0;
+    for t in TARGETS {
+        for (program, kind) in program_names(t) {
+            let r = &mut reports[i];
+            i += 1;
+            let Some(module) = r.module.clone().filter(|_| r.attached) else {
+                continue;
+            };
+            let present = matches!(
+                syms.find_in(&config.candidates(t), t.anchors),
+                SymbolMatch::Found { module: Some(ref m), .. } if *m == module
+            );
+            if !present {
+                mark_detached(ebpf, links, r, program, kind, t, &module);
+                gone.push(format!(
+                    "{} {} ({})",
+                    kind.as_str(),
+                    t.probe.as_str(),
+                    r.function
+                ));
+            }
+        }
+    }
+    gone
+}
+
+fn mark_detached(
+    ebpf: &mut Ebpf,
+    links: &mut Links,
+    r: &mut AttachReport,
+    program: &'static str,
+    kind: Kind,
+    t: &Target,
+    module: &str,
+) {
+    if let Err(e) = links.detach(ebpf, program) {
+        log::debug!(
+            "detaching {} {} after {module} was unloaded: {e}",
+            kind.as_str(),
+            t.probe.as_str()
+        );
+    }
+    r.attached = false;
+    r.reason = Some(format!(
+        "module {module} was unloaded; attached again when it loads"
+    ));
+}
+
+fn strict_check(reports: &[AttachReport]) -> Result<(), ProbeError> {
+    let failed: Vec<_> = reports
+        .iter()
+        .filter(|r| r.requested && !r.attached)
+        .collect();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    Err(ProbeError::Strict {
+        count: failed.len(),
+        details: failed
+            .iter()
+            .map(|r| {
+                format!(
+                    "  {} {} ({}): {}",
+                    r.kind.as_str(),
+                    r.probe.as_str(),
+                    r.function,
+                    r.reason.as_deref().unwrap_or("unknown")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+    })
+}
+
+/// Resolves and attaches one program of `t`; the report says what happened.
+#[allow(clippy::too_many_arguments)]
+fn attach_one(
+    ebpf: &mut Ebpf,
+    links: &mut Links,
+    syms: &Kallsyms,
+    config: &AttachConfig,
+    prototypes: &[PrototypeCheck],
+    t: &Target,
+    program: &'static str,
+    kind: Kind,
+) -> Result<AttachReport, ProbeError> {
+    let symbols = config.candidates(t);
+    let enabled = !config.disabled.contains(&t.probe);
+    // Driver ops found through the known-driver table are optional: a host without that
+    // driver is not missing anything, so they are neither "requested" nor fatal.
+    let requested = enabled && config.requested(t);
+    let mut report = AttachReport {
+        probe: t.probe,
+        kind,
+        function: symbols
+            .first()
+            .map(|s| s.name.to_string())
+            .unwrap_or_default(),
+        attached: false,
+        reason: None,
+        requested,
+        may_load_later: !t.vmlinux_only,
+        module: None,
+    };
+    if !enabled || symbols.is_empty() {
+        report.reason = Some(if enabled {
+            format!("not requested: {}", t.origin)
+        } else {
+            "disabled on the command line".to_string()
+        });
+        report.may_load_later = false;
+        return Ok(report);
+    }
+    if kind == Kind::RawTracepoint {
+        // Raw tracepoints are named like their program, but for sched_process_exit.
+        report.may_load_later = false;
+        let tracepoint = if program == t.entry {
+            symbols[0].name
+        } else {
+            program
+        };
+        report.function = tracepoint.to_string();
+        load_program(ebpf, program, kind)?;
+        let p: &mut RawTracePoint = ebpf
+            .program_mut(program)
+            .ok_or(ProbeError::MissingProgram { program })?
+            .try_into()
+            .map_err(|e| load_error(program, e))?;
+        match p.attach(tracepoint) {
+            Ok(id) => {
+                links.by_program.insert(program, LinkId::RawTracepoint(id));
+                report.attached = true;
+            }
+            Err(e) => report.reason = Some(format!("attach failed: {}", chain(&e))),
+        }
+        return Ok(report);
+    }
+    let point = match syms.find_in(&symbols, t.anchors) {
+        SymbolMatch::Found {
+            name,
+            module,
+            note,
+            attach,
+        } => {
+            report.function = match &module {
+                Some(m) => format!("{name} [{m}]"),
+                None => name,
+            };
+            report.module = module;
+            report.reason = note;
+            attach
+        }
+        SymbolMatch::Missing { reason } => {
+            report.reason = Some(format!("{reason}; comes from {}", t.origin));
+            return Ok(report);
+        }
+    };
+    if let Some(Err(why)) = prototypes
+        .iter()
+        .find(|c| c.probe == t.probe)
+        .map(|c| &c.result)
+    {
+        report.reason = Some(format!("not attached: {why}"));
+        return Ok(report);
+    }
+    load_program(ebpf, program, kind)?;
+    let p: &mut KProbe = ebpf
+        .program_mut(program)
+        .ok_or(ProbeError::MissingProgram { program })?
+        .try_into()
+        .map_err(|e| load_error(program, e))?;
+    match p.attach(&point.symbol, point.offset) {
+        Ok(id) => {
+            links.by_program.insert(program, LinkId::Kprobe(id));
+            report.attached = true;
+        }
+        Err(e) => report.reason = Some(format!("attach failed: {}", chain(&e))),
+    }
+    Ok(report)
+}

@@ -1,0 +1,264 @@
+//! The module suite: a daemon and a `trace` session through three insmod/rmmod cycles of
+//! `tsm_latemod` while a VMM holds a binding and a bind is in flight
+//! (`tests/vm/scenarios/modules.sh` produces the records checked here).
+//!
+//! Ground truth comes from the fixtures: each cycle's call count and return code from
+//! `tsm_latemod`'s own `last` record, each bind's result from `tsm_standin`'s. What is checked:
+//! every call counted exactly once in `/metrics`, `--print json` and the trace (no duplicate,
+//! none lost), the probe reported detached after each unload and attached after each load,
+//! the in-flight bind seen whole, and the VMM's exit still detected after the cycles (the
+//! VMM table lives in the one object the daemon loaded at start).
+
+use std::collections::BTreeMap;
+
+use anyhow::{Result, bail};
+use serde_json::Value;
+
+use super::scenarios::{Checks, parse_exposition};
+use super::{VmOutput, parse_kv};
+
+pub const SCRIPT: &str = "tests/vm/scenarios/modules.sh";
+
+const CYCLES: usize = 3;
+const VMM_DEV: &str = "0000:00:02.0";
+const SLOW_DEV: &str = "0000:00:03.0";
+/// The stand-in's driver op sleeps this long in the slow bind (`delay_us 3000000`).
+const SLOW_NS: u64 = 3_000_000_000;
+
+/// Runs every check; returns how many were made, or every failure.
+pub fn check(out: &VmOutput) -> Result<usize> {
+    let mut c = Checks::default();
+    c.eq(out.run_rc, Some(0), "run.sh exit code");
+    let truth = &out.section("mod_truth")?.text;
+    let line = |prefix: &str| -> BTreeMap<String, String> {
+        truth
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .map(parse_kv)
+            .unwrap_or_default()
+    };
+    for step in ["vmm_bind", "slow_bind"] {
+        c.eq(
+            line(&format!("{step} ")).get("rc").cloned(),
+            Some("0".to_string()),
+            &format!("{step}: the stand-in's rc"),
+        );
+    }
+    // Each cycle's calls, from tsm_latemod itself (its counter restarts with every load).
+    let mut calls_ok = 0u64;
+    let mut calls_err = 0u64;
+    let mut call_dev = None;
+    for i in 1..=CYCLES {
+        let kv = line(&format!("cycle={i} "));
+        let n: u64 = kv.get("calls").and_then(|v| v.parse().ok()).unwrap_or(0);
+        c.eq(
+            n,
+            (i + 3) as u64,
+            &format!("cycle {i}: tsm_latemod's call count"),
+        );
+        match kv.get("rc").map(String::as_str) {
+            Some("0") => calls_ok += n,
+            Some(_) => calls_err += n,
+            None => c.check(false, || format!("cycle {i}: no record in {truth}")),
+        }
+        call_dev = kv.get("dev").cloned();
+    }
+    let call_dev = call_dev.unwrap_or_default();
+
+    check_logs(&mut c, out, "mod_d.err")?;
+    check_logs(&mut c, out, "mod_t.err")?;
+
+    // The daemon after the last unload.
+    let m = parse_exposition(&out.section("mod_metrics_cycles")?.text);
+    let sum = |m: &BTreeMap<String, f64>, name: &str, want: &[&str]| -> f64 {
+        m.iter()
+            .filter(|(k, _)| {
+                k.starts_with(&format!("{name}{{")) && want.iter().all(|w| k.contains(w))
+            })
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let ops = "tsm_trace_operations_total";
+    c.eq(
+        sum(&m, ops, &["op=\"connect\"", "result=\"ok\""]),
+        calls_ok as f64,
+        "daemon: connect operations ok = tsm_latemod's calls",
+    );
+    c.eq(
+        sum(&m, ops, &["op=\"connect\"", "result=\"error\""]),
+        calls_err as f64,
+        "daemon: connect operations failed = tsm_latemod's failed calls",
+    );
+    c.eq(
+        sum(&m, ops, &["op=\"bind\"", "result=\"ok\""]),
+        2.0,
+        "daemon: the two binds, once each",
+    );
+    c.eq(
+        sum(&m, ops, &["op=\"bind\"", "result=\"error\""]),
+        0.0,
+        "daemon: no failed bind",
+    );
+    for reason in [
+        "ringbuf_full",
+        "inflight_full",
+        "orphan_return",
+        "decode_error",
+        "control_full",
+    ] {
+        c.eq(
+            sum(
+                &m,
+                "tsm_trace_events_lost_total",
+                &[&format!("reason=\"{reason}\"")],
+            ),
+            0.0,
+            &format!("daemon: events lost ({reason})"),
+        );
+    }
+    let attached: Vec<(&String, &f64)> = m
+        .iter()
+        .filter(|(k, _)| {
+            k.starts_with("tsm_trace_probe_attached{") && k.contains("probe=\"driver_connect\"")
+        })
+        .collect();
+    // One series per program (kprobe, kretprobe), under the function found in the module.
+    c.check(
+        attached.len() == 2
+            && attached
+                .iter()
+                .all(|(k, v)| k.contains("latemod_connect [tsm_latemod]") && **v == 0.0),
+        || {
+            format!(
+                "daemon: driver_connect should be two series at 0 after the unload: {attached:?}"
+            )
+        },
+    );
+    c.eq(
+        m.get("tsm_trace_bindings_active").copied(),
+        Some(2.0),
+        "daemon: bindings after the cycles",
+    );
+
+    // After the VMM was killed holding its binding.
+    let m = parse_exposition(&out.section("mod_metrics_exited")?.text);
+    c.eq(
+        sum(
+            &m,
+            "tsm_trace_leaks_detected_total",
+            &["reason=\"vmm_exited\""],
+        ),
+        1.0,
+        "daemon: the VMM's exit after the cycles is a leak",
+    );
+    c.check(
+        m.keys().any(|k| {
+            k.starts_with("tsm_trace_leaked_binding_info{")
+                && k.contains(&format!("device=\"{VMM_DEV}\""))
+                && k.contains("reason=\"vmm_exited\"")
+        }),
+        || "daemon: no leaked_binding_info for the VMM's device".into(),
+    );
+
+    // Every operation once in --print json and in the trace.
+    for (name, skip_header) in [("mod_d.out", false), ("mod_t.jsonl", false)] {
+        let lines = json_lines(out, name, skip_header)?;
+        let op = |kind: &str| -> Vec<&Value> {
+            lines
+                .iter()
+                .filter(|o| s(o, "type") == "operation" && s(o, "kind") == kind)
+                .collect()
+        };
+        let connects = op("connect");
+        c.eq(
+            connects.len() as u64,
+            calls_ok + calls_err,
+            &format!("{name}: connect operations = tsm_latemod's calls"),
+        );
+        c.check(connects.iter().all(|o| s(o, "device") == call_dev), || {
+            format!("{name}: a connect without the device tsm_latemod passed ({call_dev})")
+        });
+        let binds = op("bind");
+        for dev in [VMM_DEV, SLOW_DEV] {
+            let n = binds.iter().filter(|o| s(o, "device") == dev).count();
+            c.eq(n, 1, &format!("{name}: binds of {dev}"));
+        }
+        if let Some(slow) = binds.iter().find(|o| s(o, "device") == SLOW_DEV) {
+            let d = u(slow, "end_ns").saturating_sub(u(slow, "start_ns"));
+            c.check(d >= SLOW_NS, || {
+                format!("{name}: the in-flight bind took {d} ns, less than the fixture's 3 s")
+            });
+            c.eq(
+                s(slow, "result"),
+                "ok".to_string(),
+                &format!("{name}: slow bind result"),
+            );
+        }
+        c.check(
+            lines.iter().any(|o| {
+                s(o, "type") == "leak"
+                    && s(o, "event") == "detected"
+                    && s(o, "reason") == "vmm_exited"
+                    && s(o, "device") == VMM_DEV
+            }),
+            || format!("{name}: no vmm_exited leak for {VMM_DEV}"),
+        );
+    }
+    if c.failed.is_empty() {
+        Ok(c.count)
+    } else {
+        bail!(
+            "{} of {} module checks failed (logs in {}):\n  {}",
+            c.failed.len(),
+            c.count,
+            out.run_dir.display(),
+            c.failed.join("\n  ")
+        )
+    }
+}
+
+/// Three detaches and three attaches, no rescan failure, a clean exit.
+fn check_logs(c: &mut Checks, out: &VmOutput, name: &str) -> Result<()> {
+    let err = &out.section(name)?.text;
+    let count = |p: &str| err.lines().filter(|l| l.contains(p)).count();
+    c.eq(
+        count("a module load made more probes available"),
+        CYCLES,
+        &format!("{name}: attaches on load"),
+    );
+    c.eq(
+        count("module tsm_latemod was unloaded: detached"),
+        CYCLES,
+        &format!("{name}: detaches on unload"),
+    );
+    c.check(
+        !err.contains("after a module load failed") && !err.contains("timeout waiting"),
+        || format!("{name}: a failure in the log:\n{err}"),
+    );
+    c.check(err.lines().any(|l| l == "exit=0"), || {
+        format!("{name}: no clean exit:\n{err}")
+    });
+    Ok(())
+}
+
+fn json_lines(out: &VmOutput, name: &str, skip_header: bool) -> Result<Vec<Value>> {
+    let text = &out.section(name)?.text;
+    Ok(text
+        .lines()
+        .skip(usize::from(skip_header))
+        .filter(|l| l.starts_with('{'))
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
+
+fn s(v: &Value, k: &str) -> String {
+    match v.get(k) {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => String::new(),
+    }
+}
+
+fn u(v: &Value, k: &str) -> u64 {
+    v.get(k).and_then(Value::as_u64).unwrap_or(0)
+}
