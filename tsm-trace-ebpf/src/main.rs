@@ -10,6 +10,7 @@
 #![no_std]
 #![no_main]
 
+mod agg;
 mod maps;
 mod probes;
 mod read;

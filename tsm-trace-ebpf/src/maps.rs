@@ -2,9 +2,29 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use tsm_trace_common::{Offsets, RawEvent, stat};
+use tsm_trace_common::{
+    Offsets, RawEvent,
+    agg::{self, AggConfig, ThreadOp},
+    stat,
+};
+
+/// The operation each thread is in, for in-kernel counting (see `agg.rs`).
+#[map]
+pub static THREAD_OPS: LruHashMap<u64, ThreadOp> = LruHashMap::with_max_entries(4096, 0);
+
+/// Operations by `agg::count_key` (kind, attributed layer, errno): exact at any event rate.
+#[map]
+pub static OP_COUNTS: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(1024, 0);
+
+/// Frame durations by (kind, layer, ok): bucket counts and the sum (`agg::hist_index`).
+#[map]
+pub static OP_HIST: PerCpuArray<u64> = PerCpuArray::with_max_entries(agg::HIST_LEN, 0);
+
+/// Histogram bucket bounds, written by userspace after load.
+#[map]
+pub static AGG_CONFIG: Array<AggConfig> = Array::with_max_entries(1, 0);
 
 /// Struct offsets and argument locations, resolved from BTF by userspace (one entry). Written
 /// after load and again when a module brings new BTF: the programs are never reloaded for it.

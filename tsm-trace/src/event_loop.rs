@@ -191,6 +191,7 @@ pub fn sync_kernel_stats(metrics: &Metrics, s: &LiveSession) {
             orphan_return: k.orphan_returns,
             kernel_read_faults: k.read_faults,
             control_full: k.control_drops,
+            agg_full: k.agg_full,
         }),
         Err(e) => log::warn!("reading kernel-side counters failed: {}", chain(&*e)),
     }

@@ -459,6 +459,10 @@ async fn run(args: RunArgs) -> Result<()> {
         })?;
     let mut live = start_session(&args.probes)?;
     publish_session(&metrics, live.session());
+    // /metrics counts operations from the kernel's exact aggregation, read on every scrape.
+    if let Some(agg) = live.session_mut().take_aggregates() {
+        metrics.use_kernel_aggregation(Box::new(move || agg.read()));
+    }
     if !args.keep_capabilities {
         drop_capabilities(&live);
     }

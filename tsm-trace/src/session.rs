@@ -14,6 +14,7 @@ use tsm_trace_common::{ControlEvent, InflightKey, Offsets, RawEvent, control};
 use crate::{
     btf::{self, BtfSources, Resolution},
     events::{DecodeError, Event, Probe},
+    exporters::metrics::KernelOperations,
     probes::{self, AttachConfig, AttachReport, Kallsyms, KernelStats, Links, SymbolMatch},
 };
 
@@ -36,6 +37,7 @@ pub struct Session {
     stats: aya::maps::PerCpuArray<MapData, u64>,
     offsets: Array<MapData, Offsets>,
     inflight: aya::maps::HashMap<MapData, InflightKey, RawEvent>,
+    aggregates: Option<Aggregates>,
     events: Option<RingBuf<MapData>>,
     control: Option<RingBuf<MapData>>,
     pub attach: Vec<AttachReport>,
@@ -175,6 +177,10 @@ impl Session {
             stats: maps.stats,
             offsets: maps.offsets,
             inflight: maps.inflight,
+            aggregates: Some(Aggregates {
+                counts: maps.op_counts,
+                hist: maps.op_hist,
+            }),
             events: Some(maps.events),
             control: Some(maps.control),
             attach,
@@ -283,6 +289,12 @@ impl Session {
         Ok(probes::kernel_stats(&self.stats)?)
     }
 
+    /// The kernel's exact counts of operations and frame durations, to be read where the
+    /// metrics are rendered (on scrape). `None` once taken.
+    pub fn take_aggregates(&mut self) -> Option<Aggregates> {
+        self.aggregates.take()
+    }
+
     /// Takes the ring buffers for async reading.
     pub fn streams(&mut self) -> Result<(EventStream, ControlStream)> {
         let ring = self
@@ -300,6 +312,19 @@ impl Session {
             unsafe { AsyncFd::register_with_interest(control, tokio::io::Interest::READABLE) }
                 .context("registering the control ring buffer with tokio")?;
         Ok((EventStream { fd }, ControlStream { fd: cfd }))
+    }
+}
+
+/// The maps of the kernel's exact aggregation (operations, frame durations).
+pub struct Aggregates {
+    counts: aya::maps::PerCpuHashMap<MapData, u32, u64>,
+    hist: aya::maps::PerCpuArray<MapData, u64>,
+}
+
+impl Aggregates {
+    /// Reads them (about 1,500 map lookups: on scrape, not per event).
+    pub fn read(&self) -> Result<KernelOperations> {
+        Ok(probes::kernel_operations(&self.counts, &self.hist)?)
     }
 }
 

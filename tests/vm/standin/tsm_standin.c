@@ -56,6 +56,7 @@
  *                                           successful bind/unbind)
  *   inject clear                            drop all injections
  *   delay_us <n>                            driver bind sleeps n microseconds
+ *   storm <vdev> <n>                        n bind+unbind pairs in one write (in-kernel loop)
  *   realpci 0|1                             see above (-EOPNOTSUPP if the
  *                                           kernel has no PCI TSM)
  *   guest_req <bdf> <scope> <in_len> <out_len>
@@ -821,6 +822,56 @@ static int cmd_ioctl(unsigned int vdev_id, u32 op, u32 flags,
 	return rc;
 }
 
+/*
+ * storm <vdev> <n>: n bind+unbind pairs back to back from inside the kernel (one write), the
+ * same path as the ioctl; records how many of each succeeded or failed (and with what).
+ */
+static int cmd_storm(unsigned int vdev_id, u32 n, const char __user *ubuf)
+{
+	struct iommu_vdevice_tsm_op cmd = {
+		.size = sizeof(cmd),
+		.vdevice_id = vdev_id,
+	};
+	struct iommufd_ucmd ucmd = {
+		.ictx = &standin_ictx,
+		.ubuffer = (void __user *)ubuf,
+		.user_size = sizeof(cmd),
+		.cmd = &cmd,
+	};
+	u32 i, bind_ok = 0, bind_err = 0, unbind_ok = 0, unbind_err = 0;
+	int last_bind_rc = 0, last_unbind_rc = 0;
+	ktime_t start = ktime_get();
+
+	for (i = 0; i < n; i++) {
+		int rc;
+
+		cmd.op = 1;
+		rc = iommufd_vdevice_tsm_op_ioctl(&ucmd);
+		if (rc) {
+			bind_err++;
+			last_bind_rc = rc;
+		} else {
+			bind_ok++;
+		}
+		cmd.op = 2;
+		rc = iommufd_vdevice_tsm_op_ioctl(&ucmd);
+		if (rc) {
+			unbind_err++;
+			last_unbind_rc = rc;
+		} else {
+			unbind_ok++;
+		}
+		cond_resched();
+	}
+	/* Only the tally: the calls' own records would overflow the buffer. */
+	rec_len = 0;
+	rec_buf[0] = '\0';
+	rec("n=%u bind_ok=%u bind_err=%u unbind_ok=%u unbind_err=%u bind_rc=%d unbind_rc=%d duration_ns=%lld",
+	    n, bind_ok, bind_err, unbind_ok, unbind_err, last_bind_rc,
+	    last_unbind_rc, ktime_to_ns(ktime_sub(ktime_get(), start)));
+	return 0;
+}
+
 static int cmd_vdev_destroy(unsigned int id, bool unbind)
 {
 	struct standin_vdev *sv = find_vdev(id);
@@ -983,6 +1034,10 @@ static int run_cmd(char **argv, int argc, const char __user *ubuf)
 	if (!strcmp(c, "vdev_create") && argc == 5) {
 		rc = parse_u32(argv[1], &a) ?: kstrtou64(argv[4], 0, &v);
 		return rc ?: cmd_vdev_create(a, argv[2], argv[3], v);
+	}
+	if (!strcmp(c, "storm") && argc == 3) {
+		rc = parse_u32(argv[1], &a) ?: parse_u32(argv[2], &b);
+		return rc ?: cmd_storm(a, b, ubuf);
 	}
 	if (!strcmp(c, "ioctl") && argc == 4) {
 		rc = parse_u32(argv[1], &a) ?: parse_u32(argv[2], &b) ?:

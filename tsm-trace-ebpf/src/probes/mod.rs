@@ -53,6 +53,8 @@ pub fn stash(ev: &RawEvent) {
     };
     if INFLIGHT.insert(key, ev, 0).is_err() {
         count(stat::INFLIGHT_FULL);
+    } else {
+        crate::agg::enter(ev);
     }
 }
 
@@ -95,9 +97,11 @@ pub fn finish_with(
             ev.end_ns = now;
             ev.ret = ret;
             ev.flags |= ret_flags;
-            if complete(ev) {
+            let kept = complete(ev);
+            if kept {
                 emit(ev);
             }
+            crate::agg::exit(probe, pid_tgid, ret, ret_flags, now - ev.start_ns, kept);
             let _ = INFLIGHT.remove(key);
         }
         None => {

@@ -203,3 +203,65 @@ fn build_operation(frames: &mut [Event], mut frame_vec: Vec<Frame>) -> Operation
         result,
     }
 }
+
+/// The kernel counts operations itself (`tsm_trace_common::agg`, exact at any rate); its
+/// tables must say what this module's rules say, for every probe.
+#[cfg(test)]
+mod kernel_rules_agree {
+    use tsm_trace_common::agg;
+
+    use super::{is_bind_probe, is_unbind_probe, kind_of_outer};
+    use crate::correlate::types::{OpKind, UAPI_OP_BIND, UAPI_OP_UNBIND};
+    use crate::events::{Layer, Probe};
+
+    fn layer_index(l: Layer) -> u32 {
+        match l {
+            Layer::Iommufd => agg::LAYER_IOMMUFD,
+            Layer::TsmCore => agg::LAYER_TSM_CORE,
+            Layer::PciTsm => agg::LAYER_PCI_TSM,
+            Layer::TsmDriver => agg::LAYER_TSM_DRIVER,
+            Layer::Vm => agg::LAYER_VM,
+        }
+    }
+
+    fn kind_index(k: Option<OpKind>) -> u32 {
+        k.map_or(agg::OP_UNDECIDED, |k| {
+            OpKind::ALL.iter().position(|x| *x == k).unwrap() as u32
+        })
+    }
+
+    #[test]
+    fn for_every_probe() {
+        assert_eq!(
+            (agg::UAPI_OP_BIND, agg::UAPI_OP_UNBIND),
+            (UAPI_OP_BIND, UAPI_OP_UNBIND)
+        );
+        assert_eq!(agg::OPS as usize, OpKind::ALL.len());
+        for p in Probe::ALL {
+            let id = p.id();
+            assert_eq!(agg::layer(id), layer_index(p.layer()), "{p:?} layer");
+            assert_eq!(agg::depth(id), u32::from(p.depth()), "{p:?} depth");
+            let inferred = if is_bind_probe(p) {
+                Some(OpKind::Bind)
+            } else if is_unbind_probe(p) {
+                Some(OpKind::Unbind)
+            } else {
+                None
+            };
+            assert_eq!(
+                agg::inferred_kind(id),
+                kind_index(inferred),
+                "{p:?} inferred"
+            );
+            for op in [None, Some(UAPI_OP_BIND), Some(UAPI_OP_UNBIND), Some(9)] {
+                let mut ev = crate::correlate::tests::ev(p, 0, 1, 1, Some(0));
+                ev.op = op;
+                assert_eq!(
+                    agg::outer_kind(id, op),
+                    kind_index(kind_of_outer(&ev)),
+                    "{p:?} outer kind with op {op:?}"
+                );
+            }
+        }
+    }
+}

@@ -7,12 +7,15 @@
 //! currently leaked binding (bounded by the leak table).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+pub use super::histograms::Counts;
+use super::histograms::Durations;
 
 use crate::correlate::{
     AnomalyKind, Correlator, LeakReason, MismatchKind, OpKind, Output, TsmState, VmEventKind,
@@ -31,13 +34,38 @@ pub const DURATION_BUCKETS: [f64; 20] = [
 ];
 
 /// Why events were lost (`tsm_trace_events_lost_total{reason}`).
-pub const LOST_REASONS: [&str; 5] = [
+pub const LOST_REASONS: [&str; 6] = [
     "ringbuf_full",
     "inflight_full",
     "orphan_return",
     "decode_error",
     "control_full",
+    "aggregation_full",
 ];
+
+/// The kernel's exact aggregates: operations by (kind, attributed layer, errno; 0: ok) and
+/// frame durations by (kind, layer, ok).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelOperations {
+    pub counts: BTreeMap<(OpKind, Layer, u32), u64>,
+    pub durations: BTreeMap<(OpKind, Layer, bool), Counts>,
+}
+
+/// Reads the kernel's aggregates (from the session's maps).
+pub type AggregateSource = Box<dyn Fn() -> anyhow::Result<KernelOperations> + Send + Sync>;
+
+/// The registry owns a collector; the metrics keep a handle to set it.
+struct SharedDurations(Arc<Durations>);
+
+impl prometheus::core::Collector for SharedDurations {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.0.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.0.collect()
+    }
+}
 
 /// Kernel-side counters, as absolute values read from the eBPF maps.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -54,13 +82,21 @@ pub struct KernelCounters {
     /// Module loads/unloads the control ring buffer could not take (a probe may then stay
     /// unattached until the next module event).
     pub control_full: u64,
+    /// An in-kernel aggregation table was full: an operation may be missing from the exact
+    /// counts.
+    pub agg_full: u64,
 }
 
 /// All of tsm-trace's metrics, in their own registry.
 pub struct Metrics {
     registry: Registry,
     operations: IntCounterVec,
-    duration: HistogramVec,
+    duration: Arc<Durations>,
+    /// Operations and durations come from the kernel's exact aggregation (live sessions), not
+    /// from correlated operations (replay), which then only drive traces, bindings and leaks.
+    kernel_aggregation: AtomicBool,
+    aggregate_source: Mutex<Option<AggregateSource>>,
+    aggregate_read_errors: IntCounter,
     bindings_active: IntGauge,
     bindings_closed: IntCounterVec,
     devices: IntGaugeVec,
@@ -97,8 +133,6 @@ struct Handles {
     ops_ok: [[OnceLock<IntCounter>; N_LAYERS]; N_OPS],
     /// `tsm_trace_operations_total{op, layer, result="error", errno}`.
     ops_err: Mutex<HashMap<(OpKind, Layer, i32), IntCounter>>,
-    /// `tsm_trace_operation_duration_seconds{op, layer, result}`, by `[op][layer][ok]`.
-    duration: [[[OnceLock<Histogram>; 2]; N_LAYERS]; N_OPS],
     /// `tsm_trace_events_processed_total{probe}`, by probe.
     processed: [OnceLock<IntCounter>; N_PROBES],
     /// `tsm_trace_bindings_leaked{reason}`, in `LeakReason::ALL` order.
@@ -179,16 +213,13 @@ impl Metrics {
             "TSM operations (bind, unbind, vdevice teardown, connect, disconnect, guest_request) by outcome; layer is the layer that produced the errno, or the outermost layer for successes.",
             &["op", "layer", "result", "errno"],
         );
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "tsm_trace_operation_duration_seconds",
-                "Duration of each function call (frame) of TSM operations, per layer.",
-            )
-            .buckets(DURATION_BUCKETS.to_vec()),
-            &["op", "layer", "result"],
-        )
-        .expect("valid metric definition");
-        r.register(Box::new(duration.clone()))
+        let aggregate_read_errors = counter(
+            &r,
+            "tsm_trace_kernel_aggregate_read_errors_total",
+            "Reads of the kernel's exact operation counts that failed (the values shown are then those of the last good read).",
+        );
+        let duration = Arc::new(Durations::new(&DURATION_BUCKETS));
+        r.register(Box::new(SharedDurations(duration.clone())))
             .expect("unique metric name");
         let bindings_active = gauge(
             &r,
@@ -349,7 +380,6 @@ impl Metrics {
         let handles = Handles {
             ops_ok: Default::default(),
             ops_err: Mutex::new(HashMap::new()),
-            duration: Default::default(),
             processed: Default::default(),
             leaked: LeakReason::ALL
                 .map(|reason| bindings_leaked.with_label_values(&[reason.as_str()])),
@@ -360,6 +390,9 @@ impl Metrics {
             registry: r,
             operations,
             duration,
+            kernel_aggregation: AtomicBool::new(false),
+            aggregate_source: Mutex::new(None),
+            aggregate_read_errors,
             bindings_active,
             bindings_closed,
             devices,
@@ -389,6 +422,7 @@ impl Metrics {
 
     /// The text exposition (format 0.0.4).
     pub fn render(&self) -> String {
+        self.refresh_kernel_operations();
         let mut buf = Vec::new();
         let families = self.registry.gather();
         if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
@@ -401,6 +435,9 @@ impl Metrics {
     pub fn observe(&self, out: &Output) {
         match out {
             Output::Operation(op) => {
+                if self.kernel_aggregation.load(Ordering::Relaxed) {
+                    return;
+                }
                 let h = &self.handles;
                 let layer = op.layer();
                 match op.errno() {
@@ -414,36 +451,14 @@ impl Metrics {
                             ])
                         })
                         .inc(),
-                    Some(e) => {
-                        let mut m = h.ops_err.lock().unwrap_or_else(|p| p.into_inner());
-                        m.entry((op.kind, layer, e))
-                            .or_insert_with(|| {
-                                self.operations.with_label_values(&[
-                                    op.kind.as_str(),
-                                    layer.as_str(),
-                                    "error",
-                                    &errno::name(e),
-                                ])
-                            })
-                            .inc();
-                    }
+                    Some(e) => self.op_error(op.kind, layer, e).inc(),
                 }
-                let by_layer = &h.duration[op_index(op.kind)];
                 for f in &op.frames {
                     if f.entry_missing {
                         continue; // duration unknown
                     }
-                    let ok = f.ok();
-                    by_layer[layer_index(f.layer)][usize::from(ok)]
-                        .get_or_init(|| {
-                            let result = if ok { "ok" } else { "error" };
-                            self.duration.with_label_values(&[
-                                op.kind.as_str(),
-                                f.layer.as_str(),
-                                result,
-                            ])
-                        })
-                        .observe(f.duration_ns as f64 / 1e9);
+                    self.duration
+                        .observe(op.kind, f.layer, f.ok(), f.duration_ns);
                 }
             }
             Output::LeakDetected(leak) => {
@@ -517,6 +532,71 @@ impl Metrics {
         self.events_lost.with_label_values(&["decode_error"]).inc();
     }
 
+    fn op_error(&self, kind: OpKind, layer: Layer, e: i32) -> IntCounter {
+        let mut m = self
+            .handles
+            .ops_err
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        m.entry((kind, layer, e))
+            .or_insert_with(|| {
+                self.operations.with_label_values(&[
+                    kind.as_str(),
+                    layer.as_str(),
+                    "error",
+                    &errno::name(e),
+                ])
+            })
+            .clone()
+    }
+
+    /// From now on, operations and durations are the kernel's exact aggregates, read from
+    /// `source` whenever the metrics are rendered; correlated operations no longer count
+    /// them.
+    pub fn use_kernel_aggregation(&self, source: AggregateSource) {
+        *self
+            .aggregate_source
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(source);
+        self.kernel_aggregation.store(true, Ordering::Relaxed);
+    }
+
+    /// Reads the kernel's aggregates now (also done by [`Metrics::render`]).
+    pub fn refresh_kernel_operations(&self) {
+        let src = self
+            .aggregate_source
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(read) = src.as_ref() {
+            match read() {
+                Ok(k) => self.set_kernel_operations(&k),
+                Err(e) => {
+                    log::warn!("reading the kernel's operation counts failed: {e:#}");
+                    self.aggregate_read_errors.inc();
+                }
+            }
+        }
+    }
+
+    /// Mirrors the kernel's aggregates (absolute values read from the eBPF maps).
+    pub fn set_kernel_operations(&self, k: &KernelOperations) {
+        for (&(op, layer, errno), &n) in &k.counts {
+            let c = match errno {
+                0 => self.handles.ops_ok[op_index(op)][layer_index(layer)]
+                    .get_or_init(|| {
+                        self.operations
+                            .with_label_values(&[op.as_str(), layer.as_str(), "ok", ""])
+                    })
+                    .clone(),
+                e => self.op_error(op, layer, e as i32),
+            };
+            counter_to(&c, n);
+        }
+        for (&(op, layer, ok), c) in &k.durations {
+            self.duration.set(op, layer, ok, c.clone());
+        }
+    }
+
     /// Mirrors the kernel-side counters (absolute values from the eBPF maps).
     pub fn set_kernel_counters(&self, k: KernelCounters) {
         counter_to(
@@ -534,6 +614,10 @@ impl Metrics {
         counter_to(
             &self.events_lost.with_label_values(&["control_full"]),
             k.control_full,
+        );
+        counter_to(
+            &self.events_lost.with_label_values(&["aggregation_full"]),
+            k.agg_full,
         );
         counter_to(&self.kernel_read_faults, k.kernel_read_faults);
     }
@@ -910,6 +994,7 @@ mod tests {
             orphan_return: 2,
             kernel_read_faults: 9,
             control_full: 0,
+            agg_full: 0,
         });
         m.set_kernel_counters(KernelCounters {
             ringbuf_full: 7,
@@ -917,6 +1002,7 @@ mod tests {
             orphan_return: 2,
             kernel_read_faults: 9,
             control_full: 0,
+            agg_full: 0,
         });
         // A smaller absolute value (maps recreated) never makes a counter go down.
         m.set_kernel_counters(KernelCounters {

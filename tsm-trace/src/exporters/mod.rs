@@ -1,4 +1,5 @@
 //! Exporters: Prometheus metrics, human trace lines and summary, JSON lines.
+pub mod histograms;
 pub mod json;
 pub mod metrics;
 pub mod trace;

@@ -21,9 +21,15 @@ use aya::{
 pub use kallsyms::{AttachPoint, Candidate, Kallsyms, SymbolMatch};
 pub use privileges::{PrivilegeError, check_privileges};
 use serde::Serialize;
-use tsm_trace_common::{InflightKey, Offsets, RawEvent, stat};
+use tsm_trace_common::{
+    InflightKey, Offsets, RawEvent,
+    agg::{self, AggConfig},
+    stat,
+};
 
-use crate::events::Probe;
+use crate::exporters::metrics::{Counts, DURATION_BUCKETS, KernelOperations};
+
+use crate::events::{Layer, Probe};
 
 /// The eBPF object built by `tsm-trace-ebpf` (see build.rs).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tsm-trace"));
@@ -182,6 +188,23 @@ pub fn open(offsets: &Offsets, ringbuf_bytes: Option<u32>) -> Result<Ebpf, Probe
             source,
         })?;
     write_offsets(&mut arr, offsets)?;
+    let map = ebpf
+        .map_mut("AGG_CONFIG")
+        .ok_or(ProbeError::MissingMap("AGG_CONFIG"))?;
+    let mut cfg: Array<&mut MapData, AggConfig> =
+        Array::try_from(map).map_err(|source| ProbeError::Map {
+            name: "AGG_CONFIG",
+            source,
+        })?;
+    let mut bounds_ns = [u64::MAX; agg::BOUNDS];
+    for (b, s) in bounds_ns.iter_mut().zip(DURATION_BUCKETS) {
+        *b = (s * 1e9).round() as u64;
+    }
+    cfg.set(0, AggConfig { bounds_ns }, 0)
+        .map_err(|source| ProbeError::Map {
+            name: "AGG_CONFIG",
+            source,
+        })?;
     Ok(ebpf)
 }
 
@@ -282,6 +305,8 @@ pub struct KernelStats {
     pub orphan_returns: u64,
     /// Module loads/unloads the control ring buffer could not take.
     pub control_drops: u64,
+    /// An aggregation table was full: an operation may be missing from the exact counts.
+    pub agg_full: u64,
 }
 
 /// Handles to the maps userspace reads (and `OFFSETS`, which it rewrites).
@@ -292,6 +317,9 @@ pub struct Maps {
     pub offsets: Array<MapData, Offsets>,
     /// Entry records waiting for their return (read-only here: binds still running).
     pub inflight: aya::maps::HashMap<MapData, InflightKey, RawEvent>,
+    /// The exact aggregates: operations by key, frame durations by histogram slot.
+    pub op_counts: aya::maps::PerCpuHashMap<MapData, u32, u64>,
+    pub op_hist: PerCpuArray<MapData, u64>,
 }
 
 impl Maps {
@@ -311,6 +339,12 @@ impl Maps {
         let inflight = ebpf
             .take_map("INFLIGHT")
             .ok_or(ProbeError::MissingMap("INFLIGHT"))?;
+        let op_counts = ebpf
+            .take_map("OP_COUNTS")
+            .ok_or(ProbeError::MissingMap("OP_COUNTS"))?;
+        let op_hist = ebpf
+            .take_map("OP_HIST")
+            .ok_or(ProbeError::MissingMap("OP_HIST"))?;
         Ok(Maps {
             events: RingBuf::try_from(events).map_err(|source| ProbeError::Map {
                 name: "EVENTS",
@@ -330,6 +364,16 @@ impl Maps {
             })?,
             stats: PerCpuArray::try_from(stats).map_err(|source| ProbeError::Map {
                 name: "STATS",
+                source,
+            })?,
+            op_counts: aya::maps::PerCpuHashMap::try_from(op_counts).map_err(|source| {
+                ProbeError::Map {
+                    name: "OP_COUNTS",
+                    source,
+                }
+            })?,
+            op_hist: PerCpuArray::try_from(op_hist).map_err(|source| ProbeError::Map {
+                name: "OP_HIST",
                 source,
             })?,
         })
@@ -354,7 +398,59 @@ pub fn kernel_stats(stats: &PerCpuArray<MapData, u64>) -> Result<KernelStats, Pr
         read_faults: get(stat::READ_FAULTS)?,
         orphan_returns: get(stat::ORPHAN_RETURNS)?,
         control_drops: get(stat::CONTROL_DROPS)?,
+        agg_full: get(stat::AGG_FULL)?,
     })
+}
+
+const LAYERS: [Layer; 5] = [
+    Layer::Iommufd,
+    Layer::TsmCore,
+    Layer::PciTsm,
+    Layer::TsmDriver,
+    Layer::Vm,
+];
+
+/// Reads the exact aggregates, summed over CPUs.
+pub fn kernel_operations(
+    counts: &aya::maps::PerCpuHashMap<MapData, u32, u64>,
+    hist: &PerCpuArray<MapData, u64>,
+) -> Result<KernelOperations, ProbeError> {
+    let map_err = |name| move |source| ProbeError::Map { name, source };
+    let mut out = KernelOperations::default();
+    for r in counts.iter() {
+        let (key, per_cpu) = r.map_err(map_err("OP_COUNTS"))?;
+        let (op, layer, errno) = agg::split_key(key);
+        let (Some(op), Some(layer)) = (
+            crate::correlate::OpKind::ALL.get(op as usize),
+            LAYERS.get(layer as usize),
+        ) else {
+            continue;
+        };
+        *out.counts.entry((*op, *layer, errno)).or_default() += per_cpu.iter().sum::<u64>();
+    }
+    for (oi, op) in crate::correlate::OpKind::ALL.iter().enumerate() {
+        for (li, layer) in LAYERS.iter().enumerate() {
+            for ok in [false, true] {
+                let mut c = Counts {
+                    buckets: vec![0; agg::BOUNDS + 1],
+                    sum_ns: 0,
+                };
+                for slot in 0..agg::HIST_SLOTS {
+                    let i = agg::hist_index(oi as u32, li as u32, ok, slot);
+                    let v: u64 = hist.get(&i, 0).map_err(map_err("OP_HIST"))?.iter().sum();
+                    if slot == agg::HIST_SUM {
+                        c.sum_ns = v;
+                    } else {
+                        c.buckets[slot as usize] = v;
+                    }
+                }
+                if c.buckets.iter().any(|&n| n > 0) {
+                    out.durations.insert((*op, *layer, ok), c);
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Attached/total per probe, for summaries.

@@ -19,6 +19,7 @@ pub mod module;
 pub mod modules;
 pub mod qemu;
 pub mod scenarios;
+pub mod storm;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -61,7 +62,7 @@ pub struct VmTestArgs {
     /// Seconds before a guest is killed.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
-    /// Run only these tsm-trace suites: probes, lifecycle-trace, modules (repeat or
+    /// Run only these tsm-trace suites: probes, lifecycle-trace, modules, storm (repeat or
     /// comma-separate). Default: all of them.
     #[arg(long, value_delimiter = ',')]
     pub suite: Vec<String>,
@@ -153,6 +154,7 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
     };
     let lifecycle_trace = read_script(lifecycle::SCRIPT)?;
     let modules_script = read_script(modules::SCRIPT)?;
+    let storm_script = read_script(storm::SCRIPT)?;
     let extra = if smoke || lifecycle_only {
         Vec::new()
     } else {
@@ -204,6 +206,8 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
                 opts.clone(),
                 modules::check,
             ));
+            // Storms: /metrics exact at any event rate (every kernel).
+            runs.push((" storm", storm_script.as_str(), opts.clone(), storm::check));
         }
         if let Some(ls) = &lifecycle_script {
             if kernel.has_pci_tsm() {

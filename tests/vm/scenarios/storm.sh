@@ -1,0 +1,51 @@
+#!/bin/sh
+# /scenarios/run.sh for the storm suite (`cargo xtask vm-test`, checked by
+# xtask/src/vm/storm.rs): bind+unbind storms from inside the kernel (tsm_standin's
+# `storm <vdev> <n>`: one write, n pairs back to back) and a userspace loop of failing
+# ioctls, with the daemon at its default ring-buffer size. /metrics must count exactly
+# what the fixture did, however much per-event detail the ring buffer dropped.
+#
+# Sections (data port):
+#   storm_truth          "<phase> <tsm_standin last>" per phase; "fail_loop n= failed="
+#   storm_metrics_<phase>  /metrics after each phase: start calib s1000 s5000 s20000 fail
+#   storm_d.err          the daemon's log
+. /scenarios/lib.sh
+BIN=/bin/tsm-trace
+PORT=9480
+T=/tmp/storm_truth
+: > "$T"
+snap() {
+	sleep 2
+	wget -q -O /tmp/storm_metrics_$1 http://127.0.0.1:$PORT/metrics
+	frame storm_metrics_$1 /tmp/storm_metrics_$1
+}
+
+lo_up
+$BIN run --listen 127.0.0.1:$PORT --reconcile-interval 0 --grace 1s $DRV $PCI_SYMS \
+	> /dev/null 2> /tmp/storm_d.err &
+DAEMON=$!
+wait_for /tmp/storm_d.err 'serving http' 60
+ctl vm_create 1
+ctl vdev_create 1 0000:00:02.0 1 77
+snap start
+for phase in calib:10 s1000:1000 s5000:5000 s20000:20000; do
+	name=${phase%%:*}
+	n=${phase##*:}
+	ctl storm 1 $n
+	echo "$name $(cat "$LAST")" >> "$T"
+	snap $name
+done
+# A VMM retrying a failing ioctl in a tight loop (vdevice 99 does not exist).
+k=0
+failed=0
+while [ $k -lt 2000 ]; do
+	echo "ioctl 99 1 0" 2>/dev/null > "$CTL" || failed=$((failed + 1))
+	k=$((k + 1))
+done
+echo "fail_loop n=$k failed=$failed $(cat "$LAST")" >> "$T"
+snap fail
+kill -TERM $DAEMON
+wait $DAEMON
+echo "exit=$?" >> /tmp/storm_d.err
+frame storm_truth "$T"
+frame storm_d.err /tmp/storm_d.err

@@ -1,0 +1,170 @@
+//! In-kernel counting of operations, exact whatever the ring buffer drops (see
+//! [`tsm_trace_common::agg`] for the rules). Entry programs call [`enter`] when they park an
+//! entry record; return programs call [`exit`] with what the frame returned. Costs two map
+//! lookups per probed call; nothing runs on other paths.
+
+use tsm_trace_common::{
+    ProbeId, RawEvent,
+    agg::{self, ERR_SLOTS, ErrSlot, ThreadOp},
+    flags, missing, stat,
+};
+
+use crate::maps::{AGG_CONFIG, OP_COUNTS, OP_HIST, THREAD_OPS, count};
+
+/// A probed call began (its entry record was parked).
+#[inline(always)]
+pub fn enter(ev: &RawEvent) {
+    let Some(p) = ProbeId::from_u32(ev.probe) else {
+        return;
+    };
+    let key = ev.pid_tgid;
+    let st = match THREAD_OPS.get_ptr_mut(key) {
+        Some(st) => st,
+        None => {
+            if THREAD_OPS.insert(key, &ThreadOp::default(), 0).is_err() {
+                count(stat::AGG_FULL);
+                return;
+            }
+            match THREAD_OPS.get_ptr_mut(key) {
+                Some(st) => st,
+                None => return,
+            }
+        }
+    };
+    // SAFETY: a per-thread entry; only this thread's programs touch it, one at a time.
+    let st = unsafe { &mut *st };
+    let d = agg::depth(p);
+    if st.depth == 0 {
+        *st = ThreadOp::default();
+        let op = (p == ProbeId::TsmOpIoctl && ev.missing & missing::OP == 0).then_some(ev.op);
+        st.kind = agg::outer_kind(p, op);
+    }
+    // An undecided operation takes its kind from its shallowest bind or unbind frame.
+    let inferred = agg::inferred_kind(p);
+    if inferred != agg::OP_UNDECIDED
+        && (st.kind == agg::OP_UNDECIDED || (st.kind_depth != 0 && d < st.kind_depth))
+    {
+        st.kind = inferred;
+        st.kind_depth = d;
+    }
+    st.depth += 1;
+}
+
+/// A probed call returned: `kept` is false when its record was dropped (not a TSM call, such
+/// as `__pci_tsm_destroy` of a device without TSM context), which is then no frame at all.
+#[inline(always)]
+pub fn exit(p: ProbeId, pid_tgid: u64, ret: i64, ret_flags: u32, duration_ns: u64, kept: bool) {
+    let Some(st) = THREAD_OPS.get_ptr_mut(pid_tgid) else {
+        return;
+    };
+    // SAFETY: see `enter`.
+    let st = unsafe { &mut *st };
+    if st.depth == 0 {
+        return;
+    }
+    st.depth -= 1;
+    let root = st.depth == 0;
+    if !kept {
+        return;
+    }
+    let layer = agg::layer(p);
+    let errno = agg::errno(ret, ret_flags);
+    let ok = errno.is_none() && !(ret_flags & flags::RET_NULL_IS_ERR != 0 && ret == 0);
+    let kind = if st.kind == agg::OP_UNDECIDED {
+        agg::OP_INVALID
+    } else {
+        st.kind
+    };
+    observe(kind, layer, ok, duration_ns);
+    let d = agg::depth(p);
+    if !root {
+        match errno {
+            Some(e) => note_errno(st, e, layer, d),
+            None if !ok && d >= st.nullfail_depth => {
+                st.nullfail_layer = layer + 1;
+                st.nullfail_depth = d;
+            }
+            None => {}
+        }
+        return;
+    }
+    let (layer, e) = match errno {
+        None => (layer, 0),
+        Some(e) => {
+            let mut at = layer;
+            let mut found = false;
+            for i in 0..ERR_SLOTS {
+                if (i as u32) < st.nerr && st.errs[i].errno == e {
+                    at = st.errs[i].layer;
+                    found = true;
+                }
+            }
+            if !found && st.nullfail_layer != 0 {
+                at = st.nullfail_layer - 1;
+            }
+            (at, e)
+        }
+    };
+    let key = agg::count_key(kind, layer, e);
+    match OP_COUNTS.get_ptr_mut(key) {
+        // SAFETY: per-CPU value.
+        Some(v) => unsafe { *v += 1 },
+        None => {
+            if OP_COUNTS.insert(key, &1, 0).is_err() {
+                count(stat::AGG_FULL);
+            }
+        }
+    }
+}
+
+/// Remembers where errno `e` was returned: the deepest frame (ties: the latest) wins, as
+/// userspace attributes it.
+#[inline(always)]
+fn note_errno(st: &mut ThreadOp, e: u32, layer: u32, d: u32) {
+    for i in 0..ERR_SLOTS {
+        if (i as u32) < st.nerr && st.errs[i].errno == e {
+            if d >= st.errs[i].depth {
+                st.errs[i].layer = layer;
+                st.errs[i].depth = d;
+            }
+            return;
+        }
+    }
+    let n = st.nerr as usize;
+    if n < ERR_SLOTS {
+        st.errs[n] = ErrSlot {
+            errno: e,
+            layer,
+            depth: d,
+            _pad: 0,
+        };
+        st.nerr += 1;
+    } else {
+        count(stat::AGG_FULL);
+    }
+}
+
+/// One frame duration into the histogram of (kind, layer, ok).
+#[inline(always)]
+fn observe(kind: u32, layer: u32, ok: bool, duration_ns: u64) {
+    if kind >= agg::OPS || layer >= agg::LAYERS {
+        return;
+    }
+    let mut slot = agg::BOUNDS as u32;
+    if let Some(cfg) = AGG_CONFIG.get(0) {
+        for i in 0..agg::BOUNDS {
+            if duration_ns <= cfg.bounds_ns[i] {
+                slot = i as u32;
+                break;
+            }
+        }
+    }
+    if let Some(v) = OP_HIST.get_ptr_mut(agg::hist_index(kind, layer, ok, slot)) {
+        // SAFETY: per-CPU value.
+        unsafe { *v += 1 };
+    }
+    if let Some(v) = OP_HIST.get_ptr_mut(agg::hist_index(kind, layer, ok, agg::HIST_SUM)) {
+        // SAFETY: per-CPU value.
+        unsafe { *v += duration_ns };
+    }
+}

@@ -1,0 +1,133 @@
+//! `tsm_trace_operation_duration_seconds`: a histogram whose buckets can be *set* to the
+//! absolute counts the kernel aggregated (exact at any event rate), or fed frame by frame
+//! from correlated operations (replay, tests). The prometheus crate's `Histogram` can only
+//! observe, so this is a collector of its own.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{Bucket, Histogram, LabelPair, Metric, MetricFamily, MetricType};
+
+use crate::correlate::OpKind;
+use crate::events::Layer;
+
+pub const NAME: &str = "tsm_trace_operation_duration_seconds";
+const HELP: &str = "Duration of each function call (frame) of TSM operations, per layer.";
+
+/// Bucket counts (not cumulative; the last is `+Inf`) and the sum of durations in ns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub buckets: Vec<u64>,
+    pub sum_ns: u64,
+}
+
+/// Histograms by (op, layer, ok).
+pub struct Durations {
+    desc: Desc,
+    bounds: Vec<f64>,
+    series: Mutex<BTreeMap<(OpKind, Layer, bool), Counts>>,
+}
+
+impl Durations {
+    pub fn new(bounds: &[f64]) -> Durations {
+        let desc = Desc::new(
+            NAME.to_string(),
+            HELP.to_string(),
+            vec!["op".into(), "layer".into(), "result".into()],
+            Default::default(),
+        )
+        .expect("valid metric definition");
+        Durations {
+            desc,
+            bounds: bounds.to_vec(),
+            series: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// One frame (correlated path).
+    pub fn observe(&self, op: OpKind, layer: Layer, ok: bool, duration_ns: u64) {
+        let secs = duration_ns as f64 / 1e9;
+        let slot = self
+            .bounds
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(self.bounds.len());
+        let mut m = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let c = m.entry((op, layer, ok)).or_insert_with(|| Counts {
+            buckets: vec![0; self.bounds.len() + 1],
+            sum_ns: 0,
+        });
+        c.buckets[slot] += 1;
+        c.sum_ns += duration_ns;
+    }
+
+    /// Absolute counts from the kernel's aggregation. A series never goes down: a smaller
+    /// value (maps recreated) is ignored.
+    pub fn set(&self, op: OpKind, layer: Layer, ok: bool, counts: Counts) {
+        if counts.buckets.len() != self.bounds.len() + 1 {
+            return;
+        }
+        let mut m = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let e = m.entry((op, layer, ok)).or_default();
+        if counts.buckets.iter().sum::<u64>() >= e.buckets.iter().sum::<u64>() {
+            *e = counts;
+        }
+    }
+
+    /// Observations of one series (tests, summaries).
+    pub fn count(&self, op: OpKind, layer: Layer, ok: bool) -> u64 {
+        let m = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(&(op, layer, ok))
+            .map_or(0, |c| c.buckets.iter().sum())
+    }
+}
+
+fn label(name: &str, value: &str) -> LabelPair {
+    let mut l = LabelPair::default();
+    l.set_name(name.to_string());
+    l.set_value(value.to_string());
+    l
+}
+
+impl Collector for Durations {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let m = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let mut metrics = Vec::with_capacity(m.len());
+        for ((op, layer, ok), c) in m.iter() {
+            let mut h = Histogram::default();
+            let mut cum = 0;
+            let mut buckets = Vec::with_capacity(self.bounds.len());
+            for (i, b) in self.bounds.iter().enumerate() {
+                cum += c.buckets.get(i).copied().unwrap_or(0);
+                let mut bucket = Bucket::default();
+                bucket.set_upper_bound(*b);
+                bucket.set_cumulative_count(cum);
+                buckets.push(bucket);
+            }
+            cum += c.buckets.last().copied().unwrap_or(0);
+            h.set_bucket(buckets);
+            h.set_sample_count(cum);
+            h.set_sample_sum(c.sum_ns as f64 / 1e9);
+            let mut metric = Metric::default();
+            // Sorted by name, as the text encoder expects.
+            metric.set_label(vec![
+                label("layer", layer.as_str()),
+                label("op", op.as_str()),
+                label("result", if *ok { "ok" } else { "error" }),
+            ]);
+            metric.set_histogram(h);
+            metrics.push(metric);
+        }
+        let mut f = MetricFamily::default();
+        f.set_name(NAME.to_string());
+        f.set_help(HELP.to_string());
+        f.set_field_type(MetricType::HISTOGRAM);
+        f.set_metric(metrics);
+        vec![f]
+    }
+}

@@ -1,0 +1,161 @@
+//! The storm suite: `/metrics` stays exact at any event rate (`tests/vm/scenarios/storm.sh`).
+//!
+//! Ground truth is the stand-in's own tally of each storm (`storm <vdev> <n>`: n bind+unbind
+//! pairs in one write, counted by return code) and the script's count of failed writes.
+//! Checked per phase, as deltas of the daemon's `/metrics`:
+//! - `tsm_trace_operations_total` equals the fixture's counts (binds and unbinds, ok and
+//!   failed), whatever the ring buffer dropped;
+//! - every frame histogram grows by n times what one pair of the calibration phase added;
+//! - per-event detail: events correlated + events counted lost = n times the events of one
+//!   calibration pair (nothing lost without a count).
+//!
+//! The rate of each storm and the detail it lost are printed.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Result, bail};
+
+use super::scenarios::{Checks, parse_exposition};
+use super::{VmOutput, parse_kv};
+
+pub const SCRIPT: &str = "tests/vm/scenarios/storm.sh";
+
+const PHASES: [&str; 4] = ["calib", "s1000", "s5000", "s20000"];
+
+type Exposition = BTreeMap<String, f64>;
+
+fn sum(m: &Exposition, prefix: &str, want: &[&str]) -> f64 {
+    m.iter()
+        .filter(|(k, _)| k.starts_with(prefix) && want.iter().all(|w| k.contains(w)))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// Every series of `names` whose value changed from `a` to `b`, as deltas.
+fn deltas(a: &Exposition, b: &Exposition, names: &[&str]) -> BTreeMap<String, f64> {
+    b.iter()
+        .filter(|(k, _)| names.iter().any(|n| k.starts_with(n)))
+        .map(|(k, v)| (k.clone(), v - a.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, d)| *d != 0.0)
+        .collect()
+}
+
+const OPS: &str = "tsm_trace_operations_total{";
+const HIST: &str = "tsm_trace_operation_duration_seconds_count{";
+const PROCESSED: &str = "tsm_trace_events_processed_total{";
+const LOST: &str = "tsm_trace_events_lost_total{";
+
+pub fn check(out: &VmOutput) -> Result<usize> {
+    let mut c = Checks::default();
+    c.eq(out.run_rc, Some(0), "run.sh exit code");
+    let truth = &out.section("storm_truth")?.text;
+    let line = |name: &str| {
+        truth
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .map(parse_kv)
+            .unwrap_or_default()
+    };
+    let num = |kv: &BTreeMap<String, String>, k: &str| -> f64 {
+        kv.get(k).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
+    };
+    let metrics = |phase: &str| -> Result<Exposition> {
+        Ok(parse_exposition(
+            &out.section(&format!("storm_metrics_{phase}"))?.text,
+        ))
+    };
+    let mut prev = metrics("start")?;
+    // What one pair adds, from the calibration phase (no loss at 10 pairs).
+    let mut per_pair_hist: BTreeMap<String, f64> = BTreeMap::new();
+    let mut per_pair_events = 0.0;
+    for phase in PHASES {
+        let kv = line(phase);
+        let cur = metrics(phase)?;
+        let n = num(&kv, "n");
+        let d = |prefix: &str, want: &[&str]| sum(&cur, prefix, want) - sum(&prev, prefix, want);
+        for (op, ok_key, err_key) in [
+            ("bind", "bind_ok", "bind_err"),
+            ("unbind", "unbind_ok", "unbind_err"),
+        ] {
+            let o = format!("op=\"{op}\"");
+            c.eq(
+                d(OPS, &[&o, "result=\"ok\""]),
+                num(&kv, ok_key),
+                &format!("{phase}: {op} ok = the fixture's {ok_key}"),
+            );
+            c.eq(
+                d(OPS, &[&o, "result=\"error\""]),
+                num(&kv, err_key),
+                &format!("{phase}: {op} failed = the fixture's {err_key}"),
+            );
+        }
+        let hist = deltas(&prev, &cur, &[HIST]);
+        let events = d(PROCESSED, &[]);
+        let lost = d(LOST, &["reason=\"ringbuf_full\""]);
+        if phase == "calib" {
+            c.eq(lost, 0.0, "calib: no detail lost at 10 pairs");
+            per_pair_hist = hist.iter().map(|(k, v)| (k.clone(), v / n)).collect();
+            per_pair_events = events / n;
+            c.check(!per_pair_hist.is_empty() && per_pair_events >= 4.0, || {
+                format!("calib: no frames counted: {hist:?}, {events} events")
+            });
+        } else {
+            let want: BTreeMap<String, f64> = per_pair_hist
+                .iter()
+                .map(|(k, v)| (k.clone(), v * n))
+                .collect();
+            c.eq(
+                hist,
+                want,
+                &format!("{phase}: frame histograms = n x one pair's"),
+            );
+            c.eq(
+                events + lost,
+                per_pair_events * n,
+                &format!("{phase}: events correlated + counted lost = generated"),
+            );
+            let secs = num(&kv, "duration_ns") / 1e9;
+            println!(
+                "storm {phase}: {n} pairs ({} operations) in {secs:.2}s = {:.0} operations/s; detail lost {lost} of {} events ({:.1}%); /metrics exact",
+                2.0 * n,
+                2.0 * n / secs,
+                per_pair_events * n,
+                100.0 * lost / (per_pair_events * n)
+            );
+        }
+        c.eq(
+            d(LOST, &["reason=\"aggregation_full\""]),
+            0.0,
+            &format!("{phase}: aggregation tables never full"),
+        );
+        prev = cur;
+    }
+    // The userspace loop of failing ioctls.
+    let kv = line("fail_loop");
+    let cur = metrics("fail")?;
+    let failed = num(&kv, "failed");
+    c.check(failed > 0.0, || {
+        format!("fail_loop: no write failed: {kv:?}")
+    });
+    c.eq(
+        sum(&cur, OPS, &["op=\"bind\"", "result=\"error\""])
+            - sum(&prev, OPS, &["op=\"bind\"", "result=\"error\""]),
+        failed,
+        "fail_loop: failed binds = the writes that failed",
+    );
+    let err = &out.section("storm_d.err")?.text;
+    c.check(err.lines().any(|l| l == "exit=0"), || {
+        format!("storm_d.err: no clean exit:\n{err}")
+    });
+    if c.failed.is_empty() {
+        Ok(c.count)
+    } else {
+        bail!(
+            "{} of {} storm checks failed (logs in {}):\n  {}",
+            c.failed.len(),
+            c.count,
+            out.run_dir.display(),
+            c.failed.join("\n  ")
+        )
+    }
+}
