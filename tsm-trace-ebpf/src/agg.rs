@@ -21,7 +21,7 @@ pub fn enter(ev: &RawEvent) {
     let st = match THREAD_OPS.get_ptr_mut(key) {
         Some(st) => st,
         None => {
-            if THREAD_OPS.insert(key, &ThreadOp::default(), 0).is_err() {
+            if THREAD_OPS.insert(key, ThreadOp::default(), 0).is_err() {
                 count(stat::AGG_FULL);
                 return;
             }
@@ -110,7 +110,7 @@ pub fn exit(p: ProbeId, pid_tgid: u64, ret: i64, ret_flags: u32, duration_ns: u6
         // SAFETY: per-CPU value.
         Some(v) => unsafe { *v += 1 },
         None => {
-            if OP_COUNTS.insert(key, &1, 0).is_err() {
+            if OP_COUNTS.insert(key, 1, 0).is_err() {
                 count(stat::AGG_FULL);
             }
         }
