@@ -192,7 +192,7 @@ start_daemon() {
 	n=$1
 	port=$2
 	shift 2
-	$BIN run --listen 127.0.0.1:$port --grace 1s --reconcile-interval 1s --print json \
+	$BIN run --listen 127.0.0.1:$port --grace 1s --reconcile-interval ${RECONCILE:-1s} --print json \
 		$LDRV "$@" > /tmp/lc_d$n.out 2> /tmp/lc_d$n.err &
 	DAEMON=$!
 	i=0
@@ -265,6 +265,18 @@ state $A
 sleep 2.5
 snap 2 9482 b2
 stop_daemon 2
+
+# (d) a bind still running while sysfs already shows it (3 s between the binding and the
+# ioctl's return), reconciled every 100 ms: owned by the call in flight, nothing raised.
+RECONCILE=100ms start_daemon 3 9483
+step d3_slow_bind
+sctl respond_delay_us 3000000
+sctl ioctl 1 1 0
+state $A
+sctl respond_delay_us 0
+sleep 1.5
+snap 3 9483 d
+stop_daemon 3
 
 # ---- Cleanup (untraced) -----------------------------------------------------
 step cleanup

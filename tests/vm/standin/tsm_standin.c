@@ -56,6 +56,7 @@
  *                                           successful bind/unbind)
  *   inject clear                            drop all injections
  *   delay_us <n>                            driver bind sleeps n microseconds
+ *   respond_delay_us <n>                    the ioctl sleeps n us before responding (bound)
  *   storm <vdev> <n>                        n bind+unbind pairs in one write (in-kernel loop)
  *   realpci 0|1                             see above (-EOPNOTSUPP if the
  *                                           kernel has no PCI TSM)
@@ -281,6 +282,8 @@ static LIST_HEAD(standin_tdis);
 static int inject_driver_errno;
 static unsigned int inject_driver_count;
 static unsigned int inject_respond_count;
+/* respond_delay_us: the ioctl sleeps before responding (the binding already made). */
+static unsigned long respond_delay_us;
 static unsigned long bind_delay_us;
 static bool realpci;
 static u64 standin_seq;
@@ -578,6 +581,8 @@ static void standin_put_object(struct iommufd_ctx *ictx,
 static noinline int standin_ucmd_respond(struct iommufd_ucmd *ucmd,
 					 size_t cmd_len)
 {
+	if (respond_delay_us)
+		msleep(DIV_ROUND_UP(respond_delay_us, 1000));
 	if (inject_respond_count) {
 		inject_respond_count--;
 		rec("respond_rc=%d", -EFAULT);
@@ -1034,6 +1039,14 @@ static int run_cmd(char **argv, int argc, const char __user *ubuf)
 	if (!strcmp(c, "vdev_create") && argc == 5) {
 		rc = parse_u32(argv[1], &a) ?: kstrtou64(argv[4], 0, &v);
 		return rc ?: cmd_vdev_create(a, argv[2], argv[3], v);
+	}
+	if (!strcmp(c, "respond_delay_us") && argc == 2) {
+		rc = parse_u32(argv[1], &a);
+		if (rc)
+			return rc;
+		respond_delay_us = a;
+		rec("respond_delay_us=%u", a);
+		return 0;
 	}
 	if (!strcmp(c, "storm") && argc == 3) {
 		rc = parse_u32(argv[1], &a) ?: parse_u32(argv[2], &b);

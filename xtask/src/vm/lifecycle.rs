@@ -1690,6 +1690,41 @@ fn daemons(c: &mut Checks, out: &VmOutput) -> Result<()> {
         "d2 (b2): /bindings after the drop",
     );
     c.eq(lines.len(), upto("b2"), "d2: output after the last phase");
+
+    // ---- Daemon 3: (d) sysfs shows a bind whose call has not returned ----------------
+    let err = &out.section("lc_d3.err")?.text;
+    c.check(err.lines().any(|l| l == "exit=0"), || {
+        format!(
+            "daemon 3 did not exit 0:
+{err}"
+        )
+    });
+    let slow = truth.find("d3_slow_bind", "standin", |kv| t(kv, "cmd") == "ioctl")?;
+    c.eq(t(slow, "rc"), "0".into(), "d3: the slow bind's rc");
+    let ns: u64 = t(slow, "duration_ns").parse().unwrap_or(0);
+    c.check(ns >= 3_000_000_000, || {
+        format!("d3: the fixture's ioctl took {ns} ns, not the 3 s asked for")
+    });
+    c.eq(
+        t(truth.state("d3_slow_bind", A)?, "bound"),
+        tsm.clone(),
+        "d3: A bound in sysfs",
+    );
+    let m = metrics("lc_d3_metrics_d")?;
+    let runs = m
+        .get("tsm_trace_sysfs_reconcile_runs_total")
+        .copied()
+        .unwrap_or(0.0);
+    c.check(runs >= 25.0, || {
+        format!("d3: only {runs} reconciliations ran during the 3 s bind (every 100 ms)")
+    });
+    let mut want = vec![
+        (mism("bound_without_owner"), 0.0),
+        (mism("denies_binding"), 0.0),
+        ("tsm_trace_bindings_active".to_string(), 1.0),
+    ];
+    want.extend(all_leaks_zero(None));
+    exact(c, &m, "d", &want);
     Ok(())
 }
 

@@ -70,6 +70,11 @@ pub fn check(out: &VmOutput) -> Result<usize> {
     let mut per_pair_events = 0.0;
     for phase in PHASES {
         let kv = line(phase);
+        c.eq(
+            kv.get("rc").cloned(),
+            Some("0".to_string()),
+            &format!("{phase}: the stand-in ran the storm (an old tsm_standin.ko has no `storm`)"),
+        );
         let cur = metrics(phase)?;
         let n = num(&kv, "n");
         let d = |prefix: &str, want: &[&str]| sum(&cur, prefix, want) - sum(&prev, prefix, want);
