@@ -12,7 +12,7 @@ use tokio::io::unix::AsyncFd;
 
 use crate::{
     btf::{self, BtfSources, Resolution},
-    events::{DecodeError, Event, Probe},
+    events::{DecodeError, Event, Probe, VmKey},
     probes::{self, AttachConfig, AttachReport, Kallsyms, KernelStats, SymbolMatch},
 };
 
@@ -196,8 +196,8 @@ impl Session {
         Ok(probes::kernel_stats(&self.stats)?)
     }
 
-    /// Takes the ring buffer for async reading.
-    pub fn event_stream(&mut self) -> Result<EventStream> {
+    /// Takes the ring buffer for async reading; VMs are named with `key`.
+    pub fn event_stream(&mut self, key: VmKey) -> Result<EventStream> {
         let ring = self
             .events
             .take()
@@ -205,13 +205,14 @@ impl Session {
         // SAFETY: the ring buffer fd stays valid while `ring` lives inside the AsyncFd.
         let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .context("registering the ring buffer with tokio")?;
-        Ok(EventStream { fd })
+        Ok(EventStream { fd, key })
     }
 }
 
 /// Decoded events from the ring buffer, in batches, woken by epoll (no polling loop).
 pub struct EventStream {
     fd: AsyncFd<RingBuf<MapData>>,
+    key: VmKey,
 }
 
 impl EventStream {
@@ -221,7 +222,7 @@ impl EventStream {
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
             let item: &[u8] = &item;
-            out.push(Event::from_bytes(item));
+            out.push(Event::from_bytes(item, &self.key));
         }
         guard.clear_ready();
         Ok(())
@@ -234,7 +235,7 @@ impl EventStream {
         let ring = self.fd.get_mut();
         while let Some(item) = ring.next() {
             let item: &[u8] = &item;
-            out.push(Event::from_bytes(item));
+            out.push(Event::from_bytes(item, &self.key));
         }
     }
 }
@@ -258,6 +259,7 @@ impl std::ops::Add for KernelStats {
 /// in: the old ring buffer is drained first and its counters carry over.
 pub struct LiveSession {
     opts: SessionOptions,
+    key: VmKey,
     session: Session,
     stream: EventStream,
     /// Kernel counters of sessions already replaced.
@@ -266,11 +268,13 @@ pub struct LiveSession {
 }
 
 impl LiveSession {
-    pub fn start(opts: &SessionOptions) -> Result<LiveSession> {
+    /// Starts a session whose events name VMs with `key`.
+    pub fn start(opts: &SessionOptions, key: VmKey) -> Result<LiveSession> {
         let mut session = Session::start(opts)?;
-        let stream = session.event_stream()?;
+        let stream = session.event_stream(key.clone())?;
         Ok(LiveSession {
             opts: opts.clone(),
+            key,
             session,
             stream,
             retired: KernelStats::default(),
@@ -329,7 +333,7 @@ impl LiveSession {
             }
             return Ok(Vec::new());
         }
-        let stream = fresh.event_stream()?;
+        let stream = fresh.event_stream(self.key.clone())?;
         let gained: Vec<String> = fresh
             .attach
             .iter()
