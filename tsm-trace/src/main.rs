@@ -167,7 +167,7 @@ impl FilterArgs {
     fn filters(&self) -> Filters {
         Filters {
             device: self.device.clone(),
-            vm: self.vm.clone(),
+            vm: self.vm,
             failures_only: self.failed,
         }
     }
