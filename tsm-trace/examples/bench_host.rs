@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tsm_trace::correlate::{Config, Correlator, UAPI_OP_BIND, UAPI_OP_UNBIND};
-use tsm_trace::events::{Event, Probe, Vm};
+use tsm_trace::events::{Event, Probe, Vm, VmId};
 use tsm_trace::exporters::metrics::Metrics;
 use tsm_trace::pipeline::Pipeline;
 
@@ -53,7 +53,7 @@ impl Gen {
         Gen {
             vms: (0..vms)
                 .map(|i| Vm {
-                    kvm: 0xffff_8880_0000_0000 + (i as u64) * 0x1_0000,
+                    id: VmId::from_bits(0x8880_0000_0000 + (i as u64) * 0x1_0000),
                     pid: Some(10_000 + i as i32),
                     stats_id: Some(format!("kvm-{}", 10_000 + i)),
                 })

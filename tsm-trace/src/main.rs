@@ -120,6 +120,12 @@ struct ProbeArgs {
     /// userspace. /metrics counts stay exact whatever the size (counted in the kernel).
     #[arg(long, value_name = "BYTES", default_value_t = 256 * 1024, value_parser = parse::ringbuf)]
     ringbuf_size: u32,
+    /// The secret key that names VMs without their kernel address (`vm#…`, a keyed hash of
+    /// the `struct kvm` pointer): created 0600 if missing, shared by every tsm-trace of the
+    /// boot (/run is a tmpfs). If it cannot be stored, a key in memory is used and names
+    /// change when tsm-trace restarts.
+    #[arg(long, value_name = "FILE", env = "TSM_TRACE_VM_KEY", default_value = tsm_trace::events::vm_key::DEFAULT_PATH, value_parser = parse::state_file)]
+    vm_key: PathBuf,
 }
 
 /// How events become operations, bindings and leaks.
@@ -151,9 +157,10 @@ struct FilterArgs {
     /// Only this device (PCI BDF, e.g. 0000:01:00.0).
     #[arg(long, value_name = "BDF", value_parser = parse::bdf)]
     device: Option<String>,
-    /// Only this VM: `kvm-<pid>`, the VMM pid, or the `struct kvm` pointer.
+    /// Only this VM: `kvm-<pid>` (its stats_id), the VMM pid, or its `vm#…` name (kernel
+    /// addresses are never shown, so `0x…` pointers are refused).
     #[arg(long, value_name = "VM", value_parser = parse::vm)]
-    vm: Option<String>,
+    vm: Option<tsm_trace::events::VmSelector>,
     /// Only failures (and leaks).
     #[arg(long)]
     failed: bool,
@@ -166,7 +173,7 @@ impl FilterArgs {
     fn filters(&self) -> Filters {
         Filters {
             device: self.device.clone(),
-            vm: self.vm.clone(),
+            vm: self.vm,
             failures_only: self.failed,
         }
     }
@@ -408,7 +415,15 @@ fn kernel_release() -> String {
 }
 
 fn start_session(probes: &ProbeArgs) -> Result<LiveSession> {
-    let live = LiveSession::start(&probes.session_options())?;
+    let (key, source) = tsm_trace::events::vm_key::load_or_create(&probes.vm_key)
+        .context("the VM-name key (--vm-key)")?;
+    match source {
+        tsm_trace::events::vm_key::KeySource::InMemory { .. } => {
+            log::info!("{}", source.describe())
+        }
+        _ => log::debug!("{}", source.describe()),
+    }
+    let live = LiveSession::start(&probes.session_options(), key)?;
     for line in live.session().report_lines() {
         log::info!("{line}");
     }

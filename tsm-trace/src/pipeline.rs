@@ -442,7 +442,7 @@ mod tests {
 
         let opts = ReplayOptions {
             filters: Filters {
-                vm: Some("kvm-9".into()),
+                vm: Some(crate::events::VmSelector::Pid(9)),
                 ..Default::default()
             },
             ..Default::default()
@@ -465,7 +465,8 @@ mod tests {
         assert_eq!(v[0]["layer"], "pci_tsm");
         assert_eq!(v[0]["function"], "pci_tsm_bind");
         assert_eq!(v[0]["frames"][2]["errno"], "EBUSY");
-        assert_eq!(v[0]["vm"]["kvm"], "0xffff888012340000");
+        assert_eq!(v[0]["vm"]["id"], "vm#888012340000");
+        assert!(v[0]["vm"].get("kvm").is_none());
         assert_eq!(v[1]["result"], "ok");
         assert_eq!(v[3]["type"], "leak");
         assert_eq!(v[3]["event"], "detected");

@@ -13,7 +13,7 @@ use tsm_trace_common::{ControlEvent, InflightKey, Offsets, RawEvent, control};
 
 use crate::{
     btf::{self, BtfSources, Resolution},
-    events::{DecodeError, Event, Probe},
+    events::{DecodeError, Event, Probe, VmKey},
     exporters::metrics::KernelOperations,
     probes::{self, AttachConfig, AttachReport, Kallsyms, KernelStats, Links, SymbolMatch},
 };
@@ -229,11 +229,12 @@ impl Session {
     pub fn devices_in_flight(&self) -> std::collections::BTreeSet<String> {
         let mut out = std::collections::BTreeSet::new();
         for (_, ev) in self.inflight.iter().flatten() {
-            let Ok(ev) = Event::decode(&ev) else {
+            if ev.missing & tsm_trace_common::missing::DEV_NAME != 0 {
                 continue;
-            };
-            if let Some(d) = ev.device {
-                out.insert(d);
+            }
+            let end = ev.dev_name.iter().position(|&b| b == 0).unwrap_or(0);
+            if end > 0 {
+                out.insert(String::from_utf8_lossy(&ev.dev_name[..end]).into_owned());
             }
         }
         out
@@ -295,8 +296,8 @@ impl Session {
         self.aggregates.take()
     }
 
-    /// Takes the ring buffers for async reading.
-    pub fn streams(&mut self) -> Result<(EventStream, ControlStream)> {
+    /// Takes the ring buffers for async reading; VMs are named with `key`.
+    pub fn streams(&mut self, key: VmKey) -> Result<(EventStream, ControlStream)> {
         let ring = self
             .events
             .take()
@@ -311,7 +312,7 @@ impl Session {
         let cfd =
             unsafe { AsyncFd::register_with_interest(control, tokio::io::Interest::READABLE) }
                 .context("registering the control ring buffer with tokio")?;
-        Ok((EventStream { fd }, ControlStream { fd: cfd }))
+        Ok((EventStream { fd, key }, ControlStream { fd: cfd }))
     }
 }
 
@@ -380,6 +381,7 @@ impl ControlStream {
 /// Decoded events from the ring buffer, in batches, woken by epoll (no polling loop).
 pub struct EventStream {
     fd: AsyncFd<RingBuf<MapData>>,
+    key: VmKey,
 }
 
 impl EventStream {
@@ -389,7 +391,7 @@ impl EventStream {
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
             let item: &[u8] = &item;
-            out.push(Event::from_bytes(item));
+            out.push(Event::from_bytes(item, &self.key));
         }
         guard.clear_ready();
         Ok(())
@@ -402,7 +404,7 @@ impl EventStream {
         let ring = self.fd.get_mut();
         while let Some(item) = ring.next() {
             let item: &[u8] = &item;
-            out.push(Event::from_bytes(item));
+            out.push(Event::from_bytes(item, &self.key));
         }
     }
 }
@@ -415,9 +417,10 @@ pub struct LiveSession {
 }
 
 impl LiveSession {
-    pub fn start(opts: &SessionOptions) -> Result<LiveSession> {
+    /// Starts a session whose events name VMs with `key`.
+    pub fn start(opts: &SessionOptions, key: VmKey) -> Result<LiveSession> {
         let mut session = Session::start(opts)?;
-        let (stream, control) = session.streams()?;
+        let (stream, control) = session.streams(key)?;
         Ok(LiveSession {
             session,
             stream,

@@ -27,6 +27,18 @@ pub enum DeviceState {
 }
 
 impl DeviceState {
+    /// What the contents of a `tsm/bound` attribute say: the TSM's name (surrounding white
+    /// space dropped; bytes that are not UTF-8 replaced), or unbound when there is none.
+    pub fn parse_bound(bytes: &[u8]) -> DeviceState {
+        let text = String::from_utf8_lossy(bytes);
+        let name = text.trim();
+        if name.is_empty() {
+            DeviceState::Unbound
+        } else {
+            DeviceState::Bound(name.to_string())
+        }
+    }
+
     pub const fn label(&self) -> &'static str {
         match self {
             DeviceState::Bound(_) => "bound",
@@ -100,15 +112,7 @@ impl Snapshot {
             } else {
                 let bound = tsm.join("bound");
                 match crate::files::read_capped(&bound, crate::files::cap::SYSFS_ATTR) {
-                    Ok(bytes) => {
-                        let text = String::from_utf8_lossy(&bytes);
-                        let name = text.trim();
-                        if name.is_empty() {
-                            DeviceState::Unbound
-                        } else {
-                            DeviceState::Bound(name.to_string())
-                        }
-                    }
+                    Ok(bytes) => DeviceState::parse_bound(&bytes),
                     Err(e) if e.kind() == ErrorKind::NotFound => DeviceState::Unknown,
                     Err(e) => {
                         snap.errors.push(SysfsError {

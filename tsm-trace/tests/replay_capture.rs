@@ -19,7 +19,7 @@ const CAPTURE: &str = concat!(
 fn run(metrics: bool) -> tsm_trace::pipeline::ReplayReport {
     let f = std::fs::File::open(CAPTURE).expect("fixture");
     let (header, events) = record::read_all(BufReader::new(f), CAPTURE).expect("valid capture");
-    assert_eq!(header.kernel, "6.1.0-56-amd64");
+    assert_eq!(header.kernel, "6.1.0-57-amd64");
     assert_eq!(events.len(), 50);
     replay(
         events,

@@ -50,6 +50,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             ..RunOptions::default()
         },
     )?;
+    // What the demo shows must not show a kernel address either.
+    vm::leaks::check(&out)?;
 
     heading("tsm-trace run: startup (which probes attached, which BTF fields resolved)");
     for l in out.section("daemon_err")?.text.lines() {

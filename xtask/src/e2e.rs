@@ -185,6 +185,10 @@ pub fn run(args: &E2eArgs) -> Result<()> {
         }
     }
     check_steps(&out, &mut report);
+    match vm::leaks::check(&out) {
+        Ok(n) => report.check(n > 0, || "no tsm-trace output was captured".into()),
+        Err(e) => report.fail(format!("{e:#}")),
+    }
     if out.run_rc != Some(0) {
         report.fail(format!(
             "guest scenario exited {:?} (logs in {})",

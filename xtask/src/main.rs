@@ -6,6 +6,7 @@
 mod bench;
 mod demo;
 mod e2e;
+mod fuzz;
 mod promtool;
 mod setup;
 mod toolchain;
@@ -43,6 +44,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// A real Prometheus scrapes tsm-trace in a VM; every dashboard and rule query must answer.
     E2e(e2e::E2eArgs),
+    /// Fuzz the parsers of untrusted input (cargo-fuzz on the pinned nightly) for a while.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 #[derive(clap::Args)]
@@ -75,6 +78,10 @@ fn main() -> Result<()> {
         Command::Demo(args) => {
             setup::ensure()?;
             demo::run(&args)
+        }
+        Command::Fuzz(args) => {
+            setup::ensure()?;
+            fuzz::run(&args)
         }
         Command::VmTest(args) => {
             setup::ensure()?;

@@ -75,6 +75,8 @@ struct Missing {
     musl: bool,
     /// Why bpf-linker must be (re)built.
     bpf_linker: Option<String>,
+    /// cargo-fuzz (`cargo xtask fuzz` and the fuzz step of `cargo xtask test`).
+    cargo_fuzz: bool,
 }
 
 impl Missing {
@@ -84,6 +86,7 @@ impl Missing {
             && self.packages.is_empty()
             && !self.musl
             && self.bpf_linker.is_none()
+            && !self.cargo_fuzz
     }
 
     fn describe(&self, channel: &str) -> Vec<String> {
@@ -116,8 +119,17 @@ impl Missing {
                 "bpf-linker {BPF_LINKER_VERSION} built against {llvm} ({why})"
             ));
         }
+        if self.cargo_fuzz {
+            v.push("cargo-fuzz (the fuzz targets in fuzz/)".into());
+        }
         v
     }
+}
+
+/// Is cargo-fuzz on PATH? (A file check: no process, so setup stays fast.)
+fn have_cargo_fuzz() -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("cargo-fuzz").is_file()))
 }
 
 fn find_missing(channel: &str, rebuild_linker: bool) -> Result<Missing> {
@@ -155,6 +167,7 @@ fn find_missing(channel: &str, rebuild_linker: bool) -> Result<Missing> {
         .lines()
         .any(|l| l.trim() == "x86_64-unknown-linux-musl");
     m.bpf_linker = bpf_linker_problem(m.llvm_major, rebuild_linker);
+    m.cargo_fuzz = !have_cargo_fuzz();
     Ok(m)
 }
 
@@ -307,6 +320,13 @@ fn install(channel: &str, mut m: Missing) -> Result<()> {
     }
     if !succeeds(Command::new("bpf-linker").arg("--version")) {
         bail!("setup: bpf-linker is still not on PATH; is ~/.cargo/bin on PATH?");
+    }
+    if m.cargo_fuzz {
+        // Measured: ~2 min on 2 cores.
+        sh(Command::new("cargo").args(["install", "--locked", "cargo-fuzz"]))?;
+        if !have_cargo_fuzz() {
+            bail!("setup: cargo-fuzz is still not on PATH; is ~/.cargo/bin on PATH?");
+        }
     }
     Ok(())
 }

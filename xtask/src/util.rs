@@ -134,6 +134,18 @@ pub fn test_all(no_vm: bool) -> Result<()> {
         run(cargo().args(["test", "--workspace", "--no-fail-fast"]))
     })?;
     step("promtool rules", &mut || crate::promtool::check())?;
+    step("fuzz (20 s per target)", &mut || {
+        let targets: Vec<String> = crate::fuzz::TARGETS.iter().map(|t| t.to_string()).collect();
+        for o in crate::fuzz::run_targets(&targets, crate::fuzz::TEST_SECS)? {
+            println!(
+                "fuzz: {} ran {:.0}s, {} executions, no crash",
+                o.target,
+                o.secs,
+                o.execs.map_or("?".to_string(), |n| n.to_string())
+            );
+        }
+        Ok(())
+    })?;
     if !no_vm {
         step("VM suite (real kernels)", &mut || {
             crate::vm::run(&crate::vm::VmTestArgs {

@@ -7,7 +7,7 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use crate::events::Probe;
+use crate::events::{Probe, VmId, VmSelector};
 
 /// The longest duration accepted: far beyond any useful grace or interval, and small enough
 /// that nanoseconds fit in a `u64` everywhere downstream.
@@ -179,30 +179,59 @@ pub fn bdf(s: &str) -> Result<String, String> {
     Ok(format!("{d:04x}:{b:02x}:{dv:02x}.{f:x}"))
 }
 
-/// A VM selector: `kvm-<pid>` (its KVM stats name), a VMM pid, or a `struct kvm` pointer
-/// (`0x…`, 1 to 16 hex digits).
-pub fn vm(s: &str) -> Result<String, String> {
+/// A VM selector: `kvm-<pid>` (its KVM `stats_id`, which the kernel spells so), a VMM pid,
+/// or the name hash `vm#<12 hex digits>` that trace lines and `/bindings` show for a VM
+/// without a known pid. A `struct kvm` pointer (`0x…`) is refused: tsm-trace never shows
+/// kernel addresses, so none can be selected by.
+pub fn vm(s: &str) -> Result<VmSelector, String> {
     let t = s.trim();
     let pid = |x: &str| {
-        !x.is_empty()
-            && x.len() <= 10
-            && x.bytes().all(|b| b.is_ascii_digit())
-            && x.parse::<u32>().is_ok_and(|n| n > 0)
+        (!x.is_empty() && x.len() <= 10 && x.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| x.parse::<u32>().ok())
+            .flatten()
+            .filter(|n| *n > 0 && i32::try_from(*n).is_ok())
     };
-    let ok = match t.strip_prefix("kvm-") {
-        Some(p) => pid(p),
-        None => match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
-            Some(h) => !h.is_empty() && h.len() <= 16 && h.bytes().all(|b| b.is_ascii_hexdigit()),
-            None => pid(t),
-        },
-    };
-    if ok {
-        Ok(t.to_string())
-    } else {
-        Err(format!(
-            "{s:?} is not a VM: expected kvm-<pid>, a VMM pid, or a struct kvm pointer (0x…)"
-        ))
+    if t.starts_with("0x") || t.starts_with("0X") {
+        return Err(format!(
+            "{s:?} looks like a struct kvm pointer: tsm-trace keeps kernel addresses inside the process and no longer shows or accepts them; select the VM by kvm-<pid>, its VMM pid, or the vm#… name that trace lines and /bindings print"
+        ));
     }
+    let sel = match t.strip_prefix("kvm-") {
+        Some(p) => pid(p).map(VmSelector::Pid),
+        None if t.starts_with(crate::events::vm_id::PREFIX) => VmId::parse(t).map(VmSelector::Id),
+        None => pid(t).map(VmSelector::Pid),
+    };
+    sel.ok_or_else(|| {
+        format!("{s:?} is not a VM: expected kvm-<pid>, a VMM pid, or a vm#<12 hex digits> name")
+    })
+}
+
+/// The longest path accepted for a file flag (`PATH_MAX`).
+const MAX_PATH: usize = 4096;
+
+/// A file that tsm-trace creates or keeps (e.g. `--vm-key`): an absolute path, at most 4096
+/// bytes, not a directory (no trailing `/`), without `.` or `..` components.
+pub fn state_file(s: &str) -> Result<std::path::PathBuf, String> {
+    use std::path::{Component, Path};
+    let p = Path::new(s);
+    let bad = |why: &str| format!("{s:?} {why} (e.g. /run/tsm-trace/vm-key)");
+    if s.is_empty() || s.len() > MAX_PATH {
+        return Err(bad("is not a file path of 1 to 4096 bytes"));
+    }
+    if !p.is_absolute() {
+        return Err(bad("is not an absolute path"));
+    }
+    if s.ends_with('/') || p.file_name().is_none() {
+        return Err(bad("names a directory, not a file"));
+    }
+    if p.components()
+        .any(|c| matches!(c, Component::CurDir | Component::ParentDir))
+        || s.contains("/./")
+        || s.ends_with("/.")
+    {
+        return Err(bad("has . or .. components"));
+    }
+    Ok(p.to_path_buf())
 }
 
 /// An errno: `EBUSY`, `ebusy`, `16` or `-16`.
@@ -330,18 +359,43 @@ mod tests {
         check(
             vm,
             &[
-                ("kvm-4242", Ok("kvm-4242".to_string())),
-                ("4242", Ok("4242".to_string())),
-                ("0xffff888012340000", Ok("0xffff888012340000".to_string())),
+                ("kvm-4242", Ok(VmSelector::Pid(4242))),
+                ("4242", Ok(VmSelector::Pid(4242))),
+                (
+                    "vm#0123456789ab",
+                    Ok(VmSelector::Id(VmId::from_bits(0x0123_4567_89ab))),
+                ),
+                ("0xffff888012340000", Err("keeps kernel addresses inside")),
+                ("0XFF3ABD9644194400", Err("select the VM by kvm-<pid>")),
+                ("vm#0123", Err("not a VM")),
+                ("vm#0123456789abc", Err("not a VM")),
+                ("vm#", Err("not a VM")),
+                ("kvm-2147483648", Err("not a VM")),
                 ("kvm-", Err("not a VM")),
                 ("kvm-0", Err("not a VM")),
                 ("kvm-abc", Err("not a VM")),
                 ("0", Err("not a VM")),
                 ("99999999999", Err("not a VM")),
-                ("0x", Err("not a VM")),
-                ("0x1ffffffffffffffff", Err("not a VM")),
+                ("0x", Err("pointer")),
                 ("qemu", Err("not a VM")),
                 ("", Err("not a VM")),
+            ],
+        );
+    }
+
+    #[test]
+    fn state_files() {
+        check(
+            state_file,
+            &[
+                ("/run/tsm-trace/vm-key", Ok("/run/tsm-trace/vm-key".into())),
+                ("vm-key", Err("not an absolute path")),
+                ("", Err("1 to 4096 bytes")),
+                (&format!("/{}", "a".repeat(4096)), Err("1 to 4096 bytes")),
+                ("/run/tsm-trace/", Err("names a directory")),
+                ("/", Err("names a directory")),
+                ("/run/../etc/shadow", Err(". or ..")),
+                ("/run/./x", Err(". or ..")),
             ],
         );
     }

@@ -15,7 +15,7 @@ use crate::events::{Event, Probe, UnbindCause};
 
 #[derive(Debug)]
 enum VmCheckTarget {
-    Kvm(u64),
+    Kvm(crate::events::VmId),
     Tgid(u32),
 }
 
@@ -50,11 +50,11 @@ impl Correlator {
                     self.anomaly(AnomalyKind::VmEventWithoutVm, Some(ev.tid), None, out);
                     return;
                 };
-                let kvm = vm.kvm;
+                let kvm = vm.id;
                 let bound = self
                     .bindings
                     .values()
-                    .filter(|(b, _)| b.vm.as_ref().is_some_and(|v| v.kvm == kvm))
+                    .filter(|(b, _)| b.vm.as_ref().is_some_and(|v| v.id == kvm))
                     .count();
                 (VmEventKind::VmDestroyed, VmCheckTarget::Kvm(kvm), bound)
             }
@@ -145,7 +145,7 @@ impl Correlator {
                 };
                 if let Some((old, _)) = self.bindings.get(device.as_str()) {
                     let same_vm = match (&old.vm, &binding.vm) {
-                        (Some(a), Some(b)) => a.kvm == b.kvm,
+                        (Some(a), Some(b)) => a.id == b.id,
                         _ => true,
                     };
                     if same_vm {
@@ -219,7 +219,7 @@ impl Correlator {
                 self.bindings
                     .values()
                     .filter(|(b, _)| {
-                        b.since_ns <= check.event_ns && b.vm.as_ref().is_some_and(|v| v.kvm == kvm)
+                        b.since_ns <= check.event_ns && b.vm.as_ref().is_some_and(|v| v.id == kvm)
                     })
                     .map(|(b, _)| b.device.clone())
                     .collect(),

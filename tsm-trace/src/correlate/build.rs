@@ -30,7 +30,7 @@ impl Correlator {
 }
 
 impl Correlator {
-    /// Frames inside the PCI TSM core know a binding's VM only as a `struct kvm` pointer
+    /// Frames inside the PCI TSM core know a binding's VM only by its `struct kvm` pointer's hash
     /// (`pci_tdi.kvm`); the binding table knows its name and pid. For disconnects and guest
     /// requests, fill them in before the operation changes the table.
     fn name_vm(&self, op: &mut Operation) {
@@ -48,7 +48,7 @@ impl Correlator {
             return;
         };
         match (&op.vm, &b.vm) {
-            (Some(v), Some(bv)) if v.kvm == bv.kvm => op.vm = Some(bv.clone()),
+            (Some(v), Some(bv)) if v.id == bv.id => op.vm = Some(bv.clone()),
             (None, Some(bv)) => op.vm = Some(bv.clone()),
             _ => {}
         }

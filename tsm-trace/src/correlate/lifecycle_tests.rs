@@ -3,7 +3,7 @@
 
 use super::tests::{DEV, EIO, ENXIO, ev, vm};
 use super::*;
-use crate::events::{Event, Layer, Probe, UnbindCause, Vm};
+use crate::events::{Event, Layer, Probe, UnbindCause, Vm, VmId};
 
 const TSM: &str = "tsm0";
 
@@ -50,7 +50,7 @@ fn bind(t0: u64) -> Vec<Event> {
 fn core_unbind(t0: u64) -> Vec<Event> {
     let mut u = dev_frame(Probe::PciTsmUnbindAny, t0, t0 + 50, Some(0));
     u.vm = Some(Vm {
-        kvm: vm().kvm,
+        id: vm().id,
         pid: None,
         stats_id: None,
     });
@@ -242,7 +242,7 @@ fn disconnect_of_a_dsm_unbinds_its_functions() {
         e.device = Some(FN1.into());
         e.tdi_id = e.tdi_id.map(|_| 8);
         e.vm = Some(Vm {
-            kvm: 0xffff_8880_9999_0000,
+            id: VmId::from_bits(0x8880_9999_0000),
             pid: Some(77),
             stats_id: Some("kvm-77".into()),
         });
@@ -255,7 +255,7 @@ fn disconnect_of_a_dsm_unbinds_its_functions() {
     u.device = Some(FN1.into());
     u.tdi_id = Some(8);
     u.vm = Some(Vm {
-        kvm: 0xffff_8880_9999_0000,
+        id: VmId::from_bits(0x8880_9999_0000),
         pid: None,
         stats_id: None,
     });

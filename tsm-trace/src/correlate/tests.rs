@@ -3,10 +3,10 @@
 
 use super::nesting::MAX_CHAIN_FRAMES;
 use super::*;
-use crate::events::{Event, Layer, Probe, Vm};
+use crate::events::{Event, Layer, Probe, Vm, VmId};
 use crate::sysfs::{DeviceState, Snapshot, fake};
 
-pub(crate) const KVM: u64 = 0xffff_8880_1234_0000;
+pub(crate) const KVM: VmId = VmId::from_bits(0x8880_1234_0000);
 pub(crate) const TGID: u32 = 4242;
 pub(crate) const DEV: &str = "0000:01:00.0";
 
@@ -22,7 +22,7 @@ pub(crate) const EOPNOTSUPP: i64 = -95;
 
 pub(crate) fn vm() -> Vm {
     Vm {
-        kvm: KVM,
+        id: KVM,
         pid: Some(TGID as i32),
         stats_id: Some("kvm-4242".into()),
     }
@@ -236,7 +236,7 @@ fn successful_bind_via_ioctl() {
     assert_eq!(b.vmm_tgid, TGID);
     assert_eq!(b.vdevice_id, Some(3));
     assert_eq!(b.tdi_id, Some(7));
-    assert_eq!(b.vm.as_ref().unwrap().kvm, KVM);
+    assert_eq!(b.vm.as_ref().unwrap().id, KVM);
     assert_eq!(b.since_ns, 2_000_000);
     assert_eq!(c.pending_frames(), 0);
     assert!(leaks_detected(&out).is_empty());
@@ -529,7 +529,7 @@ fn vm_destroyed_then_unbound_within_grace_is_fine() {
     feed(&mut c, bind_via_ioctl(10, 1_000_000, DEV, 0));
     let mut other = kvm_destroy(t);
     other.vm = Some(Vm {
-        kvm: 0x1000,
+        id: VmId::from_bits(0x1000),
         pid: Some(1),
         stats_id: None,
     });
@@ -907,7 +907,7 @@ pub(crate) fn random_event(r: &mut Rng) -> Event {
     }
     if r.below(2) == 0 {
         e.vm = Some(Vm {
-            kvm: r.below(8),
+            id: VmId::from_bits(r.below(8)),
             pid: Some(r.below(50) as i32),
             stats_id: None,
         });

@@ -5,6 +5,10 @@
 //! JSON lines, so a capture replays through the same correlator as a live session.
 
 pub mod record;
+pub mod vm_id;
+pub mod vm_key;
+
+pub use vm_id::{VmId, VmKey, VmSelector};
 
 use serde::{Deserialize, Serialize};
 use tsm_trace_common::{ProbeId, RawEvent, flags, missing};
@@ -262,12 +266,12 @@ impl Probe {
     }
 }
 
-/// A KVM VM's identity as the kernel showed it.
+/// A KVM VM's identity as the kernel showed it, without its kernel address.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Vm {
-    /// `struct kvm *`: unique while the VM lives (may be reused after it is freed).
-    #[serde(with = "hex_u64")]
-    pub kvm: u64,
+    /// The keyed hash of its `struct kvm *` ([`vm_id`]): unique while the VM lives (the
+    /// kernel may reuse the pointer, hence the name, after the VM is freed).
+    pub id: VmId,
     /// `kvm->userspace_pid`: the VMM process that created it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<i32>,
@@ -277,12 +281,13 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// The name used in labels and trace lines: stats id, else `kvm-<pid>`, else the pointer.
+    /// The name used in labels and trace lines: stats id, else `kvm-<pid>`, else the hash
+    /// (`vm#…`). Never the pointer.
     pub fn name(&self) -> String {
         match (&self.stats_id, self.pid) {
             (Some(s), _) if !s.is_empty() => s.clone(),
             (_, Some(pid)) => format!("kvm-{pid}"),
-            _ => format!("kvm@{:#x}", self.kvm),
+            _ => self.id.to_string(),
         }
     }
 }
@@ -297,7 +302,9 @@ pub struct Event {
     pub tgid: u32,
     pub tid: u32,
     pub comm: String,
-    /// The return value (`None` for void functions and point events).
+    /// The return value (`None` for void functions and point events). A pointer return
+    /// ([`Event::ret_is_ptr`]) is reduced to what it means, never its address: `0` (NULL),
+    /// the `ERR_PTR` errno (negative), or `1` (a valid pointer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ret: Option<i64>,
     /// The return value is a pointer (`ERR_PTR` convention).
@@ -398,8 +405,8 @@ impl Event {
         }
     }
 
-    /// Decodes one ring-buffer record.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Event, DecodeError> {
+    /// Decodes one ring-buffer record; VMs are named with `key`.
+    pub fn from_bytes(bytes: &[u8], key: &VmKey) -> Result<Event, DecodeError> {
         if bytes.len() != RawEvent::SIZE {
             return Err(DecodeError::Size {
                 got: bytes.len(),
@@ -408,10 +415,12 @@ impl Event {
         }
         // SAFETY: size checked; RawEvent is plain data valid for any bit pattern.
         let raw = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<RawEvent>()) };
-        Event::decode(&raw)
+        Event::decode(&raw, key)
     }
 
-    pub fn decode(raw: &RawEvent) -> Result<Event, DecodeError> {
+    /// Decodes a record. Kernel addresses stop here: the `struct kvm *` becomes its keyed
+    /// hash under `key`, a returned pointer its meaning (see [`Event::ret`]).
+    pub fn decode(raw: &RawEvent, key: &VmKey) -> Result<Event, DecodeError> {
         let id = ProbeId::from_u32(raw.probe).ok_or(DecodeError::UnknownProbe(raw.probe))?;
         let probe = Probe::from_id(id);
         if raw.end_ns < raw.start_ns {
@@ -432,8 +441,12 @@ impl Event {
             raw.pid_tgid as u32,
             cstr(&raw.comm),
         );
-        ev.ret = (!void).then_some(raw.ret);
         ev.ret_is_ptr = raw.flags & flags::RET_IS_PTR != 0;
+        ev.ret = (!void).then_some(if ev.ret_is_ptr {
+            pointer_meaning(raw.ret)
+        } else {
+            raw.ret
+        });
         ev.ret_null_is_err = raw.flags & flags::RET_NULL_IS_ERR != 0;
         ev.entry_missing = entry_missing;
         if entry_missing {
@@ -446,7 +459,7 @@ impl Event {
             .filter(|s| !s.is_empty());
         let vm = || {
             (raw.kvm != 0).then(|| Vm {
-                kvm: raw.kvm,
+                id: key.id(raw.kvm),
                 pid: has(missing::KVM_PID).then_some(raw.kvm_pid),
                 stats_id: has(missing::KVM_STATS_ID)
                     .then(|| cstr(&raw.kvm_stats_id))
@@ -487,8 +500,8 @@ impl Event {
                 ev.tsm = tsm;
                 ev.nothing_bound = raw.flags & flags::NOTHING_BOUND != 0;
                 if !ev.nothing_bound && has(missing::TDI) {
-                    ev.vm = (raw.kvm != 0).then_some(Vm {
-                        kvm: raw.kvm,
+                    ev.vm = (raw.kvm != 0).then(|| Vm {
+                        id: key.id(raw.kvm),
                         pid: None,
                         stats_id: None,
                     });
@@ -543,32 +556,29 @@ impl Event {
     }
 }
 
+/// What a returned pointer means, without its address: NULL (0), an `ERR_PTR` errno (kept
+/// as is), or a valid pointer (1).
+pub fn pointer_meaning(ret: i64) -> i64 {
+    if ret == 0 || errno::from_ret(ret).is_some() {
+        ret
+    } else {
+        1
+    }
+}
+
 /// A NUL-terminated byte array as text (lossy: kernel names are ASCII in practice).
 fn cstr(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
-mod hex_u64 {
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
-
-    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("{v:#x}"))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-        let s = String::deserialize(d)?;
-        let digits = s.strip_prefix("0x").ok_or_else(|| {
-            D::Error::custom(format!("expected a 0x-prefixed hex pointer, got {s:?}"))
-        })?;
-        u64::from_str_radix(digits, 16)
-            .map_err(|e| D::Error::custom(format!("bad hex pointer {s:?}: {e}")))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key() -> VmKey {
+        VmKey::from_bytes([3; 32])
+    }
 
     fn raw(probe: ProbeId) -> RawEvent {
         let mut r = RawEvent::zeroed();
@@ -589,7 +599,7 @@ mod tests {
         r.kvm_pid = 4242;
         r.kvm_stats_id[..9].copy_from_slice(b"kvm-4242\0");
         r.tdi_id = 7;
-        let ev = Event::decode(&r).unwrap();
+        let ev = Event::decode(&r, &key()).unwrap();
         assert_eq!(ev.probe, Probe::TsmBind);
         assert_eq!((ev.tgid, ev.tid), (42, 43));
         assert_eq!(ev.comm, "qemu");
@@ -606,7 +616,7 @@ mod tests {
     fn missing_fields_are_unknown_not_zero() {
         let mut r = raw(ProbeId::TsmOpIoctl);
         r.missing = missing::OP | missing::VDEVICE_ID;
-        let ev = Event::decode(&r).unwrap();
+        let ev = Event::decode(&r, &key()).unwrap();
         assert_eq!(ev.op, None);
         assert_eq!(ev.vdevice_id, None);
         assert_eq!(ev.flags, Some(0));
@@ -614,25 +624,30 @@ mod tests {
         let mut r = raw(ProbeId::TsmBind);
         r.missing = missing::DEV_NAME | missing::KVM_PID;
         r.kvm = 0x1000;
-        let ev = Event::decode(&r).unwrap();
+        let ev = Event::decode(&r, &key()).unwrap();
         assert_eq!(ev.device, None);
         assert_eq!(ev.vm.as_ref().unwrap().pid, None);
-        assert_eq!(ev.vm.unwrap().name(), "kvm@0x1000");
+        let vm = ev.vm.unwrap();
+        assert_eq!(vm.id, key().id(0x1000));
+        assert_eq!(vm.name(), key().id(0x1000).to_string());
     }
 
     #[test]
     fn rejects_bad_records() {
         assert!(matches!(
-            Event::from_bytes(&[0u8; 10]),
+            Event::from_bytes(&[0u8; 10], &key()),
             Err(DecodeError::Size { got: 10, .. })
         ));
         let mut r = raw(ProbeId::TsmBind);
         r.probe = 99;
-        assert_eq!(Event::decode(&r), Err(DecodeError::UnknownProbe(99)));
+        assert_eq!(
+            Event::decode(&r, &key()),
+            Err(DecodeError::UnknownProbe(99))
+        );
         let mut r = raw(ProbeId::TsmBind);
         r.end_ns = 0;
         assert!(matches!(
-            Event::decode(&r),
+            Event::decode(&r, &key()),
             Err(DecodeError::TimeReversed { .. })
         ));
     }
@@ -642,15 +657,24 @@ mod tests {
         let mut r = raw(ProbeId::PciTsmUnbind);
         r.flags = flags::RET_VOID;
         r.ret = 12345;
-        let ev = Event::decode(&r).unwrap();
+        let ev = Event::decode(&r, &key()).unwrap();
         assert_eq!(ev.ret, None);
         assert!(ev.ok());
         let mut r = raw(ProbeId::DriverBind);
         r.flags = flags::RET_IS_PTR;
         r.ret = -5;
-        assert_eq!(Event::decode(&r).unwrap().errno(), Some(5));
+        assert_eq!(Event::decode(&r, &key()).unwrap().errno(), Some(5));
         r.ret = 0xffff_8880_0000_1000_u64 as i64;
-        assert!(Event::decode(&r).unwrap().ok());
+        let ev = Event::decode(&r, &key()).unwrap();
+        assert!(ev.ok());
+        // The address itself is gone: a valid pointer is 1, NULL 0, an ERR_PTR its errno.
+        assert_eq!(ev.ret, Some(1));
+        r.ret = 0;
+        assert_eq!(Event::decode(&r, &key()).unwrap().ret, Some(0));
+        r.ret = -4095;
+        assert_eq!(Event::decode(&r, &key()).unwrap().ret, Some(-4095));
+        r.ret = -4096;
+        assert_eq!(Event::decode(&r, &key()).unwrap().ret, Some(1));
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! The record file: a header line, then one [`Event`] per line, as JSON.
 //!
 //! ```text
-//! {"tsm_trace_record":1,"tsm_trace_version":"0.1.0","kernel":"7.3.4+deb13-amd64"}
-//! {"probe":"tsm_bind","start_ns":...,"end_ns":...,"tgid":...,...}
+//! {"tsm_trace_record":2,"tsm_trace_version":"0.1.0","kernel":"7.3.4+deb13-amd64"}
+//! {"probe":"tsm_bind","start_ns":...,"end_ns":...,"tgid":...,"vm":{"id":"vm#3f9a0c51e2b7","pid":4242},...}
 //! ```
 //! Reading validates every line and names the line and the problem on error.
+//!
+//! A record holds no kernel address: VMs are their keyed hash (`vm#…`, the same name the
+//! live session printed; see [`super::vm_id`]) and returned pointers their meaning. Format 1
+//! (before that) stored `struct kvm *` pointers; it is refused with an explanation.
 
 use std::io::{BufRead, Read, Write};
 
@@ -12,7 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use super::Event;
 
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: VMs by keyed hash (`"vm":{"id":"vm#…"}`), pointer returns reduced to 0/errno/1.
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Header {
@@ -31,13 +36,17 @@ pub enum RecordError {
         source: std::io::Error,
     },
     #[error(
-        "{path}: line 1 is not a tsm-trace record header (expected {{\"tsm_trace_record\":1,...}}): {reason}"
+        "{path}: line 1 is not a tsm-trace record header (expected {{\"tsm_trace_record\":{FORMAT_VERSION},...}}): {reason}"
     )]
     Header { path: String, reason: String },
     #[error(
         "{path}: record format version {found} is not supported (this tsm-trace reads {FORMAT_VERSION})"
     )]
     Version { path: String, found: u32 },
+    #[error(
+        "{path}: record format 1 names VMs by their kernel address (struct kvm pointer), which tsm-trace no longer reads or writes; this tsm-trace reads format {FORMAT_VERSION} (VMs by keyed hash): record the capture again with this version"
+    )]
+    PointerFormat { path: String },
     #[error("{path}:{line}: {reason}")]
     Line {
         path: String,
@@ -139,6 +148,9 @@ pub fn read_all(input: impl BufRead, path: &str) -> Result<(Header, Vec<Event>),
         path: path.into(),
         reason: e.to_string(),
     })?;
+    if header.tsm_trace_record == 1 {
+        return Err(RecordError::PointerFormat { path: path.into() });
+    }
     if header.tsm_trace_record != FORMAT_VERSION {
         return Err(RecordError::Version {
             path: path.into(),
@@ -176,14 +188,14 @@ pub fn read_all(input: impl BufRead, path: &str) -> Result<(Header, Vec<Event>),
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{Probe, Vm};
+    use crate::events::{Probe, Vm, VmId};
 
     fn ev() -> Event {
         let mut e = Event::new(Probe::TsmBind, 10, 20, 1, 2, "qemu".into());
         e.ret = Some(-16);
         e.device = Some("0000:01:00.0".into());
         e.vm = Some(Vm {
-            kvm: 0xffff_0000_0000_1000,
+            id: VmId::from_bits(0x1000),
             pid: Some(5),
             stats_id: Some("kvm-5".into()),
         });
@@ -226,13 +238,13 @@ mod tests {
     #[test]
     fn errors_name_line_and_problem() {
         let text =
-            "{\"tsm_trace_record\":1,\"tsm_trace_version\":\"x\"}\n\n{\"probe\":\"tsm_bind\"}\n";
+            "{\"tsm_trace_record\":2,\"tsm_trace_version\":\"x\"}\n\n{\"probe\":\"tsm_bind\"}\n";
         let err = read_all(text.as_bytes(), "cap.jsonl")
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("cap.jsonl:3: missing field"), "{err}");
 
-        let text = "{\"tsm_trace_record\":1,\"tsm_trace_version\":\"x\"}\n{\"probe\":\"nope\",\"start_ns\":1}\n";
+        let text = "{\"tsm_trace_record\":2,\"tsm_trace_version\":\"x\"}\n{\"probe\":\"nope\",\"start_ns\":1}\n";
         let err = read_all(text.as_bytes(), "cap.jsonl")
             .unwrap_err()
             .to_string();
@@ -247,12 +259,29 @@ mod tests {
         let text = "{\"tsm_trace_record\":9,\"tsm_trace_version\":\"x\"}\n";
         let err = read_all(text.as_bytes(), "x").unwrap_err().to_string();
         assert!(err.contains("version 9 is not supported"), "{err}");
+
+        // Format 1 held kernel pointers: refused, saying why and what to do.
+        let text = "{\"tsm_trace_record\":1,\"tsm_trace_version\":\"x\"}\n";
+        let err = read_all(text.as_bytes(), "old.jsonl")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("old.jsonl: record format 1 names VMs by their kernel address")
+                && err.contains("record the capture again"),
+            "{err}"
+        );
+        // A pointer where the id belongs is an error naming the line.
+        let text = "{\"tsm_trace_record\":2,\"tsm_trace_version\":\"x\"}\n{\"probe\":\"tsm_bind\",\"start_ns\":1,\"end_ns\":2,\"tgid\":1,\"tid\":1,\"comm\":\"q\",\"vm\":{\"id\":\"0xffff888012340000\"}}\n";
+        let err = read_all(text.as_bytes(), "p.jsonl")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("p.jsonl:2: bad VM id"), "{err}");
     }
 
     /// A line without an end is refused at the cap, not read into memory whole.
     #[test]
     fn overlong_lines_are_errors() {
-        let mut text = b"{\"tsm_trace_record\":1,\"tsm_trace_version\":\"x\"}\n".to_vec();
+        let mut text = b"{\"tsm_trace_record\":2,\"tsm_trace_version\":\"x\"}\n".to_vec();
         text.extend(std::iter::repeat_n(b'x', MAX_LINE + 10));
         let err = read_all(&text[..], "big.jsonl").unwrap_err().to_string();
         assert!(
@@ -264,7 +293,7 @@ mod tests {
             .to_string();
         assert!(err.contains("line longer than"), "{err}");
         // CRLF files read as well.
-        let text = "{\"tsm_trace_record\":1,\"tsm_trace_version\":\"x\"}\r\n";
+        let text = "{\"tsm_trace_record\":2,\"tsm_trace_version\":\"x\"}\r\n";
         assert!(read_all(text.as_bytes(), "crlf").is_ok());
     }
 }

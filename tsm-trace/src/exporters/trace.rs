@@ -13,7 +13,7 @@ use crate::correlate::{
     AnomalyKind, LeakReason, MismatchKind, OpKind, OpResult, Operation, Output,
 };
 use crate::errno;
-use crate::events::{Layer, Probe, Vm};
+use crate::events::{Layer, Probe, Vm, VmSelector};
 
 /// How monotonic event times are printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,17 +119,14 @@ pub fn fmt_duration(ns: u64) -> String {
 pub struct Filters {
     /// Only this device (BDF).
     pub device: Option<String>,
-    /// Only this VM: its name (`kvm-4242`), VMM pid (`4242`) or `struct kvm` pointer (`0x…`).
-    pub vm: Option<String>,
+    /// Only this VM: by VMM pid (`kvm-4242`, `4242`) or name hash (`vm#…`).
+    pub vm: Option<VmSelector>,
     /// Only failed operations (leaks are always failures worth seeing).
     pub failures_only: bool,
 }
 
-fn vm_matches(filter: &str, vm: Option<&Vm>) -> bool {
-    let Some(vm) = vm else { return false };
-    vm.name() == filter
-        || vm.pid.is_some_and(|p| p.to_string() == filter)
-        || format!("{:#x}", vm.kvm) == filter.to_ascii_lowercase()
+fn vm_matches(filter: &VmSelector, vm: Option<&Vm>) -> bool {
+    vm.is_some_and(|vm| filter.matches(vm))
 }
 
 impl Filters {

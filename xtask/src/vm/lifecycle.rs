@@ -178,13 +178,9 @@ fn ptr(s: &str) -> Option<u64> {
     u64::from_str_radix(s.trim_start_matches("0x"), 16).ok()
 }
 
-/// A decoded VM (`{"kvm","pid","stats_id"}`) against the stand-in's record of it.
+/// A decoded VM (`{"id","pid","stats_id"}`) against the stand-in's record of it.
 fn check_vm(c: &mut Checks, vm: &Value, kv: &Kv, what: &str) {
-    c.eq(
-        ptr(&s(vm, "kvm")),
-        ptr(&t(kv, "kvm")),
-        &format!("{what} vm.kvm"),
-    );
+    c.vm_id(&s(vm, "id"), &t(kv, "kvm"), &format!("{what} vm.id"));
     c.eq(s(vm, "pid"), t(kv, "kvm_pid"), &format!("{what} vm.pid"));
     c.eq(
         s(vm, "stats_id"),
@@ -420,14 +416,16 @@ fn driver_frames(
             }
             "bind" => {
                 c.eq(s(r, "tdi_id"), t(ev, "tdi_id"), &format!("{what} tdi_id"));
-                c.eq(
-                    ptr(&s(&r["vm"], "kvm")),
-                    ptr(&t(ev, "kvm")),
-                    &format!("{what} vm.kvm"),
-                );
+                c.vm_id(&s(&r["vm"], "id"), &t(ev, "kvm"), &format!("{what} vm.id"));
+                // A valid pointer is reported as 1, never as its address.
                 c.check(
-                    r["ret_is_ptr"] == true && r["ret"].as_i64().is_some_and(|v| v < -4095),
-                    || format!("{what}: ret {:?} is not a struct pci_tdi pointer", r["ret"]),
+                    r["ret_is_ptr"] == true && r["ret"].as_i64() == Some(1),
+                    || {
+                        format!(
+                            "{what}: ret {:?} is not a valid struct pci_tdi pointer (1)",
+                            r["ret"]
+                        )
+                    },
                 );
             }
             "guest_req" => {
@@ -474,10 +472,10 @@ fn unbind_any_frames(
         let dev = t(ev, "dev");
         match bound.iter().find(|r| s(r, "device") == dev) {
             Some(r) => {
-                c.eq(
-                    ptr(&s(&r["vm"], "kvm")),
-                    ptr(&t(ev, "kvm")),
-                    &format!("{step}: pci_tsm_unbind_any {dev} vm.kvm"),
+                c.vm_id(
+                    &s(&r["vm"], "id"),
+                    &t(ev, "kvm"),
+                    &format!("{step}: pci_tsm_unbind_any {dev} vm.id"),
                 );
                 c.eq(
                     s(r, "tdi_id"),
@@ -512,6 +510,7 @@ fn unbind_any_frames(
 
 /// `binding_closed` lines for each device the step's link op unbound, with `cause`.
 fn closed(c: &mut Checks, trace: &[Value], step: &str, truth: &Truth, cause: &str, kvm: &str) {
+    let name = c.vm_name_of(kvm);
     for ev in truth.events(step, "unbind") {
         let dev = t(ev, "dev");
         let n = trace
@@ -521,7 +520,7 @@ fn closed(c: &mut Checks, trace: &[Value], step: &str, truth: &Truth, cause: &st
                     && s(&l["binding"], "device") == dev
                     && s(l, "cause") == cause
                     && s(&l["binding"], "tdi_id") == t(ev, "tdi_id")
-                    && ptr(&s(&l["binding"]["vm"], "kvm")) == ptr(kvm)
+                    && name.as_deref() == Some(s(&l["binding"]["vm"], "id").as_str())
             })
             .count();
         c.check(n >= 1, || {
@@ -878,17 +877,17 @@ fn bind(
         c.check(false, || format!("{step}: no tsm_bind frame"));
     }
     // pci_tsm_bind reads vmlinux's struct kvm layout, which the stand-in object does not
-    // have: only the pointer is comparable.
+    // have: only the pointer's name is comparable.
     if let Some(r) = raw(rec, o, "pci_tsm_bind").first() {
         c.eq(
             s(r, "device"),
             dev.clone(),
             &format!("{step}: pci_tsm_bind device"),
         );
-        c.eq(
-            ptr(&s(&r["vm"], "kvm")),
-            ptr(&t(kv, "kvm")),
-            &format!("{step}: pci_tsm_bind vm.kvm"),
+        c.vm_id(
+            &s(&r["vm"], "id"),
+            &t(kv, "kvm"),
+            &format!("{step}: pci_tsm_bind vm.id"),
         );
         c.eq(
             s(r, "tdi_id"),
@@ -1055,10 +1054,10 @@ fn ops_after_connect(
             t(&ev, "tdi_id"),
             "unbind_A: operation tdi_id",
         );
-        c.eq(
-            ptr(&s(&o["vm"], "kvm")),
-            ptr(&t(&ev, "kvm")),
-            "unbind_A: operation vm.kvm",
+        c.vm_id(
+            &s(&o["vm"], "id"),
+            &t(&ev, "kvm"),
+            "unbind_A: operation vm.id",
         );
         c.eq(
             s(o, "vdevice_id"),
@@ -1145,10 +1144,10 @@ fn ops_after_connect(
             a_tdi,
             "disconnect_bound: operation tdi_id (device A's)",
         );
-        c.eq(
-            ptr(&s(&o["vm"], "kvm")),
-            ptr(&kvm),
-            "disconnect_bound: operation vm.kvm",
+        c.vm_id(
+            &s(&o["vm"], "id"),
+            &kvm,
+            "disconnect_bound: operation vm.id",
         );
         unbind_any_frames(c, rec, step, o, truth, tsm);
         driver_frames(c, rec, step, o, truth, "unbind");
@@ -1210,11 +1209,7 @@ fn ops_after_connect_c(
         }
         let c_tdi = truth.events(step, "unbind").first().map(|e| t(e, "tdi_id"));
         c.eq(Some(s(o, "tdi_id")), c_tdi, "remove_C: operation tdi_id");
-        c.eq(
-            ptr(&s(&o["vm"], "kvm")),
-            ptr(&kvm),
-            "remove_C: operation vm.kvm",
-        );
+        c.vm_id(&s(&o["vm"], "id"), &kvm, "remove_C: operation vm.id");
         unbind_any_frames(c, rec, step, o, truth, tsm);
         driver_frames(c, rec, step, o, truth, "unbind");
         driver_frames(c, rec, step, o, truth, "disconnect");
@@ -1662,10 +1657,10 @@ fn daemons(c: &mut Checks, out: &VmOutput) -> Result<()> {
             t(bkv, "tdi_id"),
             "d2 (b2): dropped binding tdi_id",
         );
-        c.eq(
-            ptr(&s(&d["binding"]["vm"], "kvm")),
-            ptr(&t(bkv, "kvm")),
-            "d2 (b2): dropped binding vm.kvm",
+        c.vm_id(
+            &s(&d["binding"]["vm"], "id"),
+            &t(bkv, "kvm"),
+            "d2 (b2): dropped binding vm.id",
         );
         c.eq(
             s(&d["binding"], "tsm"),

@@ -14,6 +14,7 @@
 
 pub mod initramfs;
 pub mod kernel;
+pub mod leaks;
 pub mod lifecycle;
 pub mod module;
 pub mod modules;
@@ -232,8 +233,11 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
         }
         for (label, script, ropts, check) in runs {
             let t1 = Instant::now();
-            let result = run_in_vm_with(&kernel, &extra, script, &ropts)
-                .and_then(|out| check(&out).map(|n| (out, n)));
+            // The scenario's own checks, then: no kernel address in any tsm-trace output.
+            let result = run_in_vm_with(&kernel, &extra, script, &ropts).and_then(|out| {
+                let n = check(&out)? + leaks::check(&out)?;
+                Ok((out, n))
+            });
             let boot = t1.elapsed();
             match result {
                 Ok((out, n)) => {

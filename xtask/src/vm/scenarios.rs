@@ -22,6 +22,30 @@ pub const SCRIPT: &str = "tests/vm/scenarios/probes.sh";
 pub struct Checks {
     pub count: usize,
     pub failed: Vec<String>,
+    vm_ids: VmIds,
+}
+
+/// The VM names tsm-trace showed (`vm.id`, `vm#<12 hex>`: it never shows a kernel address)
+/// against the fixtures' own print-out of each VM's `struct kvm *` (`0x%px`): the same
+/// pointer always gets the same name, different pointers different names.
+#[derive(Default)]
+struct VmIds {
+    by_ptr: BTreeMap<u64, String>,
+    by_id: BTreeMap<String, u64>,
+}
+
+/// A fixture's `0x%px` pointer as a number.
+fn fixture_ptr(s: &str) -> Option<u64> {
+    u64::from_str_radix(s.trim_start_matches("0x"), 16).ok()
+}
+
+/// `vm#` and 12 lower-case hex digits.
+fn is_vm_id(s: &str) -> bool {
+    s.strip_prefix("vm#").is_some_and(|h| {
+        h.len() == 12
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 impl Checks {
@@ -30,6 +54,50 @@ impl Checks {
         if !ok {
             self.failed.push(what());
         }
+    }
+
+    /// `got` (a decoded `vm.id`) names the fixture's VM `fixture` (its `0x%px` pointer;
+    /// `0x0`: no VM, so no id), consistently with every name checked before.
+    pub(crate) fn vm_id(&mut self, got: &str, fixture: &str, what: &str) {
+        self.count += 1;
+        let Some(p) = fixture_ptr(fixture) else {
+            self.failed.push(format!(
+                "{what}: the fixture printed no pointer ({fixture:?})"
+            ));
+            return;
+        };
+        if p == 0 {
+            if !got.is_empty() {
+                self.failed
+                    .push(format!("{what}: got {got:?}, want no VM (kvm=0x0)"));
+            }
+            return;
+        }
+        if !is_vm_id(got) {
+            self.failed.push(format!(
+                "{what}: got {got:?}, want a vm#<12 hex digits> name"
+            ));
+            return;
+        }
+        let seen = self.vm_ids.by_ptr.get(&p).cloned();
+        let owner = self.vm_ids.by_id.get(got).copied();
+        match (seen, owner) {
+            (Some(id), _) if id != got => self.failed.push(format!(
+                "{what}: got {got:?}, but the same VM was named {id:?} before"
+            )),
+            (_, Some(q)) if q != p => self.failed.push(format!(
+                "{what}: {got:?} also names another of the fixture's VMs"
+            )),
+            _ => {
+                self.vm_ids.by_ptr.insert(p, got.to_string());
+                self.vm_ids.by_id.insert(got.to_string(), p);
+            }
+        }
+    }
+
+    /// The name already checked for the fixture's VM `fixture` (`0x%px`).
+    pub(crate) fn vm_name_of(&self, fixture: &str) -> Option<String> {
+        self.vm_ids.by_ptr.get(&fixture_ptr(fixture)?).cloned()
     }
 
     pub(crate) fn eq<T: PartialEq + std::fmt::Debug>(&mut self, got: T, want: T, what: &str) {
@@ -125,10 +193,10 @@ fn check_bind_fields(c: &mut Checks, name: &str, ev: &Value, kv: &BTreeMap<Strin
         t(kv, "dev"),
         &format!("{name}: {probe} device"),
     );
-    c.eq(
-        s(&ev["vm"], "kvm"),
-        t(kv, "kvm"),
-        &format!("{name}: {probe} vm.kvm"),
+    c.vm_id(
+        &s(&ev["vm"], "id"),
+        &t(kv, "kvm"),
+        &format!("{name}: {probe} vm.id"),
     );
     c.eq(
         s(&ev["vm"], "pid"),
@@ -426,10 +494,10 @@ pub fn check_session_a(out: &VmOutput) -> Result<Checks> {
     let kv = step(&truth, "vm4_destroy")?;
     match evs.iter().find(|e| s(e, "probe") == "kvm_destroy_vm") {
         Some(e) => {
-            c.eq(
-                s(&e["vm"], "kvm"),
-                t(kv, "destroyed_kvm"),
-                "vm4_destroy: kvm",
+            c.vm_id(
+                &s(&e["vm"], "id"),
+                &t(kv, "destroyed_kvm"),
+                "vm4_destroy: vm.id",
             );
             c.eq(
                 s(&e["vm"], "pid"),
@@ -515,10 +583,10 @@ pub fn check_session_b(out: &VmOutput) -> Result<Checks> {
                 "real pci_tsm_bind: device (struct pci_dev from vmlinux BTF)",
             );
             c.eq(s(e, "tdi_id"), t(kv, "tdi_id"), "real pci_tsm_bind: tdi_id");
-            c.eq(
-                s(&e["vm"], "kvm"),
-                t(kv, "kvm"),
-                "real pci_tsm_bind: kvm pointer",
+            c.vm_id(
+                &s(&e["vm"], "id"),
+                &t(kv, "kvm"),
+                "real pci_tsm_bind: vm.id",
             );
             c.eq(s(e, "ret"), t(kv, "rc"), "real pci_tsm_bind: return value");
         }
