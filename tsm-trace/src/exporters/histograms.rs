@@ -58,8 +58,9 @@ impl Durations {
             buckets: vec![0; self.bounds.len() + 1],
             sum_ns: 0,
         });
-        c.buckets[slot] += 1;
-        c.sum_ns += duration_ns;
+        // Saturating: a malformed record (or a replayed file) must not overflow the sum.
+        c.buckets[slot] = c.buckets[slot].saturating_add(1);
+        c.sum_ns = c.sum_ns.saturating_add(duration_ns);
     }
 
     /// Absolute counts from the kernel's aggregation. A series never goes down: a smaller
@@ -70,7 +71,7 @@ impl Durations {
         }
         let mut m = self.series.lock().unwrap_or_else(|p| p.into_inner());
         let e = m.entry((op, layer, ok)).or_default();
-        if counts.buckets.iter().sum::<u64>() >= e.buckets.iter().sum::<u64>() {
+        if total(&counts.buckets) >= total(&e.buckets) {
             *e = counts;
         }
     }
@@ -79,8 +80,12 @@ impl Durations {
     pub fn count(&self, op: OpKind, layer: Layer, ok: bool) -> u64 {
         let m = self.series.lock().unwrap_or_else(|p| p.into_inner());
         m.get(&(op, layer, ok))
-            .map_or(0, |c| c.buckets.iter().sum())
+            .map_or(0, |c| total(&c.buckets))
     }
+}
+
+fn total(buckets: &[u64]) -> u64 {
+    buckets.iter().fold(0u64, |a, &b| a.saturating_add(b))
 }
 
 fn label(name: &str, value: &str) -> LabelPair {
@@ -100,16 +105,16 @@ impl Collector for Durations {
         let mut metrics = Vec::with_capacity(m.len());
         for ((op, layer, ok), c) in m.iter() {
             let mut h = Histogram::default();
-            let mut cum = 0;
+            let mut cum: u64 = 0;
             let mut buckets = Vec::with_capacity(self.bounds.len());
             for (i, b) in self.bounds.iter().enumerate() {
-                cum += c.buckets.get(i).copied().unwrap_or(0);
+                cum = cum.saturating_add(c.buckets.get(i).copied().unwrap_or(0));
                 let mut bucket = Bucket::default();
                 bucket.set_upper_bound(*b);
                 bucket.set_cumulative_count(cum);
                 buckets.push(bucket);
             }
-            cum += c.buckets.last().copied().unwrap_or(0);
+            cum = cum.saturating_add(c.buckets.last().copied().unwrap_or(0));
             h.set_bucket(buckets);
             h.set_sample_count(cum);
             h.set_sample_sum(c.sum_ns as f64 / 1e9);
