@@ -31,6 +31,15 @@ pub struct LoopOptions {
     pub reconcile: Option<Reconcile>,
     /// Stop at this instant (`trace --duration`).
     pub end: Option<Instant>,
+    /// `run`: probes may attach on module loads until then (`None`: always, as `trace`).
+    pub late_attach: Option<LateAttach>,
+}
+
+/// The window during which probes still attach on module loads (`--late-attach-window`).
+pub struct LateAttach {
+    pub until: Instant,
+    /// At its end, drop what attaching needed (keep only CAP_BPF).
+    pub drop_capabilities: bool,
 }
 
 /// sysfs reconciliation: once at start, then every `every`.
@@ -64,6 +73,9 @@ pub async fn run(
     let mut batch: Batch = Vec::new();
     let mut controls: Vec<Option<Control>> = Vec::new();
     let mut rescan_at: Option<Instant> = None;
+    let mut window_end = opts.late_attach.as_ref().map(|w| w.until);
+    // With a window, attaching stops when it closes; `trace` (no window) always attaches.
+    let mut attach_open = true;
     let every = opts.reconcile.as_ref().and_then(|r| r.every);
     let mut next_reconcile = every.map(|d| Instant::now() + d);
     if let Some(r) = &opts.reconcile {
@@ -73,7 +85,7 @@ pub async fn run(
     loop {
         let deadline = next_deadline(&pipeline.lock().expect("pipeline lock"), cfg)
             .map(|d| Instant::now() + d);
-        let wake = [deadline, next_reconcile, rescan_at]
+        let wake = [deadline, next_reconcile, rescan_at, window_end]
             .into_iter()
             .flatten()
             .min();
@@ -88,12 +100,24 @@ pub async fn run(
                 }
                 for c in controls.drain(..) {
                     if control(live, metrics, c) {
-                        rescan_at.get_or_insert_with(|| Instant::now() + RESCAN_DELAY);
+                        if attach_open {
+                            rescan_at.get_or_insert_with(|| Instant::now() + RESCAN_DELAY);
+                        } else {
+                            log::debug!(
+                                "a module was loaded after --late-attach-window: not attaching (restart tsm-trace to attach)"
+                            );
+                        }
                     }
                 }
             }
             _ = sleep_until(wake) => {
                 let now = Instant::now();
+                if window_end.is_some_and(|t| t <= now) {
+                    window_end = None;
+                    attach_open = false;
+                    rescan_at = None;
+                    close_late_attach(live, opts.late_attach.as_ref().is_some_and(|w| w.drop_capabilities));
+                }
                 if rescan_at.is_some_and(|t| t <= now) {
                     rescan_at = None;
                     rescan(live, metrics);
@@ -111,6 +135,39 @@ pub async fn run(
                 }
             }
         }
+    }
+}
+
+/// The late-attach window is over: probes still missing will not attach; drop what
+/// attaching needed.
+fn close_late_attach(live: &LiveSession, drop_capabilities: bool) {
+    let missing: Vec<String> = live
+        .session()
+        .attach
+        .iter()
+        .filter(|r| r.requested && !r.attached && r.may_load_later)
+        .map(|r| format!("{} {}", r.kind.as_str(), r.probe.as_str()))
+        .collect();
+    let what = if missing.is_empty() {
+        "every requested probe is attached".to_string()
+    } else {
+        format!(
+            "{} will not attach (load their module, then restart tsm-trace, or raise --late-attach-window)",
+            missing.join(", ")
+        )
+    };
+    if drop_capabilities {
+        let keep = crate::probes::capabilities::to_keep(false);
+        match crate::probes::capabilities::drop_all_but(&keep) {
+            Ok(()) => log::info!(
+                "the late-attach window is over: dropped all capabilities but CAP_BPF; {what}"
+            ),
+            Err(e) => {
+                log::warn!("the late-attach window is over; dropping capabilities failed: {e}")
+            }
+        }
+    } else {
+        log::info!("the late-attach window is over; {what}");
     }
 }
 

@@ -18,7 +18,8 @@ use tsm_trace::{
     cli::parse,
     correlate,
     event_loop::{
-        self, Batch, LoopOptions, Reconcile, Stop, handle_batch, publish_session, sync_kernel_stats,
+        self, Batch, LateAttach, LoopOptions, Reconcile, Stop, handle_batch, publish_session,
+        sync_kernel_stats,
     },
     events::{Probe, record},
     exporters::{
@@ -218,9 +219,19 @@ struct RunArgs {
     )]
     sysfs_root: PathBuf,
     /// Keep all capabilities after the probes are attached (default: keep only CAP_BPF for
-    /// reading the maps, plus what attaching later needs while probes wait for their module).
+    /// reading the maps, plus what attaching later needs during --late-attach-window).
     #[arg(long, env = "TSM_TRACE_KEEP_CAPABILITIES", help_heading = "Daemon")]
     keep_capabilities: bool,
+    /// After attaching, become this user: UID, UID:GID or a name from /etc/passwd (e.g.
+    /// 65534:65534). Needs CAP_SETUID and CAP_SETGID at start; they are dropped with the rest.
+    #[arg(long, value_name = "USER", env = "TSM_TRACE_USER", value_parser = parse::user, help_heading = "Daemon")]
+    user: Option<(u32, u32)>,
+    /// How long requested probes that did not attach may still attach when their module
+    /// loads (iommufd.ko, kvm.ko, a TSM driver). Attaching needs CAP_PERFMON, CAP_SYSLOG (and
+    /// CAP_SYS_ADMIN where kernel.perf_event_paranoid=3): they are kept that long, then
+    /// dropped for good (restart tsm-trace after loading a module later). 0s: never wait.
+    #[arg(long, value_name = "DURATION", env = "TSM_TRACE_LATE_ATTACH_WINDOW", default_value = "10m", value_parser = parse::duration, help_heading = "Daemon")]
+    late_attach_window: Duration,
     /// Also print every operation and leak to stdout (as `trace` would).
     #[arg(long, value_enum, env = "TSM_TRACE_PRINT", help_heading = "Daemon")]
     print: Option<PrintFormat>,
@@ -430,15 +441,23 @@ fn start_session(probes: &ProbeArgs) -> Result<LiveSession> {
     Ok(live)
 }
 
-/// Keeps CAP_BPF (map reads) and, while requested probes still wait for their module, what
-/// attaching them later needs; drops everything else.
-fn drop_capabilities(live: &LiveSession) {
+/// Keeps CAP_BPF (map reads) and, while requested probes may still attach (`waiting`), what
+/// attaching them needs; drops everything else.
+fn drop_capabilities(live: &LiveSession, waiting: bool, window: Duration) {
     use tsm_trace::probes::capabilities;
-    let waiting = live.missing();
-    let keep = capabilities::to_keep(waiting > 0);
+    let keep = capabilities::to_keep(waiting);
     let names: Vec<_> = keep.iter().map(|&c| capabilities::name(c)).collect();
-    let why = if waiting > 0 {
-        format!("{waiting} requested probes may still attach when their module loads")
+    let why = if waiting {
+        format!(
+            "{} requested probes may still attach when their module loads, for --late-attach-window {}",
+            live.missing(),
+            tsm_trace::exporters::trace::fmt_duration(window.as_nanos() as u64)
+        )
+    } else if live.missing() > 0 {
+        format!(
+            "{} requested probes are not attached and will not be (--late-attach-window 0s)",
+            live.missing()
+        )
     } else {
         "all requested probes attached".to_string()
     };
@@ -449,6 +468,21 @@ fn drop_capabilities(live: &LiveSession) {
         ),
         Err(e) => log::warn!("could not drop capabilities: {e}; continuing with them"),
     }
+}
+
+/// `--user`: becomes that user (before capabilities are reduced).
+fn switch_user(uid: u32, gid: u32, keep_all: bool) -> Result<()> {
+    use tsm_trace::probes::capabilities;
+    capabilities::switch_user(uid, gid).with_context(|| {
+        format!("--user {uid}:{gid}: switching user (needs CAP_SETUID and CAP_SETGID at start)")
+    })?;
+    if keep_all {
+        // Effective again: the switch cleared it, permitted was kept.
+        let all: Vec<u32> = (0..64).collect();
+        capabilities::drop_all_but(&all).context("--user: restoring capabilities")?;
+    }
+    log::info!("now running as uid {uid}, gid {gid}");
+    Ok(())
 }
 
 /// Is at least one probe that sees binds attached? Otherwise the session is blind.
@@ -482,8 +516,12 @@ async fn run(args: RunArgs) -> Result<()> {
     if let Some(agg) = live.session_mut().take_aggregates() {
         metrics.use_kernel_aggregation(Box::new(move || agg.read()));
     }
+    let waiting = live.missing() > 0 && !args.late_attach_window.is_zero();
+    if let Some((uid, gid)) = args.user {
+        switch_user(uid, gid, args.keep_capabilities)?;
+    }
     if !args.keep_capabilities {
-        drop_capabilities(&live);
+        drop_capabilities(&live, waiting, args.late_attach_window);
     }
     if bind_path_attached(live.session()) {
         readiness.set_ready();
@@ -535,6 +573,10 @@ async fn run(args: RunArgs) -> Result<()> {
             every: (!args.reconcile_interval.is_zero()).then_some(args.reconcile_interval),
         }),
         end: None,
+        late_attach: waiting.then(|| LateAttach {
+            until: tokio::time::Instant::now() + args.late_attach_window,
+            drop_capabilities: !args.keep_capabilities,
+        }),
     };
     let stop = event_loop::run(&mut live, &pipeline, &metrics, &cfg, &opts, None).await?;
     if let Stop::Signal(sig) = stop {
@@ -603,6 +645,8 @@ async fn trace(args: TraceArgs) -> Result<()> {
     let opts = LoopOptions {
         reconcile: None,
         end: args.duration.map(|d| tokio::time::Instant::now() + d),
+        // An interactive trace keeps its privileges and attaches whenever a module loads.
+        late_attach: None,
     };
     event_loop::run(
         &mut live,
@@ -677,6 +721,25 @@ fn check(args: CheckArgs) -> Result<()> {
     }
     let attached = session.attached_count();
     writeln!(out, "{attached} programs attached")?;
+    let late: Vec<String> = session
+        .attach
+        .iter()
+        .filter(|r| r.requested && !r.attached && r.may_load_later)
+        .map(|r| format!("{} {}", r.kind.as_str(), r.probe.as_str()))
+        .collect();
+    if !late.is_empty() {
+        let keep: Vec<&str> = tsm_trace::probes::capabilities::to_keep(true)
+            .iter()
+            .map(|&c| tsm_trace::probes::capabilities::name(c))
+            .collect();
+        writeln!(
+            out,
+            "late attach: {} requested programs are not attached but may be when their module loads ({}); `run` attaches them for --late-attach-window (default 10m), keeping {} until then, then only CAP_BPF",
+            late.len(),
+            late.join(", "),
+            keep.join(", ")
+        )?;
+    }
     if !bind_path_attached(&session) {
         bail!(
             "no bind-path probe attached (tsm_op_ioctl, tsm_bind, pci_tsm_bind): tsm-trace would see no binds on this kernel"

@@ -34,6 +34,8 @@ pub const DEB_PACKAGES: &[&str] = &[
     "prometheus",
     // x86_64-linux-musl-gcc: the static binary's C dependencies (ring, under rustls).
     "musl-tools",
+    // systemd-analyze: the unit's hardening score in `cargo xtask test`.
+    "systemd",
 ];
 
 /// bpf-linker is built against Debian's LLVM of the pinned nightly's major, not against the LLVM

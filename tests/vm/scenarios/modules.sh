@@ -57,6 +57,20 @@ $BIN trace --json $FLAGS > /tmp/mod_t.jsonl 2> /tmp/mod_t.err &
 TRACE=$!
 wait_count /tmp/mod_t.err 'tracing with' 1 60
 
+# A daemon that becomes nobody after attaching and closes its late-attach window after 3 s:
+# its capability sets and ids, as the kernel shows them, while the window is open and after.
+$BIN run --listen 127.0.0.1:9491 --reconcile-interval 0 --user 65534:65534 \
+	--late-attach-window 3s $FLAGS > /dev/null 2> /tmp/mod_p.err &
+PRIV=$!
+wait_count /tmp/mod_p.err 'serving http' 1 60
+ids() {
+	echo "paranoid=$(cat /proc/sys/kernel/perf_event_paranoid)"
+	grep -E '^(Uid|Gid|Groups|CapEff|CapPrm|CapInh|CapAmb):' /proc/$PRIV/status
+}
+ids > /tmp/mod_p_open
+wait_count /tmp/mod_p.err 'late-attach window is over' 1 20
+ids > /tmp/mod_p_closed
+
 # A VMM binds a device and holds it until it is killed.
 ctl vm_create 1
 ctl vdev_create 1 0000:00:02.0 1 77
@@ -108,4 +122,10 @@ echo "exit=$?" >> /tmp/mod_t.err
 kill -TERM $DAEMON
 wait $DAEMON
 echo "exit=$?" >> /tmp/mod_d.err
+kill -TERM $PRIV
+wait $PRIV
+echo "exit=$?" >> /tmp/mod_p.err
+frame mod_p_open /tmp/mod_p_open
+frame mod_p_closed /tmp/mod_p_closed
+frame mod_p.err /tmp/mod_p.err
 dump

@@ -535,3 +535,81 @@ mod tests {
         );
     }
 }
+
+/// A user to switch to after attaching: `UID`, `UID:GID`, or a name from /etc/passwd (its
+/// uid and primary gid). Root (0) is refused: the point is to stop being root.
+pub fn user(s: &str) -> Result<(u32, u32), String> {
+    user_from(
+        s,
+        &std::fs::read_to_string("/etc/passwd").unwrap_or_default(),
+    )
+}
+
+fn user_from(s: &str, passwd: &str) -> Result<(u32, u32), String> {
+    let t = s.trim();
+    let num = |v: &str| {
+        v.parse::<u32>()
+            .map_err(|_| format!("{v:?} is not a uid or gid (0–4294967294)"))
+            .and_then(|n| {
+                if n == u32::MAX {
+                    Err("4294967295 is not a valid id".to_string())
+                } else {
+                    Ok(n)
+                }
+            })
+    };
+    let (uid, gid) = if t.chars().next().is_some_and(|c| c.is_ascii_digit()) {
+        match t.split_once(':') {
+            Some((u, g)) => (num(u)?, num(g)?),
+            None => {
+                let u = num(t)?;
+                (u, u)
+            }
+        }
+    } else {
+        let entry = passwd
+            .lines()
+            .find(|l| l.split(':').next() == Some(t))
+            .ok_or_else(|| format!("no user {t:?} in /etc/passwd (give UID:GID instead)"))?;
+        let f: Vec<&str> = entry.split(':').collect();
+        match (f.get(2), f.get(3)) {
+            (Some(u), Some(g)) => (num(u)?, num(g)?),
+            _ => return Err(format!("the /etc/passwd entry of {t:?} is malformed")),
+        }
+    };
+    if uid == 0 {
+        return Err("uid 0 is root: give an unprivileged user (e.g. 65534:65534, nobody)".into());
+    }
+    Ok((uid, gid))
+}
+
+#[cfg(test)]
+mod user_tests {
+    use super::user_from;
+
+    #[test]
+    fn table() {
+        let pw = "root:x:0:0::/root:/bin/sh\nnobody:x:65534:65534::/:/usr/sbin/nologin\nbad:x\n";
+        for (input, want) in [
+            ("65534", Ok((65534, 65534))),
+            ("1000:100", Ok((1000, 100))),
+            ("nobody", Ok((65534, 65534))),
+            (" nobody ", Ok((65534, 65534))),
+        ] {
+            assert_eq!(user_from(input, pw), want, "{input}");
+        }
+        for (input, why) in [
+            ("0", "root"),
+            ("root", "root"),
+            ("ghost", "no user"),
+            ("bad", "malformed"),
+            ("12x", "not a uid"),
+            ("1:x", "not a uid"),
+            ("4294967295", "not a valid id"),
+            ("99999999999", "not a uid"),
+        ] {
+            let e = user_from(input, pw).unwrap_err();
+            assert!(e.contains(why), "{input}: {e}");
+        }
+    }
+}

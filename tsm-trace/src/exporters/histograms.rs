@@ -79,8 +79,7 @@ impl Durations {
     /// Observations of one series (tests, summaries).
     pub fn count(&self, op: OpKind, layer: Layer, ok: bool) -> u64 {
         let m = self.series.lock().unwrap_or_else(|p| p.into_inner());
-        m.get(&(op, layer, ok))
-            .map_or(0, |c| total(&c.buckets))
+        m.get(&(op, layer, ok)).map_or(0, |c| total(&c.buckets))
     }
 }
 

@@ -2,6 +2,7 @@
 
 /// Capability numbers (linux/capability.h).
 pub(crate) const CAP_SYS_ADMIN: u32 = 21;
+pub(crate) const CAP_SYSLOG: u32 = 34;
 pub(crate) const CAP_PERFMON: u32 = 38;
 pub(crate) const CAP_BPF: u32 = 39;
 

@@ -204,6 +204,7 @@ pub fn check(out: &VmOutput) -> Result<usize> {
             || format!("{name}: no vmm_exited leak for {VMM_DEV}"),
         );
     }
+    check_privileges(&mut c, out)?;
     if c.failed.is_empty() {
         Ok(c.count)
     } else {
@@ -215,6 +216,84 @@ pub fn check(out: &VmOutput) -> Result<usize> {
             c.failed.join("\n  ")
         )
     }
+}
+
+/// Capability bits (linux/capability.h), for reading /proc/<pid>/status.
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_SYSLOG: u32 = 34;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+fn caps(status: &str, field: &str) -> Option<Vec<u32>> {
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))?
+        .trim();
+    let v = u64::from_str_radix(hex, 16).ok()?;
+    Some((0..64).filter(|b| v & (1 << b) != 0).collect())
+}
+
+/// The daemon started with `--user 65534:65534 --late-attach-window 3s`: nobody once
+/// attached, holding only what attaching needs while the window is open, then CAP_BPF only;
+/// no attach on the module loads after the window.
+fn check_privileges(c: &mut Checks, out: &VmOutput) -> Result<()> {
+    let open = &out.section("mod_p_open")?.text;
+    let closed = &out.section("mod_p_closed")?.text;
+    let paranoid: i32 = parse_kv(open.lines().next().unwrap_or(""))
+        .get("paranoid")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(-1);
+    let mut attach = vec![CAP_SYS_ADMIN, CAP_SYSLOG, CAP_PERFMON, CAP_BPF];
+    if paranoid < 3 {
+        attach.retain(|&b| b != CAP_SYS_ADMIN);
+    }
+    for (phase, text, want) in [
+        ("window open", open, attach),
+        ("window closed", closed, vec![CAP_BPF]),
+    ] {
+        for f in ["Uid", "Gid"] {
+            let ids: Vec<&str> = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{f}:")))
+                .unwrap_or("")
+                .split_whitespace()
+                .collect();
+            c.eq(
+                ids,
+                vec!["65534"; 4],
+                &format!("--user, {phase}: {f} (real, effective, saved, fs)"),
+            );
+        }
+        for f in ["CapEff", "CapPrm"] {
+            c.eq(
+                caps(text, f),
+                Some(want.clone()),
+                &format!("--user, {phase}: {f} (perf_event_paranoid={paranoid})"),
+            );
+        }
+        for f in ["CapInh", "CapAmb"] {
+            c.eq(
+                caps(text, f),
+                Some(vec![]),
+                &format!("--user, {phase}: {f}"),
+            );
+        }
+    }
+    let err = &out.section("mod_p.err")?.text;
+    c.check(
+        err.contains("now running as uid 65534, gid 65534")
+            && err.contains("the late-attach window is over: dropped all capabilities but CAP_BPF")
+            && err.contains("driver_connect will not attach"),
+        || format!("mod_p.err: no user switch or window close:\n{err}"),
+    );
+    c.check(
+        !err.contains("a module load made more probes available"),
+        || format!("mod_p.err: attached after the window closed:\n{err}"),
+    );
+    c.check(err.lines().any(|l| l == "exit=0"), || {
+        format!("mod_p.err: no clean exit:\n{err}")
+    });
+    Ok(())
 }
 
 /// Three detaches and three attaches, no rescan failure, a clean exit.
