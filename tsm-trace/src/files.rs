@@ -20,6 +20,10 @@ pub mod cap {
     pub const RECORD: u64 = 4 << 30;
     /// One line of a record file.
     pub const RECORD_LINE: u64 = 1 << 20;
+    /// `/proc/kallsyms` (or `--kallsyms`): a 7.x distribution kernel lists about 20 MiB.
+    pub const KALLSYMS: u64 = 512 << 20;
+    /// One line of it (a symbol, its type and its module).
+    pub const KALLSYMS_LINE: u64 = 4096;
 }
 
 /// The error for a file over its cap: names the file, its cap and what to do.

@@ -81,10 +81,43 @@ impl Kallsyms {
         Self::parse(BufReader::new(f), wanted, &path.display().to_string())
     }
 
-    pub fn parse(r: impl BufRead, wanted: &[&str], source: &str) -> std::io::Result<Kallsyms> {
+    /// Parses a symbol table; at most [`cap::KALLSYMS`] bytes, lines of at most
+    /// [`cap::KALLSYMS_LINE`] (a `--kallsyms` path that is not a symbol table, such as
+    /// `/dev/zero`, fails with an error naming it instead of exhausting memory).
+    pub fn parse(mut r: impl BufRead, wanted: &[&str], source: &str) -> std::io::Result<Kallsyms> {
+        use crate::files::cap;
+        use std::io::{Error, ErrorKind, Read};
         let mut functions: BTreeMap<String, Vec<Def>> = BTreeMap::new();
-        for line in r.lines() {
-            let line = line?;
+        let mut total: u64 = 0;
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            let n = (&mut r)
+                .take(cap::KALLSYMS_LINE + 1)
+                .read_until(b'\n', &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+            if n as u64 > cap::KALLSYMS_LINE {
+                return Err(Error::new(
+                    ErrorKind::InvalidData,
+                    format!(
+                        "{source}: a line longer than {} bytes: not a symbol table (give /proc/kallsyms)",
+                        cap::KALLSYMS_LINE
+                    ),
+                ));
+            }
+            if total > cap::KALLSYMS {
+                return Err(Error::new(
+                    ErrorKind::InvalidData,
+                    format!(
+                        "{source}: larger than {} MiB: not a symbol table (give /proc/kallsyms)",
+                        cap::KALLSYMS >> 20
+                    ),
+                ));
+            }
+            let line = String::from_utf8_lossy(&buf);
             let mut it = line.split_whitespace();
             let (Some(addr), Some(ty), Some(name)) = (it.next(), it.next(), it.next()) else {
                 continue;
@@ -496,5 +529,36 @@ ffffffffc0200000 t dsm_probe\t[other]
             panic!("not in kvm")
         };
         assert!(reason.contains("not in module kvm"), "{reason}");
+    }
+}
+
+#[cfg(test)]
+mod cap_tests {
+    use super::Kallsyms;
+
+    #[test]
+    fn a_file_that_is_not_a_symbol_table_is_refused() {
+        // /dev/zero-like input: one endless line.
+        let zeros = std::io::BufReader::new(std::io::repeat(0).take_bounded());
+        let e = Kallsyms::parse(zeros, &["tsm_bind"], "/dev/zero").unwrap_err();
+        assert!(
+            e.to_string().contains("/dev/zero: a line longer than"),
+            "{e}"
+        );
+        let ok = "ffffffff81000000 T tsm_bind\n";
+        let k = Kallsyms::parse(ok.as_bytes(), &["tsm_bind"], "t").unwrap();
+        assert!(matches!(
+            k.find(&["tsm_bind"]),
+            super::SymbolMatch::Found { .. }
+        ));
+    }
+
+    trait TakeBounded {
+        fn take_bounded(self) -> std::io::Take<std::io::Repeat>;
+    }
+    impl TakeBounded for std::io::Repeat {
+        fn take_bounded(self) -> std::io::Take<std::io::Repeat> {
+            std::io::Read::take(self, 1 << 20)
+        }
     }
 }

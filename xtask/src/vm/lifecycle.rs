@@ -760,7 +760,7 @@ fn trace_session(c: &mut Checks, out: &VmOutput) -> Result<()> {
             let ev = truth.events(step, "connect");
             c.check(
                 ev.first()
-                    .is_some_and(|e| t(e, "ns").parse::<u64>().unwrap_or(0) >= 20_000_000),
+                    .is_some_and(|e| t(e, "ns").parse::<u64>().unwrap_or(0) >= 15_000_000),
                 || "connect_A: the 20 ms connect delay did not happen".into(),
             );
             c.eq(
@@ -933,7 +933,9 @@ fn ops_after_connect(
         truth
             .events("bind_B", "bind")
             .first()
-            .is_some_and(|e| t(e, "ns").parse::<u64>().unwrap_or(0) >= 20_000_000),
+            // msleep(20) as the fixture's own clock sees it: under TCG the jiffies timer can
+            // end a little early against ktime (19.95 ms seen once); an undelayed bind is µs.
+            .is_some_and(|e| t(e, "ns").parse::<u64>().unwrap_or(0) >= 15_000_000),
         || "bind_B: the 20 ms bind delay did not happen".into(),
     );
 
@@ -1217,7 +1219,7 @@ fn ops_after_connect_c(
             truth
                 .events(step, "disconnect")
                 .first()
-                .is_some_and(|e| t(e, "ns").parse::<u64>().unwrap_or(0) >= 20_000_000),
+                .is_some_and(|e| t(e, "ns").parse::<u64>().unwrap_or(0) >= 15_000_000),
             || "remove_C: the 20 ms disconnect delay did not happen".into(),
         );
         closed(c, trace, step, truth, "device_removal", &kvm);
@@ -1697,7 +1699,7 @@ fn daemons(c: &mut Checks, out: &VmOutput) -> Result<()> {
     let slow = truth.find("d3_slow_bind", "standin", |kv| t(kv, "cmd") == "ioctl")?;
     c.eq(t(slow, "rc"), "0".into(), "d3: the slow bind's rc");
     let ns: u64 = t(slow, "duration_ns").parse().unwrap_or(0);
-    c.check(ns >= 3_000_000_000, || {
+    c.check(ns >= 2_700_000_000, || {
         format!("d3: the fixture's ioctl took {ns} ns, not the 3 s asked for")
     });
     c.eq(
@@ -1764,6 +1766,34 @@ mod tests {
         match r {
             Ok(n) => println!("{n} checks ok"),
             Err(e) => panic!("{e:#}"),
+        }
+    }
+}
+
+/// Re-checks a saved run: `TSM_VM_RECHECK=<run dir> cargo test -p xtask recheck_saved_run --
+/// --ignored --nocapture` (for a failure whose message scrolled away).
+#[cfg(test)]
+mod recheck {
+    #[test]
+    #[ignore]
+    fn recheck_saved_run() {
+        let dir =
+            std::path::PathBuf::from(std::env::var("TSM_VM_RECHECK").expect("TSM_VM_RECHECK"));
+        let data = std::fs::read_to_string(dir.join("data.log")).unwrap();
+        let (sections, run_rc, _) = super::super::qemu::parse_data(&data);
+        let out = super::VmOutput {
+            kernel_version: String::new(),
+            console: String::new(),
+            data,
+            sections,
+            run_rc,
+            warnings: Vec::new(),
+            run_dir: dir,
+            elapsed: Default::default(),
+        };
+        match super::check(&out) {
+            Ok(n) => println!("{n} checks passed"),
+            Err(e) => println!("{e:#}"),
         }
     }
 }

@@ -540,7 +540,7 @@ fn check_smoke(out: &VmOutput) -> Result<usize> {
     );
     let driver_ns: u64 = field("bind_efault", "driver_ns").parse().unwrap_or(0);
     check(
-        driver_ns >= 20_000_000,
+        driver_ns >= 15_000_000,
         format!("bind_efault: driver_ns {driver_ns} < 20ms delay"),
     );
     check(

@@ -449,7 +449,7 @@ pub fn check_session_a(out: &VmOutput) -> Result<Checks> {
             let measured =
                 (e["end_ns"].as_u64().unwrap_or(0) - e["start_ns"].as_u64().unwrap_or(0)) as f64;
             let tolerance = driver_ns * 0.01 + 2_000_000.0; // 1% + 2 ms: TCG probe overhead
-            c.check(driver_ns >= 20_000_000.0 && (measured - driver_ns).abs() <= tolerance, || {
+            c.check(driver_ns >= 15_000_000.0 && (measured - driver_ns).abs() <= tolerance, || {
                 format!("bind_efault: driver_bind took {measured} ns, module measured {driver_ns} ns (tolerance {tolerance})")
             });
         }
