@@ -565,20 +565,7 @@ pub fn check(out: &VmOutput) -> Result<usize> {
     });
     trace_session(&mut c, out)?;
     daemons(&mut c, out)?;
-    finish(c, out)
-}
-
-fn finish(c: Checks, out: &VmOutput) -> Result<usize> {
-    if !c.failed.is_empty() {
-        bail!(
-            "{} of {} lifecycle checks failed (logs in {}):\n  {}",
-            c.failed.len(),
-            c.count,
-            out.run_dir.display(),
-            c.failed.join("\n  ")
-        );
-    }
-    Ok(c.count)
+    c.finish("lifecycle", out)
 }
 
 /// Kernels without PCI TSM (6.1): `tsm-trace check` reports every lifecycle probe absent,
@@ -625,7 +612,7 @@ pub fn check_absent(out: &VmOutput) -> Result<usize> {
             format!("{absent} printed on a kernel without PCI TSM")
         });
     }
-    finish(c, out)
+    c.finish("lifecycle", out)
 }
 
 fn trace_session(c: &mut Checks, out: &VmOutput) -> Result<()> {

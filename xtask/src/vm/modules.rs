@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use anyhow::{Result, bail};
 use serde_json::Value;
 
-use super::scenarios::{Checks, parse_exposition};
+use super::scenarios::{Checks, json_lines, parse_exposition, s};
 use super::{VmOutput, parse_kv};
 
 pub const SCRIPT: &str = "tests/vm/scenarios/modules.sh";
@@ -206,17 +206,7 @@ pub fn check(out: &VmOutput) -> Result<usize> {
         );
     }
     check_privileges(&mut c, out)?;
-    if c.failed.is_empty() {
-        Ok(c.count)
-    } else {
-        bail!(
-            "{} of {} module checks failed (logs in {}):\n  {}",
-            c.failed.len(),
-            c.count,
-            out.run_dir.display(),
-            c.failed.join("\n  ")
-        )
-    }
+    c.finish("module", out)
 }
 
 /// Capability bits (linux/capability.h), for reading /proc/<pid>/status.
@@ -319,24 +309,6 @@ fn check_logs(c: &mut Checks, out: &VmOutput, name: &str) -> Result<()> {
         format!("{name}: no clean exit:\n{err}")
     });
     Ok(())
-}
-
-fn json_lines(out: &VmOutput, name: &str, skip_header: bool) -> Result<Vec<Value>> {
-    let text = &out.section(name)?.text;
-    Ok(text
-        .lines()
-        .skip(usize::from(skip_header))
-        .filter(|l| l.starts_with('{'))
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect())
-}
-
-fn s(v: &Value, k: &str) -> String {
-    match v.get(k) {
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
-        None => String::new(),
-    }
 }
 
 fn u(v: &Value, k: &str) -> u64 {

@@ -49,6 +49,20 @@ fn is_vm_id(s: &str) -> bool {
 }
 
 impl Checks {
+    /// The suite's result: how many checks ran, or every failure with where the logs are.
+    pub(crate) fn finish(self, suite: &str, out: &VmOutput) -> Result<usize> {
+        if !self.failed.is_empty() {
+            bail!(
+                "{} of {} {suite} checks failed (logs in {}):\n  {}",
+                self.failed.len(),
+                self.count,
+                out.run_dir.display(),
+                self.failed.join("\n  ")
+            );
+        }
+        Ok(self.count)
+    }
+
     pub(crate) fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
         self.count += 1;
         if !ok {
@@ -121,7 +135,7 @@ fn truth(out: &VmOutput, name: &str) -> Result<Truth> {
         .collect())
 }
 
-fn json_lines(out: &VmOutput, name: &str, skip_header: bool) -> Result<Vec<Value>> {
+pub(crate) fn json_lines(out: &VmOutput, name: &str, skip_header: bool) -> Result<Vec<Value>> {
     let text = &out.section(name)?.text;
     text.lines()
         .skip(usize::from(skip_header))
@@ -140,7 +154,7 @@ fn step<'a>(t: &'a Truth, name: &str) -> Result<&'a BTreeMap<String, String>> {
         .with_context(|| format!("step {name} missing from the ground truth"))
 }
 
-fn s(v: &Value, k: &str) -> String {
+pub(crate) fn s(v: &Value, k: &str) -> String {
     match &v[k] {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),

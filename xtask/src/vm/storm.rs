@@ -152,15 +152,5 @@ pub fn check(out: &VmOutput) -> Result<usize> {
     c.check(err.lines().any(|l| l == "exit=0"), || {
         format!("storm_d.err: no clean exit:\n{err}")
     });
-    if c.failed.is_empty() {
-        Ok(c.count)
-    } else {
-        bail!(
-            "{} of {} storm checks failed (logs in {}):\n  {}",
-            c.failed.len(),
-            c.count,
-            out.run_dir.display(),
-            c.failed.join("\n  ")
-        )
-    }
+    c.finish("storm", out)
 }
