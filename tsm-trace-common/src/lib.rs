@@ -485,8 +485,8 @@ mod pod {
 
 /// In-kernel aggregation of operations, exact at any event rate: what `/metrics` counts does
 /// not depend on the ring buffer keeping up. The programs classify each call as userspace's
-/// correlator does (`tsm-trace/src/correlate/build.rs`; a unit test there checks that the
-/// two agree for every probe): an operation is the outermost probed call on a thread; its
+/// correlator does: the tables here are the correlator's too (`Probe::layer`, `Probe::depth`,
+/// `correlate/build.rs`). An operation is the outermost probed call on a thread; its
 /// kind comes from that call (the ioctl's `op`), else from its first bind or unbind frame;
 /// an error is attributed to the deepest frame that returned the same errno, else to a deeper
 /// frame that failed without one (a driver `probe` returning NULL), else to the outer frame.

@@ -141,13 +141,7 @@ pub async fn run(
 /// The late-attach window is over: probes still missing will not attach; drop what
 /// attaching needed.
 fn close_late_attach(live: &LiveSession, drop_capabilities: bool) {
-    let missing: Vec<String> = live
-        .session()
-        .attach
-        .iter()
-        .filter(|r| r.requested && !r.attached && r.may_load_later)
-        .map(|r| format!("{} {}", r.kind.as_str(), r.probe.as_str()))
-        .collect();
+    let missing = live.session().waiting();
     let what = if missing.is_empty() {
         "every requested probe is attached".to_string()
     } else {

@@ -721,12 +721,7 @@ fn check(args: CheckArgs) -> Result<()> {
     }
     let attached = session.attached_count();
     writeln!(out, "{attached} programs attached")?;
-    let late: Vec<String> = session
-        .attach
-        .iter()
-        .filter(|r| r.requested && !r.attached && r.may_load_later)
-        .map(|r| format!("{} {}", r.kind.as_str(), r.probe.as_str()))
-        .collect();
+    let late = session.waiting();
     if !late.is_empty() {
         let keep: Vec<&str> = tsm_trace::probes::capabilities::to_keep(true)
             .iter()

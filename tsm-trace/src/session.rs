@@ -243,10 +243,16 @@ impl Session {
     /// Requested probes that are not attached but that a module loaded later may bring
     /// (functions only vmlinux can have are not waited for).
     pub fn missing(&self) -> usize {
+        self.attach.iter().filter(|r| r.waiting()).count()
+    }
+
+    /// Those programs, as `kind probe` (e.g. `kprobe driver_connect`).
+    pub fn waiting(&self) -> Vec<String> {
         self.attach
             .iter()
-            .filter(|r| r.requested && !r.attached && r.may_load_later)
-            .count()
+            .filter(|r| r.waiting())
+            .map(|r| format!("{} {}", r.kind.as_str(), r.probe.as_str()))
+            .collect()
     }
 
     /// Lines for the startup report: probes attached or not (and why), BTF fields.

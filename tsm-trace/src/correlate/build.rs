@@ -2,11 +2,10 @@
 //! errno attribution, identifiers), which is then applied to the binding table.
 
 use super::nesting::Chain;
-use super::types::{
-    Frame, GuestRequest, OpKind, OpResult, Operation, Output, UAPI_OP_BIND, UAPI_OP_UNBIND,
-};
+use super::types::{Frame, GuestRequest, OpKind, OpResult, Operation, Output};
 use super::{Correlator, FRAME_POOL_MAX};
 use crate::events::{Event, Probe, UnbindCause};
+use tsm_trace_common::agg;
 
 impl Correlator {
     /// Turns a chain into an operation and applies it to the binding table.
@@ -58,35 +57,28 @@ impl Correlator {
     }
 }
 
+// Which probes bind, unbind, and decide their operation's kind: one table with the programs,
+// which count operations in the kernel (`tsm_trace_common::agg`).
+
 fn is_bind_probe(p: Probe) -> bool {
-    matches!(p, Probe::TsmBind | Probe::PciTsmBind | Probe::DriverBind)
+    agg::inferred_kind(p.id()) == agg::OP_BIND
 }
 
 pub(super) fn is_unbind_probe(p: Probe) -> bool {
-    matches!(
-        p,
-        Probe::TsmUnbind | Probe::PciTsmUnbind | Probe::PciTsmUnbindAny | Probe::DriverUnbind
-    )
+    agg::inferred_kind(p.id()) == agg::OP_UNBIND
 }
 
 /// The kind an outermost frame gives its operation, when it decides alone.
 fn kind_of_outer(outer: &Event) -> Option<OpKind> {
-    Some(match outer.probe {
-        Probe::TsmOpIoctl => match outer.op {
-            Some(UAPI_OP_BIND) => OpKind::Bind,
-            Some(UAPI_OP_UNBIND) => OpKind::Unbind,
-            Some(_) => OpKind::Invalid,
-            None => return None,
-        },
-        Probe::VdeviceAbort => OpKind::Teardown,
-        Probe::Connect | Probe::DriverProbe | Probe::DriverConnect => OpKind::Connect,
-        Probe::Disconnect
-        | Probe::PciTsmDisconnect
-        | Probe::PciTsmDestroy
-        | Probe::DriverDisconnect => OpKind::Disconnect,
-        Probe::PciTsmGuestReq | Probe::DriverGuestReq => OpKind::GuestRequest,
-        _ => return None,
-    })
+    let op = if outer.probe == Probe::TsmOpIoctl {
+        outer.op
+    } else {
+        None
+    };
+    match agg::outer_kind(outer.probe.id(), op) {
+        agg::OP_UNDECIDED => None,
+        k => OpKind::ALL.get(k as usize).copied(),
+    }
 }
 
 /// Why a disconnect or an unbind happened, from its outermost frame.
@@ -204,64 +196,27 @@ fn build_operation(frames: &mut [Event], mut frame_vec: Vec<Frame>) -> Operation
     }
 }
 
-/// The kernel counts operations itself (`tsm_trace_common::agg`, exact at any rate); its
-/// tables must say what this module's rules say, for every probe.
+/// The kind indices of the shared table are `OpKind::ALL`'s, and its UAPI values the ones
+/// the correlator decodes.
 #[cfg(test)]
 mod kernel_rules_agree {
     use tsm_trace_common::agg;
 
-    use super::{is_bind_probe, is_unbind_probe, kind_of_outer};
-    use crate::correlate::types::{OpKind, UAPI_OP_BIND, UAPI_OP_UNBIND};
-    use crate::events::{Layer, Probe};
-
-    fn layer_index(l: Layer) -> u32 {
-        match l {
-            Layer::Iommufd => agg::LAYER_IOMMUFD,
-            Layer::TsmCore => agg::LAYER_TSM_CORE,
-            Layer::PciTsm => agg::LAYER_PCI_TSM,
-            Layer::TsmDriver => agg::LAYER_TSM_DRIVER,
-            Layer::Vm => agg::LAYER_VM,
-        }
-    }
-
-    fn kind_index(k: Option<OpKind>) -> u32 {
-        k.map_or(agg::OP_UNDECIDED, |k| {
-            OpKind::ALL.iter().position(|x| *x == k).unwrap() as u32
-        })
-    }
+    use crate::correlate::types::OpKind;
 
     #[test]
-    fn for_every_probe() {
-        assert_eq!(
-            (agg::UAPI_OP_BIND, agg::UAPI_OP_UNBIND),
-            (UAPI_OP_BIND, UAPI_OP_UNBIND)
-        );
+    fn kind_indices() {
         assert_eq!(agg::OPS as usize, OpKind::ALL.len());
-        for p in Probe::ALL {
-            let id = p.id();
-            assert_eq!(agg::layer(id), layer_index(p.layer()), "{p:?} layer");
-            assert_eq!(agg::depth(id), u32::from(p.depth()), "{p:?} depth");
-            let inferred = if is_bind_probe(p) {
-                Some(OpKind::Bind)
-            } else if is_unbind_probe(p) {
-                Some(OpKind::Unbind)
-            } else {
-                None
-            };
-            assert_eq!(
-                agg::inferred_kind(id),
-                kind_index(inferred),
-                "{p:?} inferred"
-            );
-            for op in [None, Some(UAPI_OP_BIND), Some(UAPI_OP_UNBIND), Some(9)] {
-                let mut ev = crate::correlate::tests::ev(p, 0, 1, 1, Some(0));
-                ev.op = op;
-                assert_eq!(
-                    agg::outer_kind(id, op),
-                    kind_index(kind_of_outer(&ev)),
-                    "{p:?} outer kind with op {op:?}"
-                );
-            }
+        for (i, k) in [
+            (agg::OP_BIND, OpKind::Bind),
+            (agg::OP_UNBIND, OpKind::Unbind),
+            (agg::OP_TEARDOWN, OpKind::Teardown),
+            (agg::OP_INVALID, OpKind::Invalid),
+            (agg::OP_CONNECT, OpKind::Connect),
+            (agg::OP_DISCONNECT, OpKind::Disconnect),
+            (agg::OP_GUEST_REQUEST, OpKind::GuestRequest),
+        ] {
+            assert_eq!(OpKind::ALL[i as usize], k);
         }
     }
 }

@@ -83,8 +83,8 @@ impl GuestRequest {
 }
 
 /// `IOMMU_VDEVICE_TSM_BIND` / `IOMMU_VDEVICE_TSM_UNBIND`.
-pub const UAPI_OP_BIND: u32 = 1;
-pub const UAPI_OP_UNBIND: u32 = 2;
+pub const UAPI_OP_BIND: u32 = tsm_trace_common::agg::UAPI_OP_BIND;
+pub const UAPI_OP_UNBIND: u32 = tsm_trace_common::agg::UAPI_OP_UNBIND;
 
 /// One function call inside an operation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

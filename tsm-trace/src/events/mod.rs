@@ -69,6 +69,15 @@ impl Layer {
     }
 
     /// Depth in the call chain: larger is deeper.
+    /// By the index the programs use (`tsm_trace_common::agg::LAYER_*`).
+    pub const BY_INDEX: [Layer; 5] = [
+        Layer::Iommufd,
+        Layer::TsmCore,
+        Layer::PciTsm,
+        Layer::TsmDriver,
+        Layer::Vm,
+    ];
+
     pub const fn depth(self) -> u8 {
         match self {
             Layer::Vm => 0,
@@ -146,7 +155,7 @@ impl Probe {
         Self::ALL[id as usize]
     }
 
-    pub fn id(self) -> ProbeId {
+    pub const fn id(self) -> ProbeId {
         ProbeId::ALL[self as usize]
     }
 
@@ -181,50 +190,15 @@ impl Probe {
     }
 
     pub const fn layer(self) -> Layer {
-        match self {
-            Probe::TsmOpIoctl | Probe::VdeviceAbort => Layer::Iommufd,
-            Probe::TsmBind | Probe::TsmUnbind => Layer::TsmCore,
-            Probe::PciTsmBind
-            | Probe::PciTsmUnbind
-            | Probe::Connect
-            | Probe::Disconnect
-            | Probe::PciTsmDisconnect
-            | Probe::PciTsmUnbindAny
-            | Probe::PciTsmDestroy
-            | Probe::PciTsmGuestReq => Layer::PciTsm,
-            Probe::DriverBind
-            | Probe::DriverUnbind
-            | Probe::DriverProbe
-            | Probe::DriverConnect
-            | Probe::DriverDisconnect
-            | Probe::DriverGuestReq => Layer::TsmDriver,
-            Probe::KvmDestroyVm | Probe::VmmExit | Probe::ModuleLoad => Layer::Vm,
-        }
+        // One table for both sides: the programs count operations with it too.
+        Layer::BY_INDEX[tsm_trace_common::agg::layer(self.id()) as usize]
     }
 
     /// Call depth, for nesting frames into operations: a frame contains only deeper frames.
     /// Finer than [`Layer::depth`]: inside PCI TSM, `connect_store` calls the driver's ops and
     /// `disconnect_store` → `__pci_tsm_disconnect` → `__pci_tsm_unbind` → the driver's unbind.
     pub const fn depth(self) -> u8 {
-        match self {
-            Probe::KvmDestroyVm | Probe::VmmExit | Probe::ModuleLoad => 0,
-            Probe::TsmOpIoctl | Probe::VdeviceAbort => 1,
-            Probe::TsmBind | Probe::TsmUnbind => 2,
-            Probe::PciTsmBind
-            | Probe::PciTsmUnbind
-            | Probe::PciTsmGuestReq
-            | Probe::Connect
-            | Probe::Disconnect
-            | Probe::PciTsmDestroy => 3,
-            Probe::PciTsmDisconnect => 4,
-            Probe::PciTsmUnbindAny => 5,
-            Probe::DriverProbe
-            | Probe::DriverConnect
-            | Probe::DriverDisconnect
-            | Probe::DriverBind
-            | Probe::DriverUnbind
-            | Probe::DriverGuestReq => 6,
-        }
+        tsm_trace_common::agg::depth(self.id()) as u8
     }
 
     /// Nothing tsm-trace probes ever calls this function: its operation is complete when it

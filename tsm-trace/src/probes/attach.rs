@@ -49,6 +49,13 @@ impl Links {
     }
 }
 
+/// Every program of the compatibility table, in report order: `(target, program, kind)`.
+fn programs() -> impl Iterator<Item = (&'static Target, &'static str, Kind)> {
+    TARGETS
+        .iter()
+        .flat_map(|t| program_names(t).map(move |(program, kind)| (t, program, kind)))
+}
+
 /// Resolves, loads and attaches every probe; returns one report per program.
 pub fn attach_all(
     ebpf: &mut Ebpf,
@@ -57,14 +64,11 @@ pub fn attach_all(
     config: &AttachConfig,
     prototypes: &[PrototypeCheck],
 ) -> Result<Vec<AttachReport>, ProbeError> {
-    let mut reports = Vec::new();
-    for t in TARGETS {
-        for (program, kind) in program_names(t) {
-            reports.push(attach_one(
-                ebpf, links, syms, config, prototypes, t, program, kind,
-            )?);
-        }
-    }
+    let reports = programs()
+        .map(|(t, program, kind)| {
+            attach_one(ebpf, links, syms, config, prototypes, t, program, kind)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     if config.strict {
         strict_check(&reports)?;
     }
@@ -82,24 +86,13 @@ pub fn attach_missing(
     reports: &mut [AttachReport],
 ) -> Result<Vec<String>, ProbeError> {
     let mut gained = Vec::new();
-    let mut i = 0;
-    for t in TARGETS {
-        for (program, kind) in program_names(t) {
-            let r = &mut reports[i];
-            i += 1;
-            if r.attached || !r.may_load_later {
-                continue;
-            }
-            let fresh = attach_one(ebpf, links, syms, config, prototypes, t, program, kind)?;
-            if fresh.attached {
-                gained.push(format!(
-                    "{} {} ({})",
-                    kind.as_str(),
-                    t.probe.as_str(),
-                    fresh.function
-                ));
-            }
-            *r = fresh;
+    for ((t, program, kind), r) in programs().zip(reports.iter_mut()) {
+        if r.attached || !r.may_load_later {
+            continue;
+        }
+        *r = attach_one(ebpf, links, syms, config, prototypes, t, program, kind)?;
+        if r.attached {
+            gained.push(r.line());
         }
     }
     Ok(gained)
@@ -113,21 +106,10 @@ pub fn detach_module(
     module: &str,
 ) -> Vec<String> {
     let mut gone = Vec::new();
-    let mut i = 0;
-    for t in TARGETS {
-        for (program, kind) in program_names(t) {
-            let r = &mut reports[i];
-            i += 1;
-            if !r.attached || r.module.as_deref() != Some(module) {
-                continue;
-            }
-            mark_detached(ebpf, links, r, program, kind, t, module);
-            gone.push(format!(
-                "{} {} ({})",
-                kind.as_str(),
-                t.probe.as_str(),
-                r.function
-            ));
+    for ((_, program, _), r) in programs().zip(reports.iter_mut()) {
+        if r.attached && r.module.as_deref() == Some(module) {
+            mark_detached(ebpf, links, r, program, module);
+            gone.push(r.line());
         }
     }
     gone
@@ -143,27 +125,17 @@ pub fn detach_gone(
     config: &AttachConfig,
 ) -> Vec<String> {
     let mut gone = Vec::new();
-    let mut i = 0;
-    for t in TARGETS {
-        for (program, kind) in program_names(t) {
-            let r = &mut reports[i];
-            i += 1;
-            let Some(module) = r.module.clone().filter(|_| r.attached) else {
-                continue;
-            };
-            let present = matches!(
-                syms.find_in(&config.candidates(t), t.anchors),
-                SymbolMatch::Found { module: Some(ref m), .. } if *m == module
-            );
-            if !present {
-                mark_detached(ebpf, links, r, program, kind, t, &module);
-                gone.push(format!(
-                    "{} {} ({})",
-                    kind.as_str(),
-                    t.probe.as_str(),
-                    r.function
-                ));
-            }
+    for ((t, program, _), r) in programs().zip(reports.iter_mut()) {
+        let Some(module) = r.module.clone().filter(|_| r.attached) else {
+            continue;
+        };
+        let present = matches!(
+            syms.find_in(&config.candidates(t), t.anchors),
+            SymbolMatch::Found { module: Some(ref m), .. } if *m == module
+        );
+        if !present {
+            mark_detached(ebpf, links, r, program, &module);
+            gone.push(r.line());
         }
     }
     gone
@@ -174,16 +146,10 @@ fn mark_detached(
     links: &mut Links,
     r: &mut AttachReport,
     program: &'static str,
-    kind: Kind,
-    t: &Target,
     module: &str,
 ) {
     if let Err(e) = links.detach(ebpf, program) {
-        log::debug!(
-            "detaching {} {} after {module} was unloaded: {e}",
-            kind.as_str(),
-            t.probe.as_str()
-        );
+        log::debug!("detaching {} after {module} was unloaded: {e}", r.line());
     }
     r.attached = false;
     r.reason = Some(format!(

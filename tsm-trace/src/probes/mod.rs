@@ -131,6 +131,23 @@ pub struct AttachReport {
     pub module: Option<String>,
 }
 
+impl AttachReport {
+    /// `kprobe tsm_bind (tsm_bind [tsm_standin])`: the program, for log lines.
+    pub fn line(&self) -> String {
+        format!(
+            "{} {} ({})",
+            self.kind.as_str(),
+            self.probe.as_str(),
+            self.function
+        )
+    }
+
+    /// Requested, not attached, and a module loaded later may still bring its function.
+    pub fn waiting(&self) -> bool {
+        self.requested && !self.attached && self.may_load_later
+    }
+}
+
 /// Errors of this module. A load error carries the verifier log.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -402,14 +419,6 @@ pub fn kernel_stats(stats: &PerCpuArray<MapData, u64>) -> Result<KernelStats, Pr
     })
 }
 
-const LAYERS: [Layer; 5] = [
-    Layer::Iommufd,
-    Layer::TsmCore,
-    Layer::PciTsm,
-    Layer::TsmDriver,
-    Layer::Vm,
-];
-
 /// Reads the exact aggregates, summed over CPUs.
 pub fn kernel_operations(
     counts: &aya::maps::PerCpuHashMap<MapData, u32, u64>,
@@ -422,14 +431,14 @@ pub fn kernel_operations(
         let (op, layer, errno) = agg::split_key(key);
         let (Some(op), Some(layer)) = (
             crate::correlate::OpKind::ALL.get(op as usize),
-            LAYERS.get(layer as usize),
+            Layer::BY_INDEX.get(layer as usize),
         ) else {
             continue;
         };
         *out.counts.entry((*op, *layer, errno)).or_default() += per_cpu.iter().sum::<u64>();
     }
     for (oi, op) in crate::correlate::OpKind::ALL.iter().enumerate() {
-        for (li, layer) in LAYERS.iter().enumerate() {
+        for (li, layer) in Layer::BY_INDEX.iter().enumerate() {
             for ok in [false, true] {
                 let mut c = Counts {
                     buckets: vec![0; agg::BOUNDS + 1],
