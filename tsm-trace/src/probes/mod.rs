@@ -341,60 +341,25 @@ pub struct Maps {
 
 impl Maps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Maps, ProbeError> {
-        let events = ebpf
-            .take_map("EVENTS")
-            .ok_or(ProbeError::MissingMap("EVENTS"))?;
-        let stats = ebpf
-            .take_map("STATS")
-            .ok_or(ProbeError::MissingMap("STATS"))?;
-        let control = ebpf
-            .take_map("CONTROL")
-            .ok_or(ProbeError::MissingMap("CONTROL"))?;
-        let offsets = ebpf
-            .take_map("OFFSETS")
-            .ok_or(ProbeError::MissingMap("OFFSETS"))?;
-        let inflight = ebpf
-            .take_map("INFLIGHT")
-            .ok_or(ProbeError::MissingMap("INFLIGHT"))?;
-        let op_counts = ebpf
-            .take_map("OP_COUNTS")
-            .ok_or(ProbeError::MissingMap("OP_COUNTS"))?;
-        let op_hist = ebpf
-            .take_map("OP_HIST")
-            .ok_or(ProbeError::MissingMap("OP_HIST"))?;
         Ok(Maps {
-            events: RingBuf::try_from(events).map_err(|source| ProbeError::Map {
-                name: "EVENTS",
-                source,
-            })?,
-            control: RingBuf::try_from(control).map_err(|source| ProbeError::Map {
-                name: "CONTROL",
-                source,
-            })?,
-            offsets: Array::try_from(offsets).map_err(|source| ProbeError::Map {
-                name: "OFFSETS",
-                source,
-            })?,
-            inflight: aya::maps::HashMap::try_from(inflight).map_err(|source| ProbeError::Map {
-                name: "INFLIGHT",
-                source,
-            })?,
-            stats: PerCpuArray::try_from(stats).map_err(|source| ProbeError::Map {
-                name: "STATS",
-                source,
-            })?,
-            op_counts: aya::maps::PerCpuHashMap::try_from(op_counts).map_err(|source| {
-                ProbeError::Map {
-                    name: "OP_COUNTS",
-                    source,
-                }
-            })?,
-            op_hist: PerCpuArray::try_from(op_hist).map_err(|source| ProbeError::Map {
-                name: "OP_HIST",
-                source,
-            })?,
+            events: take(ebpf, "EVENTS")?,
+            control: take(ebpf, "CONTROL")?,
+            stats: take(ebpf, "STATS")?,
+            offsets: take(ebpf, "OFFSETS")?,
+            inflight: take(ebpf, "INFLIGHT")?,
+            op_counts: take(ebpf, "OP_COUNTS")?,
+            op_hist: take(ebpf, "OP_HIST")?,
         })
     }
+}
+
+/// Takes map `name` out of the object as the typed map `T`.
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| ProbeError::Map { name, source })
 }
 
 /// Reads the per-CPU counters.
