@@ -55,6 +55,32 @@ pub static SCRATCH: PerCpuArray<RawEvent> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static VMM_TGIDS: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
 
+/// Which generation of the programs is live (one entry). A daemon that finds pinned programs
+/// of an earlier generation attaches its own, then writes its generation here: from that
+/// instant the earlier programs stand aside (see [`live`]), so no call is seen twice or not
+/// at all. Userspace pins it with the other state maps (`probes/pin.rs`).
+#[map]
+pub static GATE: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The generation these programs belong to, set by userspace at load time. 0 (and an unwritten
+/// [`GATE`], also 0) for a session that pins nothing.
+#[unsafe(no_mangle)]
+static GENERATION: u32 = 0;
+
+/// Whether these programs are the live generation.
+#[inline(always)]
+pub fn live() -> bool {
+    // SAFETY: a load-time constant; volatile so the compiler keeps the load userspace patches.
+    let mine = unsafe { core::ptr::read_volatile(&GENERATION) };
+    GATE.get(0).copied().unwrap_or(0) == mine
+}
+
+/// The return a program on this CPU completed last: (pid_tgid, probe). During a handover two
+/// generations' return probes fire for the same call, one after the other on this CPU; the
+/// second finds the in-flight entry gone and must not report an orphan.
+#[map]
+pub static LAST_RETURN: PerCpuArray<InflightKey> = PerCpuArray::with_max_entries(1, 0);
+
 /// Self-counters, indexed by [`tsm_trace_common::stat`].
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);

@@ -80,7 +80,7 @@ fn empty(pairs: &[String]) {
             ("bench_empty_ret", target.ret),
         ] {
             let Some(ours) = ours else { continue };
-            let mut ebpf = probes::open(&Offsets::UNKNOWN, Some(4096))
+            let mut ebpf = probes::open(&Offsets::UNKNOWN, Some(4096), None)
                 .unwrap_or_else(|e| die(format!("opening the object: {}", probes::chain(&e))));
             let p: &mut KProbe = ebpf
                 .program_mut(name)

@@ -33,6 +33,14 @@ pub struct LoopOptions {
     pub end: Option<Instant>,
     /// `run`: probes may attach on module loads until then (`None`: always, as `trace`).
     pub late_attach: Option<LateAttach>,
+    /// `run`: keep the binding and leak tables in this file (saved when they change).
+    pub state: Option<StateFile>,
+}
+
+/// Where the tables are kept across restarts (`correlate/state.rs`).
+pub struct StateFile {
+    pub path: PathBuf,
+    pub boot_id: String,
 }
 
 /// The window during which probes still attach on module loads (`--late-attach-window`).
@@ -82,7 +90,9 @@ pub async fn run(
         // Once at start: bindings made before we started show up here.
         reconcile(live, pipeline, metrics, &r.root, &mut batch, &mut tap)?;
     }
-    loop {
+    let mut saved = None;
+    let stop = loop {
+        save_state(pipeline, opts.state.as_ref(), &mut saved);
         let deadline = next_deadline(&pipeline.lock().expect("pipeline lock"), cfg)
             .map(|d| Instant::now() + d);
         let wake = [deadline, next_reconcile, rescan_at, window_end]
@@ -90,8 +100,8 @@ pub async fn run(
             .flatten()
             .min();
         tokio::select! {
-            sig = &mut shutdown => return Ok(Stop::Signal(sig?)),
-            _ = sleep_until(opts.end) => return Ok(Stop::Duration),
+            sig = &mut shutdown => break Stop::Signal(sig?),
+            _ = sleep_until(opts.end) => break Stop::Duration,
             r = live.next(&mut batch, &mut controls) => {
                 r?;
                 if !batch.is_empty() {
@@ -134,6 +144,33 @@ pub async fn run(
                     s.flush();
                 }
             }
+        }
+    };
+    save_state(pipeline, opts.state.as_ref(), &mut saved);
+    Ok(stop)
+}
+
+/// Saves the tables if they changed since the last save (`saved`: the version saved).
+fn save_state(pipeline: &Mutex<Pipeline>, state: Option<&StateFile>, saved: &mut Option<u64>) {
+    let Some(f) = state else { return };
+    let p = pipeline.lock().expect("pipeline lock");
+    let v = p.correlator().table_version();
+    if *saved == Some(v) {
+        return;
+    }
+    let snapshot = p.correlator().saved_state(&f.boot_id);
+    drop(p);
+    match correlate::state::save(&f.path, &snapshot) {
+        Ok(()) => *saved = Some(v),
+        Err(e) => {
+            // Retried on the next change; a restart before then starts from an older table.
+            if saved.is_some() || v <= 1 {
+                log::warn!(
+                    "{}: a restart now would not know the bindings made since the last save; check the directory (--state-file)",
+                    chain(&e)
+                );
+            }
+            *saved = Some(v);
         }
     }
 }

@@ -66,6 +66,19 @@ enum Command {
     Replay(ReplayArgs),
     /// Resolve BTF, attach every probe, print what attached (and why not), and exit.
     Check(CheckArgs),
+    /// Remove what `run` pinned in bpffs (its probes stop) and its state file. Run it with
+    /// no daemon running: before uninstalling, or to start over with empty tables.
+    Unpin(UnpinArgs),
+}
+
+#[derive(Args)]
+struct UnpinArgs {
+    /// The pin directory `run` used.
+    #[arg(long, value_name = "DIR", env = "TSM_TRACE_PIN_DIR", default_value = tsm_trace::probes::pin::DEFAULT_ROOT)]
+    pin_dir: PathBuf,
+    /// The state file `run` used.
+    #[arg(long, value_name = "FILE", env = "TSM_TRACE_STATE_FILE", default_value = tsm_trace::correlate::state::DEFAULT_PATH, value_parser = parse::state_file)]
+    state_file: PathBuf,
 }
 
 /// Which probes to attach and where kernel facts come from.
@@ -235,6 +248,23 @@ struct RunArgs {
     /// Also print every operation and leak to stdout (as `trace` would).
     #[arg(long, value_enum, env = "TSM_TRACE_PRINT", help_heading = "Daemon")]
     print: Option<PrintFormat>,
+    /// Where the probes, the ring buffer, the in-flight calls, the VMM table and the kernel
+    /// counters are pinned (bpffs), so that they keep running and counting while the daemon
+    /// restarts or upgrades: nothing that happens meanwhile is lost. `tsm-trace unpin`
+    /// removes them.
+    #[arg(long, value_name = "DIR", env = "TSM_TRACE_PIN_DIR", default_value = tsm_trace::probes::pin::DEFAULT_ROOT, help_heading = "Restarts")]
+    pin_dir: PathBuf,
+    /// Keep nothing across restarts: pin nothing (the probes go when the daemon exits) and
+    /// neither read nor write the state file. A restart then forgets bindings made before it
+    /// (sysfs reconciliation reports those devices as `sysfs_bound_without_owner`), in-flight
+    /// calls and whatever happened while it was down. For tests and one-off runs.
+    #[arg(long, env = "TSM_TRACE_NO_PERSIST", help_heading = "Restarts")]
+    no_persist: bool,
+    /// The binding and leak tables, saved whenever they change and read at start, so a restart
+    /// neither forgets a binding (no false `sysfs_bound_without_owner`) nor drops a leak. Keep
+    /// it on a tmpfs such as /run: bindings do not survive a reboot.
+    #[arg(long, value_name = "FILE", env = "TSM_TRACE_STATE_FILE", default_value = tsm_trace::correlate::state::DEFAULT_PATH, value_parser = parse::state_file, help_heading = "Restarts")]
+    state_file: PathBuf,
 }
 
 /// TLS, auth and the limits of the HTTP server.
@@ -356,6 +386,7 @@ impl ProbeArgs {
             },
             kallsyms: self.kallsyms.clone(),
             ringbuf_bytes: Some(self.ringbuf_size),
+            pin_root: None,
         }
     }
 }
@@ -367,6 +398,7 @@ fn main() {
     let result = match cli.command {
         Command::Replay(args) => replay(args),
         Command::Check(args) => check(args),
+        Command::Unpin(args) => unpin(args),
         Command::Run(args) => runtime().and_then(|rt| rt.block_on(run(args))),
         Command::Trace(args) => runtime().and_then(|rt| rt.block_on(trace(args))),
     };
@@ -425,7 +457,55 @@ fn kernel_release() -> String {
         .unwrap_or_default()
 }
 
-fn start_session(probes: &ProbeArgs) -> Result<LiveSession> {
+fn unpin(args: UnpinArgs) -> Result<()> {
+    let n = tsm_trace::probes::pin::unpin_all(&args.pin_dir)
+        .with_context(|| format!("removing {}", args.pin_dir.display()))?;
+    let state = match std::fs::remove_file(&args.state_file) {
+        Ok(()) => format!("removed {}", args.state_file.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            format!("no state file at {}", args.state_file.display())
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("removing {}", args.state_file.display()));
+        }
+    };
+    if n == 0 {
+        println!("nothing pinned under {}; {state}", args.pin_dir.display());
+    } else {
+        println!(
+            "removed {n} pinned maps and links under {} (their probes are detached); {state}",
+            args.pin_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Puts the saved binding and leak tables back into the pipeline, and says what happened.
+fn restore_state(pipeline: &Mutex<Pipeline>, path: &std::path::Path, boot_id: &str) {
+    use tsm_trace::correlate::state::{self, Missing};
+    match state::load(path, boot_id) {
+        Ok(Ok(saved)) => {
+            let (b, l) = pipeline.lock().expect("pipeline lock").restore(saved);
+            log::info!(
+                "restored {b} bindings and {l} open leaks from {} (saved by the previous run of this boot)",
+                path.display()
+            );
+        }
+        Ok(Err(Missing::NoFile)) => {
+            log::debug!(
+                "no state file at {}: starting with empty tables",
+                path.display()
+            )
+        }
+        Ok(Err(Missing::OtherBoot)) => log::info!(
+            "{} was written in an earlier boot: its bindings are gone; starting with empty tables",
+            path.display()
+        ),
+        Err(e) => log::error!("{}", tsm_trace::probes::chain(&e)),
+    }
+}
+
+fn start_session(probes: &ProbeArgs, pin_root: Option<PathBuf>) -> Result<LiveSession> {
     let (key, source) = tsm_trace::events::vm_key::load_or_create(&probes.vm_key)
         .context("the VM-name key (--vm-key)")?;
     match source {
@@ -434,9 +514,36 @@ fn start_session(probes: &ProbeArgs) -> Result<LiveSession> {
         }
         _ => log::debug!("{}", source.describe()),
     }
-    let live = LiveSession::start(&probes.session_options(), key)?;
+    let mut opts = probes.session_options();
+    opts.pin_root = pin_root;
+    let live = LiveSession::start(&opts, key)?;
     for line in live.session().report_lines() {
         log::info!("{line}");
+    }
+    if let Some(p) = &live.session().pinned {
+        let h = &p.handover;
+        match p.previous {
+            Some(g) => log::info!(
+                "took over from the pinned programs of generation {g} (they kept running while no daemon ran; what they saw is read now): now generation {}, pinned in {}{}",
+                p.generation,
+                p.dir.display(),
+                if h.old_links > 0 {
+                    format!(", {} old links removed", h.old_links)
+                } else {
+                    String::new()
+                }
+            ),
+            None => log::info!(
+                "probes and state pinned in {} (generation {}): they keep running across restarts; `tsm-trace unpin` removes them",
+                p.dir.display(),
+                p.generation
+            ),
+        }
+        for l in &h.other_layouts {
+            log::warn!(
+                "removed the pinned state of layout {l} (another tsm-trace version's record layout): events it had not delivered are lost; the binding table comes from the state file"
+            );
+        }
     }
     Ok(live)
 }
@@ -510,7 +617,10 @@ async fn run(args: RunArgs) -> Result<()> {
                 args.listen
             )
         })?;
-    let mut live = start_session(&args.probes)?;
+    let mut live = start_session(
+        &args.probes,
+        (!args.no_persist).then(|| args.pin_dir.clone()),
+    )?;
     publish_session(&metrics, live.session());
     // /metrics counts operations from the kernel's exact aggregation, read on every scrape.
     if let Some(agg) = live.session_mut().take_aggregates() {
@@ -548,6 +658,10 @@ async fn run(args: RunArgs) -> Result<()> {
         metrics.clone(),
         sink,
     )));
+    let boot_id = tsm_trace::correlate::state::boot_id();
+    if !args.no_persist {
+        restore_state(&pipeline, &args.state_file, &boot_id);
+    }
     let state = HttpState::new(pipeline.clone(), readiness.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let scheme = if web.tls.is_some() { "https" } else { "http" };
@@ -577,6 +691,10 @@ async fn run(args: RunArgs) -> Result<()> {
             until: tokio::time::Instant::now() + args.late_attach_window,
             drop_capabilities: !args.keep_capabilities,
         }),
+        state: (!args.no_persist).then(|| event_loop::StateFile {
+            path: args.state_file.clone(),
+            boot_id,
+        }),
     };
     let stop = event_loop::run(&mut live, &pipeline, &metrics, &cfg, &opts, None).await?;
     if let Stop::Signal(sig) = stop {
@@ -597,7 +715,7 @@ async fn run(args: RunArgs) -> Result<()> {
 }
 
 async fn trace(args: TraceArgs) -> Result<()> {
-    let mut live = start_session(&args.probes)?;
+    let mut live = start_session(&args.probes, None)?;
     if !bind_path_attached(live.session()) {
         log::warn!(
             "no bind-path probe attached (tsm_op_ioctl, tsm_bind, pci_tsm_bind) yet: nothing to trace until a module provides one; see the probe lines above"
@@ -647,6 +765,7 @@ async fn trace(args: TraceArgs) -> Result<()> {
         end: args.duration.map(|d| tokio::time::Instant::now() + d),
         // An interactive trace keeps its privileges and attaches whenever a module loads.
         late_attach: None,
+        state: None,
     };
     event_loop::run(
         &mut live,

@@ -146,6 +146,13 @@ impl Pipeline {
         &self.outs
     }
 
+    /// Puts saved tables back (at start): see [`Correlator::restore`].
+    pub fn restore(&mut self, saved: crate::correlate::state::SavedState) -> (usize, usize) {
+        let r = self.correlator.restore(saved);
+        self.metrics.sync(&self.correlator);
+        r
+    }
+
     /// Timers (pending frames, leak grace periods). Call periodically, after draining events.
     pub fn tick(&mut self, now_ns: u64) -> Vec<Output> {
         let outs = self.correlator.tick(now_ns);

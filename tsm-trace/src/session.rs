@@ -24,6 +24,8 @@ pub struct SessionOptions {
     pub btf: BtfSources,
     pub kallsyms: PathBuf,
     pub ringbuf_bytes: Option<u32>,
+    /// Pin the state maps and the links here (`run`): see `probes/pin.rs`.
+    pub pin_root: Option<PathBuf>,
 }
 
 /// One loaded eBPF object for the session's whole life: module loads attach more of its
@@ -42,6 +44,20 @@ pub struct Session {
     control: Option<RingBuf<MapData>>,
     pub attach: Vec<AttachReport>,
     pub btf: Resolution,
+    /// Where the state is pinned and what the start took over, for `run`.
+    pub pinned: Option<PinnedState>,
+}
+
+/// What a pinning start found and did.
+#[derive(Debug)]
+pub struct PinnedState {
+    pub dir: PathBuf,
+    pub generation: u32,
+    /// The generation that was live before (its programs kept running while no daemon ran).
+    pub previous: Option<u32>,
+    pub handover: probes::pin::Handover,
+    /// Holds the lock on the pin directory for the daemon's life.
+    _pins: probes::pin::Pinned,
 }
 
 fn load_kallsyms(opts: &SessionOptions) -> Result<Kallsyms> {
@@ -160,8 +176,24 @@ impl Session {
         }
         let syms = load_kallsyms(opts)?;
         let resolution = resolve_btf(&syms, opts)?;
-        let mut ebpf = probes::open(&resolution.offsets, opts.ringbuf_bytes)?;
-        let mut links = Links::default();
+        let pinned = match opts.pin_root.as_deref().map(probes::pin::Pinned::prepare) {
+            Some(Ok(p)) => Some(p),
+            // Another daemon is live on these pins: two would starve each other silently.
+            Some(Err(e @ probes::pin::PinError::Busy { .. })) => return Err(e.into()),
+            Some(Err(e)) => {
+                log::warn!(
+                    "not pinning: {}; the probes go when the daemon exits and a restart loses what happens meanwhile (the binding table is still kept in the state file)",
+                    probes::chain(&e)
+                );
+                None
+            }
+            None => None,
+        };
+        let mut ebpf = probes::open(&resolution.offsets, opts.ringbuf_bytes, pinned.as_ref())?;
+        let mut links = match &pinned {
+            Some(p) => Links::pinned(p.link_pins()),
+            None => Links::default(),
+        };
         let attach = probes::attach_all(
             &mut ebpf,
             &mut links,
@@ -169,8 +201,25 @@ impl Session {
             &opts.attach,
             &resolution.prototypes,
         )?;
-        let maps = probes::Maps::take(&mut ebpf)?;
+        let mut maps = probes::Maps::take(&mut ebpf)?;
+        // Attached next to the earlier generation's programs: now they stand aside.
+        let pinned = match pinned {
+            Some(p) => {
+                let handover = p
+                    .go_live(&mut maps.gate)
+                    .context("handing over from the pinned programs")?;
+                Some(PinnedState {
+                    dir: p.dir().to_path_buf(),
+                    generation: p.generation,
+                    previous: p.previous,
+                    handover,
+                    _pins: p,
+                })
+            }
+            None => None,
+        };
         Ok(Session {
+            pinned,
             opts: opts.clone(),
             ebpf,
             links,

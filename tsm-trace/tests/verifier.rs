@@ -9,7 +9,7 @@ fn is_root() -> bool {
 }
 
 fn load_with(offsets: &Offsets) {
-    let mut ebpf = match probes::open(offsets, None) {
+    let mut ebpf = match probes::open(offsets, None, None) {
         Ok(e) => e,
         Err(e) => panic!("opening the eBPF object failed: {}", probes::chain(&e)),
     };

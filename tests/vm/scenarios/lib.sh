@@ -62,3 +62,7 @@ ctl() { echo "$*" 2>/dev/null > "$CTL"; }
 
 # lo_up: loopback for the daemon's HTTP endpoint.
 lo_up() { ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up; }
+
+# The daemon's persistence across restarts (pins in /sys/fs/bpf/tsm-trace, the state file)
+# is the restart suite's subject; every other suite starts each daemon afresh.
+export TSM_TRACE_NO_PERSIST=1

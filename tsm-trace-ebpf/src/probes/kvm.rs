@@ -35,7 +35,7 @@ fn try_kvm_destroy_entry(ctx: &ProbeContext) -> Option<u32> {
 pub fn vmm_exit(_ctx: RawTracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if tgid != pid_tgid as u32 {
+    if tgid != pid_tgid as u32 || !crate::maps::live() {
         return 0;
     }
     if unsafe { VMM_TGIDS.get(tgid) }.is_none() {
@@ -67,6 +67,9 @@ pub fn module_free(ctx: RawTracePointContext) -> u32 {
 
 #[inline(always)]
 fn module_event(ctx: &RawTracePointContext, kind: u32) {
+    if !crate::maps::live() {
+        return;
+    }
     let Some(mut slot) = CONTROL.reserve::<ControlEvent>(0) else {
         count(stat::CONTROL_DROPS);
         return;

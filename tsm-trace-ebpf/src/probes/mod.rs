@@ -24,13 +24,17 @@ use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktim
 use tsm_trace_common::{KvmOffsets, ProbeId, RawEvent, flags, missing, stat};
 
 use crate::{
-    maps::{EVENTS, INFLIGHT, InflightKey, SCRATCH, VMM_TGIDS, count},
+    maps::{EVENTS, INFLIGHT, InflightKey, LAST_RETURN, SCRATCH, VMM_TGIDS, count},
     read,
 };
 
 /// Starts a record in per-CPU scratch space with the fields every event carries.
 #[inline(always)]
 pub fn begin(probe: ProbeId) -> Option<&'static mut RawEvent> {
+    // Every entry and point event starts here: an earlier generation stands aside.
+    if !crate::maps::live() {
+        return None;
+    }
     let ev = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
     *ev = RawEvent::zeroed();
     ev.probe = probe as u32;
@@ -103,8 +107,17 @@ pub fn finish_with(
             }
             crate::agg::exit(probe, pid_tgid, ret, ret_flags, now - ev.start_ns, kept);
             let _ = INFLIGHT.remove(key);
+            if let Some(last) = LAST_RETURN.get_ptr_mut(0) {
+                // SAFETY: per-CPU slot, this program is its only writer while it runs.
+                unsafe { *last = key };
+            }
         }
         None => {
+            // The other generation's return probe completed this very call just before us
+            // (a handover), or these programs are not the live ones: not an orphan.
+            if !crate::maps::live() || LAST_RETURN.get(0).is_some_and(|l| *l == key) {
+                return;
+            }
             count(stat::ORPHAN_RETURNS);
             if let Some(ev) = begin(probe) {
                 ev.ret = ret;

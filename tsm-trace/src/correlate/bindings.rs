@@ -247,7 +247,8 @@ impl Correlator {
             .map(|(b, _)| b.device.clone())
     }
 
-    fn insert_binding(&mut self, binding: Binding, now_ns: u64, out: &mut Vec<Output>) {
+    pub(super) fn insert_binding(&mut self, binding: Binding, now_ns: u64, out: &mut Vec<Output>) {
+        self.table_version += 1;
         self.seq += 1;
         let seq = self.seq;
         let device: Arc<str> = match self.bindings.remove_entry(binding.device.as_str()) {
@@ -277,6 +278,7 @@ impl Correlator {
 
     pub(super) fn remove_binding(&mut self, device: &str) -> Option<Binding> {
         let (b, seq) = self.bindings.remove(device)?;
+        self.table_version += 1;
         self.binding_order.remove(&seq);
         Some(b)
     }
@@ -335,6 +337,7 @@ impl Correlator {
             );
             return;
         }
+        self.table_version += 1;
         *self.stats.leaks_detected.entry(leak.reason).or_default() += 1;
         self.leak_count[leak.reason as usize] += 1;
         self.leaks
@@ -355,6 +358,7 @@ impl Correlator {
         let keys: Vec<(String, LeakReason)> = self.leak_keys(device).cloned().collect();
         for k in keys {
             if let Some(mut leak) = self.leaks.remove(&k) {
+                self.table_version += 1;
                 self.leak_count[leak.reason as usize] -= 1;
                 leak.cleared_ns = Some(now_ns);
                 leak.cleared_by = Some(cause);

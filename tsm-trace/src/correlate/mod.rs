@@ -52,6 +52,7 @@ mod fxhash;
 mod lifecycle_tests;
 mod nesting;
 mod reconcile;
+pub mod state;
 #[cfg(test)]
 pub(crate) mod tests;
 mod types;
@@ -154,6 +155,8 @@ pub struct Correlator {
     scratch: Scratch,
     /// Emptied `Operation::frames` vectors given back by [`Self::recycle_frames`].
     frame_vecs: Vec<Vec<Frame>>,
+    /// Bumped on every change of the binding or leak table (`state.rs` saves on change).
+    table_version: u64,
 }
 
 #[derive(Debug, Default)]
@@ -198,6 +201,7 @@ impl Correlator {
             stats: Stats::default(),
             scratch: Scratch::default(),
             frame_vecs: Vec::new(),
+            table_version: 0,
         }
     }
 

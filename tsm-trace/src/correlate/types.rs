@@ -2,7 +2,7 @@
 //! out ([`Output`]: operations, leaks, anomalies, sysfs mismatches, VM lifecycle events).
 //! Plain data; the logic that produces it lives in the sibling modules.
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::errno;
 use crate::events::{Event, Layer, Probe, UnbindCause, Vm};
@@ -205,7 +205,7 @@ impl Operation {
 }
 
 /// Which outermost function made a binding.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BindPath {
     /// `IOMMU_VDEVICE_TSM_OP` ioctl (the iommufd patch).
@@ -219,7 +219,7 @@ pub enum BindPath {
 }
 
 /// A device believed bound to a VM.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Binding {
     pub device: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -272,7 +272,7 @@ impl TsmState {
 }
 
 /// Why a binding is believed leaked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LeakReason {
     /// The vdevice was destroyed without an unbind while its device was bound.
@@ -308,7 +308,7 @@ impl LeakReason {
 }
 
 /// Why a leak stopped being one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ClearCause {
     /// An unbind (or a teardown that unbinds) was seen.
@@ -333,7 +333,7 @@ impl ClearCause {
 }
 
 /// A binding believed leaked (or, in [`Output::LeakCleared`], one that no longer is).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Leak {
     pub device: String,
     pub reason: LeakReason,

@@ -9,7 +9,12 @@ use std::collections::HashMap;
 
 use aya::{
     Ebpf,
-    programs::{KProbe, RawTracePoint, kprobe::KProbeLinkId, raw_trace_point::RawTracePointLinkId},
+    programs::{
+        KProbe, RawTracePoint,
+        kprobe::KProbeLinkId,
+        links::{FdLink, PinnedLink},
+        raw_trace_point::RawTracePointLinkId,
+    },
 };
 
 use super::{
@@ -21,15 +26,27 @@ use crate::btf::PrototypeCheck;
 enum LinkId {
     Kprobe(KProbeLinkId),
     RawTracepoint(RawTracePointLinkId),
+    /// Pinned in bpffs: the program stays attached after the daemon exits.
+    Pinned(PinnedLink),
 }
 
-/// The links of the attached programs, by program name. Dropping the object detaches them.
+/// The links of the attached programs, by program name. Dropping the object detaches the
+/// unpinned ones; pinned ones stay until [`Links::detach`] or `tsm-trace unpin`.
 #[derive(Default)]
 pub struct Links {
     by_program: HashMap<&'static str, LinkId>,
+    pins: Option<super::pin::LinkPins>,
 }
 
 impl Links {
+    /// Links pinned under `pins` (the daemon), so the programs outlive the process.
+    pub fn pinned(pins: super::pin::LinkPins) -> Links {
+        Links {
+            by_program: HashMap::new(),
+            pins: Some(pins),
+        }
+    }
+
     fn detach(&mut self, ebpf: &mut Ebpf, program: &'static str) -> Result<(), String> {
         let Some(id) = self.by_program.remove(program) else {
             return Ok(());
@@ -44,8 +61,51 @@ impl Links {
             LinkId::RawTracepoint(id) => <&mut RawTracePoint>::try_from(prog)
                 .map_err(|e| chain(&e))?
                 .detach(id),
+            LinkId::Pinned(link) => {
+                // Removing the pin and closing the fd detaches it.
+                return link.unpin().map(drop).map_err(|e| e.to_string());
+            }
         };
         r.map_err(|e| chain(&e))
+    }
+
+    /// Keeps the link of `program`: pinned when this is the daemon's store, else owned by
+    /// the object. A link that cannot be pinned stays owned, with the reason.
+    fn keep(&mut self, ebpf: &mut Ebpf, program: &'static str, id: LinkId) -> Option<String> {
+        let Some(pins) = &self.pins else {
+            self.by_program.insert(program, id);
+            return None;
+        };
+        let path = pins.path(program);
+        let fd: Result<FdLink, String> = match id {
+            LinkId::Kprobe(id) => ebpf
+                .program_mut(program)
+                .and_then(|p| <&mut KProbe>::try_from(p).ok())
+                .ok_or_else(|| format!("program {program} is missing"))
+                .and_then(|p| p.take_link(id).map_err(|e| chain(&e)))
+                .and_then(|l| FdLink::try_from(l).map_err(|e| chain(&e))),
+            LinkId::RawTracepoint(id) => ebpf
+                .program_mut(program)
+                .and_then(|p| <&mut RawTracePoint>::try_from(p).ok())
+                .ok_or_else(|| format!("program {program} is missing"))
+                .and_then(|p| p.take_link(id).map_err(|e| chain(&e)))
+                .map(FdLink::from),
+            LinkId::Pinned(l) => {
+                self.by_program.insert(program, LinkId::Pinned(l));
+                return None;
+            }
+        };
+        match fd.and_then(|fd| fd.pin(&path).map_err(|e| chain(&e))) {
+            Ok(pinned) => {
+                self.by_program.insert(program, LinkId::Pinned(pinned));
+                None
+            }
+            // The link was consumed on the way: the program is no longer attached.
+            Err(e) => Some(format!(
+                "attached but could not be pinned at {}: {e}; not attached (run with --no-persist to attach without pinning)",
+                path.display()
+            )),
+        }
     }
 }
 
@@ -238,10 +298,10 @@ fn attach_one(
             .try_into()
             .map_err(|e| load_error(program, e))?;
         match p.attach(tracepoint) {
-            Ok(id) => {
-                links.by_program.insert(program, LinkId::RawTracepoint(id));
-                report.attached = true;
-            }
+            Ok(id) => match links.keep(ebpf, program, LinkId::RawTracepoint(id)) {
+                None => report.attached = true,
+                Some(why) => report.reason = Some(why),
+            },
             Err(e) => report.reason = Some(format!("attach failed: {}", chain(&e))),
         }
         return Ok(report);
@@ -281,10 +341,10 @@ fn attach_one(
         .try_into()
         .map_err(|e| load_error(program, e))?;
     match p.attach(&point.symbol, point.offset) {
-        Ok(id) => {
-            links.by_program.insert(program, LinkId::Kprobe(id));
-            report.attached = true;
-        }
+        Ok(id) => match links.keep(ebpf, program, LinkId::Kprobe(id)) {
+            None => report.attached = true,
+            Some(why) => report.reason = Some(why),
+        },
         Err(e) => report.reason = Some(format!("attach failed: {}", chain(&e))),
     }
     Ok(report)

@@ -8,6 +8,7 @@ mod attach;
 pub mod capabilities;
 mod compat;
 mod kallsyms;
+pub mod pin;
 mod privileges;
 
 use std::collections::BTreeMap;
@@ -187,13 +188,25 @@ pub enum ProbeError {
 
 /// Parses the object, creates its maps and writes `offsets` into `OFFSETS` (programs read
 /// them from there, so a module's BTF later updates them without a reload).
-pub fn open(offsets: &Offsets, ringbuf_bytes: Option<u32>) -> Result<Ebpf, ProbeError> {
+pub fn open(
+    offsets: &Offsets,
+    ringbuf_bytes: Option<u32>,
+    pinned: Option<&pin::Pinned>,
+) -> Result<Ebpf, ProbeError> {
     if EBPF_OBJECT.is_empty() {
         return Err(ProbeError::EmptyObject);
     }
     let mut loader = EbpfLoader::new();
     if let Some(b) = ringbuf_bytes {
         loader.map_max_entries("EVENTS", b);
+    }
+    if let Some(p) = pinned {
+        let wanted: Vec<(&str, u32)> = ringbuf_bytes.map(|b| ("EVENTS", b)).into_iter().collect();
+        for (map, size) in p.configure(&mut loader, &wanted) {
+            log::warn!(
+                "{map} is pinned with {size} entries (bytes for the ring buffer) from an earlier run and keeps that size; `tsm-trace unpin` (while no daemon runs) lets the next start create it as asked"
+            );
+        }
     }
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(ProbeError::Object)?;
     let map = ebpf
@@ -337,6 +350,8 @@ pub struct Maps {
     /// The exact aggregates: operations by key, frame durations by histogram slot.
     pub op_counts: aya::maps::PerCpuHashMap<MapData, u32, u64>,
     pub op_hist: PerCpuArray<MapData, u64>,
+    /// The generation gate (written by a pinning daemon once its programs are attached).
+    pub gate: Array<MapData, u32>,
 }
 
 impl Maps {
@@ -349,6 +364,7 @@ impl Maps {
             inflight: take(ebpf, "INFLIGHT")?,
             op_counts: take(ebpf, "OP_COUNTS")?,
             op_hist: take(ebpf, "OP_HIST")?,
+            gate: take(ebpf, "GATE")?,
         })
     }
 }

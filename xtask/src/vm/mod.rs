@@ -19,6 +19,7 @@ pub mod lifecycle;
 pub mod module;
 pub mod modules;
 pub mod qemu;
+pub mod restart;
 pub mod scenarios;
 pub mod storm;
 
@@ -63,8 +64,8 @@ pub struct VmTestArgs {
     /// Seconds before a guest is killed.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
-    /// Run only these tsm-trace suites: probes, lifecycle-trace, modules, storm (repeat or
-    /// comma-separate). Default: all of them.
+    /// Run only these tsm-trace suites: probes, lifecycle-trace, modules, storm, restart
+    /// (repeat or comma-separate). Default: all of them.
     #[arg(long, value_delimiter = ',')]
     pub suite: Vec<String>,
 }
@@ -156,6 +157,7 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
     let lifecycle_trace = read_script(lifecycle::SCRIPT)?;
     let modules_script = read_script(modules::SCRIPT)?;
     let storm_script = read_script(storm::SCRIPT)?;
+    let restart_script = read_script(restart::SCRIPT)?;
     let extra = if smoke || lifecycle_only {
         Vec::new()
     } else {
@@ -209,6 +211,13 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
             ));
             // Storms: /metrics exact at any event rate (every kernel).
             runs.push((" storm", storm_script.as_str(), opts.clone(), storm::check));
+            // Restarts: SIGKILL and SIGTERM with bindings (every kernel; on kernels with PCI
+            // TSM against the real core's sysfs `tsm/bound`).
+            let ropts = RunOptions {
+                tee_pcie: kernel.has_pci_tsm(),
+                ..opts.clone()
+            };
+            runs.push((" restart", restart_script.as_str(), ropts, restart::check));
         }
         if let Some(ls) = &lifecycle_script {
             if kernel.has_pci_tsm() {

@@ -1,0 +1,299 @@
+//! The binding and leak tables kept in a file, so that a restart of the daemon (clean or
+//! not) neither forgets a binding made before it, and then calls the device
+//! `sysfs_bound_without_owner`, nor drops a leak it had reported.
+//!
+//! The daemon writes the file whenever the tables changed, after each batch of events
+//! (write to a temporary file, then rename: a reader or a crash sees the old or the new
+//! file, never half of one). It lives in `/run` (a tmpfs): bindings do not survive a reboot
+//! and neither does the file; the boot id in it refuses a file from another boot anyway.
+//! What happened while no daemon ran is not in the file: it waits in the pinned ring buffer
+//! (`probes/pin.rs`) and is applied on top of the restored tables at start.
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::Correlator;
+use super::types::{Binding, Leak};
+
+/// The file format; a file of another format is refused with an explanation.
+pub const FORMAT: u32 = 1;
+
+/// The default path (beside the VM-name key, which names the VMs in it).
+pub const DEFAULT_PATH: &str = "/run/tsm-trace/state.json";
+
+/// What the file holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedState {
+    pub format: u32,
+    /// `/proc/sys/kernel/random/boot_id` when it was written.
+    pub boot_id: String,
+    /// Oldest first.
+    pub bindings: Vec<Binding>,
+    /// Leaks not cleared.
+    pub leaks: Vec<Leak>,
+}
+
+#[derive(Debug, Error)]
+pub enum StateError {
+    #[error("reading {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} is not a tsm-trace state file ({source}); it was moved to {moved} and the daemon starts with empty tables"
+    )]
+    Malformed {
+        path: PathBuf,
+        moved: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(
+        "{path} has format {found}, this tsm-trace reads format {FORMAT}; it was moved to {moved} and the daemon starts with empty tables"
+    )]
+    Format {
+        path: PathBuf,
+        found: u32,
+        moved: PathBuf,
+    },
+    #[error("writing {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why nothing was restored.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Missing {
+    NoFile,
+    /// Written in another boot: its bindings are gone.
+    OtherBoot,
+}
+
+/// The current boot's id (empty if unreadable: then every file is taken as this boot's).
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn move_aside(path: &Path) -> PathBuf {
+    let moved = path.with_extension("json.bad");
+    let _ = std::fs::rename(path, &moved);
+    moved
+}
+
+/// Reads the file of this boot. A malformed file is moved aside (`.json.bad`) and reported.
+pub fn load(path: &Path, boot: &str) -> Result<Result<SavedState, Missing>, StateError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Err(Missing::NoFile)),
+        Err(source) => {
+            return Err(StateError::Read {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    #[derive(Deserialize)]
+    struct Head {
+        format: u32,
+    }
+    match serde_json::from_str::<Head>(&text) {
+        Ok(h) if h.format != FORMAT => {
+            return Err(StateError::Format {
+                path: path.to_path_buf(),
+                found: h.format,
+                moved: move_aside(path),
+            });
+        }
+        _ => {}
+    }
+    let state: SavedState =
+        serde_json::from_str(&text).map_err(|source| StateError::Malformed {
+            path: path.to_path_buf(),
+            moved: move_aside(path),
+            source,
+        })?;
+    if !boot.is_empty() && !state.boot_id.is_empty() && state.boot_id != boot {
+        return Ok(Err(Missing::OtherBoot));
+    }
+    Ok(Ok(state))
+}
+
+/// Writes the file atomically (temporary file in the same directory, then rename), 0600.
+pub fn save(path: &Path, state: &SavedState) -> Result<(), StateError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |source| StateError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .map_err(err)?;
+    let body = serde_json::to_vec(state).map_err(|e| err(std::io::Error::other(e)))?;
+    f.write_all(&body).map_err(err)?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+impl Correlator {
+    /// Bumped whenever the binding or leak table changes.
+    pub fn table_version(&self) -> u64 {
+        self.table_version
+    }
+
+    /// The tables as the state file keeps them.
+    pub fn saved_state(&self, boot_id: &str) -> SavedState {
+        SavedState {
+            format: FORMAT,
+            boot_id: boot_id.to_string(),
+            bindings: self
+                .binding_order
+                .values()
+                .filter_map(|d| self.bindings.get(d).map(|(b, _)| b.clone()))
+                .collect(),
+            leaks: self.leaks.values().cloned().collect(),
+        }
+    }
+
+    /// Puts saved tables back (at start, before any event). Restored leaks are not counted
+    /// as detected again (`tsm_trace_leaks_detected_total` counts detections by this
+    /// process); they are current leaks, as before the restart. Returns (bindings, leaks).
+    pub fn restore(&mut self, state: SavedState) -> (usize, usize) {
+        let mut ignored = Vec::new();
+        let (nb, nl) = (state.bindings.len(), state.leaks.len());
+        for b in state.bindings {
+            let since = b.since_ns;
+            self.insert_binding(b, since, &mut ignored);
+        }
+        for l in state.leaks {
+            if self.leaks.len() >= self.cfg.max_leaks {
+                break;
+            }
+            self.leak_count[l.reason as usize] += 1;
+            self.leaks.insert((l.device.clone(), l.reason), l);
+        }
+        self.table_version += 1;
+        (nb, nl)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::correlate::types::{BindPath, LeakReason};
+    use crate::events::{Vm, VmId};
+
+    fn binding(dev: &str) -> Binding {
+        Binding {
+            device: dev.into(),
+            vm: Some(Vm {
+                id: VmId::from_bits(0xabc),
+                pid: Some(42),
+                stats_id: Some("kvm-42".into()),
+            }),
+            vmm_tgid: 42,
+            vmm_comm: "qemu".into(),
+            vdevice_id: Some(3),
+            tdi_id: Some(9),
+            since_ns: 1_000,
+            path: BindPath::Ioctl,
+            tsm: Some("tsm0".into()),
+        }
+    }
+
+    fn leak(dev: &str) -> Leak {
+        Leak {
+            device: dev.into(),
+            reason: LeakReason::VmmExited,
+            vm: None,
+            vmm_tgid: Some(42),
+            vmm_comm: Some("qemu".into()),
+            vdevice_id: Some(3),
+            tdi_id: Some(9),
+            bound_since_ns: Some(1_000),
+            tsm: None,
+            detected_ns: 2_000,
+            cleared_ns: None,
+            cleared_by: None,
+        }
+    }
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("tsm-state-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d.join("state.json")
+    }
+
+    #[test]
+    fn round_trip_through_the_file_and_the_correlator() {
+        let mut c = Correlator::default();
+        let st = SavedState {
+            format: FORMAT,
+            boot_id: "b".into(),
+            bindings: vec![binding("0000:01:00.0"), binding("0000:02:00.0")],
+            leaks: vec![leak("0000:02:00.0")],
+        };
+        let v = c.table_version();
+        assert_eq!(c.restore(st.clone()), (2, 1));
+        assert!(c.table_version() > v);
+        assert_eq!(c.binding_count(), 2);
+        assert_eq!(c.leak_count(LeakReason::VmmExited), 1);
+        // Not a new detection.
+        assert!(c.stats().leaks_detected.is_empty());
+        let back = c.saved_state("b");
+        assert_eq!(back, st);
+        let p = tmp("rt");
+        save(&p, &back).unwrap();
+        assert_eq!(load(&p, "b").unwrap().unwrap(), st);
+    }
+
+    #[test]
+    fn another_boot_and_no_file_restore_nothing() {
+        let p = tmp("boot");
+        assert_eq!(load(&p, "x").unwrap(), Err(Missing::NoFile));
+        let st = Correlator::default().saved_state("old-boot");
+        save(&p, &st).unwrap();
+        assert_eq!(load(&p, "new-boot").unwrap(), Err(Missing::OtherBoot));
+    }
+
+    #[test]
+    fn a_malformed_file_is_named_and_moved_aside() {
+        let p = tmp("bad");
+        std::fs::write(&p, "{\"format\":1,\"boot_id\":\"b\",\"bindings\":[{]}").unwrap();
+        let e = load(&p, "b").unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("state.json") && msg.contains("json.bad"),
+            "{msg}"
+        );
+        // serde_json names the line and column.
+        let src = std::error::Error::source(&e).unwrap().to_string();
+        assert!(src.contains("line 1 column"), "{src}");
+        assert!(!p.exists() && p.with_extension("json.bad").exists());
+    }
+
+    #[test]
+    fn another_format_is_refused() {
+        let p = tmp("fmt");
+        std::fs::write(&p, "{\"format\":99}").unwrap();
+        let e = load(&p, "b").unwrap_err().to_string();
+        assert!(e.contains("format 99") && e.contains("format 1"), "{e}");
+    }
+}
