@@ -361,7 +361,7 @@ mod tests {
         let d = std::env::temp_dir().join(format!("tsm-pin-{}", std::process::id()));
         let e = Pinned::prepare(&d.join("tsm-trace")).unwrap_err();
         assert!(matches!(e, PinError::NotBpffs { .. }), "{e}");
-        assert!(e.to_string().contains("--no-pin"));
+        assert!(e.to_string().contains("--no-persist"));
     }
 
     #[test]
