@@ -46,6 +46,9 @@ pub struct Session {
     offsets: Array<MapData, Offsets>,
     inflight: aya::maps::HashMap<MapData, InflightKey, RawEvent>,
     thread_ops: aya::maps::HashMap<MapData, u64, ThreadOp>,
+    /// Kept open for the session's life: programs loaded after a module load are relocated
+    /// against the fd of every map they use (a dropped map fails them in the verifier).
+    _gate: Array<MapData, u32>,
     aggregates: Option<Aggregates>,
     events: Option<RingBuf<MapData>>,
     control: Option<RingBuf<MapData>>,
@@ -243,6 +246,7 @@ impl Session {
             offsets: maps.offsets,
             inflight: maps.inflight,
             thread_ops: maps.thread_ops,
+            _gate: maps.gate,
             aggregates: Some(Aggregates {
                 counts: maps.op_counts,
                 hist: maps.op_hist,

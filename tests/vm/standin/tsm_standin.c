@@ -116,6 +116,9 @@
 #include <linux/anon_inodes.h>
 #include <linux/list.h>
 #include <linux/string.h>
+#include <linux/kthread.h>
+#include <linux/completion.h>
+#include <linux/spinlock.h>
 
 struct kvm;
 
@@ -128,9 +131,6 @@ int pci_tsm_bind(struct pci_dev *pdev, struct kvm *kvm, u32 tdi_id);
 void pci_tsm_unbind(struct pci_dev *pdev);
 #include <linux/pci-tsm.h>	/* pci_tsm_guest_req(), enum pci_tsm_req_scope */
 #include <linux/sockptr.h>
-#include <linux/kthread.h>
-#include <linux/completion.h>
-#include <linux/spinlock.h>
 #else
 #define STANDIN_HAVE_REAL_PCI_TSM 0
 #define STANDIN_PCI_BIND pci_tsm_bind
