@@ -4,11 +4,13 @@
 //! installed by `cargo xtask setup`, which each command runs first as a (fast) check.
 
 mod bench;
+mod build;
 mod demo;
 mod e2e;
 mod fuzz;
 mod promtool;
 mod setup;
+mod test;
 mod toolchain;
 mod util;
 mod vm;
@@ -61,11 +63,11 @@ fn main() -> Result<()> {
         Command::Setup(args) => setup::run(&args),
         Command::Build => {
             setup::ensure()?;
-            util::build_all()
+            build::build_all()
         }
         Command::Test(args) => {
             setup::ensure()?;
-            util::test_all(args.no_vm)
+            test::test_all(args.no_vm)
         }
         Command::Bench(args) => {
             setup::ensure()?;

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use super::repo_root;
+use crate::util::root as repo_root;
 
 /// Guest path of the stand-in module inside the initramfs.
 pub const STANDIN_GUEST_PATH: &str = "/lib/modules/tsm_standin.ko";
@@ -79,7 +79,7 @@ pub fn build(spec: &InitramfsSpec, out: &Path) -> Result<()> {
     }
     w.file("/scenarios/run.sh", spec.script.as_bytes(), 0o755)?;
     // Helpers every scenario sources (`. /scenarios/lib.sh`).
-    let lib = super::repo_root().join("tests/vm/scenarios/lib.sh");
+    let lib = repo_root().join("tests/vm/scenarios/lib.sh");
     let lib = std::fs::read(&lib).with_context(|| format!("reading {}", lib.display()))?;
     w.file("/scenarios/lib.sh", &lib, 0o644)?;
     for (host, guest) in spec.extra_files {

@@ -18,8 +18,9 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+use super::kv::parse_kv;
+use super::qemu::VmOutput;
 use super::scenarios::{Checks, parse_exposition};
-use super::{VmOutput, parse_kv};
 
 pub const SCRIPT: &str = "tests/vm/scenarios/lifecycle.sh";
 
@@ -1734,11 +1735,10 @@ mod tests {
     fn replay() {
         let path = std::env::var("TSM_LC_DATA").expect("TSM_LC_DATA");
         let data = std::fs::read_to_string(&path).expect("data.log");
-        let (sections, run_rc, _) = crate::vm::qemu::parse_data(&data);
+        let (sections, run_rc, _) = super::super::qemu::parse_data(&data);
         let out = VmOutput {
             kernel_version: String::new(),
             console: String::new(),
-            data,
             sections,
             run_rc,
             warnings: Vec::new(),
@@ -1771,7 +1771,6 @@ mod recheck {
         let out = super::VmOutput {
             kernel_version: String::new(),
             console: String::new(),
-            data,
             sections,
             run_rc,
             warnings: Vec::new(),

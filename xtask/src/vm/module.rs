@@ -12,7 +12,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 use super::kernel::Kernel;
-use super::repo_root;
+use crate::util::root as repo_root;
 
 /// One out-of-tree fixture module: its source folder under `tests/vm/`, the files copied into
 /// the build folder, and its name.

@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use super::{VmOutput, parse_kv};
+use super::kv::parse_kv;
+use super::qemu::VmOutput;
 
 pub const SCRIPT: &str = "tests/vm/scenarios/probes.sh";
 
