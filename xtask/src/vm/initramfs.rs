@@ -5,7 +5,8 @@
 //! Guest layout: `/init`, `/bin/busybox` (applets linked by init), `/dev/console`,
 //! `/lib/modules/tsm_standin.ko`, `/lib/modules/tsm_linktsm.ko` (kernels with PCI TSM only),
 //! `/lib/modules/tsm_latemod.ko`,
-//! `/scenarios/run.sh`, plus each extra file at its guest path.
+//! `/scenarios/run.sh`, the static helpers of `tests/vm/tools/` (`/bin/sysfs_write`), plus each
+//! extra file at its guest path.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+use super::tools;
 use crate::util::root as repo_root;
 
 /// Guest path of the stand-in module inside the initramfs.
@@ -76,6 +78,9 @@ pub fn build(spec: &InitramfsSpec, out: &Path) -> Result<()> {
                 0o644,
             )?;
         }
+    }
+    for (guest, source) in tools::HELPERS {
+        w.file(guest, &fs::read(tools::build(source)?)?, 0o755)?;
     }
     w.file("/scenarios/run.sh", spec.script.as_bytes(), 0o755)?;
     // Helpers every scenario sources (`. /scenarios/lib.sh`).

@@ -24,6 +24,7 @@ pub mod scenarios;
 pub mod smoke;
 pub mod storm;
 pub mod suite;
+pub mod tools;
 
 // The API other commands (demo, e2e, bench) use. Submodules never import from here: each
 // names the sibling it needs, so no module imports one that imports it.
