@@ -24,6 +24,7 @@ const FIXTURE_SECTIONS: &[&str] = &[
     "lspci",
     "lc_kernel",
     "lc_truth",
+    "rs_truth",
     "dmesg",
     "kallsyms",
     "steps",
