@@ -273,11 +273,32 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    /// Is the upstream PCI TSM core built in (`CONFIG_PCI_TSM=y` in the headers' `.config`)?
+    /// Is the upstream PCI TSM core built in? `CONFIG_PCI_TSM=y` in the headers' `.config`
+    /// and its functions in the kernel's own BTF must agree ([`Kernel::pci_tsm_evidence`]).
     pub fn has_pci_tsm(&self) -> bool {
-        std::fs::read_to_string(self.headers.join(".config"))
+        self.pci_tsm_evidence().is_ok_and(|(config, _)| config)
+    }
+
+    /// `(config, btf)`: `CONFIG_PCI_TSM=y` in the headers' `.config`, and `pci_tsm_bind` named
+    /// in the BTF vmlinux; an error when they disagree (a headers package that does not match
+    /// its image, or a BTF without the function), naming both.
+    pub fn pci_tsm_evidence(&self) -> Result<(bool, bool)> {
+        let config = fs::read_to_string(self.headers.join(".config"))
             .map(|c| c.lines().any(|l| l == "CONFIG_PCI_TSM=y"))
-            .unwrap_or(false)
+            .unwrap_or(false);
+        let btf = fs::read(&self.vmlinux_btf)
+            .with_context(|| format!("reading {}", self.vmlinux_btf.display()))?;
+        let in_btf = contains_name(&btf, b"pci_tsm_bind");
+        if config != in_btf {
+            bail!(
+                "{}: CONFIG_PCI_TSM={} in the headers' .config but pci_tsm_bind {} its BTF ({})",
+                self.version,
+                if config { "y" } else { "n" },
+                if in_btf { "is in" } else { "is not in" },
+                self.vmlinux_btf.display()
+            );
+        }
+        Ok((config, in_btf))
     }
 }
 
@@ -327,6 +348,15 @@ impl Kernel {
         }
         Ok(out)
     }
+}
+
+/// Is `name` a whole NUL-terminated string of a BTF string table (`\0name\0`)?
+fn contains_name(btf: &[u8], name: &[u8]) -> bool {
+    let mut pat = Vec::with_capacity(name.len() + 2);
+    pat.push(0);
+    pat.extend_from_slice(name);
+    pat.push(0);
+    btf.windows(pat.len()).any(|w| w == pat.as_slice())
 }
 
 fn version_key(v: &str) -> Vec<u64> {
@@ -730,6 +760,13 @@ mod tests {
             KernelSpec::Exact("7.3.4+deb13-amd64".into())
         );
         assert!(KernelSpec::parse("foo").is_err());
+    }
+
+    #[test]
+    fn btf_names_are_whole_strings() {
+        assert!(contains_name(b"\0a\0pci_tsm_bind\0b\0", b"pci_tsm_bind"));
+        assert!(!contains_name(b"\0standin_pci_tsm_bind\0", b"pci_tsm_bind"));
+        assert!(!contains_name(b"\0pci_tsm_bind_x\0", b"pci_tsm_bind"));
     }
 
     #[test]

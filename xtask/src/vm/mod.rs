@@ -1,7 +1,7 @@
 //! Real Debian kernels in qemu with the fixture modules (`cargo xtask vm-test`).
 //!
-//! - [`suite`]: the kernel matrix and which suites run on which kernel; [`prepare`] fetches
-//!   kernels (private apt, cached in `.vm-cache/`) and builds the fixtures for each.
+//! - [`suite`]: the kernel matrix; [`prepare`] fetches kernels (private apt, cached in
+//!   `.vm-cache/`) and builds the fixtures for each; [`plan`]: which suites run on which kernel.
 //! - [`qemu`]: [`run_in_vm_with`] boots a kernel with a `/scenarios/run.sh` and extra files →
 //!   [`VmOutput`] (console log + named sections). Guest crash / timeout → `Err`.
 //! - [`kv`]: [`parse_kv`], the fixtures' `key=value ...` record format.
@@ -18,6 +18,7 @@ pub mod leaks;
 pub mod lifecycle;
 pub mod module;
 pub mod modules;
+pub mod plan;
 pub mod qemu;
 pub mod restart;
 pub mod scenarios;
