@@ -65,10 +65,7 @@ fn main() -> Result<()> {
             setup::ensure()?;
             build::build_all()
         }
-        Command::Test(args) => {
-            setup::ensure()?;
-            test::test_all(args.no_vm)
-        }
+        Command::Test(args) => test::test_all(args.no_vm),
         Command::Bench(args) => {
             setup::ensure()?;
             bench::run(&args)

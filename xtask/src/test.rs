@@ -10,6 +10,7 @@ use crate::util::{cargo, root, run};
 /// `cargo xtask test`: lints, unit and host tests (incl. the verifier-load test), promtool
 /// checks, then the VM suite on real kernels.
 pub fn test_all(no_vm: bool) -> Result<()> {
+    let started = Instant::now();
     let mut steps: Vec<(&str, f64)> = Vec::new();
     let mut step = |name: &'static str, f: &mut dyn FnMut() -> Result<()>| -> Result<()> {
         println!("\n==> {name}");
@@ -18,6 +19,8 @@ pub fn test_all(no_vm: bool) -> Result<()> {
         steps.push((name, t.elapsed().as_secs_f64()));
         Ok(())
     };
+    // On a fresh machine this installs everything (minutes); later, a check (under a second).
+    step("setup", &mut crate::setup::ensure)?;
     step(
         "eBPF toolchain pair",
         &mut crate::toolchain::check_installed,
@@ -83,7 +86,7 @@ pub fn test_all(no_vm: bool) -> Result<()> {
         Ok(())
     })?;
     if !no_vm {
-        step("VM suite (real kernels)", &mut || {
+        step("VM suite (4 kernels)", &mut || {
             crate::vm::run(&crate::vm::VmTestArgs {
                 timeout: 300,
                 ..Default::default()
@@ -102,5 +105,10 @@ pub fn test_all(no_vm: bool) -> Result<()> {
     for (name, secs) in &steps {
         println!("  {name:<28} {secs:>7.1}s");
     }
+    println!(
+        "  {:<28} {:>7.1}s (CI allows 90 min)",
+        "total",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
