@@ -8,6 +8,8 @@ mod build;
 mod demo;
 mod e2e;
 mod fuzz;
+#[cfg(test)]
+mod layout;
 mod promtool;
 mod setup;
 mod test;
