@@ -20,3 +20,5 @@ pub mod pipeline;
 pub mod probes;
 pub mod session;
 pub mod sysfs;
+#[doc(hidden)]
+pub mod test_support;

@@ -54,6 +54,12 @@ pub struct Session {
     aggregates: Option<Aggregates>,
     events: Option<RingBuf<MapData>>,
     control: Option<RingBuf<MapData>>,
+    /// The generation gate, held open for the session's life although only a pinning start
+    /// writes it: programs loaded later (a module load's rescan) were relocated against its
+    /// fd when the object was loaded. Dropped, the fd closes and the verifier rejects them
+    /// ("fd N is not pointing to valid bpf_map", seen on 6.12), or a reused fd number binds
+    /// them to another object.
+    _gate: Array<MapData, u32>,
     pub attach: Vec<AttachReport>,
     pub btf: Resolution,
     /// Where the state is pinned and what the start took over, for `run`.
@@ -268,6 +274,7 @@ impl Session {
             }),
             events: Some(maps.events),
             control: Some(maps.control),
+            _gate: maps.gate,
             attach,
             btf: resolution,
         })

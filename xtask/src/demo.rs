@@ -31,10 +31,10 @@ fn heading(s: &str) {
 
 pub fn run(args: &DemoArgs) -> Result<()> {
     let t0 = Instant::now();
-    let bin = crate::util::build_static()?;
+    let bin = crate::build::build_static()?;
     let spec = KernelSpec::parse(&args.kernel)?;
     let kernel = vm::prepare(&[spec])?.remove(0);
-    let script = std::fs::read_to_string(vm::repo_root().join(SCRIPT))
+    let script = std::fs::read_to_string(crate::util::root().join(SCRIPT))
         .with_context(|| format!("reading {SCRIPT}"))?;
     println!(
         "demo: booting Debian {} in qemu with a test TSM driver on the kernel's PCI TSM core (no TSM hardware needed)...",

@@ -129,10 +129,10 @@ pub fn run(args: &E2eArgs) -> Result<()> {
         bail!("{PROMETHEUS} not found: apt-get install prometheus (cargo xtask setup)");
     }
     let rounds = if args.rounds == 0 { 8 } else { args.rounds };
-    let bin = crate::util::build_static()?;
+    let bin = crate::build::build_static()?;
     let spec = KernelSpec::parse(args.kernel.as_deref().unwrap_or("trixie-backports"))?;
     let kernel = vm::prepare(&[spec])?.remove(0);
-    let script = std::fs::read_to_string(vm::repo_root().join(SCRIPT))
+    let script = std::fs::read_to_string(crate::util::root().join(SCRIPT))
         .with_context(|| format!("reading {SCRIPT}"))?;
     let prep = t0.elapsed();
 
@@ -274,7 +274,7 @@ fn host_side(
     keep: bool,
     report: &mut Report,
 ) -> Result<()> {
-    let root = vm::repo_root();
+    let root = crate::util::root();
     let prom = Prometheus::start(&root, target_port, keep)?;
     let api = Api { port: prom.port };
     let t = Instant::now();

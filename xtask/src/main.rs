@@ -4,11 +4,15 @@
 //! installed by `cargo xtask setup`, which each command runs first as a (fast) check.
 
 mod bench;
+mod build;
 mod demo;
 mod e2e;
 mod fuzz;
+#[cfg(test)]
+mod layout;
 mod promtool;
 mod setup;
+mod test;
 mod toolchain;
 mod util;
 mod vm;
@@ -61,12 +65,9 @@ fn main() -> Result<()> {
         Command::Setup(args) => setup::run(&args),
         Command::Build => {
             setup::ensure()?;
-            util::build_all()
+            build::build_all()
         }
-        Command::Test(args) => {
-            setup::ensure()?;
-            util::test_all(args.no_vm)
-        }
+        Command::Test(args) => test::test_all(args.no_vm),
         Command::Bench(args) => {
             setup::ensure()?;
             bench::run(&args)

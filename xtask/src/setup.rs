@@ -22,6 +22,8 @@ pub const DEB_PACKAGES: &[&str] = &[
     "busybox-static",
     "cpio",
     "gcc",
+    // libc.a: the static helpers of the test VMs (tests/vm/tools/).
+    "libc6-dev",
     "make",
     "libelf-dev",
     "dwarves",

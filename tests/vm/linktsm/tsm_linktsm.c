@@ -50,6 +50,8 @@
  *                                     pci_tsm_guest_req() with kernel
  *                                     sockptrs; input bytes are i & 0xff
  *   events_clear                      empty the events log
+ *   errname <n>                       records name=<%pe of -n>: the kernel's
+ *                                     own name of an errno a caller saw
  *
  * Ground truth:
  *   last    the last ctl command: "seq=<n> cmd=<c> rc=<-errno|0> err=<%pe|0>
@@ -802,6 +804,15 @@ static int run_cmd(char **argv, int argc)
 		    kstrtou32(argv[4], 0, &d))
 			return -EINVAL;
 		return cmd_guest_req(argv[1], a, b, d);
+	}
+	if (!strcmp(c, "errname") && argc == 2) {
+		char name[32];
+
+		if (kstrtou32(argv[1], 0, &a) || !a || a > MAX_ERRNO)
+			return -EINVAL;
+		errname(name, sizeof(name), -(long)a);
+		rec("errno=%u name=%s", a, name);
+		return 0;
 	}
 	if (!strcmp(c, "events_clear") && argc == 1) {
 		mutex_lock(&st_lock);

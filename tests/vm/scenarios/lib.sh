@@ -65,4 +65,5 @@ lo_up() { ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up; }
 
 # The daemon's persistence across restarts (pins in /sys/fs/bpf/tsm-trace, the state file)
 # is the restart suite's subject; every other suite starts each daemon afresh.
-export TSM_TRACE_NO_PERSIST=1
+# (clap takes true/false for a boolean flag from the environment, not 1.)
+export TSM_TRACE_NO_PERSIST=true

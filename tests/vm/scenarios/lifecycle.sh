@@ -12,7 +12,9 @@
 #   lc_check         `tsm-trace check` with the linktsm driver flags, then "exit=<rc>"
 #   lc_truth         ground truth, one line per record: "step=<name> src=<source> ..."
 #                    src=sysfs    file=<path> value=<written> len=<bytes> pid=<writer>
-#                                 write=ok|<strerror>
+#                                 write=ok|fail [errno=<n> err=<%pe of -n>]
+#                                 (/bin/sysfs_write reports the errno; tsm_linktsm's
+#                                 `errname` names it with the kernel's own %pe)
 #                    src=linktsm  write=... <tsm_linktsm last>
 #                    src=standin  write=... <tsm_standin last>
 #                    src=event    <one tsm_linktsm events line (the link op's own record)>
@@ -46,10 +48,17 @@ grab() {
 	done < "$EV"
 	echo > "$EV"
 }
-# sfs VALUE FILE: a sysfs write through the real core, recorded.
+# sfs VALUE FILE: a sysfs write through the real core, recorded with the errno the kernel
+# returned and the kernel's name for it.
 sfs() {
-	wr "$1" "$2"
-	t "src=sysfs file=$2 value=$1 len=$((${#1} + 1)) pid=$$ write=$(q "$r")"
+	o=$(/bin/sysfs_write "$1" "$2")
+	e=$(kv errno "$o")
+	n=
+	if [ -n "$e" ]; then
+		echo "errname $e" > "$LCTL"
+		n=" err=$(kv name "$(cat "$LLAST")")"
+	fi
+	t "src=sysfs file=$2 value=$1 len=$((${#1} + 1)) $o$n"
 	grab
 }
 lctl() { wr "$*" "$LCTL"; t "src=linktsm write=$(q "$r") $(cat "$LLAST")"; grab; }

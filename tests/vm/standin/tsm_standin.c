@@ -75,7 +75,9 @@
  *
  * /sys/kernel/debug/tsm_standin/last: ground truth of the last command as one
  * line of space-separated key=value pairs (values never contain spaces),
- * always starting with "seq=<n> cmd=<name> rc=<-errno|0> pid=<tgid> comm=<c>";
+ * always starting with
+ * "seq=<n> cmd=<name> rc=<-errno|0> err=<%pe|0> pid=<tgid> comm=<c>" (err: the
+ * kernel's own name of rc, CONFIG_SYMBOLIC_ERRNAME);
  * further keys appear when known, in the order things happened:
  *   vm vdevice_id op flags virt_id obj_id dev (BDF or "tsm_standin")
  *   kvm kvm_pid stats_id       the VM the command used (kvm=0x0: none)
@@ -88,6 +90,12 @@
  *                              and its own measured duration (incl. delay)
  *   driver_unbind=1            standin_tdi_unbind() ran
  *   respond_rc                 the respond step after a successful op
+ *   fail_fn fail_layer fail_err   where the command's error was born: the
+ *                              first function that failed (a fixture
+ *                              function, or a kernel function the fixture
+ *                              called and saw fail), the layer it belongs
+ *                              to (iommufd, tsm_core, pci_tsm, tsm_driver)
+ *                              and its error as %pe
  *   duration_ns                iommufd_vdevice_tsm_op_ioctl() / abort / tsm_bind
  *   after_kvm after_kvm_pid after_stats_id   binding of the device afterwards
  *   destroyed destroyed_kvm destroyed_kvm_pid   kvm_destroy_vm() ran (or not)
@@ -326,6 +334,25 @@ static __printf(1, 2) void rec(const char *fmt, ...)
 	spin_unlock_irqrestore(&rec_lock, irqflags);
 }
 
+/*
+ * Records where the current command's error was born (the first failure wins:
+ * errors propagate outwards, so the innermost function records first) and
+ * returns rc unchanged.
+ */
+static bool fail_recorded;
+
+static long standin_fail(const char *fn, const char *layer, long rc)
+{
+	if (rc < 0 && !fail_recorded) {
+		fail_recorded = true;
+		rec("fail_fn=%s fail_layer=%s fail_err=%pe", fn, layer,
+		    ERR_PTR(rc));
+	}
+	return rc;
+}
+
+#define FAIL(layer, rc) standin_fail(__func__, layer, rc)
+
 static void rec_kvm(const char *prefix, struct kvm *kvm)
 {
 	if (!kvm) {
@@ -451,7 +478,7 @@ noinline void *standin_tdi_bind(struct pci_dev *pdev, struct kvm *kvm,
 	}
 	if (inject_driver_count) {
 		inject_driver_count--;
-		ret = ERR_PTR(-inject_driver_errno);
+		ret = ERR_PTR(FAIL("tsm_driver", -inject_driver_errno));
 	} else {
 		tdi = kzalloc(sizeof(*tdi), GFP_KERNEL);
 		if (tdi) {
@@ -459,7 +486,7 @@ noinline void *standin_tdi_bind(struct pci_dev *pdev, struct kvm *kvm,
 			tdi->kvm = kvm;
 			tdi->tdi_id = tdi_id;
 		}
-		ret = tdi ? (void *)tdi : ERR_PTR(-ENOMEM);
+		ret = tdi ? (void *)tdi : ERR_PTR(FAIL("tsm_driver", -ENOMEM));
 	}
 	standin_last_driver_rc = IS_ERR(ret) ? PTR_ERR(ret) : 0;
 	rec("driver_called=1 driver_rc=%d driver_ns=%lld",
@@ -500,13 +527,13 @@ noinline int STANDIN_PCI_BIND(struct pci_dev *pdev, struct kvm *kvm, u32 tdi_id)
 
 	rec("layer=%s", STR(STANDIN_PCI_BIND));
 	if (!kvm)
-		return -EINVAL;
+		return FAIL("pci_tsm", -EINVAL);
 	/* Resolve races to bind a TDI */
 	cur = find_tdi(pdev);
 	if (cur) {
 		rec_kvm("bound_", cur->kvm);
 		if (cur->kvm != kvm)
-			return -EBUSY;
+			return FAIL("pci_tsm", -EBUSY);
 		return 0;
 	}
 	tdi = standin_tdi_bind(pdev, kvm, tdi_id);
@@ -537,12 +564,13 @@ EXPORT_SYMBOL_GPL(STANDIN_PCI_UNBIND);
 noinline int tsm_bind(struct device *dev, struct kvm *kvm, u64 tdi_id)
 {
 	if (!dev_is_pci(dev))
-		return -EINVAL;
+		return FAIL("tsm_core", -EINVAL);
 
 #if STANDIN_HAVE_REAL_PCI_TSM
 	if (realpci) {
 		rec("layer=pci_tsm_bind");
-		return pci_tsm_bind(to_pci_dev(dev), kvm, tdi_id);
+		return standin_fail("pci_tsm_bind", "pci_tsm",
+				    pci_tsm_bind(to_pci_dev(dev), kvm, tdi_id));
 	}
 #endif
 	return STANDIN_PCI_BIND(to_pci_dev(dev), kvm, tdi_id);
@@ -552,7 +580,7 @@ EXPORT_SYMBOL_GPL(tsm_bind);
 noinline int tsm_unbind(struct device *dev)
 {
 	if (!dev_is_pci(dev))
-		return -EINVAL;
+		return FAIL("tsm_core", -EINVAL);
 
 #if STANDIN_HAVE_REAL_PCI_TSM
 	if (realpci) {
@@ -599,7 +627,7 @@ static noinline int standin_ucmd_respond(struct iommufd_ucmd *ucmd,
 	if (inject_respond_count) {
 		inject_respond_count--;
 		rec("respond_rc=%d", -EFAULT);
-		return -EFAULT;
+		return FAIL("iommufd", -EFAULT);
 	}
 	rec("respond_rc=0");
 	return 0;
@@ -614,24 +642,24 @@ noinline int iommufd_vdevice_tsm_op_ioctl(struct iommufd_ucmd *ucmd)
 	struct iommufd_object *obj;
 
 	if (cmd->flags)
-		return -EOPNOTSUPP;
+		return FAIL("iommufd", -EOPNOTSUPP);
 
 	obj = standin_get_object(ucmd->ictx, cmd->vdevice_id,
 				 IOMMUFD_OBJ_VDEVICE);
 	if (IS_ERR(obj))
-		return PTR_ERR(obj);
+		return FAIL("iommufd", PTR_ERR(obj));
 	vdev = container_of(obj, struct iommufd_vdevice, obj);
 	rec("obj_id=%u virt_id=%llu dev=%s", vdev->obj.id, vdev->virt_id,
 	    dev_name(vdev->idev->dev));
 
 	if (!vdev->viommu->kvm_filp) {
-		rc = -ENODEV;
+		rc = FAIL("iommufd", -ENODEV);
 		goto out_put_vdev;
 	}
 
 	kvm = vdev->viommu->kvm_filp->private_data;
 	if (!kvm) {
-		rc = -ENODEV;
+		rc = FAIL("iommufd", -ENODEV);
 		goto out_put_vdev;
 	}
 	rec_kvm("", kvm);
@@ -646,7 +674,7 @@ noinline int iommufd_vdevice_tsm_op_ioctl(struct iommufd_ucmd *ucmd)
 		rc = tsm_unbind(vdev->idev->dev);
 		break;
 	default:
-		rc = -EINVAL;
+		rc = FAIL("iommufd", -EINVAL);
 		goto out_put_vdev;
 	}
 
@@ -1227,7 +1255,7 @@ static ssize_t ctl_write(struct file *file, const char __user *ubuf,
 			 size_t count, loff_t *ppos)
 {
 	char buf[256], *p, *tok, *argv[MAX_ARGS + 1];
-	char comm[TASK_COMM_LEN];
+	char comm[TASK_COMM_LEN], err[32] = "0";
 	int argc = 0, rc;
 
 	if (count >= sizeof(buf))
@@ -1250,10 +1278,14 @@ static ssize_t ctl_write(struct file *file, const char __user *ubuf,
 	mutex_lock(&standin_lock);
 	rec_len = 0;
 	rec_buf[0] = '\0';
+	fail_recorded = false;
 	rc = run_cmd(argv, argc, ubuf);
 	get_task_comm(comm, current);
-	scnprintf(last_buf, REC_SIZE, "seq=%llu cmd=%s rc=%d pid=%d comm=%s%s\n",
-		  ++standin_seq, argv[0], rc, task_tgid_nr(current), comm,
+	if (rc)
+		snprintf(err, sizeof(err), "%pe", ERR_PTR(rc));
+	scnprintf(last_buf, REC_SIZE,
+		  "seq=%llu cmd=%s rc=%d err=%s pid=%d comm=%s%s\n",
+		  ++standin_seq, argv[0], rc, err, task_tgid_nr(current), comm,
 		  rec_buf);
 	mutex_unlock(&standin_lock);
 	return rc ? rc : count;
@@ -1354,7 +1386,7 @@ static int __init standin_init(void)
 	debugfs_create_file("last", 0444, standin_dir, NULL, &last_fops);
 	debugfs_create_file("bound", 0444, standin_dir, NULL, &bound_fops);
 	debugfs_create_file("info", 0444, standin_dir, NULL, &info_fops);
-	scnprintf(last_buf, REC_SIZE, "seq=0 cmd=none rc=0\n");
+	scnprintf(last_buf, REC_SIZE, "seq=0 cmd=none rc=0 err=0\n");
 	pr_info("tsm_standin: loaded (pci_tsm=%s)\n",
 		STANDIN_HAVE_REAL_PCI_TSM ? "real" : "standin");
 	return 0;

@@ -4,14 +4,14 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
-use super::{Row, Sizes, kv};
+use super::figures::{Row, Sizes, kv};
 
 fn num(m: &std::collections::BTreeMap<String, String>, k: &str) -> Option<f64> {
     m.get(k).and_then(|v| v.parse().ok())
 }
 
 pub fn run(s: &Sizes) -> Result<Vec<Row>> {
-    let bin = crate::util::build_release(Some("bench_host"), None)?;
+    let bin = crate::build::build_release(Some("bench_host"), None)?;
     let exec = |args: &[String]| -> Result<(String, String)> {
         let out = Command::new(&bin)
             .args(args)

@@ -11,6 +11,7 @@
 //! floor fails the command (after BENCHMARKS.md is written). `--smoke` runs everything with tiny
 //! sizes (one VM boot), checks only that each benchmark produced a number, and writes nothing.
 
+mod figures;
 mod host;
 mod vm;
 
@@ -18,115 +19,13 @@ use std::fmt::Write as _;
 
 use anyhow::{Result, bail};
 
+use figures::{Row, Sizes, Verdict};
+
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct BenchArgs {
     /// Tiny sizes: the smoke run that `cargo xtask test` does so benchmarks cannot rot.
     #[arg(long)]
     pub smoke: bool,
-}
-
-/// Whether a figure has a floor, and whether it held.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    Pass,
-    Fail,
-    /// No floor: reported only.
-    Report,
-}
-
-/// One row of the table.
-#[derive(Clone, Debug)]
-pub struct Row {
-    pub figure: String,
-    /// The measured value, as text with its unit (always produced by a measurement).
-    pub value: String,
-    /// Whether a number was actually measured (smoke checks this).
-    pub measured: bool,
-    pub floor: String,
-    pub verdict: Verdict,
-    /// Where the figure was measured ("host" or "VM").
-    pub place: &'static str,
-    pub command: String,
-}
-
-impl Row {
-    pub fn floor(figure: impl Into<String>, value: String, floor: &str, pass: bool) -> Row {
-        Row {
-            figure: figure.into(),
-            value,
-            measured: true,
-            floor: floor.into(),
-            verdict: if pass { Verdict::Pass } else { Verdict::Fail },
-            place: "host",
-            command: String::new(),
-        }
-    }
-
-    pub fn report(figure: impl Into<String>, value: String) -> Row {
-        Row {
-            figure: figure.into(),
-            value,
-            measured: true,
-            floor: "report only".into(),
-            verdict: Verdict::Report,
-            place: "host",
-            command: String::new(),
-        }
-    }
-
-    /// A benchmark that produced no number.
-    pub fn missing(figure: impl Into<String>, why: String) -> Row {
-        Row {
-            figure: figure.into(),
-            value: format!("NOT MEASURED: {why}"),
-            measured: false,
-            floor: String::new(),
-            verdict: Verdict::Fail,
-            place: "host",
-            command: String::new(),
-        }
-    }
-}
-
-/// Sizes of one run.
-#[derive(Clone, Copy, Debug)]
-pub struct Sizes {
-    pub events: u64,
-    pub devices: u64,
-    pub vms: u64,
-    pub idle_s: u64,
-    pub cycles: u64,
-    pub hot_n: u64,
-    pub lat_n: u64,
-    pub acc_n: u64,
-}
-
-impl Sizes {
-    fn full() -> Sizes {
-        Sizes {
-            events: 4_000_000,
-            devices: 4096,
-            vms: 256,
-            idle_s: 30,
-            cycles: 200,
-            hot_n: 1_000_000,
-            lat_n: 200,
-            acc_n: 20,
-        }
-    }
-
-    fn smoke() -> Sizes {
-        Sizes {
-            events: 20_000,
-            devices: 64,
-            vms: 4,
-            idle_s: 3,
-            cycles: 3,
-            hot_n: 10_000,
-            lat_n: 4,
-            acc_n: 4,
-        }
-    }
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
@@ -252,21 +151,4 @@ fn render(rows: &[Row], host: &str, guest: &str, smoke: bool) -> String {
         );
     }
     s
-}
-
-/// Parses `key=value` lines/tokens.
-pub fn kv(text: &str) -> std::collections::BTreeMap<String, String> {
-    text.split_whitespace()
-        .filter_map(|t| t.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
-}
-
-/// Percentile (nearest rank) of sorted values.
-pub fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }

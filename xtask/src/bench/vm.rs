@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use super::{Row, Sizes, kv, percentile};
+use super::figures::{Row, Sizes, kv, percentile};
 use crate::util::root;
 use crate::vm::{self, KernelSpec, RunOptions, VmOutput};
 
@@ -29,8 +29,8 @@ pub fn run(s: &Sizes) -> Result<VmBench> {
         Ok(k) if !k.trim().is_empty() => KernelSpec::parse(&k)?,
         _ => KernelSpec::TrixieBackports,
     };
-    let tsm_trace = crate::util::build_static()?;
-    let helper = crate::util::build_release(Some("bench_vm"), Some(crate::util::MUSL))?;
+    let tsm_trace = crate::build::build_static()?;
+    let helper = crate::build::build_release(Some("bench_vm"), Some(crate::build::MUSL))?;
     let kernel = vm::prepare(std::slice::from_ref(&spec))?.remove(0);
     let body = std::fs::read_to_string(root().join(SCRIPT)).context(SCRIPT)?;
     let script = format!(

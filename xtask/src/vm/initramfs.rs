@@ -5,7 +5,8 @@
 //! Guest layout: `/init`, `/bin/busybox` (applets linked by init), `/dev/console`,
 //! `/lib/modules/tsm_standin.ko`, `/lib/modules/tsm_linktsm.ko` (kernels with PCI TSM only),
 //! `/lib/modules/tsm_latemod.ko`,
-//! `/scenarios/run.sh`, plus each extra file at its guest path.
+//! `/scenarios/run.sh`, the static helpers of `tests/vm/tools/` (`/bin/sysfs_write`), plus each
+//! extra file at its guest path.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -15,7 +16,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use super::repo_root;
+use super::tools;
+use crate::util::root as repo_root;
 
 /// Guest path of the stand-in module inside the initramfs.
 pub const STANDIN_GUEST_PATH: &str = "/lib/modules/tsm_standin.ko";
@@ -77,9 +79,12 @@ pub fn build(spec: &InitramfsSpec, out: &Path) -> Result<()> {
             )?;
         }
     }
+    for (guest, source) in tools::HELPERS {
+        w.file(guest, &fs::read(tools::build(source)?)?, 0o755)?;
+    }
     w.file("/scenarios/run.sh", spec.script.as_bytes(), 0o755)?;
     // Helpers every scenario sources (`. /scenarios/lib.sh`).
-    let lib = super::repo_root().join("tests/vm/scenarios/lib.sh");
+    let lib = repo_root().join("tests/vm/scenarios/lib.sh");
     let lib = std::fs::read(&lib).with_context(|| format!("reading {}", lib.display()))?;
     w.file("/scenarios/lib.sh", &lib, 0o644)?;
     for (host, guest) in spec.extra_files {

@@ -12,7 +12,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use super::{cache_dir, run_cmd, run_cmd_output};
+use super::cache::cache_dir;
+use crate::util::{output as run_cmd_output, run_quiet as run_cmd};
 
 const DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
 const DEBIAN_SECURITY: &str = "http://deb.debian.org/debian-security";
@@ -21,10 +22,12 @@ const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 /// A private apt "root" (sources + lists + cache), one per Debian release family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AptRoot {
-    /// trixie + trixie-backports (7.x kernels, trixie's glibc for 7.x kbuild tools).
+    /// trixie + trixie-backports (6.12 and 7.x kernels, trixie's glibc for their kbuild tools).
     Trixie,
     /// bookworm + bookworm-updates + bookworm-security (6.1 kernels).
     Bookworm,
+    /// sid (unstable: its newest 7.x kernel, sid's glibc for its kbuild tools).
+    Sid,
 }
 
 impl AptRoot {
@@ -32,6 +35,7 @@ impl AptRoot {
         match self {
             AptRoot::Trixie => "trixie",
             AptRoot::Bookworm => "bookworm",
+            AptRoot::Sid => "sid",
         }
     }
 
@@ -42,6 +46,7 @@ impl AptRoot {
         let (suites, sec) = match self {
             AptRoot::Trixie => ("trixie trixie-backports", None),
             AptRoot::Bookworm => ("bookworm bookworm-updates", Some("bookworm-security")),
+            AptRoot::Sid => ("sid", None),
         };
         let mut s = format!(
             "Types: deb\nURIs: {mirror}\nSuites: {suites}\nComponents: main\nSigned-By: {KEYRING}\n"
@@ -144,6 +149,10 @@ impl AptRoot {
 pub enum KernelSpec {
     /// Newest 7.x kernel of trixie-backports (`trixie-backports`, `7`).
     TrixieBackports,
+    /// Newest 7.x kernel of sid (`sid`, `unstable`).
+    Sid,
+    /// Newest 6.12 kernel of trixie itself (`trixie`, `6.12`).
+    Trixie,
     /// Newest 6.1 kernel of bookworm (`bookworm`, `6.1`).
     Bookworm,
     /// An exact Debian kernel version, e.g. `7.3.4+deb13-amd64` or `6.1.0-56-amd64`.
@@ -151,21 +160,29 @@ pub enum KernelSpec {
 }
 
 impl KernelSpec {
-    /// The default set: newest trixie-backports 7.x and bookworm's 6.1.
+    /// The default set, the matrix `cargo xtask vm-test` and `cargo xtask test` run: the newest
+    /// 7.x of trixie-backports and of sid, trixie's 6.12 and bookworm's 6.1.
     pub fn defaults() -> Vec<KernelSpec> {
-        vec![KernelSpec::TrixieBackports, KernelSpec::Bookworm]
+        vec![
+            KernelSpec::TrixieBackports,
+            KernelSpec::Sid,
+            KernelSpec::Trixie,
+            KernelSpec::Bookworm,
+        ]
     }
 
     pub fn parse(s: &str) -> Result<KernelSpec> {
         let s = s.trim();
         Ok(match s {
-            "trixie-backports" | "trixie" | "7" | "7.x" | "newest" => KernelSpec::TrixieBackports,
+            "trixie-backports" | "7" | "7.x" | "newest" => KernelSpec::TrixieBackports,
+            "sid" | "unstable" => KernelSpec::Sid,
+            "trixie" | "6.12" => KernelSpec::Trixie,
             "bookworm" | "6.1" => KernelSpec::Bookworm,
             v if v.ends_with("-amd64") && v.chars().next().is_some_and(|c| c.is_ascii_digit()) => {
                 KernelSpec::Exact(v.to_owned())
             }
             other => bail!(
-                "unknown kernel {other:?}: use trixie-backports, bookworm, or a version like 7.3.4+deb13-amd64"
+                "unknown kernel {other:?}: use trixie-backports, sid, trixie, bookworm, or a version like 7.3.4+deb13-amd64"
             ),
         })
     }
@@ -173,6 +190,8 @@ impl KernelSpec {
     fn memo_name(&self) -> &str {
         match self {
             KernelSpec::TrixieBackports => "trixie-backports",
+            KernelSpec::Sid => "sid",
+            KernelSpec::Trixie => "trixie",
             KernelSpec::Bookworm => "bookworm",
             KernelSpec::Exact(v) => v,
         }
@@ -180,10 +199,16 @@ impl KernelSpec {
 
     fn root(&self) -> AptRoot {
         match self {
-            KernelSpec::TrixieBackports => AptRoot::Trixie,
+            KernelSpec::TrixieBackports | KernelSpec::Trixie => AptRoot::Trixie,
+            KernelSpec::Sid => AptRoot::Sid,
             KernelSpec::Bookworm => AptRoot::Bookworm,
             KernelSpec::Exact(v) if v.starts_with("6.1.") => AptRoot::Bookworm,
-            KernelSpec::Exact(_) => AptRoot::Trixie,
+            // Debian's ABI suffix names the release: +deb13 is trixie(-backports); anything
+            // newer is only in sid.
+            KernelSpec::Exact(v) => match deb_release(v.trim_end_matches("-amd64")) {
+                Some(n) if n > 13 => AptRoot::Sid,
+                _ => AptRoot::Trixie,
+            },
         }
     }
 
@@ -195,12 +220,31 @@ impl KernelSpec {
             KernelSpec::TrixieBackports => ver
                 .strip_suffix("+deb13")
                 .is_some_and(|v| v.starts_with("7.") && digits_dots(v)),
+            // sid's own builds carry the next release's suffix (+deb14, ...); whatever it is,
+            // it is a plain upstream version before it.
+            KernelSpec::Sid => {
+                deb_release(ver).is_some()
+                    && ver
+                        .split_once("+deb")
+                        .is_some_and(|(v, _)| v.starts_with("7.") && digits_dots(v))
+            }
+            KernelSpec::Trixie => ver
+                .strip_suffix("+deb13")
+                .is_some_and(|v| v.starts_with("6.12.") && digits_dots(v)),
             KernelSpec::Bookworm => ver
                 .strip_prefix("6.1.0-")
                 .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit())),
             KernelSpec::Exact(v) => v.strip_suffix("-amd64") == Some(ver),
         }
     }
+}
+
+/// The Debian release number of a kernel ABI name's `+debNN` suffix (`7.3.4+deb13` → 13).
+fn deb_release(ver: &str) -> Option<u32> {
+    let (_, n) = ver.rsplit_once("+deb")?;
+    (!n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+        .then(|| n.parse().ok())
+        .flatten()
 }
 
 /// A fetched and prepared kernel (image + headers + built stand-in module).
@@ -229,20 +273,32 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    /// `(major, minor)` of the kernel release.
-    pub fn major_minor(&self) -> (u32, u32) {
-        let mut it = self
-            .version
-            .split(|c: char| !c.is_ascii_digit())
-            .map(|s| s.parse().unwrap_or(0));
-        (it.next().unwrap_or(0), it.next().unwrap_or(0))
+    /// Is the upstream PCI TSM core built in? `CONFIG_PCI_TSM=y` in the headers' `.config`
+    /// and its functions in the kernel's own BTF must agree ([`Kernel::pci_tsm_evidence`]).
+    pub fn has_pci_tsm(&self) -> bool {
+        self.pci_tsm_evidence().is_ok_and(|(config, _)| config)
     }
 
-    /// Is the upstream PCI TSM core built in (`CONFIG_PCI_TSM=y` in the headers' `.config`)?
-    pub fn has_pci_tsm(&self) -> bool {
-        std::fs::read_to_string(self.headers.join(".config"))
+    /// `(config, btf)`: `CONFIG_PCI_TSM=y` in the headers' `.config`, and `pci_tsm_bind` named
+    /// in the BTF vmlinux; an error when they disagree (a headers package that does not match
+    /// its image, or a BTF without the function), naming both.
+    pub fn pci_tsm_evidence(&self) -> Result<(bool, bool)> {
+        let config = fs::read_to_string(self.headers.join(".config"))
             .map(|c| c.lines().any(|l| l == "CONFIG_PCI_TSM=y"))
-            .unwrap_or(false)
+            .unwrap_or(false);
+        let btf = fs::read(&self.vmlinux_btf)
+            .with_context(|| format!("reading {}", self.vmlinux_btf.display()))?;
+        let in_btf = contains_name(&btf, b"pci_tsm_bind");
+        if config != in_btf {
+            bail!(
+                "{}: CONFIG_PCI_TSM={} in the headers' .config but pci_tsm_bind {} its BTF ({})",
+                self.version,
+                if config { "y" } else { "n" },
+                if in_btf { "is in" } else { "is not in" },
+                self.vmlinux_btf.display()
+            );
+        }
+        Ok((config, in_btf))
     }
 }
 
@@ -292,6 +348,15 @@ impl Kernel {
         }
         Ok(out)
     }
+}
+
+/// Is `name` a whole NUL-terminated string of a BTF string table (`\0name\0`)?
+fn contains_name(btf: &[u8], name: &[u8]) -> bool {
+    let mut pat = Vec::with_capacity(name.len() + 2);
+    pat.push(0);
+    pat.extend_from_slice(name);
+    pat.push(0);
+    btf.windows(pat.len()).any(|w| w == pat.as_slice())
 }
 
 fn version_key(v: &str) -> Vec<u64> {
@@ -458,7 +523,7 @@ pub fn fetch(spec: &KernelSpec, refresh: bool) -> Result<Kernel> {
         }
     }
     let k = kernel_paths(&version);
-    fixup(&k)?;
+    fixup(&k, root)?;
     fs::remove_dir_all(&debs)?;
     fs::write(k.dir.join("ready"), k.root.display().to_string())?;
     Ok(k)
@@ -471,8 +536,9 @@ fn is_ready(k: &Kernel) -> bool {
 }
 
 /// Make the unpacked headers usable from where they are: rewrite `/usr/src` paths, run
-/// host tools that need a newer glibc through trixie's loader, and provide a BTF vmlinux.
-fn fixup(k: &Kernel) -> Result<()> {
+/// host tools that need a newer glibc through the loader of the kernel's own release, and
+/// provide a BTF vmlinux.
+fn fixup(k: &Kernel, root: AptRoot) -> Result<()> {
     if !k.vmlinuz.is_file() {
         bail!("no vmlinuz in the {} packages", k.version);
     }
@@ -487,7 +553,7 @@ fn fixup(k: &Kernel) -> Result<()> {
             }
         }
     }
-    wrap_new_glibc_tools(k)?;
+    wrap_new_glibc_tools(k, root)?;
     if !k.vmlinux_btf.is_file() {
         extract_btf_vmlinux(&k.vmlinuz, &k.vmlinux_btf)
             .with_context(|| format!("extracting a BTF vmlinux from {}", k.vmlinuz.display()))?;
@@ -539,9 +605,10 @@ fn walk_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// 7.x kbuild tools (modpost.real-*, objtool.real-*, resolve_btfids) need glibc 2.38; bookworm
-/// has 2.36. Replace each such binary by a shell wrapper that runs it through trixie's loader.
-fn wrap_new_glibc_tools(k: &Kernel) -> Result<()> {
+/// Kbuild tools of trixie's and sid's kernels (modpost.real-*, objtool.real-*, resolve_btfids)
+/// need glibc 2.38 or newer; bookworm has 2.36. Replace each such binary by a shell wrapper that
+/// runs it through the loader of the release the kernel comes from (`root`).
+fn wrap_new_glibc_tools(k: &Kernel, root: AptRoot) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let host = host_glibc_minor();
     let mut files = Vec::new();
@@ -560,14 +627,15 @@ fn wrap_new_glibc_tools(k: &Kernel) -> Result<()> {
     if to_wrap.is_empty() {
         return Ok(());
     }
-    let libc = trixie_glibc()?;
+    let libc = release_glibc(root)?;
     let loader = libc.join("ld-linux-x86-64.so.2");
     for f in to_wrap {
         let name = f.file_name().unwrap().to_string_lossy().into_owned();
         let real = f.with_file_name(format!(".{name}.newglibc"));
         fs::rename(&f, &real)?;
         let script = format!(
-            "#!/bin/sh\n# Runs {name} (needs a newer glibc than the host's) through trixie's loader.\nexec {} --library-path {}:/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu \"$(dirname \"$0\")/.{name}.newglibc\" \"$@\"\n",
+            "#!/bin/sh\n# Runs {name} (needs a newer glibc than the host's) through {}'s loader.\nexec {} --library-path {}:/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu \"$(dirname \"$0\")/.{name}.newglibc\" \"$@\"\n",
+            root.name(),
             loader.display(),
             libc.display()
         );
@@ -577,9 +645,17 @@ fn wrap_new_glibc_tools(k: &Kernel) -> Result<()> {
     Ok(())
 }
 
-/// trixie's libc6 unpacked under `.vm-cache/glibc/`; returns its library dir.
-fn trixie_glibc() -> Result<PathBuf> {
-    let dir = cache_dir().join("glibc");
+/// The libc6 of `root`'s release unpacked under `.vm-cache/glibc/` (trixie; bookworm has the
+/// host's) or `.vm-cache/glibc-<release>/`; returns its library dir.
+fn release_glibc(root: AptRoot) -> Result<PathBuf> {
+    let dir = match root {
+        AptRoot::Trixie | AptRoot::Bookworm => cache_dir().join("glibc"),
+        other => cache_dir().join(format!("glibc-{}", other.name())),
+    };
+    let root = match root {
+        AptRoot::Bookworm => AptRoot::Trixie,
+        other => other,
+    };
     let find = |dir: &Path| {
         ["usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu"]
             .iter()
@@ -589,7 +665,6 @@ fn trixie_glibc() -> Result<PathBuf> {
     if let Some(l) = find(&dir) {
         return Ok(l);
     }
-    let root = AptRoot::Trixie;
     root.ensure_lists(false)?;
     let _ = fs::remove_dir_all(&dir);
     let debs = dir.join("debs");
@@ -660,6 +735,22 @@ mod tests {
     fn spec_matching() {
         assert!(KernelSpec::TrixieBackports.matches("7.3.4+deb13"));
         assert!(!KernelSpec::TrixieBackports.matches("6.12.57+deb13"));
+        assert!(KernelSpec::Trixie.matches("6.12.57+deb13"));
+        assert!(!KernelSpec::Trixie.matches("6.16.12+deb13"));
+        assert!(!KernelSpec::Trixie.matches("7.3.4+deb13"));
+        assert!(KernelSpec::Sid.matches("7.2.13+deb14"));
+        assert!(!KernelSpec::Sid.matches("6.17.8+deb14"));
+        assert!(!KernelSpec::Sid.matches("7.2.13+deb14-rt"));
+        assert_eq!(KernelSpec::parse("sid").unwrap(), KernelSpec::Sid);
+        assert_eq!(KernelSpec::parse("trixie").unwrap(), KernelSpec::Trixie);
+        assert_eq!(
+            KernelSpec::Exact("7.2.13+deb14-amd64".into()).root(),
+            AptRoot::Sid
+        );
+        assert_eq!(
+            KernelSpec::Exact("6.12.57+deb13-amd64".into()).root(),
+            AptRoot::Trixie
+        );
         assert!(!KernelSpec::TrixieBackports.matches("7.3.4+deb13-cloud"));
         assert!(KernelSpec::Bookworm.matches("6.1.0-56"));
         assert!(!KernelSpec::Bookworm.matches("6.12.117+deb12"));
@@ -669,6 +760,13 @@ mod tests {
             KernelSpec::Exact("7.3.4+deb13-amd64".into())
         );
         assert!(KernelSpec::parse("foo").is_err());
+    }
+
+    #[test]
+    fn btf_names_are_whole_strings() {
+        assert!(contains_name(b"\0a\0pci_tsm_bind\0b\0", b"pci_tsm_bind"));
+        assert!(!contains_name(b"\0standin_pci_tsm_bind\0", b"pci_tsm_bind"));
+        assert!(!contains_name(b"\0pci_tsm_bind_x\0", b"pci_tsm_bind"));
     }
 
     #[test]

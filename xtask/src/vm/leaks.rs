@@ -10,7 +10,7 @@
 
 use anyhow::{Result, bail};
 
-use super::VmOutput;
+use super::qemu::VmOutput;
 
 /// Sections written by the fixtures, the kernel or the scenario scripts, not by tsm-trace.
 const FIXTURE_SECTIONS: &[&str] = &[
@@ -24,6 +24,7 @@ const FIXTURE_SECTIONS: &[&str] = &[
     "lspci",
     "lc_kernel",
     "lc_truth",
+    "rs_truth",
     "dmesg",
     "kallsyms",
     "steps",

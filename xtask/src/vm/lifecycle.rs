@@ -4,9 +4,9 @@
 //!
 //! Expectations come only from the fixtures and from what the script did, never from a
 //! table shared with tsm-trace:
-//! - errno names: the fixture's `%pe` (`err=-EIO`) where a fixture op or ctl recorded the
-//!   failure, else the failed sysfs write's strerror text (what userspace saw), mapped to a
-//!   name by [`STRERROR`] here;
+//! - errno names: always the kernel's own `%pe` (`err=-EIO`): where a fixture op or ctl
+//!   recorded the failure, its record; for a failed sysfs write, the errno the write returned
+//!   (`tests/vm/tools/sysfs_write.c`) named by the kernel (`tsm_linktsm`'s `errname`);
 //! - the layer (and function) an error is attributed to: the fixture link op that recorded
 //!   the failure (`tsm_driver`, `driver_<op>`), else the function the script entered;
 //! - decoded fields: sysfs writes, the link ops' `events` log, the fixtures' `last` records;
@@ -18,8 +18,9 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+use super::kv::{parse_kv, pe_name};
+use super::qemu::VmOutput;
 use super::scenarios::{Checks, parse_exposition};
-use super::{VmOutput, parse_kv};
 
 pub const SCRIPT: &str = "tests/vm/scenarios/lifecycle.sh";
 
@@ -65,16 +66,6 @@ const TRACE_PROBES: &[&str] = &[
     "driver_guest_req",
     "kvm_destroy_vm",
     "vmm_exit",
-];
-
-/// strerror texts of failed sysfs writes (spaces as `_`, as the script records them) →
-/// (errno name, number). Only for writes no fixture op saw fail.
-const STRERROR: &[(&str, &str, i64)] = &[
-    ("Invalid_argument", "EINVAL", 22),
-    ("No_such_device_or_address", "ENXIO", 6),
-    ("Device_or_resource_busy", "EBUSY", 16),
-    ("Input/output_error", "EIO", 5),
-    ("No_such_device", "ENODEV", 19),
 ];
 
 /// The latency tolerance of scenarios.rs's driver_bind check: 1% + 2 ms (TCG probe overhead).
@@ -187,15 +178,6 @@ fn check_vm(c: &mut Checks, vm: &Value, kv: &Kv, what: &str) {
         t(kv, "stats_id"),
         &format!("{what} vm.stats_id"),
     );
-}
-
-/// `-EIO` → `EIO`; `0` → "".
-fn pe_name(err: &str) -> String {
-    if err == "0" {
-        String::new()
-    } else {
-        err.trim_start_matches('-').to_string()
-    }
 }
 
 fn json_lines(out: &VmOutput, name: &str) -> Result<Vec<Value>> {
@@ -328,17 +310,19 @@ fn failing_link_op(truth: &Truth, step: &str) -> Option<String> {
         .map(|kv| format!("driver_{}", t(kv, "op")))
 }
 
-/// The errno of a failed sysfs write (from its strerror text), or None when it succeeded.
-fn write_errno(kv: &Kv) -> Result<Option<(&'static str, i64)>> {
-    let w = t(kv, "write");
-    if w == "ok" {
-        return Ok(None);
+/// The errno of a failed sysfs write, or None when it succeeded: the number the write
+/// returned (`errno=`) and the kernel's name for it (`err=`, its `%pe`).
+fn write_errno(kv: &Kv) -> Result<Option<(String, i64)>> {
+    match t(kv, "write").as_str() {
+        "ok" => Ok(None),
+        "fail" => {
+            let n: i64 = t(kv, "errno")
+                .parse()
+                .with_context(|| format!("a failed sysfs write without its errno: {kv:?}"))?;
+            Ok(Some((pe_name(&t(kv, "err")), n)))
+        }
+        other => bail!("sysfs write result {other:?} is neither ok nor fail: {kv:?}"),
     }
-    STRERROR
-        .iter()
-        .find(|(text, _, _)| *text == w)
-        .map(|(_, name, n)| Some((*name, *n)))
-        .with_context(|| format!("unknown strerror text {w:?} in {kv:?}"))
 }
 
 /// Checks a driver frame's duration against the link op's own `ns=`: the frame contains the
@@ -650,7 +634,6 @@ fn trace_session(c: &mut Checks, out: &VmOutput) -> Result<()> {
         "0".into(),
         "register: rc",
     );
-    let shell_pid = t(truth.one("connect_badname", "sysfs")?, "pid");
 
     // ---- Connects through tsm/connect -----------------------------------------------
     for step in [
@@ -670,7 +653,7 @@ fn trace_session(c: &mut Checks, out: &VmOutput) -> Result<()> {
         let driver_fail = failing_link_op(&truth, step);
         // The caller's errno; where a link op recorded its own failure with %pe and the core
         // passed it up unchanged (connect), its name must be the write's.
-        if let (Some((name, _)), Some(f)) = (errno, &driver_fail) {
+        if let (Some((name, _)), Some(f)) = (&errno, &driver_fail) {
             let ev = truth
                 .all(step, "event")
                 .rfind(|kv| format!("driver_{}", t(kv, "op")) == *f)
@@ -679,8 +662,8 @@ fn trace_session(c: &mut Checks, out: &VmOutput) -> Result<()> {
             if f == "driver_connect" {
                 c.eq(
                     pe_name(&t(&ev, "err")),
-                    name.to_string(),
-                    &format!("{step}: the link op's %pe vs the write's strerror"),
+                    name.clone(),
+                    &format!("{step}: the link op's %pe vs the write's errno"),
                 );
             }
         }
@@ -688,7 +671,7 @@ fn trace_session(c: &mut Checks, out: &VmOutput) -> Result<()> {
             kind: "connect",
             device: dev.clone(),
             tsm: Some(t(w, "value")),
-            errno: errno.map(|e| e.0.to_string()).unwrap_or_default(),
+            errno: errno.as_ref().map(|e| e.0.clone()).unwrap_or_default(),
             layer: if driver_fail.is_some() {
                 "tsm_driver"
             } else {
@@ -702,8 +685,8 @@ fn trace_session(c: &mut Checks, out: &VmOutput) -> Result<()> {
         };
         c.eq(
             s(o, "tgid"),
-            shell_pid.clone(),
-            &format!("{step}: tgid (the writing shell)"),
+            t(w, "pid"),
+            &format!("{step}: tgid (the writing process)"),
         );
         let rs = raw(&rec, o, "connect");
         c.eq(rs.len(), 1, &format!("{step}: one connect frame"));
@@ -1735,11 +1718,10 @@ mod tests {
     fn replay() {
         let path = std::env::var("TSM_LC_DATA").expect("TSM_LC_DATA");
         let data = std::fs::read_to_string(&path).expect("data.log");
-        let (sections, run_rc, _) = crate::vm::qemu::parse_data(&data);
+        let (sections, run_rc, _) = super::super::qemu::parse_data(&data);
         let out = VmOutput {
             kernel_version: String::new(),
             console: String::new(),
-            data,
             sections,
             run_rc,
             warnings: Vec::new(),
@@ -1772,7 +1754,6 @@ mod recheck {
         let out = super::VmOutput {
             kernel_version: String::new(),
             console: String::new(),
-            data,
             sections,
             run_rc,
             warnings: Vec::new(),

@@ -12,7 +12,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 use super::kernel::Kernel;
-use super::repo_root;
+use crate::util::root as repo_root;
 
 /// One out-of-tree fixture module: its source folder under `tests/vm/`, the files copied into
 /// the build folder, and its name.
@@ -76,8 +76,11 @@ fn build_one(k: &Kernel, m: &ModuleSrc, ko: &Path) -> Result<()> {
         .arg(&k.headers)
         .arg(format!("M={}", build.display()))
         .arg(format!("CC={}", host_cc()))
-        // pahole 1.24 (bookworm) has no --btf_features.
+        // pahole 1.24 (bookworm) has no --btf_features. The headers choose flags from the
+        // pahole the kernel was built with (CONFIG_PAHOLE_VERSION), not the one here: 6.12's
+        // Makefile.btf adds --btf_features=distilled_base for modules (MODULE_PAHOLE_FLAGS).
         .arg("PAHOLE_FLAGS=--btf_gen_floats -j")
+        .arg("MODULE_PAHOLE_FLAGS=")
         .arg("modules");
     if kernel_gcc_major(k) != host_gcc_major() {
         // Built with a newer gcc (7.x: gcc-14); this option's test result does not carry over.

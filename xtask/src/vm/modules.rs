@@ -11,11 +11,12 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use serde_json::Value;
 
+use super::kv::parse_kv;
+use super::qemu::VmOutput;
 use super::scenarios::{Checks, json_lines, parse_exposition, s};
-use super::{VmOutput, parse_kv};
 
 pub const SCRIPT: &str = "tests/vm/scenarios/modules.sh";
 

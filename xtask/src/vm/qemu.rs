@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 
-use super::cache_dir;
+use super::cache::cache_dir;
 use super::initramfs::{self, InitramfsSpec};
 use super::kernel::Kernel;
 
@@ -44,8 +44,6 @@ pub struct VmOutput {
     pub kernel_version: String,
     /// Serial console (ttyS0) log, `\r` removed.
     pub console: String,
-    /// Data port (ttyS1) log, `\r` removed.
-    pub data: String,
     /// Sections by name, in the order they were printed (a repeated name keeps the last).
     pub sections: BTreeMap<String, Section>,
     /// Exit code of `/scenarios/run.sh`.
@@ -87,16 +85,11 @@ pub struct RunOptions {
     /// configures the interface itself (see `tests/vm/scenarios/e2e.sh`). None: no network.
     pub hostfwd: Option<u16>,
     /// Boot a q35 machine with PCIe endpoints the real PCI TSM core accepts once
-    /// `tsm_linktsm` marks them TEE-capable ([`TEE_PCIE_DEVICES`]), keeping the `pc`
+    /// `tsm_linktsm` marks them TEE-capable (00:04.0, 00:04.1, 00:05.0), keeping the `pc`
     /// machine's 00:02.0 (VGA) and 00:03.0 (e1000) as plain PCI devices. false: qemu's
     /// default `pc` machine.
     pub tee_pcie: bool,
 }
-
-/// With [`RunOptions::tee_pcie`]: the PCIe devices on q35's root bus (RC-integrated
-/// endpoints). 00:04.0 and 00:05.0 are function 0 (what `is_pci_tsm_pf0()` needs, with
-/// DEVCAP_TEE); 00:04.1 is a sub-function the core probes through 00:04.0's DSM on connect.
-pub const TEE_PCIE_DEVICES: &[&str] = &["0000:00:04.0", "0000:00:04.1", "0000:00:05.0"];
 
 /// qemu arguments for [`RunOptions::tee_pcie`]. Explicit devices only (`-vga none`, `-nic
 /// none`); `romfile=` because no option ROM is needed (nor installed) for them.
@@ -178,24 +171,15 @@ fn default_accel() -> &'static str {
     })
 }
 
-/// Boot `kernel` with `script` as `/scenarios/run.sh` and `extra_files` (host path, guest path)
-/// in the initramfs; return its output. Fails if the guest crashed, timed out or did not
-/// reach the end of init.
-pub fn run_in_vm(
-    kernel: &Kernel,
-    extra_files: &[(PathBuf, String)],
-    script: &str,
-) -> Result<VmOutput> {
-    run_in_vm_with(kernel, extra_files, script, &RunOptions::default())
-}
-
 /// Guest directory of the NIC driver modules added with [`RunOptions::hostfwd`].
 pub const NET_MODULES_DIR: &str = "/lib/modules/net";
 
 /// Debian modules the virtio-net NIC needs (dependencies are added; built-in ones skipped).
 const NET_MODULES: &[&str] = &["virtio_pci", "virtio_net"];
 
-/// `run_in_vm` with explicit options.
+/// Boot `kernel` with `script` as `/scenarios/run.sh` and `extra_files` (host path, guest path)
+/// in the initramfs; return its output. Fails if the guest crashed, timed out or did not
+/// reach the end of init.
 pub fn run_in_vm_with(
     kernel: &Kernel,
     extra_files: &[(PathBuf, String)],
@@ -348,11 +332,6 @@ impl Drop for VmHandle {
 }
 
 impl VmHandle {
-    /// `.vm-cache/runs/<run>/` (console.log, data.log).
-    pub fn run_dir(&self) -> &std::path::Path {
-        &self.run_dir
-    }
-
     /// Is qemu still running?
     pub fn is_running(&mut self) -> bool {
         self.child
@@ -426,7 +405,6 @@ impl VmHandle {
         let out = VmOutput {
             kernel_version: kernel_version.to_owned(),
             console,
-            data,
             sections,
             run_rc,
             warnings,

@@ -13,10 +13,11 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
+use super::kv::parse_kv;
+use super::qemu::VmOutput;
 use super::scenarios::{Checks, parse_exposition};
-use super::{VmOutput, parse_kv};
 
 pub const SCRIPT: &str = "tests/vm/scenarios/storm.sh";
 

@@ -1,0 +1,276 @@
+//! Which suites run on which kernel of the matrix.
+//!
+//! Every kernel runs every tsm-trace suite: each one exercises something that differs between
+//! kernels (kprobes on module functions and module BTF: probes, modules; ring buffers and
+//! per-CPU maps under load: storm; bpffs pins and link info: restart). What a kernel lacks
+//! changes what a suite proves, never whether it runs:
+//!
+//! | suite             | kernels with PCI TSM (7.x)               | kernels without (6.1, 6.12)          |
+//! |-------------------|------------------------------------------|--------------------------------------|
+//! | probes            | stand-in + the real `pci_tsm_bind`       | stand-in only                        |
+//! | lifecycle-trace   | the real PCI TSM core on q35 TEE devices | `check` reports each lifecycle probe absent, with its reason |
+//! | modules           | module loads/unloads while tracing       | same                                 |
+//! | storm             | exact /metrics at any event rate         | same                                 |
+//! | restart           | against the real core's `tsm/bound`      | against the stand-in's bindings      |
+//!
+//! The fixture smokes (`--smoke`, `--lifecycle`, no tsm-trace) run the stand-in's ctl
+//! commands everywhere and the lifecycle smoke where PCI TSM is.
+//! A whole matrix of four kernels costs about 4 × (2 to 4 min) under TCG, which keeps
+//! `cargo xtask test` well inside CI's 90 minutes (see README "How it is tested").
+
+use anyhow::{Context, Result};
+
+use super::kernel::Kernel;
+use super::qemu::{RunOptions, VmOutput};
+use super::smoke::{check_lifecycle, check_smoke};
+use super::{lifecycle, modules, restart, scenarios, storm};
+use crate::util::root;
+
+/// A suite's checker: the number of checks made, or every failure.
+pub type Check = fn(&VmOutput) -> Result<usize>;
+
+/// What `vm-test` was asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The tsm-trace suites (the default).
+    Suites,
+    /// The fixture smoke, and the lifecycle smoke where PCI TSM is.
+    Smoke,
+    /// Only the lifecycle smoke.
+    LifecycleSmoke,
+}
+
+impl Mode {
+    /// Does this mode run tsm-trace (so the static binary must be built)?
+    pub fn needs_tsm_trace(self) -> bool {
+        self == Mode::Suites
+    }
+}
+
+/// The scenario scripts, read once.
+pub struct Scripts {
+    probes: String,
+    smoke: String,
+    lifecycle_smoke: String,
+    lifecycle_trace: String,
+    modules: String,
+    storm: String,
+    restart: String,
+}
+
+/// The placeholder scenario of `--smoke` (exercises every stand-in ctl command).
+pub const SMOKE_SCRIPT: &str = "tests/vm/scenarios/standin-smoke.sh";
+
+/// The real PCI TSM core driven through `tsm_linktsm` (kernels with PCI TSM, q35 with TEE
+/// devices), no tsm-trace.
+pub const LIFECYCLE_SCRIPT: &str = "tests/vm/scenarios/lifecycle-smoke.sh";
+
+impl Scripts {
+    pub fn read() -> Result<Scripts> {
+        let read = |path: &str| {
+            std::fs::read_to_string(root().join(path)).with_context(|| format!("reading {path}"))
+        };
+        Ok(Scripts {
+            probes: read(scenarios::SCRIPT)?,
+            smoke: read(SMOKE_SCRIPT)?,
+            lifecycle_smoke: read(LIFECYCLE_SCRIPT)?,
+            lifecycle_trace: read(lifecycle::SCRIPT)?,
+            modules: read(modules::SCRIPT)?,
+            storm: read(storm::SCRIPT)?,
+            restart: read(restart::SCRIPT)?,
+        })
+    }
+}
+
+/// One VM boot of the plan.
+pub struct Run<'a> {
+    /// The suite's name (`--suite` selects by it).
+    pub suite: &'static str,
+    pub script: &'a str,
+    pub opts: RunOptions,
+    pub check: Check,
+}
+
+/// The suite names `--suite` accepts.
+pub const SUITES: &[&str] = &[
+    "probes",
+    "lifecycle-trace",
+    "modules",
+    "storm",
+    "restart",
+    "smoke",
+    "lifecycle",
+];
+
+/// The runs for `kernel` (`pci_tsm`: it has the upstream PCI TSM core), in order, restricted
+/// to `only` when it is not empty.
+pub fn plan<'a>(
+    pci_tsm: bool,
+    mode: Mode,
+    scripts: &'a Scripts,
+    opts: &RunOptions,
+    only: &[String],
+) -> Vec<Run<'a>> {
+    let tee = RunOptions {
+        tee_pcie: pci_tsm,
+        ..opts.clone()
+    };
+    let mut runs = Vec::new();
+    let mut add = |suite, script: &'a String, opts: &RunOptions, check: Check| {
+        runs.push(Run {
+            suite,
+            script: script.as_str(),
+            opts: opts.clone(),
+            check,
+        })
+    };
+    match mode {
+        Mode::Suites => {
+            add("probes", &scripts.probes, opts, check_probes);
+            let lc: Check = if pci_tsm {
+                lifecycle::check
+            } else {
+                lifecycle::check_absent
+            };
+            add("lifecycle-trace", &scripts.lifecycle_trace, &tee, lc);
+            add("modules", &scripts.modules, opts, modules::check);
+            add("storm", &scripts.storm, opts, storm::check);
+            add("restart", &scripts.restart, &tee, restart::check);
+        }
+        Mode::Smoke => {
+            add("smoke", &scripts.smoke, opts, check_smoke);
+            if pci_tsm {
+                add("lifecycle", &scripts.lifecycle_smoke, &tee, check_lifecycle);
+            }
+        }
+        Mode::LifecycleSmoke => {
+            if pci_tsm {
+                add("lifecycle", &scripts.lifecycle_smoke, &tee, check_lifecycle);
+            }
+        }
+    }
+    if !only.is_empty() {
+        runs.retain(|r| only.iter().any(|s| s == r.suite));
+    }
+    runs
+}
+
+/// One line naming what the kernel has and what runs on it.
+pub fn describe(kernel: &Kernel, pci_tsm: bool, runs: &[Run]) -> String {
+    let names: Vec<&str> = runs.iter().map(|r| r.suite).collect();
+    format!(
+        "vm: {}: PCI TSM {} → {}",
+        kernel.version,
+        if pci_tsm {
+            "yes (CONFIG_PCI_TSM=y, pci_tsm_bind in BTF)"
+        } else {
+            "no (no CONFIG_PCI_TSM, no pci_tsm_bind in BTF)"
+        },
+        if names.is_empty() {
+            "nothing to run".to_string()
+        } else {
+            names.join(", ")
+        }
+    )
+}
+
+/// Runs every probe-suite check; returns how many were made, or every failure.
+fn check_probes(out: &VmOutput) -> Result<usize> {
+    let real_pci = super::kv::parse_kv(&out.section("standin_info")?.text)
+        .get("pci_tsm")
+        .is_some_and(|v| v == "real");
+    let mut all = vec![
+        ("session A", scenarios::check_session_a(out)?),
+        ("daemon", scenarios::check_daemon(out)?),
+        (
+            "session L (module loaded late)",
+            scenarios::check_session_late(out)?,
+        ),
+    ];
+    if real_pci {
+        all.push((
+            "session B (real pci_tsm_bind)",
+            scenarios::check_session_b(out)?,
+        ));
+    }
+    let mut n = 0;
+    let mut failed = Vec::new();
+    for (name, c) in all {
+        n += c.count;
+        failed.extend(c.failed.into_iter().map(|f| format!("{name}: {f}")));
+    }
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "{} of {n} checks failed (logs in {}):\n  {}",
+            failed.len(),
+            out.run_dir.display(),
+            failed.join("\n  ")
+        );
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scripts() -> Scripts {
+        let s = |n: &str| n.to_string();
+        Scripts {
+            probes: s("p"),
+            smoke: s("s"),
+            lifecycle_smoke: s("ls"),
+            lifecycle_trace: s("lt"),
+            modules: s("m"),
+            storm: s("st"),
+            restart: s("r"),
+        }
+    }
+
+    #[test]
+    fn every_kernel_runs_every_suite_tee_only_with_pci_tsm() {
+        let sc = scripts();
+        for pci in [true, false] {
+            let runs = plan(pci, Mode::Suites, &sc, &RunOptions::default(), &[]);
+            let names: Vec<_> = runs.iter().map(|r| r.suite).collect();
+            assert_eq!(
+                names,
+                ["probes", "lifecycle-trace", "modules", "storm", "restart"]
+            );
+            let tee: Vec<_> = runs
+                .iter()
+                .filter(|r| r.opts.tee_pcie)
+                .map(|r| r.suite)
+                .collect();
+            assert_eq!(
+                tee,
+                if pci {
+                    vec!["lifecycle-trace", "restart"]
+                } else {
+                    vec![]
+                }
+            );
+        }
+        let smoke = plan(false, Mode::Smoke, &sc, &RunOptions::default(), &[]);
+        assert_eq!(smoke.len(), 1);
+        assert!(
+            plan(
+                false,
+                Mode::LifecycleSmoke,
+                &sc,
+                &RunOptions::default(),
+                &[]
+            )
+            .is_empty()
+        );
+        let only = plan(
+            true,
+            Mode::Suites,
+            &sc,
+            &RunOptions::default(),
+            &["storm".into()],
+        );
+        assert_eq!(only.len(), 1);
+        assert!(only.iter().all(|r| SUITES.contains(&r.suite)));
+    }
+}

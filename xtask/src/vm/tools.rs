@@ -1,0 +1,43 @@
+//! Static helper programs for the test VMs (`tests/vm/tools/*.c`), built with the host's gcc
+//! against glibc's `libc.a` and cached under `.vm-cache/tools/`.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use super::cache::cache_dir;
+use crate::util::{root, run_quiet};
+
+/// `(guest path, source)` of every helper the initramfs carries.
+pub const HELPERS: &[(&str, &str)] = &[("/bin/sysfs_write", "tests/vm/tools/sysfs_write.c")];
+
+/// Builds `source` (unless the cached build is of the same source) and returns the binary.
+pub fn build(source: &str) -> Result<PathBuf> {
+    let src = root().join(source);
+    let text = fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
+    let dir = cache_dir().join("tools");
+    let stem = src
+        .file_stem()
+        .context("a helper source has a file name")?
+        .to_string_lossy()
+        .into_owned();
+    let bin = dir.join(&stem);
+    let copy = dir.join(format!("{stem}.c"));
+    if bin.is_file() && fs::read(&copy).is_ok_and(|c| c == text) {
+        return Ok(bin);
+    }
+    fs::create_dir_all(&dir)?;
+    run_quiet(
+        Command::new("gcc")
+            .args(["-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o"])
+            .arg(&bin)
+            .arg(&src),
+    )
+    .with_context(|| {
+        format!("building {source} (needs gcc and libc6-dev: cargo xtask setup installs them)")
+    })?;
+    fs::write(&copy, &text)?;
+    Ok(bin)
+}
