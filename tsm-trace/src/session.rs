@@ -46,9 +46,6 @@ pub struct Session {
     offsets: Array<MapData, Offsets>,
     inflight: aya::maps::HashMap<MapData, InflightKey, RawEvent>,
     thread_ops: aya::maps::HashMap<MapData, u64, ThreadOp>,
-    /// Kept open for the session's life: programs loaded after a module load are relocated
-    /// against the fd of every map they use (a dropped map fails them in the verifier).
-    _gate: Array<MapData, u32>,
     /// `/proc` shows the kernel's thread ids (see `probes/expiry.rs`).
     sees_host_threads: bool,
     aggregates: Option<Aggregates>,
@@ -266,7 +263,6 @@ impl Session {
             offsets: maps.offsets,
             inflight: maps.inflight,
             thread_ops: maps.thread_ops,
-            _gate: maps.gate,
             sees_host_threads: host_threads(),
             aggregates: Some(Aggregates {
                 counts: maps.op_counts,

@@ -43,7 +43,6 @@ const FIXTURE_SECTIONS: &[&str] = &[
     "acc_truth",
     "mod_truth",
     "storm_truth",
-    "rs_truth",
 ];
 
 fn is_fixture(name: &str) -> bool {
