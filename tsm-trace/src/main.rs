@@ -115,7 +115,7 @@ struct ProbeArgs {
     #[arg(long, value_name = "PROBE", value_parser = parse::probe)]
     disable: Vec<Probe>,
     /// Attach PROBE to FUNCTION instead of its usual function (same prototype), for renamed
-    /// functions: e.g. --symbol tsm_op_ioctl=iommufd_vdevice_tsm_req_ioctl (repeatable).
+    /// functions: e.g. --symbol tsm_bind=my_tsm_bind, for names no compatibility table knows (repeatable).
     #[arg(long, value_name = "PROBE=FUNCTION", value_parser = parse::symbol)]
     symbol: Vec<(Probe, String)>,
     /// vmlinux BTF.

@@ -6,7 +6,7 @@
 
 mod attach;
 pub mod capabilities;
-mod compat;
+pub mod compat;
 mod kallsyms;
 pub mod pin;
 mod privileges;
