@@ -43,6 +43,9 @@ pub struct Session {
     aggregates: Option<Aggregates>,
     events: Option<RingBuf<MapData>>,
     control: Option<RingBuf<MapData>>,
+    /// The generation gate: programs loaded later (a module load) refer to it, so it must
+    /// outlive the start even when nothing pins it (`trace`, `check`).
+    _gate: Array<MapData, u32>,
     pub attach: Vec<AttachReport>,
     pub btf: Resolution,
     /// Which generation of the patch series and whether upstream PCI TSM (re-detected on
@@ -245,6 +248,7 @@ impl Session {
             }),
             events: Some(maps.events),
             control: Some(maps.control),
+            _gate: maps.gate,
             attach,
             btf: resolution,
             generation,

@@ -142,6 +142,9 @@ void pci_tsm_unbind(struct pci_dev *pdev);
 #define STR_(x) #x
 #define STR(x) STR_(x)
 
+/* The UAPI and everything else that differs between generations of the series. */
+#include "tsm_standin_gen.h"
+
 /* ---- Copies of the patch's types (names and layouts as in the patch) ---- */
 
 enum iommufd_object_type {
@@ -214,8 +217,6 @@ struct iommufd_vdevice {
 	void (*destroy)(struct iommufd_vdevice *vdev);
 };
 
-/* UAPI and everything else that differs between generations of the series. */
-#include "tsm_standin_gen.h"
 
 #define KVM_STATS_NAME_SIZE 48
 

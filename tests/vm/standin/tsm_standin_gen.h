@@ -17,12 +17,14 @@
  *      stand-in passes it a scope: PCI_TSM_REQ_STATE_CHANGE for TSM_REQ_SET_TDI_STATE,
  *      else PCI_TSM_REQ_INFO. The record says which.)
  *
- * Included by tsm_standin.c after its copies of the iommufd types; everything that differs
+ * Included by tsm_standin.c before its copies of the iommufd types; everything that differs
  * between generations is here.
  */
 #ifndef STANDIN_GEN
 #define STANDIN_GEN 2
 #endif
+
+struct iommufd_ucmd;
 
 #if STANDIN_GEN == 2
 #define STANDIN_GEN_NAME "v2"

@@ -197,10 +197,15 @@ impl Resolution {
             .iter()
             .map(|f| match f.offset {
                 Some(off) => {
+                    // Return types and UAPI values are described by their note, not a number.
+                    let value = if f.field.starts_with("return ") || f.field.ends_with(" values") {
+                        String::new()
+                    } else {
+                        format!(" = {off}")
+                    };
                     let mut s = format!(
-                        "resolved {} = {} ({})",
+                        "resolved {}{value} ({})",
                         f.field,
-                        off,
                         f.btf_object.as_deref().unwrap_or("?")
                     );
                     if let Some(note) = &f.note {
@@ -987,7 +992,7 @@ fn resolve_fields(
     o.module_name = out.put("module.name", module);
 
     let mut prototypes = lifecycle::resolve(objs, fns, &mut o, &mut out);
-    returns::resolve(objs, fns, &mut o, &mut prototypes);
+    returns::resolve(objs, fns, &mut o, &mut out, &mut prototypes);
     (o, out.fields, prototypes)
 }
 

@@ -12,6 +12,7 @@
 // Part of this module is API for scenario code that is not written yet.
 #![allow(dead_code, unused_imports)]
 
+pub mod generations;
 pub mod initramfs;
 pub mod kernel;
 pub mod leaks;
@@ -64,8 +65,8 @@ pub struct VmTestArgs {
     /// Seconds before a guest is killed.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
-    /// Run only these tsm-trace suites: probes, lifecycle-trace, modules, storm, restart
-    /// (repeat or comma-separate). Default: all of them.
+    /// Run only these tsm-trace suites: probes, generations, lifecycle-trace, modules, storm,
+    /// restart (repeat or comma-separate). Default: all of them.
     #[arg(long, value_delimiter = ',')]
     pub suite: Vec<String>,
 }
@@ -158,6 +159,7 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
     let modules_script = read_script(modules::SCRIPT)?;
     let storm_script = read_script(storm::SCRIPT)?;
     let restart_script = read_script(restart::SCRIPT)?;
+    let generations_script = read_script(generations::SCRIPT)?;
     let extra = if smoke || lifecycle_only {
         Vec::new()
     } else {
@@ -188,6 +190,15 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
         if !lifecycle_only {
             let check: Check = if smoke { check_smoke } else { check_probes };
             runs.push(("", script.as_str(), opts.clone(), check));
+        }
+        // Every generation of the patch series (and none), detected and decoded.
+        if !smoke && !lifecycle_only {
+            runs.push((
+                " generations",
+                generations_script.as_str(),
+                opts.clone(),
+                generations::check,
+            ));
         }
         // The lifecycle suite (tsm-trace against the real PCI TSM core): q35 with TEE
         // devices on kernels with PCI TSM; elsewhere it only reports what `check` attaches.
@@ -242,11 +253,19 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
         }
         for (label, script, ropts, check) in runs {
             let t1 = Instant::now();
+            // The generations suite also carries the stand-in built as each generation.
+            let files = if label == " generations" {
+                generations::files(&kernel).map(|g| [extra.clone(), g].concat())
+            } else {
+                Ok(extra.clone())
+            };
             // The scenario's own checks, then: no kernel address in any tsm-trace output.
-            let result = run_in_vm_with(&kernel, &extra, script, &ropts).and_then(|out| {
-                let n = check(&out)? + leaks::check(&out)?;
-                Ok((out, n))
-            });
+            let result = files
+                .and_then(|files| run_in_vm_with(&kernel, &files, script, &ropts))
+                .and_then(|out| {
+                    let n = check(&out)? + leaks::check(&out)?;
+                    Ok((out, n))
+                });
             let boot = t1.elapsed();
             match result {
                 Ok((out, n)) => {
