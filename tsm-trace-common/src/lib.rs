@@ -284,6 +284,34 @@ impl RawEvent {
     }
 }
 
+/// How a kernel integer (a struct member, or a return value) is read: its width in bytes
+/// (1, 2, 4 or 8) in the low byte, [`IntKind::SIGNED`] when BTF says it is signed. Userspace
+/// takes both from BTF; `0` ([`IntKind::UNKNOWN`]) means "not an integer that fits": the
+/// programs do not read it.
+pub struct IntKind;
+
+impl IntKind {
+    pub const UNKNOWN: u32 = 0;
+    pub const SIGNED: u32 = 1 << 8;
+    pub const SIZE_MASK: u32 = 0xff;
+
+    pub const fn new(size: u32, signed: bool) -> u32 {
+        size | if signed { IntKind::SIGNED } else { 0 }
+    }
+}
+
+/// How a probed function's return value is decoded, from the function's own BTF prototype
+/// ([`Offsets::ret`], indexed by [`ProbeId`]): an [`IntKind`] (an `int`, an `ssize_t`), or one
+/// of these.
+pub mod ret {
+    /// The prototype was not resolved: the probe is not attached (nothing is decoded).
+    pub const UNKNOWN: u32 = super::IntKind::UNKNOWN;
+    /// `void`.
+    pub const VOID: u32 = 1 << 9;
+    /// A pointer (`ERR_PTR` convention).
+    pub const PTR: u32 = 1 << 10;
+}
+
 /// Where to find fields inside a `struct kvm` as seen by one probed function's prototype.
 /// (A stand-in `struct kvm` in a module and the real one in vmlinux/kvm.ko differ.)
 #[repr(C)]
@@ -291,14 +319,47 @@ impl RawEvent {
 pub struct KvmOffsets {
     pub userspace_pid: u32,
     pub stats_id: u32,
+    /// [`IntKind`] of `userspace_pid` (`pid_t`).
+    pub userspace_pid_kind: u32,
+    /// Length of the `stats_id` char array (at most [`STATS_ID_LEN`] is read).
+    pub stats_id_len: u32,
 }
 
 impl KvmOffsets {
     pub const UNKNOWN: KvmOffsets = KvmOffsets {
         userspace_pid: OFFSET_UNKNOWN,
         stats_id: OFFSET_UNKNOWN,
+        userspace_pid_kind: IntKind::UNKNOWN,
+        stats_id_len: 0,
     };
 }
+
+/// [`IntKind`]s of the integer members the programs read (the same BTF members as the
+/// offsets of the same names in [`Offsets`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FieldKinds {
+    pub tsm_op_op: u32,
+    pub tsm_op_flags: u32,
+    pub tsm_op_vdevice_id: u32,
+    pub obj_id: u32,
+    pub vdev_virt_id: u32,
+    pub tdi_tdi_id: u32,
+}
+
+impl FieldKinds {
+    pub const UNKNOWN: FieldKinds = FieldKinds {
+        tsm_op_op: IntKind::UNKNOWN,
+        tsm_op_flags: IntKind::UNKNOWN,
+        tsm_op_vdevice_id: IntKind::UNKNOWN,
+        obj_id: IntKind::UNKNOWN,
+        vdev_virt_id: IntKind::UNKNOWN,
+        tdi_tdi_id: IntKind::UNKNOWN,
+    };
+}
+
+/// Number of [`ProbeId`]s (the length of [`Offsets::ret`]).
+pub const PROBES: usize = ProbeId::ALL.len();
 
 /// The first parameter of a driver unbind op is a `struct pci_dev *` (the stand-in and
 /// older drivers)...
@@ -385,6 +446,15 @@ pub struct Offsets {
     pub kvm_destroy_vm: KvmOffsets,
     /// `struct module::name` (the module tracepoints name the module loaded or freed).
     pub module_name: u32,
+    /// Widths and signedness of the integer members read.
+    pub kinds: FieldKinds,
+    /// The UAPI op values of bind and unbind (`enum iommu_vdevice_tsm_op_type` where BTF has
+    /// it, else the generation's `#define`s), or [`OFFSET_UNKNOWN`]: the programs report
+    /// [`agg::UAPI_OP_BIND`]/[`agg::UAPI_OP_UNBIND`] for them whatever the kernel's values.
+    pub uapi_op_bind: u32,
+    pub uapi_op_unbind: u32,
+    /// How each probe's return value is decoded ([`ret`]), indexed by [`ProbeId`].
+    pub ret: [u32; PROBES],
 }
 
 impl Offsets {
@@ -415,6 +485,10 @@ impl Offsets {
         kvm_driver_bind: KvmOffsets::UNKNOWN,
         kvm_destroy_vm: KvmOffsets::UNKNOWN,
         module_name: OFFSET_UNKNOWN,
+        kinds: FieldKinds::UNKNOWN,
+        uapi_op_bind: OFFSET_UNKNOWN,
+        uapi_op_unbind: OFFSET_UNKNOWN,
+        ret: [ret::UNKNOWN; PROBES],
     };
 }
 
@@ -490,6 +564,7 @@ mod pod {
     unsafe impl aya::Pod for super::RawEvent {}
     unsafe impl aya::Pod for super::Offsets {}
     unsafe impl aya::Pod for super::KvmOffsets {}
+    unsafe impl aya::Pod for super::FieldKinds {}
     unsafe impl aya::Pod for super::GuestReqArgs {}
     unsafe impl aya::Pod for super::ControlEvent {}
     unsafe impl aya::Pod for super::InflightKey {}
@@ -527,9 +602,12 @@ pub mod agg {
     /// Not decided by the outer frame: an inner bind or unbind decides, else invalid.
     pub const OP_UNDECIDED: u32 = u32::MAX;
 
-    /// UAPI `iommu_vdevice_tsm_op::op` values of the patch.
+    /// What the programs report as the ioctl's op (`RawEvent::op`) for a bind and an unbind,
+    /// whatever values the kernel's UAPI gives them (`Offsets::uapi_op_bind`); another value
+    /// is reported as read, unless it collides with these, then as [`UAPI_OP_OTHER`].
     pub const UAPI_OP_BIND: u32 = 1;
     pub const UAPI_OP_UNBIND: u32 = 2;
+    pub const UAPI_OP_OTHER: u32 = u32::MAX;
 
     /// Histogram bucket upper bounds (`le`), set by userspace in [`AggConfig`].
     pub const BOUNDS: usize = 20;

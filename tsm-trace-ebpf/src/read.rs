@@ -1,7 +1,7 @@
 //! Reading kernel memory at offsets that userspace resolved from BTF.
 
 use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes};
-use tsm_trace_common::{OFFSET_UNKNOWN, Offsets, stat};
+use tsm_trace_common::{IntKind, OFFSET_UNKNOWN, Offsets, STATS_ID_LEN, stat};
 
 use crate::maps::count;
 
@@ -34,6 +34,46 @@ pub fn at<T>(base: u64, off: u32) -> Result<T, ReadError> {
     })
 }
 
+/// Reads the integer at `base + off` with the width and signedness BTF gave (`kind`, an
+/// [`IntKind`]), sign- or zero-extended to 64 bits. An unknown kind is not read.
+#[inline(always)]
+pub fn int_at(base: u64, off: u32, kind: u32) -> Result<i64, ReadError> {
+    let signed = kind & IntKind::SIGNED != 0;
+    Ok(match kind & IntKind::SIZE_MASK {
+        1 => {
+            let v: u8 = at(base, off)?;
+            if signed { v as i8 as i64 } else { v as i64 }
+        }
+        2 => {
+            let v: u16 = at(base, off)?;
+            if signed { v as i16 as i64 } else { v as i64 }
+        }
+        4 => {
+            let v: u32 = at(base, off)?;
+            if signed { v as i32 as i64 } else { v as i64 }
+        }
+        8 => at::<u64>(base, off)? as i64,
+        _ => return Err(ReadError::Unresolved),
+    })
+}
+
+/// An integer register value (a return value, an argument) of `kind`'s width, extended to
+/// 64 bits (the register's upper bits are undefined for narrower types).
+#[inline(always)]
+pub fn int_reg(raw: u64, kind: u32) -> Option<i64> {
+    let signed = kind & IntKind::SIGNED != 0;
+    Some(match kind & IntKind::SIZE_MASK {
+        1 if signed => raw as i8 as i64,
+        1 => raw as u8 as i64,
+        2 if signed => raw as i16 as i64,
+        2 => raw as u16 as i64,
+        4 if signed => raw as i32 as i64,
+        4 => raw as u32 as i64,
+        8 => raw as i64,
+        _ => return None,
+    })
+}
+
 /// Reads the NUL-terminated string that the `const char *` at `base + off` points to.
 #[inline(always)]
 pub fn str_ptr_at(base: u64, off: u32, dst: &mut [u8]) -> Result<(), ReadError> {
@@ -49,12 +89,40 @@ pub fn str_ptr_at(base: u64, off: u32, dst: &mut [u8]) -> Result<(), ReadError> 
         })
 }
 
-/// Reads an inline char array at `base + off`.
+/// Reads the NUL-terminated string at `base + off` (a sysfs buffer).
 #[inline(always)]
 pub fn str_at(base: u64, off: u32, dst: &mut [u8]) -> Result<(), ReadError> {
     if off == OFFSET_UNKNOWN || base == 0 {
         return Err(ReadError::Unresolved);
     }
+    unsafe { bpf_probe_read_kernel_str_bytes((base + off as u64) as *const u8, dst) }
+        .map(|_| ())
+        .map_err(|_| {
+            count(stat::READ_FAULTS);
+            ReadError::Fault
+        })
+}
+
+/// Reads an inline char array of `len` bytes (its BTF length) at `base + off`, at most
+/// [`STATS_ID_LEN`] bytes: never past the array's end.
+#[inline(always)]
+pub fn char_array_at(
+    base: u64,
+    off: u32,
+    len: u32,
+    dst: &mut [u8; STATS_ID_LEN],
+) -> Result<(), ReadError> {
+    if off == OFFSET_UNKNOWN || base == 0 || len == 0 {
+        return Err(ReadError::Unresolved);
+    }
+    let n = if len as usize > STATS_ID_LEN {
+        STATS_ID_LEN
+    } else {
+        len as usize
+    };
+    let Some(dst) = dst.get_mut(..n) else {
+        return Err(ReadError::Unresolved);
+    };
     unsafe { bpf_probe_read_kernel_str_bytes((base + off as u64) as *const u8, dst) }
         .map(|_| ())
         .map_err(|_| {

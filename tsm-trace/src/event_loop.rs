@@ -235,11 +235,13 @@ fn control(live: &mut LiveSession, metrics: &Metrics, c: Option<Control>) -> boo
                 );
                 publish_session(metrics, live.session());
             }
-            false
+            // Look again: the unloaded module may have carried the patch (re-detect it).
+            true
         }
         // Without the name, kallsyms tells which probes lost their function.
         Some(Control::ModuleFreed { name: None }) => true,
-        Some(Control::ModuleLoaded { .. }) => live.missing() > 0,
+        // Always: a probe may attach, and the generation may have changed.
+        Some(Control::ModuleLoaded { .. }) => true,
     }
 }
 
@@ -268,9 +270,8 @@ pub fn rescan(live: &mut LiveSession, metrics: &Metrics) {
                 }
                 log::info!("now attached: {} programs", live.session().attached_count());
             }
-            if !gained.is_empty() || !gone.is_empty() {
-                publish_session(metrics, live.session());
-            }
+            // Also when nothing attached or detached: the generation may have changed.
+            publish_session(metrics, live.session());
         }
         Err(e) => log::warn!(
             "looking for probe targets after a module load failed: {e:#}; the probes attached before keep running"
@@ -287,6 +288,7 @@ pub fn publish_session(metrics: &Metrics, s: &Session) {
         }
     }
     metrics.set_btf_fields(s.btf.fields.iter().map(|f| (f.field, f.offset.is_some())));
+    metrics.set_kernel_info(&s.generation.tsm_patch, s.generation.pci_tsm);
 }
 
 pub fn sync_kernel_stats(metrics: &Metrics, s: &LiveSession) {

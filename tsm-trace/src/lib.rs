@@ -15,6 +15,7 @@ pub mod event_loop;
 pub mod events;
 pub mod exporters;
 pub mod files;
+pub mod generation;
 pub mod http;
 pub mod pipeline;
 pub mod probes;

@@ -85,7 +85,7 @@ struct UnpinArgs {
 #[command(next_help_heading = "Probes")]
 struct ProbeArgs {
     /// Fail if any requested probe cannot attach (default: report it and keep going).
-    #[arg(long, env = "TSM_TRACE_STRICT", value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, env = "TSM_TRACE_STRICT", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     strict: bool,
     /// Probe this function as the TSM driver's link `probe` op (layer tsm_driver). Needed
     /// only for drivers tsm-trace does not know (it knows AMD SEV-TIO, Arm CCA and Intel TDX
@@ -114,7 +114,7 @@ struct ProbeArgs {
     #[arg(long, value_name = "PROBE", value_parser = parse::probe)]
     disable: Vec<Probe>,
     /// Attach PROBE to FUNCTION instead of its usual function (same prototype), for renamed
-    /// functions: e.g. --symbol tsm_op_ioctl=iommufd_vdevice_tsm_req_ioctl (repeatable).
+    /// functions: e.g. --symbol tsm_bind=my_tsm_bind, for names no compatibility table knows (repeatable).
     #[arg(long, value_name = "PROBE=FUNCTION", value_parser = parse::symbol)]
     symbol: Vec<(Probe, String)>,
     /// vmlinux BTF.
@@ -239,7 +239,7 @@ struct RunArgs {
     sysfs_root: PathBuf,
     /// Keep all capabilities after the probes are attached (default: keep only CAP_BPF for
     /// reading the maps, plus what attaching later needs during --late-attach-window).
-    #[arg(long, env = "TSM_TRACE_KEEP_CAPABILITIES", value_parser = clap::builder::BoolishValueParser::new(), help_heading = "Daemon")]
+    #[arg(long, env = "TSM_TRACE_KEEP_CAPABILITIES", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new(), help_heading = "Daemon")]
     keep_capabilities: bool,
     /// After attaching, become this user: UID, UID:GID or a name from /etc/passwd (e.g.
     /// 65534:65534). Needs CAP_SETUID and CAP_SETGID at start; they are dropped with the rest.
@@ -264,7 +264,7 @@ struct RunArgs {
     /// neither read nor write the state file. A restart then forgets bindings made before it
     /// (sysfs reconciliation reports those devices as `sysfs_bound_without_owner`), in-flight
     /// calls and whatever happened while it was down. For tests and one-off runs.
-    #[arg(long, env = "TSM_TRACE_NO_PERSIST", value_parser = clap::builder::BoolishValueParser::new(), help_heading = "Restarts")]
+    #[arg(long, env = "TSM_TRACE_NO_PERSIST", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new(), help_heading = "Restarts")]
     no_persist: bool,
     /// The binding and leak tables, saved whenever they change and read at start, so a restart
     /// neither forgets a binding (no false `sysfs_bound_without_owner`) nor drops a leak. Keep

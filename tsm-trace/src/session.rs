@@ -17,6 +17,7 @@ use crate::{
     btf::{self, BtfSources, Resolution},
     events::{DecodeError, Event, Probe, VmKey},
     exporters::metrics::KernelOperations,
+    generation::{self, KernelGeneration},
     probes::{
         self, AttachConfig, AttachReport, Kallsyms, KernelStats, Kind, Links, SymbolMatch,
         expiry::{self, ExpiryReason},
@@ -59,6 +60,9 @@ pub struct Session {
     _gate: Array<MapData, u32>,
     pub attach: Vec<AttachReport>,
     pub btf: Resolution,
+    /// Which generation of the patch series and whether upstream PCI TSM (re-detected on
+    /// every module load and unload).
+    pub generation: KernelGeneration,
     /// Where the state is pinned and what the start took over, for `run`.
     pub pinned: Option<PinnedState>,
 }
@@ -152,6 +156,13 @@ fn resolve_btf(syms: &Kallsyms, opts: &SessionOptions) -> Result<Resolution> {
         .iter()
         .find(|(p, _)| *p == Probe::DriverBind)
         .map(|(_, f)| *f);
+    // Every kprobe with a return program: its return type comes from its own prototype.
+    let probed: Vec<(Probe, String)> = probes::TARGETS
+        .iter()
+        .filter(|t| t.ret.is_some() && !matches!(t.probe, Probe::VmmExit | Probe::ModuleLoad))
+        .filter_map(|t| found_name(syms, t.probe, &opts.attach).map(|f| (t.probe, f)))
+        .collect();
+    let probed_ref: Vec<(Probe, &str)> = probed.iter().map(|(p, f)| (*p, f.as_str())).collect();
     btf::resolve(
         &opts.btf,
         &btf::Functions {
@@ -164,13 +175,14 @@ fn resolve_btf(syms: &Kallsyms, opts: &SessionOptions) -> Result<Resolution> {
             pci_tsm_unbind_any: pci_context.as_deref(),
             pci_tsm_guest_req: guest_req.as_deref(),
             driver_ops: &driver_ops_ref,
+            probed: &probed_ref,
         },
     )
     .context("resolving struct offsets from BTF")
 }
 
-/// The function a probe will use, for BTF lookups (compiler suffixes such as `.isra.0`
-/// dropped), or `None` if kallsyms has none of its candidates.
+/// The function a probe will use, for BTF lookups, or `None` if kallsyms has none of its
+/// candidates (compiler clones are never used: see `probes::kallsyms::CLONE_REASON`).
 fn found_name(syms: &Kallsyms, probe: Probe, config: &AttachConfig) -> Option<String> {
     let t = probes::target(probe);
     match syms.find_in(&config.candidates(t), t.anchors) {
@@ -212,6 +224,7 @@ impl Session {
         }
         let syms = load_kallsyms(opts)?;
         let resolution = resolve_btf(&syms, opts)?;
+        let generation = generation::detect(&resolution.patch, &syms);
         let pinned = match opts.pin_root.as_deref().map(probes::pin::Pinned::prepare) {
             Some(Ok(p)) => Some(p),
             // Another daemon is live on these pins: two would starve each other silently.
@@ -273,6 +286,7 @@ impl Session {
             _gate: maps.gate,
             attach,
             btf: resolution,
+            generation,
         })
     }
 
@@ -296,6 +310,7 @@ impl Session {
             &resolution.prototypes,
             &mut self.attach,
         )?;
+        self.generation = generation::detect(&resolution.patch, &syms);
         self.btf = resolution;
         Ok((gained, gone))
     }
@@ -339,7 +354,13 @@ impl Session {
 
     /// Lines for the startup report: probes attached or not (and why), BTF fields.
     pub fn report_lines(&self) -> Vec<String> {
-        let mut lines = Vec::new();
+        let mut lines = vec![format!("kernel {}", self.generation.summary())];
+        lines.extend(
+            self.generation
+                .evidence
+                .iter()
+                .map(|e| format!("kernel   {e}")),
+        );
         for r in &self.attach {
             let status = match (r.requested, r.attached) {
                 (_, true) => "attached    ",

@@ -3,7 +3,8 @@
  * tsm_standin - test fixture for tsm-trace.
  *
  * Stands in for the kernel code path of "[PATCH v2 2/3] iommufd/tsm: add
- * vdevice TSM bind/unbind ioctl" on kernels that do not carry it.  It defines
+ * vdevice TSM bind/unbind ioctl" on kernels that do not carry it (or, built with
+ * -DSTANDIN_GEN=5|6, of v5 or the post-v5 proposal: tsm_standin_gen.h).  It defines
  * and exports, with the patch's exact names and prototypes:
  *
  *   int  iommufd_vdevice_tsm_op_ioctl(struct iommufd_ucmd *ucmd);
@@ -61,6 +62,12 @@
  *   parallel <vdev> <n>                     n kernel threads call the driver's bind op
  *                                           (standin_tdi_bind, with delay_us) at once;
  *                                           records n started returned ok duration_ns
+ *   tsm_req <vdev_id> <scope|op> <req_len> <resp_len>
+ *                                           v5 onwards (tsm_standin_req.h):
+ *                                           IOMMU_VDEVICE_TSM_REQ through
+ *                                           tsm_guest_req() to the real
+ *                                           pci_tsm_guest_req() (7.x); v2:
+ *                                           -EOPNOTSUPP
  *   realpci 0|1                             see above (-EOPNOTSUPP if the
  *                                           kernel has no PCI TSM)
  *   guest_req <bdf> <scope> <in_len> <out_len>
@@ -102,7 +109,8 @@
  * Pointers are raw (0x%px), as a probe sees them.
  * /sys/kernel/debug/tsm_standin/bound: one line per bound device:
  *   dev=<bdf> kvm=0x... kvm_pid=<pid> stats_id=kvm-<pid> tdi_id=<n>
- * /sys/kernel/debug/tsm_standin/info: static facts (pci_tsm=real|standin,
+ * /sys/kernel/debug/tsm_standin/info: static facts (gen=v2|v5|post-v5, the
+ *   generation built (-DSTANDIN_GEN, tsm_standin_gen.h), pci_tsm=real|standin,
  *   pci layer function names, realpci state, nonpci device name).
  */
 #include <linux/module.h>
@@ -127,6 +135,7 @@
 #include <linux/kthread.h>
 #include <linux/completion.h>
 #include <linux/spinlock.h>
+#include <linux/sockptr.h>
 
 struct kvm;
 
@@ -146,6 +155,9 @@ void pci_tsm_unbind(struct pci_dev *pdev);
 #endif
 #define STR_(x) #x
 #define STR(x) STR_(x)
+
+/* The UAPI and everything else that differs between generations of the series. */
+#include "tsm_standin_gen.h"
 
 /* ---- Copies of the patch's types (names and layouts as in the patch) ---- */
 
@@ -206,8 +218,8 @@ struct iommufd_viommu {
 	void *iommu_dev;
 	void *hwpt;
 	const void *ops;
-	/* patch 1/3: the vIOMMU holds the VM's KVM file */
-	struct file *kvm_filp;
+	/* patch 1/3: the vIOMMU holds the VM's KVM file (kvm_filp; v5: kvm_file) */
+	struct file *STANDIN_VIOMMU_KVM;
 	unsigned int type;
 };
 
@@ -219,16 +231,6 @@ struct iommufd_vdevice {
 	void (*destroy)(struct iommufd_vdevice *vdev);
 };
 
-/* UAPI */
-struct iommu_vdevice_tsm_op {
-	__u32 size;
-	__u32 op;
-	__u32 flags;
-	__u32 vdevice_id;
-};
-
-#define IOMMU_VDEVICE_TSM_BIND 0x1
-#define IOMMU_VDEVICE_TSM_UNBIND 0x2
 
 #define KVM_STATS_NAME_SIZE 48
 
@@ -652,12 +654,12 @@ noinline int iommufd_vdevice_tsm_op_ioctl(struct iommufd_ucmd *ucmd)
 	rec("obj_id=%u virt_id=%llu dev=%s", vdev->obj.id, vdev->virt_id,
 	    dev_name(vdev->idev->dev));
 
-	if (!vdev->viommu->kvm_filp) {
+	if (!vdev->viommu->STANDIN_VIOMMU_KVM) {
 		rc = FAIL("iommufd", -ENODEV);
 		goto out_put_vdev;
 	}
 
-	kvm = vdev->viommu->kvm_filp->private_data;
+	kvm = vdev->viommu->STANDIN_VIOMMU_KVM->private_data;
 	if (!kvm) {
 		rc = FAIL("iommufd", -ENODEV);
 		goto out_put_vdev;
@@ -665,7 +667,7 @@ noinline int iommufd_vdevice_tsm_op_ioctl(struct iommufd_ucmd *ucmd)
 	rec_kvm("", kvm);
 
 	/* tsm layer will take care of parallel calls to tsm_bind/unbind */
-	switch (cmd->op) {
+	switch (STANDIN_CMD_OP(cmd)) {
 	case IOMMU_VDEVICE_TSM_BIND:
 		rec("tdi_id=%u", (u32)vdev->virt_id);
 		rc = tsm_bind(vdev->idev->dev, kvm, vdev->virt_id);
@@ -705,6 +707,9 @@ noinline void iommufd_vdevice_abort(struct iommufd_object *obj)
 	idev->vdev = NULL;
 }
 EXPORT_SYMBOL_GPL(iommufd_vdevice_abort);
+
+/* The guest-request ioctl and tsm_guest_req() of v5 onwards. */
+#include "tsm_standin_req.h"
 
 /* ---- Commands ---- */
 
@@ -788,7 +793,7 @@ static int cmd_vdev_create(unsigned int id, const char *devname,
 	sv->viommu.obj.type = IOMMUFD_OBJ_VIOMMU;
 	sv->viommu.obj.id = 0x20000 + id;
 	sv->viommu.ictx = &standin_ictx;
-	sv->viommu.kvm_filp = vm ? vm->filp : NULL;
+	sv->viommu.STANDIN_VIOMMU_KVM = vm ? vm->filp : NULL;
 
 	refcount_set(&sv->vdev.obj.users, 1);
 	sv->vdev.obj.type = IOMMUFD_OBJ_VDEVICE;
@@ -843,7 +848,6 @@ static int cmd_ioctl(unsigned int vdev_id, u32 op, u32 flags,
 {
 	struct iommu_vdevice_tsm_op cmd = {
 		.size = sizeof(cmd),
-		.op = op,
 		.flags = flags,
 		.vdevice_id = vdev_id,
 	};
@@ -858,6 +862,7 @@ static int cmd_ioctl(unsigned int vdev_id, u32 op, u32 flags,
 
 	struct standin_vdev *sv;
 
+	STANDIN_SET_CMD_OP(&cmd, op);
 	rec("op=%u flags=%u vdevice_id=%u", op, flags, vdev_id);
 	start = ktime_get();
 	rc = iommufd_vdevice_tsm_op_ioctl(&ucmd);
@@ -891,7 +896,7 @@ static int cmd_storm(unsigned int vdev_id, u32 n, const char __user *ubuf)
 	for (i = 0; i < n; i++) {
 		int rc;
 
-		cmd.op = 1;
+		STANDIN_SET_CMD_OP(&cmd, IOMMU_VDEVICE_TSM_BIND);
 		rc = iommufd_vdevice_tsm_op_ioctl(&ucmd);
 		if (rc) {
 			bind_err++;
@@ -899,7 +904,7 @@ static int cmd_storm(unsigned int vdev_id, u32 n, const char __user *ubuf)
 		} else {
 			bind_ok++;
 		}
-		cmd.op = 2;
+		STANDIN_SET_CMD_OP(&cmd, IOMMU_VDEVICE_TSM_UNBIND);
 		rc = iommufd_vdevice_tsm_op_ioctl(&ucmd);
 		if (rc) {
 			unbind_err++;
@@ -1238,6 +1243,11 @@ static int run_cmd(char **argv, int argc, const char __user *ubuf)
 		     parse_u32(argv[4], &d);
 		return rc ?: cmd_guest_req(argv[1], a, b, d);
 	}
+	if (!strcmp(c, "tsm_req") && argc == 5) {
+		rc = parse_u32(argv[1], &a) ?: parse_u32(argv[2], &b) ?:
+		     parse_u32(argv[3], &d) ?: kstrtou64(argv[4], 0, &v);
+		return rc ?: cmd_tsm_req(a, b, d, v);
+	}
 	if (!strcmp(c, "realpci") && argc == 2) {
 		rc = parse_u32(argv[1], &a);
 		if (rc || a > 1)
@@ -1341,7 +1351,8 @@ static ssize_t info_read(struct file *file, char __user *ubuf, size_t count,
 
 	mutex_lock(&standin_lock);
 	len = scnprintf(buf, sizeof(buf),
-			"pci_tsm=%s pci_bind=%s pci_unbind=%s realpci=%d nonpci_dev=%s\n",
+			"gen=%s pci_tsm=%s pci_bind=%s pci_unbind=%s realpci=%d nonpci_dev=%s\n",
+			STANDIN_GEN_NAME,
 			STANDIN_HAVE_REAL_PCI_TSM ? "real" : "standin",
 			STR(STANDIN_PCI_BIND), STR(STANDIN_PCI_UNBIND), realpci,
 			dev_name(standin_misc.this_device));

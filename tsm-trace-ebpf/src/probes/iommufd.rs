@@ -4,9 +4,9 @@ use aya_ebpf::{
     macros::{kprobe, kretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use tsm_trace_common::{ProbeId, missing};
+use tsm_trace_common::{OFFSET_UNKNOWN, Offsets, ProbeId, agg, missing};
 
-use super::{VOID, begin, finish, int_ret, read_dev_name, stash};
+use super::{begin, finish_ret, read_dev_name, stash};
 use crate::read::{self, offsets};
 
 /// `int iommufd_vdevice_tsm_op_ioctl(struct iommufd_ucmd *ucmd)`: decodes the UAPI command
@@ -22,16 +22,19 @@ fn try_tsm_op_entry(ctx: &ProbeContext) -> Option<u32> {
     let o = offsets();
     match read::at::<u64>(ucmd, o.ucmd_cmd) {
         Ok(cmd) => {
-            match read::at::<u32>(cmd, o.tsm_op_op) {
-                Ok(v) => ev.op = v,
+            match read::int_at(cmd, o.tsm_op_op, o.kinds.tsm_op_op) {
+                Ok(v) => match canonical_op(v as u32, o) {
+                    Some(op) => ev.op = op,
+                    None => ev.missing |= missing::OP,
+                },
                 Err(_) => ev.missing |= missing::OP,
             }
-            match read::at::<u32>(cmd, o.tsm_op_flags) {
-                Ok(v) => ev.cmd_flags = v,
+            match read::int_at(cmd, o.tsm_op_flags, o.kinds.tsm_op_flags) {
+                Ok(v) => ev.cmd_flags = v as u32,
                 Err(_) => ev.missing |= missing::FLAGS,
             }
-            match read::at::<u32>(cmd, o.tsm_op_vdevice_id) {
-                Ok(v) => ev.vdevice_id = v,
+            match read::int_at(cmd, o.tsm_op_vdevice_id, o.kinds.tsm_op_vdevice_id) {
+                Ok(v) => ev.vdevice_id = v as u32,
                 Err(_) => ev.missing |= missing::VDEVICE_ID,
             }
         }
@@ -41,9 +44,28 @@ fn try_tsm_op_entry(ctx: &ProbeContext) -> Option<u32> {
     Some(0)
 }
 
+/// The kernel's UAPI op value as the programs report it: bind and unbind as
+/// [`agg::UAPI_OP_BIND`]/[`agg::UAPI_OP_UNBIND`] whatever the kernel's values (from its enum in
+/// BTF, or its generation's `#define`s); `None` when those values are unknown.
+#[inline(always)]
+fn canonical_op(raw: u32, o: &Offsets) -> Option<u32> {
+    if o.uapi_op_bind == OFFSET_UNKNOWN || o.uapi_op_unbind == OFFSET_UNKNOWN {
+        return None;
+    }
+    Some(if raw == o.uapi_op_bind {
+        agg::UAPI_OP_BIND
+    } else if raw == o.uapi_op_unbind {
+        agg::UAPI_OP_UNBIND
+    } else if raw == agg::UAPI_OP_BIND || raw == agg::UAPI_OP_UNBIND {
+        agg::UAPI_OP_OTHER
+    } else {
+        raw
+    })
+}
+
 #[kretprobe]
 pub fn tsm_op_return(ctx: RetProbeContext) -> u32 {
-    finish(ProbeId::TsmOpIoctl, int_ret(ctx.ret()), 0);
+    finish_ret(ProbeId::TsmOpIoctl, ctx.ret());
     0
 }
 
@@ -58,18 +80,18 @@ fn try_vdev_abort_entry(ctx: &ProbeContext) -> Option<u32> {
     let obj: u64 = ctx.arg(0)?;
     let ev = begin(ProbeId::VdeviceAbort)?;
     let o = offsets();
-    match read::at::<u32>(obj, o.obj_id) {
-        Ok(v) => ev.obj_id = v,
+    match read::int_at(obj, o.obj_id, o.kinds.obj_id) {
+        Ok(v) => ev.obj_id = v as u32,
         Err(_) => ev.missing |= missing::OBJ_ID,
     }
     // container_of(obj, struct iommufd_vdevice, obj)
-    let vdev = if o.vdev_obj == tsm_trace_common::OFFSET_UNKNOWN {
+    let vdev = if o.vdev_obj == OFFSET_UNKNOWN {
         0
     } else {
         obj.wrapping_sub(o.vdev_obj as u64)
     };
-    match read::at::<u64>(vdev, o.vdev_virt_id) {
-        Ok(v) => ev.virt_id = v,
+    match read::int_at(vdev, o.vdev_virt_id, o.kinds.vdev_virt_id) {
+        Ok(v) => ev.virt_id = v as u64,
         Err(_) => ev.missing |= missing::VIRT_ID,
     }
     let dev = read::at::<u64>(vdev, o.vdev_idev)
@@ -81,7 +103,7 @@ fn try_vdev_abort_entry(ctx: &ProbeContext) -> Option<u32> {
 }
 
 #[kretprobe]
-pub fn vdev_abort_return(_ctx: RetProbeContext) -> u32 {
-    finish(ProbeId::VdeviceAbort, 0, VOID);
+pub fn vdev_abort_return(ctx: RetProbeContext) -> u32 {
+    finish_ret(ProbeId::VdeviceAbort, ctx.ret());
     0
 }

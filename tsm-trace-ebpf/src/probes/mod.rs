@@ -188,7 +188,10 @@ pub fn pci_tsm_of(pdev: u64) -> Result<u64, read::ReadError> {
 #[inline(always)]
 pub fn read_tdi(ev: &mut RawEvent, tdi: u64) {
     let o = read::offsets();
-    match (read::at::<u64>(tdi, o.tdi_kvm), read::at::<u32>(tdi, o.tdi_tdi_id)) {
+    match (
+        read::at::<u64>(tdi, o.tdi_kvm),
+        read::int_at(tdi, o.tdi_tdi_id, o.kinds.tdi_tdi_id),
+    ) {
         (Ok(kvm), Ok(id)) => {
             ev.kvm = kvm;
             ev.tdi_id = id as u64;
@@ -202,11 +205,11 @@ pub fn read_tdi(ev: &mut RawEvent, tdi: u64) {
 #[inline(always)]
 pub fn read_kvm(ev: &mut RawEvent, kvm: u64, o: KvmOffsets) {
     ev.kvm = kvm;
-    match read::at::<i32>(kvm, o.userspace_pid) {
-        Ok(pid) => ev.kvm_pid = pid,
+    match read::int_at(kvm, o.userspace_pid, o.userspace_pid_kind) {
+        Ok(pid) => ev.kvm_pid = pid as i32,
         Err(_) => ev.missing |= missing::KVM_PID,
     }
-    if read::str_at(kvm, o.stats_id, &mut ev.kvm_stats_id).is_err() {
+    if read::char_array_at(kvm, o.stats_id, o.stats_id_len, &mut ev.kvm_stats_id).is_err() {
         ev.missing |= missing::KVM_STATS_ID;
     }
 }
@@ -220,10 +223,45 @@ pub fn note_vmm() {
     }
 }
 
-/// An `int` return value, sign-extended (the upper half of the register is undefined).
+/// Completes `probe`'s in-flight record with its raw return register, decoded as the probed
+/// function's own BTF prototype says ([`tsm_trace_common::ret`]): an integer of its width and
+/// signedness, a pointer, or nothing (void). Returns the decoded value (0 for void).
 #[inline(always)]
-pub fn int_ret(raw: u64) -> i64 {
-    raw as u32 as i32 as i64
+pub fn finish_ret(probe: ProbeId, raw: u64) -> i64 {
+    finish_ret_with(probe, raw, 0, |_| true)
 }
 
-pub const VOID: u32 = flags::RET_VOID;
+/// [`finish_ret`] with extra return flags (`RET_NULL_IS_ERR`) and a `complete` as in
+/// [`finish_with`].
+#[inline(always)]
+pub fn finish_ret_with(
+    probe: ProbeId,
+    raw: u64,
+    extra_flags: u32,
+    complete: impl FnOnce(&mut RawEvent) -> bool,
+) -> i64 {
+    let (v, f) = decode_ret(probe, raw);
+    finish_with(probe, v, f | extra_flags, complete);
+    v
+}
+
+/// (value, flags) of a raw return register for `probe`.
+#[inline(always)]
+pub fn decode_ret(probe: ProbeId, raw: u64) -> (i64, u32) {
+    let kind = match read::offsets().ret.get(probe as usize) {
+        Some(k) => *k,
+        None => tsm_trace_common::ret::UNKNOWN,
+    };
+    if kind == tsm_trace_common::ret::VOID {
+        return (0, flags::RET_VOID);
+    }
+    if kind == tsm_trace_common::ret::PTR {
+        return (raw as i64, flags::RET_IS_PTR);
+    }
+    match read::int_reg(raw, kind) {
+        Some(v) if kind & tsm_trace_common::IntKind::SIZE_MASK == 8 => (v, flags::RET_IS_LONG),
+        Some(v) => (v, 0),
+        // Unresolved: userspace does not attach such a probe; never guess.
+        None => (0, flags::RET_VOID),
+    }
+}

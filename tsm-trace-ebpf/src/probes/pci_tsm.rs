@@ -7,7 +7,7 @@ use aya_ebpf::{
 use tsm_trace_common::{KvmOffsets, ProbeId};
 
 use super::{
-    VOID, begin, finish, int_ret, note_vmm, pci_dev_to_dev, read_dev_name, read_kvm, stash,
+    begin, decode_ret, finish, finish_ret, note_vmm, pci_dev_to_dev, read_dev_name, read_kvm, stash,
 };
 use crate::read::offsets;
 
@@ -43,11 +43,11 @@ pub fn pci_bind_entry(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn pci_bind_return(ctx: RetProbeContext) -> u32 {
-    let rc = int_ret(ctx.ret());
-    if rc == 0 {
+    let (rc, f) = decode_ret(ProbeId::PciTsmBind, ctx.ret());
+    if rc == 0 && f & tsm_trace_common::flags::RET_VOID == 0 {
         note_vmm();
     }
-    finish(ProbeId::PciTsmBind, rc, 0);
+    finish(ProbeId::PciTsmBind, rc, f);
     0
 }
 
@@ -58,7 +58,7 @@ pub fn pci_unbind_entry(ctx: ProbeContext) -> u32 {
 }
 
 #[kretprobe]
-pub fn pci_unbind_return(_ctx: RetProbeContext) -> u32 {
-    finish(ProbeId::PciTsmUnbind, 0, VOID);
+pub fn pci_unbind_return(ctx: RetProbeContext) -> u32 {
+    finish_ret(ProbeId::PciTsmUnbind, ctx.ret());
     0
 }

@@ -9,8 +9,8 @@ use aya_ebpf::{
 use tsm_trace_common::{ProbeId, RawEvent, flags, missing};
 
 use super::{
-    VOID, args::arg_at, begin, finish, finish_with, int_ret, pci_dev_to_dev, pci_tsm_of,
-    read_dev_name, read_tdi, read_tsm_name, stash,
+    args::arg_at, begin, finish_ret, finish_ret_with, pci_dev_to_dev, pci_tsm_of, read_dev_name,
+    read_tdi, read_tsm_name, stash,
 };
 use crate::read::{self, offsets};
 
@@ -36,8 +36,7 @@ pub fn connect_entry(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn connect_return(ctx: RetProbeContext) -> u32 {
-    let raw: u64 = ctx.ret();
-    finish(ProbeId::Connect, raw as i64, flags::RET_IS_LONG);
+    finish_ret(ProbeId::Connect, ctx.ret());
     0
 }
 
@@ -48,8 +47,7 @@ pub fn disconnect_entry(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn disconnect_return(ctx: RetProbeContext) -> u32 {
-    let raw: u64 = ctx.ret();
-    finish(ProbeId::Disconnect, raw as i64, flags::RET_IS_LONG);
+    finish_ret(ProbeId::Disconnect, ctx.ret());
     0
 }
 
@@ -91,8 +89,8 @@ fn try_pci_disconnect_entry(ctx: &ProbeContext) -> Option<u32> {
 }
 
 #[kretprobe]
-pub fn pci_disconnect_return(_ctx: RetProbeContext) -> u32 {
-    finish(ProbeId::PciTsmDisconnect, 0, VOID);
+pub fn pci_disconnect_return(ctx: RetProbeContext) -> u32 {
+    finish_ret(ProbeId::PciTsmDisconnect, ctx.ret());
     0
 }
 
@@ -127,7 +125,7 @@ fn try_pci_unbind_any_entry(ctx: &ProbeContext) -> Option<u32> {
 
 #[kretprobe]
 pub fn pci_unbind_any_return(ctx: RetProbeContext) -> u32 {
-    finish(ProbeId::PciTsmUnbindAny, int_ret(ctx.ret()), 0);
+    finish_ret(ProbeId::PciTsmUnbindAny, ctx.ret());
     0
 }
 
@@ -159,9 +157,9 @@ fn try_pci_destroy_entry(ctx: &ProbeContext) -> Option<u32> {
 }
 
 #[kretprobe]
-pub fn pci_destroy_return(_ctx: RetProbeContext) -> u32 {
+pub fn pci_destroy_return(ctx: RetProbeContext) -> u32 {
     // NOTHING_BOUND here: the device had no TSM context, so the call did nothing TSM-related.
-    finish_with(ProbeId::PciTsmDestroy, 0, VOID, |ev| {
+    finish_ret_with(ProbeId::PciTsmDestroy, ctx.ret(), 0, |ev| {
         ev.flags & flags::NOTHING_BOUND == 0
     });
     0
@@ -223,12 +221,6 @@ pub fn guest_req_entry_pci(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn guest_req_return_pci(ctx: RetProbeContext) -> u32 {
-    let raw: u64 = ctx.ret();
-    finish_with(
-        ProbeId::PciTsmGuestReq,
-        raw as i64,
-        flags::RET_IS_LONG,
-        read_tsm_code,
-    );
+    finish_ret_with(ProbeId::PciTsmGuestReq, ctx.ret(), 0, read_tsm_code);
     0
 }

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use tsm_trace_common::ProbeId;
 
-use super::{begin, finish, int_ret, note_vmm, read_dev_name, read_kvm, stash};
+use super::{begin, decode_ret, finish, finish_ret, note_vmm, read_dev_name, read_kvm, stash};
 use crate::read::offsets;
 
 /// `int tsm_bind(struct device *dev, struct kvm *kvm, u64 tdi_id)`
@@ -29,11 +29,11 @@ fn try_tsm_bind_entry(ctx: &ProbeContext) -> Option<u32> {
 
 #[kretprobe]
 pub fn tsm_bind_return(ctx: RetProbeContext) -> u32 {
-    let rc = int_ret(ctx.ret());
-    if rc == 0 {
+    let (rc, f) = decode_ret(ProbeId::TsmBind, ctx.ret());
+    if rc == 0 && f & tsm_trace_common::flags::RET_VOID == 0 {
         note_vmm();
     }
-    finish(ProbeId::TsmBind, rc, 0);
+    finish(ProbeId::TsmBind, rc, f);
     0
 }
 
@@ -53,6 +53,6 @@ fn try_tsm_unbind_entry(ctx: &ProbeContext) -> Option<u32> {
 
 #[kretprobe]
 pub fn tsm_unbind_return(ctx: RetProbeContext) -> u32 {
-    finish(ProbeId::TsmUnbind, int_ret(ctx.ret()), 0);
+    finish_ret(ProbeId::TsmUnbind, ctx.ret());
     0
 }

@@ -7,12 +7,12 @@ use aya_ebpf::{
 };
 use tsm_trace_common::{ARG_PCI_TDI, ProbeId, flags};
 
-use super::{
-    VOID, begin, finish, finish_with, int_ret, pci_dev_to_dev, read_dev_name, read_tdi,
-    read_tsm_name, stash,
-};
 use super::pci_tsm::{bind_entry, pdev_entry};
 use super::pci_tsm_link::{guest_req_entry, read_tsm_code};
+use super::{
+    begin, finish_ret, finish_ret_with, pci_dev_to_dev, read_dev_name, read_tdi, read_tsm_name,
+    stash,
+};
 use crate::read::{self, offsets};
 
 /// `struct pci_tsm *(*probe)(struct tsm_dev *tsm_dev, struct pci_dev *pdev)`: NULL is failure.
@@ -33,12 +33,14 @@ fn try_drv_probe_entry(ctx: &ProbeContext) -> Option<u32> {
 
 #[kretprobe]
 pub fn drv_probe_return(ctx: RetProbeContext) -> u32 {
-    let raw: u64 = ctx.ret();
-    finish(
-        ProbeId::DriverProbe,
-        raw as i64,
-        flags::RET_IS_PTR | flags::RET_NULL_IS_ERR,
-    );
+    // NULL is failure only for a pointer return (the op's prototype says which).
+    let (_, f) = super::decode_ret(ProbeId::DriverProbe, ctx.ret());
+    let null_is_err = if f & flags::RET_IS_PTR != 0 {
+        flags::RET_NULL_IS_ERR
+    } else {
+        0
+    };
+    finish_ret_with(ProbeId::DriverProbe, ctx.ret(), null_is_err, |_| true);
     0
 }
 
@@ -50,7 +52,7 @@ pub fn drv_connect_entry(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn drv_connect_return(ctx: RetProbeContext) -> u32 {
-    finish(ProbeId::DriverConnect, int_ret(ctx.ret()), 0);
+    finish_ret(ProbeId::DriverConnect, ctx.ret());
     0
 }
 
@@ -61,12 +63,13 @@ pub fn drv_disconnect_entry(ctx: ProbeContext) -> u32 {
 }
 
 #[kretprobe]
-pub fn drv_disconnect_return(_ctx: RetProbeContext) -> u32 {
-    finish(ProbeId::DriverDisconnect, 0, VOID);
+pub fn drv_disconnect_return(ctx: RetProbeContext) -> u32 {
+    finish_ret(ProbeId::DriverDisconnect, ctx.ret());
     0
 }
 
-/// `struct pci_tdi *(*bind)(struct pci_dev *, struct kvm *, u32)`: an `ERR_PTR` on failure.
+/// `struct pci_tdi *(*bind)(struct pci_dev *, struct kvm *, u32)` upstream (an `ERR_PTR` on
+/// failure), or an `int` op: the return is decoded as the op's own BTF prototype says.
 #[kprobe]
 pub fn drv_bind_entry(ctx: ProbeContext) -> u32 {
     bind_entry(&ctx, ProbeId::DriverBind, offsets().kvm_driver_bind).unwrap_or(1)
@@ -74,8 +77,7 @@ pub fn drv_bind_entry(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn drv_bind_return(ctx: RetProbeContext) -> u32 {
-    let raw: u64 = ctx.ret();
-    finish(ProbeId::DriverBind, raw as i64, flags::RET_IS_PTR);
+    finish_ret(ProbeId::DriverBind, ctx.ret());
     0
 }
 
@@ -101,8 +103,8 @@ fn try_drv_unbind_entry(ctx: &ProbeContext) -> Option<u32> {
 }
 
 #[kretprobe]
-pub fn drv_unbind_return(_ctx: RetProbeContext) -> u32 {
-    finish(ProbeId::DriverUnbind, 0, VOID);
+pub fn drv_unbind_return(ctx: RetProbeContext) -> u32 {
+    finish_ret(ProbeId::DriverUnbind, ctx.ret());
     0
 }
 
@@ -115,12 +117,6 @@ pub fn drv_guest_req_entry(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn drv_guest_req_return(ctx: RetProbeContext) -> u32 {
-    let raw: u64 = ctx.ret();
-    finish_with(
-        ProbeId::DriverGuestReq,
-        raw as i64,
-        flags::RET_IS_LONG,
-        read_tsm_code,
-    );
+    finish_ret_with(ProbeId::DriverGuestReq, ctx.ret(), 0, read_tsm_code);
     0
 }

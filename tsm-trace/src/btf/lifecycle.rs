@@ -5,7 +5,7 @@
 
 use tsm_trace_common::{ARG_PCI_DEV, ARG_PCI_TDI, GuestReqArgs, OFFSET_UNKNOWN, Offsets};
 
-use super::{Agg, Functions, Objects, Out, found, from_param, from_param_or_name};
+use super::{Agg, Functions, Objects, Out, found, from_param, from_param_or_name, types::Want};
 use crate::events::Probe;
 
 /// The outcome of checking one driver op's prototype.
@@ -175,7 +175,7 @@ pub(super) fn resolve(
     }
     .or_else(|_| from_param_or_name(objs, fns.pci_tsm_bind, 0, "pci_dev", &[0]));
     let pdev_tsm = pdev.and_then(|(pdev, note)| {
-        let (off, t) = objs.member(&pdev, "tsm")?;
+        let (off, _, t) = objs.member_typed(&pdev, "tsm", Want::Ptr)?;
         Ok((found(objs, &pdev, off, &note), t, note))
     });
     o.pci_dev_tsm = out.put(
@@ -190,14 +190,14 @@ pub(super) fn resolve(
             .map(|a| (a, note))
             .map_err(|e| format!("pci_dev.tsm: {e}"))
     });
-    let member_of = |agg: &Result<(Agg, Option<String>), String>, m: &str| {
+    let member_of = |agg: &Result<(Agg, Option<String>), String>, m: &str, want: Want| {
         agg.as_ref().map_err(Clone::clone).and_then(|(a, note)| {
-            let (off, t) = objs.member(a, m)?;
-            Ok((found(objs, a, off, note), t))
+            let (off, kind, t) = objs.member_typed(a, m, want)?;
+            Ok((found(objs, a, off, note), t, kind))
         })
     };
-    let tsm_dev = member_of(&pci_tsm, "tsm_dev");
-    let tdi = member_of(&pci_tsm, "tdi");
+    let tsm_dev = member_of(&pci_tsm, "tsm_dev", Want::Ptr).map(|(f, t, _)| (f, t));
+    let tdi = member_of(&pci_tsm, "tdi", Want::Ptr).map(|(f, t, _)| (f, t));
     o.pci_tsm_tsm_dev = out.put(
         "pci_tsm.tsm_dev",
         tsm_dev
@@ -215,7 +215,7 @@ pub(super) fn resolve(
         let td = objs
             .deref_struct(t)
             .map_err(|e| format!("pci_tsm.tsm_dev: {e}"))?;
-        let (dev_off, dt) = objs.member(&td, "dev")?;
+        let (dev_off, _, dt) = objs.member_typed(&td, "dev", Want::Embedded)?;
         let dev = objs
             .as_struct(dt)
             .map_err(|e| format!("tsm_dev.dev: {e}"))?;
@@ -223,7 +223,7 @@ pub(super) fn resolve(
         let kobj = objs
             .as_struct(kt)
             .map_err(|e| format!("device.kobj: {e}"))?;
-        let (name_off, _) = objs.member(&kobj, "name")?;
+        let (name_off, _, _) = objs.member_typed(&kobj, "name", Want::StrPtr)?;
         Ok(found(objs, &td, dev_off + kobj_off + name_off, &None))
     });
     o.tsm_dev_name = out.put("tsm_dev.dev.kobj.name", tsm_name);
@@ -234,10 +234,15 @@ pub(super) fn resolve(
             .map(|a| (a, None))
             .map_err(|e| format!("pci_tsm.tdi: {e}"))
     });
-    let tdi_field = |m: &str| member_of(&tdi_agg, m).map(|(f, _)| f);
-    o.tdi_pdev = out.put("pci_tdi.pdev", tdi_field("pdev"));
-    o.tdi_kvm = out.put("pci_tdi.kvm", tdi_field("kvm"));
-    o.tdi_tdi_id = out.put("pci_tdi.tdi_id", tdi_field("tdi_id"));
+    let tdi_field = |m: &str, want: Want| member_of(&tdi_agg, m, want);
+    o.tdi_pdev = out.put(
+        "pci_tdi.pdev",
+        tdi_field("pdev", Want::Ptr).map(|(f, ..)| f),
+    );
+    o.tdi_kvm = out.put("pci_tdi.kvm", tdi_field("kvm", Want::Ptr).map(|(f, ..)| f));
+    let tdi_id = tdi_field("tdi_id", Want::Int(8));
+    o.kinds.tdi_tdi_id = tdi_id.as_ref().map_or(0, |(_, _, k)| *k);
+    o.tdi_tdi_id = out.put("pci_tdi.tdi_id", tdi_id.map(|(f, ..)| f));
 
     checks
 }

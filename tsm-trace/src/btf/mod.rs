@@ -23,6 +23,7 @@ use std::{
 
 use btf_rs::{Btf, BtfType, Struct, Type};
 use tsm_trace_common::{KvmOffsets, OFFSET_UNKNOWN, Offsets};
+use types::Want;
 
 use crate::events::Probe;
 
@@ -52,8 +53,8 @@ impl Default for BtfSources {
     }
 }
 
-/// The kernel symbol names actually probed (callers may pass alternates, e.g. v5's
-/// `iommufd_vdevice_tsm_req_ioctl`).
+/// The kernel symbol names actually probed (callers may pass alternates named with
+/// `--symbol`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Functions<'a> {
     /// `int (struct iommufd_ucmd *)`: the vdevice TSM ioctl handler.
@@ -78,6 +79,9 @@ pub struct Functions<'a> {
     pub pci_tsm_guest_req: Option<&'a str>,
     /// The TSM driver ops that will be probed: each prototype is checked against its op.
     pub driver_ops: &'a [(Probe, &'a str)],
+    /// Every function a kprobe will be attached to, by probe (compiler suffixes dropped): its
+    /// return type is taken from its own prototype.
+    pub probed: &'a [(Probe, &'a str)],
 }
 
 impl Functions<'_> {
@@ -102,6 +106,7 @@ impl Functions<'static> {
         pci_tsm_unbind_any: Some("__pci_tsm_unbind"),
         pci_tsm_guest_req: Some("pci_tsm_guest_req"),
         driver_ops: &[],
+        probed: &[],
     };
 }
 
@@ -169,6 +174,8 @@ pub struct Resolution {
     pub prototypes: Vec<PrototypeCheck>,
     /// vmlinux first, then modules in name order.
     pub objects: Vec<ObjectReport>,
+    /// What BTF shows of the patch series and of PCI TSM (see [`crate::generation`]).
+    pub patch: PatchFacts,
 }
 
 impl Resolution {
@@ -190,10 +197,15 @@ impl Resolution {
             .iter()
             .map(|f| match f.offset {
                 Some(off) => {
+                    // Return types and UAPI values are described by their note, not a number.
+                    let value = if f.field.starts_with("return ") || f.field.ends_with(" values") {
+                        String::new()
+                    } else {
+                        format!(" = {off}")
+                    };
                     let mut s = format!(
-                        "resolved {} = {} ({})",
+                        "resolved {}{value} ({})",
                         f.field,
-                        off,
                         f.btf_object.as_deref().unwrap_or("?")
                     );
                     if let Some(note) = &f.note {
@@ -230,6 +242,7 @@ pub fn resolve(sources: &BtfSources, fns: &Functions) -> Result<Resolution, BtfE
         fields,
         prototypes,
         objects,
+        patch: generation::facts(&objs, fns),
     })
 }
 
@@ -619,12 +632,18 @@ impl Objects {
         Ok(None)
     }
 
-    /// Like [`Objects::member`] with fallback member names (`op`, then v5's `type`).
-    fn member_any(&self, agg: &Agg, names: &[&str]) -> Result<u32, String> {
+    /// Like [`Objects::member_typed`] with the member names of every generation (`op`, `type`):
+    /// (offset, kind, the name found).
+    fn member_any(
+        &self,
+        agg: &Agg,
+        names: &[&'static str],
+        want: Want,
+    ) -> Result<(u32, u32, &'static str), String> {
         let mut first_err = None;
         for n in names {
-            match self.member(agg, n) {
-                Ok((off, _)) => return Ok(off),
+            match self.member_typed(agg, n, want) {
+                Ok((off, kind, _)) => return Ok((off, kind, n)),
                 Err(e) if e.contains("has no member") => {}
                 Err(e) => {
                     first_err.get_or_insert(e);
@@ -731,6 +750,85 @@ fn from_param_or_name(
     }
 }
 
+/// The UAPI op values of bind and unbind, and where they came from: the enumerators of the
+/// generation's enum where BTF has it, else the compatibility table's values for the
+/// generations whose UAPI member (`op`, `type`) the struct has.
+fn op_values(
+    objs: &Objects,
+    order: &[usize],
+    member: Option<&str>,
+) -> Result<(u32, u32, String), String> {
+    use crate::probes::compat::{GENERATIONS, OP_BIND, OP_UNBIND};
+    let member = member.ok_or("the UAPI command's op member is unresolved")?;
+    let rows: Vec<_> = GENERATIONS
+        .iter()
+        .filter(|g| g.uapi_op_member == member)
+        .collect();
+    for e in rows.iter().filter_map(|g| g.op_enum) {
+        match (
+            objs.enum_value(e, OP_BIND, order),
+            objs.enum_value(e, OP_UNBIND, order),
+        ) {
+            (Some(Ok((b, obj))), Some(Ok((u, _)))) => {
+                return Ok((b, u, format!("enum {e} in {obj}")));
+            }
+            (Some(Err(err)), _) | (_, Some(Err(err))) => return Err(err),
+            _ => {}
+        }
+    }
+    let names: Vec<&str> = rows.iter().map(|g| g.name).collect();
+    let g = rows
+        .first()
+        .ok_or_else(|| format!("no generation has the UAPI member {member}"))?;
+    let why = match g.op_enum {
+        None => format!("#defines of {}, not in BTF", names.join("/")),
+        Some(e) => format!(
+            "enum {e} not in BTF: the compatibility table's values for {}",
+            names.join("/")
+        ),
+    };
+    Ok((g.op_values.0, g.op_values.1, why))
+}
+
+fn put_op_values(out: &mut Out, r: Result<(u32, u32, String), String>) -> (u32, u32) {
+    match r {
+        Ok((b, u, why)) => {
+            out.fields.push(FieldReport {
+                field: "iommu_vdevice_tsm_op values",
+                offset: Some(b),
+                btf_object: None,
+                reason: None,
+                note: Some(format!("bind={b} unbind={u} ({why})")),
+            });
+            (b, u)
+        }
+        Err(e) => {
+            out.put("iommu_vdevice_tsm_op values", Err(e));
+            (OFFSET_UNKNOWN, OFFSET_UNKNOWN)
+        }
+    }
+}
+
+/// A member's offset and what [`Objects::member_typed`] found (kind or length).
+fn typed(
+    objs: &Objects,
+    agg: &Agg,
+    m: &str,
+    want: Want,
+    note: &Option<String>,
+) -> Result<(Found, u32), String> {
+    let (off, extra, _) = objs.member_typed(agg, m, want)?;
+    Ok((found(objs, agg, off, note), extra))
+}
+
+/// Splits a typed result into the offset report and the kind (unknown on error).
+fn split(r: Result<(Found, u32), String>) -> (Result<Found, String>, u32) {
+    match r {
+        Ok((f, k)) => (Ok(f), k),
+        Err(e) => (Err(e), tsm_trace_common::IntKind::UNKNOWN),
+    }
+}
+
 const KVM_FIELDS: [(&str, &str); 4] = [
     ("kvm.userspace_pid (tsm_bind)", "kvm.stats_id (tsm_bind)"),
     (
@@ -747,9 +845,6 @@ const KVM_FIELDS: [(&str, &str); 4] = [
     ),
 ];
 
-/// UAPI struct names of the TSM ioctl (v2..v4, v5).
-const TSM_OP_STRUCTS: [&str; 2] = ["iommu_vdevice_tsm_op", "iommu_vdevice_tsm_req"];
-
 fn resolve_fields(
     objs: &Objects,
     fns: &Functions,
@@ -761,43 +856,44 @@ fn resolve_fields(
     let ucmd = from_param(objs, fns.tsm_op_ioctl, 0);
     o.ucmd_cmd = out.put(
         "iommufd_ucmd.cmd",
-        ucmd.and_then(|(a, note)| Ok(found(objs, &a, objs.member(&a, "cmd")?.0, &note))),
+        ucmd.and_then(|(a, note)| Ok(typed(objs, &a, "cmd", Want::Ptr, &note)?.0)),
     );
 
     // The UAPI command struct, preferring the object that defines the ioctl handler.
     let ioctl_obj = objs.find_func(fns.tsm_op_ioctl).map(|r| r.obj);
     let order = objs.order(ioctl_obj.as_slice());
-    let tsm_op = order
-        .iter()
-        .find_map(|&obj| {
-            TSM_OP_STRUCTS
-                .iter()
-                .find_map(|n| objs.find_structs(n, &[obj]).first().copied())
-        })
-        .ok_or_else(|| {
-            format!(
-                "no struct {} in {}",
-                TSM_OP_STRUCTS.join(" or "),
-                objs.searched()
-            )
-        })
+    let uapi = crate::probes::compat::UAPI_OP_STRUCT;
+    let tsm_op = objs
+        .find_structs(uapi, &order)
+        .first()
+        .copied()
+        .ok_or_else(|| format!("no struct {uapi} in {}", objs.searched()))
         .and_then(|r| objs.as_struct(r));
-    let op_field = |names: &[&str]| {
+    let op_field = |names: &[&'static str]| {
         tsm_op.as_ref().map_err(Clone::clone).and_then(|a| {
-            let off = objs.member_any(a, names)?;
-            Ok(found(objs, a, off, &None))
+            let (off, kind, name) = objs.member_any(a, names, Want::Int(4))?;
+            Ok((found(objs, a, off, &None), kind, name))
         })
     };
-    o.tsm_op_op = out.put("iommu_vdevice_tsm_op.op", op_field(&["op", "type"]));
-    o.tsm_op_flags = out.put("iommu_vdevice_tsm_op.flags", op_field(&["flags"]));
-    o.tsm_op_vdevice_id = out.put("iommu_vdevice_tsm_op.vdevice_id", op_field(&["vdevice_id"]));
+    let op = op_field(&generation::op_member_names());
+    let op_member = op.as_ref().ok().map(|(_, _, n)| *n);
+    let (r, k) = split(op.map(|(f, k, _)| (f, k)));
+    o.tsm_op_op = out.put("iommu_vdevice_tsm_op.op", r);
+    o.kinds.tsm_op_op = k;
+    let (r, k) = split(op_field(&["flags"]).map(|(f, k, _)| (f, k)));
+    o.tsm_op_flags = out.put("iommu_vdevice_tsm_op.flags", r);
+    o.kinds.tsm_op_flags = k;
+    let (r, k) = split(op_field(&["vdevice_id"]).map(|(f, k, _)| (f, k)));
+    o.tsm_op_vdevice_id = out.put("iommu_vdevice_tsm_op.vdevice_id", r);
+    o.kinds.tsm_op_vdevice_id = k;
+    (o.uapi_op_bind, o.uapi_op_unbind) =
+        put_op_values(&mut out, op_values(objs, &order, op_member));
 
     // iommufd_object.id, from the teardown function's prototype.
     let obj = from_param(objs, fns.vdevice_abort, 0);
-    o.obj_id = out.put(
-        "iommufd_object.id",
-        obj.and_then(|(a, note)| Ok(found(objs, &a, objs.member(&a, "id")?.0, &note))),
-    );
+    let (r, k) = split(obj.and_then(|(a, note)| typed(objs, &a, "id", Want::Int(4), &note)));
+    o.obj_id = out.put("iommufd_object.id", r);
+    o.kinds.obj_id = k;
 
     // struct iommufd_vdevice: the teardown function's object, then vmlinux, then the rest.
     let abort_obj = objs.find_func(fns.vdevice_abort).map(|r| r.obj);
@@ -807,15 +903,19 @@ fn resolve_fields(
         .copied()
         .ok_or_else(|| format!("no struct iommufd_vdevice in {}", objs.searched()))
         .and_then(|r| objs.as_struct(r));
-    let vfield = |m: &str| {
-        vdev.as_ref().map_err(Clone::clone).and_then(|a| {
-            let (off, _) = objs.member(a, m)?;
-            Ok(found(objs, a, off, &None))
-        })
+    let vfield = |m: &str, want: Want| {
+        vdev.as_ref()
+            .map_err(Clone::clone)
+            .and_then(|a| typed(objs, a, m, want, &None))
     };
-    o.vdev_obj = out.put("iommufd_vdevice.obj", vfield("obj"));
-    o.vdev_virt_id = out.put("iommufd_vdevice.virt_id", vfield("virt_id"));
-    o.vdev_idev = out.put("iommufd_vdevice.idev", vfield("idev"));
+    o.vdev_obj = out.put(
+        "iommufd_vdevice.obj",
+        split(vfield("obj", Want::Embedded)).0,
+    );
+    let (r, k) = split(vfield("virt_id", Want::Int(8)));
+    o.vdev_virt_id = out.put("iommufd_vdevice.virt_id", r);
+    o.kinds.vdev_virt_id = k;
+    o.vdev_idev = out.put("iommufd_vdevice.idev", split(vfield("idev", Want::Ptr)).0);
     let idev_dev = vdev
         .as_ref()
         .map_err(Clone::clone)
@@ -824,10 +924,7 @@ fn resolve_fields(
             objs.deref_struct(t)
                 .map_err(|e| format!("iommufd_vdevice.idev: {e}"))
         })
-        .and_then(|idev| {
-            let (off, _) = objs.member(&idev, "dev")?;
-            Ok(found(objs, &idev, off, &None))
-        });
+        .and_then(|idev| Ok(typed(objs, &idev, "dev", Want::Ptr, &None)?.0));
     o.idev_dev = out.put("iommufd_device.dev", idev_dev);
 
     // dev_name(): device.kobj + kobject.name.
@@ -837,14 +934,14 @@ fn resolve_fields(
             let kobj = objs
                 .as_struct(kt)
                 .map_err(|e| format!("device.kobj: {e}"))?;
-            let (name_off, _) = objs.member(&kobj, "name")?;
+            let (name_off, _, _) = objs.member_typed(&kobj, "name", Want::StrPtr)?;
             Ok(found(objs, &dev, kobj_off + name_off, &note))
         });
     o.dev_name = out.put("device.kobj.name", dev_name);
 
     // pci_dev.dev.
     let pdev = from_param_or_name(objs, fns.pci_tsm_bind, 0, "pci_dev", &[0])
-        .and_then(|(pdev, note)| Ok(found(objs, &pdev, objs.member(&pdev, "dev")?.0, &note)));
+        .and_then(|(pdev, note)| Ok(typed(objs, &pdev, "dev", Want::Embedded, &note)?.0));
     o.pci_dev_dev = out.put("pci_dev.dev", pdev);
 
     // struct kvm per function, from that function's own prototype.
@@ -859,16 +956,19 @@ fn resolve_fields(
     for (i, (func, idx)) in kvm_fns.into_iter().enumerate() {
         let Some(func) = func else { continue };
         let kvm = from_param_or_name(objs, func, idx, "kvm", &kvm_order);
-        let field = |m: &str| {
-            kvm.as_ref().map_err(Clone::clone).and_then(|(a, note)| {
-                let (off, _) = objs.member(a, m)?;
-                Ok(found(objs, a, off, note))
-            })
+        let field = |m: &str, want: Want| {
+            kvm.as_ref()
+                .map_err(Clone::clone)
+                .and_then(|(a, note)| typed(objs, a, m, want, note))
         };
         let (pid_name, stats_name) = KVM_FIELDS[i];
+        let (pid, pid_kind) = split(field("userspace_pid", Want::Int(4)));
+        let (stats, stats_len) = split(field("stats_id", Want::CharArray));
         kvm_offsets[i] = KvmOffsets {
-            userspace_pid: out.put(pid_name, field("userspace_pid")),
-            stats_id: out.put(stats_name, field("stats_id")),
+            userspace_pid: out.put(pid_name, pid),
+            stats_id: out.put(stats_name, stats),
+            userspace_pid_kind: pid_kind,
+            stats_id_len: stats_len,
         };
     }
     [
@@ -891,13 +991,18 @@ fn resolve_fields(
         });
     o.module_name = out.put("module.name", module);
 
-    let prototypes = lifecycle::resolve(objs, fns, &mut o, &mut out);
+    let mut prototypes = lifecycle::resolve(objs, fns, &mut o, &mut out);
+    returns::resolve(objs, fns, &mut o, &mut out, &mut prototypes);
     (o, out.fields, prototypes)
 }
 
 mod abi;
+mod generation;
 mod lifecycle;
+mod returns;
 #[cfg(test)]
 mod tests;
+mod types;
 
+pub use generation::PatchFacts;
 pub use lifecycle::{PrototypeCheck, describe_loc};

@@ -6,7 +6,7 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use tsm_trace_common::OFFSET_UNKNOWN;
+use tsm_trace_common::{IntKind, OFFSET_UNKNOWN, ret};
 
 use super::*;
 
@@ -15,8 +15,10 @@ use super::*;
 
 const KIND_INT: u32 = 1;
 const KIND_PTR: u32 = 2;
+const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
 const KIND_FWD: u32 = 7;
 const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
@@ -81,6 +83,30 @@ impl Enc {
     fn int(&mut self, name: &str, bytes: u32) -> u32 {
         let id = self.head(name, KIND_INT, 0, false, bytes);
         self.u32(bytes * 8);
+        id
+    }
+
+    fn int_signed(&mut self, name: &str, bytes: u32) -> u32 {
+        let id = self.head(name, KIND_INT, 0, false, bytes);
+        self.u32((1 << 24) | (bytes * 8));
+        id
+    }
+
+    fn array(&mut self, elem: u32, index: u32, len: u32) -> u32 {
+        let id = self.head("", KIND_ARRAY, 0, false, 0);
+        self.u32(elem);
+        self.u32(index);
+        self.u32(len);
+        id
+    }
+
+    fn enumeration(&mut self, name: &str, values: &[(&str, u32)]) -> u32 {
+        let id = self.head(name, KIND_ENUM, values.len() as u32, false, 4);
+        for &(n, v) in values {
+            let n = self.s(n);
+            self.u32(n);
+            self.u32(v);
+        }
         id
     }
 
@@ -351,8 +377,8 @@ fn host_patch_fields_unresolved_naming_the_function() {
     assert_eq!(r.offsets.ucmd_cmd, OFFSET_UNKNOWN);
     assert_eq!(r.offsets.obj_id, OFFSET_UNKNOWN);
     // Every field is reported exactly once (17 of the bind path, 8 of the PCI TSM
-    // lifecycle, module.name); driver ops (none given) are left out.
-    assert_eq!(r.fields.len(), 26, "{:#?}", r.fields);
+    // lifecycle, module.name, the UAPI op values); driver ops (none given) are left out.
+    assert_eq!(r.fields.len(), 27, "{:#?}", r.fields);
     assert_resolved(&r, "module.name", raw.offset("module", "name"), "vmlinux");
     assert!(r.field("driver unbind argument").is_none());
     assert!(r.field("kvm.userspace_pid (driver_bind)").is_none());
@@ -453,6 +479,8 @@ fn synthetic() -> PathBuf {
     let cchar = v.konst(char_);
     let name_ptr = v.ptr(cchar);
     let void_ptr = v.ptr(0);
+    let int_ = v.int_signed("int", 4);
+    let stats_arr = v.array(char_, u32_, 48);
     // struct kobject { u64 pad; const char *name; }: name at 8.
     let kobject = v.strukt(
         "kobject",
@@ -487,14 +515,14 @@ fn synthetic() -> PathBuf {
         ],
     );
     let pci_dev_ptr = v.ptr(pci_dev);
-    // The real struct kvm: userspace_pid at 100, stats_id at 200.
+    // The real struct kvm: userspace_pid (int) at 100, stats_id (char[48]) at 200.
     let kvm = v.strukt(
         "kvm",
         256,
         &[
             ("mm", void_ptr, 0, 0),
-            ("userspace_pid", u32_, 800, 0),
-            ("stats_id", u64_, 1600, 0),
+            ("userspace_pid", int_, 800, 0),
+            ("stats_id", stats_arr, 1600, 0),
         ],
     );
     let kvm_ptr = v.ptr(kvm);
@@ -575,8 +603,15 @@ fn synthetic() -> PathBuf {
         64,
         &[
             ("pad", u64_, 0, 0),
-            ("userspace_pid", u32_, 64, 0),
-            ("stats_id", u64_, 96, 0),
+            ("userspace_pid", int_, 64, 0),
+            ("stats_id", stats_arr, 96, 0),
+        ],
+    );
+    m.enumeration(
+        "iommu_vdevice_tsm_op_type",
+        &[
+            ("IOMMU_VDEVICE_TSM_BIND", 1),
+            ("IOMMU_VDEVICE_TSM_UNBIND", 2),
         ],
     );
     let skvm_ptr = m.ptr(skvm);
@@ -597,7 +632,7 @@ fn synthetic() -> PathBuf {
     let cptr = m.konst(ucmd_ptr);
     let ucmd_t = m.typedef("ucmd_ptr_t", cptr);
     m.strukt(
-        "iommu_vdevice_tsm_req",
+        "iommu_vdevice_tsm_op",
         16,
         &[
             ("size", u32_, 0, 0),
@@ -612,11 +647,12 @@ fn synthetic() -> PathBuf {
         &[("ictx", void_ptr, 0, 0), ("dev", device_ptr, 320, 0)],
     );
     let object_ptr = m.ptr(object);
-    m.func("iommufd_vdevice_tsm_req_ioctl", u32_, &[ucmd_t]);
+    m.func("iommufd_vdevice_tsm_op_ioctl", int_, &[ucmd_t]);
     m.func("tsm_bind", u32_, &[device_ptr, skvm_ptr, u64_]);
     m.func("iommufd_vdevice_abort", 0, &[object_ptr]);
 
-    // Module tsm_drv: a driver bind op whose struct kvm has a bitfield userspace_pid.
+    // Module tsm_drv: a driver bind op whose struct kvm has a bitfield userspace_pid and a
+    // stats_id that is no char array.
     let mut d = Enc::split(&v);
     let bkvm = d.strukt(
         "kvm",
@@ -644,7 +680,16 @@ fn synthetic() -> PathBuf {
 }
 
 const SYNTH_FNS: Functions<'static> = Functions {
-    tsm_op_ioctl: "iommufd_vdevice_tsm_req_ioctl",
+    tsm_op_ioctl: "iommufd_vdevice_tsm_op_ioctl",
+    probed: &[
+        (Probe::TsmOpIoctl, "iommufd_vdevice_tsm_op_ioctl"),
+        (Probe::TsmBind, "tsm_bind"),
+        (Probe::TsmUnbind, "tsm_unbind"),
+        (Probe::VdeviceAbort, "iommufd_vdevice_abort"),
+        (Probe::PciTsmGuestReq, "pci_tsm_guest_req"),
+        (Probe::DriverBind, "tsm_drv_bind"),
+        (Probe::DriverConnect, "tsm_drv_connect"),
+    ],
     driver_bind: Some("tsm_drv_bind"),
     driver_ops: &[
         (Probe::DriverBind, "tsm_drv_bind"),
@@ -717,9 +762,9 @@ fn synthetic_split_btf_resolves_through_function_prototypes() {
             .note
             .as_deref()
             .unwrap()
-            .contains("iommufd_vdevice_tsm_req_ioctl")
+            .contains("iommufd_vdevice_tsm_op_ioctl")
     );
-    // v5 struct name and member `type`.
+    // v5's member `type`.
     assert_resolved(&r, "iommu_vdevice_tsm_op.op", 4, "tsm_standin");
     assert_resolved(&r, "iommu_vdevice_tsm_op.flags", 8, "tsm_standin");
     assert_resolved(&r, "iommu_vdevice_tsm_op.vdevice_id", 12, "tsm_standin");
@@ -751,7 +796,11 @@ fn synthetic_split_btf_resolves_through_function_prototypes() {
         "kvm.userspace_pid (driver_bind)",
         &["userspace_pid", "bitfield"],
     );
-    assert_resolved(&r, "kvm.stats_id (driver_bind)", 4, "tsm_drv");
+    assert_unresolved(
+        &r,
+        "kvm.stats_id (driver_bind)",
+        &["kvm.stats_id", "long long unsigned int is not a char array"],
+    );
     // kvm_destroy_vm is nowhere: struct kvm by name, vmlinux's (no `kvm` module), and said so.
     assert_resolved(&r, "kvm.userspace_pid (kvm_destroy_vm)", 100, "vmlinux");
     let note = field(&r, "kvm.stats_id (kvm_destroy_vm)")
@@ -783,34 +832,38 @@ fn synthetic_split_btf_resolves_through_function_prototypes() {
         o.kvm_tsm_bind,
         KvmOffsets {
             userspace_pid: 8,
-            stats_id: 12
+            stats_id: 12,
+            userspace_pid_kind: IntKind::new(4, true),
+            stats_id_len: 48,
         }
     );
     assert_eq!(
         o.kvm_pci_tsm_bind,
         KvmOffsets {
             userspace_pid: 100,
-            stats_id: 200
+            stats_id: 200,
+            userspace_pid_kind: IntKind::new(4, true),
+            stats_id_len: 48,
         }
     );
-    assert_eq!(
-        o.kvm_driver_bind,
-        KvmOffsets {
-            userspace_pid: OFFSET_UNKNOWN,
-            stats_id: 4
-        }
-    );
+    assert_eq!(o.kvm_driver_bind, KvmOffsets::UNKNOWN);
     assert_eq!(
         o.kvm_destroy_vm,
         KvmOffsets {
             userspace_pid: 100,
-            stats_id: 200
+            stats_id: 200,
+            userspace_pid_kind: IntKind::new(4, true),
+            stats_id_len: 48,
         }
     );
     assert_eq!(
         r.unresolved().map(|f| f.field).collect::<Vec<_>>(),
         // The synthetic vmlinux has no struct module.
-        ["kvm.userspace_pid (driver_bind)", "module.name"]
+        [
+            "kvm.userspace_pid (driver_bind)",
+            "kvm.stats_id (driver_bind)",
+            "module.name"
+        ]
     );
 
     // Objects: vmlinux, then modules by name; the broken one reported, not fatal.
@@ -824,7 +877,7 @@ fn synthetic_split_btf_resolves_through_function_prototypes() {
             .all(|o| o.error.is_none() && o.types > 0)
     );
     let lines = r.summary_lines();
-    assert!(lines.contains(&"resolved iommufd_ucmd.cmd = 24 (tsm_standin) [via iommufd_vdevice_tsm_req_ioctl() parameter 0 in tsm_standin]".to_string()), "{lines:#?}");
+    assert!(lines.contains(&"resolved iommufd_ucmd.cmd = 24 (tsm_standin) [via iommufd_vdevice_tsm_op_ioctl() parameter 0 in tsm_standin]".to_string()), "{lines:#?}");
     assert!(lines.iter().any(|l| l.starts_with("UNRESOLVED kvm.userspace_pid (driver_bind): member userspace_pid of struct kvm is a bitfield")), "{lines:#?}");
     assert!(
         lines.iter().any(|l| l.starts_with("unreadable BTF broken")),
@@ -859,7 +912,7 @@ fn synthetic_wrong_prototype_is_reported() {
     // tsm_bind's parameter 2 is a u64, not a pointer; kvm_destroy_vm -> a function with 1 param.
     let fns = Functions {
         tsm_op_ioctl: "tsm_bind",
-        kvm_destroy_vm: "iommufd_vdevice_tsm_req_ioctl",
+        kvm_destroy_vm: "iommufd_vdevice_tsm_op_ioctl",
         ..SYNTH_FNS
     };
     let r = resolve(&BtfSources::in_dir(&dir), &fns).unwrap();
@@ -904,4 +957,64 @@ fn synthetic_without_pci_tsm_leaves_lifecycle_fields_out() {
     }
     assert_eq!(r.offsets.pci_dev_tsm, OFFSET_UNKNOWN);
     assert_eq!(r.offsets.guest_req, tsm_trace_common::GuestReqArgs::UNKNOWN);
+}
+
+/// Widths, signedness and kinds from BTF: each integer read with its own width, enum values
+/// from the enum, return types from each function's own prototype.
+#[test]
+fn synthetic_types_enum_values_and_return_kinds() {
+    use tsm_trace_common::ProbeId;
+    let dir = synthetic();
+    let r = resolve(&BtfSources::in_dir(&dir), &SYNTH_FNS).unwrap();
+    fs::remove_dir_all(&dir).unwrap();
+    let o = &r.offsets;
+    let u32k = IntKind::new(4, false);
+    assert_eq!(
+        (
+            o.kinds.tsm_op_op,
+            o.kinds.tsm_op_flags,
+            o.kinds.tsm_op_vdevice_id,
+            o.kinds.obj_id
+        ),
+        (u32k, u32k, u32k, u32k)
+    );
+    assert_eq!(o.kinds.vdev_virt_id, IntKind::new(8, false));
+    assert_eq!(o.kinds.tdi_tdi_id, u32k);
+    // v5: enum iommu_vdevice_tsm_op_type in the module.
+    assert_eq!((o.uapi_op_bind, o.uapi_op_unbind), (1, 2));
+    let note = field(&r, "iommu_vdevice_tsm_op values")
+        .note
+        .clone()
+        .unwrap();
+    assert_eq!(
+        note,
+        "bind=1 unbind=2 (enum iommu_vdevice_tsm_op_type in tsm_standin)"
+    );
+    let k = |p: ProbeId| o.ret[p as usize];
+    assert_eq!(k(ProbeId::TsmOpIoctl), IntKind::new(4, true));
+    assert_eq!(k(ProbeId::TsmBind), u32k);
+    assert_eq!(k(ProbeId::VdeviceAbort), ret::VOID);
+    assert_eq!(k(ProbeId::PciTsmGuestReq), IntKind::new(8, false));
+    // The driver's bind op returns a pointer here: never decoded as an int.
+    assert_eq!(k(ProbeId::DriverBind), ret::PTR);
+    // Not in BTF: unknown, and the probe stays detached with the reason.
+    assert_eq!(k(ProbeId::TsmUnbind), ret::UNKNOWN);
+    let check = |p: Probe| &r.prototypes.iter().find(|c| c.probe == p).unwrap().result;
+    let Err(why) = check(Probe::TsmUnbind) else {
+        panic!("a function without BTF must not be decoded")
+    };
+    assert!(why.contains("tsm_unbind is not in BTF"), "{why}");
+    assert!(why.contains("return type is unknown"), "{why}");
+    // A shape mismatch is kept (not replaced by the return check).
+    assert!(check(Probe::DriverConnect).is_err());
+    assert_eq!(check(Probe::TsmBind), &Ok(()));
+    // What BTF shows of the series: v5's traits in the module.
+    let (members, obj) = r.patch.uapi_members.clone().unwrap();
+    assert_eq!(obj, "tsm_standin");
+    assert!(members.contains(&"type".to_string()));
+    assert!(
+        r.patch
+            .patch_functions
+            .contains(&"tsm_bind (tsm_standin)".to_string())
+    );
 }

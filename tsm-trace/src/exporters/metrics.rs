@@ -126,6 +126,7 @@ pub struct Metrics {
     kernel_read_faults: IntCounter,
     anomalies: IntCounterVec,
     btf_field: IntGaugeVec,
+    kernel_info: IntGaugeVec,
     btf_unresolved: IntGauge,
     pending_frames: IntGauge,
     misses: MissMetrics,
@@ -333,6 +334,12 @@ impl Metrics {
             "1 if the kernel struct field was found in BTF, else 0.",
             &["field"],
         );
+        let kernel_info = gauge_vec(
+            &r,
+            "tsm_trace_kernel_info",
+            "What the kernel carries, detected from kallsyms and BTF: tsm_patch (v2, v5, post-v5, none, unknown), pci_tsm (yes, no); value 1.",
+            &["tsm_patch", "pci_tsm"],
+        );
         let btf_unresolved = gauge(
             &r,
             "tsm_trace_btf_fields_unresolved",
@@ -424,6 +431,7 @@ impl Metrics {
             kernel_read_faults,
             anomalies,
             btf_field,
+            kernel_info,
             btf_unresolved,
             pending_frames,
             misses,
@@ -670,6 +678,14 @@ impl Metrics {
         self.probe_attached
             .with_label_values(&[probe.as_str(), function, kind])
             .set(i64::from(attached));
+    }
+
+    /// The kernel's generation (one series: the previous one is removed).
+    pub fn set_kernel_info(&self, tsm_patch: &str, pci_tsm: bool) {
+        self.kernel_info.reset();
+        self.kernel_info
+            .with_label_values(&[tsm_patch, if pci_tsm { "yes" } else { "no" }])
+            .set(1);
     }
 
     /// One BTF field (e.g. `iommufd_vdevice.virt_id`); also recomputes the unresolved count.

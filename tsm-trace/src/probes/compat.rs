@@ -10,6 +10,8 @@
 //! - TSM drivers' link ops: [`KNOWN_DRIVERS`], names from each driver's source, or
 //!   `--driver-*` for any other driver.
 //! - KVM and process lifetime.
+//! - [`GENERATIONS`]: how each posted version of the iommufd TSM series shows in BTF (UAPI
+//!   members, struct members, prototypes), for telling which one a kernel carries.
 
 use super::kallsyms::Candidate;
 use crate::events::Probe;
@@ -74,13 +76,11 @@ const fn builtin(t: Target) -> Target {
 }
 
 pub const TARGETS: &[Target] = &[
-    // v2/v4 name; v5 renames the ioctl IOMMU_VDEVICE_TSM_REQ.
+    // The same name in v2, v5 and the post-v5 proposal. (v5's `iommufd_vdevice_tsm_req_ioctl`
+    // is the guest-request ioctl, IOMMU_VDEVICE_TSM_REQ: another command, never this probe.)
     row(
         Probe::TsmOpIoctl,
-        &[
-            "iommufd_vdevice_tsm_op_ioctl",
-            "iommufd_vdevice_tsm_req_ioctl",
-        ],
+        &["iommufd_vdevice_tsm_op_ioctl"],
         &[],
         "tsm_op_entry",
         Some("tsm_op_return"),
@@ -254,6 +254,80 @@ pub fn target(probe: Probe) -> &'static Target {
         .find(|t| t.probe == probe)
         .expect("every probe has a row in TARGETS")
 }
+
+/// One posted generation of the iommufd TSM series (none is merged; v3 was never posted, v4
+/// is not told apart), as its BTF shows it. A kernel carries the first row whose every known
+/// trait it shows; a trait BTF cannot show (a struct absent) is not held against a row.
+pub struct Generation {
+    /// `tsm_trace_kernel_info{tsm_patch}`.
+    pub name: &'static str,
+    /// The member of [`UAPI_OP_STRUCT`] that carries bind/unbind.
+    pub uapi_op_member: &'static str,
+    /// The member of [`VIOMMU_STRUCT`] holding the VM's KVM file.
+    pub viommu_kvm_member: &'static str,
+    /// Parameters of [`TSM_GUEST_REQ`] (`None`: the generation has no such function).
+    pub guest_req_params: Option<usize>,
+    /// The enum whose [`OP_BIND`]/[`OP_UNBIND`] enumerators give the op values (`None`: the
+    /// values are `#define`s, not in BTF).
+    pub op_enum: Option<&'static str>,
+    /// The `#define` values, used where the enum is not in BTF.
+    pub op_values: (u32, u32),
+    /// Where the generation comes from, for `check`.
+    pub origin: &'static str,
+}
+
+/// The UAPI command of the bind/unbind ioctl (IOMMU_VDEVICE_TSM_OP, 0x95) in every generation.
+pub const UAPI_OP_STRUCT: &str = "iommu_vdevice_tsm_op";
+/// The vIOMMU object (patch 1/3 adds its KVM file).
+pub const VIOMMU_STRUCT: &str = "iommufd_viommu";
+/// The TSM core's guest-request helper (v5 onwards).
+pub const TSM_GUEST_REQ: &str = "tsm_guest_req";
+/// v5's guest-request ioctl handler (IOMMU_VDEVICE_TSM_REQ, 0x96).
+pub const GUEST_REQ_IOCTL: &str = "iommufd_vdevice_tsm_req_ioctl";
+/// Enumerators of the op enum (v5 onwards) and names of the v2 `#define`s.
+pub const OP_BIND: &str = "IOMMU_VDEVICE_TSM_BIND";
+pub const OP_UNBIND: &str = "IOMMU_VDEVICE_TSM_UNBIND";
+/// Functions only the patch series defines: any of them means a kernel carries some version.
+pub const PATCH_FUNCTIONS: &[&str] = &["iommufd_vdevice_tsm_op_ioctl", "tsm_bind", "tsm_unbind"];
+/// Upstream PCI TSM (Linux 6.19+): this function in vmlinux.
+pub const PCI_TSM_FUNCTION: &str = "pci_tsm_bind";
+
+/// Most specific first.
+pub const GENERATIONS: &[Generation] = &[
+    // June 2026 uAPI proposal on top of v5: `op`/`tvm_arch` in the request, and
+    // `tsm_guest_req(dev, info, u64 *tsm_code)`.
+    Generation {
+        name: "post-v5",
+        uapi_op_member: "type",
+        viommu_kvm_member: "kvm_file",
+        guest_req_params: Some(3),
+        op_enum: Some("iommu_vdevice_tsm_op_type"),
+        op_values: (1, 2),
+        origin: "the June 2026 uAPI proposal on top of v5",
+    },
+    // v5 (May 2026): `type` from `enum iommu_vdevice_tsm_op_type`, `viommu->kvm_file`,
+    // IOMMU_VDEVICE_TSM_REQ with `tsm_guest_req(struct device *, struct tsm_guest_req_info *)`.
+    Generation {
+        name: "v5",
+        uapi_op_member: "type",
+        viommu_kvm_member: "kvm_file",
+        guest_req_params: Some(2),
+        op_enum: Some("iommu_vdevice_tsm_op_type"),
+        op_values: (1, 2),
+        origin: "[PATCH v5] iommufd/tsm (May 2026)",
+    },
+    // v2 (March 2026, the seed): `op` with `#define IOMMU_VDEVICE_TSM_BIND 0x1`/`UNBIND 0x2`,
+    // `viommu->kvm_filp`.
+    Generation {
+        name: "v2",
+        uapi_op_member: "op",
+        viommu_kvm_member: "kvm_filp",
+        guest_req_params: None,
+        op_enum: None,
+        op_values: (1, 2),
+        origin: "[PATCH v2 2/3] iommufd/tsm: add vdevice TSM bind/unbind ioctl (March 2026)",
+    },
+];
 
 /// A TSM driver tsm-trace knows: its `struct pci_tsm_ops` link ops by name, from its source.
 /// `module`: the object that must define them (`None`: wherever the kernel has them, e.g. in

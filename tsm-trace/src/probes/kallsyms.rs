@@ -3,7 +3,7 @@
 //!
 //! Hand-written rather than a crate: the format is four columns, and what matters here is the
 //! policy around it — a kprobe by name refuses ambiguous names, static functions such as
-//! `connect_store` exist in several subsystems, and compiler clones (`.isra.0`) need a note.
+//! `connect_store` exist in several subsystems, and compiler clones (`.isra.0`) are refused.
 //! Addresses are kept in memory only to pick among duplicates; they never leave the process.
 
 use std::{
@@ -55,8 +55,7 @@ pub enum SymbolMatch {
     Found {
         name: String,
         module: Option<String>,
-        /// Set when a compiler-renamed variant (`.isra.0`, `.constprop.0`) is used, or an
-        /// ambiguous name was resolved.
+        /// Set when an ambiguous name was resolved.
         note: Option<String>,
         attach: AttachPoint,
     },
@@ -64,6 +63,9 @@ pub enum SymbolMatch {
         reason: String,
     },
 }
+
+/// Why a compiler clone is not attached.
+pub const CLONE_REASON: &str = "a clone (.isra, .constprop, .part) may have dropped or reordered parameters and changed its return, so the function's BTF prototype cannot decode it; not attached";
 
 /// How far (bytes) a static function may sit from a global of the same source file for the two
 /// to be taken as one object file's code.
@@ -144,6 +146,15 @@ impl Kallsyms {
         })
     }
 
+    /// Where `name` (exactly, no compiler suffix) is defined: one entry per definition, the
+    /// module or `None` for vmlinux.
+    pub fn modules_of(&self, name: &str) -> Vec<Option<String>> {
+        self.functions
+            .get(name)
+            .map(|defs| defs.iter().map(|d| d.module.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// [`Kallsyms::find_in`] for names that may come from anywhere, with no neighbours.
     pub fn find(&self, candidates: &[&str]) -> SymbolMatch {
         let c: Vec<Candidate> = candidates.iter().map(|n| Candidate::any(n)).collect();
@@ -151,8 +162,8 @@ impl Kallsyms {
     }
 
     /// Finds the first candidate that exists exactly once (kprobes by name refuse ambiguous
-    /// symbols) — in its expected module if it names one — falling back to a single
-    /// compiler-renamed variant. A name defined several times is resolved through `anchors`:
+    /// symbols) — in its expected module if it names one; compiler clones (`name.isra.0`)
+    /// are reported, never used (see [`CLONE_REASON`]). A name defined several times is resolved through `anchors`:
     /// unique global functions of the same source file; the copy right after one of them, in
     /// the same object, is the one.
     pub fn find_in(&self, candidates: &[Candidate], anchors: &[&str]) -> SymbolMatch {
@@ -218,31 +229,18 @@ impl Kallsyms {
                         .is_some_and(|rest| rest.starts_with('.') && !rest.contains("cold"))
                 })
                 .collect();
-            if let [(name, defs)] = variants.as_slice()
-                && let [d] = defs.as_slice()
-            {
-                return SymbolMatch::Found {
-                    name: name.to_string(),
-                    module: d.module.clone(),
-                    note: Some(format!(
-                        "{} was renamed by the compiler; using {name}",
-                        cand.name
-                    )),
-                    attach: AttachPoint {
-                        symbol: name.to_string(),
-                        offset: 0,
-                    },
-                };
-            }
             if !variants.is_empty() {
+                // A clone's parameters are not its prototype's: never decode one with it.
                 reasons.push(format!(
-                    "{} exists only as several compiler-renamed copies ({})",
+                    "{} exists only as compiler clone{} ({}): {}",
                     cand.name,
+                    if variants.len() == 1 { "" } else { "s" },
                     variants
                         .iter()
                         .map(|(n, _)| n.as_str())
                         .collect::<Vec<_>>()
-                        .join(", ")
+                        .join(", "),
+                    CLONE_REASON
                 ));
             } else {
                 reasons.push(format!("{} is not in {}", cand.name, self.source));
@@ -434,22 +432,26 @@ ffffffff82222223 t iommufd_vdevice_abort.isra.0
             panic!("two renamed copies must not match")
         };
         assert!(
-            reason.contains("several compiler-renamed copies"),
+            reason.contains("exists only as compiler clones (iommufd_vdevice_abort.constprop.0, iommufd_vdevice_abort.isra.0)"),
             "{reason}"
         );
     }
 
+    /// A clone may have lost or reordered parameters: it is never decoded with the original
+    /// prototype, and the reason says so.
     #[test]
-    fn uses_a_single_renamed_copy() {
-        let SymbolMatch::Found {
-            name, module, note, ..
-        } = syms().find(&["kvm_destroy_vm"])
-        else {
-            panic!("renamed copy must match")
+    fn refuses_a_single_compiler_clone() {
+        let SymbolMatch::Missing { reason } = syms().find(&["kvm_destroy_vm"]) else {
+            panic!("a clone must not be attached")
         };
-        assert_eq!(name, "kvm_destroy_vm.isra.0");
-        assert_eq!(module.as_deref(), Some("kvm"));
-        assert!(note.unwrap().contains("renamed by the compiler"));
+        assert!(
+            reason.contains("kvm_destroy_vm exists only as compiler clone (kvm_destroy_vm.isra.0)"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("dropped or reordered parameters"),
+            "{reason}"
+        );
     }
 
     /// Three `connect_store`s (as in a kernel with several subsystems using the name): the one

@@ -6,7 +6,7 @@
 
 mod attach;
 pub mod capabilities;
-mod compat;
+pub mod compat;
 pub mod expiry;
 mod kallsyms;
 pub mod misses;

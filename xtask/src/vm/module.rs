@@ -25,8 +25,17 @@ struct ModuleSrc {
 const STANDIN: ModuleSrc = ModuleSrc {
     dir: "tests/vm/standin",
     name: "tsm_standin",
-    sources: &["tsm_standin.c", "Kbuild"],
+    sources: &[
+        "tsm_standin.c",
+        "tsm_standin_gen.h",
+        "tsm_standin_req.h",
+        "Kbuild",
+    ],
 };
+
+/// The generations of the iommufd TSM series the stand-in is built as (`STANDIN_GEN`, see
+/// `tests/vm/standin/tsm_standin_gen.h`), by the name tsm-trace reports for each.
+pub const GENERATIONS: &[(&str, u32)] = &[("v2", 2), ("v5", 5), ("post-v5", 6)];
 
 const LATEMOD: ModuleSrc = ModuleSrc {
     dir: "tests/vm/latemod",
@@ -43,11 +52,11 @@ const LINKTSM: ModuleSrc = ModuleSrc {
 /// Build `tsm_standin.ko` for `k` into `k.standin_ko`, and on kernels with `CONFIG_PCI_TSM`
 /// `tsm_linktsm.ko` into `k.linktsm_ko`, unless up-to-date builds are cached.
 pub fn build(k: &Kernel) -> Result<()> {
-    build_one(k, &STANDIN, &k.standin_ko)?;
-    build_one(k, &LATEMOD, &k.latemod_ko)
+    build_one(k, &STANDIN, &k.standin_ko, &[])?;
+    build_one(k, &LATEMOD, &k.latemod_ko, &[])
         .with_context(|| format!("building tsm_latemod for {}", k.version))?;
     if k.has_pci_tsm() {
-        build_one(k, &LINKTSM, &k.linktsm_ko)
+        build_one(k, &LINKTSM, &k.linktsm_ko, &[])
             .with_context(|| format!("building tsm_linktsm for {}", k.version))?;
     } else {
         let _ = fs::remove_file(&k.linktsm_ko);
@@ -55,10 +64,30 @@ pub fn build(k: &Kernel) -> Result<()> {
     Ok(())
 }
 
-fn build_one(k: &Kernel, m: &ModuleSrc, ko: &Path) -> Result<()> {
+/// Builds the stand-in as each of [`GENERATIONS`] for `k` (cached like every fixture):
+/// `(name, .ko)` pairs, `.vm-cache/kernels/<version>/standin-<name>/tsm_standin.ko`.
+pub fn build_generations(k: &Kernel) -> Result<Vec<(&'static str, std::path::PathBuf)>> {
+    let base = k
+        .standin_ko
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(&k.dir);
+    let mut out = Vec::new();
+    for (name, n) in GENERATIONS {
+        let ko = base.join(format!("standin-{name}")).join("tsm_standin.ko");
+        build_one(k, &STANDIN, &ko, &[format!("STANDIN_GEN={n}")])
+            .with_context(|| format!("building tsm_standin {name} for {}", k.version))?;
+        out.push((*name, ko));
+    }
+    Ok(out)
+}
+
+fn build_one(k: &Kernel, m: &ModuleSrc, ko: &Path, make_args: &[String]) -> Result<()> {
     let src = repo_root().join(m.dir);
     let build = ko.parent().unwrap().to_path_buf();
+    let args_file = build.join("make-args");
     let up_to_date = ko.is_file()
+        && fs::read_to_string(&args_file).ok().as_deref() == Some(make_args.join(" ").as_str())
         && m.sources.iter().all(|f| {
             matches!((fs::read(src.join(f)), fs::read(build.join(f))), (Ok(a), Ok(b)) if a == b)
         });
@@ -81,6 +110,7 @@ fn build_one(k: &Kernel, m: &ModuleSrc, ko: &Path) -> Result<()> {
         // Makefile.btf adds --btf_features=distilled_base for modules (MODULE_PAHOLE_FLAGS).
         .arg("PAHOLE_FLAGS=--btf_gen_floats -j")
         .arg("MODULE_PAHOLE_FLAGS=")
+        .args(make_args)
         .arg("modules");
     if kernel_gcc_major(k) != host_gcc_major() {
         // Built with a newer gcc (7.x: gcc-14); this option's test result does not carry over.
@@ -122,6 +152,7 @@ fn build_one(k: &Kernel, m: &ModuleSrc, ko: &Path) -> Result<()> {
         let _ = fs::remove_file(ko);
         bail!("{name}.ko for {} has no .BTF section", k.version);
     }
+    fs::write(&args_file, make_args.join(" "))?;
     Ok(())
 }
 

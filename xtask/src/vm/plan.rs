@@ -8,6 +8,7 @@
 //! | suite             | kernels with PCI TSM (7.x)               | kernels without (6.1, 6.12)          |
 //! |-------------------|------------------------------------------|--------------------------------------|
 //! | probes            | stand-in + the real `pci_tsm_bind`       | stand-in only                        |
+//! | generations       | none, upstream PCI TSM only, v2, v5, post-v5 | none, v2, v5, post-v5            |
 //! | lifecycle-trace   | the real PCI TSM core on q35 TEE devices | `check` reports each lifecycle probe absent, with its reason |
 //! | modules           | module loads/unloads while tracing       | same                                 |
 //! | storm             | exact /metrics at any event rate         | same                                 |
@@ -23,7 +24,7 @@ use anyhow::{Context, Result};
 use super::kernel::Kernel;
 use super::qemu::{RunOptions, VmOutput};
 use super::smoke::{check_lifecycle, check_smoke};
-use super::{lifecycle, modules, restart, scenarios, storm};
+use super::{generations, lifecycle, modules, restart, scenarios, storm};
 use crate::util::root;
 
 /// A suite's checker: the number of checks made, or every failure.
@@ -50,6 +51,7 @@ impl Mode {
 /// The scenario scripts, read once.
 pub struct Scripts {
     probes: String,
+    generations: String,
     smoke: String,
     lifecycle_smoke: String,
     lifecycle_trace: String,
@@ -72,6 +74,7 @@ impl Scripts {
         };
         Ok(Scripts {
             probes: read(scenarios::SCRIPT)?,
+            generations: read(generations::SCRIPT)?,
             smoke: read(SMOKE_SCRIPT)?,
             lifecycle_smoke: read(LIFECYCLE_SCRIPT)?,
             lifecycle_trace: read(lifecycle::SCRIPT)?,
@@ -94,6 +97,7 @@ pub struct Run<'a> {
 /// The suite names `--suite` accepts.
 pub const SUITES: &[&str] = &[
     "probes",
+    "generations",
     "lifecycle-trace",
     "modules",
     "storm",
@@ -127,6 +131,14 @@ pub fn plan<'a>(
     match mode {
         Mode::Suites => {
             add("probes", &scripts.probes, opts, check_probes);
+            // Every generation of the patch series (and none), detected and decoded; the
+            // stand-in built as each one travels with it (`suite.rs`).
+            add(
+                "generations",
+                &scripts.generations,
+                opts,
+                generations::check,
+            );
             let lc: Check = if pci_tsm {
                 lifecycle::check
             } else {
@@ -218,6 +230,7 @@ mod tests {
         let s = |n: &str| n.to_string();
         Scripts {
             probes: s("p"),
+            generations: s("g"),
             smoke: s("s"),
             lifecycle_smoke: s("ls"),
             lifecycle_trace: s("lt"),
@@ -235,7 +248,14 @@ mod tests {
             let names: Vec<_> = runs.iter().map(|r| r.suite).collect();
             assert_eq!(
                 names,
-                ["probes", "lifecycle-trace", "modules", "storm", "restart"]
+                [
+                    "probes",
+                    "generations",
+                    "lifecycle-trace",
+                    "modules",
+                    "storm",
+                    "restart"
+                ]
             );
             let tee: Vec<_> = runs
                 .iter()

@@ -10,7 +10,7 @@ use super::cache::prune_runs;
 use super::kernel::{self, Kernel, KernelSpec};
 use super::plan::{self, Mode, Scripts};
 use super::qemu::{RunOptions, run_in_vm_with};
-use super::{leaks, module};
+use super::{generations, leaks, module};
 
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct VmTestArgs {
@@ -38,7 +38,7 @@ pub struct VmTestArgs {
     /// Seconds before a guest is killed.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
-    /// Run only these suites: probes, lifecycle-trace, modules, storm, restart (or, with
+    /// Run only these suites: probes, generations, lifecycle-trace, modules, storm, restart (or, with
     /// --smoke, smoke and lifecycle); repeat or comma-separate. Default: all of them.
     #[arg(long, value_delimiter = ',')]
     pub suite: Vec<String>,
@@ -121,10 +121,18 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
         for r in runs {
             let t1 = Instant::now();
             // The scenario's own checks, then: no kernel address in any tsm-trace output.
-            let result = run_in_vm_with(&kernel, &extra, r.script, &r.opts).and_then(|out| {
-                let n = (r.check)(&out)? + leaks::check(&out)?;
-                Ok((out, n))
-            });
+            // The generations suite also carries the stand-in built as each generation.
+            let files = if r.suite == "generations" {
+                generations::files(&kernel).map(|g| [extra.clone(), g].concat())
+            } else {
+                Ok(extra.clone())
+            };
+            let result = files
+                .and_then(|files| run_in_vm_with(&kernel, &files, r.script, &r.opts))
+                .and_then(|out| {
+                    let n = (r.check)(&out)? + leaks::check(&out)?;
+                    Ok((out, n))
+                });
             let secs = t1.elapsed().as_secs_f64();
             let label = r.suite;
             match result {
