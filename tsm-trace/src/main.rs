@@ -553,7 +553,7 @@ fn start_session(probes: &ProbeArgs, pin_root: Option<PathBuf>) -> Result<LiveSe
 fn drop_capabilities(live: &LiveSession, waiting: bool, window: Duration) {
     use tsm_trace::probes::capabilities;
     let keep = capabilities::to_keep(waiting);
-    let names: Vec<_> = keep.iter().map(|&c| capabilities::name(c)).collect();
+    let names = capabilities::names(&keep);
     let why = if waiting {
         format!(
             "{} requested probes may still attach when their module loads, for --late-attach-window {}",
@@ -585,8 +585,7 @@ fn switch_user(uid: u32, gid: u32, keep_all: bool) -> Result<()> {
     })?;
     if keep_all {
         // Effective again: the switch cleared it, permitted was kept.
-        let all: Vec<u32> = (0..64).collect();
-        capabilities::drop_all_but(&all).context("--user: restoring capabilities")?;
+        capabilities::raise_permitted().context("--user: restoring capabilities")?;
     }
     log::info!("now running as uid {uid}, gid {gid}");
     Ok(())
@@ -842,10 +841,8 @@ fn check(args: CheckArgs) -> Result<()> {
     writeln!(out, "{attached} programs attached")?;
     let late = session.waiting();
     if !late.is_empty() {
-        let keep: Vec<&str> = tsm_trace::probes::capabilities::to_keep(true)
-            .iter()
-            .map(|&c| tsm_trace::probes::capabilities::name(c))
-            .collect();
+        let keep =
+            tsm_trace::probes::capabilities::names(&tsm_trace::probes::capabilities::to_keep(true));
         writeln!(
             out,
             "late attach: {} requested programs are not attached but may be when their module loads ({}); `run` attaches them for --late-attach-window (default 10m), keeping {} until then, then only CAP_BPF",
