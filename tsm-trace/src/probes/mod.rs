@@ -9,11 +9,11 @@ pub mod capabilities;
 mod compat;
 mod kallsyms;
 pub mod pin;
-mod privileges;
+pub mod privileges;
 
 use std::collections::BTreeMap;
 
-pub use attach::{Links, attach_all, attach_missing, detach_gone, detach_module};
+pub use attach::{Links, attach_all, attach_missing, detach_gone, detach_module, plan_all};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, RingBuf},
