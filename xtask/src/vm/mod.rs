@@ -12,6 +12,7 @@
 // Part of this module is API for scenario code that is not written yet.
 #![allow(dead_code, unused_imports)]
 
+pub mod doctor;
 pub mod initramfs;
 pub mod kernel;
 pub mod leaks;
@@ -64,7 +65,7 @@ pub struct VmTestArgs {
     /// Seconds before a guest is killed.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
-    /// Run only these tsm-trace suites: probes, lifecycle-trace, modules, storm, restart
+    /// Run only these tsm-trace suites: probes, lifecycle-trace, modules, storm, restart, doctor
     /// (repeat or comma-separate). Default: all of them.
     #[arg(long, value_delimiter = ',')]
     pub suite: Vec<String>,
@@ -158,6 +159,7 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
     let modules_script = read_script(modules::SCRIPT)?;
     let storm_script = read_script(storm::SCRIPT)?;
     let restart_script = read_script(restart::SCRIPT)?;
+    let doctor_script = read_script(doctor::SCRIPT)?;
     let extra = if smoke || lifecycle_only {
         Vec::new()
     } else {
@@ -218,6 +220,13 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
                 ..opts.clone()
             };
             runs.push((" restart", restart_script.as_str(), ropts, restart::check));
+            // `tsm-trace doctor` as root, nobody, without bpffs and under lockdown.
+            runs.push((
+                " doctor",
+                doctor_script.as_str(),
+                opts.clone(),
+                doctor::check,
+            ));
         }
         if let Some(ls) = &lifecycle_script {
             if kernel.has_pci_tsm() {
