@@ -16,6 +16,11 @@ use super::{cache_dir, run_cmd, run_cmd_output};
 
 const DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
 const DEBIAN_SECURITY: &str = "http://deb.debian.org/debian-security";
+/// The Debian mirror (`TSM_VM_DEBIAN_MIRROR` overrides it).
+pub fn debian_mirror() -> String {
+    std::env::var("TSM_VM_DEBIAN_MIRROR").unwrap_or_else(|_| DEBIAN_MIRROR.into())
+}
+
 const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
 /// A private apt "root" (sources + lists + cache), one per Debian release family.
@@ -36,7 +41,7 @@ impl AptRoot {
     }
 
     fn sources(self) -> String {
-        let mirror = std::env::var("TSM_VM_DEBIAN_MIRROR").unwrap_or_else(|_| DEBIAN_MIRROR.into());
+        let mirror = debian_mirror();
         let security =
             std::env::var("TSM_VM_DEBIAN_SECURITY").unwrap_or_else(|_| DEBIAN_SECURITY.into());
         let (suites, sec) = match self {
