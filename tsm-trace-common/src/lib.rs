@@ -468,7 +468,20 @@ pub mod stat {
     /// An in-kernel aggregation table was full (a thread's operation state, a counter key, or
     /// the errno slots of one operation): an operation may be missing from the exact counts.
     pub const AGG_FULL: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// An entry record was replaced by a new call of the same function on the same thread:
+    /// the earlier call's return was never seen (its kretprobe missed, e.g. `maxactive`
+    /// exhausted). That frame's detail is lost.
+    pub const RETURN_MISSED: u32 = 6;
+    /// An operation whose outer return was never seen was left out of the exact counts when
+    /// its thread began the next one (without this, that thread's later operations would be
+    /// taken for calls nested in it and never counted).
+    pub const OP_UNFINISHED: u32 = 7;
+    /// The table of processes holding a binding was full: that VMM's exit will not be seen.
+    pub const VMM_FULL: u32 = 8;
+    /// An entry program found no per-CPU scratch record (cannot happen with a loaded object;
+    /// counted so that no exit path of a live program is silent).
+    pub const SCRATCH_MISSING: u32 = 9;
+    pub const COUNT: u32 = 10;
 }
 
 #[cfg(feature = "user")]
@@ -481,6 +494,7 @@ mod pod {
     unsafe impl aya::Pod for super::ControlEvent {}
     unsafe impl aya::Pod for super::InflightKey {}
     unsafe impl aya::Pod for super::agg::AggConfig {}
+    unsafe impl aya::Pod for super::agg::ThreadOp {}
 }
 
 /// In-kernel aggregation of operations, exact at any event rate: what `/metrics` counts does
@@ -572,6 +586,9 @@ pub mod agg {
         /// The deepest inner frame that failed without an errno (layer + 1; 0: none).
         pub nullfail_layer: u32,
         pub nullfail_depth: u32,
+        /// Static depth of the operation's outer frame: a call entered at this depth or
+        /// shallower while the operation is open means its outer return was missed.
+        pub root_depth: u32,
     }
 
     /// The layer of a probe's frames.

@@ -34,8 +34,15 @@ pub fn enter(ev: &RawEvent) {
     // SAFETY: a per-thread entry; only this thread's programs touch it, one at a time.
     let st = unsafe { &mut *st };
     let d = agg::depth(p);
+    if st.depth != 0 && d <= st.root_depth {
+        // Nothing the TSM path calls re-enters at its caller's depth: the open operation's
+        // outer return was missed. It cannot be counted; this one starts afresh.
+        count(stat::OP_UNFINISHED);
+        st.depth = 0;
+    }
     if st.depth == 0 {
         *st = ThreadOp::default();
+        st.root_depth = d;
         let op = (p == ProbeId::TsmOpIoctl && ev.missing & missing::OP == 0).then_some(ev.op);
         st.kind = agg::outer_kind(p, op);
     }

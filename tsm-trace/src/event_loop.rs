@@ -35,7 +35,12 @@ pub struct LoopOptions {
     pub late_attach: Option<LateAttach>,
     /// `run`: keep the binding and leak tables in this file (saved when they change).
     pub state: Option<StateFile>,
+    /// In-flight entries older than this are expired (`probes/expiry.rs`).
+    pub inflight_timeout: Duration,
 }
+
+/// How often stale kernel-side entries are swept and the kernel's miss counts read.
+pub const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
 
 /// Where the tables are kept across restarts (`correlate/state.rs`).
 pub struct StateFile {
@@ -91,14 +96,21 @@ pub async fn run(
         reconcile(live, pipeline, metrics, &r.root, &mut batch, &mut tap)?;
     }
     let mut saved = None;
+    let mut next_housekeeping = Instant::now() + HOUSEKEEPING_EVERY;
     let stop = loop {
         save_state(pipeline, opts.state.as_ref(), &mut saved);
         let deadline = next_deadline(&pipeline.lock().expect("pipeline lock"), cfg)
             .map(|d| Instant::now() + d);
-        let wake = [deadline, next_reconcile, rescan_at, window_end]
-            .into_iter()
-            .flatten()
-            .min();
+        let wake = [
+            deadline,
+            next_reconcile,
+            rescan_at,
+            window_end,
+            Some(next_housekeeping),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         tokio::select! {
             sig = &mut shutdown => break Stop::Signal(sig?),
             _ = sleep_until(opts.end) => break Stop::Duration,
@@ -127,6 +139,10 @@ pub async fn run(
                     attach_open = false;
                     rescan_at = None;
                     close_late_attach(live, opts.late_attach.as_ref().is_some_and(|w| w.drop_capabilities));
+                }
+                if next_housekeeping <= now {
+                    housekeeping(live, metrics, opts.inflight_timeout);
+                    next_housekeeping = now + HOUSEKEEPING_EVERY;
                 }
                 if rescan_at.is_some_and(|t| t <= now) {
                     rescan_at = None;
@@ -163,13 +179,12 @@ fn save_state(pipeline: &Mutex<Pipeline>, state: Option<&StateFile>, saved: &mut
     match correlate::state::save(&f.path, &snapshot) {
         Ok(()) => *saved = Some(v),
         Err(e) => {
-            // Retried on the next change; a restart before then starts from an older table.
-            if saved.is_some() || v <= 1 {
-                log::warn!(
-                    "{}: a restart now would not know the bindings made since the last save; check the directory (--state-file)",
-                    chain(&e)
-                );
-            }
+            // Retried on the next change (not on every wake-up); a restart before then
+            // starts from an older table.
+            log::warn!(
+                "{}: a restart now would not know the bindings made since the last save; check the directory (--state-file)",
+                chain(&e)
+            );
             *saved = Some(v);
         }
     }
@@ -267,6 +282,9 @@ pub fn rescan(live: &mut LiveSession, metrics: &Metrics) {
 pub fn publish_session(metrics: &Metrics, s: &Session) {
     for r in &s.attach {
         metrics.set_probe_attached(r.probe, &r.function, r.kind.as_str(), r.attached);
+        if r.attached {
+            metrics.misses().declare(r.probe, r.kind);
+        }
     }
     metrics.set_btf_fields(s.btf.fields.iter().map(|f| (f.field, f.offset.is_some())));
 }
@@ -280,9 +298,49 @@ pub fn sync_kernel_stats(metrics: &Metrics, s: &LiveSession) {
             kernel_read_faults: k.read_faults,
             control_full: k.control_drops,
             agg_full: k.agg_full,
+            return_missed: k.returns_missed,
+            ops_unfinished: k.ops_unfinished,
+            vmm_full: k.vmm_full,
+            scratch_missing: k.scratch_missing,
         }),
         Err(e) => log::warn!("reading kernel-side counters failed: {}", chain(&*e)),
     }
+}
+
+/// Sweeps kernel-side entries whose return will never come and reads what the kernel counted
+/// as missed; says what was found and what to do about it.
+pub fn housekeeping(live: &mut LiveSession, metrics: &Metrics, inflight_timeout: Duration) {
+    match live.session_mut().expire_stale(inflight_timeout) {
+        Ok(e) => {
+            if !e.inflight.is_empty() || e.unfinished_operations > 0 {
+                let mut by: std::collections::BTreeMap<(&str, &str), usize> = Default::default();
+                for (p, r) in &e.inflight {
+                    *by.entry((p.map_or("unknown", |p| p.as_str()), r.as_str()))
+                        .or_default() += 1;
+                }
+                let what: Vec<String> = by
+                    .iter()
+                    .map(|((p, r), n)| format!("{n} {p} ({r})"))
+                    .collect();
+                log::warn!(
+                    "calls whose return never came: {}; {} operations left out of the counts. Their kretprobe missed (see tsm_trace_kernel_misses_total; many concurrent calls exhaust maxactive) or the thread died in the call",
+                    if what.is_empty() {
+                        "none in flight".to_string()
+                    } else {
+                        what.join(", ")
+                    },
+                    e.unfinished_operations
+                );
+            }
+            metrics.misses().observe_expired(&e);
+        }
+        Err(err) => log::warn!("sweeping stale in-flight entries failed: {}", chain(&*err)),
+    }
+    match live.session().kernel_misses() {
+        Ok(m) => metrics.misses().observe_programs(&m),
+        Err(err) => log::warn!("reading the kernel's miss counts failed: {}", chain(&*err)),
+    }
+    sync_kernel_stats(metrics, live);
 }
 
 /// Records `batch` through the tap, then runs it through the pipeline.

@@ -20,7 +20,6 @@ use tsm_trace::{
     correlate,
     event_loop::{
         self, Batch, LateAttach, LoopOptions, Reconcile, Stop, handle_batch, publish_session,
-        sync_kernel_stats,
     },
     events::{Probe, record},
     exporters::{
@@ -99,7 +98,7 @@ struct UnpinArgs {
 #[command(next_help_heading = "Probes")]
 struct ProbeArgs {
     /// Fail if any requested probe cannot attach (default: report it and keep going).
-    #[arg(long, env = "TSM_TRACE_STRICT")]
+    #[arg(long, env = "TSM_TRACE_STRICT", value_parser = clap::builder::BoolishValueParser::new())]
     strict: bool,
     /// Probe this function as the TSM driver's link `probe` op (layer tsm_driver). Needed
     /// only for drivers tsm-trace does not know (it knows AMD SEV-TIO, Arm CCA and Intel TDX
@@ -147,6 +146,13 @@ struct ProbeArgs {
     /// userspace. /metrics counts stay exact whatever the size (counted in the kernel).
     #[arg(long, value_name = "BYTES", default_value_t = 256 * 1024, value_parser = parse::ringbuf)]
     ringbuf_size: u32,
+    /// A probed call still waiting for its return after this long is taken as one whose
+    /// return will never come (its kretprobe missed): its entry is removed and counted in
+    /// tsm_trace_inflight_expired_total{reason="timeout"}. Entries of exited threads go at
+    /// the next sweep (every 5 s) whatever this says. Longer than the slowest TSM firmware
+    /// call you expect.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse::duration, env = "TSM_TRACE_INFLIGHT_TIMEOUT")]
+    inflight_timeout: Duration,
     /// The secret key that names VMs without their kernel address (`vm#…`, a keyed hash of
     /// the `struct kvm` pointer): created 0600 if missing, shared by every tsm-trace of the
     /// boot (/run is a tmpfs). If it cannot be stored, a key in memory is used and names
@@ -246,7 +252,7 @@ struct RunArgs {
     sysfs_root: PathBuf,
     /// Keep all capabilities after the probes are attached (default: keep only CAP_BPF for
     /// reading the maps, plus what attaching later needs during --late-attach-window).
-    #[arg(long, env = "TSM_TRACE_KEEP_CAPABILITIES", help_heading = "Daemon")]
+    #[arg(long, env = "TSM_TRACE_KEEP_CAPABILITIES", value_parser = clap::builder::BoolishValueParser::new(), help_heading = "Daemon")]
     keep_capabilities: bool,
     /// After attaching, become this user: UID, UID:GID or a name from /etc/passwd (e.g.
     /// 65534:65534). Needs CAP_SETUID and CAP_SETGID at start; they are dropped with the rest.
@@ -271,7 +277,7 @@ struct RunArgs {
     /// neither read nor write the state file. A restart then forgets bindings made before it
     /// (sysfs reconciliation reports those devices as `sysfs_bound_without_owner`), in-flight
     /// calls and whatever happened while it was down. For tests and one-off runs.
-    #[arg(long, env = "TSM_TRACE_NO_PERSIST", help_heading = "Restarts")]
+    #[arg(long, env = "TSM_TRACE_NO_PERSIST", value_parser = clap::builder::BoolishValueParser::new(), help_heading = "Restarts")]
     no_persist: bool,
     /// The binding and leak tables, saved whenever they change and read at start, so a restart
     /// neither forgets a binding (no false `sysfs_bound_without_owner`) nor drops a leak. Keep
@@ -722,6 +728,7 @@ async fn run(args: RunArgs) -> Result<()> {
             path: args.state_file.clone(),
             boot_id,
         }),
+        inflight_timeout: args.probes.inflight_timeout,
     };
     let stop = event_loop::run(&mut live, &pipeline, &metrics, &cfg, &opts, None).await?;
     if let Stop::Signal(sig) = stop {
@@ -793,6 +800,7 @@ async fn trace(args: TraceArgs) -> Result<()> {
         // An interactive trace keeps its privileges and attaches whenever a module loads.
         late_attach: None,
         state: None,
+        inflight_timeout: args.probes.inflight_timeout,
     };
     event_loop::run(
         &mut live,
@@ -812,15 +820,41 @@ async fn trace(args: TraceArgs) -> Result<()> {
     if let Some(s) = p.sink_mut() {
         s.flush();
     }
-    sync_kernel_stats(&metrics, &live);
+    event_loop::housekeeping(&mut live, &metrics, args.probes.inflight_timeout);
     let k = live.kernel_stats().unwrap_or_default();
     if !args.no_summary {
         let mut err = std::io::stderr().lock();
         writeln!(err, "{}", p.render_summary())?;
         writeln!(
             err,
-            "lost events: {} (ring buffer full), {} (in-flight table full), {} returns without entry; {} kernel read faults",
-            k.ringbuf_drops, k.inflight_full, k.orphan_returns, k.read_faults
+            "lost events: {} (ring buffer full), {} (in-flight table full), {} returns without entry, {} returns never seen; {} kernel read faults",
+            k.ringbuf_drops, k.inflight_full, k.orphan_returns, k.returns_missed, k.read_faults
+        )?;
+        let misses = live.session().kernel_misses().unwrap_or_default();
+        let kprobe: u64 = misses
+            .iter()
+            .filter_map(|m| match m.kprobe {
+                Some(tsm_trace::probes::misses::KprobeMissed::Count(n)) => Some(n),
+                _ => None,
+            })
+            .sum();
+        let recursion: u64 = misses.iter().filter_map(|m| m.recursion).sum();
+        let reported = misses.iter().any(|m| {
+            matches!(
+                m.kprobe,
+                Some(tsm_trace::probes::misses::KprobeMissed::Count(_))
+            )
+        });
+        writeln!(
+            err,
+            "kernel misses: {} (kprobe{}), {} (BPF recursion)",
+            kprobe,
+            if reported {
+                ""
+            } else {
+                ": not reported by this kernel, needs 6.7+"
+            },
+            recursion
         )?;
     }
     Ok(())

@@ -1,7 +1,9 @@
 //! A live tracing session: resolve BTF offsets, load and attach the probes, stream events.
 //! Shared by `tsm-trace run`, `trace` and `check`.
 
-use std::path::PathBuf;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use aya::{
@@ -9,13 +11,17 @@ use aya::{
     maps::{Array, MapData, RingBuf},
 };
 use tokio::io::unix::AsyncFd;
-use tsm_trace_common::{ControlEvent, InflightKey, Offsets, RawEvent, control};
+use tsm_trace_common::{ControlEvent, InflightKey, Offsets, RawEvent, agg::ThreadOp, control};
 
 use crate::{
     btf::{self, BtfSources, Resolution},
     events::{DecodeError, Event, Probe, VmKey},
     exporters::metrics::KernelOperations,
-    probes::{self, AttachConfig, AttachReport, Kallsyms, KernelStats, Links, SymbolMatch},
+    probes::{
+        self, AttachConfig, AttachReport, Kallsyms, KernelStats, Kind, Links, SymbolMatch,
+        expiry::{self, ExpiryReason},
+        misses::{self, ProgramMisses},
+    },
 };
 
 #[derive(Clone, Debug)]
@@ -39,6 +45,10 @@ pub struct Session {
     stats: aya::maps::PerCpuArray<MapData, u64>,
     offsets: Array<MapData, Offsets>,
     inflight: aya::maps::HashMap<MapData, InflightKey, RawEvent>,
+    thread_ops: aya::maps::HashMap<MapData, u64, ThreadOp>,
+    /// Kept open for the session's life: programs loaded after a module load are relocated
+    /// against the fd of every map they use (a dropped map fails them in the verifier).
+    _gate: Array<MapData, u32>,
     aggregates: Option<Aggregates>,
     events: Option<RingBuf<MapData>>,
     control: Option<RingBuf<MapData>>,
@@ -46,6 +56,15 @@ pub struct Session {
     pub btf: Resolution,
     /// Where the state is pinned and what the start took over, for `run`.
     pub pinned: Option<PinnedState>,
+}
+
+/// What one [`Session::expire_stale`] removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Expired {
+    /// In-flight entries, by probe (`None`: an id this build does not know) and reason.
+    pub inflight: Vec<(Option<Probe>, ExpiryReason)>,
+    /// Operations of exited threads that never returned: left out of the exact counts.
+    pub unfinished_operations: u64,
 }
 
 /// What a pinning start found and did.
@@ -245,6 +264,8 @@ impl Session {
             stats: maps.stats,
             offsets: maps.offsets,
             inflight: maps.inflight,
+            thread_ops: maps.thread_ops,
+            _gate: maps.gate,
             aggregates: Some(Aggregates {
                 counts: maps.op_counts,
                 hist: maps.op_hist,
@@ -262,13 +283,7 @@ impl Session {
     /// Returns (attached, detached) as report lines.
     pub fn rescan(&mut self) -> Result<(Vec<String>, Vec<String>)> {
         let syms = load_kallsyms(&self.opts)?;
-        let gone = probes::detach_gone(
-            &mut self.ebpf,
-            &mut self.links,
-            &mut self.attach,
-            &syms,
-            &self.opts.attach,
-        );
+        let gone = probes::detach_gone(&mut self.links, &mut self.attach, &syms, &self.opts.attach);
         let resolution = resolve_btf(&syms, &self.opts)?;
         if resolution.offsets != self.btf.offsets {
             probes::write_offsets(&mut self.offsets, &resolution.offsets)
@@ -289,7 +304,7 @@ impl Session {
     /// A module is being freed: detaches its probes (they would never fire again) and
     /// returns them as report lines.
     pub fn module_unloaded(&mut self, module: &str) -> Vec<String> {
-        probes::detach_module(&mut self.ebpf, &mut self.links, &mut self.attach, module)
+        probes::detach_module(&mut self.links, &mut self.attach, module)
     }
 
     /// Devices with a bind or unbind still running (entry seen, return not yet): the
@@ -347,6 +362,19 @@ impl Session {
             }
             lines.push(l);
         }
+        if let Ok(m) = self.kernel_misses() {
+            let reported = m
+                .iter()
+                .any(|m| matches!(m.kprobe, Some(misses::KprobeMissed::Count(_))));
+            let unreported = m
+                .iter()
+                .any(|m| m.kprobe == Some(misses::KprobeMissed::NotReported));
+            if reported {
+                lines.push("misses kprobe miss counts reported by this kernel (tsm_trace_kernel_misses_total)".into());
+            } else if unreported {
+                lines.push("misses kprobe miss counts NOT reported by this kernel (needs 6.7+): a missed return shows only as an expired in-flight entry (tsm_trace_inflight_expired_total)".into());
+            }
+        }
         lines.extend(
             self.btf
                 .summary_lines()
@@ -362,6 +390,68 @@ impl Session {
 
     pub fn kernel_stats(&self) -> Result<KernelStats> {
         Ok(probes::kernel_stats(&self.stats)?)
+    }
+
+    /// Removes kernel-side entries whose return will never come (`probes/expiry.rs`):
+    /// in-flight entries of exited threads or older than `timeout`, and the operations of
+    /// exited threads. Only entries this call removed are counted (one whose return came
+    /// meanwhile is gone already).
+    pub fn expire_stale(&mut self, timeout: Duration) -> Result<Expired> {
+        let now = expiry::monotonic_ns();
+        let alive = |pt| expiry::thread_alive(Path::new("/proc"), pt);
+        let entries: Vec<(InflightKey, u64)> = self
+            .inflight
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, ev)| (k, ev.start_ns))
+            .collect();
+        let mut out = Expired::default();
+        let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+        for (key, probe, reason) in expiry::stale_inflight(entries, now, timeout_ns, alive) {
+            if self.inflight.remove(&key).is_ok() {
+                out.inflight.push((probe, reason));
+            }
+        }
+        let ops: Vec<(u64, ThreadOp)> = self.thread_ops.iter().filter_map(Result::ok).collect();
+        let open: std::collections::HashSet<u64> = ops
+            .iter()
+            .filter(|(_, o)| o.depth > 0)
+            .map(|(k, _)| *k)
+            .collect();
+        let (gone, _) = expiry::stale_thread_ops(ops, alive);
+        for pid_tgid in gone {
+            if self.thread_ops.remove(&pid_tgid).is_ok() && open.contains(&pid_tgid) {
+                out.unfinished_operations += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// What the kernel counted as missed for each attached program (`probes/misses.rs`).
+    pub fn kernel_misses(&self) -> Result<Vec<ProgramMisses>> {
+        let by_link =
+            misses::kprobe_missed_by_link().context("listing this process's BPF links")?;
+        let mut out = Vec::new();
+        for r in self.attach.iter().filter(|r| r.attached) {
+            let link_id = self.links.link_id(r.program);
+            let kprobe = match r.kind {
+                Kind::RawTracepoint => None,
+                _ => link_id.and_then(|id| by_link.get(&id).copied()),
+            };
+            let recursion = self
+                .ebpf
+                .program(r.program)
+                .and_then(|p| p.fd().ok())
+                .and_then(|fd| misses::recursion_misses(fd.as_fd()).ok());
+            out.push(ProgramMisses {
+                probe: r.probe,
+                kind: r.kind,
+                link_id,
+                kprobe,
+                recursion,
+            });
+        }
+        Ok(out)
     }
 
     /// The kernel's exact counts of operations and frame durations, to be read where the

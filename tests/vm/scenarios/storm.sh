@@ -7,7 +7,9 @@
 #
 # Sections (data port):
 #   storm_truth          "<phase> <tsm_standin last>" per phase; "fail_loop n= failed="
+#                        "parallel <tsm_standin last>" (n started returned ok)
 #   storm_metrics_<phase>  /metrics after each phase: start calib s1000 s5000 s20000 fail
+#                          parallel
 #   storm_d.err          the daemon's log
 . /scenarios/lib.sh
 BIN=/bin/tsm-trace
@@ -44,6 +46,15 @@ while [ $k -lt 2000 ]; do
 done
 echo "fail_loop n=$k failed=$failed $(cat "$LAST")" >> "$T"
 snap fail
+# 64 kernel threads in the driver's bind op at once (50 ms each): more than a kretprobe's
+# maxactive, so returns are missed; the threads exit, and a sweep (every 5 s) expires their
+# entries.
+ctl delay_us 50000
+ctl parallel 1 64
+echo "parallel $(cat "$LAST")" >> "$T"
+ctl delay_us 0
+sleep 6
+snap parallel
 kill -TERM $DAEMON
 wait $DAEMON
 echo "exit=$?" >> /tmp/storm_d.err

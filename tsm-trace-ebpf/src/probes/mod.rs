@@ -20,7 +20,10 @@ pub mod pci_tsm_link;
 pub mod tsm;
 pub mod tsm_driver;
 
-use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+};
 use tsm_trace_common::{KvmOffsets, ProbeId, RawEvent, flags, missing, stat};
 
 use crate::{
@@ -35,7 +38,12 @@ pub fn begin(probe: ProbeId) -> Option<&'static mut RawEvent> {
     if !crate::maps::live() {
         return None;
     }
-    let ev = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
+    let Some(ev) = SCRATCH.get_ptr_mut(0) else {
+        count(stat::SCRATCH_MISSING);
+        return None;
+    };
+    // SAFETY: per-CPU scratch; programs do not nest on one CPU (the kernel's recursion guard).
+    let ev = unsafe { &mut *ev };
     *ev = RawEvent::zeroed();
     ev.probe = probe as u32;
     ev.start_ns = unsafe { bpf_ktime_get_ns() };
@@ -47,6 +55,8 @@ pub fn begin(probe: ProbeId) -> Option<&'static mut RawEvent> {
     Some(ev)
 }
 
+const EEXIST: i32 = 17;
+
 /// Parks an entry record until the function returns.
 #[inline(always)]
 pub fn stash(ev: &RawEvent) {
@@ -55,11 +65,19 @@ pub fn stash(ev: &RawEvent) {
         probe: ev.probe,
         _pad: 0,
     };
-    if INFLIGHT.insert(key, ev, 0).is_err() {
-        count(stat::INFLIGHT_FULL);
-    } else {
-        crate::agg::enter(ev);
+    // These functions do not recurse: an entry already parked for this thread and function
+    // is a call whose return never came (its kretprobe missed). The common path costs one map
+    // operation, as before.
+    if let Err(e) = INFLIGHT.insert(key, ev, BPF_NOEXIST as u64) {
+        if e == -EEXIST {
+            count(stat::RETURN_MISSED);
+        }
+        if INFLIGHT.insert(key, ev, 0).is_err() {
+            count(stat::INFLIGHT_FULL);
+            return;
+        }
     }
+    crate::agg::enter(ev);
 }
 
 /// Sends a record to userspace, counting a full ring buffer as a drop.
@@ -197,7 +215,9 @@ pub fn read_kvm(ev: &mut RawEvent, kvm: u64, o: KvmOffsets) {
 #[inline(always)]
 pub fn note_vmm() {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let _ = VMM_TGIDS.insert(tgid, 1, 0);
+    if VMM_TGIDS.insert(tgid, 1, 0).is_err() {
+        count(stat::VMM_FULL);
+    }
 }
 
 /// An `int` return value, sign-extended (the upper half of the register is undefined).

@@ -24,6 +24,8 @@ use crate::errno;
 use crate::events::{Layer, Probe, UnbindCause};
 use crate::sysfs::Snapshot;
 
+use super::misses::MissMetrics;
+
 /// The exposition's content type.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -34,13 +36,16 @@ pub const DURATION_BUCKETS: [f64; 20] = [
 ];
 
 /// Why events were lost (`tsm_trace_events_lost_total{reason}`).
-pub const LOST_REASONS: [&str; 6] = [
+pub const LOST_REASONS: [&str; 9] = [
     "ringbuf_full",
     "inflight_full",
     "orphan_return",
     "decode_error",
     "control_full",
     "aggregation_full",
+    "return_missed",
+    "vmm_table_full",
+    "scratch_missing",
 ];
 
 /// The kernel's exact aggregates: operations by (kind, attributed layer, errno; 0: ok) and
@@ -85,6 +90,14 @@ pub struct KernelCounters {
     /// An in-kernel aggregation table was full: an operation may be missing from the exact
     /// counts.
     pub agg_full: u64,
+    /// An entry record was replaced by a new call on its thread: that return was never seen.
+    pub return_missed: u64,
+    /// Operations the kernel left out of the exact counts (outer return never seen).
+    pub ops_unfinished: u64,
+    /// The VMM table was full: that VMM's exit will not be seen.
+    pub vmm_full: u64,
+    /// An entry program found no scratch record.
+    pub scratch_missing: u64,
 }
 
 /// All of tsm-trace's metrics, in their own registry.
@@ -115,6 +128,7 @@ pub struct Metrics {
     btf_field: IntGaugeVec,
     btf_unresolved: IntGauge,
     pending_frames: IntGauge,
+    misses: MissMetrics,
     btf_fields: Mutex<BTreeMap<String, bool>>,
     /// The function label last published per (probe, kind).
     probe_functions: Mutex<HashMap<(Probe, String), String>>,
@@ -377,6 +391,7 @@ impl Metrics {
             anomalies.with_label_values(&[kind.as_str()]);
         }
 
+        let misses = MissMetrics::register(&r);
         let handles = Handles {
             ops_ok: Default::default(),
             ops_err: Mutex::new(HashMap::new()),
@@ -411,9 +426,15 @@ impl Metrics {
             btf_field,
             btf_unresolved,
             pending_frames,
+            misses,
             btf_fields: Mutex::new(BTreeMap::new()),
             probe_functions: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Kernel miss counts, expiries and uncounted operations (`misses.rs`).
+    pub fn misses(&self) -> &MissMetrics {
+        &self.misses
     }
 
     pub fn registry(&self) -> &Registry {
@@ -619,6 +640,14 @@ impl Metrics {
             &self.events_lost.with_label_values(&["aggregation_full"]),
             k.agg_full,
         );
+        for (reason, v) in [
+            ("return_missed", k.return_missed),
+            ("vmm_table_full", k.vmm_full),
+            ("scratch_missing", k.scratch_missing),
+        ] {
+            counter_to(&self.events_lost.with_label_values(&[reason]), v);
+        }
+        self.misses.set_return_missed_operations(k.ops_unfinished);
         counter_to(&self.kernel_read_faults, k.kernel_read_faults);
     }
 
@@ -995,6 +1024,8 @@ mod tests {
             kernel_read_faults: 9,
             control_full: 0,
             agg_full: 0,
+            return_missed: 4,
+            ..Default::default()
         });
         m.set_kernel_counters(KernelCounters {
             ringbuf_full: 7,
@@ -1003,6 +1034,9 @@ mod tests {
             kernel_read_faults: 9,
             control_full: 0,
             agg_full: 0,
+            return_missed: 4,
+            vmm_full: 1,
+            ..Default::default()
         });
         // A smaller absolute value (maps recreated) never makes a counter go down.
         m.set_kernel_counters(KernelCounters {
@@ -1021,6 +1055,14 @@ mod tests {
         );
         assert_eq!(
             get(&s, "tsm_trace_events_lost_total{reason=\"inflight_full\"}"),
+            1.0
+        );
+        assert_eq!(
+            get(&s, "tsm_trace_events_lost_total{reason=\"return_missed\"}"),
+            4.0
+        );
+        assert_eq!(
+            get(&s, "tsm_trace_events_lost_total{reason=\"vmm_table_full\"}"),
             1.0
         );
         assert_eq!(

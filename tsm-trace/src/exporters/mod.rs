@@ -2,4 +2,5 @@
 pub mod histograms;
 pub mod json;
 pub mod metrics;
+pub mod misses;
 pub mod trace;

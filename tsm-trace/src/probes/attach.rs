@@ -26,15 +26,21 @@ use crate::btf::PrototypeCheck;
 enum LinkId {
     Kprobe(KProbeLinkId),
     RawTracepoint(RawTracePointLinkId),
-    /// Pinned in bpffs: the program stays attached after the daemon exits.
+}
+
+/// A link this process holds: owned (detached when dropped) or pinned in bpffs (the program
+/// stays attached after the daemon exits).
+enum Held {
+    Owned(FdLink),
     Pinned(PinnedLink),
 }
 
-/// The links of the attached programs, by program name. Dropping the object detaches the
-/// unpinned ones; pinned ones stay until [`Links::detach`] or `tsm-trace unpin`.
+/// The links of the attached programs, by program name, with the kernel's id of each (to
+/// read what the kernel counts for it: `misses.rs`). Dropping them detaches the owned ones;
+/// pinned ones stay until [`Links::detach`] or `tsm-trace unpin`.
 #[derive(Default)]
 pub struct Links {
-    by_program: HashMap<&'static str, LinkId>,
+    by_program: HashMap<&'static str, (Held, Option<u32>)>,
     pins: Option<super::pin::LinkPins>,
 }
 
@@ -47,36 +53,28 @@ impl Links {
         }
     }
 
-    fn detach(&mut self, ebpf: &mut Ebpf, program: &'static str) -> Result<(), String> {
-        let Some(id) = self.by_program.remove(program) else {
-            return Ok(());
-        };
-        let prog = ebpf
-            .program_mut(program)
-            .ok_or_else(|| format!("program {program} is missing from the object"))?;
-        let r = match id {
-            LinkId::Kprobe(id) => <&mut KProbe>::try_from(prog)
-                .map_err(|e| chain(&e))?
-                .detach(id),
-            LinkId::RawTracepoint(id) => <&mut RawTracePoint>::try_from(prog)
-                .map_err(|e| chain(&e))?
-                .detach(id),
-            LinkId::Pinned(link) => {
-                // Removing the pin and closing the fd detaches it.
-                return link.unpin().map(drop).map_err(|e| e.to_string());
-            }
-        };
-        r.map_err(|e| chain(&e))
+    /// The kernel's id of the link of `program`, if attached and known.
+    pub fn link_id(&self, program: &str) -> Option<u32> {
+        self.by_program.get(program).and_then(|(_, id)| *id)
     }
 
-    /// Keeps the link of `program`: pinned when this is the daemon's store, else owned by
-    /// the object. A link that cannot be pinned stays owned, with the reason.
+    fn detach(&mut self, program: &'static str) -> Result<(), String> {
+        match self.by_program.remove(program) {
+            None => Ok(()),
+            // Closing the fd detaches it.
+            Some((Held::Owned(link), _)) => {
+                drop(link);
+                Ok(())
+            }
+            // Removing the pin and closing the fd detaches it.
+            Some((Held::Pinned(link), _)) => link.unpin().map(drop).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Keeps the link of `program` as a file-descriptor link: pinned when this is the
+    /// daemon's store, else owned. Returns why not, if the link was lost on the way (the
+    /// program is then not attached).
     fn keep(&mut self, ebpf: &mut Ebpf, program: &'static str, id: LinkId) -> Option<String> {
-        let Some(pins) = &self.pins else {
-            self.by_program.insert(program, id);
-            return None;
-        };
-        let path = pins.path(program);
         let fd: Result<FdLink, String> = match id {
             LinkId::Kprobe(id) => ebpf
                 .program_mut(program)
@@ -90,20 +88,32 @@ impl Links {
                 .ok_or_else(|| format!("program {program} is missing"))
                 .and_then(|p| p.take_link(id).map_err(|e| chain(&e)))
                 .map(FdLink::from),
-            LinkId::Pinned(l) => {
-                self.by_program.insert(program, LinkId::Pinned(l));
-                return None;
+        };
+        let fd = match fd {
+            Ok(fd) => fd,
+            Err(e) => {
+                return Some(format!(
+                    "attached, but its link could not be kept: {e}; not attached"
+                ));
             }
         };
-        match fd.and_then(|fd| fd.pin(&path).map_err(|e| chain(&e))) {
+        let link_id = fd.info().ok().map(|i| i.id());
+        let Some(pins) = &self.pins else {
+            self.by_program.insert(program, (Held::Owned(fd), link_id));
+            return None;
+        };
+        let path = pins.path(program);
+        match fd.pin(&path) {
             Ok(pinned) => {
-                self.by_program.insert(program, LinkId::Pinned(pinned));
+                self.by_program
+                    .insert(program, (Held::Pinned(pinned), link_id));
                 None
             }
             // The link was consumed on the way: the program is no longer attached.
             Err(e) => Some(format!(
-                "attached but could not be pinned at {}: {e}; not attached (run with --no-persist to attach without pinning)",
-                path.display()
+                "attached but could not be pinned at {}: {}; not attached (run with --no-persist to attach without pinning)",
+                path.display(),
+                chain(&e)
             )),
         }
     }
@@ -159,16 +169,11 @@ pub fn attach_missing(
 }
 
 /// A module is going: its probes stop firing. Detaches them and says why; returns them.
-pub fn detach_module(
-    ebpf: &mut Ebpf,
-    links: &mut Links,
-    reports: &mut [AttachReport],
-    module: &str,
-) -> Vec<String> {
+pub fn detach_module(links: &mut Links, reports: &mut [AttachReport], module: &str) -> Vec<String> {
     let mut gone = Vec::new();
     for ((_, program, _), r) in programs().zip(reports.iter_mut()) {
         if r.attached && r.module.as_deref() == Some(module) {
-            mark_detached(ebpf, links, r, program, module);
+            mark_detached(links, r, program, module);
             gone.push(r.line());
         }
     }
@@ -178,7 +183,6 @@ pub fn detach_module(
 /// Detaches the attached probes whose module function is no longer in `syms` (a module
 /// unload whose name could not be read). Returns them.
 pub fn detach_gone(
-    ebpf: &mut Ebpf,
     links: &mut Links,
     reports: &mut [AttachReport],
     syms: &Kallsyms,
@@ -194,21 +198,15 @@ pub fn detach_gone(
             SymbolMatch::Found { module: Some(ref m), .. } if *m == module
         );
         if !present {
-            mark_detached(ebpf, links, r, program, &module);
+            mark_detached(links, r, program, &module);
             gone.push(r.line());
         }
     }
     gone
 }
 
-fn mark_detached(
-    ebpf: &mut Ebpf,
-    links: &mut Links,
-    r: &mut AttachReport,
-    program: &'static str,
-    module: &str,
-) {
-    if let Err(e) = links.detach(ebpf, program) {
+fn mark_detached(links: &mut Links, r: &mut AttachReport, program: &'static str, module: &str) {
+    if let Err(e) = links.detach(program) {
         log::debug!("detaching {} after {module} was unloaded: {e}", r.line());
     }
     r.attached = false;
@@ -269,6 +267,7 @@ fn resolve_one(
     let mut report = AttachReport {
         probe: t.probe,
         kind,
+        program,
         function: symbols
             .first()
             .map(|s| s.name.to_string())

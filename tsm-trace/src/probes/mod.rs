@@ -7,7 +7,9 @@
 mod attach;
 pub mod capabilities;
 mod compat;
+pub mod expiry;
 mod kallsyms;
+pub mod misses;
 pub mod pin;
 pub mod privileges;
 
@@ -36,7 +38,7 @@ use crate::events::{Layer, Probe};
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tsm-trace"));
 
 /// How a program attaches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     Kprobe,
@@ -114,6 +116,9 @@ impl AttachConfig {
 pub struct AttachReport {
     pub probe: Probe,
     pub kind: Kind,
+    /// The program in the eBPF object (`tsm_bind_return`).
+    #[serde(skip)]
+    pub program: &'static str,
     /// The kernel function (or tracepoint) it was, or would have been, attached to.
     pub function: String,
     pub attached: bool,
@@ -337,6 +342,14 @@ pub struct KernelStats {
     pub control_drops: u64,
     /// An aggregation table was full: an operation may be missing from the exact counts.
     pub agg_full: u64,
+    /// Entry records replaced by a new call on the same thread: returns never seen.
+    pub returns_missed: u64,
+    /// Operations left out of the exact counts because their outer return was never seen.
+    pub ops_unfinished: u64,
+    /// The VMM table was full: a VMM's exit will not be seen.
+    pub vmm_full: u64,
+    /// Entry programs that found no scratch record.
+    pub scratch_missing: u64,
 }
 
 /// Handles to the maps userspace reads (and `OFFSETS`, which it rewrites).
@@ -345,8 +358,10 @@ pub struct Maps {
     pub control: RingBuf<MapData>,
     pub stats: PerCpuArray<MapData, u64>,
     pub offsets: Array<MapData, Offsets>,
-    /// Entry records waiting for their return (read-only here: binds still running).
+    /// Entry records waiting for their return (binds still running; stale ones expire).
     pub inflight: aya::maps::HashMap<MapData, InflightKey, RawEvent>,
+    /// The operation each thread is in (the exact counts' per-thread state).
+    pub thread_ops: aya::maps::HashMap<MapData, u64, agg::ThreadOp>,
     /// The exact aggregates: operations by key, frame durations by histogram slot.
     pub op_counts: aya::maps::PerCpuHashMap<MapData, u32, u64>,
     pub op_hist: PerCpuArray<MapData, u64>,
@@ -362,6 +377,7 @@ impl Maps {
             stats: take(ebpf, "STATS")?,
             offsets: take(ebpf, "OFFSETS")?,
             inflight: take(ebpf, "INFLIGHT")?,
+            thread_ops: take(ebpf, "THREAD_OPS")?,
             op_counts: take(ebpf, "OP_COUNTS")?,
             op_hist: take(ebpf, "OP_HIST")?,
             gate: take(ebpf, "GATE")?,
@@ -397,6 +413,10 @@ pub fn kernel_stats(stats: &PerCpuArray<MapData, u64>) -> Result<KernelStats, Pr
         orphan_returns: get(stat::ORPHAN_RETURNS)?,
         control_drops: get(stat::CONTROL_DROPS)?,
         agg_full: get(stat::AGG_FULL)?,
+        returns_missed: get(stat::RETURN_MISSED)?,
+        ops_unfinished: get(stat::OP_UNFINISHED)?,
+        vmm_full: get(stat::VMM_FULL)?,
+        scratch_missing: get(stat::SCRATCH_MISSING)?,
     })
 }
 

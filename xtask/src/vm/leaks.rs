@@ -42,6 +42,7 @@ const FIXTURE_SECTIONS: &[&str] = &[
     "acc_truth",
     "mod_truth",
     "storm_truth",
+    "rs_truth",
 ];
 
 fn is_fixture(name: &str) -> bool {

@@ -44,6 +44,9 @@ const OPS: &str = "tsm_trace_operations_total{";
 const HIST: &str = "tsm_trace_operation_duration_seconds_count{";
 const PROCESSED: &str = "tsm_trace_events_processed_total{";
 const LOST: &str = "tsm_trace_events_lost_total{";
+const EXPIRED: &str = "tsm_trace_inflight_expired_total{";
+const UNCOUNTED: &str = "tsm_trace_operations_uncounted_total{";
+const KMISSES: &str = "tsm_trace_kernel_misses_total{";
 
 pub fn check(out: &VmOutput) -> Result<usize> {
     let mut c = Checks::default();
@@ -148,9 +151,125 @@ pub fn check(out: &VmOutput) -> Result<usize> {
         failed,
         "fail_loop: failed binds = the writes that failed",
     );
+    parallel(
+        &mut c,
+        &out.kernel_version,
+        &line("parallel"),
+        &cur,
+        &metrics("parallel")?,
+    );
     let err = &out.section("storm_d.err")?.text;
     c.check(err.lines().any(|l| l == "exit=0"), || {
         format!("storm_d.err: no clean exit:\n{err}")
     });
     c.finish("storm", out)
+}
+
+/// 64 calls of the driver's bind op in flight at once, from threads that exit afterwards: the
+/// kretprobe misses returns (maxactive), and each one must be accounted for. Truth: the
+/// fixture's count of calls made and returned.
+fn parallel(
+    c: &mut Checks,
+    kernel: &str,
+    kv: &BTreeMap<String, String>,
+    before: &Exposition,
+    after: &Exposition,
+) {
+    let num = |k: &str| -> f64 { kv.get(k).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN) };
+    let n = num("n");
+    c.eq(
+        kv.get("rc").cloned(),
+        Some("0".to_string()),
+        "parallel: the stand-in ran it (an old tsm_standin.ko has no `parallel`)",
+    );
+    c.eq(num("started"), n, "parallel: every thread started");
+    c.eq(
+        num("returned"),
+        n,
+        "parallel: every call returned (fixture)",
+    );
+    let d = |prefix: &str, want: &[&str]| sum(after, prefix, want) - sum(before, prefix, want);
+    let seen = d(PROCESSED, &["probe=\"driver_bind\""]);
+    let expired = d(
+        EXPIRED,
+        &["probe=\"driver_bind\"", "reason=\"thread_exited\""],
+    );
+    c.check(expired > 0.0, || {
+        format!("parallel: no return was missed ({seen} seen of {n}): the test proves nothing")
+    });
+    c.eq(
+        seen + expired,
+        n,
+        "parallel: returns seen + entries expired (thread_exited) = calls made",
+    );
+    c.eq(
+        d(OPS, &["op=\"bind\""]) + d(UNCOUNTED, &[]),
+        n,
+        "parallel: operations counted + uncounted = calls made",
+    );
+    c.eq(
+        d(LOST, &["reason=\"ringbuf_full\""]),
+        0.0,
+        "parallel: nothing dropped by the ring buffer (64 records)",
+    );
+    let reported = after.get("tsm_trace_kprobe_misses_reported").copied();
+    // The kernel fills kprobe miss counts into perf-link info since 6.7 (commit "bpf: Add
+    // missed value to kprobe perf link info"): whether it must be reported is the kernel's
+    // fact, not tsm-trace's.
+    let must_report = kernel_at_least(kernel, (6, 7));
+    c.eq(
+        reported,
+        Some(if must_report { 1.0 } else { 0.0 }),
+        &format!("parallel: tsm_trace_kprobe_misses_reported on {kernel}"),
+    );
+    let kmissed = d(
+        KMISSES,
+        &[
+            "probe=\"driver_bind\"",
+            "kind=\"kretprobe\"",
+            "reason=\"kprobe\"",
+        ],
+    );
+    match reported {
+        Some(1.0) => c.eq(
+            kmissed,
+            expired,
+            "parallel: the kernel's kretprobe miss count = the entries that expired",
+        ),
+        Some(0.0) => c.eq(
+            kmissed,
+            0.0,
+            "parallel: no kprobe count where the kernel reports none",
+        ),
+        other => c.check(false, || {
+            format!("parallel: tsm_trace_kprobe_misses_reported is {other:?}, want 0 or 1")
+        }),
+    }
+    println!(
+        "parallel: {n} concurrent driver binds: {seen} returns seen, {expired} missed and expired; kernel kprobe misses {} ({})",
+        kmissed,
+        if reported == Some(1.0) {
+            "reported"
+        } else {
+            "not reported by this kernel"
+        }
+    );
+}
+
+/// Whether a release such as `7.3.4+deb13-amd64` is at least `want` (major, minor).
+fn kernel_at_least(release: &str, want: (u32, u32)) -> bool {
+    let mut it = release
+        .split(['.', '-', '+'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0)) >= want
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn kernel_releases_compare_by_major_and_minor() {
+        assert!(super::kernel_at_least("7.3.4+deb13-amd64", (6, 7)));
+        assert!(super::kernel_at_least("6.12.41+deb13-amd64", (6, 7)));
+        assert!(!super::kernel_at_least("6.1.0-40-amd64", (6, 7)));
+    }
 }

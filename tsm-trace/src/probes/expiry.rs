@@ -1,0 +1,176 @@
+//! Kernel-side entries whose return will never come, found and removed with a counted reason.
+//!
+//! An entry program parks its record in `INFLIGHT` (and opens an operation in `THREAD_OPS`)
+//! until the return program takes it. When the return is never seen — its kretprobe missed
+//! (`maxactive` exhausted), the thread died in between, or the programs were replaced — the
+//! entry would stay until the LRU evicts it, and with it the claim that a bind is still
+//! running (reconciliation leaves such devices alone). Every sweep removes:
+//! - entries of a thread that no longer exists (`thread_exited`): its return cannot come;
+//! - entries older than the in-flight timeout (`timeout`): a return after that, should one
+//!   still come, is then counted as an orphan return too.
+//!
+//! Threads are looked up in `/proc/<tgid>/task/<tid>` (the host's pid namespace: the
+//! DaemonSet runs with `hostPID`).
+
+use std::path::Path;
+
+use tsm_trace_common::{InflightKey, ProbeId, agg::ThreadOp};
+
+use crate::events::Probe;
+
+/// Why an entry was removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ExpiryReason {
+    ThreadExited,
+    Timeout,
+}
+
+impl ExpiryReason {
+    pub const ALL: [ExpiryReason; 2] = [ExpiryReason::ThreadExited, ExpiryReason::Timeout];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ExpiryReason::ThreadExited => "thread_exited",
+            ExpiryReason::Timeout => "timeout",
+        }
+    }
+}
+
+/// Whether the thread of `pid_tgid` (tgid in the high half, tid in the low) still runs.
+pub fn thread_alive(proc_root: &Path, pid_tgid: u64) -> bool {
+    let tgid = (pid_tgid >> 32) as u32;
+    let tid = pid_tgid as u32;
+    proc_root
+        .join(tgid.to_string())
+        .join("task")
+        .join(tid.to_string())
+        .exists()
+}
+
+/// The entries to remove from `INFLIGHT`, with the probe and reason of each. `entries` are
+/// (key, entry time in `CLOCK_MONOTONIC` ns); `now_ns` on the same clock.
+pub fn stale_inflight(
+    entries: impl IntoIterator<Item = (InflightKey, u64)>,
+    now_ns: u64,
+    timeout_ns: u64,
+    alive: impl Fn(u64) -> bool,
+) -> Vec<(InflightKey, Option<Probe>, ExpiryReason)> {
+    entries
+        .into_iter()
+        .filter_map(|(key, start_ns)| {
+            let reason = if !alive(key.pid_tgid) {
+                ExpiryReason::ThreadExited
+            } else if now_ns.saturating_sub(start_ns) > timeout_ns {
+                ExpiryReason::Timeout
+            } else {
+                return None;
+            };
+            Some((
+                key,
+                ProbeId::from_u32(key.probe).map(Probe::from_id),
+                reason,
+            ))
+        })
+        .collect()
+}
+
+/// The `THREAD_OPS` entries to remove (threads that no longer exist), and how many of them
+/// had an operation open: operations the exact counts will never see.
+pub fn stale_thread_ops(
+    entries: impl IntoIterator<Item = (u64, ThreadOp)>,
+    alive: impl Fn(u64) -> bool,
+) -> (Vec<u64>, u64) {
+    let mut gone = Vec::new();
+    let mut unfinished = 0;
+    for (pid_tgid, op) in entries {
+        if !alive(pid_tgid) {
+            gone.push(pid_tgid);
+            if op.depth > 0 {
+                unfinished += 1;
+            }
+        }
+    }
+    (gone, unfinished)
+}
+
+/// `CLOCK_MONOTONIC` now, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(tid: u32, probe: ProbeId) -> InflightKey {
+        InflightKey {
+            pid_tgid: (100u64 << 32) | u64::from(tid),
+            probe: probe as u32,
+            _pad: 0,
+        }
+    }
+
+    #[test]
+    fn exited_threads_and_old_entries_expire_the_rest_stay() {
+        let alive = |pt: u64| pt as u32 != 7;
+        let s = stale_inflight(
+            [
+                (key(7, ProbeId::DriverBind), 990),     // thread gone
+                (key(8, ProbeId::TsmBind), 100),        // too old
+                (key(9, ProbeId::PciTsmBind), 950),     // running
+                (key(9, ProbeId::TsmBind), 1000 - 100), // exactly at the timeout: stays
+            ],
+            1000,
+            100,
+            alive,
+        );
+        assert_eq!(
+            s.iter()
+                .map(|(k, p, r)| (k.pid_tgid as u32, *p, *r))
+                .collect::<Vec<_>>(),
+            vec![
+                (7, Some(Probe::DriverBind), ExpiryReason::ThreadExited),
+                (8, Some(Probe::TsmBind), ExpiryReason::Timeout),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unknown_probe_id_still_expires() {
+        let mut k = key(7, ProbeId::TsmBind);
+        k.probe = 999;
+        let s = stale_inflight([(k, 0)], 1, 100, |_| false);
+        assert_eq!(s[0].1, None);
+    }
+
+    #[test]
+    fn only_gone_threads_with_an_open_operation_count_as_unfinished() {
+        let open = ThreadOp {
+            depth: 2,
+            ..ThreadOp::default()
+        };
+        let (gone, unfinished) =
+            stale_thread_ops([(1, open), (2, ThreadOp::default()), (3, open)], |pt| {
+                pt == 3
+            });
+        assert_eq!(gone, vec![1, 2]);
+        assert_eq!(unfinished, 1);
+    }
+
+    #[test]
+    fn this_thread_is_alive_and_a_bogus_one_is_not() {
+        let me =
+            (u64::from(std::process::id()) << 32) | u64::from(unsafe { libc::gettid() } as u32);
+        assert!(thread_alive(Path::new("/proc"), me));
+        assert!(!thread_alive(
+            Path::new("/proc"),
+            u64::from(u32::MAX) << 32 | 1
+        ));
+    }
+}

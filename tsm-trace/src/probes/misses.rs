@@ -1,0 +1,168 @@
+//! Calls the kernel saw but our programs did not: the kernel's own miss counters.
+//!
+//! - **kprobe misses** (`bpf_link_info.perf_event.kprobe.missed`, Linux 6.7+; the perf link
+//!   info itself is 6.6+): for an entry probe, hits skipped because another kprobe was
+//!   running on that CPU; for a return probe, also the calls whose return could not be
+//!   hooked because every `maxactive` instance was in use (by default
+//!   `max(10, 2 × CPUs)` calls in flight at once). Older kernels do not report them: a
+//!   missed return then shows up only as an in-flight entry that expires (`expiry.rs`).
+//! - **BPF recursion misses** (`bpf_prog_info.recursion_misses`, Linux 5.12+): the program
+//!   was not run because another BPF program was already running on that CPU.
+//!
+//! aya 0.14 reads neither field, so this module asks the kernel directly
+//! (`BPF_OBJ_GET_INFO_BY_FD`, the UAPI structs from `aya-obj`). It needs no privilege beyond
+//! the file descriptors the process already holds: link descriptors are found in
+//! `/proc/self/fd` and matched by link id, so reading works after privileges are dropped.
+//! No address is kept: the info's `addr` field is ignored.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use aya_obj::generated::{
+    bpf_cmd, bpf_link_info, bpf_link_type, bpf_perf_event_type, bpf_prog_info,
+};
+
+/// What the kernel counted for one of our links, or why it cannot say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KprobeMissed {
+    Count(u64),
+    /// The kernel fills no perf-event link info (before Linux 6.6).
+    NotReported,
+}
+
+/// The kernel's miss counts for one attached program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProgramMisses {
+    pub probe: crate::events::Probe,
+    pub kind: super::Kind,
+    /// The link the kprobe count belongs to (a re-attached program has a new link, whose
+    /// count starts again at 0).
+    pub link_id: Option<u32>,
+    /// `None` for raw tracepoints, or a link whose id is unknown.
+    pub kprobe: Option<KprobeMissed>,
+    /// `None` if the program's info could not be read.
+    pub recursion: Option<u64>,
+}
+
+/// `union bpf_attr` for `BPF_OBJ_GET_INFO_BY_FD` (the `info` member; UAPI, stable).
+#[repr(C)]
+struct InfoByFd {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// Fills `info` (a UAPI `bpf_*_info` struct, zeroed by the caller) for object `fd`.
+fn obj_info<T>(fd: BorrowedFd<'_>, info: &mut T) -> io::Result<()> {
+    let attr = InfoByFd {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of::<T>() as u32,
+        info: info as *mut T as u64,
+    };
+    // SAFETY: `attr` describes a writable buffer of `info_len` bytes that outlives the call;
+    // the kernel writes at most that many.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
+            &attr as *const InfoByFd,
+            std::mem::size_of::<InfoByFd>() as libc::c_uint,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `recursion_misses` of the program behind `fd`.
+pub fn recursion_misses(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    // SAFETY: a plain-data UAPI struct; all zeroes is its empty value.
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    obj_info(fd, &mut info)?;
+    Ok(info.recursion_misses)
+}
+
+/// The id and kprobe miss count of the link behind `fd`; `None` if it is not a perf-event
+/// link to a kprobe.
+fn link_kprobe_missed(fd: BorrowedFd<'_>) -> io::Result<Option<(u32, KprobeMissed)>> {
+    // SAFETY: as above. `func_name` stays 0 with `name_len` 0: the kernel copies no name.
+    let mut info: bpf_link_info = unsafe { std::mem::zeroed() };
+    obj_info(fd, &mut info)?;
+    if info.type_ != bpf_link_type::BPF_LINK_TYPE_PERF_EVENT as u32 {
+        return Ok(None);
+    }
+    // SAFETY: the kernel set `type_` to a perf-event link, whose member this union holds.
+    let pe = unsafe { info.__bindgen_anon_1.perf_event };
+    let missed = match pe.type_ {
+        t if t == bpf_perf_event_type::BPF_PERF_EVENT_KPROBE as u32
+            || t == bpf_perf_event_type::BPF_PERF_EVENT_KRETPROBE as u32 =>
+        {
+            // SAFETY: the kernel says this is a kprobe.
+            KprobeMissed::Count(unsafe { pe.__bindgen_anon_1.kprobe.missed })
+        }
+        t if t == bpf_perf_event_type::BPF_PERF_EVENT_UNSPEC as u32 => KprobeMissed::NotReported,
+        _ => return Ok(None),
+    };
+    Ok(Some((info.id, missed)))
+}
+
+/// The kprobe miss counts of every perf-event link this process holds, by link id.
+///
+/// Descriptors are borrowed from `/proc/self/fd` for the duration of one call; the links
+/// belong to the session, which only the event loop (this thread) detaches.
+pub fn kprobe_missed_by_link() -> io::Result<HashMap<u32, KprobeMissed>> {
+    let mut out = HashMap::new();
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let entry = entry?;
+        let Some(n) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // The kernel names link files `bpf_link` (maps and programs use a dash).
+        let is_link = std::fs::read_link(entry.path()).is_ok_and(|t| {
+            matches!(
+                t.as_os_str().as_encoded_bytes(),
+                b"anon_inode:bpf_link" | b"anon_inode:bpf-link"
+            )
+        });
+        if !is_link {
+            continue;
+        }
+        // SAFETY: `n` is open (just listed as a bpf link) and stays open during this call:
+        // see above.
+        let fd = unsafe { BorrowedFd::borrow_raw(n) };
+        match link_kprobe_missed(fd) {
+            Ok(Some((id, m))) => {
+                out.insert(id, m);
+            }
+            Ok(None) => {}
+            // Closed between the listing and the call: not one of ours any more.
+            Err(e) if e.raw_os_error() == Some(libc::EBADF) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_non_bpf_descriptor_is_refused_with_the_kernels_error() {
+        let f = std::fs::File::open("/proc/self/status").unwrap();
+        let fd = unsafe { BorrowedFd::borrow_raw(f.as_raw_fd()) };
+        // EINVAL for a non-BPF file, EPERM where bpf(2) needs privileges: an error either way.
+        assert!(recursion_misses(fd).is_err());
+    }
+
+    #[test]
+    fn a_process_without_links_reports_none() {
+        assert!(kprobe_missed_by_link().unwrap().is_empty());
+    }
+}
