@@ -150,6 +150,7 @@ pub fn test_all(no_vm: bool) -> Result<()> {
             )
         })
     })?;
+    step("Kubernetes manifests", &mut crate::dist::manifests::check)?;
     step("Debian package (lintian, install/remove)", &mut || {
         let built = crate::dist::build()?;
         crate::dist::install::test(&built.deb)

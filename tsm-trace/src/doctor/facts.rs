@@ -63,8 +63,8 @@ pub struct Facts {
     pub module_btf: Option<Vec<String>>,
     /// The kprobe PMU (`/sys/bus/event_source/devices/kprobe`) that aya attaches through.
     pub kprobe_pmu: bool,
-    /// `pci_tsm_bind` (PCI TSM) and `tsm_register` (the TSM core) in kallsyms; `None`:
-    /// kallsyms unreadable.
+    /// `pci_tsm_bind` (PCI TSM) and `tsm_register` (the TSM core) in vmlinux's kallsyms;
+    /// `None`: kallsyms unreadable.
     pub pci_tsm: Option<bool>,
     pub tsm_core: Option<bool>,
     /// `/sys/class/tsm`; `None`: the class does not exist.
@@ -177,9 +177,11 @@ pub fn gather(paths: &Paths, opts: &SessionOptions, pin_dir: &Path) -> Facts {
         .as_deref()
         .and_then(lockdown_mode);
     let syms = Kallsyms::load(&opts.kallsyms, &["pci_tsm_bind", "tsm_register"]).ok();
+    // CONFIG_PCI_TSM and CONFIG_TSM are bool: a same-named function in a module (a test
+    // fixture's stand-in) is not the kernel's.
     let has = |name: &str| {
         syms.as_ref()
-            .map(|s| matches!(s.find(&[name]), SymbolMatch::Found { .. }))
+            .map(|s| matches!(s.find(&[name]), SymbolMatch::Found { module: None, .. }))
     };
     let mounts = crate::files::read_to_string_capped(
         &paths.proc.join("self/mounts"),

@@ -8,6 +8,7 @@
 //! `install.rs` installs it into a bookworm root and removes it again (`cargo xtask test`).
 
 pub mod install;
+pub mod manifests;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -67,6 +68,21 @@ fn generate(bin: &Path) -> Result<()> {
     std::fs::create_dir_all(out.join("systemd"))?;
     std::fs::write(out.join("systemd/tsm-trace.service"), packaged_unit(&unit)?)?;
     Ok(())
+}
+
+/// The Debian changelog: one entry for this version, dated by the last commit (so the
+/// package is the same whenever it is built from one commit).
+fn changelog() -> Result<String> {
+    let version = env!("CARGO_PKG_VERSION");
+    let date = crate::vm::run_cmd_output(Command::new("git").current_dir(root()).args([
+        "log",
+        "-1",
+        "--format=%aD",
+    ]))?;
+    Ok(format!(
+        "tsm-trace ({version}-1) unstable; urgency=medium\n\n  * tsm-trace {version}: see README.md.\n\n -- tsm-trace developers <tsm-trace@example.invalid>  {}\n",
+        date.trim()
+    ))
 }
 
 /// Size of `usr/bin/tsm-trace` in `deb`.
@@ -138,7 +154,7 @@ pub fn build() -> Result<Built> {
 /// lintian: no error (warnings and notes are printed).
 fn lintian(deb: &Path) -> Result<()> {
     let out = Command::new("lintian")
-        .args(["--fail-on", "error", "--no-tag-display-limit"])
+        .args(["--fail-on", "error", "--tag-display-limit", "0"])
         .arg(deb)
         .output()
         .context("running lintian (cargo xtask setup installs it)")?;
