@@ -65,6 +65,11 @@ fn generate(bin: &Path) -> Result<()> {
     run(Command::new("gzip").args(["-9nf"]).args(&pages))?;
     let unit =
         std::fs::read_to_string(root().join(UNIT)).with_context(|| format!("reading {UNIT}"))?;
+    run(Command::new("strip")
+        .arg("-o")
+        .arg(out.join("tsm-trace"))
+        .arg(bin))?;
+    std::fs::write(out.join("changelog"), changelog()?)?;
     std::fs::create_dir_all(out.join("systemd"))?;
     std::fs::write(out.join("systemd/tsm-trace.service"), packaged_unit(&unit)?)?;
     Ok(())
