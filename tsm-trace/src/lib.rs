@@ -10,6 +10,7 @@
 pub mod btf;
 pub mod cli;
 pub mod correlate;
+pub mod doctor;
 pub mod errno;
 pub mod event_loop;
 pub mod events;

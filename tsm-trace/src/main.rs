@@ -1,5 +1,6 @@
 //! `tsm-trace`: the command line. See `tsm-trace --help`.
 
+mod generate;
 mod logger;
 
 use std::{
@@ -36,6 +37,7 @@ failures by layer and errno, and bindings left behind.";
 
 const AFTER_HELP: &str = "\
 Examples:
+  tsm-trace doctor                         can this host run tsm-trace, what will it see
   tsm-trace check                          which probes attach here, and why not
   tsm-trace trace --failed                 failed binds/unbinds as they happen
   tsm-trace trace --json --record cap.jsonl --duration 10m
@@ -65,6 +67,17 @@ enum Command {
     Replay(ReplayArgs),
     /// Resolve BTF, attach every probe, print what attached (and why not), and exit.
     Check(CheckArgs),
+    /// Can this host run tsm-trace, and what will it see? One line per fact (kernel, BTF,
+    /// kprobes, PCI TSM, lockdown, capabilities, bpffs, probes...) with what to do about it.
+    /// Exit status: 0 ok, 1 degraded, 2 cannot run.
+    Doctor(DoctorArgs),
+    /// Write man pages, shell completions and the commented /etc/default/tsm-trace into DIR
+    /// (for packaging).
+    #[command(hide = true)]
+    Generate {
+        /// The output directory (created).
+        dir: PathBuf,
+    },
     /// Remove what `run` pinned in bpffs (its probes stop) and its state file. Run it with
     /// no daemon running: before uninstalling, or to start over with empty tables.
     Unpin(UnpinArgs),
@@ -362,6 +375,18 @@ struct ReplayArgs {
 }
 
 #[derive(Args)]
+struct DoctorArgs {
+    #[command(flatten)]
+    probes: ProbeArgs,
+    /// The pin directory `run` would use (its bpffs mount is checked).
+    #[arg(long, value_name = "DIR", env = "TSM_TRACE_PIN_DIR", default_value = tsm_trace::probes::pin::DEFAULT_ROOT)]
+    pin_dir: PathBuf,
+    /// One JSON object instead of text: verdict, exit_code and the findings.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 struct CheckArgs {
     #[command(flatten)]
     probes: ProbeArgs,
@@ -404,6 +429,8 @@ fn main() {
     let result = match cli.command {
         Command::Replay(args) => replay(args),
         Command::Check(args) => check(args),
+        Command::Doctor(args) => doctor(args).map(|code| std::process::exit(code)),
+        Command::Generate { dir } => generate::run(<Cli as clap::CommandFactory>::command(), &dir),
         Command::Unpin(args) => unpin(args),
         Command::Run(args) => runtime().and_then(|rt| rt.block_on(run(args))),
         Command::Trace(args) => runtime().and_then(|rt| rt.block_on(trace(args))),
@@ -430,7 +457,8 @@ fn known_env() -> Vec<String> {
             walk(sub, out);
         }
     }
-    let mut out = Vec::new();
+    // The systemd unit passes this one to `run` as arguments.
+    let mut out = vec![generate::ARGS_VAR.to_string()];
     walk(&<Cli as clap::CommandFactory>::command(), &mut out);
     out.sort();
     out.dedup();
@@ -559,7 +587,7 @@ fn start_session(probes: &ProbeArgs, pin_root: Option<PathBuf>) -> Result<LiveSe
 fn drop_capabilities(live: &LiveSession, waiting: bool, window: Duration) {
     use tsm_trace::probes::capabilities;
     let keep = capabilities::to_keep(waiting);
-    let names: Vec<_> = keep.iter().map(|&c| capabilities::name(c)).collect();
+    let names = capabilities::names(&keep);
     let why = if waiting {
         format!(
             "{} requested probes may still attach when their module loads, for --late-attach-window {}",
@@ -625,8 +653,7 @@ fn switch_user(uid: u32, gid: u32, keep_all: bool) -> Result<()> {
     })?;
     if keep_all {
         // Effective again: the switch cleared it, permitted was kept.
-        let all: Vec<u32> = (0..64).collect();
-        capabilities::drop_all_but(&all).context("--user: restoring capabilities")?;
+        capabilities::raise_permitted().context("--user: restoring capabilities")?;
     }
     log::info!("now running as uid {uid}, gid {gid}");
     Ok(())
@@ -911,10 +938,8 @@ fn check(args: CheckArgs) -> Result<()> {
     writeln!(out, "{attached} programs attached")?;
     let late = session.waiting();
     if !late.is_empty() {
-        let keep: Vec<&str> = tsm_trace::probes::capabilities::to_keep(true)
-            .iter()
-            .map(|&c| tsm_trace::probes::capabilities::name(c))
-            .collect();
+        let keep =
+            tsm_trace::probes::capabilities::names(&tsm_trace::probes::capabilities::to_keep(true));
         writeln!(
             out,
             "late attach: {} requested programs are not attached but may be when their module loads ({}); `run` attaches them for --late-attach-window (default 10m), keeping {} until then, then only CAP_BPF",
@@ -930,4 +955,24 @@ fn check(args: CheckArgs) -> Result<()> {
     }
     let _ = std::io::stdout().is_terminal();
     Ok(())
+}
+
+/// `tsm-trace doctor`: the report, and the exit status it implies.
+fn doctor(args: DoctorArgs) -> Result<i32> {
+    use tsm_trace::doctor;
+    let facts = doctor::gather(
+        &doctor::Paths::default(),
+        &args.probes.session_options(),
+        &args.pin_dir,
+    );
+    let report = doctor::Report::new(doctor::assess(&facts));
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{}", report.render_text())?;
+    }
+    out.flush()?;
+    Ok(report.exit_code)
 }

@@ -209,6 +209,25 @@ fn btf_name(
     })
 }
 
+/// What a session would attach, found without loading anything (no privilege needed):
+/// `tsm-trace doctor` where the probes cannot be loaded.
+pub struct Plan {
+    /// Every program's report (never `attached`) and whether it would be attached.
+    pub probes: Vec<(AttachReport, bool)>,
+    pub btf: Resolution,
+}
+
+impl Plan {
+    /// kallsyms and BTF as [`Session::start`] reads them, and the same walk over the
+    /// programs, stopping short of the verifier and `perf_event_open`.
+    pub fn make(opts: &SessionOptions) -> Result<Plan> {
+        let syms = load_kallsyms(opts)?;
+        let btf = resolve_btf(&syms, opts)?;
+        let probes = probes::plan_all(&syms, &opts.attach, &btf.prototypes);
+        Ok(Plan { probes, btf })
+    }
+}
+
 impl Session {
     pub fn start(opts: &SessionOptions) -> Result<Session> {
         probes::check_privileges()?;

@@ -6,6 +6,7 @@
 mod bench;
 mod build;
 mod demo;
+mod dist;
 mod e2e;
 mod fuzz;
 #[cfg(test)]
@@ -48,6 +49,10 @@ enum Command {
     Bench(bench::BenchArgs),
     /// A real Prometheus scrapes tsm-trace in a VM; every dashboard and rule query must answer.
     E2e(e2e::E2eArgs),
+    /// The Debian package (cargo-deb: static binary, unit, /etc/default, man pages,
+    /// completions; lintian clean) in target/dist/; --test installs and removes it in a
+    /// bookworm root.
+    Dist(dist::DistArgs),
     /// Fuzz the parsers of untrusted input (cargo-fuzz on the pinned nightly) for a while.
     Fuzz(fuzz::FuzzArgs),
 }
@@ -79,6 +84,10 @@ fn main() -> Result<()> {
         Command::Demo(args) => {
             setup::ensure()?;
             demo::run(&args)
+        }
+        Command::Dist(args) => {
+            setup::ensure()?;
+            dist::run_dist(&args)
         }
         Command::Fuzz(args) => {
             setup::ensure()?;

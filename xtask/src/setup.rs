@@ -38,6 +38,10 @@ pub const DEB_PACKAGES: &[&str] = &[
     "musl-tools",
     // systemd-analyze: the unit's hardening score in `cargo xtask test`.
     "systemd",
+    // `cargo xtask dist`: lintian checks the package; debootstrap makes the bookworm root
+    // its install/remove test runs in.
+    "lintian",
+    "debootstrap",
 ];
 
 /// bpf-linker is built against Debian's LLVM of the pinned nightly's major, not against the LLVM
@@ -81,6 +85,8 @@ struct Missing {
     bpf_linker: Option<String>,
     /// cargo-fuzz (`cargo xtask fuzz` and the fuzz step of `cargo xtask test`).
     cargo_fuzz: bool,
+    /// cargo-deb (`cargo xtask dist` and the package step of `cargo xtask test`).
+    cargo_deb: bool,
 }
 
 impl Missing {
@@ -91,6 +97,7 @@ impl Missing {
             && !self.musl
             && self.bpf_linker.is_none()
             && !self.cargo_fuzz
+            && !self.cargo_deb
     }
 
     fn describe(&self, channel: &str) -> Vec<String> {
@@ -126,15 +133,25 @@ impl Missing {
         if self.cargo_fuzz {
             v.push("cargo-fuzz (the fuzz targets in fuzz/)".into());
         }
+        if self.cargo_deb {
+            v.push(format!("cargo-deb {CARGO_DEB_VERSION} (cargo xtask dist)"));
+        }
         v
     }
 }
 
 /// Is cargo-fuzz on PATH? (A file check: no process, so setup stays fast.)
 fn have_cargo_fuzz() -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("cargo-fuzz").is_file()))
+    on_path("cargo-fuzz")
 }
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+}
+
+/// Pinned: the package's metadata (`[package.metadata.deb]`) is read by this version.
+const CARGO_DEB_VERSION: &str = "3.8.0";
 
 fn find_missing(channel: &str, rebuild_linker: bool) -> Result<Missing> {
     let mut m = Missing::default();
@@ -172,6 +189,7 @@ fn find_missing(channel: &str, rebuild_linker: bool) -> Result<Missing> {
         .any(|l| l.trim() == "x86_64-unknown-linux-musl");
     m.bpf_linker = bpf_linker_problem(m.llvm_major, rebuild_linker);
     m.cargo_fuzz = !have_cargo_fuzz();
+    m.cargo_deb = !on_path("cargo-deb");
     Ok(m)
 }
 
@@ -330,6 +348,19 @@ fn install(channel: &str, mut m: Missing) -> Result<()> {
         sh(Command::new("cargo").args(["install", "--locked", "cargo-fuzz"]))?;
         if !have_cargo_fuzz() {
             bail!("setup: cargo-fuzz is still not on PATH; is ~/.cargo/bin on PATH?");
+        }
+    }
+    if m.cargo_deb {
+        // Measured: ~3 min on 2 busy cores.
+        sh(Command::new("cargo").args([
+            "install",
+            "--locked",
+            "cargo-deb",
+            "--version",
+            CARGO_DEB_VERSION,
+        ]))?;
+        if !on_path("cargo-deb") {
+            bail!("setup: cargo-deb is still not on PATH; is ~/.cargo/bin on PATH?");
         }
     }
     Ok(())

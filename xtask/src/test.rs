@@ -73,6 +73,11 @@ pub fn test_all(no_vm: bool) -> Result<()> {
             )
         })
     })?;
+    step("Kubernetes manifests", &mut crate::dist::manifests::check)?;
+    step("Debian package (lintian, install/remove)", &mut || {
+        let built = crate::dist::build()?;
+        crate::dist::install::test(&built.deb)
+    })?;
     step("fuzz (20 s per target)", &mut || {
         let targets: Vec<String> = crate::fuzz::TARGETS.iter().map(|t| t.to_string()).collect();
         for o in crate::fuzz::run_targets(&targets, crate::fuzz::TEST_SECS)? {

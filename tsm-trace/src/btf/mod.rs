@@ -15,6 +15,13 @@
 //! - Member lookup descends into anonymous structs/unions and through typedef/const/volatile/
 //!   restrict/type-tag chains; a forward declaration is completed by name, preferring the object
 //!   it was found in.
+//!
+//! Why this resolver is ours and the parsing is not: btf-rs parses vmlinux and split BTF (the
+//! format work a crate does better); what is left here is policy no crate offers — which BTF
+//! object a probed function lives in, its own prototype as the source of argument types, id
+//! ranges deciding a type's owner, and a report per field saying where its offset came from or
+//! why there is none. aya's own BTF code relocates CO-RE accesses at load time; it does not
+//! answer "is `kvm.stats_id` reachable through `tsm_bind`'s prototype in module X".
 
 use std::{
     fs, io,

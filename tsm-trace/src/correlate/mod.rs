@@ -42,12 +42,12 @@
 //! - `nesting.rs`: call nesting per thread (point events go to `bindings.rs`: VM destroyed,
 //!   VMM exited). Closed chains go through `build.rs`, whose operations update the tables in
 //!   `bindings.rs`.
-//! - `reconcile.rs`: [`Correlator::reconcile`]. `fxhash.rs`: the tables' hasher.
+//! - `reconcile.rs`: [`Correlator::reconcile`]. The tables hash with rustc-hash's FxHash:
+//!   keys are thread ids and device names chosen by the kernel, not by an adversary.
 
 mod bindings;
 mod build;
 mod devices;
-mod fxhash;
 #[cfg(test)]
 mod lifecycle_tests;
 mod nesting;
@@ -65,8 +65,8 @@ use serde::Serialize;
 use crate::events::{Event, Probe};
 
 use bindings::VmCheck;
-use fxhash::FxBuild;
 use nesting::{Chain, Key, ThreadState};
+use rustc_hash::FxBuildHasher as FxBuild;
 pub use types::{
     Anomaly, AnomalyKind, BindPath, Binding, BindingClosed, ClearCause, Frame, GuestRequest, Leak,
     LeakReason, Mismatch, MismatchKind, OpKind, OpResult, Operation, Output, TsmState,

@@ -241,18 +241,24 @@ fn strict_check(reports: &[AttachReport]) -> Result<(), ProbeError> {
     })
 }
 
-/// Resolves and attaches one program of `t`; the report says what happened.
-#[allow(clippy::too_many_arguments)]
-fn attach_one(
-    ebpf: &mut Ebpf,
-    links: &mut Links,
+/// How far [`resolve_one`] got: a final report, or a program ready to load and attach.
+enum Resolved {
+    Done(AttachReport),
+    /// The report names the tracepoint (`function`).
+    Tracepoint(AttachReport),
+    Kprobe(AttachReport, super::AttachPoint),
+}
+
+/// Everything but loading and attaching: is the function (or tracepoint) there, in which
+/// module, does its prototype match? Needs no privilege.
+fn resolve_one(
     syms: &Kallsyms,
     config: &AttachConfig,
     prototypes: &[PrototypeCheck],
     t: &Target,
     program: &'static str,
     kind: Kind,
-) -> Result<AttachReport, ProbeError> {
+) -> Resolved {
     let symbols = config.candidates(t);
     let enabled = !config.disabled.contains(&t.probe);
     // Driver ops found through the known-driver table are optional: a host without that
@@ -279,7 +285,7 @@ fn attach_one(
             "disabled on the command line".to_string()
         });
         report.may_load_later = false;
-        return Ok(report);
+        return Resolved::Done(report);
     }
     if kind == Kind::RawTracepoint {
         // Raw tracepoints are named like their program, but for sched_process_exit.
@@ -290,20 +296,7 @@ fn attach_one(
             program
         };
         report.function = tracepoint.to_string();
-        load_program(ebpf, program, kind)?;
-        let p: &mut RawTracePoint = ebpf
-            .program_mut(program)
-            .ok_or(ProbeError::MissingProgram { program })?
-            .try_into()
-            .map_err(|e| load_error(program, e))?;
-        match p.attach(tracepoint) {
-            Ok(id) => match links.keep(ebpf, program, LinkId::RawTracepoint(id)) {
-                None => report.attached = true,
-                Some(why) => report.reason = Some(why),
-            },
-            Err(e) => report.reason = Some(format!("attach failed: {}", chain(&e))),
-        }
-        return Ok(report);
+        return Resolved::Tracepoint(report);
     }
     let point = match syms.find_in(&symbols, t.anchors) {
         SymbolMatch::Found {
@@ -322,7 +315,7 @@ fn attach_one(
         }
         SymbolMatch::Missing { reason } => {
             report.reason = Some(format!("{reason}; comes from {}", t.origin));
-            return Ok(report);
+            return Resolved::Done(report);
         }
     };
     if let Some(Err(why)) = prototypes
@@ -331,20 +324,74 @@ fn attach_one(
         .map(|c| &c.result)
     {
         report.reason = Some(format!("not attached: {why}"));
-        return Ok(report);
+        return Resolved::Done(report);
     }
-    load_program(ebpf, program, kind)?;
-    let p: &mut KProbe = ebpf
-        .program_mut(program)
-        .ok_or(ProbeError::MissingProgram { program })?
-        .try_into()
-        .map_err(|e| load_error(program, e))?;
-    match p.attach(&point.symbol, point.offset) {
-        Ok(id) => match links.keep(ebpf, program, LinkId::Kprobe(id)) {
-            None => report.attached = true,
-            Some(why) => report.reason = Some(why),
-        },
-        Err(e) => report.reason = Some(format!("attach failed: {}", chain(&e))),
+    Resolved::Kprobe(report, point)
+}
+
+/// One program as [`attach_all`] would see it, without loading anything (no privilege
+/// needed): its report (never `attached`) and whether it would be loaded and attached.
+pub fn plan_all(
+    syms: &Kallsyms,
+    config: &AttachConfig,
+    prototypes: &[PrototypeCheck],
+) -> Vec<(AttachReport, bool)> {
+    programs()
+        .map(
+            |(t, program, kind)| match resolve_one(syms, config, prototypes, t, program, kind) {
+                Resolved::Done(r) => (r, false),
+                Resolved::Tracepoint(r) | Resolved::Kprobe(r, _) => (r, true),
+            },
+        )
+        .collect()
+}
+
+/// Resolves and attaches one program of `t`; the report says what happened.
+#[allow(clippy::too_many_arguments)]
+fn attach_one(
+    ebpf: &mut Ebpf,
+    links: &mut Links,
+    syms: &Kallsyms,
+    config: &AttachConfig,
+    prototypes: &[PrototypeCheck],
+    t: &Target,
+    program: &'static str,
+    kind: Kind,
+) -> Result<AttachReport, ProbeError> {
+    match resolve_one(syms, config, prototypes, t, program, kind) {
+        Resolved::Done(report) => Ok(report),
+        Resolved::Tracepoint(mut report) => {
+            let tracepoint = report.function.clone();
+            load_program(ebpf, program, kind)?;
+            let p: &mut RawTracePoint = ebpf
+                .program_mut(program)
+                .ok_or(ProbeError::MissingProgram { program })?
+                .try_into()
+                .map_err(|e| load_error(program, e))?;
+            match p.attach(&tracepoint) {
+                Ok(id) => match links.keep(ebpf, program, LinkId::RawTracepoint(id)) {
+                    None => report.attached = true,
+                    Some(why) => report.reason = Some(why),
+                },
+                Err(e) => report.reason = Some(format!("attach failed: {}", chain(&e))),
+            }
+            Ok(report)
+        }
+        Resolved::Kprobe(mut report, point) => {
+            load_program(ebpf, program, kind)?;
+            let p: &mut KProbe = ebpf
+                .program_mut(program)
+                .ok_or(ProbeError::MissingProgram { program })?
+                .try_into()
+                .map_err(|e| load_error(program, e))?;
+            match p.attach(&point.symbol, point.offset) {
+                Ok(id) => match links.keep(ebpf, program, LinkId::Kprobe(id)) {
+                    None => report.attached = true,
+                    Some(why) => report.reason = Some(why),
+                },
+                Err(e) => report.reason = Some(format!("attach failed: {}", chain(&e))),
+            }
+            Ok(report)
+        }
     }
-    Ok(report)
 }

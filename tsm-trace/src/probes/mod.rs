@@ -12,11 +12,11 @@ mod kallsyms;
 pub mod misses;
 pub mod ownership;
 pub mod pin;
-mod privileges;
+pub mod privileges;
 
 use std::collections::BTreeMap;
 
-pub use attach::{Links, attach_all, attach_missing, detach_gone, detach_module};
+pub use attach::{Links, attach_all, attach_missing, detach_gone, detach_module, plan_all};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, RingBuf},

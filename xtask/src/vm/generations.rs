@@ -16,8 +16,10 @@ use anyhow::Result;
 use serde_json::Value;
 
 use super::kernel::Kernel;
+use super::kv::parse_kv;
+use super::module;
+use super::qemu::VmOutput;
 use super::scenarios::{Checks, json_lines, parse_exposition, s};
-use super::{VmOutput, module, parse_kv};
 
 pub const SCRIPT: &str = "tests/vm/scenarios/generations.sh";
 

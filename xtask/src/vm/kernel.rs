@@ -17,6 +17,11 @@ use crate::util::{output as run_cmd_output, run_quiet as run_cmd};
 
 const DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
 const DEBIAN_SECURITY: &str = "http://deb.debian.org/debian-security";
+/// The Debian mirror (`TSM_VM_DEBIAN_MIRROR` overrides it).
+pub fn debian_mirror() -> String {
+    std::env::var("TSM_VM_DEBIAN_MIRROR").unwrap_or_else(|_| DEBIAN_MIRROR.into())
+}
+
 const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
 /// A private apt "root" (sources + lists + cache), one per Debian release family.
@@ -40,7 +45,7 @@ impl AptRoot {
     }
 
     fn sources(self) -> String {
-        let mirror = std::env::var("TSM_VM_DEBIAN_MIRROR").unwrap_or_else(|_| DEBIAN_MIRROR.into());
+        let mirror = debian_mirror();
         let security =
             std::env::var("TSM_VM_DEBIAN_SECURITY").unwrap_or_else(|_| DEBIAN_SECURITY.into());
         let (suites, sec) = match self {

@@ -13,6 +13,7 @@
 //! | modules           | module loads/unloads while tracing       | same                                 |
 //! | storm             | exact /metrics at any event rate         | same                                 |
 //! | restart           | against the real core's `tsm/bound`      | against the stand-in's bindings      |
+//! | doctor            | root, nobody, no bpffs, lockdown         | same                                 |
 //!
 //! The fixture smokes (`--smoke`, `--lifecycle`, no tsm-trace) run the stand-in's ctl
 //! commands everywhere and the lifecycle smoke where PCI TSM is.
@@ -24,7 +25,7 @@ use anyhow::{Context, Result};
 use super::kernel::Kernel;
 use super::qemu::{RunOptions, VmOutput};
 use super::smoke::{check_lifecycle, check_smoke};
-use super::{generations, lifecycle, modules, restart, scenarios, storm};
+use super::{doctor, generations, lifecycle, modules, restart, scenarios, storm};
 use crate::util::root;
 
 /// A suite's checker: the number of checks made, or every failure.
@@ -58,6 +59,7 @@ pub struct Scripts {
     modules: String,
     storm: String,
     restart: String,
+    doctor: String,
 }
 
 /// The placeholder scenario of `--smoke` (exercises every stand-in ctl command).
@@ -81,6 +83,7 @@ impl Scripts {
             modules: read(modules::SCRIPT)?,
             storm: read(storm::SCRIPT)?,
             restart: read(restart::SCRIPT)?,
+            doctor: read(doctor::SCRIPT)?,
         })
     }
 }
@@ -102,6 +105,7 @@ pub const SUITES: &[&str] = &[
     "modules",
     "storm",
     "restart",
+    "doctor",
     "smoke",
     "lifecycle",
 ];
@@ -148,6 +152,8 @@ pub fn plan<'a>(
             add("modules", &scripts.modules, opts, modules::check);
             add("storm", &scripts.storm, opts, storm::check);
             add("restart", &scripts.restart, &tee, restart::check);
+            // `tsm-trace doctor` as root, nobody, without bpffs and under lockdown.
+            add("doctor", &scripts.doctor, opts, doctor::check);
         }
         Mode::Smoke => {
             add("smoke", &scripts.smoke, opts, check_smoke);
@@ -237,6 +243,7 @@ mod tests {
             modules: s("m"),
             storm: s("st"),
             restart: s("r"),
+            doctor: s("d"),
         }
     }
 
@@ -254,7 +261,8 @@ mod tests {
                     "lifecycle-trace",
                     "modules",
                     "storm",
-                    "restart"
+                    "restart",
+                    "doctor"
                 ]
             );
             let tee: Vec<_> = runs
