@@ -611,6 +611,40 @@ fn drop_capabilities(live: &LiveSession, waiting: bool, window: Duration) {
     }
 }
 
+/// `--user`: the pin directory and the state directory, written after the switch, become
+/// that user's (`probes/ownership.rs`). What cannot be handed over is said, with its cost.
+fn hand_over_files(args: &RunArgs, s: &tsm_trace::session::Session, uid: u32, gid: u32) {
+    use tsm_trace::probes::ownership;
+    if let Some(p) = &s.pinned
+        && let Err(e) = ownership::give_tree(&args.pin_dir, uid, gid)
+    {
+        log::warn!(
+            "--user: could not hand {} to uid {uid}: {e}; probes that attach later cannot be pinned, and the next start must run as root to take over (dir {})",
+            args.pin_dir.display(),
+            p.dir.display()
+        );
+    }
+    if args.no_persist {
+        return;
+    }
+    match ownership::own_state_dir(&args.state_file) {
+        Some(dir) => {
+            if let Err(e) = std::fs::create_dir_all(dir)
+                .and_then(|()| ownership::give_tree(dir, uid, gid).map(drop))
+            {
+                log::warn!(
+                    "--user: could not hand {} to uid {uid}: {e}; the binding table will not be saved (a restart then reports bound devices as sysfs_bound_without_owner)",
+                    dir.display()
+                );
+            }
+        }
+        None => log::warn!(
+            "--user: {} is not in a directory of tsm-trace's own (named tsm-trace), so it is left as it is; if uid {uid} cannot write there, the binding table will not be saved",
+            args.state_file.display()
+        ),
+    }
+}
+
 /// `--user`: becomes that user (before capabilities are reduced).
 fn switch_user(uid: u32, gid: u32, keep_all: bool) -> Result<()> {
     use tsm_trace::probes::capabilities;
@@ -661,6 +695,7 @@ async fn run(args: RunArgs) -> Result<()> {
     }
     let waiting = live.missing() > 0 && !args.late_attach_window.is_zero();
     if let Some((uid, gid)) = args.user {
+        hand_over_files(&args, live.session(), uid, gid);
         switch_user(uid, gid, args.keep_capabilities)?;
     }
     if !args.keep_capabilities {

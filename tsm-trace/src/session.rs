@@ -49,6 +49,8 @@ pub struct Session {
     /// Kept open for the session's life: programs loaded after a module load are relocated
     /// against the fd of every map they use (a dropped map fails them in the verifier).
     _gate: Array<MapData, u32>,
+    /// `/proc` shows the kernel's thread ids (see `probes/expiry.rs`).
+    sees_host_threads: bool,
     aggregates: Option<Aggregates>,
     events: Option<RingBuf<MapData>>,
     control: Option<RingBuf<MapData>>,
@@ -56,6 +58,18 @@ pub struct Session {
     pub btf: Resolution,
     /// Where the state is pinned and what the start took over, for `run`.
     pub pinned: Option<PinnedState>,
+}
+
+/// Whether `/proc` shows the kernel's thread ids; says what it costs if not.
+fn host_threads() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let host = expiry::sees_host_threads(&status);
+    if !host {
+        log::warn!(
+            "/proc shows another pid namespace's ids (a container without hostPID): in-flight calls of exited threads expire only after --inflight-timeout; run with the host's pid namespace (hostPID: true)"
+        );
+    }
+    host
 }
 
 /// What one [`Session::expire_stale`] removed.
@@ -266,6 +280,7 @@ impl Session {
             inflight: maps.inflight,
             thread_ops: maps.thread_ops,
             _gate: maps.gate,
+            sees_host_threads: host_threads(),
             aggregates: Some(Aggregates {
                 counts: maps.op_counts,
                 hist: maps.op_hist,
@@ -398,7 +413,9 @@ impl Session {
     /// meanwhile is gone already).
     pub fn expire_stale(&mut self, timeout: Duration) -> Result<Expired> {
         let now = expiry::monotonic_ns();
-        let alive = |pt| expiry::thread_alive(Path::new("/proc"), pt);
+        let host = self.sees_host_threads;
+        // Where /proc shows other ids, no thread can be found gone: only the timeout applies.
+        let alive = |pt| !host || expiry::thread_alive(Path::new("/proc"), pt);
         let entries: Vec<(InflightKey, u64)> = self
             .inflight
             .iter()

@@ -9,8 +9,8 @@
 #   vmmexit    (e) its VMM process exits
 #   nothing    (d) nothing: still bound, and on kernels with the PCI TSM core its sysfs
 #              tsm/bound names the TSM (the false `sysfs_bound_without_owner` case)
-# A second daemon starts, is stopped cleanly (SIGTERM, an upgrade), a third starts; then
-# `tsm-trace unpin` removes what was pinned.
+# A second daemon starts, is stopped cleanly (SIGTERM, an upgrade), a third starts as
+# nobody (--user) and saves an unbind; then `tsm-trace unpin` removes what was pinned.
 #
 # Sections (data port):
 #   rs_truth     "<case> dev=<bdf> <tsm_standin last>" per bind and per while-down action;
@@ -45,9 +45,11 @@ fi
 
 # rec CASE DEV: the stand-in's record of the command just run.
 rec() { echo "$1 dev=$2 $(cat "$LAST")" >> "$T"; }
-start_daemon() { # start_daemon N
+start_daemon() { # start_daemon N [FLAG...]
+	n=$1
+	shift
 	$BIN run --listen 127.0.0.1:$PORT --grace 1s --reconcile-interval 1s --print json \
-		$FLAGS > /tmp/rs_d$1.out 2> /tmp/rs_d$1.err &
+		$FLAGS "$@" > /tmp/rs_d$n.out 2> /tmp/rs_d$n.err &
 	DAEMON=$!
 	i=0
 	until wget -q -O /dev/null http://127.0.0.1:$PORT/readyz 2>/dev/null; do
@@ -117,11 +119,16 @@ snap 2
 kill -TERM $DAEMON
 wait $DAEMON
 echo "exit=$?" >> /tmp/rs_d2.err
-start_daemon 3
+# The third runs as nobody after attaching (as the DaemonSet does): it must still save the
+# table (an unbind while it runs) in the state directory handed over to it.
+start_daemon 3 --user 65534:65534
 snap 3
+ctl ioctl 1 2 0; rec d3_unbind $D_NOTHING
+sleep 1
 kill -TERM $DAEMON
 wait $DAEMON
 echo "exit=$?" >> /tmp/rs_d3.err
+echo "d3_state owner=$(ls -ln /run/tsm-trace/state.json | awk '{print $3}') has_nothing=$(grep -c "$D_NOTHING" /run/tsm-trace/state.json)" >> "$T"
 
 {
 	$BIN unpin 2>&1

@@ -9,8 +9,9 @@
 //! - entries older than the in-flight timeout (`timeout`): a return after that, should one
 //!   still come, is then counted as an orphan return too.
 //!
-//! Threads are looked up in `/proc/<tgid>/task/<tid>` (the host's pid namespace: the
-//! DaemonSet runs with `hostPID`).
+//! Threads are looked up in `/proc/<tgid>/task/<tid>`, which holds the kernel's (host) ids
+//! only in the initial pid namespace: in a container without `hostPID` every thread would
+//! look gone, so there only the timeout applies ([`sees_host_threads`]).
 
 use std::path::Path;
 
@@ -93,6 +94,15 @@ pub fn stale_thread_ops(
     (gone, unfinished)
 }
 
+/// Whether `/proc` shows the host's thread ids: this process is in the initial pid namespace
+/// (`NSpid` of `/proc/self/status` has one id; several mean a nested namespace).
+pub fn sees_host_threads(status: &str) -> bool {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .is_some_and(|ids| ids.split_whitespace().count() == 1)
+}
+
 /// `CLOCK_MONOTONIC` now, the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -161,6 +171,14 @@ mod tests {
             });
         assert_eq!(gone, vec![1, 2]);
         assert_eq!(unfinished, 1);
+    }
+
+    #[test]
+    fn a_nested_pid_namespace_hides_host_threads() {
+        assert!(sees_host_threads("Name:\tx\nNSpid:\t4242\n"));
+        assert!(!sees_host_threads("NSpid:\t4242\t7\n"));
+        // No NSpid line (kernels before 4.1): cannot tell, so not trusted.
+        assert!(!sees_host_threads("Name:\tx\n"));
     }
 
     #[test]

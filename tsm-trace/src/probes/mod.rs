@@ -10,6 +10,7 @@ mod compat;
 pub mod expiry;
 mod kallsyms;
 pub mod misses;
+pub mod ownership;
 pub mod pin;
 pub mod privileges;
 

@@ -626,7 +626,8 @@ fn trace_session(c: &mut Checks, out: &VmOutput) -> Result<()> {
     });
     health(c, err, "trace", TRACE_PROBES);
     c.check(
-        err.contains("lost events: 0 (ring buffer full), 0 (in-flight table full), 0 returns without entry; 0 kernel read faults"),
+        err.contains("lost events: 0 (ring buffer full), 0 (in-flight table full), 0 returns without entry, 0 returns never seen; 0 kernel read faults")
+            && err.lines().any(|l| l.starts_with("kernel misses: 0 (kprobe") && l.ends_with(", 0 (BPF recursion)")),
         || format!("trace: events lost or reads faulted:\n{}", err.lines().filter(|l| l.contains("lost")).collect::<Vec<_>>().join("\n")),
     );
     let rec = Record {

@@ -290,6 +290,31 @@ pub fn check(out: &VmOutput) -> Result<usize> {
         );
     }
 
+    // Daemon 3 ran as nobody: the state it saved is its own and knows the unbind.
+    let d3_err = &out.section("rs_d3.err")?.text;
+    c.check(d3_err.contains("now running as uid 65534"), || {
+        format!("daemon 3 did not switch to uid 65534:\n{d3_err}")
+    });
+    for bad in [
+        "could not hand",
+        "will not be saved",
+        "would not know the bindings",
+    ] {
+        c.check(!d3_err.contains(bad), || {
+            format!("daemon 3 (--user) logged {bad:?}:\n{d3_err}")
+        });
+    }
+    let state = get("d3_state")?;
+    c.eq(
+        state.get("owner").map(String::as_str),
+        Some("65534"),
+        "daemon 3: state.json saved by uid 65534",
+    );
+    c.eq(
+        state.get("has_nothing").map(String::as_str),
+        Some("0"),
+        "daemon 3: the saved table no longer holds the binding unbound while it ran",
+    );
     let unpin = &out.section("rs_unpin")?.text;
     c.check(
         unpin.contains("removed ") && unpin.contains("exit=0"),
