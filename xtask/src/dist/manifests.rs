@@ -71,6 +71,8 @@ struct PodMeta {
 struct PodSpec {
     #[serde(default)]
     node_selector: Labels,
+    #[serde(rename = "hostPID")]
+    host_pid: Option<bool>,
     containers: Vec<Container>,
     #[serde(default)]
     volumes: Vec<Volume>,
