@@ -825,7 +825,7 @@ fn synthetic_split_btf_resolves_through_function_prototypes() {
         KvmOffsets {
             userspace_pid: 8,
             stats_id: 12,
-            userspace_pid_kind: IntKind::new(4, true),
+            userspace_pid_kind: IntKind::of(4, true),
             stats_id_len: 48,
         }
     );
@@ -834,7 +834,7 @@ fn synthetic_split_btf_resolves_through_function_prototypes() {
         KvmOffsets {
             userspace_pid: 100,
             stats_id: 200,
-            userspace_pid_kind: IntKind::new(4, true),
+            userspace_pid_kind: IntKind::of(4, true),
             stats_id_len: 48,
         }
     );
@@ -844,7 +844,7 @@ fn synthetic_split_btf_resolves_through_function_prototypes() {
         KvmOffsets {
             userspace_pid: 100,
             stats_id: 200,
-            userspace_pid_kind: IntKind::new(4, true),
+            userspace_pid_kind: IntKind::of(4, true),
             stats_id_len: 48,
         }
     );
@@ -854,7 +854,9 @@ fn synthetic_split_btf_resolves_through_function_prototypes() {
         [
             "kvm.userspace_pid (driver_bind)",
             "kvm.stats_id (driver_bind)",
-            "module.name"
+            "module.name",
+            // tsm_unbind is probed but not in the synthetic BTF.
+            "return tsm_unbind"
         ]
     );
 
@@ -960,7 +962,7 @@ fn synthetic_types_enum_values_and_return_kinds() {
     let r = resolve(&BtfSources::in_dir(&dir), &SYNTH_FNS).unwrap();
     fs::remove_dir_all(&dir).unwrap();
     let o = &r.offsets;
-    let u32k = IntKind::new(4, false);
+    let u32k = IntKind::of(4, false);
     assert_eq!(
         (
             o.kinds.tsm_op_op,
@@ -970,7 +972,7 @@ fn synthetic_types_enum_values_and_return_kinds() {
         ),
         (u32k, u32k, u32k, u32k)
     );
-    assert_eq!(o.kinds.vdev_virt_id, IntKind::new(8, false));
+    assert_eq!(o.kinds.vdev_virt_id, IntKind::of(8, false));
     assert_eq!(o.kinds.tdi_tdi_id, u32k);
     // v5: enum iommu_vdevice_tsm_op_type in the module.
     assert_eq!((o.uapi_op_bind, o.uapi_op_unbind), (1, 2));
@@ -983,10 +985,10 @@ fn synthetic_types_enum_values_and_return_kinds() {
         "bind=1 unbind=2 (enum iommu_vdevice_tsm_op_type in tsm_standin)"
     );
     let k = |p: ProbeId| o.ret[p as usize];
-    assert_eq!(k(ProbeId::TsmOpIoctl), IntKind::new(4, true));
+    assert_eq!(k(ProbeId::TsmOpIoctl), IntKind::of(4, true));
     assert_eq!(k(ProbeId::TsmBind), u32k);
     assert_eq!(k(ProbeId::VdeviceAbort), ret::VOID);
-    assert_eq!(k(ProbeId::PciTsmGuestReq), IntKind::new(8, false));
+    assert_eq!(k(ProbeId::PciTsmGuestReq), IntKind::of(8, false));
     // The driver's bind op returns a pointer here: never decoded as an int.
     assert_eq!(k(ProbeId::DriverBind), ret::PTR);
     // Not in BTF: unknown, and the probe stays detached with the reason.
