@@ -242,7 +242,8 @@ pub fn rescan(live: &mut LiveSession, metrics: &Metrics) {
             }
             if gained.is_empty() {
                 log::info!(
-                    "a module was loaded; no new probe could attach ({} requested probes still missing)",
+                    "looked again after a module load or unload ({}); no new probe could attach ({} requested probes still missing)",
+                    live.session().generation.summary(),
                     live.missing()
                 );
             } else {
