@@ -295,7 +295,7 @@ impl IntKind {
     pub const SIGNED: u32 = 1 << 8;
     pub const SIZE_MASK: u32 = 0xff;
 
-    pub const fn new(size: u32, signed: bool) -> u32 {
+    pub const fn of(size: u32, signed: bool) -> u32 {
         size | if signed { IntKind::SIGNED } else { 0 }
     }
 }

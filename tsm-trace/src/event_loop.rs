@@ -86,6 +86,9 @@ pub async fn run(
     let mut batch: Batch = Vec::new();
     let mut controls: Vec<Option<Control>> = Vec::new();
     let mut rescan_at: Option<Instant> = None;
+    // After a module unload: look at kallsyms and BTF again for the generation only (the
+    // unloaded module may have carried the patch). Needs no capability.
+    let mut redetect_at: Option<Instant> = None;
     let mut window_end = opts.late_attach.as_ref().map(|w| w.until);
     // With a window, attaching stops when it closes; `trace` (no window) always attaches.
     let mut attach_open = true;
@@ -105,6 +108,7 @@ pub async fn run(
             deadline,
             next_reconcile,
             rescan_at,
+            redetect_at,
             window_end,
             Some(next_housekeeping),
         ]
@@ -121,6 +125,9 @@ pub async fn run(
                     sync_kernel_stats(metrics, live);
                 }
                 for c in controls.drain(..) {
+                    if matches!(c, Some(Control::ModuleFreed { name: Some(_) })) {
+                        redetect_at.get_or_insert_with(|| Instant::now() + RESCAN_DELAY);
+                    }
                     if control(live, metrics, c) {
                         if attach_open {
                             rescan_at.get_or_insert_with(|| Instant::now() + RESCAN_DELAY);
@@ -147,6 +154,10 @@ pub async fn run(
                 if rescan_at.is_some_and(|t| t <= now) {
                     rescan_at = None;
                     rescan(live, metrics);
+                }
+                if redetect_at.is_some_and(|t| t <= now) {
+                    redetect_at = None;
+                    redetect(live, metrics);
                 }
                 if next_reconcile.is_some_and(|t| t <= now) {
                     if let Some(r) = &opts.reconcile {
@@ -235,8 +246,7 @@ fn control(live: &mut LiveSession, metrics: &Metrics, c: Option<Control>) -> boo
                 );
                 publish_session(metrics, live.session());
             }
-            // Look again: the unloaded module may have carried the patch (re-detect it).
-            true
+            false
         }
         // Without the name, kallsyms tells which probes lost their function.
         Some(Control::ModuleFreed { name: None }) => true,
@@ -257,7 +267,8 @@ pub fn rescan(live: &mut LiveSession, metrics: &Metrics) {
             }
             if gained.is_empty() {
                 log::info!(
-                    "a module was loaded; no new probe could attach ({} requested probes still missing)",
+                    "looked again after a module load or unload ({}); no new probe could attach ({} requested probes still missing)",
+                    live.session().generation.summary(),
                     live.missing()
                 );
             } else {
@@ -275,6 +286,21 @@ pub fn rescan(live: &mut LiveSession, metrics: &Metrics) {
         }
         Err(e) => log::warn!(
             "looking for probe targets after a module load failed: {e:#}; the probes attached before keep running"
+        ),
+    }
+}
+
+/// After a module unload: which generation the kernel carries now.
+fn redetect(live: &mut LiveSession, metrics: &Metrics) {
+    match live.session_mut().redetect() {
+        Ok(true) => {
+            let g = &live.session().generation;
+            log::info!("after a module unload: kernel {}", g.summary());
+            metrics.set_kernel_info(&g.tsm_patch, g.pci_tsm);
+        }
+        Ok(false) => {}
+        Err(e) => log::warn!(
+            "detecting the kernel's generation after a module unload failed: {e:#}; tsm_trace_kernel_info keeps the last one"
         ),
     }
 }

@@ -334,6 +334,17 @@ impl Session {
         Ok((gained, gone))
     }
 
+    /// Detects the generation again from kallsyms and BTF (after a module unload), without
+    /// touching probes or offsets. True when it changed.
+    pub fn redetect(&mut self) -> Result<bool> {
+        let syms = load_kallsyms(&self.opts)?;
+        let resolution = resolve_btf(&syms, &self.opts)?;
+        let g = generation::detect(&resolution.patch, &syms);
+        let changed = g != self.generation;
+        self.generation = g;
+        Ok(changed)
+    }
+
     /// A module is being freed: detaches its probes (they would never fire again) and
     /// returns them as report lines.
     pub fn module_unloaded(&mut self, module: &str) -> Vec<String> {

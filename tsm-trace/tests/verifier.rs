@@ -3,7 +3,9 @@
 //! under `CI=true` fails.
 
 use tsm_trace::probes;
-use tsm_trace_common::{ARG_PCI_TDI, ArgLoc, GuestReqArgs, KvmOffsets, OFFSET_UNKNOWN, Offsets};
+use tsm_trace_common::{
+    ARG_PCI_TDI, ArgLoc, FieldKinds, GuestReqArgs, IntKind, KvmOffsets, OFFSET_UNKNOWN, Offsets,
+};
 
 fn is_root() -> bool {
     probes::check_privileges().is_ok()
@@ -69,7 +71,10 @@ fn every_program_passes_the_verifier() {
     let kvm = KvmOffsets {
         userspace_pid: 40,
         stats_id: 48,
+        userspace_pid_kind: IntKind::of(4, true),
+        stats_id_len: 48,
     };
+    let u32k = IntKind::of(4, false);
     load_with(&Offsets {
         ucmd_cmd: 24,
         tsm_op_op: 4,
@@ -104,7 +109,26 @@ fn every_program_passes_the_verifier() {
         kvm_destroy_vm: KvmOffsets {
             userspace_pid: OFFSET_UNKNOWN,
             stats_id: 7000,
+            userspace_pid_kind: IntKind::UNKNOWN,
+            stats_id_len: 16,
         },
         module_name: 24,
+        kinds: FieldKinds {
+            tsm_op_op: u32k,
+            tsm_op_flags: IntKind::of(2, false),
+            tsm_op_vdevice_id: IntKind::of(1, true),
+            obj_id: u32k,
+            vdev_virt_id: IntKind::of(8, false),
+            tdi_tdi_id: u32k,
+        },
+        uapi_op_bind: 1,
+        uapi_op_unbind: 2,
+        // Every decoding: int widths, pointers, void.
+        ret: core::array::from_fn(|i| match i % 4 {
+            0 => IntKind::of(4, true),
+            1 => IntKind::of(8, true),
+            2 => tsm_trace_common::ret::PTR,
+            _ => tsm_trace_common::ret::VOID,
+        }),
     });
 }

@@ -757,65 +757,6 @@ fn from_param_or_name(
     }
 }
 
-/// The UAPI op values of bind and unbind, and where they came from: the enumerators of the
-/// generation's enum where BTF has it, else the compatibility table's values for the
-/// generations whose UAPI member (`op`, `type`) the struct has.
-fn op_values(
-    objs: &Objects,
-    order: &[usize],
-    member: Option<&str>,
-) -> Result<(u32, u32, String), String> {
-    use crate::probes::compat::{GENERATIONS, OP_BIND, OP_UNBIND};
-    let member = member.ok_or("the UAPI command's op member is unresolved")?;
-    let rows: Vec<_> = GENERATIONS
-        .iter()
-        .filter(|g| g.uapi_op_member == member)
-        .collect();
-    for e in rows.iter().filter_map(|g| g.op_enum) {
-        match (
-            objs.enum_value(e, OP_BIND, order),
-            objs.enum_value(e, OP_UNBIND, order),
-        ) {
-            (Some(Ok((b, obj))), Some(Ok((u, _)))) => {
-                return Ok((b, u, format!("enum {e} in {obj}")));
-            }
-            (Some(Err(err)), _) | (_, Some(Err(err))) => return Err(err),
-            _ => {}
-        }
-    }
-    let names: Vec<&str> = rows.iter().map(|g| g.name).collect();
-    let g = rows
-        .first()
-        .ok_or_else(|| format!("no generation has the UAPI member {member}"))?;
-    let why = match g.op_enum {
-        None => format!("#defines of {}, not in BTF", names.join("/")),
-        Some(e) => format!(
-            "enum {e} not in BTF: the compatibility table's values for {}",
-            names.join("/")
-        ),
-    };
-    Ok((g.op_values.0, g.op_values.1, why))
-}
-
-fn put_op_values(out: &mut Out, r: Result<(u32, u32, String), String>) -> (u32, u32) {
-    match r {
-        Ok((b, u, why)) => {
-            out.fields.push(FieldReport {
-                field: "iommu_vdevice_tsm_op values",
-                offset: Some(b),
-                btf_object: None,
-                reason: None,
-                note: Some(format!("bind={b} unbind={u} ({why})")),
-            });
-            (b, u)
-        }
-        Err(e) => {
-            out.put("iommu_vdevice_tsm_op values", Err(e));
-            (OFFSET_UNKNOWN, OFFSET_UNKNOWN)
-        }
-    }
-}
-
 /// A member's offset and what [`Objects::member_typed`] found (kind or length).
 fn typed(
     objs: &Objects,
@@ -894,7 +835,7 @@ fn resolve_fields(
     o.tsm_op_vdevice_id = out.put("iommu_vdevice_tsm_op.vdevice_id", r);
     o.kinds.tsm_op_vdevice_id = k;
     (o.uapi_op_bind, o.uapi_op_unbind) =
-        put_op_values(&mut out, op_values(objs, &order, op_member));
+        generation::put_op_values(&mut out, generation::op_values(objs, &order, op_member));
 
     // iommufd_object.id, from the teardown function's prototype.
     let obj = from_param(objs, fns.vdevice_abort, 0);

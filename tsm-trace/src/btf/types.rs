@@ -26,7 +26,7 @@ impl Objects {
                 "a {size}-byte integer does not fit the {max}-byte event field"
             ));
         }
-        Ok(IntKind::new(size, signed))
+        Ok(IntKind::of(size, signed))
     }
 
     /// `r` must be a pointer.

@@ -1120,11 +1120,32 @@ mod tests {
         assert_eq!(get(&m.samples(), "tsm_trace_btf_fields_unresolved"), 1.0);
     }
 
+    /// One series: a re-detection (another generation loaded) replaces the previous one.
+    #[test]
+    fn kernel_info_is_one_series() {
+        let (_p, m) = scenario();
+        m.set_kernel_info("v2", true);
+        m.set_kernel_info("none", true);
+        let info: Vec<(String, f64)> = m
+            .samples()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("tsm_trace_kernel_info"))
+            .collect();
+        assert_eq!(
+            info,
+            [(
+                "tsm_trace_kernel_info{pci_tsm=\"yes\",tsm_patch=\"none\"}".to_string(),
+                1.0
+            )]
+        );
+    }
+
     #[test]
     fn every_documented_metric_is_exposed_and_every_exposed_one_documented() {
         let (_p, m) = scenario();
         m.set_probe_attached(Probe::TsmBind, "tsm_bind", "kprobe", true);
         m.set_btf_field("kvm.stats_id", true);
+        m.set_kernel_info("v5", true);
         let text = m.render();
         let exposed: std::collections::BTreeSet<&str> = text
             .lines()

@@ -43,6 +43,8 @@ const FIXTURE_SECTIONS: &[&str] = &[
     "acc_truth",
     "mod_truth",
     "storm_truth",
+    // The restart suite: the stand-in's own record of each bind (restart.sh).
+    "rs_truth",
 ];
 
 fn is_fixture(name: &str) -> bool {
