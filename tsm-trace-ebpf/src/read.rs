@@ -123,10 +123,5 @@ pub fn char_array_at(
     let Some(dst) = dst.get_mut(..n) else {
         return Err(ReadError::Unresolved);
     };
-    unsafe { bpf_probe_read_kernel_str_bytes((base + off as u64) as *const u8, dst) }
-        .map(|_| ())
-        .map_err(|_| {
-            count(stat::READ_FAULTS);
-            ReadError::Fault
-        })
+    str_at(base, off, dst)
 }

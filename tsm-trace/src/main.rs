@@ -865,21 +865,10 @@ async fn trace(args: TraceArgs) -> Result<()> {
             "lost events: {} (ring buffer full), {} (in-flight table full), {} returns without entry, {} returns never seen; {} kernel read faults",
             k.ringbuf_drops, k.inflight_full, k.orphan_returns, k.returns_missed, k.read_faults
         )?;
-        let misses = live.session().kernel_misses().unwrap_or_default();
-        let kprobe: u64 = misses
-            .iter()
-            .filter_map(|m| match m.kprobe {
-                Some(tsm_trace::probes::misses::KprobeMissed::Count(n)) => Some(n),
-                _ => None,
-            })
-            .sum();
-        let recursion: u64 = misses.iter().filter_map(|m| m.recursion).sum();
-        let reported = misses.iter().any(|m| {
-            matches!(
-                m.kprobe,
-                Some(tsm_trace::probes::misses::KprobeMissed::Count(_))
-            )
-        });
+        use tsm_trace::probes::misses;
+        let programs = live.session().kernel_misses().unwrap_or_default();
+        let (kprobe, recursion) = misses::totals(&programs);
+        let reported = misses::kprobe_reporting(&programs) == Some(true);
         writeln!(
             err,
             "kernel misses: {} (kprobe{}), {} (BPF recursion)",

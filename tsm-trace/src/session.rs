@@ -412,18 +412,10 @@ impl Session {
             }
             lines.push(l);
         }
-        if let Ok(m) = self.kernel_misses() {
-            let reported = m
-                .iter()
-                .any(|m| matches!(m.kprobe, Some(misses::KprobeMissed::Count(_))));
-            let unreported = m
-                .iter()
-                .any(|m| m.kprobe == Some(misses::KprobeMissed::NotReported));
-            if reported {
-                lines.push("misses kprobe miss counts reported by this kernel (tsm_trace_kernel_misses_total)".into());
-            } else if unreported {
-                lines.push("misses kprobe miss counts NOT reported by this kernel (needs 6.7+): a missed return shows only as an expired in-flight entry (tsm_trace_inflight_expired_total)".into());
-            }
+        match self.kernel_misses().ok().as_deref().and_then(misses::kprobe_reporting) {
+            Some(true) => lines.push("misses kprobe miss counts reported by this kernel (tsm_trace_kernel_misses_total)".into()),
+            Some(false) => lines.push("misses kprobe miss counts NOT reported by this kernel (needs 6.7+): a missed return shows only as an expired in-flight entry (tsm_trace_inflight_expired_total)".into()),
+            None => {}
         }
         lines.extend(
             self.btf
@@ -447,7 +439,7 @@ impl Session {
     /// exited threads. Only entries this call removed are counted (one whose return came
     /// meanwhile is gone already).
     pub fn expire_stale(&mut self, timeout: Duration) -> Result<Expired> {
-        let now = expiry::monotonic_ns();
+        let now = crate::event_loop::monotonic_ns();
         let host = self.sees_host_threads;
         // Where /proc shows other ids, no thread can be found gone: only the timeout applies.
         let alive = |pt| !host || expiry::thread_alive(Path::new("/proc"), pt);
@@ -465,14 +457,8 @@ impl Session {
             }
         }
         let ops: Vec<(u64, ThreadOp)> = self.thread_ops.iter().filter_map(Result::ok).collect();
-        let open: std::collections::HashSet<u64> = ops
-            .iter()
-            .filter(|(_, o)| o.depth > 0)
-            .map(|(k, _)| *k)
-            .collect();
-        let (gone, _) = expiry::stale_thread_ops(ops, alive);
-        for pid_tgid in gone {
-            if self.thread_ops.remove(&pid_tgid).is_ok() && open.contains(&pid_tgid) {
+        for (pid_tgid, open) in expiry::stale_thread_ops(ops, alive) {
+            if self.thread_ops.remove(&pid_tgid).is_ok() && open {
                 out.unfinished_operations += 1;
             }
         }

@@ -105,8 +105,11 @@ impl Objects {
 }
 
 impl Objects {
-    /// The BTF object defining `func` and its parameter type ids (`Ok(None)`: not in BTF).
-    pub(super) fn prototype(&self, func: &str) -> Result<Option<(usize, Vec<u32>)>, String> {
+    /// The BTF object defining `func` and its prototype (`Ok(None)`: not in BTF).
+    pub(super) fn func_proto(
+        &self,
+        func: &str,
+    ) -> Result<Option<(usize, btf_rs::FuncProto)>, String> {
         let Some(f) = self.find_func(func) else {
             return Ok(None);
         };
@@ -123,6 +126,14 @@ impl Objects {
         else {
             return Err(format!("function {func}'s type is not a prototype"));
         };
+        Ok(Some((f.obj, proto)))
+    }
+
+    /// The BTF object defining `func` and its parameter type ids (`Ok(None)`: not in BTF).
+    pub(super) fn prototype(&self, func: &str) -> Result<Option<(usize, Vec<u32>)>, String> {
+        let Some((obj, proto)) = self.func_proto(func)? else {
+            return Ok(None);
+        };
         let mut ids = Vec::with_capacity(proto.parameters.len());
         for (i, p) in proto.parameters.iter().enumerate() {
             if p.is_variadic() {
@@ -133,7 +144,7 @@ impl Objects {
                     .ok_or_else(|| format!("parameter {i} of {func} has no type"))?,
             );
         }
-        Ok(Some((f.obj, ids)))
+        Ok(Some((obj, ids)))
     }
 
     /// The struct name a parameter points to (`"pci_dev"`), `""` for a scalar, `"?"` for

@@ -82,30 +82,14 @@ impl Objects {
     /// How `func`'s return value is decoded ([`ret`]), from its own BTF prototype
     /// (`Ok(None)`: not in BTF).
     pub(super) fn ret_kind(&self, func: &str) -> Result<Option<u32>, String> {
-        let Some(f) = self.find_func(func) else {
+        let Some((obj, proto)) = self.func_proto(func)? else {
             return Ok(None);
-        };
-        let Type::Func(fty) = self.ty(f)? else {
-            return Err(format!("{func} is not a function"));
-        };
-        let proto_id = fty
-            .get_type_id()
-            .ok_or_else(|| format!("function {func} has no prototype"))?;
-        let Type::FuncProto(proto) = self.ty(TypeRef {
-            obj: f.obj,
-            id: proto_id,
-        })?
-        else {
-            return Err(format!("function {func}'s type is not a prototype"));
         };
         let rid = proto.return_type_id();
         if rid == 0 {
             return Ok(Some(ret::VOID));
         }
-        let r = TypeRef {
-            obj: f.obj,
-            id: rid,
-        };
+        let r = TypeRef { obj, id: rid };
         let (sr, t) = self.strip(r)?;
         match t {
             Type::Ptr(_) => Ok(Some(ret::PTR)),

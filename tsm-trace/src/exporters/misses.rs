@@ -21,7 +21,7 @@ use crate::events::Probe;
 use crate::probes::{
     Kind,
     expiry::ExpiryReason,
-    misses::{KprobeMissed, ProgramMisses},
+    misses::{KprobeMissed, ProgramMisses, kprobe_reporting},
 };
 use crate::session::Expired;
 
@@ -100,28 +100,20 @@ impl MissMetrics {
     /// The kernel's counts for each attached program (absolute values).
     pub fn observe_programs(&self, programs: &[ProgramMisses]) {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        let mut reported = None;
         for p in programs {
             let l = last.entry((p.probe, p.kind)).or_default();
             let labels = |reason| [p.probe.as_str(), p.kind.as_str(), reason];
-            match p.kprobe {
-                Some(KprobeMissed::Count(n)) => {
-                    reported = Some(true);
-                    // A new link (re-attached after a module reload) counts from 0 again.
-                    if l.link != p.link_id {
-                        l.link = p.link_id;
-                        l.kprobe = 0;
-                    }
-                    let c = self.kernel_misses.with_label_values(&labels("kprobe"));
-                    if n > l.kprobe {
-                        c.inc_by(n - l.kprobe);
-                        l.kprobe = n;
-                    }
+            if let Some(KprobeMissed::Count(n)) = p.kprobe {
+                // A new link (re-attached after a module reload) counts from 0 again.
+                if l.link != p.link_id {
+                    l.link = p.link_id;
+                    l.kprobe = 0;
                 }
-                Some(KprobeMissed::NotReported) => {
-                    reported.get_or_insert(false);
+                let c = self.kernel_misses.with_label_values(&labels("kprobe"));
+                if n > l.kprobe {
+                    c.inc_by(n - l.kprobe);
+                    l.kprobe = n;
                 }
-                None => {}
             }
             if let Some(n) = p.recursion {
                 let c = self
@@ -133,7 +125,7 @@ impl MissMetrics {
                 }
             }
         }
-        if let Some(r) = reported {
+        if let Some(r) = kprobe_reporting(programs) {
             self.kprobe_reported.set(i64::from(r));
         }
     }

@@ -75,23 +75,17 @@ pub fn stale_inflight(
         .collect()
 }
 
-/// The `THREAD_OPS` entries to remove (threads that no longer exist), and how many of them
-/// had an operation open: operations the exact counts will never see.
+/// The `THREAD_OPS` entries to remove (threads that no longer exist), each with whether it
+/// had an operation open: an operation the exact counts will never see.
 pub fn stale_thread_ops(
     entries: impl IntoIterator<Item = (u64, ThreadOp)>,
     alive: impl Fn(u64) -> bool,
-) -> (Vec<u64>, u64) {
-    let mut gone = Vec::new();
-    let mut unfinished = 0;
-    for (pid_tgid, op) in entries {
-        if !alive(pid_tgid) {
-            gone.push(pid_tgid);
-            if op.depth > 0 {
-                unfinished += 1;
-            }
-        }
-    }
-    (gone, unfinished)
+) -> Vec<(u64, bool)> {
+    entries
+        .into_iter()
+        .filter(|(pid_tgid, _)| !alive(*pid_tgid))
+        .map(|(pid_tgid, op)| (pid_tgid, op.depth > 0))
+        .collect()
 }
 
 /// Whether `/proc` shows the host's thread ids: this process is in the initial pid namespace
@@ -101,17 +95,6 @@ pub fn sees_host_threads(status: &str) -> bool {
         .lines()
         .find_map(|l| l.strip_prefix("NSpid:"))
         .is_some_and(|ids| ids.split_whitespace().count() == 1)
-}
-
-/// `CLOCK_MONOTONIC` now, the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 #[cfg(test)]
@@ -165,12 +148,11 @@ mod tests {
             depth: 2,
             ..ThreadOp::default()
         };
-        let (gone, unfinished) =
-            stale_thread_ops([(1, open), (2, ThreadOp::default()), (3, open)], |pt| {
-                pt == 3
-            });
-        assert_eq!(gone, vec![1, 2]);
-        assert_eq!(unfinished, 1);
+        let gone = stale_thread_ops([(1, open), (2, ThreadOp::default()), (3, open)], |pt| {
+            pt == 3
+        });
+        assert_eq!(gone.iter().map(|(k, _)| *k).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(gone.iter().filter(|(_, open)| *open).count(), 1);
     }
 
     #[test]

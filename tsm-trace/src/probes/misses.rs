@@ -45,6 +45,29 @@ pub struct ProgramMisses {
     pub recursion: Option<u64>,
 }
 
+/// Whether the kernel reports kprobe misses for these programs: `Some(true)` if any link has
+/// a count, `Some(false)` if there are kprobe links but none has one (before 6.7), `None`
+/// without kprobe links.
+pub fn kprobe_reporting(programs: &[ProgramMisses]) -> Option<bool> {
+    programs
+        .iter()
+        .filter_map(|p| p.kprobe)
+        .fold(None, |acc, k| {
+            Some(acc == Some(true) || matches!(k, KprobeMissed::Count(_)))
+        })
+}
+
+/// The kernel's kprobe and BPF recursion misses, summed over `programs`.
+pub fn totals(programs: &[ProgramMisses]) -> (u64, u64) {
+    programs.iter().fold((0, 0), |(k, r), p| {
+        let kp = match p.kprobe {
+            Some(KprobeMissed::Count(n)) => n,
+            _ => 0,
+        };
+        (k + kp, r + p.recursion.unwrap_or(0))
+    })
+}
+
 /// `union bpf_attr` for `BPF_OBJ_GET_INFO_BY_FD` (the `info` member; UAPI, stable).
 #[repr(C)]
 struct InfoByFd {
@@ -159,6 +182,37 @@ mod tests {
         let fd = unsafe { BorrowedFd::borrow_raw(f.as_raw_fd()) };
         // EINVAL for a non-BPF file, EPERM where bpf(2) needs privileges: an error either way.
         assert!(recursion_misses(fd).is_err());
+    }
+
+    fn prog(kprobe: Option<KprobeMissed>, recursion: Option<u64>) -> ProgramMisses {
+        ProgramMisses {
+            probe: crate::events::Probe::DriverBind,
+            kind: super::super::Kind::Kretprobe,
+            link_id: Some(1),
+            kprobe,
+            recursion,
+        }
+    }
+
+    #[test]
+    fn reporting_is_known_only_from_kprobe_links_and_any_count_means_reported() {
+        use KprobeMissed::*;
+        assert_eq!(kprobe_reporting(&[prog(None, Some(1))]), None);
+        assert_eq!(
+            kprobe_reporting(&[prog(Some(NotReported), None)]),
+            Some(false)
+        );
+        assert_eq!(
+            kprobe_reporting(&[prog(Some(NotReported), None), prog(Some(Count(0)), None)]),
+            Some(true)
+        );
+        assert_eq!(
+            totals(&[
+                prog(Some(Count(54)), Some(1)),
+                prog(Some(NotReported), None)
+            ]),
+            (54, 1)
+        );
     }
 
     #[test]

@@ -41,6 +41,11 @@ fn deltas(a: &Exposition, b: &Exposition, names: &[&str]) -> BTreeMap<String, f6
         .collect()
 }
 
+/// A number of the fixture's record; NaN (never equal to anything) if absent.
+fn num(kv: &BTreeMap<String, String>, k: &str) -> f64 {
+    kv.get(k).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
+}
+
 const OPS: &str = "tsm_trace_operations_total{";
 const HIST: &str = "tsm_trace_operation_duration_seconds_count{";
 const PROCESSED: &str = "tsm_trace_events_processed_total{";
@@ -59,9 +64,6 @@ pub fn check(out: &VmOutput) -> Result<usize> {
             .find(|l| l.starts_with(&format!("{name} ")))
             .map(parse_kv)
             .unwrap_or_default()
-    };
-    let num = |kv: &BTreeMap<String, String>, k: &str| -> f64 {
-        kv.get(k).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
     };
     let metrics = |phase: &str| -> Result<Exposition> {
         Ok(parse_exposition(
@@ -176,7 +178,7 @@ fn parallel(
     before: &Exposition,
     after: &Exposition,
 ) {
-    let num = |k: &str| -> f64 { kv.get(k).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN) };
+    let num = |k: &str| num(kv, k);
     let n = num("n");
     c.eq(
         kv.get("rc").cloned(),
