@@ -103,7 +103,10 @@ pub fn test_all(no_vm: bool) -> Result<()> {
             crate::e2e::run(&crate::e2e::E2eArgs::default())
         })?;
         step("benchmark smoke run", &mut || {
-            crate::bench::run(&crate::bench::BenchArgs { smoke: true })
+            crate::bench::run(&crate::bench::BenchArgs {
+                smoke: true,
+                compare: Vec::new(),
+            })
         })?;
     }
     println!("\nall test steps passed:");

@@ -23,6 +23,8 @@ pub struct Row {
     /// Where the figure was measured ("host" or "VM").
     pub place: &'static str,
     pub command: String,
+    /// Checked by `--smoke` too (a floor meaningful at smoke size).
+    pub smoke: bool,
 }
 
 impl Row {
@@ -35,6 +37,7 @@ impl Row {
             verdict: if pass { Verdict::Pass } else { Verdict::Fail },
             place: "host",
             command: String::new(),
+            smoke: false,
         }
     }
 
@@ -47,7 +50,14 @@ impl Row {
             verdict: Verdict::Report,
             place: "host",
             command: String::new(),
+            smoke: false,
         }
+    }
+
+    /// Marks a floor that `--smoke` checks as well.
+    pub fn smoke(mut self) -> Row {
+        self.smoke = true;
+        self
     }
 
     /// A benchmark that produced no number.
@@ -60,6 +70,7 @@ impl Row {
             verdict: Verdict::Fail,
             place: "host",
             command: String::new(),
+            smoke: false,
         }
     }
 }
@@ -71,7 +82,9 @@ pub struct Sizes {
     pub devices: u64,
     pub vms: u64,
     pub idle_s: u64,
-    pub cycles: u64,
+    /// Cost per probed call: interleaved baseline/tool rounds per block, storm pairs a round.
+    pub rounds: u64,
+    pub pairs: u64,
     pub hot_n: u64,
     pub lat_n: u64,
     pub acc_n: u64,
@@ -84,7 +97,8 @@ impl Sizes {
             devices: 4096,
             vms: 256,
             idle_s: 30,
-            cycles: 200,
+            rounds: 31,
+            pairs: 300,
             hot_n: 1_000_000,
             lat_n: 200,
             acc_n: 20,
@@ -97,7 +111,8 @@ impl Sizes {
             devices: 64,
             vms: 4,
             idle_s: 3,
-            cycles: 3,
+            rounds: 5,
+            pairs: 100,
             hot_n: 10_000,
             lat_n: 4,
             acc_n: 4,

@@ -136,6 +136,31 @@ impl AptRoot {
         Ok(out.lines().map(str::to_owned).collect())
     }
 
+    /// `PKGS` and their whole dependency closure (Depends/Pre-Depends, no Recommends) from this
+    /// root's release into `dir`, resolved against an empty dpkg status (so nothing the host has
+    /// installed is assumed present) with `apt-get install --download-only`. Nothing is
+    /// installed; the host's apt state is not touched.
+    pub(crate) fn download_closure(self, pkgs: &[&str], dir: &Path) -> Result<()> {
+        self.ensure_lists(false)?;
+        let state = dir.join("apt-state");
+        fs::create_dir_all(state.join("lists/partial"))?;
+        fs::create_dir_all(dir.join("partial"))?;
+        fs::write(state.join("status"), "")?;
+        eprintln!(
+            "vm: apt-get install --download-only {} (and dependencies, {} root)",
+            pkgs.join(" "),
+            self.name()
+        );
+        let mut cmd = Command::new("apt-get");
+        cmd.args(self.opts())
+            .arg(format!("-oDir::State={}", state.display()))
+            .arg(format!("-oDir::State::status={}", state.join("status").display()))
+            .arg(format!("-oDir::Cache::Archives={}", dir.display()))
+            .args(["--no-install-recommends", "-y", "--download-only", "install"])
+            .args(pkgs);
+        run_cmd(&mut cmd)
+    }
+
     /// `apt-get download PKG...` into `dir`.
     fn download(self, pkgs: &[String], dir: &Path) -> Result<()> {
         fs::create_dir_all(dir)?;

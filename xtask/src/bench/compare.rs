@@ -1,0 +1,80 @@
+//! `cargo xtask bench --compare REV[,REV...]`: the static tsm-trace of other git revisions,
+//! each built in a temporary `git worktree` under `target/bench-compare/<rev>` with its own
+//! target dir, so the VM run can measure their cost per probed call beside the current tree's.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use super::vm::Compare;
+use crate::util::root;
+
+/// Builds every revision; names them by their short commit id.
+pub fn build(revs: &[String]) -> Result<Vec<Compare>> {
+    let mut out = Vec::new();
+    for rev in revs.iter().filter(|r| !r.trim().is_empty()) {
+        let short = git(&["rev-parse", "--short=10", &format!("{rev}^{{commit}}")])
+            .with_context(|| format!("--compare {rev}: not a git revision of this repository"))?;
+        let dir = root().join("target/bench-compare").join(&short);
+        if !dir.join(".git").exists() {
+            let _ = git(&["worktree", "prune"]);
+            std::fs::create_dir_all(dir.parent().unwrap())?;
+            git(&[
+                "worktree",
+                "add",
+                "--detach",
+                "--force",
+                &dir.to_string_lossy(),
+                &short,
+            ])
+            .with_context(|| format!("git worktree add for {rev}"))?;
+        }
+        println!("bench: building tsm-trace at {rev} ({short}) in {}", dir.display());
+        let status = Command::new("cargo")
+            .args([
+                "build",
+                "--release",
+                "--package",
+                "tsm-trace",
+                "--target",
+                crate::build::MUSL,
+            ])
+            .current_dir(&dir)
+            .env("CARGO_TARGET_DIR", dir.join("target"))
+            .status()
+            .context("running cargo")?;
+        if !status.success() {
+            bail!(
+                "--compare {rev}: cargo build of tsm-trace failed in {} (see above)",
+                dir.display()
+            );
+        }
+        let binary: PathBuf = dir
+            .join("target")
+            .join(crate::build::MUSL)
+            .join("release/tsm-trace");
+        if !binary.exists() {
+            bail!("--compare {rev}: no {} after the build", binary.display());
+        }
+        out.push(Compare { rev: short, binary });
+    }
+    Ok(out)
+}
+
+fn git(args: &[&str]) -> Result<String> {
+    let o = Command::new("git")
+        .arg("-C")
+        .arg(root())
+        .args(args)
+        .output()
+        .context("running git")?;
+    if !o.status.success() {
+        bail!(
+            "git {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).trim().to_owned())
+}

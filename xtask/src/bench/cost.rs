@@ -1,0 +1,406 @@
+//! Figure 1, cost per probed call (sections of `tests/vm/scenarios/bench_cost.sh`): for each
+//! tool block, the median of its armed rounds minus the median of its own interleaved baseline
+//! rounds (kprobes disarmed), per bind+unbind pair and per probed call, with the number of
+//! probed calls per pair counted from the ftrace events' hits; then tsm-trace's added cost as
+//! ratios to the other tools' (floors against the tools reading the same fields).
+
+use std::collections::BTreeMap;
+
+use super::figures::{Row, kv, percentile};
+use crate::vm::VmOutput;
+
+/// The floor: tsm-trace's added cost at most this times ftrace's / bpftrace's with fields.
+pub const FLOOR: f64 = 0.8;
+
+const LABEL: &str = "1. cost per probed call";
+
+/// One block's timing: medians over its rounds.
+#[derive(Clone, Debug)]
+pub struct Block {
+    pub rounds: usize,
+    pub base_ns: f64,
+    pub tool_ns: f64,
+}
+
+impl Block {
+    /// Added ns per bind+unbind pair.
+    pub fn added_per_pair(&self, pairs: u64) -> f64 {
+        (self.tool_ns - self.base_ns) / pairs as f64
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    percentile(&v, 50.0)
+}
+
+/// `round block=… base_ns=… tool_ns=…` lines → medians per block.
+pub fn blocks(text: &str) -> BTreeMap<String, Block> {
+    let mut raw: BTreeMap<String, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    for l in text.lines().filter(|l| l.starts_with("round ")) {
+        let m = kv(l);
+        let (Some(b), Some(base), Some(tool)) = (
+            m.get("block"),
+            m.get("base_ns").and_then(|v| v.parse::<f64>().ok()),
+            m.get("tool_ns").and_then(|v| v.parse::<f64>().ok()),
+        ) else {
+            continue;
+        };
+        let e = raw.entry(b.clone()).or_default();
+        e.0.push(base);
+        e.1.push(tool);
+    }
+    raw.into_iter()
+        .map(|(k, (b, t))| {
+            (
+                k,
+                Block {
+                    rounds: b.len(),
+                    base_ns: median(b),
+                    tool_ns: median(t),
+                },
+            )
+        })
+        .collect()
+}
+
+/// ftrace hits: `start|disarmed|end <event> <hits> <misses>` → (entry hits during the disarmed
+/// round, entry hits during the timed rounds, misses during the timed rounds).
+pub fn hits(text: &str) -> Option<(u64, u64, u64)> {
+    let mut at: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for l in text.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 4 || !f[1].starts_with('e') {
+            continue;
+        }
+        let (Ok(h), Ok(m)) = (f[2].parse::<u64>(), f[3].parse::<u64>()) else {
+            continue;
+        };
+        let e = at.entry(f[0]).or_default();
+        e.0 += h;
+        e.1 += m;
+    }
+    let (s, d, e) = (at.get("start")?, at.get("disarmed")?, at.get("end")?);
+    Some((d.0 - s.0, e.0 - d.0, e.1 - d.1))
+}
+
+/// bpf program stats `pre|mid|post id=… name=… run_time_ns=… run_cnt=…` → (runs while
+/// disarmed, runs in the armed round, ns of those runs, per-program (name, runs, ns)).
+pub struct Val {
+    pub disarmed_runs: u64,
+    pub armed_runs: u64,
+    pub armed_ns: u64,
+    pub progs: Vec<(String, u64, u64)>,
+}
+
+pub fn val(text: &str) -> Val {
+    let snap = |p: &str| -> BTreeMap<u32, (String, u64, u64)> {
+        text.lines()
+            .filter(|l| l.starts_with(p))
+            .filter_map(|l| {
+                let m = kv(l);
+                Some((
+                    m.get("id")?.parse().ok()?,
+                    (
+                        m.get("name")?.clone(),
+                        m.get("run_cnt")?.parse().ok()?,
+                        m.get("run_time_ns")?.parse().ok()?,
+                    ),
+                ))
+            })
+            .collect()
+    };
+    let (pre, mid, post) = (snap("pre "), snap("mid "), snap("post "));
+    let mut v = Val {
+        disarmed_runs: 0,
+        armed_runs: 0,
+        armed_ns: 0,
+        progs: Vec::new(),
+    };
+    for (id, (name, c, ns)) in &post {
+        let (mc, mns) = mid.get(id).map_or((0, 0), |m| (m.1, m.2));
+        let pc = pre.get(id).map_or(0, |p| p.1);
+        v.disarmed_runs += mc.saturating_sub(pc);
+        let runs = c.saturating_sub(mc);
+        v.armed_runs += runs;
+        v.armed_ns += ns.saturating_sub(mns);
+        if runs > 0 {
+            v.progs.push((name.clone(), runs, ns.saturating_sub(mns)));
+        }
+    }
+    v
+}
+
+fn us(ns: f64) -> String {
+    format!("{:.2} µs", ns / 1e3)
+}
+
+/// What each block is, for the table.
+fn describe(block: &str) -> String {
+    match block {
+        "empty" => "(b) empty kprobe+kretprobe pair (bench_vm, BPF)".into(),
+        "ftrace0" => "ftrace dynamic events p:/r:, no fields".into(),
+        "ftrace" => "(c) ftrace dynamic events p:/r: fetching the fields tsm-trace reads".into(),
+        "tsm-trace" => "(d) tsm-trace (the daemon, `tsm-trace run`)".into(),
+        "bpftrace0" => {
+            "(e) bpftrace one-liner: latency histogram + return-value counts, no fields".into()
+        }
+        "bpftrace" => "(f) the same bpftrace reading the fields tsm-trace reads into maps".into(),
+        b => match b.strip_prefix("tsm-trace@") {
+            Some(rev) => format!("(d) tsm-trace built from git revision {rev} (--compare)"),
+            None => b.to_owned(),
+        },
+    }
+}
+
+pub fn rows(out: &VmOutput) -> Vec<Row> {
+    let env = out
+        .section("cost_env")
+        .map(|s| kv(&s.text))
+        .unwrap_or_default();
+    let pairs: u64 = env.get("pairs").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let rounds = match out.section("cost_rounds") {
+        Ok(s) => s.text.clone(),
+        Err(e) => return vec![Row::missing(LABEL, format!("{e:#}"))],
+    };
+    let blocks = blocks(&rounds);
+    if pairs == 0 || blocks.is_empty() {
+        return vec![Row::missing(
+            LABEL,
+            format!("no timed rounds (pairs={pairs}): {}", rounds.trim()),
+        )];
+    }
+    // Probed calls per pair, counted: ftrace entry-event hits over the timed rounds.
+    let mut calls: Option<f64> = None;
+    let mut fired: BTreeMap<String, Result<String, String>> = BTreeMap::new();
+    for b in ["ftrace0", "ftrace"] {
+        let Ok(s) = out.section(&format!("cost_hits_{b}")) else {
+            continue;
+        };
+        let Some((dis, timed, miss)) = hits(&s.text) else {
+            fired.insert(b.into(), Err("kprobe_profile unreadable".into()));
+            continue;
+        };
+        let n = blocks.get(b).map_or(0, |x| x.rounds) as u64 * pairs;
+        if timed == 0 || dis != 0 || n == 0 {
+            fired.insert(
+                b.into(),
+                Err(format!(
+                    "{timed} hits in the armed rounds, {dis} in a disarmed round (must be > 0 and 0)"
+                )),
+            );
+            continue;
+        }
+        let per = timed as f64 / n as f64;
+        calls.get_or_insert(per);
+        fired.insert(
+            b.into(),
+            Ok(format!(
+                "{timed} entry hits, {miss} misses = {per:.2} probed calls per pair"
+            )),
+        );
+    }
+    for (name, s) in &out.sections {
+        let Some(b) = name.strip_prefix("cost_val_") else {
+            continue;
+        };
+        let v = val(&s.text);
+        let r = if v.armed_runs == 0 || v.disarmed_runs != 0 {
+            Err(format!(
+                "{} BPF program runs in an armed round, {} in a disarmed one (must be > 0 and 0)",
+                v.armed_runs, v.disarmed_runs
+            ))
+        } else {
+            Ok(format!(
+                "{} BPF program runs per pair ({:.0} ns each on average, bpf_stats)",
+                v.armed_runs as f64 / pairs as f64,
+                v.armed_ns as f64 / v.armed_runs as f64
+            ))
+        };
+        fired.insert(b.to_owned(), r);
+    }
+    // bpftrace output must not be empty: its maps are printed on exit.
+    for b in ["bpftrace0", "bpftrace"] {
+        if let Ok(s) = out.section(&format!("cost_out_{b}")) {
+            let output = s
+                .text
+                .split("--- output")
+                .nth(1)
+                .unwrap_or("")
+                .split("--- status")
+                .next()
+                .unwrap_or("");
+            if !output.contains("@lat[") || !output.contains("@ret[") {
+                fired.insert(
+                    b.into(),
+                    Err(format!(
+                        "no @lat/@ret maps in bpftrace's output: {}",
+                        output.trim().chars().take(300).collect::<String>()
+                    )),
+                );
+            }
+        }
+    }
+    let calls = calls.filter(|c| *c > 0.0);
+    let mut rows = Vec::new();
+    let mut per_call: BTreeMap<String, f64> = BTreeMap::new();
+    let order = [
+        "empty",
+        "ftrace0",
+        "ftrace",
+        "tsm-trace",
+        "bpftrace0",
+        "bpftrace",
+    ];
+    let mut names: Vec<&String> = blocks.keys().collect();
+    names.sort_by_key(|n| order.iter().position(|o| o == n).unwrap_or(order.len()));
+    for name in names {
+        let b = &blocks[name];
+        let figure = format!("{LABEL}: {}", describe(name));
+        let added = b.added_per_pair(pairs);
+        let call = calls.map(|c| added / c);
+        let how = match fired.get(name.as_str()) {
+            Some(Ok(s)) => s.clone(),
+            Some(Err(e)) => {
+                rows.push(
+                    Row::floor(
+                        figure,
+                        format!("did not fire as it must: {e}"),
+                        "the tool fired (and only when armed)",
+                        false,
+                    )
+                    .smoke(),
+                );
+                continue;
+            }
+            None => "not validated".into(),
+        };
+        if let Some(c) = call {
+            per_call.insert(name.clone(), c);
+        }
+        let value = format!(
+            "+{} per bind+unbind pair, {} per probed call (median of {} rounds of {pairs} pairs: {:.2} ms armed vs {:.2} ms baseline); {how}",
+            us(added),
+            call.map_or("? (no probed-call count)".into(), us),
+            b.rounds,
+            b.tool_ns / 1e6,
+            b.base_ns / 1e6
+        );
+        let ok = added.is_finite() && added > 0.0 && call.is_some_and(|c| c.is_finite());
+        rows.push(Row::floor(figure, value, "fired; added cost finite and > 0", ok).smoke());
+    }
+    let calls_text = calls.map_or("?".into(), |c| format!("{c:.2}"));
+    let ratio = |a: &str, b: &str| -> Option<(f64, f64, f64)> {
+        let (x, y) = (per_call.get(a)?, per_call.get(b)?);
+        Some((*x, *y, x / y))
+    };
+    for (other, floor) in [
+        ("ftrace", true),
+        ("bpftrace", true),
+        ("empty", false),
+        ("bpftrace0", false),
+    ] {
+        let figure = format!(
+            "{LABEL}: tsm-trace's added cost / {}'s ({calls_text} probed calls per pair)",
+            describe(other)
+        );
+        match ratio("tsm-trace", other) {
+            Some((x, y, r)) if x.is_finite() && y > 0.0 => {
+                let value = format!("{} / {} = ×{r:.2}", us(x), us(y));
+                rows.push(if floor {
+                    Row::floor(figure, value, &format!("≤ {FLOOR}"), r <= FLOOR)
+                } else {
+                    Row::report(figure, value)
+                });
+            }
+            Some((x, y, _)) => rows.push(if floor {
+                Row::floor(
+                    figure,
+                    format!("{} / {}: the baseline tool added nothing measurable", us(x), us(y)),
+                    &format!("≤ {FLOOR}"),
+                    false,
+                )
+            } else {
+                Row::report(figure, format!("{} / {}: no ratio", us(x), us(y)))
+            }),
+            None => {
+                let why = match (fired.get(other), blocks.contains_key(other)) {
+                    (Some(Err(e)), _) => e.clone(),
+                    (_, false) => format!(
+                        "block {other} did not run ({})",
+                        env.get("bpftrace").map_or("?", String::as_str)
+                    ),
+                    _ => "no per-call figure".into(),
+                };
+                rows.push(Row::missing(figure, why));
+            }
+        }
+    }
+    // An ordering that holds at any size: tsm-trace's programs do more than an empty pair.
+    if let Some((x, y, _)) = ratio("tsm-trace", "empty") {
+        rows.push(
+            Row::floor(
+                format!("{LABEL}: ordering, tsm-trace costs more than the empty pair"),
+                format!("{} vs {} per probed call", us(x), us(y)),
+                "tsm-trace > empty",
+                x > y,
+            )
+            .smoke(),
+        );
+    }
+    for (name, _) in per_call.iter().filter(|(n, _)| n.starts_with("tsm-trace@")) {
+        if let Some((x, y, r)) = ratio(name, "tsm-trace") {
+            rows.push(Row::report(
+                format!("{LABEL}: {} / the current tree's", describe(name)),
+                format!("{} / {} = ×{r:.2}", us(x), us(y)),
+            ));
+        }
+    }
+    // Per-program run time of tsm-trace's programs (bpf_stats, the validation round).
+    if let Ok(s) = out.section("cost_val_tsm-trace") {
+        let v = val(&s.text);
+        let list: Vec<String> = v
+            .progs
+            .iter()
+            .map(|(n, c, ns)| format!("{n} {:.0} ns×{}", *ns as f64 / *c as f64, c))
+            .collect();
+        if !list.is_empty() {
+            rows.push(Row::report(
+                format!("{LABEL}: tsm-trace's programs, run time per run (bpf_stats, one armed round of {pairs} pairs)"),
+                list.join(", "),
+            ));
+        }
+    }
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_per_block() {
+        let b = blocks(
+            "round block=a r=1 base_ns=100 tool_ns=300\nround block=a r=2 base_ns=120 tool_ns=280\nround block=a r=3 base_ns=110 tool_ns=1000\n",
+        );
+        let a = &b["a"];
+        assert_eq!(a.rounds, 3);
+        assert_eq!(a.base_ns, 110.0);
+        assert_eq!(a.tool_ns, 300.0);
+        assert_eq!(a.added_per_pair(10), 19.0);
+    }
+
+    #[test]
+    fn ftrace_hits() {
+        let t = "pairs=2\nstart e1 0 0\nstart r1 0 0\ndisarmed e1 0 0\ndisarmed r1 0 0\nend e1 40 1\nend r1 40 0\n";
+        assert_eq!(hits(t), Some((0, 40, 1)));
+        assert_eq!(hits("start e1 0 0\n"), None);
+    }
+
+    #[test]
+    fn bpf_stats_deltas() {
+        let t = "pre id=1 name=a run_time_ns=10 run_cnt=1\nmid id=1 name=a run_time_ns=10 run_cnt=1\npost id=1 name=a run_time_ns=110 run_cnt=5\n";
+        let v = val(t);
+        assert_eq!((v.disarmed_runs, v.armed_runs, v.armed_ns), (0, 4, 100));
+    }
+}
