@@ -2,7 +2,7 @@
 //! tests/vm/scenarios/bench.sh). bpftool and bpftrace are not in the VM; this reads program
 //! statistics through the bpf syscall (BPF_PROG_GET_NEXT_ID + BPF_OBJ_GET_INFO_BY_FD, via aya).
 //!
-//! - `stats`: every loaded BPF program: `prog id=… name=… run_time_ns=… run_cnt=…`
+//! - `stats`: every loaded BPF program: `prog id=… name=… type=… run_time_ns=… run_cnt=…`
 //!   (run_time_ns / run_cnt count only while /proc/sys/kernel/bpf_stats_enabled is 1).
 //! - `empty PROBE=FUNCTION...`: attach the empty baselines `bench_empty` (kprobe) and
 //!   `bench_empty_ret` (kretprobe) to each FUNCTION, one program instance per function so each
@@ -33,6 +33,8 @@ fn die(msg: String) -> ! {
 #[derive(Clone, Debug)]
 struct ProgStat {
     name: String,
+    /// `bpf_prog_type` as the kernel reports it (e.g. BPF_PROG_TYPE_KPROBE).
+    kind: String,
     run_time_ns: u64,
     run_cnt: u64,
 }
@@ -45,6 +47,7 @@ fn snapshot() -> BTreeMap<u32, ProgStat> {
             info.id(),
             ProgStat {
                 name: info.name_as_str().unwrap_or("?").to_string(),
+                kind: format!("{:?}", info.program_type()),
                 run_time_ns: info.run_time().as_nanos() as u64,
                 run_cnt: info.run_count(),
             },
@@ -56,8 +59,8 @@ fn snapshot() -> BTreeMap<u32, ProgStat> {
 fn stats() {
     for (id, s) in snapshot() {
         println!(
-            "prog id={id} name={} run_time_ns={} run_cnt={}",
-            s.name, s.run_time_ns, s.run_cnt
+            "prog id={id} name={} type={} run_time_ns={} run_cnt={}",
+            s.name, s.kind, s.run_time_ns, s.run_cnt
         );
     }
 }

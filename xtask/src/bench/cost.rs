@@ -84,8 +84,9 @@ pub fn hits(text: &str) -> Option<(u64, u64, u64)> {
     Some((d.0 - s.0, e.0 - d.0, e.1 - d.1))
 }
 
-/// bpf program stats `pre|mid|post id=… name=… run_time_ns=… run_cnt=…` → (runs while
-/// disarmed, runs in the armed round, ns of those runs, per-program (name, runs, ns)).
+/// bpf program stats `pre|mid|post id=… name=… type=… run_time_ns=… run_cnt=…` of the kprobe
+/// programs (raw tracepoints fire on process exits, armed or not) → runs while disarmed, runs
+/// in the armed round, ns of those runs, per program (name, runs, ns).
 pub struct Val {
     pub disarmed_runs: u64,
     pub armed_runs: u64,
@@ -99,6 +100,9 @@ pub fn val(text: &str) -> Val {
             .filter(|l| l.starts_with(p))
             .filter_map(|l| {
                 let m = kv(l);
+                if m.get("type").is_some_and(|t| !t.contains("KPROBE")) {
+                    return None;
+                }
                 Some((
                     m.get("id")?.parse().ok()?,
                     (
@@ -399,7 +403,7 @@ mod tests {
 
     #[test]
     fn bpf_stats_deltas() {
-        let t = "pre id=1 name=a run_time_ns=10 run_cnt=1\nmid id=1 name=a run_time_ns=10 run_cnt=1\npost id=1 name=a run_time_ns=110 run_cnt=5\n";
+        let t = "pre id=1 name=a run_time_ns=10 run_cnt=1\nmid id=1 name=a run_time_ns=10 run_cnt=1\npost id=1 name=a run_time_ns=110 run_cnt=5\npre id=2 name=t type=BPF_PROG_TYPE_RAW_TRACEPOINT run_time_ns=0 run_cnt=0\npost id=2 name=t type=BPF_PROG_TYPE_RAW_TRACEPOINT run_time_ns=9 run_cnt=9\n";
         let v = val(t);
         assert_eq!((v.disarmed_runs, v.armed_runs, v.armed_ns), (0, 4, 100));
     }
