@@ -83,7 +83,7 @@ fn snapshot(root: &Path) -> Result<BTreeSet<String>> {
 }
 
 /// Runs `args` chrooted into `root`; returns (exit code, stdout, stderr).
-fn chroot(root: &Path, args: &[&str]) -> Result<(i32, String, String)> {
+pub(super) fn chroot(root: &Path, args: &[&str]) -> Result<(i32, String, String)> {
     let out = Command::new("chroot")
         .arg(root)
         .args(args)
@@ -239,5 +239,12 @@ pub fn test(deb: &Path) -> Result<()> {
         f.1,
         t0.elapsed().as_secs_f64()
     );
+    // The image's root filesystem (its one layer, unpacked by GNU tar), as a runtime would.
+    let said = super::oci::run_rootfs(
+        &super::oci::dir(&crate::util::root()),
+        &cache_dir().join("dist/oci-root"),
+    )
+    .context("running the OCI image's root filesystem (written by `cargo xtask dist`)")?;
+    println!("dist: the OCI image's root filesystem runs: {said}");
     Ok(())
 }
