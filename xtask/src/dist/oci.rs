@@ -407,6 +407,24 @@ mod tests {
     }
 
     #[test]
+    fn containerfile_agrees_with_the_image_and_the_daemonset() {
+        let root = crate::util::root();
+        let (_, args) = crate::dist::manifests::daemonset_image_and_args(&root).unwrap();
+        let text = std::fs::read_to_string(root.join("Containerfile")).unwrap();
+        let line = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .unwrap_or_else(|| panic!("Containerfile: no {k}"))
+                .trim()
+                .to_string()
+        };
+        assert_eq!(line("USER "), USER);
+        let json_line = |k: &str| serde_json::from_str::<Value>(&line(k)).unwrap();
+        assert_eq!(json_line("ENTRYPOINT "), json!([ENTRYPOINT]));
+        assert_eq!(json_line("CMD "), json!(args), "Containerfile CMD vs the DaemonSet's args");
+    }
+
+    #[test]
     fn tar_round_trips_and_gnu_tar_reads_it() {
         let data: Vec<u8> = (0..1500u32).map(|i| i as u8).collect();
         let t = layer(&data, 1234).unwrap();
