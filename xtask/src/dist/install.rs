@@ -83,7 +83,7 @@ fn snapshot(root: &Path) -> Result<BTreeSet<String>> {
 }
 
 /// Runs `args` chrooted into `root`; returns (exit code, stdout, stderr).
-pub(super) fn chroot(root: &Path, args: &[&str]) -> Result<(i32, String, String)> {
+fn chroot(root: &Path, args: &[&str]) -> Result<(i32, String, String)> {
     let out = Command::new("chroot")
         .arg(root)
         .args(args)

@@ -342,6 +342,22 @@ pub fn skopeo_inspect(dir: &Path, meta: &Meta, manifest_digest: &str) -> Result<
     Ok(())
 }
 
+/// Runs `args` chrooted into `root` with an empty environment (as the image's config has
+/// none): exit code, stdout, stderr.
+fn chroot(root: &Path, args: &[&str]) -> Result<(i32, String, String)> {
+    let out = Command::new("chroot")
+        .arg(root)
+        .args(args)
+        .env_clear()
+        .output()
+        .with_context(|| format!("chroot {} {}", root.display(), args.join(" ")))?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
 /// Unpacks the image's layer with GNU tar into `root` and runs `tsm-trace --version` and
 /// `tsm-trace doctor --json` chrooted there (the image has nothing else: no shell, no libc).
 pub fn run_rootfs(dir: &Path, root: &Path) -> Result<String> {
@@ -365,11 +381,11 @@ pub fn run_rootfs(dir: &Path, root: &Path) -> Result<String> {
             .arg("-xf")
             .arg(&layer),
     )?;
-    let (rc, version, err) = super::install::chroot(root, &[ENTRYPOINT, "--version"])?;
+    let (rc, version, err) = chroot(root, &[ENTRYPOINT, "--version"])?;
     if rc != 0 || !version.starts_with("tsm-trace ") {
         bail!("{ENTRYPOINT} --version in the image's root exited {rc}: {version:?} {err:?}");
     }
-    let (rc, out, err) = super::install::chroot(root, &[ENTRYPOINT, "doctor", "--json"])?;
+    let (rc, out, err) = chroot(root, &[ENTRYPOINT, "doctor", "--json"])?;
     let report: Option<Value> = serde_json::from_str(out.trim()).ok();
     let code = report.as_ref().and_then(|r| r["exit_code"].as_i64());
     if !((0..=2).contains(&rc) && code == Some(i64::from(rc))) {
