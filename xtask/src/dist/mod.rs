@@ -116,15 +116,17 @@ fn binary_in(deb: &Path) -> Result<Vec<u8>> {
 
 /// One line of `git` output at the repository root.
 fn git(args: &[&str]) -> Result<String> {
-    Ok(util::output(Command::new("git").current_dir(root()).args(args))?
-        .trim()
-        .to_string())
+    Ok(
+        util::output(Command::new("git").current_dir(root()).args(args))?
+            .trim()
+            .to_string(),
+    )
 }
 
 /// `key = "value"` of a Cargo.toml (the first such line).
 fn toml_string(file: &str, key: &str) -> Result<String> {
-    let text = std::fs::read_to_string(root().join(file))
-        .with_context(|| format!("reading {file}"))?;
+    let text =
+        std::fs::read_to_string(root().join(file)).with_context(|| format!("reading {file}"))?;
     text.lines()
         .find_map(|l| {
             l.strip_prefix(key)?

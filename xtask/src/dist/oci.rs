@@ -112,7 +112,7 @@ pub fn read_tar(mut b: &[u8]) -> Result<Vec<TarFile>> {
     let field = |h: &[u8], at: usize, len: usize| -> Result<u64> {
         let s = std::str::from_utf8(&h[at..at + len])?;
         let s = s.trim_matches(|c: char| c == '\0' || c == ' ');
-        Ok(u64::from_str_radix(s, 8).with_context(|| format!("tar: octal field {s:?}"))?)
+        u64::from_str_radix(s, 8).with_context(|| format!("tar: octal field {s:?}"))
     };
     let mut out = Vec::new();
     while b.len() >= 512 {
@@ -124,7 +124,10 @@ pub fn read_tar(mut b: &[u8]) -> Result<Vec<TarFile>> {
             .trim_end_matches('\0')
             .to_string();
         if h[156] != b'0' && h[156] != 0 {
-            bail!("tar: {name}: entry type {:?}, not a regular file", h[156] as char);
+            bail!(
+                "tar: {name}: entry type {:?}, not a regular file",
+                h[156] as char
+            );
         }
         let size = field(h, 124, 12)? as usize;
         if rest.len() < size {
@@ -240,7 +243,9 @@ pub fn write(binary: &[u8], dir: &Path, meta: &Meta) -> Result<Image> {
 
 /// Reads the blob `desc` names and checks its digest and size against the descriptor.
 fn get_blob(dir: &Path, desc: &Value, want_type: &str) -> Result<Vec<u8>> {
-    let d = desc["digest"].as_str().context("descriptor without digest")?;
+    let d = desc["digest"]
+        .as_str()
+        .context("descriptor without digest")?;
     if desc["mediaType"] != want_type {
         bail!("{d}: media type {}, want {want_type}", desc["mediaType"]);
     }
@@ -248,10 +253,17 @@ fn get_blob(dir: &Path, desc: &Value, want_type: &str) -> Result<Vec<u8>> {
     let data = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
     let got = digest(&data)?;
     if got != d {
-        bail!("{}: content has digest {got}, its name says {d}", p.display());
+        bail!(
+            "{}: content has digest {got}, its name says {d}",
+            p.display()
+        );
     }
     if desc["size"].as_u64() != Some(data.len() as u64) {
-        bail!("{d}: {} bytes, descriptor says {}", data.len(), desc["size"]);
+        bail!(
+            "{d}: {} bytes, descriptor says {}",
+            data.len(),
+            desc["size"]
+        );
     }
     Ok(data)
 }
@@ -264,17 +276,24 @@ pub fn verify(dir: &Path, binary: &[u8], meta: &Meta) -> Result<String> {
         bail!("oci-layout: {layout}");
     }
     let index: Value = serde_json::from_slice(&std::fs::read(dir.join("index.json"))?)?;
-    let mans = index["manifests"].as_array().context("index.json: no manifests")?;
+    let mans = index["manifests"]
+        .as_array()
+        .context("index.json: no manifests")?;
     let [m] = mans.as_slice() else {
         bail!("index.json: {} manifests, want 1", mans.len());
     };
     if m["annotations"][REF_NAME] != meta.tag.as_str() {
-        bail!("index.json: tag {}, want {:?}", m["annotations"][REF_NAME], meta.tag);
+        bail!(
+            "index.json: tag {}, want {:?}",
+            m["annotations"][REF_NAME],
+            meta.tag
+        );
     }
     let manifest: Value = serde_json::from_slice(&get_blob(dir, m, MANIFEST_TYPE)?)?;
-    let config: Value =
-        serde_json::from_slice(&get_blob(dir, &manifest["config"], CONFIG_TYPE)?)?;
-    let layers = manifest["layers"].as_array().context("manifest: no layers")?;
+    let config: Value = serde_json::from_slice(&get_blob(dir, &manifest["config"], CONFIG_TYPE)?)?;
+    let layers = manifest["layers"]
+        .as_array()
+        .context("manifest: no layers")?;
     let [l] = layers.as_slice() else {
         bail!("manifest: {} layers, want 1", layers.len());
     };
@@ -304,8 +323,14 @@ pub fn verify(dir: &Path, binary: &[u8], meta: &Meta) -> Result<String> {
         (c["User"] == USER, "User"),
         (c["Cmd"] == json!(meta.cmd), "Cmd (the DaemonSet's args)"),
         (c["Labels"] == json!(meta.labels), "Labels"),
-        (config["rootfs"]["diff_ids"] == json!([l["digest"]]), "rootfs.diff_ids"),
-        (config["architecture"] == "amd64" && config["os"] == "linux", "platform"),
+        (
+            config["rootfs"]["diff_ids"] == json!([l["digest"]]),
+            "rootfs.diff_ids",
+        ),
+        (
+            config["architecture"] == "amd64" && config["os"] == "linux",
+            "platform",
+        ),
     ];
     for (ok, what) in checks {
         if !ok {
@@ -395,7 +420,9 @@ pub fn run_rootfs(dir: &Path, root: &Path) -> Result<String> {
     Ok(format!(
         "{} doctor says {} (exit {rc})",
         version.trim(),
-        report.as_ref().map_or("?".into(), |r| r["verdict"].to_string())
+        report
+            .as_ref()
+            .map_or("?".into(), |r| r["verdict"].to_string())
     ))
 }
 
@@ -407,10 +434,7 @@ mod tests {
         Meta {
             tag: "0.1.0".into(),
             cmd: vec!["run".into(), "--user".into(), "65534:65534".into()],
-            labels: BTreeMap::from([(
-                "org.opencontainers.image.version".into(),
-                "0.1.0".into(),
-            )]),
+            labels: BTreeMap::from([("org.opencontainers.image.version".into(), "0.1.0".into())]),
             created: "2026-12-02T11:00:00+00:00".into(),
             epoch: 1_796_209_200,
         }
@@ -437,7 +461,11 @@ mod tests {
         assert_eq!(line("USER "), USER);
         let json_line = |k: &str| serde_json::from_str::<Value>(&line(k)).unwrap();
         assert_eq!(json_line("ENTRYPOINT "), json!([ENTRYPOINT]));
-        assert_eq!(json_line("CMD "), json!(args), "Containerfile CMD vs the DaemonSet's args");
+        assert_eq!(
+            json_line("CMD "),
+            json!(args),
+            "Containerfile CMD vs the DaemonSet's args"
+        );
     }
 
     #[test]
@@ -456,9 +484,16 @@ mod tests {
             .output()
             .unwrap();
         let listing = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(listing.starts_with("-rwxr-xr-x 0/0"), "{listing}");
-        assert!(listing.contains(" 1500 1970-01-01 00:20:34 tsm-trace"), "{listing}");
+        assert!(
+            listing.contains(" 1500 1970-01-01 00:20:34 tsm-trace"),
+            "{listing}"
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 
