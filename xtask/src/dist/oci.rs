@@ -367,13 +367,14 @@ pub fn skopeo_inspect(dir: &Path, meta: &Meta, manifest_digest: &str) -> Result<
     Ok(())
 }
 
-/// Runs `args` chrooted into `root` with an empty environment (as the image's config has
-/// none): exit code, stdout, stderr.
+/// Runs `args` chrooted into `root` with only PATH set (the image's config sets no
+/// environment; PATH finds `chroot` itself): exit code, stdout, stderr.
 fn chroot(root: &Path, args: &[&str]) -> Result<(i32, String, String)> {
     let out = Command::new("chroot")
         .arg(root)
         .args(args)
         .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .output()
         .with_context(|| format!("chroot {} {}", root.display(), args.join(" ")))?;
     Ok((
