@@ -16,12 +16,13 @@ use crate::{
 /// `void kvm_destroy_vm(struct kvm *kvm)`: a point event with the VM's identity.
 #[kprobe]
 pub fn kvm_destroy_entry(ctx: ProbeContext) -> u32 {
-    try_kvm_destroy_entry(&ctx).unwrap_or(1)
+    let t = super::now();
+    try_kvm_destroy_entry(&ctx, t).unwrap_or(1)
 }
 
-fn try_kvm_destroy_entry(ctx: &ProbeContext) -> Option<u32> {
+fn try_kvm_destroy_entry(ctx: &ProbeContext, t: u64) -> Option<u32> {
     let kvm: u64 = ctx.arg(0)?;
-    let ev = begin(ProbeId::KvmDestroyVm)?;
+    let ev = begin(ProbeId::KvmDestroyVm, t)?;
     ev.flags |= flags::POINT;
     read_kvm(ev, kvm, offsets().kvm_destroy_vm);
     emit(ev);
@@ -42,7 +43,9 @@ pub fn vmm_exit(_ctx: RawTracePointContext) -> u32 {
         return 0;
     }
     let _ = VMM_TGIDS.remove(tgid);
-    if let Some(ev) = begin(ProbeId::VmmExit) {
+    // A point event (no duration): its time is taken past the filter, so the exit of every
+    // other process does not pay for it.
+    if let Some(ev) = begin(ProbeId::VmmExit, super::now()) {
         ev.flags |= flags::POINT;
         emit(ev);
     }

@@ -31,9 +31,18 @@ use crate::{
     read,
 };
 
-/// Starts a record in per-CPU scratch space with the fields every event carries.
+/// The program's timestamp: the first thing every entry and return program does, before any
+/// map lookup or gate. Under TCG the first run of freshly JITed code is translated on the
+/// spot; taken any later, that translation would land inside the measured frame.
 #[inline(always)]
-pub fn begin(probe: ProbeId) -> Option<&'static mut RawEvent> {
+pub fn now() -> u64 {
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// Starts a record in per-CPU scratch space with the fields every event carries; `start_ns`
+/// is the program's [`now`].
+#[inline(always)]
+pub fn begin(probe: ProbeId, start_ns: u64) -> Option<&'static mut RawEvent> {
     // Every entry and point event starts here: an earlier generation stands aside.
     if !crate::maps::live() {
         return None;
@@ -46,8 +55,8 @@ pub fn begin(probe: ProbeId) -> Option<&'static mut RawEvent> {
     let ev = unsafe { &mut *ev };
     *ev = RawEvent::zeroed();
     ev.probe = probe as u32;
-    ev.start_ns = unsafe { bpf_ktime_get_ns() };
-    ev.end_ns = ev.start_ns;
+    ev.start_ns = start_ns;
+    ev.end_ns = start_ns;
     ev.pid_tgid = bpf_get_current_pid_tgid();
     if let Ok(comm) = bpf_get_current_comm() {
         ev.comm = comm;
@@ -91,23 +100,24 @@ pub fn emit(ev: &RawEvent) {
 /// Completes the in-flight record of `probe` for this task with the return value and sends it.
 /// A return without an entry is still reported, marked [`missing::ENTRY`].
 #[inline(always)]
-pub fn finish(probe: ProbeId, ret: i64, ret_flags: u32) {
-    finish_with(probe, ret, ret_flags, |_| true)
+pub fn finish(probe: ProbeId, ret: i64, ret_flags: u32, now: u64) {
+    finish_with(probe, ret, ret_flags, now, |_| true)
 }
 
 /// Like [`finish`], with `complete` filling in what only the return knows (e.g. `*tsm_code`);
 /// it returns false to drop the record (an entry that turned out not to concern the TSM path,
 /// such as `__pci_tsm_destroy` of a device without TSM context: not a loss, not an orphan).
-/// An orphan return is passed a fresh record marked [`missing::ENTRY`].
+/// An orphan return is passed a fresh record marked [`missing::ENTRY`]. `now` is the return
+/// program's [`now`], taken before anything else.
 #[inline(always)]
 pub fn finish_with(
     probe: ProbeId,
     ret: i64,
     ret_flags: u32,
+    now: u64,
     complete: impl FnOnce(&mut RawEvent) -> bool,
 ) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let now = unsafe { bpf_ktime_get_ns() };
     let key = InflightKey {
         pid_tgid,
         probe: probe as u32,
@@ -137,7 +147,7 @@ pub fn finish_with(
                 return;
             }
             count(stat::ORPHAN_RETURNS);
-            if let Some(ev) = begin(probe) {
+            if let Some(ev) = begin(probe, now) {
                 ev.ret = ret;
                 ev.flags |= ret_flags;
                 ev.missing |= missing::ENTRY;
@@ -227,8 +237,8 @@ pub fn note_vmm() {
 /// function's own BTF prototype says ([`tsm_trace_common::ret`]): an integer of its width and
 /// signedness, a pointer, or nothing (void). Returns the decoded value (0 for void).
 #[inline(always)]
-pub fn finish_ret(probe: ProbeId, raw: u64) -> i64 {
-    finish_ret_with(probe, raw, 0, |_| true)
+pub fn finish_ret(probe: ProbeId, raw: u64, now: u64) -> i64 {
+    finish_ret_with(probe, raw, 0, now, |_| true)
 }
 
 /// [`finish_ret`] with extra return flags (`RET_NULL_IS_ERR`) and a `complete` as in
@@ -238,10 +248,11 @@ pub fn finish_ret_with(
     probe: ProbeId,
     raw: u64,
     extra_flags: u32,
+    now: u64,
     complete: impl FnOnce(&mut RawEvent) -> bool,
 ) -> i64 {
     let (v, f) = decode_ret(probe, raw);
-    finish_with(probe, v, f | extra_flags, complete);
+    finish_with(probe, v, f | extra_flags, now, complete);
     v
 }
 
