@@ -5,9 +5,9 @@ use aya_ebpf::{
     macros::{kprobe, raw_tracepoint},
     programs::{ProbeContext, RawTracePointContext},
 };
-use tsm_trace_common::{ControlEvent, MODULE_NAME_LEN, ProbeId, control, flags, stat};
+use tsm_trace_common::{ControlEvent, MODULE_NAME_LEN, ProbeId, control, stat};
 
-use super::{begin, emit, read_kvm};
+use super::{point, read_kvm};
 use crate::{
     maps::{CONTROL, VMM_TGIDS, count},
     read::{self, offsets},
@@ -22,10 +22,9 @@ pub fn kvm_destroy_entry(ctx: ProbeContext) -> u32 {
 
 fn try_kvm_destroy_entry(ctx: &ProbeContext, t: u64) -> Option<u32> {
     let kvm: u64 = ctx.arg(0)?;
-    let ev = begin(ProbeId::KvmDestroyVm, t)?;
-    ev.flags |= flags::POINT;
-    read_kvm(ev, kvm, offsets().kvm_destroy_vm);
-    emit(ev);
+    point(ProbeId::KvmDestroyVm, t, |ev| {
+        read_kvm(ev, kvm, offsets().kvm_destroy_vm)
+    });
     Some(0)
 }
 
@@ -45,10 +44,7 @@ pub fn vmm_exit(_ctx: RawTracePointContext) -> u32 {
     let _ = VMM_TGIDS.remove(tgid);
     // A point event (no duration): its time is taken past the filter, so the exit of every
     // other process does not pay for it.
-    if let Some(ev) = begin(ProbeId::VmmExit, super::now()) {
-        ev.flags |= flags::POINT;
-        emit(ev);
-    }
+    point(ProbeId::VmmExit, super::now(), |_| {});
     0
 }
 

@@ -22,9 +22,9 @@ pub mod tsm_driver;
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
 };
-use tsm_trace_common::{KvmOffsets, ProbeId, RawEvent, flags, missing, stat};
+use tsm_trace_common::{COMM_LEN, KvmOffsets, ProbeId, RawEvent, flags, missing, stat};
 
 use crate::{
     maps::{EVENTS, INFLIGHT, InflightKey, LAST_RETURN, SCRATCH, VMM_TGIDS, count},
@@ -52,16 +52,78 @@ pub fn begin(probe: ProbeId, start_ns: u64) -> Option<&'static mut RawEvent> {
         return None;
     };
     // SAFETY: per-CPU scratch; programs do not nest on one CPU (the kernel's recursion guard).
-    let ev = unsafe { &mut *ev };
-    *ev = RawEvent::zeroed();
-    ev.probe = probe as u32;
-    ev.start_ns = start_ns;
-    ev.end_ns = start_ns;
-    ev.pid_tgid = bpf_get_current_pid_tgid();
-    if let Ok(comm) = bpf_get_current_comm() {
-        ev.comm = comm;
+    unsafe { init(ev, probe, start_ns) };
+    Some(unsafe { &mut *ev })
+}
+
+// `init` writes every field by name: a field added to `RawEvent` changes its size and stops
+// the build here until `init` writes it too.
+const _: () = assert!(
+    RawEvent::SIZE == 232,
+    "RawEvent changed: write the new field in probes::init"
+);
+
+/// Writes each field of a record once, without zeroing the whole record first: the scalars
+/// their value or 0, `comm` in place by the helper (NUL-padded, zeroed on failure), the other
+/// strings an empty string (a read overwrites it with its NUL-terminated result; the bytes past
+/// the NUL are never decoded: userspace reads a string up to its NUL, and only when its
+/// `missing` bit is clear, which a failed read sets).
+///
+/// # Safety
+/// `ev` points to a record this program owns exclusively (per-CPU scratch or a reserved
+/// ring-buffer slot).
+#[inline(always)]
+unsafe fn init(ev: *mut RawEvent, probe: ProbeId, start_ns: u64) {
+    unsafe {
+        (*ev).probe = probe as u32;
+        (*ev).flags = 0;
+        (*ev).start_ns = start_ns;
+        (*ev).end_ns = start_ns;
+        (*ev).pid_tgid = bpf_get_current_pid_tgid();
+        (*ev).ret = 0;
+        (*ev).kvm = 0;
+        (*ev).tdi_id = 0;
+        (*ev).virt_id = 0;
+        (*ev).missing = 0;
+        (*ev).kvm_pid = 0;
+        (*ev).op = 0;
+        (*ev).cmd_flags = 0;
+        (*ev).vdevice_id = 0;
+        (*ev).obj_id = 0;
+        (*ev).in_len = 0;
+        (*ev).out_len = 0;
+        (*ev).tsm_code = 0;
+        (*ev).scope = 0;
+        (*ev)._pad = 0;
+        let comm = core::ptr::addr_of_mut!((*ev).comm);
+        generated::bpf_get_current_comm(comm.cast(), COMM_LEN as u32);
+        (*ev).dev_name[0] = 0;
+        (*ev).kvm_stats_id[0] = 0;
+        (*ev).tsm_name[0] = 0;
     }
-    Some(ev)
+}
+
+/// A point event built in place in a reserved ring-buffer slot (no scratch, no copy): `fill`
+/// writes what the event carries beyond [`init`]'s fields. A full ring buffer is counted as a
+/// drop.
+#[inline(always)]
+pub fn point(probe: ProbeId, start_ns: u64, fill: impl FnOnce(&mut RawEvent)) {
+    if !crate::maps::live() {
+        return;
+    }
+    let Some(mut slot) = EVENTS.reserve::<RawEvent>(0) else {
+        count(stat::RINGBUF_DROPS);
+        return;
+    };
+    let ev = slot.as_mut_ptr();
+    // SAFETY: a reserved ring-buffer record, exclusively ours until submitted; `init` writes
+    // every field before `fill` sees it.
+    unsafe {
+        init(ev, probe, start_ns);
+        (*ev).flags = flags::POINT;
+        fill(&mut *ev);
+    }
+    slot.submit(0);
 }
 
 const EEXIST: i32 = 17;
@@ -147,12 +209,19 @@ pub fn finish_with(
                 return;
             }
             count(stat::ORPHAN_RETURNS);
-            if let Some(ev) = begin(probe, now) {
-                ev.ret = ret;
-                ev.flags |= ret_flags;
-                ev.missing |= missing::ENTRY;
-                // Without the entry there is nothing for `complete` to use or to filter on.
-                emit(ev);
+            // Without the entry there is nothing for `complete` to use or to filter on.
+            if let Some(mut slot) = EVENTS.reserve::<RawEvent>(0) {
+                let ev = slot.as_mut_ptr();
+                // SAFETY: a reserved ring-buffer record, exclusively ours until submitted.
+                unsafe {
+                    init(ev, probe, now);
+                    (*ev).ret = ret;
+                    (*ev).flags = ret_flags;
+                    (*ev).missing = missing::ENTRY;
+                }
+                slot.submit(0);
+            } else {
+                count(stat::RINGBUF_DROPS);
             }
         }
     }
