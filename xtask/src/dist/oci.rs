@@ -370,18 +370,7 @@ pub fn skopeo_inspect(dir: &Path, meta: &Meta, manifest_digest: &str) -> Result<
 /// Runs `args` chrooted into `root` with only PATH set (the image's config sets no
 /// environment; PATH finds `chroot` itself): exit code, stdout, stderr.
 fn chroot(root: &Path, args: &[&str]) -> Result<(i32, String, String)> {
-    let out = Command::new("chroot")
-        .arg(root)
-        .args(args)
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .output()
-        .with_context(|| format!("chroot {} {}", root.display(), args.join(" ")))?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
+    crate::util::chroot(root, args, &[])
 }
 
 /// Unpacks the image's layer with GNU tar into `root` and runs `tsm-trace --version` and
