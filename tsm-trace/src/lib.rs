@@ -18,6 +18,7 @@ pub mod exporters;
 pub mod files;
 pub mod generation;
 pub mod http;
+pub mod memory;
 pub mod pipeline;
 pub mod probes;
 pub mod session;

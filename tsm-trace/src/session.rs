@@ -241,8 +241,11 @@ impl Session {
                 "could not raise RLIMIT_MEMLOCK (fine on kernels 5.11+ with memcg accounting)"
             );
         }
+        crate::memory::log_phase("start");
         let syms = load_kallsyms(opts)?;
+        crate::memory::log_phase("reading kallsyms");
         let resolution = resolve_btf(&syms, opts)?;
+        crate::memory::log_phase("resolving offsets from BTF");
         let generation = generation::detect(&resolution.patch, &syms);
         let pinned = match opts.pin_root.as_deref().map(probes::pin::Pinned::prepare) {
             Some(Ok(p)) => Some(p),
@@ -258,6 +261,7 @@ impl Session {
             None => None,
         };
         let mut ebpf = probes::open(&resolution.offsets, opts.ringbuf_bytes, pinned.as_ref())?;
+        crate::memory::log_phase("loading the eBPF object");
         let mut links = match &pinned {
             Some(p) => Links::pinned(p.link_pins()),
             None => Links::default(),
@@ -269,6 +273,7 @@ impl Session {
             &opts.attach,
             &resolution.prototypes,
         )?;
+        crate::memory::log_phase("attaching the probes");
         let mut maps = probes::Maps::take(&mut ebpf)?;
         // Attached next to the earlier generation's programs: now they stand aside.
         let pinned = match pinned {

@@ -42,6 +42,8 @@ pub const DEB_PACKAGES: &[&str] = &[
     // its install/remove test runs in.
     "lintian",
     "debootstrap",
+    // `cargo xtask dist`: skopeo reads the OCI image layout back (no container daemon).
+    "skopeo",
 ];
 
 /// bpf-linker is built against Debian's LLVM of the pinned nightly's major, not against the LLVM

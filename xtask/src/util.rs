@@ -71,3 +71,24 @@ pub fn output(cmd: &mut Command) -> Result<String> {
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// Runs `args` chrooted into `root` with only PATH and `env` set: (exit code, stdout, stderr).
+pub fn chroot(
+    root: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<(i32, String, String)> {
+    let out = Command::new("chroot")
+        .arg(root)
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .envs(env.iter().copied())
+        .output()
+        .with_context(|| format!("chroot {} {}", root.display(), args.join(" ")))?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}

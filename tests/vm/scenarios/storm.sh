@@ -11,6 +11,9 @@
 #   storm_metrics_<phase>  /metrics after each phase: start calib s1000 s5000 s20000 fail
 #                          parallel
 #   storm_d.err          the daemon's log
+#   storm_memory         "<when> VmHWM/VmRSS of the daemon" (kB, /proc/PID/status, as the
+#                        bench's 4b reads them): attached (idle, probes attached) and end
+#                        (after every storm)
 . /scenarios/lib.sh
 BIN=/bin/tsm-trace
 PORT=9480
@@ -30,6 +33,8 @@ wait_for /tmp/storm_d.err 'serving http' 60
 ctl vm_create 1
 ctl vdev_create 1 0000:00:02.0 1 77
 snap start
+mem() { echo "$1 $(grep -E '^Vm(HWM|RSS):' /proc/$DAEMON/status | tr -d ' \t' | tr ':\n' '= ' | sed 's/kB//g')" >> /tmp/storm_memory; }
+mem attached
 for phase in calib:10 s1000:1000 s5000:5000 s20000:20000; do
 	name=${phase%%:*}
 	n=${phase##*:}
@@ -55,8 +60,10 @@ echo "parallel $(cat "$LAST")" >> "$T"
 ctl delay_us 0
 sleep 6
 snap parallel
+mem end
 kill -TERM $DAEMON
 wait $DAEMON
 echo "exit=$?" >> /tmp/storm_d.err
 frame storm_truth "$T"
 frame storm_d.err /tmp/storm_d.err
+frame storm_memory /tmp/storm_memory

@@ -13,12 +13,13 @@ use crate::read::{self, offsets};
 /// (`op`, `flags`, `vdevice_id`) that `ucmd->cmd` points at.
 #[kprobe]
 pub fn tsm_op_entry(ctx: ProbeContext) -> u32 {
-    try_tsm_op_entry(&ctx).unwrap_or(1)
+    let t = super::now();
+    try_tsm_op_entry(&ctx, t).unwrap_or(1)
 }
 
-fn try_tsm_op_entry(ctx: &ProbeContext) -> Option<u32> {
+fn try_tsm_op_entry(ctx: &ProbeContext, t: u64) -> Option<u32> {
     let ucmd: u64 = ctx.arg(0)?;
-    let ev = begin(ProbeId::TsmOpIoctl)?;
+    let ev = begin(ProbeId::TsmOpIoctl, t)?;
     let o = offsets();
     match read::at::<u64>(ucmd, o.ucmd_cmd) {
         Ok(cmd) => {
@@ -65,7 +66,8 @@ fn canonical_op(raw: u32, o: &Offsets) -> Option<u32> {
 
 #[kretprobe]
 pub fn tsm_op_return(ctx: RetProbeContext) -> u32 {
-    finish_ret(ProbeId::TsmOpIoctl, ctx.ret());
+    let t = super::now();
+    finish_ret(ProbeId::TsmOpIoctl, ctx.ret(), t);
     0
 }
 
@@ -73,12 +75,13 @@ pub fn tsm_op_return(ctx: RetProbeContext) -> u32 {
 /// virtual id and its device.
 #[kprobe]
 pub fn vdev_abort_entry(ctx: ProbeContext) -> u32 {
-    try_vdev_abort_entry(&ctx).unwrap_or(1)
+    let t = super::now();
+    try_vdev_abort_entry(&ctx, t).unwrap_or(1)
 }
 
-fn try_vdev_abort_entry(ctx: &ProbeContext) -> Option<u32> {
+fn try_vdev_abort_entry(ctx: &ProbeContext, t: u64) -> Option<u32> {
     let obj: u64 = ctx.arg(0)?;
-    let ev = begin(ProbeId::VdeviceAbort)?;
+    let ev = begin(ProbeId::VdeviceAbort, t)?;
     let o = offsets();
     match read::int_at(obj, o.obj_id, o.kinds.obj_id) {
         Ok(v) => ev.obj_id = v as u32,
@@ -104,6 +107,7 @@ fn try_vdev_abort_entry(ctx: &ProbeContext) -> Option<u32> {
 
 #[kretprobe]
 pub fn vdev_abort_return(ctx: RetProbeContext) -> u32 {
-    finish_ret(ProbeId::VdeviceAbort, ctx.ret());
+    let t = super::now();
+    finish_ret(ProbeId::VdeviceAbort, ctx.ret(), t);
     0
 }

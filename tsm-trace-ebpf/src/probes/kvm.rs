@@ -5,9 +5,9 @@ use aya_ebpf::{
     macros::{kprobe, raw_tracepoint},
     programs::{ProbeContext, RawTracePointContext},
 };
-use tsm_trace_common::{ControlEvent, MODULE_NAME_LEN, ProbeId, control, flags, stat};
+use tsm_trace_common::{ControlEvent, MODULE_NAME_LEN, ProbeId, control, stat};
 
-use super::{begin, emit, read_kvm};
+use super::{point, read_kvm};
 use crate::{
     maps::{CONTROL, VMM_TGIDS, count},
     read::{self, offsets},
@@ -16,15 +16,15 @@ use crate::{
 /// `void kvm_destroy_vm(struct kvm *kvm)`: a point event with the VM's identity.
 #[kprobe]
 pub fn kvm_destroy_entry(ctx: ProbeContext) -> u32 {
-    try_kvm_destroy_entry(&ctx).unwrap_or(1)
+    let t = super::now();
+    try_kvm_destroy_entry(&ctx, t).unwrap_or(1)
 }
 
-fn try_kvm_destroy_entry(ctx: &ProbeContext) -> Option<u32> {
+fn try_kvm_destroy_entry(ctx: &ProbeContext, t: u64) -> Option<u32> {
     let kvm: u64 = ctx.arg(0)?;
-    let ev = begin(ProbeId::KvmDestroyVm)?;
-    ev.flags |= flags::POINT;
-    read_kvm(ev, kvm, offsets().kvm_destroy_vm);
-    emit(ev);
+    point(ProbeId::KvmDestroyVm, t, |ev| {
+        read_kvm(ev, kvm, offsets().kvm_destroy_vm)
+    });
     Some(0)
 }
 
@@ -42,10 +42,9 @@ pub fn vmm_exit(_ctx: RawTracePointContext) -> u32 {
         return 0;
     }
     let _ = VMM_TGIDS.remove(tgid);
-    if let Some(ev) = begin(ProbeId::VmmExit) {
-        ev.flags |= flags::POINT;
-        emit(ev);
-    }
+    // A point event (no duration): its time is taken past the filter, so the exit of every
+    // other process does not pay for it.
+    point(ProbeId::VmmExit, super::now(), |_| {});
     0
 }
 

@@ -22,18 +22,27 @@ pub mod tsm_driver;
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
 };
-use tsm_trace_common::{KvmOffsets, ProbeId, RawEvent, flags, missing, stat};
+use tsm_trace_common::{COMM_LEN, KvmOffsets, ProbeId, RawEvent, flags, missing, stat};
 
 use crate::{
     maps::{EVENTS, INFLIGHT, InflightKey, LAST_RETURN, SCRATCH, VMM_TGIDS, count},
     read,
 };
 
-/// Starts a record in per-CPU scratch space with the fields every event carries.
+/// The program's timestamp: the first thing every entry and return program does, before any
+/// map lookup or gate. Under TCG the first run of freshly JITed code is translated on the
+/// spot; taken any later, that translation would land inside the measured frame.
 #[inline(always)]
-pub fn begin(probe: ProbeId) -> Option<&'static mut RawEvent> {
+pub fn now() -> u64 {
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// Starts a record in per-CPU scratch space with the fields every event carries; `start_ns`
+/// is the program's [`now`].
+#[inline(always)]
+pub fn begin(probe: ProbeId, start_ns: u64) -> Option<&'static mut RawEvent> {
     // Every entry and point event starts here: an earlier generation stands aside.
     if !crate::maps::live() {
         return None;
@@ -43,16 +52,78 @@ pub fn begin(probe: ProbeId) -> Option<&'static mut RawEvent> {
         return None;
     };
     // SAFETY: per-CPU scratch; programs do not nest on one CPU (the kernel's recursion guard).
-    let ev = unsafe { &mut *ev };
-    *ev = RawEvent::zeroed();
-    ev.probe = probe as u32;
-    ev.start_ns = unsafe { bpf_ktime_get_ns() };
-    ev.end_ns = ev.start_ns;
-    ev.pid_tgid = bpf_get_current_pid_tgid();
-    if let Ok(comm) = bpf_get_current_comm() {
-        ev.comm = comm;
+    unsafe { init(ev, probe, start_ns) };
+    Some(unsafe { &mut *ev })
+}
+
+// `init` writes every field by name: a field added to `RawEvent` changes its size and stops
+// the build here until `init` writes it too.
+const _: () = assert!(
+    RawEvent::SIZE == 232,
+    "RawEvent changed: write the new field in probes::init"
+);
+
+/// Writes each field of a record once, without zeroing the whole record first: the scalars
+/// their value or 0, `comm` in place by the helper (NUL-padded, zeroed on failure), the other
+/// strings an empty string (a read overwrites it with its NUL-terminated result; the bytes past
+/// the NUL are never decoded: userspace reads a string up to its NUL, and only when its
+/// `missing` bit is clear, which a failed read sets).
+///
+/// # Safety
+/// `ev` points to a record this program owns exclusively (per-CPU scratch or a reserved
+/// ring-buffer slot).
+#[inline(always)]
+unsafe fn init(ev: *mut RawEvent, probe: ProbeId, start_ns: u64) {
+    unsafe {
+        (*ev).probe = probe as u32;
+        (*ev).flags = 0;
+        (*ev).start_ns = start_ns;
+        (*ev).end_ns = start_ns;
+        (*ev).pid_tgid = bpf_get_current_pid_tgid();
+        (*ev).ret = 0;
+        (*ev).kvm = 0;
+        (*ev).tdi_id = 0;
+        (*ev).virt_id = 0;
+        (*ev).missing = 0;
+        (*ev).kvm_pid = 0;
+        (*ev).op = 0;
+        (*ev).cmd_flags = 0;
+        (*ev).vdevice_id = 0;
+        (*ev).obj_id = 0;
+        (*ev).in_len = 0;
+        (*ev).out_len = 0;
+        (*ev).tsm_code = 0;
+        (*ev).scope = 0;
+        (*ev)._pad = 0;
+        let comm = core::ptr::addr_of_mut!((*ev).comm);
+        generated::bpf_get_current_comm(comm.cast(), COMM_LEN as u32);
+        (*ev).dev_name[0] = 0;
+        (*ev).kvm_stats_id[0] = 0;
+        (*ev).tsm_name[0] = 0;
     }
-    Some(ev)
+}
+
+/// A point event built in place in a reserved ring-buffer slot (no scratch, no copy): `fill`
+/// writes what the event carries beyond [`init`]'s fields. A full ring buffer is counted as a
+/// drop.
+#[inline(always)]
+pub fn point(probe: ProbeId, start_ns: u64, fill: impl FnOnce(&mut RawEvent)) {
+    if !crate::maps::live() {
+        return;
+    }
+    let Some(mut slot) = EVENTS.reserve::<RawEvent>(0) else {
+        count(stat::RINGBUF_DROPS);
+        return;
+    };
+    let ev = slot.as_mut_ptr();
+    // SAFETY: a reserved ring-buffer record, exclusively ours until submitted; `init` writes
+    // every field before `fill` sees it.
+    unsafe {
+        init(ev, probe, start_ns);
+        (*ev).flags = flags::POINT;
+        fill(&mut *ev);
+    }
+    slot.submit(0);
 }
 
 const EEXIST: i32 = 17;
@@ -91,23 +162,24 @@ pub fn emit(ev: &RawEvent) {
 /// Completes the in-flight record of `probe` for this task with the return value and sends it.
 /// A return without an entry is still reported, marked [`missing::ENTRY`].
 #[inline(always)]
-pub fn finish(probe: ProbeId, ret: i64, ret_flags: u32) {
-    finish_with(probe, ret, ret_flags, |_| true)
+pub fn finish(probe: ProbeId, ret: i64, ret_flags: u32, now: u64) {
+    finish_with(probe, ret, ret_flags, now, |_| true)
 }
 
 /// Like [`finish`], with `complete` filling in what only the return knows (e.g. `*tsm_code`);
 /// it returns false to drop the record (an entry that turned out not to concern the TSM path,
 /// such as `__pci_tsm_destroy` of a device without TSM context: not a loss, not an orphan).
-/// An orphan return is passed a fresh record marked [`missing::ENTRY`].
+/// An orphan return is passed a fresh record marked [`missing::ENTRY`]. `now` is the return
+/// program's [`now`], taken before anything else.
 #[inline(always)]
 pub fn finish_with(
     probe: ProbeId,
     ret: i64,
     ret_flags: u32,
+    now: u64,
     complete: impl FnOnce(&mut RawEvent) -> bool,
 ) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let now = unsafe { bpf_ktime_get_ns() };
     let key = InflightKey {
         pid_tgid,
         probe: probe as u32,
@@ -137,12 +209,19 @@ pub fn finish_with(
                 return;
             }
             count(stat::ORPHAN_RETURNS);
-            if let Some(ev) = begin(probe) {
-                ev.ret = ret;
-                ev.flags |= ret_flags;
-                ev.missing |= missing::ENTRY;
-                // Without the entry there is nothing for `complete` to use or to filter on.
-                emit(ev);
+            // Without the entry there is nothing for `complete` to use or to filter on.
+            if let Some(mut slot) = EVENTS.reserve::<RawEvent>(0) {
+                let ev = slot.as_mut_ptr();
+                // SAFETY: a reserved ring-buffer record, exclusively ours until submitted.
+                unsafe {
+                    init(ev, probe, now);
+                    (*ev).ret = ret;
+                    (*ev).flags = ret_flags;
+                    (*ev).missing = missing::ENTRY;
+                }
+                slot.submit(0);
+            } else {
+                count(stat::RINGBUF_DROPS);
             }
         }
     }
@@ -227,8 +306,8 @@ pub fn note_vmm() {
 /// function's own BTF prototype says ([`tsm_trace_common::ret`]): an integer of its width and
 /// signedness, a pointer, or nothing (void). Returns the decoded value (0 for void).
 #[inline(always)]
-pub fn finish_ret(probe: ProbeId, raw: u64) -> i64 {
-    finish_ret_with(probe, raw, 0, |_| true)
+pub fn finish_ret(probe: ProbeId, raw: u64, now: u64) -> i64 {
+    finish_ret_with(probe, raw, 0, now, |_| true)
 }
 
 /// [`finish_ret`] with extra return flags (`RET_NULL_IS_ERR`) and a `complete` as in
@@ -238,10 +317,11 @@ pub fn finish_ret_with(
     probe: ProbeId,
     raw: u64,
     extra_flags: u32,
+    now: u64,
     complete: impl FnOnce(&mut RawEvent) -> bool,
 ) -> i64 {
     let (v, f) = decode_ret(probe, raw);
-    finish_with(probe, v, f | extra_flags, complete);
+    finish_with(probe, v, f | extra_flags, now, complete);
     v
 }
 

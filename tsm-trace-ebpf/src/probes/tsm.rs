@@ -12,14 +12,15 @@ use crate::read::offsets;
 /// `int tsm_bind(struct device *dev, struct kvm *kvm, u64 tdi_id)`
 #[kprobe]
 pub fn tsm_bind_entry(ctx: ProbeContext) -> u32 {
-    try_tsm_bind_entry(&ctx).unwrap_or(1)
+    let t = super::now();
+    try_tsm_bind_entry(&ctx, t).unwrap_or(1)
 }
 
-fn try_tsm_bind_entry(ctx: &ProbeContext) -> Option<u32> {
+fn try_tsm_bind_entry(ctx: &ProbeContext, t: u64) -> Option<u32> {
     let dev: u64 = ctx.arg(0)?;
     let kvm: u64 = ctx.arg(1)?;
     let tdi_id: u64 = ctx.arg(2)?;
-    let ev = begin(ProbeId::TsmBind)?;
+    let ev = begin(ProbeId::TsmBind, t)?;
     read_dev_name(ev, dev);
     read_kvm(ev, kvm, offsets().kvm_tsm_bind);
     ev.tdi_id = tdi_id;
@@ -29,23 +30,25 @@ fn try_tsm_bind_entry(ctx: &ProbeContext) -> Option<u32> {
 
 #[kretprobe]
 pub fn tsm_bind_return(ctx: RetProbeContext) -> u32 {
+    let t = super::now();
     let (rc, f) = decode_ret(ProbeId::TsmBind, ctx.ret());
     if rc == 0 && f & tsm_trace_common::flags::RET_VOID == 0 {
         note_vmm();
     }
-    finish(ProbeId::TsmBind, rc, f);
+    finish(ProbeId::TsmBind, rc, f, t);
     0
 }
 
 /// `int tsm_unbind(struct device *dev)`
 #[kprobe]
 pub fn tsm_unbind_entry(ctx: ProbeContext) -> u32 {
-    try_tsm_unbind_entry(&ctx).unwrap_or(1)
+    let t = super::now();
+    try_tsm_unbind_entry(&ctx, t).unwrap_or(1)
 }
 
-fn try_tsm_unbind_entry(ctx: &ProbeContext) -> Option<u32> {
+fn try_tsm_unbind_entry(ctx: &ProbeContext, t: u64) -> Option<u32> {
     let dev: u64 = ctx.arg(0)?;
-    let ev = begin(ProbeId::TsmUnbind)?;
+    let ev = begin(ProbeId::TsmUnbind, t)?;
     read_dev_name(ev, dev);
     stash(ev);
     Some(0)
@@ -53,6 +56,7 @@ fn try_tsm_unbind_entry(ctx: &ProbeContext) -> Option<u32> {
 
 #[kretprobe]
 pub fn tsm_unbind_return(ctx: RetProbeContext) -> u32 {
-    finish_ret(ProbeId::TsmUnbind, ctx.ret());
+    let t = super::now();
+    finish_ret(ProbeId::TsmUnbind, ctx.ret(), t);
     0
 }

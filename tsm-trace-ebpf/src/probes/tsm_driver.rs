@@ -18,13 +18,14 @@ use crate::read::{self, offsets};
 /// `struct pci_tsm *(*probe)(struct tsm_dev *tsm_dev, struct pci_dev *pdev)`: NULL is failure.
 #[kprobe]
 pub fn drv_probe_entry(ctx: ProbeContext) -> u32 {
-    try_drv_probe_entry(&ctx).unwrap_or(1)
+    let t = super::now();
+    try_drv_probe_entry(&ctx, t).unwrap_or(1)
 }
 
-fn try_drv_probe_entry(ctx: &ProbeContext) -> Option<u32> {
+fn try_drv_probe_entry(ctx: &ProbeContext, t: u64) -> Option<u32> {
     let tsm_dev: u64 = ctx.arg(0)?;
     let pdev: u64 = ctx.arg(1)?;
-    let ev = begin(ProbeId::DriverProbe)?;
+    let ev = begin(ProbeId::DriverProbe, t)?;
     read_dev_name(ev, pci_dev_to_dev(pdev));
     read_tsm_name(ev, tsm_dev);
     stash(ev);
@@ -33,6 +34,7 @@ fn try_drv_probe_entry(ctx: &ProbeContext) -> Option<u32> {
 
 #[kretprobe]
 pub fn drv_probe_return(ctx: RetProbeContext) -> u32 {
+    let t = super::now();
     // NULL is failure only for a pointer return (the op's prototype says which).
     let (_, f) = super::decode_ret(ProbeId::DriverProbe, ctx.ret());
     let null_is_err = if f & flags::RET_IS_PTR != 0 {
@@ -40,31 +42,35 @@ pub fn drv_probe_return(ctx: RetProbeContext) -> u32 {
     } else {
         0
     };
-    finish_ret_with(ProbeId::DriverProbe, ctx.ret(), null_is_err, |_| true);
+    finish_ret_with(ProbeId::DriverProbe, ctx.ret(), null_is_err, t, |_| true);
     0
 }
 
 /// `int (*connect)(struct pci_dev *pdev)`
 #[kprobe]
 pub fn drv_connect_entry(ctx: ProbeContext) -> u32 {
-    pdev_entry(&ctx, ProbeId::DriverConnect).unwrap_or(1)
+    let t = super::now();
+    pdev_entry(&ctx, ProbeId::DriverConnect, t).unwrap_or(1)
 }
 
 #[kretprobe]
 pub fn drv_connect_return(ctx: RetProbeContext) -> u32 {
-    finish_ret(ProbeId::DriverConnect, ctx.ret());
+    let t = super::now();
+    finish_ret(ProbeId::DriverConnect, ctx.ret(), t);
     0
 }
 
 /// `void (*disconnect)(struct pci_dev *pdev)`
 #[kprobe]
 pub fn drv_disconnect_entry(ctx: ProbeContext) -> u32 {
-    pdev_entry(&ctx, ProbeId::DriverDisconnect).unwrap_or(1)
+    let t = super::now();
+    pdev_entry(&ctx, ProbeId::DriverDisconnect, t).unwrap_or(1)
 }
 
 #[kretprobe]
 pub fn drv_disconnect_return(ctx: RetProbeContext) -> u32 {
-    finish_ret(ProbeId::DriverDisconnect, ctx.ret());
+    let t = super::now();
+    finish_ret(ProbeId::DriverDisconnect, ctx.ret(), t);
     0
 }
 
@@ -72,12 +78,14 @@ pub fn drv_disconnect_return(ctx: RetProbeContext) -> u32 {
 /// failure), or an `int` op: the return is decoded as the op's own BTF prototype says.
 #[kprobe]
 pub fn drv_bind_entry(ctx: ProbeContext) -> u32 {
-    bind_entry(&ctx, ProbeId::DriverBind, offsets().kvm_driver_bind).unwrap_or(1)
+    let t = super::now();
+    bind_entry(&ctx, ProbeId::DriverBind, offsets().kvm_driver_bind, t).unwrap_or(1)
 }
 
 #[kretprobe]
 pub fn drv_bind_return(ctx: RetProbeContext) -> u32 {
-    finish_ret(ProbeId::DriverBind, ctx.ret());
+    let t = super::now();
+    finish_ret(ProbeId::DriverBind, ctx.ret(), t);
     0
 }
 
@@ -85,16 +93,17 @@ pub fn drv_bind_return(ctx: RetProbeContext) -> u32 {
 /// op's BTF prototype says (`Offsets::drv_unbind_arg`).
 #[kprobe]
 pub fn drv_unbind_entry(ctx: ProbeContext) -> u32 {
-    try_drv_unbind_entry(&ctx).unwrap_or(1)
+    let t = super::now();
+    try_drv_unbind_entry(&ctx, t).unwrap_or(1)
 }
 
-fn try_drv_unbind_entry(ctx: &ProbeContext) -> Option<u32> {
+fn try_drv_unbind_entry(ctx: &ProbeContext, t: u64) -> Option<u32> {
     let o = offsets();
     if o.drv_unbind_arg != ARG_PCI_TDI {
-        return pdev_entry(ctx, ProbeId::DriverUnbind);
+        return pdev_entry(ctx, ProbeId::DriverUnbind, t);
     }
     let tdi: u64 = ctx.arg(0)?;
-    let ev = begin(ProbeId::DriverUnbind)?;
+    let ev = begin(ProbeId::DriverUnbind, t)?;
     read_tdi(ev, tdi);
     let pdev = read::at::<u64>(tdi, o.tdi_pdev).unwrap_or(0);
     read_dev_name(ev, pci_dev_to_dev(pdev));
@@ -104,7 +113,8 @@ fn try_drv_unbind_entry(ctx: &ProbeContext) -> Option<u32> {
 
 #[kretprobe]
 pub fn drv_unbind_return(ctx: RetProbeContext) -> u32 {
-    finish_ret(ProbeId::DriverUnbind, ctx.ret());
+    let t = super::now();
+    finish_ret(ProbeId::DriverUnbind, ctx.ret(), t);
     0
 }
 
@@ -112,11 +122,13 @@ pub fn drv_unbind_return(ctx: RetProbeContext) -> u32 {
 /// sockptr_t, size_t, u64 *tsm_code)`
 #[kprobe]
 pub fn drv_guest_req_entry(ctx: ProbeContext) -> u32 {
-    guest_req_entry(&ctx, ProbeId::DriverGuestReq, true).unwrap_or(1)
+    let t = super::now();
+    guest_req_entry(&ctx, ProbeId::DriverGuestReq, true, t).unwrap_or(1)
 }
 
 #[kretprobe]
 pub fn drv_guest_req_return(ctx: RetProbeContext) -> u32 {
-    finish_ret_with(ProbeId::DriverGuestReq, ctx.ret(), 0, read_tsm_code);
+    let t = super::now();
+    finish_ret_with(ProbeId::DriverGuestReq, ctx.ret(), 0, t, read_tsm_code);
     0
 }

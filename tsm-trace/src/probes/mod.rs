@@ -9,6 +9,7 @@ pub mod capabilities;
 pub mod compat;
 pub mod expiry;
 mod kallsyms;
+pub mod loader;
 pub mod misses;
 pub mod ownership;
 pub mod pin;
@@ -18,7 +19,7 @@ use std::collections::BTreeMap;
 
 pub use attach::{Links, attach_all, attach_missing, detach_gone, detach_module, plan_all};
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{KProbe, ProgramError, RawTracePoint},
 };
@@ -202,7 +203,7 @@ pub fn open(
     if EBPF_OBJECT.is_empty() {
         return Err(ProbeError::EmptyObject);
     }
-    let mut loader = EbpfLoader::new();
+    let mut loader = loader::loader_for(EBPF_OBJECT);
     if let Some(b) = ringbuf_bytes {
         loader.map_max_entries("EVENTS", b);
     }

@@ -82,22 +82,13 @@ fn snapshot(root: &Path) -> Result<BTreeSet<String>> {
     Ok(out)
 }
 
-/// Runs `args` chrooted into `root`; returns (exit code, stdout, stderr).
+/// Runs `args` chrooted into `root` as dpkg wants it; returns (exit code, stdout, stderr).
 fn chroot(root: &Path, args: &[&str]) -> Result<(i32, String, String)> {
-    let out = Command::new("chroot")
-        .arg(root)
-        .args(args)
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .env("LC_ALL", "C")
-        .output()
-        .with_context(|| format!("chroot {} {}", root.display(), args.join(" ")))?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
+    crate::util::chroot(
+        root,
+        args,
+        &[("DEBIAN_FRONTEND", "noninteractive"), ("LC_ALL", "C")],
+    )
 }
 
 fn chroot_ok(root: &Path, args: &[&str]) -> Result<String> {
@@ -239,5 +230,12 @@ pub fn test(deb: &Path) -> Result<()> {
         f.1,
         t0.elapsed().as_secs_f64()
     );
+    // The image's root filesystem (its one layer, unpacked by GNU tar), as a runtime would.
+    let said = super::oci::run_rootfs(
+        &super::oci::dir(&crate::util::root()),
+        &cache_dir().join("dist/oci-root"),
+    )
+    .context("running the OCI image's root filesystem (written by `cargo xtask dist`)")?;
+    println!("dist: the OCI image's root filesystem runs: {said}");
     Ok(())
 }

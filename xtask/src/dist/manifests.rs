@@ -443,6 +443,22 @@ fn rule_groups(root: &Path) -> Result<Vec<Value>> {
     Ok(out)
 }
 
+/// The image and args of the DaemonSet's one container: the OCI image `cargo xtask dist`
+/// writes is tagged and started (`Cmd`) as the DaemonSet runs it.
+pub fn daemonset_image_and_args(root: &Path) -> Result<(String, Vec<String>)> {
+    let f = "deploy/kubernetes/daemonset.yaml";
+    let text = std::fs::read_to_string(root.join(f)).with_context(|| format!("reading {f}"))?;
+    let mut d = Docs::default();
+    parse(f, &text, &mut d)?;
+    match d.daemonsets.as_slice() {
+        [ds] => match ds.spec.template.spec.containers.as_slice() {
+            [c] => Ok((c.image.clone(), c.args.clone())),
+            cs => bail!("{f}: expected one container, found {}", cs.len()),
+        },
+        ds => bail!("{f}: expected one DaemonSet, found {}", ds.len()),
+    }
+}
+
 /// `cargo xtask test`'s step: every manifest in `deploy/kubernetes/`.
 pub fn check() -> Result<()> {
     let root = crate::util::root();

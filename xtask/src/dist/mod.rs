@@ -6,9 +6,12 @@
 //! pages and bash/zsh/fish completions — all of the last three written by the binary itself
 //! (`tsm-trace generate`), so they cannot drift from its flags. lintian must report no error.
 //! `install.rs` installs it into a bookworm root and removes it again (`cargo xtask test`).
+//! `oci.rs` writes the container image as an OCI layout in `target/dist/oci/` from the same
+//! binary, without a container engine, and checks it (skopeo reads it back).
 
 pub mod install;
 pub mod manifests;
+pub mod oci;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -92,19 +95,87 @@ fn changelog() -> Result<String> {
     ))
 }
 
-/// Size of `usr/bin/tsm-trace` in `deb`.
-fn binary_in(deb: &Path) -> Result<u64> {
+/// `usr/bin/tsm-trace` as `deb` holds it.
+fn binary_in(deb: &Path) -> Result<Vec<u8>> {
     let out = Command::new("sh")
         .arg("-c")
-        .arg("dpkg-deb --fsys-tarfile \"$1\" | tar -xOf - ./usr/bin/tsm-trace | wc -c")
+        .arg("dpkg-deb --fsys-tarfile \"$1\" | tar -xOf - ./usr/bin/tsm-trace")
         .arg("sh")
         .arg(deb)
         .output()
         .context("running dpkg-deb")?;
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
+    if !out.status.success() || out.stdout.is_empty() {
+        bail!(
+            "no usr/bin/tsm-trace in {}: {}",
+            deb.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out.stdout)
+}
+
+/// One line of `git` output at the repository root.
+fn git(args: &[&str]) -> Result<String> {
+    Ok(
+        util::output(Command::new("git").current_dir(root()).args(args))?
+            .trim()
+            .to_string(),
+    )
+}
+
+/// `key = "value"` of a Cargo.toml (the first such line).
+fn toml_string(file: &str, key: &str) -> Result<String> {
+    let text =
+        std::fs::read_to_string(root().join(file)).with_context(|| format!("reading {file}"))?;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(key)?
+                .trim_start()
+                .strip_prefix('=')?
+                .trim()
+                .strip_prefix('"')?
+                .strip_suffix('"')
+                .map(str::to_string)
+        })
+        .with_context(|| format!("{file}: no {key} = \"...\""))
+}
+
+/// The image's tag, `Cmd` and labels: the DaemonSet's image and args, the crate's metadata,
+/// the last commit (so one commit gives one image).
+fn image_meta() -> Result<oci::Meta> {
+    let version = env!("CARGO_PKG_VERSION");
+    let (image, cmd) = manifests::daemonset_image_and_args(&root())?;
+    if image != format!("tsm-trace:{version}") {
+        bail!(
+            "deploy/kubernetes/daemonset.yaml runs {image:?}; the image written is tsm-trace:{version} (the crate version): pin that"
+        );
+    }
+    let created = git(&["log", "-1", "--format=%cI"])?;
+    let epoch = git(&["log", "-1", "--format=%ct"])?
         .parse()
-        .with_context(|| format!("no usr/bin/tsm-trace in {}", deb.display()))
+        .context("git log: commit time")?;
+    let labels = [
+        ("title", "tsm-trace".to_string()),
+        (
+            "description",
+            toml_string("tsm-trace/Cargo.toml", "description")?,
+        ),
+        ("version", version.to_string()),
+        ("revision", git(&["rev-parse", "HEAD"])?),
+        ("created", created.clone()),
+        ("licenses", toml_string("Cargo.toml", "license")?),
+        ("base.name", "scratch".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("org.opencontainers.image.{k}"), v))
+    .collect();
+    Ok(oci::Meta {
+        tag: version.to_string(),
+        cmd,
+        labels,
+        created,
+        epoch,
+    })
 }
 
 /// Builds the package; returns it and the binary's size.
@@ -146,15 +217,29 @@ pub fn build() -> Result<Built> {
             String::from_utf8_lossy(&out.stdout)
         );
     }
-    let binary_bytes = binary_in(&deb)?;
+    let packaged = binary_in(&deb)?;
     println!(
         "dist: {} ({} KiB), stripped static binary {:.1} MiB (unstripped {:.1} MiB)",
         deb.display(),
         std::fs::metadata(&deb)?.len() >> 10,
-        binary_bytes as f64 / (1 << 20) as f64,
+        packaged.len() as f64 / (1 << 20) as f64,
         std::fs::metadata(&bin)?.len() as f64 / (1 << 20) as f64,
     );
     lintian(&deb)?;
+    // The image from the binary the package holds, read back and inspected by skopeo.
+    let meta = image_meta()?;
+    let image = oci::write(&packaged, &oci::dir(&root()), &meta)?;
+    let digest = oci::verify(&image.dir, &packaged, &meta)?;
+    oci::skopeo_inspect(&image.dir, &meta, &digest)?;
+    println!(
+        "dist: OCI image {}:{} ({} KiB layer), manifest {digest}; its /tsm-trace is the package's binary; skopeo inspect agrees (copy it with `skopeo copy oci:{}:{} docker://REGISTRY/tsm-trace:{}`)",
+        image.dir.display(),
+        image.tag,
+        image.layer_bytes >> 10,
+        image.dir.display(),
+        image.tag,
+        image.tag,
+    );
     Ok(Built { deb })
 }
 

@@ -10,6 +10,10 @@
 //!   calibration pair (nothing lost without a count).
 //!
 //! The rate of each storm and the detail it lost are printed.
+//!
+//! Memory: the daemon's peak RSS (VmHWM, the bench's 4b measure) stays within
+//! [`PEAK_RSS_KIB`], read once it is attached and idle and again after every storm (its
+//! start-up peak is BTF: ours and aya's, see `tsm-trace/src/probes/loader.rs`).
 
 use std::collections::BTreeMap;
 
@@ -20,6 +24,9 @@ use super::qemu::VmOutput;
 use super::scenarios::{Checks, parse_exposition};
 
 pub const SCRIPT: &str = "tests/vm/scenarios/storm.sh";
+
+/// The daemon's peak RSS budget (issue 14): 16 MiB.
+const PEAK_RSS_KIB: f64 = 16.0 * 1024.0;
 
 const PHASES: [&str; 4] = ["calib", "s1000", "s5000", "s20000"];
 
@@ -165,6 +172,7 @@ pub fn check(out: &VmOutput) -> Result<usize> {
     c.check(err.lines().any(|l| l == "exit=0"), || {
         format!("storm_d.err: no clean exit:\n{err}")
     });
+    memory(&mut c, &out.section("storm_memory")?.text);
     c.finish("storm", out)
 }
 
@@ -257,6 +265,28 @@ fn parallel(
             "not reported by this kernel"
         }
     );
+}
+
+/// VmHWM at both points within [`PEAK_RSS_KIB`]; printed.
+fn memory(c: &mut Checks, text: &str) {
+    for when in ["attached", "end"] {
+        let kv = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{when} ")))
+            .map(parse_kv)
+            .unwrap_or_default();
+        let (hwm, rss) = (num(&kv, "VmHWM"), num(&kv, "VmRSS"));
+        c.check(hwm <= PEAK_RSS_KIB, || {
+            format!(
+                "memory {when}: the daemon's peak RSS (VmHWM) is {hwm} KiB, above {PEAK_RSS_KIB} KiB (16 MiB); `tsm-trace run --log-level debug` logs the peak after each start-up phase (storm_memory: {text:?})"
+            )
+        });
+        println!(
+            "memory {when}: daemon peak RSS (VmHWM) {:.1} MiB, RSS {:.1} MiB (budget 16 MiB)",
+            hwm / 1024.0,
+            rss / 1024.0
+        );
+    }
 }
 
 /// Whether a release such as `7.3.4+deb13-amd64` is at least `want` (major, minor).
