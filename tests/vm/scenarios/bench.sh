@@ -81,7 +81,7 @@ wait_for /tmp/acc.err 'tracing with' 120 || echo "tsm-trace trace did not start"
 ctl vm_create 950
 ctl vdev_create 950 0000:00:02.0 950 5
 # No warm-up: the first bind after attach is compared like every other.
-acc_binds() {
+acc_binds() { # acc_binds TRUTH_FILE VDEV
 	: > "$1"
 	i=0
 	while [ $i -lt "$ACC_N" ]; do
@@ -92,14 +92,14 @@ acc_binds() {
 		3) us=20000 ;;
 		esac
 		ctl delay_us $us
-		ctl ioctl 950 1 0
+		ctl ioctl "$2" 1 0
 		echo "delay_us=$us $(cat $LAST)" >> "$1"
 		ctl delay_us 0
-		ctl ioctl 950 2 0
+		ctl ioctl "$2" 2 0
 		i=$((i + 1))
 	done
 }
-acc_binds /tmp/truth
+acc_binds /tmp/truth 950
 ctl vdev_destroy 950
 ctl vm_destroy 950
 sleep 1
@@ -121,7 +121,7 @@ echo "r:tsma/dbr standin_tdi_bind" >> $TR/kprobe_events
 echo 1 > $TR/events/tsma/enable
 ctl vm_create 951
 ctl vdev_create 951 0000:00:02.0 951 5
-acc_binds /tmp/truth_ft
+acc_binds /tmp/truth_ft 951
 ctl vdev_destroy 951
 ctl vm_destroy 951
 echo 0 > $TR/events/tsma/enable

@@ -20,8 +20,6 @@ TR=/sys/kernel/tracing
 CV=800
 # The probed set: what tsm-trace attaches with the stand-in (the same for every tool).
 FUNCS="iommufd_vdevice_tsm_op_ioctl tsm_bind tsm_unbind $PCI_BIND $PCI_UNBIND standin_tdi_bind standin_tdi_unbind iommufd_vdevice_abort kvm_destroy_vm"
-OPF=op
-grep -q 'gen=v2' "$D/info" 2>/dev/null || OPF=type
 
 # storm_ns: one round; prints the module's duration_ns (no fork).
 storm_ns() {
@@ -90,27 +88,21 @@ ftrace_clear() {
 
 # ftrace_events FIELDS(0|1): one p: and one r: event per probed function.
 ftrace_events() {
+	fields=$1
 	i=0
 	for f in $FUNCS; do
 		i=$((i + 1))
-		if [ "$1" = 0 ]; then
+		if [ "$fields" = 0 ]; then
 			ftrace_def "p:tsmb/e$i $f"
 			ftrace_def "r:tsmb/r$i $f"
 			continue
 		fi
 		case $f in
 		iommufd_vdevice_tsm_op_ioctl)
-			# ucmd->cmd is a void *: the UAPI struct's offsets come from bpftrace's BTF
-			# (offsetof), found before the blocks (OP_OFFS), else only the pointer is read.
-			if [ -n "$OP_OFFS" ]; then
-				o1=$(echo $OP_OFFS | cut -d' ' -f1)
-				o2=$(echo $OP_OFFS | cut -d' ' -f2)
-				o3=$(echo $OP_OFFS | cut -d' ' -f3)
-				ftrace_def "p:tsmb/e$i $f op=+$o1(ucmd->cmd):u32 flags=+$o2(ucmd->cmd):u32 vdev=+$o3(ucmd->cmd):u32" \
-					"p:tsmb/e$i $f cmd=ucmd->cmd:x64"
-			else
-				ftrace_def "p:tsmb/e$i $f cmd=ucmd->cmd:x64"
-			fi
+			# ucmd->cmd is a void *: the UAPI struct behind it at BTF's offsets (OFFS).
+			set -- $OFFS
+			ftrace_def "p:tsmb/e$i $f op=+$2(+$1(\$arg1)):u32 flags=+$3(+$1(\$arg1)):u32 vdev=+$4(+$1(\$arg1)):u32"
+			set --
 			;;
 		tsm_bind)
 			ftrace_def "p:tsmb/e$i $f dev=dev->kobj.name:string pid=kvm->userspace_pid sid=kvm->stats_id:string tdi=tdi_id" \
@@ -120,10 +112,11 @@ ftrace_events() {
 			ftrace_def "p:tsmb/e$i $f dev=dev->kobj.name:string" "p:tsmb/e$i $f dev=+0(dev->kobj.name):string"
 			;;
 		iommufd_vdevice_abort)
-			ftrace_def "p:tsmb/e$i $f id=obj->id" "p:tsmb/e$i $f"
+			ftrace_def "p:tsmb/e$i $f id=obj->id"
 			;;
 		kvm_destroy_vm)
-			ftrace_def "p:tsmb/e$i $f pid=kvm->userspace_pid sid=kvm->stats_id:string" "p:tsmb/e$i $f pid=kvm->userspace_pid"
+			ftrace_def "p:tsmb/e$i $f pid=kvm->userspace_pid sid=kvm->stats_id:string" \
+				"p:tsmb/e$i $f pid=kvm->userspace_pid sid=+0(kvm->stats_id):string"
 			;;
 		*bind | *unbind)
 			case $f in
@@ -134,7 +127,7 @@ ftrace_events() {
 				"p:tsmb/e$i $f dev=+0(pdev->dev.kobj.name):string$k"
 			;;
 		esac
-		ftrace_def "r:tsmb/r$i $f ret=\$retval" "r:tsmb/r$i $f"
+		ftrace_def "r:tsmb/r$i $f ret=\$retval" "r:tsmb/r$i $f" # void functions have no $retval
 	done
 	echo 1 > $TR/events/tsmb/enable
 }
@@ -142,24 +135,29 @@ ftrace_events() {
 # bpftrace_script FIELDS(0|1): latency histogram + return-value counts per function,
 # with FIELDS=1 also the fields tsm-trace reads, into maps.
 bpftrace_script() {
+	fields=$1
 	for f in $FUNCS; do
 		fl=""
-		if [ "$1" = 1 ]; then
+		if [ "$fields" = 1 ]; then
 			case $f in
 			iommufd_vdevice_tsm_op_ioctl)
-				fl="\$c = (struct iommu_vdevice_tsm_op *)((struct iommufd_ucmd *)arg0)->cmd; @op[\$c->$OPF, \$c->flags, \$c->vdevice_id] = count();" ;;
+				# struct iommufd_ucmd and the UAPI struct are in the module's BTF only,
+				# which bpftrace's kprobe casts cannot name: read at BTF's offsets (OFFS).
+				set -- $OFFS
+				fl="\$c = *(uint64 *)(arg0 + $1); @op[*(uint32 *)(\$c + $2), *(uint32 *)(\$c + $3), *(uint32 *)(\$c + $4)] = count();"
+				set -- ;;
 			tsm_bind)
-				fl="@tb[str(((struct device *)arg0)->kobj.name), ((struct kvm *)arg1)->userspace_pid, str(((struct kvm *)arg1)->stats_id), arg2] = count();" ;;
+				fl="@tb[str(((struct device *)arg0)->kobj.name), ((struct kvm *)arg1)->userspace_pid, ((struct kvm *)arg1)->stats_id, arg2] = count();" ;;
 			tsm_unbind)
 				fl="@tu[str(((struct device *)arg0)->kobj.name)] = count();" ;;
 			iommufd_vdevice_abort)
 				fl="@va[((struct iommufd_object *)arg0)->id] = count();" ;;
 			kvm_destroy_vm)
-				fl="@kd[((struct kvm *)arg0)->userspace_pid, str(((struct kvm *)arg0)->stats_id)] = count();" ;;
+				fl="@kd[((struct kvm *)arg0)->userspace_pid, ((struct kvm *)arg0)->stats_id] = count();" ;;
 			*unbind)
 				fl="@u_$f[str(((struct pci_dev *)arg0)->dev.kobj.name)] = count();" ;;
 			*bind)
-				fl="@b_$f[str(((struct pci_dev *)arg0)->dev.kobj.name), ((struct kvm *)arg1)->userspace_pid, str(((struct kvm *)arg1)->stats_id), arg2] = count();" ;;
+				fl="@b_$f[str(((struct pci_dev *)arg0)->dev.kobj.name), ((struct kvm *)arg1)->userspace_pid, ((struct kvm *)arg1)->stats_id, arg2] = count();" ;;
 			esac
 		fi
 		echo "kprobe:$f { $fl @s[tid, \"$f\"] = nsecs; }"
@@ -216,17 +214,23 @@ cost_blocks() {
 	: > /tmp/ftrace_defs
 	HAVE_BT=no
 	command -v bpftrace > /dev/null && bpftrace --version > /tmp/btver 2>&1 && HAVE_BT=yes
-	OP_OFFS=""
-	if [ $HAVE_BT = yes ]; then
-		# Offsets of the UAPI struct behind ucmd->cmd, from BTF through bpftrace (for ftrace).
-		bpftrace -e "BEGIN { printf(\"offs %d %d %d\\n\", offsetof(struct iommu_vdevice_tsm_op, $OPF), offsetof(struct iommu_vdevice_tsm_op, flags), offsetof(struct iommu_vdevice_tsm_op, vdevice_id)); exit(); }" > /tmp/offs 2>&1
-		OP_OFFS=$(sed -n 's/^offs //p' /tmp/offs)
+	# Offsets of iommufd_ucmd.cmd and of the UAPI struct's op, flags and vdevice_id, from
+	# BTF (the module's split BTF) as tsm-trace's resolver reports them: bpftrace cannot name
+	# module-only types in kprobe casts, and ftrace needs them behind a void *.
+	$BIN check $DRV $PCI_SYMS > /dev/null 2> /tmp/check.err
+	off() { sed -n "s/.*resolved $1 = \([0-9]*\) .*/\1/p" /tmp/check.err | head -n 1; }
+	OFFS="$(off iommufd_ucmd.cmd) $(off iommu_vdevice_tsm_op.op) $(off iommu_vdevice_tsm_op.flags) $(off iommu_vdevice_tsm_op.vdevice_id)"
+	set -- $OFFS
+	if [ $# != 4 ]; then
+		echo "offsets: want 4 from tsm-trace check, got '$OFFS'" >> /tmp/check.err
+		OFFS="0 0 0 0"
 	fi
+	set --
 	{
 		echo "kprobes_enabled_file=$([ -w $KPE ] && echo yes || echo no)"
 		echo "tracefs=$([ -w $TR/kprobe_events ] && echo yes || echo no)"
 		echo "bpftrace=$HAVE_BT $(head -n 1 /tmp/btver 2>/dev/null)"
-		echo "op_offsets=${OP_OFFS:-none} ($(tr '\n' ' ' < /tmp/offs 2>/dev/null))"
+		echo "offsets=$OFFS (iommufd_ucmd.cmd op flags vdevice_id)"
 		echo "funcs=$FUNCS"
 		echo "pairs=$PAIRS rounds=$ROUNDS compare=$COMPARE"
 	} > /tmp/cost_env

@@ -75,7 +75,10 @@ pub fn stage() -> Result<Staged> {
     // The loader itself (not a DT_NEEDED of the executable, its PT_INTERP).
     let ld = find_lib(&root, "ld-linux-x86-64.so.2")
         .ok_or_else(|| anyhow!("no ld-linux-x86-64.so.2 among the unpacked packages"))?;
-    if !files.iter().any(|(_, g)| g.ends_with("/ld-linux-x86-64.so.2")) {
+    if !files
+        .iter()
+        .any(|(_, g)| g.ends_with("/ld-linux-x86-64.so.2"))
+    {
         bytes += fs::metadata(&ld)?.len();
         files.push((ld, format!("{GUEST_DIR}/lib/ld-linux-x86-64.so.2")));
     }

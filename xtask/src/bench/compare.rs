@@ -30,7 +30,10 @@ pub fn build(revs: &[String]) -> Result<Vec<Compare>> {
             ])
             .with_context(|| format!("git worktree add for {rev}"))?;
         }
-        println!("bench: building tsm-trace at {rev} ({short}) in {}", dir.display());
+        println!(
+            "bench: building tsm-trace at {rev} ({short}) in {}",
+            dir.display()
+        );
         let status = Command::new("cargo")
             .args([
                 "build",

@@ -223,6 +223,20 @@ pub fn rows(out: &VmOutput) -> Vec<Row> {
         };
         fired.insert(b.to_owned(), r);
     }
+    // ftrace must have taken every event definition it was given (else it did less work).
+    if let Ok(s) = out.section("ftrace_defs") {
+        let rejected: Vec<&str> = s
+            .text
+            .lines()
+            .filter(|l| l.starts_with("rejected"))
+            .collect();
+        if !rejected.is_empty() {
+            fired.insert(
+                "ftrace".into(),
+                Err(format!("tracefs rejected: {}", rejected.join("; "))),
+            );
+        }
+    }
     // bpftrace output must not be empty: its maps are printed on exit.
     for b in ["bpftrace0", "bpftrace"] {
         if let Ok(s) = out.section(&format!("cost_out_{b}")) {
@@ -320,7 +334,11 @@ pub fn rows(out: &VmOutput) -> Vec<Row> {
             Some((x, y, _)) => rows.push(if floor {
                 Row::floor(
                     figure,
-                    format!("{} / {}: the baseline tool added nothing measurable", us(x), us(y)),
+                    format!(
+                        "{} / {}: the baseline tool added nothing measurable",
+                        us(x),
+                        us(y)
+                    ),
                     &format!("≤ {FLOOR}"),
                     false,
                 )
@@ -373,6 +391,26 @@ pub fn rows(out: &VmOutput) -> Vec<Row> {
                 format!("{LABEL}: tsm-trace's programs, run time per run (bpf_stats, one armed round of {pairs} pairs)"),
                 list.join(", "),
             ));
+        }
+        // Where tsm-trace's added cost goes: its programs' bodies (bpf_stats, which itself
+        // adds two clock reads per run) against the whole added wall time of the timed rounds;
+        // the rest is the kprobe machinery, ring-buffer wakeups and the daemon's own CPU time
+        // (under TCG every vCPU shares one host thread, so the daemon's work is on the clock).
+        if let (Some(b), true) = (blocks.get("tsm-trace"), v.armed_ns > 0) {
+            let body = v.armed_ns as f64 / pairs as f64;
+            let added = b.added_per_pair(pairs);
+            if added > 0.0 {
+                rows.push(Row::report(
+                    format!("{LABEL}: where tsm-trace's added cost goes, per bind+unbind pair"),
+                    format!(
+                        "programs' bodies {} ({:.0}%), the rest {} (kprobe machinery, wakeups, the daemon's CPU time) of {}",
+                        us(body),
+                        100.0 * body / added,
+                        us(added - body),
+                        us(added)
+                    ),
+                ));
+            }
         }
     }
     rows

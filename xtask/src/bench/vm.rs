@@ -56,7 +56,10 @@ pub fn run(s: &Sizes, compare: &[Compare]) -> Result<VmBench> {
     let mut extra = vec![
         (tsm_trace, "/bin/tsm-trace".to_string()),
         (helper, "/bin/bench_vm".to_string()),
-        (root().join(COST_SCRIPT), "/scenarios/bench_cost.sh".to_string()),
+        (
+            root().join(COST_SCRIPT),
+            "/scenarios/bench_cost.sh".to_string(),
+        ),
     ];
     for c in compare {
         extra.push((c.binary.clone(), format!("/bin/tsm-trace-{}", c.rev)));
@@ -106,7 +109,9 @@ pub fn run(s: &Sizes, compare: &[Compare]) -> Result<VmBench> {
         kernel.version,
         env.get("bpftool").map_or("?", String::as_str),
         match &bpftrace {
-            Ok(v) => format!("Debian trixie's {v} (dpkg -x, run through its own ld-linux-x86-64.so.2 --library-path)"),
+            Ok(v) => format!(
+                "Debian trixie's {v} (dpkg -x, run through its own ld-linux-x86-64.so.2 --library-path)"
+            ),
             Err(_) => "no".into(),
         },
     );
@@ -117,7 +122,10 @@ pub fn run(s: &Sizes, compare: &[Compare]) -> Result<VmBench> {
     let mut rows = Vec::new();
     let mut cost = super::cost::rows(&out);
     if let Err(why) = &bpftrace {
-        for r in cost.iter_mut().filter(|r| !r.measured && r.figure.contains("bpftrace")) {
+        for r in cost
+            .iter_mut()
+            .filter(|r| !r.measured && r.figure.contains("bpftrace"))
+        {
             r.value = format!("NOT MEASURED: bpftrace could not be put into the guest: {why}");
         }
     }

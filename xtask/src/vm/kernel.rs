@@ -154,9 +154,17 @@ impl AptRoot {
         let mut cmd = Command::new("apt-get");
         cmd.args(self.opts())
             .arg(format!("-oDir::State={}", state.display()))
-            .arg(format!("-oDir::State::status={}", state.join("status").display()))
+            .arg(format!(
+                "-oDir::State::status={}",
+                state.join("status").display()
+            ))
             .arg(format!("-oDir::Cache::Archives={}", dir.display()))
-            .args(["--no-install-recommends", "-y", "--download-only", "install"])
+            .args([
+                "--no-install-recommends",
+                "-y",
+                "--download-only",
+                "install",
+            ])
             .args(pkgs);
         run_cmd(&mut cmd)
     }
