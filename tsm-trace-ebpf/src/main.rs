@@ -7,6 +7,10 @@
 //! one-entry array [`maps::OFFSETS`], which userspace rewrites when a module brings new BTF;
 //! nothing about kernel layouts is compiled in. Module loads and unloads go to userspace on
 //! their own ring buffer, [`maps::CONTROL`].
+//!
+//! Diagnostics: a faulted read (`read::fault`, naming the field and offset) and a full map
+//! (`maps::full`) are counted and logged through aya-log at debug level; nothing logs on the
+//! success path, and userspace sets the log level to 0 unless it runs at `--log-level debug`.
 #![no_std]
 #![no_main]
 

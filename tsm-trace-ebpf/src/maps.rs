@@ -85,6 +85,18 @@ pub static LAST_RETURN: PerCpuArray<InflightKey> = PerCpuArray::with_max_entries
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
+/// A map (or the ring buffer) was full: counted in `index`, and named at `--log-level debug`
+/// through aya-log. A rare path, not inlined.
+#[inline(never)]
+pub fn full(index: u32, map: &'static str) {
+    count(index);
+    aya_log_ebpf::debug!(
+        &(),
+        "{} is full: a record or count was dropped (counted in /metrics: tsm_trace_events_lost_total by reason)",
+        map
+    );
+}
+
 #[inline(always)]
 pub fn count(index: u32) {
     if let Some(p) = STATS.get_ptr_mut(index) {

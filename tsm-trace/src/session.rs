@@ -621,6 +621,8 @@ pub struct LiveSession {
     session: Session,
     stream: EventStream,
     control: ControlStream,
+    /// The programs' diagnostics, read into the log at `--log-level debug` only.
+    _kernel_log: Option<probes::kernel_log::KernelLog>,
 }
 
 impl LiveSession {
@@ -628,10 +630,12 @@ impl LiveSession {
     pub fn start(opts: &SessionOptions, key: VmKey) -> Result<LiveSession> {
         let mut session = Session::start(opts)?;
         let (stream, control) = session.streams(key)?;
+        let _kernel_log = probes::kernel_log::start(&mut session.ebpf);
         Ok(LiveSession {
             session,
             stream,
             control,
+            _kernel_log,
         })
     }
 

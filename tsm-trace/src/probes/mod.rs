@@ -9,6 +9,7 @@ pub mod capabilities;
 pub mod compat;
 pub mod expiry;
 mod kallsyms;
+pub mod kernel_log;
 pub mod loader;
 pub mod misses;
 pub mod ownership;
@@ -204,6 +205,7 @@ pub fn open(
         return Err(ProbeError::EmptyObject);
     }
     let mut loader = loader::loader_for(EBPF_OBJECT);
+    kernel_log::configure(&mut loader);
     if let Some(b) = ringbuf_bytes {
         loader.map_max_entries("EVENTS", b);
     }

@@ -1,0 +1,82 @@
+//! Session F of the probe suite (`tests/vm/scenarios/probes.sh`): kernel-side diagnostics
+//! through aya-log. The stand-in passes `tsm_bind` a poisoned `struct kvm *` (`tsm_bind
+//! nonpci badkvm`, which tsm_bind rejects without touching it), so the entry program's reads
+//! of `kvm->userspace_pid` and `kvm->stats_id` fault. At `--log-level debug` each fault must be
+//! named in tsm-trace's log with its field and offset (never the address), and counted.
+
+use anyhow::Result;
+
+use super::qemu::VmOutput;
+use super::scenarios::{Checks, json_lines, s};
+
+/// The offset a diagnostic line gives for `field`, if a line names it.
+fn fault_offset(err: &str, field: &str) -> Option<u32> {
+    let needle = format!("faulted read of {field} at offset ");
+    err.lines().find_map(|l| {
+        let rest = &l[l.find(&needle)? + needle.len()..];
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
+pub fn check_session_diag(out: &VmOutput) -> Result<Checks> {
+    let mut c = Checks::default();
+    let err = &out.section("trace_f.err")?.text;
+    c.check(err.contains("kernel-side diagnostics on"), || {
+        format!("trace_f: the aya-log reader did not start at --log-level debug:\n{err}")
+    });
+    for field in ["kvm.userspace_pid", "kvm.stats_id"] {
+        c.check(fault_offset(err, field).is_some(), || {
+            format!(
+                "trace_f: no debug line naming the faulted read of {field} and its offset:\n{err}"
+            )
+        });
+    }
+    c.check(
+        err.lines()
+            .filter(|l| l.contains("faulted read of"))
+            .all(|l| !l.contains("0xdead")),
+        || format!("trace_f: a diagnostic shows the poisoned address:\n{err}"),
+    );
+    c.check(err.contains("; 2 kernel read faults"), || {
+        format!(
+            "trace_f: the two faulted reads are not counted (want 2 kernel read faults):\n{err}"
+        )
+    });
+    let evs = json_lines(out, "record_f.jsonl", true)?;
+    match evs.iter().find(|e| s(e, "probe") == "tsm_bind") {
+        Some(e) => {
+            c.check(e["ret"].as_i64() == Some(-22), || {
+                format!("trace_f: tsm_bind(nonpci, badkvm) should return -EINVAL: {e}")
+            });
+            c.check(
+                e["vm"]["pid"].is_null() && e["vm"]["stats_id"].is_null(),
+                || format!("trace_f: the faulted fields must be missing, not invented: {e}"),
+            );
+        }
+        None => c.check(false, || {
+            format!("trace_f: no tsm_bind event in the record: {evs:?}")
+        }),
+    }
+    // At the default level nothing reads the log ring buffer and nothing is named.
+    let a = &out.section("trace_a.err")?.text;
+    c.check(
+        !a.contains("faulted read of") && !a.contains("kernel-side diagnostics on"),
+        || format!("trace_a (--log-level info): kernel diagnostics shown:\n{a}"),
+    );
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fault_offset;
+
+    #[test]
+    fn finds_field_and_offset() {
+        let err = "DEBUG tsm_trace_ebpf::read: faulted read of kvm.stats_id at offset 2304: the field is reported missing\n";
+        assert_eq!(fault_offset(err, "kvm.stats_id"), Some(2304));
+        assert_eq!(fault_offset(err, "kvm.userspace_pid"), None);
+    }
+}
