@@ -130,9 +130,14 @@ fi
 # tsm_bind() of a non-PCI device with a poisoned struct kvm * (the stand-in's
 # "badkvm"): tsm_bind rejects the device without touching the VM, while the
 # entry program's reads of kvm->userspace_pid and kvm->stats_id fault. Each
-# must be named (field and offset) in the debug log, and counted.
-start_trace f --log-level debug $DRV $PCI_SYMS
+# must be named (field and offset) in the debug log, and counted. Then a storm
+# of 300 bind+unbind pairs from inside the kernel into a one-page ring buffer:
+# the full ring buffer must be named (EVENTS) and its drops counted.
+start_trace f --log-level debug --ringbuf-size 4096 $DRV $PCI_SYMS
 step f_badkvm tsm_bind nonpci badkvm 7
+step f_vm vm_create 20
+step f_vdev vdev_create 20 0000:00:02.0 20 120
+step f_storm storm 20 300
 sleep 0.5
 stop_trace f
 

@@ -192,17 +192,24 @@ pub fn guest_req_entry(ctx: &ProbeContext, probe: ProbeId, is_tdi: bool, t: u64)
     };
     read_dev_name(ev, pci_dev_to_dev(pdev));
     read_context(ev, pdev);
-    match (
-        arg_at(ctx, locs.scope),
-        arg_at(ctx, locs.in_len),
-        arg_at(ctx, locs.out_len),
-    ) {
-        (Some(scope), Some(in_len), Some(out_len)) => {
-            ev.scope = scope as u32;
-            ev.in_len = in_len;
-            ev.out_len = out_len;
-        }
-        _ => ev.missing |= missing::GUEST_REQ_ARGS,
+    // Each argument is stored as soon as it is read, 0 when it cannot be: an `Option` whose
+    // payload is undefined on its `None` path, kept across the fault path's helper calls, is
+    // spilled from a register the verifier knows is uninitialised (`R4 !read_ok`).
+    let mut complete = true;
+    let mut arg = |loc: u32| {
+        arg_at(ctx, loc).unwrap_or_else(|| {
+            complete = false;
+            0
+        })
+    };
+    ev.scope = arg(locs.scope) as u32;
+    ev.in_len = arg(locs.in_len);
+    ev.out_len = arg(locs.out_len);
+    if !complete {
+        ev.scope = 0;
+        ev.in_len = 0;
+        ev.out_len = 0;
+        ev.missing |= missing::GUEST_REQ_ARGS;
     }
     ev.tsm_code = arg_at(ctx, locs.tsm_code).unwrap_or(0);
     stash(ev);
