@@ -6,6 +6,7 @@
 #   truth_a      one line per step: "step=<name> write=ok|fail <last>"
 #   trace_b.*, truth_b   session B (7.x only): the real upstream pci_tsm_bind
 #   trace_f.*, truth_f   session F: kernel-side diagnostics at --log-level debug
+#   cpus         the guest's CPU count (bounds session F's rate-limited log lines)
 #   daemon_*     `tsm-trace run`: /metrics, /bindings, /readyz after a scenario
 . /scenarios/lib.sh
 BIN=/bin/tsm-trace
@@ -140,6 +141,8 @@ step f_vdev vdev_create 20 0000:00:02.0 20 120
 step f_storm storm 20 300
 sleep 0.5
 stop_trace f
+grep -c ^processor /proc/cpuinfo > /tmp/cpus
+frame cpus /tmp/cpus
 
 # ---- The daemon: metrics and the bindings view ------------------------------
 lo_up

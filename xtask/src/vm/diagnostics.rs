@@ -5,7 +5,7 @@
 //! named in tsm-trace's log with its field and offset (never the address), and counted. A
 //! storm into a one-page ring buffer then fills it: the full map must be named, and counted.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use super::qemu::VmOutput;
 use super::scenarios::{Checks, json_lines, s};
@@ -73,6 +73,17 @@ pub fn check_session_diag(out: &VmOutput) -> Result<Checks> {
     let drops = number_after(err, "lost events: ");
     c.check(drops.is_some_and(|n| n > 0), || {
         format!("trace_f: the storm's ring-buffer drops are not counted (lost events: {drops:?}):\n{err}")
+    });
+    // Rate-limited: each CPU logs its 1st, 2nd, 4th, ... drop, not every one.
+    let lines = err.lines().filter(|l| l.contains("EVENTS is full")).count() as u32;
+    let cpus: u32 = {
+        let t = out.section("cpus")?.text.trim();
+        t.parse()
+            .with_context(|| format!("section cpus: {t:?} is not a CPU count"))?
+    };
+    let bound = drops.map_or(0, |n| cpus * (n.max(1).ilog2() + 1));
+    c.check(lines <= bound, || {
+        format!("trace_f: {lines} 'EVENTS is full' lines for {drops:?} drops: more than {bound}, the log is not rate-limited")
     });
     let evs = json_lines(out, "record_f.jsonl", true)?;
     match evs.iter().find(|e| s(e, "probe") == "tsm_bind") {
