@@ -9,7 +9,7 @@ use tsm_trace_common::{
     flags, missing, stat,
 };
 
-use crate::maps::{AGG_CONFIG, OP_COUNTS, OP_HIST, THREAD_OPS, count};
+use crate::maps::{AGG_CONFIG, OP_COUNTS, OP_HIST, THREAD_OPS, count, full};
 
 /// A probed call began (its entry record was parked).
 #[inline(always)]
@@ -22,7 +22,7 @@ pub fn enter(ev: &RawEvent) {
         Some(st) => st,
         None => {
             if THREAD_OPS.insert(key, ThreadOp::default(), 0).is_err() {
-                count(stat::AGG_FULL);
+                full(stat::AGG_FULL, "THREAD_OPS");
                 return;
             }
             match THREAD_OPS.get_ptr_mut(key) {
@@ -118,7 +118,7 @@ pub fn exit(p: ProbeId, pid_tgid: u64, ret: i64, ret_flags: u32, duration_ns: u6
         Some(v) => unsafe { *v += 1 },
         None => {
             if OP_COUNTS.insert(key, 1, 0).is_err() {
-                count(stat::AGG_FULL);
+                full(stat::AGG_FULL, "OP_COUNTS");
             }
         }
     }
@@ -147,7 +147,10 @@ fn note_errno(st: &mut ThreadOp, e: u32, layer: u32, d: u32) {
         };
         st.nerr += 1;
     } else {
-        count(stat::AGG_FULL);
+        full(
+            stat::AGG_FULL,
+            "the errno slots of an operation (agg::ERR_SLOTS)",
+        );
     }
 }
 

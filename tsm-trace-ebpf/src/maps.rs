@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tsm_trace_common::{
-    Offsets, RawEvent,
+    Offsets, RawEvent, Wake,
     agg::{self, AggConfig, ThreadOp},
     stat,
 };
@@ -21,6 +21,11 @@ pub static OP_COUNTS: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(
 /// Frame durations by (kind, layer, ok): bucket counts and the sum (`agg::hist_index`).
 #[map]
 pub static OP_HIST: PerCpuArray<u64> = PerCpuArray::with_max_entries(agg::HIST_LEN, 0);
+
+/// Ring-buffer wakeup coalescing ([`tsm_trace_common::Wake`]): the window from userspace, the
+/// last allowed wakeup from the programs (`crate::wake`).
+#[map]
+pub static WAKE: Array<Wake> = Array::with_max_entries(1, 0);
 
 /// Histogram bucket bounds, written by userspace after load.
 #[map]
@@ -85,10 +90,33 @@ pub static LAST_RETURN: PerCpuArray<InflightKey> = PerCpuArray::with_max_entries
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
+/// A map (or the ring buffer) was full: counted in `index`, and named at `--log-level debug`
+/// through aya-log. A rare path, not inlined. Logged at this CPU's 1st, 2nd, 4th, 8th, ...
+/// drop of that kind, so a storm that fills the ring buffer cannot flood the log (or its own
+/// log buffer); the count on /metrics stays exact.
+#[inline(never)]
+pub fn full(index: u32, map: &'static str) {
+    let n = count(index);
+    if n.is_power_of_two() {
+        aya_log_ebpf::debug!(
+            &(),
+            "{} is full: a record or count was dropped ({} so far on this CPU; all counted in /metrics: tsm_trace_events_lost_total by reason)",
+            map,
+            n
+        );
+    }
+}
+
+/// Adds one to the per-CPU statistic `index` and returns this CPU's new count (0 if the
+/// statistic does not exist).
 #[inline(always)]
-pub fn count(index: u32) {
-    if let Some(p) = STATS.get_ptr_mut(index) {
+pub fn count(index: u32) -> u64 {
+    match STATS.get_ptr_mut(index) {
         // Per-CPU: no other writer can race with us while we run with preemption disabled.
-        unsafe { *p += 1 };
+        Some(p) => unsafe {
+            *p += 1;
+            *p
+        },
+        None => 0,
     }
 }

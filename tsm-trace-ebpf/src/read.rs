@@ -22,37 +22,49 @@ pub enum ReadError {
     Fault,
 }
 
-/// Reads a `T` at `base + off`.
+/// A kernel read faulted: counted in `stat::READ_FAULTS`, and at `--log-level debug` named
+/// (the field and its offset; never the address) through aya-log. A rare path: the success
+/// path logs nothing. Not inlined, so each program carries the log code once.
+#[inline(never)]
+pub fn fault(field: &'static str, off: u32) -> ReadError {
+    count(stat::READ_FAULTS);
+    aya_log_ebpf::debug!(
+        &(),
+        "faulted read of {} at offset {}: the field is reported missing and counted (tsm_trace_kernel_read_faults_total)",
+        field,
+        off
+    );
+    ReadError::Fault
+}
+
+/// Reads a `T` at `base + off`; `field` names it in the fault diagnostic.
 #[inline(always)]
-pub fn at<T>(base: u64, off: u32) -> Result<T, ReadError> {
+pub fn at<T>(field: &'static str, base: u64, off: u32) -> Result<T, ReadError> {
     if off == OFFSET_UNKNOWN || base == 0 {
         return Err(ReadError::Unresolved);
     }
-    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.map_err(|_| {
-        count(stat::READ_FAULTS);
-        ReadError::Fault
-    })
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.map_err(|_| fault(field, off))
 }
 
 /// Reads the integer at `base + off` with the width and signedness BTF gave (`kind`, an
 /// [`IntKind`]), sign- or zero-extended to 64 bits. An unknown kind is not read.
 #[inline(always)]
-pub fn int_at(base: u64, off: u32, kind: u32) -> Result<i64, ReadError> {
+pub fn int_at(field: &'static str, base: u64, off: u32, kind: u32) -> Result<i64, ReadError> {
     let signed = kind & IntKind::SIGNED != 0;
     Ok(match kind & IntKind::SIZE_MASK {
         1 => {
-            let v: u8 = at(base, off)?;
+            let v: u8 = at(field, base, off)?;
             if signed { v as i8 as i64 } else { v as i64 }
         }
         2 => {
-            let v: u16 = at(base, off)?;
+            let v: u16 = at(field, base, off)?;
             if signed { v as i16 as i64 } else { v as i64 }
         }
         4 => {
-            let v: u32 = at(base, off)?;
+            let v: u32 = at(field, base, off)?;
             if signed { v as i32 as i64 } else { v as i64 }
         }
-        8 => at::<u64>(base, off)? as i64,
+        8 => at::<u64>(field, base, off)? as i64,
         _ => return Err(ReadError::Unresolved),
     })
 }
@@ -76,37 +88,38 @@ pub fn int_reg(raw: u64, kind: u32) -> Option<i64> {
 
 /// Reads the NUL-terminated string that the `const char *` at `base + off` points to.
 #[inline(always)]
-pub fn str_ptr_at(base: u64, off: u32, dst: &mut [u8]) -> Result<(), ReadError> {
-    let p: u64 = at(base, off)?;
+pub fn str_ptr_at(
+    field: &'static str,
+    base: u64,
+    off: u32,
+    dst: &mut [u8],
+) -> Result<(), ReadError> {
+    let p: u64 = at(field, base, off)?;
     if p == 0 {
         return Err(ReadError::Unresolved);
     }
+    // The string behind the pointer: offset 0 of it.
     unsafe { bpf_probe_read_kernel_str_bytes(p as *const u8, dst) }
         .map(|_| ())
-        .map_err(|_| {
-            count(stat::READ_FAULTS);
-            ReadError::Fault
-        })
+        .map_err(|_| fault(field, 0))
 }
 
 /// Reads the NUL-terminated string at `base + off` (a sysfs buffer).
 #[inline(always)]
-pub fn str_at(base: u64, off: u32, dst: &mut [u8]) -> Result<(), ReadError> {
+pub fn str_at(field: &'static str, base: u64, off: u32, dst: &mut [u8]) -> Result<(), ReadError> {
     if off == OFFSET_UNKNOWN || base == 0 {
         return Err(ReadError::Unresolved);
     }
     unsafe { bpf_probe_read_kernel_str_bytes((base + off as u64) as *const u8, dst) }
         .map(|_| ())
-        .map_err(|_| {
-            count(stat::READ_FAULTS);
-            ReadError::Fault
-        })
+        .map_err(|_| fault(field, off))
 }
 
 /// Reads an inline char array of `len` bytes (its BTF length) at `base + off`, at most
 /// [`STATS_ID_LEN`] bytes: never past the array's end.
 #[inline(always)]
 pub fn char_array_at(
+    field: &'static str,
     base: u64,
     off: u32,
     len: u32,
@@ -123,5 +136,5 @@ pub fn char_array_at(
     let Some(dst) = dst.get_mut(..n) else {
         return Err(ReadError::Unresolved);
     };
-    str_at(base, off, dst)
+    str_at(field, base, off, dst)
 }

@@ -5,6 +5,8 @@
 #   trace_a.err / trace_a.jsonl / record_a.jsonl   session A (every scenario)
 #   truth_a      one line per step: "step=<name> write=ok|fail <last>"
 #   trace_b.*, truth_b   session B (7.x only): the real upstream pci_tsm_bind
+#   trace_f.*, truth_f   session F: kernel-side diagnostics at --log-level debug
+#   cpus         the guest's CPU count (bounds session F's rate-limited log lines)
 #   daemon_*     `tsm-trace run`: /metrics, /bindings, /readyz after a scenario
 . /scenarios/lib.sh
 BIN=/bin/tsm-trace
@@ -124,6 +126,23 @@ if [ $REAL_PCI = 1 ]; then
 	sleep 0.5
 	stop_trace b
 fi
+
+# ---- Session F: kernel-side diagnostics (aya-log) at --log-level debug ------
+# tsm_bind() of a non-PCI device with a poisoned struct kvm * (the stand-in's
+# "badkvm"): tsm_bind rejects the device without touching the VM, while the
+# entry program's reads of kvm->userspace_pid and kvm->stats_id fault. Each
+# must be named (field and offset) in the debug log, and counted. Then a storm
+# of 300 bind+unbind pairs from inside the kernel into a one-page ring buffer:
+# the full ring buffer must be named (EVENTS) and its drops counted.
+start_trace f --log-level debug --ringbuf-size 4096 $DRV $PCI_SYMS
+step f_badkvm tsm_bind nonpci badkvm 7
+step f_vm vm_create 20
+step f_vdev vdev_create 20 0000:00:02.0 20 120
+step f_storm storm 20 300
+sleep 0.5
+stop_trace f
+grep -c ^processor /proc/cpuinfo > /tmp/cpus
+frame cpus /tmp/cpus
 
 # ---- The daemon: metrics and the bindings view ------------------------------
 lo_up

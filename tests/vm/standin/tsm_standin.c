@@ -45,6 +45,9 @@
  *   vdev_destroy <vdev_id> [nounbind]       iommufd_vdevice_abort(); nounbind
  *                                           skips the patch's tsm_unbind()
  *   tsm_bind <bdf|nonpci> <vm_id> <tdi_id>  call tsm_bind() directly
+ *   tsm_bind nonpci badkvm <tdi_id>        tsm_bind() with a poisoned struct
+ *                                           kvm * (it fails -EINVAL before
+ *                                           using it; a probe's reads fault)
  *   tsm_unbind <bdf|nonpci>                 call tsm_unbind() directly
  *   disconnect <bdf>                        unbind through the PCI layer's
  *                                           internal path (like upstream
@@ -1020,6 +1023,30 @@ static int cmd_vdev_destroy(unsigned int id, bool unbind)
 	return 0;
 }
 
+/*
+ * tsm_bind(nonpci, <poisoned struct kvm *>, tdi_id): tsm_bind() rejects a
+ * non-PCI device before it looks at the VM, so nothing dereferences the
+ * pointer but a probe, whose reads of it fault (a non-canonical address:
+ * copy_from_kernel_nofault() refuses it, no oops). Only for the non-PCI device.
+ */
+#define STANDIN_BAD_KVM ((struct kvm *)0xdead000000000000UL)
+static int cmd_tsm_bind_badkvm(const char *devname, u64 tdi_id)
+{
+	struct pci_dev *pdev;
+	struct device *dev;
+	int rc;
+
+	rc = lookup_dev(devname, &dev, &pdev);
+	if (rc)
+		return rc;
+	if (pdev) {
+		pci_dev_put(pdev);
+		return -EINVAL;
+	}
+	rec("dev=%s tdi_id=%llu kvm=bad", dev_name(dev), tdi_id);
+	return tsm_bind(dev, STANDIN_BAD_KVM, tdi_id);
+}
+
 static int cmd_tsm_bind(const char *devname, const char *vmname, u64 tdi_id)
 {
 	struct standin_vm *vm;
@@ -1029,6 +1056,8 @@ static int cmd_tsm_bind(const char *devname, const char *vmname, u64 tdi_id)
 	ktime_t start;
 	int rc;
 
+	if (!strcmp(vmname, "badkvm"))
+		return cmd_tsm_bind_badkvm(devname, tdi_id);
 	if (kstrtouint(vmname, 0, &vm_id))
 		return -EINVAL;
 	vm = find_vm(vm_id);

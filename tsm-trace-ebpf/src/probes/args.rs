@@ -4,9 +4,7 @@
 //! register" reading would look.
 
 use aya_ebpf::{helpers::bpf_probe_read_kernel, programs::ProbeContext};
-use tsm_trace_common::{ArgLoc, OFFSET_UNKNOWN, stat};
-
-use crate::maps::count;
+use tsm_trace_common::{ArgLoc, OFFSET_UNKNOWN};
 
 /// The 8-byte argument at `loc` ([`ArgLoc`] encoding), or `None` if unknown or unreadable.
 #[inline(always)]
@@ -31,7 +29,7 @@ pub fn arg_at(ctx: &ProbeContext, loc: u32) -> Option<u64> {
     match unsafe { bpf_probe_read_kernel(addr as *const u64) } {
         Ok(v) => Some(v),
         Err(_) => {
-            count(stat::READ_FAULTS);
+            crate::read::fault("stack argument", loc - ArgLoc::STACK);
             None
         }
     }

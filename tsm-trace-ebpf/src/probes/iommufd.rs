@@ -21,20 +21,35 @@ fn try_tsm_op_entry(ctx: &ProbeContext, t: u64) -> Option<u32> {
     let ucmd: u64 = ctx.arg(0)?;
     let ev = begin(ProbeId::TsmOpIoctl, t)?;
     let o = offsets();
-    match read::at::<u64>(ucmd, o.ucmd_cmd) {
+    match read::at::<u64>("iommufd_ucmd.cmd", ucmd, o.ucmd_cmd) {
         Ok(cmd) => {
-            match read::int_at(cmd, o.tsm_op_op, o.kinds.tsm_op_op) {
+            match read::int_at(
+                "iommu_vdevice_tsm_op.op",
+                cmd,
+                o.tsm_op_op,
+                o.kinds.tsm_op_op,
+            ) {
                 Ok(v) => match canonical_op(v as u32, o) {
                     Some(op) => ev.op = op,
                     None => ev.missing |= missing::OP,
                 },
                 Err(_) => ev.missing |= missing::OP,
             }
-            match read::int_at(cmd, o.tsm_op_flags, o.kinds.tsm_op_flags) {
+            match read::int_at(
+                "iommu_vdevice_tsm_op.flags",
+                cmd,
+                o.tsm_op_flags,
+                o.kinds.tsm_op_flags,
+            ) {
                 Ok(v) => ev.cmd_flags = v as u32,
                 Err(_) => ev.missing |= missing::FLAGS,
             }
-            match read::int_at(cmd, o.tsm_op_vdevice_id, o.kinds.tsm_op_vdevice_id) {
+            match read::int_at(
+                "iommu_vdevice_tsm_op.vdevice_id",
+                cmd,
+                o.tsm_op_vdevice_id,
+                o.kinds.tsm_op_vdevice_id,
+            ) {
                 Ok(v) => ev.vdevice_id = v as u32,
                 Err(_) => ev.missing |= missing::VDEVICE_ID,
             }
@@ -83,7 +98,7 @@ fn try_vdev_abort_entry(ctx: &ProbeContext, t: u64) -> Option<u32> {
     let obj: u64 = ctx.arg(0)?;
     let ev = begin(ProbeId::VdeviceAbort, t)?;
     let o = offsets();
-    match read::int_at(obj, o.obj_id, o.kinds.obj_id) {
+    match read::int_at("iommufd_object.id", obj, o.obj_id, o.kinds.obj_id) {
         Ok(v) => ev.obj_id = v as u32,
         Err(_) => ev.missing |= missing::OBJ_ID,
     }
@@ -93,12 +108,17 @@ fn try_vdev_abort_entry(ctx: &ProbeContext, t: u64) -> Option<u32> {
     } else {
         obj.wrapping_sub(o.vdev_obj as u64)
     };
-    match read::int_at(vdev, o.vdev_virt_id, o.kinds.vdev_virt_id) {
+    match read::int_at(
+        "iommufd_vdevice.virt_id",
+        vdev,
+        o.vdev_virt_id,
+        o.kinds.vdev_virt_id,
+    ) {
         Ok(v) => ev.virt_id = v as u64,
         Err(_) => ev.missing |= missing::VIRT_ID,
     }
-    let dev = read::at::<u64>(vdev, o.vdev_idev)
-        .and_then(|idev| read::at::<u64>(idev, o.idev_dev))
+    let dev = read::at::<u64>("iommufd_vdevice.idev", vdev, o.vdev_idev)
+        .and_then(|idev| read::at::<u64>("iommufd_device.dev", idev, o.idev_dev))
         .unwrap_or(0);
     read_dev_name(ev, dev);
     stash(ev);

@@ -9,7 +9,7 @@ use tsm_trace_common::{ControlEvent, MODULE_NAME_LEN, ProbeId, control, stat};
 
 use super::{point, read_kvm};
 use crate::{
-    maps::{CONTROL, VMM_TGIDS, count},
+    maps::{CONTROL, VMM_TGIDS},
     read::{self, offsets},
 };
 
@@ -70,7 +70,7 @@ fn module_event(ctx: &RawTracePointContext, kind: u32) {
         return;
     }
     let Some(mut slot) = CONTROL.reserve::<ControlEvent>(0) else {
-        count(stat::CONTROL_DROPS);
+        crate::maps::full(stat::CONTROL_DROPS, "CONTROL");
         return;
     };
     let ev = slot.as_mut_ptr();
@@ -81,7 +81,14 @@ fn module_event(ctx: &RawTracePointContext, kind: u32) {
         (*ev).ktime_ns = bpf_ktime_get_ns();
         (*ev).name = [0; MODULE_NAME_LEN];
         let module: u64 = ctx.arg(0);
-        if read::str_at(module, offsets().module_name, &mut (*ev).name).is_ok() {
+        if read::str_at(
+            "module.name",
+            module,
+            offsets().module_name,
+            &mut (*ev).name,
+        )
+        .is_ok()
+        {
             (*ev).has_name = 1;
         }
     }

@@ -27,7 +27,7 @@ use aya_ebpf::{
 use tsm_trace_common::{COMM_LEN, KvmOffsets, ProbeId, RawEvent, flags, missing, stat};
 
 use crate::{
-    maps::{EVENTS, INFLIGHT, InflightKey, LAST_RETURN, SCRATCH, VMM_TGIDS, count},
+    maps::{EVENTS, INFLIGHT, InflightKey, LAST_RETURN, SCRATCH, VMM_TGIDS, count, full},
     read,
 };
 
@@ -112,7 +112,7 @@ pub fn point(probe: ProbeId, start_ns: u64, fill: impl FnOnce(&mut RawEvent)) {
         return;
     }
     let Some(mut slot) = EVENTS.reserve::<RawEvent>(0) else {
-        count(stat::RINGBUF_DROPS);
+        full(stat::RINGBUF_DROPS, "EVENTS");
         return;
     };
     let ev = slot.as_mut_ptr();
@@ -123,7 +123,7 @@ pub fn point(probe: ProbeId, start_ns: u64, fill: impl FnOnce(&mut RawEvent)) {
         (*ev).flags = flags::POINT;
         fill(&mut *ev);
     }
-    slot.submit(0);
+    slot.submit(crate::wake::flags(start_ns));
 }
 
 const EEXIST: i32 = 17;
@@ -144,18 +144,19 @@ pub fn stash(ev: &RawEvent) {
             count(stat::RETURN_MISSED);
         }
         if INFLIGHT.insert(key, ev, 0).is_err() {
-            count(stat::INFLIGHT_FULL);
+            full(stat::INFLIGHT_FULL, "INFLIGHT");
             return;
         }
     }
     crate::agg::enter(ev);
 }
 
-/// Sends a record to userspace, counting a full ring buffer as a drop.
+/// Sends a record to userspace at `now` (wakeups coalesced), counting a full ring buffer as a
+/// drop.
 #[inline(always)]
-pub fn emit(ev: &RawEvent) {
-    if EVENTS.output::<RawEvent>(ev, 0).is_err() {
-        count(stat::RINGBUF_DROPS);
+pub fn emit(ev: &RawEvent, now: u64) {
+    if EVENTS.output::<RawEvent>(ev, crate::wake::flags(now)).is_err() {
+        full(stat::RINGBUF_DROPS, "EVENTS");
     }
 }
 
@@ -193,7 +194,7 @@ pub fn finish_with(
             ev.flags |= ret_flags;
             let kept = complete(ev);
             if kept {
-                emit(ev);
+                emit(ev, now);
             }
             crate::agg::exit(probe, pid_tgid, ret, ret_flags, now - ev.start_ns, kept);
             let _ = INFLIGHT.remove(key);
@@ -219,9 +220,9 @@ pub fn finish_with(
                     (*ev).flags = ret_flags;
                     (*ev).missing = missing::ENTRY;
                 }
-                slot.submit(0);
+                slot.submit(crate::wake::flags(now));
             } else {
-                count(stat::RINGBUF_DROPS);
+                full(stat::RINGBUF_DROPS, "EVENTS");
             }
         }
     }
@@ -231,7 +232,7 @@ pub fn finish_with(
 #[inline(always)]
 pub fn read_dev_name(ev: &mut RawEvent, dev: u64) {
     let o = read::offsets();
-    if read::str_ptr_at(dev, o.dev_name, &mut ev.dev_name).is_err() {
+    if read::str_ptr_at("device.kobj.name", dev, o.dev_name, &mut ev.dev_name).is_err() {
         ev.missing |= missing::DEV_NAME;
     }
 }
@@ -240,7 +241,14 @@ pub fn read_dev_name(ev: &mut RawEvent, dev: u64) {
 #[inline(always)]
 pub fn read_tsm_name(ev: &mut RawEvent, tsm_dev: u64) {
     let o = read::offsets();
-    if read::str_ptr_at(tsm_dev, o.tsm_dev_name, &mut ev.tsm_name).is_err() {
+    if read::str_ptr_at(
+        "tsm_dev.dev.kobj.name",
+        tsm_dev,
+        o.tsm_dev_name,
+        &mut ev.tsm_name,
+    )
+    .is_err()
+    {
         ev.missing |= missing::TSM_NAME;
     }
 }
@@ -259,7 +267,7 @@ pub fn pci_dev_to_dev(pdev: u64) -> u64 {
 /// `pdev->tsm`: `Ok(0)` when the device has no TSM context.
 #[inline(always)]
 pub fn pci_tsm_of(pdev: u64) -> Result<u64, read::ReadError> {
-    read::at::<u64>(pdev, read::offsets().pci_dev_tsm)
+    read::at::<u64>("pci_dev.tsm", pdev, read::offsets().pci_dev_tsm)
 }
 
 /// Fills the binding a `struct pci_tdi *` describes: the VM (as an opaque identity: the
@@ -268,8 +276,8 @@ pub fn pci_tsm_of(pdev: u64) -> Result<u64, read::ReadError> {
 pub fn read_tdi(ev: &mut RawEvent, tdi: u64) {
     let o = read::offsets();
     match (
-        read::at::<u64>(tdi, o.tdi_kvm),
-        read::int_at(tdi, o.tdi_tdi_id, o.kinds.tdi_tdi_id),
+        read::at::<u64>("pci_tdi.kvm", tdi, o.tdi_kvm),
+        read::int_at("pci_tdi.tdi_id", tdi, o.tdi_tdi_id, o.kinds.tdi_tdi_id),
     ) {
         (Ok(kvm), Ok(id)) => {
             ev.kvm = kvm;
@@ -284,11 +292,24 @@ pub fn read_tdi(ev: &mut RawEvent, tdi: u64) {
 #[inline(always)]
 pub fn read_kvm(ev: &mut RawEvent, kvm: u64, o: KvmOffsets) {
     ev.kvm = kvm;
-    match read::int_at(kvm, o.userspace_pid, o.userspace_pid_kind) {
+    match read::int_at(
+        "kvm.userspace_pid",
+        kvm,
+        o.userspace_pid,
+        o.userspace_pid_kind,
+    ) {
         Ok(pid) => ev.kvm_pid = pid as i32,
         Err(_) => ev.missing |= missing::KVM_PID,
     }
-    if read::char_array_at(kvm, o.stats_id, o.stats_id_len, &mut ev.kvm_stats_id).is_err() {
+    if read::char_array_at(
+        "kvm.stats_id",
+        kvm,
+        o.stats_id,
+        o.stats_id_len,
+        &mut ev.kvm_stats_id,
+    )
+    .is_err()
+    {
         ev.missing |= missing::KVM_STATS_ID;
     }
 }
@@ -298,7 +319,7 @@ pub fn read_kvm(ev: &mut RawEvent, kvm: u64, o: KvmOffsets) {
 pub fn note_vmm() {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if VMM_TGIDS.insert(tgid, 1, 0).is_err() {
-        count(stat::VMM_FULL);
+        full(stat::VMM_FULL, "VMM_TGIDS");
     }
 }
 

@@ -22,7 +22,7 @@ fn store_entry(ctx: &ProbeContext, probe: ProbeId, t: u64) -> Option<u32> {
     let buf: u64 = ctx.arg(2)?;
     let ev = begin(probe, t)?;
     read_dev_name(ev, dev);
-    if read::str_at(buf, 0, &mut ev.tsm_name).is_err() {
+    if read::str_at("sysfs write buffer", buf, 0, &mut ev.tsm_name).is_err() {
         ev.missing |= missing::TSM_NAME;
     }
     stash(ev);
@@ -64,7 +64,7 @@ fn read_context(ev: &mut RawEvent, pdev: u64) -> u64 {
             0
         }
         Ok(tsm) => {
-            match read::at::<u64>(tsm, offsets().pci_tsm_tsm_dev) {
+            match read::at::<u64>("pci_tsm.tsm_dev", tsm, offsets().pci_tsm_tsm_dev) {
                 Ok(tsm_dev) => read_tsm_name(ev, tsm_dev),
                 Err(_) => ev.missing |= missing::TSM_NAME,
             }
@@ -120,7 +120,7 @@ fn try_pci_unbind_any_entry(ctx: &ProbeContext, t: u64) -> Option<u32> {
             ev.missing |= missing::TDI;
         }
     } else {
-        match read::at::<u64>(tsm, offsets().pci_tsm_tdi) {
+        match read::at::<u64>("pci_tsm.tdi", tsm, offsets().pci_tsm_tdi) {
             Ok(0) => ev.flags |= flags::NOTHING_BOUND,
             Ok(tdi) => read_tdi(ev, tdi),
             Err(_) => ev.missing |= missing::TDI,
@@ -186,23 +186,30 @@ pub fn guest_req_entry(ctx: &ProbeContext, probe: ProbeId, is_tdi: bool, t: u64)
     let ev = begin(probe, t)?;
     let pdev = if is_tdi {
         read_tdi(ev, first);
-        read::at::<u64>(first, o.tdi_pdev).unwrap_or(0)
+        read::at::<u64>("pci_tdi.pdev", first, o.tdi_pdev).unwrap_or(0)
     } else {
         first
     };
     read_dev_name(ev, pci_dev_to_dev(pdev));
     read_context(ev, pdev);
-    match (
-        arg_at(ctx, locs.scope),
-        arg_at(ctx, locs.in_len),
-        arg_at(ctx, locs.out_len),
-    ) {
-        (Some(scope), Some(in_len), Some(out_len)) => {
-            ev.scope = scope as u32;
-            ev.in_len = in_len;
-            ev.out_len = out_len;
-        }
-        _ => ev.missing |= missing::GUEST_REQ_ARGS,
+    // Each argument is stored as soon as it is read, 0 when it cannot be: an `Option` whose
+    // payload is undefined on its `None` path, kept across the fault path's helper calls, is
+    // spilled from a register the verifier knows is uninitialised (`R4 !read_ok`).
+    let mut complete = true;
+    let mut arg = |loc: u32| {
+        arg_at(ctx, loc).unwrap_or_else(|| {
+            complete = false;
+            0
+        })
+    };
+    ev.scope = arg(locs.scope) as u32;
+    ev.in_len = arg(locs.in_len);
+    ev.out_len = arg(locs.out_len);
+    if !complete {
+        ev.scope = 0;
+        ev.in_len = 0;
+        ev.out_len = 0;
+        ev.missing |= missing::GUEST_REQ_ARGS;
     }
     ev.tsm_code = arg_at(ctx, locs.tsm_code).unwrap_or(0);
     stash(ev);
@@ -212,7 +219,7 @@ pub fn guest_req_entry(ctx: &ProbeContext, probe: ProbeId, is_tdi: bool, t: u64)
 /// Replaces the parked `u64 *tsm_code` with the value the call left there.
 #[inline(always)]
 pub fn read_tsm_code(ev: &mut RawEvent) -> bool {
-    match read::at::<u64>(ev.tsm_code, 0) {
+    match read::at::<u64>("*tsm_code", ev.tsm_code, 0) {
         Ok(code) => ev.tsm_code = code,
         Err(_) => {
             ev.tsm_code = 0;

@@ -105,7 +105,7 @@ fn try_drv_unbind_entry(ctx: &ProbeContext, t: u64) -> Option<u32> {
     let tdi: u64 = ctx.arg(0)?;
     let ev = begin(ProbeId::DriverUnbind, t)?;
     read_tdi(ev, tdi);
-    let pdev = read::at::<u64>(tdi, o.tdi_pdev).unwrap_or(0);
+    let pdev = read::at::<u64>("pci_tdi.pdev", tdi, o.tdi_pdev).unwrap_or(0);
     read_dev_name(ev, pci_dev_to_dev(pdev));
     stash(ev);
     Some(0)

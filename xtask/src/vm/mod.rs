@@ -11,6 +11,7 @@
 //! Everything downloaded or built lives under `<repo>/.vm-cache/` (override: `TSM_VM_CACHE`).
 
 pub mod cache;
+pub mod diagnostics;
 pub mod doctor;
 pub mod generations;
 pub mod initramfs;

@@ -204,6 +204,10 @@ fn check_probes(out: &VmOutput) -> Result<usize> {
             "session L (module loaded late)",
             scenarios::check_session_late(out)?,
         ),
+        (
+            "session F (kernel diagnostics)",
+            super::diagnostics::check_session_diag(out)?,
+        ),
     ];
     if real_pci {
         all.push((
