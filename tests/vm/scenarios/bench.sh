@@ -13,6 +13,8 @@
 #   acc_truth        the stand-in's `last` line after each of those binds
 #   acc_ftrace       tracefs p:/r: events on the driver's bind op (trace_clock mono), same binds
 #   acc_truth_ftrace the stand-in's `last` line after each of those binds
+#   acc_firstrun     bpf_stats of a fresh session's programs before (s0), after its first
+#                    bind (s1) and after its second (s2), with the stand-in's lines (t1, t2)
 IDLE_S=${IDLE_S:-30}
 ROUNDS=${ROUNDS:-31}
 PAIRS=${PAIRS:-300}
@@ -130,4 +132,31 @@ echo > $TR/kprobe_events
 echo local > $TR/trace_clock
 frame acc_ftrace /tmp/acc_ftrace
 frame acc_truth_ftrace /tmp/truth_ft
+
+# ---- 7d. The first run of freshly loaded programs: bpf_stats of a new session's driver-bind
+# programs around its first bind and its second (their JIT code is new to the emulator, which
+# translates it on first execution).
+echo 1 > /proc/sys/kernel/bpf_stats_enabled
+$BIN trace --json --grace 1s $DRV $PCI_SYMS > /dev/null 2> /tmp/acc2.err &
+TRACE=$!
+wait_for /tmp/acc2.err 'tracing with' 120 || echo "tsm-trace trace did not start" >> /tmp/acc2.err
+ctl vm_create 952
+ctl vdev_create 952 0000:00:02.0 952 5
+{
+	$H stats | sed 's/^prog /s0 /'
+	ctl ioctl 952 1 0
+	echo "t1 $(cat $LAST)"
+	$H stats | sed 's/^prog /s1 /'
+	ctl ioctl 952 2 0
+	ctl ioctl 952 1 0
+	echo "t2 $(cat $LAST)"
+	$H stats | sed 's/^prog /s2 /'
+	ctl ioctl 952 2 0
+} > /tmp/firstrun 2>&1
+echo 0 > /proc/sys/kernel/bpf_stats_enabled
+ctl vdev_destroy 952
+ctl vm_destroy 952
+kill -INT $TRACE
+wait $TRACE
+frame acc_firstrun /tmp/firstrun
 exit 0

@@ -136,6 +136,8 @@ ftrace_events() {
 # with FIELDS=1 also the fields tsm-trace reads, into maps.
 bpftrace_script() {
 	fields=$1
+	# BEGIN runs once every probe is attached ("Attaching N probes..." comes before loading).
+	echo 'BEGIN { printf("bench-ready\n"); }'
 	for f in $FUNCS; do
 		fl=""
 		if [ "$fields" = 1 ]; then
@@ -171,8 +173,7 @@ bpftrace_block() {
 	BPFTRACE_MAX_STRLEN=64 bpftrace /tmp/$1.bt > /tmp/$1.out 2>&1 &
 	BT=$!
 	: > /tmp/$1.err
-	if wait_for /tmp/$1.out 'Attaching' 300; then
-		sleep 1
+	if wait_for /tmp/$1.out 'bench-ready' 300; then
 		rounds "$1"
 		validate "$1"
 	else
@@ -217,20 +218,21 @@ cost_blocks() {
 	# Offsets of iommufd_ucmd.cmd and of the UAPI struct's op, flags and vdevice_id, from
 	# BTF (the module's split BTF) as tsm-trace's resolver reports them: bpftrace cannot name
 	# module-only types in kprobe casts, and ftrace needs them behind a void *.
-	$BIN check $DRV $PCI_SYMS > /dev/null 2> /tmp/check.err
+	$BIN check $DRV $PCI_SYMS > /tmp/check.err 2>&1
 	off() { sed -n "s/.*resolved $1 = \([0-9]*\) .*/\1/p" /tmp/check.err | head -n 1; }
 	OFFS="$(off iommufd_ucmd.cmd) $(off iommu_vdevice_tsm_op.op) $(off iommu_vdevice_tsm_op.flags) $(off iommu_vdevice_tsm_op.vdevice_id)"
 	set -- $OFFS
 	if [ $# != 4 ]; then
 		echo "offsets: want 4 from tsm-trace check, got '$OFFS'" >> /tmp/check.err
 		OFFS="0 0 0 0"
+		frame cost_check /tmp/check.err
 	fi
 	set --
 	{
 		echo "kprobes_enabled_file=$([ -w $KPE ] && echo yes || echo no)"
 		echo "tracefs=$([ -w $TR/kprobe_events ] && echo yes || echo no)"
 		echo "bpftrace=$HAVE_BT $(head -n 1 /tmp/btver 2>/dev/null)"
-		echo "offsets=$OFFS (iommufd_ucmd.cmd op flags vdevice_id)"
+		echo "offsets=$(echo $OFFS | tr ' ' ',') (iommufd_ucmd.cmd,op,flags,vdevice_id)"
 		echo "funcs=$FUNCS"
 		echo "pairs=$PAIRS rounds=$ROUNDS compare=$COMPARE"
 	} > /tmp/cost_env

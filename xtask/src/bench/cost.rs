@@ -223,6 +223,16 @@ pub fn rows(out: &VmOutput) -> Vec<Row> {
         };
         fired.insert(b.to_owned(), r);
     }
+    // The fields behind the ioctl's `void *` are read at BTF's offsets; all zero means
+    // `tsm-trace check` did not give them, and both tools read the wrong bytes.
+    if env.get("offsets").is_none_or(|o| o == "0,0,0,0") {
+        for b in ["ftrace", "bpftrace"] {
+            fired.insert(
+                b.into(),
+                Err("no BTF offsets for the ioctl's fields (section cost_check)".into()),
+            );
+        }
+    }
     // ftrace must have taken every event definition it was given (else it did less work).
     if let Ok(s) = out.section("ftrace_defs") {
         let rejected: Vec<&str> = s
