@@ -569,24 +569,7 @@ mod pod {
     unsafe impl aya::Pod for super::ControlEvent {}
     unsafe impl aya::Pod for super::InflightKey {}
     unsafe impl aya::Pod for super::agg::AggConfig {}
-    unsafe impl aya::Pod for super::Wake {}
     unsafe impl aya::Pod for super::agg::ThreadOp {}
-}
-
-/// Ring-buffer wakeups, coalesced (the `WAKE` map, one entry). A record committed within
-/// `window_ns` of the last record that was allowed to wake the reader is submitted without a
-/// wakeup (unless the ring buffer is a quarter full); the reader, after every read that found
-/// records, reads again `2 × window_ns` later, and keeps doing so while it finds records. So a
-/// burst costs a few wakeups instead of one per record, and no record waits longer than about
-/// `2 × window_ns`. Userspace writes `window_ns` (0: every record may wake, the kernel's
-/// default); the programs write `last_ns`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Wake {
-    /// `bpf_ktime_get_ns()` of the last record submitted with a wakeup allowed.
-    pub last_ns: u64,
-    /// The coalescing window; 0 turns coalescing off.
-    pub window_ns: u64,
 }
 
 /// In-kernel aggregation of operations, exact at any event rate: what `/metrics` counts does

@@ -6,8 +6,7 @@
 //! VMM exited) are sent directly. Struct offsets come from userspace (resolved from BTF) in the
 //! one-entry array [`maps::OFFSETS`], which userspace rewrites when a module brings new BTF;
 //! nothing about kernel layouts is compiled in. Module loads and unloads go to userspace on
-//! their own ring buffer, [`maps::CONTROL`]. Wakeups of the event reader are coalesced
-//! (`wake`): a burst wakes it a few times, not once per record.
+//! their own ring buffer, [`maps::CONTROL`].
 //!
 //! Diagnostics: a faulted read (`read::fault`, naming the field and offset) and a full map
 //! (`maps::full`) are counted and logged through aya-log at debug level; nothing logs on the
@@ -19,7 +18,6 @@ mod agg;
 mod maps;
 mod probes;
 mod read;
-mod wake;
 
 #[cfg(not(test))]
 #[panic_handler]

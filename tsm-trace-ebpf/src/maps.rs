@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tsm_trace_common::{
-    Offsets, RawEvent, Wake,
+    Offsets, RawEvent,
     agg::{self, AggConfig, ThreadOp},
     stat,
 };
@@ -21,11 +21,6 @@ pub static OP_COUNTS: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(
 /// Frame durations by (kind, layer, ok): bucket counts and the sum (`agg::hist_index`).
 #[map]
 pub static OP_HIST: PerCpuArray<u64> = PerCpuArray::with_max_entries(agg::HIST_LEN, 0);
-
-/// Ring-buffer wakeup coalescing ([`tsm_trace_common::Wake`]): the window from userspace, the
-/// last allowed wakeup from the programs (`crate::wake`).
-#[map]
-pub static WAKE: Array<Wake> = Array::with_max_entries(1, 0);
 
 /// Histogram bucket bounds, written by userspace after load.
 #[map]

@@ -519,14 +519,7 @@ impl Session {
         let cfd =
             unsafe { AsyncFd::register_with_interest(control, tokio::io::Interest::READABLE) }
                 .context("registering the control ring buffer with tokio")?;
-        Ok((
-            EventStream {
-                fd,
-                key,
-                recheck_at: None,
-            },
-            ControlStream { fd: cfd },
-        ))
+        Ok((EventStream { fd, key }, ControlStream { fd: cfd }))
     }
 }
 
@@ -592,55 +585,34 @@ impl ControlStream {
     }
 }
 
-/// Decoded events from the ring buffer, in batches, woken by epoll. The programs coalesce
-/// their wakeups ([`tsm_trace_common::Wake`]): after every read that found records the stream
-/// reads again [`probes::WAKE_RECHECK`] later, and keeps doing so while it finds records, so
-/// a record submitted without a wakeup is read within about that long. Idle, nothing polls.
+/// Decoded events from the ring buffer, in batches, woken by epoll (no polling loop).
 pub struct EventStream {
     fd: AsyncFd<RingBuf<MapData>>,
     key: VmKey,
-    /// When to read again without a wakeup (after a read that found records).
-    recheck_at: Option<tokio::time::Instant>,
 }
 
 impl EventStream {
     /// Waits until events are available and appends everything readable to `out`.
     pub async fn next_batch(&mut self, out: &mut Vec<Result<Event, DecodeError>>) -> Result<()> {
-        loop {
-            let before = out.len();
-            let recheck_at = self.recheck_at;
-            tokio::select! {
-                r = self.fd.readable_mut() => {
-                    let mut guard = r?;
-                    drain(guard.get_inner_mut(), &self.key, out);
-                    guard.clear_ready();
-                }
-                _ = tokio::time::sleep_until(recheck_at.unwrap_or_else(tokio::time::Instant::now)),
-                    if recheck_at.is_some() => {
-                    drain(self.fd.get_mut(), &self.key, out);
-                }
-            }
-            let found = out.len() > before;
-            self.recheck_at = found.then(|| tokio::time::Instant::now() + probes::WAKE_RECHECK);
-            if found {
-                return Ok(());
-            }
+        let mut guard = self.fd.readable_mut().await?;
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            let item: &[u8] = &item;
+            out.push(Event::from_bytes(item, &self.key));
         }
-    }
-}
-
-/// Appends every record readable now to `out`.
-fn drain(ring: &mut RingBuf<MapData>, key: &VmKey, out: &mut Vec<Result<Event, DecodeError>>) {
-    while let Some(item) = ring.next() {
-        let item: &[u8] = &item;
-        out.push(Event::from_bytes(item, key));
+        guard.clear_ready();
+        Ok(())
     }
 }
 
 impl EventStream {
     /// Appends whatever is in the ring buffer now, without waiting.
     pub fn drain_now(&mut self, out: &mut Vec<Result<Event, DecodeError>>) {
-        drain(self.fd.get_mut(), &self.key, out);
+        let ring = self.fd.get_mut();
+        while let Some(item) = ring.next() {
+            let item: &[u8] = &item;
+            out.push(Event::from_bytes(item, &self.key));
+        }
     }
 }
 

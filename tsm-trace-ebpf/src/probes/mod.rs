@@ -123,7 +123,7 @@ pub fn point(probe: ProbeId, start_ns: u64, fill: impl FnOnce(&mut RawEvent)) {
         (*ev).flags = flags::POINT;
         fill(&mut *ev);
     }
-    slot.submit(crate::wake::flags(start_ns));
+    slot.submit(0);
 }
 
 const EEXIST: i32 = 17;
@@ -151,11 +151,10 @@ pub fn stash(ev: &RawEvent) {
     crate::agg::enter(ev);
 }
 
-/// Sends a record to userspace at `now` (wakeups coalesced), counting a full ring buffer as a
-/// drop.
+/// Sends a record to userspace, counting a full ring buffer as a drop.
 #[inline(always)]
-pub fn emit(ev: &RawEvent, now: u64) {
-    if EVENTS.output::<RawEvent>(ev, crate::wake::flags(now)).is_err() {
+pub fn emit(ev: &RawEvent) {
+    if EVENTS.output::<RawEvent>(ev, 0).is_err() {
         full(stat::RINGBUF_DROPS, "EVENTS");
     }
 }
@@ -194,7 +193,7 @@ pub fn finish_with(
             ev.flags |= ret_flags;
             let kept = complete(ev);
             if kept {
-                emit(ev, now);
+                emit(ev);
             }
             crate::agg::exit(probe, pid_tgid, ret, ret_flags, now - ev.start_ns, kept);
             let _ = INFLIGHT.remove(key);
@@ -220,7 +219,7 @@ pub fn finish_with(
                     (*ev).flags = ret_flags;
                     (*ev).missing = missing::ENTRY;
                 }
-                slot.submit(crate::wake::flags(now));
+                slot.submit(0);
             } else {
                 full(stat::RINGBUF_DROPS, "EVENTS");
             }

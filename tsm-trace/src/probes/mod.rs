@@ -28,7 +28,7 @@ pub use kallsyms::{AttachPoint, Candidate, Kallsyms, SymbolMatch};
 pub use privileges::{PrivilegeError, check_privileges};
 use serde::Serialize;
 use tsm_trace_common::{
-    InflightKey, Offsets, RawEvent, Wake,
+    InflightKey, Offsets, RawEvent,
     agg::{self, AggConfig},
     stat,
 };
@@ -194,16 +194,6 @@ pub enum ProbeError {
     Strict { count: usize, details: String },
 }
 
-/// The programs' wakeup-coalescing window ([`Wake`]): a record within this long of the last
-/// one allowed to wake the reader does not wake it.
-pub const WAKE_WINDOW: std::time::Duration = std::time::Duration::from_millis(10);
-
-/// How long after a read that found records the reader reads again without a wakeup: two
-/// windows, so a record stamped just inside one (and committed a little later) is there.
-pub const WAKE_RECHECK: std::time::Duration = std::time::Duration::from_millis(20);
-
-const _: () = assert!(WAKE_RECHECK.as_nanos() >= 2 * WAKE_WINDOW.as_nanos());
-
 /// Parses the object, creates its maps and writes `offsets` into `OFFSETS` (programs read
 /// them from there, so a module's BTF later updates them without a reload).
 pub fn open(
@@ -237,25 +227,6 @@ pub fn open(
             source,
         })?;
     write_offsets(&mut arr, offsets)?;
-    let map = ebpf.map_mut("WAKE").ok_or(ProbeError::MissingMap("WAKE"))?;
-    let mut wake: Array<&mut MapData, Wake> =
-        Array::try_from(map).map_err(|source| ProbeError::Map {
-            name: "WAKE",
-            source,
-        })?;
-    let window_ns = WAKE_WINDOW.as_nanos() as u64;
-    wake.set(
-        0,
-        Wake {
-            last_ns: 0,
-            window_ns,
-        },
-        0,
-    )
-    .map_err(|source| ProbeError::Map {
-        name: "WAKE",
-        source,
-    })?;
     let map = ebpf
         .map_mut("AGG_CONFIG")
         .ok_or(ProbeError::MissingMap("AGG_CONFIG"))?;
