@@ -94,27 +94,35 @@ pub struct Val {
     pub progs: Vec<(String, u64, u64)>,
 }
 
+/// The kprobe programs' bpf_stats in the `<phase> id=… name=… type=… run_time_ns=… run_cnt=…`
+/// lines of `phase` (bench_vm's `stats`, prefixed by the scenario): id → (name, run_cnt,
+/// run_time_ns).
+pub fn stats_snapshot(text: &str, phase: &str) -> BTreeMap<u32, (String, u64, u64)> {
+    text.lines()
+        .filter(|l| l.strip_prefix(phase).is_some_and(|r| r.starts_with(' ')))
+        .filter_map(|l| {
+            let m = kv(l);
+            if m.get("type").is_some_and(|t| !t.contains("KPROBE")) {
+                return None;
+            }
+            Some((
+                m.get("id")?.parse().ok()?,
+                (
+                    m.get("name")?.clone(),
+                    m.get("run_cnt")?.parse().ok()?,
+                    m.get("run_time_ns")?.parse().ok()?,
+                ),
+            ))
+        })
+        .collect()
+}
+
 pub fn val(text: &str) -> Val {
-    let snap = |p: &str| -> BTreeMap<u32, (String, u64, u64)> {
-        text.lines()
-            .filter(|l| l.starts_with(p))
-            .filter_map(|l| {
-                let m = kv(l);
-                if m.get("type").is_some_and(|t| !t.contains("KPROBE")) {
-                    return None;
-                }
-                Some((
-                    m.get("id")?.parse().ok()?,
-                    (
-                        m.get("name")?.clone(),
-                        m.get("run_cnt")?.parse().ok()?,
-                        m.get("run_time_ns")?.parse().ok()?,
-                    ),
-                ))
-            })
-            .collect()
-    };
-    let (pre, mid, post) = (snap("pre "), snap("mid "), snap("post "));
+    let (pre, mid, post) = (
+        stats_snapshot(text, "pre"),
+        stats_snapshot(text, "mid"),
+        stats_snapshot(text, "post"),
+    );
     let mut v = Val {
         disarmed_runs: 0,
         armed_runs: 0,

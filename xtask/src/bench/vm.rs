@@ -413,20 +413,12 @@ fn accuracy(out: &VmOutput) -> Vec<Row> {
     rows
 }
 
-/// `<phase> id=… name=… run_time_ns=… run_cnt=…` lines of `phase` → (run_cnt, run_time_ns) by
-/// program name, summed over programs of the same name.
+/// The kprobe programs' (run_cnt, run_time_ns) in `phase`'s bpf_stats lines, by program name
+/// (summed over programs of the same name).
 fn prog_stats(text: &str, phase: &str) -> BTreeMap<String, (u64, u64)> {
     let mut m: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    for l in text.lines().filter(|l| l.starts_with(&format!("{phase} "))) {
-        let f = kv(l);
-        let (Some(n), Some(c), Some(ns)) = (
-            f.get("name"),
-            f.get("run_cnt").and_then(|v| v.parse::<u64>().ok()),
-            f.get("run_time_ns").and_then(|v| v.parse::<u64>().ok()),
-        ) else {
-            continue;
-        };
-        let e = m.entry(n.clone()).or_default();
+    for (name, c, ns) in super::cost::stats_snapshot(text, phase).into_values() {
+        let e = m.entry(name).or_default();
         e.0 += c;
         e.1 += ns;
     }
