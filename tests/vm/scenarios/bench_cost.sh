@@ -29,17 +29,45 @@ storm_ns() {
 	echo "${l%% *}"
 }
 
-# rounds BLOCK: ROUNDS interleaved baseline/tool rounds (kprobes armed on return).
+# cpu_ns PID: CPU time of all of PID's threads so far (schedstat), 0 without PID.
+cpu_ns() {
+	[ -n "$1" ] || { echo 0; return; }
+	cat /proc/$1/task/*/schedstat 2>/dev/null | awk '{ s += $1 } END { printf "%d\n", s }'
+}
+
+# settle PID: waits (at most about 3 s) until PID's threads used no CPU for 20 ms, so that
+# work a tool deferred from one round never lands in the next (a baseline round included).
+settle() {
+	[ -n "$1" ] || return 0
+	n=0
+	a=$(cpu_ns "$1")
+	while [ $n -lt 150 ]; do
+		sleep 0.02
+		b=$(cpu_ns "$1")
+		[ "$a" = "$b" ] && return 0
+		a=$b
+		n=$((n + 1))
+	done
+}
+
+# rounds BLOCK [PID]: ROUNDS interleaved baseline/tool rounds (kprobes armed on return),
+# each started once the tool's process PID has settled; the CPU time PID used from the first
+# round to the end of the last (settled) goes into a `tool_cpu` line.
 rounds() {
 	r=1
+	settle "$2"
+	c0=$(cpu_ns "$2")
 	while [ $r -le "$ROUNDS" ]; do
 		echo 0 > $KPE
 		b=$(storm_ns)
 		echo 1 > $KPE
 		t=$(storm_ns)
+		settle "$2"
 		echo "round block=$1 r=$r base_ns=$b tool_ns=$t" >> /tmp/cost_rounds
 		r=$((r + 1))
 	done
+	[ -n "$2" ] && echo "tool_cpu block=$1 cpu_ns=$(($(cpu_ns "$2") - c0)) rounds=$ROUNDS" >> /tmp/cost_rounds
+	return 0
 }
 
 # validate BLOCK: bpf program stats around one disarmed and one armed round (not timed).
@@ -174,7 +202,7 @@ bpftrace_block() {
 	BT=$!
 	: > /tmp/$1.err
 	if wait_for /tmp/$1.out 'bench-ready' 300; then
-		rounds "$1"
+		rounds "$1" $BT
 		validate "$1"
 	else
 		echo "bpftrace did not attach within 300 s" >> /tmp/$1.err
@@ -197,7 +225,7 @@ daemon_block() {
 		sleep 0.1
 	done
 	if [ $i -le 1200 ]; then
-		rounds "$1"
+		rounds "$1" $DP
 		validate "$1"
 		wget -q -O - http://127.0.0.1:$PORT/metrics 2>/dev/null | grep '^tsm_trace_operations_total' > /tmp/$1.metrics
 	else
@@ -257,7 +285,7 @@ cost_blocks() {
 	$H empty $args > /tmp/empty.out 2> /tmp/empty.err &
 	EP=$!
 	if wait_for /tmp/empty.err 'baselines attached' 120; then
-		rounds empty
+		rounds empty $EP
 		validate empty
 	fi
 	kill $EP
