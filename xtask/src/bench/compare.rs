@@ -1,6 +1,6 @@
 //! `cargo xtask bench --compare REV[,REV...]`: the static tsm-trace of other git revisions,
 //! each built in a temporary `git worktree` under `target/bench-compare/<rev>` (one shared
-//! target dir, `target/bench-compare/target`; the binary is copied into the worktree), so
+//! target dir, `target/bench-compare/target`; the binary is copied to `<rev>.tsm-trace`), so
 //! the VM run can measure their cost per probed call beside the current tree's.
 
 use std::path::PathBuf;
@@ -59,7 +59,8 @@ pub fn build(revs: &[String]) -> Result<Vec<Compare>> {
             );
         }
         let built: PathBuf = shared.join(crate::build::MUSL).join("release/tsm-trace");
-        let binary = dir.join("tsm-trace");
+        // Beside the worktree (inside it, `tsm-trace` is the crate's directory).
+        let binary = dir.with_file_name(format!("{short}.tsm-trace"));
         std::fs::copy(&built, &binary).with_context(|| {
             format!(
                 "--compare {rev}: copying {} to {} after the build",
