@@ -200,7 +200,9 @@ fn latency(n: u64, ctl: &str, vdev: &str, port: u16) {
     }
 }
 
-fn cpu(pid: &str) -> (u64, u64) {
+/// (utime+stime ticks, schedstat CPU ns, schedstat timeslices: how often a thread of `pid`
+/// got the CPU, i.e. its wakeups, threads) of `pid`.
+fn cpu(pid: &str) -> (u64, u64, u64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .unwrap_or_else(|e| die(format!("/proc/{pid}/stat: {e}")));
     // Fields after the command name (which may contain spaces): state is field 3.
@@ -208,30 +210,31 @@ fn cpu(pid: &str) -> (u64, u64) {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
         + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    let mut ns = 0;
+    let (mut ns, mut runs, mut threads) = (0, 0, 0);
     if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for t in rd.flatten() {
             if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
-                ns += s
-                    .split_whitespace()
-                    .next()
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0);
+                let mut v = s.split_whitespace().map(|v| v.parse::<u64>().unwrap_or(0));
+                ns += v.next().unwrap_or(0);
+                runs += v.nth(1).unwrap_or(0);
+                threads += 1;
             }
         }
     }
-    (ticks, ns)
+    (ticks, ns, runs, threads)
 }
 
 fn idle(pid: &str, secs: u64) {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    let (t0, n0) = cpu(pid);
+    let (t0, n0, r0, _) = cpu(pid);
     std::thread::sleep(Duration::from_secs(secs));
-    let (t1, n1) = cpu(pid);
+    let (t1, n1, r1, threads) = cpu(pid);
     println!("seconds={secs}");
     println!("clk_tck={hz}");
     println!("stat_cpu_ms={}", (t1 - t0) * 1000 / hz);
     println!("schedstat_cpu_ns={}", n1.saturating_sub(n0));
+    println!("schedstat_runs={}", r1.saturating_sub(r0));
+    println!("threads={threads}");
     // Total since start: proves schedstat was readable (a 0 delta is then real).
     println!("schedstat_total_ns={n1}");
     println!("stat_total_ms={}", t1 * 1000 / hz);

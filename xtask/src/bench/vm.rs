@@ -236,9 +236,11 @@ fn idle(out: &VmOutput, s: &Sizes) -> Vec<Row> {
         (Some(ns), Some(ms)) => Row::floor(
             figure,
             format!(
-                "{:.3} ms (sum of /proc/PID/task/*/schedstat; utime+stime: {ms} ms at {} Hz ticks; daemon total since start {:.0} ms)",
+                "{:.3} ms (sum of /proc/PID/task/*/schedstat; utime+stime: {ms} ms at {} Hz ticks; {} times on a CPU across {} threads; daemon total since start {:.0} ms)",
                 ns as f64 / 1e6,
                 m.get("clk_tck").map_or("?", String::as_str),
+                m.get("schedstat_runs").map_or("?", String::as_str),
+                m.get("threads").map_or("?", String::as_str),
                 m.get("schedstat_total_ns")
                     .and_then(|v| v.parse::<f64>().ok())
                     .unwrap_or(0.0)
