@@ -15,6 +15,8 @@
 //!   one `latency_us=` line per operation.
 //! - `idle PID SECONDS`: CPU time of process PID over SECONDS (utime+stime from
 //!   /proc/PID/stat, and the sum of /proc/PID/task/*/schedstat in ns).
+//! - `cpu PID`: that schedstat sum now; `settle PID`: wait until it stops growing for 20 ms
+//!   (the cost rounds wait out each tool's deferred work with it).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -144,8 +146,9 @@ fn hotpath(n: u64) {
     for (id, a) in &after {
         let b = before.get(id).map_or(0, |b| b.run_cnt);
         println!(
-            "delta id={id} name={} run_cnt_delta={}",
+            "delta id={id} name={} type={} run_cnt_delta={}",
             a.name,
+            a.kind,
             a.run_cnt.saturating_sub(b)
         );
     }
@@ -254,6 +257,26 @@ fn idle(pid: &str, secs: u64) {
     }
 }
 
+/// `cpu PID`: the CPU time of all of PID's threads so far (schedstat ns), one line.
+fn cpu_now(pid: &str) {
+    println!("{}", cpu(pid).1);
+}
+
+/// `settle PID`: returns once PID's threads used no CPU for 20 ms (at most about 3 s), so
+/// that work a tool deferred from one timed round never lands in the next one.
+fn settle(pid: &str) {
+    let mut last = cpu(pid).1;
+    for _ in 0..150 {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = cpu(pid).1;
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+    eprintln!("bench_vm settle: {pid} still used CPU after 3 s");
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let num = |i: usize| -> u64 {
@@ -267,8 +290,10 @@ fn main() {
         Some("hotpath") => hotpath(num(1)),
         Some("latency") if args.len() == 5 => latency(num(1), &args[2], &args[3], num(4) as u16),
         Some("idle") if args.len() == 3 => idle(&args[1], num(2)),
+        Some("cpu") if args.len() == 2 => cpu_now(&args[1]),
+        Some("settle") if args.len() == 2 => settle(&args[1]),
         _ => die(
-            "usage: bench_vm stats | empty PROBE=FUNCTION... | hotpath N | latency N CTL VDEV PORT | idle PID SECONDS"
+            "usage: bench_vm stats | empty PROBE=FUNCTION... | hotpath N | latency N CTL VDEV PORT | idle PID SECONDS | cpu PID | settle PID"
                 .into(),
         ),
     }

@@ -29,44 +29,26 @@ storm_ns() {
 	echo "${l%% *}"
 }
 
-# cpu_ns PID: CPU time of all of PID's threads so far (schedstat), 0 without PID.
-cpu_ns() {
-	[ -n "$1" ] || { echo 0; return; }
-	cat /proc/$1/task/*/schedstat 2>/dev/null | awk '{ s += $1 } END { printf "%d\n", s }'
-}
-
-# settle PID: waits (at most about 3 s) until PID's threads used no CPU for 20 ms, so that
-# work a tool deferred from one round never lands in the next (a baseline round included).
-settle() {
-	[ -n "$1" ] || return 0
-	n=0
-	a=$(cpu_ns "$1")
-	while [ $n -lt 150 ]; do
-		sleep 0.02
-		b=$(cpu_ns "$1")
-		[ "$a" = "$b" ] && return 0
-		a=$b
-		n=$((n + 1))
-	done
-}
-
 # rounds BLOCK [PID]: ROUNDS interleaved baseline/tool rounds (kprobes armed on return),
-# each started once the tool's process PID has settled; the CPU time PID used from the first
-# round to the end of the last (settled) goes into a `tool_cpu` line.
+# each started once the tool's process PID has settled (bench_vm settle: its threads used no
+# CPU for 20 ms, so work it deferred never lands in the next round, a baseline included); the
+# CPU time PID used from the first round to the end of the last goes into a `tool_cpu` line.
 rounds() {
 	r=1
-	settle "$2"
-	c0=$(cpu_ns "$2")
+	if [ -n "$2" ]; then
+		$H settle "$2"
+		c0=$($H cpu "$2")
+	fi
 	while [ $r -le "$ROUNDS" ]; do
 		echo 0 > $KPE
 		b=$(storm_ns)
 		echo 1 > $KPE
 		t=$(storm_ns)
-		settle "$2"
+		[ -n "$2" ] && $H settle "$2"
 		echo "round block=$1 r=$r base_ns=$b tool_ns=$t" >> /tmp/cost_rounds
 		r=$((r + 1))
 	done
-	[ -n "$2" ] && echo "tool_cpu block=$1 cpu_ns=$(($(cpu_ns "$2") - c0)) rounds=$ROUNDS" >> /tmp/cost_rounds
+	[ -n "$2" ] && echo "tool_cpu block=$1 cpu_ns=$(($($H cpu "$2") - c0)) rounds=$ROUNDS" >> /tmp/cost_rounds
 	return 0
 }
 
