@@ -86,6 +86,9 @@ pub struct Expired {
     pub inflight: Vec<(Option<Probe>, ExpiryReason)>,
     /// Operations of exited threads that never returned: left out of the exact counts.
     pub unfinished_operations: u64,
+    /// In-flight entries the sweep left in place (their thread runs, their timeout has not
+    /// passed): calls still running, or returns that may never come.
+    pub still_in_flight: usize,
 }
 
 /// What a pinning start found and did.
@@ -456,7 +459,10 @@ impl Session {
             .collect();
         let mut out = Expired::default();
         let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
-        for (key, probe, reason) in expiry::stale_inflight(entries, now, timeout_ns, alive) {
+        let total = entries.len();
+        let stale = expiry::stale_inflight(entries, now, timeout_ns, alive);
+        out.still_in_flight = total - stale.len();
+        for (key, probe, reason) in stale {
             if self.inflight.remove(&key).is_ok() {
                 out.inflight.push((probe, reason));
             }
