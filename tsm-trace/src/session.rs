@@ -15,7 +15,7 @@ use tsm_trace_common::{ControlEvent, InflightKey, Offsets, RawEvent, agg::Thread
 
 use crate::{
     btf::{self, BtfSources, Resolution},
-    events::{DecodeError, Event, Probe, VmKey},
+    events::{DecodeError, Event, Probe, VmKey, VmNames},
     exporters::metrics::KernelOperations,
     generation::{self, KernelGeneration},
     probes::{
@@ -525,7 +525,13 @@ impl Session {
         let cfd =
             unsafe { AsyncFd::register_with_interest(control, tokio::io::Interest::READABLE) }
                 .context("registering the control ring buffer with tokio")?;
-        Ok((EventStream { fd, key }, ControlStream { fd: cfd }))
+        Ok((
+            EventStream {
+                fd,
+                key: VmNames::new(key),
+            },
+            ControlStream { fd: cfd },
+        ))
     }
 }
 
@@ -602,7 +608,7 @@ pub const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(5
 /// Decoded events from the ring buffer, in batches, woken by epoll (no polling loop).
 pub struct EventStream {
     fd: AsyncFd<RingBuf<MapData>>,
-    key: VmKey,
+    key: VmNames,
 }
 
 impl EventStream {
