@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tsm_trace_common::{
     Offsets, RawEvent,
@@ -10,9 +10,12 @@ use tsm_trace_common::{
     stat,
 };
 
-/// The operation each thread is in, for in-kernel counting (see `agg.rs`).
+/// The operation each thread is in, for in-kernel counting (see `agg.rs`). A plain hash (an
+/// LRU hash takes its list locks and rotates its lists on every update, the dearest part of a
+/// probed call under emulation): entries of threads that exited are swept by userspace
+/// (`probes/expiry.rs`), and a full map is counted (`stat::AGG_FULL`), never silent.
 #[map]
-pub static THREAD_OPS: LruHashMap<u64, ThreadOp> = LruHashMap::with_max_entries(4096, 0);
+pub static THREAD_OPS: HashMap<u64, ThreadOp> = HashMap::with_max_entries(4096, 0);
 
 /// Operations by `agg::count_key` (kind, attributed layer, errno): exact at any event rate.
 #[map]
@@ -41,9 +44,12 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 pub use tsm_trace_common::InflightKey;
 
-/// Entry-time records waiting for their return probe. LRU so a lost return can never fill it.
+/// Entry-time records waiting for their return probe. A plain hash, like [`THREAD_OPS`]: an
+/// entry whose return never comes (a missed kretprobe, a thread that died in the call) is
+/// swept by userspace (`probes/expiry.rs`: exited threads, `--inflight-timeout`), and a full
+/// map is counted (`stat::INFLIGHT_FULL`).
 #[map]
-pub static INFLIGHT: LruHashMap<InflightKey, RawEvent> = LruHashMap::with_max_entries(4096, 0);
+pub static INFLIGHT: HashMap<InflightKey, RawEvent> = HashMap::with_max_entries(4096, 0);
 
 /// Per-CPU scratch space for building a record (it is too large for the BPF stack budget once
 /// combined with helper frames).

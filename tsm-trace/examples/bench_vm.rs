@@ -15,6 +15,8 @@
 //!   one `latency_us=` line per operation.
 //! - `idle PID SECONDS`: CPU time of process PID over SECONDS (utime+stime from
 //!   /proc/PID/stat, and the sum of /proc/PID/task/*/schedstat in ns).
+//! - `cpu PID`: that schedstat sum now; `settle PID`: wait until it stops growing for 20 ms
+//!   (the cost rounds wait out each tool's deferred work with it).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -144,8 +146,9 @@ fn hotpath(n: u64) {
     for (id, a) in &after {
         let b = before.get(id).map_or(0, |b| b.run_cnt);
         println!(
-            "delta id={id} name={} run_cnt_delta={}",
+            "delta id={id} name={} type={} run_cnt_delta={}",
             a.name,
+            a.kind,
             a.run_cnt.saturating_sub(b)
         );
     }
@@ -200,7 +203,9 @@ fn latency(n: u64, ctl: &str, vdev: &str, port: u16) {
     }
 }
 
-fn cpu(pid: &str) -> (u64, u64) {
+/// (utime+stime ticks, schedstat CPU ns, schedstat timeslices: how often a thread of `pid`
+/// got the CPU, i.e. its wakeups, threads) of `pid`.
+fn cpu(pid: &str) -> (u64, u64, u64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .unwrap_or_else(|e| die(format!("/proc/{pid}/stat: {e}")));
     // Fields after the command name (which may contain spaces): state is field 3.
@@ -208,30 +213,31 @@ fn cpu(pid: &str) -> (u64, u64) {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
         + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    let mut ns = 0;
+    let (mut ns, mut runs, mut threads) = (0, 0, 0);
     if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for t in rd.flatten() {
             if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
-                ns += s
-                    .split_whitespace()
-                    .next()
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0);
+                let mut v = s.split_whitespace().map(|v| v.parse::<u64>().unwrap_or(0));
+                ns += v.next().unwrap_or(0);
+                runs += v.nth(1).unwrap_or(0);
+                threads += 1;
             }
         }
     }
-    (ticks, ns)
+    (ticks, ns, runs, threads)
 }
 
 fn idle(pid: &str, secs: u64) {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    let (t0, n0) = cpu(pid);
+    let (t0, n0, r0, _) = cpu(pid);
     std::thread::sleep(Duration::from_secs(secs));
-    let (t1, n1) = cpu(pid);
+    let (t1, n1, r1, threads) = cpu(pid);
     println!("seconds={secs}");
     println!("clk_tck={hz}");
     println!("stat_cpu_ms={}", (t1 - t0) * 1000 / hz);
     println!("schedstat_cpu_ns={}", n1.saturating_sub(n0));
+    println!("schedstat_runs={}", r1.saturating_sub(r0));
+    println!("threads={threads}");
     // Total since start: proves schedstat was readable (a 0 delta is then real).
     println!("schedstat_total_ns={n1}");
     println!("stat_total_ms={}", t1 * 1000 / hz);
@@ -251,6 +257,26 @@ fn idle(pid: &str, secs: u64) {
     }
 }
 
+/// `cpu PID`: the CPU time of all of PID's threads so far (schedstat ns), one line.
+fn cpu_now(pid: &str) {
+    println!("{}", cpu(pid).1);
+}
+
+/// `settle PID`: returns once PID's threads used no CPU for 20 ms (at most about 3 s), so
+/// that work a tool deferred from one timed round never lands in the next one.
+fn settle(pid: &str) {
+    let mut last = cpu(pid).1;
+    for _ in 0..150 {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = cpu(pid).1;
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+    eprintln!("bench_vm settle: {pid} still used CPU after 3 s");
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let num = |i: usize| -> u64 {
@@ -264,8 +290,10 @@ fn main() {
         Some("hotpath") => hotpath(num(1)),
         Some("latency") if args.len() == 5 => latency(num(1), &args[2], &args[3], num(4) as u16),
         Some("idle") if args.len() == 3 => idle(&args[1], num(2)),
+        Some("cpu") if args.len() == 2 => cpu_now(&args[1]),
+        Some("settle") if args.len() == 2 => settle(&args[1]),
         _ => die(
-            "usage: bench_vm stats | empty PROBE=FUNCTION... | hotpath N | latency N CTL VDEV PORT | idle PID SECONDS"
+            "usage: bench_vm stats | empty PROBE=FUNCTION... | hotpath N | latency N CTL VDEV PORT | idle PID SECONDS | cpu PID | settle PID"
                 .into(),
         ),
     }

@@ -39,8 +39,17 @@ pub struct LoopOptions {
     pub inflight_timeout: Duration,
 }
 
-/// How often stale kernel-side entries are swept and the kernel's miss counts read.
+/// How often stale kernel-side entries are swept and the kernel's miss counts read while
+/// anything happens: events or control records arrived since the last sweep, or it left
+/// entries in flight.
 pub const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
+
+/// The sweep's period while nothing happens (no event, no control record, nothing in flight):
+/// there is nothing to sweep then, and an idle daemon should cost next to nothing (each sweep
+/// reads the info of every program and link, the counters and the in-flight maps through
+/// bpf(2)). A call whose every record was lost (entry parked, return missed, nothing sent) is
+/// still swept, and its kretprobe miss counted, within this period.
+pub const HOUSEKEEPING_IDLE_EVERY: Duration = Duration::from_secs(60);
 
 /// Where the tables are kept across restarts (`correlate/state.rs`).
 pub struct StateFile {
@@ -100,6 +109,8 @@ pub async fn run(
     }
     let mut saved = None;
     let mut next_housekeeping = Instant::now() + HOUSEKEEPING_EVERY;
+    // Something happened since the last sweep (see HOUSEKEEPING_IDLE_EVERY).
+    let mut active = true;
     let stop = loop {
         save_state(pipeline, opts.state.as_ref(), &mut saved);
         let deadline = next_deadline(&pipeline.lock().expect("pipeline lock"), cfg)
@@ -123,6 +134,11 @@ pub async fn run(
                 if !batch.is_empty() {
                     feed(pipeline, metrics, &mut batch, &mut tap)?;
                     sync_kernel_stats(metrics, live);
+                }
+                if !active {
+                    // Waking from the idle period: sweep on the active schedule.
+                    active = true;
+                    next_housekeeping = next_housekeeping.min(Instant::now() + HOUSEKEEPING_EVERY);
                 }
                 for c in controls.drain(..) {
                     if matches!(c, Some(Control::ModuleFreed { name: Some(_) })) {
@@ -148,8 +164,9 @@ pub async fn run(
                     close_late_attach(live, opts.late_attach.as_ref().is_some_and(|w| w.drop_capabilities));
                 }
                 if next_housekeeping <= now {
-                    housekeeping(live, metrics, opts.inflight_timeout);
-                    next_housekeeping = now + HOUSEKEEPING_EVERY;
+                    let in_flight = housekeeping(live, metrics, opts.inflight_timeout);
+                    next_housekeeping = now + sweep_period(active, in_flight);
+                    active = false;
                 }
                 if rescan_at.is_some_and(|t| t <= now) {
                     rescan_at = None;
@@ -175,6 +192,16 @@ pub async fn run(
     };
     save_state(pipeline, opts.state.as_ref(), &mut saved);
     Ok(stop)
+}
+
+/// The time to the next sweep: the active period while anything happened since the last
+/// one or anything is still in flight, the idle period otherwise.
+fn sweep_period(active: bool, in_flight: usize) -> Duration {
+    if active || in_flight > 0 {
+        HOUSEKEEPING_EVERY
+    } else {
+        HOUSEKEEPING_IDLE_EVERY
+    }
 }
 
 /// Saves the tables if they changed since the last save (`saved`: the version saved).
@@ -336,10 +363,17 @@ pub fn sync_kernel_stats(metrics: &Metrics, s: &LiveSession) {
 }
 
 /// Sweeps kernel-side entries whose return will never come and reads what the kernel counted
-/// as missed; says what was found and what to do about it.
-pub fn housekeeping(live: &mut LiveSession, metrics: &Metrics, inflight_timeout: Duration) {
+/// as missed; says what was found and what to do about it. Returns how many entries are still
+/// in flight (0 if the sweep failed).
+pub fn housekeeping(
+    live: &mut LiveSession,
+    metrics: &Metrics,
+    inflight_timeout: Duration,
+) -> usize {
+    let mut in_flight = 0;
     match live.session_mut().expire_stale(inflight_timeout) {
         Ok(e) => {
+            in_flight = e.still_in_flight;
             if !e.inflight.is_empty() || e.unfinished_operations > 0 {
                 let mut by: std::collections::BTreeMap<(&str, &str), usize> = Default::default();
                 for (p, r) in &e.inflight {
@@ -369,6 +403,7 @@ pub fn housekeeping(live: &mut LiveSession, metrics: &Metrics, inflight_timeout:
         Err(err) => log::warn!("reading the kernel's miss counts failed: {}", chain(&*err)),
     }
     sync_kernel_stats(metrics, live);
+    in_flight
 }
 
 /// Records `batch` through the tap, then runs it through the pipeline.
@@ -468,4 +503,18 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_daemon_sweeps_rarely_and_a_busy_one_on_schedule() {
+        assert_eq!(sweep_period(false, 0), HOUSEKEEPING_IDLE_EVERY);
+        assert_eq!(sweep_period(true, 0), HOUSEKEEPING_EVERY);
+        // Nothing arrived, but a call is still in flight (its return may never come).
+        assert_eq!(sweep_period(false, 1), HOUSEKEEPING_EVERY);
+        assert!(HOUSEKEEPING_IDLE_EVERY > HOUSEKEEPING_EVERY);
+    }
 }

@@ -1,7 +1,7 @@
 //! The pipeline: events → [`Correlator`] → [`Metrics`] and an optional trace sink.
 //!
 //! The live daemon calls [`Pipeline::handle`] for every decoded event, [`Pipeline::tick`]
-//! periodically (after draining the ring buffer) and [`Pipeline::reconcile`] with each sysfs
+//! after each batch (it also brings the table gauges up to date) and periodically, and [`Pipeline::reconcile`] with each sysfs
 //! snapshot; `tsm-trace replay FILE` runs a capture through [`replay`], the same code.
 
 use std::io::Write;
@@ -153,10 +153,13 @@ impl Pipeline {
         r
     }
 
-    /// Timers (pending frames, leak grace periods). Call periodically, after draining events.
+    /// Timers (pending frames, leak grace periods). Call periodically, after draining events:
+    /// it also brings the table gauges (bindings, device states, leaks, pending frames) up to
+    /// date, which [`Pipeline::handle`] leaves to it (once per batch, not once per event).
     pub fn tick(&mut self, now_ns: u64) -> Vec<Output> {
         let outs = self.correlator.tick(now_ns);
         self.emit(&outs);
+        self.metrics.sync(&self.correlator);
         outs
     }
 
@@ -171,6 +174,7 @@ impl Pipeline {
         self.metrics.observe_snapshot(snapshot);
         let outs = self.correlator.reconcile(snapshot, in_flight, now_ns);
         self.emit(&outs);
+        self.metrics.sync(&self.correlator);
         outs
     }
 
@@ -178,6 +182,7 @@ impl Pipeline {
     pub fn finish(&mut self, now_ns: u64) -> Vec<Output> {
         let outs = self.correlator.finish(now_ns);
         self.emit(&outs);
+        self.metrics.sync(&self.correlator);
         if let Some(s) = self.sink.as_mut() {
             s.flush();
         }
@@ -202,7 +207,6 @@ impl Pipeline {
                 s.write(o);
             }
         }
-        self.metrics.sync(&self.correlator);
     }
 }
 

@@ -29,17 +29,27 @@ storm_ns() {
 	echo "${l%% *}"
 }
 
-# rounds BLOCK: ROUNDS interleaved baseline/tool rounds (kprobes armed on return).
+# rounds BLOCK [PID]: ROUNDS interleaved baseline/tool rounds (kprobes armed on return),
+# each started once the tool's process PID has settled (bench_vm settle: its threads used no
+# CPU for 20 ms, so work it deferred never lands in the next round, a baseline included); the
+# CPU time PID used from the first round to the end of the last goes into a `tool_cpu` line.
 rounds() {
 	r=1
+	if [ -n "$2" ]; then
+		$H settle "$2"
+		c0=$($H cpu "$2")
+	fi
 	while [ $r -le "$ROUNDS" ]; do
 		echo 0 > $KPE
 		b=$(storm_ns)
 		echo 1 > $KPE
 		t=$(storm_ns)
+		[ -n "$2" ] && $H settle "$2"
 		echo "round block=$1 r=$r base_ns=$b tool_ns=$t" >> /tmp/cost_rounds
 		r=$((r + 1))
 	done
+	[ -n "$2" ] && echo "tool_cpu block=$1 cpu_ns=$(($($H cpu "$2") - c0)) rounds=$ROUNDS" >> /tmp/cost_rounds
+	return 0
 }
 
 # validate BLOCK: bpf program stats around one disarmed and one armed round (not timed).
@@ -174,7 +184,7 @@ bpftrace_block() {
 	BT=$!
 	: > /tmp/$1.err
 	if wait_for /tmp/$1.out 'bench-ready' 300; then
-		rounds "$1"
+		rounds "$1" $BT
 		validate "$1"
 	else
 		echo "bpftrace did not attach within 300 s" >> /tmp/$1.err
@@ -197,7 +207,7 @@ daemon_block() {
 		sleep 0.1
 	done
 	if [ $i -le 1200 ]; then
-		rounds "$1"
+		rounds "$1" $DP
 		validate "$1"
 		wget -q -O - http://127.0.0.1:$PORT/metrics 2>/dev/null | grep '^tsm_trace_operations_total' > /tmp/$1.metrics
 	else
@@ -257,7 +267,7 @@ cost_blocks() {
 	$H empty $args > /tmp/empty.out 2> /tmp/empty.err &
 	EP=$!
 	if wait_for /tmp/empty.err 'baselines attached' 120; then
-		rounds empty
+		rounds empty $EP
 		validate empty
 	fi
 	kill $EP

@@ -8,7 +8,7 @@ pub mod record;
 pub mod vm_id;
 pub mod vm_key;
 
-pub use vm_id::{VmId, VmKey, VmSelector};
+pub use vm_id::{NameVm, VmId, VmKey, VmNames, VmSelector};
 
 use serde::{Deserialize, Serialize};
 use tsm_trace_common::{ProbeId, RawEvent, flags, missing};
@@ -380,7 +380,7 @@ impl Event {
     }
 
     /// Decodes one ring-buffer record; VMs are named with `key`.
-    pub fn from_bytes(bytes: &[u8], key: &VmKey) -> Result<Event, DecodeError> {
+    pub fn from_bytes(bytes: &[u8], key: &impl NameVm) -> Result<Event, DecodeError> {
         if bytes.len() != RawEvent::SIZE {
             return Err(DecodeError::Size {
                 got: bytes.len(),
@@ -394,7 +394,7 @@ impl Event {
 
     /// Decodes a record. Kernel addresses stop here: the `struct kvm *` becomes its keyed
     /// hash under `key`, a returned pointer its meaning (see [`Event::ret`]).
-    pub fn decode(raw: &RawEvent, key: &VmKey) -> Result<Event, DecodeError> {
+    pub fn decode(raw: &RawEvent, key: &impl NameVm) -> Result<Event, DecodeError> {
         let id = ProbeId::from_u32(raw.probe).ok_or(DecodeError::UnknownProbe(raw.probe))?;
         let probe = Probe::from_id(id);
         if raw.end_ns < raw.start_ns {
@@ -433,7 +433,7 @@ impl Event {
             .filter(|s| !s.is_empty());
         let vm = || {
             (raw.kvm != 0).then(|| Vm {
-                id: key.id(raw.kvm),
+                id: key.name(raw.kvm),
                 pid: has(missing::KVM_PID).then_some(raw.kvm_pid),
                 stats_id: has(missing::KVM_STATS_ID)
                     .then(|| cstr(&raw.kvm_stats_id))
@@ -475,7 +475,7 @@ impl Event {
                 ev.nothing_bound = raw.flags & flags::NOTHING_BOUND != 0;
                 if !ev.nothing_bound && has(missing::TDI) {
                     ev.vm = (raw.kvm != 0).then(|| Vm {
-                        id: key.id(raw.kvm),
+                        id: key.name(raw.kvm),
                         pid: None,
                         stats_id: None,
                     });

@@ -138,6 +138,48 @@ impl VmKey {
     }
 }
 
+/// What names VMs while decoding: the key itself, or [`VmNames`] (the same names, remembered).
+pub trait NameVm {
+    fn name(&self, kvm: u64) -> VmId;
+}
+
+impl NameVm for VmKey {
+    fn name(&self, kvm: u64) -> VmId {
+        self.id(kvm)
+    }
+}
+
+/// [`VmKey::id`] that remembers the last VM it named: a bind's three frames and the calls of
+/// one VM in a row name the same `struct kvm *`, and the keyed hash is the dearest step of
+/// decoding a record. Keeps one kernel address in this process's memory, like the record
+/// being decoded; it never leaves the process.
+pub struct VmNames {
+    key: VmKey,
+    last: std::cell::Cell<Option<(u64, VmId)>>,
+}
+
+impl VmNames {
+    pub fn new(key: VmKey) -> VmNames {
+        VmNames {
+            key,
+            last: std::cell::Cell::new(None),
+        }
+    }
+}
+
+impl NameVm for VmNames {
+    fn name(&self, kvm: u64) -> VmId {
+        if let Some((k, id)) = self.last.get()
+            && k == kvm
+        {
+            return id;
+        }
+        let id = self.key.id(kvm);
+        self.last.set(Some((kvm, id)));
+        id
+    }
+}
+
 impl fmt::Debug for VmKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("VmKey(<secret>)")
@@ -147,6 +189,15 @@ impl fmt::Debug for VmKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remembered_names_are_the_keys_names() {
+        let k = VmKey::from_bytes([7; 32]);
+        let names = VmNames::new(k.clone());
+        for p in [0x1000u64, 0x1000, 0x2000, 0x1000, 0x2000, 0x2000] {
+            assert_eq!(names.name(p), k.id(p));
+        }
+    }
 
     #[test]
     fn names_are_stable_distinct_and_keyed() {

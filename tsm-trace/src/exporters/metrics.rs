@@ -763,11 +763,15 @@ mod tests {
     const D3: &str = "0000:03:00.0";
     const GRACE: u64 = 5_000_000_000;
 
+    /// One batch, as the daemon's loop feeds it: every event, then a tick (which brings the
+    /// table gauges up to date).
     fn feed(p: &mut Pipeline, evs: Vec<Event>) {
+        let mut now = 0;
         for e in evs {
-            let now = e.end_ns;
+            now = e.end_ns;
             p.handle(e, now);
         }
+        p.tick(now);
     }
 
     /// bind ok (D1), bind EBUSY at pci_tsm (D2), bind + EFAULT (D3), teardown of D1 without

@@ -230,6 +230,7 @@ mod tests {
                 (None, ExpiryReason::Timeout),
             ],
             unfinished_operations: 2,
+            still_in_flight: 0,
         });
         m.set_return_missed_operations(4);
         m.set_return_missed_operations(3);

@@ -3,8 +3,9 @@
 //! An entry program parks its record in `INFLIGHT` (and opens an operation in `THREAD_OPS`)
 //! until the return program takes it. When the return is never seen — its kretprobe missed
 //! (`maxactive` exhausted), the thread died in between, or the programs were replaced — the
-//! entry would stay until the LRU evicts it, and with it the claim that a bind is still
-//! running (reconciliation leaves such devices alone). Every sweep removes:
+//! entry would stay for good (the maps are plain hashes: nothing evicts them), and with it
+//! the claim that a bind is still running (reconciliation leaves such devices alone). Every
+//! sweep removes:
 //! - entries of a thread that no longer exists (`thread_exited`): its return cannot come;
 //! - entries older than the in-flight timeout (`timeout`): a return after that, should one
 //!   still come, is then counted as an orphan return too.

@@ -41,8 +41,9 @@ use tsm_trace_common::{InflightKey, RawEvent, agg, stat};
 /// The default root: one directory per tool in bpffs.
 pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/tsm-trace";
 
-/// Bump when the meaning of a pinned map changes without its sizes changing.
-pub const REVISION: u32 = 1;
+/// Bump when the meaning of a pinned map changes without its sizes changing (2: `INFLIGHT`
+/// and `THREAD_OPS` became plain hashes; they were LRU hashes).
+pub const REVISION: u32 = 2;
 
 /// The maps a daemon pins. The rest (offsets, histogram bounds, scratch space, the control
 /// ring) belong to one generation of programs.

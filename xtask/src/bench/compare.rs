@@ -1,6 +1,7 @@
 //! `cargo xtask bench --compare REV[,REV...]`: the static tsm-trace of other git revisions,
-//! each built in a temporary `git worktree` under `target/bench-compare/<rev>` with its own
-//! target dir, so the VM run can measure their cost per probed call beside the current tree's.
+//! each built in a temporary `git worktree` under `target/bench-compare/<rev>` (one shared
+//! target dir, `target/bench-compare/target`; the binary is copied to `<rev>.tsm-trace`), so
+//! the VM run can measure their cost per probed call beside the current tree's.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -13,6 +14,7 @@ use crate::util::root;
 /// Builds every revision; names them by their short commit id.
 pub fn build(revs: &[String]) -> Result<Vec<Compare>> {
     let mut out = Vec::new();
+    let shared = root().join("target/bench-compare/target");
     for rev in revs.iter().filter(|r| !r.trim().is_empty()) {
         let short = git(&["rev-parse", "--short=10", &format!("{rev}^{{commit}}")])
             .with_context(|| format!("--compare {rev}: not a git revision of this repository"))?;
@@ -44,7 +46,10 @@ pub fn build(revs: &[String]) -> Result<Vec<Compare>> {
                 crate::build::MUSL,
             ])
             .current_dir(&dir)
-            .env("CARGO_TARGET_DIR", dir.join("target"))
+            // One target dir for every revision (built one after the other): the
+            // dependencies are built once; each worktree's own crates get their own artifacts
+            // (their paths differ), so a build never reuses another revision's.
+            .env("CARGO_TARGET_DIR", &shared)
             .status()
             .context("running cargo")?;
         if !status.success() {
@@ -53,13 +58,16 @@ pub fn build(revs: &[String]) -> Result<Vec<Compare>> {
                 dir.display()
             );
         }
-        let binary: PathBuf = dir
-            .join("target")
-            .join(crate::build::MUSL)
-            .join("release/tsm-trace");
-        if !binary.exists() {
-            bail!("--compare {rev}: no {} after the build", binary.display());
-        }
+        let built: PathBuf = shared.join(crate::build::MUSL).join("release/tsm-trace");
+        // Beside the worktree (inside it, `tsm-trace` is the crate's directory).
+        let binary = dir.with_file_name(format!("{short}.tsm-trace"));
+        std::fs::copy(&built, &binary).with_context(|| {
+            format!(
+                "--compare {rev}: copying {} to {} after the build",
+                built.display(),
+                binary.display()
+            )
+        })?;
         out.push(Compare { rev: short, binary });
     }
     Ok(out)

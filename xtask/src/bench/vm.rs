@@ -143,6 +143,7 @@ pub fn run(s: &Sizes, compare: &[Compare]) -> Result<VmBench> {
 
 struct Prog {
     name: String,
+    kind: String,
     run_cnt: u64,
 }
 
@@ -155,6 +156,7 @@ fn progs(text: &str, prefix: &str) -> BTreeMap<u32, Prog> {
                 m.get("id")?.parse().ok()?,
                 Prog {
                     name: m.get("name")?.clone(),
+                    kind: m.get("type").cloned().unwrap_or_default(),
                     run_cnt: m
                         .get("run_cnt")
                         .or_else(|| m.get("run_cnt_delta"))
@@ -185,27 +187,40 @@ fn hotpath(out: &VmOutput, s: &Sizes) -> Row {
     if deltas.is_empty() {
         return Row::missing(figure, "no BPF programs loaded during the loop".into());
     }
-    let total: u64 = deltas.values().map(|p| p.run_cnt).sum();
-    let nonzero: Vec<String> = deltas
+    // The raw tracepoints (process exit, module load and free) run on every such event by
+    // design, whichever process it is (one hash lookup for an exit): a task that exits
+    // anywhere in the system during the loops runs them, the loops themselves never do.
+    // Every other program (the kprobes on the TSM path) must not have run at all.
+    let (tracepoints, probes): (Vec<&Prog>, Vec<&Prog>) = deltas
         .values()
-        .filter(|p| p.run_cnt > 0)
-        .map(|p| format!("{}={}", p.name, p.run_cnt))
-        .collect();
+        .partition(|p| p.kind.contains("RAW_TRACEPOINT"));
+    let list = |ps: &[&Prog]| -> String {
+        let nonzero: Vec<String> = ps
+            .iter()
+            .filter(|p| p.run_cnt > 0)
+            .map(|p| format!("{}={}", p.name, p.run_cnt))
+            .collect();
+        if nonzero.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", nonzero.join(", "))
+        }
+    };
+    let total: u64 = probes.iter().map(|p| p.run_cnt).sum();
+    let exits: u64 = tracepoints.iter().map(|p| p.run_cnt).sum();
     Row::floor(
         figure,
         format!(
-            "{total} runs across {} programs{} (loops took {} s + {} s)",
-            deltas.len(),
-            if nonzero.is_empty() {
-                String::new()
-            } else {
-                format!(": {}", nonzero.join(", "))
-            },
+            "{total} runs across {} kprobe programs{} (loops took {} s + {} s); the {} raw-tracepoint programs (process exits, module loads) ran {exits} times{} (they run on every task exit and module event in the system, not on the loops' syscalls)",
+            probes.len(),
+            list(&probes),
             i.get("seconds").map_or("?", String::as_str),
             g.get("seconds").map_or("?", String::as_str),
+            tracepoints.len(),
+            list(&tracepoints),
         ),
-        "0 runs (run_cnt unchanged)",
-        total == 0,
+        "0 runs of the kprobe programs (run_cnt unchanged)",
+        total == 0 && !probes.is_empty(),
     )
 }
 
@@ -236,9 +251,11 @@ fn idle(out: &VmOutput, s: &Sizes) -> Vec<Row> {
         (Some(ns), Some(ms)) => Row::floor(
             figure,
             format!(
-                "{:.3} ms (sum of /proc/PID/task/*/schedstat; utime+stime: {ms} ms at {} Hz ticks; daemon total since start {:.0} ms)",
+                "{:.3} ms (sum of /proc/PID/task/*/schedstat; utime+stime: {ms} ms at {} Hz ticks; {} times on a CPU across {} threads; daemon total since start {:.0} ms)",
                 ns as f64 / 1e6,
                 m.get("clk_tck").map_or("?", String::as_str),
+                m.get("schedstat_runs").map_or("?", String::as_str),
+                m.get("threads").map_or("?", String::as_str),
                 m.get("schedstat_total_ns")
                     .and_then(|v| v.parse::<f64>().ok())
                     .unwrap_or(0.0)

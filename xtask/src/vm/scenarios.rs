@@ -452,8 +452,18 @@ pub fn check_session_a(out: &VmOutput) -> Result<Checks> {
     // Latency: the driver frame vs. the module's own measurement of the 20 ms sleep.
     let kv = step(&truth, "bind_efault")?;
     let driver_ns: f64 = t(kv, "driver_ns").parse().unwrap_or(0.0);
+    // This step's driver call: it returned what the module says it returned (0: a valid
+    // tdi, reported as 1), and it slept. A slow earlier bind (bind_eio's, which fails with
+    // -EIO, can take over 15 ms under load) is not it.
+    let driver_rc: i64 = t(kv, "driver_rc").parse().unwrap_or(i64::MIN);
     let drv = evs.iter().find(|e| {
+        let ret = e["ret"].as_i64();
         s(e, "probe") == "driver_bind"
+            && (if driver_rc == 0 {
+                ret.is_some_and(|r| r >= 0)
+            } else {
+                ret == Some(driver_rc)
+            })
             && e["end_ns"].as_u64().unwrap_or(0) - e["start_ns"].as_u64().unwrap_or(0) > 15_000_000
     });
     match drv {
