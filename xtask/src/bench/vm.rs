@@ -279,8 +279,8 @@ fn idle(out: &VmOutput, s: &Sizes) -> Vec<Row> {
                 hwm / 1024.0,
                 rss / 1024.0
             ),
-            "≤ 32 MiB",
-            hwm <= 32.0 * 1024.0,
+            &format!("≤ {} MiB", super::figures::RSS_FLOOR_MIB),
+            hwm <= super::figures::RSS_FLOOR_MIB * 1024.0,
         ));
     }
     rows
