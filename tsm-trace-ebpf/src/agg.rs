@@ -59,20 +59,38 @@ pub fn enter(ev: &RawEvent) {
 
 /// A probed call returned: `kept` is false when its record was dropped (not a TSM call, such
 /// as `__pci_tsm_destroy` of a device without TSM context), which is then no frame at all.
+/// The operation's outer return removes the thread's entry: `THREAD_OPS` holds only threads
+/// with an operation open, so it never fills with threads that are done (or gone).
 #[inline(always)]
 pub fn exit(p: ProbeId, pid_tgid: u64, ret: i64, ret_flags: u32, duration_ns: u64, kept: bool) {
     let Some(st) = THREAD_OPS.get_ptr_mut(pid_tgid) else {
         return;
     };
-    // SAFETY: see `enter`.
-    let st = unsafe { &mut *st };
+    // SAFETY: see `enter`; `st` is not used once the entry is removed.
+    let done = frame_returned(unsafe { &mut *st }, p, ret, ret_flags, duration_ns, kept);
+    if done {
+        let _ = THREAD_OPS.remove(pid_tgid);
+    }
+}
+
+/// Counts one returned frame of the operation `st`; true when it was the operation's outer
+/// frame (or the entry held no open operation), and the entry is no longer needed.
+#[inline(always)]
+fn frame_returned(
+    st: &mut ThreadOp,
+    p: ProbeId,
+    ret: i64,
+    ret_flags: u32,
+    duration_ns: u64,
+    kept: bool,
+) -> bool {
     if st.depth == 0 {
-        return;
+        return true;
     }
     st.depth -= 1;
     let root = st.depth == 0;
     if !kept {
-        return;
+        return root;
     }
     let layer = agg::layer(p);
     let errno = agg::errno(ret, ret_flags);
@@ -93,7 +111,7 @@ pub fn exit(p: ProbeId, pid_tgid: u64, ret: i64, ret_flags: u32, duration_ns: u6
             }
             None => {}
         }
-        return;
+        return false;
     }
     let (layer, e) = match errno {
         None => (layer, 0),
@@ -122,6 +140,7 @@ pub fn exit(p: ProbeId, pid_tgid: u64, ret: i64, ret_flags: u32, duration_ns: u6
             }
         }
     }
+    true
 }
 
 /// Remembers where errno `e` was returned: the deepest frame (ties: the latest) wins, as

@@ -10,9 +10,10 @@ use tsm_trace_common::{
     stat,
 };
 
-/// The operation each thread is in, for in-kernel counting (see `agg.rs`). A plain hash (an
-/// LRU hash takes its list locks and rotates its lists on every update, the dearest part of a
-/// probed call under emulation): entries of threads that exited are swept by userspace
+/// The operation each thread is in, for in-kernel counting (see `agg.rs`): an entry from the
+/// operation's first entry to its outer return, which removes it. A plain hash (an LRU hash
+/// takes its list locks and rotates its lists on every update, the dearest part of a probed
+/// call under emulation): entries of threads that died mid-operation are swept by userspace
 /// (`probes/expiry.rs`), and a full map is counted (`stat::AGG_FULL`), never silent.
 #[map]
 pub static THREAD_OPS: HashMap<u64, ThreadOp> = HashMap::with_max_entries(4096, 0);

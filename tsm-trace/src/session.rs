@@ -43,6 +43,8 @@ pub struct Session {
     /// Owns the programs and their links: dropping it detaches everything.
     ebpf: Ebpf,
     links: Links,
+    /// Which descriptors are our links, for reading their miss counts (`probes/misses.rs`).
+    link_fds: std::cell::RefCell<misses::LinkFds>,
     stats: aya::maps::PerCpuArray<MapData, u64>,
     offsets: Array<MapData, Offsets>,
     inflight: aya::maps::HashMap<MapData, InflightKey, RawEvent>,
@@ -299,6 +301,7 @@ impl Session {
             opts: opts.clone(),
             ebpf,
             links,
+            link_fds: Default::default(),
             stats: maps.stats,
             offsets: maps.offsets,
             inflight: maps.inflight,
@@ -478,8 +481,17 @@ impl Session {
 
     /// What the kernel counted as missed for each attached program (`probes/misses.rs`).
     pub fn kernel_misses(&self) -> Result<Vec<ProgramMisses>> {
-        let by_link =
-            misses::kprobe_missed_by_link().context("listing this process's BPF links")?;
+        let want: Vec<u32> = self
+            .attach
+            .iter()
+            .filter(|r| r.attached && r.kind != Kind::RawTracepoint)
+            .filter_map(|r| self.links.link_id(r.program))
+            .collect();
+        let by_link = self
+            .link_fds
+            .borrow_mut()
+            .kprobe_missed(&want)
+            .context("listing this process's BPF links")?;
         let mut out = Vec::new();
         for r in self.attach.iter().filter(|r| r.attached) {
             let link_id = self.links.link_id(r.program);

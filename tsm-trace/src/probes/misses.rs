@@ -136,7 +136,42 @@ fn link_kprobe_missed(fd: BorrowedFd<'_>) -> io::Result<Option<(u32, KprobeMisse
 /// Descriptors are borrowed from `/proc/self/fd` for the duration of one call; the links
 /// belong to the session, which only the event loop (this thread) detaches.
 pub fn kprobe_missed_by_link() -> io::Result<HashMap<u32, KprobeMissed>> {
+    Ok(scan_links()?.0)
+}
+
+/// The descriptors the last scan found to be BPF links, so that the next reading asks only
+/// them instead of reading every entry of `/proc/self/fd` again (a `readlink` each: most of a
+/// sweep's cost). A stale cache (a link detached or attached since) is found out by
+/// [`LinkFds::kprobe_missed`]'s caller through the link ids it expects, and rescanned.
+#[derive(Debug, Default)]
+pub struct LinkFds(Vec<i32>);
+
+impl LinkFds {
+    /// The miss counts of the links behind the cached descriptors; `want` are the link ids the
+    /// caller expects: if any is not found, the descriptors are scanned afresh.
+    pub fn kprobe_missed(&mut self, want: &[u32]) -> io::Result<HashMap<u32, KprobeMissed>> {
+        let mut out = HashMap::new();
+        for &n in &self.0 {
+            // SAFETY: as in `scan_links`; a descriptor closed (or reused by something else)
+            // since the scan answers with an error, and its link is then missing below.
+            let fd = unsafe { BorrowedFd::borrow_raw(n) };
+            if let Ok(Some((id, m))) = link_kprobe_missed(fd) {
+                out.insert(id, m);
+            }
+        }
+        if want.iter().all(|id| out.contains_key(id)) && !self.0.is_empty() {
+            return Ok(out);
+        }
+        let (out, fds) = scan_links()?;
+        self.0 = fds;
+        Ok(out)
+    }
+}
+
+/// [`kprobe_missed_by_link`], with the descriptors that are links.
+fn scan_links() -> io::Result<(HashMap<u32, KprobeMissed>, Vec<i32>)> {
     let mut out = HashMap::new();
+    let mut fds = Vec::new();
     for entry in std::fs::read_dir("/proc/self/fd")? {
         let entry = entry?;
         let Some(n) = entry
@@ -162,6 +197,7 @@ pub fn kprobe_missed_by_link() -> io::Result<HashMap<u32, KprobeMissed>> {
         match link_kprobe_missed(fd) {
             Ok(Some((id, m))) => {
                 out.insert(id, m);
+                fds.push(n);
             }
             Ok(None) => {}
             // Closed between the listing and the call: not one of ours any more.
@@ -169,7 +205,7 @@ pub fn kprobe_missed_by_link() -> io::Result<HashMap<u32, KprobeMissed>> {
             Err(e) => return Err(e),
         }
     }
-    Ok(out)
+    Ok((out, fds))
 }
 
 #[cfg(test)]
@@ -218,5 +254,10 @@ mod tests {
     #[test]
     fn a_process_without_links_reports_none() {
         assert!(kprobe_missed_by_link().unwrap().is_empty());
+        let mut cache = LinkFds::default();
+        assert!(cache.kprobe_missed(&[]).unwrap().is_empty());
+        // A link it cannot find: scanned again, still nothing (and no error).
+        assert!(cache.kprobe_missed(&[7]).unwrap().is_empty());
+        assert!(cache.0.is_empty());
     }
 }

@@ -136,3 +136,7 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
+
+/// Issue 14's floor for the daemon's peak RSS (VmHWM), in the VM and for the pipeline holding
+/// 4,096 bindings on the host.
+pub const RSS_FLOOR_MIB: f64 = 16.0;

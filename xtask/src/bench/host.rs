@@ -103,8 +103,8 @@ pub fn run(s: &Sizes) -> Result<Vec<Row>> {
                     let mut r = Row::floor(
                         format!("{label}: peak RSS (VmHWM) of a process holding the pipeline"),
                         format!("{:.1} MiB", hwm / 1024.0),
-                        "≤ 32 MiB",
-                        hwm <= 32.0 * 1024.0,
+                        &format!("≤ {} MiB", super::figures::RSS_FLOOR_MIB),
+                        hwm <= super::figures::RSS_FLOOR_MIB * 1024.0,
                     );
                     r.command = cmd(&a);
                     rows.push(r);
