@@ -195,9 +195,10 @@ pub async fn run(
 }
 
 /// The time to the next sweep: the active period while anything happened since the last
-/// one or anything is still in flight, the idle period otherwise.
-fn sweep_period(active: bool, in_flight: usize) -> Duration {
-    if active || in_flight > 0 {
+/// one, anything is still in flight, or the sweep failed (`None`: tried again soon); the idle
+/// period otherwise.
+fn sweep_period(active: bool, in_flight: Option<usize>) -> Duration {
+    if active || in_flight != Some(0) {
         HOUSEKEEPING_EVERY
     } else {
         HOUSEKEEPING_IDLE_EVERY
@@ -364,16 +365,16 @@ pub fn sync_kernel_stats(metrics: &Metrics, s: &LiveSession) {
 
 /// Sweeps kernel-side entries whose return will never come and reads what the kernel counted
 /// as missed; says what was found and what to do about it. Returns how many entries are still
-/// in flight (0 if the sweep failed).
+/// in flight, `None` if the sweep failed.
 pub fn housekeeping(
     live: &mut LiveSession,
     metrics: &Metrics,
     inflight_timeout: Duration,
-) -> usize {
-    let mut in_flight = 0;
+) -> Option<usize> {
+    let mut in_flight = None;
     match live.session_mut().expire_stale(inflight_timeout) {
         Ok(e) => {
-            in_flight = e.still_in_flight;
+            in_flight = Some(e.still_in_flight);
             if !e.inflight.is_empty() || e.unfinished_operations > 0 {
                 let mut by: std::collections::BTreeMap<(&str, &str), usize> = Default::default();
                 for (p, r) in &e.inflight {
@@ -511,10 +512,12 @@ mod tests {
 
     #[test]
     fn an_idle_daemon_sweeps_rarely_and_a_busy_one_on_schedule() {
-        assert_eq!(sweep_period(false, 0), HOUSEKEEPING_IDLE_EVERY);
-        assert_eq!(sweep_period(true, 0), HOUSEKEEPING_EVERY);
+        assert_eq!(sweep_period(false, Some(0)), HOUSEKEEPING_IDLE_EVERY);
+        assert_eq!(sweep_period(true, Some(0)), HOUSEKEEPING_EVERY);
         // Nothing arrived, but a call is still in flight (its return may never come).
-        assert_eq!(sweep_period(false, 1), HOUSEKEEPING_EVERY);
+        assert_eq!(sweep_period(false, Some(1)), HOUSEKEEPING_EVERY);
+        // The sweep failed: it does not wait the idle period to try again.
+        assert_eq!(sweep_period(false, None), HOUSEKEEPING_EVERY);
         assert!(HOUSEKEEPING_IDLE_EVERY > HOUSEKEEPING_EVERY);
     }
 }

@@ -855,7 +855,7 @@ async fn trace(args: TraceArgs) -> Result<()> {
     if let Some(s) = p.sink_mut() {
         s.flush();
     }
-    let _ = event_loop::housekeeping(&mut live, &metrics, args.probes.inflight_timeout);
+    event_loop::housekeeping(&mut live, &metrics, args.probes.inflight_timeout);
     let k = live.kernel_stats().unwrap_or_default();
     if !args.no_summary {
         let mut err = std::io::stderr().lock();

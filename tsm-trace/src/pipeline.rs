@@ -1,8 +1,9 @@
 //! The pipeline: events → [`Correlator`] → [`Metrics`] and an optional trace sink.
 //!
 //! The live daemon calls [`Pipeline::handle`] for every decoded event, [`Pipeline::tick`]
-//! after each batch (it also brings the table gauges up to date) and periodically, and [`Pipeline::reconcile`] with each sysfs
-//! snapshot; `tsm-trace replay FILE` runs a capture through [`replay`], the same code.
+//! after each batch (it also brings the table gauges up to date) and periodically, and
+//! [`Pipeline::reconcile`] with each sysfs snapshot; `tsm-trace replay FILE` runs a capture
+//! through [`replay`], the same code.
 
 use std::io::Write;
 use std::sync::Arc;

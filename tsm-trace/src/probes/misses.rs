@@ -131,14 +131,6 @@ fn link_kprobe_missed(fd: BorrowedFd<'_>) -> io::Result<Option<(u32, KprobeMisse
     Ok(Some((info.id, missed)))
 }
 
-/// The kprobe miss counts of every perf-event link this process holds, by link id.
-///
-/// Descriptors are borrowed from `/proc/self/fd` for the duration of one call; the links
-/// belong to the session, which only the event loop (this thread) detaches.
-pub fn kprobe_missed_by_link() -> io::Result<HashMap<u32, KprobeMissed>> {
-    Ok(scan_links()?.0)
-}
-
 /// The descriptors the last scan found to be BPF links, so that the next reading asks only
 /// them instead of reading every entry of `/proc/self/fd` again (a `readlink` each: most of a
 /// sweep's cost). A stale cache (a link detached or attached since) is found out by
@@ -168,7 +160,11 @@ impl LinkFds {
     }
 }
 
-/// [`kprobe_missed_by_link`], with the descriptors that are links.
+/// The kprobe miss counts of every perf-event link this process holds, by link id, and the
+/// descriptors that are those links.
+///
+/// Descriptors are borrowed from `/proc/self/fd` for the duration of one call; the links
+/// belong to the session, which only the event loop (this thread) detaches.
 fn scan_links() -> io::Result<(HashMap<u32, KprobeMissed>, Vec<i32>)> {
     let mut out = HashMap::new();
     let mut fds = Vec::new();
@@ -253,7 +249,7 @@ mod tests {
 
     #[test]
     fn a_process_without_links_reports_none() {
-        assert!(kprobe_missed_by_link().unwrap().is_empty());
+        assert!(scan_links().unwrap().0.is_empty());
         let mut cache = LinkFds::default();
         assert!(cache.kprobe_missed(&[]).unwrap().is_empty());
         // A link it cannot find: scanned again, still nothing (and no error).
