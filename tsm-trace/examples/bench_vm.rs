@@ -203,9 +203,19 @@ fn latency(n: u64, ctl: &str, vdev: &str, port: u16) {
     }
 }
 
-/// (utime+stime ticks, schedstat CPU ns, schedstat timeslices: how often a thread of `pid`
-/// got the CPU, i.e. its wakeups, threads) of `pid`.
-fn cpu(pid: &str) -> (u64, u64, u64, u64) {
+/// What `pid` has used so far.
+struct Cpu {
+    /// utime+stime, in clock ticks.
+    ticks: u64,
+    /// The sum of its threads' schedstat CPU time.
+    ns: u64,
+    /// The sum of its threads' schedstat timeslices: how often a thread got a CPU (its
+    /// wakeups).
+    runs: u64,
+    threads: u64,
+}
+
+fn cpu(pid: &str) -> Cpu {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .unwrap_or_else(|e| die(format!("/proc/{pid}/stat: {e}")));
     // Fields after the command name (which may contain spaces): state is field 3.
@@ -224,23 +234,28 @@ fn cpu(pid: &str) -> (u64, u64, u64, u64) {
             }
         }
     }
-    (ticks, ns, runs, threads)
+    Cpu {
+        ticks,
+        ns,
+        runs,
+        threads,
+    }
 }
 
 fn idle(pid: &str, secs: u64) {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    let (t0, n0, r0, _) = cpu(pid);
+    let a = cpu(pid);
     std::thread::sleep(Duration::from_secs(secs));
-    let (t1, n1, r1, threads) = cpu(pid);
+    let b = cpu(pid);
     println!("seconds={secs}");
     println!("clk_tck={hz}");
-    println!("stat_cpu_ms={}", (t1 - t0) * 1000 / hz);
-    println!("schedstat_cpu_ns={}", n1.saturating_sub(n0));
-    println!("schedstat_runs={}", r1.saturating_sub(r0));
-    println!("threads={threads}");
+    println!("stat_cpu_ms={}", (b.ticks - a.ticks) * 1000 / hz);
+    println!("schedstat_cpu_ns={}", b.ns.saturating_sub(a.ns));
+    println!("schedstat_runs={}", b.runs.saturating_sub(a.runs));
+    println!("threads={}", b.threads);
     // Total since start: proves schedstat was readable (a 0 delta is then real).
-    println!("schedstat_total_ns={n1}");
-    println!("stat_total_ms={}", t1 * 1000 / hz);
+    println!("schedstat_total_ns={}", b.ns);
+    println!("stat_total_ms={}", b.ticks * 1000 / hz);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     for l in status.lines() {
         if let Some(v) = l
@@ -259,16 +274,16 @@ fn idle(pid: &str, secs: u64) {
 
 /// `cpu PID`: the CPU time of all of PID's threads so far (schedstat ns), one line.
 fn cpu_now(pid: &str) {
-    println!("{}", cpu(pid).1);
+    println!("{}", cpu(pid).ns);
 }
 
 /// `settle PID`: returns once PID's threads used no CPU for 20 ms (at most about 3 s), so
 /// that work a tool deferred from one timed round never lands in the next one.
 fn settle(pid: &str) {
-    let mut last = cpu(pid).1;
+    let mut last = cpu(pid).ns;
     for _ in 0..150 {
         std::thread::sleep(Duration::from_millis(20));
-        let now = cpu(pid).1;
+        let now = cpu(pid).ns;
         if now == last {
             return;
         }

@@ -190,6 +190,11 @@ pub fn rows(out: &VmOutput) -> Vec<Row> {
     };
     let blocks = blocks(&rounds);
     let cpu = tool_cpu(&rounds);
+    // ns of the tool's own CPU time per bind+unbind pair over its block's rounds.
+    let cpu_per_pair = |name: &str| -> Option<f64> {
+        let b = blocks.get(name)?;
+        Some(*cpu.get(name)? as f64 / (b.rounds as u64 * pairs) as f64)
+    };
     if pairs == 0 || blocks.is_empty() {
         return vec![Row::missing(
             LABEL,
@@ -336,12 +341,12 @@ pub fn rows(out: &VmOutput) -> Vec<Row> {
             b.tool_ns / 1e6,
             b.base_ns / 1e6
         );
-        let value = match cpu.get(name) {
+        let value = match cpu_per_pair(name) {
             // Its process's own work (the daemon decoding and correlating): beside the
             // probed calls' wall time, not in it, unless it overlapped a round.
             Some(ns) => format!(
                 "{value}; the tool's process used {} CPU per pair over the rounds (schedstat, each round waited out until it settled)",
-                us(*ns as f64 / (b.rounds as u64 * pairs) as f64)
+                us(ns)
             ),
             None => value,
         };
@@ -441,10 +446,10 @@ pub fn rows(out: &VmOutput) -> Vec<Row> {
             let body = v.armed_ns as f64 / pairs as f64;
             let added = b.added_per_pair(pairs);
             if added > 0.0 {
-                let daemon = cpu.get("tsm-trace").map_or(String::new(), |ns| {
+                let daemon = cpu_per_pair("tsm-trace").map_or(String::new(), |ns| {
                     format!(
                         "; beside it, the daemon's own CPU time {} per pair (decoding, correlating; on the clock only where it overlapped a round)",
-                        us(*ns as f64 / (b.rounds as u64 * pairs) as f64)
+                        us(ns)
                     )
                 });
                 rows.push(Row::report(

@@ -247,13 +247,12 @@ fn idle(out: &VmOutput, s: &Sizes) -> Vec<Row> {
     let ms: Option<u64> = m.get("stat_cpu_ms").and_then(|v| v.parse().ok());
     // Floor scaled to the window: 10 ms per 30 s.
     let limit_ms = 10.0 * s.idle_s as f64 / 30.0;
-    let tick_ms = 1000.0
-        / m.get("clk_tck")
-            .and_then(|v| v.parse::<f64>().ok())
-            .filter(|hz| *hz > 0.0)
-            .unwrap_or(100.0);
-    let mut rows = vec![match (ns, ms) {
-        (Some(ns), Some(ms)) => Row::floor(
+    let hz: Option<f64> = m
+        .get("clk_tck")
+        .and_then(|v| v.parse().ok())
+        .filter(|hz| *hz > 0.0);
+    let mut rows = vec![match (ns, ms, hz) {
+        (Some(ns), Some(ms), Some(hz)) => Row::floor(
             figure,
             format!(
                 "{:.3} ms (sum of /proc/PID/task/*/schedstat; utime+stime: {ms} ms at {} Hz ticks; {} times on a CPU across {} threads; daemon total since start {:.0} ms)",
@@ -270,7 +269,7 @@ fn idle(out: &VmOutput, s: &Sizes) -> Vec<Row> {
             // The floor is on schedstat's exact nanoseconds. utime+stime is charged in whole
             // ticks to whoever runs at a tick, so 7.8 ms of CPU can show as 0, 10 or 20 ms: it
             // only cross-checks schedstat, to within one tick.
-            (ns as f64 / 1e6) < limit_ms && (ms as f64) <= (ns as f64 / 1e6) + tick_ms,
+            (ns as f64 / 1e6) < limit_ms && (ms as f64) <= (ns as f64 / 1e6) + 1000.0 / hz,
         ),
         _ => Row::missing(figure, format!("helper output: {}", text.trim())),
     }];
