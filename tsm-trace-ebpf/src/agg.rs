@@ -1,7 +1,7 @@
 //! In-kernel counting of operations, exact whatever the ring buffer drops (see
-//! [`tsm_trace_common::agg`] for the rules). Entry programs call [`enter`] when they park an
-//! entry record; return programs call [`exit`] with what the frame returned. Costs two map
-//! lookups per probed call; nothing runs on other paths.
+//! [`tsm_trace_common::agg`] for the rules). Entry programs call [`enter`] as they park an
+//! entry record ([`unenter`] if it could not be parked); return programs call [`exit`] with
+//! what the frame returned. Costs two map lookups per probed call; nothing runs on other paths.
 
 use tsm_trace_common::{
     ProbeId, RawEvent,
@@ -55,6 +55,22 @@ pub fn enter(ev: &RawEvent) {
         st.kind_depth = d;
     }
     st.depth += 1;
+}
+
+/// Takes back an [`enter`] whose record could not be parked (`INFLIGHT` full): no return will
+/// complete that frame, so the operation must not wait for it. A rare path.
+#[inline(never)]
+pub fn unenter(ev: &RawEvent) {
+    let Some(st) = THREAD_OPS.get_ptr_mut(ev.pid_tgid) else {
+        return;
+    };
+    // SAFETY: see `enter`.
+    let st = unsafe { &mut *st };
+    if st.depth > 1 {
+        st.depth -= 1;
+    } else {
+        let _ = THREAD_OPS.remove(ev.pid_tgid);
+    }
 }
 
 /// A probed call returned: `kept` is false when its record was dropped (not a TSM call, such

@@ -9,6 +9,11 @@
 #   ftrace0      tracefs kprobe events (p:/r:), no fields
 #   ftrace       the same fetching the fields tsm-trace reads (BTF argument syntax)
 #   tsm-trace    the daemon (`tsm-trace run`)
+#   tsm-trace-paused  the same daemon stopped (SIGSTOP) through each armed round and let go
+#                after it: the in-kernel path alone, as a host with a core to spare for the
+#                daemon pays it (under TCG every vCPU runs on one host thread, so a daemon
+#                decoding during a round is on that round's clock); a 1 MiB ring buffer holds
+#                a round's records, and any loss is reported (it would make the block cheaper)
 #   tsm-trace@REV  the same, built from git revision REV (cargo xtask bench --compare)
 #   bpftrace0    bpftrace: latency histogram + return-value counts, no fields
 #   bpftrace     the same reading the fields tsm-trace reads into maps
@@ -29,10 +34,11 @@ storm_ns() {
 	echo "${l%% *}"
 }
 
-# rounds BLOCK [PID]: ROUNDS interleaved baseline/tool rounds (kprobes armed on return),
-# each started once the tool's process PID has settled (bench_vm settle: its threads used no
-# CPU for 20 ms, so work it deferred never lands in the next round, a baseline included); the
-# CPU time PID used from the first round to the end of the last goes into a `tool_cpu` line.
+# rounds BLOCK [PID [pause]]: ROUNDS interleaved baseline/tool rounds (kprobes armed on
+# return), each started once the tool's process PID has settled (bench_vm settle: its threads
+# used no CPU for 20 ms, so work it deferred never lands in the next round, a baseline
+# included); with `pause`, PID is stopped (SIGSTOP) through each armed round. The CPU time PID
+# used from the first round to the end of the last goes into a `tool_cpu` line.
 rounds() {
 	r=1
 	if [ -n "$2" ]; then
@@ -43,7 +49,9 @@ rounds() {
 		echo 0 > $KPE
 		b=$(storm_ns)
 		echo 1 > $KPE
+		[ "$3" = pause ] && kill -STOP "$2"
 		t=$(storm_ns)
+		[ "$3" = pause ] && kill -CONT "$2"
 		[ -n "$2" ] && $H settle "$2"
 		echo "round block=$1 r=$r base_ns=$b tool_ns=$t" >> /tmp/cost_rounds
 		r=$((r + 1))
@@ -52,7 +60,8 @@ rounds() {
 	return 0
 }
 
-# validate BLOCK: bpf program stats around one disarmed and one armed round (not timed).
+# validate BLOCK [PID pause]: bpf program stats around one disarmed and one armed round (not
+# timed); with `pause`, PID is stopped through the armed round as in `rounds`.
 validate() {
 	echo 1 > /proc/sys/kernel/bpf_stats_enabled
 	{ echo "pairs=$PAIRS"; $H stats | sed 's/^prog /pre /'; } > /tmp/val
@@ -60,8 +69,10 @@ validate() {
 	ctl storm $CV "$PAIRS"
 	echo 1 > $KPE
 	$H stats | sed 's/^prog /mid /' >> /tmp/val
+	[ "$3" = pause ] && kill -STOP "$2"
 	ctl storm $CV "$PAIRS"
 	$H stats | sed 's/^prog /post /' >> /tmp/val
+	[ "$3" = pause ] && kill -CONT "$2"
 	echo 0 > /proc/sys/kernel/bpf_stats_enabled
 	frame "cost_val_$1" /tmp/val
 }
@@ -196,9 +207,11 @@ bpftrace_block() {
 	frame "cost_out_$1" /tmp/$1.all
 }
 
-# daemon_block BLOCK BINARY
+# daemon_block BLOCK BINARY [pause]
 daemon_block() {
-	$2 run --listen 127.0.0.1:$PORT --grace 1s $DRV $PCI_SYMS > /tmp/$1.out 2> /tmp/$1.err &
+	rb=""
+	[ "$3" = pause ] && rb="--ringbuf-size 1m"
+	$2 run --listen 127.0.0.1:$PORT --grace 1s $rb $DRV $PCI_SYMS > /tmp/$1.out 2> /tmp/$1.err &
 	DP=$!
 	i=0
 	until wget -q -O /dev/null http://127.0.0.1:$PORT/readyz 2>/dev/null; do
@@ -207,9 +220,11 @@ daemon_block() {
 		sleep 0.1
 	done
 	if [ $i -le 1200 ]; then
-		rounds "$1" $DP
-		validate "$1"
-		wget -q -O - http://127.0.0.1:$PORT/metrics 2>/dev/null | grep '^tsm_trace_operations_total' > /tmp/$1.metrics
+		rounds "$1" $DP $3
+		validate "$1" $DP $3
+		sleep 6 # the daemon's next sweep exports the kernel's loss counters
+		wget -q -O - http://127.0.0.1:$PORT/metrics 2>/dev/null |
+			grep '^tsm_trace_operations_total\|^tsm_trace_events_lost_total' > /tmp/$1.metrics
 	else
 		echo "daemon not ready after 120 s" >> /tmp/$1.err
 	fi
@@ -286,6 +301,7 @@ cost_blocks() {
 	frame ftrace_defs /tmp/ftrace_defs
 
 	daemon_block tsm-trace $BIN
+	daemon_block tsm-trace-paused $BIN pause
 	for rev in $COMPARE; do
 		daemon_block "tsm-trace@$rev" "/bin/tsm-trace-$rev"
 	done

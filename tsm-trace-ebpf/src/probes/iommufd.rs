@@ -13,13 +13,12 @@ use crate::read::{self, offsets};
 /// (`op`, `flags`, `vdevice_id`) that `ucmd->cmd` points at.
 #[kprobe]
 pub fn tsm_op_entry(ctx: ProbeContext) -> u32 {
-    let t = super::now();
-    try_tsm_op_entry(&ctx, t).unwrap_or(1)
+    try_tsm_op_entry(&ctx).unwrap_or(1)
 }
 
-fn try_tsm_op_entry(ctx: &ProbeContext, t: u64) -> Option<u32> {
+fn try_tsm_op_entry(ctx: &ProbeContext) -> Option<u32> {
     let ucmd: u64 = ctx.arg(0)?;
-    let ev = begin(ProbeId::TsmOpIoctl, t)?;
+    let ev = begin(ProbeId::TsmOpIoctl)?;
     let o = offsets();
     match read::at::<u64>("iommufd_ucmd.cmd", ucmd, o.ucmd_cmd) {
         Ok(cmd) => {
@@ -90,13 +89,12 @@ pub fn tsm_op_return(ctx: RetProbeContext) -> u32 {
 /// virtual id and its device.
 #[kprobe]
 pub fn vdev_abort_entry(ctx: ProbeContext) -> u32 {
-    let t = super::now();
-    try_vdev_abort_entry(&ctx, t).unwrap_or(1)
+    try_vdev_abort_entry(&ctx).unwrap_or(1)
 }
 
-fn try_vdev_abort_entry(ctx: &ProbeContext, t: u64) -> Option<u32> {
+fn try_vdev_abort_entry(ctx: &ProbeContext) -> Option<u32> {
     let obj: u64 = ctx.arg(0)?;
-    let ev = begin(ProbeId::VdeviceAbort, t)?;
+    let ev = begin(ProbeId::VdeviceAbort)?;
     let o = offsets();
     match read::int_at("iommufd_object.id", obj, o.obj_id, o.kinds.obj_id) {
         Ok(v) => ev.obj_id = v as u32,

@@ -31,18 +31,20 @@ use crate::{
     read,
 };
 
-/// The program's timestamp: the first thing every entry and return program does, before any
-/// map lookup or gate. Under TCG the first run of freshly JITed code is translated on the
-/// spot; taken any later, that translation would land inside the measured frame.
+/// The program's timestamp. A return program takes it as the first thing it does, before any
+/// map lookup or gate; an entry program as the last thing before it parks its record
+/// ([`stash`]). So neither program's own work lands inside the frame it measures: under TCG the
+/// first run of freshly JITed code is translated on the spot, and that translation, like the
+/// reads an entry program does, happens before the frame starts or after it ends.
 #[inline(always)]
 pub fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// Starts a record in per-CPU scratch space with the fields every event carries; `start_ns`
-/// is the program's [`now`].
+/// Starts an entry record in per-CPU scratch space with the fields every event carries; its
+/// start time is set by [`stash`], once the record is read.
 #[inline(always)]
-pub fn begin(probe: ProbeId, start_ns: u64) -> Option<&'static mut RawEvent> {
+pub fn begin(probe: ProbeId) -> Option<&'static mut RawEvent> {
     // Every entry and point event starts here: an earlier generation stands aside.
     if !crate::maps::live() {
         return None;
@@ -52,7 +54,7 @@ pub fn begin(probe: ProbeId, start_ns: u64) -> Option<&'static mut RawEvent> {
         return None;
     };
     // SAFETY: per-CPU scratch; programs do not nest on one CPU (the kernel's recursion guard).
-    unsafe { init(ev, probe, start_ns) };
+    unsafe { init(ev, probe, 0) };
     Some(unsafe { &mut *ev })
 }
 
@@ -128,14 +130,21 @@ pub fn point(probe: ProbeId, start_ns: u64, fill: impl FnOnce(&mut RawEvent)) {
 
 const EEXIST: i32 = 17;
 
-/// Parks an entry record until the function returns.
+/// Parks an entry record until the function returns. The call's start time is taken here,
+/// after the operation's in-kernel count has noted the frame and just before the record is
+/// copied into [`INFLIGHT`]: what the entry program did before (its reads, its first run's
+/// translation under emulation) is not part of the frame.
 #[inline(always)]
-pub fn stash(ev: &RawEvent) {
+pub fn stash(ev: &mut RawEvent) {
     let key = InflightKey {
         pid_tgid: ev.pid_tgid,
         probe: ev.probe,
         _pad: 0,
     };
+    crate::agg::enter(ev);
+    ev.start_ns = now();
+    ev.end_ns = ev.start_ns;
+    let ev: &RawEvent = ev;
     // These functions do not recurse: an entry already parked for this thread and function
     // is a call whose return never came (its kretprobe missed). The common path costs one map
     // operation, as before.
@@ -145,10 +154,10 @@ pub fn stash(ev: &RawEvent) {
         }
         if INFLIGHT.insert(key, ev, 0).is_err() {
             full(stat::INFLIGHT_FULL, "INFLIGHT");
-            return;
+            // No return will find this frame: the operation's count must not wait for it.
+            crate::agg::unenter(ev);
         }
     }
-    crate::agg::enter(ev);
 }
 
 /// Sends a record to userspace, counting a full ring buffer as a drop.

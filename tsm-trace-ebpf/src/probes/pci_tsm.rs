@@ -13,11 +13,11 @@ use crate::read::offsets;
 
 /// Shared by `pci_tsm_bind` and driver bind ops: `(struct pci_dev *, struct kvm *, u32 tdi_id)`.
 #[inline(always)]
-pub fn bind_entry(ctx: &ProbeContext, probe: ProbeId, kvm_off: KvmOffsets, t: u64) -> Option<u32> {
+pub fn bind_entry(ctx: &ProbeContext, probe: ProbeId, kvm_off: KvmOffsets) -> Option<u32> {
     let pdev: u64 = ctx.arg(0)?;
     let kvm: u64 = ctx.arg(1)?;
     let tdi_id: u64 = ctx.arg(2)?;
-    let ev = begin(probe, t)?;
+    let ev = begin(probe)?;
     read_dev_name(ev, pci_dev_to_dev(pdev));
     read_kvm(ev, kvm, kvm_off);
     ev.tdi_id = tdi_id as u32 as u64;
@@ -27,9 +27,9 @@ pub fn bind_entry(ctx: &ProbeContext, probe: ProbeId, kvm_off: KvmOffsets, t: u6
 
 /// Any `(struct pci_dev *, ...)` function: the device name only.
 #[inline(always)]
-pub fn pdev_entry(ctx: &ProbeContext, probe: ProbeId, t: u64) -> Option<u32> {
+pub fn pdev_entry(ctx: &ProbeContext, probe: ProbeId) -> Option<u32> {
     let pdev: u64 = ctx.arg(0)?;
-    let ev = begin(probe, t)?;
+    let ev = begin(probe)?;
     read_dev_name(ev, pci_dev_to_dev(pdev));
     stash(ev);
     Some(0)
@@ -38,8 +38,7 @@ pub fn pdev_entry(ctx: &ProbeContext, probe: ProbeId, t: u64) -> Option<u32> {
 /// `int pci_tsm_bind(struct pci_dev *pdev, struct kvm *kvm, u32 tdi_id)`
 #[kprobe]
 pub fn pci_bind_entry(ctx: ProbeContext) -> u32 {
-    let t = super::now();
-    bind_entry(&ctx, ProbeId::PciTsmBind, offsets().kvm_pci_tsm_bind, t).unwrap_or(1)
+    bind_entry(&ctx, ProbeId::PciTsmBind, offsets().kvm_pci_tsm_bind).unwrap_or(1)
 }
 
 #[kretprobe]
@@ -56,8 +55,7 @@ pub fn pci_bind_return(ctx: RetProbeContext) -> u32 {
 /// `void pci_tsm_unbind(struct pci_dev *pdev)`
 #[kprobe]
 pub fn pci_unbind_entry(ctx: ProbeContext) -> u32 {
-    let t = super::now();
-    pdev_entry(&ctx, ProbeId::PciTsmUnbind, t).unwrap_or(1)
+    pdev_entry(&ctx, ProbeId::PciTsmUnbind).unwrap_or(1)
 }
 
 #[kretprobe]

@@ -17,10 +17,10 @@ use crate::read::{self, offsets};
 /// `ssize_t {connect,disconnect}_store(struct device *dev, struct device_attribute *attr,
 /// const char *buf, size_t len)`: the device, and the TSM name the user wrote.
 #[inline(always)]
-fn store_entry(ctx: &ProbeContext, probe: ProbeId, t: u64) -> Option<u32> {
+fn store_entry(ctx: &ProbeContext, probe: ProbeId) -> Option<u32> {
     let dev: u64 = ctx.arg(0)?;
     let buf: u64 = ctx.arg(2)?;
-    let ev = begin(probe, t)?;
+    let ev = begin(probe)?;
     read_dev_name(ev, dev);
     if read::str_at("sysfs write buffer", buf, 0, &mut ev.tsm_name).is_err() {
         ev.missing |= missing::TSM_NAME;
@@ -31,8 +31,7 @@ fn store_entry(ctx: &ProbeContext, probe: ProbeId, t: u64) -> Option<u32> {
 
 #[kprobe]
 pub fn connect_entry(ctx: ProbeContext) -> u32 {
-    let t = super::now();
-    store_entry(&ctx, ProbeId::Connect, t).unwrap_or(1)
+    store_entry(&ctx, ProbeId::Connect).unwrap_or(1)
 }
 
 #[kretprobe]
@@ -44,8 +43,7 @@ pub fn connect_return(ctx: RetProbeContext) -> u32 {
 
 #[kprobe]
 pub fn disconnect_entry(ctx: ProbeContext) -> u32 {
-    let t = super::now();
-    store_entry(&ctx, ProbeId::Disconnect, t).unwrap_or(1)
+    store_entry(&ctx, ProbeId::Disconnect).unwrap_or(1)
 }
 
 #[kretprobe]
@@ -80,13 +78,12 @@ fn read_context(ev: &mut RawEvent, pdev: u64) -> u64 {
 /// `void __pci_tsm_disconnect(struct pci_dev *pdev)`
 #[kprobe]
 pub fn pci_disconnect_entry(ctx: ProbeContext) -> u32 {
-    let t = super::now();
-    try_pci_disconnect_entry(&ctx, t).unwrap_or(1)
+    try_pci_disconnect_entry(&ctx).unwrap_or(1)
 }
 
-fn try_pci_disconnect_entry(ctx: &ProbeContext, t: u64) -> Option<u32> {
+fn try_pci_disconnect_entry(ctx: &ProbeContext) -> Option<u32> {
     let pdev: u64 = ctx.arg(0)?;
-    let ev = begin(ProbeId::PciTsmDisconnect, t)?;
+    let ev = begin(ProbeId::PciTsmDisconnect)?;
     read_dev_name(ev, pci_dev_to_dev(pdev));
     read_context(ev, pdev);
     stash(ev);
@@ -104,13 +101,12 @@ pub fn pci_disconnect_return(ctx: RetProbeContext) -> u32 {
 /// (`pdev->tsm->tdi`), or [`flags::NOTHING_BOUND`].
 #[kprobe]
 pub fn pci_unbind_any_entry(ctx: ProbeContext) -> u32 {
-    let t = super::now();
-    try_pci_unbind_any_entry(&ctx, t).unwrap_or(1)
+    try_pci_unbind_any_entry(&ctx).unwrap_or(1)
 }
 
-fn try_pci_unbind_any_entry(ctx: &ProbeContext, t: u64) -> Option<u32> {
+fn try_pci_unbind_any_entry(ctx: &ProbeContext) -> Option<u32> {
     let pdev: u64 = ctx.arg(0)?;
-    let ev = begin(ProbeId::PciTsmUnbindAny, t)?;
+    let ev = begin(ProbeId::PciTsmUnbindAny)?;
     read_dev_name(ev, pci_dev_to_dev(pdev));
     let tsm = read_context(ev, pdev);
     if tsm == 0 {
@@ -142,14 +138,13 @@ pub fn pci_unbind_any_return(ctx: RetProbeContext) -> u32 {
 /// and, on unregistration, for every PCI device: only devices with TSM context are reported.
 #[kprobe]
 pub fn pci_destroy_entry(ctx: ProbeContext) -> u32 {
-    let t = super::now();
-    try_pci_destroy_entry(&ctx, t).unwrap_or(1)
+    try_pci_destroy_entry(&ctx).unwrap_or(1)
 }
 
-fn try_pci_destroy_entry(ctx: &ProbeContext, t: u64) -> Option<u32> {
+fn try_pci_destroy_entry(ctx: &ProbeContext) -> Option<u32> {
     let pdev: u64 = ctx.arg(0)?;
     let tsm_dev: u64 = ctx.arg(1)?;
-    let ev = begin(ProbeId::PciTsmDestroy, t)?;
+    let ev = begin(ProbeId::PciTsmDestroy)?;
     read_dev_name(ev, pci_dev_to_dev(pdev));
     if tsm_dev != 0 {
         ev.flags |= flags::TSM_UNREGISTER;
@@ -179,11 +174,11 @@ pub fn pci_destroy_return(ctx: RetProbeContext) -> u32 {
 /// and the driver's op (a `struct pci_tdi *`). The `*tsm_code` pointer is parked in
 /// `tsm_code` until the return reads the value behind it.
 #[inline(always)]
-pub fn guest_req_entry(ctx: &ProbeContext, probe: ProbeId, is_tdi: bool, t: u64) -> Option<u32> {
+pub fn guest_req_entry(ctx: &ProbeContext, probe: ProbeId, is_tdi: bool) -> Option<u32> {
     let first: u64 = ctx.arg(0)?;
     let o = offsets();
     let locs = if is_tdi { o.drv_guest_req } else { o.guest_req };
-    let ev = begin(probe, t)?;
+    let ev = begin(probe)?;
     let pdev = if is_tdi {
         read_tdi(ev, first);
         read::at::<u64>("pci_tdi.pdev", first, o.tdi_pdev).unwrap_or(0)
@@ -233,8 +228,7 @@ pub fn read_tsm_code(ev: &mut RawEvent) -> bool {
 /// size_t in_len, sockptr_t req_out, size_t out_len, u64 *tsm_code)`
 #[kprobe]
 pub fn guest_req_entry_pci(ctx: ProbeContext) -> u32 {
-    let t = super::now();
-    guest_req_entry(&ctx, ProbeId::PciTsmGuestReq, false, t).unwrap_or(1)
+    guest_req_entry(&ctx, ProbeId::PciTsmGuestReq, false).unwrap_or(1)
 }
 
 #[kretprobe]

@@ -12,15 +12,14 @@ use crate::read::offsets;
 /// `int tsm_bind(struct device *dev, struct kvm *kvm, u64 tdi_id)`
 #[kprobe]
 pub fn tsm_bind_entry(ctx: ProbeContext) -> u32 {
-    let t = super::now();
-    try_tsm_bind_entry(&ctx, t).unwrap_or(1)
+    try_tsm_bind_entry(&ctx).unwrap_or(1)
 }
 
-fn try_tsm_bind_entry(ctx: &ProbeContext, t: u64) -> Option<u32> {
+fn try_tsm_bind_entry(ctx: &ProbeContext) -> Option<u32> {
     let dev: u64 = ctx.arg(0)?;
     let kvm: u64 = ctx.arg(1)?;
     let tdi_id: u64 = ctx.arg(2)?;
-    let ev = begin(ProbeId::TsmBind, t)?;
+    let ev = begin(ProbeId::TsmBind)?;
     read_dev_name(ev, dev);
     read_kvm(ev, kvm, offsets().kvm_tsm_bind);
     ev.tdi_id = tdi_id;
@@ -42,13 +41,12 @@ pub fn tsm_bind_return(ctx: RetProbeContext) -> u32 {
 /// `int tsm_unbind(struct device *dev)`
 #[kprobe]
 pub fn tsm_unbind_entry(ctx: ProbeContext) -> u32 {
-    let t = super::now();
-    try_tsm_unbind_entry(&ctx, t).unwrap_or(1)
+    try_tsm_unbind_entry(&ctx).unwrap_or(1)
 }
 
-fn try_tsm_unbind_entry(ctx: &ProbeContext, t: u64) -> Option<u32> {
+fn try_tsm_unbind_entry(ctx: &ProbeContext) -> Option<u32> {
     let dev: u64 = ctx.arg(0)?;
-    let ev = begin(ProbeId::TsmUnbind, t)?;
+    let ev = begin(ProbeId::TsmUnbind)?;
     read_dev_name(ev, dev);
     stash(ev);
     Some(0)

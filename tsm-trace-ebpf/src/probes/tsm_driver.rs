@@ -18,14 +18,13 @@ use crate::read::{self, offsets};
 /// `struct pci_tsm *(*probe)(struct tsm_dev *tsm_dev, struct pci_dev *pdev)`: NULL is failure.
 #[kprobe]
 pub fn drv_probe_entry(ctx: ProbeContext) -> u32 {
-    let t = super::now();
-    try_drv_probe_entry(&ctx, t).unwrap_or(1)
+    try_drv_probe_entry(&ctx).unwrap_or(1)
 }
 
-fn try_drv_probe_entry(ctx: &ProbeContext, t: u64) -> Option<u32> {
+fn try_drv_probe_entry(ctx: &ProbeContext) -> Option<u32> {
     let tsm_dev: u64 = ctx.arg(0)?;
     let pdev: u64 = ctx.arg(1)?;
-    let ev = begin(ProbeId::DriverProbe, t)?;
+    let ev = begin(ProbeId::DriverProbe)?;
     read_dev_name(ev, pci_dev_to_dev(pdev));
     read_tsm_name(ev, tsm_dev);
     stash(ev);
@@ -49,8 +48,7 @@ pub fn drv_probe_return(ctx: RetProbeContext) -> u32 {
 /// `int (*connect)(struct pci_dev *pdev)`
 #[kprobe]
 pub fn drv_connect_entry(ctx: ProbeContext) -> u32 {
-    let t = super::now();
-    pdev_entry(&ctx, ProbeId::DriverConnect, t).unwrap_or(1)
+    pdev_entry(&ctx, ProbeId::DriverConnect).unwrap_or(1)
 }
 
 #[kretprobe]
@@ -63,8 +61,7 @@ pub fn drv_connect_return(ctx: RetProbeContext) -> u32 {
 /// `void (*disconnect)(struct pci_dev *pdev)`
 #[kprobe]
 pub fn drv_disconnect_entry(ctx: ProbeContext) -> u32 {
-    let t = super::now();
-    pdev_entry(&ctx, ProbeId::DriverDisconnect, t).unwrap_or(1)
+    pdev_entry(&ctx, ProbeId::DriverDisconnect).unwrap_or(1)
 }
 
 #[kretprobe]
@@ -78,8 +75,7 @@ pub fn drv_disconnect_return(ctx: RetProbeContext) -> u32 {
 /// failure), or an `int` op: the return is decoded as the op's own BTF prototype says.
 #[kprobe]
 pub fn drv_bind_entry(ctx: ProbeContext) -> u32 {
-    let t = super::now();
-    bind_entry(&ctx, ProbeId::DriverBind, offsets().kvm_driver_bind, t).unwrap_or(1)
+    bind_entry(&ctx, ProbeId::DriverBind, offsets().kvm_driver_bind).unwrap_or(1)
 }
 
 #[kretprobe]
@@ -93,17 +89,16 @@ pub fn drv_bind_return(ctx: RetProbeContext) -> u32 {
 /// op's BTF prototype says (`Offsets::drv_unbind_arg`).
 #[kprobe]
 pub fn drv_unbind_entry(ctx: ProbeContext) -> u32 {
-    let t = super::now();
-    try_drv_unbind_entry(&ctx, t).unwrap_or(1)
+    try_drv_unbind_entry(&ctx).unwrap_or(1)
 }
 
-fn try_drv_unbind_entry(ctx: &ProbeContext, t: u64) -> Option<u32> {
+fn try_drv_unbind_entry(ctx: &ProbeContext) -> Option<u32> {
     let o = offsets();
     if o.drv_unbind_arg != ARG_PCI_TDI {
-        return pdev_entry(ctx, ProbeId::DriverUnbind, t);
+        return pdev_entry(ctx, ProbeId::DriverUnbind);
     }
     let tdi: u64 = ctx.arg(0)?;
-    let ev = begin(ProbeId::DriverUnbind, t)?;
+    let ev = begin(ProbeId::DriverUnbind)?;
     read_tdi(ev, tdi);
     let pdev = read::at::<u64>("pci_tdi.pdev", tdi, o.tdi_pdev).unwrap_or(0);
     read_dev_name(ev, pci_dev_to_dev(pdev));
@@ -122,8 +117,7 @@ pub fn drv_unbind_return(ctx: RetProbeContext) -> u32 {
 /// sockptr_t, size_t, u64 *tsm_code)`
 #[kprobe]
 pub fn drv_guest_req_entry(ctx: ProbeContext) -> u32 {
-    let t = super::now();
-    guest_req_entry(&ctx, ProbeId::DriverGuestReq, true, t).unwrap_or(1)
+    guest_req_entry(&ctx, ProbeId::DriverGuestReq, true).unwrap_or(1)
 }
 
 #[kretprobe]

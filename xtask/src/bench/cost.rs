@@ -78,6 +78,24 @@ pub fn tool_cpu(text: &str) -> BTreeMap<String, u64> {
 }
 
 /// ftrace hits: `start|disarmed|end <event> <hits> <misses>` → (entry hits during the disarmed
+/// Records the daemon lost over its block (`tsm_trace_events_lost_total`, every reason), from
+/// the metrics in its `cost_out_<block>` section; `None` when the section has no such lines.
+pub fn lost(text: &str) -> Option<u64> {
+    let mut seen = false;
+    let mut n = 0;
+    for l in text.lines() {
+        if let Some(rest) = l.strip_prefix("tsm_trace_events_lost_total") {
+            seen = true;
+            n += rest
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0) as u64;
+        }
+    }
+    seen.then_some(n)
+}
+
 /// round, entry hits during the timed rounds, misses during the timed rounds).
 pub fn hits(text: &str) -> Option<(u64, u64, u64)> {
     let mut at: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
@@ -167,6 +185,7 @@ fn describe(block: &str) -> String {
         "ftrace0" => "ftrace dynamic events p:/r:, no fields".into(),
         "ftrace" => "(c) ftrace dynamic events p:/r: fetching the fields tsm-trace reads".into(),
         "tsm-trace" => "(d) tsm-trace (the daemon, `tsm-trace run`)".into(),
+        "tsm-trace-paused" => "(d′) tsm-trace, its daemon stopped (SIGSTOP) through each armed round: the in-kernel path alone, as a host with a core to spare for the daemon pays it".into(),
         "bpftrace0" => {
             "(e) bpftrace one-liner: latency histogram + return-value counts, no fields".into()
         }
@@ -296,6 +315,34 @@ pub fn rows(out: &VmOutput) -> Vec<Row> {
             }
         }
     }
+    // A daemon that lost records did less work than the calls asked of it: the paused block's
+    // figure would be too cheap, so a loss there is a failure; elsewhere it is reported.
+    let mut losses: BTreeMap<String, u64> = BTreeMap::new();
+    for b in blocks.keys().filter(|b| b.starts_with("tsm-trace")) {
+        match out
+            .section(&format!("cost_out_{b}"))
+            .ok()
+            .and_then(|s| lost(&s.text))
+        {
+            Some(n) => {
+                losses.insert(b.clone(), n);
+                if n > 0 && b == "tsm-trace-paused" {
+                    fired.insert(
+                        b.clone(),
+                        Err(format!(
+                            "the daemon lost {n} records (tsm_trace_events_lost_total)"
+                        )),
+                    );
+                }
+            }
+            None => {
+                fired.insert(
+                    b.clone(),
+                    Err("no tsm_trace_events_lost_total on its /metrics (section cost_out)".into()),
+                );
+            }
+        }
+    }
     let calls = calls.filter(|c| *c > 0.0);
     let mut rows = Vec::new();
     let mut per_call: BTreeMap<String, f64> = BTreeMap::new();
@@ -304,6 +351,7 @@ pub fn rows(out: &VmOutput) -> Vec<Row> {
         "ftrace0",
         "ftrace",
         "tsm-trace",
+        "tsm-trace-paused",
         "bpftrace0",
         "bpftrace",
     ];
@@ -341,6 +389,10 @@ pub fn rows(out: &VmOutput) -> Vec<Row> {
             b.tool_ns / 1e6,
             b.base_ns / 1e6
         );
+        let value = match losses.get(name.as_str()) {
+            Some(n) => format!("{value}; {n} records lost"),
+            None => value,
+        };
         let value = match cpu_per_pair(name) {
             // Its process's own work (the daemon decoding and correlating): beside the
             // probed calls' wall time, not in it, unless it overlapped a round.
@@ -415,6 +467,31 @@ pub fn rows(out: &VmOutput) -> Vec<Row> {
             )
             .smoke(),
         );
+    }
+    // The in-kernel path alone against the peers, and the daemon's share of (d): report only,
+    // the floors are on (d), the daemon as it runs.
+    for other in ["ftrace", "bpftrace"] {
+        if let Some((x, y, r)) = ratio("tsm-trace-paused", other) {
+            rows.push(Row::report(
+                format!(
+                    "{LABEL}: (d′) the in-kernel path alone / {}'s",
+                    describe(other)
+                ),
+                format!("{} / {} = ×{r:.2}", us(x), us(y)),
+            ));
+        }
+    }
+    if let Some((x, y, _)) = ratio("tsm-trace", "tsm-trace-paused") {
+        rows.push(Row::report(
+            format!("{LABEL}: the daemon's share of (d): (d) − (d′), on the clock only because the emulator runs every vCPU on one host thread"),
+            format!(
+                "{} − {} = {} per probed call ({:.0}% of (d))",
+                us(x),
+                us(y),
+                us(x - y),
+                100.0 * (x - y) / x
+            ),
+        ));
     }
     for (name, _) in per_call.iter().filter(|(n, _)| n.starts_with("tsm-trace@")) {
         if let Some((x, y, r)) = ratio(name, "tsm-trace") {
@@ -505,5 +582,16 @@ mod tests {
         let t = "pre id=1 name=a run_time_ns=10 run_cnt=1\nmid id=1 name=a run_time_ns=10 run_cnt=1\npost id=1 name=a run_time_ns=110 run_cnt=5\npre id=2 name=t type=BPF_PROG_TYPE_RAW_TRACEPOINT run_time_ns=0 run_cnt=0\npost id=2 name=t type=BPF_PROG_TYPE_RAW_TRACEPOINT run_time_ns=9 run_cnt=9\n";
         let v = val(t);
         assert_eq!((v.disarmed_runs, v.armed_runs, v.armed_ns), (0, 4, 100));
+    }
+
+    #[test]
+    fn lost_records_summed() {
+        let t = "exit=0\n--- metrics\ntsm_trace_operations_total{op=\"bind\"} 3\ntsm_trace_events_lost_total{reason=\"ringbuf_full\"} 7\ntsm_trace_events_lost_total{reason=\"inflight_full\"} 0\n";
+        assert_eq!(lost(t), Some(7));
+        assert_eq!(
+            lost("exit=0\n--- metrics\n"),
+            None,
+            "no counter is not zero"
+        );
     }
 }
