@@ -45,12 +45,7 @@ cost_blocks
 $BIN run --listen 127.0.0.1:$PORT --grace 1s $DRV $PCI_SYMS \
 	> /tmp/daemon.out 2> /tmp/daemon.err &
 DAEMON=$!
-i=0
-until wget -q -O /dev/null http://127.0.0.1:$PORT/readyz 2>/dev/null; do
-	i=$((i + 1))
-	[ $i -gt 600 ] && break
-	sleep 0.1
-done
+wait_ready $PORT 60
 sleep 1
 
 # ---- 5. Idle: probes attached, no events ----------------------------------

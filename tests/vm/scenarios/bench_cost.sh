@@ -213,13 +213,7 @@ daemon_block() {
 	[ "$3" = pause ] && rb="--ringbuf-size 1m"
 	$2 run --listen 127.0.0.1:$PORT --grace 1s $rb $DRV $PCI_SYMS > /tmp/$1.out 2> /tmp/$1.err &
 	DP=$!
-	i=0
-	until wget -q -O /dev/null http://127.0.0.1:$PORT/readyz 2>/dev/null; do
-		i=$((i + 1))
-		[ $i -gt 1200 ] && break
-		sleep 0.1
-	done
-	if [ $i -le 1200 ]; then
+	if wait_ready $PORT 120; then
 		rounds "$1" $DP $3
 		validate "$1" $DP $3
 		sleep 6 # the daemon's next sweep exports the kernel's loss counters

@@ -20,10 +20,7 @@ lo_up
 /bin/tsm-trace run --listen 127.0.0.1:9477 --grace 1s --reconcile-interval 1s --print text \
 	$LDRV > /tmp/daemon.out 2> /tmp/daemon.err &
 DAEMON=$!
-i=0
-until wget -q -O /dev/null http://127.0.0.1:9477/readyz 2>/dev/null; do
-	i=$((i + 1)); [ $i -gt 600 ] && break; sleep 0.1
-done
+wait_ready 9477 60
 
 say "the TSM driver registers tsm0; the kernel's PCI TSM core offers $A and $C (tsm/ in sysfs)"
 lctl register

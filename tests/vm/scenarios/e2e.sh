@@ -93,10 +93,7 @@ ip route add default via 10.0.2.2 2>/dev/null
 	--driver-bind standin_tdi_bind --driver-unbind standin_tdi_unbind $PCI_SYMS \
 	> /tmp/daemon.out 2> /tmp/daemon.err &
 DAEMON=$!
-i=0
-until wget -q -O /dev/null http://127.0.0.1:9477/readyz 2>/dev/null; do
-	i=$((i + 1)); [ $i -gt 600 ] && { log "daemon not ready"; finish 1; }; sleep 0.1
-done
+wait_ready 9477 60 || { log "daemon not ready"; finish 1; }
 log "daemon ready; waiting for the host's Prometheus to scrape it"
 wait_gate ready 180 || { log "host never opened /ready"; finish 1; }
 

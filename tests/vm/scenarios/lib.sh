@@ -56,6 +56,17 @@ wait_for() {
 	done
 }
 
+# wait_ready PORT SECONDS [FILE]: 0 once the daemon listening on PORT answers /readyz (its
+# answer in FILE), 1 after SECONDS.
+wait_ready() {
+	i=0
+	until wget -q -O "${3:-/dev/null}" "http://127.0.0.1:$1/readyz" 2>/dev/null; do
+		i=$((i + 1))
+		[ $i -gt $(($2 * 10)) ] && return 1
+		sleep 0.1
+	done
+}
+
 # ctl CMD...: one stand-in command from this long-lived shell (no fork: the VMs it creates
 # are owned by a process that lives on, like a VMM). Fails with the command's errno.
 ctl() { echo "$*" 2>/dev/null > "$CTL"; }

@@ -204,12 +204,7 @@ start_daemon() {
 	$BIN run --listen 127.0.0.1:$port --grace 1s --reconcile-interval ${RECONCILE:-1s} --print json \
 		$LDRV "$@" > /tmp/lc_d$n.out 2> /tmp/lc_d$n.err &
 	DAEMON=$!
-	i=0
-	until wget -q -O /dev/null http://127.0.0.1:$port/readyz 2>/dev/null; do
-		i=$((i + 1))
-		[ $i -gt 600 ] && break
-		sleep 0.1
-	done
+	wait_ready $port 60
 }
 # snap N PORT PHASE: metrics and bindings now, and where the daemon's output stands.
 snap() {

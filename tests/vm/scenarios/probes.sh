@@ -149,12 +149,7 @@ lo_up
 $BIN run --listen 127.0.0.1:9477 --grace 1s --reconcile-interval 0 $DRV $PCI_SYMS \
 	> /tmp/daemon.out 2> /tmp/daemon.err &
 DAEMON=$!
-i=0
-until wget -q -O /tmp/readyz http://127.0.0.1:9477/readyz 2>/dev/null; do
-	i=$((i + 1))
-	[ $i -gt 600 ] && break
-	sleep 0.1
-done
+wait_ready 9477 60 /tmp/readyz
 step d_vm vm_create 10
 step d_vdev1 vdev_create 11 0000:00:02.0 10 101
 step d_vdev2 vdev_create 12 0000:00:03.0 10 102

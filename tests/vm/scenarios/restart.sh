@@ -51,12 +51,7 @@ start_daemon() { # start_daemon N [FLAG...]
 	$BIN run --listen 127.0.0.1:$PORT --grace 1s --reconcile-interval 1s --print json \
 		$FLAGS "$@" > /tmp/rs_d$n.out 2> /tmp/rs_d$n.err &
 	DAEMON=$!
-	i=0
-	until wget -q -O /dev/null http://127.0.0.1:$PORT/readyz 2>/dev/null; do
-		i=$((i + 1))
-		[ $i -gt 600 ] && break
-		sleep 0.1
-	done
+	wait_ready $PORT 60
 }
 snap() { # snap N: past the grace period and a reconciliation
 	sleep 3
