@@ -32,10 +32,11 @@ use crate::{
 };
 
 /// The program's timestamp. A return program takes it as the first thing it does, before any
-/// map lookup or gate; an entry program as the last thing before it parks its record
-/// ([`stash`]). So neither program's own work lands inside the frame it measures: under TCG the
-/// first run of freshly JITed code is translated on the spot, and that translation, like the
-/// reads an entry program does, happens before the frame starts or after it ends.
+/// map lookup or gate; an entry program as the last thing it does, into the record it has
+/// parked ([`stash`]). So neither program's own work lands inside the frame it measures:
+/// under TCG the first run of freshly JITed code is translated on the spot, and that
+/// translation, like the reads and the map update an entry program does, happens before the
+/// frame starts or after it ends.
 #[inline(always)]
 pub fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
@@ -131,9 +132,10 @@ pub fn point(probe: ProbeId, start_ns: u64, fill: impl FnOnce(&mut RawEvent)) {
 const EEXIST: i32 = 17;
 
 /// Parks an entry record until the function returns. The call's start time is taken here,
-/// after the operation's in-kernel count has noted the frame and just before the record is
-/// copied into [`INFLIGHT`]: what the entry program did before (its reads, its first run's
-/// translation under emulation) is not part of the frame.
+/// last: after the operation's in-kernel count has noted the frame and after the record is
+/// in [`INFLIGHT`], it is written into the parked record in place. What the entry program did
+/// before (its reads, the map update, their first run's translation under emulation) is not
+/// part of the frame.
 #[inline(always)]
 pub fn stash(ev: &mut RawEvent) {
     let key = InflightKey {
@@ -142,12 +144,9 @@ pub fn stash(ev: &mut RawEvent) {
         _pad: 0,
     };
     crate::agg::enter(ev);
-    ev.start_ns = now();
-    ev.end_ns = ev.start_ns;
     let ev: &RawEvent = ev;
     // These functions do not recurse: an entry already parked for this thread and function
-    // is a call whose return never came (its kretprobe missed). The common path costs one map
-    // operation, as before.
+    // is a call whose return never came (its kretprobe missed).
     if let Err(e) = INFLIGHT.insert(key, ev, BPF_NOEXIST as u64) {
         if e == -EEXIST {
             count(stat::RETURN_MISSED);
@@ -156,8 +155,30 @@ pub fn stash(ev: &mut RawEvent) {
             full(stat::INFLIGHT_FULL, "INFLIGHT");
             // No return will find this frame: the operation's count must not wait for it.
             crate::agg::unenter(ev);
+            return;
         }
     }
+    match INFLIGHT.get_ptr_mut(key) {
+        Some(p) => {
+            let t = now();
+            // SAFETY: the element just parked; this thread's programs are its only writers and
+            // they do not nest on one CPU.
+            unsafe {
+                (*p).start_ns = t;
+                (*p).end_ns = t;
+            }
+        }
+        None => parked_lost(key, ev),
+    }
+}
+
+/// The record parked a moment ago is gone (a sweep from userspace raced with us): it has no
+/// start time, so no return may complete it. Counted as a full map: the frame is not reported.
+#[inline(never)]
+fn parked_lost(key: InflightKey, ev: &RawEvent) {
+    let _ = INFLIGHT.remove(key);
+    full(stat::INFLIGHT_FULL, "INFLIGHT");
+    crate::agg::unenter(ev);
 }
 
 /// Sends a record to userspace, counting a full ring buffer as a drop.

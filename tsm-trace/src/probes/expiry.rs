@@ -50,7 +50,9 @@ pub fn thread_alive(proc_root: &Path, pid_tgid: u64) -> bool {
 }
 
 /// The entries to remove from `INFLIGHT`, with the probe and reason of each. `entries` are
-/// (key, entry time in `CLOCK_MONOTONIC` ns); `now_ns` on the same clock.
+/// (key, entry time in `CLOCK_MONOTONIC` ns); `now_ns` on the same clock. An entry time of 0
+/// is a record being parked this instant (the entry program writes its start time into the
+/// parked record last): only its thread's exit expires it.
 pub fn stale_inflight(
     entries: impl IntoIterator<Item = (InflightKey, u64)>,
     now_ns: u64,
@@ -62,7 +64,7 @@ pub fn stale_inflight(
         .filter_map(|(key, start_ns)| {
             let reason = if !alive(key.pid_tgid) {
                 ExpiryReason::ThreadExited
-            } else if now_ns.saturating_sub(start_ns) > timeout_ns {
+            } else if start_ns != 0 && now_ns.saturating_sub(start_ns) > timeout_ns {
                 ExpiryReason::Timeout
             } else {
                 return None;
@@ -119,6 +121,8 @@ mod tests {
                 (key(8, ProbeId::TsmBind), 100),        // too old
                 (key(9, ProbeId::PciTsmBind), 950),     // running
                 (key(9, ProbeId::TsmBind), 1000 - 100), // exactly at the timeout: stays
+                (key(9, ProbeId::DriverBind), 0),       // being parked: no start time yet
+                (key(7, ProbeId::PciTsmBind), 0),       // being parked, but its thread is gone
             ],
             1000,
             100,
@@ -131,6 +135,7 @@ mod tests {
             vec![
                 (7, Some(Probe::DriverBind), ExpiryReason::ThreadExited),
                 (8, Some(Probe::TsmBind), ExpiryReason::Timeout),
+                (7, Some(Probe::PciTsmBind), ExpiryReason::ThreadExited),
             ]
         );
     }
