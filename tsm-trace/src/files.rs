@@ -16,6 +16,8 @@ pub mod cap {
     pub const SYSFS_ATTR: u64 = 4096;
     /// A small configuration or PEM file (web config, certificate, key, CA bundle).
     pub const CONFIG: u64 = 1 << 20;
+    /// The state file, when `unpin` checks it is one (a million bindings are ~500 MiB).
+    pub const STATE: u64 = 1 << 30;
     /// A record file given to `replay`.
     pub const RECORD: u64 = 4 << 30;
     /// One line of a record file.

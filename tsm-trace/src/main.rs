@@ -80,6 +80,11 @@ enum Command {
     },
     /// Remove what `run` pinned in bpffs (its probes stop) and its state file. Run it with
     /// no daemon running: before uninstalling, or to start over with empty tables.
+    ///
+    /// Every entry is checked first: the directory must be on bpffs and hold only tsm-trace's
+    /// layout directories, maps and links (by name and by the kernel's own name of each BPF
+    /// object); anything else refuses the whole removal, and nothing is removed. A running
+    /// daemon's lock refuses it too (--force overrides). --dry-run lists what would go.
     Unpin(UnpinArgs),
 }
 
@@ -88,9 +93,15 @@ struct UnpinArgs {
     /// The pin directory `run` used.
     #[arg(long, value_name = "DIR", env = "TSM_TRACE_PIN_DIR", default_value = tsm_trace::probes::pin::DEFAULT_ROOT)]
     pin_dir: PathBuf,
-    /// The state file `run` used.
+    /// The state file `run` used (removed only if it is a tsm-trace state file).
     #[arg(long, value_name = "FILE", env = "TSM_TRACE_STATE_FILE", default_value = tsm_trace::correlate::state::DEFAULT_PATH, value_parser = parse::state_file)]
     state_file: PathBuf,
+    /// Print what would be removed, and remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Remove the pins even while a daemon holds them (its probes stop; it keeps running blind).
+    #[arg(long)]
+    force: bool,
 }
 
 /// Which probes to attach and where kernel facts come from.
@@ -366,10 +377,11 @@ struct ReplayArgs {
     correlate: CorrelateArgs,
     #[command(flatten)]
     filter: FilterArgs,
-    /// Print the Prometheus exposition the daemon would serve after this capture.
-    #[arg(long)]
+    /// Print only the Prometheus exposition the daemon would serve after this capture (no
+    /// trace lines, no summary), e.g. for `promtool check metrics`.
+    #[arg(long, conflicts_with = "json")]
     metrics: bool,
-    /// Do not print the summary.
+    /// Do not print the summary after the trace lines (`--json` prints none).
     #[arg(long)]
     no_summary: bool,
 }
@@ -436,13 +448,27 @@ fn main() {
         Command::Trace(args) => runtime().and_then(|rt| rt.block_on(trace(args))),
     };
     if let Err(e) = result {
-        // One readable message: the error and its causes, no backtrace noise.
-        eprintln!("tsm-trace: error: {e}");
+        // A reader that went away (`| head`) is not an error: stop quietly, as Unix tools do.
+        if is_broken_pipe(&e) {
+            std::process::exit(0);
+        }
+        // One readable message: the error and its causes, no backtrace noise. Written with
+        // `writeln!` (not `eprintln!`, which panics when stderr is a closed pipe too).
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "tsm-trace: error: {e}");
         for cause in e.chain().skip(1) {
-            eprintln!("  caused by: {cause}");
+            let _ = writeln!(err, "  caused by: {cause}");
         }
         std::process::exit(1);
     }
+}
+
+/// Whether `e` comes from writing into a pipe whose reader has closed it.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Every `TSM_TRACE_*` variable that the flags read.
@@ -492,24 +518,49 @@ fn kernel_release() -> String {
 }
 
 fn unpin(args: UnpinArgs) -> Result<()> {
-    let n = tsm_trace::probes::pin::unpin_all(&args.pin_dir)
-        .with_context(|| format!("removing {}", args.pin_dir.display()))?;
-    let state = match std::fs::remove_file(&args.state_file) {
-        Ok(()) => format!("removed {}", args.state_file.display()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            format!("no state file at {}", args.state_file.display())
+    use tsm_trace::probes::unpin;
+    let root = &args.pin_dir;
+    // The lock first: a daemon that starts meanwhile waits for it (or refuses to start).
+    let _lock = unpin::lock(root, args.force)?;
+    let plan = unpin::plan(root)?;
+    let state = tsm_trace::correlate::state::check_removable(&args.state_file)?;
+    let mut out = std::io::stdout().lock();
+    if args.dry_run {
+        for p in &plan.pins {
+            writeln!(out, "would remove {}", p.describe())?;
         }
-        Err(e) => {
-            return Err(e).with_context(|| format!("removing {}", args.state_file.display()));
+        for d in &plan.dirs {
+            writeln!(out, "would remove {}/", d.display())?;
         }
-    };
-    if n == 0 {
-        println!("nothing pinned under {}; {state}", args.pin_dir.display());
+        if state {
+            writeln!(out, "would remove {}", args.state_file.display())?;
+        }
+        if plan.is_empty() && !state {
+            writeln!(
+                out,
+                "nothing pinned under {} and no state file at {}",
+                root.display(),
+                args.state_file.display()
+            )?;
+        }
+        return Ok(());
+    }
+    let n = unpin::remove(&plan)?;
+    let state = if state {
+        std::fs::remove_file(&args.state_file)
+            .with_context(|| format!("removing {}", args.state_file.display()))?;
+        format!("removed {}", args.state_file.display())
     } else {
-        println!(
+        format!("no state file at {}", args.state_file.display())
+    };
+    if plan.is_empty() {
+        writeln!(out, "nothing pinned under {}; {state}", root.display())?;
+    } else {
+        writeln!(
+            out,
             "removed {n} pinned maps and links under {} (their probes are detached); {state}",
-            args.pin_dir.display()
-        );
+            root.display()
+        )?;
     }
     Ok(())
 }
@@ -576,6 +627,11 @@ fn start_session(probes: &ProbeArgs, pin_root: Option<PathBuf>) -> Result<LiveSe
         for l in &h.other_layouts {
             log::warn!(
                 "removed the pinned state of layout {l} (another tsm-trace version's record layout): events it had not delivered are lost; the binding table comes from the state file"
+            );
+        }
+        for l in &h.left_alone {
+            log::warn!(
+                "left alone in the pin directory: {l}; check --pin-dir (tsm-trace's own directory holds only what it pinned)"
             );
         }
     }
@@ -894,9 +950,13 @@ fn replay(args: ReplayArgs) -> Result<()> {
             tsm_trace::files::cap::RECORD
         ));
     }
-    let (_header, events) = record::read_all(BufReader::new(f), &path)?;
-    let report = pipeline::replay(
-        events,
+    let capture = record::read_capture(BufReader::new(f), &path)?;
+    if let Some(t) = &capture.torn {
+        log::warn!("{}", t.warning(&path));
+    }
+    // `replay` writes everything once: trace lines and summary, or the exposition alone.
+    pipeline::replay(
+        capture.events,
         &ReplayOptions {
             config: args.correlate.config(),
             format: args.filter.format(),
@@ -907,13 +967,6 @@ fn replay(args: ReplayArgs) -> Result<()> {
         },
         Box::new(std::io::stdout()),
     )?;
-    let mut out = std::io::stdout().lock();
-    if !args.no_summary {
-        writeln!(out, "{}", report.summary)?;
-    }
-    if let Some(m) = report.metrics {
-        write!(out, "{m}")?;
-    }
     Ok(())
 }
 

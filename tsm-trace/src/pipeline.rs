@@ -203,9 +203,14 @@ impl Pipeline {
     fn emit(&mut self, outs: &[Output]) {
         for o in outs {
             self.metrics.observe(o);
-            self.summary.add(o, &self.summary_fmt);
-            if let Some(s) = self.sink.as_mut() {
-                s.write(o);
+            // The summary tells what the lines showed: the sink's filters apply to it too.
+            match self.sink.as_mut() {
+                Some(s) if !s.filters.matches(o) => {}
+                Some(s) => {
+                    self.summary.add(o, &self.summary_fmt);
+                    s.write(o);
+                }
+                None => self.summary.add(o, &self.summary_fmt),
             }
         }
     }
@@ -219,9 +224,11 @@ pub struct ReplayOptions {
     pub filters: Filters,
     /// Times relative to the first event (default) or wall clock through an offset.
     pub clock: Option<Clock>,
-    /// Print the summary after the trace lines.
+    /// Print the summary after the trace lines (text format only: a JSON stream holds only
+    /// JSON lines).
     pub summary: bool,
-    /// Print the metrics exposition at the end.
+    /// Print only the metrics exposition the daemon would serve after the capture (no trace
+    /// lines, no summary: the output is a valid exposition).
     pub metrics: bool,
 }
 
@@ -242,11 +249,12 @@ pub struct ReplayReport {
 
 /// Runs a recorded capture through the correlator, as a live session would see it: "now" is
 /// each event's return time; the end of the capture flushes pending frames and runs every
-/// grace check. Trace lines (then the summary and the exposition, if asked) go to `out`.
+/// grace check. Writes to `out`, once each: the trace lines and then the summary (text) or
+/// the trace lines alone (JSON), or with `metrics` the exposition alone.
 pub fn replay(
     events: Vec<Event>,
     opts: &ReplayOptions,
-    out: Box<dyn Write + Send>,
+    mut out: Box<dyn Write + Send>,
 ) -> std::io::Result<ReplayReport> {
     let base = events
         .iter()
@@ -262,8 +270,16 @@ pub fn replay(
         .unwrap_or(0);
     let clock = opts.clock.unwrap_or(Clock::Relative { base_ns: base });
     let metrics = Arc::new(Metrics::new());
-    let sink = TraceSink::new(out, opts.format, opts.filters.clone(), clock);
-    let mut p = Pipeline::new(opts.config.clone(), metrics.clone(), Some(sink));
+    // With `metrics` the exposition is the whole output; `out` stays here for it.
+    let sink = (!opts.metrics).then(|| {
+        TraceSink::new(
+            std::mem::replace(&mut out, Box::new(std::io::sink())),
+            opts.format,
+            opts.filters.clone(),
+            clock,
+        )
+    });
+    let mut p = Pipeline::new(opts.config.clone(), metrics.clone(), sink);
     let n = events.len();
     let mut now = 0u64;
     for ev in events {
@@ -277,13 +293,14 @@ pub fn replay(
         if let Some(e) = s.write_error.take() {
             return Err(e);
         }
-        if opts.summary {
+        if opts.summary && opts.format == TraceFormat::Text {
             writeln!(s.out, "{summary}")?;
         }
-        if let Some(m) = &exposition {
-            write!(s.out, "{m}")?;
-        }
         s.out.flush()?;
+    }
+    if let Some(m) = &exposition {
+        write!(out, "{m}")?;
+        out.flush()?;
     }
     let stats = p.correlator.stats();
     Ok(ReplayReport {
@@ -362,7 +379,6 @@ mod tests {
     fn replay_a_jsonl_capture() {
         let opts = ReplayOptions {
             summary: true,
-            metrics: true,
             ..Default::default()
         };
         let (report, text) = replay_text(&opts);
@@ -420,11 +436,69 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("leaks: 2 detected, 0 cleared, 2 still leaked"));
-        let m = report.metrics.as_deref().unwrap();
-        assert!(m.contains(
-            "tsm_trace_operations_total{errno=\"EBUSY\",layer=\"pci_tsm\",op=\"bind\",result=\"error\"} 1"
-        ));
-        assert!(text.ends_with(m), "the exposition is printed last");
+        assert_eq!(
+            text.matches("=== tsm-trace summary").count(),
+            1,
+            "the summary is printed once:\n{text}"
+        );
+        assert!(report.metrics.is_none());
+    }
+
+    /// `--metrics`: the exposition alone, once (it must be a valid exposition).
+    #[test]
+    fn replay_metrics_is_the_exposition_alone() {
+        for format in [TraceFormat::Text, TraceFormat::Json] {
+            let opts = ReplayOptions {
+                summary: true,
+                metrics: true,
+                format,
+                ..Default::default()
+            };
+            let (report, text) = replay_text(&opts);
+            let m = report.metrics.as_deref().unwrap();
+            assert!(m.contains(
+                "tsm_trace_operations_total{errno=\"EBUSY\",layer=\"pci_tsm\",op=\"bind\",result=\"error\"} 1"
+            ));
+            assert_eq!(text, m, "nothing but the exposition");
+            assert_eq!(
+                text.matches("# HELP tsm_trace_operations_total ").count(),
+                1
+            );
+        }
+    }
+
+    /// `--json`: JSON lines only, even with the summary asked for.
+    #[test]
+    fn replay_json_is_json_lines_only() {
+        let opts = ReplayOptions {
+            summary: true,
+            format: TraceFormat::Json,
+            ..Default::default()
+        };
+        let (_, text) = replay_text(&opts);
+        assert!(!text.is_empty());
+        for l in text.lines() {
+            serde_json::from_str::<serde_json::Value>(l)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        }
+    }
+
+    /// The summary counts what the filters let through, as the lines do.
+    #[test]
+    fn replay_summary_follows_the_filters() {
+        let opts = ReplayOptions {
+            summary: true,
+            filters: Filters {
+                device: Some("0000:02:00.0".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let (_, text) = replay_text(&opts);
+        assert!(
+            text.contains("=== tsm-trace summary: 1 operations, 1 failed ==="),
+            "{text}"
+        );
     }
 
     #[test]

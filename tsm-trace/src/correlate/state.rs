@@ -63,6 +63,10 @@ pub enum StateError {
         found: u32,
         moved: PathBuf,
     },
+    #[error(
+        "{path} is not a tsm-trace state file ({why}); it was left alone (is --state-file right?)"
+    )]
+    NotOurs { path: PathBuf, why: &'static str },
     #[error("writing {path}")]
     Write {
         path: PathBuf,
@@ -128,6 +132,45 @@ pub fn load(path: &Path, boot: &str) -> Result<Result<SavedState, Missing>, Stat
         return Ok(Err(Missing::OtherBoot));
     }
     Ok(Ok(state))
+}
+
+/// Whether `path` is a tsm-trace state file that `unpin` may remove: `Ok(false)` when there
+/// is none; an error (and nothing to remove) for anything that is not one (a symbolic link,
+/// a directory, a file whose JSON is not `{"format": N, "boot_id": ...}`).
+pub fn check_removable(path: &Path) -> Result<bool, StateError> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(source) => {
+            return Err(StateError::Read {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let not_ours = |why| StateError::NotOurs {
+        path: path.to_path_buf(),
+        why,
+    };
+    if !meta.file_type().is_file() {
+        return Err(not_ours("not a regular file"));
+    }
+    if meta.len() > crate::files::cap::STATE {
+        return Err(not_ours("larger than any state file tsm-trace writes"));
+    }
+    let text = std::fs::read(path).map_err(|source| StateError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    struct Head {
+        format: u32,
+        boot_id: String,
+    }
+    serde_json::from_slice::<Head>(&text)
+        .map(|_| true)
+        .map_err(|_| not_ours("its JSON has no tsm-trace format and boot_id"))
 }
 
 /// Writes the file atomically (temporary file in the same directory, then rename), 0600.

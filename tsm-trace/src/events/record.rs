@@ -85,8 +85,15 @@ impl<W: Write> Writer<W> {
 /// The longest line read (an event is a few hundred bytes).
 pub const MAX_LINE: usize = crate::files::cap::RECORD_LINE as usize;
 
+/// One line read: its text, and whether a newline ended it (the last line of a capture cut
+/// short by a killed writer has none).
+struct Line {
+    text: String,
+    ended: bool,
+}
+
 /// Lines of at most [`MAX_LINE`] bytes; a longer one is an error, not an allocation.
-fn capped_lines(mut input: impl BufRead) -> impl Iterator<Item = std::io::Result<String>> {
+fn capped_lines(mut input: impl BufRead) -> impl Iterator<Item = std::io::Result<Line>> {
     let mut done = false;
     std::iter::from_fn(move || {
         if done {
@@ -103,7 +110,8 @@ fn capped_lines(mut input: impl BufRead) -> impl Iterator<Item = std::io::Result
             }
             Ok(0) => None,
             Ok(_) => {
-                if buf.last() == Some(&b'\n') {
+                let ended = buf.last() == Some(&b'\n');
+                if ended {
                     buf.pop();
                     if buf.last() == Some(&b'\r') {
                         buf.pop();
@@ -116,20 +124,70 @@ fn capped_lines(mut input: impl BufRead) -> impl Iterator<Item = std::io::Result
                     )));
                 }
                 Some(
-                    String::from_utf8(buf).map_err(|_| {
-                        std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8")
-                    }),
+                    String::from_utf8(buf)
+                        .map(|text| Line { text, ended })
+                        .map_err(|_| {
+                            std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8")
+                        }),
                 )
             }
         }
     })
 }
 
+/// A capture as read: every whole event, and the torn last line if there was one.
+#[derive(Debug)]
+pub struct Capture {
+    pub header: Header,
+    /// In file order.
+    pub events: Vec<Event>,
+    /// The last line, cut short (no newline, not a whole event): a writer killed mid-line.
+    /// The events before it are whole and were read.
+    pub torn: Option<Torn>,
+}
+
+/// The torn last line of a capture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Torn {
+    pub line: usize,
+    pub bytes: usize,
+    pub reason: String,
+}
+
+impl Torn {
+    /// The warning `replay` prints.
+    pub fn warning(&self, path: &str) -> String {
+        format!(
+            "{path}:{}: the last line is cut short ({} bytes, no newline: {}), as a `trace --record` that was killed leaves it; replayed the {} lines before it",
+            self.line,
+            self.bytes,
+            self.reason,
+            self.line - 1
+        )
+    }
+}
+
 /// Reads a whole record: the header and every event, in file order. Blank lines are skipped.
+/// A torn last line is an error here; [`read_capture`] reads what is whole around it.
 pub fn read_all(input: impl BufRead, path: &str) -> Result<(Header, Vec<Event>), RecordError> {
-    let mut lines = capped_lines(input).enumerate();
+    let c = read_capture(input, path)?;
+    if let Some(t) = c.torn {
+        return Err(RecordError::Line {
+            path: path.into(),
+            line: t.line,
+            reason: t.reason,
+        });
+    }
+    Ok((c.header, c.events))
+}
+
+/// Reads a capture: the header and every event, in file order. Blank lines are skipped. A
+/// malformed line is an error naming it, except the last line without a newline, which a
+/// killed writer leaves: it is returned as [`Capture::torn`].
+pub fn read_capture(input: impl BufRead, path: &str) -> Result<Capture, RecordError> {
+    let mut lines = capped_lines(input).enumerate().peekable();
     let header_line = match lines.next() {
-        Some((_, Ok(l))) => l,
+        Some((_, Ok(l))) => l.text,
         Some((_, Err(source))) => {
             return Err(RecordError::Io {
                 path: path.into(),
@@ -158,21 +216,36 @@ pub fn read_all(input: impl BufRead, path: &str) -> Result<(Header, Vec<Event>),
         });
     }
     let mut events = Vec::new();
-    for (i, line) in lines {
+    let mut torn = None;
+    while let Some((i, line)) = lines.next() {
         let n = i + 1;
         let line = line.map_err(|source| RecordError::Io {
             path: path.into(),
             line: n,
             source,
         })?;
-        if line.trim().is_empty() {
+        if line.text.trim().is_empty() {
             continue;
         }
-        let ev: Event = serde_json::from_str(&line).map_err(|e| RecordError::Line {
-            path: path.into(),
-            line: n,
-            reason: e.to_string(),
-        })?;
+        let last = !line.ended && lines.peek().is_none();
+        let ev = match serde_json::from_str::<Event>(&line.text) {
+            Ok(ev) => ev,
+            Err(e) if last => {
+                torn = Some(Torn {
+                    line: n,
+                    bytes: line.text.len(),
+                    reason: e.to_string(),
+                });
+                break;
+            }
+            Err(e) => {
+                return Err(RecordError::Line {
+                    path: path.into(),
+                    line: n,
+                    reason: e.to_string(),
+                });
+            }
+        };
         if ev.end_ns < ev.start_ns {
             return Err(RecordError::Line {
                 path: path.into(),
@@ -182,7 +255,11 @@ pub fn read_all(input: impl BufRead, path: &str) -> Result<(Header, Vec<Event>),
         }
         events.push(ev);
     }
-    Ok((header, events))
+    Ok(Capture {
+        header,
+        events,
+        torn,
+    })
 }
 
 #[cfg(test)]
@@ -295,5 +372,56 @@ mod tests {
         // CRLF files read as well.
         let text = "{\"tsm_trace_record\":2,\"tsm_trace_version\":\"x\"}\r\n";
         assert!(read_all(text.as_bytes(), "crlf").is_ok());
+    }
+
+    fn capture_text(n: usize) -> String {
+        let mut buf = Vec::new();
+        let mut w = Writer::new(&mut buf, "t").unwrap();
+        for i in 0..n {
+            let mut e = ev();
+            e.start_ns = 10 + i as u64;
+            e.end_ns = 20 + i as u64;
+            w.write(&e).unwrap();
+        }
+        w.flush().unwrap();
+        String::from_utf8(buf).unwrap()
+    }
+
+    /// A killed `trace --record` leaves its last line cut short: what is whole is read.
+    #[test]
+    fn a_torn_last_line_keeps_the_whole_ones() {
+        let whole = capture_text(50);
+        let next = capture_text(51);
+        let last = next.lines().last().unwrap();
+        for cut in [1, last.len() / 2, last.len() - 1] {
+            let text = format!("{whole}{}", &last[..cut]);
+            let c = read_capture(text.as_bytes(), "cap.jsonl").unwrap();
+            assert_eq!(c.events.len(), 50, "cut at {cut}");
+            let t = c.torn.expect("torn");
+            assert_eq!((t.line, t.bytes), (52, cut));
+            let w = t.warning("cap.jsonl");
+            assert!(w.starts_with("cap.jsonl:52: the last line is cut short"), "{w}");
+            assert!(w.contains("replayed the 51 lines before it"), "{w}");
+            // The strict reader names the same line.
+            let e = read_all(text.as_bytes(), "cap.jsonl").unwrap_err().to_string();
+            assert!(e.starts_with("cap.jsonl:52: "), "{e}");
+        }
+        // Whole, without a final newline: nothing is torn.
+        let c = read_capture(whole.trim_end().as_bytes(), "cap.jsonl").unwrap();
+        assert_eq!((c.events.len(), c.torn), (50, None));
+    }
+
+    /// Only the last line may be torn: a bad line followed by others is corruption.
+    #[test]
+    fn a_bad_line_inside_is_still_an_error() {
+        let whole = capture_text(3);
+        let mut lines: Vec<&str> = whole.lines().collect();
+        lines[2] = "{\"probe\":";
+        let text = lines.join("\n");
+        let e = read_capture(text.as_bytes(), "cap.jsonl").unwrap_err().to_string();
+        assert!(e.starts_with("cap.jsonl:3: "), "{e}");
+        // With a newline after it, even the last bad line is an error, not a tear.
+        let text = format!("{}\n{{\"probe\":\n", whole.trim_end());
+        assert!(read_capture(text.as_bytes(), "cap.jsonl").is_err());
     }
 }

@@ -77,7 +77,7 @@ struct InfoByFd {
 }
 
 /// Fills `info` (a UAPI `bpf_*_info` struct, zeroed by the caller) for object `fd`.
-fn obj_info<T>(fd: BorrowedFd<'_>, info: &mut T) -> io::Result<()> {
+pub(crate) fn obj_info<T>(fd: BorrowedFd<'_>, info: &mut T) -> io::Result<()> {
     let attr = InfoByFd {
         bpf_fd: fd.as_raw_fd() as u32,
         info_len: std::mem::size_of::<T>() as u32,

@@ -15,6 +15,7 @@ pub mod misses;
 pub mod ownership;
 pub mod pin;
 pub mod privileges;
+pub mod unpin;
 
 use std::collections::BTreeMap;
 

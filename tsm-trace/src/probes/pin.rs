@@ -23,7 +23,8 @@
 //! waited in the old ring buffer are lost then (logged); the binding table survives anyway,
 //! in the state file (`correlate/state.rs`), so no leak is lost or invented.
 //!
-//! `tsm-trace unpin` removes everything under the root (detaching the probes).
+//! `tsm-trace unpin` removes everything under the root (detaching the probes), after checking
+//! that every entry is one of ours (`unpin.rs`).
 
 use std::{
     fs,
@@ -37,6 +38,8 @@ use aya::{
 };
 use thiserror::Error;
 use tsm_trace_common::{InflightKey, RawEvent, agg, stat};
+
+use super::unpin::{self, is_bpffs};
 
 /// The default root: one directory per tool in bpffs.
 pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/tsm-trace";
@@ -59,7 +62,7 @@ pub const MAPS: [&str; 9] = [
     "LAST_RETURN",
 ];
 
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+pub(crate) const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 #[derive(Debug, Error)]
 pub enum PinError {
@@ -78,6 +81,12 @@ pub enum PinError {
         "another tsm-trace run holds {path} (two daemons on one pin directory would take the probes from each other); stop it, or give this one its own --pin-dir and --state-file"
     )]
     Busy { path: PathBuf },
+    #[error("removing the other layout {path}")]
+    Layout {
+        path: PathBuf,
+        #[source]
+        source: Box<unpin::UnpinError>,
+    },
     #[error("reading the generation gate pinned at {path}")]
     Gate {
         path: PathBuf,
@@ -140,6 +149,8 @@ pub struct Handover {
     pub old_links: usize,
     /// Directories of other layouts, removed with their links and maps.
     pub other_layouts: Vec<String>,
+    /// Entries of the root that are not tsm-trace's (or not wholly): left alone, with why.
+    pub left_alone: Vec<String>,
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> PinError + 'a {
@@ -148,19 +159,6 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
         path: path.to_path_buf(),
         source,
     }
-}
-
-fn is_bpffs(path: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid C string and out-pointer.
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return false;
-    }
-    st.f_type as i64 == BPF_FS_MAGIC
 }
 
 fn mkdir_private(path: &Path) -> Result<(), PinError> {
@@ -286,14 +284,30 @@ impl Pinned {
             }
         }
         let mine = self.dir.file_name().map(|n| n.to_os_string());
+        let programs = unpin::program_names();
         for e in fs::read_dir(&self.root)
             .map_err(io("listing", &self.root))?
             .flatten()
         {
-            if Some(e.file_name()) != mine && e.path().is_dir() {
-                remove_layout(&e.path())?;
-                h.other_layouts
-                    .push(e.file_name().to_string_lossy().into_owned());
+            if Some(e.file_name()) == mine {
+                continue;
+            }
+            // Only what passes unpin's checks is removed: a mistaken --pin-dir must not
+            // cost another tool its pins.
+            match unpin::plan_layout(&e.path(), &programs) {
+                Ok(plan) if unpin::is_layout_name(&e.file_name().to_string_lossy()) => {
+                    unpin::remove(&plan).map_err(|source| PinError::Layout {
+                        path: e.path(),
+                        source: Box::new(source),
+                    })?;
+                    h.other_layouts
+                        .push(e.file_name().to_string_lossy().into_owned());
+                }
+                Ok(_) => h.left_alone.push(format!(
+                    "{}: not named like a tsm-trace layout",
+                    e.path().display()
+                )),
+                Err(why) => h.left_alone.push(why.to_string()),
             }
         }
         Ok(h)
@@ -307,42 +321,6 @@ fn remove_link(path: &Path) -> Result<(), PinError> {
         // Not a link (or unreadable): remove the file anyway, it is ours.
         Err(_) => fs::remove_file(path).map_err(io("removing", path)),
     }
-}
-
-/// Removes one layout directory: links first (the probes stop), then the maps.
-fn remove_layout(dir: &Path) -> Result<usize, PinError> {
-    let mut n = 0;
-    for sub in ["links", "maps"] {
-        let d = dir.join(sub);
-        let Ok(rd) = fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            if sub == "links" {
-                remove_link(&e.path())?;
-            } else {
-                fs::remove_file(e.path()).map_err(io("removing", &e.path()))?;
-            }
-            n += 1;
-        }
-        fs::remove_dir(&d).map_err(io("removing", &d))?;
-    }
-    fs::remove_dir(dir).map_err(io("removing", dir))?;
-    Ok(n)
-}
-
-/// `tsm-trace unpin`: removes every layout under `root` and `root` itself. Returns the
-/// number of pins removed (0 when there was nothing).
-pub fn unpin_all(root: &Path) -> Result<usize, PinError> {
-    let Ok(rd) = fs::read_dir(root) else {
-        return Ok(0);
-    };
-    let mut n = 0;
-    for e in rd.flatten() {
-        if e.path().is_dir() {
-            n += remove_layout(&e.path())?;
-        }
-    }
-    fs::remove_dir(root).map_err(io("removing", root))?;
-    Ok(n)
 }
 
 #[cfg(test)]
@@ -377,9 +355,4 @@ mod tests {
         );
     }
 
-    #[test]
-    fn unpin_of_nothing_is_zero() {
-        let d = std::env::temp_dir().join("tsm-pin-nothing-here");
-        assert_eq!(unpin_all(&d).unwrap(), 0);
-    }
 }
