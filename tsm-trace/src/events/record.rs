@@ -400,10 +400,15 @@ mod tests {
             let t = c.torn.expect("torn");
             assert_eq!((t.line, t.bytes), (52, cut));
             let w = t.warning("cap.jsonl");
-            assert!(w.starts_with("cap.jsonl:52: the last line is cut short"), "{w}");
+            assert!(
+                w.starts_with("cap.jsonl:52: the last line is cut short"),
+                "{w}"
+            );
             assert!(w.contains("replayed the 51 lines before it"), "{w}");
             // The strict reader names the same line.
-            let e = read_all(text.as_bytes(), "cap.jsonl").unwrap_err().to_string();
+            let e = read_all(text.as_bytes(), "cap.jsonl")
+                .unwrap_err()
+                .to_string();
             assert!(e.starts_with("cap.jsonl:52: "), "{e}");
         }
         // Whole, without a final newline: nothing is torn.
@@ -418,7 +423,9 @@ mod tests {
         let mut lines: Vec<&str> = whole.lines().collect();
         lines[2] = "{\"probe\":";
         let text = lines.join("\n");
-        let e = read_capture(text.as_bytes(), "cap.jsonl").unwrap_err().to_string();
+        let e = read_capture(text.as_bytes(), "cap.jsonl")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("cap.jsonl:3: "), "{e}");
         // With a newline after it, even the last bad line is an error, not a tear.
         let text = format!("{}\n{{\"probe\":\n", whole.trim_end());

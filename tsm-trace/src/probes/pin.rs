@@ -354,5 +354,4 @@ mod tests {
             PathBuf::from("/sys/fs/bpf/tsm-trace/x/links/tsm_bind_entry@7")
         );
     }
-
 }

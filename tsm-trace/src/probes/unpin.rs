@@ -16,8 +16,7 @@
 //! entry and why. A daemon holding the root's lock refuses it too, unless forced.
 
 use std::{
-    fs,
-    io,
+    fs, io,
     os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
 };
@@ -66,8 +65,14 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> U
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Pin {
     /// A link: removing it detaches `program` (once no process holds the link).
-    Link { path: PathBuf, program: String },
-    Map { path: PathBuf, name: String },
+    Link {
+        path: PathBuf,
+        program: String,
+    },
+    Map {
+        path: PathBuf,
+        name: String,
+    },
 }
 
 impl Pin {
@@ -149,6 +154,9 @@ fn obj_get(path: &Path) -> io::Result<OwnedFd> {
         bpf_fd: u32,
         file_flags: u32,
         path_fd: i32,
+        /// Explicit: the kernel refuses an attribute whose bytes past its last field are
+        /// not zero, and padding would be uninitialised.
+        _pad: u32,
     }
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
@@ -157,6 +165,7 @@ fn obj_get(path: &Path) -> io::Result<OwnedFd> {
         bpf_fd: 0,
         file_flags: libc::O_RDONLY as u32,
         path_fd: 0,
+        _pad: 0,
     };
     // SAFETY: `attr` points at a NUL-terminated path that outlives the call.
     let fd = unsafe {
@@ -411,7 +420,13 @@ mod tests {
     #[test]
     fn layout_and_link_names() {
         assert!(is_layout_name(&super::super::pin::layout_id()));
-        for bad in ["", "0123456789ab0", "0123456789AB", "tsm-trace", "0123456789a/"] {
+        for bad in [
+            "",
+            "0123456789ab0",
+            "0123456789AB",
+            "tsm-trace",
+            "0123456789a/",
+        ] {
             assert!(!is_layout_name(bad), "{bad}");
         }
         let programs = program_names();
