@@ -71,6 +71,30 @@ pub fn read_to_string_capped(path: &Path, cap: u64) -> io::Result<String> {
 /// An existing file is an error unless `overwrite`, and then only a regular file is
 /// truncated.
 pub fn create_private(path: &Path, overwrite: bool) -> io::Result<File> {
+    // What is there decides before anything is opened: opening a FIFO would block, and
+    // --force must not be offered for what it cannot overwrite.
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} is a symbolic link; tsm-trace does not write through links",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(m) if !m.file_type().is_file() => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} is {}, not a regular file; give a file path",
+                    path.display(),
+                    file_kind(&m.file_type())
+                ),
+            ));
+        }
+        _ => {}
+    }
     let mut o = OpenOptions::new();
     o.write(true)
         .mode(0o600)
@@ -113,10 +137,51 @@ pub fn create_private(path: &Path, overwrite: bool) -> io::Result<File> {
     Ok(f)
 }
 
+/// "a directory", "a character device", … for messages.
+fn file_kind(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    /// `--record` on what is not a regular file: one clear reason, with or without --force.
+    #[test]
+    fn create_private_refuses_what_is_not_a_file() {
+        let d = tempfile::tempdir().unwrap();
+        let link = d.path().join("lnk");
+        std::os::unix::fs::symlink(d.path().join("target"), &link).unwrap();
+        for force in [false, true] {
+            for (p, want) in [
+                (
+                    Path::new("/dev/null"),
+                    "is a character device, not a regular file",
+                ),
+                (d.path(), "is a directory, not a regular file"),
+                (link.as_path(), "is a symbolic link"),
+            ] {
+                let e = create_private(p, force).unwrap_err().to_string();
+                assert!(e.contains(want), "force={force} {}: {e}", p.display());
+                assert!(!e.contains("--force"), "{e}");
+            }
+        }
+        assert!(!d.path().join("target").exists());
+    }
 
     #[test]
     fn capped_reads() {

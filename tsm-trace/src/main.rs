@@ -840,12 +840,7 @@ async fn run(args: RunArgs) -> Result<()> {
 }
 
 async fn trace(args: TraceArgs) -> Result<()> {
-    let mut live = start_session(&args.probes, None)?;
-    if !bind_path_attached(live.session()) {
-        log::warn!(
-            "no bind-path probe attached (tsm_op_ioctl, tsm_bind, pci_tsm_bind) yet: nothing to trace until a module provides one; see the probe lines above"
-        );
-    }
+    // The capture file first: a wrong path is reported before anything is attached.
     let mut recorder = match &args.record {
         Some(path) => {
             let f = tsm_trace::files::create_private(path, args.force)
@@ -854,6 +849,12 @@ async fn trace(args: TraceArgs) -> Result<()> {
         }
         None => None,
     };
+    let mut live = start_session(&args.probes, None)?;
+    if !bind_path_attached(live.session()) {
+        log::warn!(
+            "no bind-path probe attached (tsm_op_ioctl, tsm_bind, pci_tsm_bind) yet: nothing to trace until a module provides one; see the probe lines above"
+        );
+    }
     let metrics = Arc::new(Metrics::new());
     publish_session(&metrics, live.session());
     let cfg = args.correlate.config();

@@ -16,6 +16,8 @@
 #   rs_truth     "<case> dev=<bdf> <tsm_standin last>" per bind and per while-down action;
 #                "vmm pid=<tgid>", "shell pid=<tgid>", "sysfs dev=<bdf> bound=<tsm/bound>"
 #   rs_d<n>.err / rs_d<n>.out (--print json) / rs_d<n>_metrics / rs_d<n>_bindings
+#   rs_unpin_refused  `unpin` under a live daemon, with --pin-dir /sys/fs/bpf, --dry-run --force,
+#                and with a foreign directory in the root: "== <case>", output, "exit=<rc>"
 #   rs_unpin     `tsm-trace unpin` output, "exit=<rc>", and "left=<entries under the root>"
 . /scenarios/lib.sh
 # This suite is about persistence: the other suites switch it off (lib.sh).
@@ -120,11 +122,33 @@ start_daemon 3 --user 65534:65534
 snap 3
 ctl ioctl 1 2 0; rec d3_unbind $D_NOTHING
 sleep 1
+# unpin must not take a live daemon's pins, nor anything outside tsm-trace's own directory;
+# --dry-run --force checks every real pin (maps by name, links by their program's name).
+{
+	echo "== busy"
+	$BIN unpin 2>&1
+	echo "exit=$?"
+	echo "== wrong-dir"
+	$BIN unpin --pin-dir /sys/fs/bpf 2>&1
+	echo "exit=$?"
+	echo "== dry-run"
+	$BIN unpin --dry-run --force 2>&1
+	echo "exit=$?"
+	echo "links=$(ls /sys/fs/bpf/tsm-trace/*/links | wc -l)"
+} > /tmp/rs_unpin_refused
 kill -TERM $DAEMON
 wait $DAEMON
 echo "exit=$?" >> /tmp/rs_d3.err
 echo "d3_state owner=$(ls -ln /run/tsm-trace/state.json | awk '{print $3}') has_nothing=$(grep -c "$D_NOTHING" /run/tsm-trace/state.json)" >> "$T"
 
+mkdir /sys/fs/bpf/tsm-trace/foreign
+{
+	echo "== foreign"
+	$BIN unpin 2>&1
+	echo "exit=$?"
+} >> /tmp/rs_unpin_refused
+rmdir /sys/fs/bpf/tsm-trace/foreign
+frame rs_unpin_refused /tmp/rs_unpin_refused
 {
 	$BIN unpin 2>&1
 	echo "exit=$?"

@@ -47,7 +47,7 @@ pub enum StateError {
         source: std::io::Error,
     },
     #[error(
-        "{path} is not a tsm-trace state file ({source}); it was moved to {moved} and the daemon starts with empty tables"
+        "{path} is not a tsm-trace state file; it was moved to {moved} and the daemon starts with empty tables"
     )]
     Malformed {
         path: PathBuf,

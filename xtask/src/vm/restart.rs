@@ -316,6 +316,40 @@ pub fn check(out: &VmOutput) -> Result<usize> {
         Some("0"),
         "daemon 3: the saved table no longer holds the binding unbound while it ran",
     );
+    let refused = &out.section("rs_unpin_refused")?.text;
+    let case = |name: &str| -> String {
+        refused
+            .split("== ")
+            .find(|c| c.starts_with(name))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let busy = case("busy");
+    c.check(
+        busy.contains("exit=1") && busy.contains("daemon holds"),
+        || format!("unpin under a live daemon must refuse:\n{busy}"),
+    );
+    let wrong = case("wrong-dir");
+    c.check(
+        wrong.contains("exit=1") && wrong.contains("is not tsm-trace's"),
+        || format!("unpin --pin-dir /sys/fs/bpf must refuse:\n{wrong}"),
+    );
+    let dry = case("dry-run");
+    let listed = dry.matches("(link of program ").count();
+    let links: usize = dry
+        .lines()
+        .find_map(|l| l.strip_prefix("links="))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    c.check(
+        dry.contains("exit=0") && links > 0 && listed == links && dry.contains("(map EVENTS)"),
+        || format!("unpin --dry-run --force must pass every real pin ({links} links) and remove none:\n{dry}"),
+    );
+    let foreign = case("foreign");
+    c.check(
+        foreign.contains("exit=1") && foreign.contains("tsm-trace/foreign"),
+        || format!("unpin with a foreign directory in the root must refuse, naming it:\n{foreign}"),
+    );
     let unpin = &out.section("rs_unpin")?.text;
     c.check(
         unpin.contains("removed ") && unpin.contains("exit=0"),
