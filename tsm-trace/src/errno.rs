@@ -84,4 +84,34 @@ mod tests {
         assert_eq!(from_ret(-4096), None);
         assert_eq!(from_ret(0xffff_8880_0000_1000_u64 as i64), None);
     }
+
+    /// The table against the C library's own constants (an independent source), and the
+    /// kernel-internal names drivers return that the table once lacked (`E517`).
+    #[test]
+    fn names_match_the_c_library() {
+        for (n, want) in [
+            (libc::EPERM, "EPERM"),
+            (libc::ENOEXEC, "ENOEXEC"),
+            (libc::EAGAIN, "EAGAIN"),
+            (libc::EDEADLK, "EDEADLK"),
+            (libc::ENOLINK, "ENOLINK"),
+            (libc::EOPNOTSUPP, "EOPNOTSUPP"),
+            (libc::EREMOTEIO, "EREMOTEIO"),
+            (libc::EKEYREJECTED, "EKEYREJECTED"),
+            (libc::EHWPOISON, "EHWPOISON"),
+        ] {
+            assert_eq!(name(n), want);
+        }
+        for (i, (n, s)) in NAMES.iter().enumerate() {
+            assert_eq!(parse(s), Some(*n), "{s}");
+            assert!(
+                NAMES[..i].iter().all(|(m, t)| m != n && t != s),
+                "{s} twice"
+            );
+        }
+        assert_eq!(name(517), "EPROBE_DEFER");
+        assert_eq!(name(515), "ENOIOCTLCMD");
+        assert_eq!(name(520), "E520");
+        assert_eq!(name(4095), "E4095");
+    }
 }

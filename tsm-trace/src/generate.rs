@@ -29,6 +29,7 @@ pub fn run(cmd: Command, out: &Path) -> Result<()> {
     }
     // One page for the program, one per visible subcommand (tsm-trace-run.1, ...).
     clap_mangen::generate_to(man_cmd, &man).context("writing the man pages")?;
+    environment_sections(&cmd, &man)?;
     for (shell, name) in [
         (clap_complete::Shell::Bash, "tsm-trace.bash"),
         (clap_complete::Shell::Zsh, "_tsm-trace"),
@@ -45,6 +46,39 @@ pub fn run(cmd: Command, out: &Path) -> Result<()> {
         &default.join("tsm-trace"),
         default_file(&cmd, run).as_bytes(),
     )?;
+    Ok(())
+}
+
+/// Appends an ENVIRONMENT section to each page whose command reads `TSM_TRACE_*` variables
+/// (clap_mangen writes none).
+fn environment_sections(cmd: &Command, man: &Path) -> Result<()> {
+    let mut pages = vec![("tsm-trace".to_string(), cmd)];
+    pages.extend(
+        cmd.get_subcommands()
+            .filter(|s| !s.is_hide_set())
+            .map(|s| (format!("tsm-trace-{}", s.get_name()), s)),
+    );
+    for (name, c) in pages {
+        let vars: Vec<(String, &str)> = c
+            .get_arguments()
+            .filter(|a| !a.is_hide_set())
+            .filter_map(|a| Some((a.get_env()?.to_string_lossy().into_owned(), a.get_long()?)))
+            .collect();
+        let path = man.join(format!("{name}.1"));
+        if vars.is_empty() || !path.exists() {
+            continue;
+        }
+        let mut page = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        page.push_str(
+            ".SH ENVIRONMENT\nEach option below also reads its variable; the command line wins.\n",
+        );
+        for (var, long) in vars {
+            let long = long.replace('-', "\\-");
+            page.push_str(&format!(".TP\n\\fB{var}\\fR\n\\fB\\-\\-{long}\\fR\n"));
+        }
+        write(&path, page.as_bytes())?;
+    }
     Ok(())
 }
 
@@ -95,7 +129,12 @@ pub fn default_file(root: &Command, run: &Command) -> String {
         .filter(|a| !a.is_hide_set() && a.get_long().is_some())
         .filter(|a| !matches!(a.get_id().as_str(), "help" | "version"));
     let mut without_env = Vec::new();
+    // A global option also appears among `run`'s own once the command is built: once here.
+    let mut seen = std::collections::HashSet::new();
     for a in args {
+        if !seen.insert(a.get_id().clone()) {
+            continue;
+        }
         let long = a.get_long().unwrap_or_default();
         let Some(env) = a.get_env() else {
             without_env.push(a);
@@ -187,6 +226,13 @@ mod tests {
         }
         assert!(n > 20, "only {n} options of run");
         assert!(text.contains("#TSM_TRACE_LISTEN=0.0.0.0:9477\n"), "{text}");
+        for var in ["TSM_TRACE_LOG", "TSM_TRACE_LOG_FORMAT"] {
+            assert_eq!(
+                text.matches(&format!("\n#{var}=")).count(),
+                1,
+                "{var} listed twice"
+            );
+        }
         assert!(text.contains("#TSM_TRACE_NO_PERSIST=false\n"), "{text}");
         assert!(text.ends_with(&format!("#{ARGS_VAR}=\n")));
         // Every line is a comment or blank: installing the file changes nothing.
@@ -213,5 +259,14 @@ mod tests {
         assert!(!t.path().join("man/tsm-trace-generate.1").exists());
         let run_page = std::fs::read_to_string(t.path().join("man/tsm-trace-run.1")).unwrap();
         assert!(run_page.contains("late\\-attach\\-window"), "{run_page}");
+        let env = run_page
+            .split(".SH ENVIRONMENT")
+            .nth(1)
+            .expect("ENVIRONMENT section");
+        assert!(
+            env.contains("TSM_TRACE_LISTEN") && env.contains("\\-\\-listen"),
+            "{env}"
+        );
+        assert!(env.contains("TSM_TRACE_PIN_DIR"), "{env}");
     }
 }
