@@ -495,16 +495,7 @@ async fn sleep_until(t: Option<Instant>) {
     }
 }
 
-/// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` uses.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub use crate::clock::monotonic_ns;
 
 #[cfg(test)]
 mod tests {

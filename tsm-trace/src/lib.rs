@@ -9,6 +9,7 @@
 //! ```
 pub mod btf;
 pub mod cli;
+pub mod clock;
 pub mod correlate;
 pub mod doctor;
 pub mod errno;

@@ -211,6 +211,19 @@ struct FilterArgs {
     /// JSON lines instead of text.
     #[arg(long)]
     json: bool,
+    /// How text lines show time: `wall` (local wall-clock time; replay: the capture's own,
+    /// where it recorded the clock), `boot` (seconds since boot, as dmesg prints them), or
+    /// `relative` (seconds since the first event). JSON lines carry `*_ns` (since boot) and,
+    /// where the wall clock is known, `time` (RFC 3339, UTC).
+    #[arg(long, value_enum, value_name = "CLOCK")]
+    time: Option<TimeFormat>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum TimeFormat {
+    Wall,
+    Boot,
+    Relative,
 }
 
 impl FilterArgs {
@@ -858,13 +871,21 @@ async fn trace(args: TraceArgs) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
     publish_session(&metrics, live.session());
     let cfg = args.correlate.config();
-    let clock = Clock::wall_now();
-    let sink = TraceSink::new(
+    let offset = tsm_trace::clock::realtime_offset_ns();
+    let clock = match args.filter.time {
+        None | Some(TimeFormat::Wall) => Clock::wall(offset),
+        Some(TimeFormat::Boot) => Clock::Boot,
+        Some(TimeFormat::Relative) => Clock::Relative {
+            base_ns: tsm_trace::clock::monotonic_ns(),
+        },
+    };
+    let mut sink = TraceSink::new(
         Box::new(std::io::stdout()),
         args.filter.format(),
         args.filter.filters(),
         clock,
     );
+    sink.realtime_offset_ns = Some(offset);
     let pipeline = Mutex::new(Pipeline::new(cfg.clone(), metrics.clone(), Some(sink)));
     eprintln!(
         "tsm-trace: tracing with {} programs attached{}; Ctrl-C stops",
@@ -956,13 +977,26 @@ fn replay(args: ReplayArgs) -> Result<()> {
         log::warn!("{}", t.warning(&path));
     }
     // `replay` writes everything once: trace lines and summary, or the exposition alone.
+    let offset = capture.header.realtime_offset_ns;
+    let clock = match (args.filter.time, offset) {
+        (None | Some(TimeFormat::Wall), Some(off)) => Some(Clock::wall(off)),
+        (Some(TimeFormat::Wall), None) => {
+            log::warn!(
+                "{path} does not record the wall clock (written by an older tsm-trace): times are seconds since its first event"
+            );
+            None
+        }
+        (Some(TimeFormat::Boot), _) => Some(Clock::Boot),
+        (None | Some(TimeFormat::Relative), _) => None,
+    };
     pipeline::replay(
         capture.events,
         &ReplayOptions {
             config: args.correlate.config(),
             format: args.filter.format(),
             filters: args.filter.filters(),
-            clock: None,
+            clock,
+            realtime_offset_ns: offset,
             summary: !args.no_summary,
             metrics: args.metrics,
         },

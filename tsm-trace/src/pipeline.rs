@@ -30,6 +30,8 @@ pub struct TraceSink {
     pub formatter: TraceFormatter,
     /// Also print anomalies (JSON only; text never prints them).
     pub anomalies: bool,
+    /// CLOCK_REALTIME − CLOCK_MONOTONIC, when known: JSON lines then carry `"time"`.
+    pub realtime_offset_ns: Option<i64>,
     out: Box<dyn Write + Send>,
     /// The first write error (e.g. a closed pipe); writing stops after it.
     pub write_error: Option<std::io::Error>,
@@ -47,6 +49,10 @@ impl TraceSink {
             filters,
             formatter: TraceFormatter::new(clock),
             anomalies: false,
+            realtime_offset_ns: match clock {
+                Clock::Wall { offset_ns, .. } => Some(offset_ns),
+                _ => None,
+            },
             out,
             write_error: None,
         }
@@ -58,7 +64,7 @@ impl TraceSink {
         }
         let line = match self.format {
             TraceFormat::Text => self.formatter.format(o),
-            TraceFormat::Json => json::line(o, self.anomalies),
+            TraceFormat::Json => json::line_at(o, self.anomalies, self.realtime_offset_ns),
         };
         if let Some(line) = line
             && let Err(e) = writeln!(self.out, "{line}")
@@ -224,6 +230,9 @@ pub struct ReplayOptions {
     pub filters: Filters,
     /// Times relative to the first event (default) or wall clock through an offset.
     pub clock: Option<Clock>,
+    /// The capture's CLOCK_REALTIME − CLOCK_MONOTONIC, if it recorded one: JSON lines then
+    /// carry `"time"` whatever `clock` prints.
+    pub realtime_offset_ns: Option<i64>,
     /// Print the summary after the trace lines (text format only: a JSON stream holds only
     /// JSON lines).
     pub summary: bool,
@@ -278,6 +287,10 @@ pub fn replay(
             opts.filters.clone(),
             clock,
         )
+    });
+    let sink = sink.map(|mut s| {
+        s.realtime_offset_ns = opts.realtime_offset_ns.or(s.realtime_offset_ns);
+        s
     });
     let mut p = Pipeline::new(opts.config.clone(), metrics.clone(), sink);
     let n = events.len();

@@ -450,7 +450,7 @@ impl Session {
     /// exited threads. Only entries this call removed are counted (one whose return came
     /// meanwhile is gone already).
     pub fn expire_stale(&mut self, timeout: Duration) -> Result<Expired> {
-        let now = crate::event_loop::monotonic_ns();
+        let now = crate::clock::monotonic_ns();
         let host = self.sees_host_threads;
         // Where /proc shows other ids, no thread can be found gone: only the timeout applies.
         let alive = |pt| !host || expiry::thread_alive(Path::new("/proc"), pt);

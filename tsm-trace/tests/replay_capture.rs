@@ -31,6 +31,7 @@ fn run(metrics: bool) -> tsm_trace::pipeline::ReplayReport {
             format: TraceFormat::Json,
             filters: Default::default(),
             clock: None,
+            realtime_offset_ns: None,
             summary: true,
             metrics,
         },

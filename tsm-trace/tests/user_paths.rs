@@ -499,3 +499,50 @@ fn unpin_removes_only_ours() {
     assert!(o.status.success());
     assert!(text(&o.stdout).starts_with("nothing pinned under"));
 }
+
+/// A capture that recorded the wall clock replays at the times the live session printed
+/// (text in the local zone, JSON `time` in UTC); `--time boot` prints dmesg's seconds.
+#[test]
+fn replay_keeps_the_captures_own_times() {
+    let cap = root().join("tsm-trace/tests/fixtures/standin-6.1.jsonl");
+    let full = std::fs::read_to_string(&cap).unwrap();
+    let (header, rest) = full.split_once('\n').unwrap();
+    // The first event started at 14.438580440 s since boot; make that 12:00:00 UTC on
+    // 2026-12-06 (day 20793 since the epoch).
+    let first_ns: i64 = 14_438_580_440;
+    let off = 20_793 * 86_400_000_000_000 + 12 * 3_600_000_000_000 - first_ns;
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("wall.jsonl");
+    std::fs::write(
+        &p,
+        format!(
+            "{},\"boot_id\":\"b\",\"realtime_offset_ns\":{off}}}\n{rest}",
+            header.trim_end().trim_end_matches('}')
+        ),
+    )
+    .unwrap();
+    let p = p.to_str().unwrap();
+    let wall = String::from_utf8(tsm(&["replay", p, "--no-summary"]).stdout).unwrap();
+    assert!(wall.starts_with("12:00:00.000000 bind "), "{wall}");
+    let json = String::from_utf8(tsm(&["replay", p, "--json"]).stdout).unwrap();
+    assert!(
+        json.starts_with("{\"time\":\"2026-12-06T12:00:00.000000Z\",\"type\":\"operation\""),
+        "{json}"
+    );
+    let boot =
+        String::from_utf8(tsm(&["replay", p, "--time", "boot", "--no-summary"]).stdout).unwrap();
+    assert!(boot.starts_with("[   14.438580] bind "), "{boot}");
+    let rel = String::from_utf8(tsm(&["replay", p, "--time", "relative", "--no-summary"]).stdout)
+        .unwrap();
+    assert!(rel.starts_with("    0.000000 bind "), "{rel}");
+    // An older capture has no wall clock: relative, and asking for wall says why.
+    let o = tsm(&[
+        "replay",
+        cap.to_str().unwrap(),
+        "--time",
+        "wall",
+        "--no-summary",
+    ]);
+    assert!(text(&o.stdout).starts_with("    0.000000 bind "));
+    assert!(text(&o.stderr).contains("does not record the wall clock"));
+}

@@ -83,12 +83,7 @@ pub enum Missing {
     OtherBoot,
 }
 
-/// The current boot's id (empty if unreadable: then every file is taken as this boot's).
-pub fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
+pub use crate::clock::boot_id;
 
 fn move_aside(path: &Path) -> PathBuf {
     let moved = path.with_extension("json.bad");

@@ -1,7 +1,7 @@
 //! The record file: a header line, then one [`Event`] per line, as JSON.
 //!
 //! ```text
-//! {"tsm_trace_record":2,"tsm_trace_version":"0.1.0","kernel":"7.3.4+deb13-amd64"}
+//! {"tsm_trace_record":2,"tsm_trace_version":"0.1.0","kernel":"7.3.4+deb13-amd64","boot_id":"…","realtime_offset_ns":…}
 //! {"probe":"tsm_bind","start_ns":...,"end_ns":...,"tgid":...,"vm":{"id":"vm#3f9a0c51e2b7","pid":4242},...}
 //! ```
 //! Reading validates every line and names the line and the problem on error.
@@ -25,6 +25,14 @@ pub struct Header {
     pub tsm_trace_version: String,
     #[serde(default)]
     pub kernel: String,
+    /// The boot the events' CLOCK_MONOTONIC times belong to (empty in older captures).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub boot_id: String,
+    /// CLOCK_REALTIME − CLOCK_MONOTONIC when the capture started: `replay` prints the
+    /// wall-clock times the live session printed (absent in older captures: times are then
+    /// relative to the first event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realtime_offset_ns: Option<i64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +74,8 @@ impl<W: Write> Writer<W> {
             tsm_trace_record: FORMAT_VERSION,
             tsm_trace_version: env!("CARGO_PKG_VERSION").to_string(),
             kernel: kernel.to_string(),
+            boot_id: crate::clock::boot_id(),
+            realtime_offset_ns: Some(crate::clock::realtime_offset_ns()),
         };
         serde_json::to_writer(&mut out, &header)?;
         out.write_all(b"\n")?;

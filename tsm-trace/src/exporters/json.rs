@@ -8,7 +8,9 @@
 //! {"type":"sysfs_mismatch","kind":"denies_binding","device":…}
 //! {"type":"binding_closed","cause":"disconnect","binding":{"device":…},"closed_ns":…}
 //! ```
-//! Errnos are names (`EBUSY`, or `E<n>` for one without a name); times are CLOCK_MONOTONIC ns.
+//! Errnos are names (`EBUSY`, or `E<n>` for one without a name); `*_ns` times are
+//! CLOCK_MONOTONIC ns (dmesg's clock, in ns); where the wall clock is known (a live session,
+//! a capture that recorded it) each line starts with `"time"`, RFC 3339 UTC, of its event.
 
 use serde::Serialize;
 
@@ -27,6 +29,33 @@ enum Line<'a> {
     SysfsMismatch(&'a crate::correlate::Mismatch),
     Anomaly(&'a crate::correlate::Anomaly),
     BindingClosed(&'a crate::correlate::BindingClosed),
+}
+
+/// The CLOCK_MONOTONIC time an output is about (what its text line starts with), if it has one.
+pub fn output_time_ns(out: &Output) -> Option<u64> {
+    match out {
+        Output::Operation(op) => Some(op.start_ns),
+        Output::LeakDetected(l) => Some(l.detected_ns),
+        Output::LeakCleared(l) => Some(l.cleared_ns.unwrap_or(l.detected_ns)),
+        Output::VmEvent(v) => Some(v.time_ns),
+        Output::BindingClosed(c) => Some(c.closed_ns),
+        Output::Mismatch(_) | Output::Anomaly(_) => None,
+    }
+}
+
+/// [`line`] with `"time"` (RFC 3339 UTC) first when the CLOCK_REALTIME − CLOCK_MONOTONIC
+/// offset is known.
+pub fn line_at(out: &Output, anomalies: bool, realtime_offset_ns: Option<i64>) -> Option<String> {
+    let l = line(out, anomalies)?;
+    match (realtime_offset_ns, output_time_ns(out)) {
+        // `l` is a JSON object: `{"type":…`.
+        (Some(off), Some(t)) if l.starts_with('{') => Some(format!(
+            "{{\"time\":\"{}\",{}",
+            crate::clock::rfc3339(t, off),
+            &l[1..]
+        )),
+        _ => Some(l),
+    }
 }
 
 /// The JSON line for an output (without the newline). Anomalies are included only when
@@ -51,28 +80,80 @@ pub fn line(out: &Output, anomalies: bool) -> Option<String> {
     serde_json::to_string(&l).ok()
 }
 
-/// `/bindings`: what the correlator believes now.
+/// `/bindings`: what the correlator believes now. Each binding and leak carries its `*_ns`
+/// times (CLOCK_MONOTONIC, dmesg's clock) and the same instants as RFC 3339 UTC (`*_time`);
+/// `boot_id` says which boot the `*_ns` belong to.
 #[derive(Clone, Debug, Serialize)]
 pub struct BindingsView {
-    pub bindings: Vec<Binding>,
+    pub boot_id: String,
+    pub bindings: Vec<Timed<Binding>>,
     /// Devices per PCI TSM lifecycle state (connected, bound, disconnected).
     pub devices: std::collections::BTreeMap<crate::correlate::TsmState, usize>,
-    pub leaks: Vec<Leak>,
+    pub leaks: Vec<Timed<Leak>>,
     /// Frames waiting for their outer call.
     pub pending_frames: usize,
 }
 
+/// A binding or leak with its times as wall-clock RFC 3339 beside the `*_ns`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Timed<T> {
+    #[serde(flatten)]
+    pub item: T,
+    #[serde(flatten)]
+    pub times: std::collections::BTreeMap<&'static str, String>,
+}
+
 impl BindingsView {
     pub fn of(c: &Correlator) -> BindingsView {
+        let off = crate::clock::realtime_offset_ns();
+        let at = |ns: u64| crate::clock::rfc3339(ns, off);
         BindingsView {
-            bindings: c.bindings().into_iter().cloned().collect(),
+            boot_id: crate::clock::boot_id(),
+            bindings: c
+                .bindings()
+                .into_iter()
+                .map(|b| Timed {
+                    times: [("since_time", at(b.since_ns))].into(),
+                    item: b.clone(),
+                })
+                .collect(),
             devices: c.device_states(),
-            leaks: c.leaks().cloned().collect(),
+            leaks: c
+                .leaks()
+                .map(|l| {
+                    let mut times =
+                        std::collections::BTreeMap::from([("detected_time", at(l.detected_ns))]);
+                    if let Some(t) = l.bound_since_ns {
+                        times.insert("bound_since_time", at(t));
+                    }
+                    if let Some(t) = l.cleared_ns {
+                        times.insert("cleared_time", at(t));
+                    }
+                    Timed {
+                        item: l.clone(),
+                        times,
+                    }
+                })
+                .collect(),
             pending_frames: c.pending_frames(),
         }
     }
 
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::correlate::{Config, Correlator};
+
+    #[test]
+    fn bindings_view_names_the_boot() {
+        let c = Correlator::new(Config::default());
+        let v: serde_json::Value = serde_json::from_str(&BindingsView::of(&c).to_json()).unwrap();
+        assert_eq!(v["boot_id"], crate::clock::boot_id());
+        assert!(v["bindings"].as_array().unwrap().is_empty());
     }
 }
