@@ -56,6 +56,7 @@ pub mod state;
 #[cfg(test)]
 pub(crate) mod tests;
 mod types;
+mod vm_names;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -157,6 +158,12 @@ pub struct Correlator {
     frame_vecs: Vec<Vec<Frame>>,
     /// Bumped on every change of the binding or leak table (`state.rs` saves on change).
     table_version: u64,
+    /// Event time: the latest return time handled. Timers of [`Self::handle`] run on it, so
+    /// what the correlator reports does not depend on when (or in which batches) it got the
+    /// events.
+    clock_ns: u64,
+    /// The first full name (pid, stats id) learned for each VM (vm_names.rs).
+    vm_names: vm_names::Names,
 }
 
 #[derive(Debug, Default)]
@@ -202,6 +209,8 @@ impl Correlator {
             scratch: Scratch::default(),
             frame_vecs: Vec::new(),
             table_version: 0,
+            clock_ns: 0,
+            vm_names: vm_names::Names::default(),
         }
     }
 
@@ -285,8 +294,11 @@ impl Correlator {
         self.vm_checks.len()
     }
 
-    /// Handles one event; `now_ns` is the current CLOCK_MONOTONIC time (in a replay, the
-    /// event's time). Also runs whatever timers are due.
+    /// Handles one event. Also runs whatever timers are due by *event time* (the latest
+    /// return time handled so far), never by `now_ns`, the time the caller got round to the
+    /// event: every time the correlator reports comes from events, and the same events give
+    /// the same outputs whatever the batches they came in. `now_ns` is only checked to be
+    /// the caller's clock ([`Self::tick`] runs the timers on it).
     pub fn handle(&mut self, ev: Event, now_ns: u64) -> Vec<Output> {
         let mut out = Vec::new();
         self.handle_into(ev, now_ns, &mut out);
@@ -294,26 +306,28 @@ impl Correlator {
     }
 
     /// [`Self::handle`], appending the outputs to `out` (which the caller can reuse).
-    pub fn handle_into(&mut self, ev: Event, now_ns: u64, out: &mut Vec<Output>) {
+    pub fn handle_into(&mut self, ev: Event, _now_ns: u64, out: &mut Vec<Output>) {
         self.stats.events += 1;
         let mut ev = ev;
         if ev.end_ns < ev.start_ns {
             self.anomaly(AnomalyKind::TimeReversed, Some(ev.tid), None, out);
             ev.start_ns = ev.end_ns;
         }
+        self.clock_ns = self.clock_ns.max(ev.end_ns);
+        let clock = self.clock_ns;
         match ev.probe {
             // Not a TSM event (the session acts on it); nothing to correlate.
             Probe::ModuleLoad => {}
-            Probe::KvmDestroyVm | Probe::VmmExit => self.point_event(ev, now_ns, out),
-            _ => self.frame_event(ev, now_ns, out),
+            Probe::KvmDestroyVm | Probe::VmmExit => self.point_event(ev, clock, out),
+            _ => self.frame_event(ev, clock, out),
         }
-        if now_ns >= self.next_due_ns
+        if clock >= self.next_due_ns
             || self
                 .vm_checks
                 .front()
-                .is_some_and(|c| c.deadline_ns <= now_ns)
+                .is_some_and(|c| c.deadline_ns <= clock)
         {
-            self.expire(now_ns, false, out);
+            self.expire(clock, false, out);
         }
         #[cfg(debug_assertions)]
         self.check_counts();
@@ -329,8 +343,11 @@ impl Correlator {
         out
     }
 
-    /// End of input (end of a capture, shutdown): every pending frame becomes an operation and
-    /// every pending VM check runs now, whatever its grace period.
+    /// End of input (end of a capture, shutdown): every pending frame becomes an operation.
+    /// A VM check whose grace period has expired by `now_ns` (in a replay, the last event's
+    /// time) runs; one whose grace period has not is not a leak (nobody knows yet whether
+    /// the VMM would have unbound in time): each device it would have judged is counted as
+    /// [`AnomalyKind::LeakUnconfirmed`] (text summary, JSON with anomalies, metrics).
     pub fn finish(&mut self, now_ns: u64) -> Vec<Output> {
         let mut out = Vec::new();
         self.expire(now_ns, true, &mut out);
