@@ -15,6 +15,12 @@
 //! among the frames are listed the same way at the top: `(b, c)`. An errno is shown on the
 //! deepest call that returned it (not on the callers that passed it up).
 //!
+//! **Bindings.** Every binding that ends gets an `UNBOUND` line after the operation that ended
+//! it (an unbind, a teardown, a disconnect, a removal): the device, the cause, the VM the
+//! binding belonged to (also when another VMM's vdevice ended it) and how long it lasted. An
+//! unbind with no `UNBOUND` line after it found nothing bound. Unbind and teardown lines name
+//! the VM of the binding they act on when their frames do not.
+//!
 //! **Times** are the events' own: an operation at its start, a leak when the event that
 //! showed it returned (a VM check: the VM event's time plus the grace period), a leak's end
 //! and an `UNBOUND` line when the unbind returned.
