@@ -410,10 +410,15 @@ impl Correlator {
     fn close_in_time_order(&mut self, mut chains: Vec<Chain>, now_ns: u64, out: &mut Vec<Output>) {
         // Latest first: pop() takes the earliest.
         chains.sort_by_key(|c| std::cmp::Reverse((c.end(), c.outer().tid)));
-        let pending_end = if self.vm_checks.is_empty() {
-            u64::MAX
-        } else {
+        // Only worth a walk over the threads when a check is due.
+        let pending_end = if self
+            .vm_checks
+            .front()
+            .is_some_and(|c| c.deadline_ns <= now_ns)
+        {
             self.earliest_pending_end()
+        } else {
+            u64::MAX
         };
         loop {
             let check = self

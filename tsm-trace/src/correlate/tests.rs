@@ -585,6 +585,71 @@ fn vmm_exit_leaks_after_grace() {
 }
 
 #[test]
+fn a_vm_check_waits_for_an_unbind_that_ended_before_its_deadline() {
+    // The VM dies at t with DEV bound; a bare unbind (no ioctl: a kernel-internal caller)
+    // on another thread returns at t + 0.9 ms and waits for a possible outer frame; the
+    // grace period (2 ms) ends while it waits. By the events, DEV was unbound in time.
+    let grace = 2_000_000;
+    let mut c = Correlator::new(Config {
+        leak_grace_ns: grace,
+        ..Config::default()
+    });
+    feed(&mut c, bind_via_ioctl(10, 1_000_000, DEV, 0));
+    let t = 10_000_000;
+    let mut out = c.handle(kvm_destroy(t), t);
+    out.extend(feed(
+        &mut c,
+        vec![
+            unbind_frame(Probe::PciTsmUnbind, 2, t, 11, DEV, None),
+            unbind_frame(Probe::TsmUnbind, 1, t, 11, DEV, Some(0)),
+        ],
+    ));
+    // Another thread's call, after the deadline.
+    out.extend(feed(
+        &mut c,
+        vec![ioctl(UAPI_OP_BIND, t + 3_000_000, 12, EINVAL)],
+    ));
+    out.extend(c.tick(t + 3_000_000));
+    out.extend(c.finish(t + 4_000_000));
+    assert!(leaks_detected(&out).is_empty(), "{out:?}");
+    assert_eq!(c.binding_count(), 0);
+    let closed: Vec<u64> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::BindingClosed(b) => Some(b.closed_ns),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closed, [t + 900_000]);
+}
+
+#[test]
+fn a_leak_is_seen_at_its_deadline_and_cleared_at_the_unbinds_return() {
+    let grace = 2_000_000;
+    let mut c = Correlator::new(Config {
+        leak_grace_ns: grace,
+        ..Config::default()
+    });
+    feed(&mut c, bind_via_ioctl(10, 1_000_000, DEV, 0));
+    let t = 10_000_000;
+    c.handle(kvm_destroy(t), t);
+    // The unbind's frames are handled (all at once, late) after the deadline.
+    let mut out = Vec::new();
+    for e in unbind_via_ioctl(10, t + 5_000_000, DEV) {
+        out.extend(c.handle(e, t + 50_000_000));
+    }
+    let detected = leaks_detected(&out);
+    assert_eq!(detected.len(), 1, "{out:?}");
+    assert_eq!(detected[0].reason, LeakReason::VmDestroyed);
+    assert_eq!(detected[0].detected_ns, t + grace);
+    assert_eq!(detected[0].bound_since_ns, Some(1_900_000));
+    let cleared = leaks_cleared(&out);
+    assert_eq!(cleared.len(), 1, "{out:?}");
+    // tsm_unbind returned at t + 5.9 ms.
+    assert_eq!(cleared[0].cleared_ns, Some(t + 5_900_000));
+}
+
+#[test]
 fn bare_bind_without_outer_frame() {
     // Kernel without the iommufd patch: tsm_bind called by something else.
     let mut c = Correlator::default();
