@@ -172,7 +172,8 @@ impl Pipeline {
     }
 
     /// One decoded event. Counts it in `tsm_trace_events_processed_total{probe}` (the caller
-    /// must not count it again). Returns what it produced; the slice is valid until the next
+    /// must not count it again). What it produces depends on the events only, not on `now_ns`
+    /// or on how the events were batched (see [`Correlator::handle`]). Returns what it produced; the slice is valid until the next
     /// call (its buffer is reused).
     pub fn handle(&mut self, ev: Event, now_ns: u64) -> &[Output] {
         self.metrics.event_processed(ev.probe);

@@ -31,10 +31,12 @@ fn binding_of_tgid(b: &Binding, tgid: u32) -> bool {
 }
 
 impl Correlator {
-    /// A VM lifecycle event (VM destroyed, VMM exited): reported at once, and its bindings are
-    /// checked again when [`super::Config::leak_grace_ns`] has passed after it (event time).
-    /// The thread's own pending chains that ended before it are closed first: the thread has
-    /// moved on, and a bind it made counts among the VM's bound devices.
+    /// A VM lifecycle event (VM destroyed, VMM exited): reported, and its bindings are checked
+    /// again when [`super::Config::leak_grace_ns`] has passed after it (event time).
+    /// The thread's own pending chains that ended before it are closed first (the thread has
+    /// moved on); if another thread still has a chain pending that ended before it, the event
+    /// waits until that chain is closed (`nesting.rs`), so that what the chain did (a bind, an
+    /// unbind) counts as before the event.
     pub(super) fn point_event(&mut self, ev: Event, now_ns: u64, out: &mut Vec<Output>) {
         let key = Key::of(&ev);
         if self.recent_points.contains(&key) {
@@ -46,6 +48,22 @@ impl Correlator {
         }
         self.recent_points.push_back(key);
         self.close_moved_on(ev.tid, ev.end_ns, now_ns, out);
+        if !self.deferred_points.is_empty() || self.earliest_pending_end() < ev.end_ns {
+            if self.deferred_points.len() >= self.cfg.max_vm_checks {
+                // Bounded: the oldest waits no longer.
+                self.anomaly(AnomalyKind::VmCheckOverflow, None, None, out);
+                if let Some(old) = self.deferred_points.pop_front() {
+                    self.apply_point(old, now_ns, out);
+                }
+            }
+            self.deferred_points.push_back(ev);
+            return;
+        }
+        self.apply_point(ev, now_ns, out);
+    }
+
+    /// Reports a VM lifecycle event and schedules its check.
+    pub(super) fn apply_point(&mut self, ev: Event, now_ns: u64, out: &mut Vec<Output>) {
         let mut ev = ev;
         if let Some(v) = ev.vm.as_mut() {
             self.vm_names.learn(v);

@@ -14,6 +14,11 @@
 //! thread started after it ended, or [`Config::pending_timeout_ns`] passed) becomes an operation
 //! of its own: a bare `tsm_bind` on a kernel without the iommufd patch, or another caller.
 //!
+//! All timers run on event time (the latest return handled), so every time the correlator
+//! reports comes from the events, and the same events give the same outputs whatever the
+//! batches they arrive in; [`Correlator::tick`] runs them on the caller's clock when no event
+//! comes. Pending chains and due VM checks are resolved in event-time order.
+//!
 //! Each operation updates the binding table and may detect or clear a [`Leak`]. Everything is
 //! bounded (threads, chains per thread, bindings, leaks, pending VM checks); whatever had to be
 //! dropped is counted as an [`Anomaly`], never a panic.
@@ -87,14 +92,15 @@ pub struct Config {
     pub max_pending_per_thread: usize,
     /// Pending VM-destroyed / VMM-exited checks.
     pub max_vm_checks: usize,
-    /// How long a completed inner frame waits for an outer frame (after it was handled).
+    /// How long a completed inner frame waits for an outer frame (after it returned: event
+    /// time).
     pub pending_timeout_ns: u64,
     /// How long a finished outermost frame waits for inner frames delivered late (out of
     /// order). 0 (the default) closes it at once: the BPF ring buffer keeps one thread's events
     /// in order, so late frames are only counted (`late_frame`). Set it for merged captures.
     pub reorder_window_ns: u64,
-    /// After a VM is destroyed or its VMM exits, how long its devices may stay bound before
-    /// that is a leak (teardown order varies).
+    /// After a VM is destroyed or its VMM exits (the event's time), how long its devices may
+    /// stay bound before that is a leak (teardown order varies).
     pub leak_grace_ns: u64,
     /// A thread with nothing pending is forgotten after this long.
     pub idle_thread_ns: u64,
@@ -148,6 +154,9 @@ pub struct Correlator {
     /// Frames in all threads' pending chains.
     pending_count: usize,
     vm_checks: VecDeque<VmCheck>,
+    /// VM events waiting for pending chains that ended before them (bounded by
+    /// `max_vm_checks`), in arrival order.
+    deferred_points: VecDeque<Event>,
     recent_points: VecDeque<Key>,
     /// Connect state per device (devices.rs), bounded by `max_bindings`.
     devices: BTreeMap<String, devices::DeviceLink>,
@@ -204,6 +213,7 @@ impl Correlator {
             leak_count: [0; LeakReason::ALL.len()],
             pending_count: 0,
             vm_checks: VecDeque::new(),
+            deferred_points: VecDeque::new(),
             recent_points: VecDeque::new(),
             stats: Stats::default(),
             scratch: Scratch::default(),
@@ -297,8 +307,9 @@ impl Correlator {
     /// Handles one event. Also runs whatever timers are due by *event time* (the latest
     /// return time handled so far), never by `now_ns`, the time the caller got round to the
     /// event: every time the correlator reports comes from events, and the same events give
-    /// the same outputs whatever the batches they came in. `now_ns` is only checked to be
-    /// the caller's clock ([`Self::tick`] runs the timers on it).
+    /// the same outputs whatever the batches they came in. `now_ns` (the caller's clock) is
+    /// not used here; [`Self::tick`] and [`Self::finish`] run the timers on it when no event
+    /// comes.
     pub fn handle(&mut self, ev: Event, now_ns: u64) -> Vec<Output> {
         let mut out = Vec::new();
         self.handle_into(ev, now_ns, &mut out);
@@ -322,6 +333,7 @@ impl Correlator {
             _ => self.frame_event(ev, clock, out),
         }
         if clock >= self.next_due_ns
+            || !self.deferred_points.is_empty()
             || self
                 .vm_checks
                 .front()

@@ -394,7 +394,7 @@ impl Correlator {
     }
 
     /// The end of the earliest chain still pending (on any thread).
-    fn earliest_pending_end(&self) -> u64 {
+    pub(super) fn earliest_pending_end(&self) -> u64 {
         self.threads
             .values()
             .flat_map(|t| t.pending.iter())
@@ -403,24 +403,43 @@ impl Correlator {
             .unwrap_or(u64::MAX)
     }
 
-    /// Closes `chains` and runs the VM checks due by `now_ns`, in event-time order: a check
-    /// runs before a chain that ended after its deadline (it sees the bindings as they were
-    /// then), and waits for every chain that ended before its deadline, pending or not. Gives
-    /// the emptied vector back to the scratch buffers.
+    /// Closes `chains`, reports the VM events that waited and runs the VM checks due by
+    /// `now_ns`, in event-time order: a VM event or a check comes before a chain that ended
+    /// after its time (it sees the bindings as they were then), and waits for every chain that
+    /// ended before its time, pending or not. Gives the emptied vector back to the scratch
+    /// buffers.
     fn close_in_time_order(&mut self, mut chains: Vec<Chain>, now_ns: u64, out: &mut Vec<Output>) {
         // Latest first: pop() takes the earliest.
         chains.sort_by_key(|c| std::cmp::Reverse((c.end(), c.outer().tid)));
-        // Only worth a walk over the threads when a check is due.
-        let pending_end = if self
-            .vm_checks
-            .front()
-            .is_some_and(|c| c.deadline_ns <= now_ns)
+        // Only worth a walk over the threads when a check is due or a VM event waits.
+        let pending_end = if !self.deferred_points.is_empty()
+            || self
+                .vm_checks
+                .front()
+                .is_some_and(|c| c.deadline_ns <= now_ns)
         {
             self.earliest_pending_end()
         } else {
             u64::MAX
         };
         loop {
+            if let Some(t) = self.deferred_points.front().map(|e| e.end_ns) {
+                let next_chain = chains.last().map(Chain::end);
+                // Free once no chain that ended before it is pending or about to close; and
+                // always before a chain that ended after it closes (which is final).
+                let free = t < pending_end && next_chain.is_none_or(|e| t <= e);
+                let before_chain = next_chain.is_some_and(|e| t <= e);
+                let check_first = self
+                    .vm_checks
+                    .front()
+                    .is_some_and(|c| c.deadline_ns <= now_ns && c.deadline_ns < t.min(pending_end));
+                if (free || before_chain) && !check_first {
+                    if let Some(ev) = self.deferred_points.pop_front() {
+                        self.apply_point(ev, now_ns, out);
+                    }
+                    continue;
+                }
+            }
             let check = self
                 .vm_checks
                 .front()

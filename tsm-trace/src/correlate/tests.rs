@@ -560,6 +560,36 @@ fn vm_destroyed_before_a_pending_bare_bind_is_flushed() {
 }
 
 #[test]
+fn a_vm_event_waits_for_a_bind_of_another_thread_that_returned_before_it() {
+    // A bare bind (no ioctl) returns at 1.9 ms on thread 10 and waits for a possible outer
+    // frame; the VM is destroyed at 3 ms on thread 999. The VM event counts that binding.
+    let mut c = Correlator::default();
+    let mut out = feed(
+        &mut c,
+        bind_stack(10, 1_000_000, DEV, None, Some(0), Some(0), None),
+    );
+    out.extend(c.handle(kvm_destroy(3_000_000), 3_000_000));
+    // Thread 10 moves on: its bind can have no outer frame any more.
+    out.extend(feed(
+        &mut c,
+        vec![ioctl(UAPI_OP_BIND, 5_000_000, 10, EINVAL)],
+    ));
+    let kinds: Vec<String> = out
+        .iter()
+        .map(|o| match o {
+            Output::Operation(op) => format!("{} {}", op.kind.as_str(), op.start_ns),
+            Output::VmEvent(v) => format!("{} {}", v.event.as_str(), v.bound_devices),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["bind 1100000", "vm_destroyed 1", "bind 5000000"],
+        "{out:?}"
+    );
+}
+
+#[test]
 fn vmm_exit_leaks_after_grace() {
     let grace = 5_000_000_000;
     let mut c = Correlator::default();
