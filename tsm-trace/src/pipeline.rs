@@ -35,6 +35,23 @@ pub struct TraceSink {
     out: Box<dyn Write + Send>,
     /// The first write error (e.g. a closed pipe); writing stops after it.
     pub write_error: Option<std::io::Error>,
+    /// Lines held to be written in event-time order at [`TraceSink::flush`]: (time, arrival,
+    /// line). `None` writes each line at once (live).
+    held: Option<Vec<(u64, usize, String)>>,
+    /// The time of the last line held (for lines without a time of their own).
+    last_ns: u64,
+}
+
+/// The event time a trace line shows (what it is ordered by), if it has one.
+fn line_time(o: &Output) -> Option<u64> {
+    match o {
+        Output::Operation(op) => Some(op.start_ns),
+        Output::LeakDetected(l) => Some(l.detected_ns),
+        Output::LeakCleared(l) => Some(l.cleared_ns.unwrap_or(l.detected_ns)),
+        Output::VmEvent(v) => Some(v.time_ns),
+        Output::BindingClosed(c) => Some(c.closed_ns),
+        Output::Anomaly(_) | Output::Mismatch(_) => None,
+    }
 }
 
 impl TraceSink {
@@ -55,7 +72,17 @@ impl TraceSink {
             },
             out,
             write_error: None,
+            held: None,
+            last_ns: 0,
         }
+    }
+
+    /// Holds the lines until [`TraceSink::flush`], then writes them ordered by the event
+    /// time each shows (stable: lines of one time keep their order; a line without a time
+    /// stays after the line before it). For a replay, whose operations close in the order
+    /// the correlator could close them, not the order they happened.
+    pub fn order_by_time(&mut self) {
+        self.held.get_or_insert_with(Vec::new);
     }
 
     pub fn write(&mut self, o: &Output) {
@@ -66,14 +93,29 @@ impl TraceSink {
             TraceFormat::Text => self.formatter.format(o),
             TraceFormat::Json => json::line_at(o, self.anomalies, self.realtime_offset_ns),
         };
-        if let Some(line) = line
-            && let Err(e) = writeln!(self.out, "{line}")
-        {
+        let Some(line) = line else { return };
+        if let Some(held) = self.held.as_mut() {
+            let t = line_time(o).unwrap_or(self.last_ns);
+            self.last_ns = t;
+            let n = held.len();
+            held.push((t, n, line));
+        } else if let Err(e) = writeln!(self.out, "{line}") {
             self.write_error = Some(e);
         }
     }
 
     pub fn flush(&mut self) {
+        if let Some(held) = self.held.as_mut() {
+            let mut lines = std::mem::take(held);
+            lines.sort_unstable_by_key(|(t, n, _)| (*t, *n));
+            for (_, _, line) in lines {
+                if self.write_error.is_none()
+                    && let Err(e) = writeln!(self.out, "{line}")
+                {
+                    self.write_error = Some(e);
+                }
+            }
+        }
         if self.write_error.is_none()
             && let Err(e) = self.out.flush()
         {
@@ -136,7 +178,8 @@ impl Pipeline {
     }
 
     /// One decoded event. Counts it in `tsm_trace_events_processed_total{probe}` (the caller
-    /// must not count it again). Returns what it produced; the slice is valid until the next
+    /// must not count it again). What it produces depends on the events only, not on `now_ns`
+    /// or on how the events were batched (see [`Correlator::handle`]). Returns what it produced; the slice is valid until the next
     /// call (its buffer is reused).
     pub fn handle(&mut self, ev: Event, now_ns: u64) -> &[Output] {
         self.metrics.event_processed(ev.probe);
@@ -198,12 +241,8 @@ impl Pipeline {
 
     /// The summary text, with the leaks still open.
     pub fn render_summary(&self) -> String {
-        let open: Vec<String> = self
-            .correlator
-            .leaks()
-            .filter_map(|l| self.summary_fmt.format(&Output::LeakDetected(l.clone())))
-            .collect();
-        self.summary.render(&open)
+        let open: Vec<&Leak> = self.correlator.leaks().collect();
+        self.summary.render(&open, &self.summary_fmt)
     }
 
     fn emit(&mut self, outs: &[Output]) {
@@ -281,15 +320,14 @@ pub fn replay(
     let metrics = Arc::new(Metrics::new());
     // With `metrics` the exposition is the whole output; `out` stays here for it.
     let sink = (!opts.metrics).then(|| {
-        TraceSink::new(
+        let mut s = TraceSink::new(
             std::mem::replace(&mut out, Box::new(std::io::sink())),
             opts.format,
             opts.filters.clone(),
             clock,
-        )
-    });
-    let sink = sink.map(|mut s| {
+        );
         s.realtime_offset_ns = opts.realtime_offset_ns.or(s.realtime_offset_ns);
+        s.order_by_time();
         s
     });
     let mut p = Pipeline::new(opts.config.clone(), metrics.clone(), sink);
@@ -407,8 +445,9 @@ mod tests {
              iommufd 1.0ms > tsm_core 800.0us > pci_tsm 600.0us > tsm_driver 400.0us  comm=qemu tgid=4242 tid=10"
         );
         assert!(
-            lines[2]
-                .starts_with("    2.000000 teardown 0000:01:00.0 vdev=3 tdi=7  ok  iommufd 1.0ms"),
+            lines[2].starts_with(
+                "    2.000000 teardown 0000:01:00.0 vdev=3 vm=kvm-4242 tdi=7  ok  iommufd 1.0ms"
+            ),
             "{}",
             lines[2]
         );
@@ -421,19 +460,17 @@ mod tests {
             "{}",
             lines[4]
         );
-        // End of capture: the grace period is cut short, the VM's device is still bound.
-        assert!(
-            lines[5].starts_with("    3.000000 LEAK     0000:01:00.0 vm_destroyed"),
-            "{}",
-            lines[5]
-        );
+        // End of capture 5 s before the grace period's: the VM's device still bound is not
+        // a leak (yet), only counted.
+        assert_eq!(lines[5], "", "{text}");
+        assert!(lines[6].starts_with("=== tsm-trace summary"), "{text}");
 
         assert_eq!(report.events, 9);
         assert_eq!(report.operations, 3);
         assert_eq!(report.failures, 1);
-        assert_eq!(report.leaks_detected, 2);
-        assert_eq!(report.leaks.len(), 2);
-        assert_eq!(report.anomalies, 0);
+        assert_eq!(report.leaks_detected, 1);
+        assert_eq!(report.leaks.len(), 1);
+        assert_eq!(report.anomalies, 1);
 
         assert!(
             text.contains("=== tsm-trace summary: 3 operations, 1 failed ==="),
@@ -448,7 +485,16 @@ mod tests {
             text.contains("EBUSY        pci_tsm    pci_tsm_bind   (bind)"),
             "{text}"
         );
-        assert!(text.contains("leaks: 2 detected, 0 cleared, 2 still leaked"));
+        assert!(
+            text.contains(
+                "leaks (one per device and reason): 1 detected, 0 cleared, 1 still leaked, on 1 device\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            "         1 binding not judged: the input ended before their grace period (leak_unconfirmed)"
+        ));
+        assert!(text.contains("         1  leak_unconfirmed"));
         assert_eq!(
             text.matches("=== tsm-trace summary").count(),
             1,
@@ -472,6 +518,10 @@ mod tests {
             assert!(m.contains(
                 "tsm_trace_operations_total{errno=\"EBUSY\",layer=\"pci_tsm\",op=\"bind\",result=\"error\"} 1"
             ));
+            assert!(
+                m.contains("tsm_trace_correlation_anomalies_total{kind=\"leak_unconfirmed\"} 1"),
+                "{m}"
+            );
             assert_eq!(text, m, "nothing but the exposition");
             assert_eq!(
                 text.matches("# HELP tsm_trace_operations_total ").count(),
@@ -525,7 +575,8 @@ mod tests {
         };
         let (_, text) = replay_text(&opts);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 3, "{text}");
+        // The bind that failed, the teardown leak (the VM's grace period outlasts the capture).
+        assert_eq!(lines.len(), 2, "{text}");
         assert!(lines[0].contains("EBUSY from pci_tsm"));
         assert!(lines[1].contains("LEAK "));
 

@@ -31,8 +31,12 @@ fn binding_of_tgid(b: &Binding, tgid: u32) -> bool {
 }
 
 impl Correlator {
-    /// A VM lifecycle event (VM destroyed, VMM exited): reported at once, and its bindings are
-    /// checked again after [`super::Config::leak_grace_ns`].
+    /// A VM lifecycle event (VM destroyed, VMM exited): reported, and its bindings are checked
+    /// again when [`super::Config::leak_grace_ns`] has passed after it (event time).
+    /// The thread's own pending chains that ended before it are closed first (the thread has
+    /// moved on); if another thread still has a chain pending that ended before it, the event
+    /// waits until that chain is closed (`nesting.rs`), so that what the chain did (a bind, an
+    /// unbind) counts as before the event.
     pub(super) fn point_event(&mut self, ev: Event, now_ns: u64, out: &mut Vec<Output>) {
         let key = Key::of(&ev);
         if self.recent_points.contains(&key) {
@@ -43,6 +47,28 @@ impl Correlator {
             self.recent_points.pop_front();
         }
         self.recent_points.push_back(key);
+        self.close_moved_on(ev.tid, ev.end_ns, now_ns, out);
+        if !self.deferred_points.is_empty() || self.earliest_pending_end() < ev.end_ns {
+            if self.deferred_points.len() >= self.cfg.max_vm_checks {
+                // Bounded: the oldest waits no longer.
+                self.anomaly(AnomalyKind::VmCheckOverflow, None, None, out);
+                if let Some(old) = self.deferred_points.pop_front() {
+                    self.apply_point(old, now_ns, out);
+                }
+            }
+            self.deferred_points.push_back(ev);
+            return;
+        }
+        self.apply_point(ev, now_ns, out);
+    }
+
+    /// Reports a VM lifecycle event and schedules its check.
+    pub(super) fn apply_point(&mut self, ev: Event, now_ns: u64, out: &mut Vec<Output>) {
+        let mut ev = ev;
+        if let Some(v) = ev.vm.as_mut() {
+            self.vm_names.learn(v);
+            self.vm_names.fill(v);
+        }
 
         let (event, target, bound) = match ev.probe {
             Probe::KvmDestroyVm => {
@@ -65,9 +91,17 @@ impl Correlator {
                     .values()
                     .filter(|(b, _)| binding_of_tgid(b, tgid))
                     .count();
+                if ev.vm.is_none() {
+                    ev.vm = self.vm_of_tgid(tgid);
+                }
                 (VmEventKind::VmmExited, VmCheckTarget::Tgid(tgid), bound)
             }
         };
+        if ev.probe == Probe::KvmDestroyVm
+            && let Some(v) = &ev.vm
+        {
+            self.vm_names.forget_vm(v.id);
+        }
         out.push(Output::VmEvent(VmEvent {
             event,
             time_ns: ev.end_ns,
@@ -84,19 +118,16 @@ impl Correlator {
             }
         }
         self.vm_checks.push_back(VmCheck {
-            deadline_ns: now_ns.saturating_add(self.cfg.leak_grace_ns),
+            deadline_ns: ev.end_ns.saturating_add(self.cfg.leak_grace_ns),
             event_ns: ev.end_ns,
             target,
         });
     }
 
-    pub(super) fn apply(
-        &mut self,
-        op: &Operation,
-        frames: &[Event],
-        now_ns: u64,
-        out: &mut Vec<Output>,
-    ) {
+    /// Applies an operation to the tables. Times are the frames': a binding starts when the
+    /// outermost bind call that succeeded returned, ends when the unbind returned; a leak is
+    /// detected when the operation that shows it returned.
+    pub(super) fn apply(&mut self, op: &Operation, frames: &[Event], out: &mut Vec<Output>) {
         let Some(outer) = frames.first() else {
             return;
         };
@@ -131,7 +162,19 @@ impl Correlator {
                     Probe::PciTsmBind => BindPath::PciTsmBind,
                     _ => BindPath::DriverBind,
                 };
-                self.clear_leaks(&device, ClearCause::Rebound, now_ns, out);
+                // The device is bound once the outermost bind call under the ioctl that
+                // succeeded returned (the ioctl returns later: when it fails, its end is when
+                // the leak is seen). An ioctl alone: its end.
+                let since_ns = frames
+                    .iter()
+                    .find(|f| {
+                        matches!(
+                            f.probe,
+                            Probe::TsmBind | Probe::PciTsmBind | Probe::DriverBind
+                        ) && f.ok()
+                    })
+                    .map_or(op.end_ns, |f| f.end_ns);
+                self.clear_leaks(&device, ClearCause::Rebound, since_ns, out);
                 let mut binding = Binding {
                     device: device.clone(),
                     vm: op.vm.clone(),
@@ -139,7 +182,7 @@ impl Correlator {
                     vmm_comm: op.comm.clone(),
                     vdevice_id: op.vdevice_id,
                     tdi_id: op.tdi_id,
-                    since_ns: op.end_ns,
+                    since_ns,
                     path,
                     tsm: self.device_tsm(&device).map(str::to_string),
                 };
@@ -164,9 +207,9 @@ impl Correlator {
                         );
                     }
                 }
-                self.insert_binding(binding, now_ns, out);
+                self.insert_binding(binding, since_ns, out);
                 if outer.probe == Probe::TsmOpIoctl && !outer.ok() {
-                    self.detect_leak(&device, LeakReason::IoctlFailedAfterBind, now_ns, out);
+                    self.detect_leak(&device, LeakReason::IoctlFailedAfterBind, op.end_ns, out);
                 }
             }
             OpKind::Unbind | OpKind::Teardown => {
@@ -189,11 +232,17 @@ impl Correlator {
                 if unbound {
                     // Every device the PCI TSM core itself found bound (also other functions'),
                     // then the operation's own device.
-                    self.close_unbound(frames, UnbindCause::Unbind, now_ns, out);
+                    self.close_unbound(frames, UnbindCause::Unbind, out);
                     match device {
                         Some(d) => {
                             let d = d.into_owned();
-                            self.close_binding(&d, UnbindCause::Unbind, op.end_ns, now_ns, out);
+                            // When the outermost unbind call returned (the ioctl or the
+                            // teardown may return later).
+                            let closed_ns = frames
+                                .iter()
+                                .find(|f| is_unbind_probe(f.probe) && f.ok())
+                                .map_or(op.end_ns, |f| f.end_ns);
+                            self.close_binding(&d, UnbindCause::Unbind, closed_ns, out);
                         }
                         None => {
                             self.anomaly(AnomalyKind::UnbindWithoutDevice, Some(op.tid), None, out)
@@ -204,15 +253,46 @@ impl Correlator {
                     && let Some(d) = device
                     && self.bindings.contains_key(&*d)
                 {
-                    self.detect_leak(&d, LeakReason::VdeviceTeardownWithoutUnbind, now_ns, out);
+                    self.detect_leak(&d, LeakReason::VdeviceTeardownWithoutUnbind, op.end_ns, out);
                 }
             }
-            OpKind::Connect | OpKind::Disconnect => self.apply_lifecycle(op, frames, now_ns, out),
+            OpKind::Connect | OpKind::Disconnect => self.apply_lifecycle(op, frames, out),
             OpKind::Invalid | OpKind::GuestRequest => {}
         }
     }
 
-    pub(super) fn run_vm_check(&mut self, check: &VmCheck, now_ns: u64, out: &mut Vec<Output>) {
+    /// Detects the leaks of a VM check at `at_ns`: its deadline when it is due, earlier when
+    /// the check table overflowed.
+    pub(super) fn run_vm_check(&mut self, check: &VmCheck, at_ns: u64, out: &mut Vec<Output>) {
+        let (reason, devices) = self.vm_check_devices(check);
+        for d in devices {
+            self.detect_leak(&d, reason, at_ns, out);
+        }
+    }
+
+    /// End of input before a check's deadline: its devices are counted, not reported.
+    pub(super) fn unconfirmed_vm_check(&mut self, check: &VmCheck, out: &mut Vec<Output>) {
+        let (_, devices) = self.vm_check_devices(check);
+        for d in devices {
+            self.anomaly(AnomalyKind::LeakUnconfirmed, None, Some(d), out);
+        }
+    }
+
+    /// The VM of a VMM's bindings (if they all name one), else the VM known by its pid.
+    fn vm_of_tgid(&self, tgid: u32) -> Option<crate::events::Vm> {
+        let mut vms = self
+            .bindings
+            .values()
+            .filter(|(b, _)| binding_of_tgid(b, tgid))
+            .filter_map(|(b, _)| b.vm.as_ref());
+        match vms.next() {
+            Some(first) if vms.all(|v| v.id == first.id) => Some(first.clone()),
+            Some(_) => None,
+            None => self.vm_names.by_pid(tgid).cloned(),
+        }
+    }
+
+    fn vm_check_devices(&self, check: &VmCheck) -> (LeakReason, Vec<String>) {
         let (reason, mut devices): (LeakReason, Vec<String>) = match check.target {
             VmCheckTarget::Kvm(kvm) => (
                 LeakReason::VmDestroyed,
@@ -234,12 +314,10 @@ impl Correlator {
             ),
         };
         devices.sort();
-        for d in devices {
-            self.detect_leak(&d, reason, now_ns, out);
-        }
+        (reason, devices)
     }
 
-    fn device_by_vdevice(&self, tgid: u32, vdevice_id: Option<u32>) -> Option<String> {
+    pub(super) fn device_by_vdevice(&self, tgid: u32, vdevice_id: Option<u32>) -> Option<String> {
         let id = vdevice_id?;
         self.bindings
             .values()
@@ -247,7 +325,8 @@ impl Correlator {
             .map(|(b, _)| b.device.clone())
     }
 
-    pub(super) fn insert_binding(&mut self, binding: Binding, now_ns: u64, out: &mut Vec<Output>) {
+    /// Inserts a binding made at `at_ns` (the time an evicted binding's leaks are cleared).
+    pub(super) fn insert_binding(&mut self, binding: Binding, at_ns: u64, out: &mut Vec<Output>) {
         self.table_version += 1;
         self.seq += 1;
         let seq = self.seq;
@@ -270,7 +349,7 @@ impl Correlator {
                 Some(old.to_string()),
                 out,
             );
-            self.clear_leaks(&old, ClearCause::Evicted, now_ns, out);
+            self.clear_leaks(&old, ClearCause::Evicted, at_ns, out);
         }
         self.binding_order.insert(seq, device.clone());
         self.bindings.insert(device, (binding, seq));
@@ -296,12 +375,13 @@ impl Correlator {
         self.leaks.range(lo..=hi).map(|(k, _)| k)
     }
 
-    /// Records a leak of a bound device, unless it is already recorded for that reason.
+    /// Records a leak of a bound device, seen at `at_ns` (event time), unless it is already
+    /// recorded for that reason.
     pub(super) fn detect_leak(
         &mut self,
         device: &str,
         reason: LeakReason,
-        now_ns: u64,
+        at_ns: u64,
         out: &mut Vec<Output>,
     ) {
         let Some((b, _)) = self.bindings.get(device) else {
@@ -320,7 +400,7 @@ impl Correlator {
             tdi_id: b.tdi_id,
             bound_since_ns: Some(b.since_ns),
             tsm: None,
-            detected_ns: now_ns,
+            detected_ns: at_ns,
             cleared_ns: None,
             cleared_by: None,
         };
@@ -345,11 +425,12 @@ impl Correlator {
         out.push(Output::LeakDetected(leak));
     }
 
+    /// Clears the leaks of `device`, at `at_ns` (the time of what cleared them).
     pub(super) fn clear_leaks(
         &mut self,
         device: &str,
         cause: ClearCause,
-        now_ns: u64,
+        at_ns: u64,
         out: &mut Vec<Output>,
     ) {
         if self.leaks.is_empty() {
@@ -360,7 +441,8 @@ impl Correlator {
             if let Some(mut leak) = self.leaks.remove(&k) {
                 self.table_version += 1;
                 self.leak_count[leak.reason as usize] -= 1;
-                leak.cleared_ns = Some(now_ns);
+                // Never before it was detected (an out-of-order unbind clears it at once).
+                leak.cleared_ns = Some(at_ns.max(leak.detected_ns));
                 leak.cleared_by = Some(cause);
                 out.push(Output::LeakCleared(leak));
             }

@@ -8,16 +8,28 @@ use crate::events::{Event, Probe, UnbindCause};
 use tsm_trace_common::agg;
 
 impl Correlator {
-    /// Turns a chain into an operation and applies it to the binding table.
-    pub(super) fn close(&mut self, chain: Chain, now_ns: u64, out: &mut Vec<Output>) {
+    /// Turns a chain into an operation and applies it to the binding table. Every time the
+    /// operation changes the tables at comes from its frames, never from `now_ns`.
+    pub(super) fn close(&mut self, chain: Chain, _now_ns: u64, out: &mut Vec<Output>) {
         let mut frames = chain.frames;
+        for v in frames.iter().filter_map(|f| f.vm.as_ref()) {
+            self.vm_names.learn(v);
+        }
         let op_frames = self.frame_vecs.pop().unwrap_or_default();
         let mut op = build_operation(&mut frames, op_frames);
+        if let (Some(d), Some(v)) = (&op.device, op.vdevice_id) {
+            self.vm_names.learn_vdevice(op.tgid, v, d);
+        }
         self.name_vm(&mut op);
         self.stats.operations += 1;
         // The operation first, then what it caused (bindings, leaks).
         let mut effects = std::mem::take(&mut self.scratch.effects);
-        self.apply(&op, &frames, now_ns, &mut effects);
+        self.apply(&op, &frames, &mut effects);
+        if op.kind == OpKind::Teardown
+            && let Some(v) = op.vdevice_id
+        {
+            self.vm_names.forget_vdevice(op.tgid, v);
+        }
         out.push(Output::Operation(op));
         out.append(&mut effects);
         self.scratch.effects = effects;
@@ -29,17 +41,28 @@ impl Correlator {
 }
 
 impl Correlator {
-    /// Frames inside the PCI TSM core know a binding's VM only by its `struct kvm` pointer's hash
-    /// (`pci_tdi.kvm`); the binding table knows its name and pid. For disconnects and guest
-    /// requests, fill them in before the operation changes the table.
+    /// Names what the frames left unnamed, from what earlier operations taught: the VM's
+    /// first full name (see `vm_names.rs`); the device behind the vdevice id of an operation
+    /// that could not read it; for an unbind or teardown whose frames carry no VM, and for a
+    /// disconnect or guest request (whose frames know the VM only by its `struct kvm *`),
+    /// the VM of the binding the operation acts on. Runs before the operation changes the
+    /// table.
     fn name_vm(&self, op: &mut Operation) {
-        if !matches!(op.kind, OpKind::Disconnect | OpKind::GuestRequest) {
+        if let Some(v) = op.vm.as_mut() {
+            self.vm_names.fill(v);
+        }
+        if op.device.is_none()
+            && let Some(v) = op.vdevice_id
+        {
+            op.device = self.vm_names.vdevice(op.tgid, v).map(str::to_string);
+        }
+        if !matches!(
+            op.kind,
+            OpKind::Disconnect | OpKind::GuestRequest | OpKind::Unbind | OpKind::Teardown
+        ) {
             return;
         }
-        let named = op
-            .vm
-            .as_ref()
-            .is_some_and(|v| v.pid.is_some() || v.stats_id.is_some());
+        let named = op.vm.as_ref().is_some_and(super::vm_names::is_full);
         if named {
             return;
         }
@@ -184,6 +207,12 @@ fn build_operation(frames: &mut [Event], mut frame_vec: Vec<Frame>) -> Operation
         vm,
         tdi_id,
         virt_id: frames.iter().find_map(|f| f.virt_id),
+        uapi_op: (outer.probe == Probe::TsmOpIoctl)
+            .then_some(outer.op)
+            .flatten(),
+        flags: (outer.probe == Probe::TsmOpIoctl)
+            .then_some(outer.flags)
+            .flatten(),
         tsm: frames.iter().find_map(|f| f.tsm.clone()),
         cause: cause_of(kind, outer),
         guest_request,

@@ -30,7 +30,6 @@ impl Correlator {
         &mut self,
         op: &Operation,
         frames: &[Event],
-        now_ns: u64,
         out: &mut Vec<Output>,
     ) {
         match op.kind {
@@ -41,7 +40,7 @@ impl Correlator {
             }
             OpKind::Disconnect => {
                 let cause = op.cause.unwrap_or(UnbindCause::Disconnect);
-                self.close_unbound(frames, cause, now_ns, out);
+                self.close_unbound(frames, cause, out);
                 // A failed disconnect_store (wrong TSM name, not connected) changed nothing.
                 if op.ok()
                     && let Some(d) = &op.device
@@ -58,7 +57,6 @@ impl Correlator {
         &mut self,
         frames: &[Event],
         cause: UnbindCause,
-        now_ns: u64,
         out: &mut Vec<Output>,
     ) {
         for f in frames
@@ -66,18 +64,18 @@ impl Correlator {
             .filter(|f| f.probe == Probe::PciTsmUnbindAny && !f.nothing_bound)
         {
             if let Some(d) = &f.device {
-                self.close_binding(d, cause, f.end_ns, now_ns, out);
+                self.close_binding(d, cause, f.end_ns, out);
             }
         }
     }
 
-    /// Ends the binding of `device` (if the table has one) and clears its leaks.
+    /// Ends the binding of `device` (if the table has one) at `closed_ns` and clears its
+    /// leaks at that same time.
     pub(super) fn close_binding(
         &mut self,
         device: &str,
         cause: UnbindCause,
         closed_ns: u64,
-        now_ns: u64,
         out: &mut Vec<Output>,
     ) {
         let had_leaks = self.has_leaks(device);
@@ -87,9 +85,9 @@ impl Correlator {
                 cause,
                 closed_ns,
             }));
-            self.clear_leaks(device, ClearCause::Unbound, now_ns, out);
+            self.clear_leaks(device, ClearCause::Unbound, closed_ns, out);
         } else if had_leaks {
-            self.clear_leaks(device, ClearCause::Unbound, now_ns, out);
+            self.clear_leaks(device, ClearCause::Unbound, closed_ns, out);
         }
     }
 

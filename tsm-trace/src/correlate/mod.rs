@@ -14,6 +14,11 @@
 //! thread started after it ended, or [`Config::pending_timeout_ns`] passed) becomes an operation
 //! of its own: a bare `tsm_bind` on a kernel without the iommufd patch, or another caller.
 //!
+//! All timers run on event time (the latest return handled), so every time the correlator
+//! reports comes from the events, and the same events give the same outputs whatever the
+//! batches they arrive in; [`Correlator::tick`] runs them on the caller's clock when no event
+//! comes. Pending chains and due VM checks are resolved in event-time order.
+//!
 //! Each operation updates the binding table and may detect or clear a [`Leak`]. Everything is
 //! bounded (threads, chains per thread, bindings, leaks, pending VM checks); whatever had to be
 //! dropped is counted as an [`Anomaly`], never a panic.
@@ -56,6 +61,7 @@ pub mod state;
 #[cfg(test)]
 pub(crate) mod tests;
 mod types;
+mod vm_names;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -86,14 +92,15 @@ pub struct Config {
     pub max_pending_per_thread: usize,
     /// Pending VM-destroyed / VMM-exited checks.
     pub max_vm_checks: usize,
-    /// How long a completed inner frame waits for an outer frame (after it was handled).
+    /// How long a completed inner frame waits for an outer frame (after it returned: event
+    /// time).
     pub pending_timeout_ns: u64,
     /// How long a finished outermost frame waits for inner frames delivered late (out of
     /// order). 0 (the default) closes it at once: the BPF ring buffer keeps one thread's events
     /// in order, so late frames are only counted (`late_frame`). Set it for merged captures.
     pub reorder_window_ns: u64,
-    /// After a VM is destroyed or its VMM exits, how long its devices may stay bound before
-    /// that is a leak (teardown order varies).
+    /// After a VM is destroyed or its VMM exits (the event's time), how long its devices may
+    /// stay bound before that is a leak (teardown order varies).
     pub leak_grace_ns: u64,
     /// A thread with nothing pending is forgotten after this long.
     pub idle_thread_ns: u64,
@@ -147,6 +154,9 @@ pub struct Correlator {
     /// Frames in all threads' pending chains.
     pending_count: usize,
     vm_checks: VecDeque<VmCheck>,
+    /// VM events waiting for pending chains that ended before them (bounded by
+    /// `max_vm_checks`), in arrival order.
+    deferred_points: VecDeque<Event>,
     recent_points: VecDeque<Key>,
     /// Connect state per device (devices.rs), bounded by `max_bindings`.
     devices: BTreeMap<String, devices::DeviceLink>,
@@ -157,6 +167,12 @@ pub struct Correlator {
     frame_vecs: Vec<Vec<Frame>>,
     /// Bumped on every change of the binding or leak table (`state.rs` saves on change).
     table_version: u64,
+    /// Event time: the latest return time handled. Timers of [`Self::handle`] run on it, so
+    /// what the correlator reports does not depend on when (or in which batches) it got the
+    /// events.
+    clock_ns: u64,
+    /// The first full name (pid, stats id) learned for each VM (vm_names.rs).
+    vm_names: vm_names::Names,
 }
 
 #[derive(Debug, Default)]
@@ -197,11 +213,14 @@ impl Correlator {
             leak_count: [0; LeakReason::ALL.len()],
             pending_count: 0,
             vm_checks: VecDeque::new(),
+            deferred_points: VecDeque::new(),
             recent_points: VecDeque::new(),
             stats: Stats::default(),
             scratch: Scratch::default(),
             frame_vecs: Vec::new(),
             table_version: 0,
+            clock_ns: 0,
+            vm_names: vm_names::Names::default(),
         }
     }
 
@@ -285,8 +304,12 @@ impl Correlator {
         self.vm_checks.len()
     }
 
-    /// Handles one event; `now_ns` is the current CLOCK_MONOTONIC time (in a replay, the
-    /// event's time). Also runs whatever timers are due.
+    /// Handles one event. Also runs whatever timers are due by *event time* (the latest
+    /// return time handled so far), never by `now_ns`, the time the caller got round to the
+    /// event: every time the correlator reports comes from events, and the same events give
+    /// the same outputs whatever the batches they came in. `now_ns` (the caller's clock) is
+    /// not used here; [`Self::tick`] and [`Self::finish`] run the timers on it when no event
+    /// comes.
     pub fn handle(&mut self, ev: Event, now_ns: u64) -> Vec<Output> {
         let mut out = Vec::new();
         self.handle_into(ev, now_ns, &mut out);
@@ -294,26 +317,29 @@ impl Correlator {
     }
 
     /// [`Self::handle`], appending the outputs to `out` (which the caller can reuse).
-    pub fn handle_into(&mut self, ev: Event, now_ns: u64, out: &mut Vec<Output>) {
+    pub fn handle_into(&mut self, ev: Event, _now_ns: u64, out: &mut Vec<Output>) {
         self.stats.events += 1;
         let mut ev = ev;
         if ev.end_ns < ev.start_ns {
             self.anomaly(AnomalyKind::TimeReversed, Some(ev.tid), None, out);
             ev.start_ns = ev.end_ns;
         }
+        self.clock_ns = self.clock_ns.max(ev.end_ns);
+        let clock = self.clock_ns;
         match ev.probe {
             // Not a TSM event (the session acts on it); nothing to correlate.
             Probe::ModuleLoad => {}
-            Probe::KvmDestroyVm | Probe::VmmExit => self.point_event(ev, now_ns, out),
-            _ => self.frame_event(ev, now_ns, out),
+            Probe::KvmDestroyVm | Probe::VmmExit => self.point_event(ev, clock, out),
+            _ => self.frame_event(ev, clock, out),
         }
-        if now_ns >= self.next_due_ns
+        if clock >= self.next_due_ns
+            || !self.deferred_points.is_empty()
             || self
                 .vm_checks
                 .front()
-                .is_some_and(|c| c.deadline_ns <= now_ns)
+                .is_some_and(|c| c.deadline_ns <= clock)
         {
-            self.expire(now_ns, false, out);
+            self.expire(clock, false, out);
         }
         #[cfg(debug_assertions)]
         self.check_counts();
@@ -329,8 +355,11 @@ impl Correlator {
         out
     }
 
-    /// End of input (end of a capture, shutdown): every pending frame becomes an operation and
-    /// every pending VM check runs now, whatever its grace period.
+    /// End of input (end of a capture, shutdown): every pending frame becomes an operation.
+    /// A VM check whose grace period has expired by `now_ns` (in a replay, the last event's
+    /// time) runs; one whose grace period has not is not a leak (nobody knows yet whether
+    /// the VMM would have unbound in time): each device it would have judged is counted as
+    /// [`AnomalyKind::LeakUnconfirmed`] (text summary, JSON with anomalies, metrics).
     pub fn finish(&mut self, now_ns: u64) -> Vec<Output> {
         let mut out = Vec::new();
         self.expire(now_ns, true, &mut out);

@@ -237,10 +237,11 @@ impl Correlator {
                 .frames
                 .windows(2)
                 .any(|w| w[0].probe.depth() == w[1].probe.depth() && overlap(&w[0], &w[1]));
+            // Event time: how long after the chain's last return (not after its handling).
             chain.deadline_ns = if chain.outer().probe.is_root() {
-                now_ns.saturating_add(window)
+                chain.end().saturating_add(window)
             } else {
-                now_ns.saturating_add(pending_timeout)
+                chain.end().saturating_add(pending_timeout)
             };
             if !extra.is_empty() {
                 to_close.push(Chain {
@@ -377,31 +378,119 @@ impl Correlator {
         }
         self.compact_lru();
         self.next_due_ns = next_due;
-        to_close.sort_by_key(|c| (c.end(), c.outer().tid));
-        for c in to_close.drain(..) {
-            self.close(c, now_ns, out);
-        }
-        self.scratch.to_close = to_close;
-        while let Some(c) = self.vm_checks.front() {
-            if !all && c.deadline_ns > now_ns {
-                break;
-            }
-            if let Some(c) = self.vm_checks.pop_front() {
-                self.run_vm_check(&c, now_ns, out);
+        self.close_in_time_order(to_close, now_ns, out);
+        if all {
+            // End of input: a check due by `now_ns` runs; one whose grace period has not
+            // expired is not a leak (yet): counted, not reported.
+            while let Some(c) = self.vm_checks.pop_front() {
+                if c.deadline_ns <= now_ns {
+                    let at = c.deadline_ns;
+                    self.run_vm_check(&c, at, out);
+                } else {
+                    self.unconfirmed_vm_check(&c, out);
+                }
             }
         }
     }
 
-    /// Closes `chains` (and gives the emptied vector back to the scratch buffers).
-    fn close_all(&mut self, mut chains: Vec<Chain>, now_ns: u64, out: &mut Vec<Output>) {
-        chains.sort_by_key(|c| (c.end(), c.outer().tid));
-        for c in chains.drain(..) {
-            if let Some(ts) = self.threads.get_mut(&c.outer().tid) {
-                push_closed(ts, &c);
+    /// The end of the earliest chain still pending (on any thread).
+    pub(super) fn earliest_pending_end(&self) -> u64 {
+        self.threads
+            .values()
+            .flat_map(|t| t.pending.iter())
+            .map(Chain::end)
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
+    /// Closes `chains`, reports the VM events that waited and runs the VM checks due by
+    /// `now_ns`, in event-time order: a VM event or a check comes before a chain that ended
+    /// after its time (it sees the bindings as they were then), and waits for every chain that
+    /// ended before its time, pending or not. Gives the emptied vector back to the scratch
+    /// buffers.
+    fn close_in_time_order(&mut self, mut chains: Vec<Chain>, now_ns: u64, out: &mut Vec<Output>) {
+        // Latest first: pop() takes the earliest.
+        chains.sort_by_key(|c| std::cmp::Reverse((c.end(), c.outer().tid)));
+        // Only worth a walk over the threads when a check is due or a VM event waits.
+        let pending_end = if !self.deferred_points.is_empty()
+            || self
+                .vm_checks
+                .front()
+                .is_some_and(|c| c.deadline_ns <= now_ns)
+        {
+            self.earliest_pending_end()
+        } else {
+            u64::MAX
+        };
+        loop {
+            if let Some(t) = self.deferred_points.front().map(|e| e.end_ns) {
+                let next_chain = chains.last().map(Chain::end);
+                // Free once no chain that ended before it is pending or about to close; and
+                // always before a chain that ended after it closes (which is final).
+                let free = t < pending_end && next_chain.is_none_or(|e| t <= e);
+                let before_chain = next_chain.is_some_and(|e| t <= e);
+                let check_first = self
+                    .vm_checks
+                    .front()
+                    .is_some_and(|c| c.deadline_ns <= now_ns && c.deadline_ns < t.min(pending_end));
+                if (free || before_chain) && !check_first {
+                    if let Some(ev) = self.deferred_points.pop_front() {
+                        self.apply_point(ev, now_ns, out);
+                    }
+                    continue;
+                }
             }
-            self.close(c, now_ns, out);
+            let check = self
+                .vm_checks
+                .front()
+                .map(|c| c.deadline_ns)
+                .filter(|&d| d <= now_ns && d < pending_end);
+            let chain_end = chains.last().map(Chain::end);
+            match (check, chain_end) {
+                (Some(d), e) if e.is_none_or(|e| d < e) => {
+                    if let Some(c) = self.vm_checks.pop_front() {
+                        self.run_vm_check(&c, d, out);
+                    }
+                }
+                (_, Some(_)) => {
+                    if let Some(c) = chains.pop() {
+                        self.close(c, now_ns, out);
+                    }
+                }
+                _ => break,
+            }
         }
         self.scratch.to_close = chains;
+    }
+
+    /// Closes `chains` (and gives the emptied vector back to the scratch buffers).
+    fn close_all(&mut self, chains: Vec<Chain>, now_ns: u64, out: &mut Vec<Output>) {
+        for c in &chains {
+            if let Some(ts) = self.threads.get_mut(&c.outer().tid) {
+                push_closed(ts, c);
+            }
+        }
+        self.close_in_time_order(chains, now_ns, out);
+    }
+
+    /// Closes the pending chains of `tid` that ended before `t`: the thread has moved on (a
+    /// point event of its own at `t`), nothing can contain them any more.
+    pub(super) fn close_moved_on(&mut self, tid: u32, t: u64, now_ns: u64, out: &mut Vec<Output>) {
+        let Some(ts) = self.threads.get_mut(&tid) else {
+            return;
+        };
+        let mut to_close = std::mem::take(&mut self.scratch.to_close);
+        let mut i = 0;
+        while i < ts.pending.len() {
+            if ts.pending[i].end() < t {
+                let c = ts.pending.remove(i);
+                self.pending_count -= c.frames.len();
+                to_close.push(c);
+            } else {
+                i += 1;
+            }
+        }
+        self.close_all(to_close, now_ns, out);
     }
 
     pub(super) fn pending_mentions(&self, device: &str) -> bool {

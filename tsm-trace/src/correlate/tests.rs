@@ -237,7 +237,8 @@ fn successful_bind_via_ioctl() {
     assert_eq!(b.vdevice_id, Some(3));
     assert_eq!(b.tdi_id, Some(7));
     assert_eq!(b.vm.as_ref().unwrap().id, KVM);
-    assert_eq!(b.since_ns, 2_000_000);
+    // Bound when tsm_bind returned (1.9 ms), not when the ioctl did (2.0 ms).
+    assert_eq!(b.since_ns, 1_900_000);
     assert_eq!(c.pending_frames(), 0);
     assert!(leaks_detected(&out).is_empty());
     assert_eq!(c.stats().operations, 1);
@@ -380,6 +381,10 @@ fn efault_after_bind_leaks_until_rebind_or_unbind() {
     let leaks = leaks_detected(&out);
     assert_eq!(leaks.len(), 1);
     assert_eq!(leaks[0].reason, LeakReason::IoctlFailedAfterBind);
+    // Seen when the ioctl returned (2.0 ms); bound since tsm_bind returned (1.9 ms): the
+    // event times, whenever the correlator handled them.
+    assert_eq!(leaks[0].detected_ns, 2_000_000);
+    assert_eq!(leaks[0].bound_since_ns, Some(1_900_000));
     assert_eq!(
         leaks[0].vm.as_ref().map(Vm::name).as_deref(),
         Some("kvm-4242")
@@ -393,8 +398,8 @@ fn efault_after_bind_leaks_until_rebind_or_unbind() {
     assert_eq!(cleared.len(), 1);
     assert_eq!(cleared[0].cleared_by, Some(ClearCause::Rebound));
     assert_eq!(c.leaks().count(), 0);
-    // The binding keeps its original time.
-    assert_eq!(c.binding(DEV).unwrap().since_ns, 2_000_000);
+    // The binding keeps its original time (tsm_bind's return).
+    assert_eq!(c.binding(DEV).unwrap().since_ns, 1_900_000);
     // The detected counter stays.
     assert_eq!(
         c.stats().leaks_detected[&LeakReason::IoctlFailedAfterBind],
@@ -468,7 +473,7 @@ fn teardown_without_unbind_leaks() {
     assert_eq!(leaks[0].reason, LeakReason::VdeviceTeardownWithoutUnbind);
     assert_eq!(leaks[0].device, DEV);
     assert_eq!(leaks[0].detected_ns, 4_000_000);
-    assert_eq!(leaks[0].bound_since_ns, Some(2_000_000));
+    assert_eq!(leaks[0].bound_since_ns, Some(1_900_000));
     assert!(c.binding(DEV).is_some(), "still bound");
 
     // Teardown of an unbound device is not a leak.
@@ -555,6 +560,36 @@ fn vm_destroyed_before_a_pending_bare_bind_is_flushed() {
 }
 
 #[test]
+fn a_vm_event_waits_for_a_bind_of_another_thread_that_returned_before_it() {
+    // A bare bind (no ioctl) returns at 1.9 ms on thread 10 and waits for a possible outer
+    // frame; the VM is destroyed at 3 ms on thread 999. The VM event counts that binding.
+    let mut c = Correlator::default();
+    let mut out = feed(
+        &mut c,
+        bind_stack(10, 1_000_000, DEV, None, Some(0), Some(0), None),
+    );
+    out.extend(c.handle(kvm_destroy(3_000_000), 3_000_000));
+    // Thread 10 moves on: its bind can have no outer frame any more.
+    out.extend(feed(
+        &mut c,
+        vec![ioctl(UAPI_OP_BIND, 5_000_000, 10, EINVAL)],
+    ));
+    let kinds: Vec<String> = out
+        .iter()
+        .map(|o| match o {
+            Output::Operation(op) => format!("{} {}", op.kind.as_str(), op.start_ns),
+            Output::VmEvent(v) => format!("{} {}", v.event.as_str(), v.bound_devices),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["bind 1100000", "vm_destroyed 1", "bind 5000000"],
+        "{out:?}"
+    );
+}
+
+#[test]
 fn vmm_exit_leaks_after_grace() {
     let grace = 5_000_000_000;
     let mut c = Correlator::default();
@@ -577,6 +612,71 @@ fn vmm_exit_leaks_after_grace() {
     assert_eq!(leaks.len(), 1, "{out:?}");
     assert_eq!(leaks[0].reason, LeakReason::VmmExited);
     assert_eq!(leaks[0].vmm_comm.as_deref(), Some("qemu"));
+}
+
+#[test]
+fn a_vm_check_waits_for_an_unbind_that_ended_before_its_deadline() {
+    // The VM dies at t with DEV bound; a bare unbind (no ioctl: a kernel-internal caller)
+    // on another thread returns at t + 0.9 ms and waits for a possible outer frame; the
+    // grace period (2 ms) ends while it waits. By the events, DEV was unbound in time.
+    let grace = 2_000_000;
+    let mut c = Correlator::new(Config {
+        leak_grace_ns: grace,
+        ..Config::default()
+    });
+    feed(&mut c, bind_via_ioctl(10, 1_000_000, DEV, 0));
+    let t = 10_000_000;
+    let mut out = c.handle(kvm_destroy(t), t);
+    out.extend(feed(
+        &mut c,
+        vec![
+            unbind_frame(Probe::PciTsmUnbind, 2, t, 11, DEV, None),
+            unbind_frame(Probe::TsmUnbind, 1, t, 11, DEV, Some(0)),
+        ],
+    ));
+    // Another thread's call, after the deadline.
+    out.extend(feed(
+        &mut c,
+        vec![ioctl(UAPI_OP_BIND, t + 3_000_000, 12, EINVAL)],
+    ));
+    out.extend(c.tick(t + 3_000_000));
+    out.extend(c.finish(t + 4_000_000));
+    assert!(leaks_detected(&out).is_empty(), "{out:?}");
+    assert_eq!(c.binding_count(), 0);
+    let closed: Vec<u64> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::BindingClosed(b) => Some(b.closed_ns),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closed, [t + 900_000]);
+}
+
+#[test]
+fn a_leak_is_seen_at_its_deadline_and_cleared_at_the_unbinds_return() {
+    let grace = 2_000_000;
+    let mut c = Correlator::new(Config {
+        leak_grace_ns: grace,
+        ..Config::default()
+    });
+    feed(&mut c, bind_via_ioctl(10, 1_000_000, DEV, 0));
+    let t = 10_000_000;
+    c.handle(kvm_destroy(t), t);
+    // The unbind's frames are handled (all at once, late) after the deadline.
+    let mut out = Vec::new();
+    for e in unbind_via_ioctl(10, t + 5_000_000, DEV) {
+        out.extend(c.handle(e, t + 50_000_000));
+    }
+    let detected = leaks_detected(&out);
+    assert_eq!(detected.len(), 1, "{out:?}");
+    assert_eq!(detected[0].reason, LeakReason::VmDestroyed);
+    assert_eq!(detected[0].detected_ns, t + grace);
+    assert_eq!(detected[0].bound_since_ns, Some(1_900_000));
+    let cleared = leaks_cleared(&out);
+    assert_eq!(cleared.len(), 1, "{out:?}");
+    // tsm_unbind returned at t + 5.9 ms.
+    assert_eq!(cleared[0].cleared_ns, Some(t + 5_900_000));
 }
 
 #[test]

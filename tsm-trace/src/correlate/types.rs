@@ -164,6 +164,12 @@ pub struct Operation {
     pub tdi_id: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub virt_id: Option<u64>,
+    /// The ioctl's `op` (`IOMMU_VDEVICE_TSM_OP`), as the caller passed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uapi_op: Option<u32>,
+    /// The ioctl's `flags`, as the caller passed it (non-zero flags are refused).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flags: Option<u32>,
     /// The TSM (`tsmN`) of a connect, disconnect or guest request.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tsm: Option<String>,
@@ -401,10 +407,14 @@ pub enum AnomalyKind {
     VmCheckOverflow,
     /// The device lifecycle table was full: a device's connect state was forgotten.
     DeviceTableFull,
+    /// A device still bound to a destroyed VM (or an exited VMM) when the input ended
+    /// before the grace period did: not reported as a leak, since the unbind may still have
+    /// come in time. One per device.
+    LeakUnconfirmed,
 }
 
 impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 15] = [
+    pub const ALL: [AnomalyKind; 16] = [
         AnomalyKind::DuplicateEvent,
         AnomalyKind::EntryMissing,
         AnomalyKind::TimeReversed,
@@ -420,6 +430,7 @@ impl AnomalyKind {
         AnomalyKind::VmEventWithoutVm,
         AnomalyKind::VmCheckOverflow,
         AnomalyKind::DeviceTableFull,
+        AnomalyKind::LeakUnconfirmed,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -439,6 +450,7 @@ impl AnomalyKind {
             AnomalyKind::VmEventWithoutVm => "vm_event_without_vm",
             AnomalyKind::VmCheckOverflow => "vm_check_overflow",
             AnomalyKind::DeviceTableFull => "device_table_full",
+            AnomalyKind::LeakUnconfirmed => "leak_unconfirmed",
         }
     }
 }

@@ -260,7 +260,7 @@ impl Vm {
     pub fn name(&self) -> String {
         match (&self.stats_id, self.pid) {
             (Some(s), _) if !s.is_empty() => s.clone(),
-            (_, Some(pid)) => format!("kvm-{pid}"),
+            (_, Some(pid)) if pid > 0 => format!("kvm-{pid}"),
             _ => self.id.to_string(),
         }
     }
@@ -434,7 +434,11 @@ impl Event {
         let vm = || {
             (raw.kvm != 0).then(|| Vm {
                 id: key.name(raw.kvm),
-                pid: has(missing::KVM_PID).then_some(raw.kvm_pid),
+                // `userspace_pid` 0 (read through `pci_tdi.kvm` before it is set, or from
+                // a kernel-made VM) names no VMM: unknown, not `kvm-0`.
+                pid: has(missing::KVM_PID)
+                    .then_some(raw.kvm_pid)
+                    .filter(|p| *p > 0),
                 stats_id: has(missing::KVM_STATS_ID)
                     .then(|| cstr(&raw.kvm_stats_id))
                     .filter(|s| !s.is_empty()),

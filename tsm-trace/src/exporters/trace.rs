@@ -5,12 +5,31 @@
 //! 22:31:09.000001 LEAK     0000:01:00.0 vm_destroyed  vm=kvm-4242 vmm=qemu/4242 vdev=3 tdi=7 bound 4.1s
 //! 22:31:12.500000 LEAK-END 0000:01:00.0 vm_destroyed  cleared by unbound after 3.5s
 //! ```
+//!
+//! **Call trees.** An operation line ends with the calls it made, each with its layer (its
+//! function, for connect, disconnect and guest requests) and duration: `a > b` means `a`
+//! called `b` (`b` ran inside `a`); calls made one after the other by the same caller are
+//! listed in parentheses, separated by commas: `a > (b, c)` means `a` called `b`, then `c`;
+//! `a > (b > d, c)` means `d` ran inside `b`. Parentheses appear only where a caller made
+//! more than one call, so a chain `a > b > c` is always strict nesting. Calls with no caller
+//! among the frames are listed the same way at the top: `(b, c)`. An errno is shown on the
+//! deepest call that returned it (not on the callers that passed it up).
+//!
+//! **Bindings.** Every binding that ends gets an `UNBOUND` line after the operation that ended
+//! it (an unbind, a teardown, a disconnect, a removal): the device, the cause, the VM the
+//! binding belonged to (also when another VMM's vdevice ended it) and how long it lasted. An
+//! unbind with no `UNBOUND` line after it found nothing bound. Unbind and teardown lines name
+//! the VM of the binding they act on when their frames do not.
+//!
+//! **Times** are the events' own: an operation at its start, a leak when the event that
+//! showed it returned (a VM check: the VM event's time plus the grace period), a leak's end
+//! and an `UNBOUND` line when the unbind returned.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::correlate::{
-    AnomalyKind, LeakReason, MismatchKind, OpKind, OpResult, Operation, Output,
+    AnomalyKind, Frame, Leak, LeakReason, MismatchKind, OpKind, OpResult, Operation, Output,
 };
 use crate::errno;
 use crate::events::{Layer, Probe, Vm, VmSelector};
@@ -157,9 +176,9 @@ impl TraceFormatter {
                 }
             )),
             Output::Anomaly(_) => None,
-            // An unbind's own line says it; the core's unbinds on disconnect, removal and
-            // unregistration get a line of their own.
-            Output::BindingClosed(c) if c.cause == crate::events::UnbindCause::Unbind => None,
+            // Every binding that ended gets a line, after the operation that ended it: which
+            // device, whose binding (its VM, also when another VM's vdevice ended it), how
+            // long it lasted. An unbind followed by no such line found nothing bound.
             Output::BindingClosed(c) => {
                 let b = &c.binding;
                 let mut s = format!(
@@ -215,6 +234,17 @@ impl TraceFormatter {
         if let Some(v) = op.vdevice_id {
             let _ = write!(s, " vdev={v}");
         }
+        // What the caller asked, where it explains a refusal: an `op` that is neither bind
+        // nor unbind, non-zero flags.
+        if let Some(o) = op.uapi_op
+            && o != crate::correlate::UAPI_OP_BIND
+            && o != crate::correlate::UAPI_OP_UNBIND
+        {
+            let _ = write!(s, " op={o}");
+        }
+        if let Some(f) = op.flags.filter(|f| *f != 0) {
+            let _ = write!(s, " flags={f:#x}");
+        }
         if let Some(vm) = &op.vm {
             let _ = write!(s, " vm={}", vm.name());
         }
@@ -238,47 +268,106 @@ impl TraceFormatter {
             }
         }
         s.push_str("  ");
-        for (i, f) in op.frames.iter().enumerate() {
-            if i > 0 {
-                s.push_str(" > ");
-            }
-            // Bind paths cross layers; lifecycle operations stay in PCI TSM and the driver, so
-            // name the functions there.
-            let lifecycle = matches!(
-                op.kind,
-                crate::correlate::OpKind::Connect
-                    | crate::correlate::OpKind::Disconnect
-                    | crate::correlate::OpKind::GuestRequest
-            );
-            s.push_str(if lifecycle {
-                f.probe.as_str()
-            } else {
-                f.layer.as_str()
-            });
-            s.push(' ');
-            if f.entry_missing {
-                s.push('?');
-            } else {
-                s.push_str(&fmt_duration(f.duration_ns));
-            }
-            // The errno where it appears: on the deepest frame returning it (not repeated
-            // on the frames that passed it up, nor on a caller whose sibling calls sit
-            // between it and the source).
-            if let Some(e) = f.errno
-                && !op.frames[i + 1..].iter().any(|n| n.errno == Some(e))
-            {
-                s.push(' ');
-                s.push_str(&errno::name(e));
-            }
-            if f.null_return {
-                s.push_str(" NULL");
-            }
-        }
+        // Bind paths cross layers; lifecycle operations stay in PCI TSM and the driver, so
+        // name the functions there.
+        let lifecycle = matches!(
+            op.kind,
+            crate::correlate::OpKind::Connect
+                | crate::correlate::OpKind::Disconnect
+                | crate::correlate::OpKind::GuestRequest
+        );
+        let tree = CallTree::new(&op.frames);
+        tree.render_list(&tree.roots, op, lifecycle, &mut s);
         let _ = write!(s, "  comm={} tgid={}", op.comm, op.tgid);
         if op.tid != op.tgid {
             let _ = write!(s, " tid={}", op.tid);
         }
         s
+    }
+}
+
+/// Who called whom among an operation's frames (sorted by depth, then start): a frame's
+/// caller is the deepest shallower frame whose run contains it.
+struct CallTree {
+    roots: Vec<usize>,
+    children: Vec<Vec<usize>>,
+}
+
+impl CallTree {
+    fn new(frames: &[Frame]) -> CallTree {
+        let depth = |f: &Frame| f.probe.depth();
+        let inside = |outer: &Frame, inner: &Frame| {
+            let start = if inner.entry_missing {
+                inner.end_ns
+            } else {
+                inner.start_ns
+            };
+            inner.end_ns <= outer.end_ns && (outer.entry_missing || outer.start_ns <= start)
+        };
+        let mut roots = Vec::new();
+        let mut children = vec![Vec::new(); frames.len()];
+        for (i, f) in frames.iter().enumerate() {
+            let parent = (0..i)
+                .filter(|&j| depth(&frames[j]) < depth(f) && inside(&frames[j], f))
+                .max_by_key(|&j| (depth(&frames[j]), frames[j].start_ns));
+            match parent {
+                Some(j) => children[j].push(i),
+                None => roots.push(i),
+            }
+        }
+        CallTree { roots, children }
+    }
+
+    /// Does a frame below `i` return `errno`?
+    fn below_returns(&self, i: usize, frames: &[Frame], errno: i32) -> bool {
+        self.children[i]
+            .iter()
+            .any(|&c| frames[c].errno == Some(errno) || self.below_returns(c, frames, errno))
+    }
+
+    fn render_list(&self, list: &[usize], op: &Operation, lifecycle: bool, s: &mut String) {
+        if list.len() > 1 {
+            s.push('(');
+        }
+        for (n, &i) in list.iter().enumerate() {
+            if n > 0 {
+                s.push_str(", ");
+            }
+            self.render(i, op, lifecycle, s);
+        }
+        if list.len() > 1 {
+            s.push(')');
+        }
+    }
+
+    fn render(&self, i: usize, op: &Operation, lifecycle: bool, s: &mut String) {
+        let f = &op.frames[i];
+        s.push_str(if lifecycle {
+            f.probe.as_str()
+        } else {
+            f.layer.as_str()
+        });
+        s.push(' ');
+        if f.entry_missing {
+            s.push('?');
+        } else {
+            s.push_str(&fmt_duration(f.duration_ns));
+        }
+        // The errno where it appears: on the deepest call returning it, not repeated on
+        // the callers that passed it up.
+        if let Some(e) = f.errno
+            && !self.below_returns(i, &op.frames, e)
+        {
+            s.push(' ');
+            s.push_str(&errno::name(e));
+        }
+        if f.null_return {
+            s.push_str(" NULL");
+        }
+        if !self.children[i].is_empty() {
+            s.push_str(" > ");
+            self.render_list(&self.children[i], op, lifecycle, s);
+        }
     }
 }
 
@@ -439,8 +528,9 @@ impl Summary {
             .sum()
     }
 
-    /// The summary text. `still_leaked` lists leaks open at the end.
-    pub fn render(&self, still_leaked: &[String]) -> String {
+    /// The summary text. `still_leaked` lists leaks open at the end (one per device and
+    /// reason); `fmt` prints them.
+    pub fn render(&self, still_leaked: &[&Leak], fmt: &TraceFormatter) -> String {
         let mut s = String::new();
         let _ = writeln!(
             s,
@@ -474,18 +564,40 @@ impl Summary {
             }
         }
         let detected: u64 = self.leaks_detected.values().sum();
-        if detected > 0 || !still_leaked.is_empty() {
+        let unconfirmed = self
+            .anomalies
+            .get(&AnomalyKind::LeakUnconfirmed)
+            .copied()
+            .unwrap_or(0);
+        if detected > 0 || !still_leaked.is_empty() || unconfirmed > 0 {
+            // A leak is one device for one reason: a device can leak for two reasons.
+            let devices: std::collections::BTreeSet<&str> =
+                still_leaked.iter().map(|l| l.device.as_str()).collect();
             let _ = writeln!(
                 s,
-                "\nleaks: {detected} detected, {} cleared, {} still leaked",
+                "\nleaks (one per device and reason): {detected} detected, {} cleared, \
+                 {} still leaked, on {} device{}",
                 self.leaks_cleared,
-                still_leaked.len()
+                still_leaked.len(),
+                devices.len(),
+                if devices.len() == 1 { "" } else { "s" }
             );
             for (r, n) in &self.leaks_detected {
                 let _ = writeln!(s, "  {n:>8}  {}", r.as_str());
             }
             for l in still_leaked {
-                let _ = writeln!(s, "  {l}");
+                if let Some(line) = fmt.format(&Output::LeakDetected((*l).clone())) {
+                    let _ = writeln!(s, "  {line}");
+                }
+            }
+            if unconfirmed > 0 {
+                let _ = writeln!(
+                    s,
+                    "  {unconfirmed:>8} binding{} not judged: the input ended before their grace \
+                     period ({})",
+                    if unconfirmed == 1 { "" } else { "s" },
+                    AnomalyKind::LeakUnconfirmed.as_str()
+                );
             }
         }
         if !self.closed.is_empty() {
