@@ -151,7 +151,10 @@ mod tests {
             0.0
         );
         for p in event_probes() {
-            let key = format!("tsm_trace_events_processed_total{{probe=\"{}\"}}", p.as_str());
+            let key = format!(
+                "tsm_trace_events_processed_total{{probe=\"{}\"}}",
+                p.as_str()
+            );
             assert_eq!(value(&s, &key), 0.0, "{key}");
         }
         for p in expiring_probes() {
@@ -172,7 +175,15 @@ mod tests {
         let m = std::sync::Arc::new(Metrics::new());
         let mut p =
             crate::pipeline::Pipeline::new(crate::correlate::Config::default(), m.clone(), None);
-        let stack = bind_stack(7, 100, "0000:01:00.0", Some(EBUSY), Some(EBUSY), Some(EBUSY), None);
+        let stack = bind_stack(
+            7,
+            100,
+            "0000:01:00.0",
+            Some(EBUSY),
+            Some(EBUSY),
+            Some(EBUSY),
+            None,
+        );
         for ev in stack {
             let now = ev.end_ns;
             p.handle(ev, now);
