@@ -770,8 +770,8 @@ async fn run(args: RunArgs) -> Result<()> {
     readiness.set_not_ready("probes are being attached");
     // The web config is checked before anything is attached: a wrong file fails fast.
     let web = args.web.config()?;
-    let mut facts = preflight(&args.probes.session_options(), &args.pin_dir)?;
     warn_sysfs_root(&args.sysfs_root, args.reconcile_interval);
+    let mut facts = preflight(&args.probes.session_options(), &args.pin_dir)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| {

@@ -17,6 +17,10 @@
 //! - `tsm_trace_inflight_expired_total`: every kprobe that parks an entry record, by each
 //!   expiry reason.
 
+use prometheus::IntCounterVec;
+
+use super::histograms::Durations;
+use super::misses::MissMetrics;
 use crate::correlate::OpKind;
 use crate::events::{Layer, Probe};
 
@@ -81,6 +85,31 @@ pub fn expiring_probes() -> impl Iterator<Item = Probe> {
             crate::probes::program_names(t).any(|(_, k)| k == crate::probes::Kind::Kretprobe)
         })
         .map(|t| t.probe)
+}
+
+/// Starts every series above at 0 (called once, by `Metrics::new`).
+pub(super) fn declare(
+    operations: &IntCounterVec,
+    durations: &Durations,
+    events_processed: &IntCounterVec,
+    misses: &MissMetrics,
+) {
+    for (op, layers) in OK_LAYERS {
+        for &layer in layers {
+            operations.with_label_values(&[op.as_str(), layer.as_str(), "ok", ""]);
+            durations.declare(op, layer, true);
+            durations.declare(op, layer, false);
+        }
+    }
+    for &(op, layer, errno) in COMMON_ERRORS {
+        operations.with_label_values(&[op.as_str(), layer.as_str(), "error", errno]);
+    }
+    for probe in event_probes() {
+        events_processed.with_label_values(&[probe.as_str()]);
+    }
+    for probe in expiring_probes() {
+        misses.declare_expiries(probe);
+    }
 }
 
 #[cfg(test)]

@@ -400,24 +400,8 @@ impl Metrics {
         }
 
         let misses = MissMetrics::register(&r);
-        // Operations, durations, events and expiries known up front start at 0 too
-        // (`initial.rs` says which and why).
-        for (op, layers) in initial::OK_LAYERS {
-            for &layer in layers {
-                operations.with_label_values(&[op.as_str(), layer.as_str(), "ok", ""]);
-                duration.declare(op, layer, true);
-                duration.declare(op, layer, false);
-            }
-        }
-        for &(op, layer, errno) in initial::COMMON_ERRORS {
-            operations.with_label_values(&[op.as_str(), layer.as_str(), "error", errno]);
-        }
-        for probe in initial::event_probes() {
-            events_processed.with_label_values(&[probe.as_str()]);
-        }
-        for probe in initial::expiring_probes() {
-            misses.declare_expiries(probe);
-        }
+        // Operations, durations, events and expiries known up front start at 0 too.
+        initial::declare(&operations, &duration, &events_processed, &misses);
         let handles = Handles {
             ops_ok: Default::default(),
             ops_err: Mutex::new(HashMap::new()),
