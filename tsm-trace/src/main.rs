@@ -800,8 +800,12 @@ async fn run(args: RunArgs) -> Result<()> {
     if let Some(why) = bind_path_gap(&mut facts, live.session()) {
         log::warn!("{why}");
     }
-    // Ready or degraded (docs/metrics.md, "/readyz"): set once the event loop is about to run.
-    let coverage = tsm_trace::doctor::coverage(&live.session().attach);
+    // Ready or degraded (docs/metrics.md, "Readiness"): the event loop sets it once it runs.
+    if let tsm_trace::doctor::Coverage::Degraded(why) =
+        tsm_trace::doctor::coverage(&live.session().attach)
+    {
+        log::warn!("/readyz will say degraded: {why}");
+    }
     let cfg = args.correlate.config();
     let sink = args.print.map(|f| {
         TraceSink::new(
@@ -857,14 +861,8 @@ async fn run(args: RunArgs) -> Result<()> {
             boot_id,
         }),
         inflight_timeout: args.probes.inflight_timeout,
+        readiness: Some(readiness.clone()),
     };
-    match coverage {
-        tsm_trace::doctor::Coverage::Full => readiness.set_ready(),
-        tsm_trace::doctor::Coverage::Degraded(why) => {
-            log::warn!("/readyz says degraded: {why}");
-            readiness.set_degraded(why);
-        }
-    }
     let stop = event_loop::run(&mut live, &pipeline, &metrics, &cfg, &opts, None).await?;
     if let Stop::Signal(sig) = stop {
         log::info!("{sig}: detaching probes and exiting");
@@ -943,6 +941,7 @@ async fn trace(args: TraceArgs) -> Result<()> {
         late_attach: None,
         state: None,
         inflight_timeout: args.probes.inflight_timeout,
+        readiness: None,
     };
     event_loop::run(
         &mut live,
