@@ -58,6 +58,11 @@ Exit status:
      lockdown=confidentiality, missing capabilities, no BTF, kernel older than 5.8); nothing
      was loaded, and the one error line names the cause and what to do";
 
+const EXIT_STATUS: &str = "\
+Exit status: 0 stopped by SIGINT or SIGTERM (trace: or at the end of --duration); 2 tsm-trace
+cannot run on this host (what `tsm-trace doctor` reports as FAIL; nothing was loaded, and the
+one error line is doctor's); 1 any other error.";
+
 #[derive(Parser)]
 #[command(name = "tsm-trace", version, about = ABOUT, after_help = AFTER_HELP)]
 struct Cli {
@@ -74,8 +79,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon: Prometheus metrics, health, readiness and a JSON view of bindings.
+    #[command(after_long_help = EXIT_STATUS)]
     Run(RunArgs),
     /// Print each TSM operation as it completes, with a summary on exit (kernel bring-up).
+    #[command(after_long_help = EXIT_STATUS)]
     Trace(TraceArgs),
     /// Run a capture (`trace --record`) through the correlator and print the same report.
     Replay(ReplayArgs),
@@ -299,7 +306,8 @@ struct RunArgs {
     #[arg(long, value_name = "USER", env = "TSM_TRACE_USER", value_parser = parse::user, help_heading = "Daemon")]
     user: Option<(u32, u32)>,
     /// How long requested probes that did not attach may still attach when their module
-    /// loads (iommufd.ko, kvm.ko, a TSM driver). Attaching needs CAP_PERFMON, CAP_SYSLOG (and
+    /// loads (iommufd.ko, kvm.ko, a TSM driver). Nothing waits for a function kallsyms shows
+    /// built in, nor on a kernel without module support (no /proc/modules). Attaching needs CAP_PERFMON, CAP_SYSLOG (and
     /// CAP_SYS_ADMIN where kernel.perf_event_paranoid=3): they are kept that long, then
     /// dropped for good (restart tsm-trace after loading a module later). 0s: never wait.
     #[arg(long, value_name = "DURATION", env = "TSM_TRACE_LATE_ATTACH_WINDOW", default_value = "10m", value_parser = parse::duration, allow_hyphen_values = true, help_heading = "Daemon")]
