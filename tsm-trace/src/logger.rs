@@ -90,18 +90,22 @@ impl Log for Logger {
         if !self.enabled(r.metadata()) {
             return;
         }
-        let line = match self.format {
-            Format::Text => format!("tsm-trace: {}: {}", level(r.level()), r.args()),
-            Format::Json => {
-                let mut fields = Map::new();
-                let _ = r.key_values().visit(&mut Fields(&mut fields));
-                json_line(level(r.level()), r.target(), &r.args().to_string(), fields)
-            }
-        };
-        let _ = writeln!(std::io::stderr().lock(), "{line}");
+        let _ = writeln!(std::io::stderr().lock(), "{}", render(self.format, r));
     }
 
     fn flush(&self) {}
+}
+
+/// One log line for `r`.
+fn render(format: Format, r: &Record) -> String {
+    match format {
+        Format::Text => format!("tsm-trace: {}: {}", level(r.level()), r.args()),
+        Format::Json => {
+            let mut fields = Map::new();
+            let _ = r.key_values().visit(&mut Fields(&mut fields));
+            json_line(level(r.level()), r.target(), &r.args().to_string(), fields)
+        }
+    }
 }
 
 fn level(l: Level) -> &'static str {
@@ -155,6 +159,31 @@ mod tests {
         let text = fatal_lines(Format::Text, &e, 2);
         assert_eq!(text[0], "tsm-trace: error: the VM-name key (--vm-key)");
         assert_eq!(text[1], "  caused by: reading /x");
+    }
+
+    /// A record's key-values become fields of its JSON line, typed.
+    #[test]
+    fn record_key_values_are_fields() {
+        let kvs: [(&str, log::kv::Value); 3] = [
+            ("probe", log::kv::Value::from("tsm_bind")),
+            ("attached", log::kv::Value::from(false)),
+            ("count", log::kv::Value::from(3u64)),
+        ];
+        let r = Record::builder()
+            .level(Level::Info)
+            .target("tsm_trace")
+            .args(format_args!("probe NOT ATTACHED   tsm_bind"))
+            .key_values(&kvs)
+            .build();
+        let v: Value = serde_json::from_str(&render(Format::Json, &r)).unwrap();
+        assert_eq!(v["msg"], "probe NOT ATTACHED tsm_bind");
+        assert_eq!(v["probe"], "tsm_bind");
+        assert_eq!(v["attached"], false);
+        assert_eq!(v["count"], 3);
+        assert_eq!(
+            render(Format::Text, &r),
+            "tsm-trace: info: probe NOT ATTACHED   tsm_bind"
+        );
     }
 
     #[test]
