@@ -4,6 +4,7 @@
 mod cli_tests;
 mod generate;
 mod logger;
+mod verdict;
 
 use std::{
     fs::File,
@@ -46,23 +47,6 @@ Examples:
   tsm-trace replay cap.jsonl --metrics     the same report from a capture, no kernel needed
   tsm-trace run                            the daemon: http://0.0.0.0:9477/metrics";
 
-const CHECK_LONG_ABOUT: &str = "\
-Resolve BTF, attach every probe, print what attached (and why not), and exit.
-
-Exit status:
-  0  a probe on the bind path (tsm_op_ioctl, tsm_bind or pci_tsm_bind) attached: tsm-trace
-     sees binds on this host
-  1  it runs but would see no bind (no bind-path probe attached; the last line says why, in
-     `tsm-trace doctor`'s words), a probe did not attach under --strict, or another error
-  2  tsm-trace cannot run on this host (what `tsm-trace doctor` reports as FAIL: no kprobes,
-     lockdown=confidentiality, missing capabilities, no BTF, kernel older than 5.8); nothing
-     was loaded, and the one error line names the cause and what to do";
-
-const EXIT_STATUS: &str = "\
-Exit status: 0 stopped by SIGINT or SIGTERM (trace: or at the end of --duration); 2 tsm-trace
-cannot run on this host (what `tsm-trace doctor` reports as FAIL; nothing was loaded, and the
-one error line is doctor's); 1 any other error.";
-
 #[derive(Parser)]
 #[command(name = "tsm-trace", version, about = ABOUT, after_help = AFTER_HELP)]
 struct Cli {
@@ -79,15 +63,15 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon: Prometheus metrics, health, readiness and a JSON view of bindings.
-    #[command(after_long_help = EXIT_STATUS)]
+    #[command(after_long_help = verdict::EXIT_STATUS)]
     Run(RunArgs),
     /// Print each TSM operation as it completes, with a summary on exit (kernel bring-up).
-    #[command(after_long_help = EXIT_STATUS)]
+    #[command(after_long_help = verdict::EXIT_STATUS)]
     Trace(TraceArgs),
     /// Run a capture (`trace --record`) through the correlator and print the same report.
     Replay(ReplayArgs),
     /// Resolve BTF, attach every probe, print what attached (and why not), and exit.
-    #[command(long_about = CHECK_LONG_ABOUT)]
+    #[command(long_about = verdict::CHECK_LONG_ABOUT)]
     Check(CheckArgs),
     /// Can this host run tsm-trace, and what will it see? One line per fact (kernel, BTF,
     /// kprobes, PCI TSM, lockdown, capabilities, bpffs, probes...) with what to do about it.
@@ -742,44 +726,14 @@ fn switch_user(uid: u32, gid: u32, keep_all: bool) -> Result<()> {
     Ok(())
 }
 
-/// Doctor's facts about this host, and its verdict before anything is loaded: where
-/// `doctor` would say "cannot run", `run`, `trace` and `check` stop with its FAIL line
-/// (exit status 2, see `main`).
-fn preflight(opts: &SessionOptions, pin_dir: &std::path::Path) -> Result<tsm_trace::doctor::Facts> {
-    use tsm_trace::doctor;
-    let facts = doctor::host(&doctor::Paths::default(), opts, pin_dir);
-    doctor::preflight(&facts)?;
-    Ok(facts)
-}
-
-/// `--sysfs-root` that has no `bus/pci/devices`: reconciliation would see nothing, say so.
-fn warn_sysfs_root(root: &std::path::Path, every: Duration) {
-    if every.is_zero() {
-        return;
-    }
-    if let Some(why) = tsm_trace::sysfs::root_problem(root) {
-        log::warn!("{why}");
-    }
-}
-
-/// Why no bind will be seen (no bind-path probe attached), in doctor's words; `None` when a
-/// bind-path probe is attached.
-fn bind_path_gap(facts: &mut tsm_trace::doctor::Facts, s: &Session) -> Option<String> {
-    facts.probes = tsm_trace::doctor::ProbeFacts::Attached {
-        reports: s.attach.clone(),
-        unresolved: Vec::new(),
-    };
-    tsm_trace::doctor::bind_path_gap(facts)
-}
-
 async fn run(args: RunArgs) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
     let readiness = Readiness::default();
     readiness.set_not_ready("probes are being attached");
     // The web config is checked before anything is attached: a wrong file fails fast.
     let web = args.web.config()?;
-    warn_sysfs_root(&args.sysfs_root, args.reconcile_interval);
-    let mut facts = preflight(&args.probes.session_options(), &args.pin_dir)?;
+    verdict::warn_sysfs_root(&args.sysfs_root, args.reconcile_interval);
+    let mut facts = verdict::preflight(&args.probes.session_options(), &args.pin_dir)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| {
@@ -805,7 +759,7 @@ async fn run(args: RunArgs) -> Result<()> {
     if !args.keep_capabilities {
         drop_capabilities(&live, waiting, args.late_attach_window);
     }
-    if let Some(why) = bind_path_gap(&mut facts, live.session()) {
+    if let Some(why) = verdict::bind_path_gap(&mut facts, live.session()) {
         log::warn!("{why}");
     }
     // Ready or degraded (docs/metrics.md, "Readiness"): the event loop sets it once it runs.
@@ -890,12 +844,12 @@ async fn run(args: RunArgs) -> Result<()> {
 }
 
 async fn trace(args: TraceArgs) -> Result<()> {
-    let mut facts = preflight(
+    let mut facts = verdict::preflight(
         &args.probes.session_options(),
         std::path::Path::new(tsm_trace::probes::pin::DEFAULT_ROOT),
     )?;
     let mut live = start_session(&args.probes, None)?;
-    if let Some(why) = bind_path_gap(&mut facts, live.session()) {
+    if let Some(why) = verdict::bind_path_gap(&mut facts, live.session()) {
         let later = if live.missing() > 0 {
             " (until a module brings one)"
         } else {
@@ -1031,7 +985,7 @@ fn replay(args: ReplayArgs) -> Result<()> {
 
 fn check(args: CheckArgs) -> Result<()> {
     let opts = args.probes.session_options(args.strict);
-    let mut facts = preflight(
+    let mut facts = verdict::preflight(
         &opts,
         std::path::Path::new(tsm_trace::probes::pin::DEFAULT_ROOT),
     )?;
@@ -1054,7 +1008,7 @@ fn check(args: CheckArgs) -> Result<()> {
             keep.join(", ")
         )?;
     }
-    if let Some(why) = bind_path_gap(&mut facts, &session) {
+    if let Some(why) = verdict::bind_path_gap(&mut facts, &session) {
         bail!("{why}");
     }
     Ok(())
