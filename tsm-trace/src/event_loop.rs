@@ -37,6 +37,18 @@ pub struct LoopOptions {
     pub state: Option<StateFile>,
     /// In-flight entries older than this are expired (`probes/expiry.rs`).
     pub inflight_timeout: Duration,
+    /// `run`: `/readyz`, set ready or degraded (`doctor::coverage`) once the loop runs and
+    /// again whenever a module load or unload changes what is attached.
+    pub readiness: Option<crate::http::Readiness>,
+}
+
+/// `/readyz` from what the session's probes cover now.
+fn judge_readiness(readiness: Option<&crate::http::Readiness>, live: &LiveSession) {
+    let Some(r) = readiness else { return };
+    match crate::doctor::coverage(&live.session().attach) {
+        crate::doctor::Coverage::Full => r.set_ready(),
+        crate::doctor::Coverage::Degraded(why) => r.set_degraded(why),
+    }
 }
 
 /// How often stale kernel-side entries are swept and the kernel's miss counts read while
@@ -109,6 +121,7 @@ pub async fn run(
     }
     let mut saved = None;
     let mut next_housekeeping = Instant::now() + HOUSEKEEPING_EVERY;
+    judge_readiness(opts.readiness.as_ref(), live);
     // Something happened since the last sweep (see HOUSEKEEPING_IDLE_EVERY).
     let mut active = true;
     let stop = loop {
@@ -144,7 +157,9 @@ pub async fn run(
                     if matches!(c, Some(Control::ModuleFreed { name: Some(_) })) {
                         redetect_at.get_or_insert_with(|| Instant::now() + RESCAN_DELAY);
                     }
-                    if control(live, metrics, c) {
+                    let look_again = control(live, metrics, c);
+                    judge_readiness(opts.readiness.as_ref(), live);
+                    if look_again {
                         if attach_open {
                             rescan_at.get_or_insert_with(|| Instant::now() + RESCAN_DELAY);
                         } else {
@@ -171,6 +186,7 @@ pub async fn run(
                 if rescan_at.is_some_and(|t| t <= now) {
                     rescan_at = None;
                     rescan(live, metrics);
+                    judge_readiness(opts.readiness.as_ref(), live);
                 }
                 if redetect_at.is_some_and(|t| t <= now) {
                     redetect_at = None;

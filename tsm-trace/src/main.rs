@@ -1,11 +1,14 @@
 //! `tsm-trace`: the command line. See `tsm-trace --help`.
 
+#[cfg(test)]
+mod cli_tests;
 mod generate;
 mod logger;
+mod verdict;
 
 use std::{
     fs::File,
-    io::{BufReader, BufWriter, IsTerminal, Write},
+    io::{BufReader, BufWriter, Write},
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, Mutex},
@@ -60,12 +63,15 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon: Prometheus metrics, health, readiness and a JSON view of bindings.
+    #[command(after_long_help = verdict::EXIT_STATUS)]
     Run(RunArgs),
     /// Print each TSM operation as it completes, with a summary on exit (kernel bring-up).
+    #[command(after_long_help = verdict::EXIT_STATUS)]
     Trace(TraceArgs),
     /// Run a capture (`trace --record`) through the correlator and print the same report.
     Replay(ReplayArgs),
     /// Resolve BTF, attach every probe, print what attached (and why not), and exit.
+    #[command(long_about = verdict::CHECK_LONG_ABOUT)]
     Check(CheckArgs),
     /// Can this host run tsm-trace, and what will it see? One line per fact (kernel, BTF,
     /// kprobes, PCI TSM, lockdown, capabilities, bpffs, probes...) with what to do about it.
@@ -104,13 +110,35 @@ struct UnpinArgs {
     force: bool,
 }
 
-/// Which probes to attach and where kernel facts come from.
+/// Which probes to attach and where kernel facts come from (`run`, `trace`).
 #[derive(Args, Clone)]
 #[command(next_help_heading = "Probes")]
 struct ProbeArgs {
     /// Fail if any requested probe cannot attach (default: report it and keep going).
     #[arg(long, env = "TSM_TRACE_STRICT", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     strict: bool,
+    #[command(flatten)]
+    target: TargetArgs,
+    /// A probed call still waiting for its return after this long is taken as one whose
+    /// return will never come (its kretprobe missed): its entry is removed and counted in
+    /// tsm_trace_inflight_expired_total{reason="timeout"}. Entries of exited threads go at
+    /// the next sweep (every 5 s) whatever this says. Longer than the slowest TSM firmware
+    /// call you expect.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse::duration, allow_hyphen_values = true, env = "TSM_TRACE_INFLIGHT_TIMEOUT")]
+    inflight_timeout: Duration,
+    /// The secret key that names VMs without their kernel address (`vm#…`, a keyed hash of
+    /// the `struct kvm` pointer): created 0600 if missing, shared by every tsm-trace of the
+    /// boot (/run is a tmpfs). If it cannot be stored, a key in memory is used and names
+    /// change when tsm-trace restarts.
+    #[arg(long, value_name = "FILE", env = "TSM_TRACE_VM_KEY", default_value = tsm_trace::events::vm_key::DEFAULT_PATH, value_parser = parse::state_file)]
+    vm_key: PathBuf,
+}
+
+/// Which probes there are and where kernel facts come from (every command that looks at the
+/// kernel: `run`, `trace`, `check`, `doctor`).
+#[derive(Args, Clone)]
+#[command(next_help_heading = "Probes")]
+struct TargetArgs {
     /// Probe this function as the TSM driver's link `probe` op (layer tsm_driver). Needed
     /// only for drivers tsm-trace does not know (it knows AMD SEV-TIO, Arm CCA and Intel TDX
     /// Connect); the function's BTF prototype must match the op's.
@@ -131,45 +159,48 @@ struct ProbeArgs {
     /// The TSM driver's `guest_req` op (TDISP requests from the guest).
     #[arg(long, value_name = "SYMBOL", env = "TSM_TRACE_DRIVER_GUEST_REQ", value_parser = parse::function)]
     driver_guest_req: Option<String>,
-    /// Do not attach this probe (repeatable): tsm_op_ioctl, tsm_bind, tsm_unbind,
-    /// vdevice_abort, pci_tsm_bind, pci_tsm_unbind, connect, disconnect, pci_tsm_disconnect,
-    /// pci_tsm_unbind_any, pci_tsm_destroy, pci_tsm_guest_req, driver_* ops,
-    /// kvm_destroy_vm, vmm_exit.
-    #[arg(long, value_name = "PROBE", value_parser = parse::probe)]
+    /// Do not attach this probe (repeatable; the variable takes a comma-separated list):
+    /// tsm_op_ioctl, tsm_bind, tsm_unbind, vdevice_abort, pci_tsm_bind, pci_tsm_unbind,
+    /// connect, disconnect, pci_tsm_disconnect, pci_tsm_unbind_any, pci_tsm_destroy,
+    /// pci_tsm_guest_req, driver_* ops, kvm_destroy_vm, vmm_exit.
+    #[arg(long, value_name = "PROBE", env = "TSM_TRACE_DISABLE", value_delimiter = ',', value_parser = parse::probe)]
     disable: Vec<Probe>,
     /// Attach PROBE to FUNCTION instead of its usual function (same prototype), for renamed
-    /// functions: e.g. --symbol tsm_bind=my_tsm_bind, for names no compatibility table knows (repeatable).
-    #[arg(long, value_name = "PROBE=FUNCTION", value_parser = parse::symbol)]
+    /// functions: e.g. --symbol tsm_bind=my_tsm_bind, for names no compatibility table knows
+    /// (repeatable; the variable takes a comma-separated list).
+    #[arg(long, value_name = "PROBE=FUNCTION", env = "TSM_TRACE_SYMBOL", value_delimiter = ',', value_parser = parse::symbol)]
     symbol: Vec<(Probe, String)>,
     /// vmlinux BTF.
-    #[arg(long, value_name = "PATH", default_value = "/sys/kernel/btf/vmlinux")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "TSM_TRACE_BTF",
+        default_value = "/sys/kernel/btf/vmlinux"
+    )]
     btf: PathBuf,
     /// Directory of module split BTF (every file but vmlinux).
-    #[arg(long, value_name = "DIR", default_value = "/sys/kernel/btf")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "TSM_TRACE_BTF_MODULES",
+        default_value = "/sys/kernel/btf"
+    )]
     btf_modules: PathBuf,
     /// Symbol table used to find probe targets.
-    #[arg(long, value_name = "PATH", default_value = "/proc/kallsyms")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "TSM_TRACE_KALLSYMS",
+        default_value = "/proc/kallsyms"
+    )]
     kallsyms: PathBuf,
     /// Ring buffer size in bytes (a power of two, multiple of the page size). Cost: this much
     /// locked kernel memory. Benefit: per-event detail (trace lines, --print, binding and leak
     /// correlation) survives bursts: each record is 232 bytes and an operation takes one per
     /// probed call (about 4), so the default holds about 280 operations in flight to
     /// userspace. /metrics counts stay exact whatever the size (counted in the kernel).
-    #[arg(long, value_name = "BYTES", default_value_t = 256 * 1024, value_parser = parse::ringbuf)]
+    #[arg(long, value_name = "BYTES", env = "TSM_TRACE_RINGBUF_SIZE", default_value_t = 256 * 1024, value_parser = parse::ringbuf)]
     ringbuf_size: u32,
-    /// A probed call still waiting for its return after this long is taken as one whose
-    /// return will never come (its kretprobe missed): its entry is removed and counted in
-    /// tsm_trace_inflight_expired_total{reason="timeout"}. Entries of exited threads go at
-    /// the next sweep (every 5 s) whatever this says. Longer than the slowest TSM firmware
-    /// call you expect.
-    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse::duration, env = "TSM_TRACE_INFLIGHT_TIMEOUT")]
-    inflight_timeout: Duration,
-    /// The secret key that names VMs without their kernel address (`vm#…`, a keyed hash of
-    /// the `struct kvm` pointer): created 0600 if missing, shared by every tsm-trace of the
-    /// boot (/run is a tmpfs). If it cannot be stored, a key in memory is used and names
-    /// change when tsm-trace restarts.
-    #[arg(long, value_name = "FILE", env = "TSM_TRACE_VM_KEY", default_value = tsm_trace::events::vm_key::DEFAULT_PATH, value_parser = parse::state_file)]
-    vm_key: PathBuf,
 }
 
 /// How events become operations, bindings and leaks.
@@ -178,10 +209,10 @@ struct ProbeArgs {
 struct CorrelateArgs {
     /// After a VM is destroyed or its VMM exits, how long its devices may stay bound before
     /// that is reported as a leak (teardown order varies).
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse::duration, env = "TSM_TRACE_GRACE")]
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse::duration, allow_hyphen_values = true, env = "TSM_TRACE_GRACE")]
     grace: Duration,
     /// Most bindings tracked at once (memory stays bounded whatever the event stream does).
-    #[arg(long, value_name = "N", default_value = "65536", value_parser = parse::max_bindings)]
+    #[arg(long, value_name = "N", env = "TSM_TRACE_MAX_BINDINGS", default_value = "65536", value_parser = parse::max_bindings)]
     max_bindings: usize,
 }
 
@@ -263,7 +294,7 @@ struct RunArgs {
     #[command(flatten)]
     web: WebArgs,
     /// How often to compare the binding table with sysfs (`tsm/bound`); 0 disables it.
-    #[arg(long, value_name = "DURATION", env = "TSM_TRACE_RECONCILE_INTERVAL", default_value = "60s", value_parser = parse::duration, help_heading = "Daemon")]
+    #[arg(long, value_name = "DURATION", env = "TSM_TRACE_RECONCILE_INTERVAL", default_value = "60s", value_parser = parse::duration, allow_hyphen_values = true, help_heading = "Daemon")]
     reconcile_interval: Duration,
     /// sysfs root (tests point this at a fake tree).
     #[arg(
@@ -283,10 +314,11 @@ struct RunArgs {
     #[arg(long, value_name = "USER", env = "TSM_TRACE_USER", value_parser = parse::user, help_heading = "Daemon")]
     user: Option<(u32, u32)>,
     /// How long requested probes that did not attach may still attach when their module
-    /// loads (iommufd.ko, kvm.ko, a TSM driver). Attaching needs CAP_PERFMON, CAP_SYSLOG (and
+    /// loads (iommufd.ko, kvm.ko, a TSM driver). Nothing waits for a function kallsyms shows
+    /// built in, nor on a kernel without module support (no /proc/modules). Attaching needs CAP_PERFMON, CAP_SYSLOG (and
     /// CAP_SYS_ADMIN where kernel.perf_event_paranoid=3): they are kept that long, then
     /// dropped for good (restart tsm-trace after loading a module later). 0s: never wait.
-    #[arg(long, value_name = "DURATION", env = "TSM_TRACE_LATE_ATTACH_WINDOW", default_value = "10m", value_parser = parse::duration, help_heading = "Daemon")]
+    #[arg(long, value_name = "DURATION", env = "TSM_TRACE_LATE_ATTACH_WINDOW", default_value = "10m", value_parser = parse::duration, allow_hyphen_values = true, help_heading = "Daemon")]
     late_attach_window: Duration,
     /// Also print every operation and leak to stdout (as `trace` would).
     #[arg(long, value_enum, env = "TSM_TRACE_PRINT", help_heading = "Daemon")]
@@ -328,10 +360,10 @@ struct WebArgs {
     max_connections: usize,
     /// Time for a client to send a request header (and finish a TLS handshake), also between
     /// requests on a kept-alive connection.
-    #[arg(long = "web.header-timeout", value_name = "DURATION", env = "TSM_TRACE_WEB_HEADER_TIMEOUT", default_value = "10s", value_parser = parse::timeout)]
+    #[arg(long = "web.header-timeout", value_name = "DURATION", env = "TSM_TRACE_WEB_HEADER_TIMEOUT", default_value = "10s", value_parser = parse::timeout, allow_hyphen_values = true)]
     header_timeout: Duration,
     /// Time to answer one request, until its last byte is written.
-    #[arg(long = "web.request-timeout", value_name = "DURATION", env = "TSM_TRACE_WEB_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse::timeout)]
+    #[arg(long = "web.request-timeout", value_name = "DURATION", env = "TSM_TRACE_WEB_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse::timeout, allow_hyphen_values = true)]
     request_timeout: Duration,
 }
 
@@ -368,7 +400,7 @@ struct TraceArgs {
     #[command(flatten)]
     filter: FilterArgs,
     /// Stop after this long (e.g. 30s, 10m); default: until Ctrl-C.
-    #[arg(long, value_name = "DURATION", value_parser = parse::duration, help_heading = "Session")]
+    #[arg(long, value_name = "DURATION", value_parser = parse::duration, allow_hyphen_values = true, help_heading = "Session")]
     duration: Option<Duration>,
     /// Also write every raw event to FILE, for `tsm-trace replay` (created 0600; never
     /// through a symlink; an existing FILE is kept unless --force).
@@ -402,7 +434,7 @@ struct ReplayArgs {
 #[derive(Args)]
 struct DoctorArgs {
     #[command(flatten)]
-    probes: ProbeArgs,
+    probes: TargetArgs,
     /// The pin directory `run` would use (its bpffs mount is checked).
     #[arg(long, value_name = "DIR", env = "TSM_TRACE_PIN_DIR", default_value = tsm_trace::probes::pin::DEFAULT_ROOT)]
     pin_dir: PathBuf,
@@ -413,15 +445,24 @@ struct DoctorArgs {
 
 #[derive(Args)]
 struct CheckArgs {
+    /// Fail if any requested probe cannot attach (default: report it and keep going).
+    #[arg(long, env = "TSM_TRACE_STRICT", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new(), help_heading = "Probes")]
+    strict: bool,
     #[command(flatten)]
-    probes: ProbeArgs,
+    probes: TargetArgs,
 }
 
 impl ProbeArgs {
     fn session_options(&self) -> SessionOptions {
+        self.target.session_options(self.strict)
+    }
+}
+
+impl TargetArgs {
+    fn session_options(&self, strict: bool) -> SessionOptions {
         SessionOptions {
             attach: AttachConfig {
-                strict: self.strict,
+                strict,
                 driver_ops: [
                     (Probe::DriverProbe, &self.driver_probe),
                     (Probe::DriverConnect, &self.driver_connect),
@@ -435,6 +476,7 @@ impl ProbeArgs {
                 .collect(),
                 disabled: self.disable.clone(),
                 symbols: self.symbol.clone(),
+                no_modules: !tsm_trace::probes::modules_supported(std::path::Path::new("/proc")),
             },
             btf: BtfSources {
                 vmlinux: self.btf.clone(),
@@ -449,7 +491,8 @@ impl ProbeArgs {
 
 fn main() {
     let cli = Cli::parse();
-    logger::init(cli.log_level, cli.log_format);
+    let log_format = cli.log_format;
+    logger::init(cli.log_level, log_format);
     warn_unknown_env();
     let result = match cli.command {
         Command::Replay(args) => replay(args),
@@ -465,14 +508,19 @@ fn main() {
         if is_broken_pipe(&e) {
             std::process::exit(0);
         }
-        // One readable message: the error and its causes, no backtrace noise. Written with
-        // `writeln!` (not `eprintln!`, which panics when stderr is a closed pipe too).
+        // Where doctor would say "cannot run", every mode exits as doctor does.
+        let code = if e.downcast_ref::<tsm_trace::doctor::CannotRun>().is_some() {
+            tsm_trace::doctor::EXIT_CANNOT_RUN
+        } else {
+            1
+        };
+        // One readable message in the log format: the error and its causes, no backtrace.
+        // Written with `writeln!` (not `eprintln!`, which panics when stderr is a closed pipe).
         let mut err = std::io::stderr().lock();
-        let _ = writeln!(err, "tsm-trace: error: {e}");
-        for cause in e.chain().skip(1) {
-            let _ = writeln!(err, "  caused by: {cause}");
+        for line in logger::fatal_lines(log_format, &e, code) {
+            let _ = writeln!(err, "{line}");
         }
-        std::process::exit(1);
+        std::process::exit(code);
     }
 }
 
@@ -615,8 +663,26 @@ fn start_session(probes: &ProbeArgs, pin_root: Option<PathBuf>) -> Result<LiveSe
     let mut opts = probes.session_options();
     opts.pin_root = pin_root;
     let live = LiveSession::start(&opts, key)?;
+    // Probe lines carry their facts as fields too (JSON logs); they come in report order.
+    let mut reports = live.session().attach.iter();
     for line in live.session().report_lines() {
-        log::info!("{line}");
+        let report = if line.starts_with("probe ") {
+            reports.next()
+        } else {
+            None
+        };
+        match report {
+            Some(r) => log::info!(
+                probe = r.probe.as_str(),
+                kind = r.kind.as_str(),
+                function = r.function.as_str(),
+                attached = r.attached,
+                requested = r.requested,
+                reason = r.reason.as_deref().unwrap_or("");
+                "{line}"
+            ),
+            None => log::info!("{line}"),
+        }
     }
     if let Some(p) = &live.session().pinned {
         let h = &p.handover;
@@ -728,23 +794,14 @@ fn switch_user(uid: u32, gid: u32, keep_all: bool) -> Result<()> {
     Ok(())
 }
 
-/// Is at least one probe that sees binds attached? Otherwise the session is blind.
-fn bind_path_attached(s: &Session) -> bool {
-    s.attach.iter().any(|r| {
-        r.attached
-            && matches!(
-                r.probe,
-                Probe::TsmBind | Probe::PciTsmBind | Probe::TsmOpIoctl
-            )
-    })
-}
-
 async fn run(args: RunArgs) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
     let readiness = Readiness::default();
     readiness.set_not_ready("probes are being attached");
     // The web config is checked before anything is attached: a wrong file fails fast.
     let web = args.web.config()?;
+    verdict::warn_sysfs_root(&args.sysfs_root, args.reconcile_interval);
+    let mut facts = verdict::preflight(&args.probes.session_options(), &args.pin_dir)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| {
@@ -770,13 +827,14 @@ async fn run(args: RunArgs) -> Result<()> {
     if !args.keep_capabilities {
         drop_capabilities(&live, waiting, args.late_attach_window);
     }
-    if bind_path_attached(live.session()) {
-        readiness.set_ready();
-    } else {
-        let why = "no bind-path probe attached (tsm_op_ioctl, tsm_bind, pci_tsm_bind): this kernel has neither the iommufd TSM patch nor PCI TSM; see the probe lines above";
+    if let Some(why) = verdict::bind_path_gap(&mut facts, live.session()) {
         log::warn!("{why}");
-        // Explained, so ready (as ebpf_exporter): the exporter serves what it can.
-        readiness.set_ready();
+    }
+    // Ready or degraded (docs/metrics.md, "Readiness"): the event loop sets it once it runs.
+    if let tsm_trace::doctor::Coverage::Degraded(why) =
+        tsm_trace::doctor::coverage(&live.session().attach)
+    {
+        log::warn!("/readyz will say degraded: {why}");
     }
     let cfg = args.correlate.config();
     let sink = args.print.map(|f| {
@@ -833,6 +891,7 @@ async fn run(args: RunArgs) -> Result<()> {
             boot_id,
         }),
         inflight_timeout: args.probes.inflight_timeout,
+        readiness: Some(readiness.clone()),
     };
     let stop = event_loop::run(&mut live, &pipeline, &metrics, &cfg, &opts, None).await?;
     if let Stop::Signal(sig) = stop {
@@ -853,7 +912,11 @@ async fn run(args: RunArgs) -> Result<()> {
 }
 
 async fn trace(args: TraceArgs) -> Result<()> {
-    // The capture file first: a wrong path is reported before anything is attached.
+    let mut facts = verdict::preflight(
+        &args.probes.session_options(),
+        std::path::Path::new(tsm_trace::probes::pin::DEFAULT_ROOT),
+    )?;
+    // The capture file next: a wrong path is reported before anything is attached.
     let mut recorder = match &args.record {
         Some(path) => {
             let f = tsm_trace::files::create_private(path, args.force)
@@ -863,10 +926,13 @@ async fn trace(args: TraceArgs) -> Result<()> {
         None => None,
     };
     let mut live = start_session(&args.probes, None)?;
-    if !bind_path_attached(live.session()) {
-        log::warn!(
-            "no bind-path probe attached (tsm_op_ioctl, tsm_bind, pci_tsm_bind) yet: nothing to trace until a module provides one; see the probe lines above"
-        );
+    if let Some(why) = verdict::bind_path_gap(&mut facts, live.session()) {
+        let later = if live.missing() > 0 {
+            " (until a module brings one)"
+        } else {
+            ""
+        };
+        log::warn!("{why}; nothing to trace{later}");
     }
     let metrics = Arc::new(Metrics::new());
     publish_session(&metrics, live.session());
@@ -914,6 +980,7 @@ async fn trace(args: TraceArgs) -> Result<()> {
         late_attach: None,
         state: None,
         inflight_timeout: args.probes.inflight_timeout,
+        readiness: None,
     };
     event_loop::run(
         &mut live,
@@ -946,16 +1013,14 @@ async fn trace(args: TraceArgs) -> Result<()> {
         use tsm_trace::probes::misses;
         let programs = live.session().kernel_misses().unwrap_or_default();
         let (kprobe, recursion) = misses::totals(&programs);
-        let reported = misses::kprobe_reporting(&programs) == Some(true);
         writeln!(
             err,
             "kernel misses: {} (kprobe{}), {} (BPF recursion)",
             kprobe,
-            if reported {
-                ""
-            } else {
-                ": not reported by this kernel, needs 6.7+"
-            },
+            misses::kprobe_remark(
+                misses::kprobe_reporting(&programs),
+                tsm_trace::doctor::kernel_version(&facts)
+            ),
             recursion
         )?;
     }
@@ -1006,7 +1071,12 @@ fn replay(args: ReplayArgs) -> Result<()> {
 }
 
 fn check(args: CheckArgs) -> Result<()> {
-    let session = Session::start(&args.probes.session_options())?;
+    let opts = args.probes.session_options(args.strict);
+    let mut facts = verdict::preflight(
+        &opts,
+        std::path::Path::new(tsm_trace::probes::pin::DEFAULT_ROOT),
+    )?;
+    let session = Session::start(&opts)?;
     let mut out = std::io::stdout().lock();
     for line in session.report_lines() {
         writeln!(out, "{line}")?;
@@ -1025,12 +1095,9 @@ fn check(args: CheckArgs) -> Result<()> {
             keep.join(", ")
         )?;
     }
-    if !bind_path_attached(&session) {
-        bail!(
-            "no bind-path probe attached (tsm_op_ioctl, tsm_bind, pci_tsm_bind): tsm-trace would see no binds on this kernel"
-        );
+    if let Some(why) = verdict::bind_path_gap(&mut facts, &session) {
+        bail!("{why}");
     }
-    let _ = std::io::stdout().is_terminal();
     Ok(())
 }
 
@@ -1039,7 +1106,7 @@ fn doctor(args: DoctorArgs) -> Result<i32> {
     use tsm_trace::doctor;
     let facts = doctor::gather(
         &doctor::Paths::default(),
-        &args.probes.session_options(),
+        &args.probes.session_options(false),
         &args.pin_dir,
     );
     let report = doctor::Report::new(doctor::assess(&facts));

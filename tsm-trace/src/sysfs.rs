@@ -76,6 +76,20 @@ pub struct StateCounts {
     pub unknown: usize,
 }
 
+/// What is wrong with `root` as the sysfs root (`--sysfs-root`), in one line, if its
+/// `bus/pci/devices` cannot be listed: reconciliation would then see no device at all.
+pub fn root_problem(root: &Path) -> Option<String> {
+    let dir = root.join("bus/pci/devices");
+    match std::fs::read_dir(&dir) {
+        Ok(_) => None,
+        Err(e) => Some(format!(
+            "--sysfs-root {}: cannot list {} ({e}): sysfs reconciliation will see no device, so bindings made or ended on unprobed paths go unnoticed; point it at a sysfs tree (default /sys)",
+            root.display(),
+            dir.display()
+        )),
+    }
+}
+
 impl Snapshot {
     /// Reads `<root>/bus/pci/devices/*/tsm/bound`. `root` is `/sys` in production and a fake
     /// tree in tests.
@@ -270,5 +284,22 @@ mod tests {
         assert!(s.listing_error.is_some());
         assert!(s.devices.is_empty());
         assert_eq!(s.error_count(), 1);
+    }
+}
+
+#[cfg(test)]
+mod root_tests {
+    use super::*;
+
+    #[test]
+    fn a_root_without_pci_devices_is_named() {
+        let why = root_problem(Path::new("/nonexistent")).expect("a warning");
+        assert!(
+            why.starts_with("--sysfs-root /nonexistent: cannot list /nonexistent/bus/pci/devices"),
+            "{why}"
+        );
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("bus/pci/devices")).unwrap();
+        assert_eq!(root_problem(t.path()), None);
     }
 }

@@ -54,3 +54,74 @@ fn doctor_reports_this_host() {
         assert!(text.contains(f["fact"].as_str().unwrap()), "{text}");
     }
 }
+
+fn tsm_trace(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tsm-trace"))
+        .args(args)
+        .env_remove("TSM_TRACE_LOG_FORMAT")
+        .output()
+        .expect("running tsm-trace");
+    (
+        out.status.code().expect("exited by a signal"),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Where doctor says "cannot run" (this machine without kprobes: exit 2), `check`, `trace`
+/// and `run` say the same cause, in doctor's words, in one error line, with exit status 2,
+/// and load nothing (no probe lines, no late-attach promise, no kallsyms blame).
+#[test]
+fn every_mode_gives_doctors_root_cause() {
+    let (rc, out) = doctor(&["--json"]);
+    let r: Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    if rc != 2 {
+        eprintln!(
+            "SKIPPED: doctor says this host can run tsm-trace (exit {rc}); nothing to compare"
+        );
+        return;
+    }
+    let fatal = r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["level"] == "fatal")
+        .expect("exit 2 has a FAIL finding");
+    let fact = fatal["fact"].as_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("vm.key");
+    let key = key.to_str().unwrap();
+    for args in [
+        vec!["check"],
+        vec!["trace", "--duration", "1s", "--vm-key", key],
+        vec![
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-persist",
+            "--vm-key",
+            key,
+        ],
+    ] {
+        let (rc, stdout, stderr) = tsm_trace(&args);
+        assert_eq!(rc, 2, "{args:?}: {stdout}{stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one error line, got:\n{stderr}");
+        assert!(
+            lines[0].starts_with("tsm-trace: error: cannot run on this host: ")
+                && lines[0].contains(fact),
+            "{args:?}: {stderr}"
+        );
+        for wrong in [
+            "module not loaded",
+            "may still attach",
+            "attach failed",
+            "needs 6.7",
+        ] {
+            assert!(
+                !stderr.contains(wrong) && !stdout.contains(wrong),
+                "{args:?}: {wrong:?} in {stdout}{stderr}"
+            );
+        }
+    }
+}

@@ -14,8 +14,15 @@ use crate::events::{Probe, VmId, VmSelector};
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// A duration as humantime spells it (`500ms`, `30s`, `5m`, `2h`, `1d`, `1h 30m`; `0`), at
-/// most [`MAX_DURATION`].
+/// most [`MAX_DURATION`]. A negative one is refused by name (the flags that take durations
+/// let values start with `-`, so that this message, not clap's "unexpected argument", says
+/// what is wrong).
 pub fn duration(s: &str) -> Result<Duration, String> {
+    if s.trim().starts_with('-') {
+        return Err(format!(
+            "{s:?}: negative durations are not allowed (e.g. 0s, 30s, 10m)"
+        ));
+    }
     let too_long = || {
         format!(
             "{s:?} is too long (at most {}d)",
@@ -100,28 +107,29 @@ pub fn ringbuf(s: &str) -> Result<u32, String> {
 pub const MAX_BINDINGS: usize = 1 << 24;
 
 pub fn max_bindings(s: &str) -> Result<usize, String> {
-    let n: usize = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a count"))?;
-    if n == 0 || n > MAX_BINDINGS {
-        return Err(format!("{n}: must be from 1 to {MAX_BINDINGS}"));
+    count(s, MAX_BINDINGS)
+}
+
+/// A whole number from 1 to `max`; every refusal says the range.
+fn count(s: &str, max: usize) -> Result<usize, String> {
+    let t = s.trim();
+    let range = format!("must be a whole number from 1 to {max}");
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        // All digits: too large for any count (or in range, below).
+        return match t.parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            Ok(0) => Err(format!("{s:?}: {range}")),
+            _ => Err(format!("{s:?} is too large: {range}")),
+        };
     }
-    Ok(n)
+    Err(format!("{s:?} is not a count: {range}"))
 }
 
 /// The most HTTP connections that can be allowed at once.
 pub const MAX_CONNECTIONS: usize = 65_536;
 
 pub fn max_connections(s: &str) -> Result<usize, String> {
-    let n: usize = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a count"))?;
-    if n == 0 || n > MAX_CONNECTIONS {
-        return Err(format!("{n}: must be from 1 to {MAX_CONNECTIONS}"));
-    }
-    Ok(n)
+    count(s, MAX_CONNECTIONS)
 }
 
 /// A timeout: a [`duration`] that is not zero.
@@ -134,8 +142,9 @@ pub fn timeout(s: &str) -> Result<Duration, String> {
 }
 
 /// A PCI address: `DDDD:BB:DD.F` (domain, bus, device, function in hex), or `BB:DD.F` for
-/// domain 0. Returned in the kernel's spelling (lower case, four-digit domain), as sysfs and
-/// events name devices.
+/// domain 0. The domain has up to 8 hex digits: Intel VMD puts its devices in domains from
+/// `10000` up, which the kernel spells with 5 digits. Returned in the kernel's spelling (lower
+/// case, at least four-digit domain), as sysfs and events name devices.
 pub fn bdf(s: &str) -> Result<String, String> {
     let bad =
         || format!("{s:?} is not a PCI address: expected DDDD:BB:DD.F in hex, e.g. 0000:01:00.0");
@@ -153,7 +162,7 @@ pub fn bdf(s: &str) -> Result<String, String> {
         }
         u32::from_str_radix(x, 16).map_err(|_| bad())
     };
-    let (d, b, dv, f) = (hex(domain, 4)?, hex(bus, 2)?, hex(dev, 2)?, hex(func, 1)?);
+    let (d, b, dv, f) = (hex(domain, 8)?, hex(bus, 2)?, hex(dev, 2)?, hex(func, 1)?);
     if dv > 0x1f || f > 7 {
         return Err(format!(
             "{s:?}: device must be 00-1f and function 0-7 (e.g. 0000:01:00.0)"
@@ -299,7 +308,8 @@ mod tests {
                 ("1.5s", Ok(Duration::from_millis(1500))),
                 ("1e400", Err("not a duration")),
                 (&"9".repeat(400), Err("too long")),
-                ("-1s", Err("not a duration")),
+                ("-1s", Err("negative durations are not allowed")),
+                (" -0s", Err("negative durations are not allowed")),
                 ("", Err("not a duration")),
                 ("s", Err("not a duration")),
                 ("5x", Err("unknown time unit")),
@@ -324,7 +334,10 @@ mod tests {
                 ("0000:01:00.0", Ok("0000:01:00.0".to_string())),
                 ("0000:AF:1f.7", Ok("0000:af:1f.7".to_string())),
                 ("01:00.0", Ok("0000:01:00.0".to_string())),
-                ("10000:01:00.0", Err("not a PCI address")),
+                ("10000:01:00.0", Ok("10000:01:00.0".to_string())),
+                ("1000A:E1:00.0", Ok("1000a:e1:00.0".to_string())),
+                ("ffffffff:00:1f.7", Ok("ffffffff:00:1f.7".to_string())),
+                ("100000000:01:00.0", Err("not a PCI address")),
                 ("zz", Err("not a PCI address")),
                 ("0000:zz:00.0", Err("not a PCI address")),
                 ("0000:01:20.0", Err("device must be 00-1f")),
@@ -413,9 +426,19 @@ mod tests {
             max_bindings,
             &[
                 ("65536", Ok(65_536)),
-                ("0", Err("from 1")),
-                ("99999999999999999999999", Err("not a count")),
-                ("16777217", Err("from 1")),
+                ("0", Err("from 1 to 16777216")),
+                (
+                    "99999999999999999999999",
+                    Err("too large: must be a whole number from 1 to 16777216"),
+                ),
+                (
+                    "16777217",
+                    Err("too large: must be a whole number from 1 to 16777216"),
+                ),
+                (
+                    "-5",
+                    Err("not a count: must be a whole number from 1 to 16777216"),
+                ),
             ],
         );
         check(
@@ -423,7 +446,10 @@ mod tests {
             &[
                 ("512", Ok(512)),
                 ("0", Err("from 1")),
-                ("x", Err("not a count")),
+                (
+                    "x",
+                    Err("not a count: must be a whole number from 1 to 65536"),
+                ),
             ],
         );
     }

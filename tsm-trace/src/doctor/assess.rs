@@ -25,13 +25,32 @@ fn mib(bytes: u64) -> String {
     }
 }
 
-/// Every finding, in the order of the screen.
-pub fn assess(f: &Facts) -> Vec<Finding> {
-    let v = f.kernel_release.as_deref().and_then(version);
+/// `(major, minor)` of the running kernel, if its release is known.
+pub fn kernel_version(f: &Facts) -> Option<(u32, u32)> {
+    f.kernel_release.as_deref().and_then(version)
+}
+
+/// The findings that need no probe, any of which can say "cannot run": what `run`, `trace`
+/// and `check` consult before loading anything.
+pub fn assess_host(f: &Facts) -> Vec<Finding> {
+    let v = kernel_version(f);
     vec![
         kernel(f, v),
         btf(f),
         kprobes(f),
+        lockdown(f),
+        capabilities(f),
+    ]
+}
+
+/// Every finding, in the order of the screen.
+pub fn assess(f: &Facts) -> Vec<Finding> {
+    let v = kernel_version(f);
+    vec![
+        kernel(f, v),
+        btf(f),
+        kprobes(f),
+        modules(f),
         tsm(f),
         patch_generation(f),
         tsm_drivers(f),
@@ -111,6 +130,22 @@ fn kprobes(f: &Facts) -> Finding {
     }
 }
 
+fn modules(f: &Facts) -> Finding {
+    if f.modules {
+        Finding::new(
+            "modules",
+            Level::Ok,
+            "loadable modules supported: probes of iommufd.ko, kvm.ko or a TSM driver attach when it loads",
+        )
+    } else {
+        Finding::new(
+            "modules",
+            Level::Info,
+            "no loadable modules (no /proc/modules: CONFIG_MODULES=n): what vmlinux lacks now never comes, so no probe waits for a module",
+        )
+    }
+}
+
 fn found(f: &Facts, probe: Probe) -> Option<&AttachReport> {
     match &f.probes {
         ProbeFacts::Attached { reports, .. } => {
@@ -120,7 +155,7 @@ fn found(f: &Facts, probe: Probe) -> Option<&AttachReport> {
             .iter()
             .find(|(r, ok)| r.probe == probe && *ok)
             .map(|(r, _)| r),
-        ProbeFacts::Failed { .. } => None,
+        ProbeFacts::Failed { .. } | ProbeFacts::NotGathered => None,
     }
 }
 
@@ -132,7 +167,7 @@ fn yes(b: Option<bool>) -> &'static str {
     }
 }
 
-fn tsm(f: &Facts) -> Finding {
+pub(super) fn tsm(f: &Facts) -> Finding {
     let patch = found(f, Probe::TsmBind).is_some() || found(f, Probe::TsmOpIoctl).is_some();
     let fact = format!(
         "PCI TSM {} (pci_tsm_bind), TSM core {} (tsm_register), iommufd TSM bind patch {}",
@@ -333,7 +368,7 @@ fn names<'a>(it: impl Iterator<Item = &'a AttachReport>) -> Vec<String> {
     v
 }
 
-fn bind_path(p: Probe) -> bool {
+pub(super) fn bind_path(p: Probe) -> bool {
     matches!(p, Probe::TsmBind | Probe::PciTsmBind | Probe::TsmOpIoctl)
 }
 
@@ -345,6 +380,7 @@ fn probes(f: &Facts) -> Finding {
             format!("cannot resolve or load: {error}"),
         )
         .todo("tsm-trace check --log-level debug shows the full error"),
+        ProbeFacts::NotGathered => Finding::new("probes", Level::Info, "not looked at"),
         ProbeFacts::Attached { reports, .. } => {
             let on = names(reports.iter().filter(|r| r.attached));
             let off = names(reports.iter().filter(|r| r.requested && !r.attached));
@@ -404,7 +440,7 @@ fn fields(f: &Facts) -> Finding {
         ProbeFacts::Attached { unresolved, .. } | ProbeFacts::Planned { unresolved, .. } => {
             unresolved
         }
-        ProbeFacts::Failed { .. } => {
+        ProbeFacts::Failed { .. } | ProbeFacts::NotGathered => {
             return Finding::new("fields", Level::Info, "not resolved (see probes)");
         }
     };

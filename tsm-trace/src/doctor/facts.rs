@@ -52,6 +52,9 @@ pub enum ProbeFacts {
     },
     /// kallsyms or BTF could not be read, or loading failed: the error chain.
     Failed { error: String },
+    /// Not looked at: the host's facts only ([`host`], the preflight of `run`, `trace` and
+    /// `check`, which then attach the probes themselves).
+    NotGathered,
 }
 
 #[derive(Debug)]
@@ -63,6 +66,8 @@ pub struct Facts {
     pub module_btf: Option<Vec<String>>,
     /// The kprobe PMU (`/sys/bus/event_source/devices/kprobe`) that aya attaches through.
     pub kprobe_pmu: bool,
+    /// The kernel can load modules (`/proc/modules` exists: CONFIG_MODULES).
+    pub modules: bool,
     /// `pci_tsm_bind` (PCI TSM) and `tsm_register` (the TSM core) in vmlinux's kallsyms;
     /// `None`: kallsyms unreadable.
     pub pci_tsm: Option<bool>,
@@ -161,6 +166,58 @@ fn unresolved(btf: &crate::btf::Resolution) -> Vec<String> {
 /// Reads every fact; the probes are attached for real only where nothing already known
 /// forbids it (no privileges, no kprobes, lockdown), else planned without loading.
 pub fn gather(paths: &Paths, opts: &SessionOptions, pin_dir: &Path) -> Facts {
+    let mut f = host(paths, opts, pin_dir);
+    f.probes = probe_facts(&f, opts);
+    f
+}
+
+/// Why the probes cannot be loaded here (what doctor then reports as FAIL), if anything.
+fn blocked(f: &Facts) -> Option<String> {
+    let privileged = match &f.effective_caps {
+        Ok(c) => privileges::check(
+            &c.iter().copied().collect(),
+            f.perf_event_paranoid.is_some_and(|p| p >= 3),
+        )
+        .is_ok(),
+        Err(_) => false,
+    };
+    if !privileged {
+        Some("not loaded: this process lacks the capabilities to load them".to_string())
+    } else if !f.kprobe_pmu {
+        Some("not loaded: this kernel has no kprobes".to_string())
+    } else if f.lockdown.as_deref() == Some("confidentiality") {
+        Some("not loaded: lockdown=confidentiality refuses kprobes".to_string())
+    } else {
+        None
+    }
+}
+
+fn probe_facts(f: &Facts, opts: &SessionOptions) -> ProbeFacts {
+    match blocked(f) {
+        None => match Session::start(opts) {
+            Ok(s) => ProbeFacts::Attached {
+                unresolved: unresolved(&s.btf),
+                reports: s.attach.clone(),
+            },
+            Err(e) => ProbeFacts::Failed {
+                error: format!("{e:#}"),
+            },
+        },
+        Some(why) => match Plan::make(opts) {
+            Ok(p) => ProbeFacts::Planned {
+                unresolved: unresolved(&p.btf),
+                reports: p.probes,
+                why,
+            },
+            Err(e) => ProbeFacts::Failed {
+                error: format!("{e:#}"),
+            },
+        },
+    }
+}
+
+/// Every fact but the probes ([`ProbeFacts::NotGathered`]): cheap, loads nothing.
+pub fn host(paths: &Paths, opts: &SessionOptions, pin_dir: &Path) -> Facts {
     let caps = privileges::effective()
         .map(|s| {
             let mut v: Vec<Capability> = s.into_iter().collect();
@@ -188,49 +245,12 @@ pub fn gather(paths: &Paths, opts: &SessionOptions, pin_dir: &Path) -> Facts {
         crate::files::cap::CONFIG,
     )
     .unwrap_or_default();
-    let privileged = match &caps {
-        Ok(c) => privileges::check(
-            &c.iter().copied().collect(),
-            paranoid.is_some_and(|p| p >= 3),
-        )
-        .map_err(|e| e.to_string()),
-        Err(e) => Err(e.clone()),
-    };
-    let blocked = if privileged.is_err() {
-        Some("not loaded: this process lacks the capabilities to load them".to_string())
-    } else if !kprobe_pmu {
-        Some("not loaded: this kernel has no kprobes".to_string())
-    } else if lockdown.as_deref() == Some("confidentiality") {
-        Some("not loaded: lockdown=confidentiality refuses kprobes".to_string())
-    } else {
-        None
-    };
-    let probes = match blocked {
-        None => match Session::start(opts) {
-            Ok(s) => ProbeFacts::Attached {
-                unresolved: unresolved(&s.btf),
-                reports: s.attach.clone(),
-            },
-            Err(e) => ProbeFacts::Failed {
-                error: format!("{e:#}"),
-            },
-        },
-        Some(why) => match Plan::make(opts) {
-            Ok(p) => ProbeFacts::Planned {
-                unresolved: unresolved(&p.btf),
-                reports: p.probes,
-                why,
-            },
-            Err(e) => ProbeFacts::Failed {
-                error: format!("{e:#}"),
-            },
-        },
-    };
     Facts {
         kernel_release: read_trim(&paths.proc.join("sys/kernel/osrelease")),
         vmlinux_btf_bytes: std::fs::metadata(&opts.btf.vmlinux).ok().map(|m| m.len()),
         module_btf: module_btf(&opts.btf.modules_dir),
         kprobe_pmu,
+        modules: crate::probes::modules_supported(&paths.proc),
         pci_tsm: has("pci_tsm_bind"),
         tsm_core: has("tsm_register"),
         tsm_class: tsm_class(&paths.sys),
@@ -242,7 +262,7 @@ pub fn gather(paths: &Paths, opts: &SessionOptions, pin_dir: &Path) -> Facts {
         pin_dir: pin_dir.to_path_buf(),
         memlock: memlock(),
         ringbuf_bytes: opts.ringbuf_bytes.unwrap_or(256 * 1024),
-        probes,
+        probes: ProbeFacts::NotGathered,
     }
 }
 

@@ -7,12 +7,56 @@
 //! fact. Nothing here needs a privilege to explain why a privilege is missing.
 
 mod assess;
+pub mod coverage;
 pub mod facts;
 
 use serde::Serialize;
 
-pub use assess::assess;
-pub use facts::{Facts, Paths, gather};
+pub use assess::{assess, assess_host, kernel_version};
+pub use coverage::{Coverage, coverage};
+pub use facts::{Facts, Paths, ProbeFacts, gather, host};
+
+/// The exit status of `doctor`, `check`, `run` and `trace` where tsm-trace cannot run.
+pub const EXIT_CANNOT_RUN: i32 = 2;
+
+/// tsm-trace cannot run on this host: doctor's first FAIL finding. `run`, `trace` and `check`
+/// stop with it (exit status [`EXIT_CANNOT_RUN`]) before loading anything, so every mode
+/// names the same cause in the same words as `doctor`.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot run on this host: {}; `tsm-trace doctor` checks everything", .0.one_line())]
+pub struct CannotRun(pub Finding);
+
+/// Doctor's judgement of the host alone (kernel, BTF, kprobes, lockdown, capabilities):
+/// `Err` with the first FAIL finding where doctor's verdict would be "cannot run".
+pub fn preflight(f: &Facts) -> Result<(), CannotRun> {
+    match assess_host(f).into_iter().find(|x| x.level == Level::Fatal) {
+        Some(fatal) => Err(CannotRun(fatal)),
+        None => Ok(()),
+    }
+}
+
+/// With the probes attached (`f.probes` is [`ProbeFacts::Attached`]): why no bind will be
+/// seen, if none of the bind-path probes is attached, in doctor's words (`None`: one is).
+pub fn bind_path_gap(f: &Facts) -> Option<String> {
+    let ProbeFacts::Attached { reports, .. } = &f.probes else {
+        return None;
+    };
+    if reports
+        .iter()
+        .any(|r| r.attached && assess::bind_path(r.probe))
+    {
+        return None;
+    }
+    let t = assess::tsm(f);
+    Some(if t.level == Level::Ok {
+        format!(
+            "no bind-path probe attached (tsm_op_ioctl, tsm_bind, pci_tsm_bind) although doctor finds {}: each probe line says why",
+            t.fact
+        )
+    } else {
+        format!("no bind-path probe attached: {}", t.one_line())
+    })
+}
 
 /// How a fact bears on running tsm-trace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -63,6 +107,14 @@ impl Finding {
     pub fn todo(mut self, todo: impl Into<String>) -> Finding {
         self.todo = Some(todo.into());
         self
+    }
+
+    /// `topic: fact -> what to do`, for one log or error line.
+    pub fn one_line(&self) -> String {
+        match &self.todo {
+            Some(t) => format!("{}: {} -> {t}", self.topic, self.fact),
+            None => format!("{}: {}", self.topic, self.fact),
+        }
     }
 }
 

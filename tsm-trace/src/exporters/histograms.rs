@@ -63,6 +63,16 @@ impl Durations {
         c.sum_ns = c.sum_ns.saturating_add(duration_ns);
     }
 
+    /// Starts a series at zero (so `rate()` and `histogram_quantile()` see it from start-up);
+    /// one that exists already is left as it is.
+    pub fn declare(&self, op: OpKind, layer: Layer, ok: bool) {
+        let mut m = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry((op, layer, ok)).or_insert_with(|| Counts {
+            buckets: vec![0; self.bounds.len() + 1],
+            sum_ns: 0,
+        });
+    }
+
     /// Absolute counts from the kernel's aggregation. A series never goes down: a smaller
     /// value (maps recreated) is ignored.
     pub fn set(&self, op: OpKind, layer: Layer, ok: bool, counts: Counts) {

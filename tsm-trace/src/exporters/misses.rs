@@ -151,6 +151,15 @@ impl MissMetrics {
         }
     }
 
+    /// Starts the expiry series of `probe` at 0, for every reason (at start-up, before any
+    /// probe is attached: see `initial.rs`).
+    pub fn declare_expiries(&self, probe: Probe) {
+        for reason in ExpiryReason::ALL {
+            self.inflight_expired
+                .with_label_values(&[probe.as_str(), reason.as_str()]);
+        }
+    }
+
     /// Starts the series of an attached probe at 0 (absent-alerts and rates from the start).
     pub fn declare(&self, probe: Probe, kind: Kind) {
         for reason in ExpiryReason::ALL {

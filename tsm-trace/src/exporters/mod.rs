@@ -1,5 +1,6 @@
 //! Exporters: Prometheus metrics, human trace lines and summary, JSON lines.
 pub mod histograms;
+pub mod initial;
 pub mod json;
 pub mod metrics;
 pub mod misses;

@@ -2,8 +2,13 @@
 //!
 //! - `/metrics`: the Prometheus text exposition (`text/plain; version=0.0.4`).
 //! - `/healthz`: 200 while the process serves.
-//! - `/readyz`: 200 once the daemon says its probes are attached (or their absence is
-//!   explained, e.g. loose attach mode); 503 with the reason before that.
+//! - `/readyz` (docs/metrics.md, "Readiness"): `503 not ready: <why>` until the event loop
+//!   runs (and while shutting down); then `200 ready` when, of every path this kernel
+//!   carries (bind, unbind, connect, VM lifetime: `doctor::coverage`), a probe is attached,
+//!   or `200 degraded: <what is missing>` when not. Degraded is 200 because the daemon serves
+//!   correct metrics for what it sees, and a 503 would hold a DaemonSet rollout, and drop
+//!   the target from endpoint discovery, on every host whose kernel lacks a path, for good;
+//!   the TsmProbesNotAttached alert is what pages on blindness.
 //! - `/bindings`: JSON, the binding table and current leaks ([`BindingsView`]).
 //!
 //! The server itself ([`server`]) bounds connections, time and sizes, and shuts down within a
@@ -29,33 +34,53 @@ use crate::exporters::json::BindingsView;
 use crate::exporters::metrics::{CONTENT_TYPE, Metrics};
 use crate::pipeline::Pipeline;
 
-/// Readiness, set by the daemon: `Ok(())` when ready, `Err(reason)` otherwise.
+/// What `/readyz` answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ready {
+    /// 503 `not ready: <why>`.
+    NotReady(String),
+    /// 200 `ready`.
+    Ready,
+    /// 200 `degraded: <what is missing>`.
+    Degraded(String),
+}
+
+/// Readiness, set by the daemon.
 #[derive(Clone, Debug)]
-pub struct Readiness(Arc<RwLock<Result<(), String>>>);
+pub struct Readiness(Arc<RwLock<Ready>>);
 
 impl Default for Readiness {
     fn default() -> Self {
-        Readiness(Arc::new(RwLock::new(Err("probes not attached yet".into()))))
+        Readiness(Arc::new(RwLock::new(Ready::NotReady(
+            "probes not attached yet".into(),
+        ))))
     }
 }
 
 impl Readiness {
-    pub fn set_ready(&self) {
+    fn set(&self, r: Ready) {
         if let Ok(mut g) = self.0.write() {
-            *g = Ok(());
+            *g = r;
         }
+    }
+
+    pub fn set_ready(&self) {
+        self.set(Ready::Ready);
+    }
+
+    /// Running, but something this kernel carries is not seen: `what` names it.
+    pub fn set_degraded(&self, what: impl Into<String>) {
+        self.set(Ready::Degraded(what.into()));
     }
 
     pub fn set_not_ready(&self, reason: impl Into<String>) {
-        if let Ok(mut g) = self.0.write() {
-            *g = Err(reason.into());
-        }
+        self.set(Ready::NotReady(reason.into()));
     }
 
-    pub fn get(&self) -> Result<(), String> {
+    pub fn get(&self) -> Ready {
         match self.0.read() {
             Ok(g) => g.clone(),
-            Err(_) => Err("readiness state poisoned".into()),
+            Err(_) => Ready::NotReady("readiness state poisoned".into()),
         }
     }
 }
@@ -134,8 +159,9 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(s): State<HttpState>) -> Response {
     match s.readiness.get() {
-        Ok(()) => (StatusCode::OK, "ready\n".to_string()).into_response(),
-        Err(reason) => (
+        Ready::Ready => (StatusCode::OK, "ready\n".to_string()).into_response(),
+        Ready::Degraded(what) => (StatusCode::OK, format!("degraded: {what}\n")).into_response(),
+        Ready::NotReady(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {reason}\n"),
         )
@@ -197,7 +223,16 @@ mod tests {
         assert_eq!(st, 503);
         assert!(body.contains("probes not attached yet"), "{body}");
         ready.set_ready();
-        assert_eq!(get(addr, "/readyz").await.0, 200);
+        let (st, _, body) = get(addr, "/readyz").await;
+        assert_eq!((st, body.as_str()), (200, "ready\n"));
+        // Running but blind on a path the kernel has: 200, and the body says what is missing.
+        ready.set_degraded("bind path not seen: pci_tsm_bind in this kernel but not attached");
+        let (st, _, body) = get(addr, "/readyz").await;
+        assert_eq!(st, 200);
+        assert_eq!(
+            body,
+            "degraded: bind path not seen: pci_tsm_bind in this kernel but not attached\n"
+        );
         ready.set_not_ready("tsm_bind: symbol not found");
         let (st, _, body) = get(addr, "/readyz").await;
         assert_eq!(st, 503);

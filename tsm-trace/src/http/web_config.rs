@@ -88,6 +88,69 @@ struct HttpServerConfig {
     headers: Option<BTreeMap<String, String>>,
 }
 
+/// The YAML parser's error as one line: `line N (key.path): what is wrong`, without its
+/// source snippet and without its hints for Rust callers (`set DuplicateKeyPolicy ...`).
+fn yaml_error(text: &str, raw: &str) -> String {
+    let first = raw.lines().next().unwrap_or(raw).trim();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    // `line 2 column 10: invalid boolean`
+    let (line, msg) = match first.split_once(": ") {
+        Some((at, msg)) if at.starts_with("line ") => (
+            at.split_whitespace()
+                .nth(1)
+                .and_then(|n| n.parse::<usize>().ok()),
+            msg,
+        ),
+        _ => (None, first),
+    };
+    let msg = msg.split(", set ").next().unwrap_or(msg);
+    let msg = match msg {
+        "expected mapping start" => "expected a mapping (key: value lines)".to_string(),
+        "expected string scalar" => {
+            "expected a single value (a string), not a list or mapping".to_string()
+        }
+        "invalid boolean" => "expected true or false".to_string(),
+        m => match m.strip_prefix("duplicate mapping key: ") {
+            Some(k) => format!("{k} is set twice"),
+            None => m.to_string(),
+        },
+    };
+    let Some(n) = line else {
+        return format!("not a valid web config: {msg}");
+    };
+    match key_path(text, n) {
+        Some(path) => format!("line {n} ({path}): {msg}"),
+        None => format!(
+            "line {n}: {msg} (the file is a mapping of tls_server_config, http_server_config, basic_auth_users)"
+        ),
+    }
+}
+
+/// The dotted key of line `n` (1-based) of a block-style YAML mapping: its own key and the
+/// keys of the less indented lines above it (`tls_server_config.cert_file`).
+fn key_path(text: &str, n: usize) -> Option<String> {
+    let key = |l: &str| -> Option<(usize, String)> {
+        let indent = l.len() - l.trim_start().len();
+        let t = l.trim_start().trim_start_matches("- ");
+        let (k, _) = t.split_once(':')?;
+        let k = k.trim();
+        (!k.is_empty() && !k.starts_with('#')).then(|| (indent, k.to_string()))
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let (mut indent, own) = key(lines.get(n.checked_sub(1)?)?)?;
+    let mut path = vec![own];
+    for l in lines[..n - 1].iter().rev() {
+        if let Some((i, k)) = key(l)
+            && i < indent
+        {
+            path.push(k);
+            indent = i;
+        }
+    }
+    path.reverse();
+    Some(path.join("."))
+}
+
 /// The response headers the exporter-toolkit lets a web config set.
 const SETTABLE_HEADERS: &[&str] = &[
     "content-security-policy",
@@ -111,7 +174,7 @@ impl WebConfig {
         let file: File = if text.trim().is_empty() {
             File::default()
         } else {
-            serde_saphyr::from_str(text).map_err(|e| e.to_string())?
+            serde_saphyr::from_str(text).map_err(|e| yaml_error(text, &e.to_string()))?
         };
         let mut cfg = WebConfig::default();
         if let Some(t) = file.tls_server_config {
@@ -278,6 +341,49 @@ mod tests {
         assert!(c.tls.is_none() && c.basic_auth.is_none());
         let c = WebConfig::parse("basic_auth_users: {}\n", Path::new(".")).unwrap();
         assert!(c.basic_auth.is_none());
+    }
+
+    /// A malformed file gets one line naming where and what, never a Rust type.
+    #[test]
+    fn malformed_files_get_one_plain_line() {
+        for (yaml, want) in [
+            ("basic_auth_users: [a, b]\n", "basic_auth_users"),
+            ("tls_server_config: 5\n", "tls_server_config"),
+            ("http_server_config:\n  http2: maybe\n", "http2"),
+            ("- a list\n", "line 1: expected a mapping"),
+            (
+                "basic_auth_users:\n  prom: [1]\n",
+                "line 2 (basic_auth_users.prom)",
+            ),
+            (
+                "tls_server_config:\n  cert_file: a\n  cert_file: b\n",
+                "line 3 (tls_server_config.cert_file): cert_file is set twice",
+            ),
+            (
+                "http_server_config:\n  http2: maybe\n",
+                "line 2 (http_server_config.http2): expected true or false",
+            ),
+            ("tls_server_config: {cert_file: [\n", "line"),
+        ] {
+            let e = err(yaml);
+            assert_eq!(e.lines().count(), 1, "{yaml:?}: {e}");
+            for hint in [
+                "struct ",
+                "Option<",
+                "BTreeMap",
+                "::",
+                "File",
+                "TlsServerConfig",
+                "HttpServerConfig",
+                "IgnoredAny",
+                "DuplicateKeyPolicy",
+                "Options",
+                "-->",
+            ] {
+                assert!(!e.contains(hint), "{yaml:?}: {hint:?} in {e}");
+            }
+            assert!(e.contains(want), "{yaml:?}: {want:?} not in {e}");
+        }
     }
 
     #[test]

@@ -275,8 +275,10 @@ fn resolve_one(
         attached: false,
         reason: None,
         requested,
-        may_load_later: !t.vmlinux_only,
+        // A kernel without modules never gets a function it lacks now.
+        may_load_later: !t.vmlinux_only && !config.no_modules,
         module: None,
+        found: false,
     };
     if !enabled || symbols.is_empty() {
         report.reason = Some(if enabled {
@@ -296,6 +298,7 @@ fn resolve_one(
             program
         };
         report.function = tracepoint.to_string();
+        report.found = true;
         return Resolved::Tracepoint(report);
     }
     let point = match syms.find_in(&symbols, t.anchors) {
@@ -309,11 +312,25 @@ fn resolve_one(
                 Some(m) => format!("{name} [{m}]"),
                 None => name,
             };
+            // Built in (kallsyms shows no `[module]`): no module load changes whether it
+            // attaches, so nothing waits for it.
+            if module.is_none() {
+                report.may_load_later = false;
+            }
             report.module = module;
             report.reason = note;
+            report.found = true;
             attach
         }
         SymbolMatch::Missing { reason } => {
+            let reason = if config.no_modules {
+                reason.replace(
+                    super::kallsyms::MISSING_WHY,
+                    super::kallsyms::MISSING_WHY_NO_MODULES,
+                )
+            } else {
+                reason
+            };
             report.reason = Some(format!("{reason}; comes from {}", t.origin));
             return Resolved::Done(report);
         }
@@ -393,5 +410,62 @@ fn attach_one(
             }
             Ok(report)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(no_modules: bool) -> Vec<AttachReport> {
+        let config = AttachConfig {
+            no_modules,
+            ..AttachConfig::default()
+        };
+        let text = "\
+ffffffff81000000 T _text
+ffffffff81285e60 t kvm_destroy_vm
+ffffffffc0001000 t tsm_bind\t[tsm_standin]
+";
+        let syms = Kallsyms::parse(text.as_bytes(), &config.wanted(), "test").unwrap();
+        plan_all(&syms, &config, &[])
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect()
+    }
+
+    fn report(reports: &[AttachReport], probe: crate::events::Probe) -> &AttachReport {
+        reports.iter().find(|r| r.probe == probe).unwrap()
+    }
+
+    /// A built-in function (no `[module]` in kallsyms) never waits for a module load, and
+    /// on a kernel without modules nothing does.
+    #[test]
+    fn only_module_functions_wait_for_a_module() {
+        use crate::events::Probe;
+        let with = plan(false);
+        assert!(!report(&with, Probe::KvmDestroyVm).waiting(), "built in");
+        assert!(report(&with, Probe::TsmBind).waiting(), "in a module");
+        let ioctl = report(&with, Probe::TsmOpIoctl);
+        assert!(ioctl.waiting(), "absent, its module may load");
+        assert!(
+            ioctl
+                .reason
+                .as_deref()
+                .unwrap()
+                .contains("its module not loaded"),
+            "{:?}",
+            ioctl.reason
+        );
+
+        let without = plan(true);
+        assert!(
+            without.iter().all(|r| !r.waiting()),
+            "no modules: none waits"
+        );
+        let ioctl = report(&without, Probe::TsmOpIoctl);
+        let reason = ioctl.reason.as_deref().unwrap();
+        assert!(!reason.contains("module not loaded"), "{reason}");
+        assert!(reason.contains("cannot load modules"), "{reason}");
     }
 }

@@ -12,6 +12,12 @@ use std::{
     path::Path,
 };
 
+/// Why a function is not in kallsyms, on a kernel that can load modules.
+pub const MISSING_WHY: &str = "absent, inlined, or its module not loaded";
+/// The same on a kernel that cannot (no CONFIG_MODULES): it will never come.
+pub const MISSING_WHY_NO_MODULES: &str =
+    "absent or inlined; this kernel cannot load modules, so it will not come later";
+
 /// One definition of a function: its module (`None`: vmlinux) and address (0 when the kernel
 /// hides addresses, `kptr_restrict`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -247,10 +253,7 @@ impl Kallsyms {
             }
         }
         SymbolMatch::Missing {
-            reason: format!(
-                "{} (absent, inlined, or its module not loaded)",
-                reasons.join("; ")
-            ),
+            reason: format!("{} ({MISSING_WHY})", reasons.join("; ")),
         }
     }
 

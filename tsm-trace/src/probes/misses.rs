@@ -57,6 +57,18 @@ pub fn kprobe_reporting(programs: &[ProgramMisses]) -> Option<bool> {
         })
 }
 
+/// What to say after the kprobe miss total, given [`kprobe_reporting`] and the running
+/// kernel's `(major, minor)`: nothing where the kernel reports them; else why not, true to
+/// this kernel (links report misses since Linux 6.7).
+pub fn kprobe_remark(reporting: Option<bool>, kernel: Option<(u32, u32)>) -> &'static str {
+    match (reporting, kernel) {
+        (Some(true), _) => "",
+        (None, _) => ": no kprobe attached, so none counted",
+        (Some(false), Some(v)) if v < (6, 7) => ": not reported by this kernel, needs 6.7+",
+        (Some(false), _) => ": not reported for these links by this kernel",
+    }
+}
+
 /// The kernel's kprobe and BPF recursion misses, summed over `programs`.
 pub fn totals(programs: &[ProgramMisses]) -> (u64, u64) {
     programs.iter().fold((0, 0), |(k, r), p| {
@@ -207,6 +219,20 @@ fn scan_links() -> io::Result<(HashMap<u32, KprobeMissed>, Vec<i32>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// On 6.18 "needs 6.7+" is wrong: the remark follows the running kernel.
+    #[test]
+    fn kprobe_remark_is_true_to_the_kernel() {
+        assert_eq!(kprobe_remark(Some(true), Some((6, 1))), "");
+        assert!(kprobe_remark(Some(false), Some((6, 1))).contains("needs 6.7+"));
+        let r = kprobe_remark(Some(false), Some((6, 18)));
+        assert!(!r.contains("6.7"), "{r}");
+        let r = kprobe_remark(None, Some((6, 18)));
+        assert!(
+            r.contains("no kprobe attached") && !r.contains("6.7"),
+            "{r}"
+        );
+    }
 
     #[test]
     fn a_non_bpf_descriptor_is_refused_with_the_kernels_error() {

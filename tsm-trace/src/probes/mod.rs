@@ -75,6 +75,15 @@ pub struct AttachConfig {
     /// Attach a probe to another function of the same prototype (`--symbol PROBE=FUNCTION`),
     /// for kernels that renamed it (the patch series renames across versions).
     pub symbols: Vec<(Probe, String)>,
+    /// The kernel cannot load modules (no `/proc/modules`: built without CONFIG_MODULES):
+    /// a function absent now never comes, so no probe waits for one.
+    pub no_modules: bool,
+}
+
+/// Can this kernel load modules? `/proc/modules` exists exactly when it was built with
+/// CONFIG_MODULES (`proc` is `/proc`, or a fake tree in tests).
+pub fn modules_supported(proc: &std::path::Path) -> bool {
+    proc.join("modules").exists()
 }
 
 impl AttachConfig {
@@ -139,6 +148,10 @@ pub struct AttachReport {
     /// the probe until it loads again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub module: Option<String>,
+    /// Its function (or tracepoint) is in this kernel, attached or not: what the kernel
+    /// carries, for readiness (`doctor::coverage`).
+    #[serde(skip)]
+    pub found: bool,
 }
 
 impl AttachReport {

@@ -18,7 +18,7 @@ pub fn perf_paranoid_needs_sys_admin() -> bool {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PrivilegeError {
     #[error(
-        "tsm-trace needs root, or CAP_BPF + CAP_PERFMON (kernel 5.8+; plus CAP_SYS_ADMIN where kernel.perf_event_paranoid=3), to load and attach its probes; missing: {missing}. Run it with sudo, or give the binary the capabilities: setcap cap_bpf,cap_perfmon,cap_sys_admin+ep $(command -v tsm-trace)"
+        "tsm-trace needs root, or CAP_BPF + CAP_PERFMON (kernel 5.8+; plus CAP_SYS_ADMIN where kernel.perf_event_paranoid=3), to load and attach its probes; missing: {missing}. Run it with sudo, or give the binary the capabilities (CAP_SYSLOG so that /proc/kallsyms shows addresses): setcap cap_bpf,cap_perfmon,cap_syslog,cap_sys_admin+ep $(command -v tsm-trace)"
     )]
     Missing { missing: String },
     #[error(
@@ -90,6 +90,11 @@ mod tests {
         );
         let e = check_caps(&set(&[])).unwrap_err().to_string();
         assert!(e.contains("missing: CAP_BPF + CAP_PERFMON"), "{e}");
+        // The setcap it suggests gives everything a full start needs, CAP_SYSLOG included.
+        assert!(
+            e.contains("setcap cap_bpf,cap_perfmon,cap_syslog,cap_sys_admin+ep"),
+            "{e}"
+        );
     }
 
     #[test]
