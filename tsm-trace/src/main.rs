@@ -616,6 +616,12 @@ fn unpin(args: UnpinArgs) -> Result<()> {
     };
     if plan.is_empty() {
         writeln!(out, "nothing pinned under {}; {state}", root.display())?;
+    } else if n == 0 {
+        writeln!(
+            out,
+            "nothing pinned under {} (its empty directories are removed); {state}",
+            root.display()
+        )?;
     } else {
         writeln!(
             out,

@@ -546,3 +546,78 @@ fn replay_keeps_the_captures_own_times() {
     assert!(text(&o.stdout).starts_with("    0.000000 bind "));
     assert!(text(&o.stderr).contains("does not record the wall clock"));
 }
+
+/// Every subcommand refuses bad input with its usage exit code (2) and a first line that
+/// names the argument and the value; nothing panics, nothing reaches stdout.
+#[test]
+fn bad_input_of_every_subcommand() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["run", "--listen", "nonsense"], "'nonsense' for '--listen"),
+        (
+            &["run", "--late-attach-window", "-1s"],
+            "negative durations",
+        ),
+        (&["run", "--max-bindings", "999999999999"], "from 1 to"),
+        (&["run", "--grace", "soon"], "'soon' for '--grace"),
+        (&["trace", "--device", "zz"], "is not a PCI address"),
+        (&["trace", "--time", "weird"], "'weird' for '--time"),
+        (
+            &["trace", "--vm", "0xffff888000000000"],
+            "0xffff888000000000",
+        ),
+        (&["replay"], "<FILE>"),
+        (
+            &["replay", "x.jsonl", "--metrics", "--json"],
+            "'--metrics' cannot be used with '--json'",
+        ),
+        (
+            &["unpin", "--state-file", "relative"],
+            "is not an absolute path",
+        ),
+        (&["unpin", "--pin-dir"], "--pin-dir"),
+        (&["doctor", "--bogus"], "'--bogus'"),
+        (&["check", "--symbol", "bogus"], "expected PROBE=FUNCTION"),
+        (
+            &["--log-level", "loud", "doctor"],
+            "unknown log level \"loud\"",
+        ),
+        (&["nosuchcommand"], "'nosuchcommand'"),
+    ];
+    for (args, want) in cases {
+        let o = tsm(args);
+        let err = text(&o.stderr);
+        let first = err.lines().next().unwrap_or_default();
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(first.starts_with("error: "), "{args:?}: {first}");
+        assert!(err.contains(want), "{args:?}: want {want:?} in:\n{err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(text(&o.stdout), "", "{args:?}");
+    }
+}
+
+/// Every subcommand's `--help` works, exits 0, and fits a pipe that closes early.
+#[test]
+fn help_of_every_subcommand() {
+    for sub in ["run", "trace", "replay", "check", "doctor", "unpin"] {
+        let o = tsm(&[sub, "--help"]);
+        assert!(o.status.success(), "{sub} --help");
+        let out = text(&o.stdout);
+        assert!(
+            out.contains(&format!("Usage: tsm-trace {sub}")),
+            "{sub}:\n{out}"
+        );
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let s = Command::new(BIN)
+            .args([sub, "--help"])
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert!(
+            !text(&s.stderr).contains("panicked"),
+            "{sub}: {}",
+            text(&s.stderr)
+        );
+    }
+}

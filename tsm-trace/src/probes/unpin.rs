@@ -36,10 +36,14 @@ pub enum UnpinError {
     )]
     NotBpffs { path: PathBuf },
     #[error(
-        "{path} is not tsm-trace's: {why}; nothing was removed (is --pin-dir right? tsm-trace pins under {})",
+        "{root} is not tsm-trace's pin directory: {path} {why}; nothing was removed (is --pin-dir right? tsm-trace pins under {})",
         super::pin::DEFAULT_ROOT
     )]
-    Foreign { path: PathBuf, why: String },
+    Foreign {
+        root: PathBuf,
+        path: PathBuf,
+        why: String,
+    },
     #[error(
         "a running tsm-trace daemon holds {path}; stop it first (`systemctl stop tsm-trace`), or pass --force to detach its probes under it"
     )]
@@ -226,45 +230,51 @@ fn object_kind(fd: BorrowedFd<'_>) -> Option<&'static str> {
 
 /// Checks that `path` is the BPF map `name`.
 fn check_map(path: &Path, name: &str) -> Result<(), String> {
-    let fd = obj_get(path).map_err(|e| format!("not a BPF object ({e})"))?;
+    let fd = obj_get(path).map_err(|e| format!("is not a BPF object ({e})"))?;
     match object_kind(fd.as_fd()) {
         Some("map") => {}
-        Some(k) => return Err(format!("a BPF {k}, where tsm-trace pins the map {name}")),
-        None => return Err("not a BPF object".into()),
+        Some(k) => return Err(format!("is a BPF {k}, where tsm-trace pins the map {name}")),
+        None => return Err("is not a BPF object".into()),
     }
     // SAFETY: a plain-data UAPI struct; all zeroes is its empty value.
     let mut info: bpf_map_info = unsafe { std::mem::zeroed() };
     super::misses::obj_info(fd.as_fd(), &mut info)
-        .map_err(|e| format!("its map info is unreadable ({e})"))?;
+        .map_err(|e| format!("has map info that cannot be read ({e})"))?;
     let found = c_name(&info.name);
     if found != kernel_name(name) {
-        return Err(format!("a BPF map named {found:?}, not tsm-trace's {name}"));
+        return Err(format!(
+            "is a BPF map named {found:?}, not tsm-trace's {name}"
+        ));
     }
     Ok(())
 }
 
 /// Checks that `path` is a BPF link of the program `program`.
 fn check_link(path: &Path, program: &str) -> Result<(), String> {
-    let fd = obj_get(path).map_err(|e| format!("not a BPF object ({e})"))?;
+    let fd = obj_get(path).map_err(|e| format!("is not a BPF object ({e})"))?;
     match object_kind(fd.as_fd()) {
         Some("link") => {}
-        Some(k) => return Err(format!("a BPF {k}, where tsm-trace pins links")),
-        None => return Err("not a BPF object".into()),
+        Some(k) => return Err(format!("is a BPF {k}, where tsm-trace pins links")),
+        None => return Err("is not a BPF object".into()),
     }
     // SAFETY: as in check_map.
     let mut link: bpf_link_info = unsafe { std::mem::zeroed() };
     super::misses::obj_info(fd.as_fd(), &mut link)
-        .map_err(|e| format!("its link info is unreadable ({e})"))?;
-    let prog = prog_by_id(link.prog_id)
-        .map_err(|e| format!("its program (id {}) cannot be opened ({e})", link.prog_id))?;
+        .map_err(|e| format!("has link info that cannot be read ({e})"))?;
+    let prog = prog_by_id(link.prog_id).map_err(|e| {
+        format!(
+            "links a program (id {}) that cannot be opened ({e})",
+            link.prog_id
+        )
+    })?;
     // SAFETY: as in check_map.
     let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
     super::misses::obj_info(prog.as_fd(), &mut info)
-        .map_err(|e| format!("its program info is unreadable ({e})"))?;
+        .map_err(|e| format!("links a program whose info cannot be read ({e})"))?;
     let found = c_name(&info.name);
     if found != kernel_name(program) {
         return Err(format!(
-            "a link of the program {found:?}, not of tsm-trace's {program}"
+            "is a link of the program {found:?}, not of tsm-trace's {program}"
         ));
     }
     Ok(())
@@ -278,8 +288,10 @@ pub fn program_names() -> Vec<&'static str> {
         .collect()
 }
 
-fn foreign(path: &Path, why: impl Into<String>) -> UnpinError {
+/// `path` (under `root`) is not ours; `why` reads after the path ("is …").
+fn foreign(root: &Path, path: &Path, why: impl Into<String>) -> UnpinError {
     UnpinError::Foreign {
+        root: root.to_path_buf(),
         path: path.to_path_buf(),
         why: why.into(),
     }
@@ -298,24 +310,26 @@ fn entries(dir: &Path) -> Result<Vec<(String, PathBuf, fs::FileType)>, UnpinErro
 
 /// Checks one layout directory and returns its pins (links first) and directories.
 pub fn plan_layout(dir: &Path, programs: &[&str]) -> Result<Plan, UnpinError> {
+    let root = dir.parent().unwrap_or(dir);
+    let foreign = |path: &Path, why: &str| foreign(root, path, why);
     let mut plan = Plan::default();
     let mut maps = Vec::new();
     for (name, path, ty) in entries(dir)? {
         if !ty.is_dir() || !matches!(name.as_str(), "maps" | "links") {
             return Err(foreign(
                 &path,
-                "a tsm-trace layout directory holds only maps/ and links/",
+                "is in a layout directory, which holds only maps/ and links/",
             ));
         }
         for (entry, p, ety) in entries(&path)? {
             if ety.is_dir() {
-                return Err(foreign(&p, "a directory where tsm-trace pins objects"));
+                return Err(foreign(&p, "is a directory where tsm-trace pins objects"));
             }
             if name == "maps" {
                 if !MAPS.contains(&entry.as_str()) {
-                    return Err(foreign(&p, "no map of tsm-trace has this name"));
+                    return Err(foreign(&p, "is named like no map of tsm-trace"));
                 }
-                check_map(&p, &entry).map_err(|why| foreign(&p, why))?;
+                check_map(&p, &entry).map_err(|why| foreign(&p, &why))?;
                 maps.push(Pin::Map {
                     path: p,
                     name: entry,
@@ -324,10 +338,10 @@ pub fn plan_layout(dir: &Path, programs: &[&str]) -> Result<Plan, UnpinError> {
                 let Some(program) = link_program(&entry, programs) else {
                     return Err(foreign(
                         &p,
-                        "not named <program>@<epoch> after a program of tsm-trace",
+                        "is not named <program>@<epoch> after a program of tsm-trace",
                     ));
                 };
-                check_link(&p, &program).map_err(|why| foreign(&p, why))?;
+                check_link(&p, &program).map_err(|why| foreign(&p, &why))?;
                 plan.pins.push(Pin::Link { path: p, program });
             }
         }
@@ -347,7 +361,7 @@ pub fn plan(root: &Path) -> Result<Plan, UnpinError> {
         Err(e) => return Err(io_err("reading", root)(e)),
     };
     if !meta.is_dir() {
-        return Err(foreign(root, "not a directory"));
+        return Err(foreign(root, root, "is not a directory"));
     }
     if !is_bpffs(root) {
         return Err(UnpinError::NotBpffs {
@@ -359,8 +373,9 @@ pub fn plan(root: &Path) -> Result<Plan, UnpinError> {
     for (name, path, ty) in entries(root)? {
         if !ty.is_dir() || !is_layout_name(&name) {
             return Err(foreign(
+                root,
                 &path,
-                "tsm-trace's pin directory holds only layout directories named by 12 hex digits",
+                "is not a layout directory (tsm-trace's pin directory holds only directories named by 12 hex digits)",
             ));
         }
         let p = plan_layout(&path, &programs)?;
