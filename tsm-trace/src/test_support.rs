@@ -20,3 +20,39 @@ pub fn skip_unless_ci(reason: &str) {
     }
     eprintln!("SKIPPED (would fail under CI=true): {reason}");
 }
+
+/// `promtool check metrics` (Debian's prometheus package) on an exposition: `Some(Ok(()))`
+/// when promtool has nothing to say (no parse error, no lint), `Some(Err(what it said))`
+/// otherwise, `None` where promtool is not installed (the test returns; under CI this panics).
+pub fn promtool_check_metrics(text: &str) -> Option<Result<(), String>> {
+    use std::io::Write;
+    let promtool = std::path::Path::new("/usr/bin/promtool");
+    if !promtool.exists() {
+        skip_unless_ci("/usr/bin/promtool not installed (apt-get install prometheus)");
+        return None;
+    }
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child
+        .stdin
+        .take()
+        .expect("promtool's stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool's output");
+    let complaints = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(if out.status.success() && complaints.trim().is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{}: {complaints}", out.status))
+    })
+}

@@ -41,14 +41,6 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// In CI a test that cannot run fails; elsewhere it says why it skipped.
-fn cannot_run(why: &str) {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("cannot run under CI=true: {why}");
-    }
-    eprintln!("skipped: {why}");
-}
-
 fn golden(name: &str, got: &str) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/golden")
@@ -162,29 +154,13 @@ fn replay_filters() {
 
 #[test]
 fn replay_metrics_pass_promtool() {
-    if Command::new("promtool").arg("--version").output().is_err() {
-        return cannot_run("promtool is not installed (apt-get install prometheus)");
-    }
     for cap in captures() {
         let o = tsm(&["replay", cap.to_str().unwrap(), "--metrics"]);
         assert!(o.status.success());
-        let mut child = Command::new("promtool")
-            .args(["check", "metrics"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(&o.stdout).unwrap();
-        let r = child.wait_with_output().unwrap();
-        // promtool's lint warns (exit 3) about naming conventions; a parse error is exit 1.
-        let err = text(&r.stderr) + &text(&r.stdout);
-        assert!(
-            !err.contains("error while linting") && r.status.code() != Some(1),
-            "{}: promtool check metrics: {err}",
-            cap.display()
-        );
+        let Some(r) = tsm_trace::test_support::promtool_check_metrics(&text(&o.stdout)) else {
+            return;
+        };
+        r.unwrap_or_else(|e| panic!("{}: promtool check metrics: {e}", cap.display()));
     }
 }
 
@@ -384,7 +360,7 @@ fn unpin_removes_only_ours() {
         .status()
         .is_ok_and(|s| s.success());
     if !mounted {
-        return cannot_run("mounting a BPF filesystem needs root");
+        return tsm_trace::test_support::skip_unless_ci("mounting a BPF filesystem needs root");
     }
     let _guard = Bpffs(m.clone());
     // Another tool's pins beside ours.

@@ -293,6 +293,22 @@ fn host_side(
         "e2e: Prometheus scrapes the guest (first scrape after {:.1}s); starting the scenario ({rounds} rounds, 2s apart)",
         t.elapsed().as_secs_f64()
     );
+    // The live exposition at start, before any operation: promtool accepts it, and the
+    // series the failure alerts select exist at 0 (so `increase()` counts the first failure).
+    let (code, start_exposition) = http_get(target_port, "/metrics")?;
+    report.check(code == 200, || format!("GET /metrics at start: {code}"));
+    let lint = promtool_check_metrics(&start_exposition)?;
+    report.check(lint.is_none(), || {
+        format!("promtool check metrics on the live exposition at start: {lint:?}")
+    });
+    report.check(
+        start_exposition.lines().any(|l| {
+            l.starts_with("tsm_trace_operations_total{")
+                && l.contains("result=\"error\"")
+                && l.ends_with(" 0")
+        }),
+        || "the exposition at start has no error series at 0 of tsm_trace_operations_total".into(),
+    );
     ctl.open("ready");
     wait_for(vm, 60 + 4 * rounds as u64, "the guest scenario", || {
         Ok(ctl.seen("scenario-done"))
@@ -422,6 +438,30 @@ struct Query {
     expr: String,
     /// For `label_values(SELECTOR, label)`: the label the results must carry.
     label: Option<String>,
+}
+
+/// `promtool check metrics` on `text`: `None` when it parses (lint warnings about naming
+/// conventions are not parse errors), else what promtool said.
+fn promtool_check_metrics(text: &str) -> Result<Option<String>> {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running promtool (apt-get install prometheus)")?;
+    child
+        .stdin
+        .take()
+        .context("promtool's stdin")?
+        .write_all(text.as_bytes())?;
+    let out = child.wait_with_output()?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.code() == Some(1) || said.contains("error while linting")).then_some(said))
 }
 
 fn normalise(s: &str) -> String {
