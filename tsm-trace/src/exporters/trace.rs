@@ -475,6 +475,42 @@ pub struct Summary {
     mismatches: BTreeMap<MismatchKind, u64>,
     /// Bindings ended, by cause.
     closed: BTreeMap<&'static str, u64>,
+    /// Events lost, by reason, as the loss records said.
+    lost: BTreeMap<&'static str, u64>,
+}
+
+/// The kernel's exact operation counts (`OP_COUNTS`, what `run` serves as
+/// `tsm_trace_operations_total`): the summary's totals.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counted {
+    /// By kind and ok.
+    pub ops: BTreeMap<(OpKind, bool), u64>,
+    /// The lines were filtered (`--device`, `--vm`, `--failed`): the counts are not.
+    pub filtered: bool,
+}
+
+impl Counted {
+    pub fn from_kernel(k: &super::metrics::KernelOperations, filtered: bool) -> Self {
+        let mut ops = BTreeMap::new();
+        for (&(kind, _layer, errno), &n) in &k.counts {
+            *ops.entry((kind, errno == 0)).or_default() += n;
+        }
+        Counted { ops, filtered }
+    }
+
+    fn get(&self, kind: OpKind, ok: bool) -> u64 {
+        self.ops.get(&(kind, ok)).copied().unwrap_or(0)
+    }
+}
+
+/// `a of b <what> shown`, or, should the lines show more than the kernel counted (its counts
+/// leave out operations whose outer return it never saw), both numbers as they are.
+fn of(a: u64, b: u64, what: &str) -> String {
+    if a <= b {
+        format!("{a} of {b} {what} shown")
+    } else {
+        format!("{a} {what} shown, the kernel counted {b}")
+    }
 }
 
 impl Summary {
@@ -516,6 +552,37 @@ impl Summary {
         }
     }
 
+    /// A loss record written to the stream.
+    pub fn add_lost(&mut self, l: &super::loss::Lost) {
+        *self.lost.entry(l.reason).or_default() += l.count;
+    }
+
+    /// The first line's totals: what the lines showed, and with the kernel's counts how many
+    /// of the operations it counted that is.
+    pub fn headline(&self, counted: Option<&Counted>) -> String {
+        let (shown, failed) = (self.operations(), self.failures());
+        let Some(c) = counted else {
+            return format!("{shown} operations, {failed} failed");
+        };
+        let total: u64 = c.ops.values().sum();
+        let kfailed: u64 = OpKind::ALL.iter().map(|&k| c.get(k, false)).sum();
+        if c.filtered {
+            return format!(
+                "{shown} operations shown, {failed} failed (filtered; the kernel counted {total}, {kfailed} failed, in all)"
+            );
+        }
+        let mut s = of(shown, total, "operations");
+        if total > shown {
+            let _ = write!(
+                s,
+                " ({} not shown: their events were lost, see the LOST lines)",
+                total - shown
+            );
+        }
+        let _ = write!(s, "; {}", of(failed, kfailed, "failed"));
+        s
+    }
+
     pub fn operations(&self) -> u64 {
         self.ops.values().sum()
     }
@@ -531,20 +598,34 @@ impl Summary {
     /// The summary text. `still_leaked` lists leaks open at the end (one per device and
     /// reason); `fmt` prints them.
     pub fn render(&self, still_leaked: &[&Leak], fmt: &TraceFormatter) -> String {
+        self.render_counted(still_leaked, fmt, None)
+    }
+
+    /// [`Summary::render`], its totals from the kernel's exact counts where there are some.
+    pub fn render_counted(
+        &self,
+        still_leaked: &[&Leak],
+        fmt: &TraceFormatter,
+        counted: Option<&Counted>,
+    ) -> String {
         let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "\n=== tsm-trace summary: {} operations, {} failed ===",
-            self.operations(),
-            self.failures()
-        );
+        let _ = writeln!(s, "\n=== tsm-trace summary: {} ===", self.headline(counted));
         for kind in OpKind::ALL {
             let ok = self.ops.get(&(kind, true)).copied().unwrap_or(0);
             let err = self.ops.get(&(kind, false)).copied().unwrap_or(0);
-            if ok + err == 0 {
+            let (kok, kerr) = counted.map_or((ok, err), |c| (c.get(kind, true), c.get(kind, false)));
+            if ok + err + kok + kerr == 0 {
                 continue;
             }
-            let _ = writeln!(s, "\n@{}_us: ({ok} ok, {err} failed)", kind.as_str());
+            if (ok, err) == (kok, kerr) {
+                let _ = writeln!(s, "\n@{}_us: ({ok} ok, {err} failed)", kind.as_str());
+            } else {
+                let _ = writeln!(
+                    s,
+                    "\n@{}_us: ({ok} ok, {err} failed shown; the kernel counted {kok} ok, {kerr} failed)",
+                    kind.as_str()
+                );
+            }
             if let Some(h) = self.latency_us.get(&kind) {
                 h.render(&mut s);
             }
@@ -610,6 +691,12 @@ impl Summary {
             let _ = writeln!(s, "\nsysfs mismatches:");
             for (k, n) in &self.mismatches {
                 let _ = writeln!(s, "  {n:>8}  {}", k.as_str());
+            }
+        }
+        if !self.lost.is_empty() {
+            let _ = writeln!(s, "\nevents lost (the LOST lines), by reason:");
+            for (r, n) in &self.lost {
+                let _ = writeln!(s, "  {n:>8}  {r}");
             }
         }
         if !self.anomalies.is_empty() {
