@@ -497,6 +497,74 @@ mod tests {
         (report, out.text())
     }
 
+    /// A live pipeline (`trace`): the loss the kernel counted after a batch is a record in
+    /// the stream right after that batch's lines, timed by its last event; the summary
+    /// takes its totals from the kernel's counts.
+    #[test]
+    fn loss_after_a_batch_is_a_record_at_that_point_and_the_summary_counts_from_the_kernel() {
+        for format in [TraceFormat::Text, TraceFormat::Json] {
+            let out = Shared::default();
+            let sink = TraceSink::new(
+                Box::new(out.clone()),
+                format,
+                Filters::default(),
+                Clock::Relative { base_ns: 0 },
+            );
+            let mut p = Pipeline::new(
+                correlate::Config::default(),
+                Arc::new(Metrics::new()),
+                Some(sink),
+            );
+            let evs = bind_via_ioctl(10, 2_000_000_000, "0000:01:00.0", 0);
+            let last = evs.iter().map(|e| e.end_ns).max().unwrap();
+            for e in evs {
+                p.handle(e, 0);
+            }
+            p.tick(last);
+            let k = KernelStats {
+                ringbuf_drops: 40,
+                ..Default::default()
+            };
+            assert_eq!(p.report_loss(&k).len(), 1);
+            // Read again with no growth: no second record.
+            assert!(p.report_loss(&k).is_empty());
+            let text = out.text();
+            let lines: Vec<&str> = text.lines().collect();
+            assert_eq!(lines.len(), 2, "{text}");
+            match format {
+                TraceFormat::Text => {
+                    assert!(lines[0].contains(" bind "), "{text}");
+                    assert_eq!(
+                        lines[1],
+                        format!(
+                            "{} LOST     40 events (ring buffer full; raise --ringbuf-size)",
+                            Clock::Relative { base_ns: 0 }.format(last)
+                        )
+                    );
+                }
+                TraceFormat::Json => {
+                    let j: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+                    assert_eq!(j["type"], "lost", "{text}");
+                    assert_eq!(j["count"], 40);
+                    assert_eq!(j["reason"], "ringbuf_full");
+                    assert_eq!(j["time_ns"], last);
+                }
+            }
+            let mut kernel = KernelOperations::default();
+            kernel
+                .counts
+                .insert((crate::correlate::OpKind::Bind, crate::events::Layer::Iommufd, 0), 9);
+            let summary = p.render_summary_counted(Some(&kernel));
+            assert!(
+                summary.contains(
+                    "=== tsm-trace summary: 1 of 9 operations shown (8 not shown: their events were lost, see the LOST lines); 0 of 0 failed shown ==="
+                ),
+                "{summary}"
+            );
+            assert!(summary.contains("        40  ringbuf_full"), "{summary}");
+        }
+    }
+
     #[test]
     fn replay_a_jsonl_capture() {
         let opts = ReplayOptions {

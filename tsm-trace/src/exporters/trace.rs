@@ -730,6 +730,71 @@ mod tests {
     }
 
     #[test]
+    fn summary_totals_come_from_the_kernel_counts_when_there_are_some() {
+        let mut s = Summary::default();
+        s.ops.insert((OpKind::Bind, true), 5_605);
+        s.ops.insert((OpKind::Unbind, true), 5_605);
+        let kernel = |bind_ok, bind_err, unbind_ok, filtered| Counted {
+            ops: [
+                ((OpKind::Bind, true), bind_ok),
+                ((OpKind::Bind, false), bind_err),
+                ((OpKind::Unbind, true), unbind_ok),
+            ]
+            .into(),
+            filtered,
+        };
+        // Without the kernel's counts (replay): what the lines showed, as before.
+        assert_eq!(s.headline(None), "11210 operations, 0 failed");
+        // The storm: never "11210 operations" when the kernel counted 40000.
+        let k = kernel(20_000, 0, 20_000, false);
+        assert_eq!(
+            s.headline(Some(&k)),
+            "11210 of 40000 operations shown (28790 not shown: their events were lost, see the LOST lines); 0 of 0 failed shown"
+        );
+        let fmt = TraceFormatter::new(Clock::Relative { base_ns: 0 });
+        let text = s.render_counted(&[], &fmt, Some(&k));
+        assert!(
+            text.contains("@bind_us: (5605 ok, 0 failed shown; the kernel counted 20000 ok, 0 failed)"),
+            "{text}"
+        );
+        // Nothing lost: both agree, no gap claimed.
+        let all = kernel(5_605, 0, 5_605, false);
+        assert_eq!(
+            s.headline(Some(&all)),
+            "11210 of 11210 operations shown; 0 of 0 failed shown"
+        );
+        assert!(s.render_counted(&[], &fmt, Some(&all)).contains("@bind_us: (5605 ok, 0 failed)\n"));
+        // More shown than counted (operations whose outer return the kernel never saw are
+        // left out of its counts): both numbers, no negative gap.
+        let fewer = kernel(5_000, 2, 5_605, false);
+        assert_eq!(
+            s.headline(Some(&fewer)),
+            "11210 operations shown, the kernel counted 10607; 0 of 2 failed shown"
+        );
+        // Filtered lines are not compared with unfiltered counts.
+        assert_eq!(
+            s.headline(Some(&kernel(20_000, 3, 20_000, true))),
+            "11210 operations shown, 0 failed (filtered; the kernel counted 40003, 3 failed, in all)"
+        );
+        // Loss records are summed by reason.
+        s.add_lost(&super::super::loss::Lost {
+            count: 7,
+            reason: "ringbuf_full",
+            time_ns: None,
+        });
+        s.add_lost(&super::super::loss::Lost {
+            count: 3,
+            reason: "ringbuf_full",
+            time_ns: Some(1),
+        });
+        let text = s.render(&[], &fmt);
+        assert!(
+            text.contains("events lost (the LOST lines), by reason:\n        10  ringbuf_full\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(fmt_duration(850), "850ns");
         assert_eq!(fmt_duration(12_300), "12.3us");
