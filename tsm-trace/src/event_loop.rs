@@ -373,16 +373,16 @@ pub fn sync_kernel_stats(metrics: &Metrics, s: &LiveSession) -> Option<KernelSta
     match s.kernel_stats() {
         Ok(k) => {
             metrics.set_kernel_counters(KernelCounters {
-            ringbuf_full: k.ringbuf_drops,
-            inflight_full: k.inflight_full,
-            orphan_return: k.orphan_returns,
-            kernel_read_faults: k.read_faults,
-            control_full: k.control_drops,
-            agg_full: k.agg_full,
-            return_missed: k.returns_missed,
-            ops_unfinished: k.ops_unfinished,
-            vmm_full: k.vmm_full,
-            scratch_missing: k.scratch_missing,
+                ringbuf_full: k.ringbuf_drops,
+                inflight_full: k.inflight_full,
+                orphan_return: k.orphan_returns,
+                kernel_read_faults: k.read_faults,
+                control_full: k.control_drops,
+                agg_full: k.agg_full,
+                return_missed: k.returns_missed,
+                ops_unfinished: k.ops_unfinished,
+                vmm_full: k.vmm_full,
+                scratch_missing: k.scratch_missing,
             });
             Some(k)
         }

@@ -21,9 +21,7 @@ use tsm_trace::{
     btf::BtfSources,
     cli::parse,
     correlate,
-    event_loop::{
-        self, Batch, LateAttach, LoopOptions, Reconcile, Stop, publish_session,
-    },
+    event_loop::{self, Batch, LateAttach, LoopOptions, Reconcile, Stop, publish_session},
     events::{Probe, record},
     exporters::{
         metrics::Metrics,

@@ -551,9 +551,14 @@ mod tests {
                 }
             }
             let mut kernel = KernelOperations::default();
-            kernel
-                .counts
-                .insert((crate::correlate::OpKind::Bind, crate::events::Layer::Iommufd, 0), 9);
+            kernel.counts.insert(
+                (
+                    crate::correlate::OpKind::Bind,
+                    crate::events::Layer::Iommufd,
+                    0,
+                ),
+                9,
+            );
             let summary = p.render_summary_counted(Some(&kernel));
             assert!(
                 summary.contains(

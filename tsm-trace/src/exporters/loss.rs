@@ -107,7 +107,9 @@ impl Lost {
 
     /// `HH:MM:SS.ffffff LOST     <n> events (<why>)`.
     pub fn text(&self, clock: &Clock) -> String {
-        let time = self.time_ns.map_or_else(|| " ".repeat(15), |t| clock.format(t));
+        let time = self
+            .time_ns
+            .map_or_else(|| " ".repeat(15), |t| clock.format(t));
         format!(
             "{time} LOST     {} event{} ({})",
             self.count,
@@ -263,7 +265,10 @@ mod tests {
         // No event before it: no time, not a made-up one.
         assert_eq!(
             one.text(&c),
-            format!("{} LOST     1 event (undecodable ring-buffer records)", " ".repeat(15))
+            format!(
+                "{} LOST     1 event (undecodable ring-buffer records)",
+                " ".repeat(15)
+            )
         );
         let j: serde_json::Value = serde_json::from_str(&l.json(Some(0))).unwrap();
         assert_eq!(j["type"], "lost");
@@ -272,7 +277,11 @@ mod tests {
         assert_eq!(j["time_ns"], 1_500_001_000u64);
         assert_eq!(j["time"], "1970-01-01T00:00:01.500001Z");
         // `"time"` first, like every other line.
-        assert!(l.json(Some(0)).starts_with("{\"time\":"), "{}", l.json(Some(0)));
+        assert!(
+            l.json(Some(0)).starts_with("{\"time\":"),
+            "{}",
+            l.json(Some(0))
+        );
         let j: serde_json::Value = serde_json::from_str(&one.json(Some(0))).unwrap();
         assert!(j.get("time").is_none() && j.get("time_ns").is_none(), "{j}");
         assert_eq!(

@@ -4,7 +4,11 @@
 //! 22:31:05.123456 bind     0000:01:00.0 vdev=3 vm=kvm-4242 tdi=7  EBUSY from pci_tsm (pci_tsm_bind)  iommufd 1.2ms > tsm_core 1.1ms > pci_tsm 1.0ms EBUSY  comm=qemu tgid=4242
 //! 22:31:09.000001 LEAK     0000:01:00.0 vm_destroyed  vm=kvm-4242 vmm=qemu/4242 vdev=3 tdi=7 bound 4.1s
 //! 22:31:12.500000 LEAK-END 0000:01:00.0 vm_destroyed  cleared by unbound after 3.5s
+//! 22:31:12.600000 LOST     2875 events (ring buffer full; raise --ringbuf-size)
 //! ```
+//!
+//! `LOST` lines (where the kernel dropped events, timed by the last event handled before
+//! them) come from `exporters/loss.rs`.
 //!
 //! **Call trees.** An operation line ends with the calls it made, each with its layer (its
 //! function, for connect, disconnect and guest requests) and duration: `a > b` means `a`
@@ -613,7 +617,8 @@ impl Summary {
         for kind in OpKind::ALL {
             let ok = self.ops.get(&(kind, true)).copied().unwrap_or(0);
             let err = self.ops.get(&(kind, false)).copied().unwrap_or(0);
-            let (kok, kerr) = counted.map_or((ok, err), |c| (c.get(kind, true), c.get(kind, false)));
+            let (kok, kerr) =
+                counted.map_or((ok, err), |c| (c.get(kind, true), c.get(kind, false)));
             if ok + err + kok + kerr == 0 {
                 continue;
             }
@@ -754,7 +759,9 @@ mod tests {
         let fmt = TraceFormatter::new(Clock::Relative { base_ns: 0 });
         let text = s.render_counted(&[], &fmt, Some(&k));
         assert!(
-            text.contains("@bind_us: (5605 ok, 0 failed shown; the kernel counted 20000 ok, 0 failed)"),
+            text.contains(
+                "@bind_us: (5605 ok, 0 failed shown; the kernel counted 20000 ok, 0 failed)"
+            ),
             "{text}"
         );
         // Nothing lost: both agree, no gap claimed.
@@ -763,7 +770,10 @@ mod tests {
             s.headline(Some(&all)),
             "11210 of 11210 operations shown; 0 of 0 failed shown"
         );
-        assert!(s.render_counted(&[], &fmt, Some(&all)).contains("@bind_us: (5605 ok, 0 failed)\n"));
+        assert!(
+            s.render_counted(&[], &fmt, Some(&all))
+                .contains("@bind_us: (5605 ok, 0 failed)\n")
+        );
         // More shown than counted (operations whose outer return the kernel never saw are
         // left out of its counts): both numbers, no negative gap.
         let fewer = kernel(5_000, 2, 5_605, false);

@@ -288,10 +288,15 @@ fn kernel_lost(err: &str) -> BTreeMap<&'static str, f64> {
         .filter(|t| !t.is_empty())
         .filter_map(|t| t.parse().ok())
         .collect();
-    ["ringbuf_full", "inflight_full", "orphan_return", "return_missed"]
-        .into_iter()
-        .zip(nums)
-        .collect()
+    [
+        "ringbuf_full",
+        "inflight_full",
+        "orphan_return",
+        "return_missed",
+    ]
+    .into_iter()
+    .zip(nums)
+    .collect()
 }
 
 /// `A of B operations shown` from the summary's first line: (A, B).
@@ -341,7 +346,10 @@ fn trace_under_loss(
         if f == "json" {
             let lines = json_lines(out, "storm_trace_json", false);
             c.check(lines.is_ok(), || {
-                format!("trace json: a line does not parse: {:?}", lines.as_ref().err())
+                format!(
+                    "trace json: a line does not parse: {:?}",
+                    lines.as_ref().err()
+                )
             });
             let lines = lines.unwrap_or_default();
             let last_end = lines
