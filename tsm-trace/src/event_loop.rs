@@ -11,9 +11,9 @@ use tokio::time::Instant;
 use crate::{
     correlate,
     events::{DecodeError, Event},
-    exporters::metrics::{KernelCounters, Metrics},
+    exporters::metrics::{KernelCounters, KernelOperations, Metrics},
     pipeline::Pipeline,
-    probes::chain,
+    probes::{KernelStats, chain},
     session::{Control, LiveSession, Session},
     sysfs::Snapshot,
 };
@@ -119,6 +119,12 @@ pub async fn run(
         // Once at start: bindings made before we started show up here.
         reconcile(live, pipeline, metrics, &r.root, &mut batch, &mut tap)?;
     }
+    if live.session().pinned.is_some() {
+        // Taken-over maps: the loss counted so far was an earlier process's to report.
+        if let Ok(k) = live.kernel_stats() {
+            pipeline.lock().expect("pipeline lock").loss_since(k);
+        }
+    }
     let mut saved = None;
     let mut next_housekeeping = Instant::now() + HOUSEKEEPING_EVERY;
     judge_readiness(opts.readiness.as_ref(), live);
@@ -146,7 +152,7 @@ pub async fn run(
                 r?;
                 if !batch.is_empty() {
                     feed(pipeline, metrics, &mut batch, &mut tap)?;
-                    sync_kernel_stats(metrics, live);
+                    report_loss(pipeline, metrics, live);
                 }
                 if !active {
                     // Waking from the idle period: sweep on the active schedule.
@@ -361,22 +367,63 @@ pub fn publish_session(metrics: &Metrics, s: &Session) {
     metrics.set_kernel_info(&s.generation.tsm_patch, s.generation.pci_tsm);
 }
 
-pub fn sync_kernel_stats(metrics: &Metrics, s: &LiveSession) {
+/// Reads the kernel's counters into the metrics; returns them (`None`: the read failed, and
+/// was logged).
+pub fn sync_kernel_stats(metrics: &Metrics, s: &LiveSession) -> Option<KernelStats> {
     match s.kernel_stats() {
-        Ok(k) => metrics.set_kernel_counters(KernelCounters {
-            ringbuf_full: k.ringbuf_drops,
-            inflight_full: k.inflight_full,
-            orphan_return: k.orphan_returns,
-            kernel_read_faults: k.read_faults,
-            control_full: k.control_drops,
-            agg_full: k.agg_full,
-            return_missed: k.returns_missed,
-            ops_unfinished: k.ops_unfinished,
-            vmm_full: k.vmm_full,
-            scratch_missing: k.scratch_missing,
-        }),
-        Err(e) => log::warn!("reading kernel-side counters failed: {}", chain(&*e)),
+        Ok(k) => {
+            metrics.set_kernel_counters(KernelCounters {
+                ringbuf_full: k.ringbuf_drops,
+                inflight_full: k.inflight_full,
+                orphan_return: k.orphan_returns,
+                kernel_read_faults: k.read_faults,
+                control_full: k.control_drops,
+                agg_full: k.agg_full,
+                return_missed: k.returns_missed,
+                ops_unfinished: k.ops_unfinished,
+                vmm_full: k.vmm_full,
+                scratch_missing: k.scratch_missing,
+            });
+            Some(k)
+        }
+        Err(e) => {
+            log::warn!("reading kernel-side counters failed: {}", chain(&*e));
+            None
+        }
     }
+}
+
+/// After a batch: the kernel's counters into the metrics, and a loss record into the trace
+/// stream for each loss counter that grew since the last (`exporters/loss.rs`).
+fn report_loss(pipeline: &Mutex<Pipeline>, metrics: &Metrics, live: &LiveSession) {
+    if let Some(k) = sync_kernel_stats(metrics, live) {
+        pipeline.lock().expect("pipeline lock").report_loss(&k);
+    }
+}
+
+/// Takes what is in the ring buffer now (through the tap, then the pipeline) and reports
+/// the loss counted meanwhile: the end of a `trace`.
+pub fn drain(
+    live: &mut LiveSession,
+    pipeline: &Mutex<Pipeline>,
+    metrics: &Metrics,
+    mut tap: Option<Tap<'_>>,
+) -> Result<()> {
+    let mut batch = Vec::new();
+    live.drain_now(&mut batch);
+    feed(pipeline, metrics, &mut batch, &mut tap)?;
+    report_loss(pipeline, metrics, live);
+    Ok(())
+}
+
+/// The kernel's exact operation counts (the maps `run` serves `tsm_trace_operations_total`
+/// from), read once: `trace`'s summary totals. `None` if the session has none or the read
+/// failed (logged).
+pub fn kernel_operations(live: &mut LiveSession) -> Option<KernelOperations> {
+    let agg = live.session_mut().take_aggregates()?;
+    agg.read()
+        .map_err(|e| log::warn!("reading the kernel's operation counts failed: {e:#}"))
+        .ok()
 }
 
 /// Sweeps kernel-side entries whose return will never come and reads what the kernel counted
@@ -448,6 +495,7 @@ pub fn handle_batch(pipeline: &Mutex<Pipeline>, metrics: &Metrics, batch: &mut B
             }
             Err(e) => {
                 metrics.decode_error();
+                p.decode_error();
                 log::warn!("dropped an undecodable ring-buffer record: {e}");
             }
         }
@@ -471,6 +519,7 @@ fn reconcile(
     let in_flight = live.session().devices_in_flight();
     live.drain_now(batch);
     feed(pipeline, metrics, batch, tap)?;
+    report_loss(pipeline, metrics, live);
     let snap = Snapshot::read(root);
     pipeline
         .lock()

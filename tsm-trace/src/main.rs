@@ -21,9 +21,7 @@ use tsm_trace::{
     btf::BtfSources,
     cli::parse,
     correlate,
-    event_loop::{
-        self, Batch, LateAttach, LoopOptions, Reconcile, Stop, handle_batch, publish_session,
-    },
+    event_loop::{self, Batch, LateAttach, LoopOptions, Reconcile, Stop, publish_session},
     events::{Probe, record},
     exporters::{
         metrics::Metrics,
@@ -969,7 +967,6 @@ async fn trace(args: TraceArgs) -> Result<()> {
             ))
             .unwrap_or_default()
     );
-    let mut batch = Vec::new();
     let mut record = |batch: &Batch| -> Result<()> {
         if let Some(w) = recorder.as_mut() {
             for ev in batch.iter().flatten() {
@@ -998,9 +995,7 @@ async fn trace(args: TraceArgs) -> Result<()> {
     )
     .await?;
     // Take what is already in the ring buffer, then close open frames.
-    live.drain_now(&mut batch);
-    record(&batch)?;
-    handle_batch(&pipeline, &metrics, &mut batch);
+    event_loop::drain(&mut live, &pipeline, &metrics, Some(&mut record))?;
     let mut p = pipeline.into_inner().expect("pipeline lock");
     p.finish(event_loop::monotonic_ns());
     if let Some(s) = p.sink_mut() {
@@ -1010,7 +1005,8 @@ async fn trace(args: TraceArgs) -> Result<()> {
     let k = live.kernel_stats().unwrap_or_default();
     if !args.no_summary {
         let mut err = std::io::stderr().lock();
-        writeln!(err, "{}", p.render_summary())?;
+        let counted = event_loop::kernel_operations(&mut live);
+        writeln!(err, "{}", p.render_summary_counted(counted.as_ref()))?;
         writeln!(
             err,
             "lost events: {} (ring buffer full), {} (in-flight table full), {} returns without entry, {} returns never seen; {} kernel read faults",

@@ -11,8 +11,10 @@ use std::sync::Arc;
 use crate::correlate::{self, Correlator, Leak, Output};
 use crate::events::Event;
 use crate::exporters::json;
-use crate::exporters::metrics::Metrics;
-use crate::exporters::trace::{Clock, Filters, Summary, TraceFormatter};
+use crate::exporters::loss::{LossTracker, Lost};
+use crate::exporters::metrics::{KernelOperations, Metrics};
+use crate::exporters::trace::{Clock, Counted, Filters, Summary, TraceFormatter};
+use crate::probes::KernelStats;
 use crate::sysfs::Snapshot;
 
 /// Trace line format.
@@ -104,6 +106,25 @@ impl TraceSink {
         }
     }
 
+    /// A loss record (`exporters/loss.rs`): every filter lets it through.
+    pub fn write_lost(&mut self, l: &Lost) {
+        if self.write_error.is_some() {
+            return;
+        }
+        let line = match self.format {
+            TraceFormat::Text => l.text(&self.formatter.clock),
+            TraceFormat::Json => l.json(self.realtime_offset_ns),
+        };
+        if let Some(held) = self.held.as_mut() {
+            let t = l.time_ns.unwrap_or(self.last_ns);
+            self.last_ns = t;
+            let n = held.len();
+            held.push((t, n, line));
+        } else if let Err(e) = writeln!(self.out, "{line}") {
+            self.write_error = Some(e);
+        }
+    }
+
     pub fn flush(&mut self) {
         if let Some(held) = self.held.as_mut() {
             let mut lines = std::mem::take(held);
@@ -143,6 +164,11 @@ pub struct Pipeline {
     summary_fmt: TraceFormatter,
     /// The last [`Pipeline::handle`]'s outputs (reused: no allocation per event).
     outs: Vec<Output>,
+    /// The loss already reported in the stream.
+    loss: LossTracker,
+    /// The latest event time handled (return times; an entry-only record's entry time):
+    /// what a loss record is timed with.
+    last_event_ns: Option<u64>,
 }
 
 impl Pipeline {
@@ -158,6 +184,8 @@ impl Pipeline {
             summary: Summary::default(),
             summary_fmt,
             outs: Vec::new(),
+            loss: LossTracker::default(),
+            last_event_ns: None,
         }
     }
 
@@ -183,6 +211,8 @@ impl Pipeline {
     /// call (its buffer is reused).
     pub fn handle(&mut self, ev: Event, now_ns: u64) -> &[Output] {
         self.metrics.event_processed(ev.probe);
+        let t = ev.end_ns.max(ev.start_ns);
+        self.last_event_ns = Some(self.last_event_ns.map_or(t, |l| l.max(t)));
         let mut outs = std::mem::take(&mut self.outs);
         // The previous event's outputs have been seen: hand their buffers back.
         for o in outs.drain(..) {
@@ -241,8 +271,49 @@ impl Pipeline {
 
     /// The summary text, with the leaks still open.
     pub fn render_summary(&self) -> String {
+        self.render_summary_counted(None)
+    }
+
+    /// The summary text, its totals from the kernel's exact counts where there are some
+    /// (`trace`): how many of the operations the kernel counted the lines showed.
+    pub fn render_summary_counted(&self, kernel: Option<&KernelOperations>) -> String {
         let open: Vec<&Leak> = self.correlator.leaks().collect();
-        self.summary.render(&open, &self.summary_fmt)
+        let filtered = self
+            .sink
+            .as_ref()
+            .is_some_and(|s| s.filters != Filters::default());
+        let counted = kernel.map(|k| Counted::from_kernel(k, filtered));
+        self.summary
+            .render_counted(&open, &self.summary_fmt, counted.as_ref())
+    }
+
+    /// Counts up to `k` are not reported as loss (maps taken over from an earlier process).
+    pub fn loss_since(&mut self, k: KernelStats) {
+        self.loss = LossTracker::since(k);
+    }
+
+    /// An undecodable ring-buffer record: reported with the next [`Pipeline::report_loss`].
+    pub fn decode_error(&mut self) {
+        self.loss.decode_error();
+    }
+
+    /// After a batch, with the kernel's counters read after it: a loss record for each
+    /// reason that grew since the last one, into the stream and the summary, timed with the
+    /// last event handled (`exporters/loss.rs`).
+    pub fn report_loss(&mut self, k: &KernelStats) -> Vec<Lost> {
+        let lost = self.loss.records(k, self.last_event_ns);
+        for l in &lost {
+            self.summary.add_lost(l);
+            if let Some(s) = self.sink.as_mut() {
+                s.write_lost(l);
+            }
+        }
+        if !lost.is_empty()
+            && let Some(s) = self.sink.as_mut()
+        {
+            s.flush();
+        }
+        lost
     }
 
     fn emit(&mut self, outs: &[Output]) {
@@ -424,6 +495,79 @@ mod tests {
         let out = Shared::default();
         let report = replay(events, opts, Box::new(out.clone())).unwrap();
         (report, out.text())
+    }
+
+    /// A live pipeline (`trace`): the loss the kernel counted after a batch is a record in
+    /// the stream right after that batch's lines, timed by its last event; the summary
+    /// takes its totals from the kernel's counts.
+    #[test]
+    fn loss_after_a_batch_is_a_record_at_that_point_and_the_summary_counts_from_the_kernel() {
+        for format in [TraceFormat::Text, TraceFormat::Json] {
+            let out = Shared::default();
+            let sink = TraceSink::new(
+                Box::new(out.clone()),
+                format,
+                Filters::default(),
+                Clock::Relative { base_ns: 0 },
+            );
+            let mut p = Pipeline::new(
+                correlate::Config::default(),
+                Arc::new(Metrics::new()),
+                Some(sink),
+            );
+            let evs = bind_via_ioctl(10, 2_000_000_000, "0000:01:00.0", 0);
+            let last = evs.iter().map(|e| e.end_ns).max().unwrap();
+            for e in evs {
+                p.handle(e, 0);
+            }
+            p.tick(last);
+            let k = KernelStats {
+                ringbuf_drops: 40,
+                ..Default::default()
+            };
+            assert_eq!(p.report_loss(&k).len(), 1);
+            // Read again with no growth: no second record.
+            assert!(p.report_loss(&k).is_empty());
+            let text = out.text();
+            let lines: Vec<&str> = text.lines().collect();
+            assert_eq!(lines.len(), 2, "{text}");
+            match format {
+                TraceFormat::Text => {
+                    assert!(lines[0].contains(" bind "), "{text}");
+                    assert_eq!(
+                        lines[1],
+                        format!(
+                            "{} LOST     40 events (ring buffer full; raise --ringbuf-size)",
+                            Clock::Relative { base_ns: 0 }.format(last)
+                        )
+                    );
+                }
+                TraceFormat::Json => {
+                    let j: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+                    assert_eq!(j["type"], "lost", "{text}");
+                    assert_eq!(j["count"], 40);
+                    assert_eq!(j["reason"], "ringbuf_full");
+                    assert_eq!(j["time_ns"], last);
+                }
+            }
+            let mut kernel = KernelOperations::default();
+            kernel.counts.insert(
+                (
+                    crate::correlate::OpKind::Bind,
+                    crate::events::Layer::Iommufd,
+                    0,
+                ),
+                9,
+            );
+            let summary = p.render_summary_counted(Some(&kernel));
+            assert!(
+                summary.contains(
+                    "=== tsm-trace summary: 1 of 9 operations shown (8 not shown: their events were lost, see the LOST lines); 0 of 0 failed shown ==="
+                ),
+                "{summary}"
+            );
+            assert!(summary.contains("        40  ringbuf_full"), "{summary}");
+        }
     }
 
     #[test]

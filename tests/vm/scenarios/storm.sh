@@ -14,6 +14,10 @@
 #   storm_memory         "<when> VmHWM/VmRSS of the daemon" (kB, /proc/PID/status, as the
 #                        bench's 4b reads them): attached (idle, probes attached) and end
 #                        (after every storm)
+#   storm_trace_json storm_trace_text (+ .err)   `tsm-trace trace --json` and `trace`, both
+#                        with the smallest ring buffer (4096), during one more storm
+#                        ("trace <tsm_standin last>" in storm_truth): the loss is certain, and
+#                        the streams must say where (LOST lines) and how much
 . /scenarios/lib.sh
 BIN=/bin/tsm-trace
 PORT=9480
@@ -60,6 +64,22 @@ echo "parallel $(cat "$LAST")" >> "$T"
 ctl delay_us 0
 sleep 6
 snap parallel
+# Two `trace` sessions (text, --json) with a one-page ring buffer during a 1000-pair storm.
+for f in json text; do
+	[ $f = json ] && J=--json || J=
+	$BIN trace $J --ringbuf-size 4096 --grace 1s $DRV $PCI_SYMS > /tmp/trace_$f 2> /tmp/trace_$f.err &
+	eval "T_$f=\$!"
+done
+wait_for /tmp/trace_json.err 'tracing with' 60
+wait_for /tmp/trace_text.err 'tracing with' 60
+ctl storm 1 1000
+echo "trace $(cat "$LAST")" >> "$T"
+sleep 1
+kill -INT $T_json $T_text
+wait $T_json
+echo "exit=$?" >> /tmp/trace_json.err
+wait $T_text
+echo "exit=$?" >> /tmp/trace_text.err
 mem end
 kill -TERM $DAEMON
 wait $DAEMON
@@ -67,3 +87,7 @@ echo "exit=$?" >> /tmp/storm_d.err
 frame storm_truth "$T"
 frame storm_d.err /tmp/storm_d.err
 frame storm_memory /tmp/storm_memory
+for f in json text; do
+	frame storm_trace_$f /tmp/trace_$f
+	frame storm_trace_$f.err /tmp/trace_$f.err
+done

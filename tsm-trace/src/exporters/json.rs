@@ -7,7 +7,10 @@
 //! {"type":"vm_event","event":"vm_destroyed",…}
 //! {"type":"sysfs_mismatch","kind":"denies_binding","device":…}
 //! {"type":"binding_closed","cause":"disconnect","binding":{"device":…},"closed_ns":…}
+//! {"type":"lost","count":2875,"reason":"ringbuf_full","time_ns":…}
 //! ```
+//! `lost` lines (events the kernel could not deliver, where the gap is) are written by
+//! `exporters/loss.rs`.
 //! Errnos are names (`EBUSY`, or `E<n>` for one without a name); `*_ns` times are
 //! CLOCK_MONOTONIC ns (dmesg's clock, in ns); where the wall clock is known (a live session,
 //! a capture that recorded it) each line starts with `"time"`, RFC 3339 UTC, of its event.

@@ -2,6 +2,7 @@
 pub mod histograms;
 pub mod initial;
 pub mod json;
+pub mod loss;
 pub mod metrics;
 pub mod misses;
 pub mod trace;

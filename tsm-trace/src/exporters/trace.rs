@@ -4,7 +4,11 @@
 //! 22:31:05.123456 bind     0000:01:00.0 vdev=3 vm=kvm-4242 tdi=7  EBUSY from pci_tsm (pci_tsm_bind)  iommufd 1.2ms > tsm_core 1.1ms > pci_tsm 1.0ms EBUSY  comm=qemu tgid=4242
 //! 22:31:09.000001 LEAK     0000:01:00.0 vm_destroyed  vm=kvm-4242 vmm=qemu/4242 vdev=3 tdi=7 bound 4.1s
 //! 22:31:12.500000 LEAK-END 0000:01:00.0 vm_destroyed  cleared by unbound after 3.5s
+//! 22:31:12.600000 LOST     2875 events (ring buffer full; raise --ringbuf-size)
 //! ```
+//!
+//! `LOST` lines (where the kernel dropped events, timed by the last event handled before
+//! them) come from `exporters/loss.rs`.
 //!
 //! **Call trees.** An operation line ends with the calls it made, each with its layer (its
 //! function, for connect, disconnect and guest requests) and duration: `a > b` means `a`
@@ -475,6 +479,42 @@ pub struct Summary {
     mismatches: BTreeMap<MismatchKind, u64>,
     /// Bindings ended, by cause.
     closed: BTreeMap<&'static str, u64>,
+    /// Events lost, by reason, as the loss records said.
+    lost: BTreeMap<&'static str, u64>,
+}
+
+/// The kernel's exact operation counts (`OP_COUNTS`, what `run` serves as
+/// `tsm_trace_operations_total`): the summary's totals.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counted {
+    /// By kind and ok.
+    pub ops: BTreeMap<(OpKind, bool), u64>,
+    /// The lines were filtered (`--device`, `--vm`, `--failed`): the counts are not.
+    pub filtered: bool,
+}
+
+impl Counted {
+    pub fn from_kernel(k: &super::metrics::KernelOperations, filtered: bool) -> Self {
+        let mut ops = BTreeMap::new();
+        for (&(kind, _layer, errno), &n) in &k.counts {
+            *ops.entry((kind, errno == 0)).or_default() += n;
+        }
+        Counted { ops, filtered }
+    }
+
+    fn get(&self, kind: OpKind, ok: bool) -> u64 {
+        self.ops.get(&(kind, ok)).copied().unwrap_or(0)
+    }
+}
+
+/// `a of b <what> shown`, or, should the lines show more than the kernel counted (its counts
+/// leave out operations whose outer return it never saw), both numbers as they are.
+fn of(a: u64, b: u64, what: &str) -> String {
+    if a <= b {
+        format!("{a} of {b} {what} shown")
+    } else {
+        format!("{a} {what} shown, the kernel counted {b}")
+    }
 }
 
 impl Summary {
@@ -516,6 +556,37 @@ impl Summary {
         }
     }
 
+    /// A loss record written to the stream.
+    pub fn add_lost(&mut self, l: &super::loss::Lost) {
+        *self.lost.entry(l.reason).or_default() += l.count;
+    }
+
+    /// The first line's totals: what the lines showed, and with the kernel's counts how many
+    /// of the operations it counted that is.
+    pub fn headline(&self, counted: Option<&Counted>) -> String {
+        let (shown, failed) = (self.operations(), self.failures());
+        let Some(c) = counted else {
+            return format!("{shown} operations, {failed} failed");
+        };
+        let total: u64 = c.ops.values().sum();
+        let kfailed: u64 = OpKind::ALL.iter().map(|&k| c.get(k, false)).sum();
+        if c.filtered {
+            return format!(
+                "{shown} operations shown, {failed} failed (filtered; the kernel counted {total}, {kfailed} failed, in all)"
+            );
+        }
+        let mut s = of(shown, total, "operations");
+        if total > shown {
+            let _ = write!(
+                s,
+                " ({} not shown: their events were lost, see the LOST lines)",
+                total - shown
+            );
+        }
+        let _ = write!(s, "; {}", of(failed, kfailed, "failed"));
+        s
+    }
+
     pub fn operations(&self) -> u64 {
         self.ops.values().sum()
     }
@@ -531,20 +602,35 @@ impl Summary {
     /// The summary text. `still_leaked` lists leaks open at the end (one per device and
     /// reason); `fmt` prints them.
     pub fn render(&self, still_leaked: &[&Leak], fmt: &TraceFormatter) -> String {
+        self.render_counted(still_leaked, fmt, None)
+    }
+
+    /// [`Summary::render`], its totals from the kernel's exact counts where there are some.
+    pub fn render_counted(
+        &self,
+        still_leaked: &[&Leak],
+        fmt: &TraceFormatter,
+        counted: Option<&Counted>,
+    ) -> String {
         let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "\n=== tsm-trace summary: {} operations, {} failed ===",
-            self.operations(),
-            self.failures()
-        );
+        let _ = writeln!(s, "\n=== tsm-trace summary: {} ===", self.headline(counted));
         for kind in OpKind::ALL {
             let ok = self.ops.get(&(kind, true)).copied().unwrap_or(0);
             let err = self.ops.get(&(kind, false)).copied().unwrap_or(0);
-            if ok + err == 0 {
+            let (kok, kerr) =
+                counted.map_or((ok, err), |c| (c.get(kind, true), c.get(kind, false)));
+            if ok + err + kok + kerr == 0 {
                 continue;
             }
-            let _ = writeln!(s, "\n@{}_us: ({ok} ok, {err} failed)", kind.as_str());
+            if (ok, err) == (kok, kerr) {
+                let _ = writeln!(s, "\n@{}_us: ({ok} ok, {err} failed)", kind.as_str());
+            } else {
+                let _ = writeln!(
+                    s,
+                    "\n@{}_us: ({ok} ok, {err} failed shown; the kernel counted {kok} ok, {kerr} failed)",
+                    kind.as_str()
+                );
+            }
             if let Some(h) = self.latency_us.get(&kind) {
                 h.render(&mut s);
             }
@@ -612,6 +698,12 @@ impl Summary {
                 let _ = writeln!(s, "  {n:>8}  {}", k.as_str());
             }
         }
+        if !self.lost.is_empty() {
+            let _ = writeln!(s, "\nevents lost (the LOST lines), by reason:");
+            for (r, n) in &self.lost {
+                let _ = writeln!(s, "  {n:>8}  {r}");
+            }
+        }
         if !self.anomalies.is_empty() {
             let _ = writeln!(s, "\ncorrelation anomalies:");
             for (k, n) in &self.anomalies {
@@ -640,6 +732,76 @@ mod tests {
         // wall_now must not panic and must give HH:MM:SS.ffffff.
         let s = Clock::wall_now().format(0);
         assert_eq!(s.len(), 15, "{s}");
+    }
+
+    #[test]
+    fn summary_totals_come_from_the_kernel_counts_when_there_are_some() {
+        let mut s = Summary::default();
+        s.ops.insert((OpKind::Bind, true), 5_605);
+        s.ops.insert((OpKind::Unbind, true), 5_605);
+        let kernel = |bind_ok, bind_err, unbind_ok, filtered| Counted {
+            ops: [
+                ((OpKind::Bind, true), bind_ok),
+                ((OpKind::Bind, false), bind_err),
+                ((OpKind::Unbind, true), unbind_ok),
+            ]
+            .into(),
+            filtered,
+        };
+        // Without the kernel's counts (replay): what the lines showed, as before.
+        assert_eq!(s.headline(None), "11210 operations, 0 failed");
+        // The issue's storm: never "11210 operations" when the kernel counted 40000.
+        let k = kernel(20_000, 0, 20_000, false);
+        assert_eq!(
+            s.headline(Some(&k)),
+            "11210 of 40000 operations shown (28790 not shown: their events were lost, see the LOST lines); 0 of 0 failed shown"
+        );
+        let fmt = TraceFormatter::new(Clock::Relative { base_ns: 0 });
+        let text = s.render_counted(&[], &fmt, Some(&k));
+        assert!(
+            text.contains(
+                "@bind_us: (5605 ok, 0 failed shown; the kernel counted 20000 ok, 0 failed)"
+            ),
+            "{text}"
+        );
+        // Nothing lost: both agree, no gap claimed.
+        let all = kernel(5_605, 0, 5_605, false);
+        assert_eq!(
+            s.headline(Some(&all)),
+            "11210 of 11210 operations shown; 0 of 0 failed shown"
+        );
+        assert!(
+            s.render_counted(&[], &fmt, Some(&all))
+                .contains("@bind_us: (5605 ok, 0 failed)\n")
+        );
+        // More shown than counted (operations whose outer return the kernel never saw are
+        // left out of its counts): both numbers, no negative gap.
+        let fewer = kernel(5_000, 2, 5_605, false);
+        assert_eq!(
+            s.headline(Some(&fewer)),
+            "11210 operations shown, the kernel counted 10607; 0 of 2 failed shown"
+        );
+        // Filtered lines are not compared with unfiltered counts.
+        assert_eq!(
+            s.headline(Some(&kernel(20_000, 3, 20_000, true))),
+            "11210 operations shown, 0 failed (filtered; the kernel counted 40003, 3 failed, in all)"
+        );
+        // Loss records are summed by reason.
+        s.add_lost(&super::super::loss::Lost {
+            count: 7,
+            reason: "ringbuf_full",
+            time_ns: None,
+        });
+        s.add_lost(&super::super::loss::Lost {
+            count: 3,
+            reason: "ringbuf_full",
+            time_ns: Some(1),
+        });
+        let text = s.render(&[], &fmt);
+        assert!(
+            text.contains("events lost (the LOST lines), by reason:\n        10  ringbuf_full\n"),
+            "{text}"
+        );
     }
 
     #[test]

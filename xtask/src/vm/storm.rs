@@ -11,6 +11,14 @@
 //!
 //! The rate of each storm and the detail it lost are printed.
 //!
+//! `trace` under loss (`trace_under_loss`): two `tsm-trace trace` sessions (text and
+//! `--json`) with a one-page ring buffer during a 1000-pair storm. The summary's total must
+//! be the fixture's count (the kernel's exact counts, not the lines shown); the `LOST`
+//! records must add up, by reason, to the kernel's loss counters the session printed last;
+//! events in the operations shown + events in the `LOST` records = the events of n pairs
+//! (calibration); each record is timed by an event handled before it; every JSON line
+//! parses.
+//!
 //! Memory: the daemon's peak RSS (VmHWM, the bench's 4b measure) stays within
 //! [`PEAK_RSS_KIB`], read once it is attached and idle and again after every storm (its
 //! start-up peak is BTF: ours and aya's, see `tsm-trace/src/probes/loader.rs`).
@@ -21,7 +29,7 @@ use anyhow::Result;
 
 use super::kv::parse_kv;
 use super::qemu::VmOutput;
-use super::scenarios::{Checks, parse_exposition};
+use super::scenarios::{Checks, json_lines, parse_exposition};
 
 pub const SCRIPT: &str = "tests/vm/scenarios/storm.sh";
 
@@ -168,6 +176,7 @@ pub fn check(out: &VmOutput) -> Result<usize> {
         &cur,
         &metrics("parallel")?,
     );
+    trace_under_loss(&mut c, out, &line("trace"), per_pair_events)?;
     let err = &out.section("storm_d.err")?.text;
     c.check(err.lines().any(|l| l == "exit=0"), || {
         format!("storm_d.err: no clean exit:\n{err}")
@@ -265,6 +274,181 @@ fn parallel(
             "not reported by this kernel"
         }
     );
+}
+
+/// The numbers of `trace`'s last stderr line `lost events: A (ring buffer full), B (in-flight
+/// table full), C returns without entry, D returns never seen; …`, by `reason` label.
+fn kernel_lost(err: &str) -> BTreeMap<&'static str, f64> {
+    let line = err
+        .lines()
+        .find_map(|l| l.strip_prefix("lost events: "))
+        .unwrap_or("");
+    let nums: Vec<f64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|t| !t.is_empty())
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    [
+        "ringbuf_full",
+        "inflight_full",
+        "orphan_return",
+        "return_missed",
+    ]
+    .into_iter()
+    .zip(nums)
+    .collect()
+}
+
+/// `A of B operations shown` from the summary's first line: (A, B).
+fn shown_of(err: &str) -> Option<(f64, f64)> {
+    let rest = err
+        .lines()
+        .find_map(|l| l.strip_prefix("=== tsm-trace summary: "))?;
+    let mut t = rest.split(' ');
+    let a = t.next()?.parse().ok()?;
+    (t.next()? == "of").then_some(())?;
+    let b = t.next()?.parse().ok()?;
+    (t.next()? == "operations").then_some((a, b))
+}
+
+/// See the module doc: `trace` (text and `--json`) during a storm into a one-page ring buffer.
+fn trace_under_loss(
+    c: &mut Checks,
+    out: &VmOutput,
+    kv: &BTreeMap<String, String>,
+    per_pair_events: f64,
+) -> Result<()> {
+    c.eq(
+        kv.get("rc").cloned(),
+        Some("0".to_string()),
+        "trace: the stand-in ran the storm",
+    );
+    let n = num(kv, "n");
+    let total: f64 = ["bind_ok", "bind_err", "unbind_ok", "unbind_err"]
+        .iter()
+        .map(|k| num(kv, k))
+        .sum();
+    for f in ["json", "text"] {
+        let err = &out.section(&format!("storm_trace_{f}.err"))?.text;
+        let stream = &out.section(&format!("storm_trace_{f}"))?.text;
+        c.check(err.lines().any(|l| l == "exit=0"), || {
+            format!("trace {f}: no clean exit:\n{err}")
+        });
+        let kernel = kernel_lost(err);
+        let drops = kernel.get("ringbuf_full").copied().unwrap_or(f64::NAN);
+        c.check(drops > 0.0, || {
+            format!("trace {f}: nothing dropped by a one-page ring buffer: the test proves nothing\n{err}")
+        });
+        // (operations shown, frames in them, LOST counts by reason)
+        let mut ops = 0.0;
+        let mut frames = 0.0;
+        let mut lost: BTreeMap<String, f64> = BTreeMap::new();
+        if f == "json" {
+            let lines = json_lines(out, "storm_trace_json", false);
+            c.check(lines.is_ok(), || {
+                format!(
+                    "trace json: a line does not parse: {:?}",
+                    lines.as_ref().err()
+                )
+            });
+            let lines = lines.unwrap_or_default();
+            let last_end = lines
+                .iter()
+                .filter_map(|l| l["end_ns"].as_u64())
+                .max()
+                .unwrap_or(0);
+            // The latest return among the operations written so far.
+            let mut seen_end = 0;
+            let mut prev_t = 0;
+            for l in &lines {
+                match l["type"].as_str() {
+                    Some("operation") => {
+                        ops += 1.0;
+                        frames += l["frames"].as_array().map_or(0, |a| a.len()) as f64;
+                        seen_end = seen_end.max(l["end_ns"].as_u64().unwrap_or(0));
+                    }
+                    Some("lost") => {
+                        let count = l["count"].as_f64().unwrap_or(0.0);
+                        c.check(count > 0.0 && l["time"].is_string(), || {
+                            format!("trace json: a lost record without count or time: {l}")
+                        });
+                        let t = l["time_ns"].as_u64().unwrap_or(0);
+                        // Timed by an event handled before it: not before the returns of
+                        // the operations written before it, not after the last event (the
+                        // reader's clock would be).
+                        c.check(t >= seen_end && t >= prev_t && t <= last_end, || {
+                            format!(
+                                "trace json: lost record at {t} ns: before an earlier operation's return ({seen_end}), an earlier record ({prev_t}) or after the last event ({last_end}): {l}"
+                            )
+                        });
+                        prev_t = t;
+                        *lost
+                            .entry(l["reason"].as_str().unwrap_or("?").to_string())
+                            .or_default() += count;
+                    }
+                    _ => {}
+                }
+            }
+            c.eq(
+                frames + lost.get("ringbuf_full").copied().unwrap_or(0.0),
+                per_pair_events * n,
+                "trace json: events in the operations shown + events in LOST records = the events of n pairs",
+            );
+        } else {
+            for l in stream.lines() {
+                let t: Vec<&str> = l.split_whitespace().collect();
+                match t.iter().position(|w| *w == "LOST") {
+                    Some(i) if i <= 1 => {
+                        let count: f64 = t.get(i + 1).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+                        let reason = if l.contains("(ring buffer full; raise --ringbuf-size)") {
+                            "ringbuf_full"
+                        } else {
+                            "other"
+                        };
+                        c.check(count > 0.0 && i == 1, || {
+                            format!("trace text: a LOST line without count or time: {l}")
+                        });
+                        *lost.entry(reason.to_string()).or_default() += count;
+                    }
+                    _ => {
+                        if matches!(t.get(1), Some(&"bind") | Some(&"unbind")) {
+                            ops += 1.0;
+                        }
+                    }
+                }
+            }
+        }
+        // Nothing lost silently: the records add up to the kernel's counters, by reason.
+        for (reason, k) in &kernel {
+            c.eq(
+                lost.get(*reason).copied().unwrap_or(0.0),
+                *k,
+                &format!("trace {f}: LOST records ({reason}) = the kernel's count"),
+            );
+        }
+        let headline = shown_of(err);
+        c.eq(
+            headline,
+            Some((ops, total)),
+            &format!("trace {f}: summary `<shown> of <the fixture's count> operations shown`"),
+        );
+        c.check(ops < total, || {
+            format!("trace {f}: every operation shown despite {drops} drops")
+        });
+        println!(
+            "trace {f}: {n} pairs: {ops} of {total} operations shown (fixture {total}); LOST records {lost:?} = kernel {kernel:?}{}",
+            if f == "json" {
+                format!(
+                    "; events: {frames} in operations + {} lost = {} generated",
+                    lost.get("ringbuf_full").copied().unwrap_or(0.0),
+                    per_pair_events * n
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
 }
 
 /// VmHWM at both points within [`PEAK_RSS_KIB`]; printed.
