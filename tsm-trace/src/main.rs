@@ -895,9 +895,15 @@ async fn run(args: RunArgs) -> Result<()> {
     };
     let stop = event_loop::run(&mut live, &pipeline, &metrics, &cfg, &opts, None).await?;
     if let Stop::Signal(sig) = stop {
-        log::info!("{sig}: detaching probes and exiting");
+        let pinned = live
+            .session()
+            .pinned
+            .as_ref()
+            .map(|p| (p.dir.as_path(), p.generation));
+        log::info!("{}", tsm_trace::notices::stop_message(sig, pinned));
     }
-    // Detach first: whatever the HTTP clients do, the probes are gone at once.
+    // Detach first (pinned programs stay for the next daemon): whatever the HTTP clients do,
+    // this process's probes are gone at once.
     readiness.set_not_ready("shutting down");
     drop(live);
     let _ = stop_tx.send(());
@@ -1087,13 +1093,7 @@ fn check(args: CheckArgs) -> Result<()> {
     if !late.is_empty() {
         let keep =
             tsm_trace::probes::capabilities::names(&tsm_trace::probes::capabilities::to_keep(true));
-        writeln!(
-            out,
-            "late attach: {} requested programs are not attached but may be when their module loads ({}); `run` attaches them for --late-attach-window (default 10m), keeping {} until then, then only CAP_BPF",
-            late.len(),
-            late.join(", "),
-            keep.join(", ")
-        )?;
+        writeln!(out, "{}", tsm_trace::notices::late_attach(&late, &keep))?;
     }
     if let Some(why) = verdict::bind_path_gap(&mut facts, &session) {
         bail!("{why}");
