@@ -220,6 +220,8 @@ pub struct Plan {
     /// Every program's report (never `attached`) and whether it would be attached.
     pub probes: Vec<(AttachReport, bool)>,
     pub btf: Resolution,
+    /// As [`Session::generation`]: the same detection, from the same kallsyms and BTF.
+    pub generation: KernelGeneration,
 }
 
 impl Plan {
@@ -229,7 +231,12 @@ impl Plan {
         let syms = load_kallsyms(opts)?;
         let btf = resolve_btf(&syms, opts)?;
         let probes = probes::plan_all(&syms, &opts.attach, &btf.prototypes);
-        Ok(Plan { probes, btf })
+        let generation = generation::detect(&btf.patch, &syms);
+        Ok(Plan {
+            probes,
+            btf,
+            generation,
+        })
     }
 }
 
@@ -402,27 +409,7 @@ impl Session {
                 .iter()
                 .map(|e| format!("kernel   {e}")),
         );
-        for r in &self.attach {
-            let status = match (r.requested, r.attached) {
-                (_, true) => "attached    ",
-                (true, false) => "NOT ATTACHED",
-                (false, false) => "skipped     ",
-            };
-            let mut l = format!(
-                "probe {status} {:<15} {:<14} {}",
-                r.probe.as_str(),
-                r.kind.as_str(),
-                if r.function.is_empty() {
-                    "-"
-                } else {
-                    &r.function
-                }
-            );
-            if let Some(reason) = &r.reason {
-                l.push_str(&format!("  ({reason})"));
-            }
-            lines.push(l);
-        }
+        lines.extend(probes::report_lines(&self.attach));
         match self.kernel_misses().ok().as_deref().and_then(misses::kprobe_reporting) {
             Some(true) => lines.push("misses kprobe miss counts reported by this kernel (tsm_trace_kernel_misses_total)".into()),
             Some(false) => lines.push("misses kprobe miss counts NOT reported by this kernel (needs 6.7+): a missed return shows only as an expired in-flight entry (tsm_trace_inflight_expired_total)".into()),
