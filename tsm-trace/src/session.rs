@@ -168,6 +168,13 @@ fn resolve_btf(syms: &Kallsyms, opts: &SessionOptions) -> Result<Resolution> {
         .filter_map(|t| found_name(syms, t.probe, &opts.attach).map(|f| (t.probe, f)))
         .collect();
     let probed_ref: Vec<(Probe, &str)> = probed.iter().map(|(p, f)| (*p, f.as_str())).collect();
+    // `--symbol` overrides, each checked against the prototype of the probe's own function.
+    let overrides: Vec<(Probe, &str, &'static [&'static str])> = opts
+        .attach
+        .symbols
+        .iter()
+        .map(|(p, f)| (*p, f.as_str(), probes::target(*p).symbols))
+        .collect();
     btf::resolve(
         &opts.btf,
         &btf::Functions {
@@ -181,6 +188,7 @@ fn resolve_btf(syms: &Kallsyms, opts: &SessionOptions) -> Result<Resolution> {
             pci_tsm_guest_req: guest_req.as_deref(),
             driver_ops: &driver_ops_ref,
             probed: &probed_ref,
+            overrides: &overrides,
         },
     )
     .context("resolving struct offsets from BTF")
