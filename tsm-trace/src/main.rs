@@ -663,6 +663,7 @@ fn start_session(probes: &ProbeArgs, pin_root: Option<PathBuf>) -> Result<LiveSe
     let mut opts = probes.session_options();
     opts.pin_root = pin_root;
     let live = LiveSession::start(&opts, key)?;
+    tsm_trace::probes::others::warn_if_any(opts.pin_root.as_deref());
     // Probe lines carry their facts as fields too (JSON logs); they come in report order.
     let mut reports = live.session().attach.iter();
     for line in live.session().report_lines() {
@@ -1083,6 +1084,7 @@ fn check(args: CheckArgs) -> Result<()> {
         std::path::Path::new(tsm_trace::probes::pin::DEFAULT_ROOT),
     )?;
     let session = Session::start(&opts)?;
+    tsm_trace::probes::others::warn_if_any(None);
     let mut out = std::io::stdout().lock();
     for line in session.report_lines() {
         writeln!(out, "{line}")?;

@@ -12,6 +12,7 @@ mod kallsyms;
 pub mod kernel_log;
 pub mod loader;
 pub mod misses;
+pub mod others;
 pub mod ownership;
 pub mod pin;
 pub mod privileges;
