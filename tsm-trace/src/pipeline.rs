@@ -228,6 +228,15 @@ impl Pipeline {
         outs
     }
 
+    /// A module was unloaded: bindings made through its functions (`probes`) end
+    /// ([`Correlator::module_unloaded`]); drain the event stream first.
+    pub fn module_unloaded(&mut self, probes: &[crate::events::Probe], now_ns: u64) -> Vec<Output> {
+        let outs = self.correlator.module_unloaded(probes, now_ns);
+        self.emit(&outs);
+        self.metrics.sync(&self.correlator);
+        outs
+    }
+
     /// End of input: flushes pending frames and runs every grace check.
     pub fn finish(&mut self, now_ns: u64) -> Vec<Output> {
         let outs = self.correlator.finish(now_ns);
