@@ -96,7 +96,10 @@ fn check_override(
     else {
         return Ok(());
     };
-    let want: Vec<String> = rparams.iter().map(|&id| objs.param_shape(robj, id)).collect();
+    let want: Vec<String> = rparams
+        .iter()
+        .map(|&id| objs.param_shape(robj, id))
+        .collect();
     let Some((obj, params)) = objs.prototype(func)? else {
         return Err(format!(
             "--symbol {}={func}: {func} is not in BTF ({}), so its prototype cannot be checked against {reference}({})",

@@ -295,9 +295,12 @@ fn guest_request_carries_the_tsm() {
 /// trace line; a binding made through another module's functions stays.
 #[test]
 fn module_unload_ends_the_bindings_made_through_it() {
-    use crate::exporters::{metrics::Metrics, trace::{Clock, TraceFormatter}};
-    use crate::pipeline::Pipeline;
     use super::tests::bind_via_ioctl;
+    use crate::exporters::{
+        metrics::Metrics,
+        trace::{Clock, TraceFormatter},
+    };
+    use crate::pipeline::Pipeline;
     let metrics = std::sync::Arc::new(Metrics::new());
     let mut p = Pipeline::new(Config::default(), metrics.clone(), None);
     let other = "0000:00:03.0";
@@ -323,7 +326,12 @@ fn module_unload_ends_the_bindings_made_through_it() {
     assert_eq!(closed[0].cause, UnbindCause::ModuleUnloaded);
     assert_eq!(closed[0].closed_ns, 9_000_000);
     // /bindings: only the other module's binding is left.
-    let left: Vec<&str> = p.correlator().bindings().iter().map(|b| b.device.as_str()).collect();
+    let left: Vec<&str> = p
+        .correlator()
+        .bindings()
+        .iter()
+        .map(|b| b.device.as_str())
+        .collect();
     assert_eq!(left, [other]);
     let m = metrics.render();
     assert!(
@@ -333,7 +341,10 @@ fn module_unload_ends_the_bindings_made_through_it() {
     let line = TraceFormatter::new(Clock::Relative { base_ns: 0 })
         .format(&outs[0])
         .unwrap();
-    assert!(line.contains(&format!("UNBOUND  {DEV} by module_unloaded")), "{line}");
+    assert!(
+        line.contains(&format!("UNBOUND  {DEV} by module_unloaded")),
+        "{line}"
+    );
 }
 
 /// A bare `pci_tsm_bind` of `dev` (the vmlinux PCI layer).

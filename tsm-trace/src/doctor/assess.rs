@@ -206,7 +206,9 @@ pub(super) fn generation_fact(
     };
     let seen = match (ioctl, core) {
         (Some(func), _) => format!("TSM ioctl {func}"),
-        (None, true) => "tsm_bind/tsm_unbind without the ioctl (partial patch or a stand-in)".into(),
+        (None, true) => {
+            "tsm_bind/tsm_unbind without the ioctl (partial patch or a stand-in)".into()
+        }
         (None, false) => "no TSM ioctl".into(),
     };
     format!("{} ({seen})", g.summary())

@@ -176,8 +176,16 @@ impl AttachReport {
 /// longest entry (`pci_tsm_unbind_any`, `raw_tracepoint`):
 /// `probe attached     tsm_bind  kretprobe tsm_bind  (note)`.
 pub fn report_lines(reports: &[AttachReport]) -> Vec<String> {
-    let probe_w = reports.iter().map(|r| r.probe.as_str().len()).max().unwrap_or(0);
-    let kind_w = reports.iter().map(|r| r.kind.as_str().len()).max().unwrap_or(0);
+    let probe_w = reports
+        .iter()
+        .map(|r| r.probe.as_str().len())
+        .max()
+        .unwrap_or(0);
+    let kind_w = reports
+        .iter()
+        .map(|r| r.kind.as_str().len())
+        .max()
+        .unwrap_or(0);
     reports
         .iter()
         .map(|r| {
@@ -186,7 +194,11 @@ pub fn report_lines(reports: &[AttachReport]) -> Vec<String> {
                 (true, false) => "NOT ATTACHED",
                 (false, false) => "skipped     ",
             };
-            let function = if r.function.is_empty() { "-" } else { &r.function };
+            let function = if r.function.is_empty() {
+                "-"
+            } else {
+                &r.function
+            };
             let mut l = format!(
                 "probe {status} {:<probe_w$} {:<kind_w$} {function}",
                 r.probe.as_str(),
@@ -573,12 +585,20 @@ mod tests {
             .iter()
             .zip(&reports)
             .map(|(l, r)| {
-                let f = if r.function.is_empty() { "-" } else { &r.function };
+                let f = if r.function.is_empty() {
+                    "-"
+                } else {
+                    &r.function
+                };
                 kinds[0] + l[kinds[0]..].find(&format!(" {f}")).unwrap() + 1
             })
             .collect();
         assert!(kinds.iter().all(|&k| k == kinds[0]), "{lines:#?}");
         assert!(functions.iter().all(|&f| f == functions[0]), "{lines:#?}");
-        assert!(lines[0].starts_with("probe attached     tsm_bind "), "{}", lines[0]);
+        assert!(
+            lines[0].starts_with("probe attached     tsm_bind "),
+            "{}",
+            lines[0]
+        );
     }
 }

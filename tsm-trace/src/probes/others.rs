@@ -161,7 +161,11 @@ fn held_by(proc: &Path, pid: &str) -> BTreeSet<u32> {
             continue;
         }
         let info = proc.join(pid).join("fdinfo").join(e.file_name());
-        if let Some(id) = fs::read_to_string(info).ok().as_deref().and_then(fdinfo_prog_id) {
+        if let Some(id) = fs::read_to_string(info)
+            .ok()
+            .as_deref()
+            .and_then(fdinfo_prog_id)
+        {
             ids.insert(id);
         }
     }
@@ -285,7 +289,10 @@ mod tests {
             w.starts_with("3 other tsm-trace programs are already attached (held by tsm-trace/200; 1 held by no process"),
             "{w}"
         );
-        assert!(w.contains("latencies measured here include their cost"), "{w}");
+        assert!(
+            w.contains("latencies measured here include their cost"),
+            "{w}"
+        );
         // Alone: nothing to say.
         let alone = classify(&loaded[..2], &ours, &own, &holders);
         assert_eq!(alone.warning(), None);

@@ -184,8 +184,8 @@ pub fn check(out: &VmOutput) -> Result<usize> {
         Some(0.0),
         "daemon: bindings after the stand-in's unload",
     );
-    let b: Value = serde_json::from_str(&out.section("mod_bindings_unloaded")?.text)
-        .unwrap_or(Value::Null);
+    let b: Value =
+        serde_json::from_str(&out.section("mod_bindings_unloaded")?.text).unwrap_or(Value::Null);
     c.check(
         b["bindings"].as_array().is_some_and(|a| a.is_empty()),
         || format!("daemon: /bindings after the stand-in's unload still lists bindings: {b}"),
