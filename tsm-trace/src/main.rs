@@ -896,11 +896,7 @@ async fn run(args: RunArgs) -> Result<()> {
     };
     let stop = event_loop::run(&mut live, &pipeline, &metrics, &cfg, &opts, None).await?;
     if let Stop::Signal(sig) = stop {
-        let pinned = live
-            .session()
-            .pinned
-            .as_ref()
-            .map(|p| (p.dir.as_path(), p.generation));
+        let pinned = live.session().pinned_at();
         log::info!("{}", tsm_trace::notices::stop_message(sig, pinned));
     }
     // Detach first (pinned programs stay for the next daemon): whatever the HTTP clients do,

@@ -360,6 +360,11 @@ impl Session {
         Ok((gained, gone))
     }
 
+    /// Where the programs are pinned and their generation (`None`: not pinned).
+    pub fn pinned_at(&self) -> Option<(&std::path::Path, u32)> {
+        self.pinned.as_ref().map(|p| (p.dir.as_path(), p.generation))
+    }
+
     /// Detects the generation again from kallsyms and BTF (after a module unload), without
     /// touching probes or offsets. True when it changed.
     pub fn redetect(&mut self) -> Result<bool> {
