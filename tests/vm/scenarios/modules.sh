@@ -120,7 +120,12 @@ kill -KILL $SLOW
 wait $SLOW 2>/dev/null
 # rmmod of the module that made both bindings (the stand-in's exit frees its TDIs and
 # calls no unbind): with reconciliation off they must still end (cause module_unloaded).
-# Idle first: the stand-in's debugfs files must not be open.
+# The stand-in's VM files pin it (their f_op owner), so its vDevices go first, without an
+# unbind (the TDIs stay bound), then the VM handles.
+ctl vdev_destroy 1 nounbind
+ctl vdev_destroy 2 nounbind
+ctl vm_destroy 1
+ctl vm_destroy 2
 sleep 0.5
 rmmod tsm_standin
 echo "rmmod_standin rc=$?" >> "$TRUTH"
