@@ -554,12 +554,12 @@ impl Summary {
             let mut rows: Vec<_> = self.errors.iter().collect();
             rows.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
             // Columns as wide as their longest entry (`pci_tsm_unbind_any`, `EOPNOTSUPP`).
-            let width = |f: &dyn Fn(&(String, Layer, Probe, OpKind)) -> usize| {
-                rows.iter().map(|(k, _)| f(k)).max().unwrap_or(0)
-            };
-            let ew = width(&|k| k.0.len());
-            let lw = width(&|k| k.1.as_str().len());
-            let fw = width(&|k| k.2.as_str().len());
+            let (mut ew, mut lw, mut fw) = (0, 0, 0);
+            for ((e, layer, function, _), _) in &rows {
+                ew = ew.max(e.len());
+                lw = lw.max(layer.as_str().len());
+                fw = fw.max(function.as_str().len());
+            }
             for ((e, layer, function, kind), n) in rows {
                 let _ = writeln!(
                     s,
