@@ -362,7 +362,9 @@ impl Session {
 
     /// Where the programs are pinned and their generation (`None`: not pinned).
     pub fn pinned_at(&self) -> Option<(&std::path::Path, u32)> {
-        self.pinned.as_ref().map(|p| (p.dir.as_path(), p.generation))
+        self.pinned
+            .as_ref()
+            .map(|p| (p.dir.as_path(), p.generation))
     }
 
     /// Detects the generation again from kallsyms and BTF (after a module unload), without
