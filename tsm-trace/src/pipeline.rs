@@ -491,7 +491,7 @@ mod tests {
             "1 ms binds land in the 512..1K µs bucket:\n{text}"
         );
         assert!(
-            text.contains("EBUSY        pci_tsm    pci_tsm_bind   (bind)"),
+            text.contains("  EBUSY pci_tsm pci_tsm_bind (bind)\n"),
             "{text}"
         );
         assert!(
