@@ -160,6 +160,9 @@ pub async fn run(
                     next_housekeeping = next_housekeeping.min(Instant::now() + HOUSEKEEPING_EVERY);
                 }
                 for c in controls.drain(..) {
+                    if let Some(Control::ModuleFreed { name: Some(name) }) = &c {
+                        end_module_bindings(live, pipeline, metrics, name, &mut batch, &mut tap)?;
+                    }
                     if matches!(c, Some(Control::ModuleFreed { name: Some(_) })) {
                         redetect_at.get_or_insert_with(|| Instant::now() + RESCAN_DELAY);
                     }
@@ -276,6 +279,51 @@ fn close_late_attach(live: &LiveSession, drop_capabilities: bool) {
     } else {
         log::info!("the late-attach window is over; {what}");
     }
+}
+
+/// A module is being freed: what its exit path did is applied first (the events before it
+/// are drained), then the bindings made through its probed functions end with cause
+/// `module_unloaded`: none can outlive the module that held its state.
+fn end_module_bindings(
+    live: &mut LiveSession,
+    pipeline: &Mutex<Pipeline>,
+    metrics: &Metrics,
+    module: &str,
+    batch: &mut Batch,
+    tap: &mut Option<Tap<'_>>,
+) -> Result<()> {
+    let probes: Vec<crate::events::Probe> = live
+        .session()
+        .attach
+        .iter()
+        .filter(|r| r.attached && r.module.as_deref() == Some(module))
+        .map(|r| r.probe)
+        .collect();
+    if probes.is_empty() {
+        return Ok(());
+    }
+    live.drain_now(batch);
+    feed(pipeline, metrics, batch, tap)?;
+    let outs = pipeline
+        .lock()
+        .expect("pipeline lock")
+        .module_unloaded(&probes, monotonic_ns());
+    let devices: Vec<&str> = outs
+        .iter()
+        .filter_map(|o| match o {
+            correlate::Output::BindingClosed(c) => Some(c.binding.device.as_str()),
+            _ => None,
+        })
+        .collect();
+    if !devices.is_empty() {
+        log::warn!(
+            "module {module} was unloaded with {} binding{} made through it and no unbind seen ({}): ended them (cause module_unloaded), their state went with the module",
+            devices.len(),
+            if devices.len() == 1 { "" } else { "s" },
+            devices.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// Applies one control record; true when the session should look for probe targets again.

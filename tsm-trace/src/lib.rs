@@ -20,6 +20,7 @@ pub mod files;
 pub mod generation;
 pub mod http;
 pub mod memory;
+pub mod notices;
 pub mod pipeline;
 pub mod probes;
 pub mod session;

@@ -667,6 +667,7 @@ fn start_session(probes: &ProbeArgs, pin_root: Option<PathBuf>) -> Result<LiveSe
     let mut opts = probes.session_options();
     opts.pin_root = pin_root;
     let live = LiveSession::start(&opts, key)?;
+    tsm_trace::probes::others::warn_if_any(opts.pin_root.as_deref());
     // Probe lines carry their facts as fields too (JSON logs); they come in report order.
     let mut reports = live.session().attach.iter();
     for line in live.session().report_lines() {
@@ -899,9 +900,11 @@ async fn run(args: RunArgs) -> Result<()> {
     };
     let stop = event_loop::run(&mut live, &pipeline, &metrics, &cfg, &opts, None).await?;
     if let Stop::Signal(sig) = stop {
-        log::info!("{sig}: detaching probes and exiting");
+        let pinned = live.session().pinned_at();
+        log::info!("{}", tsm_trace::notices::stop_message(sig, pinned));
     }
-    // Detach first: whatever the HTTP clients do, the probes are gone at once.
+    // Detach first (pinned programs stay for the next daemon): whatever the HTTP clients do,
+    // this process's probes are gone at once.
     readiness.set_not_ready("shutting down");
     drop(live);
     let _ = stop_tx.send(());
@@ -1079,6 +1082,7 @@ fn check(args: CheckArgs) -> Result<()> {
         std::path::Path::new(tsm_trace::probes::pin::DEFAULT_ROOT),
     )?;
     let session = Session::start(&opts)?;
+    tsm_trace::probes::others::warn_if_any(None);
     let mut out = std::io::stdout().lock();
     for line in session.report_lines() {
         writeln!(out, "{line}")?;
@@ -1089,13 +1093,7 @@ fn check(args: CheckArgs) -> Result<()> {
     if !late.is_empty() {
         let keep =
             tsm_trace::probes::capabilities::names(&tsm_trace::probes::capabilities::to_keep(true));
-        writeln!(
-            out,
-            "late attach: {} requested programs are not attached but may be when their module loads ({}); `run` attaches them for --late-attach-window (default 10m), keeping {} until then, then only CAP_BPF",
-            late.len(),
-            late.join(", "),
-            keep.join(", ")
-        )?;
+        writeln!(out, "{}", tsm_trace::notices::late_attach(&late, &keep))?;
     }
     if let Some(why) = verdict::bind_path_gap(&mut facts, &session) {
         bail!("{why}");

@@ -258,6 +258,15 @@ impl Pipeline {
         outs
     }
 
+    /// A module was unloaded: bindings made through its functions (`probes`) end
+    /// ([`Correlator::module_unloaded`]); drain the event stream first.
+    pub fn module_unloaded(&mut self, probes: &[crate::events::Probe], now_ns: u64) -> Vec<Output> {
+        let outs = self.correlator.module_unloaded(probes, now_ns);
+        self.emit(&outs);
+        self.metrics.sync(&self.correlator);
+        outs
+    }
+
     /// End of input: flushes pending frames and runs every grace check.
     pub fn finish(&mut self, now_ns: u64) -> Vec<Output> {
         let outs = self.correlator.finish(now_ns);
@@ -626,7 +635,7 @@ mod tests {
             "1 ms binds land in the 512..1K µs bucket:\n{text}"
         );
         assert!(
-            text.contains("EBUSY        pci_tsm    pci_tsm_bind   (bind)"),
+            text.contains("  EBUSY pci_tsm pci_tsm_bind (bind)\n"),
             "{text}"
         );
         assert!(

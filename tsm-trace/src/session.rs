@@ -168,6 +168,13 @@ fn resolve_btf(syms: &Kallsyms, opts: &SessionOptions) -> Result<Resolution> {
         .filter_map(|t| found_name(syms, t.probe, &opts.attach).map(|f| (t.probe, f)))
         .collect();
     let probed_ref: Vec<(Probe, &str)> = probed.iter().map(|(p, f)| (*p, f.as_str())).collect();
+    // `--symbol` overrides, each checked against the prototype of the probe's own function.
+    let overrides: Vec<(Probe, &str, &'static [&'static str])> = opts
+        .attach
+        .symbols
+        .iter()
+        .map(|(p, f)| (*p, f.as_str(), probes::target(*p).symbols))
+        .collect();
     btf::resolve(
         &opts.btf,
         &btf::Functions {
@@ -181,6 +188,7 @@ fn resolve_btf(syms: &Kallsyms, opts: &SessionOptions) -> Result<Resolution> {
             pci_tsm_guest_req: guest_req.as_deref(),
             driver_ops: &driver_ops_ref,
             probed: &probed_ref,
+            overrides: &overrides,
         },
     )
     .context("resolving struct offsets from BTF")
@@ -220,6 +228,8 @@ pub struct Plan {
     /// Every program's report (never `attached`) and whether it would be attached.
     pub probes: Vec<(AttachReport, bool)>,
     pub btf: Resolution,
+    /// As [`Session::generation`]: the same detection, from the same kallsyms and BTF.
+    pub generation: KernelGeneration,
 }
 
 impl Plan {
@@ -229,7 +239,12 @@ impl Plan {
         let syms = load_kallsyms(opts)?;
         let btf = resolve_btf(&syms, opts)?;
         let probes = probes::plan_all(&syms, &opts.attach, &btf.prototypes);
-        Ok(Plan { probes, btf })
+        let generation = generation::detect(&btf.patch, &syms);
+        Ok(Plan {
+            probes,
+            btf,
+            generation,
+        })
     }
 }
 
@@ -345,6 +360,13 @@ impl Session {
         Ok((gained, gone))
     }
 
+    /// Where the programs are pinned and their generation (`None`: not pinned).
+    pub fn pinned_at(&self) -> Option<(&std::path::Path, u32)> {
+        self.pinned
+            .as_ref()
+            .map(|p| (p.dir.as_path(), p.generation))
+    }
+
     /// Detects the generation again from kallsyms and BTF (after a module unload), without
     /// touching probes or offsets. True when it changed.
     pub fn redetect(&mut self) -> Result<bool> {
@@ -402,27 +424,7 @@ impl Session {
                 .iter()
                 .map(|e| format!("kernel   {e}")),
         );
-        for r in &self.attach {
-            let status = match (r.requested, r.attached) {
-                (_, true) => "attached    ",
-                (true, false) => "NOT ATTACHED",
-                (false, false) => "skipped     ",
-            };
-            let mut l = format!(
-                "probe {status} {:<15} {:<14} {}",
-                r.probe.as_str(),
-                r.kind.as_str(),
-                if r.function.is_empty() {
-                    "-"
-                } else {
-                    &r.function
-                }
-            );
-            if let Some(reason) = &r.reason {
-                l.push_str(&format!("  ({reason})"));
-            }
-            lines.push(l);
-        }
+        lines.extend(probes::report_lines(&self.attach));
         match self.kernel_misses().ok().as_deref().and_then(misses::kprobe_reporting) {
             Some(true) => lines.push("misses kprobe miss counts reported by this kernel (tsm_trace_kernel_misses_total)".into()),
             Some(false) => lines.push("misses kprobe miss counts NOT reported by this kernel (needs 6.7+): a missed return shows only as an expired in-flight entry (tsm_trace_inflight_expired_total)".into()),

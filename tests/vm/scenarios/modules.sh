@@ -10,7 +10,8 @@
 #   mod_truth       the fixtures' own records: "vmm_bind <standin last>",
 #                   "slow_bind <standin last>", "cycle=<i> <tsm_latemod last>"
 #   mod_d.err / mod_d.out (--print json) / mod_metrics_<phase> / mod_bindings_<phase>
-#                   phases: cycles (after the last unload), exited (after the VMM exit)
+#                   phases: cycles (after the last unload), exited (after the VMM exit),
+#                   unloaded (after `rmmod tsm_standin` with both bindings in place)
 #   mod_t.err / mod_t.jsonl   the trace session
 . /scenarios/lib.sh
 BIN=/bin/tsm-trace
@@ -116,6 +117,21 @@ sleep 2.5
 snapshot exited
 
 kill -KILL $SLOW
+wait $SLOW 2>/dev/null
+# rmmod of the module that made both bindings (the stand-in's exit frees its TDIs and
+# calls no unbind): with reconciliation off they must still end (cause module_unloaded).
+# The stand-in's VM files pin it (their f_op owner), so its vDevices go first, without an
+# unbind (the TDIs stay bound), then the VM handles.
+ctl vdev_destroy 1 nounbind
+ctl vdev_destroy 2 nounbind
+ctl vm_destroy 1
+ctl vm_destroy 2
+sleep 0.5
+rmmod tsm_standin
+echo "rmmod_standin rc=$?" >> "$TRUTH"
+wait_count /tmp/mod_d.err 'module tsm_standin was unloaded' 1 20
+sleep 0.5
+snapshot unloaded
 kill -INT $TRACE
 wait $TRACE
 echo "exit=$?" >> /tmp/mod_t.err

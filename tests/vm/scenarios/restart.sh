@@ -18,6 +18,7 @@
 #   rs_d<n>.err / rs_d<n>.out (--print json) / rs_d<n>_metrics / rs_d<n>_bindings
 #   rs_unpin_refused  `unpin` under a live daemon, with --pin-dir /sys/fs/bpf, --dry-run --force,
 #                and with a foreign directory in the root: "== <case>", output, "exit=<rc>"
+#   rs_other     `tsm-trace check` (stderr too) while daemon 3 runs, and "exit=<rc>"
 #   rs_unpin     `tsm-trace unpin` output, "exit=<rc>", and "left=<entries under the root>"
 . /scenarios/lib.sh
 # This suite is about persistence: the other suites switch it off (lib.sh).
@@ -122,6 +123,13 @@ start_daemon 3 --user 65534:65534
 snap 3
 ctl ioctl 1 2 0; rec d3_unbind $D_NOTHING
 sleep 1
+# Another session on the same functions: `check` must warn that daemon 3's programs run too
+# (the daemons themselves, taking over their own pinned generation, must not).
+{
+	$BIN check $FLAGS 2>&1
+	echo "exit=$?"
+} > /tmp/rs_other
+frame rs_other /tmp/rs_other
 # unpin must not take a live daemon's pins, nor anything outside tsm-trace's own directory;
 # --dry-run --force checks every real pin (maps by name, links by their program's name).
 {

@@ -55,17 +55,6 @@ fn check_prototype(objs: &Objects, probe: Probe, func: &str) -> Result<(), Strin
     if shapes.iter().any(|w| fits(w)) {
         return Ok(());
     }
-    let show = |v: &[String]| {
-        v.iter()
-            .map(|s| match s.as_str() {
-                "" => "scalar".to_string(),
-                "*" => "pointer".to_string(),
-                s if s.starts_with("struct ") || s == "?" => s.to_string(),
-                s => format!("struct {s} *"),
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     let want: Vec<String> = shapes[0]
         .iter()
         .map(|w| w.unwrap_or("?").to_string())
@@ -75,6 +64,60 @@ fn check_prototype(objs: &Objects, probe: Probe, func: &str) -> Result<(), Strin
         show(&got),
         probe.as_str(),
         show(&want)
+    ))
+}
+
+/// Parameter shapes ([`Objects::param_shape`]) in C words: `struct pci_dev *, scalar`.
+fn show(v: &[String]) -> String {
+    v.iter()
+        .map(|s| match s.as_str() {
+            "" => "scalar".to_string(),
+            "*" => "pointer".to_string(),
+            s if s.starts_with("struct ") || s == "?" => s.to_string(),
+            s => format!("struct {s} *"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `--symbol PROBE=FUNCTION`: `func` must take what the probe's own function takes (the
+/// first of `defaults` in BTF), as a driver op must take what its `pci_tsm_ops` member takes:
+/// the programs read its arguments where the default function has them. No default in BTF:
+/// nothing to compare with, so no check.
+fn check_override(
+    objs: &Objects,
+    probe: Probe,
+    func: &str,
+    defaults: &[&str],
+) -> Result<(), String> {
+    let Some((reference, (robj, rparams))) = defaults
+        .iter()
+        .find_map(|d| Some((*d, objs.prototype(d).ok().flatten()?)))
+    else {
+        return Ok(());
+    };
+    let want: Vec<String> = rparams
+        .iter()
+        .map(|&id| objs.param_shape(robj, id))
+        .collect();
+    let Some((obj, params)) = objs.prototype(func)? else {
+        return Err(format!(
+            "--symbol {}={func}: {func} is not in BTF ({}), so its prototype cannot be checked against {reference}({})",
+            probe.as_str(),
+            objs.searched(),
+            show(&want)
+        ));
+    };
+    let got: Vec<String> = params.iter().map(|&id| objs.param_shape(obj, id)).collect();
+    if got == want {
+        return Ok(());
+    }
+    Err(format!(
+        "--symbol {}={func}: {func}({}) is not the prototype of {reference}({}), the function {} probes",
+        probe.as_str(),
+        show(&got),
+        show(&want),
+        probe.as_str()
     ))
 }
 
@@ -104,7 +147,7 @@ pub(super) fn resolve(
     o: &mut Offsets,
     out: &mut Out,
 ) -> Vec<PrototypeCheck> {
-    let checks = fns
+    let mut checks = fns
         .driver_ops
         .iter()
         .map(|(probe, func)| PrototypeCheck {
@@ -112,7 +155,17 @@ pub(super) fn resolve(
             function: func.to_string(),
             result: check_prototype(objs, *probe, func),
         })
-        .collect();
+        .collect::<Vec<_>>();
+    for (probe, func, defaults) in fns.overrides {
+        if checks.iter().any(|c| c.probe == *probe) {
+            continue;
+        }
+        checks.push(PrototypeCheck {
+            probe: *probe,
+            function: func.to_string(),
+            result: check_override(objs, *probe, func, defaults),
+        });
+    }
     if let Some(f) = fns.pci_tsm_guest_req {
         o.guest_req = put_args(out, "pci_tsm_guest_req arguments", guest_req_args(objs, f));
     }

@@ -89,6 +89,9 @@ pub struct Functions<'a> {
     /// Every function a kprobe will be attached to, by probe (compiler suffixes dropped): its
     /// return type is taken from its own prototype.
     pub probed: &'a [(Probe, &'a str)],
+    /// `--symbol PROBE=FUNCTION` overrides, with the compatibility table's functions for the
+    /// probe: the override must have the prototype of the first of those BTF has.
+    pub overrides: &'a [(Probe, &'a str, &'static [&'static str])],
 }
 
 impl Functions<'_> {
@@ -114,6 +117,7 @@ impl Functions<'static> {
         pci_tsm_guest_req: Some("pci_tsm_guest_req"),
         driver_ops: &[],
         probed: &[],
+        overrides: &[],
     };
 }
 

@@ -650,6 +650,8 @@ fn synthetic() -> PathBuf {
     m.func("iommufd_vdevice_tsm_op_ioctl", int_, &[ucmd_t]);
     m.func("tsm_bind", u32_, &[device_ptr, skvm_ptr, u64_]);
     m.func("iommufd_vdevice_abort", 0, &[object_ptr]);
+    // A renamed tsm_bind of the same prototype (what `--symbol tsm_bind=` is for).
+    m.func("tsm_bind_renamed", u32_, &[device_ptr, skvm_ptr, u64_]);
 
     // Module tsm_drv: a driver bind op whose struct kvm has a bitfield userspace_pid and a
     // stats_id that is no char array.
@@ -746,6 +748,37 @@ fn synthetic_lifecycle_fields_and_argument_locations() {
         why,
         "tsm_drv_connect(scalar) is not the shape of the driver_connect op (struct pci_dev *)"
     );
+}
+
+#[test]
+fn symbol_overrides_must_have_the_default_functions_prototype() {
+    let dir = synthetic();
+    let check = |func: &'static str| {
+        let overrides = [(Probe::TsmBind, func, &["tsm_bind"][..])];
+        let fns = Functions {
+            tsm_bind: func,
+            overrides: &overrides,
+            ..SYNTH_FNS
+        };
+        let r = resolve(&BtfSources::in_dir(&dir), &fns).unwrap();
+        r.prototypes
+            .iter()
+            .find(|c| c.probe == Probe::TsmBind)
+            .map(|c| c.result.clone())
+    };
+    let same = check("tsm_bind_renamed");
+    let other = check("pci_tsm_bind");
+    let absent = check("no_such_function");
+    fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(same, Some(Ok(())));
+    assert_eq!(
+        other,
+        Some(Err("--symbol tsm_bind=pci_tsm_bind: pci_tsm_bind(struct pci_dev *, struct kvm *, scalar) is not the prototype of tsm_bind(struct device *, struct kvm *, scalar), the function tsm_bind probes".into()))
+    );
+    let Some(Err(why)) = absent else {
+        panic!("an override BTF does not have cannot be checked: {absent:?}")
+    };
+    assert!(why.contains("no_such_function is not in BTF"), "{why}");
 }
 
 #[test]

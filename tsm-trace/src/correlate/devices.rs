@@ -71,6 +71,23 @@ impl Correlator {
 
     /// Ends the binding of `device` (if the table has one) at `closed_ns` and clears its
     /// leaks at that same time.
+    /// A module was unloaded: every binding whose bind path ran through one of `probes`
+    /// (the module's probed functions) ends with [`UnbindCause::ModuleUnloaded`] at `now_ns`.
+    /// Call after the events before the unload (its exit path's unbinds) are applied.
+    pub fn module_unloaded(&mut self, probes: &[Probe], now_ns: u64) -> Vec<Output> {
+        let gone: Vec<String> = self
+            .bindings
+            .values()
+            .filter(|(b, _)| probes.contains(&b.path.probe()))
+            .map(|(b, _)| b.device.clone())
+            .collect();
+        let mut out = Vec::new();
+        for d in gone {
+            self.close_binding(&d, UnbindCause::ModuleUnloaded, now_ns, &mut out);
+        }
+        out
+    }
+
     pub(super) fn close_binding(
         &mut self,
         device: &str,

@@ -289,3 +289,69 @@ fn guest_request_carries_the_tsm() {
     let out = run(&mut c, vec![g]);
     assert_eq!(ops(&out)[0].tsm.as_deref(), Some(TSM));
 }
+
+/// `rmmod` of the module that made a binding (the stand-in frees its TDIs on exit without an
+/// unbind): the binding ends with cause module_unloaded, in the table, the metrics and the
+/// trace line; a binding made through another module's functions stays.
+#[test]
+fn module_unload_ends_the_bindings_made_through_it() {
+    use super::tests::bind_via_ioctl;
+    use crate::exporters::{
+        metrics::Metrics,
+        trace::{Clock, TraceFormatter},
+    };
+    use crate::pipeline::Pipeline;
+    let metrics = std::sync::Arc::new(Metrics::new());
+    let mut p = Pipeline::new(Config::default(), metrics.clone(), None);
+    let other = "0000:00:03.0";
+    let mut evs = bind_via_ioctl(1, 1_000, DEV, 0);
+    evs.extend(lone_pci_bind(other, 5_000));
+    for e in evs {
+        let t = e.end_ns;
+        p.handle(e, t);
+    }
+    p.tick(u64::MAX / 4);
+    assert_eq!(p.correlator().binding_count(), 2);
+    // The stand-in's functions: the ioctl, tsm_bind and its PCI layer.
+    let outs = p.module_unloaded(&[Probe::TsmOpIoctl, Probe::TsmBind], 9_000_000);
+    let closed: Vec<_> = outs
+        .iter()
+        .filter_map(|o| match o {
+            Output::BindingClosed(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closed.len(), 1, "{outs:?}");
+    assert_eq!(closed[0].binding.device, DEV);
+    assert_eq!(closed[0].cause, UnbindCause::ModuleUnloaded);
+    assert_eq!(closed[0].closed_ns, 9_000_000);
+    // /bindings: only the other module's binding is left.
+    let left: Vec<&str> = p
+        .correlator()
+        .bindings()
+        .iter()
+        .map(|b| b.device.as_str())
+        .collect();
+    assert_eq!(left, [other]);
+    let m = metrics.render();
+    assert!(
+        m.contains("tsm_trace_bindings_closed_total{cause=\"module_unloaded\"} 1"),
+        "{m}"
+    );
+    let line = TraceFormatter::new(Clock::Relative { base_ns: 0 })
+        .format(&outs[0])
+        .unwrap();
+    assert!(
+        line.contains(&format!("UNBOUND  {DEV} by module_unloaded")),
+        "{line}"
+    );
+}
+
+/// A bare `pci_tsm_bind` of `dev` (the vmlinux PCI layer).
+fn lone_pci_bind(dev: &str, t0: u64) -> Vec<Event> {
+    let mut e = ev(Probe::PciTsmBind, t0, t0 + 100, 9, Some(0));
+    e.device = Some(dev.into());
+    e.vm = Some(vm());
+    e.tdi_id = Some(8);
+    vec![e]
+}

@@ -224,6 +224,18 @@ pub enum BindPath {
     DriverBind,
 }
 
+impl BindPath {
+    /// The probe of the outermost function that made the binding.
+    pub const fn probe(self) -> Probe {
+        match self {
+            BindPath::Ioctl => Probe::TsmOpIoctl,
+            BindPath::TsmBind => Probe::TsmBind,
+            BindPath::PciTsmBind => Probe::PciTsmBind,
+            BindPath::DriverBind => Probe::DriverBind,
+        }
+    }
+}
+
 /// A device believed bound to a VM.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Binding {

@@ -183,21 +183,35 @@ pub(super) fn tsm(f: &Facts) -> Finding {
     }
 }
 
-/// Which generation of the iommufd TSM patch series this kernel carries. The one hook for
-/// generation detection: today, from the function the compatibility table's candidates
-/// found for the TSM ioctl.
+/// Which generation of the iommufd TSM patch series this kernel carries: the detection
+/// `check` prints (`tsm_patch=v2 pci_tsm=yes`, from the compatibility table), in the same
+/// words, with the ioctl function it found.
 fn patch_generation(f: &Facts) -> Finding {
-    let ioctl = found(f, Probe::TsmOpIoctl).map(|r| r.function.clone());
+    let ioctl = found(f, Probe::TsmOpIoctl).map(|r| r.function.as_str());
     let core = found(f, Probe::TsmBind).is_some();
-    let fact = match (ioctl.as_deref(), core) {
-        (Some(func), _) if func.contains("tsm_req_ioctl") => format!("v5 or later ({func})"),
-        (Some(func), _) => format!("v2-v4 ({func})"),
+    Finding::new(
+        "generation",
+        Level::Info,
+        generation_fact(f.generation.as_ref(), ioctl, core),
+    )
+}
+
+pub(super) fn generation_fact(
+    g: Option<&crate::generation::KernelGeneration>,
+    ioctl: Option<&str>,
+    core: bool,
+) -> String {
+    let Some(g) = g else {
+        return "not detected: kallsyms or BTF could not be read".into();
+    };
+    let seen = match (ioctl, core) {
+        (Some(func), _) => format!("TSM ioctl {func}"),
         (None, true) => {
             "tsm_bind/tsm_unbind without the ioctl (partial patch or a stand-in)".into()
         }
-        (None, false) => "none: the iommufd TSM patch is not in this kernel".into(),
+        (None, false) => "no TSM ioctl".into(),
     };
-    Finding::new("generation", Level::Info, fact)
+    format!("{} ({seen})", g.summary())
 }
 
 fn tsm_drivers(f: &Facts) -> Finding {
@@ -461,5 +475,39 @@ fn fields(f: &Facts) -> Finding {
             ),
         )
         .todo("tsm-trace check prints each reason")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generation::KernelGeneration;
+
+    fn generation(name: &str) -> KernelGeneration {
+        KernelGeneration {
+            tsm_patch: name.into(),
+            pci_tsm: true,
+            evidence: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn generation_in_checks_words() {
+        // The v2 stand-in: `check` says tsm_patch=v2; doctor says the same, not a range.
+        let v2 = generation("v2");
+        let fact = generation_fact(Some(&v2), Some("iommufd_vdevice_tsm_op_ioctl"), true);
+        assert_eq!(
+            fact,
+            "tsm_patch=v2 pci_tsm=yes (TSM ioctl iommufd_vdevice_tsm_op_ioctl)"
+        );
+        assert!(fact.starts_with(&v2.summary()));
+        let v5 = generation("v5");
+        let fact = generation_fact(Some(&v5), Some("iommufd_vdevice_tsm_req_ioctl"), true);
+        assert!(fact.starts_with("tsm_patch=v5 pci_tsm=yes"), "{fact}");
+        assert!(!fact.contains("or later"), "{fact}");
+        assert_eq!(
+            generation_fact(None, None, false),
+            "not detected: kallsyms or BTF could not be read"
+        );
     }
 }

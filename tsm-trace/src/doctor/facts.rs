@@ -10,6 +10,7 @@ use caps::Capability;
 use serde::Serialize;
 
 use crate::{
+    generation::KernelGeneration,
     probes::{AttachReport, Kallsyms, SymbolMatch, privileges},
     session::{Plan, Session, SessionOptions},
 };
@@ -87,6 +88,9 @@ pub struct Facts {
     pub memlock: Option<u64>,
     pub ringbuf_bytes: u32,
     pub probes: ProbeFacts,
+    /// Which generation of the patch series (the detection `check` prints), where the
+    /// probes were attached or planned; `None`: not gathered, or kallsyms/BTF unreadable.
+    pub generation: Option<KernelGeneration>,
 }
 
 fn read_trim(p: &Path) -> Option<String> {
@@ -167,7 +171,7 @@ fn unresolved(btf: &crate::btf::Resolution) -> Vec<String> {
 /// forbids it (no privileges, no kprobes, lockdown), else planned without loading.
 pub fn gather(paths: &Paths, opts: &SessionOptions, pin_dir: &Path) -> Facts {
     let mut f = host(paths, opts, pin_dir);
-    f.probes = probe_facts(&f, opts);
+    (f.probes, f.generation) = probe_facts(&f, opts);
     f
 }
 
@@ -192,26 +196,32 @@ fn blocked(f: &Facts) -> Option<String> {
     }
 }
 
-fn probe_facts(f: &Facts, opts: &SessionOptions) -> ProbeFacts {
+fn probe_facts(f: &Facts, opts: &SessionOptions) -> (ProbeFacts, Option<KernelGeneration>) {
+    let failed = |e: anyhow::Error| {
+        let error = format!("{e:#}");
+        (ProbeFacts::Failed { error }, None)
+    };
     match blocked(f) {
         None => match Session::start(opts) {
-            Ok(s) => ProbeFacts::Attached {
-                unresolved: unresolved(&s.btf),
-                reports: s.attach.clone(),
-            },
-            Err(e) => ProbeFacts::Failed {
-                error: format!("{e:#}"),
-            },
+            Ok(s) => (
+                ProbeFacts::Attached {
+                    unresolved: unresolved(&s.btf),
+                    reports: s.attach.clone(),
+                },
+                Some(s.generation.clone()),
+            ),
+            Err(e) => failed(e),
         },
         Some(why) => match Plan::make(opts) {
-            Ok(p) => ProbeFacts::Planned {
-                unresolved: unresolved(&p.btf),
-                reports: p.probes,
-                why,
-            },
-            Err(e) => ProbeFacts::Failed {
-                error: format!("{e:#}"),
-            },
+            Ok(p) => (
+                ProbeFacts::Planned {
+                    unresolved: unresolved(&p.btf),
+                    reports: p.probes,
+                    why,
+                },
+                Some(p.generation),
+            ),
+            Err(e) => failed(e),
         },
     }
 }
@@ -263,6 +273,7 @@ pub fn host(paths: &Paths, opts: &SessionOptions, pin_dir: &Path) -> Facts {
         memlock: memlock(),
         ringbuf_bytes: opts.ringbuf_bytes.unwrap_or(256 * 1024),
         probes: ProbeFacts::NotGathered,
+        generation: None,
     }
 }
 

@@ -44,6 +44,11 @@ pub enum UnbindCause {
     DeviceRemoval,
     /// The TSM driver unregistered its TSM (`tsm_unregister` → `__pci_tsm_destroy`).
     TsmUnregister,
+    /// The module whose function made the binding (its bind path) was unloaded without an
+    /// unbind being seen: the binding's state went with the module's memory (the stand-in
+    /// frees its TDIs on exit; a real TSM driver unregisters first, seen as
+    /// [`UnbindCause::TsmUnregister`]). Not a kernel call chain: tsm-trace's conclusion.
+    ModuleUnloaded,
 }
 
 impl UnbindCause {
@@ -53,8 +58,17 @@ impl UnbindCause {
             UnbindCause::Disconnect => "disconnect",
             UnbindCause::DeviceRemoval => "device_removal",
             UnbindCause::TsmUnregister => "tsm_unregister",
+            UnbindCause::ModuleUnloaded => "module_unloaded",
         }
     }
+
+    pub const ALL: [UnbindCause; 5] = [
+        UnbindCause::Unbind,
+        UnbindCause::Disconnect,
+        UnbindCause::DeviceRemoval,
+        UnbindCause::TsmUnregister,
+        UnbindCause::ModuleUnloaded,
+    ];
 }
 
 impl Layer {

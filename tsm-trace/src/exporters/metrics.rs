@@ -245,7 +245,7 @@ impl Metrics {
         let bindings_closed = counter_vec(
             &r,
             "tsm_trace_bindings_closed_total",
-            "Bindings that ended, by cause: unbind (pci_tsm_unbind), or the PCI TSM core unbinding on disconnect, device_removal or tsm_unregister.",
+            "Bindings that ended, by cause: unbind (pci_tsm_unbind), the PCI TSM core unbinding on disconnect, device_removal or tsm_unregister, or module_unloaded (the module whose function made the binding was unloaded with no unbind seen).",
             &["cause"],
         );
         let devices = gauge_vec(
@@ -375,12 +375,7 @@ impl Metrics {
         for kind in MismatchKind::ALL {
             sysfs_mismatches.with_label_values(&[kind.as_str()]);
         }
-        for cause in [
-            UnbindCause::Unbind,
-            UnbindCause::Disconnect,
-            UnbindCause::DeviceRemoval,
-            UnbindCause::TsmUnregister,
-        ] {
+        for cause in UnbindCause::ALL {
             bindings_closed.with_label_values(&[cause.as_str()]);
         }
         for state in TsmState::ALL {

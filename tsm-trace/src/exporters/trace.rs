@@ -639,10 +639,17 @@ impl Summary {
             let _ = writeln!(s, "\nerrors by errno and layer:");
             let mut rows: Vec<_> = self.errors.iter().collect();
             rows.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            // Columns as wide as their longest entry (`pci_tsm_unbind_any`, `EOPNOTSUPP`).
+            let (mut ew, mut lw, mut fw) = (0, 0, 0);
+            for ((e, layer, function, _), _) in &rows {
+                ew = ew.max(e.len());
+                lw = lw.max(layer.as_str().len());
+                fw = fw.max(function.as_str().len());
+            }
             for ((e, layer, function, kind), n) in rows {
                 let _ = writeln!(
                     s,
-                    "  {n:>8}  {e:<12} {:<10} {:<14} ({})",
+                    "  {n:>8}  {e:<ew$} {:<lw$} {:<fw$} ({})",
                     layer.as_str(),
                     function.as_str(),
                     kind.as_str()
@@ -810,6 +817,50 @@ mod tests {
         assert_eq!(fmt_duration(12_300), "12.3us");
         assert_eq!(fmt_duration(1_200_000), "1.2ms");
         assert_eq!(fmt_duration(3_400_000_000), "3.40s");
+    }
+
+    #[test]
+    fn errors_table_columns_line_up_for_the_longest_names() {
+        let mut sum = Summary::default();
+        for (e, layer, probe, kind, n) in [
+            ("EBUSY", Layer::TsmCore, Probe::TsmBind, OpKind::Bind, 3),
+            (
+                "EOPNOTSUPP",
+                Layer::TsmDriver,
+                Probe::DriverGuestReq,
+                OpKind::Bind,
+                2,
+            ),
+            (
+                "EIO",
+                Layer::PciTsm,
+                Probe::PciTsmDisconnect,
+                OpKind::Disconnect,
+                1,
+            ),
+        ] {
+            sum.errors.insert((e.to_string(), layer, probe, kind), n);
+        }
+        let text = sum.render(&[], &TraceFormatter::new(Clock::Relative { base_ns: 0 }));
+        let table: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("errors by errno"))
+            .skip(1)
+            .take(3)
+            .collect();
+        assert_eq!(table.len(), 3, "{text}");
+        // The layer, function and operation columns each start at one offset.
+        let starts = |l: &str| -> Vec<usize> {
+            let b = l.as_bytes();
+            (1..b.len())
+                .filter(|&i| b[i] != b' ' && b[i - 1] == b' ')
+                .collect()
+        };
+        let first = starts(table[0]);
+        assert_eq!(first.len(), 5, "{table:#?}");
+        for l in &table {
+            assert_eq!(starts(l), first, "{table:#?}");
+        }
     }
 
     #[test]

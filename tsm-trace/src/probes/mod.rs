@@ -12,6 +12,7 @@ mod kallsyms;
 pub mod kernel_log;
 pub mod loader;
 pub mod misses;
+pub mod others;
 pub mod ownership;
 pub mod pin;
 pub mod privileges;
@@ -169,6 +170,46 @@ impl AttachReport {
     pub fn waiting(&self) -> bool {
         self.requested && !self.attached && self.may_load_later
     }
+}
+
+/// One line per program for `check` and the startup report, its columns as wide as their
+/// longest entry (`pci_tsm_unbind_any`, `raw_tracepoint`):
+/// `probe attached     tsm_bind  kretprobe tsm_bind  (note)`.
+pub fn report_lines(reports: &[AttachReport]) -> Vec<String> {
+    let probe_w = reports
+        .iter()
+        .map(|r| r.probe.as_str().len())
+        .max()
+        .unwrap_or(0);
+    let kind_w = reports
+        .iter()
+        .map(|r| r.kind.as_str().len())
+        .max()
+        .unwrap_or(0);
+    reports
+        .iter()
+        .map(|r| {
+            let status = match (r.requested, r.attached) {
+                (_, true) => "attached    ",
+                (true, false) => "NOT ATTACHED",
+                (false, false) => "skipped     ",
+            };
+            let function = if r.function.is_empty() {
+                "-"
+            } else {
+                &r.function
+            };
+            let mut l = format!(
+                "probe {status} {:<probe_w$} {:<kind_w$} {function}",
+                r.probe.as_str(),
+                r.kind.as_str(),
+            );
+            if let Some(reason) = &r.reason {
+                l.push_str(&format!("  ({reason})"));
+            }
+            l
+        })
+        .collect()
 }
 
 /// Errors of this module. A load error carries the verifier log.
@@ -492,4 +533,72 @@ pub fn summarize(reports: &[AttachReport]) -> BTreeMap<&'static str, (usize, usi
         }
     }
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(probe: Probe, kind: Kind, function: &str, attached: bool) -> AttachReport {
+        AttachReport {
+            probe,
+            kind,
+            program: "",
+            function: function.into(),
+            attached,
+            reason: (!attached).then(|| "not found".into()),
+            requested: true,
+            may_load_later: false,
+            module: None,
+            found: attached,
+        }
+    }
+
+    #[test]
+    fn report_columns_line_up_for_the_longest_names() {
+        let reports = [
+            report(Probe::TsmBind, Kind::Kprobe, "tsm_bind", true),
+            report(
+                Probe::PciTsmUnbindAny,
+                Kind::Kretprobe,
+                "__pci_tsm_unbind",
+                true,
+            ),
+            report(
+                Probe::PciTsmDisconnect,
+                Kind::Kprobe,
+                "__pci_tsm_disconnect",
+                false,
+            ),
+            report(Probe::DriverGuestReq, Kind::Kprobe, "", false),
+            report(Probe::ModuleLoad, Kind::RawTracepoint, "module_load", true),
+        ];
+        let lines = report_lines(&reports);
+        // Each line's kind and function start in the same column as every other line's.
+        let col = |l: &str, word: &str| l.find(&format!(" {word} ")).map(|i| i + 1);
+        let kinds: Vec<usize> = lines
+            .iter()
+            .zip(&reports)
+            .map(|(l, r)| col(l, r.kind.as_str()).unwrap())
+            .collect();
+        let functions: Vec<usize> = lines
+            .iter()
+            .zip(&reports)
+            .map(|(l, r)| {
+                let f = if r.function.is_empty() {
+                    "-"
+                } else {
+                    &r.function
+                };
+                kinds[0] + l[kinds[0]..].find(&format!(" {f}")).unwrap() + 1
+            })
+            .collect();
+        assert!(kinds.iter().all(|&k| k == kinds[0]), "{lines:#?}");
+        assert!(functions.iter().all(|&f| f == functions[0]), "{lines:#?}");
+        assert!(
+            lines[0].starts_with("probe attached     tsm_bind "),
+            "{}",
+            lines[0]
+        );
+    }
 }

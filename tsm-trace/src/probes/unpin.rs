@@ -27,7 +27,7 @@ use thiserror::Error;
 use super::pin::{BPF_FS_MAGIC, MAPS};
 
 /// The kernel keeps object names to `BPF_OBJ_NAME_LEN - 1` bytes.
-const OBJ_NAME_MAX: usize = 15;
+pub(crate) const OBJ_NAME_MAX: usize = 15;
 
 #[derive(Debug, Error)]
 pub enum UnpinError {
@@ -136,11 +136,11 @@ fn link_program(name: &str, programs: &[&str]) -> Option<String> {
 }
 
 /// The kernel's name of an object: `want` cut to what the kernel keeps.
-fn kernel_name(want: &str) -> &str {
+pub(crate) fn kernel_name(want: &str) -> &str {
     &want[..want.len().min(OBJ_NAME_MAX)]
 }
 
-fn c_name(raw: &[std::ffi::c_char]) -> String {
+pub(crate) fn c_name(raw: &[std::ffi::c_char]) -> String {
     let bytes: Vec<u8> = raw
         .iter()
         .take_while(|&&c| c != 0)
@@ -150,7 +150,7 @@ fn c_name(raw: &[std::ffi::c_char]) -> String {
 }
 
 /// `BPF_OBJ_GET`: opens the object pinned at `path` read-only.
-fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+pub(crate) fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     use std::os::unix::ffi::OsStrExt;
     #[repr(C)]
     struct ObjGet {
@@ -188,7 +188,7 @@ fn obj_get(path: &Path) -> io::Result<OwnedFd> {
 }
 
 /// `BPF_PROG_GET_FD_BY_ID`.
-fn prog_by_id(id: u32) -> io::Result<OwnedFd> {
+pub(crate) fn prog_by_id(id: u32) -> io::Result<OwnedFd> {
     #[repr(C)]
     struct ById {
         id: u32,

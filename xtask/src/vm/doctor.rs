@@ -136,8 +136,14 @@ pub fn check(out: &VmOutput) -> Result<usize> {
     });
     let (lvl, fact) = finding(&r, "generation");
     c.check(
-        lvl == "info" && fact.contains("iommufd_vdevice_tsm_op_ioctl"),
-        || format!("root: generation {lvl} {fact:?} (the stand-in has the v2 ioctl)"),
+        lvl == "info"
+            && fact.starts_with("tsm_patch=")
+            && fact.contains("iommufd_vdevice_tsm_op_ioctl"),
+        || {
+            format!(
+                "root: generation {lvl} {fact:?} (check's tsm_patch= words; the stand-in has the v2 ioctl)"
+            )
+        },
     );
     c.eq(finding(&r, "capabilities").0, "ok", "root: capabilities");
     c.eq(

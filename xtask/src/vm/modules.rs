@@ -162,6 +162,46 @@ pub fn check(out: &VmOutput) -> Result<usize> {
         || "daemon: no leaked_binding_info for the VMM's device".into(),
     );
 
+    // rmmod of the stand-in, which made both bindings and unbinds nothing on exit: they end
+    // (cause module_unloaded) in /metrics, /bindings and --print json, reconciliation off.
+    c.eq(
+        line("rmmod_standin ").get("rc").cloned(),
+        Some("0".to_string()),
+        "rmmod tsm_standin",
+    );
+    let m = parse_exposition(&out.section("mod_metrics_unloaded")?.text);
+    c.eq(
+        sum(
+            &m,
+            "tsm_trace_bindings_closed_total",
+            &["cause=\"module_unloaded\""],
+        ),
+        2.0,
+        "daemon: bindings ended by the stand-in's unload",
+    );
+    c.eq(
+        m.get("tsm_trace_bindings_active").copied(),
+        Some(0.0),
+        "daemon: bindings after the stand-in's unload",
+    );
+    let b: Value =
+        serde_json::from_str(&out.section("mod_bindings_unloaded")?.text).unwrap_or(Value::Null);
+    c.check(
+        b["bindings"].as_array().is_some_and(|a| a.is_empty()),
+        || format!("daemon: /bindings after the stand-in's unload still lists bindings: {b}"),
+    );
+    let d_out = json_lines(out, "mod_d.out", false)?;
+    for dev in [VMM_DEV, SLOW_DEV] {
+        c.check(
+            d_out.iter().any(|o| {
+                s(o, "type") == "binding_closed"
+                    && s(o, "cause") == "module_unloaded"
+                    && o["binding"]["device"].as_str() == Some(dev)
+            }),
+            || format!("mod_d.out: no binding_closed of {dev} with cause module_unloaded"),
+        );
+    }
+
     // Every operation once in --print json and in the trace.
     for (name, skip_header) in [("mod_d.out", false), ("mod_t.jsonl", false)] {
         let lines = json_lines(out, name, skip_header)?;

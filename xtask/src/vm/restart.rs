@@ -107,6 +107,26 @@ pub fn check(out: &VmOutput) -> Result<usize> {
             || format!("daemon {n} logged an error:\n{err}"),
         );
     }
+    for n in 1..=3 {
+        // Its own pinned generation (taken over) is not another session.
+        let err = &out.section(&format!("rs_d{n}.err"))?.text;
+        c.check(!err.contains("other tsm-trace program"), || {
+            format!("daemon {n} took its own pinned programs for another session's:\n{err}")
+        });
+    }
+    let other = &out.section("rs_other")?.text;
+    c.check(
+        other.contains("other tsm-trace programs are already attached (held by tsm-trace/")
+            && other.contains("latencies measured here include their cost"),
+        || format!("check beside daemon 3 did not warn of its programs:\n{other}"),
+    );
+    // SIGTERM leaves the pinned probes running for the next daemon, and says so.
+    let d2 = &out.section("rs_d2.err")?.text;
+    c.check(
+        d2.contains("SIGTERM: exiting; the pinned probes of generation")
+            && !d2.contains("detaching probes"),
+        || format!("daemon 2's SIGTERM line must say its pinned probes keep running:\n{d2}"),
+    );
     let d1 = &out.section("rs_d1.err")?.text;
     c.check(d1.contains("pinned in /sys/fs/bpf/tsm-trace/"), || {
         format!("daemon 1: no 'pinned in' line:\n{d1}")
