@@ -17,11 +17,11 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 
-use aya_obj::generated::{
-    bpf_cmd, bpf_link_info, bpf_link_type, bpf_perf_event_type, bpf_prog_info,
-};
+use aya_obj::generated::{bpf_link_info, bpf_link_type, bpf_perf_event_type, bpf_prog_info};
+
+use super::bpf_sys::obj_info;
 
 /// What the kernel counted for one of our links, or why it cannot say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,37 +78,6 @@ pub fn totals(programs: &[ProgramMisses]) -> (u64, u64) {
         };
         (k + kp, r + p.recursion.unwrap_or(0))
     })
-}
-
-/// `union bpf_attr` for `BPF_OBJ_GET_INFO_BY_FD` (the `info` member; UAPI, stable).
-#[repr(C)]
-struct InfoByFd {
-    bpf_fd: u32,
-    info_len: u32,
-    info: u64,
-}
-
-/// Fills `info` (a UAPI `bpf_*_info` struct, zeroed by the caller) for object `fd`.
-pub(crate) fn obj_info<T>(fd: BorrowedFd<'_>, info: &mut T) -> io::Result<()> {
-    let attr = InfoByFd {
-        bpf_fd: fd.as_raw_fd() as u32,
-        info_len: std::mem::size_of::<T>() as u32,
-        info: info as *mut T as u64,
-    };
-    // SAFETY: `attr` describes a writable buffer of `info_len` bytes that outlives the call;
-    // the kernel writes at most that many.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
-            &attr as *const InfoByFd,
-            std::mem::size_of::<InfoByFd>() as libc::c_uint,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// `recursion_misses` of the program behind `fd`.
@@ -237,7 +206,7 @@ mod tests {
     #[test]
     fn a_non_bpf_descriptor_is_refused_with_the_kernels_error() {
         let f = std::fs::File::open("/proc/self/status").unwrap();
-        let fd = unsafe { BorrowedFd::borrow_raw(f.as_raw_fd()) };
+        let fd = unsafe { BorrowedFd::borrow_raw(std::os::fd::AsRawFd::as_raw_fd(&f)) };
         // EINVAL for a non-BPF file, EPERM where bpf(2) needs privileges: an error either way.
         assert!(recursion_misses(fd).is_err());
     }

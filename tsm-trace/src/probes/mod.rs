@@ -5,6 +5,7 @@
 //! requested probe fatal.
 
 mod attach;
+mod bpf_sys;
 pub mod capabilities;
 pub mod compat;
 pub mod expiry;

@@ -14,9 +14,9 @@ use std::{
     path::Path,
 };
 
-use aya_obj::generated::{bpf_cmd, bpf_link_info, bpf_prog_info};
+use aya_obj::generated::{bpf_link_info, bpf_prog_info};
 
-use super::unpin::{c_name, kernel_name, obj_get, prog_by_id};
+use super::bpf_sys::{c_name, kernel_name, next_prog_id, obj_get, obj_info, prog_by_id};
 
 /// A loaded program as the kernel lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,38 +87,6 @@ pub fn classify(
     o
 }
 
-/// `BPF_PROG_GET_NEXT_ID` from `start`; `None` at the end.
-fn next_prog_id(start: u32) -> io::Result<Option<u32>> {
-    #[repr(C)]
-    struct NextId {
-        start_id: u32,
-        next_id: u32,
-        open_flags: u32,
-    }
-    let mut attr = NextId {
-        start_id: start,
-        next_id: 0,
-        open_flags: 0,
-    };
-    // SAFETY: a plain attribute struct that outlives the call; the kernel writes next_id.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            bpf_cmd::BPF_PROG_GET_NEXT_ID as libc::c_long,
-            &mut attr as *mut NextId,
-            std::mem::size_of::<NextId>() as libc::c_uint,
-        )
-    };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::ENOENT) => Ok(None),
-            _ => Err(e),
-        };
-    }
-    Ok(Some(attr.next_id))
-}
-
 /// Every program loaded in the kernel (needs CAP_SYS_ADMIN); programs that go away
 /// meanwhile are skipped.
 pub fn loaded() -> io::Result<Vec<Program>> {
@@ -129,7 +97,7 @@ pub fn loaded() -> io::Result<Vec<Program>> {
         let Ok(fd) = prog_by_id(id) else { continue };
         // SAFETY: a plain-data UAPI struct; all zeroes is its empty value.
         let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
-        if super::misses::obj_info(fd.as_fd(), &mut info).is_ok() {
+        if obj_info(fd.as_fd(), &mut info).is_ok() {
             out.push(Program {
                 id,
                 name: c_name(&info.name),
@@ -215,7 +183,7 @@ fn pinned_programs(root: &Path) -> BTreeSet<u32> {
             };
             // SAFETY: a plain-data UAPI struct; all zeroes is its empty value.
             let mut info: bpf_link_info = unsafe { std::mem::zeroed() };
-            if super::misses::obj_info(fd.as_fd(), &mut info).is_ok() {
+            if obj_info(fd.as_fd(), &mut info).is_ok() {
                 ids.insert(info.prog_id);
             }
         }

@@ -17,17 +17,16 @@
 
 use std::{
     fs, io,
-    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
 };
 
-use aya_obj::generated::{bpf_cmd, bpf_link_info, bpf_map_info, bpf_prog_info};
+use aya_obj::generated::{bpf_link_info, bpf_map_info, bpf_prog_info};
+
+use super::bpf_sys::{c_name, kernel_name, obj_get, obj_info, object_kind, prog_by_id};
 use thiserror::Error;
 
 use super::pin::{BPF_FS_MAGIC, MAPS};
-
-/// The kernel keeps object names to `BPF_OBJ_NAME_LEN - 1` bytes.
-pub(crate) const OBJ_NAME_MAX: usize = 15;
 
 #[derive(Debug, Error)]
 pub enum UnpinError {
@@ -135,99 +134,6 @@ fn link_program(name: &str, programs: &[&str]) -> Option<String> {
         .then(|| program.to_string())
 }
 
-/// The kernel's name of an object: `want` cut to what the kernel keeps.
-pub(crate) fn kernel_name(want: &str) -> &str {
-    &want[..want.len().min(OBJ_NAME_MAX)]
-}
-
-pub(crate) fn c_name(raw: &[std::ffi::c_char]) -> String {
-    let bytes: Vec<u8> = raw
-        .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c as u8)
-        .collect();
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
-/// `BPF_OBJ_GET`: opens the object pinned at `path` read-only.
-pub(crate) fn obj_get(path: &Path) -> io::Result<OwnedFd> {
-    use std::os::unix::ffi::OsStrExt;
-    #[repr(C)]
-    struct ObjGet {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-        path_fd: i32,
-        /// Explicit: the kernel refuses an attribute whose bytes past its last field are
-        /// not zero, and padding would be uninitialised.
-        _pad: u32,
-    }
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let attr = ObjGet {
-        pathname: c.as_ptr() as u64,
-        bpf_fd: 0,
-        file_flags: libc::O_RDONLY as u32,
-        path_fd: 0,
-        _pad: 0,
-    };
-    // SAFETY: `attr` points at a NUL-terminated path that outlives the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            bpf_cmd::BPF_OBJ_GET as libc::c_long,
-            &attr as *const ObjGet,
-            std::mem::size_of::<ObjGet>() as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel returned a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// `BPF_PROG_GET_FD_BY_ID`.
-pub(crate) fn prog_by_id(id: u32) -> io::Result<OwnedFd> {
-    #[repr(C)]
-    struct ById {
-        id: u32,
-        next_id: u32,
-        open_flags: u32,
-    }
-    let attr = ById {
-        id,
-        next_id: 0,
-        open_flags: 0,
-    };
-    // SAFETY: a plain attribute struct that outlives the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            bpf_cmd::BPF_PROG_GET_FD_BY_ID as libc::c_long,
-            &attr as *const ById,
-            std::mem::size_of::<ById>() as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: as in obj_get.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// What kind of BPF object `fd` is, as the kernel names its file (`bpf-map`, `bpf-prog`,
-/// `bpf_link`), or `None` for anything else.
-fn object_kind(fd: BorrowedFd<'_>) -> Option<&'static str> {
-    let t = fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
-    match t.as_os_str().as_encoded_bytes() {
-        b"anon_inode:bpf-map" => Some("map"),
-        b"anon_inode:bpf-prog" => Some("program"),
-        b"anon_inode:bpf_link" | b"anon_inode:bpf-link" => Some("link"),
-        _ => None,
-    }
-}
-
 /// Checks that `path` is the BPF map `name`.
 fn check_map(path: &Path, name: &str) -> Result<(), String> {
     let fd = obj_get(path).map_err(|e| format!("is not a BPF object ({e})"))?;
@@ -238,7 +144,7 @@ fn check_map(path: &Path, name: &str) -> Result<(), String> {
     }
     // SAFETY: a plain-data UAPI struct; all zeroes is its empty value.
     let mut info: bpf_map_info = unsafe { std::mem::zeroed() };
-    super::misses::obj_info(fd.as_fd(), &mut info)
+    obj_info(fd.as_fd(), &mut info)
         .map_err(|e| format!("has map info that cannot be read ({e})"))?;
     let found = c_name(&info.name);
     if found != kernel_name(name) {
@@ -259,7 +165,7 @@ fn check_link(path: &Path, program: &str) -> Result<(), String> {
     }
     // SAFETY: as in check_map.
     let mut link: bpf_link_info = unsafe { std::mem::zeroed() };
-    super::misses::obj_info(fd.as_fd(), &mut link)
+    obj_info(fd.as_fd(), &mut link)
         .map_err(|e| format!("has link info that cannot be read ({e})"))?;
     let prog = prog_by_id(link.prog_id).map_err(|e| {
         format!(
@@ -269,7 +175,7 @@ fn check_link(path: &Path, program: &str) -> Result<(), String> {
     })?;
     // SAFETY: as in check_map.
     let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
-    super::misses::obj_info(prog.as_fd(), &mut info)
+    obj_info(prog.as_fd(), &mut info)
         .map_err(|e| format!("links a program whose info cannot be read ({e})"))?;
     let found = c_name(&info.name);
     if found != kernel_name(program) {
@@ -459,12 +365,6 @@ mod tests {
         ] {
             assert_eq!(link_program(bad, &programs), None, "{bad}");
         }
-    }
-
-    #[test]
-    fn kernel_names_are_cut_to_fifteen_bytes() {
-        assert_eq!(kernel_name("EVENTS"), "EVENTS");
-        assert_eq!(kernel_name("pci_tsm_guest_req_entry"), "pci_tsm_guest_r");
     }
 
     /// The defect this module exists for: a plain directory holding another tool's files.
