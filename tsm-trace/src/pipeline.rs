@@ -44,18 +44,6 @@ pub struct TraceSink {
     last_ns: u64,
 }
 
-/// The event time a trace line shows (what it is ordered by), if it has one.
-fn line_time(o: &Output) -> Option<u64> {
-    match o {
-        Output::Operation(op) => Some(op.start_ns),
-        Output::LeakDetected(l) => Some(l.detected_ns),
-        Output::LeakCleared(l) => Some(l.cleared_ns.unwrap_or(l.detected_ns)),
-        Output::VmEvent(v) => Some(v.time_ns),
-        Output::BindingClosed(c) => Some(c.closed_ns),
-        Output::Anomaly(_) | Output::Mismatch(_) => None,
-    }
-}
-
 impl TraceSink {
     pub fn new(
         out: Box<dyn Write + Send>,
@@ -97,7 +85,7 @@ impl TraceSink {
         };
         let Some(line) = line else { return };
         if let Some(held) = self.held.as_mut() {
-            let t = line_time(o).unwrap_or(self.last_ns);
+            let t = o.time_ns().unwrap_or(self.last_ns);
             self.last_ns = t;
             let n = held.len();
             held.push((t, n, line));

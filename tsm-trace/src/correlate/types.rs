@@ -550,6 +550,21 @@ pub enum Output {
     BindingClosed(BindingClosed),
 }
 
+impl Output {
+    /// The CLOCK_MONOTONIC time this output is about (what its trace line starts with, its
+    /// JSON `time`, its place in a replay's time order), if it has one.
+    pub fn time_ns(&self) -> Option<u64> {
+        match self {
+            Output::Operation(op) => Some(op.start_ns),
+            Output::LeakDetected(l) => Some(l.detected_ns),
+            Output::LeakCleared(l) => Some(l.cleared_ns.unwrap_or(l.detected_ns)),
+            Output::VmEvent(v) => Some(v.time_ns),
+            Output::BindingClosed(c) => Some(c.closed_ns),
+            Output::Anomaly(_) | Output::Mismatch(_) => None,
+        }
+    }
+}
+
 fn ser_errno<S: Serializer>(e: &i32, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&errno::name(*e))
 }

@@ -34,23 +34,11 @@ enum Line<'a> {
     BindingClosed(&'a crate::correlate::BindingClosed),
 }
 
-/// The CLOCK_MONOTONIC time an output is about (what its text line starts with), if it has one.
-pub fn output_time_ns(out: &Output) -> Option<u64> {
-    match out {
-        Output::Operation(op) => Some(op.start_ns),
-        Output::LeakDetected(l) => Some(l.detected_ns),
-        Output::LeakCleared(l) => Some(l.cleared_ns.unwrap_or(l.detected_ns)),
-        Output::VmEvent(v) => Some(v.time_ns),
-        Output::BindingClosed(c) => Some(c.closed_ns),
-        Output::Mismatch(_) | Output::Anomaly(_) => None,
-    }
-}
-
 /// [`line`] with `"time"` (RFC 3339 UTC) first when the CLOCK_REALTIME − CLOCK_MONOTONIC
 /// offset is known.
 pub fn line_at(out: &Output, anomalies: bool, realtime_offset_ns: Option<i64>) -> Option<String> {
     let l = line(out, anomalies)?;
-    match (realtime_offset_ns, output_time_ns(out)) {
+    match (realtime_offset_ns, out.time_ns()) {
         // `l` is a JSON object: `{"type":…`.
         (Some(off), Some(t)) if l.starts_with('{') => Some(format!(
             "{{\"time\":\"{}\",{}",
