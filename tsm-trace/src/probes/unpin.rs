@@ -134,14 +134,20 @@ fn link_program(name: &str, programs: &[&str]) -> Option<String> {
         .then(|| program.to_string())
 }
 
-/// Checks that `path` is the BPF map `name`.
-fn check_map(path: &Path, name: &str) -> Result<(), String> {
+/// Opens the object pinned at `path`, which must be a BPF `kind` (tsm-trace pins `ours`
+/// there).
+fn open_pin(path: &Path, kind: &str, ours: &str) -> Result<std::os::fd::OwnedFd, String> {
     let fd = obj_get(path).map_err(|e| format!("is not a BPF object ({e})"))?;
     match object_kind(fd.as_fd()) {
-        Some("map") => {}
-        Some(k) => return Err(format!("is a BPF {k}, where tsm-trace pins the map {name}")),
-        None => return Err("is not a BPF object".into()),
+        Some(k) if k == kind => Ok(fd),
+        Some(k) => Err(format!("is a BPF {k}, where tsm-trace pins {ours}")),
+        None => Err("is not a BPF object".into()),
     }
+}
+
+/// Checks that `path` is the BPF map `name`.
+fn check_map(path: &Path, name: &str) -> Result<(), String> {
+    let fd = open_pin(path, "map", &format!("the map {name}"))?;
     // SAFETY: a plain-data UAPI struct; all zeroes is its empty value.
     let mut info: bpf_map_info = unsafe { std::mem::zeroed() };
     obj_info(fd.as_fd(), &mut info)
@@ -157,12 +163,7 @@ fn check_map(path: &Path, name: &str) -> Result<(), String> {
 
 /// Checks that `path` is a BPF link of the program `program`.
 fn check_link(path: &Path, program: &str) -> Result<(), String> {
-    let fd = obj_get(path).map_err(|e| format!("is not a BPF object ({e})"))?;
-    match object_kind(fd.as_fd()) {
-        Some("link") => {}
-        Some(k) => return Err(format!("is a BPF {k}, where tsm-trace pins links")),
-        None => return Err("is not a BPF object".into()),
-    }
+    let fd = open_pin(path, "link", "links")?;
     // SAFETY: as in check_map.
     let mut link: bpf_link_info = unsafe { std::mem::zeroed() };
     obj_info(fd.as_fd(), &mut link)
