@@ -67,6 +67,22 @@ pub fn read_to_string_capped(path: &Path, cap: u64) -> io::Result<String> {
     })
 }
 
+/// Whether the symbolic link `link` (its own metadata `m`) can only have been placed by root:
+/// it belongs to root and so does its directory, which no one else can write. Such a link is
+/// as trustworthy as a directory root made (systemd's `DynamicUser=` layout links
+/// `/run/NAME` into `/run/private/NAME`); any other link is refused where tsm-trace writes.
+pub fn root_placed_link(link: &Path, m: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let parent = link
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    m.file_type().is_symlink()
+        && m.uid() == 0
+        && std::fs::symlink_metadata(parent)
+            .is_ok_and(|p| p.is_dir() && p.uid() == 0 && p.mode() & 0o022 == 0)
+}
+
 /// Creates `path` for writing, mode 0600, never following a symlink at its last component.
 /// An existing file is an error unless `overwrite`, and then only a regular file is
 /// truncated.
@@ -181,6 +197,30 @@ mod tests {
             }
         }
         assert!(!d.path().join("target").exists());
+    }
+
+    /// A link is followed only where no one but root could have placed it.
+    #[test]
+    fn only_links_root_placed_are_trusted() {
+        use std::os::unix::fs::symlink;
+        let d = tempfile::tempdir().unwrap();
+        let link = d.path().join("tsm-trace");
+        symlink(d.path().join("private"), &link).unwrap();
+        let meta = |p: &Path| std::fs::symlink_metadata(p).unwrap();
+        // SAFETY: no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        assert_eq!(root_placed_link(&link, &meta(&link)), root);
+        // Not a link at all.
+        assert!(!root_placed_link(d.path(), &meta(d.path())));
+        if root {
+            // A directory others can write: anyone could have placed it.
+            std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+            assert!(!root_placed_link(&link, &meta(&link)));
+            std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+            // A link of another user.
+            std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).unwrap();
+            assert!(!root_placed_link(&link, &meta(&link)));
+        }
     }
 
     #[test]

@@ -53,6 +53,9 @@ enum Command {
     /// completions; lintian clean) in target/dist/; --test installs and removes it in a
     /// bookworm root.
     Dist(dist::DistArgs),
+    /// The deployments as shipped, in a VM: the Debian package under systemd as PID 1
+    /// (install, start, restart, purge) and the DaemonSet's exact privileges.
+    ShippedTest,
     /// Fuzz the parsers of untrusted input (cargo-fuzz on the pinned nightly) for a while.
     Fuzz(fuzz::FuzzArgs),
 }
@@ -92,6 +95,11 @@ fn main() -> Result<()> {
         Command::Fuzz(args) => {
             setup::ensure()?;
             fuzz::run(&args)
+        }
+        Command::ShippedTest => {
+            setup::ensure()?;
+            let built = dist::build()?;
+            dist::shipped::test(&built.deb)
         }
         Command::VmTest(args) => {
             setup::ensure()?;

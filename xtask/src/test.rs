@@ -58,18 +58,20 @@ pub fn test_all(no_vm: bool) -> Result<()> {
     })?;
     step("promtool rules", &mut || crate::promtool::check())?;
     step("systemd unit hardening", &mut || {
-        // "OK" in systemd-analyze's terms is an exposure below 5; the unit scores 1.8.
+        // "OK" in systemd-analyze's terms is an exposure below 5; the unit scores 2.3 (it
+        // cannot use ProtectKernelTunables= nor ProtectProc=invisible: see the unit). The
+        // unit as it runs under systemd is checked by the "deployments as shipped" step.
         let unit = "deploy/systemd/tsm-trace.service";
         run(std::process::Command::new("systemd-analyze").args([
             "security",
             "--offline=true",
-            "--threshold=20",
+            "--threshold=25",
             "--no-pager",
             unit,
         ]))
         .with_context(|| {
             format!(
-                "{unit}: exposure above 2.0 (or systemd-analyze missing: apt-get install systemd)"
+                "{unit}: exposure above 2.5 (or systemd-analyze missing: apt-get install systemd)"
             )
         })
     })?;
@@ -99,6 +101,13 @@ pub fn test_all(no_vm: bool) -> Result<()> {
         })?;
     }
     if !no_vm {
+        step(
+            "deployments as shipped (systemd, DaemonSet privileges; VM)",
+            &mut || {
+                let built = crate::dist::build()?;
+                crate::dist::shipped::test(&built.deb)
+            },
+        )?;
         step("Prometheus end to end (VM)", &mut || {
             crate::e2e::run(&crate::e2e::E2eArgs::default())
         })?;

@@ -121,9 +121,17 @@ fn euid() -> u32 {
 fn check_dir(dir: &Path) -> Result<(), KeyError> {
     let m = std::fs::symlink_metadata(dir)
         .map_err(|e| refuse(dir, format!("cannot be examined: {e}"), FIX_DIR))?;
-    if m.file_type().is_symlink() {
-        return Err(refuse(dir, "is a symbolic link", FIX_DIR));
-    }
+    // systemd's DynamicUser= with a preserved RuntimeDirectory= makes /run/tsm-trace a link
+    // into /run/private/; a link that only root could have placed is followed.
+    let m = if m.file_type().is_symlink() {
+        if !crate::files::root_placed_link(dir, &m) {
+            return Err(refuse(dir, "is a symbolic link", FIX_DIR));
+        }
+        std::fs::metadata(dir)
+            .map_err(|e| refuse(dir, format!("cannot be followed: {e}"), FIX_DIR))?
+    } else {
+        m
+    };
     if !m.is_dir() {
         return Err(refuse(dir, "is not a directory", FIX_DIR));
     }

@@ -12,6 +12,7 @@
 pub mod install;
 pub mod manifests;
 pub mod oci;
+pub mod shipped;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

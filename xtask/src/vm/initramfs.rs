@@ -137,7 +137,7 @@ pub fn plain_module(src: &Path, dir: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
-fn find_busybox() -> Result<PathBuf> {
+pub fn find_busybox() -> Result<PathBuf> {
     for p in ["/bin/busybox", "/usr/bin/busybox", "/usr/sbin/busybox"] {
         let p = Path::new(p);
         if p.is_file() {

@@ -89,6 +89,9 @@ pub struct RunOptions {
     /// machine's 00:02.0 (VGA) and 00:03.0 (e1000) as plain PCI devices. false: qemu's
     /// default `pc` machine.
     pub tee_pcie: bool,
+    /// Boot this initramfs (made by the caller; removed after the run unless `keep`)
+    /// instead of the test initramfs; `extra_files` and the script are then not used.
+    pub initrd: Option<PathBuf>,
 }
 
 /// qemu arguments for [`RunOptions::tee_pcie`]. Explicit devices only (`-vga none`, `-nic
@@ -118,6 +121,7 @@ impl Default for RunOptions {
             memory_mb: 1024,
             hostfwd: None,
             tee_pcie: false,
+            initrd: None,
         }
     }
 }
@@ -237,7 +241,10 @@ pub fn spawn_in_vm(
             .join("runs")
             .join(format!("{stamp}-{}-{}", kernel.version, std::process::id()));
     fs::create_dir_all(&run_dir)?;
-    let initrd = run_dir.join("initramfs.cpio");
+    let initrd = opts
+        .initrd
+        .clone()
+        .unwrap_or_else(|| run_dir.join("initramfs.cpio"));
     let mut files = extra_files.to_vec();
     let mut host_port = None;
     if opts.hostfwd.is_some() {
@@ -252,22 +259,9 @@ pub fn spawn_in_vm(
         }
         host_port = Some(free_port()?);
     }
-    initramfs::build(
-        &InitramfsSpec {
-            standin_ko: &kernel.standin_ko,
-            linktsm_ko: kernel
-                .linktsm_ko
-                .is_file()
-                .then_some(kernel.linktsm_ko.as_path()),
-            latemod_ko: kernel
-                .latemod_ko
-                .is_file()
-                .then_some(kernel.latemod_ko.as_path()),
-            script,
-            extra_files: &files,
-        },
-        &initrd,
-    )?;
+    if opts.initrd.is_none() {
+        build_test_initramfs(kernel, script, &files, &initrd)?;
+    }
     let console_log = run_dir.join("console.log");
     let data_log = run_dir.join("data.log");
 
@@ -314,6 +308,31 @@ pub fn spawn_in_vm(
         opts: opts.clone(),
         host_port,
     })
+}
+
+/// The test initramfs of [`spawn_in_vm`]: busybox, `/init`, the fixtures, the script.
+fn build_test_initramfs(
+    kernel: &Kernel,
+    script: &str,
+    files: &[(PathBuf, String)],
+    initrd: &std::path::Path,
+) -> Result<()> {
+    initramfs::build(
+        &InitramfsSpec {
+            standin_ko: &kernel.standin_ko,
+            linktsm_ko: kernel
+                .linktsm_ko
+                .is_file()
+                .then_some(kernel.linktsm_ko.as_path()),
+            latemod_ko: kernel
+                .latemod_ko
+                .is_file()
+                .then_some(kernel.latemod_ko.as_path()),
+            script,
+            extra_files: files,
+        },
+        initrd,
+    )
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.
