@@ -826,6 +826,7 @@ async fn run(args: RunArgs) -> Result<()> {
     // The web config is checked before anything is attached: a wrong file fails fast.
     let web = args.web.config()?;
     verdict::warn_sysfs_root(&args.sysfs_root, args.reconcile_interval);
+    metrics.set_reconcile_interval(args.reconcile_interval);
     let mut facts = verdict::preflight(&args.probes.session_options(), &args.pin_dir)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
