@@ -785,6 +785,26 @@ fn hand_over_files(args: &RunArgs, s: &tsm_trace::session::Session, uid: u32, gi
     }
 }
 
+/// `--user`, started as root again: what the previous run handed to the user is taken back
+/// before the key, the pins and the state are opened (`probes/ownership.rs`).
+fn take_back_files(args: &RunArgs) {
+    use tsm_trace::probes::ownership;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let mut dirs: Vec<&std::path::Path> = Vec::new();
+    if !args.no_persist {
+        dirs.push(&args.pin_dir);
+        dirs.extend(ownership::own_state_dir(&args.state_file));
+    }
+    dirs.extend(ownership::own_state_dir(&args.probes.vm_key));
+    dirs.dedup();
+    for e in ownership::take_back(&dirs) {
+        log::warn!("--user: could not take back what the previous run was given: {e}");
+    }
+}
+
 /// `--user`: becomes that user (before capabilities are reduced).
 fn switch_user(uid: u32, gid: u32, keep_all: bool) -> Result<()> {
     use tsm_trace::probes::capabilities;
@@ -806,6 +826,7 @@ async fn run(args: RunArgs) -> Result<()> {
     // The web config is checked before anything is attached: a wrong file fails fast.
     let web = args.web.config()?;
     verdict::warn_sysfs_root(&args.sysfs_root, args.reconcile_interval);
+    metrics.set_reconcile_interval(args.reconcile_interval);
     let mut facts = verdict::preflight(&args.probes.session_options(), &args.pin_dir)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -815,6 +836,9 @@ async fn run(args: RunArgs) -> Result<()> {
                 args.listen
             )
         })?;
+    if args.user.is_some() {
+        take_back_files(&args);
+    }
     let mut live = start_session(
         &args.probes,
         (!args.no_persist).then(|| args.pin_dir.clone()),

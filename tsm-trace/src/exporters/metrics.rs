@@ -117,6 +117,7 @@ pub struct Metrics {
     leaks_detected: IntCounterVec,
     leaked_info: IntGaugeVec,
     reconcile_runs: IntCounter,
+    reconcile_interval: prometheus::Gauge,
     sysfs_mismatches: IntCounterVec,
     sysfs_devices: IntGaugeVec,
     sysfs_errors: IntCounter,
@@ -277,6 +278,13 @@ impl Metrics {
             "tsm_trace_sysfs_reconcile_runs_total",
             "sysfs reconciliation runs.",
         );
+        let reconcile_interval = prometheus::Gauge::new(
+            "tsm_trace_sysfs_reconcile_interval_seconds",
+            "Seconds between sysfs reconciliation runs (--reconcile-interval); 0: only one, at start.",
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(reconcile_interval.clone()))
+            .expect("unique metric name");
         let sysfs_mismatches = counter_vec(
             &r,
             "tsm_trace_sysfs_mismatches_total",
@@ -419,6 +427,7 @@ impl Metrics {
             leaks_detected,
             leaked_info,
             reconcile_runs,
+            reconcile_interval,
             sysfs_mismatches,
             sysfs_devices,
             sysfs_errors,
@@ -528,6 +537,12 @@ impl Metrics {
             g.set(c.leak_count(reason) as i64);
         }
         self.pending_frames.set(c.pending_frames() as i64);
+    }
+
+    /// `--reconcile-interval` (zero: reconciliation runs once, at start; alerts must not wait
+    /// for more runs).
+    pub fn set_reconcile_interval(&self, every: std::time::Duration) {
+        self.reconcile_interval.set(every.as_secs_f64());
     }
 
     /// Records one reconciliation run (call with every snapshot, before or after

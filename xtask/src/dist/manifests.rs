@@ -101,6 +101,8 @@ struct Container {
 struct ContainerPort {
     name: String,
     container_port: u16,
+    /// Parsed so that one is refused with a reason, not as an unknown key.
+    host_port: Option<u16>,
 }
 
 #[derive(Deserialize)]
@@ -281,9 +283,70 @@ fn subset(a: &Labels, b: &Labels) -> bool {
     a.iter().all(|(k, v)| b.get(k) == Some(v))
 }
 
-/// Checks `files` (name, text) against each other, the crate `version` and the rule files'
-/// groups; returns the number of documents.
-fn check_texts(files: &[(String, String)], version: &str, rule_groups: &[Value]) -> Result<usize> {
+/// The runbook's way to a pod: `kubectl -n NS get pod -l SELECTOR …` and
+/// `kubectl -n NS port-forward $POD LOCAL:REMOTE`, as (namespace, selector, remote port).
+fn runbook_port_forward(runbook: &str) -> Result<(String, Labels, u16)> {
+    let after = |words: &[&str], flag: &str| -> Option<String> {
+        let i = words.iter().position(|w| *w == flag)?;
+        words.get(i + 1).map(|w| w.to_string())
+    };
+    let line = |needle: &str| {
+        runbook
+            .lines()
+            .find(|l| l.trim_start().starts_with("kubectl") && l.contains(needle))
+            .or_else(|| {
+                runbook
+                    .lines()
+                    .find(|l| l.contains("$(kubectl") && l.contains(needle))
+            })
+            .with_context(|| format!("docs/runbook.md: no `kubectl … {needle}` command"))
+    };
+    let get: Vec<&str> = line("get pod")?
+        .split(|c: char| c.is_whitespace() || c == '(' || c == ')')
+        .collect();
+    let fwd: Vec<&str> = line("port-forward")?.split_whitespace().collect();
+    let ns = after(&get, "-n").context("docs/runbook.md: `kubectl get pod` without -n")?;
+    let fwd_ns = after(&fwd, "-n").context("docs/runbook.md: port-forward without -n")?;
+    if fwd_ns != ns {
+        bail!("docs/runbook.md: get pod in {ns:?}, port-forward in {fwd_ns:?}");
+    }
+    let mut sel = Labels::new();
+    for kv in after(&get, "-l")
+        .context("docs/runbook.md: `kubectl get pod` without -l")?
+        .split(',')
+    {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("docs/runbook.md: selector {kv:?}"))?;
+        sel.insert(k.into(), v.into());
+    }
+    let ports = fwd
+        .iter()
+        .find_map(|w| w.split_once(':').filter(|(a, _)| a.parse::<u16>().is_ok()))
+        .context("docs/runbook.md: port-forward without LOCAL:REMOTE")?;
+    let remote = ports
+        .1
+        .parse()
+        .with_context(|| format!("docs/runbook.md: port {:?}", ports.1))?;
+    Ok((ns, sel, remote))
+}
+
+/// The port of `--listen ADDR:PORT` in the container's args (9477 if absent, the default).
+fn listen_port(args: &[String]) -> Option<u16> {
+    match args.iter().position(|a| a == "--listen") {
+        Some(i) => args.get(i + 1)?.rsplit_once(':')?.1.parse().ok(),
+        None => Some(9477),
+    }
+}
+
+/// Checks `files` (name, text) against each other, the crate `version`, the rule files'
+/// groups and the runbook's way to a pod; returns the number of documents.
+fn check_texts(
+    files: &[(String, String)],
+    version: &str,
+    rule_groups: &[Value],
+    runbook: &str,
+) -> Result<usize> {
     let mut d = Docs::default();
     for (name, text) in files {
         parse(name, text, &mut d)?;
@@ -381,6 +444,50 @@ fn check_texts(files: &[(String, String)], version: &str, rule_groups: &[Value])
                 "container {}: args must start with `run`: {:?}",
                 c.name, c.args
             ));
+        }
+    }
+    // Operators reach a pod's /metrics, /bindings and /readyz through the runbook's
+    // `kubectl port-forward`: it must name the namespace, the pod labels and the port the
+    // daemon listens on; a hostPort (the node's port open to all) is refused.
+    match runbook_port_forward(runbook) {
+        Err(e) => errs.push(format!("{e:#}")),
+        Ok((ns, sel, remote)) => {
+            if Some(&ns) != ds.metadata.namespace.as_ref() {
+                errs.push(format!(
+                    "docs/runbook.md: port-forward in namespace {ns:?}, the DaemonSet is in {:?}",
+                    ds.metadata.namespace
+                ));
+            }
+            if sel.is_empty() || !subset(&sel, &pod.metadata.labels) {
+                errs.push(format!(
+                    "docs/runbook.md: selector {sel:?} does not select the DaemonSet's pods"
+                ));
+            }
+            for c in &pod.spec.containers {
+                if !c.ports.iter().any(|p| p.container_port == remote) {
+                    errs.push(format!(
+                        "docs/runbook.md: port-forward to {remote}, not a port of container {}",
+                        c.name
+                    ));
+                }
+            }
+        }
+    }
+    for c in &pod.spec.containers {
+        let listen = listen_port(&c.args);
+        for p in &c.ports {
+            if Some(p.container_port) != listen {
+                errs.push(format!(
+                    "container {}: port {} is not the --listen port {listen:?}",
+                    c.name, p.container_port
+                ));
+            }
+            if let Some(h) = p.host_port {
+                errs.push(format!(
+                    "container {}: hostPort {h} opens the unauthenticated endpoints to everything that reaches the node; the runbook's `kubectl port-forward` is the way in",
+                    c.name
+                ));
+            }
         }
     }
     if !subset(&svc.spec.selector, &pod.metadata.labels) {
@@ -483,7 +590,14 @@ pub fn check() -> Result<()> {
             text,
         ));
     }
-    let n = check_texts(&files, env!("CARGO_PKG_VERSION"), &rule_groups(&root)?)?;
+    let runbook =
+        std::fs::read_to_string(root.join("docs/runbook.md")).context("reading docs/runbook.md")?;
+    let n = check_texts(
+        &files,
+        env!("CARGO_PKG_VERSION"),
+        &rule_groups(&root)?,
+        &runbook,
+    )?;
     println!(
         "manifests: {n} documents in {} valid and consistent",
         dir.display()
@@ -494,6 +608,10 @@ pub fn check() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn runbook() -> String {
+        std::fs::read_to_string(crate::util::root().join("docs/runbook.md")).unwrap()
+    }
 
     fn repo() -> (Vec<(String, String)>, Vec<Value>) {
         let root = crate::util::root();
@@ -511,7 +629,7 @@ mod tests {
     fn the_repository_manifests_pass() {
         let (files, groups) = repo();
         assert_eq!(
-            check_texts(&files, env!("CARGO_PKG_VERSION"), &groups).unwrap(),
+            check_texts(&files, env!("CARGO_PKG_VERSION"), &groups, &runbook()).unwrap(),
             4
         );
     }
@@ -544,17 +662,63 @@ mod tests {
                 "unknown apiVersion/kind",
             ),
             ("drop: [\"ALL\"]", "drop: []", "lacks ALL"),
+            (
+                "containerPort: 9477}",
+                "containerPort: 9477, hostPort: 9477}",
+                "hostPort 9477",
+            ),
+            (
+                "\"0.0.0.0:9477\"",
+                "\"0.0.0.0:9478\"",
+                "not the --listen port",
+            ),
+            (
+                "namespace: monitoring\n  labels: {app.kubernetes.io/name: tsm-trace}\nspec:\n  selector:",
+                "namespace: kube-system\n  labels: {app.kubernetes.io/name: tsm-trace}\nspec:\n  selector:",
+                "port-forward in namespace",
+            ),
         ];
         for (from, to, want) in cases {
             let mut f = files.clone();
             assert!(f[0].1.contains(from), "{from:?} not in the DaemonSet file");
             f[0].1 = f[0].1.replacen(from, to, 1);
-            let e = format!("{:#}", check_texts(&f, version, &groups).unwrap_err());
+            let e = format!(
+                "{:#}",
+                check_texts(&f, version, &groups, &runbook()).unwrap_err()
+            );
             assert!(e.contains(want), "{to:?}: {e}");
         }
         let mut g = groups.clone();
         g.pop();
-        let e = check_texts(&files, version, &g).unwrap_err().to_string();
+        let e = check_texts(&files, version, &g, &runbook())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("PrometheusRule"), "{e}");
+        // The runbook's way to a pod: a wrong port, a wrong label, no command at all.
+        for (from, to, want) in [
+            (
+                "port-forward $POD 9477:9477",
+                "port-forward $POD 9477:8080",
+                "not a port",
+            ),
+            (
+                "-l app.kubernetes.io/name=tsm-trace",
+                "-l app=tsm-trace",
+                "does not select",
+            ),
+            (
+                "kubectl -n monitoring port-forward $POD",
+                "kubectl -n monitoring proxy $POD",
+                "no `kubectl … port-forward`",
+            ),
+        ] {
+            let r = runbook();
+            assert!(r.contains(from), "{from:?} not in the runbook");
+            let e = format!(
+                "{:#}",
+                check_texts(&files, version, &groups, &r.replace(from, to)).unwrap_err()
+            );
+            assert!(e.contains(want), "{to:?}: {e}");
+        }
     }
 }
