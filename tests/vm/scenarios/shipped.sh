@@ -136,7 +136,7 @@ wait $DS
 echo "ds_exit2 rc=$?" >> "$T"
 frame ds_err1 /tmp/ds_err1
 frame ds_err2 /tmp/ds_err2
-section_cmd ds_cleanup sh -c "$TB/x/usr/bin/tsm-trace unpin; rm -rf /run/tsm-trace; ls -A /sys/fs/bpf"
+section_cmd ds_cleanup sh -c "$TB/x/usr/bin/tsm-trace unpin; rm -rf /run/tsm-trace; echo left=\$(ls -A /sys/fs/bpf | tr '\n' ' ')"
 ctl ioctl 1 2 0
 ctl vdev_destroy 1
 frame truth "$T"

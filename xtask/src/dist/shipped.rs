@@ -414,9 +414,32 @@ fn check(out: &VmOutput) -> Result<usize> {
         ) >= 1.0,
         || "sd_metrics3: the unbind is not counted".into(),
     );
-    for n in ["sd_bindings1", "sd_bindings2", "ds_bindings2"] {
-        c.check(text(n).contains(DEVICE), || {
-            format!("{n}: {DEVICE} is not bound:\n{}", text(n))
+    // The binding as the fixture made it: device, the VMM (root's shell, another user than
+    // the daemon's) and its VM, decoded by the daemon as each deployment runs it.
+    for (n, bind) in [
+        ("sd_bindings1", "bind"),
+        ("sd_bindings2", "bind"),
+        ("ds_bindings2", "ds_bind"),
+    ] {
+        let kv = crate::vm::parse_kv(&fact(bind));
+        let want = (
+            Some(DEVICE.to_string()),
+            kv.get("pid").and_then(|p| p.parse::<u64>().ok()),
+            kv.get("stats_id").cloned(),
+        );
+        let v: Value = serde_json::from_str(text(n)).unwrap_or(Value::Null);
+        let got = v["bindings"].as_array().and_then(|b| b.first()).map(|b| {
+            (
+                b["device"].as_str().map(str::to_owned),
+                b["vmm_tgid"].as_u64(),
+                b["vm"]["stats_id"].as_str().map(str::to_owned),
+            )
+        });
+        c.check(want.1.is_some() && got.as_ref() == Some(&want), || {
+            format!(
+                "{n}: want one binding (device, VMM pid, VM stats_id) = {want:?} as the fixture recorded, got {got:?}:\n{}",
+                text(n)
+            )
         });
     }
     for n in ["ds_err1", "ds_err2"] {
@@ -440,8 +463,13 @@ fn check(out: &VmOutput) -> Result<usize> {
             format!("stop + purge left something: {line}")
         });
     }
-    c.check(!text("ds_cleanup").contains("tsm-trace"), || {
-        format!("DaemonSet run: unpin left pins: {}", text("ds_cleanup"))
+    let cleanup = text("ds_cleanup");
+    let left = cleanup
+        .lines()
+        .find(|l| l.starts_with("left="))
+        .unwrap_or("?");
+    c.check(left != "?" && !left.contains("tsm-trace"), || {
+        format!("DaemonSet run: `tsm-trace unpin` left pins ({left}):\n{cleanup}")
     });
     let security = text("sd_security");
     let exposure = security
