@@ -24,11 +24,19 @@ PORT=9477
 T=/tmp/truth
 : > "$T"
 fetch() { $BB wget -q -O "$2" "http://127.0.0.1:$PORT$1" 2>/dev/null; }
-ready() { # ready SECONDS: /readyz answers (ready or degraded)
+# ready SECONDS: /readyz answers (ready or degraded). After one daemon never became ready,
+# the later waits are short: a broken deployment fails in minutes, with every section.
+NEVER_READY=0
+ready() {
 	i=0
+	max=$1
+	[ $NEVER_READY = 1 ] && max=10
 	until $BB wget -q -O /dev/null "http://127.0.0.1:$PORT/readyz" 2>/dev/null; do
 		i=$((i + 1))
-		[ $i -gt $(($1 * 5)) ] && return 1
+		if [ $i -gt $((max * 5)) ]; then
+			NEVER_READY=1
+			return 1
+		fi
 		sleep 0.2
 	done
 }
@@ -63,6 +71,7 @@ echo "bind rc=$? $(cat "$LAST")" >> "$T"
 sleep 2
 section_cmd sd_status1 sh -c "systemctl show -p ActiveState,SubState,NRestarts,MainPID,User,DynamicUser tsm-trace; \
 	pid=\$(systemctl show -p MainPID --value tsm-trace); grep -E '^(Uid|Cap(Prm|Eff|Bnd)):' /proc/\$pid/status"
+[ $NEVER_READY = 1 ] && section_cmd sd_journal_start journalctl -u tsm-trace --no-pager -o cat
 fetch /metrics /tmp/sd_metrics1
 fetch /bindings /tmp/sd_bindings1
 frame sd_metrics1 /tmp/sd_metrics1

@@ -364,7 +364,10 @@ fn check(out: &VmOutput) -> Result<usize> {
     c.check(text("sd_install").contains("exit=0"), || {
         format!("dpkg -i failed:\n{}", text("sd_install"))
     });
-    let journal = text("sd_journal");
+    let journal = match text("sd_journal") {
+        "" => text("sd_journal_start"),
+        j => j,
+    };
     let status1 = text("sd_status1");
     c.check(
         status1.contains("ActiveState=active") && status1.contains("NRestarts=0"),
