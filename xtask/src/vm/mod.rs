@@ -1,7 +1,8 @@
 //! Real Debian kernels in qemu with the fixture modules (`cargo xtask vm-test`).
 //!
 //! - [`suite`]: the kernel matrix; [`prepare`] fetches kernels (private apt, cached in
-//!   `.vm-cache/`) and builds the fixtures for each; [`plan`]: which suites run on which kernel.
+//!   `.vm-cache/`) and builds the fixtures for each; [`plan`]: which suites run on which kernel;
+//!   [`jobs`]: the pool that boots them `--jobs` at a time.
 //! - [`qemu`]: [`run_in_vm_with`] boots a kernel with a `/scenarios/run.sh` and extra files →
 //!   [`VmOutput`] (console log + named sections). Guest crash / timeout → `Err`.
 //! - [`kv`]: [`parse_kv`], the fixtures' `key=value ...` record format.
@@ -15,6 +16,7 @@ pub mod diagnostics;
 pub mod doctor;
 pub mod generations;
 pub mod initramfs;
+pub mod jobs;
 pub mod kernel;
 pub mod kv;
 pub mod leaks;

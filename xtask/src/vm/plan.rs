@@ -173,9 +173,8 @@ pub fn plan<'a>(
     runs
 }
 
-/// One line naming what the kernel has and what runs on it.
-pub fn describe(kernel: &Kernel, pci_tsm: bool, runs: &[Run]) -> String {
-    let names: Vec<&str> = runs.iter().map(|r| r.suite).collect();
+/// One line naming what the kernel has and what runs on it (`names`: the suites, in order).
+pub fn describe(kernel: &Kernel, pci_tsm: bool, names: &[&str]) -> String {
     format!(
         "vm: {}: PCI TSM {} → {}",
         kernel.version,

@@ -6,10 +6,12 @@
 //! text is never interleaved with kernel messages. Both are written to files under
 //! `.vm-cache/runs/<run>/` (`console.log`, `data.log`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
@@ -126,6 +128,16 @@ impl Default for RunOptions {
     }
 }
 
+/// Single-threaded TCG, the accelerator every VM falls back to.
+const TCG: &str = "tcg,thread=single";
+
+/// Set once a KVM guest failed where the probe said KVM works: every later VM of this
+/// process runs under [`TCG`].
+static FORCE_TCG: AtomicBool = AtomicBool::new(false);
+
+/// Distinguishes the run directories of VMs this process starts in the same millisecond.
+static RUN_SEQ: AtomicU64 = AtomicU64::new(0);
+
 /// KVM where it works, TCG otherwise. `/dev/kvm` opening is not enough: on some machines qemu
 /// aborts while setting up the vCPU (`kvm_buf_set_msrs`), so a paused qemu is started once per
 /// process with KVM and must still be alive after a second. TCG runs single-threaded: with
@@ -133,7 +145,7 @@ impl Default for RunOptions {
 fn default_accel() -> &'static str {
     static ACCEL: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
     ACCEL.get_or_init(|| {
-        let tcg = "tcg,thread=single";
+        let tcg = TCG;
         if fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -196,13 +208,14 @@ pub fn run_in_vm_with(
         // back to TCG for this and every later run rather than fail the suite.
         Err(e)
             if std::env::var_os("TSM_VM_ACCEL").is_none()
+                && !FORCE_TCG.load(Ordering::Relaxed)
                 && default_accel() == "kvm"
                 && format!("{e:#}").to_ascii_lowercase().contains("kvm") =>
         {
             println!("vm: the KVM guest failed ({e:#}); retrying under TCG");
-            // SAFETY: set before any other thread reads the environment (the harness is
-            // single-threaded while it waits for a guest).
-            unsafe { std::env::set_var("TSM_VM_ACCEL", "tcg,thread=single") };
+            // Process-wide, not through the environment: other VMs may be starting on other
+            // threads (`vm-test --jobs`).
+            FORCE_TCG.store(true, Ordering::Relaxed);
             spawn_in_vm(kernel, extra_files, script, opts)?.wait()
         }
         r => r,
@@ -236,11 +249,15 @@ pub fn spawn_in_vm(
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis();
-    let run_dir =
-        cache_dir()
-            .join("runs")
-            .join(format!("{stamp}-{}-{}", kernel.version, std::process::id()));
-    fs::create_dir_all(&run_dir)?;
+    // Unique per VM even with several booting at once (`vm-test --jobs`): time, kernel, this
+    // process and its VM count. The time leads so that names sort oldest first (`prune_runs`).
+    let run_dir = cache_dir().join("runs").join(format!(
+        "{stamp}-{}-{}-{}",
+        kernel.version,
+        std::process::id(),
+        RUN_SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     let initrd = opts
         .initrd
         .clone()
@@ -265,7 +282,13 @@ pub fn spawn_in_vm(
     let console_log = run_dir.join("console.log");
     let data_log = run_dir.join("data.log");
 
-    let accel = std::env::var("TSM_VM_ACCEL").unwrap_or_else(|_| default_accel().to_string());
+    let accel = std::env::var("TSM_VM_ACCEL").unwrap_or_else(|_| {
+        if FORCE_TCG.load(Ordering::Relaxed) {
+            TCG.to_string()
+        } else {
+            default_accel().to_string()
+        }
+    });
     let mut cmdline = "console=ttyS0 quiet panic=-1 oops=panic".to_owned();
     if !opts.extra_cmdline.is_empty() {
         cmdline.push(' ');
@@ -335,10 +358,19 @@ fn build_test_initramfs(
     )
 }
 
-/// A port on 127.0.0.1 that was free a moment ago.
+/// A port on 127.0.0.1 that was free a moment ago and that this process has not handed out
+/// before (two VMs started at once must not both be given a port neither has bound yet).
 pub fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(l.local_addr()?.port())
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..100 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+        let port = l.local_addr()?.port();
+        if given.insert(port) {
+            return Ok(port);
+        }
+    }
+    bail!("no free port on 127.0.0.1 that this process had not handed out already")
 }
 
 impl Drop for VmHandle {

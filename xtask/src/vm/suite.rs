@@ -1,15 +1,19 @@
 //! `cargo xtask vm-test`: the kernel matrix. Each kernel is resolved (private apt lists) and
 //! fetched (cached), the fixtures are built for it, and the suites [`plan`] picks for it are
-//! booted in qemu; a table of every kernel's suites and times ends the run.
+//! booted in qemu, `--jobs` at a time ([`jobs`]); a table of every kernel's suites and times
+//! ends the run. See `tests/vm/README.md`.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
 use super::cache::prune_runs;
+use super::jobs::{self, Event, Feed};
 use super::kernel::{self, Kernel, KernelSpec};
-use super::plan::{self, Mode, Scripts};
-use super::qemu::{RunOptions, run_in_vm_with};
+use super::plan::{self, Check, Mode, Scripts};
+use super::qemu::{RunOptions, VmOutput, run_in_vm_with};
 use super::{generations, leaks, module};
 
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -42,6 +46,11 @@ pub struct VmTestArgs {
     /// --smoke, smoke and lifecycle); repeat or comma-separate. Default: all of them.
     #[arg(long, value_delimiter = ',')]
     pub suite: Vec<String>,
+    /// VMs booted at a time (each qemu under single-threaded TCG keeps about one host core
+    /// busy). Default: min(2, available cores). Kernels are still prepared one at a time,
+    /// while earlier kernels' VMs run; each run's output is printed whole when it ends.
+    #[arg(long, env = "TSM_VM_JOBS")]
+    pub jobs: Option<usize>,
 }
 
 /// Fetch (or reuse) each kernel and build the fixture modules for it.
@@ -63,6 +72,62 @@ pub fn prepare_with(specs: &[KernelSpec], refresh: bool) -> Result<Vec<Kernel>> 
     Ok(out)
 }
 
+/// What the producer of [`run`] reports about one kernel of the matrix.
+enum Note {
+    /// Prepared: its plan (suite name and checker of each run, in order) is queued.
+    Prepared {
+        ki: usize,
+        started: Instant,
+        kernel: Arc<Kernel>,
+        pci_tsm: bool,
+        prep: f64,
+        runs: Vec<(&'static str, Check)>,
+    },
+    /// Could not be prepared: nothing of it runs.
+    Failed {
+        ki: usize,
+        started: Instant,
+        error: String,
+    },
+}
+
+/// One VM boot for a worker.
+struct VmJob<'a> {
+    ki: usize,
+    ri: usize,
+    kernel: Arc<Kernel>,
+    /// The initramfs's extra files, or why they could not be built.
+    files: Result<Vec<(PathBuf, String)>>,
+    script: &'a str,
+    opts: RunOptions,
+}
+
+/// A worker's answer: the guest's output (not yet checked) and the boot's wall time.
+struct Ran {
+    ki: usize,
+    ri: usize,
+    out: Result<VmOutput>,
+    secs: f64,
+}
+
+/// How a run ended, once checked.
+enum Outcome {
+    Ok { n: usize, secs: f64 },
+    Failed { error: String, secs: f64 },
+}
+
+/// One kernel's row of the final table, filled in as its notes and results arrive.
+struct Row {
+    spec: KernelSpec,
+    /// When its preparation started (the producer prepares kernels in order).
+    started: Option<Instant>,
+    prepared: Option<(Arc<Kernel>, bool, f64)>,
+    prepare_error: Option<String>,
+    runs: Vec<(&'static str, Check)>,
+    outcomes: Vec<Option<Outcome>>,
+    last_end: Option<Instant>,
+}
+
 pub fn run(args: &VmTestArgs) -> Result<()> {
     let specs = if args.kernels.is_empty() {
         KernelSpec::defaults()
@@ -77,6 +142,7 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
             bail!("unknown suite {s:?}: use {}", plan::SUITES.join(", "));
         }
     }
+    let jobs = jobs::resolve_jobs(args.jobs)?;
     let mode = match (args.smoke, args.lifecycle) {
         (true, _) => Mode::Smoke,
         (false, true) => Mode::LifecycleSmoke,
@@ -89,87 +155,220 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
     } else {
         Vec::new()
     };
+    // Every guest carries the static helpers: built once here, not by two boots at once.
+    for (_, source) in super::tools::HELPERS {
+        super::tools::build(source)?;
+    }
     let opts = RunOptions {
         timeout: Duration::from_secs(args.timeout),
         keep: args.keep,
         ..RunOptions::default()
     };
+    println!(
+        "vm-test: {} kernel(s), up to {jobs} VM(s) at a time (--jobs, TSM_VM_JOBS)",
+        specs.len()
+    );
     let started = Instant::now();
+    let mut rows: Vec<Row> = specs
+        .iter()
+        .map(|spec| Row {
+            spec: spec.clone(),
+            started: None,
+            prepared: None,
+            prepare_error: None,
+            runs: Vec::new(),
+            outcomes: Vec::new(),
+            last_end: None,
+        })
+        .collect();
+
+    // Kernels are prepared one after another (apt lists and glibc copies are shared between
+    // kernels, fixtures are built under each kernel's own folder) while earlier kernels' VMs
+    // run; each run's output is checked and printed here, whole, as it ends.
+    jobs::run_pool(
+        jobs,
+        |feed: &Feed<Note, VmJob, Ran>| {
+            for (ki, spec) in specs.iter().enumerate() {
+                let t0 = Instant::now();
+                let prepared =
+                    prepare_with(std::slice::from_ref(spec), args.refresh).and_then(|mut k| {
+                        let k = k.remove(0);
+                        let (pci_tsm, _) = k.pci_tsm_evidence()?;
+                        Ok((k, pci_tsm))
+                    });
+                let (kernel, pci_tsm) = match prepared {
+                    Ok(k) => k,
+                    Err(e) => {
+                        feed.note(Note::Failed {
+                            ki,
+                            started: t0,
+                            error: format!("{e:#}"),
+                        });
+                        continue;
+                    }
+                };
+                let runs = plan::plan(pci_tsm, mode, &scripts, &opts, &args.suite);
+                // The generations suite also carries the stand-in built as each generation:
+                // built here, with the kernel's other fixtures, never by two threads at once.
+                let files: Vec<Result<Vec<(PathBuf, String)>>> = runs
+                    .iter()
+                    .map(|r| {
+                        if r.suite == "generations" {
+                            generations::files(&kernel).map(|g| [extra.clone(), g].concat())
+                        } else {
+                            Ok(extra.clone())
+                        }
+                    })
+                    .collect();
+                let kernel = Arc::new(kernel);
+                feed.note(Note::Prepared {
+                    ki,
+                    started: t0,
+                    kernel: kernel.clone(),
+                    pci_tsm,
+                    prep: t0.elapsed().as_secs_f64(),
+                    runs: runs.iter().map(|r| (r.suite, r.check)).collect(),
+                });
+                for (ri, (r, files)) in runs.into_iter().zip(files).enumerate() {
+                    feed.job(VmJob {
+                        ki,
+                        ri,
+                        kernel: kernel.clone(),
+                        files,
+                        script: r.script,
+                        opts: r.opts,
+                    });
+                }
+            }
+        },
+        |j: VmJob| {
+            let t1 = Instant::now();
+            let out = j
+                .files
+                .and_then(|files| run_in_vm_with(&j.kernel, &files, j.script, &j.opts));
+            Ran {
+                ki: j.ki,
+                ri: j.ri,
+                out,
+                secs: t1.elapsed().as_secs_f64(),
+            }
+        },
+        |ev| match ev {
+            Event::Note(Note::Failed { ki, started, error }) => {
+                let row = &mut rows[ki];
+                row.started = Some(started);
+                eprintln!("vm: {:?}: FAILED to prepare: {error}", row.spec);
+                row.prepare_error = Some(error);
+            }
+            Event::Note(Note::Prepared {
+                ki,
+                started,
+                kernel,
+                pci_tsm,
+                prep,
+                runs,
+            }) => {
+                let row = &mut rows[ki];
+                row.started = Some(started);
+                let names: Vec<&str> = runs.iter().map(|(suite, _)| *suite).collect();
+                println!("{}", plan::describe(&kernel, pci_tsm, &names));
+                row.outcomes = runs.iter().map(|_| None).collect();
+                row.runs = runs;
+                row.prepared = Some((kernel, pci_tsm, prep));
+            }
+            Event::Done(ran) => {
+                let row = &mut rows[ran.ki];
+                let (label, check) = row.runs[ran.ri];
+                let Some((kernel, _, prep)) = &row.prepared else {
+                    return;
+                };
+                // The scenario's own checks, then: no kernel address in any tsm-trace output.
+                let checked = ran
+                    .out
+                    .and_then(|out| Ok(((check)(&out)? + leaks::check(&out)?, out)));
+                let secs = ran.secs;
+                let outcome = match checked {
+                    Ok((n, out)) => {
+                        for w in &out.warnings {
+                            eprintln!("vm: {} {label}: kernel warning: {w}", out.kernel_version);
+                        }
+                        println!(
+                            "vm: {} {label} ok: {n} checks; prepare {prep:.1}s, vm {secs:.1}s (logs {})",
+                            kernel.version,
+                            out.run_dir.display()
+                        );
+                        Outcome::Ok { n, secs }
+                    }
+                    Err(e) => {
+                        eprintln!("vm: {} {label}: FAILED: {e:#}", kernel.version);
+                        println!(
+                            "vm: {} {label} FAILED; prepare {prep:.1}s, vm {secs:.1}s",
+                            kernel.version
+                        );
+                        Outcome::Failed {
+                            error: format!("{e:#}"),
+                            secs,
+                        }
+                    }
+                };
+                row.outcomes[ran.ri] = Some(outcome);
+                row.last_end = Some(Instant::now());
+            }
+        },
+    );
+    prune_runs(30);
+
+    // The table and the failures in kernel order, each kernel's suites in plan order.
     let mut failures = Vec::new();
     let mut table: Vec<String> = Vec::new();
     let mut passed = 0;
-    for spec in &specs {
-        let t0 = Instant::now();
-        let prepared = prepare_with(std::slice::from_ref(spec), args.refresh).and_then(|mut k| {
-            let k = k.remove(0);
-            let (pci_tsm, _) = k.pci_tsm_evidence()?;
-            Ok((k, pci_tsm))
-        });
-        let (kernel, pci_tsm) = match prepared {
-            Ok(k) => k,
-            Err(e) => {
-                eprintln!("vm: {spec:?}: FAILED to prepare: {e:#}");
-                failures.push(format!("{spec:?}: prepare: {e:#}"));
-                table.push(format!("  {spec:?}: prepare FAILED"));
-                continue;
-            }
+    for row in &rows {
+        if let Some(e) = &row.prepare_error {
+            failures.push(format!("{:?}: prepare: {e}", row.spec));
+            table.push(format!("  {:?}: prepare FAILED", row.spec));
+            continue;
+        }
+        let Some((kernel, pci_tsm, prep)) = &row.prepared else {
+            failures.push(format!("{:?}: never prepared", row.spec));
+            table.push(format!("  {:?}: never prepared", row.spec));
+            continue;
         };
-        let prep = t0.elapsed().as_secs_f64();
-        let runs = plan::plan(pci_tsm, mode, &scripts, &opts, &args.suite);
-        println!("{}", plan::describe(&kernel, pci_tsm, &runs));
-        let mut row = Vec::new();
-        for r in runs {
-            let t1 = Instant::now();
-            // The scenario's own checks, then: no kernel address in any tsm-trace output.
-            // The generations suite also carries the stand-in built as each generation.
-            let files = if r.suite == "generations" {
-                generations::files(&kernel).map(|g| [extra.clone(), g].concat())
-            } else {
-                Ok(extra.clone())
-            };
-            let result = files
-                .and_then(|files| run_in_vm_with(&kernel, &files, r.script, &r.opts))
-                .and_then(|out| {
-                    let n = (r.check)(&out)? + leaks::check(&out)?;
-                    Ok((out, n))
-                });
-            let secs = t1.elapsed().as_secs_f64();
-            let label = r.suite;
-            match result {
-                Ok((out, n)) => {
+        let mut cells = Vec::new();
+        let mut vm_secs = 0.0;
+        for ((label, _), outcome) in row.runs.iter().zip(&row.outcomes) {
+            match outcome {
+                Some(Outcome::Ok { n, secs }) => {
                     passed += 1;
-                    for w in &out.warnings {
-                        eprintln!("vm: {} {label}: kernel warning: {w}", out.kernel_version);
-                    }
-                    println!(
-                        "vm: {} {label} ok: {n} checks; prepare {prep:.1}s, vm {secs:.1}s (logs {})",
-                        kernel.version,
-                        out.run_dir.display()
-                    );
-                    row.push(format!("{label} ok {n} checks {secs:.0}s"));
+                    vm_secs += secs;
+                    cells.push(format!("{label} ok {n} checks {secs:.0}s"));
                 }
-                Err(e) => {
-                    eprintln!("vm: {} {label}: FAILED: {e:#}", kernel.version);
-                    failures.push(format!("{} {label}: {e:#}", kernel.version));
-                    println!(
-                        "vm: {} {label} FAILED; prepare {prep:.1}s, vm {secs:.1}s",
-                        kernel.version
-                    );
-                    row.push(format!("{label} FAILED {secs:.0}s"));
+                Some(Outcome::Failed { error, secs }) => {
+                    vm_secs += secs;
+                    failures.push(format!("{} {label}: {error}", kernel.version));
+                    cells.push(format!("{label} FAILED {secs:.0}s"));
+                }
+                None => {
+                    failures.push(format!("{} {label}: never ran", kernel.version));
+                    cells.push(format!("{label} never ran"));
                 }
             }
         }
+        // total: from the start of the kernel's preparation to the end of its last VM (with
+        // --jobs 1 the sum of its parts; with more, kernels' spans overlap); vm: its boots'
+        // summed wall time.
+        let total = match (row.started, row.last_end) {
+            (Some(s), Some(e)) => e.duration_since(s).as_secs_f64(),
+            _ => *prep,
+        };
         table.push(format!(
-            "  {:<22} pci_tsm={:<3} prepare {prep:>5.0}s  total {:>5.0}s  {}",
+            "  {:<22} pci_tsm={:<3} prepare {prep:>5.0}s  vm {vm_secs:>5.0}s  total {total:>5.0}s  {}",
             kernel.version,
-            if pci_tsm { "yes" } else { "no" },
-            t0.elapsed().as_secs_f64(),
-            row.join(", ")
+            if *pci_tsm { "yes" } else { "no" },
+            cells.join(", ")
         ));
     }
-    prune_runs(30);
     println!(
-        "vm-test: {passed} passed, {} failed, {:.0}s in all:\n{}",
+        "vm-test: {passed} passed, {} failed, {:.0}s in all (--jobs {jobs}):\n{}",
         failures.len(),
         started.elapsed().as_secs_f64(),
         table.join("\n")

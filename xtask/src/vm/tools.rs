@@ -15,6 +15,10 @@ pub const HELPERS: &[(&str, &str)] = &[("/bin/sysfs_write", "tests/vm/tools/sysf
 
 /// Builds `source` (unless the cached build is of the same source) and returns the binary.
 pub fn build(source: &str) -> Result<PathBuf> {
+    // VMs booting at once (`vm-test --jobs`) each put the helpers into their initramfs: one
+    // compiles, the others wait for it rather than write the same binary together.
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILDING.lock().unwrap_or_else(|p| p.into_inner());
     let src = root().join(source);
     let text = fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
     let dir = cache_dir().join("tools");
