@@ -4,7 +4,7 @@
 //! gone) and `dpkg -P` (the root exactly as before, symlinks of the enablement included).
 //!
 //! The root is made once with `debootstrap --variant=minbase` plus systemd (as PID 1 in the
-//! VM test of [`super::shipped`]) and init-system-helpers (whose deb-systemd-helper the
+//! VM test of `dist/shipped.rs`) and init-system-helpers (whose deb-systemd-helper the
 //! maintainer scripts call), without documentation, locales and apt's lists and caches, and
 //! kept as a tarball in `.vm-cache/dist/`; every run unpacks a fresh copy.
 
