@@ -16,7 +16,7 @@
 #
 # Sections (data port): sd_install, sd_status1, sd_metrics1, sd_bindings1, sd_status2,
 # sd_metrics2, sd_bindings2, sd_metrics3, sd_journal, sd_security, sd_purge, ds_env, ds_err1,
-# ds_metrics1, ds_err2, ds_metrics2, ds_bindings2, ds_cleanup; truth: "<what> <facts>" lines.
+# ds_status1, ds_metrics1, ds_err2, ds_status2, ds_metrics2, ds_bindings2, ds_cleanup; truth: "<what> <facts>" lines.
 TB=/opt/tsm-test
 BB=$TB/busybox
 . /scenarios/lib.sh
@@ -123,6 +123,8 @@ ds_start() { # ds_start N: the daemon as the pod runs it, in its own mount names
 	DS=$!
 	ready 120
 	echo "ds_ready$1 rc=$?" >> "$T"
+	grep -E '^(Uid|Gid|CapEff|CapPrm):' /proc/$DS/status > /tmp/ds_status$1 2>&1
+	frame ds_status$1 /tmp/ds_status$1
 }
 export DS_ROFS DS_RO
 ds_start 1

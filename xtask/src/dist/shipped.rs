@@ -318,6 +318,15 @@ pub fn test(deb: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The `--user UID:GID` of the DaemonSet's args as the guest echoed them (`ds_env`).
+fn ds_user(env: &str) -> Option<(Option<String>, Option<String>)> {
+    let args = env.lines().find_map(|l| l.strip_prefix("DS_ARGS="))?;
+    let mut it = args.trim_matches('\'').split_whitespace();
+    it.find(|a| *a == "--user")?;
+    let (u, g) = it.next()?.split_once(':')?;
+    Some((Some(u.to_owned()), Some(g.to_owned())))
+}
+
 /// Sum of the samples of `name` whose labels include every `want` (`k="v"`).
 fn sum(m: &BTreeMap<String, f64>, name: &str, want: &[&str]) -> f64 {
     m.iter()
@@ -454,6 +463,27 @@ fn check(out: &VmOutput) -> Result<usize> {
             || format!("{n}: the DaemonSet's privileges lose the state:\n{err}"),
         );
     }
+    // The pod's daemon became the manifest's --user once attached (unshare and setpriv
+    // exec it in place: the pid the script started is the daemon's).
+    let user = ds_user(text("ds_env"));
+    for n in ["ds_status1", "ds_status2"] {
+        let st = text(n);
+        let id = |key: &str| {
+            st.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .map(str::to_owned)
+        };
+        c.check(
+            user.is_some() && Some((id("Uid:"), id("Gid:"))) == user,
+            || {
+                format!(
+                    "{n}: the DaemonSet's daemon runs as {:?}, its --user is {user:?}:\n{st}",
+                    (id("Uid:"), id("Gid:"))
+                )
+            },
+        );
+    }
     let purge = text("sd_purge");
     for want in ["stop=0", "purge=0", "unit=not-found", "run=0", "private=0"] {
         c.check(purge.lines().any(|l| l == want), || {
@@ -500,6 +530,10 @@ mod tests {
         assert!(ds.caps.contains(&"bpf".to_string()), "{ds:?}");
         assert!(ds.args.first().is_some_and(|a| a == "run"), "{ds:?}");
         assert!(ds.env().unwrap().contains("DS_CAPS='+"));
+        assert_eq!(
+            ds_user(&ds.env().unwrap()),
+            Some((Some("65534".into()), Some("65534".into())))
+        );
         let bad = text.replace("drop: [\"ALL\"]", "drop: [\"NET_RAW\"]");
         assert!(DaemonSetRun::from_manifest(&bad).is_err());
     }
