@@ -100,6 +100,27 @@ const CONNECT_FAILURES: Alert = alert("TsmConnectFailureRateHigh", "warning", &[
 const BIND_LATENCY: Alert = alert("TsmBindLatencyHigh", "warning", &[]);
 const CONNECT_LATENCY: Alert = alert("TsmConnectLatencyHigh", "warning", &[]);
 const JOB: (&str, &str) = ("job", "tsm-trace");
+/// The leaks session-a ends with.
+const VMM_EXITED: Alert = alert(
+    "TsmLeakedBinding",
+    "critical",
+    &[
+        JOB,
+        ("device", "0000:00:02.0"),
+        ("vm", "kvm-317"),
+        ("reason", "vmm_exited"),
+    ],
+);
+const VM_DESTROYED: Alert = alert(
+    "TsmLeakedBinding",
+    "critical",
+    &[
+        JOB,
+        ("device", "0000:00:03.0"),
+        ("vm", "kvm-123"),
+        ("reason", "vm_destroyed"),
+    ],
+);
 
 /// One bind, its unbind, the VM's end (vm-7.3-late-module): nothing to alert on.
 const QUIET: &[Seg] = &[Seg::Hold(1), Seg::Rest, Seg::Hold(50)];
@@ -130,7 +151,7 @@ pub const ALL: &[Scenario] = &[
         ],
     },
     Scenario {
-        name: "bind failures (seven errnos, four layers), one operation a minute",
+        name: "bind failures (seven errnos, four layers), then a VMM exits and a VM is destroyed with devices bound; one operation a minute",
         capture: SESSION_A,
         derive: None,
         timeline: &[Seg::Hold(1), Seg::Rest, Seg::Hold(20)],
@@ -148,9 +169,20 @@ pub const ALL: &[Scenario] = &[
                 at: 15,
                 firing: &[BIND_FAILURES],
             },
+            // Minute 17: VMM 317 exits holding 0000:00:02.0; minute 19: VM kvm-123 is
+            // destroyed holding 0000:00:03.0. Nobody unbinds them. (Three bind failures stay
+            // in the 15m window until minute 21.)
+            Expect {
+                at: 18,
+                firing: &[BIND_FAILURES],
+            },
+            Expect {
+                at: 22,
+                firing: &[VMM_EXITED, VM_DESTROYED],
+            },
             Expect {
                 at: 30,
-                firing: &[],
+                firing: &[VMM_EXITED, VM_DESTROYED],
             },
         ],
     },
@@ -258,11 +290,12 @@ pub const ALL: &[Scenario] = &[
         ],
     },
     Scenario {
-        name: "leaked bindings: the VMM takes 5 minutes to clean up",
+        name: "leaked bindings of every definite reason; the VMM takes 5 minutes to clean up",
         capture: SESSION_A,
         derive: None,
         // Op 7 leaves 0000:00:02.0 bound after the ioctl failed; op 14 tears the vdevice
-        // of 0000:00:03.0 down without an unbind. Each stays for 5 scrapes.
+        // of 0000:00:03.0 down without an unbind. Each stays for 5 scrapes before the VMM
+        // cleans up. Then the leaks session-a ends with (minutes 25 and 27), for good.
         timeline: &[
             Seg::Hold(1),
             Seg::Ops(7),
@@ -311,6 +344,14 @@ pub const ALL: &[Scenario] = &[
             Expect {
                 at: 24,
                 firing: &[],
+            },
+            Expect {
+                at: 27,
+                firing: &[VMM_EXITED],
+            },
+            Expect {
+                at: 33,
+                firing: &[VMM_EXITED, VM_DESTROYED],
             },
         ],
     },
