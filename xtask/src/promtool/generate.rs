@@ -105,17 +105,21 @@ pub fn check_coverage(rules: &Rules, all: &[Scenario]) -> Result<()> {
         .difference(&known)
         .map(|(a, s)| format!("{a} (severity {s})"))
         .collect();
-    if !unknown.is_empty() {
-        bail!(
-            "alert scenarios expect alerts dashboards/alerts.yml does not have: {}",
-            unknown.join(", ")
-        );
-    }
+    let mut problems = Vec::new();
     if !missing.is_empty() {
-        bail!(
+        problems.push(format!(
             "no generated alert test fires {} (add a scenario to xtask/src/promtool/scenarios.rs)",
             missing.join(", ")
-        );
+        ));
+    }
+    if !unknown.is_empty() {
+        problems.push(format!(
+            "alert scenarios expect alerts dashboards/alerts.yml does not have: {}",
+            unknown.join(", ")
+        ));
+    }
+    if !problems.is_empty() {
+        bail!("{}", problems.join("; "));
     }
     Ok(())
 }
