@@ -56,6 +56,9 @@ enum Command {
     /// The deployments as shipped, in a VM: the Debian package under systemd as PID 1
     /// (install, start, restart, purge) and the DaemonSet's exact privileges.
     ShippedTest,
+    /// promtool: check the rules, run the hand-written rule tests and the ones generated from
+    /// captures replayed by tsm-trace (every alert must fire in one).
+    Promtool,
     /// Fuzz the parsers of untrusted input (cargo-fuzz on the pinned nightly) for a while.
     Fuzz(fuzz::FuzzArgs),
 }
@@ -95,6 +98,10 @@ fn main() -> Result<()> {
         Command::Fuzz(args) => {
             setup::ensure()?;
             fuzz::run(&args)
+        }
+        Command::Promtool => {
+            setup::ensure()?;
+            promtool::check()
         }
         Command::ShippedTest => {
             setup::ensure()?;

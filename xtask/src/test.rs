@@ -56,6 +56,8 @@ pub fn test_all(no_vm: bool) -> Result<()> {
     step("unit and host tests", &mut || {
         run(cargo().args(["test", "--workspace", "--no-fail-fast"]))
     })?;
+    // check rules, the hand-written rule tests, and the tests generated from captures replayed
+    // by the debug tsm-trace the tests above built (every alert must fire in one; ~15 s).
     step("promtool rules", &mut || crate::promtool::check())?;
     step("systemd unit hardening", &mut || {
         // "OK" in systemd-analyze's terms is an exposure below 5; the unit scores 2.3 (it

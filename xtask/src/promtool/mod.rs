@@ -1,4 +1,11 @@
-//! promtool checks of the alert and recording rules in `dashboards/`.
+//! promtool checks of the alert and recording rules in `dashboards/`: `promtool check
+//! rules`, the hand-written rule tests, and rule tests generated from real exposition
+//! sequences (`generate.rs`: captures replayed by tsm-trace, scraped once a minute).
+
+mod capture;
+mod generate;
+mod scenarios;
+mod series;
 
 use std::process::Command;
 
@@ -26,5 +33,5 @@ pub fn check() -> Result<()> {
             .args(["test", "rules"])
             .arg(&tests))?;
     }
-    Ok(())
+    generate::run_all()
 }
