@@ -9,9 +9,10 @@ use anyhow::{Context, Result};
 use tokio::time::Instant;
 
 use crate::{
+    aggregates::KernelOperations,
     correlate,
     events::{DecodeError, Event},
-    exporters::metrics::{KernelCounters, KernelOperations, Metrics},
+    exporters::metrics::{KernelCounters, Metrics},
     pipeline::Pipeline,
     probes::{KernelStats, chain},
     session::{Control, LiveSession, Session},

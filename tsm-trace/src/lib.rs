@@ -7,6 +7,7 @@
 //!     ──Event──▶ correlate (operations, layers, bindings, leaks) ◀── sysfs (reconcile)
 //!     ──▶ exporters (Prometheus metrics, trace lines, JSON) ──▶ http (/metrics, /bindings)
 //! ```
+pub mod aggregates;
 pub mod btf;
 pub mod cli;
 pub mod clock;

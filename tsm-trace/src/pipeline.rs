@@ -8,11 +8,12 @@
 use std::io::Write;
 use std::sync::Arc;
 
+use crate::aggregates::KernelOperations;
 use crate::correlate::{self, Correlator, Leak, Output};
 use crate::events::Event;
 use crate::exporters::json;
 use crate::exporters::loss::{LossTracker, Lost};
-use crate::exporters::metrics::{KernelOperations, Metrics};
+use crate::exporters::metrics::Metrics;
 use crate::exporters::trace::{Clock, Counted, Filters, Summary, TraceFormatter};
 use crate::probes::KernelStats;
 use crate::sysfs::Snapshot;

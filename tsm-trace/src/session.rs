@@ -14,9 +14,9 @@ use tokio::io::unix::AsyncFd;
 use tsm_trace_common::{ControlEvent, InflightKey, Offsets, RawEvent, agg::ThreadOp, control};
 
 use crate::{
+    aggregates::KernelOperations,
     btf::{self, BtfSources, Resolution},
     events::{DecodeError, Event, Probe, VmKey, VmNames},
-    exporters::metrics::KernelOperations,
     generation::{self, KernelGeneration},
     probes::{
         self, AttachConfig, AttachReport, Kallsyms, KernelStats, Kind, Links, SymbolMatch,

@@ -9,18 +9,12 @@ use std::sync::Mutex;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Bucket, Histogram, LabelPair, Metric, MetricFamily, MetricType};
 
+use crate::aggregates::Counts;
 use crate::correlate::OpKind;
 use crate::events::Layer;
 
 pub const NAME: &str = "tsm_trace_operation_duration_seconds";
 const HELP: &str = "Duration of each function call (frame) of TSM operations, per layer.";
-
-/// Bucket counts (not cumulative; the last is `+Inf`) and the sum of durations in ns.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Counts {
-    pub buckets: Vec<u64>,
-    pub sum_ns: u64,
-}
 
 /// Histograms by (op, layer, ok).
 pub struct Durations {

@@ -14,10 +14,10 @@ use prometheus::{
     Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-pub use super::histograms::Counts;
 use super::histograms::Durations;
 use super::initial;
 
+use crate::aggregates::{DURATION_BUCKETS, KernelOperations};
 use crate::correlate::{
     AnomalyKind, Correlator, LeakReason, MismatchKind, OpKind, Output, TsmState, VmEventKind,
 };
@@ -29,12 +29,6 @@ use super::misses::MissMetrics;
 
 /// The exposition's content type.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// Histogram buckets for frame durations, seconds: 10 µs … 30 s, 1-2.5-5 steps.
-pub const DURATION_BUCKETS: [f64; 20] = [
-    10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 0.1,
-    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
 
 /// Why events were lost (`tsm_trace_events_lost_total{reason}`).
 pub const LOST_REASONS: [&str; 9] = [
@@ -48,14 +42,6 @@ pub const LOST_REASONS: [&str; 9] = [
     "vmm_table_full",
     "scratch_missing",
 ];
-
-/// The kernel's exact aggregates: operations by (kind, attributed layer, errno; 0: ok) and
-/// frame durations by (kind, layer, ok).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct KernelOperations {
-    pub counts: BTreeMap<(OpKind, Layer, u32), u64>,
-    pub durations: BTreeMap<(OpKind, Layer, bool), Counts>,
-}
 
 /// Reads the kernel's aggregates (from the session's maps).
 pub type AggregateSource = Box<dyn Fn() -> anyhow::Result<KernelOperations> + Send + Sync>;

@@ -494,7 +494,7 @@ pub struct Counted {
 }
 
 impl Counted {
-    pub fn from_kernel(k: &super::metrics::KernelOperations, filtered: bool) -> Self {
+    pub fn from_kernel(k: &crate::aggregates::KernelOperations, filtered: bool) -> Self {
         let mut ops = BTreeMap::new();
         for (&(kind, _layer, errno), &n) in &k.counts {
             *ops.entry((kind, errno == 0)).or_default() += n;

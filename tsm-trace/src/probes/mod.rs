@@ -36,7 +36,7 @@ use tsm_trace_common::{
     stat,
 };
 
-use crate::exporters::metrics::{Counts, DURATION_BUCKETS, KernelOperations};
+use crate::aggregates::{Counts, DURATION_BUCKETS, KernelOperations};
 
 use crate::events::{Layer, Probe};
 
