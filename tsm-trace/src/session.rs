@@ -20,7 +20,7 @@ use crate::{
     generation::{self, KernelGeneration},
     probes::{
         self, AttachConfig, AttachReport, Kallsyms, KernelStats, Kind, Links, SymbolMatch,
-        expiry::{self, ExpiryReason},
+        expiry::{self, Expired},
         misses::{self, ProgramMisses},
     },
 };
@@ -79,18 +79,6 @@ fn host_threads() -> bool {
         );
     }
     host
-}
-
-/// What one [`Session::expire_stale`] removed.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Expired {
-    /// In-flight entries, by probe (`None`: an id this build does not know) and reason.
-    pub inflight: Vec<(Option<Probe>, ExpiryReason)>,
-    /// Operations of exited threads that never returned: left out of the exact counts.
-    pub unfinished_operations: u64,
-    /// In-flight entries the sweep left in place (their thread runs, their timeout has not
-    /// passed): calls still running, or returns that may never come.
-    pub still_in_flight: usize,
 }
 
 /// What a pinning start found and did.

@@ -13,8 +13,8 @@ use std::process::Command;
 
 use tsm_trace::exporters::metrics::Metrics;
 use tsm_trace::probes::TARGETS;
+use tsm_trace::probes::expiry::Expired;
 use tsm_trace::probes::expiry::ExpiryReason;
-use tsm_trace::session::Expired;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

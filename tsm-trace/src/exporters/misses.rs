@@ -20,10 +20,9 @@ use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use crate::events::Probe;
 use crate::probes::{
     Kind,
-    expiry::ExpiryReason,
+    expiry::{Expired, ExpiryReason},
     misses::{KprobeMissed, ProgramMisses, kprobe_reporting},
 };
-use crate::session::Expired;
 
 /// Why an operation is not in the exact counts.
 pub const UNCOUNTED_REASONS: [&str; 2] = ["return_missed", "thread_exited"];

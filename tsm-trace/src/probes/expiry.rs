@@ -20,6 +20,18 @@ use tsm_trace_common::{InflightKey, ProbeId, agg::ThreadOp};
 
 use crate::events::Probe;
 
+/// What one [`crate::session::Session::expire_stale`] removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Expired {
+    /// In-flight entries, by probe (`None`: an id this build does not know) and reason.
+    pub inflight: Vec<(Option<Probe>, ExpiryReason)>,
+    /// Operations of exited threads that never returned: left out of the exact counts.
+    pub unfinished_operations: u64,
+    /// In-flight entries the sweep left in place (their thread runs, their timeout has not
+    /// passed): calls still running, or returns that may never come.
+    pub still_in_flight: usize,
+}
+
 /// Why an entry was removed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ExpiryReason {
