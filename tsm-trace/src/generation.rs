@@ -1,16 +1,14 @@
 //! Which generation of the iommufd TSM series a kernel carries, and whether it has upstream
 //! PCI TSM: from kallsyms (names) and BTF (prototypes, members), matched against the
-//! compatibility table ([`crate::probes::compat::GENERATIONS`]), never from version strings.
+//! compatibility table ([`crate::targets::GENERATIONS`]), never from version strings.
 //! Shown by `check` and exported as `tsm_trace_kernel_info`.
 
 use serde::Serialize;
 
 use crate::{
     btf::PatchFacts,
-    probes::{
-        Kallsyms,
-        compat::{GENERATIONS, Generation, PATCH_FUNCTIONS, PCI_TSM_FUNCTION},
-    },
+    probes::Kallsyms,
+    targets::{GENERATIONS, Generation, PATCH_FUNCTIONS, PCI_TSM_FUNCTION},
 };
 
 /// The verdict, with the evidence it rests on.
@@ -127,9 +125,9 @@ pub fn detect(f: &PatchFacts, syms: &Kallsyms) -> KernelGeneration {
     };
     evidence.push(format!(
         "UAPI {} {}; vIOMMU {} {}; tsm_guest_req {}; guest-request ioctl {}",
-        crate::probes::compat::UAPI_OP_STRUCT,
+        crate::targets::UAPI_OP_STRUCT,
         show(&f.uapi_members),
-        crate::probes::compat::VIOMMU_STRUCT,
+        crate::targets::VIOMMU_STRUCT,
         show(&f.viommu_members),
         f.guest_req_params
             .map_or("not in BTF".to_string(), |n| format!("{n} parameters")),

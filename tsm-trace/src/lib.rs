@@ -26,5 +26,6 @@ pub mod pipeline;
 pub mod probes;
 pub mod session;
 pub mod sysfs;
+pub mod targets;
 #[doc(hidden)]
 pub mod test_support;

@@ -152,7 +152,7 @@ pub(super) fn resolve_fields(
     // The UAPI command struct, preferring the object that defines the ioctl handler.
     let ioctl_obj = objs.find_func(fns.tsm_op_ioctl).map(|r| r.obj);
     let order = objs.order(ioctl_obj.as_slice());
-    let uapi = crate::probes::compat::UAPI_OP_STRUCT;
+    let uapi = crate::targets::UAPI_OP_STRUCT;
     let tsm_op = objs
         .find_structs(uapi, &order)
         .first()

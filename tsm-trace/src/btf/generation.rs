@@ -1,13 +1,13 @@
 //! What BTF shows of the iommufd TSM series and of upstream PCI TSM: the facts
 //! [`crate::generation`] matches against the compatibility table
-//! ([`crate::probes::compat::GENERATIONS`]). Names come from that table only.
+//! ([`crate::targets::GENERATIONS`]). Names come from that table only.
 
 use btf_rs::Type;
 
 use tsm_trace_common::OFFSET_UNKNOWN;
 
 use super::{FieldReport, Functions, Objects, Out};
-use crate::probes::compat::{
+use crate::targets::{
     GENERATIONS, GUEST_REQ_IOCTL, PATCH_FUNCTIONS, PCI_TSM_FUNCTION, TSM_GUEST_REQ, UAPI_OP_STRUCT,
     VIOMMU_STRUCT,
 };
@@ -89,7 +89,7 @@ pub(super) fn op_values(
     order: &[usize],
     member: Option<&str>,
 ) -> Result<(u32, u32, String), String> {
-    use crate::probes::compat::{GENERATIONS, OP_BIND, OP_UNBIND};
+    use crate::targets::{GENERATIONS, OP_BIND, OP_UNBIND};
     let member = member.ok_or("the UAPI command's op member is unresolved")?;
     let rows: Vec<_> = GENERATIONS
         .iter()

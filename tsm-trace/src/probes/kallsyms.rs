@@ -12,6 +12,8 @@ use std::{
     path::Path,
 };
 
+use crate::targets::Candidate;
+
 /// Why a function is not in kallsyms, on a kernel that can load modules.
 pub const MISSING_WHY: &str = "absent, inlined, or its module not loaded";
 /// The same on a kernel that cannot (no CONFIG_MODULES): it will never come.
@@ -31,19 +33,6 @@ struct Def {
 pub struct Kallsyms {
     functions: BTreeMap<String, Vec<Def>>,
     source: String,
-}
-
-/// A function name to look for, optionally only in one module (`Some("ccp")`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Candidate<'a> {
-    pub name: &'a str,
-    pub module: Option<&'a str>,
-}
-
-impl<'a> Candidate<'a> {
-    pub const fn any(name: &'a str) -> Candidate<'a> {
-        Candidate { name, module: None }
-    }
 }
 
 /// Where a kprobe goes: a unique symbol and an offset from it. The offset is non-zero only

@@ -7,7 +7,6 @@
 mod attach;
 mod bpf_sys;
 pub mod capabilities;
-pub mod compat;
 pub mod expiry;
 mod kallsyms;
 pub mod kernel_log;
@@ -27,7 +26,7 @@ use aya::{
     maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{KProbe, ProgramError, RawTracePoint},
 };
-pub use kallsyms::{AttachPoint, Candidate, Kallsyms, SymbolMatch};
+pub use kallsyms::{AttachPoint, Kallsyms, SymbolMatch};
 pub use privileges::{PrivilegeError, check_privileges};
 use serde::Serialize;
 use tsm_trace_common::{
@@ -62,7 +61,7 @@ impl Kind {
     }
 }
 
-pub use compat::{KNOWN_DRIVERS, KnownDriver, TARGETS, Target, target};
+pub use crate::targets::{Candidate, KNOWN_DRIVERS, KnownDriver, TARGETS, Target, target};
 
 /// What the user asked to attach.
 #[derive(Clone, Debug, Default)]
@@ -99,7 +98,7 @@ impl AttachConfig {
             if let Some((_, f)) = self.driver_ops.iter().find(|(p, _)| *p == t.probe) {
                 return vec![Candidate::any(f)];
             }
-            return compat::driver_candidates(t.probe);
+            return crate::targets::driver_candidates(t.probe);
         }
         t.symbols.iter().map(|s| Candidate::any(s)).collect()
     }

@@ -189,7 +189,7 @@ fn check_link(path: &Path, program: &str) -> Result<(), String> {
 
 /// Every program name tsm-trace attaches, from the compatibility table.
 pub fn program_names() -> Vec<&'static str> {
-    super::compat::TARGETS
+    crate::targets::TARGETS
         .iter()
         .flat_map(|t| super::program_names(t).map(|(name, _)| name))
         .collect()

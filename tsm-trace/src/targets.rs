@@ -6,15 +6,27 @@
 //! - PCI TSM (drivers/pci/tsm.c, Linux 6.19+, CONFIG_PCI_TSM=y): `pci_tsm_*` globals, and the
 //!   static functions the sysfs files and teardown run through (`connect_store`, ...). Static
 //!   names exist in other subsystems too: `anchors` are unique globals of the same source file,
-//!   so the copy of drivers/pci/tsm.c is the one attached ([`super::Kallsyms::find_in`]).
+//!   so the copy of drivers/pci/tsm.c is the one attached ([`crate::probes::Kallsyms::find_in`]).
 //! - TSM drivers' link ops: [`KNOWN_DRIVERS`], names from each driver's source, or
 //!   `--driver-*` for any other driver.
 //! - KVM and process lifetime.
 //! - [`GENERATIONS`]: how each posted version of the iommufd TSM series shows in BTF (UAPI
 //!   members, struct members, prototypes), for telling which one a kernel carries.
 
-use super::kallsyms::Candidate;
 use crate::events::Probe;
+
+/// A function name to look for, optionally only in one module (`Some("ccp")`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate<'a> {
+    pub name: &'a str,
+    pub module: Option<&'a str>,
+}
+
+impl<'a> Candidate<'a> {
+    pub const fn any(name: &'a str) -> Candidate<'a> {
+        Candidate { name, module: None }
+    }
+}
 
 /// One row of the compatibility table.
 pub struct Target {
