@@ -20,6 +20,7 @@ pub mod exporters;
 pub mod files;
 pub mod generation;
 pub mod http;
+pub mod logger;
 pub mod memory;
 pub mod notices;
 pub mod pipeline;

@@ -1,6 +1,6 @@
 //! Sentences `run`, `trace` and `check` print about what the probes do beyond this process:
 //! what a stop leaves running, and which commands attach probes of late-loaded modules.
-//! Kept here (not in `main.rs`) so that they are tested against what really happens.
+//! Kept here (not in the binary's `commands/`) so that they are tested against what really happens.
 
 use std::path::Path;
 

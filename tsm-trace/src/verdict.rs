@@ -7,23 +7,6 @@ use std::time::Duration;
 use anyhow::Result;
 use tsm_trace::session::{Session, SessionOptions};
 
-pub const CHECK_LONG_ABOUT: &str = "\
-Resolve BTF, attach every probe, print what attached (and why not), and exit.
-
-Exit status:
-  0  a probe on the bind path (tsm_op_ioctl, tsm_bind or pci_tsm_bind) attached: tsm-trace
-     sees binds on this host
-  1  it runs but would see no bind (no bind-path probe attached; the last line says why, in
-     `tsm-trace doctor`'s words), a probe did not attach under --strict, or another error
-  2  tsm-trace cannot run on this host (what `tsm-trace doctor` reports as FAIL: no kprobes,
-     lockdown=confidentiality, missing capabilities, no BTF, kernel older than 5.8); nothing
-     was loaded, and the one error line names the cause and what to do";
-
-pub const EXIT_STATUS: &str = "\
-Exit status: 0 stopped by SIGINT or SIGTERM (trace: or at the end of --duration); 2 tsm-trace
-cannot run on this host (what `tsm-trace doctor` reports as FAIL; nothing was loaded, and the
-one error line is doctor's); 1 any other error.";
-
 /// Doctor's facts about this host, and its verdict before anything is loaded: where
 /// `doctor` would say "cannot run", `run`, `trace` and `check` stop with its FAIL line
 /// (exit status 2, see `main`).

@@ -406,14 +406,15 @@ fn tsm_trace_modules_import_downwards() {
     let mods = modules(&sources("tsm-trace"));
     assert!(mods.contains_key("probes::attach") && mods.contains_key("files"));
     // Test modules are left out (`#[cfg(test)] mod tests;`, `mod tests { … }`).
-    assert!(!mods.contains_key("btf::tests") && !mods.contains_key("cli_tests"));
+    assert!(!mods.contains_key("btf::tests") && !mods.contains_key("cli::tests"));
     let g = top_level(&edges(&mods));
     // The checker sees real imports, `use crate::{a, b::c}` groups and the binary's
     // `tsm_trace::` paths among them.
     for (from, to) in [
         ("probes", "btf"),
         ("pipeline", "correlate"),
-        ("", "session"),
+        ("commands", "session"),
+        ("", "cli"),
     ] {
         assert!(g[from].contains(to), "{from} → {to}: {:?}", g[from]);
     }

@@ -1,4 +1,4 @@
-//! Tests of the command line itself (`main.rs`'s clap definitions).
+//! Tests of the command line itself (the clap definitions in `cli`).
 
 use clap::{CommandFactory, Parser};
 

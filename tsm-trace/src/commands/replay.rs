@@ -1,0 +1,56 @@
+//! `tsm-trace replay`: a capture through the correlator, the same report.
+
+use std::{fs::File, io::BufReader};
+
+use anyhow::{Context, Result, bail};
+use tsm_trace::{
+    cli::{ReplayArgs, TimeFormat},
+    events::record,
+    exporters::trace::Clock,
+    pipeline::{self, ReplayOptions},
+};
+
+use super::LOG;
+
+pub fn replay(args: ReplayArgs) -> Result<()> {
+    let path = args.file.display().to_string();
+    let f = File::open(&args.file).with_context(|| format!("opening {path}"))?;
+    let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if size > tsm_trace::files::cap::RECORD {
+        bail!(tsm_trace::files::too_large(
+            &args.file,
+            tsm_trace::files::cap::RECORD
+        ));
+    }
+    let capture = record::read_capture(BufReader::new(f), &path)?;
+    if let Some(t) = &capture.torn {
+        log::warn!(target: LOG, "{}", t.warning(&path));
+    }
+    // `replay` writes everything once: trace lines and summary, or the exposition alone.
+    let offset = capture.header.realtime_offset_ns;
+    let clock = match (args.filter.time, offset) {
+        (None | Some(TimeFormat::Wall), Some(off)) => Some(Clock::wall(off)),
+        (Some(TimeFormat::Wall), None) => {
+            log::warn!(target: LOG,
+                "{path} does not record the wall clock (written by an older tsm-trace): times are seconds since its first event"
+            );
+            None
+        }
+        (Some(TimeFormat::Boot), _) => Some(Clock::Boot),
+        (None | Some(TimeFormat::Relative), _) => None,
+    };
+    pipeline::replay(
+        capture.events,
+        &ReplayOptions {
+            config: args.correlate.config(),
+            format: args.filter.format(),
+            filters: args.filter.filters(),
+            clock,
+            realtime_offset_ns: offset,
+            summary: !args.no_summary,
+            metrics: args.metrics,
+        },
+        Box::new(std::io::stdout()),
+    )?;
+    Ok(())
+}

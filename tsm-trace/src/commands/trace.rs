@@ -1,0 +1,138 @@
+//! `tsm-trace trace`: each operation as it completes, and a summary.
+
+use std::{
+    io::{BufWriter, Write},
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{Context, Result};
+use tsm_trace::{
+    cli::{TimeFormat, TraceArgs},
+    event_loop::{self, Batch, LoopOptions, publish_session},
+    events::record,
+    exporters::{metrics::Metrics, trace::Clock},
+    pipeline::{Pipeline, TraceSink},
+};
+
+use super::{LOG, start_session};
+use crate::verdict;
+
+pub async fn trace(args: TraceArgs) -> Result<()> {
+    let mut facts = verdict::preflight(
+        &args.probes.session_options(),
+        std::path::Path::new(tsm_trace::probes::pin::DEFAULT_ROOT),
+    )?;
+    // The capture file next: a wrong path is reported before anything is attached.
+    let mut recorder = match &args.record {
+        Some(path) => {
+            let f = tsm_trace::files::create_private(path, args.force)
+                .with_context(|| format!("--record {}", path.display()))?;
+            Some(record::Writer::new(BufWriter::new(f), &kernel_release())?)
+        }
+        None => None,
+    };
+    let mut live = start_session(&args.probes, None)?;
+    if let Some(why) = verdict::bind_path_gap(&mut facts, live.session()) {
+        let later = if live.missing() > 0 {
+            " (until a module brings one)"
+        } else {
+            ""
+        };
+        log::warn!(target: LOG, "{why}; nothing to trace{later}");
+    }
+    let metrics = Arc::new(Metrics::new());
+    publish_session(&metrics, live.session());
+    let cfg = args.correlate.config();
+    let offset = tsm_trace::clock::realtime_offset_ns();
+    let clock = match args.filter.time {
+        None | Some(TimeFormat::Wall) => Clock::wall(offset),
+        Some(TimeFormat::Boot) => Clock::Boot,
+        Some(TimeFormat::Relative) => Clock::Relative {
+            base_ns: tsm_trace::clock::monotonic_ns(),
+        },
+    };
+    let mut sink = TraceSink::new(
+        Box::new(std::io::stdout()),
+        args.filter.format(),
+        args.filter.filters(),
+        clock,
+    );
+    sink.realtime_offset_ns = Some(offset);
+    let pipeline = Mutex::new(Pipeline::new(cfg.clone(), metrics.clone(), Some(sink)));
+    eprintln!(
+        "tsm-trace: tracing with {} programs attached{}; Ctrl-C stops",
+        live.session().attached_count(),
+        args.duration
+            .map(|d| format!(
+                " for {}",
+                tsm_trace::exporters::trace::fmt_duration(d.as_nanos() as u64)
+            ))
+            .unwrap_or_default()
+    );
+    let mut record = |batch: &Batch| -> Result<()> {
+        if let Some(w) = recorder.as_mut() {
+            for ev in batch.iter().flatten() {
+                w.write(ev).context("writing the record file")?;
+            }
+            w.flush().context("writing the record file")?;
+        }
+        Ok(())
+    };
+    let opts = LoopOptions {
+        reconcile: None,
+        end: args.duration.map(|d| tokio::time::Instant::now() + d),
+        // An interactive trace keeps its privileges and attaches whenever a module loads.
+        late_attach: None,
+        state: None,
+        inflight_timeout: args.probes.inflight_timeout,
+        readiness: None,
+    };
+    event_loop::run(
+        &mut live,
+        &pipeline,
+        &metrics,
+        &cfg,
+        &opts,
+        Some(&mut record),
+    )
+    .await?;
+    // Take what is already in the ring buffer, then close open frames.
+    event_loop::drain(&mut live, &pipeline, &metrics, Some(&mut record))?;
+    let mut p = pipeline.into_inner().expect("pipeline lock");
+    p.finish(event_loop::monotonic_ns());
+    if let Some(s) = p.sink_mut() {
+        s.flush();
+    }
+    event_loop::housekeeping(&mut live, &metrics, args.probes.inflight_timeout);
+    let k = live.kernel_stats().unwrap_or_default();
+    if !args.no_summary {
+        let mut err = std::io::stderr().lock();
+        let counted = event_loop::kernel_operations(&mut live);
+        writeln!(err, "{}", p.render_summary_counted(counted.as_ref()))?;
+        writeln!(
+            err,
+            "lost events: {} (ring buffer full), {} (in-flight table full), {} returns without entry, {} returns never seen; {} kernel read faults",
+            k.ringbuf_drops, k.inflight_full, k.orphan_returns, k.returns_missed, k.read_faults
+        )?;
+        use tsm_trace::probes::misses;
+        let programs = live.session().kernel_misses().unwrap_or_default();
+        let (kprobe, recursion) = misses::totals(&programs);
+        writeln!(
+            err,
+            "kernel misses: {} (kprobe{}), {} (BPF recursion)",
+            kprobe,
+            misses::kprobe_remark(
+                misses::kprobe_reporting(&programs),
+                tsm_trace::doctor::kernel_version(&facts)
+            ),
+            recursion
+        )?;
+    }
+    Ok(())
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
