@@ -6,7 +6,7 @@
 //! - PCI TSM (drivers/pci/tsm.c, Linux 6.19+, CONFIG_PCI_TSM=y): `pci_tsm_*` globals, and the
 //!   static functions the sysfs files and teardown run through (`connect_store`, ...). Static
 //!   names exist in other subsystems too: `anchors` are unique globals of the same source file,
-//!   so the copy of drivers/pci/tsm.c is the one attached ([`crate::probes::Kallsyms::find_in`]).
+//!   so the copy of drivers/pci/tsm.c is the one attached (`Kallsyms::find_in` in probes).
 //! - TSM drivers' link ops: [`KNOWN_DRIVERS`], names from each driver's source, or
 //!   `--driver-*` for any other driver.
 //! - KVM and process lifetime.

@@ -1,5 +1,5 @@
 //! What BTF shows of the iommufd TSM series and of upstream PCI TSM: the facts
-//! [`crate::generation`] matches against the compatibility table
+//! the `generation` module matches against the compatibility table
 //! ([`crate::targets::GENERATIONS`]). Names come from that table only.
 
 use btf_rs::Type;

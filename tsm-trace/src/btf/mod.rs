@@ -185,7 +185,7 @@ pub struct Resolution {
     pub prototypes: Vec<PrototypeCheck>,
     /// vmlinux first, then modules in name order.
     pub objects: Vec<ObjectReport>,
-    /// What BTF shows of the patch series and of PCI TSM (see [`crate::generation`]).
+    /// What BTF shows of the patch series and of PCI TSM (see the `generation` module).
     pub patch: PatchFacts,
 }
 

@@ -54,6 +54,7 @@ mod bindings;
 mod build;
 mod devices;
 #[cfg(test)]
+#[path = "tests/lifecycle.rs"]
 mod lifecycle_tests;
 mod nesting;
 mod reconcile;

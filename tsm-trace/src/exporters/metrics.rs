@@ -548,7 +548,7 @@ impl Metrics {
         self.sysfs_errors.inc_by(s.error_count() as u64);
     }
 
-    /// One decoded event (the [`crate::pipeline::Pipeline`] calls this for every event).
+    /// One decoded event (the pipeline calls this for every event).
     pub fn event_processed(&self, probe: Probe) {
         self.handles.processed[probe_index(probe)]
             .get_or_init(|| self.events_processed.with_label_values(&[probe.as_str()]))

@@ -20,7 +20,7 @@ use tsm_trace_common::{InflightKey, ProbeId, agg::ThreadOp};
 
 use crate::events::Probe;
 
-/// What one [`crate::session::Session::expire_stale`] removed.
+/// What one expiry sweep (`Session::expire_stale`) removed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Expired {
     /// In-flight entries, by probe (`None`: an id this build does not know) and reason.

@@ -31,6 +31,7 @@ use super::install::bookworm_root;
 use crate::util::{root, run};
 use crate::vm::cache::cache_dir;
 use crate::vm::initramfs::find_busybox;
+use crate::vm::restart::sum;
 use crate::vm::scenarios::{Checks, parse_exposition};
 use crate::vm::{KernelSpec, RunOptions, VmOutput, prepare, run_in_vm_with};
 
@@ -325,17 +326,6 @@ fn ds_user(env: &str) -> Option<(Option<String>, Option<String>)> {
     it.find(|a| *a == "--user")?;
     let (u, g) = it.next()?.split_once(':')?;
     Some((Some(u.to_owned()), Some(g.to_owned())))
-}
-
-/// Sum of the samples of `name` whose labels include every `want` (`k="v"`).
-fn sum(m: &BTreeMap<String, f64>, name: &str, want: &[&str]) -> f64 {
-    m.iter()
-        .filter(|(k, _)| {
-            (k.as_str() == name || k.starts_with(&format!("{name}{{")))
-                && want.iter().all(|w| k.contains(w))
-        })
-        .map(|(_, v)| v)
-        .sum()
 }
 
 fn check(out: &VmOutput) -> Result<usize> {

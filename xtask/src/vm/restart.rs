@@ -38,7 +38,8 @@ const CASES: [(&str, Option<&str>); 5] = [
     ("vmmexit", Some("vmm_exited")),
 ];
 
-fn sum(m: &BTreeMap<String, f64>, name: &str, want: &[&str]) -> f64 {
+/// Sum of the samples of `name` whose labels include every `want` (`k="v"`).
+pub fn sum(m: &BTreeMap<String, f64>, name: &str, want: &[&str]) -> f64 {
     m.iter()
         .filter(|(k, _)| {
             (k.as_str() == name || k.starts_with(&format!("{name}{{")))
