@@ -133,31 +133,27 @@ pub fn plan(capture: &Capture, timeline: &[Seg]) -> Result<Plan> {
     let cuts = capture.cuts();
     let (mut cut, mut start) = (0, 0);
     let mut out = Vec::new();
+    // The record after operation `cut`.
+    let end_of = |cut: usize| -> Result<usize> {
+        cuts.get(cut).copied().with_context(|| {
+            format!(
+                "{}: the timeline asks for operation {cut}; it has {}",
+                capture.name,
+                cuts.len() - 1
+            )
+        })
+    };
     for seg in timeline {
         match *seg {
             Seg::Ops(n) => {
                 for _ in 0..n {
                     cut += 1;
-                    let Some(&end) = cuts.get(cut) else {
-                        bail!(
-                            "{}: the timeline asks for operation {cut}; it has {}",
-                            capture.name,
-                            cuts.len() - 1
-                        );
-                    };
-                    out.push(Some((start, end)));
+                    out.push(Some((start, end_of(cut)?)));
                 }
             }
             Seg::Batch(n) => {
                 cut += n;
-                let Some(&end) = cuts.get(cut) else {
-                    bail!(
-                        "{}: the timeline asks for operation {cut}; it has {}",
-                        capture.name,
-                        cuts.len() - 1
-                    );
-                };
-                out.push(Some((start, end)));
+                out.push(Some((start, end_of(cut)?)));
             }
             Seg::Rest => {
                 while cut + 1 < cuts.len() {
