@@ -1,4 +1,4 @@
-//! Building the tsm-trace binaries (host, static musl for the test VMs, examples).
+//! Building the tsm-trace binaries (host, static musl for the test VMs, the benchmark programs).
 
 use std::path::PathBuf;
 
@@ -13,24 +13,28 @@ pub fn build_static() -> Result<PathBuf> {
 
 pub const MUSL: &str = "x86_64-unknown-linux-musl";
 
-/// Release-builds the tsm-trace binary, or one of its examples, for `target` (host if `None`)
-/// and returns the path of the result.
-pub fn build_release(example: Option<&str>, target: Option<&str>) -> Result<PathBuf> {
+/// Release-builds the tsm-trace binary, or one of the benchmark programs of
+/// `tsm-trace-bench` (`bench_host`, `bench_vm`), for `target` (host if `None`), and returns
+/// the path of the result. Both share the release build of the tsm-trace library: the bench
+/// crate adds no feature to any dependency.
+pub fn build_release(bench: Option<&str>, target: Option<&str>) -> Result<PathBuf> {
     let mut cmd = cargo();
-    cmd.args(["build", "--release", "--package", "tsm-trace"]);
+    cmd.args(["build", "--release"]);
     let mut path = root().join("target");
     if let Some(t) = target {
         cmd.args(["--target", t]);
         path.push(t);
     }
     path.push("release");
-    match example {
-        Some(e) => {
-            cmd.args(["--example", e]);
-            path.push("examples");
-            path.push(e);
+    match bench {
+        Some(b) => {
+            cmd.args(["--package", "tsm-trace-bench", "--bin", b]);
+            path.push(b);
         }
-        None => path.push("tsm-trace"),
+        None => {
+            cmd.args(["--package", "tsm-trace", "--bin", "tsm-trace"]);
+            path.push("tsm-trace");
+        }
     }
     run(&mut cmd)?;
     Ok(path)

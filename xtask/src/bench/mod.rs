@@ -1,9 +1,9 @@
 //! `cargo xtask bench`: benchmarks with floors, written to BENCHMARKS.md.
 //!
-//! Host side (release build, `tsm-trace/examples/bench_host.rs`): correlator throughput on one
+//! Host side (release build, `tsm-trace-bench/src/bin/bench_host.rs`): correlator throughput on one
 //! core, and `/metrics` render time + RSS with 4,096 devices bound across 256 VMs.
 //! VM side (`tests/vm/scenarios/bench.sh` with the static `tsm-trace` and
-//! `tsm-trace/examples/bench_vm.rs`): in-kernel cost per program vs an empty kprobe/kretprobe on
+//! `tsm-trace-bench/src/bin/bench_vm.rs`): in-kernel cost per program vs an empty kprobe/kretprobe on
 //! the same function in the same run, hot-path silence, daemon idle CPU, kretprobe → /metrics
 //! latency, and bind-latency accuracy against the stand-in module's own measurement.
 //!
@@ -48,7 +48,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         "cargo xtask bench"
     };
     let t = std::time::Instant::now();
-    let mut rows = host::run(&sizes)?;
+    let mut rows = host::run(&sizes, args.smoke)?;
     for r in &mut rows {
         r.command = format!("{cmd} (host part: {})", r.command);
     }
@@ -146,7 +146,7 @@ fn render(rows: &[Row], host: &str, guest: &str, smoke: bool) -> String {
     let _ = writeln!(s, "- VM: {guest}");
     let _ = writeln!(
         s,
-        "- cost per probed call (figure 1): rounds of `storm <vdev> <pairs>` (bind+unbind pairs in one write, timed by the stand-in: `duration_ns`), each tool block interleaving baseline rounds (all kprobes disarmed through /sys/kernel/debug/kprobes/enabled) with armed rounds, each armed round followed by a wait until the tool's process used no CPU for 20 ms (`bench_vm settle`: work it deferred never lands in the next round, a baseline included), the CPU time that process used over the rounds reported beside (schedstat); added = median armed − median baseline; under `-accel tcg,thread=single` both vCPUs share one host thread, so a tool's process running during a round (the daemon decoding and correlating) is on that round's clock, and block (d′) separates that share: the same daemon stopped (SIGSTOP) through each armed round and let go after it, with a ring buffer that holds a round's records (a loss fails it); probed calls per pair counted from the ftrace events' hits (kprobe_profile); every tool probes the same functions (tests/vm/scenarios/bench_cost.sh) and must fire in armed rounds and not in disarmed ones. Fields: ftrace fetches them with the tracefs BTF argument syntax (`dev->kobj.name:string`, `kvm->userspace_pid`, `$retval`), bpftrace casts the arguments to the kernel's BTF types itself; the ioctl's `struct iommufd_ucmd` and the UAPI struct behind its `void *cmd` exist only in the module's split BTF, which bpftrace's casts cannot name, so both tools read those at the offsets `tsm-trace check` reports from that BTF (the same loads either way). Program statistics come from the bpf syscall (`tsm-trace/examples/bench_vm.rs`, `kernel.bpf_stats_enabled=1`); bpftool is not in the VM.\n"
+        "- cost per probed call (figure 1): rounds of `storm <vdev> <pairs>` (bind+unbind pairs in one write, timed by the stand-in: `duration_ns`), each tool block interleaving baseline rounds (all kprobes disarmed through /sys/kernel/debug/kprobes/enabled) with armed rounds, each armed round followed by a wait until the tool's process used no CPU for 20 ms (`bench_vm settle`: work it deferred never lands in the next round, a baseline included), the CPU time that process used over the rounds reported beside (schedstat); added = median armed − median baseline; under `-accel tcg,thread=single` both vCPUs share one host thread, so a tool's process running during a round (the daemon decoding and correlating) is on that round's clock, and block (d′) separates that share: the same daemon stopped (SIGSTOP) through each armed round and let go after it, with a ring buffer that holds a round's records (a loss fails it); probed calls per pair counted from the ftrace events' hits (kprobe_profile); every tool probes the same functions (tests/vm/scenarios/bench_cost.sh) and must fire in armed rounds and not in disarmed ones. Fields: ftrace fetches them with the tracefs BTF argument syntax (`dev->kobj.name:string`, `kvm->userspace_pid`, `$retval`), bpftrace casts the arguments to the kernel's BTF types itself; the ioctl's `struct iommufd_ucmd` and the UAPI struct behind its `void *cmd` exist only in the module's split BTF, which bpftrace's casts cannot name, so both tools read those at the offsets `tsm-trace check` reports from that BTF (the same loads either way). Program statistics come from the bpf syscall (`tsm-trace-bench/src/bin/bench_vm.rs`, `kernel.bpf_stats_enabled=1`); bpftool is not in the VM.\n"
     );
     let _ = writeln!(
         s,
