@@ -69,7 +69,7 @@ const MAY_BE_EMPTY: &[(&str, &str)] = &[
     (
         "sum by (op, result) (instance_op_result:tsm_trace_operations:rate5m{op=~\"connect|disconnect|guest_request\", instance=~\"$instance\"})",
         "the e2e VM (pc machine, stand-in module) registers no link TSM, so nothing connects; \
-         the lifecycle VM suite (xtask/src/vm/lifecycle.rs) checks these operations' metrics",
+         the lifecycle VM suite (xtask/src/vm/suites/lifecycle/) checks these operations' metrics",
     ),
     (
         "histogram_quantile(0.99, sum by (layer, le) (instance_op_layer:tsm_trace_operation_duration_seconds_bucket:rate5m{op=\"connect\", instance=~\"$instance\"}))",
@@ -185,7 +185,7 @@ pub fn run(args: &E2eArgs) -> Result<()> {
         }
     }
     check_steps(&out, &mut report);
-    match vm::leaks::check(&out) {
+    match vm::suites::leaks::check(&out) {
         Ok(n) => report.check(n > 0, || "no tsm-trace output was captured".into()),
         Err(e) => report.fail(format!("{e:#}")),
     }

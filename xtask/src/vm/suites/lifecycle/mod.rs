@@ -18,9 +18,9 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use super::kv::{parse_kv, pe_name};
-use super::qemu::VmOutput;
-use super::scenarios::{Checks, parse_exposition};
+use crate::vm::checks::{Checks, parse_exposition};
+use crate::vm::kv::{parse_kv, pe_name};
+use crate::vm::qemu::VmOutput;
 
 pub const SCRIPT: &str = "tests/vm/scenarios/lifecycle.sh";
 
@@ -68,7 +68,7 @@ const TRACE_PROBES: &[&str] = &[
     "vmm_exit",
 ];
 
-/// The latency tolerance of scenarios.rs's driver_bind check: 1% + 2 ms (TCG probe overhead).
+/// The latency tolerance of the probe suite's driver_bind check: 1% + 2 ms (TCG probe overhead).
 fn tolerance(ns: f64) -> f64 {
     ns * 0.01 + 2_000_000.0
 }
@@ -1718,7 +1718,7 @@ mod tests {
     fn replay() {
         let path = std::env::var("TSM_LC_DATA").expect("TSM_LC_DATA");
         let data = std::fs::read_to_string(&path).expect("data.log");
-        let (sections, run_rc, _) = super::super::qemu::parse_data(&data);
+        let (sections, run_rc, _) = crate::vm::qemu::parse_data(&data);
         let out = VmOutput {
             kernel_version: String::new(),
             console: String::new(),
@@ -1750,7 +1750,7 @@ mod recheck {
         let dir =
             std::path::PathBuf::from(std::env::var("TSM_VM_RECHECK").expect("TSM_VM_RECHECK"));
         let data = std::fs::read_to_string(dir.join("data.log")).unwrap();
-        let (sections, run_rc, _) = super::super::qemu::parse_data(&data);
+        let (sections, run_rc, _) = crate::vm::qemu::parse_data(&data);
         let out = super::VmOutput {
             kernel_version: String::new(),
             console: String::new(),
