@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::vm::{self, KernelSpec, RunOptions, scenarios::parse_exposition};
+use crate::vm::{self, KernelSpec, RunOptions, checks::parse_exposition};
 
 pub const SCRIPT: &str = "tests/vm/scenarios/demo.sh";
 
@@ -51,7 +51,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         },
     )?;
     // What the demo shows must not show a kernel address either.
-    vm::leaks::check(&out)?;
+    vm::suites::leaks::check(&out)?;
 
     heading("tsm-trace run: startup (which probes attached, which BTF fields resolved)");
     for l in out.section("daemon_err")?.text.lines() {

@@ -1,6 +1,6 @@
 #!/bin/sh
 # /scenarios/run.sh for the doctor suite (`cargo xtask vm-test --suite doctor`, checked by
-# xtask/src/vm/doctor.rs): `tsm-trace doctor` on a real kernel, as root (the stand-in loaded:
+# xtask/src/vm/suites/doctor.rs): `tsm-trace doctor` on a real kernel, as root (the stand-in loaded:
 # ok), as nobody (cannot run: no capabilities, yet it says which probes' functions are
 # here), without bpffs (degraded), and, last because it cannot be undone, under
 # lockdown=confidentiality (cannot run). Each in --json and in text.

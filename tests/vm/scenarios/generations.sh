@@ -1,6 +1,6 @@
 #!/bin/sh
 # /scenarios/run.sh for the generations suite (`cargo xtask vm-test --suite generations`,
-# checked by xtask/src/vm/generations.rs). One boot walks every generation of the iommufd
+# checked by xtask/src/vm/suites/generations.rs). One boot walks every generation of the iommufd
 # TSM series the harness built for this kernel (/lib/modules/gen/tsm_standin-<name>.ko):
 # first nothing loaded ("upstream PCI TSM only" on 7.x, "nothing" on 6.1), then each
 # generation in turn, loaded and unloaded under one daemon (which must re-detect it) and one

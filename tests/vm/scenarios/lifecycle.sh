@@ -1,6 +1,6 @@
 #!/bin/sh
 # /scenarios/run.sh for the lifecycle suite (`cargo xtask vm-test`, checked by
-# xtask/src/vm/lifecycle.rs): tsm-trace against the REAL upstream PCI TSM core
+# xtask/src/vm/suites/lifecycle/): tsm-trace against the REAL upstream PCI TSM core
 # (drivers/pci/tsm.c) with tsm_linktsm as its link TSM and tsm_standin (realpci 1) as the
 # bind path, on the q35 machine of RunOptions::tee_pcie:
 #   A = 0000:00:04.0  function 0, TEE-capable (a DSM)

@@ -1,6 +1,6 @@
 #!/bin/sh
 # /scenarios/run.sh for the module suite (`cargo xtask vm-test`, checked by
-# xtask/src/vm/modules.rs): one daemon and one `trace` session live through three
+# xtask/src/vm/suites/modules.rs): one daemon and one `trace` session live through three
 # insmod/rmmod cycles of tsm_latemod while a VMM holds a binding and another bind is in
 # flight (3 s in the stand-in's driver op). tsm_latemod's only function is probed as the
 # driver's connect op (--driver-connect latemod_connect): it must attach on every load, be

@@ -1,6 +1,6 @@
 #!/bin/sh
 # /scenarios/run.sh for the probe suite (`cargo xtask vm-test`, checked by
-# xtask/src/vm/scenarios.rs). Runs /bin/tsm-trace against the tsm_standin
+# xtask/src/vm/suites/probes/). Runs /bin/tsm-trace against the tsm_standin
 # fixture and prints, as sections on the data port:
 #   trace_a.err / trace_a.jsonl / record_a.jsonl   session A (every scenario)
 #   truth_a      one line per step: "step=<name> write=ok|fail <last>"

@@ -1,6 +1,6 @@
 #!/bin/sh
 # /scenarios/run.sh for the restart suite (`cargo xtask vm-test`, checked by
-# xtask/src/vm/restart.rs): a daemon with its default persistence (probes and state pinned
+# xtask/src/vm/suites/restart.rs): a daemon with its default persistence (probes and state pinned
 # in /sys/fs/bpf/tsm-trace, tables in /run/tsm-trace/state.json) sees five bindings, is
 # killed with SIGKILL, and while it is down each binding meets another fate:
 #   unbind     (a) unbound by its VMM

@@ -1,6 +1,6 @@
 #!/bin/sh
 # /scenarios/run.sh for the storm suite (`cargo xtask vm-test`, checked by
-# xtask/src/vm/storm.rs): bind+unbind storms from inside the kernel (tsm_standin's
+# xtask/src/vm/suites/storm.rs): bind+unbind storms from inside the kernel (tsm_standin's
 # `storm <vdev> <n>`: one write, n pairs back to back) and a userspace loop of failing
 # ioctls, with the daemon at its default ring-buffer size. /metrics must count exactly
 # what the fixture did, however much per-event detail the ring buffer dropped.

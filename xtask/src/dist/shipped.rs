@@ -30,9 +30,9 @@ use serde_json::Value;
 use super::install::bookworm_root;
 use crate::util::{root, run};
 use crate::vm::cache::cache_dir;
+use crate::vm::checks::{Checks, parse_exposition};
 use crate::vm::initramfs::find_busybox;
-use crate::vm::restart::sum;
-use crate::vm::scenarios::{Checks, parse_exposition};
+use crate::vm::suites::restart::sum;
 use crate::vm::{KernelSpec, RunOptions, VmOutput, prepare, run_in_vm_with};
 
 pub const SCRIPT: &str = "tests/vm/scenarios/shipped.sh";

@@ -508,7 +508,7 @@ fn kernel_paths(version: &str) -> Kernel {
 }
 
 /// Resolve `spec` and make sure the kernel is downloaded, unpacked and fixed up for building
-/// out-of-tree modules. Does not build the stand-in module (see `module::build`).
+/// out-of-tree modules. Does not build the stand-in module (see `fixtures::build`).
 pub fn fetch(spec: &KernelSpec, refresh: bool) -> Result<Kernel> {
     // A pinned version that is already prepared needs no apt at all.
     if let KernelSpec::Exact(v) = spec {

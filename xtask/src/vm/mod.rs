@@ -6,30 +6,24 @@
 //! - [`qemu`]: [`run_in_vm_with`] boots a kernel with a `/scenarios/run.sh` and extra files →
 //!   [`VmOutput`] (console log + named sections). Guest crash / timeout → `Err`.
 //! - [`kv`]: [`parse_kv`], the fixtures' `key=value ...` record format.
-//! - the suites' checkers: [`smoke`], [`scenarios`], [`lifecycle`], [`modules`], [`storm`],
-//!   [`restart`], [`leaks`].
+//! - [`fixtures`]: building the fixture modules for a kernel; [`tools`]: the static helpers.
+//! - [`checks`]: what the checkers share ([`checks::Checks`], `/metrics` parsing).
+//! - [`suites`]: one checker per suite (probes, generations, lifecycle, modules, storm,
+//!   restart, doctor, the fixture smokes), and [`suites::leaks`] for every suite.
 //!
 //! Everything downloaded or built lives under `<repo>/.vm-cache/` (override: `TSM_VM_CACHE`).
 
 pub mod cache;
-pub mod diagnostics;
-pub mod doctor;
-pub mod generations;
+pub mod checks;
+pub mod fixtures;
 pub mod initramfs;
 pub mod jobs;
 pub mod kernel;
 pub mod kv;
-pub mod leaks;
-pub mod lifecycle;
-pub mod module;
-pub mod modules;
 pub mod plan;
 pub mod qemu;
-pub mod restart;
-pub mod scenarios;
-pub mod smoke;
-pub mod storm;
 pub mod suite;
+pub mod suites;
 pub mod tools;
 
 // The API other commands (demo, e2e, bench) use. Submodules never import from here: each

@@ -24,8 +24,8 @@ use anyhow::{Context, Result};
 
 use super::kernel::Kernel;
 use super::qemu::{RunOptions, VmOutput};
-use super::smoke::{check_lifecycle, check_smoke};
-use super::{doctor, generations, lifecycle, modules, restart, scenarios, storm};
+use super::suites::smoke::{check_lifecycle, check_smoke};
+use super::suites::{doctor, generations, lifecycle, modules, probes, restart, storm};
 use crate::util::root;
 
 /// A suite's checker: the number of checks made, or every failure.
@@ -75,7 +75,7 @@ impl Scripts {
             std::fs::read_to_string(root().join(path)).with_context(|| format!("reading {path}"))
         };
         Ok(Scripts {
-            probes: read(scenarios::SCRIPT)?,
+            probes: read(probes::SCRIPT)?,
             generations: read(generations::SCRIPT)?,
             smoke: read(SMOKE_SCRIPT)?,
             lifecycle_smoke: read(LIFECYCLE_SCRIPT)?,
@@ -197,21 +197,21 @@ fn check_probes(out: &VmOutput) -> Result<usize> {
         .get("pci_tsm")
         .is_some_and(|v| v == "real");
     let mut all = vec![
-        ("session A", scenarios::check_session_a(out)?),
-        ("daemon", scenarios::check_daemon(out)?),
+        ("session A", probes::check_session_a(out)?),
+        ("daemon", probes::check_daemon(out)?),
         (
             "session L (module loaded late)",
-            scenarios::check_session_late(out)?,
+            probes::check_session_late(out)?,
         ),
         (
             "session F (kernel diagnostics)",
-            super::diagnostics::check_session_diag(out)?,
+            probes::diagnostics::check_session_diag(out)?,
         ),
     ];
     if real_pci {
         all.push((
             "session B (real pci_tsm_bind)",
-            scenarios::check_session_b(out)?,
+            probes::check_session_b(out)?,
         ));
     }
     let mut n = 0;

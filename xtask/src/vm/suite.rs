@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use super::cache::prune_runs;
+use super::fixtures;
 use super::jobs::{self, Event, Feed};
 use super::kernel::{self, Kernel, KernelSpec};
 use super::plan::{self, Check, Mode, Scripts};
 use super::qemu::{RunOptions, VmOutput, run_in_vm_with};
-use super::{generations, leaks, module};
+use super::suites::{generations, leaks};
 
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct VmTestArgs {
@@ -64,7 +65,7 @@ pub fn prepare_with(specs: &[KernelSpec], refresh: bool) -> Result<Vec<Kernel>> 
     for spec in specs {
         let k =
             kernel::fetch(spec, refresh).with_context(|| format!("fetching kernel {spec:?}"))?;
-        module::build(&k).with_context(|| format!("building tsm_standin for {}", k.version))?;
+        fixtures::build(&k).with_context(|| format!("building tsm_standin for {}", k.version))?;
         if !out.iter().any(|o: &Kernel| o.version == k.version) {
             out.push(k);
         }

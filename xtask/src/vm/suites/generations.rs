@@ -15,11 +15,11 @@ use std::path::PathBuf;
 use anyhow::Result;
 use serde_json::Value;
 
-use super::kernel::Kernel;
-use super::kv::parse_kv;
-use super::module;
-use super::qemu::VmOutput;
-use super::scenarios::{Checks, json_lines, parse_exposition, s};
+use crate::vm::checks::{Checks, json_lines, parse_exposition, s};
+use crate::vm::fixtures;
+use crate::vm::kernel::Kernel;
+use crate::vm::kv::parse_kv;
+use crate::vm::qemu::VmOutput;
 
 pub const SCRIPT: &str = "tests/vm/scenarios/generations.sh";
 
@@ -27,7 +27,7 @@ pub const SCRIPT: &str = "tests/vm/scenarios/generations.sh";
 /// (v5's guest request reaches the kernel's own `pci_tsm_guest_req`), v2 alone elsewhere.
 pub fn files(k: &Kernel) -> Result<Vec<(PathBuf, String)>> {
     let gens = if k.has_pci_tsm() {
-        module::build_generations(k)?
+        fixtures::build_generations(k)?
     } else {
         vec![("v2", k.standin_ko.clone())]
     };

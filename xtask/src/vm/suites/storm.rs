@@ -27,9 +27,9 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 
-use super::kv::parse_kv;
-use super::qemu::VmOutput;
-use super::scenarios::{Checks, json_lines, parse_exposition};
+use crate::vm::checks::{Checks, json_lines, parse_exposition};
+use crate::vm::kv::parse_kv;
+use crate::vm::qemu::VmOutput;
 
 pub const SCRIPT: &str = "tests/vm/scenarios/storm.sh";
 

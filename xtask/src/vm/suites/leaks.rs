@@ -10,7 +10,7 @@
 
 use anyhow::{Result, bail};
 
-use super::qemu::VmOutput;
+use crate::vm::qemu::VmOutput;
 
 /// Sections written by the fixtures, the kernel or the scenario scripts, not by tsm-trace.
 const FIXTURE_SECTIONS: &[&str] = &[
@@ -129,7 +129,7 @@ pub fn check(out: &VmOutput) -> Result<usize> {
     }
     if !failed.is_empty() {
         bail!(
-            "kernel addresses in tsm-trace output (logs in {}; if a section is fixture ground truth, add it to FIXTURE_SECTIONS in xtask/src/vm/leaks.rs):\n  {}",
+            "kernel addresses in tsm-trace output (logs in {}; if a section is fixture ground truth, add it to FIXTURE_SECTIONS in xtask/src/vm/suites/leaks.rs):\n  {}",
             out.run_dir.display(),
             failed.join("\n  ")
         );

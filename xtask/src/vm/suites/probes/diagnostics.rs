@@ -7,8 +7,8 @@
 
 use anyhow::{Context, Result};
 
-use super::qemu::VmOutput;
-use super::scenarios::{Checks, json_lines, s};
+use crate::vm::checks::{Checks, json_lines, s};
+use crate::vm::qemu::VmOutput;
 
 /// The number right after `needle` on the first line that holds it.
 fn number_after(text: &str, needle: &str) -> Option<u32> {

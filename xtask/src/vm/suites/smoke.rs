@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use anyhow::{Result, bail};
 
-use super::kv::parse_kv;
-use super::qemu::VmOutput;
+use crate::vm::kv::parse_kv;
+use crate::vm::qemu::VmOutput;
 
 const EEXIST: i32 = 17;
 const ENOENT: i32 = 2;

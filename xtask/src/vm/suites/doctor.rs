@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-use super::kv::parse_kv;
-use super::qemu::VmOutput;
-use super::scenarios::Checks;
+use crate::vm::checks::Checks;
+use crate::vm::kv::parse_kv;
+use crate::vm::qemu::VmOutput;
 
 pub const SCRIPT: &str = "tests/vm/scenarios/doctor.sh";
 

@@ -1,0 +1,41 @@
+//! HTTP GET to servers on this machine (Prometheus, and tsm-trace through qemu's forwarded
+//! port): plain http on 127.0.0.1 through ureq, no proxy, every status answered as it is.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ureq::Agent;
+
+fn agent() -> &'static Agent {
+    static AGENT: OnceLock<Agent> = OnceLock::new();
+    AGENT.get_or_init(|| {
+        Agent::new_with_config(
+            Agent::config_builder()
+                // Prometheus answers errors (400, 422, 503) with a JSON body the caller reads.
+                .http_status_as_error(false)
+                // Loopback only: never through a proxy from the environment.
+                .proxy(None)
+                .timeout_connect(Some(Duration::from_secs(5)))
+                .timeout_recv_response(Some(Duration::from_secs(30)))
+                .timeout_recv_body(Some(Duration::from_secs(30)))
+                .build(),
+        )
+    })
+}
+
+/// `GET path?query` on 127.0.0.1:port → (status, body); the query's values percent-encoded.
+pub(super) fn get(port: u16, path: &str, query: &[(&str, &str)]) -> Result<(u16, String)> {
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let mut req = agent().get(&url);
+    for (k, v) in query {
+        req = req.query(*k, *v);
+    }
+    let mut resp = req.call().with_context(|| format!("GET {url}"))?;
+    let code = resp.status().as_u16();
+    let body = resp
+        .body_mut()
+        .read_to_string()
+        .with_context(|| format!("GET {url}: reading the body"))?;
+    Ok((code, body))
+}
