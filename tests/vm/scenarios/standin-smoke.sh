@@ -1,7 +1,7 @@
 #!/bin/sh
 # Placeholder /scenarios/run.sh: exercises every tsm_standin ctl command once
 # and prints, per step, "step=<name> write=ok|fail <contents of last>".
-# `cargo xtask vm-test` (xtask/src/vm/mod.rs) checks the expected rc of each
+# `cargo xtask vm-test` (xtask/src/vm/suites/smoke.rs) checks the expected rc of each
 # step. Devices: qemu's default i440fx machine has 00:02.0 (VGA) and 00:03.0
 # (NIC) on every kernel.
 D=/sys/kernel/debug/tsm_standin

@@ -1,9 +1,11 @@
 //! Which suites run on which kernel of the matrix.
 //!
-//! Every kernel runs every tsm-trace suite: each one exercises something that differs between
-//! kernels (kprobes on module functions and module BTF: probes, modules; ring buffers and
-//! per-CPU maps under load: storm; bpffs pins and link info: restart). What a kernel lacks
-//! changes what a suite proves, never whether it runs:
+//! Every suite can run on every kernel (`vm-test --full`, or `--kernel`): each one exercises
+//! something that differs between kernels (kprobes on module functions and module BTF:
+//! probes, modules; ring buffers and per-CPU maps under load: storm; bpffs pins and link
+//! info: restart). The default matrix runs all of them on the newest 7.x and 6.1 and, on the
+//! kernels between, those that exercise what differs there ([`default_scope`]). What a
+//! kernel lacks changes what a suite proves, never whether it runs:
 //!
 //! | suite             | kernels with PCI TSM (7.x)               | kernels without (6.1, 6.12)          |
 //! |-------------------|------------------------------------------|--------------------------------------|
@@ -22,7 +24,7 @@
 
 use anyhow::{Context, Result};
 
-use super::kernel::Kernel;
+use super::kernel::{Kernel, KernelSpec};
 use super::qemu::{RunOptions, VmOutput};
 use super::suites::smoke::{check_lifecycle, check_smoke};
 use super::suites::{doctor, generations, lifecycle, modules, probes, restart, storm};
@@ -85,6 +87,27 @@ impl Scripts {
             restart: read(restart::SCRIPT)?,
             doctor: read(doctor::SCRIPT)?,
         })
+    }
+}
+
+/// The default matrix runs every suite on the newest 7.x (`trixie-backports`) and on 6.1
+/// (`bookworm`), the two ends of what tsm-trace supports; on the kernels between them only
+/// the suites that exercise what differs there. `--full` (or naming the kernels) runs every
+/// suite everywhere.
+///
+/// - `sid` (the other 7.x): its PCI TSM core is another version of the same code, so the
+///   suites that drive it or detect it: probes (the real `pci_tsm_bind`), generations,
+///   lifecycle-trace, restart (against the real core's `tsm/bound`). modules, storm and doctor
+///   exercise BPF and kernel features that sid shares with trixie-backports.
+/// - `trixie` (6.12, no PCI TSM): what changed in BPF since 6.1 — probes (module BTF, kprobes
+///   on module functions), generations (detection without PCI TSM), storm (kprobe miss counts
+///   from 6.7, ring buffers under load). lifecycle-trace and restart take 6.1's path (no PCI
+///   TSM) or 7.x's (bpf link info from 6.6) there; modules and doctor are the same as on both.
+pub fn default_scope(spec: &KernelSpec) -> Option<&'static [&'static str]> {
+    match spec {
+        KernelSpec::Sid => Some(&["probes", "generations", "lifecycle-trace", "restart"]),
+        KernelSpec::Trixie => Some(&["probes", "generations", "storm"]),
+        KernelSpec::TrixieBackports | KernelSpec::Bookworm | KernelSpec::Exact(_) => None,
     }
 }
 
@@ -248,6 +271,32 @@ mod tests {
             restart: s("r"),
             doctor: s("d"),
         }
+    }
+
+    #[test]
+    fn the_default_matrix_runs_every_suite_at_both_ends() {
+        let all: Vec<&str> = SUITES
+            .iter()
+            .copied()
+            .filter(|s| !matches!(*s, "smoke" | "lifecycle"))
+            .collect();
+        for spec in [KernelSpec::TrixieBackports, KernelSpec::Bookworm] {
+            assert_eq!(default_scope(&spec), None, "{spec:?}");
+        }
+        // Between them, a subset of known suites; each suite runs somewhere on every run.
+        let mut seen = Vec::new();
+        for spec in [KernelSpec::Sid, KernelSpec::Trixie] {
+            let only = default_scope(&spec).expect("a subset");
+            assert!(!only.is_empty() && only.len() < all.len(), "{spec:?}");
+            for s in only {
+                assert!(all.contains(s), "{spec:?}: unknown suite {s}");
+                seen.push(*s);
+            }
+        }
+        assert!(
+            seen.contains(&"probes") && seen.contains(&"generations"),
+            "{seen:?}"
+        );
     }
 
     #[test]

@@ -52,6 +52,11 @@ pub struct VmTestArgs {
     /// while earlier kernels' VMs run; each run's output is printed whole when it ends.
     #[arg(long, env = "TSM_VM_JOBS")]
     pub jobs: Option<usize>,
+    /// Run every suite on every kernel. Without it (and without --kernel), the default matrix
+    /// runs every suite on the newest 7.x and on 6.1, and on sid and 6.12 only the suites
+    /// that exercise what differs there (see `xtask/src/vm/plan.rs`, `default_scope`).
+    #[arg(long)]
+    pub full: bool,
 }
 
 /// Fetch (or reuse) each kernel and build the fixture modules for it.
@@ -149,6 +154,13 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
         (false, true) => Mode::LifecycleSmoke,
         (false, false) => Mode::Suites,
     };
+    // The default matrix: every suite on the newest 7.x and on 6.1, the differing ones between.
+    let trimmed = args.kernels.is_empty() && !args.full && mode == Mode::Suites;
+    if trimmed && args.suite.is_empty() {
+        println!(
+            "vm-test: the default matrix: every suite on trixie-backports and bookworm; on sid and trixie the suites that exercise what differs there (--full runs all)"
+        );
+    }
     let scripts = Scripts::read()?;
     let extra = if mode.needs_tsm_trace() {
         let bin = crate::build::build_static()?;
@@ -208,7 +220,13 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
                         continue;
                     }
                 };
-                let runs = plan::plan(pci_tsm, mode, &scripts, &opts, &args.suite);
+                let scope: Vec<String> = match plan::default_scope(spec) {
+                    Some(only) if trimmed && args.suite.is_empty() => {
+                        only.iter().map(|s| s.to_string()).collect()
+                    }
+                    _ => args.suite.clone(),
+                };
+                let runs = plan::plan(pci_tsm, mode, &scripts, &opts, &scope);
                 // The generations suite also carries the stand-in built as each generation:
                 // built here, with the kernel's other fixtures, never by two threads at once.
                 let files: Vec<Result<Vec<(PathBuf, String)>>> = runs
