@@ -18,95 +18,169 @@ pub const COMM_LEN: usize = 16;
 /// Length of a TSM device name (`dev_name(&tsm_dev->dev)`, `tsmN`).
 pub const TSM_NAME_LEN: usize = 16;
 
-/// Which kernel function an event comes from. The discriminant is stable: it is part of the
-/// record file format (`tsm-trace trace --record`).
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ProbeId {
+/// Declares [`ProbeId`]: each probe's discriminant, its name, and the shape of its programs,
+/// from which the programs' names are derived (one table for both sides).
+///
+/// - `pair`: a kprobe `<name>_entry` and a kretprobe `<name>_return`;
+/// - `point`: a kprobe `<name>_entry` only (a point event);
+/// - `tracepoint`: a raw tracepoint program `<name>`.
+macro_rules! probe_ids {
+    (@entry pair $n:literal) => { concat!($n, "_entry") };
+    (@entry point $n:literal) => { concat!($n, "_entry") };
+    (@entry tracepoint $n:literal) => { $n };
+    (@ret pair $n:literal) => { Some(concat!($n, "_return")) };
+    (@ret point $n:literal) => { None };
+    (@ret tracepoint $n:literal) => { None };
+    ($( $(#[$doc:meta])* $variant:ident = $value:literal, $name:literal, $shape:ident; )*) => {
+        /// Which kernel function an event comes from: the one probe enum of both sides. The
+        /// discriminant is stable: it is part of the record file format (`tsm-trace trace
+        /// --record`), as is the name (JSON lines, `--symbol PROBE=...`, metric labels).
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
+        #[cfg_attr(feature = "user", serde(rename_all = "snake_case"))]
+        pub enum ProbeId {
+            $( $(#[$doc])* $variant = $value, )*
+        }
+
+        impl ProbeId {
+            pub const ALL: [ProbeId; [$($value),*].len()] = [$(ProbeId::$variant),*];
+
+            /// The probe's name: on the command line, in record files and in metric labels.
+            pub const fn as_str(self) -> &'static str {
+                match self { $( ProbeId::$variant => $name, )* }
+            }
+
+            /// The entry program (a kprobe, or the raw tracepoint program), by its name in the
+            /// eBPF object: derived from [`ProbeId::as_str`].
+            pub const fn entry_program(self) -> &'static str {
+                match self { $( ProbeId::$variant => probe_ids!(@entry $shape $name), )* }
+            }
+
+            /// The return program (a kretprobe), if the probe has one.
+            pub const fn return_program(self) -> Option<&'static str> {
+                match self { $( ProbeId::$variant => probe_ids!(@ret $shape $name), )* }
+            }
+        }
+    };
+}
+
+probe_ids! {
     /// `int iommufd_vdevice_tsm_op_ioctl(struct iommufd_ucmd *ucmd)`
-    TsmOpIoctl = 0,
+    TsmOpIoctl = 0, "tsm_op_ioctl", pair;
     /// `int tsm_bind(struct device *dev, struct kvm *kvm, u64 tdi_id)`
-    TsmBind = 1,
+    TsmBind = 1, "tsm_bind", pair;
     /// `int tsm_unbind(struct device *dev)`
-    TsmUnbind = 2,
+    TsmUnbind = 2, "tsm_unbind", pair;
     /// `void iommufd_vdevice_abort(struct iommufd_object *obj)`
-    VdeviceAbort = 3,
+    VdeviceAbort = 3, "vdevice_abort", pair;
     /// `int pci_tsm_bind(struct pci_dev *pdev, struct kvm *kvm, u32 tdi_id)`
-    PciTsmBind = 4,
+    PciTsmBind = 4, "pci_tsm_bind", pair;
     /// `void pci_tsm_unbind(struct pci_dev *pdev)`
-    PciTsmUnbind = 5,
+    PciTsmUnbind = 5, "pci_tsm_unbind", pair;
     /// A TSM driver's bind op, named by the user: `(struct pci_dev *, struct kvm *, u32)`,
     /// returning an `ERR_PTR` or an int.
-    DriverBind = 6,
+    DriverBind = 6, "driver_bind", pair;
     /// A TSM driver's unbind op, named by the user: `(struct pci_dev *)`.
-    DriverUnbind = 7,
+    DriverUnbind = 7, "driver_unbind", pair;
     /// `void kvm_destroy_vm(struct kvm *kvm)` (entry only).
-    KvmDestroyVm = 8,
+    KvmDestroyVm = 8, "kvm_destroy_vm", point;
     /// Exit of a process that holds a binding (raw tracepoint `sched_process_exit`).
-    VmmExit = 9,
+    VmmExit = 9, "vmm_exit", tracepoint;
     /// A kernel module was loaded (raw tracepoint `module_load`): userspace looks again for
-    /// probe targets that were missing (iommufd.ko and kvm.ko often load after boot).
-    ModuleLoad = 10,
+    /// probe targets that were missing (iommufd.ko and kvm.ko often load after boot). Not a
+    /// TSM event: never reaches the correlator. Its program brings [`MODULE_FREE_PROGRAM`].
+    ModuleLoad = 10, "module_load", tracepoint;
     /// `ssize_t connect_store(struct device *, struct device_attribute *, const char *buf,
     /// size_t)`: `echo tsmN > /sys/bus/pci/devices/<BDF>/tsm/connect` (static in
     /// drivers/pci/tsm.c; `pci_tsm_connect` itself is inlined).
-    Connect = 11,
+    Connect = 11, "connect", pair;
     /// `disconnect_store`, same prototype: `echo tsmN > .../tsm/disconnect`.
-    Disconnect = 12,
+    Disconnect = 12, "disconnect", pair;
     /// `void __pci_tsm_disconnect(struct pci_dev *)`: every disconnect, also from device
     /// removal and TSM unregistration (through `__pci_tsm_destroy`).
-    PciTsmDisconnect = 13,
+    PciTsmDisconnect = 13, "pci_tsm_disconnect", pair;
     /// `int __pci_tsm_unbind(struct pci_dev *, void *)`: every unbind, including those of
     /// disconnect and removal that never pass through `pci_tsm_unbind`.
-    PciTsmUnbindAny = 14,
+    PciTsmUnbindAny = 14, "pci_tsm_unbind_any", pair;
     /// `void __pci_tsm_destroy(struct pci_dev *, struct tsm_dev *)`: device removal
     /// (`tsm_dev` NULL) or TSM unregistration. Reported only for devices with TSM context.
-    PciTsmDestroy = 15,
+    PciTsmDestroy = 15, "pci_tsm_destroy", pair;
     /// `ssize_t pci_tsm_guest_req(struct pci_dev *, enum pci_tsm_req_scope, sockptr_t,
     /// size_t, sockptr_t, size_t, u64 *tsm_code)`.
-    PciTsmGuestReq = 16,
+    PciTsmGuestReq = 16, "pci_tsm_guest_req", pair;
     /// TSM driver link ops (`struct pci_tsm_ops::link_ops`): `probe(tsm_dev, pdev)`.
-    DriverProbe = 17,
+    DriverProbe = 17, "driver_probe", pair;
     /// `int connect(struct pci_dev *)`.
-    DriverConnect = 18,
+    DriverConnect = 18, "driver_connect", pair;
     /// `void disconnect(struct pci_dev *)`.
-    DriverDisconnect = 19,
+    DriverDisconnect = 19, "driver_disconnect", pair;
     /// `ssize_t guest_req(struct pci_tdi *, scope, sockptr_t, size_t, sockptr_t, size_t,
     /// u64 *)`.
-    DriverGuestReq = 20,
+    DriverGuestReq = 20, "driver_guest_req", pair;
 }
 
-impl ProbeId {
-    pub const ALL: [ProbeId; 21] = [
-        ProbeId::TsmOpIoctl,
-        ProbeId::TsmBind,
-        ProbeId::TsmUnbind,
-        ProbeId::VdeviceAbort,
-        ProbeId::PciTsmBind,
-        ProbeId::PciTsmUnbind,
-        ProbeId::DriverBind,
-        ProbeId::DriverUnbind,
-        ProbeId::KvmDestroyVm,
-        ProbeId::VmmExit,
-        ProbeId::ModuleLoad,
-        ProbeId::Connect,
-        ProbeId::Disconnect,
-        ProbeId::PciTsmDisconnect,
-        ProbeId::PciTsmUnbindAny,
-        ProbeId::PciTsmDestroy,
-        ProbeId::PciTsmGuestReq,
-        ProbeId::DriverProbe,
-        ProbeId::DriverConnect,
-        ProbeId::DriverDisconnect,
-        ProbeId::DriverGuestReq,
-    ];
+/// The raw tracepoint program on `module_free` that [`ProbeId::ModuleLoad`] brings (control,
+/// not a probe of its own).
+pub const MODULE_FREE_PROGRAM: &str = "module_free";
 
+impl ProbeId {
     pub const fn from_u32(v: u32) -> Option<ProbeId> {
         if (v as usize) < Self::ALL.len() {
             Some(Self::ALL[v as usize])
         } else {
             None
         }
+    }
+
+    /// The probe named `name` ([`ProbeId::as_str`]).
+    pub fn parse(name: &str) -> Option<ProbeId> {
+        Self::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+
+    /// Call depth, for nesting frames into operations: a frame contains only deeper frames
+    /// ([`aggregates::depth`]). Inside PCI TSM, `connect_store` calls the driver's ops and
+    /// `disconnect_store` → `__pci_tsm_disconnect` → `__pci_tsm_unbind` → the driver's unbind.
+    pub const fn depth(self) -> u8 {
+        aggregates::depth(self) as u8
+    }
+
+    /// Nothing tsm-trace probes ever calls this function: its operation is complete when it
+    /// returns (sysfs writes, device removal, TSM unregistration, guest requests, and the
+    /// iommufd entry points).
+    pub const fn is_root(self) -> bool {
+        matches!(
+            self,
+            ProbeId::TsmOpIoctl
+                | ProbeId::VdeviceAbort
+                | ProbeId::Connect
+                | ProbeId::Disconnect
+                | ProbeId::PciTsmDestroy
+                | ProbeId::PciTsmGuestReq
+        )
+    }
+
+    /// Calls that follow one another under one parent: the driver's probe then connect under
+    /// `connect_store`; every function's `__pci_tsm_unbind` (with the driver's unbind) then
+    /// the driver's disconnect under `__pci_tsm_disconnect`. A finished call of these is not
+    /// closed just because the thread started another one of them.
+    pub const fn has_siblings(self) -> bool {
+        matches!(
+            self,
+            ProbeId::DriverProbe
+                | ProbeId::DriverConnect
+                | ProbeId::DriverDisconnect
+                | ProbeId::DriverUnbind
+                | ProbeId::PciTsmUnbindAny
+        )
+    }
+
+    /// Point events have no duration and no return value.
+    pub const fn is_point(self) -> bool {
+        matches!(
+            self,
+            ProbeId::KvmDestroyVm | ProbeId::VmmExit | ProbeId::ModuleLoad
+        )
     }
 }
 
@@ -407,7 +481,7 @@ pub struct Offsets {
     pub kinds: FieldKinds,
     /// The UAPI op values of bind and unbind (`enum iommu_vdevice_tsm_op_type` where BTF has
     /// it, else the generation's `#define`s), or [`OFFSET_UNKNOWN`]: the programs report
-    /// [`agg::UAPI_OP_BIND`]/[`agg::UAPI_OP_UNBIND`] for them whatever the kernel's values.
+    /// [`aggregates::UAPI_OP_BIND`]/[`aggregates::UAPI_OP_UNBIND`] for them whatever the kernel's values.
     pub uapi_op_bind: u32,
     pub uapi_op_unbind: u32,
     /// How each probe's return value is decoded ([`ret`]), indexed by [`ProbeId`].
@@ -484,36 +558,152 @@ pub struct ControlEvent {
     pub name: [u8; MODULE_NAME_LEN],
 }
 
-/// Indices of the kernel-side self-counters (per-CPU array `STATS`).
-pub mod stat {
-    /// `bpf_ringbuf_output` failed: the ring buffer was full and an event was lost.
-    pub const RINGBUF_DROPS: u32 = 0;
+/// The kernel-side self-counters (per-CPU array [`maps::STATS`], indexed by the
+/// discriminant). One enum, one label each: userspace exports each counter under its
+/// [`KernelCounter::label`] (labels are part of `/metrics`: add, never rename).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KernelCounter {
+    /// The event ring buffer was full (`bpf_ringbuf_output`/`reserve` failed): an event was
+    /// lost.
+    RingbufFull = 0,
     /// The in-flight map refused an entry (a return will then lack its entry).
-    pub const INFLIGHT_FULL: u32 = 1;
-    /// A kernel read (`bpf_probe_read_kernel*`) faulted.
-    pub const READ_FAULTS: u32 = 2;
+    InflightFull = 1,
+    /// A kernel read (`bpf_probe_read_kernel*`) faulted: the field is reported missing.
+    ReadFault = 2,
     /// A return probe fired with no matching entry.
-    pub const ORPHAN_RETURNS: u32 = 3;
+    OrphanReturn = 3,
     /// The control ring buffer was full: a module load or unload was not reported.
-    pub const CONTROL_DROPS: u32 = 4;
-    /// An in-kernel aggregation table was full (a thread's operation state, a counter key, or
+    ControlFull = 4,
+    /// An in-kernel aggregates table was full (a thread's operation state, a counter key, or
     /// the errno slots of one operation): an operation may be missing from the exact counts.
-    pub const AGG_FULL: u32 = 5;
+    AggregationFull = 5,
     /// An entry record was replaced by a new call of the same function on the same thread:
     /// the earlier call's return was never seen (its kretprobe missed, e.g. `maxactive`
     /// exhausted). That frame's detail is lost.
-    pub const RETURN_MISSED: u32 = 6;
+    ReturnMissed = 6,
     /// An operation whose outer return was never seen was left out of the exact counts when
     /// its thread began the next one (without this, that thread's later operations would be
     /// taken for calls nested in it and never counted).
-    pub const OP_UNFINISHED: u32 = 7;
+    OperationUnfinished = 7,
     /// The table of processes holding a binding was full: that VMM's exit will not be seen.
-    pub const VMM_FULL: u32 = 8;
+    VmmTableFull = 8,
     /// An entry program found no per-CPU scratch record (cannot happen with a loaded object;
     /// counted so that no exit path of a live program is silent).
-    pub const SCRATCH_MISSING: u32 = 9;
-    pub const COUNT: u32 = 10;
+    ScratchMissing = 9,
 }
+
+impl KernelCounter {
+    /// Number of counters (the length of the `STATS` array).
+    pub const COUNT: u32 = 10;
+
+    pub const ALL: [KernelCounter; KernelCounter::COUNT as usize] = [
+        KernelCounter::RingbufFull,
+        KernelCounter::InflightFull,
+        KernelCounter::ReadFault,
+        KernelCounter::OrphanReturn,
+        KernelCounter::ControlFull,
+        KernelCounter::AggregationFull,
+        KernelCounter::ReturnMissed,
+        KernelCounter::OperationUnfinished,
+        KernelCounter::VmmTableFull,
+        KernelCounter::ScratchMissing,
+    ];
+
+    /// The counter's label: the `reason` of `tsm_trace_events_lost_total` for the losses
+    /// ([`KernelCounter::is_loss`]), of `tsm_trace_operations_uncounted_total` for
+    /// [`KernelCounter::OperationUnfinished`]; [`KernelCounter::ReadFault`] is exported alone
+    /// (`tsm_trace_kernel_read_faults_total`).
+    pub const fn label(self) -> &'static str {
+        match self {
+            KernelCounter::RingbufFull => "ringbuf_full",
+            KernelCounter::InflightFull => "inflight_full",
+            KernelCounter::ReadFault => "read_fault",
+            KernelCounter::OrphanReturn => "orphan_return",
+            KernelCounter::ControlFull => "control_full",
+            KernelCounter::AggregationFull => "aggregation_full",
+            KernelCounter::ReturnMissed => "return_missed",
+            KernelCounter::OperationUnfinished => "return_missed",
+            KernelCounter::VmmTableFull => "vmm_table_full",
+            KernelCounter::ScratchMissing => "scratch_missing",
+        }
+    }
+
+    /// It counts records or events lost (`tsm_trace_events_lost_total{reason}`).
+    pub const fn is_loss(self) -> bool {
+        !matches!(
+            self,
+            KernelCounter::ReadFault | KernelCounter::OperationUnfinished
+        )
+    }
+}
+
+/// Why a program ended early: the `Err` of the programs' `try_*` functions and of their
+/// kernel reads. Each kind that has a [`KernelCounter`] is counted there where it happens
+/// ([`ProgError::counter`]); a program returns the discriminant (never 0, the success return).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgError {
+    /// Not a failure: these programs are not the live epoch (a pinned handover) and stand
+    /// aside. Not counted.
+    StandAside = 1,
+    /// The probe context has no such argument (cannot happen for the register arguments the
+    /// programs take). Not counted.
+    NoArgument = 2,
+    /// An entry program found no per-CPU scratch record.
+    ScratchMissing = 3,
+    /// A kernel read faulted.
+    ReadFault = 4,
+    /// BTF gave no offset (or the base pointer is NULL): the field is not read, and is
+    /// reported missing. Not counted (not a failure of the program).
+    Unresolved = 5,
+}
+
+impl ProgError {
+    /// The counter this kind is counted in, if any.
+    pub const fn counter(self) -> Option<KernelCounter> {
+        match self {
+            ProgError::ScratchMissing => Some(KernelCounter::ScratchMissing),
+            ProgError::ReadFault => Some(KernelCounter::ReadFault),
+            ProgError::StandAside | ProgError::NoArgument | ProgError::Unresolved => None,
+        }
+    }
+}
+
+/// The maps' names in the eBPF object (the `#[map]` statics of `tsm-trace-ebpf/src/maps.rs`
+/// are named so). Pinned maps keep these names in bpffs (`maps/<NAME>`), and the pin layout
+/// hashes them: never rename one.
+pub mod maps {
+    /// Completed calls and point events, to userspace.
+    pub const EVENTS: &str = "EVENTS";
+    /// Module loads and unloads, to userspace.
+    pub const CONTROL: &str = "CONTROL";
+    /// Entry records waiting for their return.
+    pub const INFLIGHT: &str = "INFLIGHT";
+    /// Per-CPU scratch record.
+    pub const SCRATCH: &str = "SCRATCH";
+    /// Processes that performed a successful bind.
+    pub const VMM_TGIDS: &str = "VMM_TGIDS";
+    /// The self-counters, indexed by [`super::KernelCounter`].
+    pub const STATS: &str = "STATS";
+    /// Struct offsets resolved from BTF.
+    pub const OFFSETS: &str = "OFFSETS";
+    /// The operation each thread is in (the exact aggregates' per-thread state).
+    pub const THREAD_OPS: &str = "THREAD_OPS";
+    /// The exact aggregates: operations by key, frame durations by histogram slot.
+    pub const OP_COUNTS: &str = "OP_COUNTS";
+    pub const OP_HIST: &str = "OP_HIST";
+    /// The aggregates' histogram bounds.
+    pub const AGG_CONFIG: &str = "AGG_CONFIG";
+    /// The epoch gate: the live epoch of a pinned handover.
+    pub const GATE: &str = "GATE";
+    /// The return each CPU completed last (handover).
+    pub const LAST_RETURN: &str = "LAST_RETURN";
+}
+
+/// The global the programs compare with the [`maps::GATE`]: their epoch, set by userspace at
+/// load time.
+pub const EPOCH_GLOBAL: &str = "EPOCH";
 
 #[cfg(feature = "user")]
 mod pod {
@@ -525,18 +715,18 @@ mod pod {
     unsafe impl aya::Pod for super::GuestReqArgs {}
     unsafe impl aya::Pod for super::ControlEvent {}
     unsafe impl aya::Pod for super::InflightKey {}
-    unsafe impl aya::Pod for super::agg::AggConfig {}
-    unsafe impl aya::Pod for super::agg::ThreadOp {}
+    unsafe impl aya::Pod for super::aggregates::AggConfig {}
+    unsafe impl aya::Pod for super::aggregates::ThreadOp {}
 }
 
 /// In-kernel aggregation of operations, exact at any event rate: what `/metrics` counts does
 /// not depend on the ring buffer keeping up. The programs classify each call as userspace's
-/// correlator does: the tables here are the correlator's too (`Probe::layer`, `Probe::depth`,
+/// correlator does: the tables here are the correlator's too (`Layer::of`, `ProbeId::depth`,
 /// `correlate/build.rs`). An operation is the outermost probed call on a thread; its
 /// kind comes from that call (the ioctl's `op`), else from its first bind or unbind frame;
 /// an error is attributed to the deepest frame that returned the same errno, else to a deeper
 /// frame that failed without one (a driver `probe` returning NULL), else to the outer frame.
-pub mod agg {
+pub mod aggregates {
     use super::ProbeId;
 
     /// Layers, in `tsm_trace_operations_total{layer}` order.
@@ -713,5 +903,39 @@ pub mod agg {
         } else {
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_are_indexed_by_their_discriminants() {
+        for (i, p) in ProbeId::ALL.iter().enumerate() {
+            assert_eq!(*p as usize, i);
+            assert_eq!(ProbeId::parse(p.as_str()), Some(*p));
+        }
+        for (i, c) in KernelCounter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+        }
+    }
+
+    #[test]
+    fn loss_labels_are_distinct_and_errors_count_where_they_map() {
+        for a in KernelCounter::ALL.iter().filter(|c| c.is_loss()) {
+            for b in KernelCounter::ALL.iter().filter(|c| c.is_loss()) {
+                assert!(a == b || a.label() != b.label(), "{a:?} {b:?}");
+            }
+        }
+        assert_eq!(
+            ProgError::ReadFault.counter(),
+            Some(KernelCounter::ReadFault)
+        );
+        assert_eq!(
+            ProgError::ScratchMissing.counter(),
+            Some(KernelCounter::ScratchMissing)
+        );
+        assert_eq!(ProgError::StandAside.counter(), None);
     }
 }

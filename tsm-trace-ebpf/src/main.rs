@@ -14,7 +14,7 @@
 #![no_std]
 #![no_main]
 
-mod agg;
+mod aggregates;
 mod maps;
 mod probes;
 mod read;

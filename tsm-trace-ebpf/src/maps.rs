@@ -5,26 +5,25 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tsm_trace_common::{
-    Offsets, RawEvent,
-    agg::{self, AggConfig, ThreadOp},
-    stat,
+    KernelCounter, Offsets, ProgError, RawEvent,
+    aggregates::{self, AggConfig, ThreadOp},
 };
 
-/// The operation each thread is in, for in-kernel counting (see `agg.rs`): an entry from the
+/// The operation each thread is in, for in-kernel counting (see `aggregates.rs`): an entry from the
 /// operation's first entry to its outer return, which removes it. A plain hash (an LRU hash
 /// takes its list locks and rotates its lists on every update, the dearest part of a probed
 /// call under emulation): entries of threads that died mid-operation are swept by userspace
-/// (`probes/expiry.rs`), and a full map is counted (`stat::AGG_FULL`), never silent.
+/// (`probes/expiry.rs`), and a full map is counted (`KernelCounter::AggregationFull`), never silent.
 #[map]
 pub static THREAD_OPS: HashMap<u64, ThreadOp> = HashMap::with_max_entries(4096, 0);
 
-/// Operations by `agg::count_key` (kind, attributed layer, errno): exact at any event rate.
+/// Operations by `aggregates::count_key` (kind, attributed layer, errno): exact at any event rate.
 #[map]
 pub static OP_COUNTS: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(1024, 0);
 
-/// Frame durations by (kind, layer, ok): bucket counts and the sum (`agg::hist_index`).
+/// Frame durations by (kind, layer, ok): bucket counts and the sum (`aggregates::hist_index`).
 #[map]
-pub static OP_HIST: PerCpuArray<u64> = PerCpuArray::with_max_entries(agg::HIST_LEN, 0);
+pub static OP_HIST: PerCpuArray<u64> = PerCpuArray::with_max_entries(aggregates::HIST_LEN, 0);
 
 /// Histogram bucket bounds, written by userspace after load.
 #[map]
@@ -48,7 +47,7 @@ pub use tsm_trace_common::InflightKey;
 /// Entry-time records waiting for their return probe. A plain hash, like [`THREAD_OPS`]: an
 /// entry whose return never comes (a missed kretprobe, a thread that died in the call) is
 /// swept by userspace (`probes/expiry.rs`: exited threads, `--inflight-timeout`), and a full
-/// map is counted (`stat::INFLIGHT_FULL`).
+/// map is counted (`KernelCounter::InflightFull`).
 #[map]
 pub static INFLIGHT: HashMap<InflightKey, RawEvent> = HashMap::with_max_entries(4096, 0);
 
@@ -62,43 +61,54 @@ pub static SCRATCH: PerCpuArray<RawEvent> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static VMM_TGIDS: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
 
-/// Which generation of the programs is live (one entry). A daemon that finds pinned programs
-/// of an earlier generation attaches its own, then writes its generation here: from that
-/// instant the earlier programs stand aside (see [`live`]), so no call is seen twice or not
-/// at all. Userspace pins it with the other state maps (`probes/pin.rs`).
+/// Which epoch of the programs is live (one entry). A daemon that finds pinned programs of an
+/// earlier epoch attaches its own, then writes its epoch here: from that instant the earlier
+/// programs stand aside (see [`live`]), so no call is seen twice or not at all. Userspace pins
+/// it with the other state maps (`probes/pin.rs`).
 #[map]
 pub static GATE: Array<u32> = Array::with_max_entries(1, 0);
 
-/// The generation these programs belong to, set by userspace at load time. 0 (and an unwritten
-/// [`GATE`], also 0) for a session that pins nothing.
+/// The epoch these programs belong to, set by userspace at load time
+/// (`tsm_trace_common::EPOCH_GLOBAL`). 0 (and an unwritten [`GATE`], also 0) for a session
+/// that pins nothing.
 #[unsafe(no_mangle)]
-static GENERATION: u32 = 0;
+static EPOCH: u32 = 0;
 
-/// Whether these programs are the live generation.
+/// Whether these programs are the live epoch.
 #[inline(always)]
 pub fn live() -> bool {
     // SAFETY: a load-time constant; volatile so the compiler keeps the load userspace patches.
-    let mine = unsafe { core::ptr::read_volatile(&GENERATION) };
+    let mine = unsafe { core::ptr::read_volatile(&EPOCH) };
     GATE.get(0).copied().unwrap_or(0) == mine
 }
 
+/// [`ProgError::StandAside`] unless these programs are the live epoch.
+#[inline(always)]
+pub fn ensure_live() -> Result<(), ProgError> {
+    if live() {
+        Ok(())
+    } else {
+        Err(ProgError::StandAside)
+    }
+}
+
 /// The return a program on this CPU completed last: (pid_tgid, probe). During a handover two
-/// generations' return probes fire for the same call, one after the other on this CPU; the
+/// epochs' return probes fire for the same call, one after the other on this CPU; the
 /// second finds the in-flight entry gone and must not report an orphan.
 #[map]
 pub static LAST_RETURN: PerCpuArray<InflightKey> = PerCpuArray::with_max_entries(1, 0);
 
-/// Self-counters, indexed by [`tsm_trace_common::stat`].
+/// Self-counters, indexed by [`KernelCounter`].
 #[map]
-pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(KernelCounter::COUNT, 0);
 
-/// A map (or the ring buffer) was full: counted in `index`, and named at `--log-level debug`
+/// A map (or the ring buffer) was full: counted in `counter`, and named at `--log-level debug`
 /// through aya-log. A rare path, not inlined. Logged at this CPU's 1st, 2nd, 4th, 8th, ...
 /// drop of that kind, so a storm that fills the ring buffer cannot flood the log (or its own
 /// log buffer); the count on /metrics stays exact.
 #[inline(never)]
-pub fn full(index: u32, map: &'static str) {
-    let n = count(index);
+pub fn full(counter: KernelCounter, map: &'static str) {
+    let n = count(counter);
     if n.is_power_of_two() {
         aya_log_ebpf::debug!(
             &(),
@@ -109,16 +119,35 @@ pub fn full(index: u32, map: &'static str) {
     }
 }
 
-/// Adds one to the per-CPU statistic `index` and returns this CPU's new count (0 if the
-/// statistic does not exist).
+/// Adds one to the per-CPU counter and returns this CPU's new count (0 if the counter does
+/// not exist).
 #[inline(always)]
-pub fn count(index: u32) -> u64 {
-    match STATS.get_ptr_mut(index) {
+pub fn count(counter: KernelCounter) -> u64 {
+    match STATS.get_ptr_mut(counter as u32) {
         // Per-CPU: no other writer can race with us while we run with preemption disabled.
         Some(p) => unsafe {
             *p += 1;
             *p
         },
         None => 0,
+    }
+}
+
+/// A program error where it happens: counted in its [`KernelCounter`], if it has one
+/// ([`ProgError::counter`]), and returned.
+#[inline(always)]
+pub fn fail(e: ProgError) -> ProgError {
+    if let Some(c) = e.counter() {
+        count(c);
+    }
+    e
+}
+
+/// A program's return value: 0, or the error's discriminant.
+#[inline(always)]
+pub fn exit_code(r: Result<(), ProgError>) -> u32 {
+    match r {
+        Ok(()) => 0,
+        Err(e) => e as u32,
     }
 }

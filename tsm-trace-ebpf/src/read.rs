@@ -1,9 +1,9 @@
 //! Reading kernel memory at offsets that userspace resolved from BTF.
 
 use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes};
-use tsm_trace_common::{IntKind, OFFSET_UNKNOWN, Offsets, STATS_ID_LEN, stat};
+use tsm_trace_common::{IntKind, OFFSET_UNKNOWN, Offsets, ProgError, STATS_ID_LEN};
 
-use crate::maps::count;
+use crate::maps::fail;
 
 /// The offsets userspace resolved (all unknown until it has written them).
 #[inline(always)]
@@ -14,34 +14,26 @@ pub fn offsets() -> &'static Offsets {
     }
 }
 
-/// Why a read did not produce a value.
-pub enum ReadError {
-    /// BTF gave no offset for this field, or the base pointer is NULL.
-    Unresolved,
-    /// The kernel read faulted (counted in `stat::READ_FAULTS`).
-    Fault,
-}
-
-/// A kernel read faulted: counted in `stat::READ_FAULTS`, and at `--log-level debug` named
+/// A kernel read faulted: counted ([`ProgError::ReadFault`], in `KernelCounter::ReadFault`), and at `--log-level debug` named
 /// (the field and its offset; never the address) through aya-log. A rare path: the success
 /// path logs nothing. Not inlined, so each program carries the log code once.
 #[inline(never)]
-pub fn fault(field: &'static str, off: u32) -> ReadError {
-    count(stat::READ_FAULTS);
+pub fn fault(field: &'static str, off: u32) -> ProgError {
+    let e = fail(ProgError::ReadFault);
     aya_log_ebpf::debug!(
         &(),
         "faulted read of {} at offset {}: the field is reported missing and counted (tsm_trace_kernel_read_faults_total)",
         field,
         off
     );
-    ReadError::Fault
+    e
 }
 
 /// Reads a `T` at `base + off`; `field` names it in the fault diagnostic.
 #[inline(always)]
-pub fn at<T>(field: &'static str, base: u64, off: u32) -> Result<T, ReadError> {
+pub fn at<T>(field: &'static str, base: u64, off: u32) -> Result<T, ProgError> {
     if off == OFFSET_UNKNOWN || base == 0 {
-        return Err(ReadError::Unresolved);
+        return Err(ProgError::Unresolved);
     }
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.map_err(|_| fault(field, off))
 }
@@ -49,7 +41,7 @@ pub fn at<T>(field: &'static str, base: u64, off: u32) -> Result<T, ReadError> {
 /// Reads the integer at `base + off` with the width and signedness BTF gave (`kind`, an
 /// [`IntKind`]), sign- or zero-extended to 64 bits. An unknown kind is not read.
 #[inline(always)]
-pub fn int_at(field: &'static str, base: u64, off: u32, kind: u32) -> Result<i64, ReadError> {
+pub fn int_at(field: &'static str, base: u64, off: u32, kind: u32) -> Result<i64, ProgError> {
     let signed = kind & IntKind::SIGNED != 0;
     Ok(match kind & IntKind::SIZE_MASK {
         1 => {
@@ -65,7 +57,7 @@ pub fn int_at(field: &'static str, base: u64, off: u32, kind: u32) -> Result<i64
             if signed { v as i32 as i64 } else { v as i64 }
         }
         8 => at::<u64>(field, base, off)? as i64,
-        _ => return Err(ReadError::Unresolved),
+        _ => return Err(ProgError::Unresolved),
     })
 }
 
@@ -93,10 +85,10 @@ pub fn str_ptr_at(
     base: u64,
     off: u32,
     dst: &mut [u8],
-) -> Result<(), ReadError> {
+) -> Result<(), ProgError> {
     let p: u64 = at(field, base, off)?;
     if p == 0 {
-        return Err(ReadError::Unresolved);
+        return Err(ProgError::Unresolved);
     }
     // The string behind the pointer: offset 0 of it.
     unsafe { bpf_probe_read_kernel_str_bytes(p as *const u8, dst) }
@@ -106,9 +98,9 @@ pub fn str_ptr_at(
 
 /// Reads the NUL-terminated string at `base + off` (a sysfs buffer).
 #[inline(always)]
-pub fn str_at(field: &'static str, base: u64, off: u32, dst: &mut [u8]) -> Result<(), ReadError> {
+pub fn str_at(field: &'static str, base: u64, off: u32, dst: &mut [u8]) -> Result<(), ProgError> {
     if off == OFFSET_UNKNOWN || base == 0 {
-        return Err(ReadError::Unresolved);
+        return Err(ProgError::Unresolved);
     }
     unsafe { bpf_probe_read_kernel_str_bytes((base + off as u64) as *const u8, dst) }
         .map(|_| ())
@@ -124,9 +116,9 @@ pub fn char_array_at(
     off: u32,
     len: u32,
     dst: &mut [u8; STATS_ID_LEN],
-) -> Result<(), ReadError> {
+) -> Result<(), ProgError> {
     if off == OFFSET_UNKNOWN || base == 0 || len == 0 {
-        return Err(ReadError::Unresolved);
+        return Err(ProgError::Unresolved);
     }
     let n = if len as usize > STATS_ID_LEN {
         STATS_ID_LEN
@@ -134,7 +126,7 @@ pub fn char_array_at(
         len as usize
     };
     let Some(dst) = dst.get_mut(..n) else {
-        return Err(ReadError::Unresolved);
+        return Err(ProgError::Unresolved);
     };
     str_at(field, base, off, dst)
 }

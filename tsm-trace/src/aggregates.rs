@@ -23,7 +23,7 @@ pub struct Counts {
 /// The kernel's exact aggregates: operations by (kind, attributed layer, errno; 0: ok) and
 /// frame durations by (kind, layer, ok).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct KernelOperations {
+pub struct Aggregates {
     pub counts: BTreeMap<(OpKind, Layer, u32), u64>,
     pub durations: BTreeMap<(OpKind, Layer, bool), Counts>,
 }

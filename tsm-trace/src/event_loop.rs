@@ -9,12 +9,12 @@ use anyhow::{Context, Result};
 use tokio::time::Instant;
 
 use crate::{
-    aggregates::KernelOperations,
+    aggregates::Aggregates,
     correlate,
     events::{DecodeError, Event},
-    exporters::metrics::{KernelCounters, Metrics},
+    exporters::metrics::Metrics,
     pipeline::Pipeline,
-    probes::{KernelStats, chain},
+    probes::{KernelCounts, chain},
     session::{Control, LiveSession, Session},
     sysfs::Snapshot,
 };
@@ -122,7 +122,7 @@ pub async fn run(
     }
     if live.session().pinned.is_some() {
         // Taken-over maps: the loss counted so far was an earlier process's to report.
-        if let Ok(k) = live.kernel_stats() {
+        if let Ok(k) = live.kernel_counts() {
             pipeline.lock().expect("pipeline lock").loss_since(k);
         }
     }
@@ -293,7 +293,7 @@ fn end_module_bindings(
     batch: &mut Batch,
     tap: &mut Option<Tap<'_>>,
 ) -> Result<()> {
-    let probes: Vec<crate::events::Probe> = live
+    let probes: Vec<crate::events::ProbeId> = live
         .session()
         .attach
         .iter()
@@ -418,21 +418,10 @@ pub fn publish_session(metrics: &Metrics, s: &Session) {
 
 /// Reads the kernel's counters into the metrics; returns them (`None`: the read failed, and
 /// was logged).
-pub fn sync_kernel_stats(metrics: &Metrics, s: &LiveSession) -> Option<KernelStats> {
-    match s.kernel_stats() {
+pub fn sync_kernel_counts(metrics: &Metrics, s: &LiveSession) -> Option<KernelCounts> {
+    match s.kernel_counts() {
         Ok(k) => {
-            metrics.set_kernel_counters(KernelCounters {
-                ringbuf_full: k.ringbuf_drops,
-                inflight_full: k.inflight_full,
-                orphan_return: k.orphan_returns,
-                kernel_read_faults: k.read_faults,
-                control_full: k.control_drops,
-                agg_full: k.agg_full,
-                return_missed: k.returns_missed,
-                ops_unfinished: k.ops_unfinished,
-                vmm_full: k.vmm_full,
-                scratch_missing: k.scratch_missing,
-            });
+            metrics.set_kernel_counters(&k);
             Some(k)
         }
         Err(e) => {
@@ -445,7 +434,7 @@ pub fn sync_kernel_stats(metrics: &Metrics, s: &LiveSession) -> Option<KernelSta
 /// After a batch: the kernel's counters into the metrics, and a loss record into the trace
 /// stream for each loss counter that grew since the last (`exporters/loss.rs`).
 fn report_loss(pipeline: &Mutex<Pipeline>, metrics: &Metrics, live: &LiveSession) {
-    if let Some(k) = sync_kernel_stats(metrics, live) {
+    if let Some(k) = sync_kernel_counts(metrics, live) {
         pipeline.lock().expect("pipeline lock").report_loss(&k);
     }
 }
@@ -468,7 +457,7 @@ pub fn drain(
 /// The kernel's exact operation counts (the maps `run` serves `tsm_trace_operations_total`
 /// from), read once: `trace`'s summary totals. `None` if the session has none or the read
 /// failed (logged).
-pub fn kernel_operations(live: &mut LiveSession) -> Option<KernelOperations> {
+pub fn read_aggregates(live: &mut LiveSession) -> Option<Aggregates> {
     let agg = live.session_mut().take_aggregates()?;
     agg.read()
         .map_err(|e| log::warn!("reading the kernel's operation counts failed: {e:#}"))
@@ -515,7 +504,7 @@ pub fn housekeeping(
         Ok(m) => metrics.misses().observe_programs(&m),
         Err(err) => log::warn!("reading the kernel's miss counts failed: {}", chain(&*err)),
     }
-    sync_kernel_stats(metrics, live);
+    sync_kernel_counts(metrics, live);
     in_flight
 }
 
@@ -574,7 +563,7 @@ fn reconcile(
         .lock()
         .expect("pipeline lock")
         .reconcile(&snap, &in_flight, monotonic_ns());
-    sync_kernel_stats(metrics, live);
+    sync_kernel_counts(metrics, live);
     Ok(())
 }
 

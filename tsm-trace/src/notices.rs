@@ -6,11 +6,12 @@ use std::path::Path;
 
 /// The line `run` logs when a signal stops it. Pinned programs are not detached: they keep
 /// counting into the pinned maps for the next daemon (`tsm-trace unpin` removes them);
-/// without pins, dropping the session detaches them.
+/// without pins, dropping the session detaches them. (The line says "generation" for the
+/// pinned epoch: the restart VM suite and operators' log searches match it.)
 pub fn stop_message(signal: &str, pinned: Option<(&Path, u32)>) -> String {
     match pinned {
-        Some((dir, generation)) => format!(
-            "{signal}: exiting; the pinned probes of generation {generation} in {} keep running for the next daemon (`tsm-trace unpin` removes them)",
+        Some((dir, epoch)) => format!(
+            "{signal}: exiting; the pinned probes of generation {epoch} in {} keep running for the next daemon (`tsm-trace unpin` removes them)",
             dir.display()
         ),
         None => format!("{signal}: detaching probes and exiting"),

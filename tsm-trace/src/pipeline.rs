@@ -8,14 +8,14 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use crate::aggregates::KernelOperations;
+use crate::aggregates::Aggregates;
 use crate::correlate::{self, Correlator, Leak, Output};
 use crate::events::Event;
 use crate::exporters::json;
 use crate::exporters::loss::{LossTracker, Lost};
 use crate::exporters::metrics::Metrics;
 use crate::exporters::trace::{Clock, Counted, Filters, Summary, TraceFormatter};
-use crate::probes::KernelStats;
+use crate::probes::KernelCounts;
 use crate::sysfs::Snapshot;
 
 /// Trace line format.
@@ -249,7 +249,11 @@ impl Pipeline {
 
     /// A module was unloaded: bindings made through its functions (`probes`) end
     /// ([`Correlator::module_unloaded`]); drain the event stream first.
-    pub fn module_unloaded(&mut self, probes: &[crate::events::Probe], now_ns: u64) -> Vec<Output> {
+    pub fn module_unloaded(
+        &mut self,
+        probes: &[crate::events::ProbeId],
+        now_ns: u64,
+    ) -> Vec<Output> {
         let outs = self.correlator.module_unloaded(probes, now_ns);
         self.emit(&outs);
         self.metrics.sync(&self.correlator);
@@ -274,7 +278,7 @@ impl Pipeline {
 
     /// The summary text, its totals from the kernel's exact counts where there are some
     /// (`trace`): how many of the operations the kernel counted the lines showed.
-    pub fn render_summary_counted(&self, kernel: Option<&KernelOperations>) -> String {
+    pub fn render_summary_counted(&self, kernel: Option<&Aggregates>) -> String {
         let open: Vec<&Leak> = self.correlator.leaks().collect();
         let filtered = self
             .sink
@@ -286,7 +290,7 @@ impl Pipeline {
     }
 
     /// Counts up to `k` are not reported as loss (maps taken over from an earlier process).
-    pub fn loss_since(&mut self, k: KernelStats) {
+    pub fn loss_since(&mut self, k: KernelCounts) {
         self.loss = LossTracker::since(k);
     }
 
@@ -298,7 +302,7 @@ impl Pipeline {
     /// After a batch, with the kernel's counters read after it: a loss record for each
     /// reason that grew since the last one, into the stream and the summary, timed with the
     /// last event handled (`exporters/loss.rs`).
-    pub fn report_loss(&mut self, k: &KernelStats) -> Vec<Lost> {
+    pub fn report_loss(&mut self, k: &KernelCounts) -> Vec<Lost> {
         let lost = self.loss.records(k, self.last_event_ns);
         for l in &lost {
             self.summary.add_lost(l);
@@ -519,10 +523,8 @@ mod tests {
                 p.handle(e, 0);
             }
             p.tick(last);
-            let k = KernelStats {
-                ringbuf_drops: 40,
-                ..Default::default()
-            };
+            let k =
+                KernelCounts::from_values(&[(tsm_trace_common::KernelCounter::RingbufFull, 40)]);
             assert_eq!(p.report_loss(&k).len(), 1);
             // Read again with no growth: no second record.
             assert!(p.report_loss(&k).is_empty());
@@ -548,7 +550,7 @@ mod tests {
                     assert_eq!(j["time_ns"], last);
                 }
             }
-            let mut kernel = KernelOperations::default();
+            let mut kernel = Aggregates::default();
             kernel.counts.insert(
                 (
                     crate::correlate::OpKind::Bind,

@@ -11,15 +11,17 @@ use aya::{
     maps::{Array, MapData, RingBuf},
 };
 use tokio::io::unix::AsyncFd;
-use tsm_trace_common::{ControlEvent, InflightKey, Offsets, RawEvent, agg::ThreadOp, control};
+use tsm_trace_common::{
+    ControlEvent, InflightKey, Offsets, RawEvent, aggregates::ThreadOp, control,
+};
 
 use crate::{
-    aggregates::KernelOperations,
+    aggregates::Aggregates,
     btf::{self, BtfSources, Resolution},
-    events::{DecodeError, Event, Probe, VmKey, VmNames},
+    events::{DecodeError, Event, ProbeId, VmKey, VmNames},
     generation::{self, KernelGeneration},
     probes::{
-        self, AttachConfig, AttachReport, Kallsyms, KernelStats, Kind, Links, SymbolMatch,
+        self, AttachConfig, AttachReport, Kallsyms, KernelCounts, Kind, Links, SymbolMatch,
         expiry::{self, Expired},
         misses::{self, ProgramMisses},
     },
@@ -51,10 +53,10 @@ pub struct Session {
     thread_ops: aya::maps::HashMap<MapData, u64, ThreadOp>,
     /// `/proc` shows the kernel's thread ids (see `probes/expiry.rs`).
     sees_host_threads: bool,
-    aggregates: Option<Aggregates>,
+    aggregates: Option<AggregateMaps>,
     events: Option<RingBuf<MapData>>,
     control: Option<RingBuf<MapData>>,
-    /// The generation gate, held open for the session's life although only a pinning start
+    /// The epoch gate, held open for the session's life although only a pinning start
     /// writes it: programs loaded later (a module load's rescan) were relocated against its
     /// fd when the object was loaded. Dropped, the fd closes and the verifier rejects them
     /// ("fd N is not pointing to valid bpf_map", seen on 6.12), or a reused fd number binds
@@ -85,8 +87,9 @@ fn host_threads() -> bool {
 #[derive(Debug)]
 pub struct PinnedState {
     pub dir: PathBuf,
-    pub generation: u32,
-    /// The generation that was live before (its programs kept running while no daemon ran).
+    /// This daemon's epoch in the pinned handover.
+    pub epoch: u32,
+    /// The epoch that was live before (its programs kept running while no daemon ran).
     pub previous: Option<u32>,
     pub handover: probes::pin::Handover,
     /// Holds the lock on the pin directory for the daemon's life.
@@ -105,59 +108,59 @@ fn resolve_btf(syms: &Kallsyms, opts: &SessionOptions) -> Result<Resolution> {
     let names = [
         btf_name(
             syms,
-            Probe::TsmOpIoctl,
+            ProbeId::TsmOpIoctl,
             "iommufd_vdevice_tsm_op_ioctl",
             &opts.attach,
         ),
-        btf_name(syms, Probe::TsmBind, "tsm_bind", &opts.attach),
+        btf_name(syms, ProbeId::TsmBind, "tsm_bind", &opts.attach),
         btf_name(
             syms,
-            Probe::VdeviceAbort,
+            ProbeId::VdeviceAbort,
             "iommufd_vdevice_abort",
             &opts.attach,
         ),
-        btf_name(syms, Probe::PciTsmBind, "pci_tsm_bind", &opts.attach),
-        btf_name(syms, Probe::KvmDestroyVm, "kvm_destroy_vm", &opts.attach),
+        btf_name(syms, ProbeId::PciTsmBind, "pci_tsm_bind", &opts.attach),
+        btf_name(syms, ProbeId::KvmDestroyVm, "kvm_destroy_vm", &opts.attach),
     ];
     // PCI TSM context fields and guest request arguments only where those probes exist
     // (a kernel without PCI TSM must not report them unresolved).
     let pci_context = [
-        Probe::PciTsmUnbindAny,
-        Probe::PciTsmDisconnect,
-        Probe::PciTsmDestroy,
+        ProbeId::PciTsmUnbindAny,
+        ProbeId::PciTsmDisconnect,
+        ProbeId::PciTsmDestroy,
     ]
     .iter()
     .any(|p| found_name(syms, *p, &opts.attach).is_some())
     .then(|| {
         btf_name(
             syms,
-            Probe::PciTsmUnbindAny,
+            ProbeId::PciTsmUnbindAny,
             "__pci_tsm_unbind",
             &opts.attach,
         )
     });
-    let guest_req = found_name(syms, Probe::PciTsmGuestReq, &opts.attach);
+    let guest_req = found_name(syms, ProbeId::PciTsmGuestReq, &opts.attach);
     // Driver ops that will be probed: named ones, else those of a known driver present.
-    let driver_ops: Vec<(Probe, String)> = probes::TARGETS
+    let driver_ops: Vec<(ProbeId, String)> = probes::TARGETS
         .iter()
-        .filter(|t| t.probe.layer() == crate::events::Layer::TsmDriver)
+        .filter(|t| crate::events::Layer::of(t.probe) == crate::events::Layer::TsmDriver)
         .filter_map(|t| found_name(syms, t.probe, &opts.attach).map(|f| (t.probe, f)))
         .collect();
-    let driver_ops_ref: Vec<(Probe, &str)> =
+    let driver_ops_ref: Vec<(ProbeId, &str)> =
         driver_ops.iter().map(|(p, f)| (*p, f.as_str())).collect();
     let driver_bind = driver_ops_ref
         .iter()
-        .find(|(p, _)| *p == Probe::DriverBind)
+        .find(|(p, _)| *p == ProbeId::DriverBind)
         .map(|(_, f)| *f);
     // Every kprobe with a return program: its return type comes from its own prototype.
-    let probed: Vec<(Probe, String)> = probes::TARGETS
+    let probed: Vec<(ProbeId, String)> = probes::TARGETS
         .iter()
-        .filter(|t| t.ret.is_some() && !matches!(t.probe, Probe::VmmExit | Probe::ModuleLoad))
+        .filter(|t| t.probe.return_program().is_some())
         .filter_map(|t| found_name(syms, t.probe, &opts.attach).map(|f| (t.probe, f)))
         .collect();
-    let probed_ref: Vec<(Probe, &str)> = probed.iter().map(|(p, f)| (*p, f.as_str())).collect();
+    let probed_ref: Vec<(ProbeId, &str)> = probed.iter().map(|(p, f)| (*p, f.as_str())).collect();
     // `--symbol` overrides, each checked against the prototype of the probe's own function.
-    let overrides: Vec<(Probe, &str, &'static [&'static str])> = opts
+    let overrides: Vec<(ProbeId, &str, &'static [&'static str])> = opts
         .attach
         .symbols
         .iter()
@@ -184,7 +187,7 @@ fn resolve_btf(syms: &Kallsyms, opts: &SessionOptions) -> Result<Resolution> {
 
 /// The function a probe will use, for BTF lookups, or `None` if kallsyms has none of its
 /// candidates (compiler clones are never used: see `probes::kallsyms::CLONE_REASON`).
-fn found_name(syms: &Kallsyms, probe: Probe, config: &AttachConfig) -> Option<String> {
+fn found_name(syms: &Kallsyms, probe: ProbeId, config: &AttachConfig) -> Option<String> {
     let t = probes::target(probe);
     match syms.find_in(&config.candidates(t), t.anchors) {
         SymbolMatch::Found { name, .. } => {
@@ -197,7 +200,7 @@ fn found_name(syms: &Kallsyms, probe: Probe, config: &AttachConfig) -> Option<St
 /// [`found_name`], else the first candidate (so BTF reports name the function looked for).
 fn btf_name(
     syms: &Kallsyms,
-    probe: Probe,
+    probe: ProbeId,
     fallback: &'static str,
     config: &AttachConfig,
 ) -> String {
@@ -283,7 +286,7 @@ impl Session {
         )?;
         crate::memory::log_phase("attaching the probes");
         let mut maps = probes::Maps::take(&mut ebpf)?;
-        // Attached next to the earlier generation's programs: now they stand aside.
+        // Attached next to the earlier epoch's programs: now they stand aside.
         let pinned = match pinned {
             Some(p) => {
                 let handover = p
@@ -291,7 +294,7 @@ impl Session {
                     .context("handing over from the pinned programs")?;
                 Some(PinnedState {
                     dir: p.dir().to_path_buf(),
-                    generation: p.generation,
+                    epoch: p.epoch,
                     previous: p.previous,
                     handover,
                     _pins: p,
@@ -310,7 +313,7 @@ impl Session {
             inflight: maps.inflight,
             thread_ops: maps.thread_ops,
             sees_host_threads: host_threads(),
-            aggregates: Some(Aggregates {
+            aggregates: Some(AggregateMaps {
                 counts: maps.op_counts,
                 hist: maps.op_hist,
             }),
@@ -348,11 +351,9 @@ impl Session {
         Ok((gained, gone))
     }
 
-    /// Where the programs are pinned and their generation (`None`: not pinned).
+    /// Where the programs are pinned and their epoch (`None`: not pinned).
     pub fn pinned_at(&self) -> Option<(&std::path::Path, u32)> {
-        self.pinned
-            .as_ref()
-            .map(|p| (p.dir.as_path(), p.generation))
+        self.pinned.as_ref().map(|p| (p.dir.as_path(), p.epoch))
     }
 
     /// Detects the generation again from kallsyms and BTF (after a module unload), without
@@ -431,8 +432,8 @@ impl Session {
         self.attach.iter().filter(|r| r.attached).count()
     }
 
-    pub fn kernel_stats(&self) -> Result<KernelStats> {
-        Ok(probes::kernel_stats(&self.stats)?)
+    pub fn kernel_counts(&self) -> Result<KernelCounts> {
+        Ok(probes::kernel_counts(&self.stats)?)
     }
 
     /// Removes kernel-side entries whose return will never come (`probes/expiry.rs`):
@@ -507,7 +508,7 @@ impl Session {
 
     /// The kernel's exact counts of operations and frame durations, to be read where the
     /// metrics are rendered (on scrape). `None` once taken.
-    pub fn take_aggregates(&mut self) -> Option<Aggregates> {
+    pub fn take_aggregates(&mut self) -> Option<AggregateMaps> {
         self.aggregates.take()
     }
 
@@ -538,15 +539,15 @@ impl Session {
 }
 
 /// The maps of the kernel's exact aggregation (operations, frame durations).
-pub struct Aggregates {
+pub struct AggregateMaps {
     counts: aya::maps::PerCpuHashMap<MapData, u32, u64>,
     hist: aya::maps::PerCpuArray<MapData, u64>,
 }
 
-impl Aggregates {
+impl AggregateMaps {
     /// Reads them (about 1,500 map lookups: on scrape, not per event).
-    pub fn read(&self) -> Result<KernelOperations> {
-        Ok(probes::kernel_operations(&self.counts, &self.hist)?)
+    pub fn read(&self) -> Result<Aggregates> {
+        Ok(probes::read_aggregates(&self.counts, &self.hist)?)
     }
 }
 
@@ -696,7 +697,7 @@ impl LiveSession {
         self.session.missing()
     }
 
-    pub fn kernel_stats(&self) -> Result<KernelStats> {
-        self.session.kernel_stats()
+    pub fn kernel_counts(&self) -> Result<KernelCounts> {
+        self.session.kernel_counts()
     }
 }

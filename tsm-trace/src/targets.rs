@@ -13,7 +13,7 @@
 //! - [`GENERATIONS`]: how each posted version of the iommufd TSM series shows in BTF (UAPI
 //!   members, struct members, prototypes), for telling which one a kernel carries.
 
-use crate::events::Probe;
+use crate::events::ProbeId;
 
 /// A function name to look for, optionally only in one module (`Some("ccp")`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,15 +30,12 @@ impl<'a> Candidate<'a> {
 
 /// One row of the compatibility table.
 pub struct Target {
-    pub probe: Probe,
+    pub probe: ProbeId,
     /// Candidate function names, in order of preference (the first in kallsyms wins). Empty
     /// for driver ops: those come from [`KNOWN_DRIVERS`] or the command line.
     pub symbols: &'static [&'static str],
     /// Unique functions of the same source file, to tell apart same-named static functions.
     pub anchors: &'static [&'static str],
-    /// Entry program (kprobe) and return program (kretprobe), by eBPF function name.
-    pub entry: &'static str,
-    pub ret: Option<&'static str>,
     /// Where the function comes from, for "why is this missing" messages.
     pub origin: &'static str,
     /// The function can only be in vmlinux (drivers/pci/tsm.c is built in: CONFIG_PCI_TSM is
@@ -60,20 +57,18 @@ const PCI_TSM_C: &[&str] = &[
 
 const PCI_TSM_ORIGIN: &str = "Linux 6.19+ with CONFIG_PCI_TSM=y (drivers/pci/tsm.c)";
 
+/// A row; its programs are named after the probe (`ProbeId::entry_program`,
+/// `ProbeId::return_program`).
 const fn row(
-    probe: Probe,
+    probe: ProbeId,
     symbols: &'static [&'static str],
     anchors: &'static [&'static str],
-    entry: &'static str,
-    ret: Option<&'static str>,
     origin: &'static str,
 ) -> Target {
     Target {
         probe,
         symbols,
         anchors,
-        entry,
-        ret,
         origin,
         vmlinux_only: false,
     }
@@ -91,176 +86,165 @@ pub const TARGETS: &[Target] = &[
     // The same name in v2, v5 and the post-v5 proposal. (v5's `iommufd_vdevice_tsm_req_ioctl`
     // is the guest-request ioctl, IOMMU_VDEVICE_TSM_REQ: another command, never this probe.)
     row(
-        Probe::TsmOpIoctl,
+        ProbeId::TsmOpIoctl,
         &["iommufd_vdevice_tsm_op_ioctl"],
         &[],
-        "tsm_op_entry",
-        Some("tsm_op_return"),
         "the iommufd TSM bind patch (iommufd.ko, CONFIG_TSM=y)",
     ),
     row(
-        Probe::TsmBind,
+        ProbeId::TsmBind,
         &["tsm_bind"],
         &[],
-        "tsm_bind_entry",
-        Some("tsm_bind_return"),
         "the iommufd TSM bind patch (tsm-core, CONFIG_TSM=y)",
     ),
     row(
-        Probe::TsmUnbind,
+        ProbeId::TsmUnbind,
         &["tsm_unbind"],
         &[],
-        "tsm_unbind_entry",
-        Some("tsm_unbind_return"),
         "the iommufd TSM bind patch (tsm-core, CONFIG_TSM=y)",
     ),
     row(
-        Probe::VdeviceAbort,
+        ProbeId::VdeviceAbort,
         &["iommufd_vdevice_abort"],
         &[],
-        "vdev_abort_entry",
-        Some("vdev_abort_return"),
         "iommufd.ko (CONFIG_IOMMUFD; unbinds on teardown only with the patch)",
     ),
+    row(ProbeId::PciTsmBind, &["pci_tsm_bind"], &[], PCI_TSM_ORIGIN),
     row(
-        Probe::PciTsmBind,
-        &["pci_tsm_bind"],
-        &[],
-        "pci_bind_entry",
-        Some("pci_bind_return"),
-        PCI_TSM_ORIGIN,
-    ),
-    row(
-        Probe::PciTsmUnbind,
+        ProbeId::PciTsmUnbind,
         &["pci_tsm_unbind"],
         &[],
-        "pci_unbind_entry",
-        Some("pci_unbind_return"),
         PCI_TSM_ORIGIN,
     ),
     builtin(row(
-        Probe::Connect,
+        ProbeId::Connect,
         &["connect_store"],
         PCI_TSM_C,
-        "connect_entry",
-        Some("connect_return"),
         "Linux 6.19+ with CONFIG_PCI_TSM=y (static connect_store of drivers/pci/tsm.c; pci_tsm_connect is inlined)",
     )),
     builtin(row(
-        Probe::Disconnect,
+        ProbeId::Disconnect,
         &["disconnect_store"],
         PCI_TSM_C,
-        "disconnect_entry",
-        Some("disconnect_return"),
         "Linux 6.19+ with CONFIG_PCI_TSM=y (static disconnect_store of drivers/pci/tsm.c)",
     )),
     builtin(row(
-        Probe::PciTsmDisconnect,
+        ProbeId::PciTsmDisconnect,
         &["__pci_tsm_disconnect"],
         PCI_TSM_C,
-        "pci_disconnect_entry",
-        Some("pci_disconnect_return"),
         "Linux 6.19+ with CONFIG_PCI_TSM=y (static; may be inlined)",
     )),
     builtin(row(
-        Probe::PciTsmUnbindAny,
+        ProbeId::PciTsmUnbindAny,
         &["__pci_tsm_unbind"],
         PCI_TSM_C,
-        "pci_unbind_any_entry",
-        Some("pci_unbind_any_return"),
         "Linux 6.19+ with CONFIG_PCI_TSM=y (static; may be inlined)",
     )),
     builtin(row(
-        Probe::PciTsmDestroy,
+        ProbeId::PciTsmDestroy,
         &["__pci_tsm_destroy"],
         PCI_TSM_C,
-        "pci_destroy_entry",
-        Some("pci_destroy_return"),
         "Linux 6.19+ with CONFIG_PCI_TSM=y (static; may be inlined)",
     )),
     builtin(row(
-        Probe::PciTsmGuestReq,
+        ProbeId::PciTsmGuestReq,
         &["pci_tsm_guest_req"],
         &[],
-        "guest_req_entry_pci",
-        Some("guest_req_return_pci"),
         PCI_TSM_ORIGIN,
     )),
     row(
-        Probe::DriverProbe,
+        ProbeId::DriverProbe,
         &[],
         &[],
-        "drv_probe_entry",
-        Some("drv_probe_return"),
         "a TSM driver's link probe op (known drivers, or --driver-probe)",
     ),
     row(
-        Probe::DriverConnect,
+        ProbeId::DriverConnect,
         &[],
         &[],
-        "drv_connect_entry",
-        Some("drv_connect_return"),
         "a TSM driver's link connect op (known drivers, or --driver-connect)",
     ),
     row(
-        Probe::DriverDisconnect,
+        ProbeId::DriverDisconnect,
         &[],
         &[],
-        "drv_disconnect_entry",
-        Some("drv_disconnect_return"),
         "a TSM driver's link disconnect op (known drivers, or --driver-disconnect)",
     ),
     row(
-        Probe::DriverBind,
+        ProbeId::DriverBind,
         &[],
         &[],
-        "drv_bind_entry",
-        Some("drv_bind_return"),
         "a TSM driver's bind op (known drivers, or --driver-bind)",
     ),
     row(
-        Probe::DriverUnbind,
+        ProbeId::DriverUnbind,
         &[],
         &[],
-        "drv_unbind_entry",
-        Some("drv_unbind_return"),
         "a TSM driver's unbind op (known drivers, or --driver-unbind)",
     ),
     row(
-        Probe::DriverGuestReq,
+        ProbeId::DriverGuestReq,
         &[],
         &[],
-        "drv_guest_req_entry",
-        Some("drv_guest_req_return"),
         "a TSM driver's guest_req op (known drivers, or --driver-guest-req)",
     ),
     row(
-        Probe::KvmDestroyVm,
+        ProbeId::KvmDestroyVm,
         &["kvm_destroy_vm"],
         &[],
-        "kvm_destroy_entry",
-        None,
         "kvm.ko (static; missing if the compiler inlined it or kvm is not loaded)",
     ),
     row(
-        Probe::VmmExit,
+        ProbeId::VmmExit,
         &["sched_process_exit"],
         &[],
-        "vmm_exit",
-        None,
         "the sched_process_exit raw tracepoint",
     ),
     row(
-        Probe::ModuleLoad,
+        ProbeId::ModuleLoad,
         &["module_load"],
         &[],
-        "module_load",
-        None,
         "the module_load raw tracepoint (re-attach after module loads)",
     ),
 ];
 
-pub fn target(probe: Probe) -> &'static Target {
+/// Program names of earlier versions, from before each program was named after its probe
+/// (`pci_bind_entry` is now `pci_tsm_bind_entry`): links they pinned are still ours, to hand
+/// over from, to tell apart from other tools' programs, and for `tsm-trace unpin` to remove.
+/// Add a name here whenever a program is renamed; never remove one.
+pub const LEGACY_PROGRAMS: &[&str] = &[
+    "tsm_op_entry",
+    "tsm_op_return",
+    "vdev_abort_entry",
+    "vdev_abort_return",
+    "pci_bind_entry",
+    "pci_bind_return",
+    "pci_unbind_entry",
+    "pci_unbind_return",
+    "pci_disconnect_entry",
+    "pci_disconnect_return",
+    "pci_unbind_any_entry",
+    "pci_unbind_any_return",
+    "pci_destroy_entry",
+    "pci_destroy_return",
+    "guest_req_entry_pci",
+    "guest_req_return_pci",
+    "drv_probe_entry",
+    "drv_probe_return",
+    "drv_connect_entry",
+    "drv_connect_return",
+    "drv_disconnect_entry",
+    "drv_disconnect_return",
+    "drv_bind_entry",
+    "drv_bind_return",
+    "drv_unbind_entry",
+    "drv_unbind_return",
+    "drv_guest_req_entry",
+    "drv_guest_req_return",
+    "kvm_destroy_entry",
+];
+
+pub fn target(probe: ProbeId) -> &'static Target {
     TARGETS
         .iter()
         .find(|t| t.probe == probe)
@@ -348,7 +332,7 @@ pub const GENERATIONS: &[Generation] = &[
 pub struct KnownDriver {
     pub name: &'static str,
     pub module: Option<&'static str>,
-    pub ops: &'static [(Probe, &'static str)],
+    pub ops: &'static [(ProbeId, &'static str)],
 }
 
 pub const KNOWN_DRIVERS: &[KnownDriver] = &[
@@ -357,9 +341,9 @@ pub const KNOWN_DRIVERS: &[KnownDriver] = &[
         name: "AMD SEV-TIO",
         module: Some("ccp"),
         ops: &[
-            (Probe::DriverProbe, "dsm_probe"),
-            (Probe::DriverConnect, "dsm_connect"),
-            (Probe::DriverDisconnect, "dsm_disconnect"),
+            (ProbeId::DriverProbe, "dsm_probe"),
+            (ProbeId::DriverConnect, "dsm_connect"),
+            (ProbeId::DriverDisconnect, "dsm_disconnect"),
         ],
     },
     // drivers/virt/coco/arm-cca-host/ in public forks (not mainline).
@@ -367,12 +351,12 @@ pub const KNOWN_DRIVERS: &[KnownDriver] = &[
         name: "Arm CCA",
         module: None,
         ops: &[
-            (Probe::DriverProbe, "cca_tsm_pci_probe"),
-            (Probe::DriverConnect, "cca_tsm_connect"),
-            (Probe::DriverDisconnect, "cca_tsm_disconnect"),
-            (Probe::DriverBind, "cca_tsm_bind"),
-            (Probe::DriverUnbind, "cca_tsm_unbind"),
-            (Probe::DriverGuestReq, "cca_tsm_guest_req"),
+            (ProbeId::DriverProbe, "cca_tsm_pci_probe"),
+            (ProbeId::DriverConnect, "cca_tsm_connect"),
+            (ProbeId::DriverDisconnect, "cca_tsm_disconnect"),
+            (ProbeId::DriverBind, "cca_tsm_bind"),
+            (ProbeId::DriverUnbind, "cca_tsm_unbind"),
+            (ProbeId::DriverGuestReq, "cca_tsm_guest_req"),
         ],
     },
     // Intel TDX Connect (not mainline).
@@ -380,15 +364,15 @@ pub const KNOWN_DRIVERS: &[KnownDriver] = &[
         name: "Intel TDX Connect",
         module: None,
         ops: &[
-            (Probe::DriverProbe, "tdx_tsm_link_probe"),
-            (Probe::DriverConnect, "tdx_tsm_link_connect"),
-            (Probe::DriverDisconnect, "tdx_tsm_link_disconnect"),
+            (ProbeId::DriverProbe, "tdx_tsm_link_probe"),
+            (ProbeId::DriverConnect, "tdx_tsm_link_connect"),
+            (ProbeId::DriverDisconnect, "tdx_tsm_link_disconnect"),
         ],
     },
 ];
 
 /// The known drivers' functions for one driver op, in table order.
-pub fn driver_candidates(probe: Probe) -> Vec<Candidate<'static>> {
+pub fn driver_candidates(probe: ProbeId) -> Vec<Candidate<'static>> {
     KNOWN_DRIVERS
         .iter()
         .flat_map(|d| {
@@ -409,7 +393,7 @@ mod tests {
 
     #[test]
     fn every_probe_has_one_row() {
-        for p in Probe::ALL {
+        for p in ProbeId::ALL {
             assert_eq!(TARGETS.iter().filter(|t| t.probe == p).count(), 1, "{p:?}");
         }
     }
@@ -418,10 +402,15 @@ mod tests {
     fn known_driver_ops_are_driver_probes() {
         for d in KNOWN_DRIVERS {
             for (p, _) in d.ops {
-                assert_eq!(p.layer(), crate::events::Layer::TsmDriver, "{}", d.name);
+                assert_eq!(
+                    crate::events::Layer::of(*p),
+                    crate::events::Layer::TsmDriver,
+                    "{}",
+                    d.name
+                );
             }
         }
-        let c = driver_candidates(Probe::DriverConnect);
+        let c = driver_candidates(ProbeId::DriverConnect);
         assert_eq!(c[0].name, "dsm_connect");
         assert_eq!(c[0].module, Some("ccp"));
     }

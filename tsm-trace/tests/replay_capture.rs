@@ -111,7 +111,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use tsm_trace::{
-    events::{Event, Probe, VmSelector},
+    events::{Event, ProbeId, VmSelector},
     exporters::trace::Filters,
 };
 
@@ -181,7 +181,7 @@ fn json_lines(text: &str) -> Vec<Value> {
 /// The one event of the capture with this probe and device (and the predicate).
 fn the_event<'a>(
     evs: &'a [Event],
-    probe: Probe,
+    probe: ProbeId,
     device: Option<&str>,
     pred: impl Fn(&Event) -> bool,
 ) -> &'a Event {
@@ -203,8 +203,8 @@ const D3: &str = "0000:00:03.0";
 #[test]
 fn a_kernel_internal_unbind_clears_at_its_own_time() {
     let evs = events_of(CAPTURE);
-    let teardown_end = the_event(&evs, Probe::VdeviceAbort, Some(D3), |_| true).end_ns;
-    let unbind_end = the_event(&evs, Probe::TsmUnbind, Some(D3), |_| true).end_ns;
+    let teardown_end = the_event(&evs, ProbeId::VdeviceAbort, Some(D3), |_| true).end_ns;
+    let unbind_end = the_event(&evs, ProbeId::TsmUnbind, Some(D3), |_| true).end_ns;
     let (_, text) = replay_events(evs, 1_000_000_000, TraceFormat::Json, Filters::default());
     let v = json_lines(&text);
     let cleared: Vec<&Value> = v
@@ -227,7 +227,7 @@ fn a_kernel_internal_unbind_clears_at_its_own_time() {
 #[test]
 fn a_vm_destroyed_counts_the_bind_its_thread_made_before() {
     let evs = events_of(CAPTURE);
-    let destroy_end = the_event(&evs, Probe::KvmDestroyVm, None, |_| true).end_ns;
+    let destroy_end = the_event(&evs, ProbeId::KvmDestroyVm, None, |_| true).end_ns;
     let (r, text) = replay_events(evs, 0, TraceFormat::Json, Filters::default());
     let v = json_lines(&text);
     let gone: Vec<&Value> = v
@@ -250,8 +250,8 @@ fn a_vm_destroyed_counts_the_bind_its_thread_made_before() {
 #[test]
 fn grace_not_expired_at_the_end_of_a_capture_is_not_a_leak() {
     let evs = events_of(CAPTURE);
-    let exit_end = the_event(&evs, Probe::VmmExit, None, |_| true).end_ns;
-    let destroy_end = the_event(&evs, Probe::KvmDestroyVm, None, |_| true).end_ns;
+    let exit_end = the_event(&evs, ProbeId::VmmExit, None, |_| true).end_ns;
+    let destroy_end = the_event(&evs, ProbeId::KvmDestroyVm, None, |_| true).end_ns;
     let last = evs.iter().map(|e| e.end_ns).max().unwrap();
     for grace in [5_000_000_000, 365 * 86_400 * 1_000_000_000] {
         let (r, text) = replay_events(evs.clone(), grace, TraceFormat::Json, Filters::default());
@@ -324,8 +324,8 @@ fn replay_lines_come_in_event_time_order() {
 #[test]
 fn ioctl_failed_after_bind_is_bound_since_the_inner_bind_returned() {
     let evs = events_of(CAPTURE);
-    let ioctl = the_event(&evs, Probe::TsmOpIoctl, None, |e| e.ret == Some(-14));
-    let bound = the_event(&evs, Probe::TsmBind, Some(D2), |e| {
+    let ioctl = the_event(&evs, ProbeId::TsmOpIoctl, None, |e| e.ret == Some(-14));
+    let bound = the_event(&evs, ProbeId::TsmBind, Some(D2), |e| {
         e.start_ns > ioctl.start_ns && e.end_ns < ioctl.end_ns
     });
     let (ioctl_end, bound_end) = (ioctl.end_ns, bound.end_ns);

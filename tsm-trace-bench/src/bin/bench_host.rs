@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tsm_trace::correlate::{Config, Correlator, UAPI_OP_BIND, UAPI_OP_UNBIND};
-use tsm_trace::events::{Event, Probe, Vm, VmId};
+use tsm_trace::events::{Event, ProbeId, Vm, VmId};
 use tsm_trace::exporters::metrics::Metrics;
 use tsm_trace::pipeline::Pipeline;
 
@@ -70,7 +70,7 @@ impl Gen {
         )
     }
 
-    fn base(&self, probe: Probe, vm: usize, start: u64, end: u64) -> Event {
+    fn base(&self, probe: ProbeId, vm: usize, start: u64, end: u64) -> Event {
         let tgid = 10_000 + vm as u32;
         Event {
             ret: Some(0),
@@ -85,12 +85,14 @@ impl Gen {
         const EBUSY: i64 = -16;
         let name = Self::device(dev);
         let bind = matches!(kind, OpKind::Bind | OpKind::BindBusy);
-        let layers: &[Probe] = match kind {
-            OpKind::Bind => &[Probe::DriverBind, Probe::PciTsmBind, Probe::TsmBind],
-            OpKind::BindBusy => &[Probe::PciTsmBind, Probe::TsmBind],
-            OpKind::Unbind | OpKind::Teardown => {
-                &[Probe::DriverUnbind, Probe::PciTsmUnbind, Probe::TsmUnbind]
-            }
+        let layers: &[ProbeId] = match kind {
+            OpKind::Bind => &[ProbeId::DriverBind, ProbeId::PciTsmBind, ProbeId::TsmBind],
+            OpKind::BindBusy => &[ProbeId::PciTsmBind, ProbeId::TsmBind],
+            OpKind::Unbind | OpKind::Teardown => &[
+                ProbeId::DriverUnbind,
+                ProbeId::PciTsmUnbind,
+                ProbeId::TsmUnbind,
+            ],
         };
         for (i, probe) in layers.iter().copied().enumerate() {
             let lvl = (layers.len() - i) as u64;
@@ -102,13 +104,13 @@ impl Gen {
                 if kind == OpKind::BindBusy {
                     e.ret = Some(EBUSY);
                 }
-            } else if probe != Probe::TsmUnbind {
+            } else if probe != ProbeId::TsmUnbind {
                 e.ret = None;
             }
             out.push(e);
         }
         if kind == OpKind::Teardown {
-            let mut e = self.base(Probe::VdeviceAbort, vm, t0, t0 + 10_000);
+            let mut e = self.base(ProbeId::VdeviceAbort, vm, t0, t0 + 10_000);
             e.ret = None;
             e.device = Some(name);
             e.obj_id = Some(dev as u32);
@@ -116,7 +118,7 @@ impl Gen {
             out.push(e);
             return;
         }
-        let mut e = self.base(Probe::TsmOpIoctl, vm, t0, t0 + 10_000);
+        let mut e = self.base(ProbeId::TsmOpIoctl, vm, t0, t0 + 10_000);
         e.op = Some(if bind { UAPI_OP_BIND } else { UAPI_OP_UNBIND });
         e.flags = Some(0);
         e.vdevice_id = Some(dev as u32);

@@ -23,7 +23,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use aya::programs::{KProbe, loaded_programs};
-use tsm_trace::events::Probe;
+use tsm_trace::events::ProbeId;
 use tsm_trace::probes::{self, TARGETS};
 use tsm_trace_common::Offsets;
 
@@ -74,15 +74,15 @@ fn empty(pairs: &[String]) {
             .split_once('=')
             .unwrap_or_else(|| die(format!("{pair}: expected PROBE=FUNCTION")));
         let probe =
-            Probe::parse(probe).unwrap_or_else(|| die(format!("{probe}: unknown probe name")));
+            ProbeId::parse(probe).unwrap_or_else(|| die(format!("{probe}: unknown probe name")));
         let target = TARGETS
             .iter()
             .find(|t| t.probe == probe)
             .unwrap_or_else(|| die(format!("{probe:?} is not in the compatibility table")));
         let mut ids = Vec::new();
         for (name, ours) in [
-            ("bench_empty", Some(target.entry)),
-            ("bench_empty_ret", target.ret),
+            ("bench_empty", Some(target.probe.entry_program())),
+            ("bench_empty_ret", target.probe.return_program()),
         ] {
             let Some(ours) = ours else { continue };
             let mut ebpf = probes::open(&Offsets::UNKNOWN, Some(4096), None)

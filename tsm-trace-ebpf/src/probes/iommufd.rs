@@ -4,20 +4,20 @@ use aya_ebpf::{
     macros::{kprobe, kretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use tsm_trace_common::{OFFSET_UNKNOWN, Offsets, ProbeId, agg, missing};
+use tsm_trace_common::{OFFSET_UNKNOWN, Offsets, ProbeId, ProgError, aggregates, missing};
 
-use super::{begin, finish_ret, read_dev_name, stash};
+use super::{arg, begin, exit_code, finish_ret, read_dev_name, stash};
 use crate::read::{self, offsets};
 
 /// `int iommufd_vdevice_tsm_op_ioctl(struct iommufd_ucmd *ucmd)`: decodes the UAPI command
 /// (`op`, `flags`, `vdevice_id`) that `ucmd->cmd` points at.
 #[kprobe]
-pub fn tsm_op_entry(ctx: ProbeContext) -> u32 {
-    try_tsm_op_entry(&ctx).unwrap_or(1)
+pub fn tsm_op_ioctl_entry(ctx: ProbeContext) -> u32 {
+    exit_code(try_tsm_op_ioctl_entry(&ctx))
 }
 
-fn try_tsm_op_entry(ctx: &ProbeContext) -> Option<u32> {
-    let ucmd: u64 = ctx.arg(0)?;
+fn try_tsm_op_ioctl_entry(ctx: &ProbeContext) -> Result<(), ProgError> {
+    let ucmd: u64 = arg(ctx, 0)?;
     let ev = begin(ProbeId::TsmOpIoctl)?;
     let o = offsets();
     match read::at::<u64>("iommufd_ucmd.cmd", ucmd, o.ucmd_cmd) {
@@ -56,11 +56,11 @@ fn try_tsm_op_entry(ctx: &ProbeContext) -> Option<u32> {
         Err(_) => ev.missing |= missing::OP | missing::FLAGS | missing::VDEVICE_ID,
     }
     stash(ev);
-    Some(0)
+    Ok(())
 }
 
 /// The kernel's UAPI op value as the programs report it: bind and unbind as
-/// [`agg::UAPI_OP_BIND`]/[`agg::UAPI_OP_UNBIND`] whatever the kernel's values (from its enum in
+/// [`aggregates::UAPI_OP_BIND`]/[`aggregates::UAPI_OP_UNBIND`] whatever the kernel's values (from its enum in
 /// BTF, or its generation's `#define`s); `None` when those values are unknown.
 #[inline(always)]
 fn canonical_op(raw: u32, o: &Offsets) -> Option<u32> {
@@ -68,18 +68,18 @@ fn canonical_op(raw: u32, o: &Offsets) -> Option<u32> {
         return None;
     }
     Some(if raw == o.uapi_op_bind {
-        agg::UAPI_OP_BIND
+        aggregates::UAPI_OP_BIND
     } else if raw == o.uapi_op_unbind {
-        agg::UAPI_OP_UNBIND
-    } else if raw == agg::UAPI_OP_BIND || raw == agg::UAPI_OP_UNBIND {
-        agg::UAPI_OP_OTHER
+        aggregates::UAPI_OP_UNBIND
+    } else if raw == aggregates::UAPI_OP_BIND || raw == aggregates::UAPI_OP_UNBIND {
+        aggregates::UAPI_OP_OTHER
     } else {
         raw
     })
 }
 
 #[kretprobe]
-pub fn tsm_op_return(ctx: RetProbeContext) -> u32 {
+pub fn tsm_op_ioctl_return(ctx: RetProbeContext) -> u32 {
     let t = super::now();
     finish_ret(ProbeId::TsmOpIoctl, ctx.ret(), t);
     0
@@ -88,12 +88,12 @@ pub fn tsm_op_return(ctx: RetProbeContext) -> u32 {
 /// `void iommufd_vdevice_abort(struct iommufd_object *obj)`: the vdevice being torn down, its
 /// virtual id and its device.
 #[kprobe]
-pub fn vdev_abort_entry(ctx: ProbeContext) -> u32 {
-    try_vdev_abort_entry(&ctx).unwrap_or(1)
+pub fn vdevice_abort_entry(ctx: ProbeContext) -> u32 {
+    exit_code(try_vdevice_abort_entry(&ctx))
 }
 
-fn try_vdev_abort_entry(ctx: &ProbeContext) -> Option<u32> {
-    let obj: u64 = ctx.arg(0)?;
+fn try_vdevice_abort_entry(ctx: &ProbeContext) -> Result<(), ProgError> {
+    let obj: u64 = arg(ctx, 0)?;
     let ev = begin(ProbeId::VdeviceAbort)?;
     let o = offsets();
     match read::int_at("iommufd_object.id", obj, o.obj_id, o.kinds.obj_id) {
@@ -120,11 +120,11 @@ fn try_vdev_abort_entry(ctx: &ProbeContext) -> Option<u32> {
         .unwrap_or(0);
     read_dev_name(ev, dev);
     stash(ev);
-    Some(0)
+    Ok(())
 }
 
 #[kretprobe]
-pub fn vdev_abort_return(ctx: RetProbeContext) -> u32 {
+pub fn vdevice_abort_return(ctx: RetProbeContext) -> u32 {
     let t = super::now();
     finish_ret(ProbeId::VdeviceAbort, ctx.ret(), t);
     0

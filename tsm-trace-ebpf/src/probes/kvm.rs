@@ -5,9 +5,11 @@ use aya_ebpf::{
     macros::{kprobe, raw_tracepoint},
     programs::{ProbeContext, RawTracePointContext},
 };
-use tsm_trace_common::{ControlEvent, MODULE_NAME_LEN, ProbeId, control, stat};
+use tsm_trace_common::{
+    ControlEvent, KernelCounter, MODULE_NAME_LEN, ProbeId, ProgError, control, maps as names,
+};
 
-use super::{point, read_kvm};
+use super::{arg, exit_code, point, read_kvm};
 use crate::{
     maps::{CONTROL, VMM_TGIDS},
     read::{self, offsets},
@@ -15,17 +17,17 @@ use crate::{
 
 /// `void kvm_destroy_vm(struct kvm *kvm)`: a point event with the VM's identity.
 #[kprobe]
-pub fn kvm_destroy_entry(ctx: ProbeContext) -> u32 {
+pub fn kvm_destroy_vm_entry(ctx: ProbeContext) -> u32 {
     let t = super::now();
-    try_kvm_destroy_entry(&ctx, t).unwrap_or(1)
+    exit_code(try_kvm_destroy_vm_entry(&ctx, t))
 }
 
-fn try_kvm_destroy_entry(ctx: &ProbeContext, t: u64) -> Option<u32> {
-    let kvm: u64 = ctx.arg(0)?;
+fn try_kvm_destroy_vm_entry(ctx: &ProbeContext, t: u64) -> Result<(), ProgError> {
+    let kvm: u64 = arg(ctx, 0)?;
     point(ProbeId::KvmDestroyVm, t, |ev| {
         read_kvm(ev, kvm, offsets().kvm_destroy_vm)
     });
-    Some(0)
+    Ok(())
 }
 
 /// `sched_process_exit`: only processes in `VMM_TGIDS` (those that bound a device) produce an
@@ -70,7 +72,7 @@ fn module_event(ctx: &RawTracePointContext, kind: u32) {
         return;
     }
     let Some(mut slot) = CONTROL.reserve::<ControlEvent>(0) else {
-        crate::maps::full(stat::CONTROL_DROPS, "CONTROL");
+        crate::maps::full(KernelCounter::ControlFull, names::CONTROL);
         return;
     };
     let ev = slot.as_mut_ptr();

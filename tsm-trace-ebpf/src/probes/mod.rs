@@ -1,5 +1,9 @@
 //! Probe programs, one file per kernel subsystem. Each `#[kprobe]`/`#[kretprobe]` is a thin
-//! wrapper over a `try_*` function; entry and return are paired through [`maps::INFLIGHT`].
+//! wrapper over a `try_*` function returning `Result<(), ProgError>` (the program returns 0,
+//! or the error's discriminant: [`exit_code`]); an error is counted where it happens
+//! ([`crate::maps::fail`]). Entry and return are paired through [`maps::INFLIGHT`]. Each
+//! program is named after its probe: `<probe>_entry`, `<probe>_return`
+//! (`ProbeId::entry_program`, `ProbeId::return_program`).
 //!
 //! | file         | functions                                               |
 //! |--------------|---------------------------------------------------------|
@@ -20,14 +24,19 @@ pub mod pci_tsm_link;
 pub mod tsm;
 pub mod tsm_driver;
 
+use aya_ebpf::{Argument, programs::ProbeContext};
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
 };
-use tsm_trace_common::{COMM_LEN, KvmOffsets, ProbeId, RawEvent, flags, missing, stat};
+use tsm_trace_common::{
+    COMM_LEN, KernelCounter, KvmOffsets, ProbeId, ProgError, RawEvent, flags, maps as names,
+    missing,
+};
 
+pub use crate::maps::exit_code;
 use crate::{
-    maps::{EVENTS, INFLIGHT, InflightKey, LAST_RETURN, SCRATCH, VMM_TGIDS, count, full},
+    maps::{EVENTS, INFLIGHT, InflightKey, LAST_RETURN, SCRATCH, VMM_TGIDS, count, fail, full},
     read,
 };
 
@@ -42,21 +51,24 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+/// Argument `n` of the probed function.
+#[inline(always)]
+pub fn arg<T: Argument>(ctx: &ProbeContext, n: usize) -> Result<T, ProgError> {
+    ctx.arg(n).ok_or(ProgError::NoArgument)
+}
+
 /// Starts an entry record in per-CPU scratch space with the fields every event carries; its
 /// start time is set by [`stash`], once the record is read.
 #[inline(always)]
-pub fn begin(probe: ProbeId) -> Option<&'static mut RawEvent> {
-    // Every entry and point event starts here: an earlier generation stands aside.
-    if !crate::maps::live() {
-        return None;
-    }
+pub fn begin(probe: ProbeId) -> Result<&'static mut RawEvent, ProgError> {
+    // Every entry and point event starts here: an earlier epoch stands aside.
+    crate::maps::ensure_live()?;
     let Some(ev) = SCRATCH.get_ptr_mut(0) else {
-        count(stat::SCRATCH_MISSING);
-        return None;
+        return Err(fail(ProgError::ScratchMissing));
     };
     // SAFETY: per-CPU scratch; programs do not nest on one CPU (the kernel's recursion guard).
     unsafe { init(ev, probe, 0) };
-    Some(unsafe { &mut *ev })
+    Ok(unsafe { &mut *ev })
 }
 
 // `init` writes every field by name: a field added to `RawEvent` changes its size and stops
@@ -115,7 +127,7 @@ pub fn point(probe: ProbeId, start_ns: u64, fill: impl FnOnce(&mut RawEvent)) {
         return;
     }
     let Some(mut slot) = EVENTS.reserve::<RawEvent>(0) else {
-        full(stat::RINGBUF_DROPS, "EVENTS");
+        full(KernelCounter::RingbufFull, names::EVENTS);
         return;
     };
     let ev = slot.as_mut_ptr();
@@ -143,18 +155,18 @@ pub fn stash(ev: &mut RawEvent) {
         probe: ev.probe,
         _pad: 0,
     };
-    crate::agg::enter(ev);
+    crate::aggregates::enter(ev);
     let ev: &RawEvent = ev;
     // These functions do not recurse: an entry already parked for this thread and function
     // is a call whose return never came (its kretprobe missed).
     if let Err(e) = INFLIGHT.insert(key, ev, BPF_NOEXIST as u64) {
         if e == -EEXIST {
-            count(stat::RETURN_MISSED);
+            count(KernelCounter::ReturnMissed);
         }
         if INFLIGHT.insert(key, ev, 0).is_err() {
-            full(stat::INFLIGHT_FULL, "INFLIGHT");
+            full(KernelCounter::InflightFull, names::INFLIGHT);
             // No return will find this frame: the operation's count must not wait for it.
-            crate::agg::unenter(ev);
+            crate::aggregates::unenter(ev);
             return;
         }
     }
@@ -177,15 +189,15 @@ pub fn stash(ev: &mut RawEvent) {
 #[inline(never)]
 fn parked_lost(key: InflightKey, ev: &RawEvent) {
     let _ = INFLIGHT.remove(key);
-    full(stat::INFLIGHT_FULL, "INFLIGHT");
-    crate::agg::unenter(ev);
+    full(KernelCounter::InflightFull, names::INFLIGHT);
+    crate::aggregates::unenter(ev);
 }
 
 /// Sends a record to userspace, counting a full ring buffer as a drop.
 #[inline(always)]
 pub fn emit(ev: &RawEvent) {
     if EVENTS.output::<RawEvent>(ev, 0).is_err() {
-        full(stat::RINGBUF_DROPS, "EVENTS");
+        full(KernelCounter::RingbufFull, names::EVENTS);
     }
 }
 
@@ -225,7 +237,7 @@ pub fn finish_with(
             if kept {
                 emit(ev);
             }
-            crate::agg::exit(probe, pid_tgid, ret, ret_flags, now - ev.start_ns, kept);
+            crate::aggregates::exit(probe, pid_tgid, ret, ret_flags, now - ev.start_ns, kept);
             let _ = INFLIGHT.remove(key);
             if let Some(last) = LAST_RETURN.get_ptr_mut(0) {
                 // SAFETY: per-CPU slot, this program is its only writer while it runs.
@@ -233,12 +245,12 @@ pub fn finish_with(
             }
         }
         None => {
-            // The other generation's return probe completed this very call just before us
+            // The other epoch's return probe completed this very call just before us
             // (a handover), or these programs are not the live ones: not an orphan.
             if !crate::maps::live() || LAST_RETURN.get(0).is_some_and(|l| *l == key) {
                 return;
             }
-            count(stat::ORPHAN_RETURNS);
+            count(KernelCounter::OrphanReturn);
             // Without the entry there is nothing for `complete` to use or to filter on.
             if let Some(mut slot) = EVENTS.reserve::<RawEvent>(0) {
                 let ev = slot.as_mut_ptr();
@@ -251,7 +263,7 @@ pub fn finish_with(
                 }
                 slot.submit(0);
             } else {
-                full(stat::RINGBUF_DROPS, "EVENTS");
+                full(KernelCounter::RingbufFull, names::EVENTS);
             }
         }
     }
@@ -295,7 +307,7 @@ pub fn pci_dev_to_dev(pdev: u64) -> u64 {
 
 /// `pdev->tsm`: `Ok(0)` when the device has no TSM context.
 #[inline(always)]
-pub fn pci_tsm_of(pdev: u64) -> Result<u64, read::ReadError> {
+pub fn pci_tsm_of(pdev: u64) -> Result<u64, ProgError> {
     read::at::<u64>("pci_dev.tsm", pdev, read::offsets().pci_dev_tsm)
 }
 
@@ -348,7 +360,7 @@ pub fn read_kvm(ev: &mut RawEvent, kvm: u64, o: KvmOffsets) {
 pub fn note_vmm() {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if VMM_TGIDS.insert(tgid, 1, 0).is_err() {
-        full(stat::VMM_FULL, "VMM_TGIDS");
+        full(KernelCounter::VmmTableFull, names::VMM_TGIDS);
     }
 }
 

@@ -4,45 +4,54 @@ use aya_ebpf::{
     macros::{kprobe, kretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use tsm_trace_common::{KvmOffsets, ProbeId};
+use tsm_trace_common::{KvmOffsets, ProbeId, ProgError};
 
 use super::{
-    begin, decode_ret, finish, finish_ret, note_vmm, pci_dev_to_dev, read_dev_name, read_kvm, stash,
+    arg, begin, decode_ret, exit_code, finish, finish_ret, note_vmm, pci_dev_to_dev, read_dev_name,
+    read_kvm, stash,
 };
 use crate::read::offsets;
 
 /// Shared by `pci_tsm_bind` and driver bind ops: `(struct pci_dev *, struct kvm *, u32 tdi_id)`.
 #[inline(always)]
-pub fn bind_entry(ctx: &ProbeContext, probe: ProbeId, kvm_off: KvmOffsets) -> Option<u32> {
-    let pdev: u64 = ctx.arg(0)?;
-    let kvm: u64 = ctx.arg(1)?;
-    let tdi_id: u64 = ctx.arg(2)?;
+pub fn bind_entry(
+    ctx: &ProbeContext,
+    probe: ProbeId,
+    kvm_off: KvmOffsets,
+) -> Result<(), ProgError> {
+    let pdev: u64 = arg(ctx, 0)?;
+    let kvm: u64 = arg(ctx, 1)?;
+    let tdi_id: u64 = arg(ctx, 2)?;
     let ev = begin(probe)?;
     read_dev_name(ev, pci_dev_to_dev(pdev));
     read_kvm(ev, kvm, kvm_off);
     ev.tdi_id = tdi_id as u32 as u64;
     stash(ev);
-    Some(0)
+    Ok(())
 }
 
 /// Any `(struct pci_dev *, ...)` function: the device name only.
 #[inline(always)]
-pub fn pdev_entry(ctx: &ProbeContext, probe: ProbeId) -> Option<u32> {
-    let pdev: u64 = ctx.arg(0)?;
+pub fn pdev_entry(ctx: &ProbeContext, probe: ProbeId) -> Result<(), ProgError> {
+    let pdev: u64 = arg(ctx, 0)?;
     let ev = begin(probe)?;
     read_dev_name(ev, pci_dev_to_dev(pdev));
     stash(ev);
-    Some(0)
+    Ok(())
 }
 
 /// `int pci_tsm_bind(struct pci_dev *pdev, struct kvm *kvm, u32 tdi_id)`
 #[kprobe]
-pub fn pci_bind_entry(ctx: ProbeContext) -> u32 {
-    bind_entry(&ctx, ProbeId::PciTsmBind, offsets().kvm_pci_tsm_bind).unwrap_or(1)
+pub fn pci_tsm_bind_entry(ctx: ProbeContext) -> u32 {
+    exit_code(bind_entry(
+        &ctx,
+        ProbeId::PciTsmBind,
+        offsets().kvm_pci_tsm_bind,
+    ))
 }
 
 #[kretprobe]
-pub fn pci_bind_return(ctx: RetProbeContext) -> u32 {
+pub fn pci_tsm_bind_return(ctx: RetProbeContext) -> u32 {
     let t = super::now();
     let (rc, f) = decode_ret(ProbeId::PciTsmBind, ctx.ret());
     if rc == 0 && f & tsm_trace_common::flags::RET_VOID == 0 {
@@ -54,12 +63,12 @@ pub fn pci_bind_return(ctx: RetProbeContext) -> u32 {
 
 /// `void pci_tsm_unbind(struct pci_dev *pdev)`
 #[kprobe]
-pub fn pci_unbind_entry(ctx: ProbeContext) -> u32 {
-    pdev_entry(&ctx, ProbeId::PciTsmUnbind).unwrap_or(1)
+pub fn pci_tsm_unbind_entry(ctx: ProbeContext) -> u32 {
+    exit_code(pdev_entry(&ctx, ProbeId::PciTsmUnbind))
 }
 
 #[kretprobe]
-pub fn pci_unbind_return(ctx: RetProbeContext) -> u32 {
+pub fn pci_tsm_unbind_return(ctx: RetProbeContext) -> u32 {
     let t = super::now();
     finish_ret(ProbeId::PciTsmUnbind, ctx.ret(), t);
     0

@@ -6,32 +6,32 @@ use aya_ebpf::{
     macros::{kprobe, kretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use tsm_trace_common::{ProbeId, RawEvent, flags, missing};
+use tsm_trace_common::{ProbeId, ProgError, RawEvent, flags, missing};
 
 use super::{
-    args::arg_at, begin, finish_ret, finish_ret_with, pci_dev_to_dev, pci_tsm_of, read_dev_name,
-    read_tdi, read_tsm_name, stash,
+    arg, args::arg_at, begin, exit_code, finish_ret, finish_ret_with, pci_dev_to_dev, pci_tsm_of,
+    read_dev_name, read_tdi, read_tsm_name, stash,
 };
 use crate::read::{self, offsets};
 
 /// `ssize_t {connect,disconnect}_store(struct device *dev, struct device_attribute *attr,
 /// const char *buf, size_t len)`: the device, and the TSM name the user wrote.
 #[inline(always)]
-fn store_entry(ctx: &ProbeContext, probe: ProbeId) -> Option<u32> {
-    let dev: u64 = ctx.arg(0)?;
-    let buf: u64 = ctx.arg(2)?;
+fn store_entry(ctx: &ProbeContext, probe: ProbeId) -> Result<(), ProgError> {
+    let dev: u64 = arg(ctx, 0)?;
+    let buf: u64 = arg(ctx, 2)?;
     let ev = begin(probe)?;
     read_dev_name(ev, dev);
     if read::str_at("sysfs write buffer", buf, 0, &mut ev.tsm_name).is_err() {
         ev.missing |= missing::TSM_NAME;
     }
     stash(ev);
-    Some(0)
+    Ok(())
 }
 
 #[kprobe]
 pub fn connect_entry(ctx: ProbeContext) -> u32 {
-    store_entry(&ctx, ProbeId::Connect).unwrap_or(1)
+    exit_code(store_entry(&ctx, ProbeId::Connect))
 }
 
 #[kretprobe]
@@ -43,7 +43,7 @@ pub fn connect_return(ctx: RetProbeContext) -> u32 {
 
 #[kprobe]
 pub fn disconnect_entry(ctx: ProbeContext) -> u32 {
-    store_entry(&ctx, ProbeId::Disconnect).unwrap_or(1)
+    exit_code(store_entry(&ctx, ProbeId::Disconnect))
 }
 
 #[kretprobe]
@@ -77,21 +77,21 @@ fn read_context(ev: &mut RawEvent, pdev: u64) -> u64 {
 
 /// `void __pci_tsm_disconnect(struct pci_dev *pdev)`
 #[kprobe]
-pub fn pci_disconnect_entry(ctx: ProbeContext) -> u32 {
-    try_pci_disconnect_entry(&ctx).unwrap_or(1)
+pub fn pci_tsm_disconnect_entry(ctx: ProbeContext) -> u32 {
+    exit_code(try_pci_tsm_disconnect_entry(&ctx))
 }
 
-fn try_pci_disconnect_entry(ctx: &ProbeContext) -> Option<u32> {
-    let pdev: u64 = ctx.arg(0)?;
+fn try_pci_tsm_disconnect_entry(ctx: &ProbeContext) -> Result<(), ProgError> {
+    let pdev: u64 = arg(ctx, 0)?;
     let ev = begin(ProbeId::PciTsmDisconnect)?;
     read_dev_name(ev, pci_dev_to_dev(pdev));
     read_context(ev, pdev);
     stash(ev);
-    Some(0)
+    Ok(())
 }
 
 #[kretprobe]
-pub fn pci_disconnect_return(ctx: RetProbeContext) -> u32 {
+pub fn pci_tsm_disconnect_return(ctx: RetProbeContext) -> u32 {
     let t = super::now();
     finish_ret(ProbeId::PciTsmDisconnect, ctx.ret(), t);
     0
@@ -100,12 +100,12 @@ pub fn pci_disconnect_return(ctx: RetProbeContext) -> u32 {
 /// `int __pci_tsm_unbind(struct pci_dev *pdev, void *data)`: the binding it is about to end
 /// (`pdev->tsm->tdi`), or [`flags::NOTHING_BOUND`].
 #[kprobe]
-pub fn pci_unbind_any_entry(ctx: ProbeContext) -> u32 {
-    try_pci_unbind_any_entry(&ctx).unwrap_or(1)
+pub fn pci_tsm_unbind_any_entry(ctx: ProbeContext) -> u32 {
+    exit_code(try_pci_tsm_unbind_any_entry(&ctx))
 }
 
-fn try_pci_unbind_any_entry(ctx: &ProbeContext) -> Option<u32> {
-    let pdev: u64 = ctx.arg(0)?;
+fn try_pci_tsm_unbind_any_entry(ctx: &ProbeContext) -> Result<(), ProgError> {
+    let pdev: u64 = arg(ctx, 0)?;
     let ev = begin(ProbeId::PciTsmUnbindAny)?;
     read_dev_name(ev, pci_dev_to_dev(pdev));
     let tsm = read_context(ev, pdev);
@@ -123,11 +123,11 @@ fn try_pci_unbind_any_entry(ctx: &ProbeContext) -> Option<u32> {
         }
     }
     stash(ev);
-    Some(0)
+    Ok(())
 }
 
 #[kretprobe]
-pub fn pci_unbind_any_return(ctx: RetProbeContext) -> u32 {
+pub fn pci_tsm_unbind_any_return(ctx: RetProbeContext) -> u32 {
     let t = super::now();
     finish_ret(ProbeId::PciTsmUnbindAny, ctx.ret(), t);
     0
@@ -137,13 +137,13 @@ pub fn pci_unbind_any_return(ctx: RetProbeContext) -> u32 {
 /// device (`tsm_dev` NULL) or unregistration of `tsm_dev`. Runs for every PCI device removed
 /// and, on unregistration, for every PCI device: only devices with TSM context are reported.
 #[kprobe]
-pub fn pci_destroy_entry(ctx: ProbeContext) -> u32 {
-    try_pci_destroy_entry(&ctx).unwrap_or(1)
+pub fn pci_tsm_destroy_entry(ctx: ProbeContext) -> u32 {
+    exit_code(try_pci_tsm_destroy_entry(&ctx))
 }
 
-fn try_pci_destroy_entry(ctx: &ProbeContext) -> Option<u32> {
-    let pdev: u64 = ctx.arg(0)?;
-    let tsm_dev: u64 = ctx.arg(1)?;
+fn try_pci_tsm_destroy_entry(ctx: &ProbeContext) -> Result<(), ProgError> {
+    let pdev: u64 = arg(ctx, 0)?;
+    let tsm_dev: u64 = arg(ctx, 1)?;
     let ev = begin(ProbeId::PciTsmDestroy)?;
     read_dev_name(ev, pci_dev_to_dev(pdev));
     if tsm_dev != 0 {
@@ -157,11 +157,11 @@ fn try_pci_destroy_entry(ctx: &ProbeContext) -> Option<u32> {
         ev.flags |= flags::NOTHING_BOUND;
     }
     stash(ev);
-    Some(0)
+    Ok(())
 }
 
 #[kretprobe]
-pub fn pci_destroy_return(ctx: RetProbeContext) -> u32 {
+pub fn pci_tsm_destroy_return(ctx: RetProbeContext) -> u32 {
     let t = super::now();
     // NOTHING_BOUND here: the device had no TSM context, so the call did nothing TSM-related.
     finish_ret_with(ProbeId::PciTsmDestroy, ctx.ret(), 0, t, |ev| {
@@ -174,8 +174,8 @@ pub fn pci_destroy_return(ctx: RetProbeContext) -> u32 {
 /// and the driver's op (a `struct pci_tdi *`). The `*tsm_code` pointer is parked in
 /// `tsm_code` until the return reads the value behind it.
 #[inline(always)]
-pub fn guest_req_entry(ctx: &ProbeContext, probe: ProbeId, is_tdi: bool) -> Option<u32> {
-    let first: u64 = ctx.arg(0)?;
+pub fn guest_req_entry(ctx: &ProbeContext, probe: ProbeId, is_tdi: bool) -> Result<(), ProgError> {
+    let first: u64 = arg(ctx, 0)?;
     let o = offsets();
     let locs = if is_tdi { o.drv_guest_req } else { o.guest_req };
     let ev = begin(probe)?;
@@ -208,7 +208,7 @@ pub fn guest_req_entry(ctx: &ProbeContext, probe: ProbeId, is_tdi: bool) -> Opti
     }
     ev.tsm_code = arg_at(ctx, locs.tsm_code).unwrap_or(0);
     stash(ev);
-    Some(0)
+    Ok(())
 }
 
 /// Replaces the parked `u64 *tsm_code` with the value the call left there.
@@ -227,12 +227,12 @@ pub fn read_tsm_code(ev: &mut RawEvent) -> bool {
 /// `ssize_t pci_tsm_guest_req(struct pci_dev *, enum pci_tsm_req_scope, sockptr_t req_in,
 /// size_t in_len, sockptr_t req_out, size_t out_len, u64 *tsm_code)`
 #[kprobe]
-pub fn guest_req_entry_pci(ctx: ProbeContext) -> u32 {
-    guest_req_entry(&ctx, ProbeId::PciTsmGuestReq, false).unwrap_or(1)
+pub fn pci_tsm_guest_req_entry(ctx: ProbeContext) -> u32 {
+    exit_code(guest_req_entry(&ctx, ProbeId::PciTsmGuestReq, false))
 }
 
 #[kretprobe]
-pub fn guest_req_return_pci(ctx: RetProbeContext) -> u32 {
+pub fn pci_tsm_guest_req_return(ctx: RetProbeContext) -> u32 {
     let t = super::now();
     finish_ret_with(ProbeId::PciTsmGuestReq, ctx.ret(), 0, t, read_tsm_code);
     0

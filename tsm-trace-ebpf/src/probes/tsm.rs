@@ -4,27 +4,29 @@ use aya_ebpf::{
     macros::{kprobe, kretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use tsm_trace_common::ProbeId;
+use tsm_trace_common::{ProbeId, ProgError};
 
-use super::{begin, decode_ret, finish, finish_ret, note_vmm, read_dev_name, read_kvm, stash};
+use super::{
+    arg, begin, decode_ret, exit_code, finish, finish_ret, note_vmm, read_dev_name, read_kvm, stash,
+};
 use crate::read::offsets;
 
 /// `int tsm_bind(struct device *dev, struct kvm *kvm, u64 tdi_id)`
 #[kprobe]
 pub fn tsm_bind_entry(ctx: ProbeContext) -> u32 {
-    try_tsm_bind_entry(&ctx).unwrap_or(1)
+    exit_code(try_tsm_bind_entry(&ctx))
 }
 
-fn try_tsm_bind_entry(ctx: &ProbeContext) -> Option<u32> {
-    let dev: u64 = ctx.arg(0)?;
-    let kvm: u64 = ctx.arg(1)?;
-    let tdi_id: u64 = ctx.arg(2)?;
+fn try_tsm_bind_entry(ctx: &ProbeContext) -> Result<(), ProgError> {
+    let dev: u64 = arg(ctx, 0)?;
+    let kvm: u64 = arg(ctx, 1)?;
+    let tdi_id: u64 = arg(ctx, 2)?;
     let ev = begin(ProbeId::TsmBind)?;
     read_dev_name(ev, dev);
     read_kvm(ev, kvm, offsets().kvm_tsm_bind);
     ev.tdi_id = tdi_id;
     stash(ev);
-    Some(0)
+    Ok(())
 }
 
 #[kretprobe]
@@ -41,15 +43,15 @@ pub fn tsm_bind_return(ctx: RetProbeContext) -> u32 {
 /// `int tsm_unbind(struct device *dev)`
 #[kprobe]
 pub fn tsm_unbind_entry(ctx: ProbeContext) -> u32 {
-    try_tsm_unbind_entry(&ctx).unwrap_or(1)
+    exit_code(try_tsm_unbind_entry(&ctx))
 }
 
-fn try_tsm_unbind_entry(ctx: &ProbeContext) -> Option<u32> {
-    let dev: u64 = ctx.arg(0)?;
+fn try_tsm_unbind_entry(ctx: &ProbeContext) -> Result<(), ProgError> {
+    let dev: u64 = arg(ctx, 0)?;
     let ev = begin(ProbeId::TsmUnbind)?;
     read_dev_name(ev, dev);
     stash(ev);
-    Some(0)
+    Ok(())
 }
 
 #[kretprobe]

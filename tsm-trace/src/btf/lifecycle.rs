@@ -6,12 +6,12 @@
 use tsm_trace_common::{ARG_PCI_DEV, ARG_PCI_TDI, GuestReqArgs, OFFSET_UNKNOWN, Offsets};
 
 use super::{Agg, Functions, Objects, Out, found, from_param, from_param_or_name, types::Want};
-use crate::events::Probe;
+use crate::events::ProbeId;
 
 /// The outcome of checking one driver op's prototype.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PrototypeCheck {
-    pub probe: Probe,
+    pub probe: ProbeId,
     pub function: String,
     /// `Err(why)`: the function is not the shape of the op; it is not attached.
     pub result: Result<(), String>,
@@ -19,15 +19,15 @@ pub struct PrototypeCheck {
 
 /// Parameters of each driver op as [`Objects::param_shape`] describes them: the struct a
 /// pointer points to, `""` for a scalar, `"*"` for another pointer; `None`: anything.
-fn expected_shape(probe: Probe) -> &'static [&'static [Option<&'static str>]] {
+fn expected_shape(probe: ProbeId) -> &'static [&'static [Option<&'static str>]] {
     const PDEV: Option<&str> = Some("pci_dev");
     match probe {
-        Probe::DriverProbe => &[&[Some("tsm_dev"), PDEV]],
-        Probe::DriverConnect | Probe::DriverDisconnect => &[&[PDEV]],
-        Probe::DriverBind => &[&[PDEV, Some("kvm"), Some("")]],
+        ProbeId::DriverProbe => &[&[Some("tsm_dev"), PDEV]],
+        ProbeId::DriverConnect | ProbeId::DriverDisconnect => &[&[PDEV]],
+        ProbeId::DriverBind => &[&[PDEV, Some("kvm"), Some("")]],
         // Upstream `unbind(struct pci_tdi *)`; older drivers and the stand-in `(pci_dev *)`.
-        Probe::DriverUnbind => &[&[Some("pci_tdi")], &[PDEV]],
-        Probe::DriverGuestReq => &[&[
+        ProbeId::DriverUnbind => &[&[Some("pci_tdi")], &[PDEV]],
+        ProbeId::DriverGuestReq => &[&[
             Some("pci_tdi"),
             Some(""),
             None,
@@ -40,7 +40,7 @@ fn expected_shape(probe: Probe) -> &'static [&'static [Option<&'static str>]] {
     }
 }
 
-fn check_prototype(objs: &Objects, probe: Probe, func: &str) -> Result<(), String> {
+fn check_prototype(objs: &Objects, probe: ProbeId, func: &str) -> Result<(), String> {
     let Some((obj, params)) = objs.prototype(func)? else {
         return Err(format!(
             "{func} is not in BTF ({}), so its arguments cannot be checked",
@@ -86,7 +86,7 @@ fn show(v: &[String]) -> String {
 /// nothing to compare with, so no check.
 fn check_override(
     objs: &Objects,
-    probe: Probe,
+    probe: ProbeId,
     func: &str,
     defaults: &[&str],
 ) -> Result<(), String> {
@@ -169,11 +169,11 @@ pub(super) fn resolve(
     if let Some(f) = fns.pci_tsm_guest_req {
         o.guest_req = put_args(out, "pci_tsm_guest_req arguments", guest_req_args(objs, f));
     }
-    if let Some(f) = fns.driver_op(Probe::DriverGuestReq) {
+    if let Some(f) = fns.driver_op(ProbeId::DriverGuestReq) {
         o.drv_guest_req = put_args(out, "driver guest_req arguments", guest_req_args(objs, f));
     }
     // The driver unbind op's argument: upstream's `struct pci_tdi *` or a `struct pci_dev *`.
-    if let Some(f) = fns.driver_op(Probe::DriverUnbind) {
+    if let Some(f) = fns.driver_op(ProbeId::DriverUnbind) {
         let arg = match objs.prototype(f) {
             Ok(Some((obj, params))) if !params.is_empty() => {
                 match objs.param_shape(obj, params[0]).as_str() {
@@ -215,8 +215,8 @@ pub(super) fn resolve(
 
     // The PCI TSM context: only when a probe reads it (the core's own functions, or driver
     // ops handed a `struct tsm_dev *` or `struct pci_tdi *`).
-    let driver_needs_context = fns.driver_op(Probe::DriverProbe).is_some()
-        || fns.driver_op(Probe::DriverGuestReq).is_some()
+    let driver_needs_context = fns.driver_op(ProbeId::DriverProbe).is_some()
+        || fns.driver_op(ProbeId::DriverGuestReq).is_some()
         || o.drv_unbind_arg == ARG_PCI_TDI;
     if fns.pci_tsm_unbind_any.is_none() && !driver_needs_context {
         return checks;

@@ -32,7 +32,7 @@ use btf_rs::{Btf, BtfType, Struct, Type};
 use tsm_trace_common::{KvmOffsets, OFFSET_UNKNOWN, Offsets};
 use types::Want;
 
-use crate::events::Probe;
+use crate::events::ProbeId;
 
 /// Where BTF comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,18 +85,18 @@ pub struct Functions<'a> {
     /// size_t, u64 *)`; `None`: not probed, its argument locations are left out.
     pub pci_tsm_guest_req: Option<&'a str>,
     /// The TSM driver ops that will be probed: each prototype is checked against its op.
-    pub driver_ops: &'a [(Probe, &'a str)],
+    pub driver_ops: &'a [(ProbeId, &'a str)],
     /// Every function a kprobe will be attached to, by probe (compiler suffixes dropped): its
     /// return type is taken from its own prototype.
-    pub probed: &'a [(Probe, &'a str)],
+    pub probed: &'a [(ProbeId, &'a str)],
     /// `--symbol PROBE=FUNCTION` overrides, with the compatibility table's functions for the
     /// probe: the override must have the prototype of the first of those BTF has.
-    pub overrides: &'a [(Probe, &'a str, &'static [&'static str])],
+    pub overrides: &'a [(ProbeId, &'a str, &'static [&'static str])],
 }
 
 impl Functions<'_> {
     /// The function probed for driver op `probe`, if any.
-    pub fn driver_op(&self, probe: Probe) -> Option<&str> {
+    pub fn driver_op(&self, probe: ProbeId) -> Option<&str> {
         self.driver_ops
             .iter()
             .find(|(p, _)| *p == probe)

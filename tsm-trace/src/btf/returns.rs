@@ -6,7 +6,6 @@
 use tsm_trace_common::{IntKind, Offsets, ProbeId, ret};
 
 use super::{FieldReport, Functions, Objects, Out, PrototypeCheck};
-use crate::events::Probe;
 
 /// `int (4 bytes, signed)`, `pointer`, `void`.
 pub fn describe_ret(kind: u32) -> String {
@@ -27,29 +26,29 @@ pub fn describe_ret(kind: u32) -> String {
 }
 
 /// The report name of `probe`'s return type (`return tsm_bind`).
-fn field_name(probe: Probe) -> &'static str {
+fn field_name(probe: ProbeId) -> &'static str {
     match probe {
-        Probe::TsmOpIoctl => "return tsm_op_ioctl",
-        Probe::TsmBind => "return tsm_bind",
-        Probe::TsmUnbind => "return tsm_unbind",
-        Probe::VdeviceAbort => "return vdevice_abort",
-        Probe::PciTsmBind => "return pci_tsm_bind",
-        Probe::PciTsmUnbind => "return pci_tsm_unbind",
-        Probe::DriverBind => "return driver_bind",
-        Probe::DriverUnbind => "return driver_unbind",
-        Probe::KvmDestroyVm => "return kvm_destroy_vm",
-        Probe::VmmExit => "return vmm_exit",
-        Probe::ModuleLoad => "return module_load",
-        Probe::Connect => "return connect",
-        Probe::Disconnect => "return disconnect",
-        Probe::PciTsmDisconnect => "return pci_tsm_disconnect",
-        Probe::PciTsmUnbindAny => "return pci_tsm_unbind_any",
-        Probe::PciTsmDestroy => "return pci_tsm_destroy",
-        Probe::PciTsmGuestReq => "return pci_tsm_guest_req",
-        Probe::DriverProbe => "return driver_probe",
-        Probe::DriverConnect => "return driver_connect",
-        Probe::DriverDisconnect => "return driver_disconnect",
-        Probe::DriverGuestReq => "return driver_guest_req",
+        ProbeId::TsmOpIoctl => "return tsm_op_ioctl",
+        ProbeId::TsmBind => "return tsm_bind",
+        ProbeId::TsmUnbind => "return tsm_unbind",
+        ProbeId::VdeviceAbort => "return vdevice_abort",
+        ProbeId::PciTsmBind => "return pci_tsm_bind",
+        ProbeId::PciTsmUnbind => "return pci_tsm_unbind",
+        ProbeId::DriverBind => "return driver_bind",
+        ProbeId::DriverUnbind => "return driver_unbind",
+        ProbeId::KvmDestroyVm => "return kvm_destroy_vm",
+        ProbeId::VmmExit => "return vmm_exit",
+        ProbeId::ModuleLoad => "return module_load",
+        ProbeId::Connect => "return connect",
+        ProbeId::Disconnect => "return disconnect",
+        ProbeId::PciTsmDisconnect => "return pci_tsm_disconnect",
+        ProbeId::PciTsmUnbindAny => "return pci_tsm_unbind_any",
+        ProbeId::PciTsmDestroy => "return pci_tsm_destroy",
+        ProbeId::PciTsmGuestReq => "return pci_tsm_guest_req",
+        ProbeId::DriverProbe => "return driver_probe",
+        ProbeId::DriverConnect => "return driver_connect",
+        ProbeId::DriverDisconnect => "return driver_disconnect",
+        ProbeId::DriverGuestReq => "return driver_guest_req",
     }
 }
 
@@ -61,7 +60,7 @@ pub(super) fn resolve(
     checks: &mut Vec<PrototypeCheck>,
 ) {
     for (probe, func) in fns.probed {
-        let id: ProbeId = probe.id();
+        let id: ProbeId = *probe;
         let result = match objs.ret_kind(func) {
             Ok(Some(k)) => {
                 o.ret[id as usize] = k;

@@ -684,21 +684,21 @@ fn synthetic() -> PathBuf {
 const SYNTH_FNS: Functions<'static> = Functions {
     tsm_op_ioctl: "iommufd_vdevice_tsm_op_ioctl",
     probed: &[
-        (Probe::TsmOpIoctl, "iommufd_vdevice_tsm_op_ioctl"),
-        (Probe::TsmBind, "tsm_bind"),
-        (Probe::TsmUnbind, "tsm_unbind"),
-        (Probe::VdeviceAbort, "iommufd_vdevice_abort"),
-        (Probe::PciTsmGuestReq, "pci_tsm_guest_req"),
-        (Probe::DriverBind, "tsm_drv_bind"),
-        (Probe::DriverConnect, "tsm_drv_connect"),
+        (ProbeId::TsmOpIoctl, "iommufd_vdevice_tsm_op_ioctl"),
+        (ProbeId::TsmBind, "tsm_bind"),
+        (ProbeId::TsmUnbind, "tsm_unbind"),
+        (ProbeId::VdeviceAbort, "iommufd_vdevice_abort"),
+        (ProbeId::PciTsmGuestReq, "pci_tsm_guest_req"),
+        (ProbeId::DriverBind, "tsm_drv_bind"),
+        (ProbeId::DriverConnect, "tsm_drv_connect"),
     ],
     driver_bind: Some("tsm_drv_bind"),
     driver_ops: &[
-        (Probe::DriverBind, "tsm_drv_bind"),
-        (Probe::DriverUnbind, "tsm_drv_unbind"),
-        (Probe::DriverGuestReq, "tsm_drv_guest_req"),
-        (Probe::DriverConnect, "tsm_drv_connect"),
-        (Probe::DriverProbe, "tsm_drv_probe"),
+        (ProbeId::DriverBind, "tsm_drv_bind"),
+        (ProbeId::DriverUnbind, "tsm_drv_unbind"),
+        (ProbeId::DriverGuestReq, "tsm_drv_guest_req"),
+        (ProbeId::DriverConnect, "tsm_drv_connect"),
+        (ProbeId::DriverProbe, "tsm_drv_probe"),
     ],
     ..Functions::DEFAULT
 };
@@ -736,12 +736,12 @@ fn synthetic_lifecycle_fields_and_argument_locations() {
         "scope, in_len, out_len, tsm_code at rsi, r8, r9, stack+24"
     );
     // Prototype checks: the right shapes pass, the wrong one is named.
-    let check = |p: Probe| &r.prototypes.iter().find(|c| c.probe == p).unwrap().result;
-    assert_eq!(check(Probe::DriverBind), &Ok(()));
-    assert_eq!(check(Probe::DriverUnbind), &Ok(()));
-    assert_eq!(check(Probe::DriverGuestReq), &Ok(()));
-    assert_eq!(check(Probe::DriverProbe), &Ok(()));
-    let Err(why) = check(Probe::DriverConnect) else {
+    let check = |p: ProbeId| &r.prototypes.iter().find(|c| c.probe == p).unwrap().result;
+    assert_eq!(check(ProbeId::DriverBind), &Ok(()));
+    assert_eq!(check(ProbeId::DriverUnbind), &Ok(()));
+    assert_eq!(check(ProbeId::DriverGuestReq), &Ok(()));
+    assert_eq!(check(ProbeId::DriverProbe), &Ok(()));
+    let Err(why) = check(ProbeId::DriverConnect) else {
         panic!("wrong shape must be refused")
     };
     assert_eq!(
@@ -754,7 +754,7 @@ fn synthetic_lifecycle_fields_and_argument_locations() {
 fn symbol_overrides_must_have_the_default_functions_prototype() {
     let dir = synthetic();
     let check = |func: &'static str| {
-        let overrides = [(Probe::TsmBind, func, &["tsm_bind"][..])];
+        let overrides = [(ProbeId::TsmBind, func, &["tsm_bind"][..])];
         let fns = Functions {
             tsm_bind: func,
             overrides: &overrides,
@@ -763,7 +763,7 @@ fn symbol_overrides_must_have_the_default_functions_prototype() {
         let r = resolve(&BtfSources::in_dir(&dir), &fns).unwrap();
         r.prototypes
             .iter()
-            .find(|c| c.probe == Probe::TsmBind)
+            .find(|c| c.probe == ProbeId::TsmBind)
             .map(|c| c.result.clone())
     };
     let same = check("tsm_bind_renamed");
@@ -972,7 +972,7 @@ fn synthetic_without_pci_tsm_leaves_lifecycle_fields_out() {
         pci_tsm_unbind_any: None,
         pci_tsm_guest_req: None,
         driver_bind: Some("tsm_drv_bind"),
-        driver_ops: &[(Probe::DriverBind, "tsm_drv_bind")],
+        driver_ops: &[(ProbeId::DriverBind, "tsm_drv_bind")],
         ..Functions::DEFAULT
     };
     let r = resolve(&BtfSources::in_dir(&dir), &fns).unwrap();

@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 
 use super::parse;
 use crate::{
-    btf::BtfSources, correlate, events::Probe, exporters::trace::Filters, http,
+    btf::BtfSources, correlate, events::ProbeId, exporters::trace::Filters, http,
     pipeline::TraceFormat, probes::AttachConfig, session::SessionOptions,
 };
 
@@ -65,12 +65,12 @@ pub struct TargetArgs {
     /// connect, disconnect, pci_tsm_disconnect, pci_tsm_unbind_any, pci_tsm_destroy,
     /// pci_tsm_guest_req, driver_* ops, kvm_destroy_vm, vmm_exit.
     #[arg(long, value_name = "PROBE", env = "TSM_TRACE_DISABLE", value_delimiter = ',', value_parser = parse::probe)]
-    pub disable: Vec<Probe>,
+    pub disable: Vec<ProbeId>,
     /// Attach PROBE to FUNCTION instead of its usual function (same prototype), for renamed
     /// functions: e.g. --symbol tsm_bind=my_tsm_bind, for names no compatibility table knows
     /// (repeatable; the variable takes a comma-separated list).
     #[arg(long, value_name = "PROBE=FUNCTION", env = "TSM_TRACE_SYMBOL", value_delimiter = ',', value_parser = parse::symbol)]
-    pub symbol: Vec<(Probe, String)>,
+    pub symbol: Vec<(ProbeId, String)>,
     /// vmlinux BTF.
     #[arg(
         long,
@@ -237,12 +237,12 @@ impl TargetArgs {
             attach: AttachConfig {
                 strict,
                 driver_ops: [
-                    (Probe::DriverProbe, &self.driver_probe),
-                    (Probe::DriverConnect, &self.driver_connect),
-                    (Probe::DriverDisconnect, &self.driver_disconnect),
-                    (Probe::DriverBind, &self.driver_bind),
-                    (Probe::DriverUnbind, &self.driver_unbind),
-                    (Probe::DriverGuestReq, &self.driver_guest_req),
+                    (ProbeId::DriverProbe, &self.driver_probe),
+                    (ProbeId::DriverConnect, &self.driver_connect),
+                    (ProbeId::DriverDisconnect, &self.driver_disconnect),
+                    (ProbeId::DriverBind, &self.driver_bind),
+                    (ProbeId::DriverUnbind, &self.driver_unbind),
+                    (ProbeId::DriverGuestReq, &self.driver_guest_req),
                 ]
                 .into_iter()
                 .filter_map(|(p, f)| f.clone().map(|f| (p, f)))

@@ -7,7 +7,7 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use crate::events::{Probe, VmId, VmSelector};
+use crate::events::{ProbeId, VmId, VmSelector};
 
 /// The longest duration accepted: far beyond any useful grace or interval, and small enough
 /// that nanoseconds fit in a `u64` everywhere downstream.
@@ -44,9 +44,9 @@ pub fn level(s: &str) -> Result<log::LevelFilter, String> {
         .map_err(|_| format!("unknown log level {s:?} (off, error, warn, info, debug, trace)"))
 }
 
-pub fn probe(s: &str) -> Result<Probe, String> {
-    Probe::parse(s).ok_or_else(|| {
-        let names: Vec<_> = Probe::ALL.iter().map(|p| p.as_str()).collect();
+pub fn probe(s: &str) -> Result<ProbeId, String> {
+    ProbeId::parse(s).ok_or_else(|| {
+        let names: Vec<_> = ProbeId::ALL.iter().map(|p| p.as_str()).collect();
         format!("unknown probe {s:?}; known probes: {}", names.join(", "))
     })
 }
@@ -72,7 +72,7 @@ pub fn function(s: &str) -> Result<String, String> {
 }
 
 /// `PROBE=FUNCTION`.
-pub fn symbol(s: &str) -> Result<(Probe, String), String> {
+pub fn symbol(s: &str) -> Result<(ProbeId, String), String> {
     let (p, f) = s.split_once('=').ok_or_else(|| {
         format!("{s:?}: expected PROBE=FUNCTION, e.g. pci_tsm_bind=my_pci_tsm_bind")
     })?;
@@ -505,7 +505,7 @@ mod tests {
             &[
                 (
                     "tsm_bind=my_bind",
-                    Ok((Probe::TsmBind, "my_bind".to_string())),
+                    Ok((ProbeId::TsmBind, "my_bind".to_string())),
                 ),
                 ("tsm_bind", Err("expected PROBE=FUNCTION")),
                 ("nope=f", Err("unknown probe")),
@@ -515,7 +515,7 @@ mod tests {
         check(
             probe,
             &[
-                ("tsm_bind", Ok(Probe::TsmBind)),
+                ("tsm_bind", Ok(ProbeId::TsmBind)),
                 ("x", Err("unknown probe")),
             ],
         );

@@ -54,10 +54,12 @@ fn start_session(probes: &ProbeArgs, pin_root: Option<PathBuf>) -> Result<LiveSe
     }
     if let Some(p) = &live.session().pinned {
         let h = &p.handover;
+        // The log lines say "generation" for the pinned epoch: the restart VM suite (and
+        // operators' log searches) match them.
         match p.previous {
             Some(g) => log::info!(target: LOG,
                 "took over from the pinned programs of generation {g} (they kept running while no daemon ran; what they saw is read now): now generation {}, pinned in {}{}",
-                p.generation,
+                p.epoch,
                 p.dir.display(),
                 if h.old_links > 0 {
                     format!(", {} old links removed", h.old_links)
@@ -68,7 +70,7 @@ fn start_session(probes: &ProbeArgs, pin_root: Option<PathBuf>) -> Result<LiveSe
             None => log::info!(target: LOG,
                 "probes and state pinned in {} (generation {}): they keep running across restarts; `tsm-trace unpin` removes them",
                 p.dir.display(),
-                p.generation
+                p.epoch
             ),
         }
         for l in &h.other_layouts {

@@ -16,6 +16,7 @@ use tsm_trace::{
 
 use super::{LOG, start_session};
 use crate::verdict;
+use tsm_trace_common::KernelCounter;
 
 pub async fn trace(args: TraceArgs) -> Result<()> {
     let mut facts = verdict::preflight(
@@ -104,15 +105,19 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         s.flush();
     }
     event_loop::housekeeping(&mut live, &metrics, args.probes.inflight_timeout);
-    let k = live.kernel_stats().unwrap_or_default();
+    let k = live.kernel_counts().unwrap_or_default();
     if !args.no_summary {
         let mut err = std::io::stderr().lock();
-        let counted = event_loop::kernel_operations(&mut live);
+        let counted = event_loop::read_aggregates(&mut live);
         writeln!(err, "{}", p.render_summary_counted(counted.as_ref()))?;
         writeln!(
             err,
             "lost events: {} (ring buffer full), {} (in-flight table full), {} returns without entry, {} returns never seen; {} kernel read faults",
-            k.ringbuf_drops, k.inflight_full, k.orphan_returns, k.returns_missed, k.read_faults
+            k[KernelCounter::RingbufFull],
+            k[KernelCounter::InflightFull],
+            k[KernelCounter::OrphanReturn],
+            k[KernelCounter::ReturnMissed],
+            k[KernelCounter::ReadFault]
         )?;
         use tsm_trace::probes::misses;
         let programs = live.session().kernel_misses().unwrap_or_default();

@@ -11,7 +11,7 @@ use super::types::{
     AnomalyKind, BindPath, Binding, ClearCause, Leak, LeakReason, OpKind, Operation, Output,
     VmEvent, VmEventKind,
 };
-use crate::events::{Event, Probe, UnbindCause};
+use crate::events::{Event, ProbeId, UnbindCause};
 
 #[derive(Debug)]
 enum VmCheckTarget {
@@ -71,7 +71,7 @@ impl Correlator {
         }
 
         let (event, target, bound) = match ev.probe {
-            Probe::KvmDestroyVm => {
+            ProbeId::KvmDestroyVm => {
                 let Some(vm) = ev.vm.as_ref() else {
                     self.anomaly(AnomalyKind::VmEventWithoutVm, Some(ev.tid), None, out);
                     return;
@@ -97,7 +97,7 @@ impl Correlator {
                 (VmEventKind::VmmExited, VmCheckTarget::Tgid(tgid), bound)
             }
         };
-        if ev.probe == Probe::KvmDestroyVm
+        if ev.probe == ProbeId::KvmDestroyVm
             && let Some(v) = &ev.vm
         {
             self.vm_names.forget_vm(v.id);
@@ -140,10 +140,10 @@ impl Correlator {
                     .find(|f| {
                         matches!(
                             f.probe,
-                            Probe::TsmOpIoctl | Probe::TsmBind | Probe::PciTsmBind
+                            ProbeId::TsmOpIoctl | ProbeId::TsmBind | ProbeId::PciTsmBind
                         )
                     })
-                    .or_else(|| frames.iter().find(|f| f.probe == Probe::DriverBind));
+                    .or_else(|| frames.iter().find(|f| f.probe == ProbeId::DriverBind));
                 let Some(decider) = decider else { return };
                 if !decider.ok() {
                     return;
@@ -157,9 +157,9 @@ impl Correlator {
                     return;
                 };
                 let path = match outer.probe {
-                    Probe::TsmOpIoctl => BindPath::Ioctl,
-                    Probe::TsmBind => BindPath::TsmBind,
-                    Probe::PciTsmBind => BindPath::PciTsmBind,
+                    ProbeId::TsmOpIoctl => BindPath::Ioctl,
+                    ProbeId::TsmBind => BindPath::TsmBind,
+                    ProbeId::PciTsmBind => BindPath::PciTsmBind,
                     _ => BindPath::DriverBind,
                 };
                 // The device is bound once the outermost bind call under the ioctl that
@@ -170,7 +170,7 @@ impl Correlator {
                     .find(|f| {
                         matches!(
                             f.probe,
-                            Probe::TsmBind | Probe::PciTsmBind | Probe::DriverBind
+                            ProbeId::TsmBind | ProbeId::PciTsmBind | ProbeId::DriverBind
                         ) && f.ok()
                     })
                     .map_or(op.end_ns, |f| f.end_ns);
@@ -208,7 +208,7 @@ impl Correlator {
                     }
                 }
                 self.insert_binding(binding, since_ns, out);
-                if outer.probe == Probe::TsmOpIoctl && !outer.ok() {
+                if outer.probe == ProbeId::TsmOpIoctl && !outer.ok() {
                     self.detect_leak(&device, LeakReason::IoctlFailedAfterBind, op.end_ns, out);
                 }
             }
@@ -221,7 +221,7 @@ impl Correlator {
                 }
                 let unbound = unbind_ok
                     || (op.kind == OpKind::Unbind
-                        && outer.probe == Probe::TsmOpIoctl
+                        && outer.probe == ProbeId::TsmOpIoctl
                         && outer.ok());
                 let device: Option<Cow<'_, str>> = match op.device.as_deref() {
                     Some(d) => Some(Cow::Borrowed(d)),

@@ -4,8 +4,8 @@
 use super::nesting::Chain;
 use super::types::{Frame, GuestRequest, OpKind, OpResult, Operation, Output};
 use super::{Correlator, FRAME_POOL_MAX};
-use crate::events::{Event, Probe, UnbindCause};
-use tsm_trace_common::agg;
+use crate::events::{Event, ProbeId, UnbindCause};
+use tsm_trace_common::aggregates;
 
 impl Correlator {
     /// Turns a chain into an operation and applies it to the binding table. Every time the
@@ -81,25 +81,25 @@ impl Correlator {
 }
 
 // Which probes bind, unbind, and decide their operation's kind: one table with the programs,
-// which count operations in the kernel (`tsm_trace_common::agg`).
+// which count operations in the kernel (`tsm_trace_common::aggregates`).
 
-fn is_bind_probe(p: Probe) -> bool {
-    agg::inferred_kind(p.id()) == agg::OP_BIND
+fn is_bind_probe(p: ProbeId) -> bool {
+    aggregates::inferred_kind(p) == aggregates::OP_BIND
 }
 
-pub(super) fn is_unbind_probe(p: Probe) -> bool {
-    agg::inferred_kind(p.id()) == agg::OP_UNBIND
+pub(super) fn is_unbind_probe(p: ProbeId) -> bool {
+    aggregates::inferred_kind(p) == aggregates::OP_UNBIND
 }
 
 /// The kind an outermost frame gives its operation, when it decides alone.
 fn kind_of_outer(outer: &Event) -> Option<OpKind> {
-    let op = if outer.probe == Probe::TsmOpIoctl {
+    let op = if outer.probe == ProbeId::TsmOpIoctl {
         outer.op
     } else {
         None
     };
-    match agg::outer_kind(outer.probe.id(), op) {
-        agg::OP_UNDECIDED => None,
+    match aggregates::outer_kind(outer.probe, op) {
+        aggregates::OP_UNDECIDED => None,
         k => OpKind::ALL.get(k as usize).copied(),
     }
 }
@@ -107,10 +107,10 @@ fn kind_of_outer(outer: &Event) -> Option<OpKind> {
 /// Why a disconnect or an unbind happened, from its outermost frame.
 fn cause_of(kind: OpKind, outer: &Event) -> Option<UnbindCause> {
     match (kind, outer.probe) {
-        (OpKind::Disconnect, Probe::PciTsmDestroy) if outer.tsm_unregister => {
+        (OpKind::Disconnect, ProbeId::PciTsmDestroy) if outer.tsm_unregister => {
             Some(UnbindCause::TsmUnregister)
         }
-        (OpKind::Disconnect, Probe::PciTsmDestroy) => Some(UnbindCause::DeviceRemoval),
+        (OpKind::Disconnect, ProbeId::PciTsmDestroy) => Some(UnbindCause::DeviceRemoval),
         (OpKind::Disconnect, _) => Some(UnbindCause::Disconnect),
         (OpKind::Unbind | OpKind::Teardown, _) => Some(UnbindCause::Unbind),
         _ => None,
@@ -167,14 +167,14 @@ fn build_operation(frames: &mut [Event], mut frame_vec: Vec<Frame>) -> Operation
                 .unwrap_or(outer);
             OpResult::Err {
                 errno: e,
-                layer: src.probe.layer(),
+                layer: crate::events::Layer::of(src.probe),
                 function: src.probe,
             }
         }
     };
     let guest_request = frames
         .iter()
-        .find(|f| matches!(f.probe, Probe::PciTsmGuestReq | Probe::DriverGuestReq))
+        .find(|f| matches!(f.probe, ProbeId::PciTsmGuestReq | ProbeId::DriverGuestReq))
         .map(|f| GuestRequest {
             scope: f.scope,
             in_len: f.in_len,
@@ -207,10 +207,10 @@ fn build_operation(frames: &mut [Event], mut frame_vec: Vec<Frame>) -> Operation
         vm,
         tdi_id,
         virt_id: frames.iter().find_map(|f| f.virt_id),
-        uapi_op: (outer.probe == Probe::TsmOpIoctl)
+        uapi_op: (outer.probe == ProbeId::TsmOpIoctl)
             .then_some(outer.op)
             .flatten(),
-        flags: (outer.probe == Probe::TsmOpIoctl)
+        flags: (outer.probe == ProbeId::TsmOpIoctl)
             .then_some(outer.flags)
             .flatten(),
         tsm: frames.iter().find_map(|f| f.tsm.clone()),
@@ -229,21 +229,21 @@ fn build_operation(frames: &mut [Event], mut frame_vec: Vec<Frame>) -> Operation
 /// the correlator decodes.
 #[cfg(test)]
 mod kernel_rules_agree {
-    use tsm_trace_common::agg;
+    use tsm_trace_common::aggregates;
 
     use crate::correlate::types::OpKind;
 
     #[test]
     fn kind_indices() {
-        assert_eq!(agg::OPS as usize, OpKind::ALL.len());
+        assert_eq!(aggregates::OPS as usize, OpKind::ALL.len());
         for (i, k) in [
-            (agg::OP_BIND, OpKind::Bind),
-            (agg::OP_UNBIND, OpKind::Unbind),
-            (agg::OP_TEARDOWN, OpKind::Teardown),
-            (agg::OP_INVALID, OpKind::Invalid),
-            (agg::OP_CONNECT, OpKind::Connect),
-            (agg::OP_DISCONNECT, OpKind::Disconnect),
-            (agg::OP_GUEST_REQUEST, OpKind::GuestRequest),
+            (aggregates::OP_BIND, OpKind::Bind),
+            (aggregates::OP_UNBIND, OpKind::Unbind),
+            (aggregates::OP_TEARDOWN, OpKind::Teardown),
+            (aggregates::OP_INVALID, OpKind::Invalid),
+            (aggregates::OP_CONNECT, OpKind::Connect),
+            (aggregates::OP_DISCONNECT, OpKind::Disconnect),
+            (aggregates::OP_GUEST_REQUEST, OpKind::GuestRequest),
         ] {
             assert_eq!(OpKind::ALL[i as usize], k);
         }

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use super::Correlator;
 use super::types::{AnomalyKind, BindingClosed, ClearCause, OpKind, Operation, Output, TsmState};
-use crate::events::{Event, Probe, UnbindCause};
+use crate::events::{Event, ProbeId, UnbindCause};
 
 /// What the probes last saw of a device's link.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,7 +61,7 @@ impl Correlator {
     ) {
         for f in frames
             .iter()
-            .filter(|f| f.probe == Probe::PciTsmUnbindAny && !f.nothing_bound)
+            .filter(|f| f.probe == ProbeId::PciTsmUnbindAny && !f.nothing_bound)
         {
             if let Some(d) = &f.device {
                 self.close_binding(d, cause, f.end_ns, out);
@@ -74,7 +74,7 @@ impl Correlator {
     /// A module was unloaded: every binding whose bind path ran through one of `probes`
     /// (the module's probed functions) ends with [`UnbindCause::ModuleUnloaded`] at `now_ns`.
     /// Call after the events before the unload (its exit path's unbinds) are applied.
-    pub fn module_unloaded(&mut self, probes: &[Probe], now_ns: u64) -> Vec<Output> {
+    pub fn module_unloaded(&mut self, probes: &[ProbeId], now_ns: u64) -> Vec<Output> {
         let gone: Vec<String> = self
             .bindings
             .values()

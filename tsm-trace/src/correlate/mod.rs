@@ -69,7 +69,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::events::{Event, Probe};
+use crate::events::{Event, ProbeId};
 
 use bindings::VmCheck;
 use nesting::{Chain, Key, ThreadState};
@@ -329,8 +329,8 @@ impl Correlator {
         let clock = self.clock_ns;
         match ev.probe {
             // Not a TSM event (the session acts on it); nothing to correlate.
-            Probe::ModuleLoad => {}
-            Probe::KvmDestroyVm | Probe::VmmExit => self.point_event(ev, clock, out),
+            ProbeId::ModuleLoad => {}
+            ProbeId::KvmDestroyVm | ProbeId::VmmExit => self.point_event(ev, clock, out),
             _ => self.frame_event(ev, clock, out),
         }
         if clock >= self.next_due_ns

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 
 use super::types::AnomalyKind;
 use super::{Correlator, FRAME_POOL_MAX, Output};
-use crate::events::{Event, Probe};
+use crate::events::{Event, ProbeId};
 
 pub(super) const RECENT_KEYS: usize = 16;
 const RECENT_OPS: usize = 4;
@@ -19,7 +19,7 @@ pub(super) struct Key {
     // The most distinctive fields first: the derived `eq` stops at the first difference.
     end_ns: u64,
     start_ns: u64,
-    probe: Probe,
+    probe: ProbeId,
     tgid: u32,
     tid: u32,
     ret: Option<i64>,

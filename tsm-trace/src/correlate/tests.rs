@@ -3,7 +3,7 @@
 
 use super::nesting::MAX_CHAIN_FRAMES;
 use super::*;
-use crate::events::{Event, Layer, Probe, Vm, VmId};
+use crate::events::{Event, Layer, ProbeId, Vm, VmId};
 use crate::sysfs::{DeviceState, Snapshot, fake};
 
 pub(crate) const KVM: VmId = VmId::from_bits(0x8880_1234_0000);
@@ -28,7 +28,7 @@ pub(crate) fn vm() -> Vm {
     }
 }
 
-pub(crate) fn ev(probe: Probe, start: u64, end: u64, tid: u32, ret: Option<i64>) -> Event {
+pub(crate) fn ev(probe: ProbeId, start: u64, end: u64, tid: u32, ret: Option<i64>) -> Event {
     Event {
         ret,
         ..Event::new(probe, start, end, TGID, tid, "qemu".into())
@@ -36,7 +36,7 @@ pub(crate) fn ev(probe: Probe, start: u64, end: u64, tid: u32, ret: Option<i64>)
 }
 
 pub(crate) fn ioctl(op: u32, t0: u64, tid: u32, ret: i64) -> Event {
-    let mut e = ev(Probe::TsmOpIoctl, t0, t0 + 1_000_000, tid, Some(ret));
+    let mut e = ev(ProbeId::TsmOpIoctl, t0, t0 + 1_000_000, tid, Some(ret));
     e.op = Some(op);
     e.flags = Some(0);
     e.vdevice_id = Some(3);
@@ -44,7 +44,14 @@ pub(crate) fn ioctl(op: u32, t0: u64, tid: u32, ret: i64) -> Event {
 }
 
 /// A bind-path frame (tsm_bind / pci_tsm_bind / driver_bind) at nesting level `lvl` (1..=3).
-pub(crate) fn bind_frame(probe: Probe, lvl: u64, t0: u64, tid: u32, dev: &str, ret: i64) -> Event {
+pub(crate) fn bind_frame(
+    probe: ProbeId,
+    lvl: u64,
+    t0: u64,
+    tid: u32,
+    dev: &str,
+    ret: i64,
+) -> Event {
     let mut e = ev(
         probe,
         t0 + lvl * 100_000,
@@ -59,7 +66,7 @@ pub(crate) fn bind_frame(probe: Probe, lvl: u64, t0: u64, tid: u32, dev: &str, r
 }
 
 pub(crate) fn unbind_frame(
-    probe: Probe,
+    probe: ProbeId,
     lvl: u64,
     t0: u64,
     tid: u32,
@@ -90,13 +97,13 @@ pub(crate) fn bind_stack(
 ) -> Vec<Event> {
     let mut v = Vec::new();
     if let Some(r) = drv_ret {
-        v.push(bind_frame(Probe::DriverBind, 3, t0, tid, dev, r));
+        v.push(bind_frame(ProbeId::DriverBind, 3, t0, tid, dev, r));
     }
     if let Some(r) = pci_ret {
-        v.push(bind_frame(Probe::PciTsmBind, 2, t0, tid, dev, r));
+        v.push(bind_frame(ProbeId::PciTsmBind, 2, t0, tid, dev, r));
     }
     if let Some(r) = tsm_ret {
-        v.push(bind_frame(Probe::TsmBind, 1, t0, tid, dev, r));
+        v.push(bind_frame(ProbeId::TsmBind, 1, t0, tid, dev, r));
     }
     if let Some(r) = ioctl_ret {
         v.push(ioctl(UAPI_OP_BIND, t0, tid, r));
@@ -111,9 +118,9 @@ pub(crate) fn bind_via_ioctl(tid: u32, t0: u64, dev: &str, ret: i64) -> Vec<Even
 
 pub(crate) fn unbind_via_ioctl(tid: u32, t0: u64, dev: &str) -> Vec<Event> {
     vec![
-        unbind_frame(Probe::DriverUnbind, 3, t0, tid, dev, None),
-        unbind_frame(Probe::PciTsmUnbind, 2, t0, tid, dev, None),
-        unbind_frame(Probe::TsmUnbind, 1, t0, tid, dev, Some(0)),
+        unbind_frame(ProbeId::DriverUnbind, 3, t0, tid, dev, None),
+        unbind_frame(ProbeId::PciTsmUnbind, 2, t0, tid, dev, None),
+        unbind_frame(ProbeId::TsmUnbind, 1, t0, tid, dev, Some(0)),
         ioctl(UAPI_OP_UNBIND, t0, tid, 0),
     ]
 }
@@ -122,10 +129,10 @@ pub(crate) fn unbind_via_ioctl(tid: u32, t0: u64, dev: &str) -> Vec<Event> {
 pub(crate) fn teardown(tid: u32, t0: u64, dev: &str, with_unbind: bool) -> Vec<Event> {
     let mut v = Vec::new();
     if with_unbind {
-        v.push(unbind_frame(Probe::PciTsmUnbind, 2, t0, tid, dev, None));
-        v.push(unbind_frame(Probe::TsmUnbind, 1, t0, tid, dev, Some(0)));
+        v.push(unbind_frame(ProbeId::PciTsmUnbind, 2, t0, tid, dev, None));
+        v.push(unbind_frame(ProbeId::TsmUnbind, 1, t0, tid, dev, Some(0)));
     }
-    let mut a = ev(Probe::VdeviceAbort, t0, t0 + 1_000_000, tid, None);
+    let mut a = ev(ProbeId::VdeviceAbort, t0, t0 + 1_000_000, tid, None);
     a.device = Some(dev.into());
     a.obj_id = Some(3);
     a.virt_id = Some(7);
@@ -134,13 +141,13 @@ pub(crate) fn teardown(tid: u32, t0: u64, dev: &str, with_unbind: bool) -> Vec<E
 }
 
 pub(crate) fn kvm_destroy(t: u64) -> Event {
-    let mut e = ev(Probe::KvmDestroyVm, t, t, 999, None);
+    let mut e = ev(ProbeId::KvmDestroyVm, t, t, 999, None);
     e.vm = Some(vm());
     e
 }
 
 pub(crate) fn vmm_exit(t: u64, tgid: u32) -> Event {
-    let mut e = ev(Probe::VmmExit, t, t, tgid, None);
+    let mut e = ev(ProbeId::VmmExit, t, t, tgid, None);
     e.tgid = tgid;
     e
 }
@@ -188,11 +195,11 @@ fn anomalies(out: &[Output], kind: AnomalyKind) -> usize {
         .count()
 }
 
-fn probes(op: &Operation) -> Vec<Probe> {
+fn probes(op: &Operation) -> Vec<ProbeId> {
     op.frames.iter().map(|f| f.probe).collect()
 }
 
-fn err(op: &Operation) -> (i32, Layer, Probe) {
+fn err(op: &Operation) -> (i32, Layer, ProbeId) {
     match op.result {
         OpResult::Err {
             errno,
@@ -216,10 +223,10 @@ fn successful_bind_via_ioctl() {
     assert_eq!(
         probes(op),
         [
-            Probe::TsmOpIoctl,
-            Probe::TsmBind,
-            Probe::PciTsmBind,
-            Probe::DriverBind
+            ProbeId::TsmOpIoctl,
+            ProbeId::TsmBind,
+            ProbeId::PciTsmBind,
+            ProbeId::DriverBind
         ]
     );
     assert_eq!(op.device.as_deref(), Some(DEV));
@@ -252,7 +259,7 @@ fn errno_attribution_at_every_layer() {
         kind: OpKind,
         errno: i32,
         layer: Layer,
-        function: Probe,
+        function: ProbeId,
     }
     let t0 = 1_000_000;
     let only_ioctl = |op: u32, ret: i64| vec![ioctl(op, t0, 1, ret)];
@@ -263,7 +270,7 @@ fn errno_attribution_at_every_layer() {
             kind: OpKind::Bind,
             errno: 95,
             layer: Layer::Iommufd,
-            function: Probe::TsmOpIoctl,
+            function: ProbeId::TsmOpIoctl,
         },
         Case {
             name: "no such vdevice",
@@ -271,7 +278,7 @@ fn errno_attribution_at_every_layer() {
             kind: OpKind::Bind,
             errno: 2,
             layer: Layer::Iommufd,
-            function: Probe::TsmOpIoctl,
+            function: ProbeId::TsmOpIoctl,
         },
         Case {
             name: "vIOMMU without KVM",
@@ -279,7 +286,7 @@ fn errno_attribution_at_every_layer() {
             kind: OpKind::Unbind,
             errno: 19,
             layer: Layer::Iommufd,
-            function: Probe::TsmOpIoctl,
+            function: ProbeId::TsmOpIoctl,
         },
         Case {
             name: "bad op",
@@ -287,7 +294,7 @@ fn errno_attribution_at_every_layer() {
             kind: OpKind::Invalid,
             errno: 22,
             layer: Layer::Iommufd,
-            function: Probe::TsmOpIoctl,
+            function: ProbeId::TsmOpIoctl,
         },
         Case {
             name: "non-PCI device",
@@ -295,7 +302,7 @@ fn errno_attribution_at_every_layer() {
             kind: OpKind::Bind,
             errno: 22,
             layer: Layer::TsmCore,
-            function: Probe::TsmBind,
+            function: ProbeId::TsmBind,
         },
         Case {
             name: "bound to another VM",
@@ -303,7 +310,7 @@ fn errno_attribution_at_every_layer() {
             kind: OpKind::Bind,
             errno: 16,
             layer: Layer::PciTsm,
-            function: Probe::PciTsmBind,
+            function: ProbeId::PciTsmBind,
         },
         Case {
             name: "not a link TSM",
@@ -311,7 +318,7 @@ fn errno_attribution_at_every_layer() {
             kind: OpKind::Bind,
             errno: 6,
             layer: Layer::PciTsm,
-            function: Probe::PciTsmBind,
+            function: ProbeId::PciTsmBind,
         },
         Case {
             name: "no TSM context",
@@ -319,7 +326,7 @@ fn errno_attribution_at_every_layer() {
             kind: OpKind::Bind,
             errno: 22,
             layer: Layer::PciTsm,
-            function: Probe::PciTsmBind,
+            function: ProbeId::PciTsmBind,
         },
         Case {
             name: "firmware failure",
@@ -327,7 +334,7 @@ fn errno_attribution_at_every_layer() {
             kind: OpKind::Bind,
             errno: 5,
             layer: Layer::TsmDriver,
-            function: Probe::DriverBind,
+            function: ProbeId::DriverBind,
         },
         Case {
             name: "driver error rewritten by pci_tsm: pci_tsm produced the ioctl's errno",
@@ -335,7 +342,7 @@ fn errno_attribution_at_every_layer() {
             kind: OpKind::Bind,
             errno: 1,
             layer: Layer::PciTsm,
-            function: Probe::PciTsmBind,
+            function: ProbeId::PciTsmBind,
         },
         Case {
             name: "bare pci_tsm_bind failure (no outer frame), flushed at finish",
@@ -343,7 +350,7 @@ fn errno_attribution_at_every_layer() {
             kind: OpKind::Bind,
             errno: 16,
             layer: Layer::PciTsm,
-            function: Probe::PciTsmBind,
+            function: ProbeId::PciTsmBind,
         },
     ];
     for case in cases {
@@ -375,7 +382,7 @@ fn efault_after_bind_leaks_until_rebind_or_unbind() {
     let mut c = Correlator::default();
     let out = feed(&mut c, bind_via_ioctl(10, 1_000_000, DEV, EFAULT));
     let op = ops(&out)[0];
-    assert_eq!(err(op), (14, Layer::Iommufd, Probe::TsmOpIoctl));
+    assert_eq!(err(op), (14, Layer::Iommufd, ProbeId::TsmOpIoctl));
     // The device stays bound while userspace saw a failure.
     assert!(c.binding(DEV).is_some());
     let leaks = leaks_detected(&out);
@@ -425,10 +432,10 @@ fn unbind_via_ioctl_removes_binding() {
     assert_eq!(
         probes(op),
         [
-            Probe::TsmOpIoctl,
-            Probe::TsmUnbind,
-            Probe::PciTsmUnbind,
-            Probe::DriverUnbind
+            ProbeId::TsmOpIoctl,
+            ProbeId::TsmUnbind,
+            ProbeId::PciTsmUnbind,
+            ProbeId::DriverUnbind
         ]
     );
     assert_eq!(c.binding_count(), 0);
@@ -454,7 +461,11 @@ fn teardown_with_unbind_does_not_leak() {
     assert_eq!(op.kind, OpKind::Teardown);
     assert_eq!(
         probes(op),
-        [Probe::VdeviceAbort, Probe::TsmUnbind, Probe::PciTsmUnbind]
+        [
+            ProbeId::VdeviceAbort,
+            ProbeId::TsmUnbind,
+            ProbeId::PciTsmUnbind
+        ]
     );
     assert_eq!(op.virt_id, Some(7));
     assert_eq!(op.vdevice_id, Some(3));
@@ -630,8 +641,8 @@ fn a_vm_check_waits_for_an_unbind_that_ended_before_its_deadline() {
     out.extend(feed(
         &mut c,
         vec![
-            unbind_frame(Probe::PciTsmUnbind, 2, t, 11, DEV, None),
-            unbind_frame(Probe::TsmUnbind, 1, t, 11, DEV, Some(0)),
+            unbind_frame(ProbeId::PciTsmUnbind, 2, t, 11, DEV, None),
+            unbind_frame(ProbeId::TsmUnbind, 1, t, 11, DEV, Some(0)),
         ],
     ));
     // Another thread's call, after the deadline.
@@ -698,7 +709,7 @@ fn bare_bind_without_outer_frame() {
     assert_eq!(ops1.len(), 1);
     assert_eq!(
         probes(ops1[0]),
-        [Probe::TsmBind, Probe::PciTsmBind, Probe::DriverBind]
+        [ProbeId::TsmBind, ProbeId::PciTsmBind, ProbeId::DriverBind]
     );
     assert_eq!(c.binding(DEV).unwrap().path, BindPath::TsmBind);
     // The second one flushes by timeout.
@@ -736,9 +747,9 @@ fn out_of_order_delivery_with_reorder_window() {
     assert_eq!(ops.len(), 1, "{out:?}");
     assert_eq!(
         probes(ops[0]),
-        [Probe::TsmOpIoctl, Probe::TsmBind, Probe::PciTsmBind]
+        [ProbeId::TsmOpIoctl, ProbeId::TsmBind, ProbeId::PciTsmBind]
     );
-    assert_eq!(err(ops[0]), (16, Layer::PciTsm, Probe::PciTsmBind));
+    assert_eq!(err(ops[0]), (16, Layer::PciTsm, ProbeId::PciTsmBind));
 }
 
 #[test]
@@ -757,7 +768,7 @@ fn out_of_order_without_window_counts_late_frames() {
     let out = feed(&mut c, evs);
     let ops = ops(&out);
     assert_eq!(ops.len(), 1);
-    assert_eq!(probes(ops[0]), [Probe::TsmOpIoctl]);
+    assert_eq!(probes(ops[0]), [ProbeId::TsmOpIoctl]);
     assert_eq!(anomalies(&out, AnomalyKind::LateFrame), 2);
     assert_eq!(c.pending_frames(), 0);
 }
@@ -773,10 +784,10 @@ fn inner_frames_swapped_are_still_nested() {
     assert_eq!(
         probes(ops[0]),
         [
-            Probe::TsmOpIoctl,
-            Probe::TsmBind,
-            Probe::PciTsmBind,
-            Probe::DriverBind
+            ProbeId::TsmOpIoctl,
+            ProbeId::TsmBind,
+            ProbeId::PciTsmBind,
+            ProbeId::DriverBind
         ]
     );
 }
@@ -818,7 +829,10 @@ fn missing_inner_frames() {
         bind_stack(10, 1_000_000, DEV, Some(EIO), None, None, Some(EIO)),
     );
     assert_eq!(ops(&out).len(), 1);
-    assert_eq!(err(ops(&out)[0]), (5, Layer::TsmDriver, Probe::DriverBind));
+    assert_eq!(
+        err(ops(&out)[0]),
+        (5, Layer::TsmDriver, ProbeId::DriverBind)
+    );
 }
 
 #[test]
@@ -989,7 +1003,7 @@ impl Rng {
 }
 
 pub(crate) fn random_event(r: &mut Rng) -> Event {
-    let probe = Probe::ALL[r.below(Probe::ALL.len() as u64) as usize];
+    let probe = ProbeId::ALL[r.below(ProbeId::ALL.len() as u64) as usize];
     let start = r.below(1_000_000_000_000);
     let end = start + r.below(2_000_000_000);
     let tid = r.below(10_000) as u32;

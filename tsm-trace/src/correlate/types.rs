@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::errno;
-use crate::events::{Event, Layer, Probe, UnbindCause, Vm};
+use crate::events::{Event, Layer, ProbeId, UnbindCause, Vm};
 
 /// What an operation did, from the ioctl's `op` or from the functions it called.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -83,13 +83,13 @@ impl GuestRequest {
 }
 
 /// `IOMMU_VDEVICE_TSM_BIND` / `IOMMU_VDEVICE_TSM_UNBIND`.
-pub const UAPI_OP_BIND: u32 = tsm_trace_common::agg::UAPI_OP_BIND;
-pub const UAPI_OP_UNBIND: u32 = tsm_trace_common::agg::UAPI_OP_UNBIND;
+pub const UAPI_OP_BIND: u32 = tsm_trace_common::aggregates::UAPI_OP_BIND;
+pub const UAPI_OP_UNBIND: u32 = tsm_trace_common::aggregates::UAPI_OP_UNBIND;
 
 /// One function call inside an operation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Frame {
-    pub probe: Probe,
+    pub probe: ProbeId,
     pub layer: Layer,
     /// CLOCK_MONOTONIC ns; `start_ns` is meaningless when `entry_missing`.
     pub start_ns: u64,
@@ -114,7 +114,7 @@ impl Frame {
     pub(super) fn from_event(ev: &Event) -> Frame {
         Frame {
             probe: ev.probe,
-            layer: ev.probe.layer(),
+            layer: Layer::of(ev.probe),
             start_ns: ev.start_ns,
             end_ns: ev.end_ns,
             ret: ev.ret,
@@ -141,7 +141,7 @@ pub enum OpResult {
         #[serde(serialize_with = "ser_errno")]
         errno: i32,
         layer: Layer,
-        function: Probe,
+        function: ProbeId,
     },
 }
 
@@ -226,12 +226,12 @@ pub enum BindPath {
 
 impl BindPath {
     /// The probe of the outermost function that made the binding.
-    pub const fn probe(self) -> Probe {
+    pub const fn probe(self) -> ProbeId {
         match self {
-            BindPath::Ioctl => Probe::TsmOpIoctl,
-            BindPath::TsmBind => Probe::TsmBind,
-            BindPath::PciTsmBind => Probe::PciTsmBind,
-            BindPath::DriverBind => Probe::DriverBind,
+            BindPath::Ioctl => ProbeId::TsmOpIoctl,
+            BindPath::TsmBind => ProbeId::TsmBind,
+            BindPath::PciTsmBind => ProbeId::PciTsmBind,
+            BindPath::DriverBind => ProbeId::DriverBind,
         }
     }
 }

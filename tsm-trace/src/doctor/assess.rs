@@ -7,7 +7,7 @@ use super::{
     facts::{Facts, ProbeFacts},
 };
 use crate::{
-    events::Probe,
+    events::ProbeId,
     probes::{AttachReport, privileges::PrivilegeError},
 };
 
@@ -146,7 +146,7 @@ fn modules(f: &Facts) -> Finding {
     }
 }
 
-fn found(f: &Facts, probe: Probe) -> Option<&AttachReport> {
+fn found(f: &Facts, probe: ProbeId) -> Option<&AttachReport> {
     match &f.probes {
         ProbeFacts::Attached { reports, .. } => {
             reports.iter().find(|r| r.probe == probe && r.attached)
@@ -168,7 +168,7 @@ fn yes(b: Option<bool>) -> &'static str {
 }
 
 pub(super) fn tsm(f: &Facts) -> Finding {
-    let patch = found(f, Probe::TsmBind).is_some() || found(f, Probe::TsmOpIoctl).is_some();
+    let patch = found(f, ProbeId::TsmBind).is_some() || found(f, ProbeId::TsmOpIoctl).is_some();
     let fact = format!(
         "PCI TSM {} (pci_tsm_bind), TSM core {} (tsm_register), iommufd TSM bind patch {}",
         yes(f.pci_tsm),
@@ -187,8 +187,8 @@ pub(super) fn tsm(f: &Facts) -> Finding {
 /// `check` prints (`tsm_patch=v2 pci_tsm=yes`, from the compatibility table), in the same
 /// words, with the ioctl function it found.
 fn patch_generation(f: &Facts) -> Finding {
-    let ioctl = found(f, Probe::TsmOpIoctl).map(|r| r.function.as_str());
-    let core = found(f, Probe::TsmBind).is_some();
+    let ioctl = found(f, ProbeId::TsmOpIoctl).map(|r| r.function.as_str());
+    let core = found(f, ProbeId::TsmBind).is_some();
     Finding::new(
         "generation",
         Level::Info,
@@ -382,8 +382,11 @@ fn names<'a>(it: impl Iterator<Item = &'a AttachReport>) -> Vec<String> {
     v
 }
 
-pub(super) fn bind_path(p: Probe) -> bool {
-    matches!(p, Probe::TsmBind | Probe::PciTsmBind | Probe::TsmOpIoctl)
+pub(super) fn bind_path(p: ProbeId) -> bool {
+    matches!(
+        p,
+        ProbeId::TsmBind | ProbeId::PciTsmBind | ProbeId::TsmOpIoctl
+    )
 }
 
 fn probes(f: &Facts) -> Finding {

@@ -9,29 +9,33 @@
 //! - degraded: some path the kernel carries is not covered, or the kernel carries no bind
 //!   path at all (tsm-trace runs but sees nothing of binds). The reason names each gap.
 
-use crate::{events::Probe, probes::AttachReport};
+use crate::{events::ProbeId, probes::AttachReport};
 
 /// The paths, each with the probes that see it.
-pub const PATHS: [(&str, &[Probe]); 4] = [
+pub const PATHS: [(&str, &[ProbeId]); 4] = [
     (
         "bind",
-        &[Probe::TsmOpIoctl, Probe::TsmBind, Probe::PciTsmBind],
+        &[ProbeId::TsmOpIoctl, ProbeId::TsmBind, ProbeId::PciTsmBind],
     ),
     (
         "unbind",
         &[
-            Probe::TsmOpIoctl,
-            Probe::TsmUnbind,
-            Probe::PciTsmUnbind,
-            Probe::PciTsmUnbindAny,
-            Probe::VdeviceAbort,
+            ProbeId::TsmOpIoctl,
+            ProbeId::TsmUnbind,
+            ProbeId::PciTsmUnbind,
+            ProbeId::PciTsmUnbindAny,
+            ProbeId::VdeviceAbort,
         ],
     ),
     (
         "connect",
-        &[Probe::Connect, Probe::Disconnect, Probe::PciTsmDisconnect],
+        &[
+            ProbeId::Connect,
+            ProbeId::Disconnect,
+            ProbeId::PciTsmDisconnect,
+        ],
     ),
-    ("vm lifetime", &[Probe::KvmDestroyVm, Probe::VmmExit]),
+    ("vm lifetime", &[ProbeId::KvmDestroyVm, ProbeId::VmmExit]),
 ];
 
 /// How far the attached probes cover what the kernel carries.
@@ -85,7 +89,7 @@ mod tests {
     use super::*;
     use crate::probes::Kind;
 
-    fn r(probe: Probe, found: bool, attached: bool) -> AttachReport {
+    fn r(probe: ProbeId, found: bool, attached: bool) -> AttachReport {
         AttachReport {
             probe,
             kind: Kind::Kprobe,
@@ -103,13 +107,13 @@ mod tests {
     #[test]
     fn ready_when_every_carried_path_is_covered() {
         let all = [
-            r(Probe::PciTsmBind, true, true),
-            r(Probe::PciTsmUnbind, true, true),
-            r(Probe::Connect, true, true),
-            r(Probe::VmmExit, true, true),
+            r(ProbeId::PciTsmBind, true, true),
+            r(ProbeId::PciTsmUnbind, true, true),
+            r(ProbeId::Connect, true, true),
+            r(ProbeId::VmmExit, true, true),
             // Absent from the kernel: not expected.
-            r(Probe::TsmOpIoctl, false, false),
-            r(Probe::KvmDestroyVm, false, false),
+            r(ProbeId::TsmOpIoctl, false, false),
+            r(ProbeId::KvmDestroyVm, false, false),
         ];
         assert_eq!(coverage(&all), Coverage::Full);
     }
@@ -118,11 +122,11 @@ mod tests {
     #[test]
     fn degraded_names_what_is_missing() {
         let one = [
-            r(Probe::VmmExit, true, true),
-            r(Probe::PciTsmBind, true, false),
-            r(Probe::TsmOpIoctl, false, false),
-            r(Probe::Connect, true, false),
-            r(Probe::KvmDestroyVm, true, false),
+            r(ProbeId::VmmExit, true, true),
+            r(ProbeId::PciTsmBind, true, false),
+            r(ProbeId::TsmOpIoctl, false, false),
+            r(ProbeId::Connect, true, false),
+            r(ProbeId::KvmDestroyVm, true, false),
         ];
         let Coverage::Degraded(why) = coverage(&one) else {
             panic!("ready with no bind-path probe attached");
@@ -133,8 +137,8 @@ mod tests {
 
         // A kernel without any bind path: degraded, and says the kernel lacks it.
         let none = [
-            r(Probe::VmmExit, true, true),
-            r(Probe::PciTsmBind, false, false),
+            r(ProbeId::VmmExit, true, true),
+            r(ProbeId::PciTsmBind, false, false),
         ];
         let Coverage::Degraded(why) = coverage(&none) else {
             panic!("ready on a kernel with no bind path");

@@ -11,7 +11,8 @@ pub mod vm_key;
 pub use vm_id::{NameVm, VmId, VmKey, VmNames, VmSelector};
 
 use serde::{Deserialize, Serialize};
-use tsm_trace_common::{ProbeId, RawEvent, flags, missing};
+pub use tsm_trace_common::ProbeId;
+use tsm_trace_common::{RawEvent, flags, missing};
 
 use crate::errno;
 
@@ -83,7 +84,7 @@ impl Layer {
     }
 
     /// Depth in the call chain: larger is deeper.
-    /// By the index the programs use (`tsm_trace_common::agg::LAYER_*`).
+    /// By the index the programs use (`tsm_trace_common::aggregates::LAYER_*`).
     pub const BY_INDEX: [Layer; 5] = [
         Layer::Iommufd,
         Layer::TsmCore,
@@ -91,6 +92,12 @@ impl Layer {
         Layer::TsmDriver,
         Layer::Vm,
     ];
+
+    /// The layer of a probe's frames. One table for both sides: the programs count operations
+    /// with it too ([`tsm_trace_common::aggregates::layer`]).
+    pub const fn of(p: ProbeId) -> Layer {
+        Layer::BY_INDEX[tsm_trace_common::aggregates::layer(p) as usize]
+    }
 
     pub const fn depth(self) -> u8 {
         match self {
@@ -100,157 +107,6 @@ impl Layer {
             Layer::PciTsm => 3,
             Layer::TsmDriver => 4,
         }
-    }
-}
-
-/// A probed function, by role. Serialized with the names used on the command line and in
-/// record files.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Probe {
-    TsmOpIoctl,
-    TsmBind,
-    TsmUnbind,
-    VdeviceAbort,
-    PciTsmBind,
-    PciTsmUnbind,
-    DriverBind,
-    DriverUnbind,
-    KvmDestroyVm,
-    VmmExit,
-    /// A kernel module was loaded: not a TSM event; tells the session to look for probe
-    /// targets again. Never reaches the correlator.
-    ModuleLoad,
-    /// sysfs `tsm/connect` (`connect_store`).
-    Connect,
-    /// sysfs `tsm/disconnect` (`disconnect_store`).
-    Disconnect,
-    /// `__pci_tsm_disconnect`: every disconnect, also from removal and unregistration.
-    PciTsmDisconnect,
-    /// `__pci_tsm_unbind`: every unbind, also those that bypass `pci_tsm_unbind`.
-    PciTsmUnbindAny,
-    /// `__pci_tsm_destroy`: device removal or TSM unregistration (devices with TSM context).
-    PciTsmDestroy,
-    /// `pci_tsm_guest_req`: a guest's TDISP request.
-    PciTsmGuestReq,
-    /// The TSM driver's link ops.
-    DriverProbe,
-    DriverConnect,
-    DriverDisconnect,
-    DriverGuestReq,
-}
-
-impl Probe {
-    pub const ALL: [Probe; 21] = [
-        Probe::TsmOpIoctl,
-        Probe::TsmBind,
-        Probe::TsmUnbind,
-        Probe::VdeviceAbort,
-        Probe::PciTsmBind,
-        Probe::PciTsmUnbind,
-        Probe::DriverBind,
-        Probe::DriverUnbind,
-        Probe::KvmDestroyVm,
-        Probe::VmmExit,
-        Probe::ModuleLoad,
-        Probe::Connect,
-        Probe::Disconnect,
-        Probe::PciTsmDisconnect,
-        Probe::PciTsmUnbindAny,
-        Probe::PciTsmDestroy,
-        Probe::PciTsmGuestReq,
-        Probe::DriverProbe,
-        Probe::DriverConnect,
-        Probe::DriverDisconnect,
-        Probe::DriverGuestReq,
-    ];
-
-    pub fn from_id(id: ProbeId) -> Probe {
-        Self::ALL[id as usize]
-    }
-
-    pub const fn id(self) -> ProbeId {
-        ProbeId::ALL[self as usize]
-    }
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Probe::TsmOpIoctl => "tsm_op_ioctl",
-            Probe::TsmBind => "tsm_bind",
-            Probe::TsmUnbind => "tsm_unbind",
-            Probe::VdeviceAbort => "vdevice_abort",
-            Probe::PciTsmBind => "pci_tsm_bind",
-            Probe::PciTsmUnbind => "pci_tsm_unbind",
-            Probe::DriverBind => "driver_bind",
-            Probe::DriverUnbind => "driver_unbind",
-            Probe::KvmDestroyVm => "kvm_destroy_vm",
-            Probe::VmmExit => "vmm_exit",
-            Probe::ModuleLoad => "module_load",
-            Probe::Connect => "connect",
-            Probe::Disconnect => "disconnect",
-            Probe::PciTsmDisconnect => "pci_tsm_disconnect",
-            Probe::PciTsmUnbindAny => "pci_tsm_unbind_any",
-            Probe::PciTsmDestroy => "pci_tsm_destroy",
-            Probe::PciTsmGuestReq => "pci_tsm_guest_req",
-            Probe::DriverProbe => "driver_probe",
-            Probe::DriverConnect => "driver_connect",
-            Probe::DriverDisconnect => "driver_disconnect",
-            Probe::DriverGuestReq => "driver_guest_req",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Probe> {
-        Self::ALL.into_iter().find(|p| p.as_str() == s)
-    }
-
-    pub const fn layer(self) -> Layer {
-        // One table for both sides: the programs count operations with it too.
-        Layer::BY_INDEX[tsm_trace_common::agg::layer(self.id()) as usize]
-    }
-
-    /// Call depth, for nesting frames into operations: a frame contains only deeper frames.
-    /// Finer than [`Layer::depth`]: inside PCI TSM, `connect_store` calls the driver's ops and
-    /// `disconnect_store` → `__pci_tsm_disconnect` → `__pci_tsm_unbind` → the driver's unbind.
-    pub const fn depth(self) -> u8 {
-        tsm_trace_common::agg::depth(self.id()) as u8
-    }
-
-    /// Nothing tsm-trace probes ever calls this function: its operation is complete when it
-    /// returns (sysfs writes, device removal, TSM unregistration, guest requests, and the
-    /// iommufd entry points).
-    pub const fn is_root(self) -> bool {
-        matches!(
-            self,
-            Probe::TsmOpIoctl
-                | Probe::VdeviceAbort
-                | Probe::Connect
-                | Probe::Disconnect
-                | Probe::PciTsmDestroy
-                | Probe::PciTsmGuestReq
-        )
-    }
-
-    /// Calls that follow one another under one parent: the driver's probe then connect under
-    /// `connect_store`; every function's `__pci_tsm_unbind` (with the driver's unbind) then
-    /// the driver's disconnect under `__pci_tsm_disconnect`. A finished call of these is not
-    /// closed just because the thread started another one of them.
-    pub const fn has_siblings(self) -> bool {
-        matches!(
-            self,
-            Probe::DriverProbe
-                | Probe::DriverConnect
-                | Probe::DriverDisconnect
-                | Probe::DriverUnbind
-                | Probe::PciTsmUnbindAny
-        )
-    }
-
-    /// Point events have no duration and no return value.
-    pub const fn is_point(self) -> bool {
-        matches!(
-            self,
-            Probe::KvmDestroyVm | Probe::VmmExit | Probe::ModuleLoad
-        )
     }
 }
 
@@ -283,7 +139,7 @@ impl Vm {
 /// One completed call of a probed function (or a point event), decoded.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
-    pub probe: Probe,
+    pub probe: ProbeId,
     /// CLOCK_MONOTONIC nanoseconds at entry and return.
     pub start_ns: u64,
     pub end_ns: u64,
@@ -357,7 +213,7 @@ pub enum DecodeError {
 impl Event {
     /// An event with only its identity set: every decoded field unknown, no return value.
     pub fn new(
-        probe: Probe,
+        probe: ProbeId,
         start_ns: u64,
         end_ns: u64,
         tgid: u32,
@@ -410,7 +266,7 @@ impl Event {
     /// hash under `key`, a returned pointer its meaning (see [`Event::ret`]).
     pub fn decode(raw: &RawEvent, key: &impl NameVm) -> Result<Event, DecodeError> {
         let id = ProbeId::from_u32(raw.probe).ok_or(DecodeError::UnknownProbe(raw.probe))?;
-        let probe = Probe::from_id(id);
+        let probe = id;
         if raw.end_ns < raw.start_ns {
             return Err(DecodeError::TimeReversed {
                 start_ns: raw.start_ns,
@@ -459,35 +315,37 @@ impl Event {
             })
         };
         match probe {
-            Probe::TsmOpIoctl => {
+            ProbeId::TsmOpIoctl => {
                 ev.op = has(missing::OP).then_some(raw.op);
                 ev.flags = has(missing::FLAGS).then_some(raw.cmd_flags);
                 ev.vdevice_id = has(missing::VDEVICE_ID).then_some(raw.vdevice_id);
             }
-            Probe::TsmBind | Probe::PciTsmBind | Probe::DriverBind => {
+            ProbeId::TsmBind | ProbeId::PciTsmBind | ProbeId::DriverBind => {
                 ev.device = device;
                 ev.vm = vm();
                 ev.tdi_id = Some(raw.tdi_id);
             }
-            Probe::TsmUnbind | Probe::PciTsmUnbind | Probe::DriverUnbind => ev.device = device,
-            Probe::VdeviceAbort => {
+            ProbeId::TsmUnbind | ProbeId::PciTsmUnbind | ProbeId::DriverUnbind => {
+                ev.device = device
+            }
+            ProbeId::VdeviceAbort => {
                 ev.device = device;
                 ev.obj_id = has(missing::OBJ_ID).then_some(raw.obj_id);
                 ev.virt_id = has(missing::VIRT_ID).then_some(raw.virt_id);
             }
-            Probe::KvmDestroyVm => ev.vm = vm(),
-            Probe::VmmExit | Probe::ModuleLoad => {}
-            Probe::Connect
-            | Probe::Disconnect
-            | Probe::PciTsmDisconnect
-            | Probe::DriverProbe
-            | Probe::PciTsmDestroy => {
+            ProbeId::KvmDestroyVm => ev.vm = vm(),
+            ProbeId::VmmExit | ProbeId::ModuleLoad => {}
+            ProbeId::Connect
+            | ProbeId::Disconnect
+            | ProbeId::PciTsmDisconnect
+            | ProbeId::DriverProbe
+            | ProbeId::PciTsmDestroy => {
                 ev.device = device;
                 ev.tsm = tsm;
                 ev.tsm_unregister = raw.flags & flags::TSM_UNREGISTER != 0;
             }
-            Probe::DriverConnect | Probe::DriverDisconnect => ev.device = device,
-            Probe::PciTsmUnbindAny => {
+            ProbeId::DriverConnect | ProbeId::DriverDisconnect => ev.device = device,
+            ProbeId::PciTsmUnbindAny => {
                 ev.device = device;
                 ev.tsm = tsm;
                 ev.nothing_bound = raw.flags & flags::NOTHING_BOUND != 0;
@@ -500,7 +358,7 @@ impl Event {
                     ev.tdi_id = Some(raw.tdi_id);
                 }
             }
-            Probe::PciTsmGuestReq | Probe::DriverGuestReq => {
+            ProbeId::PciTsmGuestReq | ProbeId::DriverGuestReq => {
                 ev.device = device;
                 ev.tsm = tsm;
                 if has(missing::GUEST_REQ_ARGS) {
@@ -509,7 +367,7 @@ impl Event {
                     ev.out_len = Some(raw.out_len);
                 }
                 ev.tsm_code = has(missing::TSM_CODE).then_some(raw.tsm_code);
-                if probe == Probe::DriverGuestReq && has(missing::TDI) {
+                if probe == ProbeId::DriverGuestReq && has(missing::TDI) {
                     ev.tdi_id = Some(raw.tdi_id);
                 }
             }
@@ -592,7 +450,7 @@ mod tests {
         r.kvm_stats_id[..9].copy_from_slice(b"kvm-4242\0");
         r.tdi_id = 7;
         let ev = Event::decode(&r, &key()).unwrap();
-        assert_eq!(ev.probe, Probe::TsmBind);
+        assert_eq!(ev.probe, ProbeId::TsmBind);
         assert_eq!((ev.tgid, ev.tid), (42, 43));
         assert_eq!(ev.comm, "qemu");
         assert_eq!(ev.errno(), Some(16));
@@ -671,10 +529,10 @@ mod tests {
 
     #[test]
     fn probe_tables_agree() {
-        for (i, p) in Probe::ALL.iter().enumerate() {
-            assert_eq!(p.id() as usize, i);
-            assert_eq!(Probe::from_id(p.id()), *p);
-            assert_eq!(Probe::parse(p.as_str()), Some(*p));
+        for (i, p) in ProbeId::ALL.iter().enumerate() {
+            assert_eq!(*p as usize, i);
+            assert_eq!(ProbeId::from_u32(i as u32), Some(*p));
+            assert_eq!(ProbeId::parse(p.as_str()), Some(*p));
         }
     }
 }

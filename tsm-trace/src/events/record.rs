@@ -275,10 +275,10 @@ pub fn read_capture(input: impl BufRead, path: &str) -> Result<Capture, RecordEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{Probe, Vm, VmId};
+    use crate::events::{ProbeId, Vm, VmId};
 
     fn ev() -> Event {
-        let mut e = Event::new(Probe::TsmBind, 10, 20, 1, 2, "qemu".into());
+        let mut e = Event::new(ProbeId::TsmBind, 10, 20, 1, 2, "qemu".into());
         e.ret = Some(-16);
         e.device = Some("0000:01:00.0".into());
         e.vm = Some(Vm {
@@ -293,7 +293,7 @@ mod tests {
     /// A guest request with every lifecycle field set survives the round trip.
     #[test]
     fn lifecycle_fields_round_trip() {
-        let mut e = Event::new(Probe::PciTsmGuestReq, 10, 20, 1, 2, "qemu".into());
+        let mut e = Event::new(ProbeId::PciTsmGuestReq, 10, 20, 1, 2, "qemu".into());
         e.ret = Some(12);
         e.tsm = Some("tsm0".into());
         e.scope = Some(1);

@@ -22,7 +22,7 @@ use prometheus::IntCounterVec;
 use super::histograms::Durations;
 use super::misses::MissMetrics;
 use crate::correlate::OpKind;
-use crate::events::{Layer, Probe};
+use crate::events::{Layer, ProbeId};
 
 const BIND_LAYERS: &[Layer] = &[
     Layer::Iommufd,
@@ -72,13 +72,15 @@ pub const COMMON_ERRORS: &[(OpKind, Layer, &str)] = &[
 
 /// The probes whose decoded events count in `tsm_trace_events_processed_total` (every probe
 /// but `module_load`, whose records are control messages, not events).
-pub fn event_probes() -> impl Iterator<Item = Probe> {
-    Probe::ALL.into_iter().filter(|p| *p != Probe::ModuleLoad)
+pub fn event_probes() -> impl Iterator<Item = ProbeId> {
+    ProbeId::ALL
+        .into_iter()
+        .filter(|p| *p != ProbeId::ModuleLoad)
 }
 
 /// The probes with a kprobe that parks an entry record for its return (those whose records
 /// can expire: `tsm_trace_inflight_expired_total`).
-pub fn expiring_probes() -> impl Iterator<Item = Probe> {
+pub fn expiring_probes() -> impl Iterator<Item = ProbeId> {
     crate::probes::TARGETS
         .iter()
         .filter(|t| {
@@ -247,7 +249,7 @@ mod tests {
         for op in OpKind::ALL {
             assert!(OK_LAYERS.iter().any(|(o, l)| *o == op && !l.is_empty()));
         }
-        assert!(expiring_probes().any(|p| p == Probe::PciTsmBind));
-        assert!(!expiring_probes().any(|p| p == Probe::VmmExit));
+        assert!(expiring_probes().any(|p| p == ProbeId::PciTsmBind));
+        assert!(!expiring_probes().any(|p| p == ProbeId::VmmExit));
     }
 }

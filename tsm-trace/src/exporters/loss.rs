@@ -26,58 +26,51 @@
 
 use serde::Serialize;
 
-use crate::clock::{Clock, rfc3339};
-use crate::probes::KernelStats;
+use tsm_trace_common::KernelCounter;
 
-/// A kernel-side loss reason: its `reason` label (`tsm_trace_events_lost_total`) and what the
-/// text line says about it.
+use crate::clock::{Clock, rfc3339};
+use crate::probes::KernelCounts;
+
+/// A kernel-side loss counter (its label is the `reason` of `tsm_trace_events_lost_total`)
+/// and what the text line says about it.
 struct KernelReason {
-    reason: &'static str,
+    counter: KernelCounter,
     says: &'static str,
-    count: fn(&KernelStats) -> u64,
 }
 
 /// The kernel's counters of lost events, in the order the records are written.
 const KERNEL: [KernelReason; 8] = [
     KernelReason {
-        reason: "ringbuf_full",
+        counter: KernelCounter::RingbufFull,
         says: "ring buffer full; raise --ringbuf-size",
-        count: |k| k.ringbuf_drops,
     },
     KernelReason {
-        reason: "inflight_full",
+        counter: KernelCounter::InflightFull,
         says: "in-flight table full: entries not recorded",
-        count: |k| k.inflight_full,
     },
     KernelReason {
-        reason: "orphan_return",
+        counter: KernelCounter::OrphanReturn,
         says: "returns without their entry",
-        count: |k| k.orphan_returns,
     },
     KernelReason {
-        reason: "return_missed",
+        counter: KernelCounter::ReturnMissed,
         says: "entries replaced before their return: returns never seen",
-        count: |k| k.returns_missed,
     },
     KernelReason {
-        reason: "control_full",
+        counter: KernelCounter::ControlFull,
         says: "control ring buffer full: module loads/unloads not seen",
-        count: |k| k.control_drops,
     },
     KernelReason {
-        reason: "aggregation_full",
+        counter: KernelCounter::AggregationFull,
         says: "aggregation table full: operations missing from the kernel's counts",
-        count: |k| k.agg_full,
     },
     KernelReason {
-        reason: "vmm_table_full",
+        counter: KernelCounter::VmmTableFull,
         says: "VMM table full: VMM exits not seen",
-        count: |k| k.vmm_full,
     },
     KernelReason {
-        reason: "scratch_missing",
+        counter: KernelCounter::ScratchMissing,
         says: "entries without a scratch record",
-        count: |k| k.scratch_missing,
     },
 ];
 
@@ -101,7 +94,7 @@ impl Lost {
     pub fn says(&self) -> &'static str {
         KERNEL
             .iter()
-            .find(|r| r.reason == self.reason)
+            .find(|r| r.counter.label() == self.reason)
             .map_or(DECODE_ERROR, |r| r.says)
     }
 
@@ -145,7 +138,7 @@ impl Lost {
 /// Turns the kernel's loss counters into records: remembers what was already reported.
 #[derive(Clone, Debug, Default)]
 pub struct LossTracker {
-    reported: KernelStats,
+    reported: KernelCounts,
     /// Undecodable records since the last record.
     decode_errors: u64,
 }
@@ -153,7 +146,7 @@ pub struct LossTracker {
 impl LossTracker {
     /// Counts up to `k` are not reported (a daemon taking over pinned maps: their counts are
     /// an earlier process's).
-    pub fn since(k: KernelStats) -> Self {
+    pub fn since(k: KernelCounts) -> Self {
         LossTracker {
             reported: k,
             decode_errors: 0,
@@ -166,15 +159,15 @@ impl LossTracker {
     }
 
     /// A record for each reason that grew since the last call, timed `time_ns`.
-    pub fn records(&mut self, k: &KernelStats, time_ns: Option<u64>) -> Vec<Lost> {
+    pub fn records(&mut self, k: &KernelCounts, time_ns: Option<u64>) -> Vec<Lost> {
         let mut out = Vec::new();
         for r in &KERNEL {
-            let (now, before) = ((r.count)(k), (r.count)(&self.reported));
+            let (now, before) = (k[r.counter], self.reported[r.counter]);
             // A counter never goes down; one that did (maps replaced) restarts from it.
             if now > before {
                 out.push(Lost {
                     count: now - before,
-                    reason: r.reason,
+                    reason: r.counter.label(),
                     time_ns,
                 });
             }
@@ -196,14 +189,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_loss_counter_has_one_reason() {
+        for c in KernelCounter::ALL {
+            let n = KERNEL.iter().filter(|r| r.counter == c).count();
+            assert_eq!(n, usize::from(c.is_loss()), "{c:?}");
+        }
+    }
+
+    #[test]
     fn a_record_per_reason_that_grew_with_the_growth_since_the_last() {
         let mut t = LossTracker::default();
-        let k = KernelStats {
-            ringbuf_drops: 100,
-            orphan_returns: 2,
-            read_faults: 7, // not a loss: a field is missing, the event is delivered
-            ..Default::default()
-        };
+        let k = KernelCounts::from_values(&[
+            (KernelCounter::RingbufFull, 100),
+            (KernelCounter::OrphanReturn, 2),
+            // Not a loss: a field is missing, the event is delivered.
+            (KernelCounter::ReadFault, 7),
+        ]);
         t.decode_error();
         let r = t.records(&k, Some(5_000));
         assert_eq!(
@@ -228,10 +229,8 @@ mod tests {
         );
         // Nothing grew: no record.
         assert!(t.records(&k, Some(6_000)).is_empty());
-        let k2 = KernelStats {
-            ringbuf_drops: 130,
-            ..k
-        };
+        let mut k2 = k;
+        k2[KernelCounter::RingbufFull] = 130;
         assert_eq!(
             t.records(&k2, Some(7_000)),
             [Lost {
@@ -291,9 +290,9 @@ mod tests {
         // Every kernel reason is a `tsm_trace_events_lost_total` reason.
         for r in &KERNEL {
             assert!(
-                crate::exporters::metrics::LOST_REASONS.contains(&r.reason),
+                crate::exporters::metrics::LOST_REASONS.contains(&r.counter.label()),
                 "{}",
-                r.reason
+                r.counter.label()
             );
         }
     }

@@ -17,13 +17,15 @@ use prometheus::{
 use super::histograms::Durations;
 use super::initial;
 
-use crate::aggregates::{DURATION_BUCKETS, KernelOperations};
+use crate::aggregates::{Aggregates, DURATION_BUCKETS};
 use crate::correlate::{
     AnomalyKind, Correlator, LeakReason, MismatchKind, OpKind, Output, TsmState, VmEventKind,
 };
 use crate::errno;
-use crate::events::{Layer, Probe, UnbindCause};
+use crate::events::{Layer, ProbeId, UnbindCause};
+use crate::probes::KernelCounts;
 use crate::sysfs::Snapshot;
+use tsm_trace_common::KernelCounter;
 
 use super::misses::MissMetrics;
 
@@ -44,7 +46,7 @@ pub const LOST_REASONS: [&str; 9] = [
 ];
 
 /// Reads the kernel's aggregates (from the session's maps).
-pub type AggregateSource = Box<dyn Fn() -> anyhow::Result<KernelOperations> + Send + Sync>;
+pub type AggregatesSource = Box<dyn Fn() -> anyhow::Result<Aggregates> + Send + Sync>;
 
 /// The registry owns a collector; the metrics keep a handle to set it.
 struct SharedDurations(Arc<Durations>);
@@ -59,34 +61,6 @@ impl prometheus::core::Collector for SharedDurations {
     }
 }
 
-/// Kernel-side counters, as absolute values read from the eBPF maps.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct KernelCounters {
-    /// Ring buffer reservation failed: event dropped.
-    pub ringbuf_full: u64,
-    /// The entry→return map was full: entry not recorded.
-    pub inflight_full: u64,
-    /// A return whose entry was not found (also delivered as `entry_missing` events when the
-    /// program could still send one).
-    pub orphan_return: u64,
-    /// `bpf_probe_read_kernel` failures.
-    pub kernel_read_faults: u64,
-    /// Module loads/unloads the control ring buffer could not take (a probe may then stay
-    /// unattached until the next module event).
-    pub control_full: u64,
-    /// An in-kernel aggregation table was full: an operation may be missing from the exact
-    /// counts.
-    pub agg_full: u64,
-    /// An entry record was replaced by a new call on its thread: that return was never seen.
-    pub return_missed: u64,
-    /// Operations the kernel left out of the exact counts (outer return never seen).
-    pub ops_unfinished: u64,
-    /// The VMM table was full: that VMM's exit will not be seen.
-    pub vmm_full: u64,
-    /// An entry program found no scratch record.
-    pub scratch_missing: u64,
-}
-
 /// All of tsm-trace's metrics, in their own registry.
 pub struct Metrics {
     registry: Registry,
@@ -94,8 +68,8 @@ pub struct Metrics {
     duration: Arc<Durations>,
     /// Operations and durations come from the kernel's exact aggregation (live sessions), not
     /// from correlated operations (replay), which then only drive traces, bindings and leaks.
-    kernel_aggregation: AtomicBool,
-    aggregate_source: Mutex<Option<AggregateSource>>,
+    kernel_aggregates: AtomicBool,
+    aggregates_source: Mutex<Option<AggregatesSource>>,
     aggregate_read_errors: IntCounter,
     bindings_active: IntGauge,
     bindings_closed: IntCounterVec,
@@ -120,7 +94,7 @@ pub struct Metrics {
     misses: MissMetrics,
     btf_fields: Mutex<BTreeMap<String, bool>>,
     /// The function label last published per (probe, kind).
-    probe_functions: Mutex<HashMap<(Probe, String), String>>,
+    probe_functions: Mutex<HashMap<(ProbeId, String), String>>,
     /// Label lookups resolved once (hot path: every event and every operation). Series are
     /// still created on first use, as `with_label_values` would.
     handles: Handles,
@@ -128,7 +102,7 @@ pub struct Metrics {
 
 const N_OPS: usize = OpKind::ALL.len();
 const N_LAYERS: usize = 5;
-const N_PROBES: usize = Probe::ALL.len();
+const N_PROBES: usize = ProbeId::ALL.len();
 
 /// Pre-resolved metric handles.
 struct Handles {
@@ -156,7 +130,7 @@ fn op_index(k: OpKind) -> usize {
     k as usize
 }
 
-fn probe_index(p: Probe) -> usize {
+fn probe_index(p: ProbeId) -> usize {
     p as usize
 }
 
@@ -404,8 +378,8 @@ impl Metrics {
             registry: r,
             operations,
             duration,
-            kernel_aggregation: AtomicBool::new(false),
-            aggregate_source: Mutex::new(None),
+            kernel_aggregates: AtomicBool::new(false),
+            aggregates_source: Mutex::new(None),
             aggregate_read_errors,
             bindings_active,
             bindings_closed,
@@ -444,7 +418,7 @@ impl Metrics {
 
     /// The text exposition (format 0.0.4).
     pub fn render(&self) -> String {
-        self.refresh_kernel_operations();
+        self.refresh_aggregates();
         let mut buf = Vec::new();
         let families = self.registry.gather();
         if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
@@ -457,7 +431,7 @@ impl Metrics {
     pub fn observe(&self, out: &Output) {
         match out {
             Output::Operation(op) => {
-                if self.kernel_aggregation.load(Ordering::Relaxed) {
+                if self.kernel_aggregates.load(Ordering::Relaxed) {
                     return;
                 }
                 let h = &self.handles;
@@ -549,7 +523,7 @@ impl Metrics {
     }
 
     /// One decoded event (the pipeline calls this for every event).
-    pub fn event_processed(&self, probe: Probe) {
+    pub fn event_processed(&self, probe: ProbeId) {
         self.handles.processed[probe_index(probe)]
             .get_or_init(|| self.events_processed.with_label_values(&[probe.as_str()]))
             .inc();
@@ -581,23 +555,23 @@ impl Metrics {
     /// From now on, operations and durations are the kernel's exact aggregates, read from
     /// `source` whenever the metrics are rendered; correlated operations no longer count
     /// them.
-    pub fn use_kernel_aggregation(&self, source: AggregateSource) {
+    pub fn use_kernel_aggregates(&self, source: AggregatesSource) {
         *self
-            .aggregate_source
+            .aggregates_source
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(source);
-        self.kernel_aggregation.store(true, Ordering::Relaxed);
+        self.kernel_aggregates.store(true, Ordering::Relaxed);
     }
 
     /// Reads the kernel's aggregates now (also done by [`Metrics::render`]).
-    pub fn refresh_kernel_operations(&self) {
+    pub fn refresh_aggregates(&self) {
         let src = self
-            .aggregate_source
+            .aggregates_source
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if let Some(read) = src.as_ref() {
             match read() {
-                Ok(k) => self.set_kernel_operations(&k),
+                Ok(k) => self.set_aggregates(&k),
                 Err(e) => {
                     log::warn!("reading the kernel's operation counts failed: {e:#}");
                     self.aggregate_read_errors.inc();
@@ -607,7 +581,7 @@ impl Metrics {
     }
 
     /// Mirrors the kernel's aggregates (absolute values read from the eBPF maps).
-    pub fn set_kernel_operations(&self, k: &KernelOperations) {
+    pub fn set_aggregates(&self, k: &Aggregates) {
         for (&(op, layer, errno), &n) in &k.counts {
             let c = match errno {
                 0 => self.handles.ops_ok[op_index(op)][layer_index(layer)]
@@ -625,42 +599,24 @@ impl Metrics {
         }
     }
 
-    /// Mirrors the kernel-side counters (absolute values from the eBPF maps).
-    pub fn set_kernel_counters(&self, k: KernelCounters) {
-        counter_to(
-            &self.events_lost.with_label_values(&["ringbuf_full"]),
-            k.ringbuf_full,
-        );
-        counter_to(
-            &self.events_lost.with_label_values(&["inflight_full"]),
-            k.inflight_full,
-        );
-        counter_to(
-            &self.events_lost.with_label_values(&["orphan_return"]),
-            k.orphan_return,
-        );
-        counter_to(
-            &self.events_lost.with_label_values(&["control_full"]),
-            k.control_full,
-        );
-        counter_to(
-            &self.events_lost.with_label_values(&["aggregation_full"]),
-            k.agg_full,
-        );
-        for (reason, v) in [
-            ("return_missed", k.return_missed),
-            ("vmm_table_full", k.vmm_full),
-            ("scratch_missing", k.scratch_missing),
-        ] {
-            counter_to(&self.events_lost.with_label_values(&[reason]), v);
+    /// Mirrors the kernel-side counters (absolute values from the eBPF maps): each loss
+    /// under its label in `tsm_trace_events_lost_total{reason}`, the operations left
+    /// unfinished in `tsm_trace_operations_uncounted_total`, the read faults alone.
+    pub fn set_kernel_counters(&self, k: &KernelCounts) {
+        for c in KernelCounter::ALL {
+            match c {
+                KernelCounter::ReadFault => counter_to(&self.kernel_read_faults, k[c]),
+                KernelCounter::OperationUnfinished => {
+                    self.misses.set_return_missed_operations(k[c])
+                }
+                _ => counter_to(&self.events_lost.with_label_values(&[c.label()]), k[c]),
+            }
         }
-        self.misses.set_return_missed_operations(k.ops_unfinished);
-        counter_to(&self.kernel_read_faults, k.kernel_read_faults);
     }
 
     /// `kind` is `kprobe`, `kretprobe` or `raw_tracepoint`; `function` the kernel symbol (or
     /// tracepoint) it was attached to, or wanted to be.
-    pub fn set_probe_attached(&self, probe: Probe, function: &str, kind: &str, attached: bool) {
+    pub fn set_probe_attached(&self, probe: ProbeId, function: &str, kind: &str, attached: bool) {
         // One series per program: a function found later (`tsm_bind [module]`) replaces the
         // name it was looked for under.
         let mut last = self
@@ -1042,35 +998,31 @@ mod tests {
     #[test]
     fn setters_for_the_daemon() {
         let m = Metrics::new();
-        m.set_kernel_counters(KernelCounters {
-            ringbuf_full: 5,
-            inflight_full: 1,
-            orphan_return: 2,
-            kernel_read_faults: 9,
-            control_full: 0,
-            agg_full: 0,
-            return_missed: 4,
-            ..Default::default()
-        });
-        m.set_kernel_counters(KernelCounters {
-            ringbuf_full: 7,
-            inflight_full: 1,
-            orphan_return: 2,
-            kernel_read_faults: 9,
-            control_full: 0,
-            agg_full: 0,
-            return_missed: 4,
-            vmm_full: 1,
-            ..Default::default()
-        });
+        use KernelCounter::*;
+        m.set_kernel_counters(&KernelCounts::from_values(&[
+            (RingbufFull, 5),
+            (InflightFull, 1),
+            (OrphanReturn, 2),
+            (ReadFault, 9),
+            (ControlFull, 0),
+            (AggregationFull, 0),
+            (ReturnMissed, 4),
+        ]));
+        m.set_kernel_counters(&KernelCounts::from_values(&[
+            (RingbufFull, 7),
+            (InflightFull, 1),
+            (OrphanReturn, 2),
+            (ReadFault, 9),
+            (ControlFull, 0),
+            (AggregationFull, 0),
+            (ReturnMissed, 4),
+            (VmmTableFull, 1),
+        ]));
         // A smaller absolute value (maps recreated) never makes a counter go down.
-        m.set_kernel_counters(KernelCounters {
-            ringbuf_full: 3,
-            ..Default::default()
-        });
+        m.set_kernel_counters(&KernelCounts::from_values(&[(RingbufFull, 3)]));
         m.decode_error();
-        m.set_probe_attached(Probe::TsmBind, "tsm_bind", "kprobe", true);
-        m.set_probe_attached(Probe::TsmBind, "tsm_bind", "kretprobe", false);
+        m.set_probe_attached(ProbeId::TsmBind, "tsm_bind", "kprobe", true);
+        m.set_probe_attached(ProbeId::TsmBind, "tsm_bind", "kretprobe", false);
         m.set_btf_fields([("iommufd_vdevice.virt_id", true), ("kvm.stats_id", false)]);
         m.set_btf_field("iommu_vdevice_tsm_op.op", false);
         let s = m.samples();
@@ -1152,7 +1104,7 @@ mod tests {
     #[test]
     fn every_documented_metric_is_exposed_and_every_exposed_one_documented() {
         let (_p, m) = scenario();
-        m.set_probe_attached(Probe::TsmBind, "tsm_bind", "kprobe", true);
+        m.set_probe_attached(ProbeId::TsmBind, "tsm_bind", "kprobe", true);
         m.set_btf_field("kvm.stats_id", true);
         m.set_kernel_info("v5", true);
         let text = m.render();
@@ -1198,7 +1150,7 @@ mod tests {
     #[test]
     fn promtool_accepts_the_exposition() {
         let (_p, m) = scenario();
-        m.set_probe_attached(Probe::TsmBind, "tsm_bind", "kprobe", true);
+        m.set_probe_attached(ProbeId::TsmBind, "tsm_bind", "kprobe", true);
         m.set_btf_field("kvm.stats_id", false);
         m.decode_error();
         let text = m.render();

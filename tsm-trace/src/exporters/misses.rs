@@ -17,7 +17,7 @@ use std::sync::Mutex;
 
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 
-use crate::events::Probe;
+use crate::events::ProbeId;
 use crate::probes::{
     Kind,
     expiry::{Expired, ExpiryReason},
@@ -34,7 +34,7 @@ pub struct MissMetrics {
     uncounted: IntCounterVec,
     /// Per program: the link its last kprobe count came from and that count, and the last
     /// recursion count (counters mirror absolute kernel values by their increase).
-    last: Mutex<HashMap<(Probe, Kind), Last>>,
+    last: Mutex<HashMap<(ProbeId, Kind), Last>>,
 }
 
 #[derive(Default)]
@@ -152,7 +152,7 @@ impl MissMetrics {
 
     /// Starts the expiry series of `probe` at 0, for every reason (at start-up, before any
     /// probe is attached: see `initial.rs`).
-    pub fn declare_expiries(&self, probe: Probe) {
+    pub fn declare_expiries(&self, probe: ProbeId) {
         for reason in ExpiryReason::ALL {
             self.inflight_expired
                 .with_label_values(&[probe.as_str(), reason.as_str()]);
@@ -160,7 +160,7 @@ impl MissMetrics {
     }
 
     /// Starts the series of an attached probe at 0 (absent-alerts and rates from the start).
-    pub fn declare(&self, probe: Probe, kind: Kind) {
+    pub fn declare(&self, probe: ProbeId, kind: Kind) {
         for reason in ExpiryReason::ALL {
             if kind == Kind::Kprobe {
                 self.inflight_expired
@@ -191,7 +191,7 @@ mod tests {
 
     fn prog(link: u32, kprobe: u64, recursion: u64) -> ProgramMisses {
         ProgramMisses {
-            probe: Probe::DriverBind,
+            probe: ProbeId::DriverBind,
             kind: Kind::Kretprobe,
             link_id: Some(link),
             kprobe: Some(KprobeMissed::Count(kprobe)),
@@ -233,8 +233,8 @@ mod tests {
         let m = MissMetrics::register(&r);
         m.observe_expired(&Expired {
             inflight: vec![
-                (Some(Probe::DriverBind), ExpiryReason::ThreadExited),
-                (Some(Probe::DriverBind), ExpiryReason::ThreadExited),
+                (Some(ProbeId::DriverBind), ExpiryReason::ThreadExited),
+                (Some(ProbeId::DriverBind), ExpiryReason::ThreadExited),
                 (None, ExpiryReason::Timeout),
             ],
             unfinished_operations: 2,

@@ -36,7 +36,7 @@ use crate::correlate::{
     AnomalyKind, Frame, Leak, LeakReason, MismatchKind, OpKind, OpResult, Operation, Output,
 };
 use crate::errno;
-use crate::events::{Layer, Probe, Vm, VmSelector};
+use crate::events::{Layer, ProbeId, Vm, VmSelector};
 
 pub use crate::clock::Clock;
 
@@ -470,7 +470,7 @@ const SUMMARY_LEAKS: usize = 100;
 pub struct Summary {
     latency_us: BTreeMap<OpKind, Log2Hist>,
     ops: BTreeMap<(OpKind, bool), u64>,
-    errors: BTreeMap<(String, Layer, Probe, OpKind), u64>,
+    errors: BTreeMap<(String, Layer, ProbeId, OpKind), u64>,
     leaks_detected: BTreeMap<LeakReason, u64>,
     leaks_cleared: u64,
     /// The first leaks detected (bounded), as trace lines.
@@ -494,7 +494,7 @@ pub struct Counted {
 }
 
 impl Counted {
-    pub fn from_kernel(k: &crate::aggregates::KernelOperations, filtered: bool) -> Self {
+    pub fn from_kernel(k: &crate::aggregates::Aggregates, filtered: bool) -> Self {
         let mut ops = BTreeMap::new();
         for (&(kind, _layer, errno), &n) in &k.counts {
             *ops.entry((kind, errno == 0)).or_default() += n;
@@ -823,18 +823,18 @@ mod tests {
     fn errors_table_columns_line_up_for_the_longest_names() {
         let mut sum = Summary::default();
         for (e, layer, probe, kind, n) in [
-            ("EBUSY", Layer::TsmCore, Probe::TsmBind, OpKind::Bind, 3),
+            ("EBUSY", Layer::TsmCore, ProbeId::TsmBind, OpKind::Bind, 3),
             (
                 "EOPNOTSUPP",
                 Layer::TsmDriver,
-                Probe::DriverGuestReq,
+                ProbeId::DriverGuestReq,
                 OpKind::Bind,
                 2,
             ),
             (
                 "EIO",
                 Layer::PciTsm,
-                Probe::PciTsmDisconnect,
+                ProbeId::PciTsmDisconnect,
                 OpKind::Disconnect,
                 1,
             ),

@@ -292,7 +292,7 @@ fn resolve_one(
     if kind == Kind::RawTracepoint {
         // Raw tracepoints are named like their program, but for sched_process_exit.
         report.may_load_later = false;
-        let tracepoint = if program == t.entry {
+        let tracepoint = if program == t.probe.entry_program() {
             symbols[0].name
         } else {
             program
@@ -434,7 +434,7 @@ ffffffffc0001000 t tsm_bind\t[tsm_standin]
             .collect()
     }
 
-    fn report(reports: &[AttachReport], probe: crate::events::Probe) -> &AttachReport {
+    fn report(reports: &[AttachReport], probe: crate::events::ProbeId) -> &AttachReport {
         reports.iter().find(|r| r.probe == probe).unwrap()
     }
 
@@ -442,11 +442,11 @@ ffffffffc0001000 t tsm_bind\t[tsm_standin]
     /// on a kernel without modules nothing does.
     #[test]
     fn only_module_functions_wait_for_a_module() {
-        use crate::events::Probe;
+        use crate::events::ProbeId;
         let with = plan(false);
-        assert!(!report(&with, Probe::KvmDestroyVm).waiting(), "built in");
-        assert!(report(&with, Probe::TsmBind).waiting(), "in a module");
-        let ioctl = report(&with, Probe::TsmOpIoctl);
+        assert!(!report(&with, ProbeId::KvmDestroyVm).waiting(), "built in");
+        assert!(report(&with, ProbeId::TsmBind).waiting(), "in a module");
+        let ioctl = report(&with, ProbeId::TsmOpIoctl);
         assert!(ioctl.waiting(), "absent, its module may load");
         assert!(
             ioctl
@@ -463,7 +463,7 @@ ffffffffc0001000 t tsm_bind\t[tsm_standin]
             without.iter().all(|r| !r.waiting()),
             "no modules: none waits"
         );
-        let ioctl = report(&without, Probe::TsmOpIoctl);
+        let ioctl = report(&without, ProbeId::TsmOpIoctl);
         let reason = ioctl.reason.as_deref().unwrap();
         assert!(!reason.contains("module not loaded"), "{reason}");
         assert!(reason.contains("cannot load modules"), "{reason}");

@@ -16,15 +16,13 @@
 
 use std::path::Path;
 
-use tsm_trace_common::{InflightKey, ProbeId, agg::ThreadOp};
-
-use crate::events::Probe;
+use tsm_trace_common::{InflightKey, ProbeId, aggregates::ThreadOp};
 
 /// What one expiry sweep (`Session::expire_stale`) removed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Expired {
     /// In-flight entries, by probe (`None`: an id this build does not know) and reason.
-    pub inflight: Vec<(Option<Probe>, ExpiryReason)>,
+    pub inflight: Vec<(Option<ProbeId>, ExpiryReason)>,
     /// Operations of exited threads that never returned: left out of the exact counts.
     pub unfinished_operations: u64,
     /// In-flight entries the sweep left in place (their thread runs, their timeout has not
@@ -70,7 +68,7 @@ pub fn stale_inflight(
     now_ns: u64,
     timeout_ns: u64,
     alive: impl Fn(u64) -> bool,
-) -> Vec<(InflightKey, Option<Probe>, ExpiryReason)> {
+) -> Vec<(InflightKey, Option<ProbeId>, ExpiryReason)> {
     entries
         .into_iter()
         .filter_map(|(key, start_ns)| {
@@ -81,11 +79,7 @@ pub fn stale_inflight(
             } else {
                 return None;
             };
-            Some((
-                key,
-                ProbeId::from_u32(key.probe).map(Probe::from_id),
-                reason,
-            ))
+            Some((key, ProbeId::from_u32(key.probe), reason))
         })
         .collect()
 }
@@ -145,9 +139,9 @@ mod tests {
                 .map(|(k, p, r)| (k.pid_tgid as u32, *p, *r))
                 .collect::<Vec<_>>(),
             vec![
-                (7, Some(Probe::DriverBind), ExpiryReason::ThreadExited),
-                (8, Some(Probe::TsmBind), ExpiryReason::Timeout),
-                (7, Some(Probe::PciTsmBind), ExpiryReason::ThreadExited),
+                (7, Some(ProbeId::DriverBind), ExpiryReason::ThreadExited),
+                (8, Some(ProbeId::TsmBind), ExpiryReason::Timeout),
+                (7, Some(ProbeId::PciTsmBind), ExpiryReason::ThreadExited),
             ]
         );
     }

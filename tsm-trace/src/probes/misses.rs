@@ -34,7 +34,7 @@ pub enum KprobeMissed {
 /// The kernel's miss counts for one attached program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProgramMisses {
-    pub probe: crate::events::Probe,
+    pub probe: crate::events::ProbeId,
     pub kind: super::Kind,
     /// The link the kprobe count belongs to (a re-attached program has a new link, whose
     /// count starts again at 0).
@@ -213,7 +213,7 @@ mod tests {
 
     fn prog(kprobe: Option<KprobeMissed>, recursion: Option<u64>) -> ProgramMisses {
         ProgramMisses {
-            probe: crate::events::Probe::DriverBind,
+            probe: crate::events::ProbeId::DriverBind,
             kind: super::super::Kind::Kretprobe,
             link_id: Some(1),
             kprobe,

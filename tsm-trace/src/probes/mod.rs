@@ -30,14 +30,14 @@ pub use kallsyms::{AttachPoint, Kallsyms, SymbolMatch};
 pub use privileges::{PrivilegeError, check_privileges};
 use serde::Serialize;
 use tsm_trace_common::{
-    InflightKey, Offsets, RawEvent,
-    agg::{self, AggConfig},
-    stat,
+    InflightKey, KernelCounter, MODULE_FREE_PROGRAM, Offsets, RawEvent,
+    aggregates::{self, AggConfig},
+    maps as names,
 };
 
-use crate::aggregates::{Counts, DURATION_BUCKETS, KernelOperations};
+use crate::aggregates::{Aggregates, Counts, DURATION_BUCKETS};
 
-use crate::events::{Layer, Probe};
+use crate::events::{Layer, ProbeId};
 
 /// The eBPF object built by `tsm-trace-ebpf` (see build.rs).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tsm-trace"));
@@ -70,12 +70,12 @@ pub struct AttachConfig {
     pub strict: bool,
     /// TSM driver ops to probe (layer `tsm_driver`), by probe: `--driver-bind FUNCTION` etc.
     /// Ops not named here are looked up in [`KNOWN_DRIVERS`].
-    pub driver_ops: Vec<(Probe, String)>,
+    pub driver_ops: Vec<(ProbeId, String)>,
     /// Probes not to attach at all.
-    pub disabled: Vec<Probe>,
+    pub disabled: Vec<ProbeId>,
     /// Attach a probe to another function of the same prototype (`--symbol PROBE=FUNCTION`),
     /// for kernels that renamed it (the patch series renames across versions).
-    pub symbols: Vec<(Probe, String)>,
+    pub symbols: Vec<(ProbeId, String)>,
     /// The kernel cannot load modules (no `/proc/modules`: built without CONFIG_MODULES):
     /// a function absent now never comes, so no probe waits for one.
     pub no_modules: bool,
@@ -94,7 +94,7 @@ impl AttachConfig {
         if let Some((_, f)) = self.symbols.iter().find(|(p, _)| *p == t.probe) {
             return vec![Candidate::any(f)];
         }
-        if t.probe.layer() == crate::events::Layer::TsmDriver {
+        if Layer::of(t.probe) == crate::events::Layer::TsmDriver {
             if let Some((_, f)) = self.driver_ops.iter().find(|(p, _)| *p == t.probe) {
                 return vec![Candidate::any(f)];
             }
@@ -120,7 +120,7 @@ impl AttachConfig {
     /// Must this probe attach (for `--strict` and the NOT ATTACHED report)? Driver ops only
     /// when named on the command line.
     fn requested(&self, t: &Target) -> bool {
-        t.probe.layer() != crate::events::Layer::TsmDriver
+        Layer::of(t.probe) != crate::events::Layer::TsmDriver
             || self.driver_ops.iter().any(|(p, _)| *p == t.probe)
     }
 }
@@ -128,9 +128,9 @@ impl AttachConfig {
 /// The outcome for one program.
 #[derive(Clone, Debug, Serialize)]
 pub struct AttachReport {
-    pub probe: Probe,
+    pub probe: ProbeId,
     pub kind: Kind,
-    /// The program in the eBPF object (`tsm_bind_return`).
+    /// The program in the eBPF object (`tsm_bind_return`: `ProbeId::return_program`).
     #[serde(skip)]
     pub program: &'static str,
     /// The kernel function (or tracepoint) it was, or would have been, attached to.
@@ -262,10 +262,13 @@ pub fn open(
     let mut loader = loader::loader_for(EBPF_OBJECT);
     kernel_log::configure(&mut loader);
     if let Some(b) = ringbuf_bytes {
-        loader.map_max_entries("EVENTS", b);
+        loader.map_max_entries(names::EVENTS, b);
     }
     if let Some(p) = pinned {
-        let wanted: Vec<(&str, u32)> = ringbuf_bytes.map(|b| ("EVENTS", b)).into_iter().collect();
+        let wanted: Vec<(&str, u32)> = ringbuf_bytes
+            .map(|b| (names::EVENTS, b))
+            .into_iter()
+            .collect();
         for (map, size) in p.configure(&mut loader, &wanted) {
             log::warn!(
                 "{map} is pinned with {size} entries (bytes for the ring buffer) from an earlier run and keeps that size; `tsm-trace unpin` (while no daemon runs) lets the next start create it as asked"
@@ -274,29 +277,29 @@ pub fn open(
     }
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(ProbeError::Object)?;
     let map = ebpf
-        .map_mut("OFFSETS")
-        .ok_or(ProbeError::MissingMap("OFFSETS"))?;
+        .map_mut(names::OFFSETS)
+        .ok_or(ProbeError::MissingMap(names::OFFSETS))?;
     let mut arr: Array<&mut MapData, Offsets> =
         Array::try_from(map).map_err(|source| ProbeError::Map {
-            name: "OFFSETS",
+            name: names::OFFSETS,
             source,
         })?;
     write_offsets(&mut arr, offsets)?;
     let map = ebpf
-        .map_mut("AGG_CONFIG")
-        .ok_or(ProbeError::MissingMap("AGG_CONFIG"))?;
+        .map_mut(names::AGG_CONFIG)
+        .ok_or(ProbeError::MissingMap(names::AGG_CONFIG))?;
     let mut cfg: Array<&mut MapData, AggConfig> =
         Array::try_from(map).map_err(|source| ProbeError::Map {
-            name: "AGG_CONFIG",
+            name: names::AGG_CONFIG,
             source,
         })?;
-    let mut bounds_ns = [u64::MAX; agg::BOUNDS];
+    let mut bounds_ns = [u64::MAX; aggregates::BOUNDS];
     for (b, s) in bounds_ns.iter_mut().zip(DURATION_BUCKETS) {
         *b = (s * 1e9).round() as u64;
     }
     cfg.set(0, AggConfig { bounds_ns }, 0)
         .map_err(|source| ProbeError::Map {
-            name: "AGG_CONFIG",
+            name: names::AGG_CONFIG,
             source,
         })?;
     Ok(ebpf)
@@ -308,23 +311,28 @@ pub fn write_offsets<M: std::borrow::BorrowMut<MapData>>(
     offsets: &Offsets,
 ) -> Result<(), ProbeError> {
     arr.set(0, offsets, 0).map_err(|source| ProbeError::Map {
-        name: "OFFSETS",
+        name: names::OFFSETS,
         source,
     })
 }
 
-/// The programs of `t`: its entry (a kprobe, or a raw tracepoint named like its symbol) and
-/// its return program. `module_load` brings `module_free` (both control, not events).
+/// The programs of `t`, named after its probe: its entry (a kprobe, or a raw tracepoint
+/// program) and its return program. `module_load` brings `module_free` (both control, not
+/// events).
 pub fn program_names(t: &Target) -> impl Iterator<Item = (&'static str, Kind)> {
+    let entry = t.probe.entry_program();
     let (entry_kind, second) = match t.probe {
-        Probe::VmmExit => (Kind::RawTracepoint, None),
-        Probe::ModuleLoad => (
+        ProbeId::VmmExit => (Kind::RawTracepoint, None),
+        ProbeId::ModuleLoad => (
             Kind::RawTracepoint,
-            Some(("module_free", Kind::RawTracepoint)),
+            Some((MODULE_FREE_PROGRAM, Kind::RawTracepoint)),
         ),
-        _ => (Kind::Kprobe, t.ret.map(|r| (r, Kind::Kretprobe))),
+        p => (
+            Kind::Kprobe,
+            p.return_program().map(|r| (r, Kind::Kretprobe)),
+        ),
     };
-    std::iter::once((t.entry, entry_kind)).chain(second)
+    std::iter::once((entry, entry_kind)).chain(second)
 }
 
 pub(crate) fn load_error(program: &'static str, e: ProgramError) -> ProbeError {
@@ -390,25 +398,34 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Kernel-side self-counters, summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct KernelStats {
-    pub ringbuf_drops: u64,
-    pub inflight_full: u64,
-    pub read_faults: u64,
-    pub orphan_returns: u64,
-    /// Module loads/unloads the control ring buffer could not take.
-    pub control_drops: u64,
-    /// An aggregation table was full: an operation may be missing from the exact counts.
-    pub agg_full: u64,
-    /// Entry records replaced by a new call on the same thread: returns never seen.
-    pub returns_missed: u64,
-    /// Operations left out of the exact counts because their outer return was never seen.
-    pub ops_unfinished: u64,
-    /// The VMM table was full: a VMM's exit will not be seen.
-    pub vmm_full: u64,
-    /// Entry programs that found no scratch record.
-    pub scratch_missing: u64,
+/// The kernel-side self-counters ([`KernelCounter`]), summed over CPUs: absolute values
+/// read from `STATS`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounts([u64; KernelCounter::COUNT as usize]);
+
+impl KernelCounts {
+    /// Counts with `values` set (tests, and the readers that build them).
+    pub fn from_values(values: &[(KernelCounter, u64)]) -> KernelCounts {
+        let mut k = KernelCounts::default();
+        for &(c, v) in values {
+            k[c] = v;
+        }
+        k
+    }
+}
+
+impl std::ops::Index<KernelCounter> for KernelCounts {
+    type Output = u64;
+
+    fn index(&self, c: KernelCounter) -> &u64 {
+        &self.0[c as usize]
+    }
+}
+
+impl std::ops::IndexMut<KernelCounter> for KernelCounts {
+    fn index_mut(&mut self, c: KernelCounter) -> &mut u64 {
+        &mut self.0[c as usize]
+    }
 }
 
 /// Handles to the maps userspace reads (and `OFFSETS`, which it rewrites).
@@ -420,26 +437,26 @@ pub struct Maps {
     /// Entry records waiting for their return (binds still running; stale ones expire).
     pub inflight: aya::maps::HashMap<MapData, InflightKey, RawEvent>,
     /// The operation each thread is in (the exact counts' per-thread state).
-    pub thread_ops: aya::maps::HashMap<MapData, u64, agg::ThreadOp>,
+    pub thread_ops: aya::maps::HashMap<MapData, u64, aggregates::ThreadOp>,
     /// The exact aggregates: operations by key, frame durations by histogram slot.
     pub op_counts: aya::maps::PerCpuHashMap<MapData, u32, u64>,
     pub op_hist: PerCpuArray<MapData, u64>,
-    /// The generation gate (written by a pinning daemon once its programs are attached).
+    /// The epoch gate (written by a pinning daemon once its programs are attached).
     pub gate: Array<MapData, u32>,
 }
 
 impl Maps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Maps, ProbeError> {
         Ok(Maps {
-            events: take(ebpf, "EVENTS")?,
-            control: take(ebpf, "CONTROL")?,
-            stats: take(ebpf, "STATS")?,
-            offsets: take(ebpf, "OFFSETS")?,
-            inflight: take(ebpf, "INFLIGHT")?,
-            thread_ops: take(ebpf, "THREAD_OPS")?,
-            op_counts: take(ebpf, "OP_COUNTS")?,
-            op_hist: take(ebpf, "OP_HIST")?,
-            gate: take(ebpf, "GATE")?,
+            events: take(ebpf, names::EVENTS)?,
+            control: take(ebpf, names::CONTROL)?,
+            stats: take(ebpf, names::STATS)?,
+            offsets: take(ebpf, names::OFFSETS)?,
+            inflight: take(ebpf, names::INFLIGHT)?,
+            thread_ops: take(ebpf, names::THREAD_OPS)?,
+            op_counts: take(ebpf, names::OP_COUNTS)?,
+            op_hist: take(ebpf, names::OP_HIST)?,
+            gate: take(ebpf, names::GATE)?,
         })
     }
 }
@@ -454,41 +471,31 @@ where
 }
 
 /// Reads the per-CPU counters.
-pub fn kernel_stats(stats: &PerCpuArray<MapData, u64>) -> Result<KernelStats, ProbeError> {
-    let get = |i: u32| -> Result<u64, ProbeError> {
-        Ok(stats
-            .get(&i, 0)
+pub fn kernel_counts(stats: &PerCpuArray<MapData, u64>) -> Result<KernelCounts, ProbeError> {
+    let mut k = KernelCounts::default();
+    for c in KernelCounter::ALL {
+        k[c] = stats
+            .get(&(c as u32), 0)
             .map_err(|source| ProbeError::Map {
-                name: "STATS",
+                name: names::STATS,
                 source,
             })?
             .iter()
-            .sum())
-    };
-    Ok(KernelStats {
-        ringbuf_drops: get(stat::RINGBUF_DROPS)?,
-        inflight_full: get(stat::INFLIGHT_FULL)?,
-        read_faults: get(stat::READ_FAULTS)?,
-        orphan_returns: get(stat::ORPHAN_RETURNS)?,
-        control_drops: get(stat::CONTROL_DROPS)?,
-        agg_full: get(stat::AGG_FULL)?,
-        returns_missed: get(stat::RETURN_MISSED)?,
-        ops_unfinished: get(stat::OP_UNFINISHED)?,
-        vmm_full: get(stat::VMM_FULL)?,
-        scratch_missing: get(stat::SCRATCH_MISSING)?,
-    })
+            .sum();
+    }
+    Ok(k)
 }
 
 /// Reads the exact aggregates, summed over CPUs.
-pub fn kernel_operations(
+pub fn read_aggregates(
     counts: &aya::maps::PerCpuHashMap<MapData, u32, u64>,
     hist: &PerCpuArray<MapData, u64>,
-) -> Result<KernelOperations, ProbeError> {
+) -> Result<Aggregates, ProbeError> {
     let map_err = |name| move |source| ProbeError::Map { name, source };
-    let mut out = KernelOperations::default();
+    let mut out = Aggregates::default();
     for r in counts.iter() {
-        let (key, per_cpu) = r.map_err(map_err("OP_COUNTS"))?;
-        let (op, layer, errno) = agg::split_key(key);
+        let (key, per_cpu) = r.map_err(map_err(names::OP_COUNTS))?;
+        let (op, layer, errno) = aggregates::split_key(key);
         let (Some(op), Some(layer)) = (
             crate::correlate::OpKind::ALL.get(op as usize),
             Layer::BY_INDEX.get(layer as usize),
@@ -501,13 +508,17 @@ pub fn kernel_operations(
         for (li, layer) in Layer::BY_INDEX.iter().enumerate() {
             for ok in [false, true] {
                 let mut c = Counts {
-                    buckets: vec![0; agg::BOUNDS + 1],
+                    buckets: vec![0; aggregates::BOUNDS + 1],
                     sum_ns: 0,
                 };
-                for slot in 0..agg::HIST_SLOTS {
-                    let i = agg::hist_index(oi as u32, li as u32, ok, slot);
-                    let v: u64 = hist.get(&i, 0).map_err(map_err("OP_HIST"))?.iter().sum();
-                    if slot == agg::HIST_SUM {
+                for slot in 0..aggregates::HIST_SLOTS {
+                    let i = aggregates::hist_index(oi as u32, li as u32, ok, slot);
+                    let v: u64 = hist
+                        .get(&i, 0)
+                        .map_err(map_err(names::OP_HIST))?
+                        .iter()
+                        .sum();
+                    if slot == aggregates::HIST_SUM {
                         c.sum_ns = v;
                     } else {
                         c.buckets[slot as usize] = v;
@@ -539,7 +550,53 @@ pub fn summarize(reports: &[AttachReport]) -> BTreeMap<&'static str, (usize, usi
 mod tests {
     use super::*;
 
-    fn report(probe: Probe, kind: Kind, function: &str, attached: bool) -> AttachReport {
+    /// Every program the table derives from a probe's name, and every map named in common, is
+    /// in the object; no current program takes an old name.
+    #[test]
+    fn the_object_has_every_derived_program_and_named_map() {
+        if EBPF_OBJECT.is_empty() {
+            return; // AYA_BUILD_SKIP
+        }
+        let obj = aya_obj::Object::parse(EBPF_OBJECT).expect("the object parses");
+        for t in TARGETS {
+            for (name, _) in program_names(t) {
+                assert!(obj.programs.contains_key(name), "{name} ({:?})", t.probe);
+            }
+            let p = t.probe;
+            match p.return_program() {
+                Some(r) => {
+                    assert_eq!(p.entry_program(), format!("{}_entry", p.as_str()));
+                    assert_eq!(r, format!("{}_return", p.as_str()));
+                }
+                None if p == ProbeId::KvmDestroyVm => {
+                    assert_eq!(p.entry_program(), format!("{}_entry", p.as_str()))
+                }
+                None => assert_eq!(p.entry_program(), p.as_str()),
+            }
+        }
+        for old in crate::targets::LEGACY_PROGRAMS {
+            assert!(!obj.programs.contains_key(*old), "{old} is a current name");
+        }
+        for m in [
+            names::EVENTS,
+            names::CONTROL,
+            names::INFLIGHT,
+            names::SCRATCH,
+            names::VMM_TGIDS,
+            names::STATS,
+            names::OFFSETS,
+            names::THREAD_OPS,
+            names::OP_COUNTS,
+            names::OP_HIST,
+            names::AGG_CONFIG,
+            names::GATE,
+            names::LAST_RETURN,
+        ] {
+            assert!(obj.maps.contains_key(m), "map {m}");
+        }
+    }
+
+    fn report(probe: ProbeId, kind: Kind, function: &str, attached: bool) -> AttachReport {
         AttachReport {
             probe,
             kind,
@@ -557,21 +614,26 @@ mod tests {
     #[test]
     fn report_columns_line_up_for_the_longest_names() {
         let reports = [
-            report(Probe::TsmBind, Kind::Kprobe, "tsm_bind", true),
+            report(ProbeId::TsmBind, Kind::Kprobe, "tsm_bind", true),
             report(
-                Probe::PciTsmUnbindAny,
+                ProbeId::PciTsmUnbindAny,
                 Kind::Kretprobe,
                 "__pci_tsm_unbind",
                 true,
             ),
             report(
-                Probe::PciTsmDisconnect,
+                ProbeId::PciTsmDisconnect,
                 Kind::Kprobe,
                 "__pci_tsm_disconnect",
                 false,
             ),
-            report(Probe::DriverGuestReq, Kind::Kprobe, "", false),
-            report(Probe::ModuleLoad, Kind::RawTracepoint, "module_load", true),
+            report(ProbeId::DriverGuestReq, Kind::Kprobe, "", false),
+            report(
+                ProbeId::ModuleLoad,
+                Kind::RawTracepoint,
+                "module_load",
+                true,
+            ),
         ];
         let lines = report_lines(&reports);
         // Each line's kind and function start in the same column as every other line's.

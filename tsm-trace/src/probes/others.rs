@@ -4,7 +4,7 @@
 //! kernel's programs are listed (`BPF_PROG_GET_NEXT_ID`, `BPF_OBJ_GET_INFO_BY_FD`) and
 //! those named like ours ([`super::unpin::program_names`], cut to the kernel's 15 bytes)
 //! that are neither this process's own nor held by links pinned under this daemon's pin
-//! root (a previous generation of the same `run`, handed over) are counted, with the
+//! root (a previous epoch of the same `run`, handed over) are counted, with the
 //! processes that hold them (`/proc/PID/fdinfo`'s `prog_id`).
 
 use std::{
@@ -64,7 +64,7 @@ impl Others {
 }
 
 /// Which of `loaded` are other sessions' programs: named like ours (`ours`, full names),
-/// not in `own` (this process's programs and our pinned generations'). `holders` maps a
+/// not in `own` (this process's programs and our pinned epochs'). `holders` maps a
 /// program id to the processes holding it.
 pub fn classify(
     loaded: &[Program],
@@ -167,7 +167,7 @@ fn holders(proc: &Path) -> (BTreeMap<u32, BTreeSet<String>>, BTreeSet<u32>) {
 }
 
 /// Programs of the links pinned under `root` (`<root>/<layout>/links/*`): this daemon's
-/// generations, its own even when a previous process pinned them.
+/// epochs, its own even when a previous process pinned them.
 fn pinned_programs(root: &Path) -> BTreeSet<u32> {
     let mut ids = BTreeSet::new();
     let Ok(layouts) = fs::read_dir(root) else {
@@ -235,7 +235,7 @@ mod tests {
         let ours = ["tsm_bind", "tsm_bind_return", "pci_tsm_unbind_any_return"];
         let loaded = [
             p(1, "tsm_bind"),        // this process
-            p(2, "tsm_bind_return"), // our previous generation, pinned
+            p(2, "tsm_bind_return"), // our previous epoch, pinned
             p(3, "tsm_bind"),        // another trace session
             p(4, "tsm_bind_return"), // the same session
             p(5, "pci_tsm_unbind_"), // a daemon gone, its pins left: names cut to 15 bytes

@@ -1,5 +1,5 @@
 //! `--user`: the files the daemon keeps writing after it becomes that user are handed to it
-//! first: the pin directory (links pinned on a late attach, the next generation's take-over)
+//! first: the pin directory (links pinned on a late attach, the next epoch's take-over)
 //! and the state file's directory (saved by rename, so the directory must be writable).
 //!
 //! Only directories that are tsm-trace's own are changed: the pin root, and a state

@@ -5,18 +5,22 @@
 //!
 //! - `maps/`: the ring buffer of events (what happens while the daemon is down waits there),
 //!   the in-flight calls, the VMM table, the self-counters and the exact aggregates (so
-//!   `tsm_trace_operations_total` keeps counting across a restart), and the generation gate;
-//! - `links/<program>@<generation>`: the probes, which keep running while no daemon runs
+//!   `tsm_trace_operations_total` keeps counting across a restart), and the epoch gate;
+//! - `links/<program>@<epoch>`: the probes, which keep running while no daemon runs
 //!   (bpffs refuses names with a dot: it keeps those for itself).
 //!
-//! **Handover.** A starting daemon reads the gate (the live generation `g`), loads its own
-//! programs as generation `g + 1` against the same maps, attaches them next to the old ones,
-//! then writes `g + 1` to the gate: from that instant the old programs stand aside (entries,
-//! point events and orphans are the live generation's; a return completes whichever entry is
+//! **Handover.** A starting daemon reads the gate (the live epoch `e`), loads its own
+//! programs as epoch `e + 1` against the same maps, attaches them next to the old ones,
+//! then writes `e + 1` to the gate: from that instant the old programs stand aside (entries,
+//! point events and orphans are the live epoch's; a return completes whichever entry is
 //! in flight, so a call that straddles the handover is reported once). Then it removes the
-//! old generation's links.
+//! old epoch's links, whatever their programs are named (the names of earlier versions are
+//! in `targets::LEGACY_PROGRAMS`).
 //!
-//! **Layouts.** `<layout>` is a hash of everything the two generations must agree on (record
+//! (An epoch is a daemon's place in this handover; not to be confused with the *generation*
+//! of the iommufd TSM patch series a kernel carries, `targets::GENERATIONS`.)
+//!
+//! **Layouts.** `<layout>` is a hash of everything the two epochs must agree on (record
 //! and key sizes, map set, table sizes, [`REVISION`]). A version with another layout (an
 //! upgrade or downgrade that changed a record) cannot share the maps: it starts its own
 //! directory, attaches, and then removes the other layout's links and maps. The events that
@@ -37,7 +41,7 @@ use aya::{
     programs::links::PinnedLink,
 };
 use thiserror::Error;
-use tsm_trace_common::{InflightKey, RawEvent, agg, stat};
+use tsm_trace_common::{EPOCH_GLOBAL, InflightKey, KernelCounter, RawEvent, aggregates, maps};
 
 use super::unpin::{self, is_bpffs};
 
@@ -49,17 +53,17 @@ pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/tsm-trace";
 pub const REVISION: u32 = 2;
 
 /// The maps a daemon pins. The rest (offsets, histogram bounds, scratch space, the control
-/// ring) belong to one generation of programs.
+/// ring) belong to one epoch of programs.
 pub const MAPS: [&str; 9] = [
-    "EVENTS",
-    "INFLIGHT",
-    "THREAD_OPS",
-    "VMM_TGIDS",
-    "STATS",
-    "OP_COUNTS",
-    "OP_HIST",
-    "GATE",
-    "LAST_RETURN",
+    maps::EVENTS,
+    maps::INFLIGHT,
+    maps::THREAD_OPS,
+    maps::VMM_TGIDS,
+    maps::STATS,
+    maps::OP_COUNTS,
+    maps::OP_HIST,
+    maps::GATE,
+    maps::LAST_RETURN,
 ];
 
 pub(crate) const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -87,7 +91,7 @@ pub enum PinError {
         #[source]
         source: Box<unpin::UnpinError>,
     },
-    #[error("reading the generation gate pinned at {path}")]
+    #[error("reading the epoch gate pinned at {path}")]
     Gate {
         path: PathBuf,
         #[source]
@@ -102,9 +106,9 @@ pub fn layout_id() -> String {
         REVISION as usize,
         core::mem::size_of::<RawEvent>(),
         core::mem::size_of::<InflightKey>(),
-        core::mem::size_of::<agg::ThreadOp>(),
-        agg::HIST_LEN as usize,
-        stat::COUNT as usize,
+        core::mem::size_of::<aggregates::ThreadOp>(),
+        aggregates::HIST_LEN as usize,
+        KernelCounter::COUNT as usize,
     ];
     for s in sizes {
         h.update(&(s as u64).to_le_bytes());
@@ -116,16 +120,16 @@ pub fn layout_id() -> String {
     h.finalize().to_hex()[..12].to_string()
 }
 
-/// Where the links of this generation are pinned.
+/// Where the links of this epoch are pinned.
 #[derive(Clone, Debug)]
 pub struct LinkPins {
     dir: PathBuf,
-    generation: u32,
+    epoch: u32,
 }
 
 impl LinkPins {
     pub fn path(&self, program: &str) -> PathBuf {
-        self.dir.join(format!("{program}@{}", self.generation))
+        self.dir.join(format!("{program}@{}", self.epoch))
     }
 }
 
@@ -134,9 +138,9 @@ impl LinkPins {
 pub struct Pinned {
     root: PathBuf,
     dir: PathBuf,
-    /// This daemon's generation.
-    pub generation: u32,
-    /// The generation the gate held (pinned programs were running), if any.
+    /// This daemon's epoch.
+    pub epoch: u32,
+    /// The epoch the gate held (pinned programs were running), if any.
     pub previous: Option<u32>,
     /// `flock` on the root, held while this value lives.
     _lock: fs::File,
@@ -145,7 +149,7 @@ pub struct Pinned {
 /// What [`Pinned::go_live`] replaced.
 #[derive(Debug, Default)]
 pub struct Handover {
-    /// Links of earlier generations of this layout, removed.
+    /// Links of earlier epochs of this layout, removed.
     pub old_links: usize,
     /// Directories of other layouts, removed with their links and maps.
     pub other_layouts: Vec<String>,
@@ -196,7 +200,7 @@ impl Pinned {
         mkdir_private(&dir)?;
         mkdir_private(&dir.join("maps"))?;
         mkdir_private(&dir.join("links"))?;
-        let gate = dir.join("maps").join("GATE");
+        let gate = dir.join("maps").join(maps::GATE);
         let previous = if gate.exists() {
             let map = MapData::from_pin(&gate).map_err(|source| PinError::Gate {
                 path: gate.clone(),
@@ -216,11 +220,11 @@ impl Pinned {
         } else {
             None
         };
-        let generation = previous.unwrap_or(0).wrapping_add(1).max(1);
+        let epoch = previous.unwrap_or(0).wrapping_add(1).max(1);
         Ok(Pinned {
             root: root.to_path_buf(),
             dir,
-            generation,
+            epoch,
             previous,
             _lock: lock,
         })
@@ -231,7 +235,7 @@ impl Pinned {
     }
 
     /// Points the loader's state maps at their pins (created there if missing) and gives the
-    /// programs their generation. A map already pinned keeps its size (the ring buffer's
+    /// programs their epoch. A map already pinned keeps its size (the ring buffer's
     /// `--ringbuf-bytes` applies when it is created): returns `(map, pinned size)` where the
     /// pinned size is not what `wanted` asks.
     pub fn configure<'a>(
@@ -251,27 +255,27 @@ impl Pinned {
             }
             loader.map_pin_path(m, path);
         }
-        loader.override_global("GENERATION", &self.generation, true);
+        loader.override_global(EPOCH_GLOBAL, &self.epoch, true);
         kept
     }
 
     pub fn link_pins(&self) -> LinkPins {
         LinkPins {
             dir: self.dir.join("links"),
-            generation: self.generation,
+            epoch: self.epoch,
         }
     }
 
-    /// Opens the gate to this generation (the old programs stand aside), then removes the
-    /// old generations' links and other layouts' state.
+    /// Opens the gate to this epoch (the old programs stand aside), then removes the
+    /// old epochs' links and other layouts' state.
     pub fn go_live(&self, gate: &mut Array<MapData, u32>) -> Result<Handover, PinError> {
-        gate.set(0, self.generation, 0)
+        gate.set(0, self.epoch, 0)
             .map_err(|source| PinError::Gate {
-                path: self.dir.join("maps").join("GATE"),
+                path: self.dir.join("maps").join(maps::GATE),
                 source,
             })?;
         let mut h = Handover::default();
-        let suffix = format!("@{}", self.generation);
+        let suffix = format!("@{}", self.epoch);
         let links = self.dir.join("links");
         for e in fs::read_dir(&links)
             .map_err(io("listing", &links))?
@@ -344,10 +348,10 @@ mod tests {
     }
 
     #[test]
-    fn link_paths_carry_the_generation() {
+    fn link_paths_carry_the_epoch() {
         let p = LinkPins {
             dir: PathBuf::from("/sys/fs/bpf/tsm-trace/x/links"),
-            generation: 7,
+            epoch: 7,
         };
         assert_eq!(
             p.path("tsm_bind_entry"),

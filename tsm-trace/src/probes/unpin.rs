@@ -187,11 +187,14 @@ fn check_link(path: &Path, program: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Every program name tsm-trace attaches, from the compatibility table.
+/// Every program name tsm-trace attaches, from the compatibility table, and those earlier
+/// versions gave the same programs ([`crate::targets::LEGACY_PROGRAMS`]): their pins are ours
+/// too.
 pub fn program_names() -> Vec<&'static str> {
     crate::targets::TARGETS
         .iter()
         .flat_map(|t| super::program_names(t).map(|(name, _)| name))
+        .chain(crate::targets::LEGACY_PROGRAMS.iter().copied())
         .collect()
 }
 
@@ -356,6 +359,16 @@ mod tests {
         assert_eq!(
             link_program("tsm_bind_entry@7", &programs).as_deref(),
             Some("tsm_bind_entry")
+        );
+        // Programs are named after their probe; a link an earlier version pinned under the
+        // program's old name is still ours.
+        assert_eq!(
+            link_program("pci_tsm_bind_return@3", &programs).as_deref(),
+            Some("pci_tsm_bind_return")
+        );
+        assert_eq!(
+            link_program("pci_bind_return@2", &programs).as_deref(),
+            Some("pci_bind_return")
         );
         for bad in [
             "tsm_bind_entry",

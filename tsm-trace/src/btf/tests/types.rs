@@ -42,15 +42,15 @@ fn synthetic_types_enum_values_and_return_kinds() {
     assert_eq!(k(ProbeId::DriverBind), ret::PTR);
     // Not in BTF: unknown, and the probe stays detached with the reason.
     assert_eq!(k(ProbeId::TsmUnbind), ret::UNKNOWN);
-    let check = |p: Probe| &r.prototypes.iter().find(|c| c.probe == p).unwrap().result;
-    let Err(why) = check(Probe::TsmUnbind) else {
+    let check = |p: ProbeId| &r.prototypes.iter().find(|c| c.probe == p).unwrap().result;
+    let Err(why) = check(ProbeId::TsmUnbind) else {
         panic!("a function without BTF must not be decoded")
     };
     assert!(why.contains("tsm_unbind is not in BTF"), "{why}");
     assert!(why.contains("return type is unknown"), "{why}");
     // A shape mismatch is kept (not replaced by the return check).
-    assert!(check(Probe::DriverConnect).is_err());
-    assert_eq!(check(Probe::TsmBind), &Ok(()));
+    assert!(check(ProbeId::DriverConnect).is_err());
+    assert_eq!(check(ProbeId::TsmBind), &Ok(()));
     // What BTF shows of the series: v5's traits in the module.
     let (members, obj) = r.patch.uapi_members.clone().unwrap();
     assert_eq!(obj, "tsm_standin");

@@ -3,11 +3,11 @@
 
 use super::tests::{DEV, EIO, ENXIO, ev, vm};
 use super::*;
-use crate::events::{Event, Layer, Probe, UnbindCause, Vm, VmId};
+use crate::events::{Event, Layer, ProbeId, UnbindCause, Vm, VmId};
 
 const TSM: &str = "tsm0";
 
-fn dev_frame(probe: Probe, start: u64, end: u64, ret: Option<i64>) -> Event {
+fn dev_frame(probe: ProbeId, start: u64, end: u64, ret: Option<i64>) -> Event {
     let mut e = ev(probe, start, end, 7, ret);
     e.device = Some(DEV.into());
     e
@@ -16,15 +16,20 @@ fn dev_frame(probe: Probe, start: u64, end: u64, ret: Option<i64>) -> Event {
 /// `echo tsm0 > tsm/connect` → probe → connect, returning `len` or an errno.
 fn connect(t0: u64, probe_ret: i64, connect_ret: Option<i64>, store_ret: i64) -> Vec<Event> {
     let mut v = Vec::new();
-    let mut p = dev_frame(Probe::DriverProbe, t0 + 10, t0 + 20, Some(probe_ret));
+    let mut p = dev_frame(ProbeId::DriverProbe, t0 + 10, t0 + 20, Some(probe_ret));
     p.ret_is_ptr = true;
     p.ret_null_is_err = true;
     p.tsm = Some(TSM.into());
     v.push(p);
     if let Some(r) = connect_ret {
-        v.push(dev_frame(Probe::DriverConnect, t0 + 30, t0 + 900, Some(r)));
+        v.push(dev_frame(
+            ProbeId::DriverConnect,
+            t0 + 30,
+            t0 + 900,
+            Some(r),
+        ));
     }
-    let mut s = dev_frame(Probe::Connect, t0, t0 + 1_000, Some(store_ret));
+    let mut s = dev_frame(ProbeId::Connect, t0, t0 + 1_000, Some(store_ret));
     s.tsm = Some(TSM.into());
     v.push(s);
     v
@@ -33,14 +38,14 @@ fn connect(t0: u64, probe_ret: i64, connect_ret: Option<i64>, store_ret: i64) ->
 /// A bare `pci_tsm_bind` (and the driver's bind below it) of DEV.
 fn bind(t0: u64) -> Vec<Event> {
     let mut d = dev_frame(
-        Probe::DriverBind,
+        ProbeId::DriverBind,
         t0 + 10,
         t0 + 90,
         Some(0xffff_8880_0000_1000u64 as i64),
     );
     d.ret_is_ptr = true;
     d.vm = Some(vm());
-    let mut p = dev_frame(Probe::PciTsmBind, t0, t0 + 100, Some(0));
+    let mut p = dev_frame(ProbeId::PciTsmBind, t0, t0 + 100, Some(0));
     p.vm = Some(vm());
     p.tdi_id = Some(7);
     vec![d, p]
@@ -48,22 +53,27 @@ fn bind(t0: u64) -> Vec<Event> {
 
 /// The core's own unbind of DEV inside a disconnect or removal.
 fn core_unbind(t0: u64) -> Vec<Event> {
-    let mut u = dev_frame(Probe::PciTsmUnbindAny, t0, t0 + 50, Some(0));
+    let mut u = dev_frame(ProbeId::PciTsmUnbindAny, t0, t0 + 50, Some(0));
     u.vm = Some(Vm {
         id: vm().id,
         pid: None,
         stats_id: None,
     });
     u.tdi_id = Some(7);
-    vec![dev_frame(Probe::DriverUnbind, t0 + 10, t0 + 40, None), u]
+    vec![dev_frame(ProbeId::DriverUnbind, t0 + 10, t0 + 40, None), u]
 }
 
 /// `outer` (disconnect_store or __pci_tsm_destroy) → __pci_tsm_disconnect → unbind → driver
 /// disconnect.
 fn disconnect(t0: u64, outer: Event) -> Vec<Event> {
     let mut v = core_unbind(t0 + 20);
-    v.push(dev_frame(Probe::DriverDisconnect, t0 + 100, t0 + 200, None));
-    let mut d = dev_frame(Probe::PciTsmDisconnect, t0 + 10, t0 + 300, None);
+    v.push(dev_frame(
+        ProbeId::DriverDisconnect,
+        t0 + 100,
+        t0 + 200,
+        None,
+    ));
+    let mut d = dev_frame(ProbeId::PciTsmDisconnect, t0 + 10, t0 + 300, None);
     d.tsm = Some(TSM.into());
     v.push(d);
     v.push(outer);
@@ -101,10 +111,14 @@ fn connect_then_bind_carries_the_tsm() {
     assert_eq!(o[0].kind, OpKind::Connect);
     assert!(o[0].ok());
     assert_eq!(o[0].tsm.as_deref(), Some(TSM));
-    let probes: Vec<Probe> = o[0].frames.iter().map(|f| f.probe).collect();
+    let probes: Vec<ProbeId> = o[0].frames.iter().map(|f| f.probe).collect();
     assert_eq!(
         probes,
-        [Probe::Connect, Probe::DriverProbe, Probe::DriverConnect]
+        [
+            ProbeId::Connect,
+            ProbeId::DriverProbe,
+            ProbeId::DriverConnect
+        ]
     );
     assert!(
         !out.iter().any(|x| matches!(x, Output::Anomaly(_))),
@@ -133,7 +147,7 @@ fn connect_failures_name_the_layer() {
         OpResult::Err {
             errno: 5,
             layer: Layer::TsmDriver,
-            function: Probe::DriverConnect
+            function: ProbeId::DriverConnect
         }
     );
     // The driver's probe returned NULL: connect_store says -ENXIO, the driver is the cause.
@@ -144,7 +158,7 @@ fn connect_failures_name_the_layer() {
         OpResult::Err {
             errno: 6,
             layer: Layer::TsmDriver,
-            function: Probe::DriverProbe
+            function: ProbeId::DriverProbe
         }
     );
     assert!(op.frames[1].null_return);
@@ -157,7 +171,7 @@ fn disconnect_while_bound_closes_the_binding_with_its_cause() {
     let mut c = Correlator::default();
     run(&mut c, connect(1_000, 0x1000, Some(0), 5));
     run(&mut c, bind(10_000));
-    let mut store = dev_frame(Probe::Disconnect, 20_000, 21_000, Some(5));
+    let mut store = dev_frame(ProbeId::Disconnect, 20_000, 21_000, Some(5));
     store.tsm = Some(TSM.into());
     let out = run(&mut c, disconnect(20_000, store));
     let o = ops(&out);
@@ -191,7 +205,7 @@ fn removal_and_unregistration_while_bound() {
     ] {
         let mut c = Correlator::default();
         run(&mut c, bind(10_000));
-        let mut destroy = dev_frame(Probe::PciTsmDestroy, 19_990, 21_000, None);
+        let mut destroy = dev_frame(ProbeId::PciTsmDestroy, 19_990, 21_000, None);
         destroy.tsm_unregister = unregister;
         let out = run(&mut c, disconnect(20_000, destroy));
         let o = ops(&out);
@@ -208,7 +222,7 @@ fn removal_and_unregistration_while_bound() {
 #[test]
 fn guest_request_fields() {
     let mut c = Correlator::default();
-    let mut g = dev_frame(Probe::PciTsmGuestReq, 1_000, 2_000, Some(16));
+    let mut g = dev_frame(ProbeId::PciTsmGuestReq, 1_000, 2_000, Some(16));
     g.scope = Some(1);
     g.in_len = Some(64);
     g.out_len = Some(128);
@@ -249,9 +263,9 @@ fn disconnect_of_a_dsm_unbinds_its_functions() {
     }
     run(&mut c, b);
     // Function 1's unbind (with the driver's) runs first inside __pci_tsm_disconnect.
-    let mut drv = ev(Probe::DriverUnbind, 20_012, 20_016, 7, None);
+    let mut drv = ev(ProbeId::DriverUnbind, 20_012, 20_016, 7, None);
     drv.device = Some(FN1.into());
-    let mut u = ev(Probe::PciTsmUnbindAny, 20_011, 20_018, 7, Some(0));
+    let mut u = ev(ProbeId::PciTsmUnbindAny, 20_011, 20_018, 7, Some(0));
     u.device = Some(FN1.into());
     u.tdi_id = Some(8);
     u.vm = Some(Vm {
@@ -259,7 +273,7 @@ fn disconnect_of_a_dsm_unbinds_its_functions() {
         pid: None,
         stats_id: None,
     });
-    let mut store = dev_frame(Probe::Disconnect, 20_000, 21_000, Some(5));
+    let mut store = dev_frame(ProbeId::Disconnect, 20_000, 21_000, Some(5));
     store.tsm = Some(TSM.into());
     let mut evs = vec![drv, u];
     evs.extend(disconnect(20_000, store));
@@ -284,7 +298,7 @@ fn disconnect_of_a_dsm_unbinds_its_functions() {
 #[test]
 fn guest_request_carries_the_tsm() {
     let mut c = Correlator::default();
-    let mut g = dev_frame(Probe::PciTsmGuestReq, 1_000, 2_000, Some(0));
+    let mut g = dev_frame(ProbeId::PciTsmGuestReq, 1_000, 2_000, Some(0));
     g.tsm = Some(TSM.into());
     let out = run(&mut c, vec![g]);
     assert_eq!(ops(&out)[0].tsm.as_deref(), Some(TSM));
@@ -313,7 +327,7 @@ fn module_unload_ends_the_bindings_made_through_it() {
     p.tick(u64::MAX / 4);
     assert_eq!(p.correlator().binding_count(), 2);
     // The stand-in's functions: the ioctl, tsm_bind and its PCI layer.
-    let outs = p.module_unloaded(&[Probe::TsmOpIoctl, Probe::TsmBind], 9_000_000);
+    let outs = p.module_unloaded(&[ProbeId::TsmOpIoctl, ProbeId::TsmBind], 9_000_000);
     let closed: Vec<_> = outs
         .iter()
         .filter_map(|o| match o {
@@ -349,7 +363,7 @@ fn module_unload_ends_the_bindings_made_through_it() {
 
 /// A bare `pci_tsm_bind` of `dev` (the vmlinux PCI layer).
 fn lone_pci_bind(dev: &str, t0: u64) -> Vec<Event> {
-    let mut e = ev(Probe::PciTsmBind, t0, t0 + 100, 9, Some(0));
+    let mut e = ev(ProbeId::PciTsmBind, t0, t0 + 100, 9, Some(0));
     e.device = Some(dev.into());
     e.vm = Some(vm());
     e.tdi_id = Some(8);

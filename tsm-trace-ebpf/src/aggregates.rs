@@ -1,12 +1,12 @@
 //! In-kernel counting of operations, exact whatever the ring buffer drops (see
-//! [`tsm_trace_common::agg`] for the rules). Entry programs call [`enter`] as they park an
+//! [`tsm_trace_common::aggregates`] for the rules). Entry programs call [`enter`] as they park an
 //! entry record ([`unenter`] if it could not be parked); return programs call [`exit`] with
 //! what the frame returned. Costs two map lookups per probed call; nothing runs on other paths.
 
 use tsm_trace_common::{
-    ProbeId, RawEvent,
-    agg::{self, ERR_SLOTS, ErrSlot, ThreadOp},
-    flags, missing, stat,
+    KernelCounter, ProbeId, RawEvent,
+    aggregates::{self, ERR_SLOTS, ErrSlot, ThreadOp},
+    flags, maps as names, missing,
 };
 
 use crate::maps::{AGG_CONFIG, OP_COUNTS, OP_HIST, THREAD_OPS, count, full};
@@ -22,7 +22,7 @@ pub fn enter(ev: &RawEvent) {
         Some(st) => st,
         None => {
             if THREAD_OPS.insert(key, ThreadOp::default(), 0).is_err() {
-                full(stat::AGG_FULL, "THREAD_OPS");
+                full(KernelCounter::AggregationFull, names::THREAD_OPS);
                 return;
             }
             match THREAD_OPS.get_ptr_mut(key) {
@@ -33,23 +33,23 @@ pub fn enter(ev: &RawEvent) {
     };
     // SAFETY: a per-thread entry; only this thread's programs touch it, one at a time.
     let st = unsafe { &mut *st };
-    let d = agg::depth(p);
+    let d = aggregates::depth(p);
     if st.depth != 0 && d <= st.root_depth {
         // Nothing the TSM path calls re-enters at its caller's depth: the open operation's
         // outer return was missed. It cannot be counted; this one starts afresh.
-        count(stat::OP_UNFINISHED);
+        count(KernelCounter::OperationUnfinished);
         st.depth = 0;
     }
     if st.depth == 0 {
         *st = ThreadOp::default();
         st.root_depth = d;
         let op = (p == ProbeId::TsmOpIoctl && ev.missing & missing::OP == 0).then_some(ev.op);
-        st.kind = agg::outer_kind(p, op);
+        st.kind = aggregates::outer_kind(p, op);
     }
     // An undecided operation takes its kind from its shallowest bind or unbind frame.
-    let inferred = agg::inferred_kind(p);
-    if inferred != agg::OP_UNDECIDED
-        && (st.kind == agg::OP_UNDECIDED || (st.kind_depth != 0 && d < st.kind_depth))
+    let inferred = aggregates::inferred_kind(p);
+    if inferred != aggregates::OP_UNDECIDED
+        && (st.kind == aggregates::OP_UNDECIDED || (st.kind_depth != 0 && d < st.kind_depth))
     {
         st.kind = inferred;
         st.kind_depth = d;
@@ -108,16 +108,16 @@ fn frame_returned(
     if !kept {
         return root;
     }
-    let layer = agg::layer(p);
-    let errno = agg::errno(ret, ret_flags);
+    let layer = aggregates::layer(p);
+    let errno = aggregates::errno(ret, ret_flags);
     let ok = errno.is_none() && !(ret_flags & flags::RET_NULL_IS_ERR != 0 && ret == 0);
-    let kind = if st.kind == agg::OP_UNDECIDED {
-        agg::OP_INVALID
+    let kind = if st.kind == aggregates::OP_UNDECIDED {
+        aggregates::OP_INVALID
     } else {
         st.kind
     };
     observe(kind, layer, ok, duration_ns);
-    let d = agg::depth(p);
+    let d = aggregates::depth(p);
     if !root {
         match errno {
             Some(e) => note_errno(st, e, layer, d),
@@ -146,13 +146,13 @@ fn frame_returned(
             (at, e)
         }
     };
-    let key = agg::count_key(kind, layer, e);
+    let key = aggregates::count_key(kind, layer, e);
     match OP_COUNTS.get_ptr_mut(key) {
         // SAFETY: per-CPU value.
         Some(v) => unsafe { *v += 1 },
         None => {
             if OP_COUNTS.insert(key, 1, 0).is_err() {
-                full(stat::AGG_FULL, "OP_COUNTS");
+                full(KernelCounter::AggregationFull, names::OP_COUNTS);
             }
         }
     }
@@ -183,8 +183,8 @@ fn note_errno(st: &mut ThreadOp, e: u32, layer: u32, d: u32) {
         st.nerr += 1;
     } else {
         full(
-            stat::AGG_FULL,
-            "the errno slots of an operation (agg::ERR_SLOTS)",
+            KernelCounter::AggregationFull,
+            "the errno slots of an operation (aggregates::ERR_SLOTS)",
         );
     }
 }
@@ -192,23 +192,28 @@ fn note_errno(st: &mut ThreadOp, e: u32, layer: u32, d: u32) {
 /// One frame duration into the histogram of (kind, layer, ok).
 #[inline(always)]
 fn observe(kind: u32, layer: u32, ok: bool, duration_ns: u64) {
-    if kind >= agg::OPS || layer >= agg::LAYERS {
+    if kind >= aggregates::OPS || layer >= aggregates::LAYERS {
         return;
     }
-    let mut slot = agg::BOUNDS as u32;
+    let mut slot = aggregates::BOUNDS as u32;
     if let Some(cfg) = AGG_CONFIG.get(0) {
-        for i in 0..agg::BOUNDS {
+        for i in 0..aggregates::BOUNDS {
             if duration_ns <= cfg.bounds_ns[i] {
                 slot = i as u32;
                 break;
             }
         }
     }
-    if let Some(v) = OP_HIST.get_ptr_mut(agg::hist_index(kind, layer, ok, slot)) {
+    if let Some(v) = OP_HIST.get_ptr_mut(aggregates::hist_index(kind, layer, ok, slot)) {
         // SAFETY: per-CPU value.
         unsafe { *v += 1 };
     }
-    if let Some(v) = OP_HIST.get_ptr_mut(agg::hist_index(kind, layer, ok, agg::HIST_SUM)) {
+    if let Some(v) = OP_HIST.get_ptr_mut(aggregates::hist_index(
+        kind,
+        layer,
+        ok,
+        aggregates::HIST_SUM,
+    )) {
         // SAFETY: per-CPU value.
         unsafe { *v += duration_ns };
     }
