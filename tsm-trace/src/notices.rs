@@ -6,12 +6,11 @@ use std::path::Path;
 
 /// The line `run` logs when a signal stops it. Pinned programs are not detached: they keep
 /// counting into the pinned maps for the next daemon (`tsm-trace unpin` removes them);
-/// without pins, dropping the session detaches them. (The line says "generation" for the
-/// pinned epoch: the restart VM suite and operators' log searches match it.)
+/// without pins, dropping the session detaches them.
 pub fn stop_message(signal: &str, pinned: Option<(&Path, u32)>) -> String {
     match pinned {
         Some((dir, epoch)) => format!(
-            "{signal}: exiting; the pinned probes of generation {epoch} in {} keep running for the next daemon (`tsm-trace unpin` removes them)",
+            "{signal}: exiting; the pinned probes of epoch {epoch} in {} keep running for the next daemon (`tsm-trace unpin` removes them)",
             dir.display()
         ),
         None => format!("{signal}: detaching probes and exiting"),
@@ -40,7 +39,7 @@ mod tests {
             s.contains("keep running") && s.contains("tsm-trace unpin"),
             "{s}"
         );
-        assert!(s.contains("generation 3 in /sys/fs/bpf/tsm-trace"), "{s}");
+        assert!(s.contains("epoch 3 in /sys/fs/bpf/tsm-trace"), "{s}");
         assert_eq!(
             stop_message("SIGINT", None),
             "SIGINT: detaching probes and exiting"

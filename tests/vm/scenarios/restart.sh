@@ -124,7 +124,7 @@ snap 3
 ctl ioctl 1 2 0; rec d3_unbind $D_NOTHING
 sleep 1
 # Another session on the same functions: `check` must warn that daemon 3's programs run too
-# (the daemons themselves, taking over their own pinned generation, must not).
+# (the daemons themselves, taking over their own pinned epoch, must not).
 {
 	$BIN check $FLAGS 2>&1
 	echo "exit=$?"

@@ -54,11 +54,9 @@ fn start_session(probes: &ProbeArgs, pin_root: Option<PathBuf>) -> Result<LiveSe
     }
     if let Some(p) = &live.session().pinned {
         let h = &p.handover;
-        // The log lines say "generation" for the pinned epoch: the restart VM suite (and
-        // operators' log searches) match them.
         match p.previous {
             Some(g) => log::info!(target: LOG,
-                "took over from the pinned programs of generation {g} (they kept running while no daemon ran; what they saw is read now): now generation {}, pinned in {}{}",
+                "took over from the pinned programs of epoch {g} (they kept running while no daemon ran; what they saw is read now): now epoch {}, pinned in {}{}",
                 p.epoch,
                 p.dir.display(),
                 if h.old_links > 0 {
@@ -68,7 +66,7 @@ fn start_session(probes: &ProbeArgs, pin_root: Option<PathBuf>) -> Result<LiveSe
                 }
             ),
             None => log::info!(target: LOG,
-                "probes and state pinned in {} (generation {}): they keep running across restarts; `tsm-trace unpin` removes them",
+                "probes and state pinned in {} (epoch {}): they keep running across restarts; `tsm-trace unpin` removes them",
                 p.dir.display(),
                 p.epoch
             ),

@@ -109,7 +109,7 @@ pub fn check(out: &VmOutput) -> Result<usize> {
         );
     }
     for n in 1..=3 {
-        // Its own pinned generation (taken over) is not another session.
+        // Its own pinned epoch (taken over) is not another session.
         let err = &out.section(&format!("rs_d{n}.err"))?.text;
         c.check(!err.contains("other tsm-trace program"), || {
             format!("daemon {n} took its own pinned programs for another session's:\n{err}")
@@ -124,7 +124,7 @@ pub fn check(out: &VmOutput) -> Result<usize> {
     // SIGTERM leaves the pinned probes running for the next daemon, and says so.
     let d2 = &out.section("rs_d2.err")?.text;
     c.check(
-        d2.contains("SIGTERM: exiting; the pinned probes of generation")
+        d2.contains("SIGTERM: exiting; the pinned probes of epoch")
             && !d2.contains("detaching probes"),
         || format!("daemon 2's SIGTERM line must say its pinned probes keep running:\n{d2}"),
     );
@@ -136,9 +136,9 @@ pub fn check(out: &VmOutput) -> Result<usize> {
         let err = &out.section(&format!("rs_d{n}.err"))?.text;
         c.check(
             err.contains(&format!(
-                "took over from the pinned programs of generation {prev}"
+                "took over from the pinned programs of epoch {prev}"
             )),
-            || format!("daemon {n}: did not take over from generation {prev}:\n{err}"),
+            || format!("daemon {n}: did not take over from epoch {prev}:\n{err}"),
         );
         c.check(err.contains("restored "), || {
             format!("daemon {n}: restored nothing:\n{err}")
