@@ -5,7 +5,6 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use aya::{
     Ebpf,
     maps::{Array, MapData, RingBuf},
@@ -19,11 +18,51 @@ use crate::{
     events::{DecodeError, Event, Probe, VmKey, VmNames},
     generation::{self, KernelGeneration},
     probes::{
-        self, AttachConfig, AttachReport, Kallsyms, KernelStats, Kind, Links, SymbolMatch,
+        self, AttachConfig, AttachReport, Kallsyms, KernelStats, Kind, Links, ProbeError,
+        SymbolMatch,
         expiry::{self, Expired},
         misses::{self, ProgramMisses},
+        pin::PinError,
+        privileges::PrivilegeError,
     },
 };
+
+/// Why a session could not start or a step of it failed. The errors of the modules it drives
+/// (privileges, pins, loading and attaching) pass through with their own messages.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("reading {path}")]
+    Kallsyms {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("resolving struct offsets from BTF")]
+    Btf(#[source] btf::BtfError),
+    #[error(transparent)]
+    Privileges(#[from] PrivilegeError),
+    #[error(transparent)]
+    Pin(#[from] PinError),
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error("handing over from the pinned programs")]
+    Handover(#[source] PinError),
+    #[error("updating the offsets the programs read")]
+    Offsets(#[source] ProbeError),
+    #[error("listing this process's BPF links")]
+    Links(#[source] std::io::Error),
+    #[error("the {0} was already taken")]
+    Taken(&'static str),
+    /// Registering a ring buffer with tokio, or waiting on it (`what`: which ring buffer).
+    #[error("{what} with tokio")]
+    Ring {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+type Result<T, E = SessionError> = std::result::Result<T, E>;
 
 #[derive(Clone, Debug)]
 pub struct SessionOptions {
@@ -96,8 +135,10 @@ pub struct PinnedState {
 fn load_kallsyms(opts: &SessionOptions) -> Result<Kallsyms> {
     // Only the names we may attach to (overrides and driver ops included).
     let wanted = opts.attach.wanted();
-    Kallsyms::load(&opts.kallsyms, &wanted)
-        .with_context(|| format!("reading {}", opts.kallsyms.display()))
+    Kallsyms::load(&opts.kallsyms, &wanted).map_err(|source| SessionError::Kallsyms {
+        path: opts.kallsyms.clone(),
+        source,
+    })
 }
 
 /// Resolves every offset from BTF, through the prototypes of the functions kallsyms has.
@@ -179,7 +220,7 @@ fn resolve_btf(syms: &Kallsyms, opts: &SessionOptions) -> Result<Resolution> {
             overrides: &overrides,
         },
     )
-    .context("resolving struct offsets from BTF")
+    .map_err(SessionError::Btf)
 }
 
 /// The function a probe will use, for BTF lookups, or `None` if kallsyms has none of its
@@ -286,9 +327,7 @@ impl Session {
         // Attached next to the earlier generation's programs: now they stand aside.
         let pinned = match pinned {
             Some(p) => {
-                let handover = p
-                    .go_live(&mut maps.gate)
-                    .context("handing over from the pinned programs")?;
+                let handover = p.go_live(&mut maps.gate).map_err(SessionError::Handover)?;
                 Some(PinnedState {
                     dir: p.dir().to_path_buf(),
                     generation: p.generation,
@@ -333,7 +372,7 @@ impl Session {
         let resolution = resolve_btf(&syms, &self.opts)?;
         if resolution.offsets != self.btf.offsets {
             probes::write_offsets(&mut self.offsets, &resolution.offsets)
-                .context("updating the offsets the programs read")?;
+                .map_err(SessionError::Offsets)?;
         }
         let gained = probes::attach_missing(
             &mut self.ebpf,
@@ -431,8 +470,8 @@ impl Session {
         self.attach.iter().filter(|r| r.attached).count()
     }
 
-    pub fn kernel_stats(&self) -> Result<KernelStats> {
-        Ok(probes::kernel_stats(&self.stats)?)
+    pub fn kernel_stats(&self) -> Result<KernelStats, ProbeError> {
+        probes::kernel_stats(&self.stats)
     }
 
     /// Removes kernel-side entries whose return will never come (`probes/expiry.rs`):
@@ -481,7 +520,7 @@ impl Session {
             .link_fds
             .borrow_mut()
             .kprobe_missed(&want)
-            .context("listing this process's BPF links")?;
+            .map_err(SessionError::Links)?;
         let mut out = Vec::new();
         for r in self.attach.iter().filter(|r| r.attached) {
             let link_id = self.links.link_id(r.program);
@@ -516,17 +555,17 @@ impl Session {
         let ring = self
             .events
             .take()
-            .context("the event stream was already taken")?;
+            .ok_or(SessionError::Taken("event stream"))?;
         let control = self
             .control
             .take()
-            .context("the control stream was already taken")?;
+            .ok_or(SessionError::Taken("control stream"))?;
         // SAFETY: the ring buffer fds stay valid while the rings live inside the AsyncFds.
         let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .context("registering the ring buffer with tokio")?;
+            .map_err(|e| ring_error("registering the ring buffer")(e.into_parts().1))?;
         let cfd =
             unsafe { AsyncFd::register_with_interest(control, tokio::io::Interest::READABLE) }
-                .context("registering the control ring buffer with tokio")?;
+                .map_err(|e| ring_error("registering the control ring buffer")(e.into_parts().1))?;
         Ok((
             EventStream {
                 fd,
@@ -545,9 +584,14 @@ pub struct Aggregates {
 
 impl Aggregates {
     /// Reads them (about 1,500 map lookups: on scrape, not per event).
-    pub fn read(&self) -> Result<KernelOperations> {
-        Ok(probes::kernel_operations(&self.counts, &self.hist)?)
+    pub fn read(&self) -> Result<KernelOperations, ProbeError> {
+        probes::kernel_operations(&self.counts, &self.hist)
     }
+}
+
+/// A ring buffer's error with tokio: `what` ("registering the ring buffer") failed.
+fn ring_error(what: &'static str) -> impl FnOnce(std::io::Error) -> SessionError {
+    move |source| SessionError::Ring { what, source }
 }
 
 /// A module load or unload, from the control ring buffer.
@@ -589,7 +633,11 @@ pub struct ControlStream {
 impl ControlStream {
     /// Waits for control records and appends them to `out` (undecodable ones as `None`).
     pub async fn next_batch(&mut self, out: &mut Vec<Option<Control>>) -> Result<()> {
-        let mut guard = self.fd.readable_mut().await?;
+        let mut guard = self
+            .fd
+            .readable_mut()
+            .await
+            .map_err(ring_error("waiting on the control ring buffer"))?;
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
             out.push(Control::from_bytes(&item));
@@ -617,7 +665,11 @@ impl EventStream {
     /// Waits until events are available, then [`BATCH_WINDOW`], and appends everything
     /// readable to `out`. Cancel-safe: nothing is consumed before the window has passed.
     pub async fn next_batch(&mut self, out: &mut Vec<Result<Event, DecodeError>>) -> Result<()> {
-        let mut guard = self.fd.readable_mut().await?;
+        let mut guard = self
+            .fd
+            .readable_mut()
+            .await
+            .map_err(ring_error("waiting on the ring buffer"))?;
         tokio::time::sleep(BATCH_WINDOW).await;
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
@@ -696,7 +748,7 @@ impl LiveSession {
         self.session.missing()
     }
 
-    pub fn kernel_stats(&self) -> Result<KernelStats> {
+    pub fn kernel_stats(&self) -> Result<KernelStats, ProbeError> {
         self.session.kernel_stats()
     }
 }
