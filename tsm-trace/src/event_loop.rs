@@ -384,7 +384,8 @@ pub fn rescan(live: &mut LiveSession, metrics: &Metrics) {
             publish_session(metrics, live.session());
         }
         Err(e) => log::warn!(
-            "looking for probe targets after a module load failed: {e:#}; the probes attached before keep running"
+            "looking for probe targets after a module load failed: {}; the probes attached before keep running",
+            chain(&e)
         ),
     }
 }
@@ -399,7 +400,8 @@ fn redetect(live: &mut LiveSession, metrics: &Metrics) {
         }
         Ok(false) => {}
         Err(e) => log::warn!(
-            "detecting the kernel's generation after a module unload failed: {e:#}; tsm_trace_kernel_info keeps the last one"
+            "detecting the kernel's generation after a module unload failed: {}; tsm_trace_kernel_info keeps the last one",
+            chain(&e)
         ),
     }
 }
@@ -425,7 +427,7 @@ pub fn sync_kernel_counts(metrics: &Metrics, s: &LiveSession) -> Option<KernelCo
             Some(k)
         }
         Err(e) => {
-            log::warn!("reading kernel-side counters failed: {}", chain(&*e));
+            log::warn!("reading kernel-side counters failed: {}", chain(&e));
             None
         }
     }
@@ -460,7 +462,12 @@ pub fn drain(
 pub fn read_aggregates(live: &mut LiveSession) -> Option<Aggregates> {
     let agg = live.session_mut().take_aggregates()?;
     agg.read()
-        .map_err(|e| log::warn!("reading the kernel's operation counts failed: {e:#}"))
+        .map_err(|e| {
+            log::warn!(
+                "reading the kernel's operation counts failed: {}",
+                chain(&e)
+            )
+        })
         .ok()
 }
 
@@ -498,11 +505,11 @@ pub fn housekeeping(
             }
             metrics.misses().observe_expired(&e);
         }
-        Err(err) => log::warn!("sweeping stale in-flight entries failed: {}", chain(&*err)),
+        Err(err) => log::warn!("sweeping stale in-flight entries failed: {}", chain(&err)),
     }
     match live.session().kernel_misses() {
         Ok(m) => metrics.misses().observe_programs(&m),
-        Err(err) => log::warn!("reading the kernel's miss counts failed: {}", chain(&*err)),
+        Err(err) => log::warn!("reading the kernel's miss counts failed: {}", chain(&err)),
     }
     sync_kernel_counts(metrics, live);
     in_flight

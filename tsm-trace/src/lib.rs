@@ -14,6 +14,8 @@ pub mod clock;
 pub mod correlate;
 pub mod doctor;
 pub mod errno;
+#[cfg(test)]
+mod error_chains;
 pub mod event_loop;
 pub mod events;
 pub mod exporters;

@@ -5,7 +5,6 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use aya::{
     Ebpf,
     maps::{Array, MapData, RingBuf},
@@ -21,11 +20,51 @@ use crate::{
     events::{DecodeError, Event, ProbeId, VmKey, VmNames},
     generation::{self, KernelGeneration},
     probes::{
-        self, AttachConfig, AttachReport, Kallsyms, KernelCounts, Kind, Links, SymbolMatch,
+        self, AttachConfig, AttachReport, Kallsyms, KernelCounts, Kind, Links, ProbeError,
+        SymbolMatch,
         expiry::{self, Expired},
         misses::{self, ProgramMisses},
+        pin::PinError,
+        privileges::PrivilegeError,
     },
 };
+
+/// Why a session could not start or a step of it failed. The errors of the modules it drives
+/// (privileges, pins, loading and attaching) pass through with their own messages.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("reading {path}")]
+    Kallsyms {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("resolving struct offsets from BTF")]
+    Btf(#[source] btf::BtfError),
+    #[error(transparent)]
+    Privileges(#[from] PrivilegeError),
+    #[error(transparent)]
+    Pin(#[from] PinError),
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error("handing over from the pinned programs")]
+    Handover(#[source] PinError),
+    #[error("updating the offsets the programs read")]
+    Offsets(#[source] ProbeError),
+    #[error("listing this process's BPF links")]
+    Links(#[source] std::io::Error),
+    #[error("the {0} was already taken")]
+    Taken(&'static str),
+    /// Registering a ring buffer with tokio, or waiting on it (`what`: which ring buffer).
+    #[error("{what} with tokio")]
+    Ring {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+type Result<T, E = SessionError> = std::result::Result<T, E>;
 
 #[derive(Clone, Debug)]
 pub struct SessionOptions {
@@ -99,8 +138,10 @@ pub struct PinnedState {
 fn load_kallsyms(opts: &SessionOptions) -> Result<Kallsyms> {
     // Only the names we may attach to (overrides and driver ops included).
     let wanted = opts.attach.wanted();
-    Kallsyms::load(&opts.kallsyms, &wanted)
-        .with_context(|| format!("reading {}", opts.kallsyms.display()))
+    Kallsyms::load(&opts.kallsyms, &wanted).map_err(|source| SessionError::Kallsyms {
+        path: opts.kallsyms.clone(),
+        source,
+    })
 }
 
 /// Resolves every offset from BTF, through the prototypes of the functions kallsyms has.
@@ -182,7 +223,7 @@ fn resolve_btf(syms: &Kallsyms, opts: &SessionOptions) -> Result<Resolution> {
             overrides: &overrides,
         },
     )
-    .context("resolving struct offsets from BTF")
+    .map_err(SessionError::Btf)
 }
 
 /// The function a probe will use, for BTF lookups, or `None` if kallsyms has none of its
@@ -289,9 +330,7 @@ impl Session {
         // Attached next to the earlier epoch's programs: now they stand aside.
         let pinned = match pinned {
             Some(p) => {
-                let handover = p
-                    .go_live(&mut maps.gate)
-                    .context("handing over from the pinned programs")?;
+                let handover = p.go_live(&mut maps.gate).map_err(SessionError::Handover)?;
                 Some(PinnedState {
                     dir: p.dir().to_path_buf(),
                     epoch: p.epoch,
@@ -336,7 +375,7 @@ impl Session {
         let resolution = resolve_btf(&syms, &self.opts)?;
         if resolution.offsets != self.btf.offsets {
             probes::write_offsets(&mut self.offsets, &resolution.offsets)
-                .context("updating the offsets the programs read")?;
+                .map_err(SessionError::Offsets)?;
         }
         let gained = probes::attach_missing(
             &mut self.ebpf,
@@ -432,8 +471,8 @@ impl Session {
         self.attach.iter().filter(|r| r.attached).count()
     }
 
-    pub fn kernel_counts(&self) -> Result<KernelCounts> {
-        Ok(probes::kernel_counts(&self.stats)?)
+    pub fn kernel_counts(&self) -> Result<KernelCounts, ProbeError> {
+        probes::kernel_counts(&self.stats)
     }
 
     /// Removes kernel-side entries whose return will never come (`probes/expiry.rs`):
@@ -482,7 +521,7 @@ impl Session {
             .link_fds
             .borrow_mut()
             .kprobe_missed(&want)
-            .context("listing this process's BPF links")?;
+            .map_err(SessionError::Links)?;
         let mut out = Vec::new();
         for r in self.attach.iter().filter(|r| r.attached) {
             let link_id = self.links.link_id(r.program);
@@ -517,17 +556,17 @@ impl Session {
         let ring = self
             .events
             .take()
-            .context("the event stream was already taken")?;
+            .ok_or(SessionError::Taken("event stream"))?;
         let control = self
             .control
             .take()
-            .context("the control stream was already taken")?;
+            .ok_or(SessionError::Taken("control stream"))?;
         // SAFETY: the ring buffer fds stay valid while the rings live inside the AsyncFds.
         let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .context("registering the ring buffer with tokio")?;
+            .map_err(|e| ring_error("registering the ring buffer")(e.into_parts().1))?;
         let cfd =
             unsafe { AsyncFd::register_with_interest(control, tokio::io::Interest::READABLE) }
-                .context("registering the control ring buffer with tokio")?;
+                .map_err(|e| ring_error("registering the control ring buffer")(e.into_parts().1))?;
         Ok((
             EventStream {
                 fd,
@@ -546,9 +585,14 @@ pub struct AggregateMaps {
 
 impl AggregateMaps {
     /// Reads them (about 1,500 map lookups: on scrape, not per event).
-    pub fn read(&self) -> Result<Aggregates> {
-        Ok(probes::read_aggregates(&self.counts, &self.hist)?)
+    pub fn read(&self) -> Result<Aggregates, ProbeError> {
+        probes::read_aggregates(&self.counts, &self.hist)
     }
+}
+
+/// A ring buffer's error with tokio: `what` ("registering the ring buffer") failed.
+fn ring_error(what: &'static str) -> impl FnOnce(std::io::Error) -> SessionError {
+    move |source| SessionError::Ring { what, source }
 }
 
 /// A module load or unload, from the control ring buffer.
@@ -590,7 +634,11 @@ pub struct ControlStream {
 impl ControlStream {
     /// Waits for control records and appends them to `out` (undecodable ones as `None`).
     pub async fn next_batch(&mut self, out: &mut Vec<Option<Control>>) -> Result<()> {
-        let mut guard = self.fd.readable_mut().await?;
+        let mut guard = self
+            .fd
+            .readable_mut()
+            .await
+            .map_err(ring_error("waiting on the control ring buffer"))?;
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
             out.push(Control::from_bytes(&item));
@@ -618,7 +666,11 @@ impl EventStream {
     /// Waits until events are available, then [`BATCH_WINDOW`], and appends everything
     /// readable to `out`. Cancel-safe: nothing is consumed before the window has passed.
     pub async fn next_batch(&mut self, out: &mut Vec<Result<Event, DecodeError>>) -> Result<()> {
-        let mut guard = self.fd.readable_mut().await?;
+        let mut guard = self
+            .fd
+            .readable_mut()
+            .await
+            .map_err(ring_error("waiting on the ring buffer"))?;
         tokio::time::sleep(BATCH_WINDOW).await;
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
@@ -697,7 +749,7 @@ impl LiveSession {
         self.session.missing()
     }
 
-    pub fn kernel_counts(&self) -> Result<KernelCounts> {
+    pub fn kernel_counts(&self) -> Result<KernelCounts, ProbeError> {
         self.session.kernel_counts()
     }
 }

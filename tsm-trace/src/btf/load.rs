@@ -151,7 +151,7 @@ pub(super) fn mapped_copy(path: &Path) -> io::Result<Btf> {
         format!("/proc/self/fd/{}", mem.as_raw_fd()),
         btf_rs::Backend::Mmap,
     )
-    .map_err(|e| io::Error::other(e.to_string()))
+    .map_err(io::Error::other)
 }
 
 pub(super) fn same_file(a: &Path, b: &Path) -> bool {

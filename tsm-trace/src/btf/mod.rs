@@ -134,12 +134,24 @@ pub enum BtfError {
         "vmlinux BTF {path} does not exist (kernel built without CONFIG_DEBUG_INFO_BTF, or wrong path)"
     )]
     VmlinuxMissing { path: PathBuf },
-    #[error("cannot read vmlinux BTF {path}: {cause}")]
-    VmlinuxRead { path: PathBuf, cause: io::Error },
-    #[error("cannot parse vmlinux BTF {path}: {cause}")]
-    VmlinuxParse { path: PathBuf, cause: btf_rs::Error },
-    #[error("cannot list module BTF directory {path}: {cause}")]
-    ModulesDir { path: PathBuf, cause: io::Error },
+    #[error("cannot read vmlinux BTF {path}")]
+    VmlinuxRead {
+        path: PathBuf,
+        #[source]
+        cause: io::Error,
+    },
+    #[error("cannot parse vmlinux BTF {path}")]
+    VmlinuxParse {
+        path: PathBuf,
+        #[source]
+        cause: btf_rs::Error,
+    },
+    #[error("cannot list module BTF directory {path}")]
+    ModulesDir {
+        path: PathBuf,
+        #[source]
+        cause: io::Error,
+    },
 }
 
 /// How one [`Offsets`] field was resolved.

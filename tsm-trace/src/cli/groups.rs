@@ -214,7 +214,7 @@ impl WebArgs {
     pub fn config(&self) -> anyhow::Result<http::WebConfig> {
         match &self.web_config_file {
             None => Ok(http::WebConfig::default()),
-            Some(p) => http::WebConfig::load(p).map_err(anyhow::Error::msg),
+            Some(p) => Ok(http::WebConfig::load(p)?),
         }
     }
 }

@@ -170,7 +170,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     publish_session(&metrics, live.session());
     // /metrics counts operations from the kernel's exact aggregation, read on every scrape.
     if let Some(agg) = live.session_mut().take_aggregates() {
-        metrics.use_kernel_aggregates(Box::new(move || agg.read()));
+        metrics.use_kernel_aggregates(Box::new(move || Ok(agg.read()?)));
     }
     let waiting = live.missing() > 0 && !args.late_attach_window.is_zero();
     if let Some((uid, gid)) = args.user {

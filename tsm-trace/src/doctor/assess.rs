@@ -324,7 +324,7 @@ fn capabilities(f: &Facts) -> Finding {
         Err(e @ (PrivilegeError::Missing { .. } | PrivilegeError::ParanoidNeedsSysAdmin)) => {
             Finding::new("capabilities", Level::Fatal, format!("{fact}: cannot load or attach")).todo(e.to_string())
         }
-        Err(e) => Finding::new("capabilities", Level::Fatal, e.to_string()),
+        Err(e) => Finding::new("capabilities", Level::Fatal, crate::probes::chain(&e)),
         Ok(()) if !held.contains(&Capability::CAP_SYSLOG) => Finding::new(
             "capabilities",
             Level::Degraded,

@@ -197,8 +197,8 @@ fn blocked(f: &Facts) -> Option<String> {
 }
 
 fn probe_facts(f: &Facts, opts: &SessionOptions) -> (ProbeFacts, Option<KernelGeneration>) {
-    let failed = |e: anyhow::Error| {
-        let error = format!("{e:#}");
+    let failed = |e: crate::session::SessionError| {
+        let error = crate::probes::chain(&e);
         (ProbeFacts::Failed { error }, None)
     };
     match blocked(f) {
@@ -234,7 +234,7 @@ pub fn host(paths: &Paths, opts: &SessionOptions, pin_dir: &Path) -> Facts {
             v.sort_by_key(|c| c.index());
             v
         })
-        .map_err(|e| e.to_string());
+        .map_err(|e| crate::probes::chain(&e));
     let sysctl = |name: &str| -> Option<i32> {
         read_trim(&paths.proc.join("sys/kernel").join(name)).and_then(|s| s.parse().ok())
     };

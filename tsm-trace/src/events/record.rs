@@ -44,9 +44,17 @@ pub enum RecordError {
         source: std::io::Error,
     },
     #[error(
-        "{path}: line 1 is not a tsm-trace record header (expected {{\"tsm_trace_record\":{FORMAT_VERSION},...}}): {reason}"
+        "{path}: line 1 is not a tsm-trace record header (expected {{\"tsm_trace_record\":{FORMAT_VERSION},...}})"
     )]
-    Header { path: String, reason: String },
+    Header {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(
+        "{path}: line 1 is not a tsm-trace record header (expected {{\"tsm_trace_record\":{FORMAT_VERSION},...}}): the file is empty"
+    )]
+    Empty { path: String },
     #[error(
         "{path}: record format version {found} is not supported (this tsm-trace reads {FORMAT_VERSION})"
     )]
@@ -55,11 +63,19 @@ pub enum RecordError {
         "{path}: record format 1 names VMs by their kernel address (struct kvm pointer), which tsm-trace no longer reads or writes; this tsm-trace reads format {FORMAT_VERSION} (VMs by keyed hash): record the capture again with this version"
     )]
     PointerFormat { path: String },
-    #[error("{path}:{line}: {reason}")]
+    #[error("{path}:{line}: not a tsm-trace event")]
     Line {
         path: String,
         line: usize,
-        reason: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path}:{line}: end_ns {end_ns} precedes start_ns {start_ns}")]
+    TimeReversed {
+        path: String,
+        line: usize,
+        start_ns: u64,
+        end_ns: u64,
     },
 }
 
@@ -180,12 +196,12 @@ impl Torn {
 /// Reads a whole record: the header and every event, in file order. Blank lines are skipped.
 /// A torn last line is an error here; [`read_capture`] reads what is whole around it.
 pub fn read_all(input: impl BufRead, path: &str) -> Result<(Header, Vec<Event>), RecordError> {
-    let c = read_capture(input, path)?;
-    if let Some(t) = c.torn {
+    let (c, torn) = read(input, path)?;
+    if let (Some(t), Some(source)) = (c.torn, torn) {
         return Err(RecordError::Line {
             path: path.into(),
             line: t.line,
-            reason: t.reason,
+            source,
         });
     }
     Ok((c.header, c.events))
@@ -195,6 +211,14 @@ pub fn read_all(input: impl BufRead, path: &str) -> Result<(Header, Vec<Event>),
 /// malformed line is an error naming it, except the last line without a newline, which a
 /// killed writer leaves: it is returned as [`Capture::torn`].
 pub fn read_capture(input: impl BufRead, path: &str) -> Result<Capture, RecordError> {
+    read(input, path).map(|(c, _)| c)
+}
+
+/// [`read_capture`], and the parse error of the torn last line (for [`read_all`]).
+fn read(
+    input: impl BufRead,
+    path: &str,
+) -> Result<(Capture, Option<serde_json::Error>), RecordError> {
     let mut lines = capped_lines(input).enumerate().peekable();
     let header_line = match lines.next() {
         Some((_, Ok(l))) => l.text,
@@ -205,17 +229,13 @@ pub fn read_capture(input: impl BufRead, path: &str) -> Result<Capture, RecordEr
                 source,
             });
         }
-        None => {
-            return Err(RecordError::Header {
-                path: path.into(),
-                reason: "the file is empty".into(),
-            });
-        }
+        None => return Err(RecordError::Empty { path: path.into() }),
     };
-    let header: Header = serde_json::from_str(&header_line).map_err(|e| RecordError::Header {
-        path: path.into(),
-        reason: e.to_string(),
-    })?;
+    let header: Header =
+        serde_json::from_str(&header_line).map_err(|source| RecordError::Header {
+            path: path.into(),
+            source,
+        })?;
     if header.tsm_trace_record == 1 {
         return Err(RecordError::PointerFormat { path: path.into() });
     }
@@ -227,6 +247,7 @@ pub fn read_capture(input: impl BufRead, path: &str) -> Result<Capture, RecordEr
     }
     let mut events = Vec::new();
     let mut torn = None;
+    let mut torn_error = None;
     while let Some((i, line)) = lines.next() {
         let n = i + 1;
         let line = line.map_err(|source| RecordError::Io {
@@ -246,30 +267,35 @@ pub fn read_capture(input: impl BufRead, path: &str) -> Result<Capture, RecordEr
                     bytes: line.text.len(),
                     reason: e.to_string(),
                 });
+                torn_error = Some(e);
                 break;
             }
-            Err(e) => {
+            Err(source) => {
                 return Err(RecordError::Line {
                     path: path.into(),
                     line: n,
-                    reason: e.to_string(),
+                    source,
                 });
             }
         };
         if ev.end_ns < ev.start_ns {
-            return Err(RecordError::Line {
+            return Err(RecordError::TimeReversed {
                 path: path.into(),
                 line: n,
-                reason: format!("end_ns {} precedes start_ns {}", ev.end_ns, ev.start_ns),
+                start_ns: ev.start_ns,
+                end_ns: ev.end_ns,
             });
         }
         events.push(ev);
     }
-    Ok(Capture {
-        header,
-        events,
-        torn,
-    })
+    Ok((
+        Capture {
+            header,
+            events,
+            torn,
+        },
+        torn_error,
+    ))
 }
 
 #[cfg(test)]
@@ -322,36 +348,52 @@ mod tests {
         assert_eq!(evs, vec![ev(), ev()]);
     }
 
+    /// The error and its causes on one line, as `tsm-trace: error:` and its `caused by:` lines
+    /// read.
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut s = e.to_string();
+        let mut cur = e.source();
+        while let Some(c) = cur {
+            s.push_str(": ");
+            s.push_str(&c.to_string());
+            cur = c.source();
+        }
+        s
+    }
+
     #[test]
     fn errors_name_line_and_problem() {
         let text =
             "{\"tsm_trace_record\":2,\"tsm_trace_version\":\"x\"}\n\n{\"probe\":\"tsm_bind\"}\n";
-        let err = read_all(text.as_bytes(), "cap.jsonl")
-            .unwrap_err()
-            .to_string();
-        assert!(err.starts_with("cap.jsonl:3: missing field"), "{err}");
+        let err = read_all(text.as_bytes(), "cap.jsonl").unwrap_err();
+        let err = chain(&err);
+        assert!(
+            err.starts_with("cap.jsonl:3: not a tsm-trace event: missing field"),
+            "{err}"
+        );
 
         let text = "{\"tsm_trace_record\":2,\"tsm_trace_version\":\"x\"}\n{\"probe\":\"nope\",\"start_ns\":1}\n";
-        let err = read_all(text.as_bytes(), "cap.jsonl")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("cap.jsonl:2: unknown variant `nope`"), "{err}");
+        let err = read_all(text.as_bytes(), "cap.jsonl").unwrap_err();
+        let err = chain(&err);
+        assert!(
+            err.contains("cap.jsonl:2: not a tsm-trace event: unknown variant `nope`"),
+            "{err}"
+        );
 
-        let err = read_all("hello\n".as_bytes(), "x").unwrap_err().to_string();
+        let err = chain(&read_all("hello\n".as_bytes(), "x").unwrap_err());
         assert!(
             err.contains("line 1 is not a tsm-trace record header"),
             "{err}"
         );
 
         let text = "{\"tsm_trace_record\":9,\"tsm_trace_version\":\"x\"}\n";
-        let err = read_all(text.as_bytes(), "x").unwrap_err().to_string();
+        let err = chain(&read_all(text.as_bytes(), "x").unwrap_err());
         assert!(err.contains("version 9 is not supported"), "{err}");
 
         // Format 1 held kernel pointers: refused, saying why and what to do.
         let text = "{\"tsm_trace_record\":1,\"tsm_trace_version\":\"x\"}\n";
-        let err = read_all(text.as_bytes(), "old.jsonl")
-            .unwrap_err()
-            .to_string();
+        let err = read_all(text.as_bytes(), "old.jsonl").unwrap_err();
+        let err = chain(&err);
         assert!(
             err.contains("old.jsonl: record format 1 names VMs by their kernel address")
                 && err.contains("record the capture again"),
@@ -359,10 +401,12 @@ mod tests {
         );
         // A pointer where the id belongs is an error naming the line.
         let text = "{\"tsm_trace_record\":2,\"tsm_trace_version\":\"x\"}\n{\"probe\":\"tsm_bind\",\"start_ns\":1,\"end_ns\":2,\"tgid\":1,\"tid\":1,\"comm\":\"q\",\"vm\":{\"id\":\"0xffff888012340000\"}}\n";
-        let err = read_all(text.as_bytes(), "p.jsonl")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("p.jsonl:2: bad VM id"), "{err}");
+        let err = read_all(text.as_bytes(), "p.jsonl").unwrap_err();
+        let err = chain(&err);
+        assert!(
+            err.contains("p.jsonl:2: not a tsm-trace event: bad VM id"),
+            "{err}"
+        );
     }
 
     /// A line without an end is refused at the cap, not read into memory whole.

@@ -57,6 +57,9 @@ pub struct KeyError {
     pub path: PathBuf,
     pub problem: String,
     pub fix: &'static str,
+    /// The system call's error, where one failed.
+    #[source]
+    pub source: Option<io::Error>,
 }
 
 const FIX_FILE: &str =
@@ -68,6 +71,15 @@ fn refuse(path: &Path, problem: impl Into<String>, fix: &'static str) -> KeyErro
         path: path.to_path_buf(),
         problem: problem.into(),
         fix,
+        source: None,
+    }
+}
+
+/// [`refuse`] because a system call failed with `source`.
+fn failed(path: &Path, problem: &str, fix: &'static str, source: io::Error) -> KeyError {
+    KeyError {
+        source: Some(source),
+        ..refuse(path, problem, fix)
     }
 }
 
@@ -76,10 +88,11 @@ fn refuse(path: &Path, problem: impl Into<String>, fix: &'static str) -> KeyErro
 pub fn load_or_create(path: &Path) -> Result<(VmKey, KeySource), KeyError> {
     let in_memory = |reason: String| -> Result<(VmKey, KeySource), KeyError> {
         let key = VmKey::random().map_err(|e| {
-            refuse(
+            failed(
                 path,
-                format!("no random bytes for a key: {e}"),
+                "no random bytes for a key",
                 "check the kernel's random source",
+                e,
             )
         })?;
         Ok((
@@ -120,15 +133,14 @@ fn euid() -> u32 {
 
 fn check_dir(dir: &Path) -> Result<(), KeyError> {
     let m = std::fs::symlink_metadata(dir)
-        .map_err(|e| refuse(dir, format!("cannot be examined: {e}"), FIX_DIR))?;
+        .map_err(|e| failed(dir, "cannot be examined", FIX_DIR, e))?;
     // systemd's DynamicUser= with a preserved RuntimeDirectory= makes /run/tsm-trace a link
     // into /run/private/; a link that only root could have placed is followed.
     let m = if m.file_type().is_symlink() {
         if !crate::files::root_placed_link(dir, &m) {
             return Err(refuse(dir, "is a symbolic link", FIX_DIR));
         }
-        std::fs::metadata(dir)
-            .map_err(|e| refuse(dir, format!("cannot be followed: {e}"), FIX_DIR))?
+        std::fs::metadata(dir).map_err(|e| failed(dir, "cannot be followed", FIX_DIR, e))?
     } else {
         m
     };
@@ -164,11 +176,11 @@ fn read_existing(path: &Path) -> Result<Option<VmKey>, KeyError> {
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
             return Err(refuse(path, "is a symbolic link", FIX_FILE));
         }
-        Err(e) => return Err(refuse(path, format!("cannot be read: {e}"), FIX_FILE)),
+        Err(e) => return Err(failed(path, "cannot be read", FIX_FILE, e)),
     };
     let m = f
         .metadata()
-        .map_err(|e| refuse(path, format!("cannot be examined: {e}"), FIX_FILE))?;
+        .map_err(|e| failed(path, "cannot be examined", FIX_FILE, e))?;
     if !m.file_type().is_file() {
         return Err(refuse(path, "is not a regular file", FIX_FILE));
     }
@@ -199,7 +211,7 @@ fn read_existing(path: &Path) -> Result<Option<VmKey>, KeyError> {
     let mut k = [0u8; VmKey::LEN];
     (&f).take(VmKey::LEN as u64)
         .read_exact(&mut k)
-        .map_err(|e| refuse(path, format!("cannot be read: {e}"), FIX_FILE))?;
+        .map_err(|e| failed(path, "cannot be read", FIX_FILE, e))?;
     Ok(Some(VmKey::from_bytes(k)))
 }
 

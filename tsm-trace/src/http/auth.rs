@@ -14,6 +14,23 @@ use axum::http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use base64::Engine;
 use tokio::sync::Semaphore;
 
+/// Why `basic_auth_users` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error(
+        "basic_auth_users: the hash for user {user:?} is not a bcrypt hash; make one with `htpasswd -nBC 10 {user}`"
+    )]
+    Hash {
+        user: String,
+        #[source]
+        source: bcrypt::BcryptError,
+    },
+    #[error("basic_auth_users: user name {user:?} contains ':', which basic auth cannot carry")]
+    Colon { user: String },
+    #[error("basic_auth_users: hashing the stand-in password")]
+    Bcrypt(#[source] bcrypt::BcryptError),
+}
+
 pub const MAX_CONCURRENT_VERIFIES: usize = 2;
 pub const CACHE_ENTRIES: usize = 64;
 /// Longest `Authorization` header considered (bytes).
@@ -30,21 +47,21 @@ pub struct BasicAuth {
 
 impl BasicAuth {
     /// `users`: name → bcrypt hash; every hash must parse.
-    pub fn new(users: BTreeMap<String, String>) -> Result<Self, String> {
+    pub fn new(users: BTreeMap<String, String>) -> Result<Self, AuthError> {
         let mut cost = bcrypt::DEFAULT_COST;
         for (user, hash) in &users {
-            let parts = hash.parse::<bcrypt::HashParts>().map_err(|e| {
-                format!("basic_auth_users: the hash for user {user:?} is not a bcrypt hash ({e}); make one with `htpasswd -nBC 10 {user}`")
-            })?;
+            let parts = hash
+                .parse::<bcrypt::HashParts>()
+                .map_err(|source| AuthError::Hash {
+                    user: user.clone(),
+                    source,
+                })?;
             cost = parts.get_cost();
             if user.contains(':') {
-                return Err(format!(
-                    "basic_auth_users: user name {user:?} contains ':', which basic auth cannot carry"
-                ));
+                return Err(AuthError::Colon { user: user.clone() });
             }
         }
-        let dummy = bcrypt::hash("tsm-trace: no such user", cost)
-            .map_err(|e| format!("basic_auth_users: bcrypt: {e}"))?;
+        let dummy = bcrypt::hash("tsm-trace: no such user", cost).map_err(AuthError::Bcrypt)?;
         Ok(BasicAuth {
             users,
             dummy,
@@ -182,7 +199,8 @@ mod tests {
     #[test]
     fn bad_hashes_are_refused_naming_the_user() {
         let e = BasicAuth::new(BTreeMap::from([("prom".to_string(), "plain".to_string())]))
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("\"prom\""), "{e}");
     }
 }

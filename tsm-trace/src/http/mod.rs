@@ -19,7 +19,7 @@ pub mod server;
 pub mod web_config;
 
 pub use server::Limits;
-pub use web_config::WebConfig;
+pub use web_config::{WebConfig, WebConfigError};
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, RwLock};

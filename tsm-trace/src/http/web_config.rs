@@ -30,8 +30,91 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 
-use super::auth::BasicAuth;
+use super::auth::{AuthError, BasicAuth};
 use crate::files::{cap, read_capped, read_to_string_capped};
+
+/// Why a web config cannot be used. Each message names the file or the key; the library's
+/// error (I/O, PEM, rustls, header syntax, bcrypt) is its source.
+#[derive(Debug, thiserror::Error)]
+pub enum WebConfigError {
+    #[error("reading --web.config.file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// What is wrong inside the file ([`WebConfig::load`]).
+    #[error("--web.config.file {path}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: Box<WebConfigError>,
+    },
+    /// `line N (key.path): what is wrong`: the YAML parser's message, rewritten to name the
+    /// key and no Rust type (so the parser's error is not kept as a source: its text is what
+    /// this one replaces).
+    #[error("{0}")]
+    Syntax(String),
+    /// A key or value tsm-trace refuses; the message names the key.
+    #[error("{0}")]
+    Refused(String),
+    #[error("http_server_config.headers: {name:?} is not a header name")]
+    HeaderName {
+        name: String,
+        #[source]
+        source: axum::http::header::InvalidHeaderName,
+    },
+    #[error("http_server_config.headers.{name}: not a header value")]
+    HeaderValue {
+        name: String,
+        #[source]
+        source: axum::http::header::InvalidHeaderValue,
+    },
+    /// Reading a file the config names (`key` is its key: `tls_server_config.cert_file`).
+    #[error("{key} {path}")]
+    KeyFile {
+        key: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{key} {path}: not PEM")]
+    Pem {
+        key: &'static str,
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{key} {path}: no PEM certificate")]
+    NoCertificate { key: &'static str, path: PathBuf },
+    #[error("tls_server_config.key_file {path}: no PEM private key")]
+    NoKey {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("tls_server_config.client_ca_file {path}: a certificate is not a usable CA")]
+    ClientCa {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("tls_server_config.client_ca_file: no client certificate verifier")]
+    Verifier(#[source] rustls::server::VerifierBuilderError),
+    /// rustls refused the settings (`what`: which).
+    #[error("tls_server_config: {what}")]
+    Tls {
+        what: &'static str,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error(transparent)]
+    BasicAuth(#[from] AuthError),
+}
+
+fn refused(msg: impl Into<String>) -> WebConfigError {
+    WebConfigError::Refused(msg.into())
+}
 
 /// What the server applies: built from the file by [`WebConfig::load`]; the default is plain
 /// HTTP without auth.
@@ -162,19 +245,26 @@ const SETTABLE_HEADERS: &[&str] = &[
 
 impl WebConfig {
     /// Reads and applies `path`. Every error names the file and the key.
-    pub fn load(path: &Path) -> Result<WebConfig, String> {
-        let text = read_to_string_capped(path, cap::CONFIG)
-            .map_err(|e| format!("--web.config.file {}: {e}", path.display()))?;
+    pub fn load(path: &Path) -> Result<WebConfig, WebConfigError> {
+        let text =
+            read_to_string_capped(path, cap::CONFIG).map_err(|source| WebConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::parse(&text, base).map_err(|e| format!("--web.config.file {}: {e}", path.display()))
+        Self::parse(&text, base).map_err(|e| WebConfigError::File {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })
     }
 
     /// Parses a web config; relative paths in it are taken from `base`.
-    pub fn parse(text: &str, base: &Path) -> Result<WebConfig, String> {
+    pub fn parse(text: &str, base: &Path) -> Result<WebConfig, WebConfigError> {
         let file: File = if text.trim().is_empty() {
             File::default()
         } else {
-            serde_saphyr::from_str(text).map_err(|e| yaml_error(text, &e.to_string()))?
+            serde_saphyr::from_str(text)
+                .map_err(|e| WebConfigError::Syntax(yaml_error(text, &e.to_string())))?
         };
         let mut cfg = WebConfig::default();
         if let Some(t) = file.tls_server_config {
@@ -185,16 +275,24 @@ impl WebConfig {
                 log::debug!("web config: http2 is not served; HTTP/1.1 only");
             }
             for (k, v) in h.headers.unwrap_or_default() {
-                let name = HeaderName::try_from(k.as_str())
-                    .map_err(|e| format!("http_server_config.headers: {k:?}: {e}"))?;
+                let name = HeaderName::try_from(k.as_str()).map_err(|source| {
+                    WebConfigError::HeaderName {
+                        name: k.clone(),
+                        source,
+                    }
+                })?;
                 if !SETTABLE_HEADERS.contains(&name.as_str()) {
-                    return Err(format!(
+                    return Err(refused(format!(
                         "http_server_config.headers: {k:?} cannot be set (allowed: {})",
                         SETTABLE_HEADERS.join(", ")
-                    ));
+                    )));
                 }
-                let value = HeaderValue::try_from(v.as_str())
-                    .map_err(|e| format!("http_server_config.headers.{k}: {e}"))?;
+                let value = HeaderValue::try_from(v.as_str()).map_err(|source| {
+                    WebConfigError::HeaderValue {
+                        name: k.clone(),
+                        source,
+                    }
+                })?;
                 cfg.headers.push((name, value));
             }
         }
@@ -215,7 +313,7 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
     }
 }
 
-fn tls(t: TlsServerConfig, base: &Path) -> Result<tokio_rustls::TlsAcceptor, String> {
+fn tls(t: TlsServerConfig, base: &Path) -> Result<tokio_rustls::TlsAcceptor, WebConfigError> {
     for (set, key) in [
         (t.cert.is_some(), "cert (inline)"),
         (t.key.is_some(), "key (inline)"),
@@ -226,56 +324,64 @@ fn tls(t: TlsServerConfig, base: &Path) -> Result<tokio_rustls::TlsAcceptor, Str
         (t.client_allowed_sans.is_some(), "client_allowed_sans"),
     ] {
         if set {
-            return Err(format!(
+            return Err(refused(format!(
                 "tls_server_config.{key} is not supported by tsm-trace (use cert_file/key_file; rustls picks safe cipher suites and curves)"
-            ));
+            )));
         }
     }
     let (Some(cert_file), Some(key_file)) = (&t.cert_file, &t.key_file) else {
-        return Err("tls_server_config needs both cert_file and key_file".into());
+        return Err(refused(
+            "tls_server_config needs both cert_file and key_file",
+        ));
     };
     let cert_path = resolve(base, cert_file);
     let key_path = resolve(base, key_file);
     let certs = read_certs(&cert_path, "tls_server_config.cert_file")?;
-    let key_pem = read_capped(&key_path, cap::CONFIG)
-        .map_err(|e| format!("tls_server_config.key_file: {e}"))?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-        format!(
-            "tls_server_config.key_file {}: no PEM private key: {e}",
-            key_path.display()
-        )
+    let key_pem =
+        read_capped(&key_path, cap::CONFIG).map_err(|source| WebConfigError::KeyFile {
+            key: "tls_server_config.key_file",
+            path: key_path.clone(),
+            source,
+        })?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|source| WebConfigError::NoKey {
+        path: key_path.clone(),
+        source,
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let versions: &[&rustls::SupportedProtocolVersion] = match t.min_version.as_deref() {
         None | Some("TLS12") => &[&rustls::version::TLS13, &rustls::version::TLS12],
         Some("TLS13") => &[&rustls::version::TLS13],
         Some(v @ ("TLS10" | "TLS11")) => {
-            return Err(format!(
+            return Err(refused(format!(
                 "tls_server_config.min_version {v} is not supported (TLS12 or TLS13)"
-            ));
+            )));
         }
         Some(v) => {
-            return Err(format!(
+            return Err(refused(format!(
                 "tls_server_config.min_version {v:?}: expected TLS12 or TLS13"
-            ));
+            )));
         }
     };
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
-        .map_err(|e| format!("tls_server_config: {e}"))?;
+        .map_err(|source| WebConfigError::Tls {
+            what: "the protocol versions",
+            source,
+        })?;
     let auth_type = t.client_auth_type.as_deref().unwrap_or("NoClientCert");
     let ca = match (&t.client_ca_file, auth_type) {
         (None, "RequireAndVerifyClientCert" | "VerifyClientCertIfGiven") => {
-            return Err(format!(
+            return Err(refused(format!(
                 "tls_server_config.client_auth_type {auth_type} needs client_ca_file"
-            ));
+            )));
         }
         (Some(f), _) => {
             let path = resolve(base, f);
             let mut roots = rustls::RootCertStore::empty();
             for c in read_certs(&path, "tls_server_config.client_ca_file")? {
-                roots.add(c).map_err(|e| {
-                    format!("tls_server_config.client_ca_file {}: {e}", path.display())
+                roots.add(c).map_err(|source| WebConfigError::ClientCa {
+                    path: path.clone(),
+                    source,
                 })?;
             }
             Some(Arc::new(roots))
@@ -292,37 +398,53 @@ fn tls(t: TlsServerConfig, base: &Path) -> Result<tokio_rustls::TlsAcceptor, Str
             if kind == "VerifyClientCertIfGiven" {
                 v = v.allow_unauthenticated();
             }
-            let v = v
-                .build()
-                .map_err(|e| format!("tls_server_config.client_ca_file: {e}"))?;
+            let v = v.build().map_err(WebConfigError::Verifier)?;
             builder.with_client_cert_verifier(v)
         }
         (other @ ("RequestClientCert" | "RequireAnyClientCert"), _) => {
-            return Err(format!(
+            return Err(refused(format!(
                 "tls_server_config.client_auth_type {other} (a client certificate that is not verified) is not supported; use RequireAndVerifyClientCert"
-            ));
+            )));
         }
         (other, _) => {
-            return Err(format!(
+            return Err(refused(format!(
                 "tls_server_config.client_auth_type {other:?}: expected NoClientCert, VerifyClientCertIfGiven or RequireAndVerifyClientCert"
-            ));
+            )));
         }
     };
-    let mut server = builder
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("tls_server_config: certificate and key: {e}"))?;
+    let mut server =
+        builder
+            .with_single_cert(certs, key)
+            .map_err(|source| WebConfigError::Tls {
+                what: "certificate and key",
+                source,
+            })?;
     server.alpn_protocols = vec![b"http/1.1".to_vec()];
     server.ignore_client_order = t.prefer_server_cipher_suites.unwrap_or(true);
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
 }
 
-fn read_certs(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = read_capped(path, cap::CONFIG).map_err(|e| format!("{key}: {e}"))?;
+fn read_certs(
+    path: &Path,
+    key: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, WebConfigError> {
+    let pem = read_capped(path, cap::CONFIG).map_err(|source| WebConfigError::KeyFile {
+        key,
+        path: path.to_path_buf(),
+        source,
+    })?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{key} {}: {e}", path.display()))?;
+        .map_err(|source| WebConfigError::Pem {
+            key,
+            path: path.to_path_buf(),
+            source,
+        })?;
     if certs.is_empty() {
-        return Err(format!("{key} {}: no PEM certificate", path.display()));
+        return Err(WebConfigError::NoCertificate {
+            key,
+            path: path.to_path_buf(),
+        });
     }
     Ok(certs)
 }
@@ -331,8 +453,17 @@ fn read_certs(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, St
 mod tests {
     use super::*;
 
+    /// The error and its causes on one line.
     fn err(yaml: &str) -> String {
-        WebConfig::parse(yaml, Path::new("/nonexistent")).unwrap_err()
+        let e = WebConfig::parse(yaml, Path::new("/nonexistent")).unwrap_err();
+        let mut s = e.to_string();
+        let mut cur = std::error::Error::source(&e);
+        while let Some(c) = cur {
+            s.push_str(": ");
+            s.push_str(&c.to_string());
+            cur = c.source();
+        }
+        s
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub fn names(caps: &[Capability]) -> Vec<String> {
 }
 
 fn io(e: CapsError) -> std::io::Error {
-    std::io::Error::other(e.to_string())
+    std::io::Error::other(e)
 }
 
 /// Becomes `uid:gid` (no supplementary groups), keeping the permitted capabilities across

@@ -219,19 +219,21 @@ pub enum ProbeError {
         "the embedded eBPF object is empty: tsm-trace was built with AYA_BUILD_SKIP; rebuild without it"
     )]
     EmptyObject,
-    #[error("loading the eBPF object: {0}")]
+    #[error("loading the eBPF object")]
     Object(#[source] aya::EbpfError),
     #[error(
         "eBPF program {program} is missing from the object (tsm-trace and tsm-trace-ebpf disagree)"
     )]
     MissingProgram { program: &'static str },
-    #[error("the kernel verifier rejected {program}: {io_error}\nverifier log:\n{verifier_log}")]
+    /// The log comes first, the kernel's errno (`io_error`) follows it as the cause.
+    #[error("the kernel verifier rejected {program}\nverifier log:\n{verifier_log}")]
     Verifier {
         program: &'static str,
+        #[source]
         io_error: std::io::Error,
         verifier_log: String,
     },
-    #[error("loading {program}: {source}")]
+    #[error("loading eBPF program {program}")]
     Load {
         program: &'static str,
         #[source]
@@ -239,7 +241,7 @@ pub enum ProbeError {
     },
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
-    #[error("map {name}: {source}")]
+    #[error("eBPF map {name}")]
     Map {
         name: &'static str,
         #[source]

@@ -42,6 +42,9 @@ pub enum UnpinError {
         root: PathBuf,
         path: PathBuf,
         why: String,
+        /// The system call that examined `path`, where one failed.
+        #[source]
+        source: Option<io::Error>,
     },
     #[error(
         "a running tsm-trace daemon holds {path}; stop it first (`systemctl stop tsm-trace`), or pass --force to detach its probes under it"
@@ -134,55 +137,64 @@ fn link_program(name: &str, programs: &[&str]) -> Option<String> {
         .then(|| program.to_string())
 }
 
+/// Why a pinned object is not ours: what it is ("is …"), and the failed system call that
+/// showed it, if one did.
+struct Why(String, Option<io::Error>);
+
+impl From<String> for Why {
+    fn from(why: String) -> Why {
+        Why(why, None)
+    }
+}
+
+/// `why`, because a system call failed with `e`.
+fn failed(why: impl Into<String>) -> impl FnOnce(io::Error) -> Why {
+    move |e| Why(why.into(), Some(e))
+}
+
 /// Opens the object pinned at `path`, which must be a BPF `kind` (tsm-trace pins `ours`
 /// there).
-fn open_pin(path: &Path, kind: &str, ours: &str) -> Result<std::os::fd::OwnedFd, String> {
-    let fd = obj_get(path).map_err(|e| format!("is not a BPF object ({e})"))?;
+fn open_pin(path: &Path, kind: &str, ours: &str) -> Result<std::os::fd::OwnedFd, Why> {
+    let fd = obj_get(path).map_err(failed("is not a BPF object"))?;
     match object_kind(fd.as_fd()) {
         Some(k) if k == kind => Ok(fd),
-        Some(k) => Err(format!("is a BPF {k}, where tsm-trace pins {ours}")),
-        None => Err("is not a BPF object".into()),
+        Some(k) => Err(format!("is a BPF {k}, where tsm-trace pins {ours}").into()),
+        None => Err(Why("is not a BPF object".into(), None)),
     }
 }
 
 /// Checks that `path` is the BPF map `name`.
-fn check_map(path: &Path, name: &str) -> Result<(), String> {
+fn check_map(path: &Path, name: &str) -> Result<(), Why> {
     let fd = open_pin(path, "map", &format!("the map {name}"))?;
     // SAFETY: a plain-data UAPI struct; all zeroes is its empty value.
     let mut info: bpf_map_info = unsafe { std::mem::zeroed() };
-    obj_info(fd.as_fd(), &mut info)
-        .map_err(|e| format!("has map info that cannot be read ({e})"))?;
+    obj_info(fd.as_fd(), &mut info).map_err(failed("has map info that cannot be read"))?;
     let found = c_name(&info.name);
     if found != kernel_name(name) {
-        return Err(format!(
-            "is a BPF map named {found:?}, not tsm-trace's {name}"
-        ));
+        return Err(format!("is a BPF map named {found:?}, not tsm-trace's {name}").into());
     }
     Ok(())
 }
 
 /// Checks that `path` is a BPF link of the program `program`.
-fn check_link(path: &Path, program: &str) -> Result<(), String> {
+fn check_link(path: &Path, program: &str) -> Result<(), Why> {
     let fd = open_pin(path, "link", "links")?;
     // SAFETY: as in check_map.
     let mut link: bpf_link_info = unsafe { std::mem::zeroed() };
-    obj_info(fd.as_fd(), &mut link)
-        .map_err(|e| format!("has link info that cannot be read ({e})"))?;
-    let prog = prog_by_id(link.prog_id).map_err(|e| {
-        format!(
-            "links a program (id {}) that cannot be opened ({e})",
-            link.prog_id
-        )
-    })?;
+    obj_info(fd.as_fd(), &mut link).map_err(failed("has link info that cannot be read"))?;
+    let prog = prog_by_id(link.prog_id).map_err(failed(format!(
+        "links a program (id {}) that cannot be opened",
+        link.prog_id
+    )))?;
     // SAFETY: as in check_map.
     let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
     obj_info(prog.as_fd(), &mut info)
-        .map_err(|e| format!("links a program whose info cannot be read ({e})"))?;
+        .map_err(failed("links a program whose info cannot be read"))?;
     let found = c_name(&info.name);
     if found != kernel_name(program) {
-        return Err(format!(
-            "is a link of the program {found:?}, not of tsm-trace's {program}"
-        ));
+        return Err(
+            format!("is a link of the program {found:?}, not of tsm-trace's {program}").into(),
+        );
     }
     Ok(())
 }
@@ -200,10 +212,16 @@ pub fn program_names() -> Vec<&'static str> {
 
 /// `path` (under `root`) is not ours; `why` reads after the path ("is …").
 fn foreign(root: &Path, path: &Path, why: impl Into<String>) -> UnpinError {
+    not_ours(root, path, Why(why.into(), None))
+}
+
+/// [`foreign`], with the failed system call that showed it, if one did.
+fn not_ours(root: &Path, path: &Path, Why(why, source): Why) -> UnpinError {
     UnpinError::Foreign {
         root: root.to_path_buf(),
         path: path.to_path_buf(),
-        why: why.into(),
+        why,
+        source,
     }
 }
 
@@ -239,7 +257,7 @@ pub fn plan_layout(dir: &Path, programs: &[&str]) -> Result<Plan, UnpinError> {
                 if !MAPS.contains(&entry.as_str()) {
                     return Err(foreign(&p, "is named like no map of tsm-trace"));
                 }
-                check_map(&p, &entry).map_err(|why| foreign(&p, &why))?;
+                check_map(&p, &entry).map_err(|w| not_ours(root, &p, w))?;
                 maps.push(Pin::Map {
                     path: p,
                     name: entry,
@@ -251,7 +269,7 @@ pub fn plan_layout(dir: &Path, programs: &[&str]) -> Result<Plan, UnpinError> {
                         "is not named <program>@<epoch> after a program of tsm-trace",
                     ));
                 };
-                check_link(&p, &program).map_err(|why| foreign(&p, &why))?;
+                check_link(&p, &program).map_err(|w| not_ours(root, &p, w))?;
                 plan.pins.push(Pin::Link { path: p, program });
             }
         }
