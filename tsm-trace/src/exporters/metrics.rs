@@ -45,8 +45,9 @@ pub const LOST_REASONS: [&str; 9] = [
     "scratch_missing",
 ];
 
-/// Reads the kernel's aggregates (from the session's maps).
-pub type AggregatesSource = Box<dyn Fn() -> anyhow::Result<Aggregates> + Send + Sync>;
+/// Reads the kernel's aggregates (from the session's maps); its error is the reader's own.
+pub type AggregatesSource =
+    Box<dyn Fn() -> Result<Aggregates, Box<dyn std::error::Error + Send + Sync>> + Send + Sync>;
 
 /// The registry owns a collector; the metrics keep a handle to set it.
 struct SharedDurations(Arc<Durations>);
@@ -573,7 +574,13 @@ impl Metrics {
             match read() {
                 Ok(k) => self.set_aggregates(&k),
                 Err(e) => {
-                    log::warn!("reading the kernel's operation counts failed: {e:#}");
+                    let mut why = e.to_string();
+                    let mut cause = e.source();
+                    while let Some(c) = cause {
+                        why = format!("{why}: {c}");
+                        cause = c.source();
+                    }
+                    log::warn!("reading the kernel's operation counts failed: {why}");
                     self.aggregate_read_errors.inc();
                 }
             }
