@@ -11,7 +11,8 @@ use crate::btf::BtfError;
 use crate::correlate::state::StateError;
 use crate::events::{record, vm_key::KeyError};
 use crate::http::{WebConfig, WebConfigError, auth::AuthError};
-use crate::probes::{ProbeError, pin::PinError, privileges::PrivilegeError, unpin::UnpinError};
+use crate::privileges::PrivilegeError;
+use crate::probes::{ProbeError, pin::PinError, unpin::UnpinError};
 
 /// `e`'s messages, outermost first.
 fn messages(e: &dyn Error) -> Vec<String> {

@@ -11,11 +11,12 @@ use tokio::time::Instant;
 use crate::{
     aggregates::Aggregates,
     correlate,
+    events::Control,
     events::{DecodeError, Event},
     exporters::metrics::Metrics,
     pipeline::Pipeline,
     probes::{KernelCounts, chain},
-    session::{Control, LiveSession, Session},
+    session::{LiveSession, Session},
     sysfs::Snapshot,
 };
 
@@ -268,8 +269,8 @@ fn close_late_attach(live: &LiveSession, drop_capabilities: bool) {
         )
     };
     if drop_capabilities {
-        let keep = crate::probes::capabilities::to_keep(false);
-        match crate::probes::capabilities::drop_all_but(&keep) {
+        let keep = crate::privileges::capabilities::to_keep(false);
+        match crate::privileges::capabilities::drop_all_but(&keep) {
             Ok(()) => log::info!(
                 "the late-attach window is over: dropped all capabilities but CAP_BPF; {what}"
             ),

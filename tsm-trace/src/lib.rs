@@ -26,6 +26,7 @@ pub mod logger;
 pub mod memory;
 pub mod notices;
 pub mod pipeline;
+pub mod privileges;
 pub mod probes;
 pub mod session;
 pub mod sysfs;

@@ -9,23 +9,21 @@ use aya::{
     Ebpf,
     maps::{Array, MapData, RingBuf},
 };
-use tokio::io::unix::AsyncFd;
-use tsm_trace_common::{
-    ControlEvent, InflightKey, Offsets, RawEvent, aggregates::ThreadOp, control,
-};
+use tsm_trace_common::{InflightKey, Offsets, RawEvent, aggregates::ThreadOp};
 
 use crate::{
     aggregates::Aggregates,
     btf::{self, BtfSources, Resolution},
-    events::{DecodeError, Event, ProbeId, VmKey, VmNames},
+    events::{Control, DecodeError, Event, ProbeId, VmKey, VmNames},
     generation::{self, KernelGeneration},
+    privileges::PrivilegeError,
     probes::{
         self, AttachConfig, AttachReport, Kallsyms, KernelCounts, Kind, Links, ProbeError,
         SymbolMatch,
         expiry::{self, Expired},
         misses::{self, ProgramMisses},
         pin::PinError,
-        privileges::PrivilegeError,
+        streams::{ControlStream, EventStream, StreamError},
     },
 };
 
@@ -55,13 +53,8 @@ pub enum SessionError {
     Links(#[source] std::io::Error),
     #[error("the {0} was already taken")]
     Taken(&'static str),
-    /// Registering a ring buffer with tokio, or waiting on it (`what`: which ring buffer).
-    #[error("{what} with tokio")]
-    Ring {
-        what: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Stream(#[from] StreamError),
 }
 
 type Result<T, E = SessionError> = std::result::Result<T, E>;
@@ -146,23 +139,13 @@ fn load_kallsyms(opts: &SessionOptions) -> Result<Kallsyms> {
 
 /// Resolves every offset from BTF, through the prototypes of the functions kallsyms has.
 fn resolve_btf(syms: &Kallsyms, opts: &SessionOptions) -> Result<Resolution> {
-    let names = [
-        btf_name(
-            syms,
-            ProbeId::TsmOpIoctl,
-            "iommufd_vdevice_tsm_op_ioctl",
-            &opts.attach,
-        ),
-        btf_name(syms, ProbeId::TsmBind, "tsm_bind", &opts.attach),
-        btf_name(
-            syms,
-            ProbeId::VdeviceAbort,
-            "iommufd_vdevice_abort",
-            &opts.attach,
-        ),
-        btf_name(syms, ProbeId::PciTsmBind, "pci_tsm_bind", &opts.attach),
-        btf_name(syms, ProbeId::KvmDestroyVm, "kvm_destroy_vm", &opts.attach),
-    ];
+    // The functions whose prototypes name the structs (each the compatibility table's
+    // function kallsyms has, else its first candidate, so that BTF reports name it).
+    let tsm_op_ioctl = btf_name(syms, ProbeId::TsmOpIoctl, &opts.attach);
+    let tsm_bind = btf_name(syms, ProbeId::TsmBind, &opts.attach);
+    let vdevice_abort = btf_name(syms, ProbeId::VdeviceAbort, &opts.attach);
+    let pci_tsm_bind = btf_name(syms, ProbeId::PciTsmBind, &opts.attach);
+    let kvm_destroy_vm = btf_name(syms, ProbeId::KvmDestroyVm, &opts.attach);
     // PCI TSM context fields and guest request arguments only where those probes exist
     // (a kernel without PCI TSM must not report them unresolved).
     let pci_context = [
@@ -172,14 +155,7 @@ fn resolve_btf(syms: &Kallsyms, opts: &SessionOptions) -> Result<Resolution> {
     ]
     .iter()
     .any(|p| found_name(syms, *p, &opts.attach).is_some())
-    .then(|| {
-        btf_name(
-            syms,
-            ProbeId::PciTsmUnbindAny,
-            "__pci_tsm_unbind",
-            &opts.attach,
-        )
-    });
+    .then(|| btf_name(syms, ProbeId::PciTsmUnbindAny, &opts.attach));
     let guest_req = found_name(syms, ProbeId::PciTsmGuestReq, &opts.attach);
     // Driver ops that will be probed: named ones, else those of a known driver present.
     let driver_ops: Vec<(ProbeId, String)> = probes::TARGETS
@@ -210,12 +186,12 @@ fn resolve_btf(syms: &Kallsyms, opts: &SessionOptions) -> Result<Resolution> {
     btf::resolve(
         &opts.btf,
         &btf::Functions {
-            tsm_op_ioctl: &names[0],
-            tsm_bind: &names[1],
-            vdevice_abort: &names[2],
-            pci_tsm_bind: &names[3],
+            tsm_op_ioctl: &tsm_op_ioctl,
+            tsm_bind: &tsm_bind,
+            vdevice_abort: &vdevice_abort,
+            pci_tsm_bind: &pci_tsm_bind,
             driver_bind,
-            kvm_destroy_vm: &names[4],
+            kvm_destroy_vm: &kvm_destroy_vm,
             pci_tsm_unbind_any: pci_context.as_deref(),
             pci_tsm_guest_req: guest_req.as_deref(),
             driver_ops: &driver_ops_ref,
@@ -238,18 +214,14 @@ fn found_name(syms: &Kallsyms, probe: ProbeId, config: &AttachConfig) -> Option<
     }
 }
 
-/// [`found_name`], else the first candidate (so BTF reports name the function looked for).
-fn btf_name(
-    syms: &Kallsyms,
-    probe: ProbeId,
-    fallback: &'static str,
-    config: &AttachConfig,
-) -> String {
+/// [`found_name`], else the first of the probe's candidates in the compatibility table (so
+/// that BTF reports name the function looked for); the probe's own name if it has none.
+fn btf_name(syms: &Kallsyms, probe: ProbeId, config: &AttachConfig) -> String {
     found_name(syms, probe, config).unwrap_or_else(|| {
         config
             .candidates(probes::target(probe))
             .first()
-            .map_or(fallback, |c| c.name)
+            .map_or(probe.as_str(), |c| c.name)
             .to_string()
     })
 }
@@ -282,7 +254,7 @@ impl Plan {
 
 impl Session {
     pub fn start(opts: &SessionOptions) -> Result<Session> {
-        probes::check_privileges()?;
+        crate::privileges::check_privileges()?;
         // Old kernels (< 5.11) charge BPF maps to RLIMIT_MEMLOCK.
         let rlim = libc::rlimit {
             rlim_cur: libc::RLIM_INFINITY,
@@ -561,18 +533,9 @@ impl Session {
             .control
             .take()
             .ok_or(SessionError::Taken("control stream"))?;
-        // SAFETY: the ring buffer fds stay valid while the rings live inside the AsyncFds.
-        let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(|e| ring_error("registering the ring buffer")(e.into_parts().1))?;
-        let cfd =
-            unsafe { AsyncFd::register_with_interest(control, tokio::io::Interest::READABLE) }
-                .map_err(|e| ring_error("registering the control ring buffer")(e.into_parts().1))?;
         Ok((
-            EventStream {
-                fd,
-                key: VmNames::new(key),
-            },
-            ControlStream { fd: cfd },
+            EventStream::new(ring, VmNames::new(key))?,
+            ControlStream::new(control)?,
         ))
     }
 }
@@ -591,108 +554,6 @@ impl AggregateMaps {
 }
 
 /// A ring buffer's error with tokio: `what` ("registering the ring buffer") failed.
-fn ring_error(what: &'static str) -> impl FnOnce(std::io::Error) -> SessionError {
-    move |source| SessionError::Ring { what, source }
-}
-
-/// A module load or unload, from the control ring buffer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Control {
-    ModuleLoaded { name: Option<String> },
-    ModuleFreed { name: Option<String> },
-}
-
-impl Control {
-    /// Decodes a control record; `None` for a record of the wrong size or kind.
-    pub fn from_bytes(b: &[u8]) -> Option<Control> {
-        if b.len() < core::mem::size_of::<ControlEvent>() {
-            return None;
-        }
-        // SAFETY: size checked; ControlEvent is plain data, read unaligned.
-        let ev: ControlEvent = unsafe { core::ptr::read_unaligned(b.as_ptr().cast()) };
-        let name = (ev.has_name == 1).then(|| {
-            let end = ev
-                .name
-                .iter()
-                .position(|&c| c == 0)
-                .unwrap_or(ev.name.len());
-            String::from_utf8_lossy(&ev.name[..end]).into_owned()
-        });
-        match ev.kind {
-            control::MODULE_LOAD => Some(Control::ModuleLoaded { name }),
-            control::MODULE_FREE => Some(Control::ModuleFreed { name }),
-            _ => None,
-        }
-    }
-}
-
-/// Module loads and unloads, woken by epoll.
-pub struct ControlStream {
-    fd: AsyncFd<RingBuf<MapData>>,
-}
-
-impl ControlStream {
-    /// Waits for control records and appends them to `out` (undecodable ones as `None`).
-    pub async fn next_batch(&mut self, out: &mut Vec<Option<Control>>) -> Result<()> {
-        let mut guard = self
-            .fd
-            .readable_mut()
-            .await
-            .map_err(ring_error("waiting on the control ring buffer"))?;
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            out.push(Control::from_bytes(&item));
-        }
-        guard.clear_ready();
-        Ok(())
-    }
-}
-
-/// How long the reader waits after the ring buffer became readable before it reads: the
-/// records committed meanwhile wake no one (the kernel wakes the reader only for a record
-/// committed while it had consumed everything), so a burst of calls costs one wakeup, one
-/// batch and one pass of the loop per window instead of one per record. Bounds the added
-/// latency to `/metrics`; at this window a 256 KiB ring buffer overflows only above about
-/// 200,000 records per second.
-pub const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(5);
-
-/// Decoded events from the ring buffer, in batches, woken by epoll (no polling loop).
-pub struct EventStream {
-    fd: AsyncFd<RingBuf<MapData>>,
-    key: VmNames,
-}
-
-impl EventStream {
-    /// Waits until events are available, then [`BATCH_WINDOW`], and appends everything
-    /// readable to `out`. Cancel-safe: nothing is consumed before the window has passed.
-    pub async fn next_batch(&mut self, out: &mut Vec<Result<Event, DecodeError>>) -> Result<()> {
-        let mut guard = self
-            .fd
-            .readable_mut()
-            .await
-            .map_err(ring_error("waiting on the ring buffer"))?;
-        tokio::time::sleep(BATCH_WINDOW).await;
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            let item: &[u8] = &item;
-            out.push(Event::from_bytes(item, &self.key));
-        }
-        guard.clear_ready();
-        Ok(())
-    }
-}
-
-impl EventStream {
-    /// Appends whatever is in the ring buffer now, without waiting.
-    pub fn drain_now(&mut self, out: &mut Vec<Result<Event, DecodeError>>) {
-        let ring = self.fd.get_mut();
-        while let Some(item) = ring.next() {
-            let item: &[u8] = &item;
-            out.push(Event::from_bytes(item, &self.key));
-        }
-    }
-}
-
 /// A session with its event and control streams: what `run` and `trace` drive.
 pub struct LiveSession {
     session: Session,
@@ -735,8 +596,8 @@ impl LiveSession {
             stream, control, ..
         } = self;
         tokio::select! {
-            r = stream.next_batch(events) => r,
-            r = control.next_batch(controls) => r,
+            r = stream.next_batch(events) => Ok(r?),
+            r = control.next_batch(controls) => Ok(r?),
         }
     }
 

@@ -8,7 +8,7 @@ use tsm_trace_common::{
 };
 
 fn is_root() -> bool {
-    probes::check_privileges().is_ok()
+    tsm_trace::privileges::check_privileges().is_ok()
 }
 
 fn load_with(offsets: &Offsets) {

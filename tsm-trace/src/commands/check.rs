@@ -23,8 +23,9 @@ pub fn check(args: CheckArgs) -> Result<()> {
     writeln!(out, "{attached} programs attached")?;
     let late = session.waiting();
     if !late.is_empty() {
-        let keep =
-            tsm_trace::probes::capabilities::names(&tsm_trace::probes::capabilities::to_keep(true));
+        let keep = tsm_trace::privileges::capabilities::names(
+            &tsm_trace::privileges::capabilities::to_keep(true),
+        );
         writeln!(out, "{}", tsm_trace::notices::late_attach(&late, &keep))?;
     }
     if let Some(why) = verdict::bind_path_gap(&mut facts, &session) {

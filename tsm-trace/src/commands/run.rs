@@ -49,7 +49,7 @@ fn restore_state(pipeline: &Mutex<Pipeline>, path: &std::path::Path, boot_id: &s
 /// Keeps CAP_BPF (map reads) and, while requested probes may still attach (`waiting`), what
 /// attaching them needs; drops everything else.
 fn drop_capabilities(live: &LiveSession, waiting: bool, window: Duration) {
-    use tsm_trace::probes::capabilities;
+    use tsm_trace::privileges::capabilities;
     let keep = capabilities::to_keep(waiting);
     let names = capabilities::names(&keep);
     let why = if waiting {
@@ -76,9 +76,9 @@ fn drop_capabilities(live: &LiveSession, waiting: bool, window: Duration) {
 }
 
 /// `--user`: the pin directory and the state directory, written after the switch, become
-/// that user's (`probes/ownership.rs`). What cannot be handed over is said, with its cost.
+/// that user's (`privileges/ownership.rs`). What cannot be handed over is said, with its cost.
 fn hand_over_files(args: &RunArgs, s: &tsm_trace::session::Session, uid: u32, gid: u32) {
-    use tsm_trace::probes::ownership;
+    use tsm_trace::privileges::ownership;
     if let Some(p) = &s.pinned
         && let Err(e) = ownership::give_tree(&args.pin_dir, uid, gid)
     {
@@ -110,9 +110,9 @@ fn hand_over_files(args: &RunArgs, s: &tsm_trace::session::Session, uid: u32, gi
 }
 
 /// `--user`, started as root again: what the previous run handed to the user is taken back
-/// before the key, the pins and the state are opened (`probes/ownership.rs`).
+/// before the key, the pins and the state are opened (`privileges/ownership.rs`).
 fn take_back_files(args: &RunArgs) {
-    use tsm_trace::probes::ownership;
+    use tsm_trace::privileges::ownership;
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return;
@@ -131,7 +131,7 @@ fn take_back_files(args: &RunArgs) {
 
 /// `--user`: becomes that user (before capabilities are reduced).
 fn switch_user(uid: u32, gid: u32, keep_all: bool) -> Result<()> {
-    use tsm_trace::probes::capabilities;
+    use tsm_trace::privileges::capabilities;
     capabilities::switch_user(uid, gid).with_context(|| {
         format!("--user {uid}:{gid}: switching user (needs CAP_SETUID and CAP_SETGID at start)")
     })?;

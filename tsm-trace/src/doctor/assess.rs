@@ -6,10 +6,7 @@ use super::{
     Finding, Level,
     facts::{Facts, ProbeFacts},
 };
-use crate::{
-    events::ProbeId,
-    probes::{AttachReport, privileges::PrivilegeError},
-};
+use crate::{events::ProbeId, privileges::PrivilegeError, probes::AttachReport};
 
 /// `7.3.4+deb13-amd64` → (7, 3).
 fn version(release: &str) -> Option<(u32, u32)> {
@@ -320,7 +317,7 @@ fn capabilities(f: &Facts) -> Finding {
         }
     );
     let set = held.iter().copied().collect();
-    match crate::probes::privileges::check(&set, f.perf_event_paranoid.is_some_and(|p| p >= 3)) {
+    match crate::privileges::check(&set, f.perf_event_paranoid.is_some_and(|p| p >= 3)) {
         Err(e @ (PrivilegeError::Missing { .. } | PrivilegeError::ParanoidNeedsSysAdmin)) => {
             Finding::new("capabilities", Level::Fatal, format!("{fact}: cannot load or attach")).todo(e.to_string())
         }

@@ -11,7 +11,8 @@ use serde::Serialize;
 
 use crate::{
     generation::KernelGeneration,
-    probes::{AttachReport, Kallsyms, SymbolMatch, privileges},
+    privileges,
+    probes::{AttachReport, Kallsyms, SymbolMatch},
     session::{Plan, Session, SessionOptions},
 };
 

@@ -4,10 +4,12 @@
 //! fields become `None` ("unknown"), never zero. [`record`] writes and reads the event stream as
 //! JSON lines, so a capture replays through the same correlator as a live session.
 
+mod control;
 pub mod record;
 pub mod vm_id;
 pub mod vm_key;
 
+pub use control::Control;
 pub use vm_id::{NameVm, VmId, VmKey, VmNames, VmSelector};
 
 use serde::{Deserialize, Serialize};

@@ -6,16 +6,14 @@
 
 mod attach;
 mod bpf_sys;
-pub mod capabilities;
 pub mod expiry;
 mod kallsyms;
 pub mod kernel_log;
 pub mod loader;
 pub mod misses;
 pub mod others;
-pub mod ownership;
 pub mod pin;
-pub mod privileges;
+pub mod streams;
 pub mod unpin;
 
 use std::collections::BTreeMap;
@@ -27,7 +25,6 @@ use aya::{
     programs::{KProbe, ProgramError, RawTracePoint},
 };
 pub use kallsyms::{AttachPoint, Kallsyms, SymbolMatch};
-pub use privileges::{PrivilegeError, check_privileges};
 use serde::Serialize;
 use tsm_trace_common::{
     InflightKey, KernelCounter, MODULE_FREE_PROGRAM, Offsets, RawEvent,

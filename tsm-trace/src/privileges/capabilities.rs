@@ -9,7 +9,7 @@
 pub use caps::Capability;
 use caps::{CapSet, CapsHashSet, errors::CapsError};
 
-use super::privileges::perf_paranoid_needs_sys_admin;
+use super::perf_paranoid_needs_sys_admin;
 
 /// The capabilities to keep: CAP_BPF, plus what attaching later needs if `attach_later`
 /// (CAP_PERFMON, CAP_SYSLOG for symbol addresses, CAP_SYS_ADMIN where perf_event_paranoid=3).

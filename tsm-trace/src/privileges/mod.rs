@@ -1,4 +1,9 @@
-//! Privileges: say in one line what is missing, instead of an aya error chain.
+//! Privileges: what tsm-trace needs (capabilities, `perf_event_paranoid`) and says in one line
+//! what is missing, instead of an aya error chain; dropping capabilities after attach and
+//! switching user (`capabilities`); handing the files it writes to that user (`ownership`).
+
+pub mod capabilities;
+pub mod ownership;
 
 use caps::{CapSet, Capability, CapsHashSet};
 
