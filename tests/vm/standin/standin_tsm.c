@@ -111,6 +111,10 @@ noinline void STANDIN_PCI_UNBIND(struct pci_dev *pdev)
 }
 EXPORT_SYMBOL_GPL(STANDIN_PCI_UNBIND);
 
+/*
+ * disconnect <bdf>: unbind through the PCI layer's internal path (like upstream
+ * pci_tsm_unbind_all()), bypassing pci_tsm_unbind().
+ */
 int standin_cmd_disconnect(const char *devname)
 {
 	struct standin_tdi *tdi;
