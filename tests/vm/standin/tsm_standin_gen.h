@@ -17,8 +17,8 @@
  *      stand-in passes it a scope: PCI_TSM_REQ_STATE_CHANGE for TSM_REQ_SET_TDI_STATE,
  *      else PCI_TSM_REQ_INFO. The record says which.)
  *
- * Included by tsm_standin.c before its copies of the iommufd types; everything that differs
- * between generations is here.
+ * Included by standin.h (every standin_*.c) before its copies of the iommufd types;
+ * everything that differs between generations is here.
  */
 #ifndef STANDIN_GEN
 #define STANDIN_GEN 2
@@ -65,8 +65,11 @@ struct iommu_vdevice_tsm_op {
 	__u32 vdevice_id;
 };
 
-/* The last op type handled: keeps the enum in the module's BTF, as a user of it would. */
-static enum iommu_vdevice_tsm_op_type standin_last_op_type;
+/*
+ * The last op type handled: keeps the enum in the module's BTF, as a user of it would
+ * (defined in standin_iommufd.c).
+ */
+extern enum iommu_vdevice_tsm_op_type standin_last_op_type;
 #define STANDIN_CMD_OP(cmd) (standin_last_op_type = (cmd)->type)
 #define STANDIN_SET_CMD_OP(cmd, v) ((cmd)->type = (v))
 #define STANDIN_VIOMMU_KVM kvm_file

@@ -25,10 +25,18 @@ struct ModuleSrc {
 const STANDIN: ModuleSrc = ModuleSrc {
     dir: "tests/vm/standin",
     name: "tsm_standin",
+    // Every file of the composite module (tests/vm/standin/Kbuild): copied and compared.
     sources: &[
-        "tsm_standin.c",
+        "standin.h",
+        "standin_main.c",
+        "standin_ctl.c",
+        "standin_cmds.c",
+        "standin_storm.c",
+        "standin_iommufd.c",
+        "standin_req.c",
+        "standin_tsm.c",
+        "standin_kvm.c",
         "tsm_standin_gen.h",
-        "tsm_standin_req.h",
         "Kbuild",
     ],
 };
@@ -46,7 +54,15 @@ const LATEMOD: ModuleSrc = ModuleSrc {
 const LINKTSM: ModuleSrc = ModuleSrc {
     dir: "tests/vm/linktsm",
     name: "tsm_linktsm",
-    sources: &["tsm_linktsm.c", "Kbuild"],
+    // Every file of the composite module (tests/vm/linktsm/Kbuild).
+    sources: &[
+        "linktsm.h",
+        "linktsm_main.c",
+        "linktsm_cmds.c",
+        "linktsm_ops.c",
+        "linktsm_tee.c",
+        "Kbuild",
+    ],
 };
 
 /// Build `tsm_standin.ko` for `k` into `k.standin_ko`, and on kernels with `CONFIG_PCI_TSM`

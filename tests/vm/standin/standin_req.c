@@ -1,7 +1,7 @@
-/* SPDX-License-Identifier: GPL-2.0 */
+// SPDX-License-Identifier: GPL-2.0
 /*
- * Part of tsm_standin.c (included after the iommufd stand-ins): the guest-request path of v5
- * and the post-v5 proposal (see tsm_standin_gen.h), and the `tsm_req` command driving it.
+ * tsm_standin: the guest-request path of v5 and the post-v5 proposal (see
+ * tsm_standin_gen.h), and the `tsm_req` command driving it.
  *
  *   int     iommufd_vdevice_tsm_req_ioctl(struct iommufd_ucmd *ucmd);   (0x96)
  *   ssize_t tsm_guest_req(struct device *dev, struct tsm_guest_req_info *info);      v5
@@ -17,6 +17,7 @@
  *   passed down, 0: NULL), then guest_rc err (%pe, or 0) tsm_code (the value behind the
  *   pointer after the call; post-v5 only) duration_ns.
  */
+#include "standin.h"
 
 /* What the ioctl's tsm_code holds before the call (post-v5): a value to read back. */
 #define STANDIN_TSM_CODE_SEED 0x5eedULL
@@ -95,7 +96,7 @@ noinline int iommufd_vdevice_tsm_req_ioctl(struct iommufd_ucmd *ucmd)
 EXPORT_SYMBOL_GPL(iommufd_vdevice_tsm_req_ioctl);
 #endif
 
-static int cmd_tsm_req(u32 vdev_id, u32 scope_or_op, u32 req_len, u64 resp_len)
+int standin_cmd_tsm_req(u32 vdev_id, u32 scope_or_op, u32 req_len, u64 resp_len)
 {
 #if STANDIN_GEN >= 5
 	struct iommu_vdevice_tsm_req cmd = {
