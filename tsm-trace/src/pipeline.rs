@@ -218,6 +218,10 @@ impl Pipeline {
     /// Puts saved tables back (at start): see [`Correlator::restore`].
     pub fn restore(&mut self, saved: crate::correlate::state::SavedState) -> (usize, usize) {
         let r = self.correlator.restore(saved);
+        // Every series derived from the restored tables is back before the first scrape.
+        for leak in self.correlator.leaks() {
+            self.metrics.show_leak(leak);
+        }
         self.metrics.sync(&self.correlator);
         r
     }
@@ -568,6 +572,51 @@ mod tests {
             );
             assert!(summary.contains("        40  ringbuf_full"), "{summary}");
         }
+    }
+
+    /// A restart restores the binding and leak tables from the state file: each open leak's
+    /// own series (`tsm_trace_leaked_binding_info`) is back before the first scrape, and the
+    /// leak is not counted as detected a second time.
+    #[test]
+    fn restored_leaks_have_their_series_before_the_first_scrape() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/standin-6.1.jsonl"
+        );
+        let f = std::fs::File::open(path).unwrap();
+        let (_h, events) = record::read_all(std::io::BufReader::new(f), path).unwrap();
+        let cfg = correlate::Config {
+            leak_grace_ns: 0,
+            ..correlate::Config::default()
+        };
+        let mut before = Pipeline::new(cfg.clone(), Arc::new(Metrics::new()), None);
+        let last = events.iter().map(|e| e.end_ns).max().unwrap();
+        for e in events {
+            before.handle(e, last);
+        }
+        before.tick(last);
+        let open = before.correlator().leaks().count();
+        assert!(open >= 2, "the capture leaves leaks open: {open}");
+        let saved = before.correlator().saved_state("boot");
+
+        let metrics = Arc::new(Metrics::new());
+        let mut after = Pipeline::new(cfg, metrics.clone(), None);
+        after.restore(saved);
+        let text = metrics.render();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("tsm_trace_leaked_binding_info{"))
+            .collect();
+        assert_eq!(series.len(), open, "{text}");
+        for l in &series {
+            assert!(l.ends_with(" 1"), "{l}");
+        }
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.starts_with("tsm_trace_leaks_detected_total{") && !l.ends_with(" 0")),
+            "a restored leak is not detected again:\n{text}"
+        );
     }
 
     #[test]

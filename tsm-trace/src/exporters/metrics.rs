@@ -19,7 +19,7 @@ use super::initial;
 
 use crate::aggregates::{Aggregates, DURATION_BUCKETS};
 use crate::correlate::{
-    AnomalyKind, Correlator, LeakReason, MismatchKind, OpKind, Output, TsmState, VmEventKind,
+    AnomalyKind, Correlator, Leak, LeakReason, MismatchKind, OpKind, Output, TsmState, VmEventKind,
 };
 use crate::errno;
 use crate::events::{Layer, ProbeId, UnbindCause};
@@ -462,9 +462,7 @@ impl Metrics {
                 self.leaks_detected
                     .with_label_values(&[leak.reason.as_str()])
                     .inc();
-                self.leaked_info
-                    .with_label_values(&[&leak.device, &leak.vm_name(), leak.reason.as_str()])
-                    .set(1);
+                self.show_leak(leak);
             }
             Output::LeakCleared(leak) => {
                 let _ = self.leaked_info.remove_label_values(&[
@@ -484,6 +482,14 @@ impl Metrics {
                 .with_label_values(&[c.cause.as_str()])
                 .inc(),
         }
+    }
+
+    /// The leak's own series (`tsm_trace_leaked_binding_info`), as a detection sets it; also
+    /// for each leak restored at start, which is not detected again (its counter stays).
+    pub fn show_leak(&self, leak: &Leak) {
+        self.leaked_info
+            .with_label_values(&[&leak.device, &leak.vm_name(), leak.reason.as_str()])
+            .set(1);
     }
 
     /// Sets the gauges that mirror the correlator's tables.

@@ -238,6 +238,30 @@ pub fn check(out: &VmOutput) -> Result<usize> {
                 &format!("daemon {n}: tsm_trace_bindings_leaked{{reason={r}}}"),
             );
         }
+        // Each leak's own series is back after every restart (clean or not) as the binding
+        // table is: a per-device leak alert must not resolve because the daemon restarted.
+        for (k, r) in CASES.iter().filter_map(|(k, r)| r.map(|r| (k, r))) {
+            c.eq(
+                sum(
+                    &m,
+                    "tsm_trace_leaked_binding_info",
+                    &[
+                        &format!("device=\"{}\"", dev(k)),
+                        &format!("reason=\"{r}\""),
+                    ],
+                ),
+                1.0,
+                &format!(
+                    "daemon {n}: tsm_trace_leaked_binding_info{{device={},reason={r}}}",
+                    dev(k)
+                ),
+            );
+        }
+        c.eq(
+            sum(&m, "tsm_trace_leaked_binding_info", &[]),
+            3.0,
+            &format!("daemon {n}: tsm_trace_leaked_binding_info series (one per leak)"),
+        );
         c.eq(
             sum(
                 &m,
