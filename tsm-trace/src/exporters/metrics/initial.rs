@@ -1,5 +1,5 @@
 //! The label sets of the operation and event metrics that are known before anything happens,
-//! started at 0 by [`super::metrics::Metrics::new`].
+//! started at 0 by [`super::Metrics::new`].
 //!
 //! A counter series that first appears with the value 1 hides that first increment from
 //! `increase()` and `rate()`: the first failed bind after a start would not count towards

@@ -1,0 +1,385 @@
+//! Prometheus metrics. Every name here is documented in `docs/metrics.md`; dashboards and
+//! alert rules depend on them: add, never rename.
+//!
+//! Label cardinality is bounded: `op`, `layer`, `result`, `reason`, `kind`, `state`, `event`,
+//! `probe`, `function`, `field` come from small fixed sets; `errno` from the kernel's errno
+//! space; only `tsm_trace_leaked_binding_info` carries a device and VM, one series per
+//! currently leaked binding (bounded by the leak table).
+//!
+//! This module owns the registry and the exposition; each family of series has a room of its
+//! own, which defines its metrics and keeps them up to date:
+//!
+//! - `operations.rs`: operation counts and durations, from correlated operations or mirroring
+//!   the kernel's exact aggregates (`histograms.rs`: the duration histograms' collector).
+//! - `tables.rs`: what the correlator's tables hold (bindings, leaks, devices, pending frames)
+//!   and the VM lifecycle events it saw.
+//! - `reconcile.rs`: sysfs reconciliation runs and what they found.
+//! - `self_metrics.rs`: tsm-trace itself (probes, events processed and lost, the kernel-side
+//!   counters, anomalies, BTF, build and process); `misses.rs`: what never reached our
+//!   programs or never finished there.
+//! - `initial.rs`: the series known up front, started at 0.
+
+mod operations;
+mod reconcile;
+mod self_metrics;
+mod tables;
+
+pub mod histograms;
+pub mod initial;
+pub mod misses;
+
+use std::collections::BTreeMap;
+
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::aggregates::Aggregates;
+use crate::correlate::{Correlator, Leak, OpKind, Output};
+use crate::events::{Layer, ProbeId};
+use crate::probes::KernelCounts;
+use crate::sysfs::Snapshot;
+
+use misses::MissMetrics;
+use operations::Operations;
+use reconcile::Reconcile;
+use self_metrics::SelfMetrics;
+use tables::Tables;
+
+pub use operations::AggregatesSource;
+pub use self_metrics::LOST_REASONS;
+
+/// The exposition's content type.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// All of tsm-trace's metrics, in their own registry.
+pub struct Metrics {
+    registry: Registry,
+    operations: Operations,
+    tables: Tables,
+    reconcile: Reconcile,
+    self_metrics: SelfMetrics,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    r.register(Box::new(c.clone())).expect("unique metric name");
+    c
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    r.register(Box::new(g.clone())).expect("unique metric name");
+    g
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::with_opts(Opts::new(name, help)).expect("valid metric definition");
+    r.register(Box::new(c.clone())).expect("unique metric name");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::with_opts(Opts::new(name, help)).expect("valid metric definition");
+    r.register(Box::new(g.clone())).expect("unique metric name");
+    g
+}
+
+/// Adds `target - current` to a counter that mirrors an absolute kernel value (a value that
+/// went down, e.g. after the maps were recreated, adds nothing).
+fn counter_to(c: &IntCounter, target: u64) {
+    let cur = c.get();
+    if target > cur {
+        c.inc_by(target - cur);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric (definitions are static: the `expect`s cannot fail
+    /// on any input), with the process collector and `tsm_trace_build_info`. Known label sets
+    /// start at zero, so rates and absent-alerts work from the start.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let operations = Operations::register(&registry);
+        let tables = Tables::register(&registry);
+        let reconcile = Reconcile::register(&registry);
+        let self_metrics = SelfMetrics::register(&registry);
+        // Operations, durations, events and expiries known up front start at 0 too.
+        initial::declare(
+            &operations.operations,
+            &operations.duration,
+            &self_metrics.events_processed,
+            &self_metrics.misses,
+        );
+        Metrics {
+            registry,
+            operations,
+            tables,
+            reconcile,
+            self_metrics,
+        }
+    }
+
+    /// Kernel miss counts, expiries and uncounted operations (`misses.rs`).
+    pub fn misses(&self) -> &MissMetrics {
+        &self.self_metrics.misses
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        self.refresh_aggregates();
+        let mut buf = Vec::new();
+        let families = self.registry.gather();
+        if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
+            log::warn!("encoding metrics: {e}");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Updates counters from one correlator output.
+    pub fn observe(&self, out: &Output) {
+        match out {
+            Output::Operation(op) => self.operations.observe(op),
+            Output::LeakDetected(leak) => self.tables.leak_detected(leak),
+            Output::LeakCleared(leak) => self.tables.leak_cleared(leak),
+            Output::Anomaly(a) => self.self_metrics.anomaly(a.kind),
+            Output::Mismatch(m) => self.reconcile.mismatch(m.kind),
+            Output::VmEvent(v) => self.tables.vm_event(v.event),
+            Output::BindingClosed(c) => self.tables.binding_closed(c.cause),
+        }
+    }
+
+    /// The leak's own series (`tsm_trace_leaked_binding_info`), as a detection sets it; also
+    /// for each leak restored at start, which is not detected again (its counter stays).
+    pub fn show_leak(&self, leak: &Leak) {
+        self.tables.show_leak(leak);
+    }
+
+    /// Sets the gauges that mirror the correlator's tables.
+    pub fn sync(&self, c: &Correlator) {
+        self.tables.sync(c);
+    }
+
+    /// `--reconcile-interval` (zero: reconciliation runs once, at start; alerts must not wait
+    /// for more runs).
+    pub fn set_reconcile_interval(&self, every: std::time::Duration) {
+        self.reconcile.set_interval(every);
+    }
+
+    /// Records one reconciliation run (call with every snapshot, before or after
+    /// [`Correlator::reconcile`]).
+    pub fn observe_snapshot(&self, s: &Snapshot) {
+        self.reconcile.observe_snapshot(s);
+    }
+
+    /// One decoded event (the pipeline calls this for every event).
+    pub fn event_processed(&self, probe: ProbeId) {
+        self.self_metrics.event_processed(probe);
+    }
+
+    /// A ring-buffer record that could not be decoded.
+    pub fn decode_error(&self) {
+        self.self_metrics.decode_error();
+    }
+
+    /// From now on, operations and durations are the kernel's exact aggregates, read from
+    /// `source` whenever the metrics are rendered; correlated operations no longer count
+    /// them.
+    pub fn use_kernel_aggregates(&self, source: AggregatesSource) {
+        self.operations.use_kernel_aggregates(source);
+    }
+
+    /// Reads the kernel's aggregates now (also done by [`Metrics::render`]).
+    pub fn refresh_aggregates(&self) {
+        self.operations.refresh_aggregates();
+    }
+
+    /// Mirrors the kernel's aggregates (absolute values read from the eBPF maps).
+    pub fn set_aggregates(&self, k: &Aggregates) {
+        self.operations.set_aggregates(k);
+    }
+
+    /// Mirrors the kernel-side counters (absolute values from the eBPF maps): each loss
+    /// under its label in `tsm_trace_events_lost_total{reason}`, the operations left
+    /// unfinished in `tsm_trace_operations_uncounted_total`, the read faults alone.
+    pub fn set_kernel_counters(&self, k: &KernelCounts) {
+        self.self_metrics.set_kernel_counters(k);
+    }
+
+    /// `kind` is `kprobe`, `kretprobe` or `raw_tracepoint`; `function` the kernel symbol (or
+    /// tracepoint) it was attached to, or wanted to be.
+    pub fn set_probe_attached(&self, probe: ProbeId, function: &str, kind: &str, attached: bool) {
+        self.self_metrics
+            .set_probe_attached(probe, function, kind, attached);
+    }
+
+    /// The kernel's generation (one series: the previous one is removed).
+    pub fn set_kernel_info(&self, tsm_patch: &str, pci_tsm: bool) {
+        self.self_metrics.set_kernel_info(tsm_patch, pci_tsm);
+    }
+
+    /// One BTF field (e.g. `iommufd_vdevice.virt_id`); also recomputes the unresolved count.
+    pub fn set_btf_field(&self, field: &str, resolved: bool) {
+        self.self_metrics.set_btf_field(field, resolved);
+    }
+
+    /// All BTF fields at once.
+    pub fn set_btf_fields<'a>(&self, fields: impl IntoIterator<Item = (&'a str, bool)>) {
+        self.self_metrics.set_btf_fields(fields);
+    }
+
+    /// Current value of `tsm_trace_operations_total` for one label set (tests, summaries).
+    pub fn operations_count(&self, op: OpKind, layer: Layer, result: &str, errno: &str) -> u64 {
+        self.operations.count(op, layer, result, errno)
+    }
+
+    /// Every sample as `name{labels} value` lines, sorted (tests).
+    pub fn samples(&self) -> BTreeMap<String, f64> {
+        let mut m = BTreeMap::new();
+        for line in self.render().lines() {
+            if line.starts_with('#') || line.is_empty() {
+                continue;
+            }
+            if let Some((k, v)) = line.rsplit_once(' ')
+                && let Ok(v) = v.parse::<f64>()
+            {
+                m.insert(k.to_string(), v);
+            }
+        }
+        m
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::correlate::Config;
+    use crate::correlate::tests::{
+        EBUSY, EFAULT, bind_stack, bind_via_ioctl, kvm_destroy, teardown,
+    };
+    use crate::events::Event;
+    use crate::pipeline::Pipeline;
+
+    pub const D1: &str = "0000:01:00.0";
+    const D2: &str = "0000:02:00.0";
+    pub const D3: &str = "0000:03:00.0";
+    const GRACE: u64 = 5_000_000_000;
+
+    /// One batch, as the daemon's loop feeds it: every event, then a tick (which brings the
+    /// table gauges up to date).
+    pub fn feed(p: &mut Pipeline, evs: Vec<Event>) {
+        let mut now = 0;
+        for e in evs {
+            now = e.end_ns;
+            p.handle(e, now);
+        }
+        p.tick(now);
+    }
+
+    /// bind ok (D1), bind EBUSY at pci_tsm (D2), bind + EFAULT (D3), teardown of D1 without
+    /// unbind, VM destroyed with D1 and D3 bound, grace expiry.
+    pub fn scenario() -> (Pipeline, Arc<Metrics>) {
+        let m = Arc::new(Metrics::new());
+        let mut p = Pipeline::new(Config::default(), m.clone(), None);
+        feed(&mut p, bind_via_ioctl(10, 1_000_000, D1, 0));
+        feed(
+            &mut p,
+            bind_stack(
+                11,
+                3_000_000,
+                D2,
+                Some(EBUSY),
+                Some(EBUSY),
+                Some(EBUSY),
+                None,
+            ),
+        );
+        feed(&mut p, bind_via_ioctl(12, 5_000_000, D3, EFAULT));
+        feed(&mut p, teardown(13, 7_000_000, D1, false));
+        p.handle(kvm_destroy(9_000_000), 9_000_000);
+        p.tick(9_000_000 + GRACE);
+        (p, m)
+    }
+
+    pub fn get(s: &BTreeMap<String, f64>, k: &str) -> f64 {
+        *s.get(k)
+            .unwrap_or_else(|| panic!("no sample {k}; have:\n{s:#?}"))
+    }
+
+    #[test]
+    fn every_documented_metric_is_exposed_and_every_exposed_one_documented() {
+        let (_p, m) = scenario();
+        m.set_probe_attached(ProbeId::TsmBind, "tsm_bind", "kprobe", true);
+        m.set_btf_field("kvm.stats_id", true);
+        m.set_kernel_info("v5", true);
+        let text = m.render();
+        let exposed: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .filter(|n| n.starts_with("tsm_trace_"))
+            .collect();
+        let doc = include_str!("../../../../docs/metrics.md");
+        for name in &exposed {
+            assert!(
+                doc.contains(&format!("`{name}`")),
+                "{name} is not in docs/metrics.md"
+            );
+        }
+        for name in [
+            "tsm_trace_operations_total",
+            "tsm_trace_operation_duration_seconds",
+            "tsm_trace_bindings_active",
+            "tsm_trace_bindings_leaked",
+            "tsm_trace_leaks_detected_total",
+            "tsm_trace_leaked_binding_info",
+            "tsm_trace_sysfs_reconcile_runs_total",
+            "tsm_trace_sysfs_mismatches_total",
+            "tsm_trace_sysfs_devices",
+            "tsm_trace_sysfs_errors_total",
+            "tsm_trace_vm_events_total",
+            "tsm_trace_probe_attached",
+            "tsm_trace_events_processed_total",
+            "tsm_trace_events_lost_total",
+            "tsm_trace_kernel_read_faults_total",
+            "tsm_trace_correlation_anomalies_total",
+            "tsm_trace_btf_field_resolved",
+            "tsm_trace_btf_fields_unresolved",
+            "tsm_trace_build_info",
+        ] {
+            assert!(exposed.contains(name), "{name} missing from the exposition");
+        }
+    }
+
+    /// `promtool check metrics` (Debian's prometheus package) must have nothing to say.
+    #[test]
+    fn promtool_accepts_the_exposition() {
+        let (_p, m) = scenario();
+        m.set_probe_attached(ProbeId::TsmBind, "tsm_bind", "kprobe", true);
+        m.set_btf_field("kvm.stats_id", false);
+        m.decode_error();
+        let text = m.render();
+        if let Some(r) = crate::test_support::promtool_check_metrics(&text) {
+            r.unwrap_or_else(|e| panic!("promtool check metrics: {e}"));
+        }
+    }
+}
