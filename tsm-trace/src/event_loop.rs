@@ -552,8 +552,12 @@ pub fn handle_batch(pipeline: &Mutex<Pipeline>, metrics: &Metrics, batch: &mut B
     }
 }
 
-/// Drains the ring buffer (every call that returned is applied first), then compares the
-/// binding table with sysfs; binds and unbinds still running are left alone.
+/// Compares the binding table with sysfs, leaving alone every device whose state may have
+/// changed while sysfs was read: the ring buffer is drained (every call that returned is
+/// applied), sysfs is read, then the calls still running and the calls that returned meanwhile
+/// (a second drain) name the devices to skip. A bind makes `tsm/bound` visible before its
+/// return is recorded: it is either still running at the second look or in the second drain,
+/// never both missed (a return program records before it forgets the entry).
 fn reconcile(
     live: &mut LiveSession,
     pipeline: &Mutex<Pipeline>,
@@ -562,15 +566,23 @@ fn reconcile(
     batch: &mut Batch,
     tap: &mut Option<Tap<'_>>,
 ) -> Result<()> {
-    let in_flight = live.session().devices_in_flight();
+    let mut skip = live.session().devices_in_flight();
     live.drain_now(batch);
     feed(pipeline, metrics, batch, tap)?;
-    report_loss(pipeline, metrics, live);
     let snap = Snapshot::read(root);
+    skip.extend(live.session().devices_in_flight());
+    live.drain_now(batch);
+    skip.extend(
+        batch
+            .iter()
+            .filter_map(|e| e.as_ref().ok().and_then(|e| e.device.clone())),
+    );
+    feed(pipeline, metrics, batch, tap)?;
+    report_loss(pipeline, metrics, live);
     pipeline
         .lock()
         .expect("pipeline lock")
-        .reconcile(&snap, &in_flight, monotonic_ns());
+        .reconcile(&snap, &skip, monotonic_ns());
     sync_kernel_counts(metrics, live);
     Ok(())
 }
