@@ -1,4 +1,9 @@
-//! sysfs reconciliation input: `/sys/bus/pci/devices/*/tsm/bound`.
+//! sysfs reconciliation input: `/sys/bus/pci/devices/*/tsm/bound` and `tsm/connect`.
+//!
+//! `tsm/connect` names the TSM the device is connected to (empty when it is not): the
+//! device table is rebuilt from it on every start, so the devices gauge and disconnect
+//! attribution are right after any restart. (Versions of the series before 6.19 printed
+//! `0`/`1` there: that names no TSM and is not used.)
 //!
 //! `tsm/bound` holds the TSM's name while the device is bound (TDISP LOCKED/RUN/ERROR) and is
 //! empty otherwise. A device without a `tsm/` directory (or without `tsm/bound`, on kernels
@@ -62,6 +67,9 @@ pub struct Snapshot {
     pub root: PathBuf,
     /// BDF → state, for every entry of `<root>/bus/pci/devices`.
     pub devices: BTreeMap<String, DeviceState>,
+    /// BDF → the TSM `tsm/connect` names (`None`: not connected), for every device whose
+    /// `tsm/connect` could be read and says either.
+    pub links: BTreeMap<String, Option<String>>,
     /// Devices whose `tsm/bound` could not be read (they are `Unknown`).
     pub errors: Vec<SysfsError>,
     /// `<root>/bus/pci/devices` itself could not be listed: the snapshot says nothing.
@@ -138,6 +146,11 @@ impl Snapshot {
                     }
                 }
             };
+            if tsm.is_dir()
+                && let Some(link) = read_link(&tsm.join("connect"))
+            {
+                snap.links.insert(device.clone(), link);
+            }
             snap.devices.insert(device, state);
         }
         snap
@@ -166,6 +179,18 @@ impl Snapshot {
     }
 }
 
+/// What `tsm/connect` says: the TSM's name, or `None` (not connected); `None` outside the
+/// `Option` when it cannot be read or names no TSM (the series' old `0`/`1`).
+fn read_link(path: &Path) -> Option<Option<String>> {
+    let bytes = crate::files::read_capped(path, crate::files::cap::SYSFS_ATTR).ok()?;
+    let text = String::from_utf8_lossy(&bytes);
+    match text.trim() {
+        "" => Some(None),
+        "0" | "1" => None,
+        name => Some(Some(name.to_string())),
+    }
+}
+
 /// Helpers to build fake sysfs trees (tests here and in other modules).
 #[cfg(test)]
 pub mod fake {
@@ -187,11 +212,41 @@ pub mod fake {
             fs::write(dev.join("tsm/bound"), text).unwrap();
         }
     }
+
+    /// Writes the device's `tsm/connect` (`""`: not connected).
+    pub fn connect(root: &Path, bdf: &str, tsm: &str) {
+        let dir = root.join("bus/pci/devices").join(bdf).join("tsm");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("connect"), format!("{tsm}\n")).unwrap();
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_which_tsm_each_device_is_connected_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fake::device(root, "0000:01:00.0", Some(""));
+        fake::connect(root, "0000:01:00.0", "tsm0");
+        fake::device(root, "0000:02:00.0", Some(""));
+        fake::connect(root, "0000:02:00.0", "");
+        // The series' old boolean names no TSM; no tsm/connect at all says nothing.
+        fake::device(root, "0000:03:00.0", Some(""));
+        fake::connect(root, "0000:03:00.0", "1");
+        fake::device(root, "0000:04:00.0", Some(""));
+        fake::device(root, "0000:05:00.0", None);
+        let s = Snapshot::read(root);
+        let want: BTreeMap<String, Option<String>> = [
+            ("0000:01:00.0".to_string(), Some("tsm0".to_string())),
+            ("0000:02:00.0".to_string(), None),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(s.links, want);
+    }
 
     #[test]
     fn reads_bound_unbound_unknown() {

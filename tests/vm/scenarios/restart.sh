@@ -60,10 +60,16 @@ snap() { # snap N: past the grace period and a reconciliation
 	sleep 3
 	wget -q -O /tmp/rs_d$1_metrics http://127.0.0.1:$PORT/metrics
 	wget -q -O /tmp/rs_d$1_bindings http://127.0.0.1:$PORT/bindings
+	# The kernel's own word on every device's link and binding, at the same moment.
+	: > /tmp/rs_d$1_sysfs
+	for d in /sys/bus/pci/devices/*; do
+		[ -f "$d/tsm/connect" ] || continue
+		echo "${d##*/} connect=$(cat "$d/tsm/connect") bound=$(cat "$d/tsm/bound" 2>/dev/null)" >> /tmp/rs_d$1_sysfs
+	done
 }
 dump() {
 	for n in 1 2 3; do
-		for f in rs_d$n.err rs_d$n.out rs_d${n}_metrics rs_d${n}_bindings; do
+		for f in rs_d$n.err rs_d$n.out rs_d${n}_metrics rs_d${n}_bindings rs_d${n}_sysfs; do
 			[ -e /tmp/$f ] && frame $f /tmp/$f
 		done
 	done

@@ -108,7 +108,13 @@ impl Correlator {
         }
     }
 
-    fn set_link(&mut self, device: &str, tsm: Option<String>, at_ns: u64, out: &mut Vec<Output>) {
+    pub(super) fn set_link(
+        &mut self,
+        device: &str,
+        tsm: Option<String>,
+        at_ns: u64,
+        out: &mut Vec<Output>,
+    ) {
         if !self.devices.contains_key(device) && self.devices.len() >= self.cfg.max_bindings {
             // Forget a disconnected device first, else the first one.
             let victim = self
@@ -129,6 +135,34 @@ impl Correlator {
                 since_ns: at_ns,
             },
         );
+    }
+
+    /// What sysfs says of the devices' links (`tsm/connect`), applied where the table says
+    /// otherwise: a connect or disconnect made while no daemon ran, or before this one
+    /// started. Devices with a call running are left alone (their event will say).
+    pub(super) fn learn_links(
+        &mut self,
+        links: &BTreeMap<String, Option<String>>,
+        in_flight: &std::collections::BTreeSet<String>,
+        now_ns: u64,
+        out: &mut Vec<Output>,
+    ) {
+        for (device, tsm) in links {
+            if in_flight.contains(device) {
+                continue;
+            }
+            let known = self.devices.get(device.as_str()).map(|l| &l.tsm);
+            let changed = match (known, tsm) {
+                (Some(k), t) => k != t,
+                // Never connected while we watched, not connected now: nothing to learn.
+                (None, None) => false,
+                (None, Some(_)) => true,
+            };
+            if changed {
+                self.stats.links_from_sysfs += 1;
+                self.set_link(device, tsm.clone(), now_ns, out);
+            }
+        }
     }
 
     /// The TSM a device is connected to, if its connect was seen.

@@ -133,6 +133,9 @@ pub struct Stats {
     pub mismatches: BTreeMap<MismatchKind, u64>,
     /// Devices a reconciliation left alone because a bind or unbind of theirs was running.
     pub reconcile_in_flight: u64,
+    /// Device links learned from sysfs (`tsm/connect`) rather than from a connect or
+    /// disconnect seen: at start, or after one made while no daemon watched.
+    pub links_from_sysfs: u64,
 }
 
 /// Turns events into operations, bindings and leaks. See the module documentation.

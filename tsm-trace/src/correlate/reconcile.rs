@@ -87,6 +87,7 @@ impl Correlator {
                 DeviceState::Unknown => {}
             }
         }
+        self.learn_links(&snapshot.links, in_flight, now_ns, &mut out);
         out
     }
 }

@@ -984,6 +984,51 @@ fn reconcile_ignores_binding_in_flight() {
     assert!(out.is_empty(), "{out:?}");
 }
 
+/// After a restart the device table is empty: sysfs's `tsm/connect` rebuilds it (connected
+/// devices count as connected, a disconnect made while no daemon ran is seen), except where a
+/// call is running.
+#[test]
+fn reconcile_learns_device_links_from_sysfs() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let mut c = Correlator::default();
+    let states = |c: &Correlator| {
+        let m = c.device_states();
+        (m[&TsmState::Connected], m[&TsmState::Disconnected])
+    };
+    fake::device(root, "0000:01:00.0", Some(""));
+    fake::connect(root, "0000:01:00.0", "tsm0");
+    fake::device(root, "0000:02:00.0", Some(""));
+    fake::connect(root, "0000:02:00.0", "tsm1");
+    fake::device(root, "0000:03:00.0", Some(""));
+    fake::connect(root, "0000:03:00.0", "");
+    let in_flight: std::collections::BTreeSet<String> = ["0000:02:00.0".to_string()].into();
+    let out = c.reconcile(&Snapshot::read(root), &in_flight, 1_000);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(c.device_tsm("0000:01:00.0"), Some("tsm0"));
+    assert_eq!(
+        c.device_tsm("0000:02:00.0"),
+        None,
+        "a call of its is running"
+    );
+    assert_eq!(
+        states(&c),
+        (1, 0),
+        "never-connected devices are not counted"
+    );
+    assert_eq!(c.stats().links_from_sysfs, 1);
+
+    // Next run: the second is connected now; the first was disconnected meanwhile.
+    fake::connect(root, "0000:01:00.0", "");
+    c.reconcile(&Snapshot::read(root), &Default::default(), 2_000);
+    assert_eq!(c.device_tsm("0000:01:00.0"), None);
+    assert_eq!(c.device_tsm("0000:02:00.0"), Some("tsm1"));
+    assert_eq!(states(&c), (1, 1));
+    // Nothing changed: nothing learned.
+    c.reconcile(&Snapshot::read(root), &Default::default(), 3_000);
+    assert_eq!(c.stats().links_from_sysfs, 3);
+}
+
 /// xorshift64*: deterministic pseudo-random numbers without a dependency.
 pub(crate) struct Rng(u64);
 

@@ -38,7 +38,7 @@ impl Tables {
         let devices = gauge_vec(
             r,
             "tsm_trace_devices",
-            "Devices by PCI TSM lifecycle state as the probes saw it: connected (not bound), bound, disconnected (since start).",
+            "Devices by PCI TSM lifecycle state as the probes saw it and sysfs tsm/connect says: connected (not bound), bound, disconnected (since start).",
             &["state"],
         );
         let bindings_leaked = gauge_vec(

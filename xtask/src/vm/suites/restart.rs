@@ -276,6 +276,27 @@ pub fn check(out: &VmOutput) -> Result<usize> {
             still.len() as f64,
             &format!("daemon {n}: tsm_trace_bindings_active"),
         );
+        // Devices connected to a TSM and not bound, as the kernel's tsm/connect and
+        // tsm/bound say at the scrape (none where no device has a tsm/ directory): the
+        // device table is rebuilt from sysfs on every start, clean or not.
+        let links = &out.section(&format!("rs_d{n}_sysfs"))?.text;
+        let connected = links
+            .lines()
+            .filter(|l| {
+                let f = |k: &str| {
+                    l.split_whitespace()
+                        .find_map(|w| w.strip_prefix(k))
+                        .unwrap_or("")
+                        .to_string()
+                };
+                !f("connect=").is_empty() && f("bound=").is_empty()
+            })
+            .count();
+        c.eq(
+            sum(&m, "tsm_trace_devices", &["state=\"connected\""]),
+            connected as f64,
+            &format!("daemon {n}: tsm_trace_devices{{state=connected}} against sysfs:\n{links}"),
+        );
         // The kernel counters are pinned: five binds, and the unbind made while down.
         let ops = "tsm_trace_operations_total";
         c.eq(
