@@ -210,6 +210,11 @@ start_daemon() {
 snap() {
 	wget -q -O /tmp/lc_d$1_metrics_$3 http://127.0.0.1:$2/metrics
 	wget -q -O /tmp/lc_d$1_bindings_$3 http://127.0.0.1:$2/bindings
+	# The kernel's word on every device's link at the scrape (tsm_trace_devices).
+	for d in $P/*; do
+		[ -f $d/tsm/connect ] || continue
+		t "src=links phase=$3 dev=${d##*/} connect=$(q "$(rd $d/tsm/connect)") bound=$(q "$(rd $d/tsm/bound)")"
+	done
 	t "src=mark daemon=$1 phase=$3 lines=$(wc -l < /tmp/lc_d$1.out)"
 }
 stop_daemon() {

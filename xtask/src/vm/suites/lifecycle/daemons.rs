@@ -71,6 +71,14 @@ fn bindings(out: &VmOutput, name: &str) -> Result<Value> {
     serde_json::from_str(&out.section(name)?.text).with_context(|| format!("{name} is not JSON"))
 }
 
+/// The devices of the daemon's bindings in a `/bindings` section.
+fn ours(out: &VmOutput, name: &str) -> Result<Vec<String>> {
+    Ok(bindings(out, name)?["bindings"]
+        .as_array()
+        .map(|a| a.iter().map(|b| s(b, "device")).collect())
+        .unwrap_or_default())
+}
+
 fn mism(kind: &str) -> String {
     format!("tsm_trace_sysfs_mismatches_total{{kind=\"{kind}\"}}")
 }
@@ -213,7 +221,10 @@ fn d1_bound_before_start(
         ),
         ("tsm_trace_bindings_active".to_string(), 0.0),
         (devices("bound"), 0.0),
-        (devices("connected"), 0.0),
+        (
+            devices("connected"),
+            truth.connected_at("a", &ours(out, "lc_d1_bindings_a")?) as f64,
+        ),
         (devices("disconnected"), 0.0),
     ];
     want.extend(all_leaks_zero(Some("sysfs_bound_without_owner")));
@@ -365,7 +376,10 @@ fn d1_disconnect_while_bound(
         (ops("disconnect", "pci_tsm"), 1.0),
         ("tsm_trace_bindings_active".to_string(), 0.0),
         (devices("bound"), 0.0),
-        (devices("connected"), 0.0),
+        (
+            devices("connected"),
+            truth.connected_at("c2", &ours(out, "lc_d1_bindings_c2")?) as f64,
+        ),
         (devices("disconnected"), 1.0),
     ];
     want.extend(all_leaks_zero(None));
@@ -418,7 +432,10 @@ fn d2_bound(
         (ops("bind", "iommufd"), 1.0),
         ("tsm_trace_bindings_active".to_string(), 1.0),
         (devices("bound"), 1.0),
-        (devices("connected"), 0.0),
+        (
+            devices("connected"),
+            truth.connected_at("b1", &ours(out, "lc_d2_bindings_b1")?) as f64,
+        ),
     ];
     want.extend(all_leaks_zero(None));
     exact(c, &m, "b1", &want);

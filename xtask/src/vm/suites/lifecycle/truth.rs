@@ -39,6 +39,18 @@ impl Truth {
         )
     }
 
+    /// Devices whose `tsm/connect` named a TSM at the scrape of `phase` (`snap` in
+    /// lifecycle.sh), but for `ours` (the daemon's bindings: `tsm_trace_devices` counts a
+    /// bound device as bound, not connected).
+    pub(super) fn connected_at(&self, phase: &str, ours: &[String]) -> usize {
+        self.0
+            .iter()
+            .filter(|r| r.src == "links" && r.kv.get("phase").is_some_and(|p| p == phase))
+            .filter(|r| !t(&r.kv, "connect").is_empty())
+            .filter(|r| !ours.contains(&t(&r.kv, "dev")))
+            .count()
+    }
+
     pub(super) fn all(&self, step: &str, src: &str) -> std::vec::IntoIter<&Kv> {
         self.0
             .iter()
