@@ -175,7 +175,7 @@ impl LossTracker {
         if self.decode_errors > 0 {
             out.push(Lost {
                 count: std::mem::take(&mut self.decode_errors),
-                reason: "decode_error",
+                reason: crate::exporters::metrics::DECODE_ERROR,
                 time_ns,
             });
         }
@@ -222,7 +222,7 @@ mod tests {
                 },
                 Lost {
                     count: 1,
-                    reason: "decode_error",
+                    reason: crate::exporters::metrics::DECODE_ERROR,
                     time_ns: Some(5_000)
                 },
             ]
@@ -258,7 +258,7 @@ mod tests {
         );
         let one = Lost {
             count: 1,
-            reason: "decode_error",
+            reason: crate::exporters::metrics::DECODE_ERROR,
             time_ns: None,
         };
         // No event before it: no time, not a made-up one.

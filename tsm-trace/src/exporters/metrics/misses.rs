@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use tsm_trace_common::KernelCounter;
 
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 
@@ -25,7 +26,8 @@ use crate::probes::{
 };
 
 /// Why an operation is not in the exact counts.
-pub const UNCOUNTED_REASONS: [&str; 2] = ["return_missed", "thread_exited"];
+pub const UNCOUNTED_REASONS: [&str; 2] =
+    [KernelCounter::OperationUnfinished.label(), "thread_exited"];
 
 pub struct MissMetrics {
     kernel_misses: IntCounterVec,
@@ -144,7 +146,9 @@ impl MissMetrics {
 
     /// The kernel's count of operations dropped when their thread began the next one.
     pub fn set_return_missed_operations(&self, n: u64) {
-        let c = self.uncounted.with_label_values(&["return_missed"]);
+        let c = self
+            .uncounted
+            .with_label_values(&[KernelCounter::OperationUnfinished.label()]);
         if n > c.get() {
             c.inc_by(n - c.get());
         }

@@ -47,7 +47,7 @@ use self_metrics::SelfMetrics;
 use tables::Tables;
 
 pub use operations::AggregatesSource;
-pub use self_metrics::LOST_REASONS;
+pub use self_metrics::{DECODE_ERROR, LOST_REASONS};
 
 /// The exposition's content type.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

@@ -15,18 +15,60 @@ use crate::events::ProbeId;
 use crate::probes::KernelCounts;
 use tsm_trace_common::KernelCounter;
 
-/// Why events were lost (`tsm_trace_events_lost_total{reason}`).
-pub const LOST_REASONS: [&str; 9] = [
-    "ringbuf_full",
-    "inflight_full",
-    "orphan_return",
-    "decode_error",
-    "control_full",
-    "aggregation_full",
-    "return_missed",
-    "vmm_table_full",
-    "scratch_missing",
-];
+/// The loss reason userspace itself counts: a ring-buffer record it could not decode.
+pub const DECODE_ERROR: &str = "decode_error";
+
+/// Why events were lost (`tsm_trace_events_lost_total{reason}`): every kernel counter that
+/// counts a loss, by its one label ([`KernelCounter::label`]), and [`DECODE_ERROR`].
+pub const LOST_REASONS: [&str; 9] = lost_reasons();
+
+const fn lost_reasons() -> [&'static str; 9] {
+    let mut out = [DECODE_ERROR; 9];
+    let mut n = 0;
+    let mut i = 0;
+    while i < KernelCounter::ALL.len() {
+        let c = KernelCounter::ALL[i];
+        if c.is_loss() && !already(&out, n, c.label()) {
+            out[n] = c.label();
+            n += 1;
+        }
+        i += 1;
+    }
+    // Every slot but the last holds a kernel counter's label: the array is exactly as long
+    // as the reasons (a new loss counter fails the build here until it is made longer).
+    assert!(
+        n == out.len() - 1,
+        "LOST_REASONS: one slot per loss label plus decode_error"
+    );
+    out
+}
+
+/// Whether `label` is among the first `n` entries of `out`.
+const fn already(out: &[&str; 9], n: usize, label: &str) -> bool {
+    let mut i = 0;
+    while i < n {
+        if eq(out[i], label) {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+const fn eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
 
 const N_PROBES: usize = ProbeId::ALL.len();
 
@@ -146,7 +188,7 @@ impl SelfMetrics {
     }
 
     pub(super) fn decode_error(&self) {
-        self.events_lost.with_label_values(&["decode_error"]).inc();
+        self.events_lost.with_label_values(&[DECODE_ERROR]).inc();
     }
 
     pub(super) fn anomaly(&self, kind: AnomalyKind) {
