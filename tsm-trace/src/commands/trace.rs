@@ -132,6 +132,9 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
             ),
             recursion
         )?;
+        if let Some(which) = misses::by_program(&programs) {
+            writeln!(err, "kernel misses by program: {which}")?;
+        }
     }
     Ok(())
 }

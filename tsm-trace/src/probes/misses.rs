@@ -80,6 +80,29 @@ pub fn totals(programs: &[ProgramMisses]) -> (u64, u64) {
     })
 }
 
+/// The programs that missed calls, one `probe kind: N kprobe, M BPF recursion` entry each
+/// (`None` when none did): which probe's events a reader should not trust to be complete.
+pub fn by_program(programs: &[ProgramMisses]) -> Option<String> {
+    let parts: Vec<String> = programs
+        .iter()
+        .filter_map(|p| {
+            let k = match p.kprobe {
+                Some(KprobeMissed::Count(n)) => n,
+                _ => 0,
+            };
+            let r = p.recursion.unwrap_or(0);
+            (k + r > 0).then(|| {
+                format!(
+                    "{} {}: {k} kprobe, {r} BPF recursion",
+                    p.probe.as_str(),
+                    p.kind.as_str()
+                )
+            })
+        })
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
 /// `recursion_misses` of the program behind `fd`.
 pub fn recursion_misses(fd: BorrowedFd<'_>) -> io::Result<u64> {
     // SAFETY: a plain-data UAPI struct; all zeroes is its empty value.
@@ -239,6 +262,23 @@ mod tests {
                 prog(Some(NotReported), None)
             ]),
             (54, 1)
+        );
+    }
+
+    #[test]
+    fn by_program_names_only_the_programs_that_missed() {
+        use KprobeMissed::*;
+        assert_eq!(by_program(&[prog(Some(Count(0)), Some(0))]), None);
+        assert_eq!(
+            by_program(&[
+                prog(Some(Count(0)), Some(0)),
+                prog(Some(Count(2)), Some(1)),
+                prog(Some(NotReported), Some(3)),
+            ])
+            .as_deref(),
+            Some(
+                "driver_bind kretprobe: 2 kprobe, 1 BPF recursion; driver_bind kretprobe: 0 kprobe, 3 BPF recursion"
+            )
         );
     }
 

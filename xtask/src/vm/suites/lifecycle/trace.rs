@@ -27,9 +27,31 @@ pub(super) fn session(c: &mut Checks, out: &VmOutput) -> Result<()> {
     health(c, err, "trace", TRACE_PROBES);
     c.check(
         err.contains("lost events: 0 (ring buffer full), 0 (in-flight table full), 0 returns without entry, 0 returns never seen; 0 kernel read faults")
-            && err.lines().any(|l| l.starts_with("kernel misses: 0 (kprobe") && l.ends_with(", 0 (BPF recursion)")),
-        || format!("trace: events lost or reads faulted:\n{}", err.lines().filter(|l| l.contains("lost")).collect::<Vec<_>>().join("\n")),
+            && err.lines().any(|l| l.starts_with("kernel misses: 0 (kprobe")),
+        || format!("trace: events lost, kprobes missed or reads faulted:\n{}", err.lines().filter(|l| l.contains("lost") || l.contains("misses")).collect::<Vec<_>>().join("\n")),
     );
+    // BPF recursion misses: the kernel skips a kprobe program while a bpf(2) map operation
+    // holds its CPU (`bpf_prog_active`), and counts it. Rare here (1 in about 20 runs under
+    // TCG); every operation below is checked exactly against the fixture, so a miss that
+    // cost an event fails there. Here: each one is reported, and by the program it hit.
+    let recursion = misses_of(err);
+    let named = err
+        .lines()
+        .find_map(|l| l.strip_prefix("kernel misses by program: "))
+        .map_or(0, |l| {
+            l.split("; ")
+                .filter_map(|p| {
+                    p.split(", ")
+                        .nth(1)?
+                        .strip_suffix(" BPF recursion")?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .sum()
+        });
+    c.check(recursion == Some(named), || {
+        format!("trace: {recursion:?} BPF recursion misses, {named} named by program:\n{err}")
+    });
     let rec = Record {
         evs: json_lines(out, "lc_record.jsonl")?
             .into_iter()
@@ -250,4 +272,33 @@ fn ops_after_reconnect(
         bind(c, truth, rec, ops, step, vdev, tsm)?;
     }
     unregister(c, truth, rec, trace, ops, tsm)
+}
+
+/// The BPF recursion misses `trace` reported on its `kernel misses:` line.
+fn misses_of(err: &str) -> Option<u64> {
+    err.lines()
+        .find_map(|l| l.strip_prefix("kernel misses: "))?
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" (BPF recursion)"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::misses_of;
+
+    #[test]
+    fn reads_the_recursion_misses_of_the_summary() {
+        assert_eq!(
+            misses_of("x\nkernel misses: 0 (kprobe), 1 (BPF recursion)\n"),
+            Some(1)
+        );
+        assert_eq!(
+            misses_of("kernel misses: 0 (kprobe, not reported before 6.7), 0 (BPF recursion)"),
+            Some(0)
+        );
+        assert_eq!(misses_of("lost events: 0"), None);
+    }
 }
