@@ -155,13 +155,10 @@ impl Operations {
             match read() {
                 Ok(k) => self.set_aggregates(&k),
                 Err(e) => {
-                    let mut why = e.to_string();
-                    let mut cause = e.source();
-                    while let Some(c) = cause {
-                        why = format!("{why}: {c}");
-                        cause = c.source();
-                    }
-                    log::warn!("reading the kernel's operation counts failed: {why}");
+                    log::warn!(
+                        "reading the kernel's operation counts failed: {}",
+                        crate::probes::chain(&*e)
+                    );
                     self.aggregate_read_errors.inc();
                 }
             }

@@ -23,51 +23,25 @@ pub const DECODE_ERROR: &str = "decode_error";
 pub const LOST_REASONS: [&str; 9] = lost_reasons();
 
 const fn lost_reasons() -> [&'static str; 9] {
+    // Loss labels are distinct (tsm-trace-common's tests): one slot each, then DECODE_ERROR.
     let mut out = [DECODE_ERROR; 9];
     let mut n = 0;
     let mut i = 0;
     while i < KernelCounter::ALL.len() {
         let c = KernelCounter::ALL[i];
-        if c.is_loss() && !already(&out, n, c.label()) {
+        if c.is_loss() {
             out[n] = c.label();
             n += 1;
         }
         i += 1;
     }
-    // Every slot but the last holds a kernel counter's label: the array is exactly as long
-    // as the reasons (a new loss counter fails the build here until it is made longer).
+    // The array is exactly as long as the reasons: a new loss counter fails the build here
+    // until it is made longer.
     assert!(
         n == out.len() - 1,
         "LOST_REASONS: one slot per loss label plus decode_error"
     );
     out
-}
-
-/// Whether `label` is among the first `n` entries of `out`.
-const fn already(out: &[&str; 9], n: usize, label: &str) -> bool {
-    let mut i = 0;
-    while i < n {
-        if eq(out[i], label) {
-            return true;
-        }
-        i += 1;
-    }
-    false
-}
-
-const fn eq(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() {
-        return false;
-    }
-    let mut i = 0;
-    while i < a.len() {
-        if a[i] != b[i] {
-            return false;
-        }
-        i += 1;
-    }
-    true
 }
 
 const N_PROBES: usize = ProbeId::ALL.len();
