@@ -127,13 +127,17 @@ pub async fn run(
             pipeline.lock().expect("pipeline lock").loss_since(k);
         }
     }
+    if opts.state.is_some() {
+        live.commit_when_saved();
+    }
     let mut saved = None;
     let mut next_housekeeping = Instant::now() + HOUSEKEEPING_EVERY;
     judge_readiness(opts.readiness.as_ref(), live);
     // Something happened since the last sweep (see HOUSEKEEPING_IDLE_EVERY).
     let mut active = true;
     let stop = loop {
-        save_state(pipeline, opts.state.as_ref(), &mut saved);
+        // Before waiting: the kernel wakes no reader that holds uncommitted records.
+        save_state(live, pipeline, metrics, opts.state.as_ref(), &mut saved);
         let deadline = next_deadline(&pipeline.lock().expect("pipeline lock"), cfg)
             .map(|d| Instant::now() + d);
         let wake = [
@@ -217,7 +221,14 @@ pub async fn run(
             }
         }
     };
-    save_state(pipeline, opts.state.as_ref(), &mut saved);
+    if opts.state.is_some() {
+        // A clean stop applies what is in the ring and saves it with the operations still
+        // in progress: the next daemon continues them (pinned probes keep recording).
+        let mut batch = Vec::new();
+        live.drain_now(&mut batch);
+        feed(pipeline, metrics, &mut batch, &mut tap)?;
+    }
+    save_state(live, pipeline, metrics, opts.state.as_ref(), &mut saved);
     Ok(stop)
 }
 
@@ -232,28 +243,51 @@ fn sweep_period(active: bool, in_flight: Option<usize>) -> Duration {
     }
 }
 
-/// Saves the tables if they changed since the last save (`saved`: the version saved).
-fn save_state(pipeline: &Mutex<Pipeline>, state: Option<&StateFile>, saved: &mut Option<u64>) {
+/// What a save covered: the correlator's state version and the ring position.
+type SavedKey = (
+    (u64, u64, usize, usize, usize),
+    crate::probes::ring::Position,
+);
+
+/// Saves the state (tables, operations in progress, the ring position they cover) if it
+/// changed since the last save, then lets the kernel reuse the ring space of the records it
+/// covers: a record is released only once what it changed is in the file. Without a state
+/// file (`trace`, `--no-persist`) records are released as they are read.
+fn save_state(
+    live: &mut LiveSession,
+    pipeline: &Mutex<Pipeline>,
+    metrics: &Metrics,
+    state: Option<&StateFile>,
+    saved: &mut Option<SavedKey>,
+) {
     let Some(f) = state else { return };
+    let pos = live.ring_position();
     let p = pipeline.lock().expect("pipeline lock");
-    let v = p.correlator().table_version();
-    if *saved == Some(v) {
-        return;
-    }
-    let snapshot = p.correlator().saved_state(&f.boot_id);
-    drop(p);
-    match correlate::state::save(&f.path, &snapshot) {
-        Ok(()) => *saved = Some(v),
-        Err(e) => {
-            // Retried on the next change (not on every wake-up); a restart before then
-            // starts from an older table.
-            log::warn!(
-                "{}: a restart now would not know the bindings made since the last save; check the directory (--state-file)",
-                chain(&e)
-            );
-            *saved = Some(v);
+    let key = (p.correlator().state_version(), pos);
+    if *saved != Some(key) {
+        let mut snapshot = p.correlator().saved_state(&f.boot_id);
+        drop(p);
+        snapshot.ring = Some(correlate::state::RingMark {
+            map_id: pos.map_id,
+            pos: pos.pos,
+        });
+        match correlate::state::save(&f.path, &snapshot) {
+            Ok(n) => metrics.state_saved(Ok(n)),
+            Err(e) => {
+                // Retried on the next change (not on every wake-up). The records are released
+                // anyway (held, they would fill the ring and be lost for sure); a restart
+                // before the next good save starts from the last one.
+                metrics.state_saved(Err(()));
+                log::warn!(
+                    "{}: a restart now would not know the bindings made since the last save; check the directory (--state-file) and its free space",
+                    chain(&e)
+                );
+            }
         }
+        *saved = Some(key);
     }
+    live.commit(pos);
+    metrics.set_ring_uncommitted(live.uncommitted());
 }
 
 /// The late-attach window is over: probes still missing will not attach; drop what

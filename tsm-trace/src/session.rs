@@ -23,6 +23,7 @@ use crate::{
         expiry::{self, Expired},
         misses::{self, ProgramMisses},
         pin::PinError,
+        ring::Position as RingPosition,
         streams::{ControlStream, EventStream, StreamError},
     },
 };
@@ -86,7 +87,7 @@ pub struct Session {
     /// `/proc` shows the kernel's thread ids (see `probes/expiry.rs`).
     sees_host_threads: bool,
     aggregates: Option<AggregateMaps>,
-    events: Option<RingBuf<MapData>>,
+    events: Option<MapData>,
     control: Option<RingBuf<MapData>>,
     /// The epoch gate, held open for the session's life although only a pinning start
     /// writes it: programs loaded later (a module load's rescan) were relocated against its
@@ -604,6 +605,33 @@ impl LiveSession {
     /// Appends whatever is in the ring buffer now, without waiting.
     pub fn drain_now(&mut self, out: &mut Vec<Result<Event, DecodeError>>) {
         self.stream.drain_now(out);
+    }
+
+    /// Release records only through [`LiveSession::commit`], once what they changed is
+    /// saved (by default they are released as they are read).
+    pub fn commit_when_saved(&mut self) {
+        self.stream.commit_when_saved();
+    }
+
+    /// Where the next record to read starts (what a state saved now covers).
+    pub fn ring_position(&self) -> RingPosition {
+        self.stream.position()
+    }
+
+    /// The records before `pos` may be overwritten: their effect is saved.
+    pub fn commit(&mut self, pos: RingPosition) {
+        self.stream.commit(pos);
+    }
+
+    /// Skips the records a previous daemon had applied and saved (see
+    /// [`probes::ring::Ring::resume_at`]).
+    pub fn resume_at(&mut self, pos: RingPosition) -> Option<u64> {
+        self.stream.resume_at(pos)
+    }
+
+    /// Bytes read and not committed.
+    pub fn uncommitted(&self) -> u64 {
+        self.stream.uncommitted()
     }
 
     pub fn missing(&self) -> usize {

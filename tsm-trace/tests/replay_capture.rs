@@ -605,3 +605,78 @@ fn batch_boundaries_change_nothing() {
     }
     assert!(runs >= 4 * 3 * 48, "{runs}");
 }
+
+/// Runs `events` with a restart after the first `cut`: the first pipeline's state goes
+/// through the state file's format (as `run` saves it after each batch) into a second
+/// pipeline, which handles the rest. Returns both pipelines' outputs and the final tables.
+fn run_with_restart(events: &[Event], cut: usize, grace_ns: u64) -> (Vec<Output>, String) {
+    let cfg = Config {
+        leak_grace_ns: grace_ns,
+        ..Config::default()
+    };
+    let mut out = Vec::new();
+    let mut now = 0;
+    let mut first = Pipeline::new(cfg.clone(), Arc::new(Metrics::new()), None);
+    for ev in &events[..cut] {
+        now = now.max(ev.end_ns);
+        out.extend_from_slice(first.handle(ev.clone(), now));
+        out.extend(first.tick(now));
+    }
+    let text = serde_json::to_string(&first.correlator().saved_state("boot")).unwrap();
+    drop(first);
+    let mut second = Pipeline::new(cfg, Arc::new(Metrics::new()), None);
+    second.restore(serde_json::from_str(&text).unwrap());
+    for ev in &events[cut..] {
+        now = now.max(ev.end_ns);
+        out.extend_from_slice(second.handle(ev.clone(), now));
+        out.extend(second.tick(now));
+    }
+    out.extend(second.finish(now));
+    let tables = format!(
+        "{:?}\n{:?}",
+        second.correlator().bindings(),
+        second.correlator().leaks().collect::<Vec<_>>(),
+    );
+    (out, tables)
+}
+
+/// A daemon killed after any record and restarted from its state file (operations in
+/// progress and VM checks in their grace period included) ends with the same bindings and
+/// leaks, and reports the same operations and leaks, as one that never stopped.
+#[test]
+fn a_restart_after_any_record_changes_nothing() {
+    let mut paths = vec![CAPTURE.to_string()];
+    for e in std::fs::read_dir(CORPUS).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "jsonl") {
+            paths.push(p.display().to_string());
+        }
+    }
+    paths.sort();
+    let mut cuts = 0;
+    let keep = |o: &Output| !matches!(o, Output::Anomaly(_));
+    for path in &paths {
+        let f = std::fs::File::open(path).unwrap();
+        let Ok((_, events)) = record::read_all(BufReader::new(f), path) else {
+            continue;
+        };
+        for grace in [0, 5_000_000, 1_000_000_000] {
+            let (want, want_tables) = run_with_restart(&events, events.len(), grace);
+            let want: Vec<&Output> = want.iter().filter(|o| keep(o)).collect();
+            for cut in 0..events.len() {
+                let (got, tables) = run_with_restart(&events, cut, grace);
+                let got: Vec<&Output> = got.iter().filter(|o| keep(o)).collect();
+                assert_eq!(
+                    tables, want_tables,
+                    "{path}, grace {grace} ns, restart after record {cut}: tables differ"
+                );
+                assert_eq!(
+                    got, want,
+                    "{path}, grace {grace} ns, restart after record {cut}: outputs differ"
+                );
+                cuts += 1;
+            }
+        }
+    }
+    assert!(cuts > 500, "{cuts}");
+}

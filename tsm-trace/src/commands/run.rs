@@ -22,15 +22,24 @@ use super::{LOG, start_session};
 use crate::verdict;
 
 /// Puts the saved binding and leak tables back into the pipeline, and says what happened.
-fn restore_state(pipeline: &Mutex<Pipeline>, path: &std::path::Path, boot_id: &str) {
+fn restore_state(
+    pipeline: &Mutex<Pipeline>,
+    live: &mut LiveSession,
+    path: &std::path::Path,
+    boot_id: &str,
+) {
     use tsm_trace::correlate::state::{self, Missing};
     match state::load(path, boot_id) {
-        Ok(Ok(saved)) => {
+        Ok(Ok(mut saved)) => {
+            let mark = saved.ring.take();
+            let pending = saved.pending.iter().map(|p| p.frames.len()).sum::<usize>();
+            let checks = saved.vm_checks.len();
             let (b, l) = pipeline.lock().expect("pipeline lock").restore(saved);
             log::info!(target: LOG,
-                "restored {b} bindings and {l} open leaks from {} (saved by the previous run of this boot)",
+                "restored {b} bindings, {l} open leaks, {pending} calls of operations in progress and {checks} VM checks from {} (saved by the previous run of this boot)",
                 path.display()
             );
+            resume_ring(live, mark);
         }
         Ok(Err(Missing::NoFile)) => {
             log::debug!(target: LOG,
@@ -43,6 +52,31 @@ fn restore_state(pipeline: &Mutex<Pipeline>, path: &std::path::Path, boot_id: &s
             path.display()
         ),
         Err(e) => log::error!(target: LOG, "{}", tsm_trace::probes::chain(&e)),
+    }
+}
+
+/// Reads the pinned ring from where the saved state ends: records before it are in the
+/// restored tables already, records after it are not.
+fn resume_ring(live: &mut LiveSession, mark: Option<tsm_trace::correlate::state::RingMark>) {
+    let Some(m) = mark else { return };
+    let here = live.ring_position();
+    let pos = tsm_trace::probes::ring::Position {
+        map_id: m.map_id,
+        pos: m.pos,
+    };
+    match live.resume_at(pos) {
+        Some(0) => {}
+        Some(n) => log::info!(target: LOG,
+            "skipped {n} bytes of ring-buffer records that the previous run had applied and saved"
+        ),
+        None if m.map_id != here.map_id => log::info!(target: LOG,
+            "the state file was saved against another ring buffer (map {}; now {}): the records the previous run had not read are gone with it",
+            m.map_id, here.map_id
+        ),
+        None => log::warn!(target: LOG,
+            "the state file ends at ring position {} but the ring has committed up to {}: records in between were committed without being saved (a failed save?); continuing from the ring",
+            m.pos, here.pos
+        ),
     }
 }
 
@@ -208,7 +242,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     )));
     let boot_id = tsm_trace::correlate::state::boot_id();
     if !args.no_persist {
-        restore_state(&pipeline, &args.state_file, &boot_id);
+        restore_state(&pipeline, &mut live, &args.state_file, &boot_id);
     }
     let state = HttpState::new(pipeline.clone(), readiness.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

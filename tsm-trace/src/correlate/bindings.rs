@@ -31,6 +31,41 @@ fn binding_of_tgid(b: &Binding, tgid: u32) -> bool {
 }
 
 impl Correlator {
+    /// The VM checks waiting for their grace period, for the state file.
+    pub(super) fn saved_vm_checks(&self) -> Vec<super::state::SavedVmCheck> {
+        self.vm_checks
+            .iter()
+            .map(|c| super::state::SavedVmCheck {
+                deadline_ns: c.deadline_ns,
+                event_ns: c.event_ns,
+                vm_bits: match c.target {
+                    VmCheckTarget::Kvm(id) => Some(id.bits()),
+                    VmCheckTarget::Tgid(_) => None,
+                },
+                tgid: match c.target {
+                    VmCheckTarget::Tgid(t) => Some(t),
+                    VmCheckTarget::Kvm(_) => None,
+                },
+            })
+            .collect()
+    }
+
+    /// Puts a saved VM check back (at start, before any event), within the limit.
+    pub(super) fn restore_vm_check(&mut self, c: super::state::SavedVmCheck) {
+        let target = match (c.vm_bits, c.tgid) {
+            (Some(b), _) => VmCheckTarget::Kvm(crate::events::VmId::from_bits(b)),
+            (None, Some(t)) => VmCheckTarget::Tgid(t),
+            (None, None) => return,
+        };
+        if self.vm_checks.len() < self.cfg.max_vm_checks {
+            self.vm_checks.push_back(VmCheck {
+                deadline_ns: c.deadline_ns,
+                event_ns: c.event_ns,
+                target,
+            });
+        }
+    }
+
     /// A VM lifecycle event (VM destroyed, VMM exited): reported, and its bindings are checked
     /// again when [`super::Config::leak_grace_ns`] has passed after it (event time).
     /// The thread's own pending chains that ended before it are closed first (the thread has

@@ -135,6 +135,32 @@ impl Correlator {
                 since_ns: at_ns,
             },
         );
+        self.table_version += 1;
+    }
+
+    /// The device table, for the state file.
+    pub(super) fn saved_links(&self) -> Vec<super::state::SavedLink> {
+        self.devices
+            .iter()
+            .map(|(d, l)| super::state::SavedLink {
+                device: d.clone(),
+                tsm: l.tsm.clone(),
+                since_ns: l.since_ns,
+            })
+            .collect()
+    }
+
+    /// Puts a saved device link back (at start, before any event), within the limit.
+    pub(super) fn restore_link(&mut self, l: super::state::SavedLink) {
+        if self.devices.len() < self.cfg.max_bindings {
+            self.devices.insert(
+                l.device,
+                DeviceLink {
+                    tsm: l.tsm,
+                    since_ns: l.since_ns,
+                },
+            );
+        }
     }
 
     /// What sysfs says of the devices' links (`tsm/connect`), applied where the table says

@@ -393,6 +393,50 @@ impl Correlator {
         }
     }
 
+    /// Every thread's pending chains, for the state file (oldest thread activity first is
+    /// not needed: chains are independent).
+    pub(super) fn pending_chains(&self) -> Vec<super::state::PendingChain> {
+        let mut v: Vec<_> = self
+            .threads
+            .iter()
+            .flat_map(|(tid, t)| {
+                t.pending.iter().map(|c| super::state::PendingChain {
+                    tid: *tid,
+                    deadline_ns: c.deadline_ns,
+                    frames: c.frames.clone(),
+                })
+            })
+            .collect();
+        v.sort_by_key(|p| (p.deadline_ns, p.tid));
+        v
+    }
+
+    /// Puts a saved pending chain back (at start, before any event), within the limits.
+    pub(super) fn restore_pending(&mut self, p: super::state::PendingChain) {
+        if p.frames.is_empty() {
+            return;
+        }
+        let mut to_close = Vec::new();
+        let mut out = Vec::new();
+        self.touch_thread(p.tid, p.deadline_ns, &mut to_close, &mut out);
+        let max = self.cfg.max_pending_per_thread;
+        if let Some(ts) = self.threads.get_mut(&p.tid)
+            && ts.pending.len() < max
+        {
+            let mut chain = Chain {
+                frames: p.frames,
+                deadline_ns: p.deadline_ns,
+            };
+            chain.frames.truncate(MAX_CHAIN_FRAMES);
+            chain.sort();
+            self.pending_count += chain.frames.len();
+            self.next_due_ns = self.next_due_ns.min(chain.deadline_ns);
+            ts.pending.push(chain);
+        }
+        // Restored in a fresh correlator: nothing was evicted to make room.
+        debug_assert!(to_close.is_empty());
+    }
+
     /// The end of the earliest chain still pending (on any thread).
     pub(super) fn earliest_pending_end(&self) -> u64 {
         self.threads

@@ -19,15 +19,17 @@ use thiserror::Error;
 
 use super::Correlator;
 use super::types::{Binding, Leak};
+use crate::events::Event;
 
-/// The file format; a file of another format is refused with an explanation.
-pub const FORMAT: u32 = 1;
+/// The file format. Format 1 (tables only) is read too; a newer format is refused with an
+/// explanation.
+pub const FORMAT: u32 = 2;
 
 /// The default path (beside the VM-name key, which names the VMs in it).
 pub const DEFAULT_PATH: &str = "/run/tsm-trace/state.json";
 
 /// What the file holds.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedState {
     pub format: u32,
     /// `/proc/sys/kernel/random/boot_id` when it was written.
@@ -36,6 +38,65 @@ pub struct SavedState {
     pub bindings: Vec<Binding>,
     /// Leaks not cleared.
     pub leaks: Vec<Leak>,
+    /// How far the event ring buffer had been read: every record before this position is
+    /// in this file, none after it. The next daemon starts reading the pinned ring there
+    /// (`probes/ring.rs`), so each record is applied once whatever instant the writer died.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring: Option<RingMark>,
+    /// Operations in progress: completed calls waiting for their outer call, per thread.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<PendingChain>,
+    /// VMs destroyed or VMMs exited whose devices are checked when the grace period ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vm_checks: Vec<SavedVmCheck>,
+    /// VM events waiting for a pending chain that ended before them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deferred_points: Vec<Event>,
+    /// Each device's link as the probes last saw it (connected to a TSM or not).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<SavedLink>,
+    /// The correlator's event time (latest return handled).
+    #[serde(default)]
+    pub clock_ns: u64,
+}
+
+/// A position in the event ring buffer: the map's id (unique within a boot) and a byte
+/// offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingMark {
+    pub map_id: u32,
+    pub pos: u64,
+}
+
+/// A device's link: connected to `tsm` (`None`: disconnected) since `since_ns`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedLink {
+    pub device: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tsm: Option<String>,
+    pub since_ns: u64,
+}
+
+/// A thread's completed calls that no outer call has claimed yet (`nesting.rs`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingChain {
+    pub tid: u32,
+    /// When nobody can claim them any more (event time).
+    pub deadline_ns: u64,
+    /// Outermost first.
+    pub frames: Vec<Event>,
+}
+
+/// A VM check waiting for its grace period (`bindings.rs`): the VM (its id's bits) or the
+/// VMM process whose bindings are checked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedVmCheck {
+    pub deadline_ns: u64,
+    pub event_ns: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_bits: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tgid: Option<u32>,
 }
 
 #[derive(Debug, Error)]
@@ -108,7 +169,8 @@ pub fn load(path: &Path, boot: &str) -> Result<Result<SavedState, Missing>, Stat
         format: u32,
     }
     match serde_json::from_str::<Head>(&text) {
-        Ok(h) if h.format != FORMAT => {
+        // Older formats hold a subset: read with defaults.
+        Ok(h) if h.format > FORMAT || h.format == 0 => {
             return Err(StateError::Format {
                 path: path.to_path_buf(),
                 found: h.format,
@@ -168,8 +230,9 @@ pub fn check_removable(path: &Path) -> Result<bool, StateError> {
         .map_err(|_| not_ours("its JSON has no tsm-trace format and boot_id"))
 }
 
-/// Writes the file atomically (temporary file in the same directory, then rename), 0600.
-pub fn save(path: &Path, state: &SavedState) -> Result<(), StateError> {
+/// Writes the file atomically (temporary file in the same directory, then rename), 0600;
+/// returns its size.
+pub fn save(path: &Path, state: &SavedState) -> Result<u64, StateError> {
     use std::os::unix::fs::OpenOptionsExt;
     let err = |source| StateError::Write {
         path: path.to_path_buf(),
@@ -185,9 +248,15 @@ pub fn save(path: &Path, state: &SavedState) -> Result<(), StateError> {
         .open(&tmp)
         .map_err(err)?;
     let body = serde_json::to_vec(state).map_err(|e| err(std::io::Error::other(e)))?;
-    f.write_all(&body).map_err(err)?;
+    if let Err(e) = f.write_all(&body) {
+        // A full disk: leave no partial temporary file behind.
+        drop(f);
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(e));
+    }
     drop(f);
-    std::fs::rename(&tmp, path).map_err(err)
+    std::fs::rename(&tmp, path).map_err(err)?;
+    Ok(body.len() as u64)
 }
 
 impl Correlator {
@@ -196,9 +265,27 @@ impl Correlator {
         self.table_version
     }
 
-    /// The tables as the state file keeps them.
+    /// Changes whenever anything the state file keeps may have changed: the tables, the
+    /// pending calls, the VM checks.
+    pub fn state_version(&self) -> (u64, u64, usize, usize, usize) {
+        (
+            self.table_version,
+            self.stats.events,
+            self.pending_count,
+            self.vm_checks.len(),
+            self.deferred_points.len(),
+        )
+    }
+
+    /// What the state file keeps: the tables and the operations in progress.
     pub fn saved_state(&self, boot_id: &str) -> SavedState {
         SavedState {
+            ring: None,
+            pending: self.pending_chains(),
+            vm_checks: self.saved_vm_checks(),
+            deferred_points: self.deferred_points.iter().cloned().collect(),
+            devices: self.saved_links(),
+            clock_ns: self.clock_ns,
             format: FORMAT,
             boot_id: boot_id.to_string(),
             bindings: self
@@ -227,6 +314,17 @@ impl Correlator {
             self.leak_count[l.reason as usize] += 1;
             self.leaks.insert((l.device.clone(), l.reason), l);
         }
+        for p in state.pending {
+            self.restore_pending(p);
+        }
+        for c in state.vm_checks {
+            self.restore_vm_check(c);
+        }
+        self.deferred_points.extend(state.deferred_points);
+        for l in state.devices {
+            self.restore_link(l);
+        }
+        self.clock_ns = self.clock_ns.max(state.clock_ns);
         self.table_version += 1;
         (nb, nl)
     }
@@ -287,6 +385,7 @@ mod tests {
             boot_id: "b".into(),
             bindings: vec![binding("0000:01:00.0"), binding("0000:02:00.0")],
             leaks: vec![leak("0000:02:00.0")],
+            ..Default::default()
         };
         let v = c.table_version();
         assert_eq!(c.restore(st.clone()), (2, 1));
@@ -332,6 +431,24 @@ mod tests {
         let p = tmp("fmt");
         std::fs::write(&p, "{\"format\":99}").unwrap();
         let e = load(&p, "b").unwrap_err().to_string();
-        assert!(e.contains("format 99") && e.contains("format 1"), "{e}");
+        assert!(
+            e.contains("format 99") && e.contains(&format!("format {FORMAT}")),
+            "{e}"
+        );
+    }
+
+    /// A file of the previous format (tables only) is read: an upgrade keeps the bindings.
+    #[test]
+    fn the_previous_format_is_read() {
+        let p = tmp("fmt1");
+        let b = serde_json::to_string(&binding("0000:01:00.0")).unwrap();
+        std::fs::write(
+            &p,
+            format!("{{\"format\":1,\"boot_id\":\"b\",\"bindings\":[{b}],\"leaks\":[]}}"),
+        )
+        .unwrap();
+        let st = load(&p, "b").unwrap().unwrap();
+        assert_eq!(st.bindings.len(), 1);
+        assert!(st.ring.is_none() && st.pending.is_empty());
     }
 }

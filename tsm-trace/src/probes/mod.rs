@@ -13,6 +13,7 @@ pub mod loader;
 pub mod misses;
 pub mod others;
 pub mod pin;
+pub mod ring;
 pub mod streams;
 pub mod unpin;
 
@@ -236,6 +237,10 @@ pub enum ProbeError {
         #[source]
         source: ProgramError,
     },
+    #[error(
+        "map {0} of the eBPF object is not a ring buffer (tsm-trace and its eBPF object disagree)"
+    )]
+    NotRingBuffer(&'static str),
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
     #[error("eBPF map {name}")]
@@ -429,7 +434,8 @@ impl std::ops::IndexMut<KernelCounter> for KernelCounts {
 
 /// Handles to the maps userspace reads (and `OFFSETS`, which it rewrites).
 pub struct Maps {
-    pub events: RingBuf<MapData>,
+    /// The event ring buffer, read through [`ring::Ring`] (reading and committing apart).
+    pub events: MapData,
     pub control: RingBuf<MapData>,
     pub stats: PerCpuArray<MapData, u64>,
     pub offsets: Array<MapData, Offsets>,
@@ -447,7 +453,11 @@ pub struct Maps {
 impl Maps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Maps, ProbeError> {
         Ok(Maps {
-            events: take(ebpf, names::EVENTS)?,
+            events: match ebpf.take_map(names::EVENTS) {
+                Some(aya::maps::Map::RingBuf(m)) => m,
+                Some(_) => return Err(ProbeError::NotRingBuffer(names::EVENTS)),
+                None => return Err(ProbeError::MissingMap(names::EVENTS)),
+            },
             control: take(ebpf, names::CONTROL)?,
             stats: take(ebpf, names::STATS)?,
             offsets: take(ebpf, names::OFFSETS)?,

@@ -4,25 +4,30 @@
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
+use super::ring::{Position, Ring, RingError};
 use crate::events::{Control, DecodeError, Event, VmNames};
 
 /// Registering a ring buffer with tokio, or waiting on it (`what`: which ring buffer).
 #[derive(Debug, thiserror::Error)]
-#[error("{what} with tokio")]
-pub struct StreamError {
-    what: &'static str,
-    #[source]
-    source: std::io::Error,
+pub enum StreamError {
+    #[error("{what} with tokio")]
+    Tokio {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Ring(#[from] RingError),
 }
 
 /// Registers `ring` with tokio's reactor, for readability.
-fn register(
-    ring: RingBuf<MapData>,
+fn register<T: std::os::fd::AsRawFd>(
+    ring: T,
     what: &'static str,
-) -> Result<AsyncFd<RingBuf<MapData>>, StreamError> {
+) -> Result<AsyncFd<T>, StreamError> {
     // SAFETY: the ring buffer's fd stays valid while the ring lives inside the AsyncFd.
     unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }.map_err(|e| {
-        StreamError {
+        StreamError::Tokio {
             what,
             source: e.into_parts().1,
         }
@@ -39,10 +44,12 @@ impl ControlStream {
 
 impl EventStream {
     /// Events decoded with `key` naming their VMs.
-    pub fn new(ring: RingBuf<MapData>, key: VmNames) -> Result<EventStream, StreamError> {
+    pub fn new(map: MapData, key: VmNames) -> Result<EventStream, StreamError> {
+        let ring = Ring::new(map)?;
         Ok(EventStream {
             fd: register(ring, "registering the ring buffer")?,
             key,
+            auto_commit: true,
         })
     }
 }
@@ -55,10 +62,14 @@ pub struct ControlStream {
 impl ControlStream {
     /// Waits for control records and appends them to `out` (undecodable ones as `None`).
     pub async fn next_batch(&mut self, out: &mut Vec<Option<Control>>) -> Result<(), StreamError> {
-        let mut guard = self.fd.readable_mut().await.map_err(|source| StreamError {
-            what: "waiting on the control ring buffer",
-            source,
-        })?;
+        let mut guard = self
+            .fd
+            .readable_mut()
+            .await
+            .map_err(|source| StreamError::Tokio {
+                what: "waiting on the control ring buffer",
+                source,
+            })?;
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
             out.push(Control::from_bytes(&item));
@@ -76,41 +87,74 @@ impl ControlStream {
 /// 200,000 records per second.
 pub const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(5);
 
-/// Decoded events from the ring buffer, in batches, woken by epoll (no polling loop).
+/// Decoded events from the ring buffer, in batches, woken by epoll (no polling loop). Reading
+/// commits, unless the owner commits itself once what the records changed is saved
+/// ([`EventStream::commit_when_saved`]).
 pub struct EventStream {
-    fd: AsyncFd<RingBuf<MapData>>,
+    fd: AsyncFd<Ring>,
     key: VmNames,
+    auto_commit: bool,
 }
 
 impl EventStream {
+    /// Commit records only through [`EventStream::commit`] (`run` with a state file),
+    /// instead of as they are read (the default: `trace`, `run --no-persist`).
+    pub fn commit_when_saved(&mut self) {
+        self.auto_commit = false;
+    }
+
     /// Waits until events are available, then [`BATCH_WINDOW`], and appends everything
-    /// readable to `out`. Cancel-safe: nothing is consumed before the window has passed.
+    /// readable to `out`. Cancel-safe: nothing is read before the window has passed. Commits
+    /// what was read before (the kernel wakes no reader that holds uncommitted records).
     pub async fn next_batch(
         &mut self,
         out: &mut Vec<Result<Event, DecodeError>>,
     ) -> Result<(), StreamError> {
-        let mut guard = self.fd.readable_mut().await.map_err(|source| StreamError {
-            what: "waiting on the ring buffer",
-            source,
-        })?;
-        tokio::time::sleep(BATCH_WINDOW).await;
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            let item: &[u8] = &item;
-            out.push(Event::from_bytes(item, &self.key));
+        self.fd.get_mut().commit_all();
+        while !self.fd.get_ref().readable() {
+            let mut guard = self
+                .fd
+                .readable_mut()
+                .await
+                .map_err(|source| StreamError::Tokio {
+                    what: "waiting on the ring buffer",
+                    source,
+                })?;
+            // Cleared before looking: a wakeup from now on is not lost.
+            guard.clear_ready();
         }
-        guard.clear_ready();
+        tokio::time::sleep(BATCH_WINDOW).await;
+        self.drain_now(out);
         Ok(())
     }
-}
 
-impl EventStream {
     /// Appends whatever is in the ring buffer now, without waiting.
     pub fn drain_now(&mut self, out: &mut Vec<Result<Event, DecodeError>>) {
+        let key = &self.key;
         let ring = self.fd.get_mut();
-        while let Some(item) = ring.next() {
-            let item: &[u8] = &item;
-            out.push(Event::from_bytes(item, &self.key));
+        ring.read(|item| out.push(Event::from_bytes(item, key)));
+        if self.auto_commit {
+            ring.commit_all();
         }
+    }
+
+    /// Where the next record to read starts: what a state saved now covers.
+    pub fn position(&self) -> Position {
+        self.fd.get_ref().position()
+    }
+
+    /// The records before `pos` may be overwritten (their effect is saved).
+    pub fn commit(&mut self, pos: Position) {
+        self.fd.get_mut().commit(pos);
+    }
+
+    /// See [`Ring::resume_at`].
+    pub fn resume_at(&mut self, pos: Position) -> Option<u64> {
+        self.fd.get_mut().resume_at(pos)
+    }
+
+    /// Bytes read and not yet committed.
+    pub fn uncommitted(&self) -> u64 {
+        self.fd.get_ref().uncommitted()
     }
 }

@@ -17,9 +17,11 @@
 //! - `self_metrics.rs`: tsm-trace itself (probes, events processed and lost, the kernel-side
 //!   counters, anomalies, BTF, build and process); `misses.rs`: what never reached our
 //!   programs or never finished there.
+//! - `persistence.rs`: the state file's saves and the ring-buffer records held for them.
 //! - `initial.rs`: the series known up front, started at 0.
 
 mod operations;
+mod persistence;
 mod reconcile;
 mod self_metrics;
 mod tables;
@@ -42,6 +44,7 @@ use crate::sysfs::Snapshot;
 
 use misses::MissMetrics;
 use operations::Operations;
+use persistence::Persistence;
 use reconcile::Reconcile;
 use self_metrics::SelfMetrics;
 use tables::Tables;
@@ -59,6 +62,7 @@ pub struct Metrics {
     tables: Tables,
     reconcile: Reconcile,
     self_metrics: SelfMetrics,
+    persistence: Persistence,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -116,6 +120,7 @@ impl Metrics {
         let tables = Tables::register(&registry);
         let reconcile = Reconcile::register(&registry);
         let self_metrics = SelfMetrics::register(&registry);
+        let persistence = Persistence::register(&registry);
         // Operations, durations, events and expiries known up front start at 0 too.
         initial::declare(
             &operations.operations,
@@ -129,6 +134,7 @@ impl Metrics {
             tables,
             reconcile,
             self_metrics,
+            persistence,
         }
     }
 
@@ -191,6 +197,16 @@ impl Metrics {
     /// One decoded event (the pipeline calls this for every event).
     pub fn event_processed(&self, probe: ProbeId) {
         self.self_metrics.event_processed(probe);
+    }
+
+    /// A save of the state file: its size, or that it failed.
+    pub fn state_saved(&self, bytes: Result<u64, ()>) {
+        self.persistence.saved(bytes);
+    }
+
+    /// Ring-buffer bytes read and not yet committed.
+    pub fn set_ring_uncommitted(&self, bytes: u64) {
+        self.persistence.set_uncommitted(bytes);
     }
 
     /// A ring-buffer record that could not be decoded.
