@@ -153,7 +153,7 @@ frame rs_other /tmp/rs_other
 kill -TERM $DAEMON
 wait $DAEMON
 echo "exit=$?" >> /tmp/rs_d3.err
-echo "d3_state owner=$(ls -ln /run/tsm-trace/state.json | awk '{print $3}') has_nothing=$(grep -c "$D_NOTHING" /run/tsm-trace/state.json)" >> "$T"
+echo "d3_state owner=$(ls -ln /run/tsm-trace/state.json | awk '{print $3}') has_nothing=$(sed -n 's/.*"bindings":\(.*\),"leaks":.*/\1/p' /run/tsm-trace/state.json | grep -c "$D_NOTHING")" >> "$T"
 
 mkdir /sys/fs/bpf/tsm-trace/foreign
 {

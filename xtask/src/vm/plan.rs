@@ -15,6 +15,7 @@
 //! | modules           | module loads/unloads while tracing       | same                                 |
 //! | storm             | exact /metrics at any event rate         | same                                 |
 //! | restart           | against the real core's `tsm/bound`      | against the stand-in's bindings      |
+//! | crash             | killed at any instant of a lifecycle, against the real core | same, on the stand-in's bindings |
 //! | doctor            | root, nobody, no bpffs, lockdown         | same                                 |
 //!
 //! The fixture smokes (`--smoke`, `--lifecycle`, no tsm-trace) run the stand-in's ctl
@@ -27,7 +28,7 @@ use anyhow::{Context, Result};
 use super::kernel::{Kernel, KernelSpec};
 use super::qemu::{RunOptions, VmOutput};
 use super::suites::smoke::{check_lifecycle, check_smoke};
-use super::suites::{doctor, generations, lifecycle, modules, probes, restart, storm};
+use super::suites::{crash, doctor, generations, lifecycle, modules, probes, restart, storm};
 use crate::util::root;
 
 /// A suite's checker: the number of checks made, or every failure.
@@ -61,6 +62,7 @@ pub struct Scripts {
     modules: String,
     storm: String,
     restart: String,
+    crash: String,
     doctor: String,
 }
 
@@ -85,6 +87,7 @@ impl Scripts {
             modules: read(modules::SCRIPT)?,
             storm: read(storm::SCRIPT)?,
             restart: read(restart::SCRIPT)?,
+            crash: read(crash::SCRIPT)?,
             doctor: read(doctor::SCRIPT)?,
         })
     }
@@ -128,6 +131,7 @@ pub const SUITES: &[&str] = &[
     "modules",
     "storm",
     "restart",
+    "crash",
     "doctor",
     "smoke",
     "lifecycle",
@@ -175,6 +179,13 @@ pub fn plan<'a>(
             add("modules", &scripts.modules, opts, modules::check);
             add("storm", &scripts.storm, opts, storm::check);
             add("restart", &scripts.restart, &tee, restart::check);
+            // Killed at instants spread over a lifecycle, cycle after cycle: 21 cycles of
+            // about 15 s under TCG.
+            let long = RunOptions {
+                timeout: tee.timeout.max(std::time::Duration::from_secs(900)),
+                ..tee.clone()
+            };
+            add("crash", &scripts.crash, &long, crash::check);
             // `tsm-trace doctor` as root, nobody, without bpffs and under lockdown.
             add("doctor", &scripts.doctor, opts, doctor::check);
         }
@@ -269,6 +280,7 @@ mod tests {
             modules: s("m"),
             storm: s("st"),
             restart: s("r"),
+            crash: s("c"),
             doctor: s("d"),
         }
     }
@@ -314,6 +326,7 @@ mod tests {
                     "modules",
                     "storm",
                     "restart",
+                    "crash",
                     "doctor"
                 ]
             );
@@ -325,7 +338,7 @@ mod tests {
             assert_eq!(
                 tee,
                 if pci {
-                    vec!["lifecycle-trace", "restart"]
+                    vec!["lifecycle-trace", "restart", "crash"]
                 } else {
                     vec![]
                 }

@@ -6,10 +6,11 @@
 //!   diagnostics in [`probes::diagnostics`];
 //! - [`generations`]: the stand-in built as each generation of the patch series;
 //! - [`lifecycle`]: the real PCI TSM core (truth, trace session, daemons);
-//! - [`modules`], [`storm`], [`restart`], [`doctor`];
+//! - [`modules`], [`storm`], [`restart`], [`crash`] (killed at any instant), [`doctor`];
 //! - [`smoke`]: the fixture smokes (no tsm-trace);
 //! - [`leaks`]: every suite's output searched for kernel addresses.
 
+pub mod crash;
 pub mod doctor;
 pub mod generations;
 pub mod leaks;

@@ -1,0 +1,270 @@
+//! The crash suite (`tests/vm/scenarios/crash.sh`): the daemon killed (SIGKILL, or SIGTERM
+//! every fourth cycle) at instants spread over a scripted lifecycle, cycle after cycle; at
+//! each checkpoint the daemon (started again if it died) must show exactly what the fixture
+//! made:
+//!
+//! - `/bindings`: the bound devices and the leaks (device, reason) the script made;
+//! - `tsm_trace_bindings_active`, `tsm_trace_leaked_binding_info` (one series per leak);
+//! - no false leak: `tsm_trace_leaks_detected_total{reason="sysfs_bound_without_owner"}` 0,
+//!   no sysfs mismatch, nothing lost (`tsm_trace_events_lost_total` 0);
+//! - on kernels with the PCI TSM core, sysfs `tsm/bound` of D1 and D2 empty (the fixture's
+//!   own word that they are not bound);
+//! - `tsm_trace_operations_total` (the kernel's exact counts, pinned across restarts): every
+//!   cycle does the same operations, so each series at a checkpoint of cycle n equals n times
+//!   its value at the end of cycle 0 (never interrupted) plus its value at the same
+//!   checkpoint of cycle 0: nothing counted twice or lost across a restart.
+//!
+//! It reports the cycles, the kills by step and signal, and how many landed during a state
+//! save (the temporary file left behind).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use crate::vm::checks::{Checks, parse_exposition, s};
+use crate::vm::kv::parse_kv;
+use crate::vm::qemu::VmOutput;
+
+pub const SCRIPT: &str = "tests/vm/scenarios/crash.sh";
+
+/// Cycles the script runs (its `CYCLES`): cycle 0 measures, then two kills in each of the
+/// ten steps.
+pub const CYCLES: usize = 21;
+
+/// One checkpoint's snapshot.
+struct Snap {
+    cycle: usize,
+    cp: String,
+    restarted: bool,
+    want_bound: BTreeSet<String>,
+    want_leaks: BTreeSet<(String, String)>,
+    sysfs: Vec<(String, String)>,
+    bindings: Option<Value>,
+    metrics: BTreeMap<String, f64>,
+}
+
+fn set(list: &str) -> BTreeSet<String> {
+    list.split(',')
+        .filter(|d| !d.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn parse(text: &str) -> Result<Vec<Snap>> {
+    let mut snaps: Vec<Snap> = Vec::new();
+    let mut lines = text.lines().peekable();
+    while let Some(l) = lines.next() {
+        let Some(head) = l.strip_prefix("== ") else {
+            continue;
+        };
+        let kv = parse_kv(head);
+        let get = |k: &str| kv.get(k).cloned().unwrap_or_default();
+        let bindings = lines
+            .next()
+            .and_then(|b| serde_json::from_str::<Value>(b).ok());
+        let mut body = String::new();
+        while let Some(m) = lines.peek() {
+            if m.starts_with("== ") {
+                break;
+            }
+            body.push_str(m);
+            body.push('\n');
+            lines.next();
+        }
+        snaps.push(Snap {
+            cycle: get("cycle").parse().context("cycle= in cr_snap")?,
+            cp: get("cp"),
+            restarted: get("restarted") == "1",
+            want_bound: set(&get("bound")),
+            want_leaks: set(&get("leaks"))
+                .iter()
+                .filter_map(|l| {
+                    let (d, r) = l.split_once(':')?;
+                    Some((d.to_string(), r.to_string()))
+                })
+                .collect(),
+            sysfs: get("sysfs")
+                .split(',')
+                .filter_map(|p| {
+                    let (d, b) = p.split_once(':')?;
+                    Some((d.to_string(), b.to_string()))
+                })
+                .collect(),
+            bindings,
+            metrics: parse_exposition(&body),
+        });
+    }
+    Ok(snaps)
+}
+
+/// The `tsm_trace_operations_total` series of a snapshot.
+fn operations(m: &BTreeMap<String, f64>) -> BTreeMap<&str, f64> {
+    m.iter()
+        .filter(|(k, _)| k.starts_with("tsm_trace_operations_total{"))
+        .map(|(k, v)| (k.as_str(), *v))
+        .collect()
+}
+
+fn total(m: &BTreeMap<String, f64>, prefix: &str) -> f64 {
+    m.iter()
+        .filter(|(k, _)| k.starts_with(prefix))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+pub fn check(out: &VmOutput) -> Result<usize> {
+    let mut c = Checks::default();
+    c.eq(out.run_rc, Some(0), "run.sh exit code");
+    let snaps = parse(&out.section("cr_snap")?.text)?;
+    let log = &out.section("cr_log")?.text;
+    let err = &out.section("cr_d.err")?.text;
+    c.eq(snaps.len(), CYCLES * 3, "checkpoints taken (3 per cycle)");
+    c.check(
+        !err.contains(" ERROR ") && !err.to_lowercase().contains("panicked"),
+        || format!("a daemon logged an error:\n{err}"),
+    );
+    c.check(err.contains("final exit=0"), || {
+        format!("the last daemon did not exit 0 on SIGTERM:\n{err}")
+    });
+
+    // Cycle 0's values: the operations one cycle makes, up to each checkpoint.
+    let base: BTreeMap<&str, BTreeMap<&str, f64>> = snaps
+        .iter()
+        .filter(|s| s.cycle == 0)
+        .map(|s| (s.cp.as_str(), operations(&s.metrics)))
+        .collect();
+    let per_cycle = base.get("z").cloned().unwrap_or_default();
+    c.check(!per_cycle.is_empty(), || {
+        "cycle 0 counted no operation at its end".to_string()
+    });
+
+    for snap in &snaps {
+        let at = format!("cycle {} checkpoint {}", snap.cycle, snap.cp);
+        let Some(b) = &snap.bindings else {
+            c.check(false, || format!("{at}: /bindings is not JSON"));
+            continue;
+        };
+        let bound: BTreeSet<String> = b["bindings"]
+            .as_array()
+            .map(|a| a.iter().map(|x| s(x, "device")).collect())
+            .unwrap_or_default();
+        c.eq(&bound, &snap.want_bound, &format!("{at}: /bindings devices"));
+        let leaks: BTreeSet<(String, String)> = b["leaks"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|l| l["cleared_ns"].is_null())
+                    .map(|l| (s(l, "device"), s(l, "reason")))
+                    .collect()
+            })
+            .unwrap_or_default();
+        c.eq(&leaks, &snap.want_leaks, &format!("{at}: /bindings leaks"));
+        let m = &snap.metrics;
+        c.eq(
+            total(m, "tsm_trace_bindings_active") as usize,
+            snap.want_bound.len(),
+            &format!("{at}: tsm_trace_bindings_active"),
+        );
+        let info: BTreeSet<(String, String)> = m
+            .iter()
+            .filter(|(k, v)| k.starts_with("tsm_trace_leaked_binding_info{") && **v == 1.0)
+            .filter_map(|(k, _)| {
+                let lab = |n: &str| {
+                    let i = k.find(&format!("{n}=\""))? + n.len() + 2;
+                    Some(k[i..].split('"').next()?.to_string())
+                };
+                Some((lab("device")?, lab("reason")?))
+            })
+            .collect();
+        c.eq(
+            &info,
+            &snap.want_leaks,
+            &format!("{at}: tsm_trace_leaked_binding_info series"),
+        );
+        c.eq(
+            total(
+                m,
+                "tsm_trace_leaks_detected_total{reason=\"sysfs_bound_without_owner\"}",
+            ),
+            0.0,
+            &format!("{at}: false sysfs_bound_without_owner leaks"),
+        );
+        c.eq(
+            total(m, "tsm_trace_sysfs_mismatches_total"),
+            0.0,
+            &format!("{at}: sysfs mismatches"),
+        );
+        c.eq(
+            total(m, "tsm_trace_events_lost_total"),
+            0.0,
+            &format!("{at}: events lost"),
+        );
+        for (dev, b) in &snap.sysfs {
+            c.eq(b.as_str(), "", &format!("{at}: sysfs tsm/bound of {dev}"));
+        }
+        if let Some(first) = base.get(snap.cp.as_str()) {
+            let n = snap.cycle as f64;
+            let want: BTreeMap<&str, f64> = per_cycle
+                .keys()
+                .chain(first.keys())
+                .map(|k| {
+                    (
+                        *k,
+                        n * per_cycle.get(k).copied().unwrap_or(0.0)
+                            + first.get(k).copied().unwrap_or(0.0),
+                    )
+                })
+                .filter(|(_, v)| *v != 0.0)
+                .collect();
+            let got: BTreeMap<&str, f64> = operations(m)
+                .into_iter()
+                .filter(|(_, v)| *v != 0.0)
+                .collect();
+            c.eq(
+                &got,
+                &want,
+                &format!("{at}: tsm_trace_operations_total (cycle {} times cycle 0)", snap.cycle),
+            );
+        }
+    }
+
+    // Coverage: a kill in every step, both signals, restarts seen.
+    let kills: Vec<BTreeMap<String, String>> = log
+        .lines()
+        .filter(|l| l.starts_with("cycle="))
+        .map(parse_kv)
+        .collect();
+    c.eq(kills.len(), CYCLES - 1, "kills made (one per cycle after the first)");
+    let steps: BTreeSet<&str> = kills
+        .iter()
+        .filter_map(|k| k.get("step").map(String::as_str))
+        .collect();
+    c.eq(steps.len(), 10, "steps a kill landed in");
+    let restarts = snaps.iter().filter(|s| s.restarted).count();
+    c.check(restarts >= kills.len(), || {
+        format!("{restarts} restarts for {} kills", kills.len())
+    });
+    let mid_save = kills
+        .iter()
+        .filter(|k| k.get("tmp").is_some_and(|t| t == "yes"))
+        .count();
+    let by_sig = |sig: &str| {
+        kills
+            .iter()
+            .filter(|k| k.get("sig").is_some_and(|s| s == sig))
+            .count()
+    };
+    eprintln!(
+        "crash: {} cycles, {} kills ({} SIGKILL, {} SIGTERM) over steps {}; {} during a state save; {} restarts; {} checkpoints exact",
+        CYCLES,
+        kills.len(),
+        by_sig("KILL"),
+        by_sig("TERM"),
+        steps.iter().copied().collect::<Vec<_>>().join(","),
+        mid_save,
+        restarts,
+        snaps.len()
+    );
+    c.finish("crash", out)
+}
