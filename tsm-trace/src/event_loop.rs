@@ -130,14 +130,16 @@ pub async fn run(
     if opts.state.is_some() {
         live.commit_when_saved();
     }
-    let mut saved = None;
+    let mut saver = Saver::default();
+    let mut pins_missing = 0;
+    let mut wall_offset = crate::clock::realtime_offset_ns();
     let mut next_housekeeping = Instant::now() + HOUSEKEEPING_EVERY;
     judge_readiness(opts.readiness.as_ref(), live);
     // Something happened since the last sweep (see HOUSEKEEPING_IDLE_EVERY).
     let mut active = true;
     let stop = loop {
         // Before waiting: the kernel wakes no reader that holds uncommitted records.
-        save_state(live, pipeline, metrics, opts.state.as_ref(), &mut saved);
+        save_state(live, pipeline, metrics, opts.state.as_ref(), &mut saver);
         let deadline = next_deadline(&pipeline.lock().expect("pipeline lock"), cfg)
             .map(|d| Instant::now() + d);
         let wake = [
@@ -195,6 +197,8 @@ pub async fn run(
                 }
                 if next_housekeeping <= now {
                     let in_flight = housekeeping(live, metrics, opts.inflight_timeout);
+                    check_pins(live, metrics, &mut pins_missing);
+                    check_wall_clock(pipeline, metrics, &mut wall_offset);
                     next_housekeeping = now + sweep_period(active, in_flight);
                     active = false;
                 }
@@ -228,7 +232,7 @@ pub async fn run(
         live.drain_now(&mut batch);
         feed(pipeline, metrics, &mut batch, &mut tap)?;
     }
-    save_state(live, pipeline, metrics, opts.state.as_ref(), &mut saved);
+    save_state(live, pipeline, metrics, opts.state.as_ref(), &mut saver);
     Ok(stop)
 }
 
@@ -249,6 +253,13 @@ type SavedKey = (
     crate::probes::ring::Position,
 );
 
+/// The state file's saves: what the last one covered, and whether saves are failing.
+#[derive(Default)]
+struct Saver {
+    saved: Option<SavedKey>,
+    failing: bool,
+}
+
 /// Saves the state (tables, operations in progress, the ring position they cover) if it
 /// changed since the last save, then lets the kernel reuse the ring space of the records it
 /// covers: a record is released only once what it changed is in the file. Without a state
@@ -258,13 +269,13 @@ fn save_state(
     pipeline: &Mutex<Pipeline>,
     metrics: &Metrics,
     state: Option<&StateFile>,
-    saved: &mut Option<SavedKey>,
+    saver: &mut Saver,
 ) {
     let Some(f) = state else { return };
     let pos = live.ring_position();
     let p = pipeline.lock().expect("pipeline lock");
     let key = (p.correlator().state_version(), pos);
-    if *saved != Some(key) {
+    if saver.saved != Some(key) {
         let mut snapshot = p.correlator().saved_state(&f.boot_id);
         drop(p);
         snapshot.ring = Some(correlate::state::RingMark {
@@ -272,22 +283,77 @@ fn save_state(
             pos: pos.pos,
         });
         match correlate::state::save(&f.path, &snapshot) {
-            Ok(n) => metrics.state_saved(Ok(n)),
+            Ok(n) => {
+                metrics.state_saved(Ok(n));
+                saver.saved = Some(key);
+                if std::mem::take(&mut saver.failing) {
+                    log::info!(
+                        "saved {} again: a restart now loses nothing",
+                        f.path.display()
+                    );
+                }
+            }
             Err(e) => {
-                // Retried on the next change (not on every wake-up). The records are released
-                // anyway (held, they would fill the ring and be lost for sure); a restart
-                // before the next good save starts from the last one.
+                // Tried again on every pass of the loop until it works; said once. The
+                // records are released anyway (held, they would fill the ring and be lost
+                // for sure); a restart before the next good save starts from the last one.
                 metrics.state_saved(Err(()));
-                log::warn!(
-                    "{}: a restart now would not know the bindings made since the last save; check the directory (--state-file) and its free space",
-                    chain(&e)
-                );
+                if !std::mem::replace(&mut saver.failing, true) {
+                    log::warn!(
+                        "{}: a restart now would not know the bindings made since the last save; check the directory (--state-file) and its free space (tried again until it works)",
+                        chain(&e)
+                    );
+                }
             }
         }
-        *saved = Some(key);
     }
     live.commit(pos);
     metrics.set_ring_uncommitted(live.uncommitted());
+}
+
+/// A step of the wall clock larger than this is reported (NTP slews by far less).
+const CLOCK_STEP_NS: i64 = 1_000_000_000;
+
+/// Has the wall clock stepped since the last look (`offset`: CLOCK_REALTIME −
+/// CLOCK_MONOTONIC then)? Event times are CLOCK_MONOTONIC: only printed wall-clock times
+/// depend on it; they follow the new clock.
+fn check_wall_clock(pipeline: &Mutex<Pipeline>, metrics: &Metrics, offset: &mut i64) {
+    let now = crate::clock::realtime_offset_ns();
+    let step = now - *offset;
+    if step.abs() <= CLOCK_STEP_NS {
+        return;
+    }
+    metrics.wall_clock_stepped();
+    log::warn!(
+        "the wall clock stepped by {:+.3}s: event times and durations are monotonic and unaffected; wall-clock times in trace and JSON lines follow the new clock from now on",
+        step as f64 / 1e9
+    );
+    *offset = now;
+    if let Some(s) = pipeline.lock().expect("pipeline lock").sink_mut() {
+        s.follow_wall_clock(now);
+    }
+}
+
+/// Are this daemon's pins still in bpffs? Says so when that changes (`missing`: how many
+/// were missing at the last look).
+fn check_pins(live: &LiveSession, metrics: &Metrics, missing: &mut usize) {
+    let Some(gone) = live.session().pins_missing() else {
+        return;
+    };
+    metrics.set_pins_missing(gone.len());
+    if gone.len() == *missing {
+        return;
+    }
+    if gone.is_empty() {
+        log::info!("this daemon's pins are back in bpffs");
+    } else if *missing == 0 {
+        let names: Vec<String> = gone.iter().map(|p| p.display().to_string()).collect();
+        log::warn!(
+            "pins of this daemon are gone from bpffs ({}): the probes keep running, but a restart would start a new epoch without the events of the restart. Remount bpffs if it was unmounted, then restart tsm-trace with SIGTERM (it saves everything it read first) to pin again",
+            names.join(", ")
+        );
+    }
+    *missing = gone.len();
 }
 
 /// The late-attach window is over: probes still missing will not attach; drop what

@@ -68,6 +68,17 @@ impl TraceSink {
         }
     }
 
+    /// The wall clock stepped (`offset_ns`: CLOCK_REALTIME − CLOCK_MONOTONIC now): wall-clock
+    /// times from now on follow it. Event times (CLOCK_MONOTONIC) never step.
+    pub fn follow_wall_clock(&mut self, offset_ns: i64) {
+        if self.realtime_offset_ns.is_some() {
+            self.realtime_offset_ns = Some(offset_ns);
+        }
+        if matches!(self.formatter.clock, Clock::Wall { .. }) {
+            self.formatter.clock = Clock::wall(offset_ns);
+        }
+    }
+
     /// Holds the lines until [`TraceSink::flush`], then writes them ordered by the event
     /// time each shows (stable: lines of one time keep their order; a line without a time
     /// stays after the line before it). For a replay, whose operations close in the order

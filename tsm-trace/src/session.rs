@@ -368,6 +368,11 @@ impl Session {
         self.pinned.as_ref().map(|p| (p.dir.as_path(), p.epoch))
     }
 
+    /// The pins of this daemon that are gone (`None`: it pins nothing).
+    pub fn pins_missing(&self) -> Option<Vec<PathBuf>> {
+        self.pinned.as_ref().map(|p| p._pins.missing())
+    }
+
     /// Detects the generation again from kallsyms and BTF (after a module unload), without
     /// touching probes or offsets. True when it changed.
     pub fn redetect(&mut self) -> Result<bool> {

@@ -8,28 +8,39 @@
 #   connect   [pci] D1 and D2 connected to the link TSM through sysfs
 #   bind      VM 1 binds D1 (ioctl)                        guest_req  [pci] a guest request on D1
 #   storm     STORM bind+unbind pairs of D2 (one write)    unbind     VM 1 unbinds D1
-#   teardown  D1 bound again, its vdevice destroyed without unbind
+#   teardown  D1 bound again, its vdevice destroyed without unbind -> leak (still bound)
 #   vmdestroy D3 bound by a bare tsm_bind, its VM destroyed -> leak vm_destroyed
-#   --- checkpoint x: bound D3, leak D3 vm_destroyed ---
+#   grace     0.3 s: inside the 0.5 s grace period of that VM check
+#   --- checkpoint x: bound D1 D3, leaks D1 vdevice_teardown_without_unbind, D3 vm_destroyed ---
 #   vmmexit   a VMM binds D4 and is killed                 -> leak vmm_exited
 #   discbound [pci] D2 bound again, then disconnected while bound
-#   --- checkpoint y: bound D3 D4, leaks D3 vm_destroyed, D4 vmm_exited ---
-#   cleanup   D3 unbound, D4's vdevice destroyed with unbind, VMs destroyed, [pci] D1 disconnected
+#   --- checkpoint y: bound D1 D3 D4, the leaks of x and D4 vmm_exited ---
+#   cleanup   D1 and D3 unbound, D4's vdevice destroyed with unbind, VMs destroyed,
+#             [pci] D1 disconnected
 #   --- checkpoint z: nothing bound, no leak ---
-# Cycle 0 is never interrupted; it measures each step's duration (centiseconds). Cycle n >= 1
-# sends SIGKILL (SIGTERM every fourth cycle) during step (n - 1) mod 10, at a fraction of the
-# step's measured duration that varies from cycle to cycle. A daemon found dead at a
-# checkpoint is started again (everything since its death waits in the pinned ring), then
-# the checkpoint waits past the grace period and a reconciliation and takes a snapshot.
+# Cycle 0 is never interrupted; it measures each step's duration (microseconds, mono_us).
+# Cycle n >= 1 sends SIGKILL (SIGTERM every fourth cycle) during one step (each step in turn),
+# at a fraction of the step's measured duration that varies from cycle to cycle. A daemon
+# found dead at a checkpoint is started again (everything since its death waits in the
+# pinned ring), then the checkpoint waits past the grace period and a reconciliation and
+# takes a snapshot.
+#
+# Then the faults, one after the other, each with the daemon serving throughout:
+#   full      the state directory on a full tmpfs: saves fail, then space is freed
+#   corrupt   a corrupted state file at start; newer  one of a newer format
+#   unpinned  a pinned map removed by hand
+#   clock     the wall clock stepped by an hour
 #
 # Sections (data port):
-#   cr_log    "cycle=<n> step=<s> sig=<KILL|TERM> at_cs=<offset> in=<step at the kill>
+#   cr_log    "cycle=<n> step=<s> sig=<KILL|TERM> at_us=<offset> in=<step at the kill>
 #             tmp=<yes|no: a state save was under way (its temporary file left behind)>"
-#             and "dur step=<s> cs=<n>" (cycle 0)
-#   cr_snap   "== cycle=<n> cp=<x|y|z> restarted=<0|1> bound=<D...> leaks=<D:reason...>
-#             sysfs=<dev:tsm/bound...>", then the /bindings JSON on one line, then the
-#             tsm_trace_* lines of /metrics that the checker reads
+#             and "dur step=<s> us=<n>" (cycle 0)
+#   cr_snap   "== cycle=<n> cp=<x|y|z> restarted=<0|1> bound=<D,...> leaks=<D=reason,...>
+#             sysfs_want=<D,...: bound in sysfs by the fixture> sysfs=<D=tsm/bound,...>",
+#             then the /bindings JSON on one line, then the tsm_trace_* lines of /metrics
 #   cr_d.err  every daemon's stderr, in order
+#   cr_faults "== <fault> <phase>" then the /metrics lines the checker reads (and for
+#             "serving" the /bindings JSON); cr_f.err the fault daemons' stderr
 . /scenarios/lib.sh
 unset TSM_TRACE_NO_PERSIST
 BIN=/bin/tsm-trace
@@ -39,7 +50,7 @@ SNAP=/tmp/cr_snap
 : > "$LOG"
 : > "$SNAP"
 : > /tmp/cr_d.err
-CYCLES=${CR_CYCLES:-21}
+CYCLES=${CR_CYCLES:-13}
 STORM=25
 mountpoint -q /sys/fs/bpf 2>/dev/null || mount -t bpf bpf /sys/fs/bpf
 
@@ -55,7 +66,7 @@ else
 	D1=0000:00:01.0 D2=0000:00:02.0 D3=0000:00:01.1 D4=0000:00:01.3
 fi
 
-up() { cut -d' ' -f1 /proc/uptime | tr -d .; }
+up() { /bin/mono_us; }
 DAEMON=
 start_daemon() {
 	echo "--- daemon start (cycle $CYCLE) ---" >> /tmp/cr_d.err
@@ -66,7 +77,7 @@ start_daemon() {
 }
 alive() { [ -n "$DAEMON" ] && kill -0 "$DAEMON" 2>/dev/null; }
 
-# checkpoint NAME BOUND LEAKS: the daemon (started again if it died) after the grace period
+# checkpoint NAME BOUND LEAKS SYSFS_BOUND: the daemon (started again if it died) after the grace period
 # and a reconciliation, against what the fixture made.
 checkpoint() {
 	# A kill still to come lands before the checkpoint looks, never during its snapshot.
@@ -78,14 +89,16 @@ checkpoint() {
 		start_daemon
 		restarted=1
 	fi
-	sleep 2
+	sleep 1.5
 	sys=
+	want=
 	if [ "$REAL_PCI" = 1 ]; then
 		for d in $D1 $D2; do
-			sys="$sys $d:$(cat $P/$d/tsm/bound 2>/dev/null | tr -d ' ')"
+			sys="$sys $d=$(cat $P/$d/tsm/bound 2>/dev/null | tr -d ' ')"
 		done
+		want=$4
 	fi
-	echo "== cycle=$CYCLE cp=$1 restarted=$restarted bound=$2 leaks=$3 sysfs=$(echo $sys | tr ' ' ',')" >> "$SNAP"
+	echo "== cycle=$CYCLE cp=$1 restarted=$restarted bound=$2 leaks=$3 sysfs_want=$want sysfs=$(echo $sys | tr ' ' ',')" >> "$SNAP"
 	wget -q -O - http://127.0.0.1:$PORT/bindings | tr -d '\n' >> "$SNAP"
 	echo >> "$SNAP"
 	wget -q -O - http://127.0.0.1:$PORT/metrics | grep -E '^tsm_trace_(bindings_|leaked_binding_info|leaks_detected_total|operations_total|events_lost_total|correlation_anomalies_total|sysfs_mismatches_total|state_saves_total)' >> "$SNAP"
@@ -97,14 +110,14 @@ KILLER=
 killer() {
 	[ "$1" = "$KILL_STEP" ] || return 0
 	(
-		usleep $((KILL_AT * 10000))
+		/bin/mono_us $KILL_AT > /dev/null
 		in=$(cat /tmp/cr_step)
 		kill -$SIG "$DAEMON" 2>/dev/null
 		# SIGKILL: a save under way leaves its temporary file.
 		sleep 0.2
 		tmp=no
 		[ -e /run/tsm-trace/state.json.tmp ] && tmp=yes
-		echo "cycle=$CYCLE step=$KILL_STEP sig=$SIG at_cs=$KILL_AT in=$in tmp=$tmp" >> "$LOG"
+		echo "cycle=$CYCLE step=$KILL_STEP sig=$SIG at_us=$KILL_AT in=$in tmp=$tmp" >> "$LOG"
 	) &
 	KILLER=$!
 }
@@ -112,27 +125,27 @@ T0=0
 step() {
 	now=$(up)
 	if [ "$CYCLE" = 0 ] && [ "$T0" != 0 ]; then
-		echo "dur step=$STEP cs=$((now - T0))" >> "$LOG"
+		echo "dur step=$STEP us=$((now - T0))" >> "$LOG"
 	fi
 	T0=$now
 	STEP=$1
 	echo "$1" > /tmp/cr_step
 	killer "$1"
 }
-dur() { sed -n "s/^dur step=$1 cs=//p" "$LOG"; }
+dur() { sed -n "s/^dur step=$1 us=//p" "$LOG"; }
 
 lo_up
 CYCLE=0
 start_daemon
-STEPS="connect bind guest_req storm unbind teardown vmdestroy vmmexit discbound cleanup"
+STEPS="connect bind guest_req storm unbind teardown vmdestroy grace vmmexit discbound cleanup"
 while [ "$CYCLE" -lt "$CYCLES" ]; do
 	if [ "$CYCLE" -gt 0 ]; then
-		i=$(((CYCLE - 1) % 10 + 1))
+		i=$(((CYCLE - 1) % 11 + 1))
 		KILL_STEP=$(echo $STEPS | cut -d' ' -f$i)
 		d=$(dur "$KILL_STEP")
-		[ -z "$d" ] && d=10
-		# 10%, 50%, 90% of the step, in turn.
-		KILL_AT=$((d * ((((CYCLE - 1) / 10) % 3) * 40 + 10) / 100))
+		[ -z "$d" ] && d=10000
+		# From 5% to 95% of the step, a different fraction each cycle.
+		KILL_AT=$((d * ((CYCLE * 37) % 91 + 5) / 100))
 		SIG=KILL
 		[ $((CYCLE % 4)) = 0 ] && SIG=TERM
 	fi
@@ -161,8 +174,10 @@ while [ "$CYCLE" -lt "$CYCLES" ]; do
 	ctl tsm_bind $D3 3 74
 	ctl vm_destroy 3
 	[ "$REAL_PCI" = 1 ] && ctl realpci 1
+	step grace
+	sleep 0.3
 	T_CP=$(up)
-	checkpoint x "$D3" "$D3:vm_destroyed"
+	checkpoint x "$D1,$D3" "$D1=vdevice_teardown_without_unbind,$D3=vm_destroyed" "$D1"
 	T0=$((T0 + $(up) - T_CP))
 	step vmmexit
 	[ "$REAL_PCI" = 1 ] && ctl realpci 0
@@ -186,9 +201,10 @@ while [ "$CYCLE" -lt "$CYCLES" ]; do
 	fi
 	ctl vdev_destroy 2
 	T_CP=$(up)
-	checkpoint y "$D3,$D4" "$D3:vm_destroyed,$D4:vmm_exited"
+	checkpoint y "$D1,$D3,$D4" "$D1=vdevice_teardown_without_unbind,$D3=vm_destroyed,$D4=vmm_exited" "$D1"
 	T0=$((T0 + $(up) - T_CP))
 	step cleanup
+	ctl tsm_unbind $D1
 	[ "$REAL_PCI" = 1 ] && ctl realpci 0
 	ctl tsm_unbind $D3
 	ctl vdev_destroy 5
@@ -197,7 +213,7 @@ while [ "$CYCLE" -lt "$CYCLES" ]; do
 	ctl vm_destroy 1
 	[ "$REAL_PCI" = 1 ] && echo "$TSM" > $P/$D1/tsm/disconnect
 	step done
-	checkpoint z "" ""
+	checkpoint z "" "" ""
 	CYCLE=$((CYCLE + 1))
 done
 kill -TERM "$DAEMON"
@@ -206,6 +222,78 @@ echo "final exit=$?" >> /tmp/cr_d.err
 frame cr_log "$LOG"
 frame cr_snap "$SNAP"
 frame cr_d.err /tmp/cr_d.err
+
+# ---- faults ----
+F=/tmp/cr_faults
+: > "$F"
+: > /tmp/cr_f.err
+fstart() {
+	echo "--- daemon start ($1) ---" >> /tmp/cr_f.err
+	$BIN run --listen 127.0.0.1:$PORT --grace 500ms --reconcile-interval 500ms \
+		$FLAGS >> /tmp/cr_f.err 2>&1 &
+	DAEMON=$!
+	wait_ready $PORT 90
+}
+fstop() { kill -TERM "$DAEMON"; wait "$DAEMON"; echo "exit=$?" >> /tmp/cr_f.err; }
+fsnap() { # fsnap FAULT PHASE
+	echo "== $1 $2" >> "$F"
+	wget -q -O - http://127.0.0.1:$PORT/bindings | tr -d '\n' >> "$F"
+	echo >> "$F"
+	wget -q -O - http://127.0.0.1:$PORT/metrics | grep -E '^tsm_trace_(bindings_active|state_|pins_missing|wall_clock_steps_total)' >> "$F"
+}
+# Wakes the daemon's loop (its housekeeping runs while events come).
+poke() { ctl tsm_bind $D3 3 74; ctl tsm_unbind $D3; }
+[ "$REAL_PCI" = 1 ] && ctl realpci 0
+ctl vm_create 3
+# full: the state directory on a 16 KiB tmpfs, filled up.
+mkdir -p /tmp/rt && cp -a /run/tsm-trace/. /tmp/rt/
+mount -t tmpfs -o size=16k tmpfs /run/tsm-trace
+cp -a /tmp/rt/. /run/tsm-trace/
+rm -f /run/tsm-trace/state.json
+fstart full
+dd if=/dev/zero of=/run/tsm-trace/fill bs=1k count=64 2>/dev/null
+ctl tsm_bind $D3 3 74
+sleep 1.5
+fsnap full serving
+rm -f /run/tsm-trace/fill
+poke
+ctl tsm_bind $D3 3 74
+sleep 1.5
+fsnap full freed
+fstop
+cp /run/tsm-trace/state.json /tmp/rt/state.json
+umount /run/tsm-trace
+cp /tmp/rt/state.json /run/tsm-trace/state.json
+# The binding of D3 survives the fault: a SIGKILLed daemon brings it back.
+fstart restored
+fsnap full restored
+kill -KILL "$DAEMON"; wait "$DAEMON" 2>/dev/null
+# corrupt / newer: the file at start.
+echo '{"format":2,"boot_id":' > /run/tsm-trace/state.json
+fstart corrupt
+fsnap corrupt serving
+fstop
+echo '{"format":99,"boot_id":"x"}' > /run/tsm-trace/state.json
+fstart newer
+fsnap newer serving
+# unpinned: a pinned map removed by hand; noticed at the next sweep (5 s while busy).
+rm -f /sys/fs/bpf/tsm-trace/*/maps/LAST_RETURN
+for i in 1 2 3 4 5 6 7 8; do poke; sleep 1; done
+fsnap unpinned gone
+fstop
+# The next daemon pins again.
+fstart repinned
+fsnap unpinned back
+# clock: an hour forward.
+date -s "@$(($(date +%s) + 3600))" > /dev/null
+for i in 1 2 3 4 5 6 7 8; do poke; sleep 1; done
+fsnap clock stepped
+fstop
+ctl tsm_unbind $D3
+ctl vm_destroy 3
+[ "$REAL_PCI" = 1 ] && ctl realpci 1
+frame cr_faults "$F"
+frame cr_f.err /tmp/cr_f.err
 $BIN unpin > /dev/null 2>&1
 [ "$REAL_PCI" = 1 ] && echo unregister > "$LCTL" 2>/dev/null
 exit 0

@@ -24,6 +24,7 @@ use crate::verdict;
 /// Puts the saved binding and leak tables back into the pipeline, and says what happened.
 fn restore_state(
     pipeline: &Mutex<Pipeline>,
+    metrics: &Metrics,
     live: &mut LiveSession,
     path: &std::path::Path,
     boot_id: &str,
@@ -51,7 +52,13 @@ fn restore_state(
             "{} was written in an earlier boot: its bindings are gone; starting with empty tables",
             path.display()
         ),
-        Err(e) => log::error!(target: LOG, "{}", tsm_trace::probes::chain(&e)),
+        Err(e) => {
+            metrics.state_load_failed(e.reason());
+            log::error!(target: LOG,
+                "{}; bindings made before this start are learned from sysfs where the kernel shows them (tsm/bound)",
+                tsm_trace::probes::chain(&e)
+            )
+        }
     }
 }
 
@@ -242,7 +249,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     )));
     let boot_id = tsm_trace::correlate::state::boot_id();
     if !args.no_persist {
-        restore_state(&pipeline, &mut live, &args.state_file, &boot_id);
+        restore_state(&pipeline, &metrics, &mut live, &args.state_file, &boot_id);
     }
     let state = HttpState::new(pipeline.clone(), readiness.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -136,6 +136,19 @@ pub enum StateError {
     },
 }
 
+impl StateError {
+    /// The `reason` label of `tsm_trace_state_load_failures_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            StateError::Read { .. } | StateError::NotOurs { .. } | StateError::Write { .. } => {
+                "unreadable"
+            }
+            StateError::Malformed { .. } => "malformed",
+            StateError::Format { .. } => "format",
+        }
+    }
+}
+
 /// Why nothing was restored.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Missing {

@@ -234,6 +234,18 @@ impl Pinned {
         &self.dir
     }
 
+    /// What of this daemon's pins is gone (bpffs unmounted, files removed by hand): the
+    /// maps and the links directory, by path. The programs and maps keep running on this
+    /// process's references; only the next daemon would not find them.
+    pub fn missing(&self) -> Vec<PathBuf> {
+        let maps = self.dir.join("maps");
+        MAPS.iter()
+            .map(|m| maps.join(m))
+            .chain([self.dir.join("links")])
+            .filter(|p| !p.exists())
+            .collect()
+    }
+
     /// Points the loader's state maps at their pins (created there if missing) and gives the
     /// programs their epoch. A map already pinned keeps its size (the ring buffer's
     /// `--ringbuf-bytes` applies when it is created): returns `(map, pinned size)` where the

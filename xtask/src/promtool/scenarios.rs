@@ -592,4 +592,52 @@ pub const ALL: &[Scenario] = &[
             },
         ],
     },
+    Scenario {
+        name: "the state directory fills up: every save fails from minute 5",
+        capture: LATE_MODULE,
+        derive: None,
+        timeline: QUIET,
+        // Saves are the daemon's (replay keeps no state file): three a minute, then none
+        // succeeds.
+        daemon: &[
+            Daemon::Set("tsm_trace_state_saves_total{result=\"ok\"}", |k| {
+                Some(3.0 * k.min(5) as f64)
+            }),
+            Daemon::Set("tsm_trace_state_saves_total{result=\"failed\"}", |k| {
+                Some(3.0 * k.saturating_sub(5) as f64)
+            }),
+        ],
+        fresh_errors: 0,
+        expect: &[
+            Expect {
+                at: 14,
+                firing: &[],
+            },
+            Expect {
+                at: 27,
+                firing: &[alert("TsmTraceRestartUnsafe", "warning", &[])],
+            },
+        ],
+    },
+    Scenario {
+        name: "bpffs unmounted under the daemon at minute 3",
+        capture: LATE_MODULE,
+        derive: None,
+        timeline: QUIET,
+        // The daemon's look at its pins (replay pins nothing: 0).
+        daemon: &[Daemon::Set("tsm_trace_pins_missing", |k| {
+            Some(if k >= 3 { 10.0 } else { 0.0 })
+        })],
+        fresh_errors: 0,
+        expect: &[
+            Expect {
+                at: 12,
+                firing: &[],
+            },
+            Expect {
+                at: 14,
+                firing: &[alert("TsmTraceRestartUnsafe", "warning", &[])],
+            },
+        ],
+    },
 ];

@@ -11,7 +11,10 @@ use super::cache::cache_dir;
 use crate::util::{root, run_quiet};
 
 /// `(guest path, source)` of every helper the initramfs carries.
-pub const HELPERS: &[(&str, &str)] = &[("/bin/sysfs_write", "tests/vm/tools/sysfs_write.c")];
+pub const HELPERS: &[(&str, &str)] = &[
+    ("/bin/sysfs_write", "tests/vm/tools/sysfs_write.c"),
+    ("/bin/mono_us", "tests/vm/tools/mono_us.c"),
+];
 
 /// Builds `source` (unless the cached build is of the same source) and returns the binary.
 pub fn build(source: &str) -> Result<PathBuf> {

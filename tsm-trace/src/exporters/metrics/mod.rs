@@ -204,6 +204,22 @@ impl Metrics {
         self.persistence.saved(bytes);
     }
 
+    /// A state file that could not be restored at start (`reason`: see
+    /// `persistence::LOAD_FAILURES`).
+    pub fn state_load_failed(&self, reason: &str) {
+        self.persistence.load_failed(reason);
+    }
+
+    /// The wall clock stepped.
+    pub fn wall_clock_stepped(&self) {
+        self.persistence.clock_stepped();
+    }
+
+    /// How many of this daemon's pins are gone from bpffs.
+    pub fn set_pins_missing(&self, n: usize) {
+        self.persistence.set_pins_missing(n);
+    }
+
     /// Ring-buffer bytes read and not yet committed.
     pub fn set_ring_uncommitted(&self, bytes: u64) {
         self.persistence.set_uncommitted(bytes);

@@ -7,15 +7,16 @@
 //! - `tsm_trace_bindings_active`, `tsm_trace_leaked_binding_info` (one series per leak);
 //! - no false leak: `tsm_trace_leaks_detected_total{reason="sysfs_bound_without_owner"}` 0,
 //!   no sysfs mismatch, nothing lost (`tsm_trace_events_lost_total` 0);
-//! - on kernels with the PCI TSM core, sysfs `tsm/bound` of D1 and D2 empty (the fixture's
-//!   own word that they are not bound);
+//! - on kernels with the PCI TSM core, sysfs `tsm/bound` of D1 and D2 as the fixture left
+//!   them (D1 bound after its teardown without unbind, until the cleanup);
 //! - `tsm_trace_operations_total` (the kernel's exact counts, pinned across restarts): every
 //!   cycle does the same operations, so each series at a checkpoint of cycle n equals n times
 //!   its value at the end of cycle 0 (never interrupted) plus its value at the same
 //!   checkpoint of cycle 0: nothing counted twice or lost across a restart.
 //!
 //! It reports the cycles, the kills by step and signal, and how many landed during a state
-//! save (the temporary file left behind).
+//! save (the temporary file left behind). The faults phase that follows is checked in
+//! [`super::crash_faults`].
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -28,9 +29,12 @@ use crate::vm::qemu::VmOutput;
 
 pub const SCRIPT: &str = "tests/vm/scenarios/crash.sh";
 
-/// Cycles the script runs (its `CYCLES`): cycle 0 measures, then two kills in each of the
-/// ten steps.
-pub const CYCLES: usize = 21;
+/// Cycles the script runs (its `CYCLES`): cycle 0 measures, then one kill per cycle, the
+/// steps in turn.
+pub const CYCLES: usize = 13;
+
+/// The steps of a cycle (the script's `STEPS`).
+pub const STEPS: usize = 11;
 
 /// One checkpoint's snapshot.
 struct Snap {
@@ -39,6 +43,8 @@ struct Snap {
     restarted: bool,
     want_bound: BTreeSet<String>,
     want_leaks: BTreeSet<(String, String)>,
+    /// Devices the fixture left bound in sysfs, and what sysfs said of each device looked at.
+    sysfs_want: BTreeSet<String>,
     sysfs: Vec<(String, String)>,
     bindings: Option<Value>,
     metrics: BTreeMap<String, f64>,
@@ -80,14 +86,15 @@ fn parse(text: &str) -> Result<Vec<Snap>> {
             want_leaks: set(&get("leaks"))
                 .iter()
                 .filter_map(|l| {
-                    let (d, r) = l.split_once(':')?;
+                    let (d, r) = l.split_once('=')?;
                     Some((d.to_string(), r.to_string()))
                 })
                 .collect(),
+            sysfs_want: set(&get("sysfs_want")),
             sysfs: get("sysfs")
                 .split(',')
                 .filter_map(|p| {
-                    let (d, b) = p.split_once(':')?;
+                    let (d, b) = p.split_once('=')?;
                     Some((d.to_string(), b.to_string()))
                 })
                 .collect(),
@@ -149,7 +156,11 @@ pub fn check(out: &VmOutput) -> Result<usize> {
             .as_array()
             .map(|a| a.iter().map(|x| s(x, "device")).collect())
             .unwrap_or_default();
-        c.eq(&bound, &snap.want_bound, &format!("{at}: /bindings devices"));
+        c.eq(
+            &bound,
+            &snap.want_bound,
+            &format!("{at}: /bindings devices"),
+        );
         let leaks: BTreeSet<(String, String)> = b["leaks"]
             .as_array()
             .map(|a| {
@@ -201,7 +212,11 @@ pub fn check(out: &VmOutput) -> Result<usize> {
             &format!("{at}: events lost"),
         );
         for (dev, b) in &snap.sysfs {
-            c.eq(b.as_str(), "", &format!("{at}: sysfs tsm/bound of {dev}"));
+            c.eq(
+                !b.is_empty(),
+                snap.sysfs_want.contains(dev),
+                &format!("{at}: sysfs tsm/bound of {dev} ({b:?}) against the fixture"),
+            );
         }
         if let Some(first) = base.get(snap.cp.as_str()) {
             let n = snap.cycle as f64;
@@ -224,7 +239,10 @@ pub fn check(out: &VmOutput) -> Result<usize> {
             c.eq(
                 &got,
                 &want,
-                &format!("{at}: tsm_trace_operations_total (cycle {} times cycle 0)", snap.cycle),
+                &format!(
+                    "{at}: tsm_trace_operations_total (cycle {} times cycle 0)",
+                    snap.cycle
+                ),
             );
         }
     }
@@ -235,12 +253,16 @@ pub fn check(out: &VmOutput) -> Result<usize> {
         .filter(|l| l.starts_with("cycle="))
         .map(parse_kv)
         .collect();
-    c.eq(kills.len(), CYCLES - 1, "kills made (one per cycle after the first)");
+    c.eq(
+        kills.len(),
+        CYCLES - 1,
+        "kills made (one per cycle after the first)",
+    );
     let steps: BTreeSet<&str> = kills
         .iter()
         .filter_map(|k| k.get("step").map(String::as_str))
         .collect();
-    c.eq(steps.len(), 10, "steps a kill landed in");
+    c.eq(steps.len(), STEPS, "steps a kill was aimed at");
     let restarts = snaps.iter().filter(|s| s.restarted).count();
     c.check(restarts >= kills.len(), || {
         format!("{restarts} restarts for {} kills", kills.len())
@@ -266,5 +288,6 @@ pub fn check(out: &VmOutput) -> Result<usize> {
         restarts,
         snaps.len()
     );
+    super::crash_faults::check(out, &mut c)?;
     c.finish("crash", out)
 }

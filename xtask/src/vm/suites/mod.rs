@@ -11,6 +11,7 @@
 //! - [`leaks`]: every suite's output searched for kernel addresses.
 
 pub mod crash;
+pub mod crash_faults;
 pub mod doctor;
 pub mod generations;
 pub mod leaks;
