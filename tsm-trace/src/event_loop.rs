@@ -538,7 +538,49 @@ pub fn sync_kernel_counts(metrics: &Metrics, s: &LiveSession) -> Option<KernelCo
 /// stream for each loss counter that grew since the last (`exporters/loss.rs`).
 fn report_loss(pipeline: &Mutex<Pipeline>, metrics: &Metrics, live: &LiveSession) {
     if let Some(k) = sync_kernel_counts(metrics, live) {
-        pipeline.lock().expect("pipeline lock").report_loss(&k);
+        let lost = pipeline.lock().expect("pipeline lock").report_loss(&k);
+        LOSS_LOG
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add(&lost, std::time::Instant::now());
+    }
+}
+
+/// How often at most the log says that events are being lost (a ring buffer full for
+/// minutes gives one line a minute, with the count since the last).
+const LOSS_LOG_EVERY: Duration = Duration::from_secs(60);
+
+static LOSS_LOG: Mutex<LossLog> = Mutex::new(LossLog {
+    pending: std::collections::BTreeMap::new(),
+    last: None,
+});
+
+/// Loss said in the log, at most every [`LOSS_LOG_EVERY`].
+struct LossLog {
+    pending: std::collections::BTreeMap<&'static str, u64>,
+    last: Option<std::time::Instant>,
+}
+
+impl LossLog {
+    fn add(&mut self, lost: &[crate::exporters::loss::Lost], now: std::time::Instant) {
+        for l in lost {
+            *self.pending.entry(l.reason).or_default() += l.count;
+        }
+        if self.pending.is_empty() || self.last.is_some_and(|t| now - t < LOSS_LOG_EVERY) {
+            return;
+        }
+        let what: Vec<String> = self
+            .pending
+            .iter()
+            .map(|(r, n)| format!("{n} {r}"))
+            .collect();
+        log::warn!(
+            "events lost{}: {} (tsm_trace_events_lost_total). Operation counts stay exact; traces, bindings and leaks may miss what they carried. ringbuf_full: raise --ringbuf-size (after `tsm-trace unpin`, which the pinned ring needs to be resized)",
+            if self.last.is_some() { " since the last report" } else { "" },
+            what.join(", ")
+        );
+        self.pending.clear();
+        self.last = Some(now);
     }
 }
 
@@ -723,6 +765,31 @@ pub use crate::clock::monotonic_ns;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loss_is_said_at_once_then_at_most_once_a_minute() {
+        use crate::exporters::loss::Lost;
+        let lost = |n| Lost {
+            count: n,
+            reason: "ringbuf_full",
+            time_ns: None,
+        };
+        let mut log = LossLog {
+            pending: Default::default(),
+            last: None,
+        };
+        let t0 = std::time::Instant::now();
+        log.add(&[], t0);
+        assert!(log.last.is_none(), "nothing lost, nothing said");
+        log.add(&[lost(5)], t0);
+        assert_eq!(log.last, Some(t0), "the first loss is said at once");
+        log.add(&[lost(7)], t0 + Duration::from_secs(30));
+        log.add(&[lost(1)], t0 + Duration::from_secs(59));
+        assert_eq!(log.pending.get("ringbuf_full"), Some(&8), "held within the minute");
+        log.add(&[lost(2)], t0 + LOSS_LOG_EVERY);
+        assert!(log.pending.is_empty(), "said with the count since the last");
+        assert_eq!(log.last, Some(t0 + LOSS_LOG_EVERY));
+    }
 
     #[test]
     fn an_idle_daemon_sweeps_rarely_and_a_busy_one_on_schedule() {

@@ -28,7 +28,7 @@
 # Then the faults, one after the other, each with the daemon serving throughout:
 #   full      the state directory on a full tmpfs: saves fail, then space is freed
 #   corrupt   a corrupted state file at start; newer  one of a newer format
-#   unpinned  a pinned map removed by hand
+#   unpinned  a pinned map removed by hand; unmounted  bpffs unmounted under the daemon
 #   clock     the wall clock stepped by an hour
 #
 # Sections (data port):
@@ -284,6 +284,17 @@ fstop
 # The next daemon pins again.
 fstart repinned
 fsnap unpinned back
+# unmounted: bpffs unmounted under the daemon (lazily: its references stay), with D3 bound.
+ctl tsm_bind $D3 3 74
+umount -l /sys/fs/bpf
+for i in 1 2 3 4 5 6 7 8; do ctl tsm_bind $D4 3 75; ctl tsm_unbind $D4; sleep 1; done
+fsnap unmounted gone
+mount -t bpf bpf /sys/fs/bpf
+fstop
+# Back: a fresh bpffs, pinned again; D3's binding comes from the state file.
+fstart remounted
+fsnap unmounted back
+ctl tsm_unbind $D3
 # clock: an hour forward.
 date -s "@$(($(date +%s) + 3600))" > /dev/null
 for i in 1 2 3 4 5 6 7 8; do poke; sleep 1; done

@@ -248,7 +248,7 @@ impl Pinned {
 
     /// Points the loader's state maps at their pins (created there if missing) and gives the
     /// programs their epoch. A map already pinned keeps its size (the ring buffer's
-    /// `--ringbuf-bytes` applies when it is created): returns `(map, pinned size)` where the
+    /// `--ringbuf-size` applies when it is created): returns `(map, pinned size)` where the
     /// pinned size is not what `wanted` asks.
     pub fn configure<'a>(
         &'a self,

@@ -8,6 +8,7 @@
 //! | corrupted state file | `tsm_trace_state_load_failures_total{reason="malformed"}` 1, the file moved aside (logged), serving |
 //! | newer format | `…{reason="format"}` 1, serving |
 //! | a pinned map removed | `tsm_trace_pins_missing` > 0 and the log line; the next daemon pins again (0) |
+//! | bpffs unmounted | every pin missing, the binding still served; mounted again, the next daemon pins afresh and restores the binding from the state file |
 //! | wall clock stepped an hour | `tsm_trace_wall_clock_steps_total` 1 and the log line |
 
 use std::collections::BTreeMap;
@@ -149,6 +150,28 @@ pub fn check(out: &VmOutput, c: &mut Checks) -> Result<()> {
         get(&phase("unpinned back").metrics, "tsm_trace_pins_missing"),
         0.0,
         "after a restart: pins complete again",
+    );
+
+    let gone = phase("unmounted gone");
+    c.check(
+        get(&gone.metrics, "tsm_trace_pins_missing") >= 9.0,
+        || format!("bpffs unmounted: tsm_trace_pins_missing {:?}", gone.metrics),
+    );
+    c.eq(
+        devices(gone).len(),
+        1,
+        "bpffs unmounted: the binding made before is still served",
+    );
+    let back = phase("unmounted back");
+    c.eq(
+        get(&back.metrics, "tsm_trace_pins_missing"),
+        0.0,
+        "bpffs mounted again and a restart: pinned again",
+    );
+    c.eq(
+        devices(back),
+        devices(gone),
+        "bpffs mounted again and a restart: the binding restored from the state file",
     );
 
     c.eq(

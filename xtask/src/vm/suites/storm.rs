@@ -181,6 +181,18 @@ pub fn check(out: &VmOutput) -> Result<usize> {
     c.check(err.lines().any(|l| l == "exit=0"), || {
         format!("storm_d.err: no clean exit:\n{err}")
     });
+    // A ring buffer that overflowed is said in the daemon's log too (no --print here).
+    let last = crate::vm::checks::parse_exposition(&out.section("storm_metrics_parallel")?.text);
+    let full = last
+        .get("tsm_trace_events_lost_total{reason=\"ringbuf_full\"}")
+        .copied()
+        .unwrap_or(0.0);
+    if full > 0.0 {
+        c.check(
+            err.contains("events lost") && err.contains("ringbuf_full"),
+            || format!("{full} events lost to a full ring buffer, and the log says nothing:\n{err}"),
+        );
+    }
     memory(&mut c, &out.section("storm_memory")?.text);
     c.finish("storm", out)
 }
