@@ -576,7 +576,11 @@ impl LossLog {
             .collect();
         log::warn!(
             "events lost{}: {} (tsm_trace_events_lost_total). Operation counts stay exact; traces, bindings and leaks may miss what they carried. ringbuf_full: raise --ringbuf-size (after `tsm-trace unpin`, which the pinned ring needs to be resized)",
-            if self.last.is_some() { " since the last report" } else { "" },
+            if self.last.is_some() {
+                " since the last report"
+            } else {
+                ""
+            },
             what.join(", ")
         );
         self.pending.clear();
@@ -785,7 +789,11 @@ mod tests {
         assert_eq!(log.last, Some(t0), "the first loss is said at once");
         log.add(&[lost(7)], t0 + Duration::from_secs(30));
         log.add(&[lost(1)], t0 + Duration::from_secs(59));
-        assert_eq!(log.pending.get("ringbuf_full"), Some(&8), "held within the minute");
+        assert_eq!(
+            log.pending.get("ringbuf_full"),
+            Some(&8),
+            "held within the minute"
+        );
         log.add(&[lost(2)], t0 + LOSS_LOG_EVERY);
         assert!(log.pending.is_empty(), "said with the count since the last");
         assert_eq!(log.last, Some(t0 + LOSS_LOG_EVERY));

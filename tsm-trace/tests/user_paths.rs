@@ -379,6 +379,9 @@ fn unpin_removes_only_ours() {
         "{\"format\":1,\"boot_id\":\"b\",\"bindings\":[],\"leaks\":[]}",
     )
     .unwrap();
+    // A save cut short by a kill left its temporary file: ours too.
+    let temp = d.path().join("state.json.tmp");
+    std::fs::write(&temp, "{\"format\":2,").unwrap();
     let st = state.to_str().unwrap();
     let unpin = |dir: &Path, extra: &[&str]| {
         let mut a = vec![
@@ -426,7 +429,11 @@ fn unpin_removes_only_ours() {
         "{out}"
     );
     assert!(out.contains(&format!("would remove {st}")), "{out}");
-    assert!(layout.join("maps/EVENTS").exists() && state.exists());
+    assert!(
+        out.contains(&format!("would remove {}", temp.display())),
+        "{out}"
+    );
+    assert!(layout.join("maps/EVENTS").exists() && state.exists() && temp.exists());
 
     // A daemon's lock: refused unless --force.
     let held = std::fs::File::open(&ours).unwrap();
@@ -468,7 +475,7 @@ fn unpin_removes_only_ours() {
         "{}",
         text(&o.stdout)
     );
-    assert!(!ours.exists() && !state.exists());
+    assert!(!ours.exists() && !state.exists() && !temp.exists());
     assert!(m.join("other/maps/X").exists());
     // And again: nothing there.
     let o = unpin(&ours, &[]);

@@ -12,6 +12,8 @@ pub fn unpin(args: UnpinArgs) -> Result<()> {
     let _lock = unpin::lock(root, args.force)?;
     let plan = unpin::plan(root)?;
     let state = tsm_trace::correlate::state::check_removable(&args.state_file)?;
+    // A save cut short by a kill leaves its temporary file: ours too.
+    let temp = tsm_trace::correlate::state::leftover_temp(&args.state_file);
     let mut out = std::io::stdout().lock();
     if args.dry_run {
         for p in &plan.pins {
@@ -23,7 +25,10 @@ pub fn unpin(args: UnpinArgs) -> Result<()> {
         if state {
             writeln!(out, "would remove {}", args.state_file.display())?;
         }
-        if plan.is_empty() && !state {
+        if let Some(t) = &temp {
+            writeln!(out, "would remove {}", t.display())?;
+        }
+        if plan.is_empty() && !state && temp.is_none() {
             writeln!(
                 out,
                 "nothing pinned under {} and no state file at {}",
@@ -34,6 +39,9 @@ pub fn unpin(args: UnpinArgs) -> Result<()> {
         return Ok(());
     }
     let n = unpin::remove(&plan)?;
+    if let Some(t) = &temp {
+        std::fs::remove_file(t).with_context(|| format!("removing {}", t.display()))?;
+    }
     let state = if state {
         std::fs::remove_file(&args.state_file)
             .with_context(|| format!("removing {}", args.state_file.display()))?;

@@ -243,6 +243,20 @@ pub fn check_removable(path: &Path) -> Result<bool, StateError> {
         .map_err(|_| not_ours("its JSON has no tsm-trace format and boot_id"))
 }
 
+/// The temporary file of [`save`] for `path`.
+pub fn temp_path(path: &Path) -> PathBuf {
+    path.with_extension("json.tmp")
+}
+
+/// A temporary file that a save cut short (the daemon killed mid-write) left beside `path`,
+/// if it is a regular file (never a symbolic link): `unpin` removes it with the state file.
+pub fn leftover_temp(path: &Path) -> Option<PathBuf> {
+    let t = temp_path(path);
+    std::fs::symlink_metadata(&t)
+        .is_ok_and(|m| m.file_type().is_file())
+        .then_some(t)
+}
+
 /// Writes the file atomically (temporary file in the same directory, then rename), 0600;
 /// returns its size.
 pub fn save(path: &Path, state: &SavedState) -> Result<u64, StateError> {
@@ -251,7 +265,7 @@ pub fn save(path: &Path, state: &SavedState) -> Result<u64, StateError> {
         path: path.to_path_buf(),
         source,
     };
-    let tmp = path.with_extension("json.tmp");
+    let tmp = temp_path(path);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)

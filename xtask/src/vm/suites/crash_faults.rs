@@ -153,10 +153,9 @@ pub fn check(out: &VmOutput, c: &mut Checks) -> Result<()> {
     );
 
     let gone = phase("unmounted gone");
-    c.check(
-        get(&gone.metrics, "tsm_trace_pins_missing") >= 9.0,
-        || format!("bpffs unmounted: tsm_trace_pins_missing {:?}", gone.metrics),
-    );
+    c.check(get(&gone.metrics, "tsm_trace_pins_missing") >= 9.0, || {
+        format!("bpffs unmounted: tsm_trace_pins_missing {:?}", gone.metrics)
+    });
     c.eq(
         devices(gone).len(),
         1,

@@ -190,7 +190,11 @@ pub fn check(out: &VmOutput) -> Result<usize> {
     if full > 0.0 {
         c.check(
             err.contains("events lost") && err.contains("ringbuf_full"),
-            || format!("{full} events lost to a full ring buffer, and the log says nothing:\n{err}"),
+            || {
+                format!(
+                    "{full} events lost to a full ring buffer, and the log says nothing:\n{err}"
+                )
+            },
         );
     }
     memory(&mut c, &out.section("storm_memory")?.text);
