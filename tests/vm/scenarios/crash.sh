@@ -113,8 +113,13 @@ killer() {
 		/bin/mono_us $KILL_AT > /dev/null
 		in=$(cat /tmp/cr_step)
 		kill -$SIG "$DAEMON" 2>/dev/null
+		# Gone before the checkpoint looks (a SIGTERM drains and saves first).
+		n=0
+		while kill -0 "$DAEMON" 2>/dev/null && [ $n -lt 300 ]; do
+			sleep 0.1
+			n=$((n + 1))
+		done
 		# SIGKILL: a save under way leaves its temporary file.
-		sleep 0.2
 		tmp=no
 		[ -e /run/tsm-trace/state.json.tmp ] && tmp=yes
 		echo "cycle=$CYCLE step=$KILL_STEP sig=$SIG at_us=$KILL_AT in=$in tmp=$tmp" >> "$LOG"
