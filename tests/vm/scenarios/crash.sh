@@ -115,7 +115,8 @@ killer() {
 		kill -$SIG "$DAEMON" 2>/dev/null
 		# Gone before the checkpoint looks (a SIGTERM drains and saves first).
 		n=0
-		while kill -0 "$DAEMON" 2>/dev/null && [ $n -lt 300 ]; do
+		while [ -e /proc/$DAEMON ] && ! grep -q '^State:.*Z' /proc/$DAEMON/status 2>/dev/null &&
+			[ $n -lt 300 ]; do
 			sleep 0.1
 			n=$((n + 1))
 		done
