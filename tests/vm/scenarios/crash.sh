@@ -89,7 +89,9 @@ checkpoint() {
 		start_daemon
 		restarted=1
 	fi
-	sleep 1.5
+	# Past the grace period (0.5 s), a reconciliation (0.5 s) and the time a bare call waits
+	# for an outer one (1 s).
+	sleep 2
 	sys=
 	want=
 	if [ "$REAL_PCI" = 1 ]; then
@@ -259,12 +261,12 @@ rm -f /run/tsm-trace/state.json
 fstart full
 dd if=/dev/zero of=/run/tsm-trace/fill bs=1k count=64 2>/dev/null
 ctl tsm_bind $D3 3 74
-sleep 1.5
+sleep 2
 fsnap full serving
 rm -f /run/tsm-trace/fill
 poke
 ctl tsm_bind $D3 3 74
-sleep 1.5
+sleep 2
 fsnap full freed
 fstop
 cp /run/tsm-trace/state.json /tmp/rt/state.json
@@ -294,6 +296,8 @@ fsnap unpinned back
 ctl tsm_bind $D3 3 74
 umount -l /sys/fs/bpf
 for i in 1 2 3 4 5 6 7 8; do ctl tsm_bind $D4 3 75; ctl tsm_unbind $D4; sleep 1; done
+# A bare tsm_unbind waits 1 s for an outer call before it counts.
+sleep 1.5
 fsnap unmounted gone
 mount -t bpf bpf /sys/fs/bpf
 fstop
