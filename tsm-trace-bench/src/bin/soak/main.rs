@@ -1,0 +1,386 @@
+//! `cargo xtask soak`'s measuring program: a month of a busy host compressed into one run.
+//!
+//! A synthetic host (`host.rs`) creates and destroys VMs, connects, binds, tears down, leaks,
+//! cleans up and disconnects devices, and unloads and reloads a module; its kernel events go
+//! through the daemon's own userspace path: [`Pipeline::handle`] per event and
+//! [`Pipeline::tick`] per batch (`event_loop::handle_batch`), [`Pipeline::module_unloaded`]
+//! on a module unload, [`Pipeline::reconcile`] with a sysfs snapshot of the host's truth, the
+//! state file saved after each batch as `event_loop::save_state` does
+//! ([`correlate::state::save`], on tmpfs as `/run/tsm-trace` is), and scrapes every
+//! `--sample-every` operations through what the HTTP server serves (`Metrics::render` for
+//! `/metrics`, `BindingsView` for `/bindings`).
+//!
+//! Each sample is a CSV row (`--out DIR/soak.csv`): RSS, series, state-file size, scrape
+//! time, every table's size and the counters of what happens at each bound. The run fails
+//! (exit 1) as soon as a table exceeds its bound, or the leak series disagree with the leak
+//! table. The end prints `key=value` lines (parsed by `xtask/src/soak/`).
+
+mod host;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use tsm_trace::correlate::{self, AnomalyKind, Config};
+use tsm_trace::events::Event;
+use tsm_trace::exporters::json::BindingsView;
+use tsm_trace::exporters::metrics::Metrics;
+use tsm_trace::pipeline::Pipeline;
+
+struct Args {
+    ops: u64,
+    devices: usize,
+    live_vms: usize,
+    batch_events: usize,
+    sample_every: u64,
+    reconcile_every: u64,
+    module_every: u64,
+    cfg: Config,
+    out: PathBuf,
+}
+
+fn parse() -> Result<Args> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let get = |name: &str, default: u64| -> Result<u64> {
+        match args.iter().position(|a| a == name) {
+            Some(i) => args
+                .get(i + 1)
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("{name} needs a number")),
+            None => Ok(default),
+        }
+    };
+    let d = Config::default();
+    let cfg = Config {
+        max_bindings: get("--max-bindings", 4_096)? as usize,
+        max_leaks: get("--max-leaks", 1_024)? as usize,
+        max_threads: get("--max-threads", 512)? as usize,
+        max_vm_checks: get("--max-vm-checks", 256)? as usize,
+        ..d
+    };
+    let out = match args.iter().position(|a| a == "--out") {
+        Some(i) => PathBuf::from(args.get(i + 1).context("--out needs a directory")?),
+        None => PathBuf::from("target/soak"),
+    };
+    Ok(Args {
+        ops: get("--ops", 1_000_000)?,
+        devices: get("--devices", 12_288)? as usize,
+        live_vms: get("--live-vms", 48)? as usize,
+        batch_events: get("--batch-events", 256)?.max(1) as usize,
+        sample_every: get("--sample-every", 10_000)?.max(1),
+        reconcile_every: get("--reconcile-every", 50_000)?.max(1),
+        module_every: get("--module-every", 100_000)?.max(1),
+        cfg,
+        out,
+    })
+}
+
+/// What happens at each bound, as the correlator counts it.
+const AT_BOUNDS: [(AnomalyKind, &str); 6] = [
+    (AnomalyKind::BindingEvicted, "binding_evicted"),
+    (AnomalyKind::LeakTableFull, "leak_table_full"),
+    (AnomalyKind::ThreadEvicted, "thread_evicted"),
+    (AnomalyKind::PendingOverflow, "pending_overflow"),
+    (AnomalyKind::VmCheckOverflow, "vm_check_overflow"),
+    (AnomalyKind::DeviceTableFull, "device_table_full"),
+];
+
+const COLUMNS: &str = "ops,events,event_s,wall_s,rss_kib,hwm_kib,series,leak_series,exposition_bytes,scrape_ns,bindings_json_ns,bindings_json_bytes,state_bytes,save_ns,bindings,leaks,devices,threads,pending_frames,vm_checks,deferred,truth_bound,binding_evicted,leak_table_full,thread_evicted,pending_overflow,vm_check_overflow,device_table_full,module_unloaded,vms,devices_used";
+
+fn statm_rss_kib() -> u64 {
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * page / 1024)
+}
+
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The state file's directory: tmpfs, as the daemon's `/run/tsm-trace`.
+fn state_dir(out: &std::path::Path) -> PathBuf {
+    let shm = PathBuf::from("/dev/shm");
+    if shm.is_dir() {
+        shm.join(format!("tsm-trace-soak-{}", std::process::id()))
+    } else {
+        out.join("state")
+    }
+}
+
+/// `Correlator::state_version`.
+type Version = (u64, u64, usize, usize, usize);
+
+struct Saves {
+    count: u64,
+    bytes: u64,
+    ns: u128,
+    last_bytes: u64,
+    last_ns: u64,
+    last: correlate::state::SavedState,
+}
+
+/// `event_loop::save_state`: the whole state, if it changed, atomically.
+fn save(
+    p: &Pipeline,
+    path: &std::path::Path,
+    pos: u64,
+    s: &mut Saves,
+    key: &mut Option<Version>,
+) -> Result<()> {
+    let v = p.correlator().state_version();
+    if *key == Some(v) {
+        return Ok(());
+    }
+    *key = Some(v);
+    let t = Instant::now();
+    let mut snap = p.correlator().saved_state("soak");
+    snap.ring = Some(correlate::state::RingMark { map_id: 1, pos });
+    let n = correlate::state::save(path, &snap).context("saving the state file")?;
+    let ns = t.elapsed().as_nanos();
+    p.metrics().state_saved(Ok(n));
+    s.count += 1;
+    s.bytes += n;
+    s.ns += ns;
+    s.last_bytes = n;
+    s.last_ns = ns as u64;
+    s.last = snap;
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let a = parse()?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let dir = state_dir(&a.out);
+    std::fs::create_dir_all(&dir)?;
+    let state_path = dir.join("state.json");
+    let r = run(&a, &state_path);
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
+fn run(a: &Args, state_path: &std::path::Path) -> Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let mut p = Pipeline::new(a.cfg.clone(), metrics.clone(), None);
+    let mut host = host::Host::new(a.devices, a.live_vms, 0x50a4);
+    let mut csv = String::from(COLUMNS);
+    csv.push('\n');
+    let mut batch: Vec<Event> = Vec::with_capacity(a.batch_events + 16);
+    let mut saves = Saves {
+        count: 0,
+        bytes: 0,
+        ns: 0,
+        last_bytes: 0,
+        last_ns: 0,
+        last: Default::default(),
+    };
+    let mut key = None;
+    let (mut events, mut pos) = (0u64, 0u64);
+    let (mut next_sample, mut next_reconcile, mut next_module) =
+        (a.sample_every, a.reconcile_every, a.module_every);
+    let mut module_out = false;
+    let mut module_closed = 0u64;
+    let (mut scrapes, mut handle_ns) = (Vec::new(), 0u128);
+    let started = Instant::now();
+    loop {
+        while batch.len() < a.batch_events {
+            host.step(&mut batch);
+        }
+        // One batch as `event_loop::handle_batch` runs it, then the save.
+        let t = Instant::now();
+        let mut now = 0;
+        for ev in batch.drain(..) {
+            now = ev.end_ns;
+            events += 1;
+            pos += 232;
+            p.handle(ev, now);
+        }
+        p.tick(now);
+        handle_ns += t.elapsed().as_nanos();
+        save(&p, state_path, pos, &mut saves, &mut key)?;
+        let ops = p.correlator().stats().operations;
+        if ops >= next_module {
+            next_module += a.module_every;
+            if module_out {
+                host.module_load(&mut batch);
+            } else {
+                let outs = p.module_unloaded(&host::MODULE_PROBES, host.t);
+                module_closed += outs
+                    .iter()
+                    .filter(|o| matches!(o, correlate::Output::BindingClosed(_)))
+                    .count() as u64;
+                host.module_unloaded();
+                save(&p, state_path, pos, &mut saves, &mut key)?;
+            }
+            module_out = !module_out;
+        }
+        if ops >= next_reconcile {
+            next_reconcile += a.reconcile_every;
+            let snap = host.snapshot();
+            p.reconcile(&snap, &Default::default(), host.t);
+            save(&p, state_path, pos, &mut saves, &mut key)?;
+        }
+        if ops >= next_sample || ops >= a.ops {
+            next_sample += a.sample_every;
+            let row = sample(&p, &metrics, &host, &saves, events, started, module_closed)?;
+            scrapes.push(row.scrape_ns);
+            csv.push_str(&row.line);
+            csv.push('\n');
+            eprintln!("soak: {ops} operations, {}", row.brief);
+        }
+        if ops >= a.ops {
+            break;
+        }
+    }
+    let wall = started.elapsed().as_secs_f64();
+    std::fs::write(a.out.join("soak.csv"), &csv)?;
+    scrapes.sort_unstable();
+    let c = p.correlator();
+    let s = c.stats();
+    let mut o = String::new();
+    let _ = writeln!(o, "ops={}", s.operations);
+    let _ = writeln!(o, "events={events}");
+    let _ = writeln!(
+        o,
+        "event_seconds={:.0}",
+        (host.t - 1_000_000_000) as f64 / 1e9
+    );
+    let _ = writeln!(o, "wall_s={wall:.1}");
+    let _ = writeln!(o, "vms={}", host.vms_created);
+    let _ = writeln!(o, "devices_used={}", host.devices_used);
+    let _ = writeln!(o, "batch_events={}", a.batch_events);
+    let _ = writeln!(o, "saves={}", saves.count);
+    let _ = writeln!(o, "save_bytes={}", saves.bytes);
+    let _ = writeln!(o, "save_s={:.3}", saves.ns as f64 / 1e9);
+    let _ = writeln!(o, "handle_s={:.3}", handle_ns as f64 / 1e9);
+    let _ = writeln!(o, "scrape_ns_p50={}", scrapes[scrapes.len() / 2]);
+    let _ = writeln!(o, "scrape_ns_max={}", scrapes[scrapes.len() - 1]);
+    let _ = writeln!(o, "max_bindings={}", a.cfg.max_bindings);
+    let _ = writeln!(o, "max_leaks={}", a.cfg.max_leaks);
+    let _ = writeln!(o, "max_threads={}", a.cfg.max_threads);
+    let _ = writeln!(o, "max_vm_checks={}", a.cfg.max_vm_checks);
+    let _ = writeln!(o, "max_pending_per_thread={}", a.cfg.max_pending_per_thread);
+    let _ = writeln!(o, "module_unloaded_closed={module_closed}");
+    let _ = writeln!(
+        o,
+        "leaks_detected={}",
+        s.leaks_detected.values().sum::<u64>()
+    );
+    let _ = writeln!(o, "mismatches={}", s.mismatches.values().sum::<u64>());
+    let _ = writeln!(o, "links_from_sysfs={}", s.links_from_sysfs);
+    for (k, v) in &s.anomalies {
+        let _ = writeln!(o, "anomaly_{}={v}", k.as_str());
+    }
+    print!("{o}");
+    Ok(())
+}
+
+struct Row {
+    line: String,
+    brief: String,
+    scrape_ns: u64,
+}
+
+/// One scrape of `/metrics` and `/bindings`, the process's memory and the tables; fails when
+/// a table is over its bound or the leak series disagree with the leak table.
+fn sample(
+    p: &Pipeline,
+    metrics: &Metrics,
+    host: &host::Host,
+    saves: &Saves,
+    events: u64,
+    started: Instant,
+    module_closed: u64,
+) -> Result<Row> {
+    let t = Instant::now();
+    let body = metrics.render();
+    let scrape_ns = t.elapsed().as_nanos() as u64;
+    let series = body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .count();
+    let leak_series = body
+        .lines()
+        .filter(|l| l.starts_with("tsm_trace_leaked_binding_info{"))
+        .count();
+    let t = Instant::now();
+    let json = BindingsView::of(p.correlator()).to_json();
+    let json_ns = t.elapsed().as_nanos() as u64;
+    let c = p.correlator();
+    let cfg = c.config();
+    let st = &saves.last;
+    let leaks = st.leaks.len();
+    let checks = [
+        ("bindings", c.binding_count(), cfg.max_bindings),
+        ("leaks", leaks, cfg.max_leaks),
+        ("devices", st.devices.len(), cfg.max_bindings),
+        ("threads", c.thread_count(), cfg.max_threads),
+        ("vm checks", c.pending_vm_checks(), cfg.max_vm_checks),
+        (
+            "deferred VM events",
+            st.deferred_points.len(),
+            cfg.max_vm_checks,
+        ),
+        (
+            "pending frames",
+            c.pending_frames(),
+            cfg.max_threads * cfg.max_pending_per_thread * 16,
+        ),
+    ];
+    for (what, n, bound) in checks {
+        if n > bound {
+            bail!("{what}: {n}, over the bound {bound}");
+        }
+    }
+    if leak_series != leaks {
+        bail!("{leak_series} tsm_trace_leaked_binding_info series for {leaks} leaks");
+    }
+    let anomaly = |k: AnomalyKind| c.stats().anomalies.get(&k).copied().unwrap_or(0);
+    let ops = c.stats().operations;
+    let rss = statm_rss_kib();
+    let mut line = format!(
+        "{ops},{events},{:.3},{:.3},{rss},{},{series},{leak_series},{},{scrape_ns},{json_ns},{},{},{},{},{leaks},{},{},{},{},{},{}",
+        (host.t - 1_000_000_000) as f64 / 1e9,
+        started.elapsed().as_secs_f64(),
+        status_kib("VmHWM:"),
+        body.len(),
+        json.len(),
+        saves.last_bytes,
+        saves.last_ns,
+        c.binding_count(),
+        st.devices.len(),
+        c.thread_count(),
+        c.pending_frames(),
+        c.pending_vm_checks(),
+        st.deferred_points.len(),
+        host.bound_now(),
+    );
+    for (k, _) in AT_BOUNDS {
+        let _ = write!(line, ",{}", anomaly(k));
+    }
+    let _ = write!(
+        line,
+        ",{module_closed},{},{}",
+        host.vms_created, host.devices_used
+    );
+    let brief = format!(
+        "RSS {:.1} MiB, {series} series, state {} KiB, scrape {:.2} ms, {} bindings, {leaks} leaks",
+        rss as f64 / 1024.0,
+        saves.last_bytes / 1024,
+        scrape_ns as f64 / 1e6,
+        c.binding_count()
+    );
+    Ok(Row {
+        line,
+        brief,
+        scrape_ns,
+    })
+}
