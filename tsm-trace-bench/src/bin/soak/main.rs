@@ -17,6 +17,9 @@
 
 mod host;
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,6 +31,38 @@ use tsm_trace::events::Event;
 use tsm_trace::exporters::json::BindingsView;
 use tsm_trace::exporters::metrics::Metrics;
 use tsm_trace::pipeline::Pipeline;
+
+/// The system allocator, counting the bytes in use: the heap the program holds, whatever the
+/// allocator keeps besides (RSS also counts free memory an allocator has not returned).
+struct Counting;
+
+static IN_USE: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call goes to the system allocator unchanged; only a counter is added.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(l) };
+        if !p.is_null() {
+            IN_USE.fetch_add(l.size(), Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        IN_USE.fetch_sub(l.size(), Relaxed);
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        let q = unsafe { System.realloc(p, l, new) };
+        if !q.is_null() {
+            IN_USE.fetch_sub(l.size(), Relaxed);
+            IN_USE.fetch_add(new, Relaxed);
+        }
+        q
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
 
 struct Args {
     ops: u64,
@@ -68,7 +103,7 @@ fn parse() -> Result<Args> {
         ops: get("--ops", 1_000_000)?,
         devices: get("--devices", 12_288)? as usize,
         live_vms: get("--live-vms", 48)? as usize,
-        batch_events: get("--batch-events", 256)?.max(1) as usize,
+        batch_events: get("--batch-events", 1_024)?.max(1) as usize,
         sample_every: get("--sample-every", 10_000)?.max(1),
         reconcile_every: get("--reconcile-every", 50_000)?.max(1),
         module_every: get("--module-every", 100_000)?.max(1),
@@ -87,7 +122,7 @@ const AT_BOUNDS: [(AnomalyKind, &str); 6] = [
     (AnomalyKind::DeviceTableFull, "device_table_full"),
 ];
 
-const COLUMNS: &str = "ops,events,event_s,wall_s,rss_kib,hwm_kib,series,leak_series,exposition_bytes,scrape_ns,bindings_json_ns,bindings_json_bytes,state_bytes,save_ns,bindings,leaks,devices,threads,pending_frames,vm_checks,deferred,truth_bound,binding_evicted,leak_table_full,thread_evicted,pending_overflow,vm_check_overflow,device_table_full,module_unloaded,vms,devices_used";
+const COLUMNS: &str = "ops,events,event_s,wall_s,rss_kib,hwm_kib,heap_kib,series,leak_series,exposition_bytes,scrape_ns,bindings_json_ns,bindings_json_bytes,state_bytes,save_ns,bindings,leaks,devices,threads,pending_frames,vm_checks,deferred,truth_bound,binding_evicted,leak_table_full,thread_evicted,pending_overflow,vm_check_overflow,device_table_full,module_unloaded,vms,devices_used";
 
 fn statm_rss_kib() -> u64 {
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
@@ -106,6 +141,18 @@ fn status_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// This thread's CPU time (ns): what the timings use, so that other work on the machine
+/// does not inflate them (the soak is single-threaded, as the daemon's event loop).
+fn cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// The state file's directory: tmpfs, as the daemon's `/run/tsm-trace`.
 fn state_dir(out: &std::path::Path) -> PathBuf {
     let shm = PathBuf::from("/dev/shm");
@@ -122,7 +169,7 @@ type Version = (u64, u64, usize, usize, usize);
 struct Saves {
     count: u64,
     bytes: u64,
-    ns: u128,
+    ns: u64,
     last_bytes: u64,
     last_ns: u64,
     last: correlate::state::SavedState,
@@ -141,17 +188,17 @@ fn save(
         return Ok(());
     }
     *key = Some(v);
-    let t = Instant::now();
+    let t = cpu_ns();
     let mut snap = p.correlator().saved_state("soak");
     snap.ring = Some(correlate::state::RingMark { map_id: 1, pos });
     let n = correlate::state::save(path, &snap).context("saving the state file")?;
-    let ns = t.elapsed().as_nanos();
+    let ns = cpu_ns() - t;
     p.metrics().state_saved(Ok(n));
     s.count += 1;
     s.bytes += n;
     s.ns += ns;
     s.last_bytes = n;
-    s.last_ns = ns as u64;
+    s.last_ns = ns;
     s.last = snap;
     Ok(())
 }
@@ -188,14 +235,15 @@ fn run(a: &Args, state_path: &std::path::Path) -> Result<()> {
         (a.sample_every, a.reconcile_every, a.module_every);
     let mut module_out = false;
     let mut module_closed = 0u64;
-    let (mut scrapes, mut handle_ns) = (Vec::new(), 0u128);
+    let (mut unloads, mut reconciles, mut samples) = (0u64, 0u64, 0u64);
+    let (mut scrapes, mut handle_ns) = (Vec::new(), 0u64);
     let started = Instant::now();
     loop {
         while batch.len() < a.batch_events {
             host.step(&mut batch);
         }
         // One batch as `event_loop::handle_batch` runs it, then the save.
-        let t = Instant::now();
+        let t = cpu_ns();
         let mut now = 0;
         for ev in batch.drain(..) {
             now = ev.end_ns;
@@ -204,7 +252,7 @@ fn run(a: &Args, state_path: &std::path::Path) -> Result<()> {
             p.handle(ev, now);
         }
         p.tick(now);
-        handle_ns += t.elapsed().as_nanos();
+        handle_ns += cpu_ns() - t;
         save(&p, state_path, pos, &mut saves, &mut key)?;
         let ops = p.correlator().stats().operations;
         if ops >= next_module {
@@ -212,6 +260,7 @@ fn run(a: &Args, state_path: &std::path::Path) -> Result<()> {
             if module_out {
                 host.module_load(&mut batch);
             } else {
+                unloads += 1;
                 let outs = p.module_unloaded(&host::MODULE_PROBES, host.t);
                 module_closed += outs
                     .iter()
@@ -224,6 +273,7 @@ fn run(a: &Args, state_path: &std::path::Path) -> Result<()> {
         }
         if ops >= next_reconcile {
             next_reconcile += a.reconcile_every;
+            reconciles += 1;
             let snap = host.snapshot();
             p.reconcile(&snap, &Default::default(), host.t);
             save(&p, state_path, pos, &mut saves, &mut key)?;
@@ -231,6 +281,7 @@ fn run(a: &Args, state_path: &std::path::Path) -> Result<()> {
         if ops >= next_sample || ops >= a.ops {
             next_sample += a.sample_every;
             let row = sample(&p, &metrics, &host, &saves, events, started, module_closed)?;
+            samples += 1;
             scrapes.push(row.scrape_ns);
             csv.push_str(&row.line);
             csv.push('\n');
@@ -254,6 +305,7 @@ fn run(a: &Args, state_path: &std::path::Path) -> Result<()> {
         (host.t - 1_000_000_000) as f64 / 1e9
     );
     let _ = writeln!(o, "wall_s={wall:.1}");
+    let _ = writeln!(o, "cpu_s={:.1}", cpu_ns() as f64 / 1e9);
     let _ = writeln!(o, "vms={}", host.vms_created);
     let _ = writeln!(o, "devices_used={}", host.devices_used);
     let _ = writeln!(o, "batch_events={}", a.batch_events);
@@ -269,6 +321,10 @@ fn run(a: &Args, state_path: &std::path::Path) -> Result<()> {
     let _ = writeln!(o, "max_vm_checks={}", a.cfg.max_vm_checks);
     let _ = writeln!(o, "max_pending_per_thread={}", a.cfg.max_pending_per_thread);
     let _ = writeln!(o, "module_unloaded_closed={module_closed}");
+    let _ = writeln!(o, "module_unloads={unloads}");
+    let _ = writeln!(o, "reconciles={reconciles}");
+    let _ = writeln!(o, "scrapes={samples}");
+    let _ = writeln!(o, "live_vms={}", a.live_vms);
     let _ = writeln!(
         o,
         "leaks_detected={}",
@@ -300,9 +356,9 @@ fn sample(
     started: Instant,
     module_closed: u64,
 ) -> Result<Row> {
-    let t = Instant::now();
+    let t = cpu_ns();
     let body = metrics.render();
-    let scrape_ns = t.elapsed().as_nanos() as u64;
+    let scrape_ns = cpu_ns() - t;
     let series = body
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -311,9 +367,9 @@ fn sample(
         .lines()
         .filter(|l| l.starts_with("tsm_trace_leaked_binding_info{"))
         .count();
-    let t = Instant::now();
+    let t = cpu_ns();
     let json = BindingsView::of(p.correlator()).to_json();
-    let json_ns = t.elapsed().as_nanos() as u64;
+    let json_ns = cpu_ns() - t;
     let c = p.correlator();
     let cfg = c.config();
     let st = &saves.last;
@@ -347,10 +403,11 @@ fn sample(
     let ops = c.stats().operations;
     let rss = statm_rss_kib();
     let mut line = format!(
-        "{ops},{events},{:.3},{:.3},{rss},{},{series},{leak_series},{},{scrape_ns},{json_ns},{},{},{},{},{leaks},{},{},{},{},{},{}",
+        "{ops},{events},{:.3},{:.3},{rss},{},{},{series},{leak_series},{},{scrape_ns},{json_ns},{},{},{},{},{leaks},{},{},{},{},{},{}",
         (host.t - 1_000_000_000) as f64 / 1e9,
         started.elapsed().as_secs_f64(),
         status_kib("VmHWM:"),
+        IN_USE.load(Relaxed) / 1024,
         body.len(),
         json.len(),
         saves.last_bytes,
@@ -372,8 +429,9 @@ fn sample(
         host.vms_created, host.devices_used
     );
     let brief = format!(
-        "RSS {:.1} MiB, {series} series, state {} KiB, scrape {:.2} ms, {} bindings, {leaks} leaks",
+        "RSS {:.1} MiB (heap {:.1}), {series} series, state {} KiB, scrape {:.2} ms, {} bindings, {leaks} leaks",
         rss as f64 / 1024.0,
+        IN_USE.load(Relaxed) as f64 / 1048576.0,
         saves.last_bytes / 1024,
         scrape_ns as f64 / 1e6,
         c.binding_count()

@@ -149,7 +149,11 @@ pub fn check(out: &VmOutput) -> Result<usize> {
             .as_array()
             .map(|a| a.iter().map(|x| s(x, "device")).collect())
             .unwrap_or_default();
-        c.eq(&bound, &snap.want_bound, &format!("{at}: /bindings devices"));
+        c.eq(
+            &bound,
+            &snap.want_bound,
+            &format!("{at}: /bindings devices"),
+        );
         let leaks: BTreeSet<(String, String)> = b["leaks"]
             .as_array()
             .map(|a| {
@@ -224,7 +228,10 @@ pub fn check(out: &VmOutput) -> Result<usize> {
             c.eq(
                 &got,
                 &want,
-                &format!("{at}: tsm_trace_operations_total (cycle {} times cycle 0)", snap.cycle),
+                &format!(
+                    "{at}: tsm_trace_operations_total (cycle {} times cycle 0)",
+                    snap.cycle
+                ),
             );
         }
     }
@@ -235,7 +242,11 @@ pub fn check(out: &VmOutput) -> Result<usize> {
         .filter(|l| l.starts_with("cycle="))
         .map(parse_kv)
         .collect();
-    c.eq(kills.len(), CYCLES - 1, "kills made (one per cycle after the first)");
+    c.eq(
+        kills.len(),
+        CYCLES - 1,
+        "kills made (one per cycle after the first)",
+    );
     let steps: BTreeSet<&str> = kills
         .iter()
         .filter_map(|k| k.get("step").map(String::as_str))
