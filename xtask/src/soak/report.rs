@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use super::{Samples, Sizes, SoakArgs};
+use super::data::{Samples, Sizes};
 
 fn p50_max(mut v: Vec<f64>) -> (f64, f64) {
     v.sort_by(f64::total_cmp);
@@ -11,7 +11,7 @@ fn p50_max(mut v: Vec<f64>) -> (f64, f64) {
 }
 
 pub(super) fn section(
-    args: &SoakArgs,
+    ops: u64,
     sz: &Sizes,
     m: &BTreeMap<String, String>,
     s: &Samples,
@@ -38,7 +38,7 @@ pub(super) fn section(
          `tsm-trace-bench/src/bin/soak` drives a synthetic host through the daemon's userspace path: {} live VM slots, each VM created with 1–4 devices (connected first if need be), bound through the ioctl (1 bind in 12 fails with EBUSY; 1 VM in 16 binds through the bare `tsm_bind` path of a module), 1–3 guest requests, then ended: half cleanly (ioctl unbind or vdevice teardown with unbind, VM destroyed, VMM exit), 3/16 by vdevice teardown without unbind, 2/16 by a VMM crash, 2/16 with a device disconnected while bound; a device a dead VM left bound is cleaned up (tsm/disconnect) before its next bind. \
          The frames are those of the 7.3 captures; each batch of {} events goes through `Pipeline::handle` and `Pipeline::tick`, then the state file is saved as `event_loop::save_state` does (on tmpfs, as /run/tsm-trace); every {} operations the module is unloaded (`Pipeline::module_unloaded`) or loaded again, every {} operations sysfs is reconciled against the host's truth (`Pipeline::reconcile`), and every {} operations /metrics (`Metrics::render`) and /bindings (`BindingsView`) are rendered and every table measured. \
          The bounds are the daemon's code with its limits scaled down (`correlate::Config`; defaults in brackets) so that a million operations cross each of them many times.\n",
-        args.ops,
+        ops,
         g("live_vms"),
         g("batch_events"),
         sz.module_every,
