@@ -168,6 +168,16 @@ pub(super) fn section(
             save_s / handle_s.max(1e-9)
         ),
     );
+    let (fb, fms) = (f("default_bounds_save_bytes"), f("default_bounds_save_ms"));
+    row(
+        &mut o,
+        "one save at the default bounds' size (65,536 bindings, leaks and device links: the final state's entries repeated)",
+        format!(
+            "{:.1} MiB, {fms:.0} ms CPU: at most {:.0} saves/s; at one save per batch, a daemon with full default tables spends {fms:.0} ms per batch saving",
+            fb / 1048576.0,
+            1e3 / fms.max(1e-9)
+        ),
+    );
     let _ = writeln!(
         o,
         "\n| table | bound in the soak [default] | peak | at the bound | counted (whole run) |\n|---|---|---|---|---|"

@@ -291,6 +291,7 @@ fn run(a: &Args, state_path: &std::path::Path) -> Result<()> {
             break;
         }
     }
+    let (full_bytes, full_ns) = full_size_save(&saves.last, state_path)?;
     let wall = started.elapsed().as_secs_f64();
     std::fs::write(a.out.join("soak.csv"), &csv)?;
     scrapes.sort_unstable();
@@ -313,6 +314,8 @@ fn run(a: &Args, state_path: &std::path::Path) -> Result<()> {
     let _ = writeln!(o, "save_bytes={}", saves.bytes);
     let _ = writeln!(o, "save_s={:.3}", saves.ns as f64 / 1e9);
     let _ = writeln!(o, "handle_s={:.3}", handle_ns as f64 / 1e9);
+    let _ = writeln!(o, "default_bounds_save_bytes={full_bytes}");
+    let _ = writeln!(o, "default_bounds_save_ms={:.1}", full_ns as f64 / 1e6);
     let _ = writeln!(o, "scrape_ns_p50={}", scrapes[scrapes.len() / 2]);
     let _ = writeln!(o, "scrape_ns_max={}", scrapes[scrapes.len() - 1]);
     let _ = writeln!(o, "max_bindings={}", a.cfg.max_bindings);
@@ -337,6 +340,46 @@ fn run(a: &Args, state_path: &std::path::Path) -> Result<()> {
     }
     print!("{o}");
     Ok(())
+}
+
+/// One save of a state as large as the default bounds allow (65,536 bindings, leaks and
+/// device links: the last saved state's entries repeated under new device names); the
+/// median CPU time of three.
+fn full_size_save(
+    last: &correlate::state::SavedState,
+    path: &std::path::Path,
+) -> Result<(u64, u64)> {
+    let d = Config::default();
+    let mut st = last.clone();
+    let grow = |n: usize, len: usize| {
+        (0..d.max_bindings.saturating_sub(len)).map(move |i| (i, i % n.max(1)))
+    };
+    let rename = |dev: &str, i: usize| format!("{:04x}{}", 0x8000 + i / 4096, &dev[4..]);
+    let (b, l, k) = (st.bindings.clone(), st.leaks.clone(), st.devices.clone());
+    for (i, j) in grow(b.len()) {
+        let mut x = b[j].clone();
+        x.device = rename(&x.device, i);
+        st.bindings.push(x);
+    }
+    for (i, j) in grow(l.len()) {
+        let mut x = l[j].clone();
+        x.device = rename(&x.device, i);
+        st.leaks.push(x);
+    }
+    for (i, j) in grow(k.len()) {
+        let mut x = k[j].clone();
+        x.device = rename(&x.device, i);
+        st.devices.push(x);
+    }
+    let mut times = Vec::new();
+    let mut bytes = 0;
+    for _ in 0..3 {
+        let t = cpu_ns();
+        bytes = correlate::state::save(path, &st).context("saving the full-size state")?;
+        times.push(cpu_ns() - t);
+    }
+    times.sort_unstable();
+    Ok((bytes, times[1]))
 }
 
 struct Row {
