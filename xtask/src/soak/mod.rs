@@ -29,6 +29,10 @@ pub struct SoakArgs {
     /// Where the CSV and a copy of the picture go.
     #[arg(long, default_value = "target/soak")]
     pub out: PathBuf,
+    /// The smoke run of `cargo xtask test` (20,000 operations, smaller bounds; writes only
+    /// target/soak-smoke/).
+    #[arg(long)]
+    pub smoke: bool,
 }
 
 fn kv(text: &str) -> BTreeMap<String, String> {
@@ -82,6 +86,9 @@ pub fn smoke() -> Result<()> {
 }
 
 pub fn run(args: &SoakArgs) -> Result<()> {
+    if args.smoke {
+        return smoke();
+    }
     let sz = Sizes::full(args.ops);
     let out = root().join(&args.out);
     let (m, s) = measure(&sz, &out, None)?;

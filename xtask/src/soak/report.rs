@@ -242,10 +242,10 @@ pub(super) fn section(
     );
     b(
         &mut o,
-        "pending frames",
-        format!("{} per thread [16]", 16),
+        "pending chains (peak: frames over all threads)",
+        "16 per thread [16]".to_string(),
         "pending_frames",
-        "the thread's oldest chain is closed",
+        "the thread's oldest chain is closed (the soak's threads never hold 16: not reached)",
         "pending_overflow",
     );
     let _ = writeln!(
