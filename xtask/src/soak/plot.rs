@@ -21,7 +21,7 @@ const BOTTOM: f64 = 34.0;
 
 /// A "nice" upper end for an axis that starts at 0: 1, 2 or 5 times a power of ten.
 fn nice_max(v: f64) -> f64 {
-    if !(v > 0.0) || !v.is_finite() {
+    if v.is_nan() || v <= 0.0 || !v.is_finite() {
         return 1.0;
     }
     let p = 10f64.powf(v.log10().floor());

@@ -351,8 +351,14 @@ fn full_size_save(
 ) -> Result<(u64, u64)> {
     let d = Config::default();
     let mut st = last.clone();
-    let grow = |n: usize, len: usize| {
-        (0..d.max_bindings.saturating_sub(len)).map(move |i| (i, i % n.max(1)))
+    // Names need not be unique: only the size counts here.
+    let grow = |n: usize| {
+        let more = if n == 0 {
+            0
+        } else {
+            d.max_bindings.saturating_sub(n)
+        };
+        (0..more).map(move |i| (i, i % n))
     };
     let rename = |dev: &str, i: usize| format!("{:04x}{}", 0x8000 + i / 4096, &dev[4..]);
     let (b, l, k) = (st.bindings.clone(), st.leaks.clone(), st.devices.clone());
