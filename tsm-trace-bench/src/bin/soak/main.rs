@@ -172,7 +172,9 @@ struct Saves {
     ns: u64,
     last_bytes: u64,
     last_ns: u64,
-    last: correlate::state::SavedState,
+    /// Sizes of the last state saved: leaks, device links, deferred VM events (the state
+    /// itself is dropped after the save, as the daemon does).
+    last: (usize, usize, usize),
 }
 
 /// `event_loop::save_state`: the whole state, if it changed, atomically.
@@ -199,7 +201,11 @@ fn save(
     s.ns += ns;
     s.last_bytes = n;
     s.last_ns = ns;
-    s.last = snap;
+    s.last = (
+        snap.leaks.len(),
+        snap.devices.len(),
+        snap.deferred_points.len(),
+    );
     Ok(())
 }
 
@@ -227,7 +233,7 @@ fn run(a: &Args, state_path: &std::path::Path) -> Result<()> {
         ns: 0,
         last_bytes: 0,
         last_ns: 0,
-        last: Default::default(),
+        last: (0, 0, 0),
     };
     let mut key = None;
     let (mut events, mut pos) = (0u64, 0u64);
@@ -291,7 +297,7 @@ fn run(a: &Args, state_path: &std::path::Path) -> Result<()> {
             break;
         }
     }
-    let (full_bytes, full_ns) = full_size_save(&saves.last, state_path)?;
+    let (full_bytes, full_ns) = full_size_save(&p.correlator().saved_state("soak"), state_path)?;
     let wall = started.elapsed().as_secs_f64();
     std::fs::write(a.out.join("soak.csv"), &csv)?;
     scrapes.sort_unstable();
@@ -405,6 +411,8 @@ fn sample(
     started: Instant,
     module_closed: u64,
 ) -> Result<Row> {
+    // The heap the tables hold, before the scrape's own buffers.
+    let heap = IN_USE.load(Relaxed) / 1024;
     let t = cpu_ns();
     let body = metrics.render();
     let scrape_ns = cpu_ns() - t;
@@ -421,19 +429,15 @@ fn sample(
     let json_ns = cpu_ns() - t;
     let c = p.correlator();
     let cfg = c.config();
-    let st = &saves.last;
-    let leaks = st.leaks.len();
+    let (_, links, deferred) = saves.last;
+    let leaks = c.leaks().count();
     let checks = [
         ("bindings", c.binding_count(), cfg.max_bindings),
         ("leaks", leaks, cfg.max_leaks),
-        ("devices", st.devices.len(), cfg.max_bindings),
+        ("devices", links, cfg.max_bindings),
         ("threads", c.thread_count(), cfg.max_threads),
         ("vm checks", c.pending_vm_checks(), cfg.max_vm_checks),
-        (
-            "deferred VM events",
-            st.deferred_points.len(),
-            cfg.max_vm_checks,
-        ),
+        ("deferred VM events", deferred, cfg.max_vm_checks),
         (
             "pending frames",
             c.pending_frames(),
@@ -456,17 +460,17 @@ fn sample(
         (host.t - 1_000_000_000) as f64 / 1e9,
         started.elapsed().as_secs_f64(),
         status_kib("VmHWM:"),
-        IN_USE.load(Relaxed) / 1024,
+        heap,
         body.len(),
         json.len(),
         saves.last_bytes,
         saves.last_ns,
         c.binding_count(),
-        st.devices.len(),
+        links,
         c.thread_count(),
         c.pending_frames(),
         c.pending_vm_checks(),
-        st.deferred_points.len(),
+        deferred,
         host.bound_now(),
     );
     for (k, _) in AT_BOUNDS {
@@ -480,7 +484,7 @@ fn sample(
     let brief = format!(
         "RSS {:.1} MiB (heap {:.1}), {series} series, state {} KiB, scrape {:.2} ms, {} bindings, {leaks} leaks",
         rss as f64 / 1024.0,
-        IN_USE.load(Relaxed) as f64 / 1048576.0,
+        heap as f64 / 1024.0,
         saves.last_bytes / 1024,
         scrape_ns as f64 / 1e6,
         c.binding_count()
