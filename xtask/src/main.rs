@@ -13,6 +13,7 @@ mod fuzz;
 mod layout;
 mod promtool;
 mod setup;
+mod soak;
 mod test;
 mod toolchain;
 mod util;
@@ -47,6 +48,10 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Benchmarks with floors; writes BENCHMARKS.md (fails if a floor is missed).
     Bench(bench::BenchArgs),
+    /// A month compressed: a million operations through the daemon's userspace path with
+    /// scrapes throughout; checks that nothing grows without bound, writes docs/soak.svg and
+    /// the soak section of BENCHMARKS.md.
+    Soak(soak::SoakArgs),
     /// A real Prometheus scrapes tsm-trace in a VM; every dashboard and rule query must answer.
     E2e(e2e::E2eArgs),
     /// The Debian package (cargo-deb: static binary, unit, /etc/default, man pages,
@@ -82,6 +87,10 @@ fn main() -> Result<()> {
         Command::Bench(args) => {
             setup::ensure()?;
             bench::run(&args)
+        }
+        Command::Soak(args) => {
+            setup::ensure()?;
+            soak::run(&args)
         }
         Command::E2e(args) => {
             setup::ensure()?;

@@ -94,7 +94,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         return Ok(());
     }
     let path = crate::util::root().join("BENCHMARKS.md");
-    std::fs::write(&path, &table)?;
+    // The soak's section (`cargo xtask soak`) stays.
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    std::fs::write(&path, crate::soak::keep_section(&old, &table))?;
     println!("wrote {}", path.display());
     let failed: Vec<&Row> = rows.iter().filter(|r| r.verdict == Verdict::Fail).collect();
     if !failed.is_empty() {
