@@ -157,6 +157,8 @@ fn resolve_btf(syms: &Kallsyms, opts: &SessionOptions) -> Result<Resolution> {
     .any(|p| found_name(syms, *p, &opts.attach).is_some())
     .then(|| btf_name(syms, ProbeId::PciTsmUnbindAny, &opts.attach));
     let guest_req = found_name(syms, ProbeId::PciTsmGuestReq, &opts.attach);
+    let guest_req_ioctl = found_name(syms, ProbeId::GuestReqIoctl, &opts.attach);
+    let tsm_guest_req = found_name(syms, ProbeId::TsmGuestReq, &opts.attach);
     // Driver ops that will be probed: named ones, else those of a known driver present.
     let driver_ops: Vec<(ProbeId, String)> = probes::TARGETS
         .iter()
@@ -194,6 +196,8 @@ fn resolve_btf(syms: &Kallsyms, opts: &SessionOptions) -> Result<Resolution> {
             kvm_destroy_vm: &kvm_destroy_vm,
             pci_tsm_unbind_any: pci_context.as_deref(),
             pci_tsm_guest_req: guest_req.as_deref(),
+            guest_req_ioctl: guest_req_ioctl.as_deref(),
+            tsm_guest_req: tsm_guest_req.as_deref(),
             driver_ops: &driver_ops_ref,
             probed: &probed_ref,
             overrides: &overrides,
@@ -553,6 +557,14 @@ impl AggregateMaps {
     }
 }
 
+/// Names the guest-request values of freshly decoded events from BTF's enums (the
+/// session's current resolution: a module load re-resolves them).
+fn name_values(names: &btf::ReqNames, events: &mut [Result<Event, DecodeError>]) {
+    for ev in events.iter_mut().flatten() {
+        names.fill(ev);
+    }
+}
+
 /// A ring buffer's error with tokio: `what` ("registering the ring buffer") failed.
 /// A session with its event and control streams: what `run` and `trace` drive.
 pub struct LiveSession {
@@ -593,17 +605,25 @@ impl LiveSession {
         controls: &mut Vec<Option<Control>>,
     ) -> Result<()> {
         let LiveSession {
-            stream, control, ..
+            stream,
+            control,
+            session,
+            ..
         } = self;
+        let from = events.len();
         tokio::select! {
-            r = stream.next_batch(events) => Ok(r?),
-            r = control.next_batch(controls) => Ok(r?),
+            r = stream.next_batch(events) => r?,
+            r = control.next_batch(controls) => r?,
         }
+        name_values(&session.btf.names, &mut events[from..]);
+        Ok(())
     }
 
     /// Appends whatever is in the ring buffer now, without waiting.
     pub fn drain_now(&mut self, out: &mut Vec<Result<Event, DecodeError>>) {
+        let from = out.len();
         self.stream.drain_now(out);
+        name_values(&self.session.btf.names, &mut out[from..]);
     }
 
     pub fn missing(&self) -> usize {

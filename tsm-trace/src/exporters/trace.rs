@@ -224,7 +224,17 @@ impl TraceFormatter {
             let _ = write!(s, " by={}", c.as_str());
         }
         if let Some(g) = &op.guest_request {
-            let _ = write!(s, " scope={}", g.scope_name());
+            if g.scope.is_some() || g.req_op.is_none() {
+                let _ = write!(s, " scope={}", g.scope_label());
+            }
+            if g.req_op.is_some() {
+                let _ = write!(
+                    s,
+                    " req_op={} tvm_arch={}",
+                    crate::correlate::label(g.req_op_name.as_deref(), g.req_op),
+                    crate::correlate::label(g.tvm_arch_name.as_deref(), g.tvm_arch)
+                );
+            }
             if let (Some(i), Some(o)) = (g.in_len, g.out_len) {
                 let _ = write!(s, " in={i} out={o}");
             }
