@@ -9,6 +9,7 @@
 #   check_none, metrics_none          `check` and the daemon's /metrics with no stand-in
 #   info_<g>, check_<g>, metrics_<g>  the fixture's own info, `check`, /metrics
 #   trace_<g>.err, record_<g>.jsonl, truth_<g>   as in the probe suite
+#   trace_<g>.jsonl                   trace's operations (JSON lines)
 #   daemon_err
 . /scenarios/lib.sh
 BIN=/bin/tsm-trace
@@ -70,6 +71,7 @@ for g in v2 v5 post-v5; do
 	wait $TRACE
 	echo "exit=$?" >> /tmp/trace_$g.err
 	frame trace_$g.err /tmp/trace_$g.err
+	frame trace_$g.jsonl /tmp/trace_$g.jsonl
 	frame record_$g.jsonl /tmp/record_$g.jsonl
 	frame truth_$g /tmp/truth
 	rm -f /tmp/truth

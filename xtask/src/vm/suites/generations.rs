@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::vm::checks::{Checks, json_lines, parse_exposition, s};
 use crate::vm::fixtures;
 use crate::vm::kernel::Kernel;
-use crate::vm::kv::parse_kv;
+use crate::vm::kv::{parse_kv, pe_name};
 use crate::vm::qemu::VmOutput;
 
 pub const SCRIPT: &str = "tests/vm/scenarios/generations.sh";
@@ -266,51 +266,258 @@ fn check_generation(c: &mut Checks, out: &VmOutput, g: &str, pci: bool) -> Resul
             &format!("{g}: abort device"),
         );
     }
-    // The guest request (v5 onwards): what tsm_guest_req() passed to pci_tsm_guest_req().
-    let req = step("guest_req");
-    let reqs = of("pci_tsm_guest_req");
-    if g == "v2" {
-        c.eq(
-            t(&req, "rc"),
-            "-95".to_string(),
-            "v2: tsm_req is EOPNOTSUPP",
-        );
-        c.eq(reqs.len(), 0, "v2: pci_tsm_guest_req calls");
-        return Ok(());
-    }
-    c.eq(reqs.len(), 1, &format!("{g}: pci_tsm_guest_req calls"));
-    let Some(ev) = reqs.first() else {
-        return Ok(());
+    check_guest_request(c, out, g, pci, &step("guest_req"), &evs)
+}
+
+/// A name BTF gave (`set_tdi_state`) is the fixture's C enumerator (`TSM_REQ_SET_TDI_STATE`)
+/// without its enum's common prefix: the enumerator ends with it, case aside, at a word.
+fn names_enumerator(got: &str, enumerator: &str) -> bool {
+    !got.is_empty() && enumerator.ends_with(&format!("_{}", got.to_ascii_uppercase()))
+}
+
+/// The guest request through the series' ioctl (every generation): each probe's fields
+/// against what the fixture's ioctl, `tsm_guest_req` and (7.x) the kernel's
+/// `pci_tsm_guest_req` were passed and returned, and one `guest_request` operation that
+/// starts at iommufd with the three nested.
+fn check_guest_request(
+    c: &mut Checks,
+    out: &VmOutput,
+    g: &str,
+    pci: bool,
+    req: &BTreeMap<String, String>,
+    evs: &[Value],
+) -> Result<()> {
+    let of =
+        |probe: &str| -> Vec<&Value> { evs.iter().filter(|e| s(e, "probe") == probe).collect() };
+    // Generations are walked in this order under one daemon.
+    let index = ["v2", "v5", "post-v5"]
+        .iter()
+        .position(|x| *x == g)
+        .unwrap_or_default();
+    let post_v5 = g == "post-v5";
+    // The ioctl: its function is the generation's own name.
+    let want_ioctl = if g == "v2" {
+        "iommufd_vdevice_tsm_guest_request_ioctl"
+    } else {
+        "iommufd_vdevice_tsm_req_ioctl"
     };
-    for (field, key) in [
-        ("scope", "scope"),
-        ("in_len", "in_len"),
-        ("out_len", "out_len"),
-    ] {
+    c.eq(
+        t(req, "ioctl"),
+        want_ioctl.to_string(),
+        &format!("{g}: the fixture's ioctl"),
+    );
+    let ioctls = of("guest_req_ioctl");
+    c.eq(ioctls.len(), 1, &format!("{g}: guest_req_ioctl calls"));
+    if let Some(ev) = ioctls.first() {
+        let mut fields = vec![
+            ("vdevice_id", "ioctl_vdevice_id"),
+            ("in_len", "ioctl_req_len"),
+            ("out_len", "ioctl_resp_len"),
+            ("ret", "guest_rc"),
+        ];
+        if post_v5 {
+            fields.extend([("req_op", "ioctl_op"), ("tvm_arch", "ioctl_tvm_arch")]);
+        } else {
+            fields.push(("scope", "ioctl_scope"));
+        }
+        for (field, key) in fields {
+            c.eq(
+                s(ev, field),
+                t(req, key),
+                &format!("{g}: guest_req_ioctl {field}"),
+            );
+        }
+        // The other form of the request is absent, not zero.
+        let absent = if post_v5 { "scope" } else { "req_op" };
         c.eq(
-            s(ev, field),
-            t(&req, key),
-            &format!("{g}: pci_tsm_guest_req {field}"),
+            ev.get(absent).cloned(),
+            None,
+            &format!("{g}: guest_req_ioctl has no {absent}"),
         );
     }
-    c.eq(
-        s(ev, "ret"),
-        t(&req, "guest_rc"),
-        &format!("{g}: pci_tsm_guest_req ret"),
-    );
-    if t(&req, "tsm_code_arg") == "1" {
-        let want = u64::from_str_radix(t(&req, "tsm_code").trim_start_matches("0x"), 16).ok();
+    // tsm-core: the device and the request info; post-v5 names from the enums of its BTF.
+    let tsms = of("tsm_guest_req");
+    c.eq(tsms.len(), 1, &format!("{g}: tsm_guest_req calls"));
+    if let Some(ev) = tsms.first() {
+        let mut fields = vec![
+            ("device", "tsm_dev"),
+            ("in_len", "info_req_len"),
+            ("out_len", "info_resp_len"),
+            ("ret", "tsm_rc"),
+        ];
+        if post_v5 {
+            fields.extend([("req_op", "info_op"), ("tvm_arch", "info_tvm_arch")]);
+        } else {
+            fields.push(("scope", "info_scope"));
+        }
+        for (field, key) in fields {
+            c.eq(
+                s(ev, field),
+                t(req, key),
+                &format!("{g}: tsm_guest_req {field}"),
+            );
+        }
+        if post_v5 {
+            for (field, key) in [
+                ("req_op_name", "ioctl_op_name"),
+                ("tvm_arch_name", "ioctl_tvm_arch_name"),
+            ] {
+                let got = s(ev, field);
+                c.check(names_enumerator(&got, &t(req, key)), || {
+                    format!(
+                        "{g}: tsm_guest_req {field} {got:?} does not name {}",
+                        t(req, key)
+                    )
+                });
+            }
+        } else {
+            // v2/v5's scope is a plain u32 member: a number, no invented name.
+            c.eq(
+                ev.get("scope_name").cloned(),
+                None,
+                &format!("{g}: tsm_guest_req scope (a u32) is not named"),
+            );
+        }
+        // The value behind post-v5's tsm_code pointer after the call, where the call reached
+        // the kernel; v2/v5 have no such argument: missing, not 0.
+        let want = (post_v5 && t(req, "tsm_code_arg") == "1")
+            .then(|| u64::from_str_radix(t(req, "tsm_code").trim_start_matches("0x"), 16).ok())
+            .flatten();
         c.eq(
             ev["tsm_code"].as_u64(),
             want,
-            &format!("{g}: *tsm_code after the call"),
+            &format!("{g}: tsm_guest_req tsm_code"),
+        );
+    }
+    // The kernel's pci_tsm_guest_req (7.x): what tsm_guest_req() passed.
+    let reqs = of("pci_tsm_guest_req");
+    c.eq(
+        reqs.len(),
+        usize::from(pci),
+        &format!("{g}: pci_tsm_guest_req calls"),
+    );
+    if let Some(ev) = reqs.first() {
+        for (field, key) in [
+            ("scope", "scope"),
+            ("in_len", "in_len"),
+            ("out_len", "out_len"),
+        ] {
+            c.eq(
+                s(ev, field),
+                t(req, key),
+                &format!("{g}: pci_tsm_guest_req {field}"),
+            );
+        }
+        let got = s(ev, "scope_name");
+        c.check(names_enumerator(&got, &t(req, "scope_name")), || {
+            format!(
+                "{g}: pci_tsm_guest_req scope_name {got:?} does not name {}",
+                t(req, "scope_name")
+            )
+        });
+        c.eq(
+            s(ev, "ret"),
+            t(req, "guest_rc"),
+            &format!("{g}: pci_tsm_guest_req ret"),
+        );
+        if t(req, "tsm_code_arg") == "1" {
+            let want = u64::from_str_radix(t(req, "tsm_code").trim_start_matches("0x"), 16).ok();
+            c.eq(
+                ev["tsm_code"].as_u64(),
+                want,
+                &format!("{g}: *tsm_code after the call"),
+            );
+        } else {
+            c.eq(
+                ev.get("tsm_code").cloned(),
+                None,
+                &format!("{g}: NULL tsm_code is reported missing, not 0"),
+            );
+        }
+    }
+    // One operation, starting at iommufd, the three calls nested in it.
+    let ops = json_lines(out, &format!("trace_{g}.jsonl"), false)?;
+    let reqs: Vec<&Value> = ops
+        .iter()
+        .filter(|o| s(o, "kind") == "guest_request")
+        .collect();
+    c.eq(reqs.len(), 1, &format!("{g}: guest_request operations"));
+    let Some(op) = reqs.first() else {
+        return Ok(());
+    };
+    let frames: Vec<(String, String)> = op["frames"]
+        .as_array()
+        .map(|fs| fs.iter().map(|f| (s(f, "probe"), s(f, "layer"))).collect())
+        .unwrap_or_default();
+    let mut want = vec![
+        ("guest_req_ioctl".to_string(), "iommufd".to_string()),
+        ("tsm_guest_req".to_string(), "tsm_core".to_string()),
+    ];
+    if pci {
+        want.push(("pci_tsm_guest_req".to_string(), "pci_tsm".to_string()));
+    }
+    c.eq(
+        frames,
+        want,
+        &format!("{g}: guest_request frames, outermost first"),
+    );
+    c.eq(
+        s(op, "vdevice_id"),
+        t(req, "ioctl_vdevice_id"),
+        &format!("{g}: guest_request vdevice_id"),
+    );
+    c.eq(
+        s(op, "device"),
+        t(req, "tsm_dev"),
+        &format!("{g}: guest_request device"),
+    );
+    let rc: i64 = t(req, "guest_rc").parse().unwrap_or(0);
+    if rc < 0 {
+        c.eq(
+            s(op, "result"),
+            "error".to_string(),
+            &format!("{g}: guest_request result"),
+        );
+        c.eq(
+            s(op, "errno"),
+            pe_name(&t(req, "err")),
+            &format!("{g}: guest_request errno"),
+        );
+        // The deepest call that returned it: the kernel's pci_tsm_guest_req when it ran
+        // (and failed the same way), else tsm_guest_req.
+        let want = if pci && t(req, "tsm_rc") == t(req, "guest_rc") {
+            "pci_tsm_guest_req"
+        } else if t(req, "tsm_rc") == t(req, "guest_rc") {
+            "tsm_guest_req"
+        } else {
+            "guest_req_ioctl"
+        };
+        c.eq(
+            s(op, "function"),
+            want.to_string(),
+            &format!("{g}: guest_request error's function"),
         );
     } else {
         c.eq(
-            ev.get("tsm_code").cloned(),
-            None,
-            &format!("{g}: NULL tsm_code is reported missing, not 0"),
+            s(op, "result"),
+            "ok".to_string(),
+            &format!("{g}: guest_request result"),
         );
     }
+    // The daemon counted it once (in the kernel: one operation, not one per probe): one more
+    // guest request per generation walked.
+    let m = parse_exposition(&out.section(&format!("metrics_{g}"))?.text);
+    let total: f64 = m
+        .iter()
+        .filter(|(k, _)| {
+            k.starts_with("tsm_trace_operations_total{") && k.contains("op=\"guest_request\"")
+        })
+        .map(|(_, v)| v)
+        .sum();
+    c.eq(
+        total,
+        (index + 1) as f64,
+        &format!("{g}: guest_request operations counted by the daemon"),
+    );
     Ok(())
 }
