@@ -39,6 +39,9 @@ pub struct LoopOptions {
     pub state: Option<StateFile>,
     /// In-flight entries older than this are expired (`probes/expiry.rs`).
     pub inflight_timeout: Duration,
+    /// Log the operations in flight longer than this, again every as long (`--stuck-after`;
+    /// zero: never).
+    pub stuck_after: Duration,
     /// `run`: `/readyz`, set ready or degraded (`doctor::coverage`) once the loop runs and
     /// again whenever a module load or unload changes what is attached.
     pub readiness: Option<crate::http::Readiness>,
@@ -57,6 +60,10 @@ fn judge_readiness(readiness: Option<&crate::http::Readiness>, live: &LiveSessio
 /// anything happens: events or control records arrived since the last sweep, or it left
 /// entries in flight.
 pub const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
+
+/// How often the operations in flight are read while anything happens or anything is in
+/// flight (one map walk of at most a few entries); otherwise at every sweep.
+pub const IN_FLIGHT_EVERY: Duration = Duration::from_secs(1);
 
 /// The sweep's period while nothing happens (no event, no control record, nothing in flight):
 /// there is nothing to sweep then, and an idle daemon should cost next to nothing (each sweep
@@ -129,6 +136,8 @@ pub async fn run(
     }
     let mut saved = None;
     let mut next_housekeeping = Instant::now() + HOUSEKEEPING_EVERY;
+    let mut next_in_flight = Instant::now() + IN_FLIGHT_EVERY;
+    let mut stuck = crate::in_flight::StuckLog::new(opts.stuck_after);
     judge_readiness(opts.readiness.as_ref(), live);
     // Something happened since the last sweep (see HOUSEKEEPING_IDLE_EVERY).
     let mut active = true;
@@ -143,6 +152,7 @@ pub async fn run(
             redetect_at,
             window_end,
             Some(next_housekeeping),
+            Some(next_in_flight),
         ]
         .into_iter()
         .flatten()
@@ -160,6 +170,7 @@ pub async fn run(
                     // Waking from the idle period: sweep on the active schedule.
                     active = true;
                     next_housekeeping = next_housekeeping.min(Instant::now() + HOUSEKEEPING_EVERY);
+                    next_in_flight = next_in_flight.min(Instant::now() + IN_FLIGHT_EVERY);
                 }
                 for c in controls.drain(..) {
                     if let Some(Control::ModuleFreed { name: Some(name) }) = &c {
@@ -193,6 +204,14 @@ pub async fn run(
                     let in_flight = housekeeping(live, metrics, opts.inflight_timeout);
                     next_housekeeping = now + sweep_period(active, in_flight);
                     active = false;
+                }
+                if next_in_flight <= now {
+                    let running = watch_in_flight(live, metrics, &mut stuck);
+                    next_in_flight = if active || running {
+                        now + IN_FLIGHT_EVERY
+                    } else {
+                        next_housekeeping.max(now + IN_FLIGHT_EVERY)
+                    };
                 }
                 if rescan_at.is_some_and(|t| t <= now) {
                     rescan_at = None;
@@ -516,6 +535,22 @@ pub fn housekeeping(
     in_flight
 }
 
+/// Reads the operations in flight for `/metrics` and `/bindings`, and logs those running
+/// longer than `--stuck-after`. Returns whether any is in flight.
+pub fn watch_in_flight(
+    live: &LiveSession,
+    metrics: &Metrics,
+    stuck: &mut crate::in_flight::StuckLog,
+) -> bool {
+    let f = live.session().in_flight();
+    if let Some(line) = stuck.line(&f, monotonic_ns()) {
+        log::warn!("{line}");
+    }
+    let running = f.total > 0;
+    metrics.set_in_flight(f);
+    running
+}
+
 /// Records `batch` through the tap, then runs it through the pipeline.
 fn feed(
     pipeline: &Mutex<Pipeline>,
@@ -537,6 +572,7 @@ pub fn handle_batch(pipeline: &Mutex<Pipeline>, metrics: &Metrics, batch: &mut B
     for r in batch.drain(..) {
         match r {
             Ok(ev) => {
+                metrics.call_returned(ev.tid, ev.probe, ev.start_ns);
                 p.handle(ev, now);
             }
             Err(e) => {

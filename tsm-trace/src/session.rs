@@ -404,6 +404,11 @@ impl Session {
         out
     }
 
+    /// Operations in flight now, from the kernel-side entries (`in_flight.rs`).
+    pub fn in_flight(&self) -> crate::in_flight::InFlight {
+        crate::in_flight::InFlight::from_entries(self.inflight.iter().filter_map(Result::ok))
+    }
+
     /// Requested probes that are not attached but that a module loaded later may bring
     /// (functions only vmlinux can have are not waited for).
     pub fn missing(&self) -> usize {

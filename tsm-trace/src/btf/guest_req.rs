@@ -14,8 +14,9 @@ use crate::targets::{GUEST_REQ_INFO_STRUCT, GUEST_REQ_UAPI_STRUCTS, PCI_TSM_SCOP
 /// An enum's values and their short names (`PCI_TSM_REQ_STATE_CHANGE` → `state_change`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EnumNames {
-    /// `enum <name>` as BTF has it.
+    /// `enum <name>` as BTF has it, and the BTF object it is in.
     pub enum_name: String,
+    pub object: String,
     pub values: Vec<(u32, String)>,
 }
 
@@ -106,6 +107,7 @@ impl Objects {
             .collect();
         Some(EnumNames {
             enum_name: self.name_of(r, &e),
+            object: self.owner(r).to_string(),
             values: short_names(values),
         })
     }
@@ -262,7 +264,7 @@ pub(super) fn resolve(objs: &Objects, fns: &Functions, o: &mut Offsets, out: &mu
             out.fields.push(FieldReport {
                 field: what,
                 offset: Some(0),
-                btf_object: None,
+                btf_object: Some(t.object.clone()),
                 reason: None,
                 note: Some(format!(
                     "enum {}: {}",

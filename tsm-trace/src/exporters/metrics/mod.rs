@@ -18,6 +18,7 @@
 //!   counters, anomalies, BTF, build and process); `misses.rs`: what never reached our
 //!   programs or never finished there.
 //! - `initial.rs`: the series known up front, started at 0.
+//! - `in_flight.rs`: operations still running and the oldest one's age.
 
 mod operations;
 mod reconcile;
@@ -25,6 +26,7 @@ mod self_metrics;
 mod tables;
 
 pub mod histograms;
+mod in_flight;
 pub mod initial;
 pub mod misses;
 
@@ -40,6 +42,7 @@ use crate::events::{Layer, ProbeId};
 use crate::probes::KernelCounts;
 use crate::sysfs::Snapshot;
 
+use in_flight::InFlightMetrics;
 use misses::MissMetrics;
 use operations::Operations;
 use reconcile::Reconcile;
@@ -59,6 +62,7 @@ pub struct Metrics {
     tables: Tables,
     reconcile: Reconcile,
     self_metrics: SelfMetrics,
+    in_flight: InFlightMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -116,6 +120,7 @@ impl Metrics {
         let tables = Tables::register(&registry);
         let reconcile = Reconcile::register(&registry);
         let self_metrics = SelfMetrics::register(&registry);
+        let in_flight = InFlightMetrics::register(&registry);
         // Operations, durations, events and expiries known up front start at 0 too.
         initial::declare(
             &operations.operations,
@@ -129,7 +134,22 @@ impl Metrics {
             tables,
             reconcile,
             self_metrics,
+            in_flight,
         }
+    }
+
+    /// The last read of the operations in flight (`crate::in_flight`).
+    pub fn set_in_flight(&self, f: crate::in_flight::InFlight) {
+        self.in_flight.set(f);
+    }
+
+    pub fn in_flight(&self) -> crate::in_flight::InFlight {
+        self.in_flight.get()
+    }
+
+    /// A call returned: the operation it was the outermost call of leaves the last read.
+    pub fn call_returned(&self, tid: u32, probe: ProbeId, start_ns: u64) {
+        self.in_flight.returned(tid, probe, start_ns);
     }
 
     /// Kernel miss counts, expiries and uncounted operations (`misses.rs`).
@@ -144,6 +164,7 @@ impl Metrics {
     /// The text exposition (format 0.0.4).
     pub fn render(&self) -> String {
         self.refresh_aggregates();
+        self.in_flight.refresh(crate::clock::monotonic_ns());
         let mut buf = Vec::new();
         let families = self.registry.gather();
         if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
