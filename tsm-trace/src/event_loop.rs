@@ -62,8 +62,12 @@ fn judge_readiness(readiness: Option<&crate::http::Readiness>, live: &LiveSessio
 pub const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
 
 /// How often the operations in flight are read while anything happens or anything is in
-/// flight (one map walk of at most a few entries); otherwise at every sweep.
+/// flight (one map walk of at most a few entries)...
 pub const IN_FLIGHT_EVERY: Duration = Duration::from_secs(1);
+
+/// ...and while nothing does: a call that enters sends nothing until it returns, so an idle
+/// daemon looks this often (one syscall on an empty map) rather than at the idle sweep.
+pub const IN_FLIGHT_IDLE_EVERY: Duration = HOUSEKEEPING_EVERY;
 
 /// The sweep's period while nothing happens (no event, no control record, nothing in flight):
 /// there is nothing to sweep then, and an idle daemon should cost next to nothing (each sweep
@@ -207,11 +211,12 @@ pub async fn run(
                 }
                 if next_in_flight <= now {
                     let running = watch_in_flight(live, metrics, &mut stuck);
-                    next_in_flight = if active || running {
-                        now + IN_FLIGHT_EVERY
-                    } else {
-                        next_housekeeping.max(now + IN_FLIGHT_EVERY)
-                    };
+                    next_in_flight = now
+                        + if active || running {
+                            IN_FLIGHT_EVERY
+                        } else {
+                            IN_FLIGHT_IDLE_EVERY
+                        };
                 }
                 if rescan_at.is_some_and(|t| t <= now) {
                     rescan_at = None;

@@ -103,6 +103,7 @@ pub fn check(out: &VmOutput) -> Result<usize> {
     for g in &gens {
         check_generation(&mut c, out, g, pci)?;
     }
+    check_in_flight(&mut c, out)?;
     c.finish("generations", out)
 }
 
@@ -518,6 +519,130 @@ fn check_guest_request(
         total,
         (index + 1) as f64,
         &format!("{g}: guest_request operations counted by the daemon"),
+    );
+    Ok(())
+}
+
+/// A bind held 12 s in the stand-in's driver: while it runs, the daemon's /bindings lists it
+/// (device, VM, op, the deepest probed function, its start as the kernel stamped it within
+/// the fixture's own call, its age) and /metrics counts it with the oldest age; a trace
+/// stopped meanwhile says so in its summary; the daemon logs it (--stuck-after 1s); once
+/// it returned, all of it is gone.
+fn check_in_flight(c: &mut Checks, out: &VmOutput) -> Result<()> {
+    let info = parse_kv(&out.section("info_hold")?.text);
+    let truth = parse_kv(&out.section("truth_hold")?.text);
+    c.eq(
+        t(&truth, "rc"),
+        "0".to_string(),
+        "hold: the held bind succeeded",
+    );
+    // The delay is in the stand-in's driver, below its PCI layer: the deepest probed call is
+    // its pci_tsm_bind where the stand-in defines that (no PCI TSM), else tsm_bind.
+    let function = if t(&info, "pci_bind") == "pci_tsm_bind" {
+        "pci_tsm_bind"
+    } else {
+        "tsm_bind"
+    };
+    let start: u64 = t(&truth, "start_ns").parse().unwrap_or(0);
+    let duration: u64 = t(&truth, "duration_ns").parse().unwrap_or(0);
+    c.check(duration >= 12_000_000_000, || {
+        format!("hold: the fixture's bind lasted {duration} ns, not the 12 s held")
+    });
+
+    let b: Value = serde_json::from_str(&out.section("bindings_hold")?.text)?;
+    c.eq(
+        b["operations_in_flight"].as_u64(),
+        Some(1),
+        "hold: /bindings operations_in_flight",
+    );
+    let ops = b["in_flight"].as_array().cloned().unwrap_or_default();
+    c.eq(ops.len(), 1, "hold: /bindings in_flight entries");
+    if let Some(o) = ops.first() {
+        for (field, want) in [
+            ("op", "bind".to_string()),
+            ("device", t(&truth, "dev")),
+            ("vm", t(&truth, "stats_id")),
+            ("outer", "tsm_op_ioctl".to_string()),
+            ("function", function.to_string()),
+        ] {
+            c.eq(s(o, field), want, &format!("hold: in_flight {field}"));
+        }
+        // The kernel's entry stamp of the ioctl lies inside the fixture's own call
+        // (both CLOCK_MONOTONIC).
+        let got = o["start_ns"].as_u64().unwrap_or(0);
+        c.check(got >= start && got <= start + duration, || {
+            format!(
+                "hold: in_flight start_ns {got} outside the fixture's call [{start}, {}]",
+                start + duration
+            )
+        });
+        // Looked at 1.5 s or more after it showed, before it returned.
+        let age = o["age_seconds"].as_f64().unwrap_or(-1.0);
+        c.check(age >= 1.5 && age * 1e9 <= duration as f64, || {
+            format!("hold: in_flight age {age} s, not within [1.5, {duration} ns]")
+        });
+    }
+    let m = parse_exposition(&out.section("metrics_hold")?.text);
+    c.eq(
+        m.get("tsm_trace_operations_in_flight").copied(),
+        Some(1.0),
+        "hold: tsm_trace_operations_in_flight",
+    );
+    let oldest = m
+        .get("tsm_trace_operation_in_flight_oldest_seconds")
+        .copied()
+        .unwrap_or(-1.0);
+    c.check(oldest >= 1.5 && oldest * 1e9 <= duration as f64, || {
+        format!("hold: oldest in flight {oldest} s, not within [1.5, {duration} ns]")
+    });
+    // trace stopped while it ran.
+    let err = &out.section("trace_hold.err")?.text;
+    c.check(err.lines().any(|l| l == "exit=0"), || {
+        format!("hold: trace did not exit 0:\n{err}")
+    });
+    c.check(
+        err.lines().any(|l| {
+            l.starts_with("=== tsm-trace summary:") && l.ends_with(", 1 still in flight ===")
+        }),
+        || format!("hold: trace's summary does not say 1 still in flight:\n{err}"),
+    );
+    let want = format!(
+        "still in flight: bind {} vm={} in {function} for ",
+        t(&truth, "dev"),
+        t(&truth, "stats_id")
+    );
+    c.check(err.lines().any(|l| l.starts_with(&want)), || {
+        format!("hold: no line starting {want:?} in trace's summary:\n{err}")
+    });
+    // The daemon's periodic line.
+    let daemon = &out.section("daemon_err")?.text;
+    let want = format!(
+        "operation(s) in flight longer than 1s: bind {} vm={} in {function}",
+        t(&truth, "dev"),
+        t(&truth, "stats_id")
+    );
+    c.check(daemon.lines().any(|l| l.contains(&want)), || {
+        format!("hold: the daemon never logged {want:?}")
+    });
+    // Gone once it returned.
+    let b: Value = serde_json::from_str(&out.section("bindings_after_hold")?.text)?;
+    c.eq(
+        (
+            b["operations_in_flight"].as_u64(),
+            b["in_flight"].as_array().map(Vec::len),
+        ),
+        (Some(0), Some(0)),
+        "hold: /bindings in flight after the return",
+    );
+    let m = parse_exposition(&out.section("metrics_after_hold")?.text);
+    c.eq(
+        (
+            m.get("tsm_trace_operations_in_flight").copied(),
+            m.get("tsm_trace_operation_in_flight_oldest_seconds")
+                .copied(),
+        ),
+        (Some(0.0), Some(0.0)),
+        "hold: in-flight gauges after the return",
     );
     Ok(())
 }
