@@ -61,12 +61,12 @@ fn judge_readiness(readiness: Option<&crate::http::Readiness>, live: &LiveSessio
 /// entries in flight.
 pub const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
 
-/// How often the operations in flight are read while anything happens or anything is in
-/// flight (one map walk of at most a few entries)...
-pub const IN_FLIGHT_EVERY: Duration = Duration::from_secs(1);
-
-/// ...and while nothing does: a call that enters sends nothing until it returns, so an idle
-/// daemon looks this often (one syscall on an empty map) rather than at the idle sweep.
+/// The operations in flight come from each sweep's walk of the kernel-side entries (every
+/// [`HOUSEKEEPING_EVERY`] while anything happens or is in flight). While the daemon is idle
+/// (the sweep every [`HOUSEKEEPING_IDLE_EVERY`]) a call that enters sends nothing until it
+/// returns, so the entries are also read this often then. Never more often: each walk of the
+/// map can make the kernel skip probe programs on its CPU (BPF recursion misses), which a
+/// storm of calls would pay for.
 pub const IN_FLIGHT_IDLE_EVERY: Duration = HOUSEKEEPING_EVERY;
 
 /// The sweep's period while nothing happens (no event, no control record, nothing in flight):
@@ -140,7 +140,7 @@ pub async fn run(
     }
     let mut saved = None;
     let mut next_housekeeping = Instant::now() + HOUSEKEEPING_EVERY;
-    let mut next_in_flight = Instant::now() + IN_FLIGHT_EVERY;
+    let mut next_in_flight = Instant::now() + IN_FLIGHT_IDLE_EVERY;
     let mut stuck = crate::in_flight::StuckLog::new(opts.stuck_after);
     judge_readiness(opts.readiness.as_ref(), live);
     // Something happened since the last sweep (see HOUSEKEEPING_IDLE_EVERY).
@@ -174,7 +174,6 @@ pub async fn run(
                     // Waking from the idle period: sweep on the active schedule.
                     active = true;
                     next_housekeeping = next_housekeeping.min(Instant::now() + HOUSEKEEPING_EVERY);
-                    next_in_flight = next_in_flight.min(Instant::now() + IN_FLIGHT_EVERY);
                 }
                 for c in controls.drain(..) {
                     if let Some(Control::ModuleFreed { name: Some(name) }) = &c {
@@ -205,18 +204,15 @@ pub async fn run(
                     close_late_attach(live, opts.late_attach.as_ref().is_some_and(|w| w.drop_capabilities));
                 }
                 if next_housekeeping <= now {
-                    let in_flight = housekeeping(live, metrics, opts.inflight_timeout);
+                    let in_flight = housekeeping(live, metrics, opts.inflight_timeout, Some(&mut stuck));
                     next_housekeeping = now + sweep_period(active, in_flight);
                     active = false;
-                }
-                if next_in_flight <= now {
-                    let running = watch_in_flight(live, metrics, &mut stuck);
-                    next_in_flight = now
-                        + if active || running {
-                            IN_FLIGHT_EVERY
-                        } else {
-                            IN_FLIGHT_IDLE_EVERY
-                        };
+                    next_in_flight = now + IN_FLIGHT_IDLE_EVERY;
+                } else if next_in_flight <= now {
+                    // Idle (the sweep is far): read the entries alone.
+                    let f = live.session().in_flight();
+                    show_in_flight(f, metrics, &mut stuck);
+                    next_in_flight = now + IN_FLIGHT_IDLE_EVERY;
                 }
                 if rescan_at.is_some_and(|t| t <= now) {
                     rescan_at = None;
@@ -503,10 +499,14 @@ pub fn housekeeping(
     live: &mut LiveSession,
     metrics: &Metrics,
     inflight_timeout: Duration,
+    stuck: Option<&mut crate::in_flight::StuckLog>,
 ) -> Option<usize> {
     let mut in_flight = None;
     match live.session_mut().expire_stale(inflight_timeout) {
-        Ok(e) => {
+        Ok((e, running)) => {
+            if let Some(stuck) = stuck {
+                show_in_flight(running, metrics, stuck);
+            }
             in_flight = Some(e.still_in_flight);
             if !e.inflight.is_empty() || e.unfinished_operations > 0 {
                 let mut by: std::collections::BTreeMap<(&str, &str), usize> = Default::default();
@@ -540,20 +540,17 @@ pub fn housekeeping(
     in_flight
 }
 
-/// Reads the operations in flight for `/metrics` and `/bindings`, and logs those running
-/// longer than `--stuck-after`. Returns whether any is in flight.
-pub fn watch_in_flight(
-    live: &LiveSession,
+/// Hands the operations in flight to `/metrics` and `/bindings`, and logs those running
+/// longer than `--stuck-after`.
+fn show_in_flight(
+    f: crate::in_flight::InFlight,
     metrics: &Metrics,
     stuck: &mut crate::in_flight::StuckLog,
-) -> bool {
-    let f = live.session().in_flight();
+) {
     if let Some(line) = stuck.line(&f, monotonic_ns()) {
         log::warn!("{line}");
     }
-    let running = f.total > 0;
     metrics.set_in_flight(f);
-    running
 }
 
 /// Records `batch` through the tap, then runs it through the pipeline.

@@ -460,34 +460,40 @@ impl Session {
     /// in-flight entries of exited threads or older than `timeout`, and the operations of
     /// exited threads. Only entries this call removed are counted (one whose return came
     /// meanwhile is gone already).
-    pub fn expire_stale(&mut self, timeout: Duration) -> Result<Expired> {
+    /// Also returns the operations still in flight, from the same walk of the map (each
+    /// walk of it costs: a kprobe program that fires on a CPU while a bpf(2) map operation
+    /// holds it is skipped, as a BPF recursion miss).
+    pub fn expire_stale(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<(Expired, crate::in_flight::InFlight)> {
         let now = crate::clock::monotonic_ns();
         let host = self.sees_host_threads;
         // Where /proc shows other ids, no thread can be found gone: only the timeout applies.
         let alive = |pt| !host || expiry::thread_alive(Path::new("/proc"), pt);
-        let entries: Vec<(InflightKey, u64)> = self
-            .inflight
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(k, ev)| (k, ev.start_ns))
-            .collect();
+        let mut raw: Vec<(InflightKey, tsm_trace_common::RawEvent)> =
+            self.inflight.iter().filter_map(Result::ok).collect();
+        let entries: Vec<(InflightKey, u64)> =
+            raw.iter().map(|(k, ev)| (*k, ev.start_ns)).collect();
         let mut out = Expired::default();
         let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
         let total = entries.len();
         let stale = expiry::stale_inflight(entries, now, timeout_ns, alive);
         out.still_in_flight = total - stale.len();
         for (key, probe, reason) in stale {
+            raw.retain(|(k, _)| *k != key);
             if self.inflight.remove(&key).is_ok() {
                 out.inflight.push((probe, reason));
             }
         }
+        let in_flight = crate::in_flight::InFlight::from_entries(raw);
         let ops: Vec<(u64, ThreadOp)> = self.thread_ops.iter().filter_map(Result::ok).collect();
         for (pid_tgid, open) in expiry::stale_thread_ops(ops, alive) {
             if self.thread_ops.remove(&pid_tgid).is_ok() && open {
                 out.unfinished_operations += 1;
             }
         }
-        Ok(out)
+        Ok((out, in_flight))
     }
 
     /// What the kernel counted as missed for each attached program (`probes/misses.rs`).

@@ -111,7 +111,7 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
     if let Some(s) = p.sink_mut() {
         s.flush();
     }
-    event_loop::housekeeping(&mut live, &metrics, args.probes.inflight_timeout);
+    event_loop::housekeeping(&mut live, &metrics, args.probes.inflight_timeout, None);
     let k = live.kernel_counts().unwrap_or_default();
     if !args.no_summary {
         let mut err = std::io::stderr().lock();

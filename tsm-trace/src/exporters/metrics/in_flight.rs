@@ -18,7 +18,7 @@ impl InFlightMetrics {
     pub(super) fn register(r: &Registry) -> InFlightMetrics {
         let count = IntGauge::with_opts(Opts::new(
             "tsm_trace_operations_in_flight",
-            "TSM operations (one per thread: its outermost probed call) entered and not yet returned, as the kernel-side entries show them at the last read (every second while any is, else every 5 s).",
+            "TSM operations (one per thread: its outermost probed call) entered and not yet returned, as the kernel-side entries show them at the last read (every 5 s).",
         ))
         .expect("valid metric definition");
         let oldest = Gauge::with_opts(Opts::new(
