@@ -98,8 +98,8 @@ pub struct ThreadOp {
 /// The layer of a probe's frames.
 pub const fn layer(p: ProbeId) -> u32 {
     match p {
-        ProbeId::TsmOpIoctl | ProbeId::VdeviceAbort => LAYER_IOMMUFD,
-        ProbeId::TsmBind | ProbeId::TsmUnbind => LAYER_TSM_CORE,
+        ProbeId::TsmOpIoctl | ProbeId::VdeviceAbort | ProbeId::GuestReqIoctl => LAYER_IOMMUFD,
+        ProbeId::TsmBind | ProbeId::TsmUnbind | ProbeId::TsmGuestReq => LAYER_TSM_CORE,
         ProbeId::PciTsmBind
         | ProbeId::PciTsmUnbind
         | ProbeId::Connect
@@ -122,8 +122,8 @@ pub const fn layer(p: ProbeId) -> u32 {
 pub const fn depth(p: ProbeId) -> u32 {
     match p {
         ProbeId::KvmDestroyVm | ProbeId::VmmExit | ProbeId::ModuleLoad => 0,
-        ProbeId::TsmOpIoctl | ProbeId::VdeviceAbort => 1,
-        ProbeId::TsmBind | ProbeId::TsmUnbind => 2,
+        ProbeId::TsmOpIoctl | ProbeId::VdeviceAbort | ProbeId::GuestReqIoctl => 1,
+        ProbeId::TsmBind | ProbeId::TsmUnbind | ProbeId::TsmGuestReq => 2,
         ProbeId::PciTsmBind
         | ProbeId::PciTsmUnbind
         | ProbeId::PciTsmGuestReq
@@ -156,7 +156,10 @@ pub const fn outer_kind(p: ProbeId, op: Option<u32>) -> u32 {
         | ProbeId::PciTsmDisconnect
         | ProbeId::PciTsmDestroy
         | ProbeId::DriverDisconnect => OP_DISCONNECT,
-        ProbeId::PciTsmGuestReq | ProbeId::DriverGuestReq => OP_GUEST_REQUEST,
+        ProbeId::GuestReqIoctl
+        | ProbeId::TsmGuestReq
+        | ProbeId::PciTsmGuestReq
+        | ProbeId::DriverGuestReq => OP_GUEST_REQUEST,
         _ => OP_UNDECIDED,
     }
 }

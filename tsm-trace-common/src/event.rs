@@ -23,6 +23,9 @@ pub mod missing {
     pub const GUEST_REQ_ARGS: u32 = 1 << 11;
     /// `*tsm_code` after a guest request (NULL pointer or unreadable).
     pub const TSM_CODE: u32 = 1 << 12;
+    /// The guest request's kind (scope, or op and tvm_arch) at the iommufd or tsm-core
+    /// layer: its member resolved but unreadable, or unresolved.
+    pub const REQ_KIND: u32 = 1 << 13;
 }
 
 /// Flags in [`RawEvent::flags`].
@@ -41,6 +44,11 @@ pub mod flags {
     pub const NOTHING_BOUND: u32 = 1 << 5;
     /// `__pci_tsm_destroy` was called for a TSM's unregistration (else: device removal).
     pub const TSM_UNREGISTER: u32 = 1 << 6;
+    /// A guest request's `scope` was read (`RawEvent::scope`).
+    pub const REQ_SCOPE: u32 = 1 << 7;
+    /// A guest request's `op` and `tvm_arch` were read (post-v5: `RawEvent::op`,
+    /// `RawEvent::tvm_arch`).
+    pub const REQ_OP: u32 = 1 << 8;
 }
 
 /// One completed call of a probed function (or a point event), as the kernel reports it.
@@ -90,9 +98,11 @@ pub struct RawEvent {
     pub in_len: u64,
     pub out_len: u64,
     pub tsm_code: u64,
-    /// Guest requests: `enum pci_tsm_req_scope`.
+    /// Guest requests: `enum pci_tsm_req_scope`, or the UAPI/tsm-core `scope` (v2, v5).
     pub scope: u32,
-    pub _pad: u32,
+    /// Guest requests post-v5: the request's `tvm_arch` (its `op` is in `op`). Was padding
+    /// (always 0) before: the record layout is unchanged.
+    pub tvm_arch: u32,
     /// The TSM (`tsmN`): from `pdev->tsm->tsm_dev`, a `tsm_dev *` argument, or the name
     /// written to `tsm/connect` / `tsm/disconnect`.
     pub tsm_name: [u8; TSM_NAME_LEN],
@@ -125,7 +135,7 @@ impl RawEvent {
             out_len: 0,
             tsm_code: 0,
             scope: 0,
-            _pad: 0,
+            tvm_arch: 0,
             tsm_name: [0; TSM_NAME_LEN],
         }
     }

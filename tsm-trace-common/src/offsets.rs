@@ -116,6 +116,48 @@ impl GuestReqArgs {
     };
 }
 
+/// One integer member a program reads: its byte offset ([`OFFSET_UNKNOWN`] when unresolved)
+/// and its [`IntKind`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IntField {
+    pub off: u32,
+    pub kind: u32,
+}
+
+impl IntField {
+    pub const UNKNOWN: IntField = IntField {
+        off: OFFSET_UNKNOWN,
+        kind: IntKind::UNKNOWN,
+    };
+}
+
+/// What a guest request carries at the iommufd layer (the UAPI command `ucmd->cmd` points
+/// at) or at tsm-core (`struct tsm_guest_req_info`): its kind is a `scope` (v2, v5) or an
+/// `op` with a `tvm_arch` (post-v5), whichever member BTF shows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReqFields {
+    /// UAPI only: `vdevice_id`.
+    pub vdevice_id: IntField,
+    pub scope: IntField,
+    pub op: IntField,
+    pub tvm_arch: IntField,
+    pub req_len: IntField,
+    pub resp_len: IntField,
+}
+
+impl ReqFields {
+    pub const UNKNOWN: ReqFields = ReqFields {
+        vdevice_id: IntField::UNKNOWN,
+        scope: IntField::UNKNOWN,
+        op: IntField::UNKNOWN,
+        tvm_arch: IntField::UNKNOWN,
+        req_len: IntField::UNKNOWN,
+        resp_len: IntField::UNKNOWN,
+    };
+}
+
 /// Struct offsets resolved from BTF at run time, handed to the programs as a read-only global.
 /// Every field is a byte offset or [`OFFSET_UNKNOWN`].
 #[repr(C)]
@@ -158,6 +200,12 @@ pub struct Offsets {
     pub guest_req: GuestReqArgs,
     /// The same for the driver's `guest_req` op.
     pub drv_guest_req: GuestReqArgs,
+    /// The guest-request ioctl's UAPI command.
+    pub req_cmd: ReqFields,
+    /// `tsm_guest_req`'s `struct tsm_guest_req_info`.
+    pub req_info: ReqFields,
+    /// Where `tsm_guest_req`'s `u64 *tsm_code` is at entry ([`ArgLoc`]; post-v5 only).
+    pub tsm_guest_req_code: u32,
     /// `struct kvm` fields per function that takes one.
     pub kvm_tsm_bind: KvmOffsets,
     pub kvm_pci_tsm_bind: KvmOffsets,
@@ -199,6 +247,9 @@ impl Offsets {
         drv_unbind_arg: OFFSET_UNKNOWN,
         guest_req: GuestReqArgs::UNKNOWN,
         drv_guest_req: GuestReqArgs::UNKNOWN,
+        req_cmd: ReqFields::UNKNOWN,
+        req_info: ReqFields::UNKNOWN,
+        tsm_guest_req_code: OFFSET_UNKNOWN,
         kvm_tsm_bind: KvmOffsets::UNKNOWN,
         kvm_pci_tsm_bind: KvmOffsets::UNKNOWN,
         kvm_driver_bind: KvmOffsets::UNKNOWN,

@@ -102,6 +102,13 @@ probe_ids! {
     /// `ssize_t guest_req(struct pci_tdi *, scope, sockptr_t, size_t, sockptr_t, size_t,
     /// u64 *)`.
     DriverGuestReq = 20, "driver_guest_req", pair;
+    /// The series' guest-request ioctl handler, `int (struct iommufd_ucmd *ucmd)`: v5's
+    /// `iommufd_vdevice_tsm_req_ioctl` (IOMMU_VDEVICE_TSM_REQ, 0x96), other generations'
+    /// names in the compatibility table. Decodes the UAPI request `ucmd->cmd` points at.
+    GuestReqIoctl = 21, "guest_req_ioctl", pair;
+    /// `ssize_t tsm_guest_req(struct device *, struct tsm_guest_req_info *[, u64 *tsm_code])`
+    /// (tsm-core, from the series; the third argument post-v5).
+    TsmGuestReq = 22, "tsm_guest_req", pair;
 }
 
 /// The raw tracepoint program on `module_free` that [`ProbeId::ModuleLoad`] brings (control,
@@ -130,8 +137,9 @@ impl ProbeId {
     }
 
     /// Nothing tsm-trace probes ever calls this function: its operation is complete when it
-    /// returns (sysfs writes, device removal, TSM unregistration, guest requests, and the
-    /// iommufd entry points).
+    /// returns (sysfs writes, device removal, TSM unregistration, and the iommufd entry
+    /// points). `pci_tsm_guest_req` is not one: the guest-request ioctl calls it through
+    /// `tsm_guest_req`.
     pub const fn is_root(self) -> bool {
         matches!(
             self,
@@ -140,7 +148,7 @@ impl ProbeId {
                 | ProbeId::Connect
                 | ProbeId::Disconnect
                 | ProbeId::PciTsmDestroy
-                | ProbeId::PciTsmGuestReq
+                | ProbeId::GuestReqIoctl
         )
     }
 

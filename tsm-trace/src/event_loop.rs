@@ -39,6 +39,9 @@ pub struct LoopOptions {
     pub state: Option<StateFile>,
     /// In-flight entries older than this are expired (`probes/expiry.rs`).
     pub inflight_timeout: Duration,
+    /// Log the operations in flight longer than this, again every as long (`--stuck-after`;
+    /// zero: never).
+    pub stuck_after: Duration,
     /// `run`: `/readyz`, set ready or degraded (`doctor::coverage`) once the loop runs and
     /// again whenever a module load or unload changes what is attached.
     pub readiness: Option<crate::http::Readiness>,
@@ -57,6 +60,14 @@ fn judge_readiness(readiness: Option<&crate::http::Readiness>, live: &LiveSessio
 /// anything happens: events or control records arrived since the last sweep, or it left
 /// entries in flight.
 pub const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
+
+/// The operations in flight come from each sweep's walk of the kernel-side entries (every
+/// [`HOUSEKEEPING_EVERY`] while anything happens or is in flight). While the daemon is idle
+/// (the sweep every [`HOUSEKEEPING_IDLE_EVERY`]) a call that enters sends nothing until it
+/// returns, so the entries are also read this often then. Never more often: each walk of the
+/// map can make the kernel skip probe programs on its CPU (BPF recursion misses), which a
+/// storm of calls would pay for.
+pub const IN_FLIGHT_IDLE_EVERY: Duration = HOUSEKEEPING_EVERY;
 
 /// The sweep's period while nothing happens (no event, no control record, nothing in flight):
 /// there is nothing to sweep then, and an idle daemon should cost next to nothing (each sweep
@@ -134,6 +145,8 @@ pub async fn run(
     let mut pins_missing = 0;
     let mut wall_offset = crate::clock::realtime_offset_ns();
     let mut next_housekeeping = Instant::now() + HOUSEKEEPING_EVERY;
+    let mut next_in_flight = Instant::now() + IN_FLIGHT_IDLE_EVERY;
+    let mut stuck = crate::in_flight::StuckLog::new(opts.stuck_after);
     judge_readiness(opts.readiness.as_ref(), live);
     // Something happened since the last sweep (see HOUSEKEEPING_IDLE_EVERY).
     let mut active = true;
@@ -149,6 +162,7 @@ pub async fn run(
             redetect_at,
             window_end,
             Some(next_housekeeping),
+            Some(next_in_flight),
         ]
         .into_iter()
         .flatten()
@@ -196,11 +210,17 @@ pub async fn run(
                     close_late_attach(live, opts.late_attach.as_ref().is_some_and(|w| w.drop_capabilities));
                 }
                 if next_housekeeping <= now {
-                    let in_flight = housekeeping(live, metrics, opts.inflight_timeout);
+                    let in_flight = housekeeping(live, metrics, opts.inflight_timeout, Some(&mut stuck));
                     check_pins(live, metrics, &mut pins_missing);
                     check_wall_clock(pipeline, metrics, &mut wall_offset);
                     next_housekeeping = now + sweep_period(active, in_flight);
                     active = false;
+                    next_in_flight = now + IN_FLIGHT_IDLE_EVERY;
+                } else if next_in_flight <= now {
+                    // Idle (the sweep is far): read the entries alone.
+                    let f = live.session().in_flight();
+                    show_in_flight(f, metrics, &mut stuck);
+                    next_in_flight = now + IN_FLIGHT_IDLE_EVERY;
                 }
                 if rescan_at.is_some_and(|t| t <= now) {
                     rescan_at = None;
@@ -625,10 +645,14 @@ pub fn housekeeping(
     live: &mut LiveSession,
     metrics: &Metrics,
     inflight_timeout: Duration,
+    stuck: Option<&mut crate::in_flight::StuckLog>,
 ) -> Option<usize> {
     let mut in_flight = None;
     match live.session_mut().expire_stale(inflight_timeout) {
-        Ok(e) => {
+        Ok((e, running)) => {
+            if let Some(stuck) = stuck {
+                show_in_flight(running, metrics, stuck);
+            }
             in_flight = Some(e.still_in_flight);
             if !e.inflight.is_empty() || e.unfinished_operations > 0 {
                 let mut by: std::collections::BTreeMap<(&str, &str), usize> = Default::default();
@@ -662,6 +686,19 @@ pub fn housekeeping(
     in_flight
 }
 
+/// Hands the operations in flight to `/metrics` and `/bindings`, and logs those running
+/// longer than `--stuck-after`.
+fn show_in_flight(
+    f: crate::in_flight::InFlight,
+    metrics: &Metrics,
+    stuck: &mut crate::in_flight::StuckLog,
+) {
+    if let Some(line) = stuck.line(&f, monotonic_ns()) {
+        log::warn!("{line}");
+    }
+    metrics.set_in_flight(f);
+}
+
 /// Records `batch` through the tap, then runs it through the pipeline.
 fn feed(
     pipeline: &Mutex<Pipeline>,
@@ -683,6 +720,7 @@ pub fn handle_batch(pipeline: &Mutex<Pipeline>, metrics: &Metrics, batch: &mut B
     for r in batch.drain(..) {
         match r {
             Ok(ev) => {
+                metrics.call_returned(ev.tid, ev.probe, ev.start_ns);
                 p.handle(ev, now);
             }
             Err(e) => {

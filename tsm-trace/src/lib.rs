@@ -22,6 +22,7 @@ pub mod exporters;
 pub mod files;
 pub mod generation;
 pub mod http;
+pub mod in_flight;
 pub mod logger;
 pub mod memory;
 pub mod notices;

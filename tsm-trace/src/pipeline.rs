@@ -201,6 +201,10 @@ impl Pipeline {
         &self.summary
     }
 
+    pub fn summary_mut(&mut self) -> &mut Summary {
+        &mut self.summary
+    }
+
     pub fn sink_mut(&mut self) -> Option<&mut TraceSink> {
         self.sink.as_mut()
     }

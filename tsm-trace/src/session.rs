@@ -158,6 +158,8 @@ fn resolve_btf(syms: &Kallsyms, opts: &SessionOptions) -> Result<Resolution> {
     .any(|p| found_name(syms, *p, &opts.attach).is_some())
     .then(|| btf_name(syms, ProbeId::PciTsmUnbindAny, &opts.attach));
     let guest_req = found_name(syms, ProbeId::PciTsmGuestReq, &opts.attach);
+    let guest_req_ioctl = found_name(syms, ProbeId::GuestReqIoctl, &opts.attach);
+    let tsm_guest_req = found_name(syms, ProbeId::TsmGuestReq, &opts.attach);
     // Driver ops that will be probed: named ones, else those of a known driver present.
     let driver_ops: Vec<(ProbeId, String)> = probes::TARGETS
         .iter()
@@ -195,6 +197,8 @@ fn resolve_btf(syms: &Kallsyms, opts: &SessionOptions) -> Result<Resolution> {
             kvm_destroy_vm: &kvm_destroy_vm,
             pci_tsm_unbind_any: pci_context.as_deref(),
             pci_tsm_guest_req: guest_req.as_deref(),
+            guest_req_ioctl: guest_req_ioctl.as_deref(),
+            tsm_guest_req: tsm_guest_req.as_deref(),
             driver_ops: &driver_ops_ref,
             probed: &probed_ref,
             overrides: &overrides,
@@ -406,6 +410,11 @@ impl Session {
         out
     }
 
+    /// Operations in flight now, from the kernel-side entries (`in_flight.rs`).
+    pub fn in_flight(&self) -> crate::in_flight::InFlight {
+        crate::in_flight::InFlight::from_entries(self.inflight.iter().filter_map(Result::ok))
+    }
+
     /// Requested probes that are not attached but that a module loaded later may bring
     /// (functions only vmlinux can have are not waited for).
     pub fn missing(&self) -> usize {
@@ -457,34 +466,40 @@ impl Session {
     /// in-flight entries of exited threads or older than `timeout`, and the operations of
     /// exited threads. Only entries this call removed are counted (one whose return came
     /// meanwhile is gone already).
-    pub fn expire_stale(&mut self, timeout: Duration) -> Result<Expired> {
+    /// Also returns the operations still in flight, from the same walk of the map (each
+    /// walk of it costs: a kprobe program that fires on a CPU while a bpf(2) map operation
+    /// holds it is skipped, as a BPF recursion miss).
+    pub fn expire_stale(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<(Expired, crate::in_flight::InFlight)> {
         let now = crate::clock::monotonic_ns();
         let host = self.sees_host_threads;
         // Where /proc shows other ids, no thread can be found gone: only the timeout applies.
         let alive = |pt| !host || expiry::thread_alive(Path::new("/proc"), pt);
-        let entries: Vec<(InflightKey, u64)> = self
-            .inflight
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(k, ev)| (k, ev.start_ns))
-            .collect();
+        let mut raw: Vec<(InflightKey, tsm_trace_common::RawEvent)> =
+            self.inflight.iter().filter_map(Result::ok).collect();
+        let entries: Vec<(InflightKey, u64)> =
+            raw.iter().map(|(k, ev)| (*k, ev.start_ns)).collect();
         let mut out = Expired::default();
         let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
         let total = entries.len();
         let stale = expiry::stale_inflight(entries, now, timeout_ns, alive);
         out.still_in_flight = total - stale.len();
         for (key, probe, reason) in stale {
+            raw.retain(|(k, _)| *k != key);
             if self.inflight.remove(&key).is_ok() {
                 out.inflight.push((probe, reason));
             }
         }
+        let in_flight = crate::in_flight::InFlight::from_entries(raw);
         let ops: Vec<(u64, ThreadOp)> = self.thread_ops.iter().filter_map(Result::ok).collect();
         for (pid_tgid, open) in expiry::stale_thread_ops(ops, alive) {
             if self.thread_ops.remove(&pid_tgid).is_ok() && open {
                 out.unfinished_operations += 1;
             }
         }
-        Ok(out)
+        Ok((out, in_flight))
     }
 
     /// What the kernel counted as missed for each attached program (`probes/misses.rs`).
@@ -559,6 +574,14 @@ impl AggregateMaps {
     }
 }
 
+/// Names the guest-request values of freshly decoded events from BTF's enums (the
+/// session's current resolution: a module load re-resolves them).
+fn name_values(names: &btf::ReqNames, events: &mut [Result<Event, DecodeError>]) {
+    for ev in events.iter_mut().flatten() {
+        names.fill(ev);
+    }
+}
+
 /// A ring buffer's error with tokio: `what` ("registering the ring buffer") failed.
 /// A session with its event and control streams: what `run` and `trace` drive.
 pub struct LiveSession {
@@ -599,17 +622,25 @@ impl LiveSession {
         controls: &mut Vec<Option<Control>>,
     ) -> Result<()> {
         let LiveSession {
-            stream, control, ..
+            stream,
+            control,
+            session,
+            ..
         } = self;
+        let from = events.len();
         tokio::select! {
-            r = stream.next_batch(events) => Ok(r?),
-            r = control.next_batch(controls) => Ok(r?),
+            r = stream.next_batch(events) => r?,
+            r = control.next_batch(controls) => r?,
         }
+        name_values(&session.btf.names, &mut events[from..]);
+        Ok(())
     }
 
     /// Appends whatever is in the ring buffer now, without waiting.
     pub fn drain_now(&mut self, out: &mut Vec<Result<Event, DecodeError>>) {
+        let from = out.len();
         self.stream.drain_now(out);
+        name_values(&self.session.btf.names, &mut out[from..]);
     }
 
     /// Release records only through [`LiveSession::commit`], once what they changed is

@@ -82,9 +82,29 @@ const fn builtin(t: Target) -> Target {
     }
 }
 
+/// The guest-request ioctl handler (0x96) by generation: v5 and the post-v5 proposal name it
+/// `iommufd_vdevice_tsm_req_ioctl` (IOMMU_VDEVICE_TSM_REQ); v2 3/3 and v4 name the command
+/// IOMMU_VDEVICE_TSM_GUEST_REQUEST (`struct iommu_vdevice_tsm_guest_request`), whose handler
+/// follows iommufd's `<command>_ioctl` naming. Newest first.
+pub const GUEST_REQ_IOCTLS: &[&str] = &[
+    "iommufd_vdevice_tsm_req_ioctl",
+    "iommufd_vdevice_tsm_guest_request_ioctl",
+];
+
+/// The guest request's UAPI command, by generation (newest first): v5/post-v5, v2 3/3/v4.
+pub const GUEST_REQ_UAPI_STRUCTS: &[&str] =
+    &["iommu_vdevice_tsm_req", "iommu_vdevice_tsm_guest_request"];
+
+/// tsm-core's request info (`tsm_guest_req`'s second parameter; found through its prototype,
+/// this name only when BTF lacks the function).
+pub const GUEST_REQ_INFO_STRUCT: &str = "tsm_guest_req_info";
+
+/// The enum of `pci_tsm_guest_req`'s scope (upstream, vmlinux): scope names come from it.
+pub const PCI_TSM_SCOPE_ENUM: &str = "pci_tsm_req_scope";
+
 pub const TARGETS: &[Target] = &[
-    // The same name in v2, v5 and the post-v5 proposal. (v5's `iommufd_vdevice_tsm_req_ioctl`
-    // is the guest-request ioctl, IOMMU_VDEVICE_TSM_REQ: another command, never this probe.)
+    // The same name in v2, v5 and the post-v5 proposal. (The guest-request ioctl, 0x96, is
+    // another command: [`ProbeId::GuestReqIoctl`].)
     row(
         ProbeId::TsmOpIoctl,
         &["iommufd_vdevice_tsm_op_ioctl"],
@@ -146,6 +166,18 @@ pub const TARGETS: &[Target] = &[
         PCI_TSM_C,
         "Linux 6.19+ with CONFIG_PCI_TSM=y (static; may be inlined)",
     )),
+    row(
+        ProbeId::GuestReqIoctl,
+        GUEST_REQ_IOCTLS,
+        &[],
+        "the iommufd TSM series' guest-request ioctl (v2 3/3, v5, post-v5; iommufd.ko)",
+    ),
+    row(
+        ProbeId::TsmGuestReq,
+        &["tsm_guest_req"],
+        &[],
+        "the iommufd TSM series' guest request (tsm-core, CONFIG_TSM=y)",
+    ),
     builtin(row(
         ProbeId::PciTsmGuestReq,
         &["pci_tsm_guest_req"],
@@ -278,8 +310,6 @@ pub const UAPI_OP_STRUCT: &str = "iommu_vdevice_tsm_op";
 pub const VIOMMU_STRUCT: &str = "iommufd_viommu";
 /// The TSM core's guest-request helper (v5 onwards).
 pub const TSM_GUEST_REQ: &str = "tsm_guest_req";
-/// v5's guest-request ioctl handler (IOMMU_VDEVICE_TSM_REQ, 0x96).
-pub const GUEST_REQ_IOCTL: &str = "iommufd_vdevice_tsm_req_ioctl";
 /// Enumerators of the op enum (v5 onwards) and names of the v2 `#define`s.
 pub const OP_BIND: &str = "IOMMU_VDEVICE_TSM_BIND";
 pub const OP_UNBIND: &str = "IOMMU_VDEVICE_TSM_UNBIND";

@@ -4,7 +4,8 @@
 
 use tsm_trace::probes;
 use tsm_trace_common::{
-    ARG_PCI_TDI, ArgLoc, FieldKinds, GuestReqArgs, IntKind, KvmOffsets, OFFSET_UNKNOWN, Offsets,
+    ARG_PCI_TDI, ArgLoc, FieldKinds, GuestReqArgs, IntField, IntKind, KvmOffsets, OFFSET_UNKNOWN,
+    Offsets, ReqFields,
 };
 
 fn is_root() -> bool {
@@ -103,6 +104,36 @@ fn every_program_passes_the_verifier() {
             tsm_code: ArgLoc::STACK + 24,
         },
         drv_guest_req: GuestReqArgs::UNKNOWN,
+        // The ioctl's UAPI command as v5 (scope), tsm_guest_req's info as post-v5 (op).
+        req_cmd: ReqFields {
+            vdevice_id: IntField { off: 4, kind: u32k },
+            scope: IntField { off: 8, kind: u32k },
+            op: IntField::UNKNOWN,
+            tvm_arch: IntField::UNKNOWN,
+            req_len: IntField {
+                off: 12,
+                kind: u32k,
+            },
+            resp_len: IntField {
+                off: 16,
+                kind: u32k,
+            },
+        },
+        req_info: ReqFields {
+            vdevice_id: IntField::UNKNOWN,
+            scope: IntField::UNKNOWN,
+            op: IntField { off: 0, kind: u32k },
+            tvm_arch: IntField { off: 4, kind: u32k },
+            req_len: IntField {
+                off: 24,
+                kind: IntKind::of(8, false),
+            },
+            resp_len: IntField {
+                off: 48,
+                kind: IntKind::of(8, false),
+            },
+        },
+        tsm_guest_req_code: 2,
         kvm_tsm_bind: kvm,
         kvm_pci_tsm_bind: kvm,
         kvm_driver_bind: kvm,

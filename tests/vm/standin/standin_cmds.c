@@ -160,6 +160,7 @@ int standin_cmd_ioctl(unsigned int vdev_id, u32 op, u32 flags,
 	rec("op=%u flags=%u vdevice_id=%u", op, flags, vdev_id);
 	start = ktime_get();
 	rc = iommufd_vdevice_tsm_op_ioctl(&ucmd);
+	rec("start_ns=%lld", ktime_to_ns(start));
 	rec("duration_ns=%lld", ktime_to_ns(ktime_sub(ktime_get(), start)));
 	sv = standin_find_vdev(vdev_id);
 	if (sv && sv->pdev)

@@ -68,11 +68,11 @@
  *                                           (standin_tdi_bind, with delay_us) at once;
  *                                           records n started returned ok duration_ns
  *   tsm_req <vdev_id> <scope|op> <req_len> <resp_len>
- *                                           v5 onwards (standin_req.c):
- *                                           IOMMU_VDEVICE_TSM_REQ through
+ *                                           every generation (standin_req.c):
+ *                                           the guest-request ioctl (0x96) through
  *                                           tsm_guest_req() to the real
- *                                           pci_tsm_guest_req() (7.x); v2:
- *                                           -EOPNOTSUPP
+ *                                           pci_tsm_guest_req() (7.x; else
+ *                                           tsm_guest_req() is -EOPNOTSUPP)
  *   realpci 0|1                             see above (-EOPNOTSUPP if the
  *                                           kernel has no PCI TSM)
  *   guest_req <bdf> <scope> <in_len> <out_len>

@@ -6,6 +6,9 @@
  *   2  (default) [PATCH v2 2/3] (March 2026, the seed): UAPI
  *      struct iommu_vdevice_tsm_op { size; op; flags; vdevice_id; } with
  *      #define IOMMU_VDEVICE_TSM_BIND 0x1 / _UNBIND 0x2; the vIOMMU holds kvm_filp.
+ *      Its 3/3: the guest-request ioctl (0x96) IOMMU_VDEVICE_TSM_GUEST_REQUEST ->
+ *      iommufd_vdevice_tsm_guest_request_ioctl() -> tsm_guest_req(dev, info) ->
+ *      pci_tsm_guest_req().
  *   5  [PATCH v5] (May 2026): the member is `type`, values from
  *      enum iommu_vdevice_tsm_op_type; the vIOMMU holds kvm_file; the guest-request ioctl
  *      IOMMU_VDEVICE_TSM_REQ (0x96) -> iommufd_vdevice_tsm_req_ioctl() ->
@@ -75,10 +78,16 @@ extern enum iommu_vdevice_tsm_op_type standin_last_op_type;
 #define STANDIN_VIOMMU_KVM kvm_file
 #endif
 
-/* ---- The guest-request path (v5 onwards) ---- */
+/* ---- The guest-request path (0x96; patch 3/3 of v2, v5, post-v5) ---- */
 
-#if STANDIN_GEN >= 5
-#if STANDIN_GEN == 5
+#if STANDIN_GEN <= 5
+/*
+ * v2 3/3 and v5: the request carries a scope (IOMMU_VDEVICE_TSM_REQ_PCI_*, one to one onto
+ * enum pci_tsm_req_scope). v2 3/3 (like v4, as posted 2026-04-27) names the command
+ * IOMMU_VDEVICE_TSM_GUEST_REQUEST, struct iommu_vdevice_tsm_guest_request, handled by
+ * iommufd_vdevice_tsm_guest_request_ioctl(); v5 renames them IOMMU_VDEVICE_TSM_REQ,
+ * struct iommu_vdevice_tsm_req, iommufd_vdevice_tsm_req_ioctl(). Same layout.
+ */
 struct tsm_guest_req_info {
 	u32 scope;
 	sockptr_t req;
@@ -87,8 +96,16 @@ struct tsm_guest_req_info {
 	size_t resp_len;
 };
 
+#if STANDIN_GEN == 2
+#define STANDIN_REQ_CMD iommu_vdevice_tsm_guest_request
+#define STANDIN_REQ_IOCTL iommufd_vdevice_tsm_guest_request_ioctl
+#else
+#define STANDIN_REQ_CMD iommu_vdevice_tsm_req
+#define STANDIN_REQ_IOCTL iommufd_vdevice_tsm_req_ioctl
+#endif
+
 /* UAPI (0x96): the fields the stand-in uses, in the order v5 posted them. */
-struct iommu_vdevice_tsm_req {
+struct STANDIN_REQ_CMD {
 	__u32 size;
 	__u32 vdevice_id;
 	__u32 scope;
@@ -126,6 +143,9 @@ struct tsm_guest_req_info {
 	size_t resp_len;
 };
 
+#define STANDIN_REQ_CMD iommu_vdevice_tsm_req
+#define STANDIN_REQ_IOCTL iommufd_vdevice_tsm_req_ioctl
+
 struct iommu_vdevice_tsm_req {
 	__u32 size;
 	__u32 vdevice_id;
@@ -141,5 +161,4 @@ struct iommu_vdevice_tsm_req {
 ssize_t tsm_guest_req(struct device *dev, struct tsm_guest_req_info *info,
 		      u64 *tsm_code);
 #endif
-int iommufd_vdevice_tsm_req_ioctl(struct iommufd_ucmd *ucmd);
-#endif
+int STANDIN_REQ_IOCTL(struct iommufd_ucmd *ucmd);

@@ -9,6 +9,7 @@
 //! |--------------|---------------------------------------------------------|
 //! | `iommufd.rs` | `iommufd_vdevice_tsm_op_ioctl`, `iommufd_vdevice_abort` |
 //! | `tsm.rs`     | `tsm_bind`, `tsm_unbind` (tsm-core, from the patch)     |
+//! | `guest_req.rs` | the series' guest-request ioctl and `tsm_guest_req` (tsm-core) |
 //! | `pci_tsm.rs` | `pci_tsm_bind`, `pci_tsm_unbind`                        |
 //! | `pci_tsm_link.rs` | sysfs `tsm/connect` and `tsm/disconnect`, `__pci_tsm_disconnect`, `__pci_tsm_unbind`, `__pci_tsm_destroy`, `pci_tsm_guest_req` |
 //! | `tsm_driver.rs` | the TSM driver's link ops (probe, connect, disconnect, bind, unbind, guest_req) |
@@ -17,6 +18,7 @@
 
 pub mod args;
 pub mod bench;
+pub mod guest_req;
 pub mod iommufd;
 pub mod kvm;
 pub mod pci_tsm;
@@ -109,7 +111,7 @@ unsafe fn init(ev: *mut RawEvent, probe: ProbeId, start_ns: u64) {
         (*ev).out_len = 0;
         (*ev).tsm_code = 0;
         (*ev).scope = 0;
-        (*ev)._pad = 0;
+        (*ev).tvm_arch = 0;
         let comm = core::ptr::addr_of_mut!((*ev).comm);
         generated::bpf_get_current_comm(comm.cast(), COMM_LEN as u32);
         (*ev).dev_name[0] = 0;

@@ -138,7 +138,7 @@ pub(super) const KVM_FIELDS: [(&str, &str); 4] = [
 pub(super) fn resolve_fields(
     objs: &Objects,
     fns: &Functions,
-) -> (Offsets, Vec<FieldReport>, Vec<PrototypeCheck>) {
+) -> (Offsets, Vec<FieldReport>, Vec<PrototypeCheck>, ReqNames) {
     let mut o = Offsets::UNKNOWN;
     let mut out = Out::default();
 
@@ -283,5 +283,6 @@ pub(super) fn resolve_fields(
 
     let mut prototypes = lifecycle::resolve(objs, fns, &mut o, &mut out);
     returns::resolve(objs, fns, &mut o, &mut out, &mut prototypes);
-    (o, out.fields, prototypes)
+    let names = guest_req::resolve(objs, fns, &mut o, &mut out);
+    (o, out.fields, prototypes, names)
 }

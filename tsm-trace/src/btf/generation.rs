@@ -8,8 +8,8 @@ use tsm_trace_common::OFFSET_UNKNOWN;
 
 use super::{FieldReport, Functions, Objects, Out};
 use crate::targets::{
-    GENERATIONS, GUEST_REQ_IOCTL, PATCH_FUNCTIONS, PCI_TSM_FUNCTION, TSM_GUEST_REQ, UAPI_OP_STRUCT,
-    VIOMMU_STRUCT,
+    GENERATIONS, GUEST_REQ_IOCTLS, PATCH_FUNCTIONS, PCI_TSM_FUNCTION, TSM_GUEST_REQ,
+    UAPI_OP_STRUCT, VIOMMU_STRUCT,
 };
 
 /// Facts from BTF, each with the BTF object it was seen in.
@@ -25,7 +25,7 @@ pub struct PatchFacts {
     pub viommu_members: Option<(Vec<String>, String)>,
     /// Parameters of [`TSM_GUEST_REQ`] (`None`: not in BTF).
     pub guest_req_params: Option<usize>,
-    /// [`GUEST_REQ_IOCTL`] is in BTF.
+    /// One of [`GUEST_REQ_IOCTLS`] is in BTF.
     pub guest_req_ioctl: bool,
 }
 
@@ -64,7 +64,7 @@ pub(super) fn facts(objs: &Objects, fns: &Functions) -> PatchFacts {
         uapi_members: member_names(objs, UAPI_OP_STRUCT, &order),
         viommu_members: member_names(objs, VIOMMU_STRUCT, &order),
         guest_req_params: objs.param_count(TSM_GUEST_REQ),
-        guest_req_ioctl: objs.find_func(GUEST_REQ_IOCTL).is_some(),
+        guest_req_ioctl: GUEST_REQ_IOCTLS.iter().any(|f| objs.find_func(f).is_some()),
     }
 }
 

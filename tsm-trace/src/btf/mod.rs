@@ -84,6 +84,11 @@ pub struct Functions<'a> {
     /// `ssize_t pci_tsm_guest_req(struct pci_dev *, scope, sockptr_t, size_t, sockptr_t,
     /// size_t, u64 *)`; `None`: not probed, its argument locations are left out.
     pub pci_tsm_guest_req: Option<&'a str>,
+    /// The guest-request ioctl handler found (a [`crate::targets::GUEST_REQ_IOCTLS`] name);
+    /// `None`: not probed, its UAPI command is left out.
+    pub guest_req_ioctl: Option<&'a str>,
+    /// `tsm_guest_req`; `None`: not probed, its request info is left out.
+    pub tsm_guest_req: Option<&'a str>,
     /// The TSM driver ops that will be probed: each prototype is checked against its op.
     pub driver_ops: &'a [(ProbeId, &'a str)],
     /// Every function a kprobe will be attached to, by probe (compiler suffixes dropped): its
@@ -115,6 +120,8 @@ impl Functions<'static> {
         kvm_destroy_vm: "kvm_destroy_vm",
         pci_tsm_unbind_any: Some("__pci_tsm_unbind"),
         pci_tsm_guest_req: Some("pci_tsm_guest_req"),
+        guest_req_ioctl: None,
+        tsm_guest_req: None,
         driver_ops: &[],
         probed: &[],
         overrides: &[],
@@ -199,6 +206,8 @@ pub struct Resolution {
     pub objects: Vec<ObjectReport>,
     /// What BTF shows of the patch series and of PCI TSM (see the `generation` module).
     pub patch: PatchFacts,
+    /// Names of guest-request values, from BTF's enums.
+    pub names: ReqNames,
 }
 
 impl Resolution {
@@ -259,12 +268,13 @@ impl Resolution {
 /// Loads vmlinux and module BTF from `sources` and resolves every offset the probes need.
 pub fn resolve(sources: &BtfSources, fns: &Functions) -> Result<Resolution, BtfError> {
     let (objs, objects) = load(sources)?;
-    let (offsets, fields, prototypes) = resolve_fields(&objs, fns);
+    let (offsets, fields, prototypes, names) = resolve_fields(&objs, fns);
     Ok(Resolution {
         offsets,
         fields,
         prototypes,
         objects,
+        names,
         patch: generation::facts(&objs, fns),
     })
 }
@@ -272,6 +282,7 @@ pub fn resolve(sources: &BtfSources, fns: &Functions) -> Result<Resolution, BtfE
 mod abi;
 mod fields;
 mod generation;
+mod guest_req;
 mod lifecycle;
 mod load;
 mod returns;
@@ -285,4 +296,5 @@ use load::*;
 use walk::*;
 
 pub use generation::PatchFacts;
+pub use guest_req::{EnumNames, KindNames, ReqNames};
 pub use lifecycle::{PrototypeCheck, describe_loc};

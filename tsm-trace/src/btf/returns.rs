@@ -49,6 +49,8 @@ fn field_name(probe: ProbeId) -> &'static str {
         ProbeId::DriverConnect => "return driver_connect",
         ProbeId::DriverDisconnect => "return driver_disconnect",
         ProbeId::DriverGuestReq => "return driver_guest_req",
+        ProbeId::GuestReqIoctl => "return guest_req_ioctl",
+        ProbeId::TsmGuestReq => "return tsm_guest_req",
     }
 }
 

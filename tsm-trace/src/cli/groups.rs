@@ -27,6 +27,12 @@ pub struct ProbeArgs {
     /// call you expect.
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse::duration, allow_hyphen_values = true, env = "TSM_TRACE_INFLIGHT_TIMEOUT")]
     pub inflight_timeout: Duration,
+    /// Log the TSM operations that have been running longer than this (device, VM, the
+    /// function they are in, age from the kernel's entry timestamp), and again every as long
+    /// while they still run. They are in /bindings' in_flight and in
+    /// tsm_trace_operation_in_flight_oldest_seconds whatever this says. 0: never log.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse::duration, allow_hyphen_values = true, env = "TSM_TRACE_STUCK_AFTER")]
+    pub stuck_after: Duration,
     /// The secret key that names VMs without their kernel address (`vm#…`, a keyed hash of
     /// the `struct kvm` pointer): created 0600 if missing, shared by every tsm-trace of the
     /// boot (/run is a tmpfs). If it cannot be stored, a key in memory is used and names

@@ -285,6 +285,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             boot_id,
         }),
         inflight_timeout: args.probes.inflight_timeout,
+        stuck_after: args.probes.stuck_after,
         readiness: Some(readiness.clone()),
     };
     let stop = event_loop::run(&mut live, &pipeline, &metrics, &cfg, &opts, None).await?;

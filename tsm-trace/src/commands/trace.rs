@@ -86,6 +86,7 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         late_attach: None,
         state: None,
         inflight_timeout: args.probes.inflight_timeout,
+        stuck_after: args.probes.stuck_after,
         readiness: None,
     };
     event_loop::run(
@@ -99,12 +100,18 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
     .await?;
     // Take what is already in the ring buffer, then close open frames.
     event_loop::drain(&mut live, &pipeline, &metrics, Some(&mut record))?;
+    // What is still running (read after the drain: every call that returned is out).
+    let in_flight = live.session().in_flight();
     let mut p = pipeline.into_inner().expect("pipeline lock");
+    p.summary_mut().set_in_flight(
+        in_flight.total,
+        in_flight.describe(event_loop::monotonic_ns()),
+    );
     p.finish(event_loop::monotonic_ns());
     if let Some(s) = p.sink_mut() {
         s.flush();
     }
-    event_loop::housekeeping(&mut live, &metrics, args.probes.inflight_timeout);
+    event_loop::housekeeping(&mut live, &metrics, args.probes.inflight_timeout, None);
     let k = live.kernel_counts().unwrap_or_default();
     if !args.no_summary {
         let mut err = std::io::stderr().lock();

@@ -172,16 +172,7 @@ fn build_operation(frames: &mut [Event], mut frame_vec: Vec<Frame>) -> Operation
             }
         }
     };
-    let guest_request = frames
-        .iter()
-        .find(|f| matches!(f.probe, ProbeId::PciTsmGuestReq | ProbeId::DriverGuestReq))
-        .map(|f| GuestRequest {
-            scope: f.scope,
-            in_len: f.in_len,
-            out_len: f.out_len,
-            tsm_code: f.tsm_code,
-            residue: f.ret.filter(|r| *r > 0).map(|r| r as u64),
-        });
+    let guest_request = guest_request(frames);
     let start_ns = if outer.entry_missing {
         frames
             .iter()
@@ -223,6 +214,38 @@ fn build_operation(frames: &mut [Event], mut frame_vec: Vec<Frame>) -> Operation
         },
         result,
     }
+}
+
+/// What a guest request's frames (outermost first) carry: each value from the deepest frame
+/// that has it (the scope together with its name); `None` for other operations.
+fn guest_request(frames: &[Event]) -> Option<GuestRequest> {
+    let req: Vec<&Event> = frames
+        .iter()
+        .filter(|f| aggregates::outer_kind(f.probe, None) == aggregates::OP_GUEST_REQUEST)
+        .rev()
+        .collect();
+    if req.is_empty() {
+        return None;
+    }
+    let scope = req.iter().find(|f| f.scope.is_some());
+    let op = req.iter().find(|f| f.req_op.is_some());
+    let lens = req
+        .iter()
+        .find(|f| f.in_len.is_some() && f.out_len.is_some());
+    Some(GuestRequest {
+        scope: scope.and_then(|f| f.scope),
+        scope_name: scope.and_then(|f| f.scope_name.clone()),
+        req_op: op.and_then(|f| f.req_op),
+        req_op_name: op.and_then(|f| f.req_op_name.clone()),
+        tvm_arch: op.and_then(|f| f.tvm_arch),
+        tvm_arch_name: op.and_then(|f| f.tvm_arch_name.clone()),
+        in_len: lens.and_then(|f| f.in_len),
+        out_len: lens.and_then(|f| f.out_len),
+        tsm_code: req.iter().find_map(|f| f.tsm_code),
+        residue: req
+            .iter()
+            .find_map(|f| f.ret.filter(|r| *r > 0).map(|r| r as u64)),
+    })
 }
 
 /// The kind indices of the shared table are `OpKind::ALL`'s, and its UAPI values the ones

@@ -77,7 +77,7 @@ use rustc_hash::FxBuildHasher as FxBuild;
 pub use types::{
     Anomaly, AnomalyKind, BindPath, Binding, BindingClosed, ClearCause, Frame, GuestRequest, Leak,
     LeakReason, Mismatch, MismatchKind, OpKind, OpResult, Operation, Output, TsmState,
-    UAPI_OP_BIND, UAPI_OP_UNBIND, VmEvent, VmEventKind,
+    UAPI_OP_BIND, UAPI_OP_UNBIND, VmEvent, VmEventKind, label,
 };
 
 /// Limits and timers. All times are CLOCK_MONOTONIC nanoseconds.

@@ -50,12 +50,24 @@ impl OpKind {
     }
 }
 
-/// What a guest request asked and got.
+/// What a guest request asked and got. Each value is the deepest frame's that carries it
+/// (what the PCI TSM core or the driver saw), its name from BTF's enum where BTF has one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct GuestRequest {
-    /// `enum pci_tsm_req_scope`: 0 info, 1 state change (others are refused with -EINVAL).
+    /// `enum pci_tsm_req_scope` at PCI TSM, or the request's `scope` (v2, v5).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scope: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope_name: Option<String>,
+    /// Post-v5: the request's `op` and `tvm_arch` (they replace the UAPI scope).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub req_op: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub req_op_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tvm_arch: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tvm_arch_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub in_len: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -68,17 +80,19 @@ pub struct GuestRequest {
     pub residue: Option<u64>,
 }
 
+/// A value for trace lines: its name, else its number, else `unknown`.
+pub fn label(name: Option<&str>, v: Option<u32>) -> String {
+    match (name, v) {
+        (Some(n), _) => n.to_string(),
+        (None, Some(v)) => v.to_string(),
+        (None, None) => "unknown".to_string(),
+    }
+}
+
 impl GuestRequest {
-    /// The scope's name (`info`, `state_change`, ...), for labels and trace lines.
-    pub fn scope_name(&self) -> &'static str {
-        match self.scope {
-            Some(0) => "info",
-            Some(1) => "state_change",
-            Some(2) => "debug_read",
-            Some(3) => "debug_write",
-            Some(_) => "other",
-            None => "unknown",
-        }
+    /// The scope's name (`info`, `state_change`, ... from BTF), else its number.
+    pub fn scope_label(&self) -> String {
+        label(self.scope_name.as_deref(), self.scope)
     }
 }
 

@@ -190,6 +190,21 @@ pub struct Event {
     pub out_len: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tsm_code: Option<u64>,
+    /// Guest requests post-v5 (the ioctl, `tsm_guest_req`): the request's `op` and
+    /// `tvm_arch`, which replace `scope`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub req_op: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tvm_arch: Option<u32>,
+    /// Names of `scope`, `req_op` and `tvm_arch` from the enum BTF gives their member or
+    /// parameter (the enumerator without the enum's common prefix, lowercase); absent where
+    /// BTF has no enum for it (a plain `u32`): then only the number is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub req_op_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tvm_arch_name: Option<String>,
     /// A NULL pointer return is a failure (driver `probe`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ret_null_is_err: bool,
@@ -245,6 +260,11 @@ impl Event {
             in_len: None,
             out_len: None,
             tsm_code: None,
+            req_op: None,
+            tvm_arch: None,
+            scope_name: None,
+            req_op_name: None,
+            tvm_arch_name: None,
             ret_null_is_err: false,
             nothing_bound: false,
             tsm_unregister: false,
@@ -371,6 +391,27 @@ impl Event {
                 ev.tsm_code = has(missing::TSM_CODE).then_some(raw.tsm_code);
                 if probe == ProbeId::DriverGuestReq && has(missing::TDI) {
                     ev.tdi_id = Some(raw.tdi_id);
+                }
+            }
+            ProbeId::GuestReqIoctl | ProbeId::TsmGuestReq => {
+                if probe == ProbeId::GuestReqIoctl {
+                    ev.vdevice_id = has(missing::VDEVICE_ID).then_some(raw.vdevice_id);
+                } else {
+                    ev.device = device;
+                    ev.tsm_code = has(missing::TSM_CODE).then_some(raw.tsm_code);
+                }
+                if has(missing::REQ_KIND) {
+                    if raw.flags & flags::REQ_SCOPE != 0 {
+                        ev.scope = Some(raw.scope);
+                    }
+                    if raw.flags & flags::REQ_OP != 0 {
+                        ev.req_op = Some(raw.op);
+                        ev.tvm_arch = Some(raw.tvm_arch);
+                    }
+                }
+                if has(missing::GUEST_REQ_ARGS) {
+                    ev.in_len = Some(raw.in_len);
+                    ev.out_len = Some(raw.out_len);
                 }
             }
         }

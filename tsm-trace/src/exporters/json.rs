@@ -83,6 +83,10 @@ pub struct BindingsView {
     pub leaks: Vec<Timed<Leak>>,
     /// Frames waiting for their outer call.
     pub pending_frames: usize,
+    /// Operations entered and not returned (all of them), and the oldest of them (bounded):
+    /// device, VM, the function each is in, its age from the kernel's entry timestamp.
+    pub operations_in_flight: usize,
+    pub in_flight: Vec<crate::in_flight::InFlightView>,
 }
 
 /// A binding or leak with its times as wall-clock RFC 3339 beside the `*_ns`.
@@ -127,7 +131,16 @@ impl BindingsView {
                 })
                 .collect(),
             pending_frames: c.pending_frames(),
+            operations_in_flight: 0,
+            in_flight: Vec::new(),
         }
+    }
+
+    /// With the operations in flight as last read, aged at CLOCK_MONOTONIC now.
+    pub fn with_in_flight(mut self, f: &crate::in_flight::InFlight) -> BindingsView {
+        self.operations_in_flight = f.total;
+        self.in_flight = f.view(crate::clock::monotonic_ns());
+        self
     }
 
     pub fn to_json(&self) -> String {

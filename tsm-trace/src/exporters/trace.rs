@@ -224,7 +224,17 @@ impl TraceFormatter {
             let _ = write!(s, " by={}", c.as_str());
         }
         if let Some(g) = &op.guest_request {
-            let _ = write!(s, " scope={}", g.scope_name());
+            if g.scope.is_some() || g.req_op.is_none() {
+                let _ = write!(s, " scope={}", g.scope_label());
+            }
+            if g.req_op.is_some() {
+                let _ = write!(
+                    s,
+                    " req_op={} tvm_arch={}",
+                    crate::correlate::label(g.req_op_name.as_deref(), g.req_op),
+                    crate::correlate::label(g.tvm_arch_name.as_deref(), g.tvm_arch)
+                );
+            }
             if let (Some(i), Some(o)) = (g.in_len, g.out_len) {
                 let _ = write!(s, " in={i} out={o}");
             }
@@ -481,6 +491,8 @@ pub struct Summary {
     closed: BTreeMap<&'static str, u64>,
     /// Events lost, by reason, as the loss records said.
     lost: BTreeMap<&'static str, u64>,
+    /// Operations still running at the end: how many, and each (bounded).
+    in_flight: Option<(usize, String)>,
 }
 
 /// The kernel's exact operation counts (`OP_COUNTS`, what `run` serves as
@@ -556,6 +568,11 @@ impl Summary {
         }
     }
 
+    /// Operations still running when the summary is made (`in_flight.rs`).
+    pub fn set_in_flight(&mut self, total: usize, what: String) {
+        self.in_flight = Some((total, what));
+    }
+
     /// A loss record written to the stream.
     pub fn add_lost(&mut self, l: &super::loss::Lost) {
         *self.lost.entry(l.reason).or_default() += l.count;
@@ -613,7 +630,15 @@ impl Summary {
         counted: Option<&Counted>,
     ) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "\n=== tsm-trace summary: {} ===", self.headline(counted));
+        let _ = write!(s, "\n=== tsm-trace summary: {}", self.headline(counted));
+        match &self.in_flight {
+            Some((n, what)) if *n > 0 => {
+                let _ = writeln!(s, ", {n} still in flight ===\nstill in flight: {what}");
+            }
+            _ => {
+                let _ = writeln!(s, " ===");
+            }
+        }
         for kind in OpKind::ALL {
             let ok = self.ops.get(&(kind, true)).copied().unwrap_or(0);
             let err = self.ops.get(&(kind, false)).copied().unwrap_or(0);

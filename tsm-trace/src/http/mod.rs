@@ -173,7 +173,8 @@ async fn bindings(State(s): State<HttpState>) -> Response {
     let view = match s.pipeline.lock() {
         Ok(p) => BindingsView::of(p.correlator()),
         Err(poisoned) => BindingsView::of(poisoned.into_inner().correlator()),
-    };
+    }
+    .with_in_flight(&s.metrics.in_flight());
     ([(header::CONTENT_TYPE, "application/json")], view.to_json()).into_response()
 }
 

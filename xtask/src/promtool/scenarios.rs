@@ -640,4 +640,25 @@ pub const ALL: &[Scenario] = &[
             },
         ],
     },
+    Scenario {
+        name: "a bind stuck in firmware: an operation in flight for minutes",
+        capture: LATE_MODULE,
+        derive: None,
+        timeline: QUIET,
+        // The daemon's: replay reads no kernel entries. A call entered at minute 3 never
+        // returns; its age (from the kernel's entry stamp) grows a minute a minute.
+        daemon: &[Daemon::Set(
+            "tsm_trace_operation_in_flight_oldest_seconds",
+            |k| Some(k.saturating_sub(3) as f64 * 60.0),
+        )],
+        fresh_errors: 0,
+        expect: &[
+            // 300 s at minute 8 is not above the threshold; 360 s at 9, pending for 1m.
+            Expect { at: 9, firing: &[] },
+            Expect {
+                at: 11,
+                firing: &[alert("TsmOperationStuck", "warning", &[JOB])],
+            },
+        ],
+    },
 ];

@@ -224,6 +224,7 @@ fn guest_request_fields() {
     let mut c = Correlator::default();
     let mut g = dev_frame(ProbeId::PciTsmGuestReq, 1_000, 2_000, Some(16));
     g.scope = Some(1);
+    g.scope_name = Some("state_change".into());
     g.in_len = Some(64);
     g.out_len = Some(128);
     g.tsm_code = Some(0x77);
@@ -234,7 +235,7 @@ fn guest_request_fields() {
     let gr = op.guest_request.as_ref().unwrap();
     assert_eq!(
         (
-            gr.scope_name(),
+            gr.scope_label().as_str(),
             gr.in_len,
             gr.out_len,
             gr.tsm_code,
@@ -293,6 +294,55 @@ fn disconnect_of_a_dsm_unbinds_its_functions() {
         })
         .collect();
     assert_eq!(closed, [FN1, DEV]);
+}
+
+/// The series' path: ioctl → tsm_guest_req → pci_tsm_guest_req is one guest request that
+/// starts at iommufd (its success's layer), with the vdevice of the ioctl, the op/tvm_arch
+/// of tsm_guest_req (post-v5) and the scope PCI TSM saw; an unnamed value stays a number.
+#[test]
+fn guest_request_through_the_ioctl_is_one_operation() {
+    let mut c = Correlator::default();
+    let mut pci = dev_frame(ProbeId::PciTsmGuestReq, 1_200, 1_800, Some(16));
+    pci.scope = Some(1);
+    pci.scope_name = Some("state_change".into());
+    pci.in_len = Some(64);
+    pci.out_len = Some(128);
+    pci.tsm_code = Some(0x5eed);
+    let mut tsm = dev_frame(ProbeId::TsmGuestReq, 1_100, 1_900, Some(16));
+    tsm.req_op = Some(5);
+    tsm.req_op_name = Some("set_tdi_state".into());
+    tsm.tvm_arch = Some(9);
+    tsm.in_len = Some(64);
+    tsm.out_len = Some(128);
+    let mut ioctl = ev(ProbeId::GuestReqIoctl, 1_000, 2_000, 7, Some(16));
+    ioctl.vdevice_id = Some(4);
+    ioctl.req_op = Some(5);
+    let out = run(&mut c, vec![pci, tsm, ioctl]);
+    let o = ops(&out);
+    assert_eq!(o.len(), 1, "{out:#?}");
+    let op = o[0];
+    assert_eq!(op.kind, OpKind::GuestRequest);
+    assert_eq!(op.frames[0].probe, ProbeId::GuestReqIoctl);
+    assert_eq!(op.frames.len(), 3);
+    assert_eq!(op.vdevice_id, Some(4));
+    assert_eq!(op.device.as_deref(), Some(DEV));
+    let gr = op.guest_request.as_ref().unwrap();
+    assert_eq!(gr.scope_label(), "state_change");
+    assert_eq!(gr.req_op_name.as_deref(), Some("set_tdi_state"));
+    assert_eq!(
+        crate::correlate::label(gr.tvm_arch_name.as_deref(), gr.tvm_arch),
+        "9"
+    );
+    assert_eq!((gr.tsm_code, gr.residue), (Some(0x5eed), Some(16)));
+    let line =
+        crate::exporters::trace::TraceFormatter::new(crate::clock::Clock::Relative { base_ns: 0 })
+            .operation(op);
+    assert!(line.contains("guest_request"), "{line}");
+    assert!(
+        line.contains("scope=state_change req_op=set_tdi_state tvm_arch=9"),
+        "{line}"
+    );
+    assert!(line.contains("vdev=4"), "{line}");
 }
 
 #[test]

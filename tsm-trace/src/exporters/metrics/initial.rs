@@ -34,8 +34,9 @@ const PCI_TSM_LAYERS: &[Layer] = &[Layer::PciTsm, Layer::TsmDriver];
 
 /// For each operation, the layers its outermost call can be in (the `layer` of a success):
 /// a bind or unbind starts at the ioctl, a bare `tsm_bind`, `pci_tsm_bind` or the driver's
-/// op; a teardown and an invalid ioctl in iommufd; connect, disconnect and guest requests in
-/// PCI TSM or (a driver op called on its own) the driver.
+/// op; a teardown and an invalid ioctl in iommufd; connect and disconnect in PCI TSM or (a
+/// driver op called on its own) the driver; a guest request at the series' ioctl, a bare
+/// `tsm_guest_req`, `pci_tsm_guest_req` or the driver's op.
 pub const OK_LAYERS: [(OpKind, &[Layer]); 7] = [
     (OpKind::Bind, BIND_LAYERS),
     (OpKind::Unbind, BIND_LAYERS),
@@ -43,7 +44,7 @@ pub const OK_LAYERS: [(OpKind, &[Layer]); 7] = [
     (OpKind::Invalid, &[Layer::Iommufd]),
     (OpKind::Connect, PCI_TSM_LAYERS),
     (OpKind::Disconnect, PCI_TSM_LAYERS),
-    (OpKind::GuestRequest, PCI_TSM_LAYERS),
+    (OpKind::GuestRequest, BIND_LAYERS),
 ];
 
 /// `(op, layer, errno)` failures known up front: docs/runbook.md's tables for

@@ -19,6 +19,7 @@
 //!   programs or never finished there.
 //! - `persistence.rs`: the state file's saves and the ring-buffer records held for them.
 //! - `initial.rs`: the series known up front, started at 0.
+//! - `in_flight.rs`: operations still running and the oldest one's age.
 
 mod operations;
 mod persistence;
@@ -27,6 +28,7 @@ mod self_metrics;
 mod tables;
 
 pub mod histograms;
+mod in_flight;
 pub mod initial;
 pub mod misses;
 
@@ -42,6 +44,7 @@ use crate::events::{Layer, ProbeId};
 use crate::probes::KernelCounts;
 use crate::sysfs::Snapshot;
 
+use in_flight::InFlightMetrics;
 use misses::MissMetrics;
 use operations::Operations;
 use persistence::Persistence;
@@ -63,6 +66,7 @@ pub struct Metrics {
     reconcile: Reconcile,
     self_metrics: SelfMetrics,
     persistence: Persistence,
+    in_flight: InFlightMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -121,6 +125,7 @@ impl Metrics {
         let reconcile = Reconcile::register(&registry);
         let self_metrics = SelfMetrics::register(&registry);
         let persistence = Persistence::register(&registry);
+        let in_flight = InFlightMetrics::register(&registry);
         // Operations, durations, events and expiries known up front start at 0 too.
         initial::declare(
             &operations.operations,
@@ -135,7 +140,22 @@ impl Metrics {
             reconcile,
             self_metrics,
             persistence,
+            in_flight,
         }
+    }
+
+    /// The last read of the operations in flight (`crate::in_flight`).
+    pub fn set_in_flight(&self, f: crate::in_flight::InFlight) {
+        self.in_flight.set(f);
+    }
+
+    pub fn in_flight(&self) -> crate::in_flight::InFlight {
+        self.in_flight.get()
+    }
+
+    /// A call returned: the operation it was the outermost call of leaves the last read.
+    pub fn call_returned(&self, tid: u32, probe: ProbeId, start_ns: u64) {
+        self.in_flight.returned(tid, probe, start_ns);
     }
 
     /// Kernel miss counts, expiries and uncounted operations (`misses.rs`).
@@ -150,6 +170,7 @@ impl Metrics {
     /// The text exposition (format 0.0.4).
     pub fn render(&self) -> String {
         self.refresh_aggregates();
+        self.in_flight.refresh(crate::clock::monotonic_ns());
         let mut buf = Vec::new();
         let families = self.registry.gather();
         if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
