@@ -232,3 +232,22 @@ fn web_config_errors() {
     assert!(matches!(auth, AuthError::Hash { .. }), "{auth:?}");
     check(&auth, 1);
 }
+
+#[test]
+fn timeline_errors() {
+    use crate::exporters::timeline::TimelineError;
+    check(
+        &TimelineError::Create {
+            path: "/x/t.json".into(),
+            source: io_err(),
+        },
+        1,
+    );
+    check(
+        &TimelineError::Write {
+            path: "/x/t.json".into(),
+            source: io_err(),
+        },
+        1,
+    );
+}

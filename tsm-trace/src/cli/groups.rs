@@ -261,3 +261,16 @@ impl TargetArgs {
         }
     }
 }
+
+/// Where the operations go besides the trace lines (`trace`, `replay`).
+#[derive(Args, Clone, Default)]
+#[command(next_help_heading = "Export")]
+pub struct TimelineArgs {
+    /// Also write the operations as a Chrome/Perfetto trace-event JSON file (open it in
+    /// ui.perfetto.dev or chrome://tracing): a track per device, a slice per layer's call
+    /// with its errno, instant events for leaks and unbinds by cause. Every operation, whatever
+    /// the filters. An existing regular FILE is replaced (created 0600; never through a
+    /// symlink).
+    #[arg(long, value_name = "FILE")]
+    pub timeline: Option<PathBuf>,
+}

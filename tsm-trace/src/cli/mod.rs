@@ -12,7 +12,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 pub use groups::{
-    CorrelateArgs, FilterArgs, PrintFormat, ProbeArgs, TargetArgs, TimeFormat, WebArgs,
+    CorrelateArgs, FilterArgs, PrintFormat, ProbeArgs, TargetArgs, TimeFormat, TimelineArgs,
+    WebArgs,
 };
 
 pub const CHECK_LONG_ABOUT: &str = "\
@@ -182,6 +183,8 @@ pub struct TraceArgs {
     pub correlate: CorrelateArgs,
     #[command(flatten)]
     pub filter: FilterArgs,
+    #[command(flatten)]
+    pub export: TimelineArgs,
     /// Stop after this long (e.g. 30s, 10m); default: until Ctrl-C.
     #[arg(long, value_name = "DURATION", value_parser = parse::duration, allow_hyphen_values = true, help_heading = "Session")]
     pub duration: Option<Duration>,
@@ -205,6 +208,8 @@ pub struct ReplayArgs {
     pub correlate: CorrelateArgs,
     #[command(flatten)]
     pub filter: FilterArgs,
+    #[command(flatten)]
+    pub export: TimelineArgs,
     /// Print only the Prometheus exposition the daemon would serve after this capture (no
     /// trace lines, no summary), e.g. for `promtool check metrics`.
     #[arg(long, conflicts_with = "json")]

@@ -6,8 +6,9 @@ use anyhow::{Context, Result, bail};
 use tsm_trace::{
     cli::{ReplayArgs, TimeFormat},
     events::record,
+    exporters::timeline::Timeline,
     exporters::trace::Clock,
-    pipeline::{self, ReplayOptions},
+    pipeline::{self, Extra, ReplayOptions},
 };
 
 use super::LOG;
@@ -22,6 +23,16 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
             tsm_trace::files::cap::RECORD
         ));
     }
+    // Every output file is opened before the work starts: a wrong path fails at once.
+    let mut extra = Extra {
+        timeline: args
+            .export
+            .timeline
+            .as_deref()
+            .map(Timeline::create)
+            .transpose()
+            .context("--timeline")?,
+    };
     let capture = record::read_capture(BufReader::new(f), &path)?;
     if let Some(t) = &capture.torn {
         log::warn!(target: LOG, "{}", t.warning(&path));
@@ -39,7 +50,7 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
         (Some(TimeFormat::Boot), _) => Some(Clock::Boot),
         (None | Some(TimeFormat::Relative), _) => None,
     };
-    pipeline::replay(
+    let replayed = pipeline::replay_with(
         capture.events,
         &ReplayOptions {
             config: args.correlate.config(),
@@ -51,6 +62,12 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
             metrics: args.metrics,
         },
         Box::new(std::io::stdout()),
-    )?;
+        &mut extra,
+    );
+    // The timeline is complete whatever became of stdout.
+    if let Some(mut t) = extra.timeline.take() {
+        t.finish()?;
+    }
+    replayed?;
     Ok(())
 }

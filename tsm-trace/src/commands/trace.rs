@@ -32,6 +32,13 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         }
         None => None,
     };
+    let timeline = args
+        .export
+        .timeline
+        .as_deref()
+        .map(tsm_trace::exporters::timeline::Timeline::create)
+        .transpose()
+        .context("--timeline")?;
     let mut live = start_session(&args.probes, None)?;
     if let Some(why) = verdict::bind_path_gap(&mut facts, live.session()) {
         let later = if live.missing() > 0 {
@@ -59,7 +66,10 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         clock,
     );
     sink.realtime_offset_ns = Some(offset);
-    let pipeline = Mutex::new(Pipeline::new(cfg.clone(), metrics.clone(), Some(sink)));
+    let pipeline = Mutex::new(
+        Pipeline::new(cfg.clone(), metrics.clone(), Some(sink))
+            .with_extra(tsm_trace::pipeline::Extra { timeline }),
+    );
     eprintln!(
         "tsm-trace: tracing with {} programs attached{}; Ctrl-C stops",
         live.session().attached_count(),
@@ -103,6 +113,9 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
     p.finish(event_loop::monotonic_ns());
     if let Some(s) = p.sink_mut() {
         s.flush();
+    }
+    if let Some(mut t) = p.take_extra().timeline {
+        t.finish()?;
     }
     event_loop::housekeeping(&mut live, &metrics, args.probes.inflight_timeout);
     let k = live.kernel_counts().unwrap_or_default();
