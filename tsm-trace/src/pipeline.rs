@@ -14,6 +14,7 @@ use crate::events::Event;
 use crate::exporters::json;
 use crate::exporters::loss::{LossTracker, Lost};
 use crate::exporters::metrics::Metrics;
+use crate::exporters::otlp::Otlp;
 use crate::exporters::timeline::Timeline;
 use crate::exporters::trace::{Clock, Counted, Filters, Summary, TraceFormatter};
 use crate::probes::KernelCounts;
@@ -145,16 +146,20 @@ impl std::fmt::Debug for TraceSink {
 }
 
 /// The exporters fed every output besides the metrics and the trace lines, whatever the
-/// trace filters: the timeline file (`--timeline`).
+/// trace filters: the timeline file (`--timeline`), the OTLP span export (`--otlp-endpoint`).
 #[derive(Debug, Default)]
 pub struct Extra {
     pub timeline: Option<Timeline>,
+    pub otlp: Option<Otlp>,
 }
 
 impl Extra {
     fn observe(&mut self, o: &Output) {
         if let Some(t) = self.timeline.as_mut() {
             t.write(o);
+        }
+        if let Some(x) = self.otlp.as_mut() {
+            x.write(o);
         }
     }
 }

@@ -32,10 +32,25 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
             .map(Timeline::create)
             .transpose()
             .context("--timeline")?,
+        otlp: None,
     };
     let capture = record::read_capture(BufReader::new(f), &path)?;
     if let Some(t) = &capture.torn {
         log::warn!(target: LOG, "{}", t.warning(&path));
+    }
+    // Span times: the capture's wall clock if it recorded one, else the Unix epoch plus its
+    // CLOCK_MONOTONIC times (docs/traces.md).
+    let metrics = tsm_trace::exporters::metrics::Metrics::new();
+    extra.otlp = super::start_otlp(
+        &args.otlp,
+        &metrics,
+        capture.header.realtime_offset_ns.unwrap_or(0),
+        tsm_trace::exporters::otlp::WhenFull::Wait(std::time::Duration::from_secs(30)),
+    )?;
+    if extra.otlp.is_some() && capture.header.realtime_offset_ns.is_none() {
+        log::warn!(target: LOG,
+            "{path} does not record the wall clock: span times are its CLOCK_MONOTONIC times after the Unix epoch (1970-01-01 plus uptime)"
+        );
     }
     // `replay` writes everything once: trace lines and summary, or the exposition alone.
     let offset = capture.header.realtime_offset_ns;
@@ -65,6 +80,7 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
         &mut extra,
     );
     // The timeline is complete whatever became of stdout.
+    super::finish_otlp(extra.otlp.take());
     if let Some(mut t) = extra.timeline.take() {
         t.finish()?;
     }

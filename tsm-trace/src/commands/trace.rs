@@ -39,6 +39,14 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         .map(tsm_trace::exporters::timeline::Timeline::create)
         .transpose()
         .context("--timeline")?;
+    let metrics = Arc::new(Metrics::new());
+    let offset = tsm_trace::clock::realtime_offset_ns();
+    let otlp = super::start_otlp(
+        &args.otlp,
+        &metrics,
+        offset,
+        tsm_trace::exporters::otlp::WhenFull::Drop,
+    )?;
     let mut live = start_session(&args.probes, None)?;
     if let Some(why) = verdict::bind_path_gap(&mut facts, live.session()) {
         let later = if live.missing() > 0 {
@@ -48,10 +56,8 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         };
         log::warn!(target: LOG, "{why}; nothing to trace{later}");
     }
-    let metrics = Arc::new(Metrics::new());
     publish_session(&metrics, live.session());
     let cfg = args.correlate.config();
-    let offset = tsm_trace::clock::realtime_offset_ns();
     let clock = match args.filter.time {
         None | Some(TimeFormat::Wall) => Clock::wall(offset),
         Some(TimeFormat::Boot) => Clock::Boot,
@@ -68,7 +74,7 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
     sink.realtime_offset_ns = Some(offset);
     let pipeline = Mutex::new(
         Pipeline::new(cfg.clone(), metrics.clone(), Some(sink))
-            .with_extra(tsm_trace::pipeline::Extra { timeline }),
+            .with_extra(tsm_trace::pipeline::Extra { timeline, otlp }),
     );
     eprintln!(
         "tsm-trace: tracing with {} programs attached{}; Ctrl-C stops",
@@ -114,7 +120,9 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
     if let Some(s) = p.sink_mut() {
         s.flush();
     }
-    if let Some(mut t) = p.take_extra().timeline {
+    let extra = p.take_extra();
+    super::finish_otlp(extra.otlp);
+    if let Some(mut t) = extra.timeline {
         t.finish()?;
     }
     event_loop::housekeeping(&mut live, &metrics, args.probes.inflight_timeout);

@@ -17,9 +17,11 @@
 //! - `self_metrics.rs`: tsm-trace itself (probes, events processed and lost, the kernel-side
 //!   counters, anomalies, BTF, build and process); `misses.rs`: what never reached our
 //!   programs or never finished there.
+//! - `otlp.rs`: the OTLP span export (spans exported, dropped, failed requests).
 //! - `initial.rs`: the series known up front, started at 0.
 
 mod operations;
+mod otlp;
 mod reconcile;
 mod self_metrics;
 mod tables;
@@ -47,6 +49,7 @@ use self_metrics::SelfMetrics;
 use tables::Tables;
 
 pub use operations::AggregatesSource;
+pub use otlp::{DROP_EXPORT_FAILED, DROP_QUEUE_FULL, DROP_REASONS, DROP_SHUTDOWN, OtlpCounters};
 pub use self_metrics::{DECODE_ERROR, LOST_REASONS};
 
 /// The exposition's content type.
@@ -59,6 +62,7 @@ pub struct Metrics {
     tables: Tables,
     reconcile: Reconcile,
     self_metrics: SelfMetrics,
+    otlp: OtlpCounters,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -116,6 +120,7 @@ impl Metrics {
         let tables = Tables::register(&registry);
         let reconcile = Reconcile::register(&registry);
         let self_metrics = SelfMetrics::register(&registry);
+        let otlp = OtlpCounters::register(&registry);
         // Operations, durations, events and expiries known up front start at 0 too.
         initial::declare(
             &operations.operations,
@@ -129,7 +134,13 @@ impl Metrics {
             tables,
             reconcile,
             self_metrics,
+            otlp,
         }
+    }
+
+    /// The OTLP export's counters (`otlp.rs`), for the exporter to update.
+    pub fn otlp(&self) -> &OtlpCounters {
+        &self.otlp
     }
 
     /// Kernel miss counts, expiries and uncounted operations (`misses.rs`).
