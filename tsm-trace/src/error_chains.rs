@@ -251,3 +251,16 @@ fn timeline_errors() {
         1,
     );
 }
+
+#[test]
+fn otlp_errors() {
+    use crate::exporters::otlp::{OtlpError, config};
+    let e = config::resolve(Some("ftp://x"), |_| None).unwrap_err();
+    let e = OtlpError::from(e);
+    check(&e, 1);
+    assert!(
+        messages(&e)[1].contains("--otlp-endpoint"),
+        "{:?}",
+        messages(&e)
+    );
+}
