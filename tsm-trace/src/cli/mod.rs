@@ -212,10 +212,6 @@ pub struct ReplayArgs {
     pub correlate: CorrelateArgs,
     #[command(flatten)]
     pub filter: FilterArgs,
-    #[command(flatten)]
-    pub export: TimelineArgs,
-    #[command(flatten)]
-    pub otlp: OtlpArgs,
     /// Print only the Prometheus exposition the daemon would serve after this capture (no
     /// trace lines, no summary), e.g. for `promtool check metrics`.
     #[arg(long, conflicts_with = "json")]
@@ -223,6 +219,10 @@ pub struct ReplayArgs {
     /// Do not print the summary after the trace lines (`--json` prints none).
     #[arg(long)]
     pub no_summary: bool,
+    #[command(flatten)]
+    pub export: TimelineArgs,
+    #[command(flatten)]
+    pub otlp: OtlpArgs,
 }
 
 #[derive(Args)]

@@ -18,10 +18,15 @@ use crate::exporters::metrics::{DROP_EXPORT_FAILED, OtlpCounters};
 #[derive(Debug)]
 pub struct UreqClient {
     agent: ureq::Agent,
+    /// The last transport error's text (the exporter reports only "network error").
+    pub transport_error: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl UreqClient {
-    pub fn new(timeout: Duration) -> UreqClient {
+    pub fn new(
+        timeout: Duration,
+        transport_error: Arc<std::sync::Mutex<Option<String>>>,
+    ) -> UreqClient {
         let config = ureq::Agent::config_builder()
             .timeout_global(Some(timeout))
             // The exporter reads the status itself (retryable or not).
@@ -29,6 +34,7 @@ impl UreqClient {
             .build();
         UreqClient {
             agent: ureq::Agent::new_with_config(config),
+            transport_error,
         }
     }
 }
@@ -41,7 +47,11 @@ impl HttpClient for UreqClient {
     async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
         let (parts, body) = request.into_parts();
         let req = Request::from_parts(parts, body.to_vec());
-        let resp = self.agent.run(req)?;
+        let resp = self.agent.run(req).inspect_err(|e| {
+            if let Ok(mut t) = self.transport_error.lock() {
+                *t = Some(e.to_string());
+            }
+        })?;
         let (parts, mut body) = resp.into_parts();
         let bytes = body
             .with_config()
@@ -77,6 +87,8 @@ pub struct Counting<E> {
     /// The last export error's text, for the log at the end.
     pub last_error: Arc<std::sync::Mutex<Option<String>>>,
     pub errors: Arc<AtomicU64>,
+    /// [`UreqClient::transport_error`], shared: the cause of a "network error".
+    pub transport_error: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl<E: SpanExporter> SpanExporter for Counting<E> {
@@ -94,9 +106,23 @@ impl<E: SpanExporter> SpanExporter for Counting<E> {
                     .dropped
                     .with_label_values(&[DROP_EXPORT_FAILED])
                     .inc_by(n);
-                self.errors.fetch_add(1, Ordering::AcqRel);
+                let nth = self.errors.fetch_add(1, Ordering::AcqRel) + 1;
+                let cause = self.transport_error.lock().ok().and_then(|mut t| t.take());
                 if let Ok(mut l) = self.last_error.lock() {
-                    *l = Some(e.to_string());
+                    *l = Some(match cause {
+                        Some(c) => format!("{e} ({c})"),
+                        None => e.to_string(),
+                    });
+                }
+                // The 1st, 2nd, 4th, 8th, ... failure: a dead collector cannot flood the log
+                // (the counters stay exact).
+                if nth.is_power_of_two()
+                    && let Ok(l) = self.last_error.lock()
+                {
+                    log::warn!(
+                        "OTLP export failed ({nth} failed so far), {n} spans dropped: {}",
+                        l.as_deref().unwrap_or("?")
+                    );
                 }
                 self.ledger.failed.fetch_add(n, Ordering::AcqRel);
             }

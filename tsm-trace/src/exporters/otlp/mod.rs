@@ -146,9 +146,10 @@ impl Otlp {
         queue: usize,
         when_full: WhenFull,
     ) -> Result<Otlp, OtlpError> {
+        let transport_error = Arc::new(Mutex::new(None));
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
-            .with_http_client(UreqClient::new(cfg.timeout))
+            .with_http_client(UreqClient::new(cfg.timeout, transport_error.clone()))
             .with_protocol(Protocol::HttpBinary)
             .with_endpoint(cfg.url.clone())
             .with_timeout(cfg.timeout)
@@ -167,6 +168,7 @@ impl Otlp {
             counters: counters.clone(),
             last_error: last_error.clone(),
             errors: errors.clone(),
+            transport_error,
         };
         counting.set_resource(&resource());
         let queue = queue.max(1);
