@@ -232,3 +232,35 @@ fn web_config_errors() {
     assert!(matches!(auth, AuthError::Hash { .. }), "{auth:?}");
     check(&auth, 1);
 }
+
+#[test]
+fn timeline_errors() {
+    use crate::exporters::timeline::TimelineError;
+    check(
+        &TimelineError::Create {
+            path: "/x/t.json".into(),
+            source: io_err(),
+        },
+        1,
+    );
+    check(
+        &TimelineError::Write {
+            path: "/x/t.json".into(),
+            source: io_err(),
+        },
+        1,
+    );
+}
+
+#[test]
+fn otlp_errors() {
+    use crate::exporters::otlp::{OtlpError, config};
+    let e = config::resolve(Some("ftp://x"), |_| None).unwrap_err();
+    let e = OtlpError::from(e);
+    check(&e, 1);
+    assert!(
+        messages(&e)[1].contains("--otlp-endpoint"),
+        "{:?}",
+        messages(&e)
+    );
+}

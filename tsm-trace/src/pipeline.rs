@@ -14,6 +14,8 @@ use crate::events::Event;
 use crate::exporters::json;
 use crate::exporters::loss::{LossTracker, Lost};
 use crate::exporters::metrics::Metrics;
+use crate::exporters::otlp::Otlp;
+use crate::exporters::timeline::Timeline;
 use crate::exporters::trace::{Clock, Counted, Filters, Summary, TraceFormatter};
 use crate::probes::KernelCounts;
 use crate::sysfs::Snapshot;
@@ -154,6 +156,25 @@ impl std::fmt::Debug for TraceSink {
     }
 }
 
+/// The exporters fed every output besides the metrics and the trace lines, whatever the
+/// trace filters: the timeline file (`--timeline`), the OTLP span export (`--otlp-endpoint`).
+#[derive(Debug, Default)]
+pub struct Extra {
+    pub timeline: Option<Timeline>,
+    pub otlp: Option<Otlp>,
+}
+
+impl Extra {
+    fn observe(&mut self, o: &Output) {
+        if let Some(t) = self.timeline.as_mut() {
+            t.write(o);
+        }
+        if let Some(x) = self.otlp.as_mut() {
+            x.write(o);
+        }
+    }
+}
+
 /// Correlator + metrics + optional trace sink + summary.
 #[derive(Debug)]
 pub struct Pipeline {
@@ -169,6 +190,7 @@ pub struct Pipeline {
     /// The latest event time handled (return times; an entry-only record's entry time):
     /// what a loss record is timed with.
     last_event_ns: Option<u64>,
+    extra: Extra,
 }
 
 impl Pipeline {
@@ -186,7 +208,19 @@ impl Pipeline {
             outs: Vec::new(),
             loss: LossTracker::default(),
             last_event_ns: None,
+            extra: Extra::default(),
         }
+    }
+
+    /// Feeds every output to these exporters too (see [`Extra`]).
+    pub fn with_extra(mut self, extra: Extra) -> Self {
+        self.extra = extra;
+        self
+    }
+
+    /// The extra exporters, handed back (to finish them: [`Timeline::finish`]).
+    pub fn take_extra(&mut self) -> Extra {
+        std::mem::take(&mut self.extra)
     }
 
     pub fn correlator(&self) -> &Correlator {
@@ -340,6 +374,7 @@ impl Pipeline {
     fn emit(&mut self, outs: &[Output]) {
         for o in outs {
             self.metrics.observe(o);
+            self.extra.observe(o);
             // The summary tells what the lines showed: the sink's filters apply to it too.
             match self.sink.as_mut() {
                 Some(s) if !s.filters.matches(o) => {}
@@ -394,7 +429,18 @@ pub struct ReplayReport {
 pub fn replay(
     events: Vec<Event>,
     opts: &ReplayOptions,
+    out: Box<dyn Write + Send>,
+) -> std::io::Result<ReplayReport> {
+    replay_with(events, opts, out, &mut Extra::default())
+}
+
+/// [`replay`], feeding `extra` too; on return (error or not) `extra` holds its exporters
+/// again, for the caller to finish.
+pub fn replay_with(
+    events: Vec<Event>,
+    opts: &ReplayOptions,
     mut out: Box<dyn Write + Send>,
+    extra: &mut Extra,
 ) -> std::io::Result<ReplayReport> {
     let base = events
         .iter()
@@ -422,7 +468,8 @@ pub fn replay(
         s.order_by_time();
         s
     });
-    let mut p = Pipeline::new(opts.config.clone(), metrics.clone(), sink);
+    let mut p =
+        Pipeline::new(opts.config.clone(), metrics.clone(), sink).with_extra(std::mem::take(extra));
     let n = events.len();
     let mut now = 0u64;
     for ev in events {
@@ -430,6 +477,7 @@ pub fn replay(
         p.handle(ev, now);
     }
     p.finish(now);
+    *extra = p.take_extra();
     let summary = p.render_summary();
     let exposition = opts.metrics.then(|| metrics.render());
     if let Some(s) = p.sink.as_mut() {

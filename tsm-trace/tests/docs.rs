@@ -441,8 +441,8 @@ fn a_doc_naming_what_does_not_exist_fails() {
         ("`tsm_trace_binds_total`", "metric tsm_trace_binds_total"),
         ("{reason=\"buffer_full\"}", "reason=\"buffer_full\""),
         (
-            "| `reason` (lost events) | `ringbuf_full`, `queue_full` |",
-            "`queue_full`",
+            "| `reason` (lost events) | `ringbuf_full`, `queue_overrun` |",
+            "`queue_overrun`",
         ),
         ("`TSM_TRACE_LISTEN_ADDR`", "variable TSM_TRACE_LISTEN_ADDR"),
         (

@@ -3,6 +3,9 @@
 # on a virtio-net NIC (guest port 9477, forwarded by qemu user networking to a host port that a
 # real Prometheus scrapes) while the tsm_standin fixture plays a scenario.
 #
+# With tsm_e2e.otlp=PORT the daemon also sends its spans to the host's OTLP receiver
+# (10.0.2.2:PORT, xtask/src/e2e/otlp.rs).
+#
 # The host runs a tiny control server on 10.0.2.2:<tsm_e2e.ctl=PORT on the kernel command line>;
 # GET /<gate> answers 200 once the host has opened that gate, 503 before:
 #   /ready           opened when Prometheus has scraped the daemon (so counters start at 0);
@@ -18,6 +21,7 @@
 # a dangling struct kvm pointer in the leaked binding).
 . /scenarios/lib.sh
 CTLPORT=
+OTLP=
 ROUNDS=8
 GAP=2
 for a in $(cat /proc/cmdline); do
@@ -25,6 +29,7 @@ for a in $(cat /proc/cmdline); do
 	tsm_e2e.ctl=*) CTLPORT=${a#*=} ;;
 	tsm_e2e.rounds=*) ROUNDS=${a#*=} ;;
 	tsm_e2e.gap=*) GAP=${a#*=} ;;
+	tsm_e2e.otlp=*) OTLP="--otlp-endpoint http://10.0.2.2:${a#*=}" ;;
 	esac
 done
 log() { echo "e2e: $*"; echo "$(cut -d' ' -f1 /proc/uptime) $*" >> /tmp/story; }
@@ -90,7 +95,7 @@ ip route add default via 10.0.2.2 2>/dev/null
 [ -n "$CTLPORT" ] || { log "no tsm_e2e.ctl= on the kernel command line"; finish 1; }
 
 /bin/tsm-trace run --listen 0.0.0.0:9477 --grace 1s --reconcile-interval 2s --print text \
-	--driver-bind standin_tdi_bind --driver-unbind standin_tdi_unbind $PCI_SYMS \
+	--driver-bind standin_tdi_bind --driver-unbind standin_tdi_unbind $PCI_SYMS $OTLP \
 	> /tmp/daemon.out 2> /tmp/daemon.err &
 DAEMON=$!
 wait_ready 9477 60 || { log "daemon not ready"; finish 1; }

@@ -7,6 +7,11 @@
 //! - `scale --devices D --vms V`: D devices bound across V VMs through a pipeline, then the
 //!   `/metrics` exposition rendered `--renders` times; reports render time and the process's
 //!   peak RSS (VmHWM).
+//! - `otlp --events N`: the same capture through a pipeline exporting OTLP spans to a
+//!   receiver in this process (HTTP/1.1, answers 200 to every POST) and through one without:
+//!   what the export adds per operation on the event loop's thread (building the spans and
+//!   handing them to the batch processor; the sending is on its own thread), and what the
+//!   export delivered and dropped with the default bounded queue.
 //!
 //! Output: one `key=value` per line (parsed by xtask/src/bench/).
 
@@ -20,7 +25,7 @@ use tsm_trace::pipeline::Pipeline;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench_host throughput [--events N]\n       bench_host scale [--devices D] [--vms V] [--renders R]"
+        "usage: bench_host throughput [--events N]\n       bench_host scale [--devices D] [--vms V] [--renders R]\n       bench_host otlp [--events N]"
     );
     std::process::exit(2)
 }
@@ -261,11 +266,123 @@ fn scale(args: &[String]) {
     }
 }
 
+/// An OTLP/HTTP receiver that reads each request and answers 200 (no decoding: the cost
+/// measured is tsm-trace's). Returns its base URL.
+fn sink_receiver() -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", l.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        for conn in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let Ok(mut w) = conn.try_clone() else { return };
+                let mut r = BufReader::new(conn);
+                loop {
+                    let mut len = 0usize;
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    loop {
+                        let mut h = String::new();
+                        if r.read_line(&mut h).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let h = h.trim_end();
+                        if h.is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = h.split_once(':')
+                            && k.eq_ignore_ascii_case("content-length")
+                        {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    if r.read_exact(&mut body).is_err()
+                        || w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                            .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+fn otlp(args: &[String]) {
+    use tsm_trace::exporters::otlp::{DEFAULT_QUEUE, Otlp, OtlpConfig, WhenFull};
+    let n = arg(args, "--events", 400_000) as usize;
+    let events = capture(n, 1024, 64);
+    let n = events.len();
+    let run = |export: bool| {
+        let metrics = Arc::new(Metrics::new());
+        let mut p = Pipeline::new(Config::default(), metrics.clone(), None);
+        if export {
+            let cfg = OtlpConfig {
+                url: format!("{}/v1/traces", sink_receiver()),
+                headers: Default::default(),
+                timeout: std::time::Duration::from_secs(10),
+            };
+            let o = Otlp::start(
+                &cfg,
+                metrics.otlp().clone(),
+                0,
+                DEFAULT_QUEUE,
+                WhenFull::Drop,
+            )
+            .expect("OTLP exporter");
+            p = p.with_extra(tsm_trace::pipeline::Extra {
+                timeline: None,
+                otlp: Some(o),
+            });
+        }
+        let t = Instant::now();
+        let mut now = 0;
+        for ev in events.clone() {
+            now = ev.end_ns;
+            p.handle(ev, now);
+        }
+        p.finish(now);
+        let secs = t.elapsed().as_secs_f64();
+        let ops = p.correlator().stats().operations;
+        let t = Instant::now();
+        let report = p.take_extra().otlp.map(|mut o| o.finish());
+        (secs, ops, report, t.elapsed().as_secs_f64())
+    };
+    let (base, ops, _, _) = run(false);
+    let (with, _, report, flush) = run(true);
+    let r = report.expect("report");
+    let added_ns = (with - base) * 1e9 / ops.max(1) as f64;
+    println!("events={n}");
+    println!("operations={ops}");
+    println!(
+        "base_ns_per_operation={:.1}",
+        base * 1e9 / ops.max(1) as f64
+    );
+    println!(
+        "otlp_ns_per_operation={:.1}",
+        with * 1e9 / ops.max(1) as f64
+    );
+    println!("otlp_added_ns_per_operation={added_ns:.1}");
+    println!("spans={}", r.spans);
+    println!("spans_exported={}", r.exported);
+    println!("spans_dropped_queue_full={}", r.dropped_queue_full);
+    println!(
+        "spans_dropped_other={}",
+        r.dropped_export_failed + r.dropped_shutdown
+    );
+    println!("final_flush_s={flush:.3}");
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("throughput") => throughput(&args[1..]),
         Some("scale") => scale(&args[1..]),
+        Some("otlp") => otlp(&args[1..]),
         _ => usage(),
     }
 }

@@ -267,3 +267,33 @@ impl TargetArgs {
         }
     }
 }
+
+/// Where the operations go besides the trace lines (`trace`, `replay`).
+#[derive(Args, Clone, Default)]
+#[command(next_help_heading = "Export")]
+pub struct TimelineArgs {
+    /// Also write the operations as a Chrome/Perfetto trace-event JSON file (open it in
+    /// ui.perfetto.dev or chrome://tracing): a track per device, a slice per layer's call
+    /// with its errno, instant events for leaks and unbinds by cause. Every operation, whatever
+    /// the filters. An existing regular FILE is replaced (created 0600; never through a
+    /// symlink).
+    #[arg(long, value_name = "FILE")]
+    pub timeline: Option<PathBuf>,
+}
+
+/// OTLP span export (`run`, `trace`, `replay`).
+#[derive(Args, Clone, Default)]
+#[command(next_help_heading = "Export")]
+pub struct OtlpArgs {
+    /// Send every operation as an OpenTelemetry trace (a root span per operation, a child span
+    /// per layer's call; docs/traces.md) to the OTLP collector at URL, over http/protobuf:
+    /// the base URL, `/v1/traces` is appended (e.g. http://127.0.0.1:4318). Without it, the
+    /// standard variables: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (used as is) or
+    /// OTEL_EXPORTER_OTLP_ENDPOINT; OTEL_EXPORTER_OTLP_[TRACES_]HEADERS, _TIMEOUT (ms) and
+    /// _PROTOCOL (http/protobuf only) apply too, OTEL_SDK_DISABLED=true turns it off. Plain
+    /// http:// only (send to a local collector). Spans are sent from a bounded queue (2048):
+    /// a slow or dead collector never holds tsm-trace up; what is dropped is counted in
+    /// tsm_trace_otlp_spans_dropped_total.
+    #[arg(long, value_name = "URL", env = "TSM_TRACE_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+}

@@ -12,7 +12,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 pub use groups::{
-    CorrelateArgs, FilterArgs, PrintFormat, ProbeArgs, TargetArgs, TimeFormat, WebArgs,
+    CorrelateArgs, FilterArgs, OtlpArgs, PrintFormat, ProbeArgs, TargetArgs, TimeFormat,
+    TimelineArgs, WebArgs,
 };
 
 pub const CHECK_LONG_ABOUT: &str = "\
@@ -125,6 +126,8 @@ pub struct RunArgs {
     pub listen: SocketAddr,
     #[command(flatten)]
     pub web: WebArgs,
+    #[command(flatten)]
+    pub otlp: OtlpArgs,
     /// How often to compare the binding table with sysfs (`tsm/bound`); 0 disables it.
     #[arg(long, value_name = "DURATION", env = "TSM_TRACE_RECONCILE_INTERVAL", default_value = "60s", value_parser = parse::duration, allow_hyphen_values = true, help_heading = "Daemon")]
     pub reconcile_interval: Duration,
@@ -182,6 +185,10 @@ pub struct TraceArgs {
     pub correlate: CorrelateArgs,
     #[command(flatten)]
     pub filter: FilterArgs,
+    #[command(flatten)]
+    pub export: TimelineArgs,
+    #[command(flatten)]
+    pub otlp: OtlpArgs,
     /// Stop after this long (e.g. 30s, 10m); default: until Ctrl-C.
     #[arg(long, value_name = "DURATION", value_parser = parse::duration, allow_hyphen_values = true, help_heading = "Session")]
     pub duration: Option<Duration>,
@@ -212,6 +219,10 @@ pub struct ReplayArgs {
     /// Do not print the summary after the trace lines (`--json` prints none).
     #[arg(long)]
     pub no_summary: bool,
+    #[command(flatten)]
+    pub export: TimelineArgs,
+    #[command(flatten)]
+    pub otlp: OtlpArgs,
 }
 
 #[derive(Args)]

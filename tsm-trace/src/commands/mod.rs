@@ -18,6 +18,44 @@ use tsm_trace::{cli::ProbeArgs, session::LiveSession};
 /// were written in `main.rs`.
 pub const LOG: &str = "tsm_trace";
 
+/// The OTLP exporter, if `--otlp-endpoint` or the `OTEL_EXPORTER_OTLP_*` variables ask for
+/// one (a bad setting is an error before anything starts).
+fn start_otlp(
+    args: &tsm_trace::cli::OtlpArgs,
+    metrics: &tsm_trace::exporters::metrics::Metrics,
+    offset_ns: i64,
+    when_full: tsm_trace::exporters::otlp::WhenFull,
+) -> Result<Option<tsm_trace::exporters::otlp::Otlp>> {
+    use tsm_trace::exporters::otlp::{DEFAULT_QUEUE, Otlp, OtlpError, config};
+    let Some(cfg) = config::resolve(args.otlp_endpoint.as_deref(), |k| std::env::var(k).ok())
+        .map_err(OtlpError::from)?
+    else {
+        return Ok(None);
+    };
+    let otlp = Otlp::start(
+        &cfg,
+        metrics.otlp().clone(),
+        offset_ns,
+        DEFAULT_QUEUE,
+        when_full,
+    )?;
+    log::info!(target: LOG, "sending spans to {} (OTLP http/protobuf)", cfg.url);
+    Ok(Some(otlp))
+}
+
+/// Sends what is left and logs what the export did (a warning if anything was lost).
+fn finish_otlp(otlp: Option<tsm_trace::exporters::otlp::Otlp>) {
+    if let Some(mut o) = otlp {
+        let r = o.finish();
+        let lost = r.dropped_queue_full + r.dropped_export_failed + r.dropped_shutdown;
+        if lost > 0 || r.export_errors > 0 {
+            log::warn!(target: LOG, "{}", r.describe());
+        } else {
+            log::info!(target: LOG, "{}", r.describe());
+        }
+    }
+}
+
 fn start_session(probes: &ProbeArgs, pin_root: Option<PathBuf>) -> Result<LiveSession> {
     let (key, source) = tsm_trace::events::vm_key::load_or_create(&probes.vm_key)
         .context("the VM-name key (--vm-key)")?;

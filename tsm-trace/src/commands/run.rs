@@ -204,6 +204,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
     if args.user.is_some() {
         take_back_files(&args);
     }
+    // Span times: the events' CLOCK_MONOTONIC plus this offset, taken once.
+    let otlp = super::start_otlp(
+        &args.otlp,
+        &metrics,
+        tsm_trace::clock::realtime_offset_ns(),
+        tsm_trace::exporters::otlp::WhenFull::Drop,
+    )?;
     let mut live = start_session(
         &args.probes,
         (!args.no_persist).then(|| args.pin_dir.clone()),
@@ -242,11 +249,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
             Clock::wall_now(),
         )
     });
-    let pipeline = Arc::new(Mutex::new(Pipeline::new(
-        cfg.clone(),
-        metrics.clone(),
-        sink,
-    )));
+    let pipeline = Arc::new(Mutex::new(
+        Pipeline::new(cfg.clone(), metrics.clone(), sink).with_extra(tsm_trace::pipeline::Extra {
+            timeline: None,
+            otlp,
+        }),
+    ));
     let boot_id = tsm_trace::correlate::state::boot_id();
     if !args.no_persist {
         restore_state(&pipeline, &metrics, &mut live, &args.state_file, &boot_id);
@@ -297,6 +305,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // this process's probes are gone at once.
     readiness.set_not_ready("shutting down");
     drop(live);
+    // The last spans go (bounded by the export timeout; the runtime waits meanwhile).
+    let otlp = pipeline.lock().expect("pipeline lock").take_extra().otlp;
+    super::finish_otlp(otlp);
     let _ = stop_tx.send(());
     // The server returns within its grace; the margin covers a stalled runtime.
     match tokio::time::timeout(grace + Duration::from_millis(500), server).await {

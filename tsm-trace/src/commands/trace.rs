@@ -32,6 +32,21 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         }
         None => None,
     };
+    let timeline = args
+        .export
+        .timeline
+        .as_deref()
+        .map(tsm_trace::exporters::timeline::Timeline::create)
+        .transpose()
+        .context("--timeline")?;
+    let metrics = Arc::new(Metrics::new());
+    let offset = tsm_trace::clock::realtime_offset_ns();
+    let otlp = super::start_otlp(
+        &args.otlp,
+        &metrics,
+        offset,
+        tsm_trace::exporters::otlp::WhenFull::Drop,
+    )?;
     let mut live = start_session(&args.probes, None)?;
     if let Some(why) = verdict::bind_path_gap(&mut facts, live.session()) {
         let later = if live.missing() > 0 {
@@ -41,10 +56,8 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         };
         log::warn!(target: LOG, "{why}; nothing to trace{later}");
     }
-    let metrics = Arc::new(Metrics::new());
     publish_session(&metrics, live.session());
     let cfg = args.correlate.config();
-    let offset = tsm_trace::clock::realtime_offset_ns();
     let clock = match args.filter.time {
         None | Some(TimeFormat::Wall) => Clock::wall(offset),
         Some(TimeFormat::Boot) => Clock::Boot,
@@ -59,7 +72,10 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         clock,
     );
     sink.realtime_offset_ns = Some(offset);
-    let pipeline = Mutex::new(Pipeline::new(cfg.clone(), metrics.clone(), Some(sink)));
+    let pipeline = Mutex::new(
+        Pipeline::new(cfg.clone(), metrics.clone(), Some(sink))
+            .with_extra(tsm_trace::pipeline::Extra { timeline, otlp }),
+    );
     eprintln!(
         "tsm-trace: tracing with {} programs attached{}; Ctrl-C stops",
         live.session().attached_count(),
@@ -110,6 +126,11 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
     p.finish(event_loop::monotonic_ns());
     if let Some(s) = p.sink_mut() {
         s.flush();
+    }
+    let extra = p.take_extra();
+    super::finish_otlp(extra.otlp);
+    if let Some(mut t) = extra.timeline {
+        t.finish()?;
     }
     event_loop::housekeeping(&mut live, &metrics, args.probes.inflight_timeout, None);
     let k = live.kernel_counts().unwrap_or_default();

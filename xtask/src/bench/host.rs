@@ -124,5 +124,43 @@ pub fn run(s: &Sizes, smoke: bool) -> Result<Vec<Row>> {
         }
         Err(e) => rows.push(Row::missing("4. scale", format!("{e:#}"))),
     }
+
+    // 8. What the OTLP span export adds per operation on the event loop's thread.
+    let args = vec![
+        "otlp".to_string(),
+        "--events".into(),
+        (s.events / 10).max(1000).to_string(),
+    ];
+    match exec(&args) {
+        Ok((text, a)) => {
+            let m = kv(&text);
+            let get = |k: &str| m.get(k).cloned().unwrap_or_default();
+            match num(&m, "otlp_added_ns_per_operation") {
+                Some(added) => {
+                    let mut r = Row::report(
+                        "8. OTLP span export (`--otlp-endpoint`), cost per operation on the event loop: building the spans and queueing them (the batch processor sends from its own thread) to a receiver in the process",
+                        format!(
+                            "+{added:.0} ns per operation ({} vs {} ns; {} operations, {} spans: {} exported, {} dropped queue_full with the 2048-span queue, {} otherwise; final flush {} s)",
+                            get("otlp_ns_per_operation"),
+                            get("base_ns_per_operation"),
+                            get("operations"),
+                            get("spans"),
+                            get("spans_exported"),
+                            get("spans_dropped_queue_full"),
+                            get("spans_dropped_other"),
+                            get("final_flush_s"),
+                        ),
+                    );
+                    r.command = cmd(&a);
+                    rows.push(r);
+                }
+                None => rows.push(Row::missing(
+                    "8. OTLP export",
+                    format!("no numbers in {text:?}"),
+                )),
+            }
+        }
+        Err(e) => rows.push(Row::missing("8. OTLP export", format!("{e:#}"))),
+    }
     Ok(rows)
 }

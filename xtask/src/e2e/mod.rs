@@ -11,7 +11,9 @@
 //! 3. A small control server on the host (the guest reaches it as 10.0.2.2) sequences the run:
 //!    the guest starts the scenario once Prometheus has scraped it (`/ready`), reports the end
 //!    (`/scenario-done`) and stays up until the host has queried everything (`/done`).
-//! 4. Checks: the target is up, every rule loaded with health ok, `TsmLeakedBinding` is firing
+//! 4. The daemon also sends its spans (`--otlp-endpoint`) to an OTLP receiver on the host
+//!    ([`otlp`]), checked against the stand-in's ground truth once the guest has stopped.
+//! 5. Checks: the target is up, every rule loaded with health ok, `TsmLeakedBinding` is firing
 //!    for both leaks, every dashboard panel / annotation / variable query and every rule
 //!    expression returns a non-empty result via `/api/v1/query` (except the commented
 //!    [`queries::MAY_BE_EMPTY`] list), and every metric any of them reads has series.
@@ -22,6 +24,7 @@
 
 mod ctl;
 mod http;
+mod otlp;
 mod prometheus;
 mod queries;
 mod report;
@@ -69,13 +72,17 @@ pub fn run(args: &E2eArgs) -> Result<()> {
     let prep = t0.elapsed();
 
     let ctl = CtlServer::start(&["scenario-done"])?;
+    let receiver = otlp::Receiver::start()?;
     let mut vm = vm::qemu::spawn_in_vm(
         &kernel,
         &[(bin, "/bin/tsm-trace".into())],
         &script,
         &RunOptions {
             timeout: Duration::from_secs(600),
-            extra_cmdline: format!("tsm_e2e.ctl={} tsm_e2e.rounds={rounds}", ctl.port),
+            extra_cmdline: format!(
+                "tsm_e2e.ctl={} tsm_e2e.rounds={rounds} tsm_e2e.otlp={}",
+                ctl.port, receiver.port
+            ),
             hostfwd: Some(GUEST_PORT),
             ..RunOptions::default()
         },
@@ -117,6 +124,9 @@ pub fn run(args: &E2eArgs) -> Result<()> {
         }
     }
     check_steps(&out, &mut report);
+    // The daemon flushed its last spans when the guest stopped it.
+    let (spans, errors) = receiver.spans();
+    otlp::check(&out, &spans, &errors, &mut report);
     match vm::suites::leaks::check(&out) {
         Ok(n) => report.check(n > 0, || "no tsm-trace output was captured".into()),
         Err(e) => report.fail(format!("{e:#}")),

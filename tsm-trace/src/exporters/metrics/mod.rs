@@ -18,10 +18,12 @@
 //!   counters, anomalies, BTF, build and process); `misses.rs`: what never reached our
 //!   programs or never finished there.
 //! - `persistence.rs`: the state file's saves and the ring-buffer records held for them.
+//! - `otlp.rs`: the OTLP span export (spans exported, dropped, failed requests).
 //! - `initial.rs`: the series known up front, started at 0.
 //! - `in_flight.rs`: operations still running and the oldest one's age.
 
 mod operations;
+mod otlp;
 mod persistence;
 mod reconcile;
 mod self_metrics;
@@ -53,6 +55,7 @@ use self_metrics::SelfMetrics;
 use tables::Tables;
 
 pub use operations::AggregatesSource;
+pub use otlp::{DROP_EXPORT_FAILED, DROP_QUEUE_FULL, DROP_REASONS, DROP_SHUTDOWN, OtlpCounters};
 pub use self_metrics::{DECODE_ERROR, LOST_REASONS};
 
 /// The exposition's content type.
@@ -67,6 +70,7 @@ pub struct Metrics {
     self_metrics: SelfMetrics,
     persistence: Persistence,
     in_flight: InFlightMetrics,
+    otlp: OtlpCounters,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -126,6 +130,7 @@ impl Metrics {
         let self_metrics = SelfMetrics::register(&registry);
         let persistence = Persistence::register(&registry);
         let in_flight = InFlightMetrics::register(&registry);
+        let otlp = OtlpCounters::register(&registry);
         // Operations, durations, events and expiries known up front start at 0 too.
         initial::declare(
             &operations.operations,
@@ -141,7 +146,13 @@ impl Metrics {
             self_metrics,
             persistence,
             in_flight,
+            otlp,
         }
+    }
+
+    /// The OTLP export's counters (`otlp.rs`), for the exporter to update.
+    pub fn otlp(&self) -> &OtlpCounters {
+        &self.otlp
     }
 
     /// The last read of the operations in flight (`crate::in_flight`).

@@ -1,0 +1,421 @@
+//! Correlator outputs → OpenTelemetry spans (`docs/traces.md` lists every name and attribute).
+//!
+//! - An operation is a trace of its own: a root span named by its kind (`bind`, `connect`,
+//!   ...) from its start to its end, and a child span per frame (each layer's call), parented
+//!   to the innermost frame whose time contains it (else the root).
+//! - A device's lifecycle is tied by span links, not by one long trace: a bind links the
+//!   device's connect; unbind, teardown, guest requests and disconnect link the binding's
+//!   bind (a disconnect its connect too). When a binding ends, a `binding` span covers its
+//!   lifetime (bind to unbind, any cause) linking the bind and the operation that ended it; a
+//!   leak (and its clearing) is a zero-length `leak` (`leak_cleared`) span linking the bind.
+//! - Times are the events' CLOCK_MONOTONIC ns plus one CLOCK_REALTIME − CLOCK_MONOTONIC offset.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use opentelemetry::trace::{
+    Link, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+};
+use opentelemetry::{InstrumentationScope, KeyValue, Value};
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SpanData, SpanLinks};
+
+use crate::correlate::{Binding, BindingClosed, Frame, Leak, OpKind, OpResult, Operation, Output};
+use crate::errno;
+use crate::events::Vm;
+
+/// Devices whose lifecycle spans are remembered for links (a host has far fewer PCI
+/// functions); past it the oldest-seen entry goes, counted in [`Spans::forgotten`].
+pub const MAX_DEVICES: usize = 4096;
+
+/// The spans a device's later spans link to.
+#[derive(Clone, Debug, Default)]
+struct DeviceSpans {
+    connect: Option<SpanContext>,
+    bind: Option<SpanContext>,
+    last_op: Option<SpanContext>,
+    seen: u64,
+}
+
+/// Builds spans from outputs, remembering what the links need.
+#[derive(Debug)]
+pub struct Spans {
+    offset_ns: i64,
+    ids: RandomIdGenerator,
+    scope: InstrumentationScope,
+    devices: HashMap<String, DeviceSpans>,
+    seq: u64,
+    /// Device entries dropped from the full table (their later spans lack those links).
+    pub forgotten: u64,
+}
+
+fn kv(k: &'static str, v: impl Into<Value>) -> KeyValue {
+    KeyValue::new(k, v)
+}
+
+/// A u64 as an OTel int when it fits, else its decimal string (never a wrapped value).
+fn int(v: u64) -> Value {
+    i64::try_from(v).map_or_else(|_| Value::from(v.to_string()), Value::I64)
+}
+
+fn vm_attrs(vm: Option<&Vm>, out: &mut Vec<KeyValue>) {
+    if let Some(vm) = vm {
+        out.push(kv("tsm.vm.name", vm.name()));
+        out.push(kv("tsm.vm.id", vm.id.to_string()));
+        if let Some(s) = &vm.stats_id {
+            out.push(kv("tsm.vm.stats_id", s.clone()));
+        }
+        if let Some(p) = vm.pid {
+            out.push(kv("tsm.vmm.pid", i64::from(p)));
+        }
+    }
+}
+
+impl Spans {
+    pub fn new(offset_ns: i64) -> Spans {
+        Spans {
+            offset_ns,
+            ids: RandomIdGenerator::default(),
+            scope: InstrumentationScope::builder("tsm-trace")
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build(),
+            devices: HashMap::new(),
+            seq: 0,
+            forgotten: 0,
+        }
+    }
+
+    /// CLOCK_MONOTONIC ns → wall clock.
+    pub fn time(&self, mono_ns: u64) -> SystemTime {
+        let unix =
+            (i128::from(mono_ns) + i128::from(self.offset_ns)).clamp(0, i128::from(u64::MAX));
+        UNIX_EPOCH + Duration::from_nanos(unix as u64)
+    }
+
+    fn device(&mut self, d: &str) -> &mut DeviceSpans {
+        self.seq += 1;
+        if !self.devices.contains_key(d)
+            && self.devices.len() >= MAX_DEVICES
+            && let Some(oldest) = self
+                .devices
+                .iter()
+                .min_by_key(|(_, s)| s.seen)
+                .map(|(k, _)| k.clone())
+        {
+            self.devices.remove(&oldest);
+            self.forgotten += 1;
+        }
+        let e = self.devices.entry(d.to_string()).or_default();
+        e.seen = self.seq;
+        e
+    }
+
+    fn context(&self, trace: TraceId) -> SpanContext {
+        SpanContext::new(
+            trace,
+            self.ids.new_span_id(),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn span(
+        &self,
+        ctx: SpanContext,
+        parent: SpanId,
+        name: impl Into<Cow<'static, str>>,
+        start_ns: u64,
+        end_ns: u64,
+        attributes: Vec<KeyValue>,
+        links: Vec<Link>,
+        status: Status,
+    ) -> SpanData {
+        let mut l = SpanLinks::default();
+        l.links = links;
+        SpanData {
+            span_context: ctx,
+            parent_span_id: parent,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Internal,
+            name: name.into(),
+            start_time: self.time(start_ns),
+            end_time: self.time(end_ns.max(start_ns)),
+            attributes,
+            dropped_attributes_count: 0,
+            events: Default::default(),
+            links: l,
+            status,
+            instrumentation_scope: self.scope.clone(),
+        }
+    }
+
+    /// The spans of one output (none for anomalies, sysfs mismatches and VM events).
+    pub fn of(&mut self, o: &Output) -> Vec<SpanData> {
+        match o {
+            Output::Operation(op) => self.operation(op),
+            Output::LeakDetected(l) => vec![self.leak("leak", l.detected_ns, l)],
+            Output::LeakCleared(l) => {
+                vec![self.leak("leak_cleared", l.cleared_ns.unwrap_or(l.detected_ns), l)]
+            }
+            Output::BindingClosed(c) => vec![self.binding_closed(c)],
+            Output::Anomaly(_) | Output::Mismatch(_) | Output::VmEvent(_) => Vec::new(),
+        }
+    }
+
+    fn link(ctx: &Option<SpanContext>, what: &'static str, links: &mut Vec<Link>) {
+        if let Some(c) = ctx {
+            links.push(Link::new(c.clone(), vec![kv("tsm.link", what)], 0));
+        }
+    }
+
+    fn operation(&mut self, op: &Operation) -> Vec<SpanData> {
+        let trace = self.ids.new_trace_id();
+        let root = self.context(trace);
+        let mut links = Vec::new();
+        if let Some(d) = &op.device {
+            let known = self.device(d).clone();
+            match op.kind {
+                OpKind::Bind => Self::link(&known.connect, "connect", &mut links),
+                OpKind::Unbind | OpKind::Teardown | OpKind::GuestRequest => {
+                    Self::link(&known.bind, "bind", &mut links)
+                }
+                OpKind::Disconnect => {
+                    Self::link(&known.bind, "bind", &mut links);
+                    Self::link(&known.connect, "connect", &mut links);
+                }
+                OpKind::Connect | OpKind::Invalid => {}
+            }
+            let e = self.device(d);
+            e.last_op = Some(root.clone());
+            match op.kind {
+                OpKind::Connect if op.ok() => e.connect = Some(root.clone()),
+                OpKind::Bind if op.ok() => e.bind = Some(root.clone()),
+                OpKind::Disconnect if op.ok() => e.connect = None,
+                _ => {}
+            }
+        }
+        let status = match &op.result {
+            OpResult::Ok => Status::Unset,
+            OpResult::Err { errno: e, .. } => Status::error(errno::name(*e)),
+        };
+        let mut spans = Vec::with_capacity(op.frames.len() + 1);
+        spans.push(self.span(
+            root.clone(),
+            SpanId::INVALID,
+            op.kind.as_str(),
+            op.start_ns,
+            op.end_ns,
+            op_attributes(op),
+            links,
+            status,
+        ));
+        // Frame i's parent: the innermost earlier frame whose time contains it, else the root.
+        let ids: Vec<SpanContext> = op.frames.iter().map(|_| self.context(trace)).collect();
+        for (i, f) in op.frames.iter().enumerate() {
+            let (s, e) = interval(f);
+            let parent = (0..i)
+                .filter(|&j| !op.frames[j].entry_missing)
+                .filter(|&j| {
+                    let (ps, pe) = interval(&op.frames[j]);
+                    ps <= s && e <= pe
+                })
+                .min_by_key(|&j| {
+                    let (ps, pe) = interval(&op.frames[j]);
+                    pe - ps
+                })
+                .map_or(root.span_id(), |j| ids[j].span_id());
+            let status = if f.ok() {
+                Status::Unset
+            } else {
+                Status::error(f.errno.map_or_else(|| "NULL".to_string(), errno::name))
+            };
+            spans.push(self.span(
+                ids[i].clone(),
+                parent,
+                f.probe.as_str(),
+                s,
+                e,
+                frame_attributes(f),
+                Vec::new(),
+                status,
+            ));
+        }
+        spans
+    }
+
+    fn leak(&mut self, name: &'static str, at_ns: u64, l: &Leak) -> SpanData {
+        let mut links = Vec::new();
+        let bind = self.devices.get(&l.device).and_then(|d| d.bind.clone());
+        Self::link(&bind, "bind", &mut links);
+        let mut a = vec![
+            kv("tsm.device", l.device.clone()),
+            kv("tsm.leak.reason", l.reason.as_str()),
+        ];
+        vm_attrs(l.vm.as_ref(), &mut a);
+        if let Some(t) = l.vmm_tgid {
+            a.retain(|k| k.key.as_str() != "tsm.vmm.pid");
+            a.push(kv("tsm.vmm.pid", i64::from(t)));
+        }
+        if let Some(c) = &l.vmm_comm {
+            a.push(kv("tsm.vmm.comm", c.clone()));
+        }
+        if let Some(v) = l.vdevice_id {
+            a.push(kv("tsm.vdevice", i64::from(v)));
+        }
+        if let Some(t) = l.tdi_id {
+            a.push(kv("tsm.tdi", int(t)));
+        }
+        if let Some(t) = &l.tsm {
+            a.push(kv("tsm.name", t.clone()));
+        }
+        if let Some(c) = l.cleared_by {
+            a.push(kv("tsm.leak.cleared_by", c.as_str()));
+        }
+        let status = if name == "leak" {
+            Status::error(l.reason.as_str())
+        } else {
+            Status::Unset
+        };
+        let ctx = self.context(self.ids.new_trace_id());
+        self.span(ctx, SpanId::INVALID, name, at_ns, at_ns, a, links, status)
+    }
+
+    fn binding_closed(&mut self, c: &BindingClosed) -> SpanData {
+        let b: &Binding = &c.binding;
+        let mut links = Vec::new();
+        let known = self.devices.get(&b.device).cloned().unwrap_or_default();
+        Self::link(&known.bind, "bind", &mut links);
+        Self::link(&known.last_op, "closed_by", &mut links);
+        if let Some(e) = self.devices.get_mut(&b.device) {
+            e.bind = None;
+        }
+        let mut a = vec![
+            kv("tsm.device", b.device.clone()),
+            kv("tsm.unbind.cause", c.cause.as_str()),
+            kv("tsm.bind.path", bind_path(b)),
+        ];
+        vm_attrs(b.vm.as_ref(), &mut a);
+        a.retain(|k| k.key.as_str() != "tsm.vmm.pid");
+        a.push(kv("tsm.vmm.pid", i64::from(b.vmm_tgid)));
+        a.push(kv("tsm.vmm.comm", b.vmm_comm.clone()));
+        if let Some(v) = b.vdevice_id {
+            a.push(kv("tsm.vdevice", i64::from(v)));
+        }
+        if let Some(t) = b.tdi_id {
+            a.push(kv("tsm.tdi", int(t)));
+        }
+        if let Some(t) = &b.tsm {
+            a.push(kv("tsm.name", t.clone()));
+        }
+        let ctx = self.context(self.ids.new_trace_id());
+        self.span(
+            ctx,
+            SpanId::INVALID,
+            "binding",
+            b.since_ns,
+            c.closed_ns,
+            a,
+            links,
+            Status::Unset,
+        )
+    }
+}
+
+/// The binding's path as the JSON output spells it (`ioctl`, `tsm_bind`, ...).
+fn bind_path(b: &Binding) -> String {
+    serde_json::to_value(b.path)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// A frame's span times: a frame whose entry was missed is a zero-length span at its return.
+fn interval(f: &Frame) -> (u64, u64) {
+    if f.entry_missing {
+        (f.end_ns, f.end_ns)
+    } else {
+        (f.start_ns, f.end_ns.max(f.start_ns))
+    }
+}
+
+fn op_attributes(op: &Operation) -> Vec<KeyValue> {
+    let mut a = vec![
+        kv("tsm.op", op.kind.as_str()),
+        kv("tsm.result", if op.ok() { "ok" } else { "error" }),
+    ];
+    if let OpResult::Err {
+        errno: e,
+        layer,
+        function,
+    } = &op.result
+    {
+        a.push(kv("tsm.errno", errno::name(*e)));
+        a.push(kv("tsm.origin.layer", layer.as_str()));
+        a.push(kv("tsm.origin.function", function.as_str()));
+    }
+    if let Some(d) = &op.device {
+        a.push(kv("tsm.device", d.clone()));
+    }
+    if let Some(v) = op.vdevice_id {
+        a.push(kv("tsm.vdevice", i64::from(v)));
+    }
+    if let Some(t) = op.tdi_id {
+        a.push(kv("tsm.tdi", int(t)));
+    }
+    vm_attrs(op.vm.as_ref(), &mut a);
+    // The caller is the VMM when it is the process that created the VM.
+    if op.vm.as_ref().and_then(|v| v.pid) == i32::try_from(op.tgid).ok() {
+        a.push(kv("tsm.vmm.comm", op.comm.clone()));
+    }
+    a.push(kv("tsm.caller.pid", i64::from(op.tgid)));
+    a.push(kv("tsm.caller.tid", i64::from(op.tid)));
+    a.push(kv("tsm.caller.comm", op.comm.clone()));
+    if let Some(t) = &op.tsm {
+        a.push(kv("tsm.name", t.clone()));
+    }
+    if let Some(c) = op.cause {
+        a.push(kv("tsm.cause", c.as_str()));
+    }
+    if let Some(u) = op.uapi_op {
+        a.push(kv("tsm.uapi.op", i64::from(u)));
+    }
+    if let Some(f) = op.flags {
+        a.push(kv("tsm.uapi.flags", i64::from(f)));
+    }
+    if let Some(g) = &op.guest_request {
+        a.push(kv("tsm.guest_request.scope", g.scope_label()));
+        for (k, v) in [
+            ("tsm.tsm_code", g.tsm_code),
+            ("tsm.guest_request.in_len", g.in_len),
+            ("tsm.guest_request.out_len", g.out_len),
+            ("tsm.guest_request.residue", g.residue),
+        ] {
+            if let Some(v) = v {
+                a.push(kv(k, int(v)));
+            }
+        }
+    }
+    a
+}
+
+fn frame_attributes(f: &Frame) -> Vec<KeyValue> {
+    let mut a = vec![
+        kv("tsm.layer", f.layer.as_str()),
+        kv("tsm.function", f.probe.as_str()),
+    ];
+    if let Some(r) = f.ret {
+        a.push(kv("tsm.ret", r));
+    }
+    if let Some(e) = f.errno {
+        a.push(kv("tsm.errno", errno::name(e)));
+    }
+    if f.entry_missing {
+        a.push(kv("tsm.entry_missing", true));
+    }
+    if f.null_return {
+        a.push(kv("tsm.null_return", true));
+    }
+    a
+}
