@@ -170,9 +170,11 @@ pub struct RunArgs {
     /// calls and whatever happened while it was down. For tests and one-off runs.
     #[arg(long, env = "TSM_TRACE_NO_PERSIST", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new(), help_heading = "Restarts")]
     pub no_persist: bool,
-    /// The binding and leak tables, saved whenever they change and read at start, so a restart
-    /// neither forgets a binding (no false `sysfs_bound_without_owner`) nor drops a leak. Keep
-    /// it on a tmpfs such as /run: bindings do not survive a reboot.
+    /// The binding, leak and device tables, the operations in progress and the ring-buffer
+    /// position they cover, saved after every batch and read at start: a restart, or a crash
+    /// at any instant, neither forgets a binding (no false `sysfs_bound_without_owner`) nor
+    /// drops a leak, and ring-buffer records are released only once saved. Keep it on a tmpfs
+    /// such as /run: bindings do not survive a reboot.
     #[arg(long, value_name = "FILE", env = "TSM_TRACE_STATE_FILE", default_value = crate::correlate::state::DEFAULT_PATH, value_parser = parse::state_file, help_heading = "Restarts")]
     pub state_file: PathBuf,
 }
