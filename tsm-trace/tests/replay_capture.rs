@@ -571,14 +571,7 @@ fn run_in_batches(events: &[Event], sizes: &[usize], grace_ns: u64) -> (Vec<Outp
 
 #[test]
 fn batch_boundaries_change_nothing() {
-    let mut paths = vec![CAPTURE.to_string()];
-    for e in std::fs::read_dir(CORPUS).unwrap() {
-        let p = e.unwrap().path();
-        if p.extension().is_some_and(|x| x == "jsonl") {
-            paths.push(p.display().to_string());
-        }
-    }
-    paths.sort();
+    let paths = capture_paths();
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     let mut runs = 0;
     for path in &paths {
@@ -604,6 +597,19 @@ fn batch_boundaries_change_nothing() {
         }
     }
     assert!(runs >= 4 * 3 * 48, "{runs}");
+}
+
+/// Every capture in the repository: the fixture and the fuzz corpus's recordings.
+fn capture_paths() -> Vec<String> {
+    let mut paths = vec![CAPTURE.to_string()];
+    for e in std::fs::read_dir(CORPUS).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "jsonl") {
+            paths.push(p.display().to_string());
+        }
+    }
+    paths.sort();
+    paths
 }
 
 /// Runs `events` with a restart after the first `cut`: the first pipeline's state goes
@@ -645,14 +651,7 @@ fn run_with_restart(events: &[Event], cut: usize, grace_ns: u64) -> (Vec<Output>
 /// leaks, and reports the same operations and leaks, as one that never stopped.
 #[test]
 fn a_restart_after_any_record_changes_nothing() {
-    let mut paths = vec![CAPTURE.to_string()];
-    for e in std::fs::read_dir(CORPUS).unwrap() {
-        let p = e.unwrap().path();
-        if p.extension().is_some_and(|x| x == "jsonl") {
-            paths.push(p.display().to_string());
-        }
-    }
-    paths.sort();
+    let paths = capture_paths();
     let mut cuts = 0;
     let keep = |o: &Output| !matches!(o, Output::Anomaly(_));
     for path in &paths {
