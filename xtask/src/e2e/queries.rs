@@ -76,6 +76,16 @@ const MAY_BE_EMPTY: &[(&str, &str)] = &[
         "needs sysfs tsm/bound denying a binding; the stand-in's devices have no tsm/bound file",
     ),
     (
+        "alert TsmOperationStuck",
+        "needs a call in flight for over 5 minutes; the scenario's slowest bind takes 15 ms \
+         (the generations VM suite holds a bind 12 s and checks the in-flight series)",
+    ),
+    (
+        "alert TsmTraceRestartUnsafe",
+        "every save of the state file succeeds and every pin is in place in a healthy run (the \
+         crash VM suite's faults phase makes both fail and checks the counters and gauge)",
+    ),
+    (
         "alert TsmSysfsReconcileFailing",
         "no sysfs read error, and reconcile runs every 2s (--reconcile-interval 2s), so \
          `increase(runs[30m]) == 0` is false",
