@@ -191,6 +191,33 @@ fn parse_labels(s: &str) -> Vec<(String, String)> {
     out
 }
 
+/// Blocks of a section such as the crash suite's `cr_snap` and `cr_faults`: a
+/// `== <header>` line, the /bindings JSON on one line, then /metrics lines up to the next
+/// header. Returns (header, bindings if they parse, the exposition).
+pub(crate) fn blocks(text: &str) -> Vec<(&str, Option<Value>, BTreeMap<String, f64>)> {
+    let mut out = Vec::new();
+    let mut lines = text.lines().peekable();
+    while let Some(l) = lines.next() {
+        let Some(head) = l.strip_prefix("== ") else {
+            continue;
+        };
+        let bindings = lines
+            .next()
+            .and_then(|b| serde_json::from_str::<Value>(b).ok());
+        let mut body = String::new();
+        while let Some(m) = lines.peek() {
+            if m.starts_with("== ") {
+                break;
+            }
+            body.push_str(m);
+            body.push('\n');
+            lines.next();
+        }
+        out.push((head, bindings, parse_exposition(&body)));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-use crate::vm::checks::{Checks, parse_exposition, s};
+use crate::vm::checks::{Checks, blocks, s};
 use crate::vm::kv::parse_kv;
 use crate::vm::qemu::VmOutput;
 
@@ -59,25 +59,9 @@ fn set(list: &str) -> BTreeSet<String> {
 
 fn parse(text: &str) -> Result<Vec<Snap>> {
     let mut snaps: Vec<Snap> = Vec::new();
-    let mut lines = text.lines().peekable();
-    while let Some(l) = lines.next() {
-        let Some(head) = l.strip_prefix("== ") else {
-            continue;
-        };
+    for (head, bindings, metrics) in blocks(text) {
         let kv = parse_kv(head);
         let get = |k: &str| kv.get(k).cloned().unwrap_or_default();
-        let bindings = lines
-            .next()
-            .and_then(|b| serde_json::from_str::<Value>(b).ok());
-        let mut body = String::new();
-        while let Some(m) = lines.peek() {
-            if m.starts_with("== ") {
-                break;
-            }
-            body.push_str(m);
-            body.push('\n');
-            lines.next();
-        }
         snaps.push(Snap {
             cycle: get("cycle").parse().context("cycle= in cr_snap")?,
             cp: get("cp"),
@@ -99,7 +83,7 @@ fn parse(text: &str) -> Result<Vec<Snap>> {
                 })
                 .collect(),
             bindings,
-            metrics: parse_exposition(&body),
+            metrics,
         });
     }
     Ok(snaps)
@@ -290,4 +274,27 @@ pub fn check(out: &VmOutput) -> Result<usize> {
     );
     super::crash_faults::check(out, &mut c)?;
     c.finish("crash", out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_split_header_bindings_and_metrics() {
+        let text = "noise\n== cycle=0 cp=x bound=a\n{\"bindings\":[]}\ntsm_trace_bindings_active 2\n\
+                    tsm_trace_pins_missing 0\n== full serving\nnot json\ntsm_trace_bindings_active 1\n";
+        let b = blocks(text);
+        assert_eq!(b.len(), 2);
+        assert_eq!(b[0].0, "cycle=0 cp=x bound=a");
+        assert!(b[0].1.as_ref().is_some_and(|v| v["bindings"].is_array()));
+        assert_eq!(b[0].2.get("tsm_trace_bindings_active"), Some(&2.0));
+        assert_eq!(b[0].2.len(), 2);
+        assert_eq!(b[1].0, "full serving");
+        assert!(b[1].1.is_none(), "a body that is not JSON is no bindings");
+        assert_eq!(b[1].2.get("tsm_trace_bindings_active"), Some(&1.0));
+        // The second header is no checkpoint: parse names what it lacks.
+        let err = parse(text).err().expect("no cycle= in the second header");
+        assert!(err.to_string().contains("cycle="), "{err}");
+    }
 }

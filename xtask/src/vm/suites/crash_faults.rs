@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use serde_json::Value;
 
-use crate::vm::checks::{Checks, parse_exposition, s};
+use crate::vm::checks::{Checks, s};
 use crate::vm::qemu::VmOutput;
 
 struct Phase {
@@ -25,31 +25,10 @@ struct Phase {
 }
 
 fn parse(text: &str) -> BTreeMap<String, Phase> {
-    let mut out = BTreeMap::new();
-    let mut lines = text.lines().peekable();
-    while let Some(l) = lines.next() {
-        let Some(name) = l.strip_prefix("== ") else {
-            continue;
-        };
-        let bindings = lines.next().and_then(|b| serde_json::from_str(b).ok());
-        let mut body = String::new();
-        while let Some(m) = lines.peek() {
-            if m.starts_with("== ") {
-                break;
-            }
-            body.push_str(m);
-            body.push('\n');
-            lines.next();
-        }
-        out.insert(
-            name.to_string(),
-            Phase {
-                bindings,
-                metrics: parse_exposition(&body),
-            },
-        );
-    }
-    out
+    crate::vm::checks::blocks(text)
+        .into_iter()
+        .map(|(name, bindings, metrics)| (name.to_string(), Phase { bindings, metrics }))
+        .collect()
 }
 
 fn get(m: &BTreeMap<String, f64>, k: &str) -> f64 {
