@@ -31,7 +31,7 @@ fn heading(s: &str) {
 
 pub fn run(args: &DemoArgs) -> Result<()> {
     let t0 = Instant::now();
-    let bin = crate::build::build_static()?;
+    let bin = crate::build::build_shipped()?;
     let spec = KernelSpec::parse(&args.kernel)?;
     let kernel = vm::prepare(&[spec])?.remove(0);
     let script = std::fs::read_to_string(crate::util::root().join(SCRIPT))

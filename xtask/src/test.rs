@@ -85,7 +85,7 @@ pub fn test_all(no_vm: bool) -> Result<()> {
     // After the Debian package: its musl release build of the library is what the soak
     // program links against (seconds, not minutes).
     step("soak smoke (20,000 operations)", &mut crate::soak::smoke)?;
-    step("fuzz (20 s per target)", &mut || {
+    step("fuzz (10 s per target)", &mut || {
         let targets: Vec<String> = crate::fuzz::TARGETS.iter().map(|t| t.to_string()).collect();
         for o in crate::fuzz::run_targets(&targets, crate::fuzz::TEST_SECS)? {
             println!(

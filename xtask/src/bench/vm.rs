@@ -38,8 +38,11 @@ pub fn run(s: &Sizes, compare: &[Compare]) -> Result<VmBench> {
         Ok(k) if !k.trim().is_empty() => KernelSpec::parse(&k)?,
         _ => KernelSpec::TrixieBackports,
     };
-    let tsm_trace = crate::build::build_static()?;
-    let helper = crate::build::build_release(Some("bench_vm"), Some(crate::build::MUSL))?;
+    let tsm_trace = crate::build::build_shipped()?;
+    let helper = crate::build::stripped(&crate::build::build_release(
+        Some("bench_vm"),
+        Some(crate::build::MUSL),
+    )?)?;
     let kernel = vm::prepare(std::slice::from_ref(&spec))?.remove(0);
     let body = std::fs::read_to_string(root().join(SCRIPT)).context(SCRIPT)?;
     let revs: Vec<&str> = compare.iter().map(|c| c.rev.as_str()).collect();

@@ -64,7 +64,7 @@ pub fn run(args: &E2eArgs) -> Result<()> {
         bail!("{PROMETHEUS} not found: apt-get install prometheus (cargo xtask setup)");
     }
     let rounds = if args.rounds == 0 { 8 } else { args.rounds };
-    let bin = crate::build::build_static()?;
+    let bin = crate::build::build_shipped()?;
     let spec = KernelSpec::parse(args.kernel.as_deref().unwrap_or("trixie-backports"))?;
     let kernel = vm::prepare(&[spec])?.remove(0);
     let script = std::fs::read_to_string(crate::util::root().join(SCRIPT))

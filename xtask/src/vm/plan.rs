@@ -100,16 +100,18 @@ impl Scripts {
 ///
 /// - `sid` (the other 7.x): its PCI TSM core is another version of the same code, so the
 ///   suites that drive it or detect it: probes (the real `pci_tsm_bind`), generations,
-///   lifecycle-trace, restart (against the real core's `tsm/bound`). modules, storm and doctor
-///   exercise BPF and kernel features that sid shares with trixie-backports.
+///   lifecycle-trace. restart, modules, storm and doctor exercise BPF and kernel features that
+///   sid shares with trixie-backports, where restart and the crash loop restart the daemon
+///   against the real core's `tsm/bound` a dozen times.
 /// - `trixie` (6.12, no PCI TSM): what changed in BPF since 6.1 — probes (module BTF, kprobes
-///   on module functions), generations (detection without PCI TSM), storm (kprobe miss counts
-///   from 6.7, ring buffers under load). lifecycle-trace and restart take 6.1's path (no PCI
-///   TSM) or 7.x's (bpf link info from 6.6) there; modules and doctor are the same as on both.
+///   on module functions), generations (detection without PCI TSM). storm's kprobe miss counts
+///   (from 6.7) are checked on trixie-backports, and its 6.1 path on bookworm; lifecycle-trace
+///   and restart take 6.1's path (no PCI TSM) or 7.x's (bpf link info from 6.6) there; modules
+///   and doctor are the same as on both.
 pub fn default_scope(spec: &KernelSpec) -> Option<&'static [&'static str]> {
     match spec {
-        KernelSpec::Sid => Some(&["probes", "generations", "lifecycle-trace", "restart"]),
-        KernelSpec::Trixie => Some(&["probes", "generations", "storm"]),
+        KernelSpec::Sid => Some(&["probes", "generations", "lifecycle-trace"]),
+        KernelSpec::Trixie => Some(&["probes", "generations"]),
         // The crash loop restarts the daemon a dozen times (minutes of TCG per kernel): it
         // runs on the newest 7.x, against the real PCI TSM core; 6.1's run (the stand-in's
         // path, the same persistence code) is `--full` or `--kernel bookworm --suite crash`.

@@ -163,7 +163,7 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
     }
     let scripts = Scripts::read()?;
     let extra = if mode.needs_tsm_trace() {
-        let bin = crate::build::build_static()?;
+        let bin = crate::build::build_shipped()?;
         vec![(bin, "/bin/tsm-trace".to_string())]
     } else {
         Vec::new()
