@@ -21,6 +21,8 @@
 //! - `otlp.rs`: the OTLP span export (spans exported, dropped, failed requests).
 //! - `initial.rs`: the series known up front, started at 0.
 //! - `in_flight.rs`: operations still running and the oldest one's age.
+//! - `openmetrics.rs`: the OpenMetrics exposition (served when the scraper asks for it), with
+//!   the latency histograms' exemplars from `exemplars.rs` (filled by the OTLP exporter).
 
 mod operations;
 mod otlp;
@@ -29,10 +31,12 @@ mod reconcile;
 mod self_metrics;
 mod tables;
 
+pub mod exemplars;
 pub mod histograms;
 mod in_flight;
 pub mod initial;
 pub mod misses;
+pub mod openmetrics;
 
 use std::collections::BTreeMap;
 
@@ -58,8 +62,9 @@ pub use operations::AggregatesSource;
 pub use otlp::{DROP_EXPORT_FAILED, DROP_QUEUE_FULL, DROP_REASONS, DROP_SHUTDOWN, OtlpCounters};
 pub use self_metrics::{DECODE_ERROR, LOST_REASONS};
 
-/// The exposition's content type.
+/// The classic exposition's content type.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub use openmetrics::{CONTENT_TYPE as OPENMETRICS_CONTENT_TYPE, Format};
 
 /// All of tsm-trace's metrics, in their own registry.
 pub struct Metrics {
@@ -180,14 +185,60 @@ impl Metrics {
 
     /// The text exposition (format 0.0.4).
     pub fn render(&self) -> String {
+        Self::text(&self.gather())
+    }
+
+    fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
         self.refresh_aggregates();
         self.in_flight.refresh(crate::clock::monotonic_ns());
+        self.registry.gather()
+    }
+
+    fn text(families: &[prometheus::proto::MetricFamily]) -> String {
         let mut buf = Vec::new();
-        let families = self.registry.gather();
-        if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
+        if let Err(e) = TextEncoder::new().encode(families, &mut buf) {
             log::warn!("encoding metrics: {e}");
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// The OpenMetrics 1.0 exposition, with the latency histograms' exemplars.
+    pub fn render_openmetrics(&self) -> Result<String, openmetrics::EncodeError> {
+        self.render_openmetrics_with(&self.otlp.exemplars)
+    }
+
+    /// The OpenMetrics 1.0 exposition with the exemplars of another table (`replay`, whose
+    /// exporter fills a table of its own).
+    pub fn render_openmetrics_with(
+        &self,
+        ex: &exemplars::Exemplars,
+    ) -> Result<String, openmetrics::EncodeError> {
+        openmetrics::encode(&self.gather(), &|mf, m, le| ex.lookup(mf, m, le))
+    }
+
+    /// The exposition in `format`, and its content type. An exposition OpenMetrics cannot
+    /// express (a family with an invalid name: not one of ours) is served as the classic text,
+    /// with a warning.
+    pub fn render_as(&self, format: Format) -> (&'static str, String) {
+        match format {
+            Format::Text => (CONTENT_TYPE, self.render()),
+            Format::OpenMetrics => {
+                let families = self.gather();
+                let ex = &self.otlp.exemplars;
+                match openmetrics::encode(&families, &|mf, m, le| ex.lookup(mf, m, le)) {
+                    Ok(s) => (OPENMETRICS_CONTENT_TYPE, s),
+                    Err(e) => {
+                        log::warn!("the OpenMetrics exposition: {e}; serving the classic text");
+                        (CONTENT_TYPE, Self::text(&families))
+                    }
+                }
+            }
+        }
+    }
+
+    /// The latency histograms' exemplars (filled by the OTLP exporter).
+    pub fn exemplars(&self) -> &exemplars::Exemplars {
+        &self.otlp.exemplars
     }
 
     /// Updates counters from one correlator output.
