@@ -485,6 +485,66 @@ pub(super) mod tests {
         }
     }
 
+    /// The OpenMetrics exposition of the same state: a real parser accepts it, with
+    /// exemplars, and its samples are the classic text's (the same names, label sets and
+    /// values; `le` compared as numbers).
+    #[test]
+    fn openmetrics_exposition_has_the_classic_samples() {
+        let (_p, m) = scenario();
+        m.set_probe_attached(ProbeId::TsmBind, "tsm_bind", "kprobe", true);
+        m.set_kernel_info("v5", true);
+        m.exemplars().record(
+            OpKind::Bind,
+            Layer::Iommufd,
+            true,
+            2_000,
+            [0xab; 16],
+            [0xcd; 8],
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_765_000_000),
+        );
+        let om = m.render_openmetrics().unwrap();
+        assert!(om.ends_with("# EOF\n"));
+        assert!(om.contains("# TYPE tsm_trace_operations counter\n"), "{om}");
+        assert!(om.contains("# TYPE tsm_trace_kernel info\n"), "{om}");
+        assert!(
+            om.contains(
+                "tsm_trace_operation_duration_seconds_bucket{layer=\"iommufd\",op=\"bind\",result=\"ok\",le=\"1e-05\"} 0 # {trace_id=\"abababababababababababababababab\",span_id=\"cdcdcdcdcdcdcdcd\"} 0.000002 1765000000.000000000\n"
+            ),
+            "{om}"
+        );
+        if let Some(r) = crate::test_support::openmetrics_parse(&om) {
+            r.unwrap_or_else(|e| panic!("the OpenMetrics parser refused it: {e}"));
+        }
+        // Same samples (the process collector's change between renders: left out).
+        let norm = |text: &str| -> BTreeMap<String, String> {
+            text.lines()
+                .filter(|l| !l.starts_with('#') && !l.starts_with("process_"))
+                .map(|l| {
+                    let l = l.split(" # {").next().unwrap_or(l);
+                    let (k, v) = l.rsplit_once(' ').unwrap();
+                    let k = match k.split_once("le=\"") {
+                        Some((a, b)) => {
+                            let (le, rest) = b.split_once('"').unwrap();
+                            let le: f64 = le.replace("+Inf", "inf").parse().unwrap();
+                            format!("{a}le={le}{rest}")
+                        }
+                        None => k.to_string(),
+                    };
+                    (k, v.to_string())
+                })
+                .collect()
+        };
+        let classic = norm(&m.render());
+        let open = norm(&om);
+        assert_eq!(classic.len(), open.len());
+        for (k, v) in &classic {
+            let w = open
+                .get(k)
+                .unwrap_or_else(|| panic!("{k} not in OpenMetrics"));
+            assert_eq!(v.parse::<f64>().unwrap(), w.parse::<f64>().unwrap(), "{k}");
+        }
+    }
+
     /// `promtool check metrics` (Debian's prometheus package) must have nothing to say.
     #[test]
     fn promtool_accepts_the_exposition() {
