@@ -30,16 +30,15 @@ pub struct Entry {
     pub at_unix_ns: u64,
 }
 
-/// `op`, `layer`, `result` joined by NULs → by bucket index (the last is `+Inf`).
-type Table = HashMap<String, [Option<Entry>; DURATION_BUCKETS.len() + 1]>;
+/// A series' exemplars by bucket index (the last is `+Inf`).
+type Buckets = [Option<Entry>; DURATION_BUCKETS.len() + 1];
+
+/// (`op`, `layer`, `result`) → buckets. Static keys: no allocation per frame.
+type Table<'a> = HashMap<(&'a str, &'a str, &'a str), Buckets>;
 
 #[derive(Debug, Default)]
 pub struct Exemplars {
-    table: Mutex<Table>,
-}
-
-fn series(op: &str, layer: &str, result: &str) -> String {
-    format!("{op}\0{layer}\0{result}")
+    table: Mutex<Table<'static>>,
 }
 
 /// The bucket a duration falls in, as `histograms::Durations::observe` places it.
@@ -75,7 +74,7 @@ impl Exemplars {
         let at_unix_ns = end
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-        let key = series(op.as_str(), layer.as_str(), result(ok));
+        let key = (op.as_str(), layer.as_str(), result(ok));
         let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
         t.entry(key).or_default()[bucket(duration_ns)] = Some(Entry {
             trace_id,
@@ -112,12 +111,9 @@ impl Exemplars {
         } else {
             DURATION_BUCKETS.iter().position(|b| *b == upper_bound)?
         };
-        let t = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        let e = t
-            .get(&series(op, layer, res))?
-            .get(idx)
-            .copied()
-            .flatten()?;
+        let guard = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let t: &Table<'_> = &guard;
+        let e = t.get(&(op, layer, res))?.get(idx).copied().flatten()?;
         Some(Exemplar {
             labels: vec![("trace_id", hex(&e.trace_id)), ("span_id", hex(&e.span_id))],
             value: e.duration_ns as f64 / 1e9,
