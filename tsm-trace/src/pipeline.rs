@@ -405,6 +405,9 @@ pub struct ReplayOptions {
     /// Print only the metrics exposition the daemon would serve after the capture (no trace
     /// lines, no summary: the output is a valid exposition).
     pub metrics: bool,
+    /// With `metrics`: the OpenMetrics exposition, with the latency histograms' exemplars of
+    /// the OTLP export (`extra.otlp`), instead of the classic text.
+    pub openmetrics: bool,
 }
 
 /// What a replay found.
@@ -479,7 +482,19 @@ pub fn replay_with(
     p.finish(now);
     *extra = p.take_extra();
     let summary = p.render_summary();
-    let exposition = opts.metrics.then(|| metrics.render());
+    let exposition = match (opts.metrics, opts.openmetrics) {
+        (false, _) => None,
+        (true, false) => Some(metrics.render()),
+        (true, true) => {
+            let none = crate::exporters::metrics::exemplars::Exemplars::default();
+            let ex = extra.otlp.as_ref().map(|o| o.exemplars());
+            Some(
+                metrics
+                    .render_openmetrics_with(ex.as_deref().unwrap_or(&none))
+                    .map_err(std::io::Error::other)?,
+            )
+        }
+    };
     if let Some(s) = p.sink.as_mut() {
         if let Some(e) = s.write_error.take() {
             return Err(e);

@@ -56,3 +56,47 @@ pub fn promtool_check_metrics(text: &str) -> Option<Result<(), String>> {
         Err(format!("{}: {complaints}", out.status))
     })
 }
+
+/// The Python client's OpenMetrics parser (Debian's python3-prometheus-client), a strict
+/// one: `Some(Ok(families))`, `Some(Err(what it said))`, `None` where it is not installed
+/// (the test returns; under CI it panics).
+pub fn openmetrics_parse(text: &str) -> Option<Result<String, String>> {
+    use std::io::Write;
+    let python = "/usr/bin/python3";
+    let ok = std::process::Command::new(python)
+        .args(["-c", "import prometheus_client.openmetrics.parser"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        crate::test_support::skip_unless_ci(
+            "python3-prometheus-client not installed (apt-get install python3-prometheus-client)",
+        );
+        return None;
+    }
+    let script = "import sys\n\
+        from prometheus_client.openmetrics.parser import text_string_to_metric_families as p\n\
+        for f in p(sys.stdin.read()):\n\
+        \x20   print(f.name, f.type)\n\
+        \x20   for s in f.samples:\n\
+        \x20       print(' ', s.name, sorted(s.labels.items()), s.value, s.exemplar)\n";
+    let mut child = std::process::Command::new(python)
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write to python3");
+    let out = child.wait_with_output().expect("python3's output");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    Some(if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    })
+}

@@ -206,6 +206,9 @@ const FREE_LABELS: &[&str] = &[
     "tsm_patch",
     "pci_tsm",
     "tsm",
+    // The latency buckets' exemplars (OpenMetrics only, with span export): ids as values.
+    "trace_id",
+    "span_id",
 ];
 
 /// Everything `doc` names that does not exist, one line each.

@@ -537,3 +537,99 @@ fn bad_otlp_settings_are_clear_errors_before_any_work() {
         assert!(out.stdout.is_empty(), "nothing replayed");
     }
 }
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// `replay --metrics --openmetrics` with export on: every latency bucket's exemplar names a
+/// frame span the receiver got (ground truth: the receiver, not our table), of that series'
+/// operation, layer and result, whose duration is the exemplar's value, within the bucket, at
+/// the span's end; the exposition passes a real OpenMetrics parser.
+#[test]
+fn exemplars_link_latency_buckets_to_the_spans_the_receiver_got() {
+    let (url, got) = receiver(false);
+    let out = replay(
+        &standin(),
+        &["--metrics", "--openmetrics", "--otlp-endpoint", &url],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    if let Some(r) = tsm_trace::test_support::openmetrics_parse(&text) {
+        r.unwrap_or_else(|e| panic!("the OpenMetrics parser refused it: {e}"));
+    }
+    let g = got.lock().unwrap();
+    let by_id: HashMap<(String, String), &Span> = g
+        .spans
+        .iter()
+        .map(|s| ((hex(&s.trace_id), hex(&s.span_id)), s))
+        .collect();
+    let roots: HashMap<String, &Span> = g
+        .spans
+        .iter()
+        .filter(|s| s.parent_span_id.is_empty())
+        .map(|s| (hex(&s.trace_id), s))
+        .collect();
+    let mut n = 0;
+    let mut prev_le: HashMap<String, f64> = HashMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("tsm_trace_operation_duration_seconds_bucket{") else {
+            continue;
+        };
+        let (labels, tail) = rest.split_once('}').unwrap();
+        let label = |k: &str| {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
+                .map(|v| v.trim_end_matches('"').to_string())
+                .unwrap()
+        };
+        let series = format!("{}/{}/{}", label("op"), label("layer"), label("result"));
+        let le: f64 = label("le").replace("+Inf", "inf").parse().unwrap();
+        let lower = prev_le.insert(series.clone(), le).unwrap_or(0.0);
+        let Some((_, ex)) = tail.split_once(" # {") else {
+            continue;
+        };
+        let (ex_labels, ex_rest) = ex.split_once("} ").unwrap();
+        let mut kv = ex_labels.split(',').map(|p| {
+            let (k, v) = p.split_once('=').unwrap();
+            (k, v.trim_matches('"').to_string())
+        });
+        let (k1, trace) = kv.next().unwrap();
+        let (k2, span) = kv.next().unwrap();
+        assert_eq!((k1, k2), ("trace_id", "span_id"), "{line}");
+        let mut nums = ex_rest.split(' ');
+        let value: f64 = nums.next().unwrap().parse().unwrap();
+        let ts: f64 = nums.next().unwrap().parse().unwrap();
+        assert!(
+            lower < value && value <= le,
+            "not within its bucket: {line}"
+        );
+        let s = by_id
+            .get(&(trace.clone(), span.clone()))
+            .unwrap_or_else(|| panic!("the receiver got no span {trace}/{span}: {line}"));
+        let a = attrs(s);
+        assert_eq!(a["tsm.layer"], label("layer"), "{line}");
+        assert_eq!(
+            s.status
+                .as_ref()
+                .is_some_and(|st| st.code == StatusCode::Error as i32),
+            label("result") == "error",
+            "{line}"
+        );
+        let root = roots[&trace];
+        assert_eq!(attrs(root)["tsm.op"], label("op"), "{line}");
+        let dur_ns = s.end_time_unix_nano - s.start_time_unix_nano;
+        assert_eq!((value * 1e9).round() as u64, dur_ns, "{line}");
+        assert!(
+            (ts - s.end_time_unix_nano as f64 / 1e9).abs() < 1e-6,
+            "exemplar time is the span's end: {line}"
+        );
+        n += 1;
+    }
+    assert!(n >= 10, "{n} exemplars:\n{text}");
+    eprintln!("{n} exemplars checked against the receiver's spans");
+}

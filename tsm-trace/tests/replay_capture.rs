@@ -35,6 +35,7 @@ fn run(metrics: bool, grace_ns: u64) -> tsm_trace::pipeline::ReplayReport {
             realtime_offset_ns: None,
             summary: true,
             metrics,
+            openmetrics: false,
         },
         Box::new(std::io::sink()),
     )
@@ -164,6 +165,7 @@ fn replay_events(
             realtime_offset_ns: None,
             summary: false,
             metrics: false,
+            openmetrics: false,
         },
         Box::new(out.clone()),
     )

@@ -34,6 +34,9 @@ pub const DEB_PACKAGES: &[&str] = &[
     "xz-utils",
     "zstd",
     "prometheus",
+    // The Python client's OpenMetrics parser: the OpenMetrics exposition's tests (a strict
+    // parser besides Prometheus's own in the e2e run).
+    "python3-prometheus-client",
     // x86_64-linux-musl-gcc: the static binary's C dependencies (ring, under rustls).
     "musl-tools",
     // systemd-analyze: the unit's hardening score in `cargo xtask test`.

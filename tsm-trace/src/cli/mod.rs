@@ -218,6 +218,11 @@ pub struct ReplayArgs {
     /// trace lines, no summary), e.g. for `promtool check metrics`.
     #[arg(long, conflicts_with = "json")]
     pub metrics: bool,
+    /// With --metrics: the OpenMetrics exposition instead (what `run` serves to a scraper that
+    /// asks for it), with the latency histograms' exemplars when spans are exported
+    /// (--otlp-endpoint).
+    #[arg(long, requires = "metrics")]
+    pub openmetrics: bool,
     /// Do not print the summary after the trace lines (`--json` prints none).
     #[arg(long)]
     pub no_summary: bool,

@@ -75,6 +75,7 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
             realtime_offset_ns: offset,
             summary: !args.no_summary,
             metrics: args.metrics,
+            openmetrics: args.openmetrics,
         },
         Box::new(std::io::stdout()),
         &mut extra,

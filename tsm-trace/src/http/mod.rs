@@ -1,6 +1,8 @@
 //! HTTP: `/metrics`, `/healthz`, `/readyz`, `/bindings`.
 //!
-//! - `/metrics`: the Prometheus text exposition (`text/plain; version=0.0.4`).
+//! - `/metrics`: the Prometheus text exposition (`text/plain; version=0.0.4`), or OpenMetrics
+//!   1.0 with the latency histograms' exemplars when the `Accept` header prefers it
+//!   (`application/openmetrics-text`, as Prometheus sends).
 //! - `/healthz`: 200 while the process serves.
 //! - `/readyz` (docs/metrics.md, "Readiness"): `503 not ready: <why>` until the event loop
 //!   runs (and while shutting down); then `200 ready` when, of every path this kernel
@@ -26,12 +28,12 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::exporters::json::BindingsView;
-use crate::exporters::metrics::{CONTENT_TYPE, Metrics};
+use crate::exporters::metrics::{Metrics, openmetrics};
 use crate::pipeline::Pipeline;
 
 /// What `/readyz` answers.
@@ -149,8 +151,18 @@ async fn index() -> &'static str {
     "tsm-trace: /metrics /healthz /readyz /bindings\n"
 }
 
-async fn metrics(State(s): State<HttpState>) -> Response {
-    ([(header::CONTENT_TYPE, CONTENT_TYPE)], s.metrics.render()).into_response()
+async fn metrics(State(s): State<HttpState>, headers: HeaderMap) -> Response {
+    let format =
+        openmetrics::negotiate(headers.get_all(header::ACCEPT).iter().map(|v| v.as_bytes()));
+    let (content_type, body) = s.metrics.render_as(format);
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::VARY, "Accept"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn healthz() -> &'static str {
@@ -184,8 +196,16 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String, String) {
+        get_with(addr, path, "").await
+    }
+
+    async fn get_with(
+        addr: std::net::SocketAddr,
+        path: &str,
+        headers: &str,
+    ) -> (u16, String, String) {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n");
         s.write_all(req.as_bytes()).await.unwrap();
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.unwrap();
@@ -217,6 +237,37 @@ mod tests {
             "{head}"
         );
         assert!(body.contains("tsm_trace_build_info{version="), "{body}");
+        assert!(!body.contains("# EOF"), "{body}");
+
+        // What Prometheus asks for: OpenMetrics.
+        let (st, head, body) = get_with(
+            addr,
+            "/metrics",
+            "Accept: application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1\r\n",
+        )
+        .await;
+        assert_eq!(st, 200);
+        assert!(
+            head.to_ascii_lowercase().contains(
+                "content-type: application/openmetrics-text; version=1.0.0; charset=utf-8"
+            ),
+            "{head}"
+        );
+        assert!(body.ends_with("# EOF\n"), "{body}");
+        assert!(body.contains("# TYPE tsm_trace_build info\n"), "{body}");
+        // A malformed header: the classic text, no error.
+        for bad in [
+            "Accept: ;;q=x,,\r\n",
+            "Accept: application/openmetrics-text;q=2\r\n",
+        ] {
+            let (st, head, body) = get_with(addr, "/metrics", bad).await;
+            assert_eq!(st, 200, "{bad}");
+            assert!(
+                head.to_ascii_lowercase().contains("version=0.0.4"),
+                "{head}"
+            );
+            assert!(!body.contains("# EOF"));
+        }
 
         assert_eq!(get(addr, "/healthz").await.0, 200);
 

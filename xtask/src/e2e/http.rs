@@ -39,3 +39,25 @@ pub(super) fn get(port: u16, path: &str, query: &[(&str, &str)]) -> Result<(u16,
         .with_context(|| format!("GET {url}: reading the body"))?;
     Ok((code, body))
 }
+
+/// `GET path` on 127.0.0.1:port with an `Accept` header → (status, content type, body).
+pub(super) fn get_accept(port: u16, path: &str, accept: &str) -> Result<(u16, String, String)> {
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let mut resp = agent()
+        .get(&url)
+        .header("Accept", accept)
+        .call()
+        .with_context(|| format!("GET {url}"))?;
+    let code = resp.status().as_u16();
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body = resp
+        .body_mut()
+        .read_to_string()
+        .with_context(|| format!("GET {url}: reading the body"))?;
+    Ok((code, ct, body))
+}

@@ -13,7 +13,11 @@
 //!    (`/scenario-done`) and stays up until the host has queried everything (`/done`).
 //! 4. The daemon also sends its spans (`--otlp-endpoint`) to an OTLP receiver on the host
 //!    ([`otlp`]), checked against the stand-in's ground truth once the guest has stopped.
-//! 5. Checks: the target is up, every rule loaded with health ok, `TsmLeakedBinding` is firing
+//! 5. The daemon serves OpenMetrics to Prometheus (its `Accept` asks for it), with exemplars
+//!    on the latency histogram buckets; Prometheus runs with `--enable-feature=exemplar-storage`,
+//!    and every exemplar `/api/v1/query_exemplars` returns must be a span the OTLP receiver got
+//!    for that series' operation, layer and result ([`exemplars`]).
+//! 6. Checks: the target is up, every rule loaded with health ok, `TsmLeakedBinding` is firing
 //!    for both leaks, every dashboard panel / annotation / variable query and every rule
 //!    expression returns a non-empty result via `/api/v1/query` (except the commented
 //!    [`queries::MAY_BE_EMPTY`] list), and every metric any of them reads has series.
@@ -23,6 +27,7 @@
 //! [`report`] (the checks).
 
 mod ctl;
+mod exemplars;
 mod http;
 mod otlp;
 mod prometheus;
@@ -95,7 +100,16 @@ pub fn run(args: &E2eArgs) -> Result<()> {
 
     let t1 = Instant::now();
     let mut report = Report::default();
-    let host = host_side(&mut vm, &ctl, target_port, rounds, args.keep, &mut report);
+    let mut stored = Vec::new();
+    let host = host_side(
+        &mut vm,
+        &ctl,
+        target_port,
+        rounds,
+        args.keep,
+        &mut report,
+        &mut stored,
+    );
     // Let the guest finish (it frames the daemon's logs), or stop it if the host side failed.
     ctl.open("done");
     if host.is_err() {
@@ -127,6 +141,7 @@ pub fn run(args: &E2eArgs) -> Result<()> {
     // The daemon flushed its last spans when the guest stopped it.
     let (spans, errors) = receiver.spans();
     otlp::check(&out, &spans, &errors, &mut report);
+    exemplars::check(&stored, &spans, &mut report);
     match vm::suites::leaks::check(&out) {
         Ok(n) => report.check(n > 0, || "no tsm-trace output was captured".into()),
         Err(e) => report.fail(format!("{e:#}")),
@@ -195,6 +210,7 @@ fn host_side(
     rounds: u32,
     keep: bool,
     report: &mut Report,
+    stored: &mut Vec<exemplars::Stored>,
 ) -> Result<()> {
     let root = crate::util::root();
     let prom = Prometheus::start(&root, target_port, keep)?;
@@ -216,6 +232,9 @@ fn host_side(
         t.elapsed().as_secs_f64()
     );
     check_leak_alerts(vm, &api, report)?;
+    exemplars::check_exposition(target_port, report)?;
+    // A wide window: exemplar times are the guest's wall clock.
+    *stored = exemplars::query(&api, exemplars::now() - 3600.0)?;
 
     // The target and the rules.
     let targets = api.get("/api/v1/targets")?;

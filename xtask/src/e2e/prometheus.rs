@@ -78,6 +78,8 @@ impl Prometheus {
                 dir.join("data").display()
             ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            // Exemplars (scraped from the OpenMetrics exposition) kept and queryable.
+            .arg("--enable-feature=exemplar-storage")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -198,6 +200,16 @@ impl Api {
             );
         }
         Ok(v)
+    }
+
+    /// `/api/v1/query_exemplars`: the series with exemplars in [start, end] (Unix seconds).
+    pub(super) fn query_exemplars(&self, expr: &str, start: f64, end: f64) -> Result<Vec<Value>> {
+        let (s, e) = (format!("{start:.3}"), format!("{end:.3}"));
+        let v = self.get_with(
+            "/api/v1/query_exemplars",
+            &[("query", expr), ("start", &s), ("end", &e)],
+        )?;
+        Ok(v["data"].as_array().cloned().unwrap_or_default())
     }
 
     pub(super) fn query(&self, expr: &str) -> Result<QueryResult> {

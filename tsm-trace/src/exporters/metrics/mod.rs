@@ -21,6 +21,8 @@
 //! - `otlp.rs`: the OTLP span export (spans exported, dropped, failed requests).
 //! - `initial.rs`: the series known up front, started at 0.
 //! - `in_flight.rs`: operations still running and the oldest one's age.
+//! - `openmetrics.rs`: the OpenMetrics exposition (served when the scraper asks for it), with
+//!   the latency histograms' exemplars from `exemplars.rs` (filled by the OTLP exporter).
 
 mod operations;
 mod otlp;
@@ -29,10 +31,12 @@ mod reconcile;
 mod self_metrics;
 mod tables;
 
+pub mod exemplars;
 pub mod histograms;
 mod in_flight;
 pub mod initial;
 pub mod misses;
+pub mod openmetrics;
 
 use std::collections::BTreeMap;
 
@@ -58,8 +62,9 @@ pub use operations::AggregatesSource;
 pub use otlp::{DROP_EXPORT_FAILED, DROP_QUEUE_FULL, DROP_REASONS, DROP_SHUTDOWN, OtlpCounters};
 pub use self_metrics::{DECODE_ERROR, LOST_REASONS};
 
-/// The exposition's content type.
+/// The classic exposition's content type.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub use openmetrics::{CONTENT_TYPE as OPENMETRICS_CONTENT_TYPE, Format};
 
 /// All of tsm-trace's metrics, in their own registry.
 pub struct Metrics {
@@ -180,14 +185,60 @@ impl Metrics {
 
     /// The text exposition (format 0.0.4).
     pub fn render(&self) -> String {
+        Self::text(&self.gather())
+    }
+
+    fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
         self.refresh_aggregates();
         self.in_flight.refresh(crate::clock::monotonic_ns());
+        self.registry.gather()
+    }
+
+    fn text(families: &[prometheus::proto::MetricFamily]) -> String {
         let mut buf = Vec::new();
-        let families = self.registry.gather();
-        if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
+        if let Err(e) = TextEncoder::new().encode(families, &mut buf) {
             log::warn!("encoding metrics: {e}");
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// The OpenMetrics 1.0 exposition, with the latency histograms' exemplars.
+    pub fn render_openmetrics(&self) -> Result<String, openmetrics::EncodeError> {
+        self.render_openmetrics_with(&self.otlp.exemplars)
+    }
+
+    /// The OpenMetrics 1.0 exposition with the exemplars of another table (`replay`, whose
+    /// exporter fills a table of its own).
+    pub fn render_openmetrics_with(
+        &self,
+        ex: &exemplars::Exemplars,
+    ) -> Result<String, openmetrics::EncodeError> {
+        openmetrics::encode(&self.gather(), &|mf, m, le| ex.lookup(mf, m, le))
+    }
+
+    /// The exposition in `format`, and its content type. An exposition OpenMetrics cannot
+    /// express (a family with an invalid name: not one of ours) is served as the classic text,
+    /// with a warning.
+    pub fn render_as(&self, format: Format) -> (&'static str, String) {
+        match format {
+            Format::Text => (CONTENT_TYPE, self.render()),
+            Format::OpenMetrics => {
+                let families = self.gather();
+                let ex = &self.otlp.exemplars;
+                match openmetrics::encode(&families, &|mf, m, le| ex.lookup(mf, m, le)) {
+                    Ok(s) => (OPENMETRICS_CONTENT_TYPE, s),
+                    Err(e) => {
+                        log::warn!("the OpenMetrics exposition: {e}; serving the classic text");
+                        (CONTENT_TYPE, Self::text(&families))
+                    }
+                }
+            }
+        }
+    }
+
+    /// The latency histograms' exemplars (filled by the OTLP exporter).
+    pub fn exemplars(&self) -> &exemplars::Exemplars {
+        &self.otlp.exemplars
     }
 
     /// Updates counters from one correlator output.
@@ -431,6 +482,66 @@ pub(super) mod tests {
             "tsm_trace_build_info",
         ] {
             assert!(exposed.contains(name), "{name} missing from the exposition");
+        }
+    }
+
+    /// The OpenMetrics exposition of the same state: a real parser accepts it, with
+    /// exemplars, and its samples are the classic text's (the same names, label sets and
+    /// values; `le` compared as numbers).
+    #[test]
+    fn openmetrics_exposition_has_the_classic_samples() {
+        let (_p, m) = scenario();
+        m.set_probe_attached(ProbeId::TsmBind, "tsm_bind", "kprobe", true);
+        m.set_kernel_info("v5", true);
+        m.exemplars().record(
+            OpKind::Bind,
+            Layer::Iommufd,
+            true,
+            2_000,
+            [0xab; 16],
+            [0xcd; 8],
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_765_000_000),
+        );
+        let om = m.render_openmetrics().unwrap();
+        assert!(om.ends_with("# EOF\n"));
+        assert!(om.contains("# TYPE tsm_trace_operations counter\n"), "{om}");
+        assert!(om.contains("# TYPE tsm_trace_kernel info\n"), "{om}");
+        assert!(
+            om.contains(
+                "tsm_trace_operation_duration_seconds_bucket{layer=\"iommufd\",op=\"bind\",result=\"ok\",le=\"1e-05\"} 0 # {trace_id=\"abababababababababababababababab\",span_id=\"cdcdcdcdcdcdcdcd\"} 0.000002 1765000000.000000000\n"
+            ),
+            "{om}"
+        );
+        if let Some(r) = crate::test_support::openmetrics_parse(&om) {
+            r.unwrap_or_else(|e| panic!("the OpenMetrics parser refused it: {e}"));
+        }
+        // Same samples (the process collector's change between renders: left out).
+        let norm = |text: &str| -> BTreeMap<String, String> {
+            text.lines()
+                .filter(|l| !l.starts_with('#') && !l.starts_with("process_"))
+                .map(|l| {
+                    let l = l.split(" # {").next().unwrap_or(l);
+                    let (k, v) = l.rsplit_once(' ').unwrap();
+                    let k = match k.split_once("le=\"") {
+                        Some((a, b)) => {
+                            let (le, rest) = b.split_once('"').unwrap();
+                            let le: f64 = le.replace("+Inf", "inf").parse().unwrap();
+                            format!("{a}le={le}{rest}")
+                        }
+                        None => k.to_string(),
+                    };
+                    (k, v.to_string())
+                })
+                .collect()
+        };
+        let classic = norm(&m.render());
+        let open = norm(&om);
+        assert_eq!(classic.len(), open.len());
+        for (k, v) in &classic {
+            let w = open
+                .get(k)
+                .unwrap_or_else(|| panic!("{k} not in OpenMetrics"));
+            assert_eq!(v.parse::<f64>().unwrap(), w.parse::<f64>().unwrap(), "{k}");
         }
     }
 

@@ -1,7 +1,11 @@
 //! The OTLP span export (`--otlp-endpoint`, `exporters/otlp/`): spans exported, dropped and
 //! why, failed export requests. Registered whether or not export is on (all 0 when off).
 
+use std::sync::Arc;
+
 use prometheus::{IntCounter, IntCounterVec, Registry};
+
+use super::exemplars::Exemplars;
 
 use super::{counter, counter_vec};
 
@@ -20,6 +24,8 @@ pub struct OtlpCounters {
     pub exported: IntCounter,
     pub dropped: IntCounterVec,
     pub export_errors: IntCounter,
+    /// The latency histograms' exemplars: each frame span queued is its bucket's.
+    pub exemplars: Arc<Exemplars>,
 }
 
 impl OtlpCounters {
@@ -43,6 +49,7 @@ impl OtlpCounters {
                 "tsm_trace_otlp_export_errors_total",
                 "OTLP export requests that failed (each drops its whole batch).",
             ),
+            exemplars: Arc::new(Exemplars::default()),
         };
         for reason in DROP_REASONS {
             c.dropped.with_label_values(&[reason]);

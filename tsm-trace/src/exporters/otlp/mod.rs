@@ -195,17 +195,46 @@ impl Otlp {
         })
     }
 
-    /// One output's spans, queued (never blocks in [`WhenFull::Drop`] mode).
+    /// One output's spans, queued (never blocks in [`WhenFull::Drop`] mode). Each frame span
+    /// queued becomes the exemplar of the latency histogram bucket its duration is counted in
+    /// (`OtlpCounters::exemplars`): the ids the backend gets are the ids Prometheus gets.
     pub fn write(&mut self, o: &Output) {
         if self.finished.is_some() {
             return;
         }
-        for span in self.spans.of(o) {
-            self.submit(span);
+        let op = match o {
+            Output::Operation(op) => Some(op),
+            _ => None,
+        };
+        // An operation's spans: the root, then one per frame in order (`Spans::of`).
+        for (i, span) in self.spans.of(o).into_iter().enumerate() {
+            let ctx = span.span_context.clone();
+            let end = span.end_time;
+            if self.submit(span)
+                && let Some(op) = op
+                && let Some(f) = i.checked_sub(1).and_then(|j| op.frames.get(j))
+                && !f.entry_missing
+            {
+                self.counters.exemplars.record(
+                    op.kind,
+                    f.layer,
+                    f.ok(),
+                    f.duration_ns,
+                    ctx.trace_id().to_bytes(),
+                    ctx.span_id().to_bytes(),
+                    end,
+                );
+            }
         }
     }
 
-    fn submit(&mut self, span: SpanData) {
+    /// The exemplar table this exporter fills.
+    pub fn exemplars(&self) -> std::sync::Arc<crate::exporters::metrics::exemplars::Exemplars> {
+        self.counters.exemplars.clone()
+    }
+
+    /// Queues a span; false if it was dropped.
+    fn submit(&mut self, span: SpanData) -> bool {
         self.submitted += 1;
         if self.ledger.in_flight() >= self.queue {
             let room = match self.when_full {
@@ -224,11 +253,12 @@ impl Otlp {
                     .dropped
                     .with_label_values(&[DROP_QUEUE_FULL])
                     .inc();
-                return;
+                return false;
             }
         }
         self.ledger.queued.fetch_add(1, Ordering::AcqRel);
         self.processor.on_end(span);
+        true
     }
 
     /// Sends what is queued (waiting at most the export timeout plus a second for it) and stops

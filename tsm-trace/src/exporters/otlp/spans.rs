@@ -151,7 +151,9 @@ impl Spans {
         }
     }
 
-    /// The spans of one output (none for anomalies, sysfs mismatches and VM events).
+    /// The spans of one output (none for anomalies, sysfs mismatches and VM events). An
+    /// operation's are its root, then one per frame in the frames' order (the exemplars rely on
+    /// it: `Otlp::write`).
     pub fn of(&mut self, o: &Output) -> Vec<SpanData> {
         match o {
             Output::Operation(op) => self.operation(op),
