@@ -121,6 +121,25 @@ pub struct CorrelateArgs {
     /// Most bindings tracked at once (memory stays bounded whatever the event stream does).
     #[arg(long, value_name = "N", env = "TSM_TRACE_MAX_BINDINGS", default_value = "65536", value_parser = parse::max_bindings)]
     pub max_bindings: usize,
+    /// How VMs are named: `auto` by what their VMM's command line calls them, read at bind
+    /// time (QEMU and libvirt `-name`, Kata's `sandbox-<id>`, cloud-hypervisor's and crosvm's
+    /// socket, Firecracker's `--id`), else by their KVM stats id (`kvm-<pid>`); `stats-id`
+    /// always by the stats id.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "HOW",
+        env = "TSM_TRACE_VM_NAME",
+        default_value = "auto"
+    )]
+    pub vm_name: VmNaming,
+}
+
+/// `--vm-name`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum VmNaming {
+    Auto,
+    StatsId,
 }
 
 impl CorrelateArgs {
@@ -128,6 +147,7 @@ impl CorrelateArgs {
         correlate::Config {
             leak_grace_ns: self.grace.as_nanos() as u64,
             max_bindings: self.max_bindings,
+            vmm_names: self.vm_name == VmNaming::Auto,
             ..correlate::Config::default()
         }
     }

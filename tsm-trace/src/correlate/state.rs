@@ -330,13 +330,25 @@ impl Correlator {
     pub fn restore(&mut self, state: SavedState) -> (usize, usize) {
         let mut ignored = Vec::new();
         let (nb, nl) = (state.bindings.len(), state.leaks.len());
-        for b in state.bindings {
+        // Names from the VMMs' command lines are kept across restarts (older files have none),
+        // unless this daemon runs with `--vm-name stats-id`.
+        let keep_names = self.cfg.vmm_names;
+        for mut b in state.bindings {
+            if !keep_names && let Some(vm) = b.vm.as_mut() {
+                vm.vmm = None;
+            }
+            if let Some(vm) = &b.vm {
+                self.vm_names.learn(vm);
+            }
             let since = b.since_ns;
             self.insert_binding(b, since, &mut ignored);
         }
-        for l in state.leaks {
+        for mut l in state.leaks {
             if self.leaks.len() >= self.cfg.max_leaks {
                 break;
+            }
+            if !keep_names && let Some(vm) = l.vm.as_mut() {
+                vm.vmm = None;
             }
             self.leak_count[l.reason as usize] += 1;
             self.leaks.insert((l.device.clone(), l.reason), l);
@@ -370,6 +382,7 @@ mod tests {
                 id: VmId::from_bits(0xabc),
                 pid: Some(42),
                 stats_id: Some("kvm-42".into()),
+                vmm: None,
             }),
             vmm_tgid: 42,
             vmm_comm: "qemu".into(),

@@ -25,6 +25,7 @@ pub(crate) fn vm() -> Vm {
         id: KVM,
         pid: Some(TGID as i32),
         stats_id: Some("kvm-4242".into()),
+        vmm: None,
     }
 }
 
@@ -548,6 +549,7 @@ fn vm_destroyed_then_unbound_within_grace_is_fine() {
         id: VmId::from_bits(0x1000),
         pid: Some(1),
         stats_id: None,
+        vmm: None,
     });
     c.handle(other, t);
     assert!(leaks_detected(&c.tick(t + grace)).is_empty());
@@ -1069,6 +1071,7 @@ pub(crate) fn random_event(r: &mut Rng) -> Event {
             id: VmId::from_bits(r.below(8)),
             pid: Some(r.below(50) as i32),
             stats_id: None,
+            vmm: None,
         });
     }
     e.op = Some(r.below(4) as u32);

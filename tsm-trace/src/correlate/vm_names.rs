@@ -58,8 +58,17 @@ fn bounded_insert<K: Copy + Eq + std::hash::Hash, V>(
 impl Names {
     /// Remembers `vm`'s name if it is full and the first one seen for its id.
     pub(super) fn learn(&mut self, vm: &Vm) {
-        if is_full(vm) && !self.vms.contains_key(&vm.id) {
-            bounded_insert(&mut self.vms, &mut self.vm_order, vm.id, vm.clone());
+        if !is_full(vm) {
+            return;
+        }
+        match self.vms.get_mut(&vm.id) {
+            // The VMM's name comes with binds only: a VM first seen otherwise learns it later.
+            Some(known) => {
+                if known.vmm.is_none() && vm.vmm.is_some() {
+                    known.vmm.clone_from(&vm.vmm);
+                }
+            }
+            None => bounded_insert(&mut self.vms, &mut self.vm_order, vm.id, vm.clone()),
         }
     }
 
@@ -68,6 +77,9 @@ impl Names {
         if let Some(known) = self.vms.get(&vm.id) {
             vm.pid = known.pid;
             vm.stats_id.clone_from(&known.stats_id);
+            if known.vmm.is_some() {
+                vm.vmm.clone_from(&known.vmm);
+            }
         }
     }
 

@@ -311,6 +311,7 @@ mod tests {
             id: VmId::from_bits(0x1000),
             pid: Some(5),
             stats_id: Some("kvm-5".into()),
+            vmm: None,
         });
         e.tdi_id = Some(3);
         e

@@ -62,6 +62,10 @@ fn vm_attrs(vm: Option<&Vm>, out: &mut Vec<KeyValue>) {
     if let Some(vm) = vm {
         out.push(kv("tsm.vm.name", vm.name()));
         out.push(kv("tsm.vm.id", vm.id.to_string()));
+        // `tsm.vm.name` is the VMM's name for the VM when its command line gave one.
+        if let Some(n) = &vm.vmm {
+            out.push(kv("tsm.vm.vmm", n.vmm.clone()));
+        }
         if let Some(s) = &vm.stats_id {
             out.push(kv("tsm.vm.stats_id", s.clone()));
         }
