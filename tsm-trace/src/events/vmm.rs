@@ -11,7 +11,7 @@
 //! | VMM | its argv | the name |
 //! |---|---|---|
 //! | QEMU, libvirt (`qemu-system-*`, `qemu-kvm`, `kvm`) | `-name web-1`, `-name guest=web-1,debug-threads=on` | `web-1` |
-//! | Kata Containers (its QEMU) | `-name sandbox-<id>` | `sandbox-<id>` (vmm `kata`) |
+//! | Kata Containers (its QEMU) | `-name sandbox-<id>,debug-threads=on` | `<id>`, the pod sandbox id (vmm `kata`) |
 //! | cloud-hypervisor | `--api-socket path=/run/x/web-1.sock` (or a bare path) | the socket's file stem; Kata's `…/<id>/clh-api.sock`: `<id>` |
 //! | Firecracker | `--id web-1` | `web-1` |
 //! | crosvm | `crosvm run --socket /run/crosvm/web-1.sock` (`-s`) | the socket's file stem |
@@ -83,7 +83,8 @@ const VMMS: &[Convention] = &[
     },
 ];
 
-/// Kata's QEMU names its VM `sandbox-<id>`.
+/// Kata's QEMU names its VM `sandbox-<id>` (`<id>`: the pod sandbox id, 64 hex digits, which
+/// the name keeps whole: `sandbox-` would push it past [`MAX_NAME`]).
 const KATA_PREFIX: &str = "sandbox-";
 /// Socket names that say nothing (Kata's cloud-hypervisor: `/run/vc/vm/<id>/clh-api.sock`):
 /// the folder names the VM instead.
@@ -343,7 +344,19 @@ mod tests {
         );
         assert_eq!(
             name(&["qemu-system-x86_64", "-name", "sandbox-4f2a9c"]),
-            some("kata", "sandbox-4f2a9c")
+            some("kata", "4f2a9c")
+        );
+        // Kata's sandbox ids are 64 hex digits: kept whole.
+        let id = "41cb92475d2d2b8b93befe133d6df302c08482e3f4bd1eae219b46e580b673e9";
+        assert_eq!(
+            name(&[
+                "/opt/kata/bin/qemu-system-x86_64",
+                "-name",
+                &format!("sandbox-{id},debug-threads=on"),
+                "-uuid",
+                "e62392aa"
+            ]),
+            some("kata", id)
         );
         // No -name: nothing (the stats id names it).
         assert_eq!(name(&["qemu-system-x86_64", "-m", "1G"]), None);
