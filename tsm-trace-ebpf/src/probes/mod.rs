@@ -366,7 +366,7 @@ fn in_frame(pid_tgid: u64, probe: ProbeId) -> bool {
         _pad: 0,
     };
     // SAFETY: a lookup; the value is not kept.
-    unsafe { INFLIGHT.get(&key) }.is_some()
+    unsafe { INFLIGHT.get(key) }.is_some()
 }
 
 /// At the entry of bind `probe`: emits the binding task's argv ([`VmmRecord`], see its module

@@ -442,6 +442,54 @@ mod tests {
     }
 
     #[test]
+    fn vm_names_survive_a_restart_and_older_files_still_load() {
+        let named = |mut b: Binding| {
+            b.vm.as_mut().unwrap().vmm = Some(crate::events::VmmName {
+                vmm: "qemu".into(),
+                name: "web-1".into(),
+            });
+            b
+        };
+        let mut l = leak("0000:02:00.0");
+        l.vm = named(binding("x")).vm;
+        let st = SavedState {
+            format: FORMAT,
+            boot_id: "b".into(),
+            bindings: vec![named(binding("0000:01:00.0"))],
+            leaks: vec![l],
+            ..Default::default()
+        };
+        let p = tmp("names");
+        save(&p, &st).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains("\"vmm\":{\"vmm\":\"qemu\",\"name\":\"web-1\"}"), "{text}");
+        let mut c = Correlator::default();
+        c.restore(load(&p, "b").unwrap().unwrap());
+        let back = c.saved_state("b");
+        assert_eq!(back, st);
+        assert_eq!(back.bindings[0].vm.as_ref().unwrap().name(), "web-1");
+        // A file written before the names (no `vmm`) loads: the stats id names the VM.
+        let old = text.replace(",\"vmm\":{\"vmm\":\"qemu\",\"name\":\"web-1\"}", "");
+        assert!(!old.contains("web-1"));
+        std::fs::write(&p, old).unwrap();
+        let mut c = Correlator::default();
+        c.restore(load(&p, "b").unwrap().unwrap());
+        assert_eq!(
+            c.saved_state("b").bindings[0].vm.as_ref().unwrap().name(),
+            "kvm-42"
+        );
+        // `--vm-name stats-id` drops restored names.
+        let mut c = Correlator::new(crate::correlate::Config {
+            vmm_names: false,
+            ..Default::default()
+        });
+        c.restore(st);
+        let back = c.saved_state("b");
+        assert_eq!(back.bindings[0].vm.as_ref().unwrap().name(), "kvm-42");
+        assert_eq!(back.leaks[0].vm.as_ref().unwrap().name(), "kvm-42");
+    }
+
+    #[test]
     fn another_boot_and_no_file_restore_nothing() {
         let p = tmp("boot");
         assert_eq!(load(&p, "x").unwrap(), Err(Missing::NoFile));

@@ -1145,3 +1145,38 @@ fn teardown_with_unreadable_device_matches_by_vdevice_id() {
     let out = feed(&mut c, evs);
     assert_eq!(leaks_detected(&out)[0].device, DEV);
 }
+
+/// The VMM's name, given to a bind's frames by the decoder, names the operation, the
+/// binding, a later VM event of the same VM (which carries no name) and its leak; with
+/// `--vm-name stats-id` none of them.
+#[test]
+fn a_vm_named_by_its_vmm_keeps_the_name_to_its_leak() {
+    let named = |mut evs: Vec<Event>| {
+        for e in &mut evs {
+            if let Some(v) = e.vm.as_mut() {
+                v.vmm = Some(crate::events::VmmName {
+                    vmm: "qemu".into(),
+                    name: "web-1".into(),
+                });
+            }
+        }
+        evs
+    };
+    for (names, want) in [(true, "web-1"), (false, "kvm-4242")] {
+        let mut c = Correlator::new(Config {
+            vmm_names: names,
+            ..Config::default()
+        });
+        let out = feed(&mut c, named(bind_via_ioctl(10, 1_000_000, DEV, 0)));
+        let op = ops(&out)[0];
+        assert_eq!(op.vm.as_ref().unwrap().name(), want);
+        let b = c.saved_state("b").bindings;
+        assert_eq!(b[0].vm.as_ref().unwrap().name(), want);
+        let t = 10_000_000;
+        c.handle(kvm_destroy(t), t);
+        let out = c.tick(t + 5_000_000_000);
+        let leaks = leaks_detected(&out);
+        assert_eq!(leaks.len(), 1);
+        assert_eq!(leaks[0].vm_name(), want);
+    }
+}
