@@ -85,25 +85,30 @@ echo "exit=$?" >> /tmp/lc_check
 frame lc_check /tmp/lc_check
 
 # ---- VMs by the names users know (every kernel: the stand-in's bind path) ---------------
-# Stand-in VMMs (/bin/vmm_bind: a process with exactly the given argv writes the bind) bind
-# vdevice 7 of VM 7 in turn; tsm-trace must name each VM as the argv we launched names it.
-# Ground truth: lc_vmm_truth, one line per case: "case=<c> expect=<name> pid=<binder>
-# write=ok|fail ..." (expect=stats_id: no name in that argv, the VM's KVM stats id names
-# it) and "vm stats_id=<the stand-in's own record of kvm->stats_id>".
+# Stand-in VMMs (/bin/vmm_bind: a process with exactly the given argv writes the bind) each
+# bind a VM of their own (VM n, vdevice n on A); tsm-trace must name each VM as the argv we
+# launched names it. Ground truth: lc_vmm_truth, one line per case: "case=<c> expect=<name>
+# stats_id=<the stand-in's own record of kvm->stats_id> pid=<binder> write=ok|fail ..."
+# (expect=stats_id: that argv names nothing, the VM's KVM stats id names it).
 $BIN trace --json $PCI_SYMS $DRV > /tmp/lc_vmm.jsonl 2> /tmp/lc_vmm.err &
 VMM_PID=$!
 wait_for /tmp/lc_vmm.err 'tracing with' 60 || echo "tsm-trace did not start" >> /tmp/lc_vmm.err
 : > /tmp/lc_vmm_truth
-echo "vm_create 7" > "$CTL"
-echo "vm $(tr ' ' '\n' < "$LAST" | grep '^stats_id=')" >> /tmp/lc_vmm_truth
-echo "vdev_create 7 $A 7 97" > "$CTL"
-# vcase CASE EXPECT ARGV...: bind as that VMM, then unbind from this shell.
+VN=10
+# vcase CASE EXPECT ARGV...: a VM and vdevice made by this shell, bound as that VMM, then
+# unbound and torn down from this shell.
 vcase() {
 	c=$1
 	e=$2
 	shift 2
-	echo "case=$c expect=$e $(/bin/vmm_bind "$CTL" "ioctl 7 1 0" "$@")" >> /tmp/lc_vmm_truth
-	echo "ioctl 7 2 0" > "$CTL"
+	VN=$((VN + 1))
+	echo "vm_create $VN" > "$CTL"
+	st=$(tr ' ' '\n' < "$LAST" | grep '^stats_id=')
+	echo "vdev_create $VN $A $VN $((VN + 80))" > "$CTL"
+	echo "case=$c expect=$e $st $(/bin/vmm_bind "$CTL" "ioctl $VN 1 0" "$@")" >> /tmp/lc_vmm_truth
+	echo "ioctl $VN 2 0" > "$CTL"
+	echo "vdev_destroy $VN" > "$CTL"
+	echo "vm_destroy $VN" > "$CTL"
 }
 LONG=$(printf 'x%.0s' $(seq 1 300))
 vcase qemu web-1 /usr/bin/qemu-system-x86_64 -machine q35 -name web-1 -m 512
@@ -117,8 +122,6 @@ vcase qemu_no_name stats_id /usr/bin/qemu-system-x86_64 -m 512
 vcase qemu_name_last stats_id /usr/bin/qemu-system-x86_64 -m 512 -name
 vcase qemu_name_past_bound stats_id /usr/bin/qemu-system-x86_64 -append "$LONG" -name past-7
 vcase not_a_vmm stats_id /usr/sbin/my-vmm -name not-8
-echo "vdev_destroy 7" > "$CTL"
-echo "vm_destroy 7" > "$CTL"
 sleep 1
 kill -INT $VMM_PID
 wait $VMM_PID

@@ -62,9 +62,10 @@ impl Names {
             return;
         }
         match self.vms.get_mut(&vm.id) {
-            // The VMM's name comes with binds only: a VM first seen otherwise learns it later.
+            // The VMM's name comes with binds only, read from the binding VMM's argv: the
+            // newest one is kept (a VM first seen otherwise learns it then).
             Some(known) => {
-                if known.vmm.is_none() && vm.vmm.is_some() {
+                if vm.vmm.is_some() && known.vmm != vm.vmm {
                     known.vmm.clone_from(&vm.vmm);
                 }
             }
@@ -72,12 +73,13 @@ impl Names {
         }
     }
 
-    /// Gives `vm` the name first learned for its id.
+    /// Gives `vm` the name first learned for its id (and the VMM's name last learned, unless
+    /// its own bind read one).
     pub(super) fn fill(&self, vm: &mut Vm) {
         if let Some(known) = self.vms.get(&vm.id) {
             vm.pid = known.pid;
             vm.stats_id.clone_from(&known.stats_id);
-            if known.vmm.is_some() {
+            if vm.vmm.is_none() {
                 vm.vmm.clone_from(&known.vmm);
             }
         }

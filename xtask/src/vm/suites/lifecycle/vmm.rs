@@ -1,8 +1,8 @@
 //! VMs by the names users know: stand-in VMMs (`tests/vm/tools/vmm_bind.c`, a process whose
 //! argv is exactly a VMM's) bind through the stand-in, and tsm-trace must name each VM as
 //! the argv the script launched names it (`lc_vmm_truth`: the case, the name the script
-//! meant, the binder's pid), or by the VM's KVM stats id where that argv names nothing (as
-//! the stand-in recorded `kvm->stats_id`). Runs on every kernel (6.1 included): the argv is
+//! meant, the binder's pid; each case its own VM), or by the VM's KVM stats id where that
+//! argv names nothing (as the stand-in recorded `kvm->stats_id`). Runs on every kernel (6.1 included): the argv is
 //! read in the bind probes, whatever PCI TSM layer is under them.
 //!
 //! Expectations come from the script's cases (what each VMM's documentation says names a
@@ -40,12 +40,6 @@ pub(super) fn check(c: &mut Checks, out: &VmOutput) -> Result<()> {
         format!("the VMM-name trace session failed:\n{err}")
     });
     let truth = &out.section("lc_vmm_truth")?.text;
-    let stats_id = truth
-        .lines()
-        .find_map(|l| l.strip_prefix("vm stats_id="))
-        .map(str::trim)
-        .context("lc_vmm_truth: no stats_id recorded by the stand-in for VM 7")?
-        .to_string();
     let ops = json_lines(out, "lc_vmm.jsonl", false)?;
     let binds: Vec<&Value> = ops
         .iter()
@@ -72,6 +66,9 @@ pub(super) fn check(c: &mut Checks, out: &VmOutput) -> Result<()> {
             &format!("{case}: bind operations of pid {pid}"),
         );
         let Some(op) = mine.first() else { continue };
+        let stats_id = kv(line, "stats_id")
+            .with_context(|| format!("{case}: no stats_id recorded by the stand-in: {line}"))?
+            .to_string();
         c.eq(
             s(op, "result"),
             "ok".to_string(),
