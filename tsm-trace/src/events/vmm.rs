@@ -201,12 +201,10 @@ pub fn name_from_argv(argv: &[u8], truncated: bool) -> Option<VmmName> {
     let (vmm, raw) = match conv.rule {
         Rule::QemuName => {
             let n = qemu_name(&args)?;
-            let vmm = if n.starts_with(KATA_PREFIX) {
-                "kata"
-            } else {
-                conv.vmm
-            };
-            (vmm, n)
+            match n.strip_prefix(KATA_PREFIX) {
+                Some(id) => ("kata", id.to_string()),
+                None => (conv.vmm, n),
+            }
         }
         Rule::Value(opts) => (conv.vmm, value(&args, opts)?.to_string()),
         Rule::Socket(opts) => (conv.vmm, socket_name(value(&args, opts)?)?),
