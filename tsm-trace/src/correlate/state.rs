@@ -462,7 +462,10 @@ mod tests {
         let p = tmp("names");
         save(&p, &st).unwrap();
         let text = std::fs::read_to_string(&p).unwrap();
-        assert!(text.contains("\"vmm\":{\"vmm\":\"qemu\",\"name\":\"web-1\"}"), "{text}");
+        assert!(
+            text.contains("\"vmm\":{\"vmm\":\"qemu\",\"name\":\"web-1\"}"),
+            "{text}"
+        );
         let mut c = Correlator::default();
         c.restore(load(&p, "b").unwrap().unwrap());
         let back = c.saved_state("b");

@@ -330,7 +330,10 @@ mod tests {
             w.write(&ev()).unwrap();
         }
         let text = String::from_utf8(buf).unwrap();
-        assert!(text.contains("\"vmm\":{\"vmm\":\"firecracker\",\"name\":\"fc-1\"}"), "{text}");
+        assert!(
+            text.contains("\"vmm\":{\"vmm\":\"firecracker\",\"name\":\"fc-1\"}"),
+            "{text}"
+        );
         let old = text.replace(",\"vmm\":{\"vmm\":\"firecracker\",\"name\":\"fc-1\"}", "");
         let (_, evs) = read_all(old.as_bytes(), "old").unwrap();
         assert_eq!(evs[0].vm.as_ref().unwrap().name(), "kvm-5");

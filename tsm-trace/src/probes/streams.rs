@@ -138,11 +138,11 @@ impl EventStream {
         let vmms = &mut self.vmms;
         let ring = self.fd.get_mut();
         ring.read(|item| {
-            if item.len() == tsm_trace_common::VmmRecord::SIZE {
-                if let Some(seen) = VmmSeen::from_bytes(item) {
-                    vmms.note(seen);
-                    return;
-                }
+            if item.len() == tsm_trace_common::VmmRecord::SIZE
+                && let Some(seen) = VmmSeen::from_bytes(item)
+            {
+                vmms.note(seen);
+                return;
             }
             out.push(Event::from_bytes(item, key).map(|mut ev| {
                 vmms.apply(&mut ev);
