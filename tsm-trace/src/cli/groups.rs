@@ -104,7 +104,7 @@ pub struct TargetArgs {
     /// Ring buffer size in bytes (a power of two, multiple of the page size). Cost: this much
     /// locked kernel memory. Benefit: per-event detail (trace lines, --print, binding and leak
     /// correlation) survives bursts: each record is 232 bytes and an operation takes one per
-    /// probed call (about 4), so the default holds about 280 operations in flight to
+    /// probed call (about 4; a bind one more of 288 bytes, its VMM's argv), so the default holds about 280 operations in flight to
     /// userspace. /metrics counts stay exact whatever the size (counted in the kernel).
     #[arg(long, value_name = "BYTES", env = "TSM_TRACE_RINGBUF_SIZE", default_value_t = 256 * 1024, value_parser = parse::ringbuf)]
     pub ringbuf_size: u32,
