@@ -86,7 +86,8 @@ frame lc_check /tmp/lc_check
 
 # ---- VMs by the names users know (every kernel: the stand-in's bind path) ---------------
 # Stand-in VMMs (/bin/vmm_bind: a process with exactly the given argv writes the bind) each
-# bind a VM of their own (VM n, vdevice n on A); tsm-trace must name each VM as the argv we
+# bind a VM of their own (VM n, vdevice n on 0000:00:02.0, a device every machine has: the
+# TEE devices are on PCI TSM kernels only); tsm-trace must name each VM as the argv we
 # launched names it. Ground truth: lc_vmm_truth, one line per case: "case=<c> expect=<name>
 # stats_id=<the stand-in's own record of kvm->stats_id> pid=<binder> write=ok|fail ..."
 # (expect=stats_id: that argv names nothing, the VM's KVM stats id names it).
@@ -104,7 +105,7 @@ vcase() {
 	VN=$((VN + 1))
 	echo "vm_create $VN" > "$CTL"
 	st=$(tr ' ' '\n' < "$LAST" | grep '^stats_id=')
-	echo "vdev_create $VN $A $VN $((VN + 80))" > "$CTL"
+	echo "vdev_create $VN 0000:00:02.0 $VN $((VN + 80))" > "$CTL"
 	echo "case=$c expect=$e $st $(/bin/vmm_bind "$CTL" "ioctl $VN 1 0" "$@")" >> /tmp/lc_vmm_truth
 	echo "ioctl $VN 2 0" > "$CTL"
 	echo "vdev_destroy $VN" > "$CTL"
