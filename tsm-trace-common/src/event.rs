@@ -26,6 +26,9 @@ pub mod missing {
     /// The guest request's kind (scope, or op and tvm_arch) at the iommufd or tsm-core
     /// layer: its member resolved but unreadable, or unresolved.
     pub const REQ_KIND: u32 = 1 << 13;
+    /// The VMM's argv ([`crate::VmmRecord`]): `task_struct.mm` or `mm_struct.arg_start`/
+    /// `arg_end` unresolved, a task without mm, or a faulted read.
+    pub const VMM_ARGV: u32 = 1 << 14;
 }
 
 /// Flags in [`RawEvent::flags`].

@@ -23,6 +23,7 @@ mod counters;
 mod event;
 mod offsets;
 mod probe_id;
+mod vmm_record;
 
 pub mod aggregates;
 pub mod errno;
@@ -33,6 +34,7 @@ pub use counters::*;
 pub use event::*;
 pub use offsets::*;
 pub use probe_id::*;
+pub use vmm_record::*;
 
 /// The global the programs compare with the [`maps::GATE`]: their epoch, set by userspace at
 /// load time.
@@ -47,6 +49,7 @@ mod pod {
     unsafe impl aya::Pod for super::FieldKinds {}
     unsafe impl aya::Pod for super::GuestReqArgs {}
     unsafe impl aya::Pod for super::ControlEvent {}
+    unsafe impl aya::Pod for super::VmmRecord {}
     unsafe impl aya::Pod for super::InflightKey {}
     unsafe impl aya::Pod for super::aggregates::AggConfig {}
     unsafe impl aya::Pod for super::aggregates::ThreadOp {}

@@ -213,6 +213,11 @@ pub struct Offsets {
     pub kvm_destroy_vm: KvmOffsets,
     /// `struct module::name` (the module tracepoints name the module loaded or freed).
     pub module_name: u32,
+    /// `struct task_struct::mm` and `struct mm_struct::{arg_start, arg_end}`: the VMM's argv
+    /// ([`crate::VmmRecord`]).
+    pub task_mm: u32,
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
     /// Widths and signedness of the integer members read.
     pub kinds: FieldKinds,
     /// The UAPI op values of bind and unbind (`enum iommu_vdevice_tsm_op_type` where BTF has
@@ -255,6 +260,9 @@ impl Offsets {
         kvm_driver_bind: KvmOffsets::UNKNOWN,
         kvm_destroy_vm: KvmOffsets::UNKNOWN,
         module_name: OFFSET_UNKNOWN,
+        task_mm: OFFSET_UNKNOWN,
+        mm_arg_start: OFFSET_UNKNOWN,
+        mm_arg_end: OFFSET_UNKNOWN,
         kinds: FieldKinds::UNKNOWN,
         uapi_op_bind: OFFSET_UNKNOWN,
         uapi_op_unbind: OFFSET_UNKNOWN,

@@ -144,6 +144,10 @@ fn every_program_passes_the_verifier() {
             stats_id_len: 16,
         },
         module_name: 24,
+        // task_struct.mm, mm_struct.arg_start/arg_end as on 7.3.
+        task_mm: 2496,
+        mm_arg_start: 344,
+        mm_arg_end: 352,
         kinds: FieldKinds {
             tsm_op_op: u32k,
             tsm_op_flags: IntKind::of(2, false),

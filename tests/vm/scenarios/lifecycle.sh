@@ -10,6 +10,8 @@
 # Sections (data port):
 #   lc_kernel        "pci_tsm=1|0" (0: no CONFIG_PCI_TSM, e.g. 6.1; only lc_check runs)
 #   lc_check         `tsm-trace check` with the linktsm driver flags, then "exit=<rc>"
+#   lc_vmm_truth / lc_vmm.err / lc_vmm.jsonl   VMs named from their VMMs' argv (every
+#                    kernel, the stand-in's path; see the block below)
 #   lc_truth         ground truth, one line per record: "step=<name> src=<source> ..."
 #                    src=sysfs    file=<path> value=<written> len=<bytes> pid=<writer>
 #                                 write=ok|fail [errno=<n> err=<%pe of -n>]
@@ -81,6 +83,53 @@ frame lc_kernel /tmp/lc_kernel
 $BIN check $LDRV > /tmp/lc_check 2>&1
 echo "exit=$?" >> /tmp/lc_check
 frame lc_check /tmp/lc_check
+
+# ---- VMs by the names users know (every kernel: the stand-in's bind path) ---------------
+# Stand-in VMMs (/bin/vmm_bind: a process with exactly the given argv writes the bind) each
+# bind a VM of their own (VM n, vdevice n on 0000:00:02.0, a device every machine has: the
+# TEE devices are on PCI TSM kernels only); tsm-trace must name each VM as the argv we
+# launched names it. Ground truth: lc_vmm_truth, one line per case: "case=<c> expect=<name>
+# stats_id=<the stand-in's own record of kvm->stats_id> pid=<binder> write=ok|fail ..."
+# (expect=stats_id: that argv names nothing, the VM's KVM stats id names it).
+$BIN trace --json $PCI_SYMS $DRV > /tmp/lc_vmm.jsonl 2> /tmp/lc_vmm.err &
+VMM_PID=$!
+wait_for /tmp/lc_vmm.err 'tracing with' 60 || echo "tsm-trace did not start" >> /tmp/lc_vmm.err
+: > /tmp/lc_vmm_truth
+VN=10
+# vcase CASE EXPECT ARGV...: a VM and vdevice made by this shell, bound as that VMM, then
+# unbound and torn down from this shell.
+vcase() {
+	c=$1
+	e=$2
+	shift 2
+	VN=$((VN + 1))
+	echo "vm_create $VN" > "$CTL"
+	st=$(tr ' ' '\n' < "$LAST" | grep '^stats_id=')
+	echo "vdev_create $VN 0000:00:02.0 $VN $((VN + 80))" > "$CTL"
+	echo "case=$c expect=$e $st $(/bin/vmm_bind "$CTL" "ioctl $VN 1 0" "$@")" >> /tmp/lc_vmm_truth
+	echo "ioctl $VN 2 0" > "$CTL"
+	echo "vdev_destroy $VN" > "$CTL"
+	echo "vm_destroy $VN" > "$CTL"
+}
+LONG=$(printf 'x%.0s' $(seq 1 300))
+vcase qemu web-1 /usr/bin/qemu-system-x86_64 -machine q35 -name web-1 -m 512
+vcase libvirt db-2 /usr/bin/qemu-system-x86_64 -name guest=db-2,debug-threads=on -S \
+	-object secret,id=masterKey0,format=raw,file=/var/lib/libvirt/qemu/domain-2-db-2/master-key.aes
+vcase kata 3f9a1c2b /opt/kata/bin/qemu-system-x86_64 -name sandbox-3f9a1c2b,debug-threads=on -uuid 5a1e
+vcase cloud-hypervisor ch-4 /usr/bin/cloud-hypervisor --api-socket path=/run/ch/ch-4.sock --kernel vmlinux
+vcase firecracker fc-5 /usr/bin/firecracker --api-sock /run/firecracker.socket --id fc-5
+vcase crosvm cv-6 /usr/bin/crosvm run --socket /run/crosvm/cv-6.sock vmlinux
+vcase qemu_no_name stats_id /usr/bin/qemu-system-x86_64 -m 512
+vcase qemu_name_last stats_id /usr/bin/qemu-system-x86_64 -m 512 -name
+vcase qemu_name_past_bound stats_id /usr/bin/qemu-system-x86_64 -append "$LONG" -name past-7
+vcase not_a_vmm stats_id /usr/sbin/my-vmm -name not-8
+sleep 1
+kill -INT $VMM_PID
+wait $VMM_PID
+echo "exit=$?" >> /tmp/lc_vmm.err
+frame lc_vmm_truth /tmp/lc_vmm_truth
+frame lc_vmm.err /tmp/lc_vmm.err
+frame lc_vmm.jsonl /tmp/lc_vmm.jsonl
 if [ $HAVE = 0 ]; then
 	echo "lifecycle: skipped (no CONFIG_PCI_TSM or no tsm_linktsm)"
 	exit 0

@@ -61,6 +61,7 @@ impl Gen {
                     id: VmId::from_bits(0x8880_0000_0000 + (i as u64) * 0x1_0000),
                     pid: Some(10_000 + i as i32),
                     stats_id: Some(format!("kvm-{}", 10_000 + i)),
+                    vmm: None,
                 })
                 .collect(),
         }

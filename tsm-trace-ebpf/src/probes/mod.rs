@@ -32,8 +32,8 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
 };
 use tsm_trace_common::{
-    COMM_LEN, KernelCounter, KvmOffsets, ProbeId, ProgError, RawEvent, flags, maps as names,
-    missing,
+    ARGV_LEN, COMM_LEN, KernelCounter, KvmOffsets, ProbeId, ProgError, RawEvent, VMM_RECORD_KIND,
+    VmmRecord, flags, maps as names, missing,
 };
 
 pub use crate::maps::exit_code;
@@ -355,6 +355,81 @@ pub fn read_kvm(ev: &mut RawEvent, kvm: u64, o: KvmOffsets) {
     {
         ev.missing |= missing::KVM_STATS_ID;
     }
+}
+
+/// Whether this thread is inside a bind frame of `probe` (its entry parked in [`INFLIGHT`]).
+#[inline(always)]
+fn in_frame(pid_tgid: u64, probe: ProbeId) -> bool {
+    let key = InflightKey {
+        pid_tgid,
+        probe: probe as u32,
+        _pad: 0,
+    };
+    // SAFETY: a lookup; the value is not kept.
+    unsafe { INFLIGHT.get(key) }.is_some()
+}
+
+/// At the entry of bind `probe`: emits the binding task's argv ([`VmmRecord`], see its module
+/// for why it is a record of its own) unless an outer bind of this thread already did, so a
+/// bind reads it once (`tsm_bind` → `pci_tsm_bind` → the driver's op is one bind). A bind
+/// runs in its VMM's context: `current->mm` is the VMM's. Never on a hot path: only bind
+/// entries call it. Failures set [`missing::VMM_ARGV`]; a full ring buffer is a drop.
+#[inline(always)]
+pub fn emit_vmm_argv(probe: ProbeId) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if probe != ProbeId::TsmBind && in_frame(pid_tgid, ProbeId::TsmBind) {
+        return;
+    }
+    if probe == ProbeId::DriverBind && in_frame(pid_tgid, ProbeId::PciTsmBind) {
+        return;
+    }
+    let Some(mut slot) = EVENTS.reserve::<VmmRecord>(0) else {
+        full(KernelCounter::RingbufFull, names::EVENTS);
+        return;
+    };
+    let r = slot.as_mut_ptr();
+    // SAFETY: a reserved ring-buffer record, exclusively ours until submitted; every field
+    // but the argv bytes past `len` (never decoded) is written.
+    unsafe {
+        (*r).kind = VMM_RECORD_KIND;
+        (*r).missing = 0;
+        (*r).pid_tgid = pid_tgid;
+        (*r).ktime_ns = now();
+        (*r).len = 0;
+        (*r).truncated = 0;
+        if read_argv(&mut *r).is_err() {
+            (*r).missing = missing::VMM_ARGV;
+            (*r).len = 0;
+        }
+    }
+    slot.submit(0);
+}
+
+/// `current->mm->arg_start..arg_end`, at most [`ARGV_LEN`] bytes, with the offsets BTF gave.
+#[inline(always)]
+fn read_argv(r: &mut VmmRecord) -> Result<(), ProgError> {
+    let o = read::offsets();
+    // SAFETY: the helper only returns the current task's address.
+    let task = unsafe { generated::bpf_get_current_task() };
+    let mm: u64 = read::at("task_struct.mm", task, o.task_mm)?;
+    let start: u64 = read::at("mm_struct.arg_start", mm, o.mm_arg_start)?;
+    let end: u64 = read::at("mm_struct.arg_end", mm, o.mm_arg_end)?;
+    if end <= start || start == 0 {
+        return Err(ProgError::Unresolved);
+    }
+    let mut n = end - start;
+    if n > ARGV_LEN as u64 {
+        n = ARGV_LEN as u64;
+        r.truncated = 1;
+    }
+    let Some(dst) = r.argv.get_mut(..n as usize) else {
+        return Err(ProgError::Unresolved);
+    };
+    // SAFETY: a user address of the current task, read with the faulting-safe helper.
+    unsafe { aya_ebpf::helpers::bpf_probe_read_user_buf(start as *const u8, dst) }
+        .map_err(|_| read::fault("mm_struct.arg_start", o.mm_arg_start))?;
+    r.len = n as u32;
+    Ok(())
 }
 
 /// Remembers the calling process as a VMM holding a binding (its exit is then reported).

@@ -23,6 +23,7 @@ pub fn bind_entry(
     let kvm: u64 = arg(ctx, 1)?;
     let tdi_id: u64 = arg(ctx, 2)?;
     let ev = begin(probe)?;
+    super::emit_vmm_argv(probe);
     read_dev_name(ev, pci_dev_to_dev(pdev));
     read_kvm(ev, kvm, kvm_off);
     ev.tdi_id = tdi_id as u32 as u64;

@@ -22,6 +22,7 @@ fn try_tsm_bind_entry(ctx: &ProbeContext) -> Result<(), ProgError> {
     let kvm: u64 = arg(ctx, 1)?;
     let tdi_id: u64 = arg(ctx, 2)?;
     let ev = begin(ProbeId::TsmBind)?;
+    super::emit_vmm_argv(ProbeId::TsmBind);
     read_dev_name(ev, dev);
     read_kvm(ev, kvm, offsets().kvm_tsm_bind);
     ev.tdi_id = tdi_id;

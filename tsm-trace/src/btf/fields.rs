@@ -281,6 +281,28 @@ pub(super) fn resolve_fields(
         });
     o.module_name = out.put("module.name", module);
 
+    // The VMM's argv at bind time: current->mm->arg_start..arg_end, from vmlinux.
+    let vmlinux_struct = |name: &str| {
+        objs.find_structs(name, &[0])
+            .first()
+            .copied()
+            .ok_or_else(|| format!("no struct {name} in vmlinux BTF"))
+            .and_then(|r| objs.as_struct(r))
+    };
+    let task = vmlinux_struct("task_struct");
+    o.task_mm = out.put(
+        "task_struct.mm",
+        task.and_then(|a| Ok(typed(objs, &a, "mm", Want::Ptr, &None)?.0)),
+    );
+    let mm = vmlinux_struct("mm_struct");
+    let mm_field = |m: &str| {
+        mm.as_ref()
+            .map_err(Clone::clone)
+            .and_then(|a| Ok(typed(objs, a, m, Want::Int(8), &None)?.0))
+    };
+    o.mm_arg_start = out.put("mm_struct.arg_start", mm_field("arg_start"));
+    o.mm_arg_end = out.put("mm_struct.arg_end", mm_field("arg_end"));
+
     let mut prototypes = lifecycle::resolve(objs, fns, &mut o, &mut out);
     returns::resolve(objs, fns, &mut o, &mut out, &mut prototypes);
     let names = guest_req::resolve(objs, fns, &mut o, &mut out);

@@ -377,9 +377,20 @@ fn host_patch_fields_unresolved_naming_the_function() {
     assert_eq!(r.offsets.ucmd_cmd, OFFSET_UNKNOWN);
     assert_eq!(r.offsets.obj_id, OFFSET_UNKNOWN);
     // Every field is reported exactly once (17 of the bind path, 8 of the PCI TSM
-    // lifecycle, module.name, the UAPI op values); driver ops (none given) are left out.
-    assert_eq!(r.fields.len(), 27, "{:#?}", r.fields);
+    // lifecycle, module.name, the VMM's argv (3), the UAPI op values); driver ops (none
+    // given) are left out.
+    assert_eq!(r.fields.len(), 30, "{:#?}", r.fields);
     assert_resolved(&r, "module.name", raw.offset("module", "name"), "vmlinux");
+    // The VMM's argv: current->mm->arg_start..arg_end, from vmlinux (arg_start/arg_end sit
+    // in an anonymous struct of mm_struct on recent kernels).
+    assert_resolved(
+        &r,
+        "task_struct.mm",
+        raw.offset("task_struct", "mm"),
+        "vmlinux",
+    );
+    assert!(r.offsets.mm_arg_start != OFFSET_UNKNOWN && r.offsets.mm_arg_end != OFFSET_UNKNOWN);
+    assert_eq!(r.offsets.mm_arg_end, r.offsets.mm_arg_start + 8);
     assert!(r.field("driver unbind argument").is_none());
     assert!(r.field("kvm.userspace_pid (driver_bind)").is_none());
     // kvm fields: resolved by name with a note naming the function, or unresolved naming it.
@@ -891,11 +902,14 @@ fn synthetic_split_btf_resolves_through_function_prototypes() {
     );
     assert_eq!(
         r.unresolved().map(|f| f.field).collect::<Vec<_>>(),
-        // The synthetic vmlinux has no struct module.
+        // The synthetic vmlinux has no struct module, task_struct or mm_struct.
         [
             "kvm.userspace_pid (driver_bind)",
             "kvm.stats_id (driver_bind)",
             "module.name",
+            "task_struct.mm",
+            "mm_struct.arg_start",
+            "mm_struct.arg_end",
             // tsm_unbind is probed but not in the synthetic BTF.
             "return tsm_unbind"
         ]

@@ -104,7 +104,7 @@ pub struct TargetArgs {
     /// Ring buffer size in bytes (a power of two, multiple of the page size). Cost: this much
     /// locked kernel memory. Benefit: per-event detail (trace lines, --print, binding and leak
     /// correlation) survives bursts: each record is 232 bytes and an operation takes one per
-    /// probed call (about 4), so the default holds about 280 operations in flight to
+    /// probed call (about 4; a bind one more of 288 bytes, its VMM's argv), so the default holds about 280 operations in flight to
     /// userspace. /metrics counts stay exact whatever the size (counted in the kernel).
     #[arg(long, value_name = "BYTES", env = "TSM_TRACE_RINGBUF_SIZE", default_value_t = 256 * 1024, value_parser = parse::ringbuf)]
     pub ringbuf_size: u32,
@@ -121,6 +121,25 @@ pub struct CorrelateArgs {
     /// Most bindings tracked at once (memory stays bounded whatever the event stream does).
     #[arg(long, value_name = "N", env = "TSM_TRACE_MAX_BINDINGS", default_value = "65536", value_parser = parse::max_bindings)]
     pub max_bindings: usize,
+    /// How VMs are named: `auto` by what their VMM's command line calls them, read at bind
+    /// time (QEMU and libvirt `-name`, Kata's `sandbox-<id>`, cloud-hypervisor's and crosvm's
+    /// socket, Firecracker's `--id`), else by their KVM stats id (`kvm-<pid>`); `stats-id`
+    /// always by the stats id.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "HOW",
+        env = "TSM_TRACE_VM_NAME",
+        default_value = "auto"
+    )]
+    pub vm_name: VmNaming,
+}
+
+/// `--vm-name`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum VmNaming {
+    Auto,
+    StatsId,
 }
 
 impl CorrelateArgs {
@@ -128,6 +147,7 @@ impl CorrelateArgs {
         correlate::Config {
             leak_grace_ns: self.grace.as_nanos() as u64,
             max_bindings: self.max_bindings,
+            vmm_names: self.vm_name == VmNaming::Auto,
             ..correlate::Config::default()
         }
     }

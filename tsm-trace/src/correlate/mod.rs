@@ -105,6 +105,9 @@ pub struct Config {
     pub leak_grace_ns: u64,
     /// A thread with nothing pending is forgotten after this long.
     pub idle_thread_ns: u64,
+    /// Name VMs by what their VMM's command line calls them (`--vm-name auto`, the default);
+    /// `false` (`--vm-name stats-id`) drops those names: VMs go by their KVM stats id.
+    pub vmm_names: bool,
 }
 
 impl Default for Config {
@@ -119,6 +122,7 @@ impl Default for Config {
             reorder_window_ns: 0,
             leak_grace_ns: 5_000_000_000,
             idle_thread_ns: 60_000_000_000,
+            vmm_names: true,
         }
     }
 }
@@ -324,6 +328,11 @@ impl Correlator {
     pub fn handle_into(&mut self, ev: Event, _now_ns: u64, out: &mut Vec<Output>) {
         self.stats.events += 1;
         let mut ev = ev;
+        if !self.cfg.vmm_names
+            && let Some(vm) = ev.vm.as_mut()
+        {
+            vm.vmm = None;
+        }
         if ev.end_ns < ev.start_ns {
             self.anomaly(AnomalyKind::TimeReversed, Some(ev.tid), None, out);
             ev.start_ns = ev.end_ns;

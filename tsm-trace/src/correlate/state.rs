@@ -330,13 +330,25 @@ impl Correlator {
     pub fn restore(&mut self, state: SavedState) -> (usize, usize) {
         let mut ignored = Vec::new();
         let (nb, nl) = (state.bindings.len(), state.leaks.len());
-        for b in state.bindings {
+        // Names from the VMMs' command lines are kept across restarts (older files have none),
+        // unless this daemon runs with `--vm-name stats-id`.
+        let keep_names = self.cfg.vmm_names;
+        for mut b in state.bindings {
+            if !keep_names && let Some(vm) = b.vm.as_mut() {
+                vm.vmm = None;
+            }
+            if let Some(vm) = &b.vm {
+                self.vm_names.learn(vm);
+            }
             let since = b.since_ns;
             self.insert_binding(b, since, &mut ignored);
         }
-        for l in state.leaks {
+        for mut l in state.leaks {
             if self.leaks.len() >= self.cfg.max_leaks {
                 break;
+            }
+            if !keep_names && let Some(vm) = l.vm.as_mut() {
+                vm.vmm = None;
             }
             self.leak_count[l.reason as usize] += 1;
             self.leaks.insert((l.device.clone(), l.reason), l);
@@ -370,6 +382,7 @@ mod tests {
                 id: VmId::from_bits(0xabc),
                 pid: Some(42),
                 stats_id: Some("kvm-42".into()),
+                vmm: None,
             }),
             vmm_tgid: 42,
             vmm_comm: "qemu".into(),
@@ -426,6 +439,57 @@ mod tests {
         let p = tmp("rt");
         save(&p, &back).unwrap();
         assert_eq!(load(&p, "b").unwrap().unwrap(), st);
+    }
+
+    #[test]
+    fn vm_names_survive_a_restart_and_older_files_still_load() {
+        let named = |mut b: Binding| {
+            b.vm.as_mut().unwrap().vmm = Some(crate::events::VmmName {
+                vmm: "qemu".into(),
+                name: "web-1".into(),
+            });
+            b
+        };
+        let mut l = leak("0000:02:00.0");
+        l.vm = named(binding("x")).vm;
+        let st = SavedState {
+            format: FORMAT,
+            boot_id: "b".into(),
+            bindings: vec![named(binding("0000:01:00.0"))],
+            leaks: vec![l],
+            ..Default::default()
+        };
+        let p = tmp("names");
+        save(&p, &st).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(
+            text.contains("\"vmm\":{\"vmm\":\"qemu\",\"name\":\"web-1\"}"),
+            "{text}"
+        );
+        let mut c = Correlator::default();
+        c.restore(load(&p, "b").unwrap().unwrap());
+        let back = c.saved_state("b");
+        assert_eq!(back, st);
+        assert_eq!(back.bindings[0].vm.as_ref().unwrap().name(), "web-1");
+        // A file written before the names (no `vmm`) loads: the stats id names the VM.
+        let old = text.replace(",\"vmm\":{\"vmm\":\"qemu\",\"name\":\"web-1\"}", "");
+        assert!(!old.contains("web-1"));
+        std::fs::write(&p, old).unwrap();
+        let mut c = Correlator::default();
+        c.restore(load(&p, "b").unwrap().unwrap());
+        assert_eq!(
+            c.saved_state("b").bindings[0].vm.as_ref().unwrap().name(),
+            "kvm-42"
+        );
+        // `--vm-name stats-id` drops restored names.
+        let mut c = Correlator::new(crate::correlate::Config {
+            vmm_names: false,
+            ..Default::default()
+        });
+        c.restore(st);
+        let back = c.saved_state("b");
+        assert_eq!(back.bindings[0].vm.as_ref().unwrap().name(), "kvm-42");
+        assert_eq!(back.leaks[0].vm.as_ref().unwrap().name(), "kvm-42");
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub(crate) fn vm() -> Vm {
         id: KVM,
         pid: Some(TGID as i32),
         stats_id: Some("kvm-4242".into()),
+        vmm: None,
     }
 }
 
@@ -548,6 +549,7 @@ fn vm_destroyed_then_unbound_within_grace_is_fine() {
         id: VmId::from_bits(0x1000),
         pid: Some(1),
         stats_id: None,
+        vmm: None,
     });
     c.handle(other, t);
     assert!(leaks_detected(&c.tick(t + grace)).is_empty());
@@ -1069,6 +1071,7 @@ pub(crate) fn random_event(r: &mut Rng) -> Event {
             id: VmId::from_bits(r.below(8)),
             pid: Some(r.below(50) as i32),
             stats_id: None,
+            vmm: None,
         });
     }
     e.op = Some(r.below(4) as u32);
@@ -1141,4 +1144,39 @@ fn teardown_with_unreadable_device_matches_by_vdevice_id() {
     evs[0].device = None; // dev name read faulted; obj_id 3 = the bind ioctl's vdevice_id
     let out = feed(&mut c, evs);
     assert_eq!(leaks_detected(&out)[0].device, DEV);
+}
+
+/// The VMM's name, given to a bind's frames by the decoder, names the operation, the
+/// binding, a later VM event of the same VM (which carries no name) and its leak; with
+/// `--vm-name stats-id` none of them.
+#[test]
+fn a_vm_named_by_its_vmm_keeps_the_name_to_its_leak() {
+    let named = |mut evs: Vec<Event>| {
+        for e in &mut evs {
+            if let Some(v) = e.vm.as_mut() {
+                v.vmm = Some(crate::events::VmmName {
+                    vmm: "qemu".into(),
+                    name: "web-1".into(),
+                });
+            }
+        }
+        evs
+    };
+    for (names, want) in [(true, "web-1"), (false, "kvm-4242")] {
+        let mut c = Correlator::new(Config {
+            vmm_names: names,
+            ..Config::default()
+        });
+        let out = feed(&mut c, named(bind_via_ioctl(10, 1_000_000, DEV, 0)));
+        let op = ops(&out)[0];
+        assert_eq!(op.vm.as_ref().unwrap().name(), want);
+        let b = c.saved_state("b").bindings;
+        assert_eq!(b[0].vm.as_ref().unwrap().name(), want);
+        let t = 10_000_000;
+        c.handle(kvm_destroy(t), t);
+        let out = c.tick(t + 5_000_000_000);
+        let leaks = leaks_detected(&out);
+        assert_eq!(leaks.len(), 1);
+        assert_eq!(leaks[0].vm_name(), want);
+    }
 }

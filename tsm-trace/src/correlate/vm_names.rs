@@ -58,16 +58,30 @@ fn bounded_insert<K: Copy + Eq + std::hash::Hash, V>(
 impl Names {
     /// Remembers `vm`'s name if it is full and the first one seen for its id.
     pub(super) fn learn(&mut self, vm: &Vm) {
-        if is_full(vm) && !self.vms.contains_key(&vm.id) {
-            bounded_insert(&mut self.vms, &mut self.vm_order, vm.id, vm.clone());
+        if !is_full(vm) {
+            return;
+        }
+        match self.vms.get_mut(&vm.id) {
+            // The VMM's name comes with binds only, read from the binding VMM's argv: the
+            // newest one is kept (a VM first seen otherwise learns it then).
+            Some(known) => {
+                if vm.vmm.is_some() && known.vmm != vm.vmm {
+                    known.vmm.clone_from(&vm.vmm);
+                }
+            }
+            None => bounded_insert(&mut self.vms, &mut self.vm_order, vm.id, vm.clone()),
         }
     }
 
-    /// Gives `vm` the name first learned for its id.
+    /// Gives `vm` the name first learned for its id (and the VMM's name last learned, unless
+    /// its own bind read one).
     pub(super) fn fill(&self, vm: &mut Vm) {
         if let Some(known) = self.vms.get(&vm.id) {
             vm.pid = known.pid;
             vm.stats_id.clone_from(&known.stats_id);
+            if vm.vmm.is_none() {
+                vm.vmm.clone_from(&known.vmm);
+            }
         }
     }
 

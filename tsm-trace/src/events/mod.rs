@@ -8,9 +8,11 @@ mod control;
 pub mod record;
 pub mod vm_id;
 pub mod vm_key;
+pub mod vmm;
 
 pub use control::Control;
 pub use vm_id::{NameVm, VmId, VmKey, VmNames, VmSelector};
+pub use vmm::{Identities, VmmName, VmmSeen};
 
 use serde::{Deserialize, Serialize};
 pub use tsm_trace_common::ProbeId;
@@ -124,12 +126,20 @@ pub struct Vm {
     /// `kvm->stats_id`, e.g. `kvm-4242`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats_id: Option<String>,
+    /// The name its VMM's command line gives it ([`vmm`]), read at bind time; absent when
+    /// unknown (argv unreadable, no convention matched, `--vm-name stats-id`, or a capture or
+    /// state file from before tsm-trace read it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm: Option<VmmName>,
 }
 
 impl Vm {
-    /// The name used in labels and trace lines: stats id, else `kvm-<pid>`, else the hash
-    /// (`vm#…`). Never the pointer.
+    /// The name used in labels and trace lines: the VMM's name for it ([`Vm::vmm`]), else the
+    /// stats id, else `kvm-<pid>`, else the hash (`vm#…`). Never the pointer.
     pub fn name(&self) -> String {
+        if let Some(n) = &self.vmm {
+            return n.name.clone();
+        }
         match (&self.stats_id, self.pid) {
             (Some(s), _) if !s.is_empty() => s.clone(),
             (_, Some(pid)) if pid > 0 => format!("kvm-{pid}"),
@@ -334,6 +344,7 @@ impl Event {
                 stats_id: has(missing::KVM_STATS_ID)
                     .then(|| cstr(&raw.kvm_stats_id))
                     .filter(|s| !s.is_empty()),
+                vmm: None,
             })
         };
         match probe {
@@ -376,6 +387,7 @@ impl Event {
                         id: key.name(raw.kvm),
                         pid: None,
                         stats_id: None,
+                        vmm: None,
                     });
                     ev.tdi_id = Some(raw.tdi_id);
                 }

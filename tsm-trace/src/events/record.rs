@@ -311,9 +311,34 @@ mod tests {
             id: VmId::from_bits(0x1000),
             pid: Some(5),
             stats_id: Some("kvm-5".into()),
+            vmm: Some(crate::events::VmmName {
+                vmm: "firecracker".into(),
+                name: "fc-1".into(),
+            }),
         });
         e.tdi_id = Some(3);
         e
+    }
+
+    /// Captures carry the VMM's name for a VM (format 2 still: an optional field); one
+    /// recorded before tsm-trace read it replays with the stats id.
+    #[test]
+    fn vm_names_in_captures_and_older_captures() {
+        let mut buf = Vec::new();
+        {
+            let mut w = Writer::new(&mut buf, "test").unwrap();
+            w.write(&ev()).unwrap();
+        }
+        let text = String::from_utf8(buf).unwrap();
+        assert!(
+            text.contains("\"vmm\":{\"vmm\":\"firecracker\",\"name\":\"fc-1\"}"),
+            "{text}"
+        );
+        let old = text.replace(",\"vmm\":{\"vmm\":\"firecracker\",\"name\":\"fc-1\"}", "");
+        let (_, evs) = read_all(old.as_bytes(), "old").unwrap();
+        assert_eq!(evs[0].vm.as_ref().unwrap().name(), "kvm-5");
+        let (_, evs) = read_all(text.as_bytes(), "new").unwrap();
+        assert_eq!(evs[0].vm.as_ref().unwrap().name(), "fc-1");
     }
 
     /// A guest request with every lifecycle field set survives the round trip.

@@ -5,7 +5,7 @@ use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
 use super::ring::{Position, Ring, RingError};
-use crate::events::{Control, DecodeError, Event, VmNames};
+use crate::events::{Control, DecodeError, Event, Identities, VmNames, VmmSeen};
 
 /// Registering a ring buffer with tokio, or waiting on it (`what`: which ring buffer).
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +49,7 @@ impl EventStream {
         Ok(EventStream {
             fd: register(ring, "registering the ring buffer")?,
             key,
+            vmms: Identities::default(),
             auto_commit: true,
         })
     }
@@ -93,6 +94,9 @@ pub const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(5
 pub struct EventStream {
     fd: AsyncFd<Ring>,
     key: VmNames,
+    /// The VMM names of binding threads ([`tsm_trace_common::VmmRecord`]s, which share the
+    /// ring buffer with the events and precede their bind records).
+    vmms: Identities,
     auto_commit: bool,
 }
 
@@ -131,8 +135,20 @@ impl EventStream {
     /// Appends whatever is in the ring buffer now, without waiting.
     pub fn drain_now(&mut self, out: &mut Vec<Result<Event, DecodeError>>) {
         let key = &self.key;
+        let vmms = &mut self.vmms;
         let ring = self.fd.get_mut();
-        ring.read(|item| out.push(Event::from_bytes(item, key)));
+        ring.read(|item| {
+            if item.len() == tsm_trace_common::VmmRecord::SIZE
+                && let Some(seen) = VmmSeen::from_bytes(item)
+            {
+                vmms.note(seen);
+                return;
+            }
+            out.push(Event::from_bytes(item, key).map(|mut ev| {
+                vmms.apply(&mut ev);
+                ev
+            }))
+        });
         if self.auto_commit {
             ring.commit_all();
         }

@@ -14,6 +14,7 @@ use crate::util::{root, run_quiet};
 pub const HELPERS: &[(&str, &str)] = &[
     ("/bin/sysfs_write", "tests/vm/tools/sysfs_write.c"),
     ("/bin/mono_us", "tests/vm/tools/mono_us.c"),
+    ("/bin/vmm_bind", "tests/vm/tools/vmm_bind.c"),
 ];
 
 /// Builds `source` (unless the cached build is of the same source) and returns the binary.

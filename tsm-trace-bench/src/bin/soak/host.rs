@@ -203,6 +203,7 @@ impl Host {
                 id: VmId::from_bits(addr >> 4),
                 pid: Some(pid as i32),
                 stats_id: Some(format!("kvm-{pid}")),
+                vmm: None,
             },
             addr,
             pid,
@@ -352,6 +353,7 @@ impl Host {
             id: vm.id,
             pid: None,
             stats_id: None,
+            vmm: None,
         };
         let comm = "qemu-system-x86";
         let frame = |p: ProbeId, lvl: u64, vm: Vm| {

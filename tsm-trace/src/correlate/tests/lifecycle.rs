@@ -58,6 +58,7 @@ fn core_unbind(t0: u64) -> Vec<Event> {
         id: vm().id,
         pid: None,
         stats_id: None,
+        vmm: None,
     });
     u.tdi_id = Some(7);
     vec![dev_frame(ProbeId::DriverUnbind, t0 + 10, t0 + 40, None), u]
@@ -260,6 +261,7 @@ fn disconnect_of_a_dsm_unbinds_its_functions() {
             id: VmId::from_bits(0x8880_9999_0000),
             pid: Some(77),
             stats_id: Some("kvm-77".into()),
+            vmm: None,
         });
     }
     run(&mut c, b);
@@ -273,6 +275,7 @@ fn disconnect_of_a_dsm_unbinds_its_functions() {
         id: VmId::from_bits(0x8880_9999_0000),
         pid: None,
         stats_id: None,
+        vmm: None,
     });
     let mut store = dev_frame(ProbeId::Disconnect, 20_000, 21_000, Some(5));
     store.tsm = Some(TSM.into());

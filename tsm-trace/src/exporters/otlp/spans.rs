@@ -62,6 +62,10 @@ fn vm_attrs(vm: Option<&Vm>, out: &mut Vec<KeyValue>) {
     if let Some(vm) = vm {
         out.push(kv("tsm.vm.name", vm.name()));
         out.push(kv("tsm.vm.id", vm.id.to_string()));
+        // `tsm.vm.name` is the VMM's name for the VM when its command line gave one.
+        if let Some(n) = &vm.vmm {
+            out.push(kv("tsm.vm.vmm", n.vmm.clone()));
+        }
         if let Some(s) = &vm.stats_id {
             out.push(kv("tsm.vm.stats_id", s.clone()));
         }
@@ -420,4 +424,39 @@ fn frame_attributes(f: &Frame) -> Vec<KeyValue> {
         a.push(kv("tsm.null_return", true));
     }
     a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `tsm.vm.name` is the VMM's name for the VM where its command line gave one (and
+    /// `tsm.vm.vmm` says which VMM), else the stats id.
+    #[test]
+    fn vm_attributes_name_the_vm_as_its_vmm_does() {
+        let mut vm = Vm {
+            id: crate::events::VmId::from_bits(1),
+            pid: Some(7),
+            stats_id: Some("kvm-7".into()),
+            vmm: None,
+        };
+        let get = |vm: &Vm| {
+            let mut a = Vec::new();
+            vm_attrs(Some(vm), &mut a);
+            a.into_iter()
+                .map(|k| (k.key.as_str().to_string(), k.value.as_str().into_owned()))
+                .collect::<HashMap<_, _>>()
+        };
+        let a = get(&vm);
+        assert_eq!(a["tsm.vm.name"], "kvm-7");
+        assert!(!a.contains_key("tsm.vm.vmm"));
+        vm.vmm = Some(crate::events::VmmName {
+            vmm: "qemu".into(),
+            name: "web-1".into(),
+        });
+        let a = get(&vm);
+        assert_eq!(a["tsm.vm.name"], "web-1");
+        assert_eq!(a["tsm.vm.vmm"], "qemu");
+        assert_eq!(a["tsm.vm.stats_id"], "kvm-7");
+    }
 }

@@ -17,7 +17,8 @@
 //! - [`trace`]: the trace session, every operation in order ([`ops`]: an operation and its
 //!   frames; [`binds`]: binds and guest requests; [`teardown`]: unbind, disconnect, removal,
 //!   unregistration);
-//! - [`daemons`]: three daemons, phase by phase.
+//! - [`daemons`]: three daemons, phase by phase;
+//! - [`vmm`]: VMs named from their VMMs' argv (every kernel, the stand-in's bind path).
 
 mod binds;
 mod daemons;
@@ -26,6 +27,7 @@ mod output;
 mod teardown;
 mod trace;
 mod truth;
+mod vmm;
 
 use anyhow::{Result, bail};
 
@@ -68,6 +70,7 @@ pub fn check(out: &VmOutput) -> Result<usize> {
     c.check(check_out.lines().any(|l| l == "exit=0"), || {
         format!("tsm-trace check failed:\n{check_out}")
     });
+    vmm::check(&mut c, out)?;
     trace::session(&mut c, out)?;
     daemons::check(&mut c, out)?;
     c.finish("lifecycle", out)
@@ -112,6 +115,7 @@ pub fn check_absent(out: &VmOutput) -> Result<usize> {
             );
         }
     }
+    vmm::check(&mut c, out)?;
     for absent in ["lc_trace.err", "lc_truth"] {
         c.check(!out.sections.contains_key(absent), || {
             format!("{absent} printed on a kernel without PCI TSM")
