@@ -5,6 +5,8 @@
 //!
 //! - `/bindings`: the bound devices and the leaks (device, reason) the script made;
 //! - `tsm_trace_bindings_active`, `tsm_trace_leaked_binding_info` (one series per leak);
+//! - the VMM's leak named by its VM's name from the stand-in QEMU's argv (`crash-vmm`), in
+//!   `/bindings` and in the leak series' `vm` label, whatever restarts came between;
 //! - no false leak: `tsm_trace_leaks_detected_total{reason="sysfs_bound_without_owner"}` 0,
 //!   no sysfs mismatch, nothing lost (`tsm_trace_events_lost_total` 0);
 //! - on kernels with the PCI TSM core, sysfs `tsm/bound` of D1 and D2 as the fixture left
@@ -28,6 +30,10 @@ use crate::vm::kv::parse_kv;
 use crate::vm::qemu::VmOutput;
 
 pub const SCRIPT: &str = "tests/vm/scenarios/crash.sh";
+
+/// The VM name in the stand-in QEMU's argv (`-name guest=crash-vmm,…`) of the script's
+/// vmmexit step.
+const VMM_VM: &str = "crash-vmm";
 
 /// Cycles the script runs (its `CYCLES`): cycle 0 measures, then one kill per cycle, the
 /// steps in turn.
@@ -155,12 +161,33 @@ pub fn check(out: &VmOutput) -> Result<usize> {
             })
             .unwrap_or_default();
         c.eq(&leaks, &snap.want_leaks, &format!("{at}: /bindings leaks"));
+        // The VMM's leak carries the name its stand-in QEMU's argv gave the VM, across
+        // every restart (the state file keeps it).
+        let vmm_vm: Vec<String> = b["leaks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|l| l["cleared_ns"].is_null() && s(l, "reason") == "vmm_exited")
+            .map(|l| s(&l["vm"]["vmm"], "name"))
+            .collect();
+        let want_vmm_vm: Vec<String> = snap
+            .want_leaks
+            .iter()
+            .filter(|(_, r)| r == "vmm_exited")
+            .map(|_| VMM_VM.to_string())
+            .collect();
+        c.eq(
+            &vmm_vm,
+            &want_vmm_vm,
+            &format!("{at}: /bindings: the VMM's leak names its VM by the VMM's argv"),
+        );
         let m = &snap.metrics;
         c.eq(
             total(m, "tsm_trace_bindings_active") as usize,
             snap.want_bound.len(),
             &format!("{at}: tsm_trace_bindings_active"),
         );
+        let mut vmm_series: Vec<String> = Vec::new();
         let info: BTreeSet<(String, String)> = m
             .iter()
             .filter(|(k, v)| k.starts_with("tsm_trace_leaked_binding_info{") && **v == 1.0)
@@ -169,9 +196,17 @@ pub fn check(out: &VmOutput) -> Result<usize> {
                     let i = k.find(&format!("{n}=\""))? + n.len() + 2;
                     Some(k[i..].split('"').next()?.to_string())
                 };
+                if lab("reason")? == "vmm_exited" {
+                    vmm_series.push(lab("vm")?);
+                }
                 Some((lab("device")?, lab("reason")?))
             })
             .collect();
+        c.eq(
+            &vmm_series,
+            &want_vmm_vm,
+            &format!("{at}: tsm_trace_leaked_binding_info{{reason=\"vmm_exited\"}}'s vm label"),
+        );
         c.eq(
             &info,
             &snap.want_leaks,
