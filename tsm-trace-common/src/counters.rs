@@ -33,11 +33,15 @@ pub enum KernelCounter {
     /// An entry program found no per-CPU scratch record (cannot happen with a loaded object;
     /// counted so that no exit path of a live program is silent).
     ScratchMissing = 9,
+    /// The event ring buffer was full when a bind's VMM name record (its argv) was to be
+    /// written: that bind's VM is named by its stats_id. Not an event: the bind's own event
+    /// is counted apart.
+    VmmNameFull = 10,
 }
 
 impl KernelCounter {
     /// Number of counters (the length of the `STATS` array).
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
 
     pub const ALL: [KernelCounter; KernelCounter::COUNT as usize] = [
         KernelCounter::RingbufFull,
@@ -50,6 +54,7 @@ impl KernelCounter {
         KernelCounter::OperationUnfinished,
         KernelCounter::VmmTableFull,
         KernelCounter::ScratchMissing,
+        KernelCounter::VmmNameFull,
     ];
 
     /// The counter's label: the `reason` of `tsm_trace_events_lost_total` for the losses
@@ -68,6 +73,7 @@ impl KernelCounter {
             KernelCounter::OperationUnfinished => "return_missed",
             KernelCounter::VmmTableFull => "vmm_table_full",
             KernelCounter::ScratchMissing => "scratch_missing",
+            KernelCounter::VmmNameFull => "vmm_name_full",
         }
     }
 

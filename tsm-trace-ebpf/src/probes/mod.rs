@@ -373,7 +373,8 @@ fn in_frame(pid_tgid: u64, probe: ProbeId) -> bool {
 /// for why it is a record of its own) unless an outer bind of this thread already did, so a
 /// bind reads it once (`tsm_bind` → `pci_tsm_bind` → the driver's op is one bind). A bind
 /// runs in its VMM's context: `current->mm` is the VMM's. Never on a hot path: only bind
-/// entries call it. Failures set [`missing::VMM_ARGV`]; a full ring buffer is a drop.
+/// entries call it. Failures set [`missing::VMM_ARGV`]; a full ring buffer is counted as
+/// [`KernelCounter::VmmNameFull`].
 #[inline(always)]
 pub fn emit_vmm_argv(probe: ProbeId) {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -384,7 +385,8 @@ pub fn emit_vmm_argv(probe: ProbeId) {
         return;
     }
     let Some(mut slot) = EVENTS.reserve::<VmmRecord>(0) else {
-        full(KernelCounter::RingbufFull, names::EVENTS);
+        // Its own count: a name lost, not an event (`ringbuf_full` counts events only).
+        full(KernelCounter::VmmNameFull, names::EVENTS);
         return;
     };
     let r = slot.as_mut_ptr();

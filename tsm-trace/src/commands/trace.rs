@@ -140,12 +140,13 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         writeln!(err, "{}", p.render_summary_counted(counted.as_ref()))?;
         writeln!(
             err,
-            "lost events: {} (ring buffer full), {} (in-flight table full), {} returns without entry, {} returns never seen; {} kernel read faults",
+            "lost events: {} (ring buffer full), {} (in-flight table full), {} returns without entry, {} returns never seen; {} kernel read faults; {} VMM names not recorded",
             k[KernelCounter::RingbufFull],
             k[KernelCounter::InflightFull],
             k[KernelCounter::OrphanReturn],
             k[KernelCounter::ReturnMissed],
-            k[KernelCounter::ReadFault]
+            k[KernelCounter::ReadFault],
+            k[KernelCounter::VmmNameFull]
         )?;
         use tsm_trace::probes::misses;
         let programs = live.session().kernel_misses().unwrap_or_default();

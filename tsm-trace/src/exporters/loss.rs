@@ -39,7 +39,7 @@ struct KernelReason {
 }
 
 /// The kernel's counters of lost events, in the order the records are written.
-const KERNEL: [KernelReason; 8] = [
+const KERNEL: [KernelReason; 9] = [
     KernelReason {
         counter: KernelCounter::RingbufFull,
         says: "ring buffer full; raise --ringbuf-size",
@@ -71,6 +71,10 @@ const KERNEL: [KernelReason; 8] = [
     KernelReason {
         counter: KernelCounter::ScratchMissing,
         says: "entries without a scratch record",
+    },
+    KernelReason {
+        counter: KernelCounter::VmmNameFull,
+        says: "VMM names not recorded, ring buffer full: those VMs named by stats_id",
     },
 ];
 

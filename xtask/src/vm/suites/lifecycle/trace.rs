@@ -26,7 +26,7 @@ pub(super) fn session(c: &mut Checks, out: &VmOutput) -> Result<()> {
     });
     health(c, err, "trace", TRACE_PROBES);
     c.check(
-        err.contains("lost events: 0 (ring buffer full), 0 (in-flight table full), 0 returns without entry, 0 returns never seen; 0 kernel read faults")
+        err.contains("lost events: 0 (ring buffer full), 0 (in-flight table full), 0 returns without entry, 0 returns never seen; 0 kernel read faults; 0 VMM names not recorded")
             && err.lines().any(|l| l.starts_with("kernel misses: 0 (kprobe")),
         || format!("trace: events lost, kprobes missed or reads faulted:\n{}", err.lines().filter(|l| l.contains("lost") || l.contains("misses")).collect::<Vec<_>>().join("\n")),
     );

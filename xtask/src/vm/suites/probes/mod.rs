@@ -153,7 +153,7 @@ fn check_session_health(
         )
     });
     c.check(
-        err.contains("lost events: 0 (ring buffer full), 0 (in-flight table full), 0 returns without entry, 0 returns never seen; 0 kernel read faults")
+        err.contains("lost events: 0 (ring buffer full), 0 (in-flight table full), 0 returns without entry, 0 returns never seen; 0 kernel read faults; 0 VMM names not recorded")
             && err.lines().any(|l| l.starts_with("kernel misses: 0 (kprobe") && l.ends_with(", 0 (BPF recursion)")),
         || format!("{err_section}: events lost or reads faulted:\n{err}"),
     );
