@@ -15,7 +15,11 @@
 #
 # Output (data port): section "steps" (every step's ground truth: sysfs results, the
 # fixture's last records and its events: one line per pci_ide_* call with %pe results),
-# section "checks" (one line per comparison: "check=<name> result=ok|FAIL want= got=").
+# section "checks" (one line per comparison: "check=<name> result=ok|FAIL want= got="),
+# and, where /bin/tsm-trace is (not --smoke): "ide_check" (`tsm-trace check`), "ide_events"
+# (every fixture event of the traced steps), "ide_trace.jsonl"/"ide_trace.err" (a
+# `tsm-trace trace --json` session over the steps from "secure" on; xtask compares each
+# IDE frame with the fixture's event for the same call).
 . /scenarios/lib.sh
 CHECKS=/tmp/checks
 : > "$CHECKS"
@@ -38,6 +42,7 @@ grab() {
 	cat "$EV" > "$EVS"
 	echo > "$EV"
 	sed 's/^/  event: /' "$EVS" >> "$STEPS"
+	cat "$EVS" >> /tmp/ide_events
 }
 # ops: "op:dev ..." of the grabbed events (devices as EP/RP), without the core's
 # probe/remove of the device context (the lifecycle suites check those).
@@ -91,6 +96,14 @@ steps() {
 	TSM=$(kv tsm "$(cat "$LLAST")")
 	check ep_tsm_connect_file yes "$([ -e $P/$EP/tsm/connect ] && echo yes || echo no)"
 	grab
+	if [ -x "$BIN" ]; then
+		$BIN check $LDRV > /tmp/ide_check 2>&1
+		echo "exit=$?" >> /tmp/ide_check
+		$BIN trace --json --grace 1s $LDRV > /tmp/ide_trace.jsonl 2> /tmp/ide_trace.err &
+		TRACE_PID=$!
+		: > /tmp/ide_events
+		wait_for /tmp/ide_trace.err 'tracing with' 60 || echo "tsm-trace did not start" >> /tmp/ide_trace.err
+	fi
 
 	step secure
 	r=$(sysw "$TSM" $P/$EP/tsm/connect); say "connect EP: $r"
@@ -182,7 +195,19 @@ steps() {
 	check release_sysfs_gone "" "$(streams)"
 }
 
+BIN=/bin/tsm-trace
+: > /tmp/ide_events
 steps
+if [ -n "$TRACE_PID" ]; then
+	sleep 1.5
+	kill -INT $TRACE_PID
+	wait $TRACE_PID
+	echo "exit=$?" >> /tmp/ide_trace.err
+	frame ide_check /tmp/ide_check
+	frame ide_trace.err /tmp/ide_trace.err
+	frame ide_trace.jsonl /tmp/ide_trace.jsonl
+	frame ide_events /tmp/ide_events
+fi
 frame steps "$STEPS"
 frame checks "$CHECKS"
 grep -q 'result=FAIL' "$CHECKS" && exit 1

@@ -36,7 +36,7 @@ use crate::correlate::{
     AnomalyKind, Frame, Leak, LeakReason, MismatchKind, OpKind, OpResult, Operation, Output,
 };
 use crate::errno;
-use crate::events::{Layer, ProbeId, Vm, VmSelector};
+use crate::events::{IdeStream, Layer, ProbeId, Vm, VmSelector};
 
 pub use crate::clock::Clock;
 
@@ -361,6 +361,9 @@ impl CallTree {
         } else {
             f.layer.as_str()
         });
+        if let Some(ide) = &f.ide {
+            s.push_str(&ide_label(f.device.as_deref(), ide));
+        }
         s.push(' ');
         if f.entry_missing {
             s.push('?');
@@ -383,6 +386,24 @@ impl CallTree {
             self.render_list(&self.children[i], op, lifecycle, s);
         }
     }
+}
+
+/// An IDE step's port and stream: `[stream0.0.0 id=0]` on the endpoint, `[rp
+/// 0000:00:06.0 stream0.0.0 id=0]` on its root port; `0.0.0` (`<H>.<R>.<E>`) before the
+/// stream has its sysfs name; `?` what could not be read.
+fn ide_label(device: Option<&str>, ide: &IdeStream) -> String {
+    let port = match (device, ide.endpoint.as_deref()) {
+        (Some(d), Some(ep)) if d == ep => String::new(),
+        (Some(d), Some(_)) => format!("rp {d} "),
+        (Some(d), None) => format!("{d} "),
+        (None, _) => "? ".into(),
+    };
+    let id = match ide.stream_id {
+        Some(id) if id >= 0 => format!(" id={id}"),
+        Some(_) => String::new(),
+        None => " id=?".into(),
+    };
+    format!("[{port}{}{id}]", ide.label())
 }
 
 fn opt_vm(vm: Option<&Vm>) -> String {

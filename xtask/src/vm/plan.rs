@@ -29,9 +29,7 @@ use anyhow::{Context, Result};
 use super::kernel::{Kernel, KernelSpec};
 use super::qemu::{RunOptions, VmOutput};
 use super::suites::smoke::{check_lifecycle, check_smoke};
-use super::suites::{
-    crash, doctor, generations, ide, lifecycle, modules, probes, restart, storm,
-};
+use super::suites::{crash, doctor, generations, ide, lifecycle, modules, probes, restart, storm};
 use crate::util::root;
 
 /// A suite's checker: the number of checks made, or every failure.
