@@ -569,6 +569,50 @@ mod tests {
     }
 
     #[test]
+    fn decodes_an_ide_step_and_what_it_could_not_read() {
+        let mut r = raw(ProbeId::IdeStreamEnable);
+        r.ret = -6;
+        r.dev_name[..12].copy_from_slice(b"0000:00:06.0");
+        r.ide_endpoint[..12].copy_from_slice(b"0000:01:00.0");
+        r.ide_stream_id = 3;
+        r.ide_hb_stream = 1;
+        r.ide_rp_index = 2;
+        r.ide_ep_index = 0;
+        r.flags = flags::IDE_UNNAMED;
+        let ev = Event::decode(&r, &key()).unwrap();
+        assert_eq!(ev.errno(), Some(6));
+        assert_eq!(ev.device.as_deref(), Some("0000:00:06.0"));
+        let ide = ev.ide.clone().unwrap();
+        assert_eq!(ide.endpoint.as_deref(), Some("0000:01:00.0"));
+        assert_eq!(
+            (
+                ide.stream_id,
+                ide.host_bridge_stream,
+                ide.rp_index,
+                ide.ep_index
+            ),
+            (Some(3), Some(1), Some(2), Some(0))
+        );
+        // Not registered yet: no name, and that is what the kernel has.
+        assert!(ide.unnamed && ide.name.is_none());
+        assert_eq!(ide.label(), "1.2.0");
+
+        // Registered; the numbers unreadable: unknown, never 0.
+        r.flags = 0;
+        r.ide_name[..11].copy_from_slice(b"stream1.2.0");
+        r.missing = missing::IDE_STREAM;
+        let ide = Event::decode(&r, &key()).unwrap().ide.unwrap();
+        assert_eq!(ide.name.as_deref(), Some("stream1.2.0"));
+        assert_eq!((ide.stream_id, ide.rp_index), (None, None));
+        assert_eq!(ide.label(), "stream1.2.0");
+
+        // The name resolved but unreadable: unknown, not "unnamed".
+        r.missing = missing::IDE_NAME;
+        let ide = Event::decode(&r, &key()).unwrap().ide.unwrap();
+        assert!(ide.name.is_none() && !ide.unnamed);
+    }
+
+    #[test]
     fn decodes_bind_with_vm() {
         let mut r = raw(ProbeId::TsmBind);
         r.ret = -16;

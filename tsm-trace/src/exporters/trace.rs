@@ -772,6 +772,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ide_steps_name_their_port_and_stream() {
+        let mut ide = IdeStream {
+            endpoint: Some("0000:01:00.0".into()),
+            stream_id: Some(0),
+            host_bridge_stream: Some(0),
+            rp_index: Some(1),
+            ep_index: Some(2),
+            name: None,
+            unnamed: true,
+        };
+        assert_eq!(
+            ide_label(Some("0000:00:06.0"), &ide),
+            "[rp 0000:00:06.0 0.1.2 id=0]"
+        );
+        ide.name = Some("stream0.1.2".into());
+        assert_eq!(ide_label(Some("0000:01:00.0"), &ide), "[stream0.1.2 id=0]");
+        // Not assigned yet (alloc), and unreadable.
+        ide.stream_id = Some(-1);
+        assert_eq!(ide_label(Some("0000:01:00.0"), &ide), "[stream0.1.2]");
+        ide.stream_id = None;
+        ide.rp_index = None;
+        ide.name = None;
+        assert_eq!(ide_label(None, &ide), "[? 0.?.2 id=?]");
+    }
+
+    #[test]
     fn clocks() {
         let c = Clock::Relative { base_ns: 1_000 };
         assert_eq!(c.format(1_500_001_000), "    1.500000");
