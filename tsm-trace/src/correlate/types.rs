@@ -570,6 +570,10 @@ pub enum Output {
     VmEvent(VmEvent),
     /// A binding ended (any cause); the unbind or disconnect operation comes first.
     BindingClosed(BindingClosed),
+    /// A PCIe IDE stream left registered or enabled after its endpoint's disconnect.
+    IdeStreamLeaked(super::IdeLeakChange),
+    /// A leaked IDE stream was released, or sysfs stopped showing it.
+    IdeStreamLeakCleared(super::IdeLeakChange),
 }
 
 impl Output {
@@ -582,6 +586,7 @@ impl Output {
             Output::LeakCleared(l) => Some(l.cleared_ns.unwrap_or(l.detected_ns)),
             Output::VmEvent(v) => Some(v.time_ns),
             Output::BindingClosed(c) => Some(c.closed_ns),
+            Output::IdeStreamLeaked(l) | Output::IdeStreamLeakCleared(l) => Some(l.time_ns),
             Output::Anomaly(_) | Output::Mismatch(_) => None,
         }
     }

@@ -87,6 +87,9 @@ impl Filters {
                 c.binding.vm.as_ref(),
                 false,
             ),
+            Output::IdeStreamLeaked(l) | Output::IdeStreamLeakCleared(l) => {
+                (Some(l.stream.endpoint.as_str()), None, true)
+            }
         };
         if let Some(d) = &self.device
             && device != Some(d.as_str())
@@ -157,6 +160,35 @@ impl TraceFormatter {
                     fmt_duration(at.saturating_sub(l.detected_ns))
                 ))
             }
+            Output::IdeStreamLeaked(l) => Some(format!(
+                "{} IDE-LEAK {} {} {}  {}{}{} since {}",
+                self.clock.format(l.time_ns),
+                l.stream.endpoint,
+                l.stream.label(),
+                l.reason.as_str(),
+                if l.stream.registered {
+                    "registered"
+                } else {
+                    "unregistered"
+                },
+                if l.stream.ep.enabled || l.stream.rp.enabled {
+                    ", enabled"
+                } else {
+                    ""
+                },
+                l.stream
+                    .stream_id
+                    .map_or(String::new(), |id| format!(", stream id {id}")),
+                fmt_duration(l.time_ns.saturating_sub(l.stream.since_ns))
+            )),
+            Output::IdeStreamLeakCleared(l) => Some(format!(
+                "{} IDE-LEAK-END {} {} {}  cleared by {}",
+                self.clock.format(l.time_ns),
+                l.stream.endpoint,
+                l.stream.label(),
+                l.reason.as_str(),
+                l.cleared_by.unwrap_or("?")
+            )),
             Output::VmEvent(v) => Some(format!(
                 "{} {:<8} vm={} comm={} tgid={} bound_devices={}",
                 self.clock.format(v.time_ns),
@@ -510,6 +542,9 @@ pub struct Summary {
     mismatches: BTreeMap<MismatchKind, u64>,
     /// Bindings ended, by cause.
     closed: BTreeMap<&'static str, u64>,
+    /// IDE stream leaks detected and cleared, and the first leak lines (bounded).
+    ide_leaks: (u64, u64),
+    ide_leak_lines: Vec<String>,
     /// Events lost, by reason, as the loss records said.
     lost: BTreeMap<&'static str, u64>,
     /// Operations still running at the end: how many, and each (bounded).
@@ -586,6 +621,15 @@ impl Summary {
             Output::Mismatch(m) => *self.mismatches.entry(m.kind).or_default() += 1,
             Output::VmEvent(_) => {}
             Output::BindingClosed(c) => *self.closed.entry(c.cause.as_str()).or_default() += 1,
+            Output::IdeStreamLeaked(_) => {
+                self.ide_leaks.0 += 1;
+                if self.ide_leak_lines.len() < SUMMARY_LEAKS
+                    && let Some(line) = fmt.format(out)
+                {
+                    self.ide_leak_lines.push(line);
+                }
+            }
+            Output::IdeStreamLeakCleared(_) => self.ide_leaks.1 += 1,
         }
     }
 
@@ -737,6 +781,17 @@ impl Summary {
                     if unconfirmed == 1 { "" } else { "s" },
                     AnomalyKind::LeakUnconfirmed.as_str()
                 );
+            }
+        }
+        if self.ide_leaks.0 > 0 {
+            let _ = writeln!(
+                s,
+                "\nIDE streams leaked (left registered or enabled after their endpoint's \
+                 disconnect): {} detected, {} cleared",
+                self.ide_leaks.0, self.ide_leaks.1
+            );
+            for line in &self.ide_leak_lines {
+                let _ = writeln!(s, "  {line}");
             }
         }
         if !self.closed.is_empty() {
