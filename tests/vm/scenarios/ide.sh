@@ -19,7 +19,12 @@
 # and, where /bin/tsm-trace is (not --smoke): "ide_check" (`tsm-trace check`), "ide_events"
 # (every fixture event of the traced steps), "ide_trace.jsonl"/"ide_trace.err" (a
 # `tsm-trace trace --json` session over the steps from "secure" on; xtask compares each
-# IDE frame with the fixture's event for the same call).
+# IDE frame with the fixture's event for the same call), "ide_truth" (after every connect
+# and disconnect of the endpoint: its result and the streams sysfs lists), "ide_replay_metrics"
+# (`tsm-trace replay --metrics` of the session's capture), and the daemon's view of the
+# leaked stream: "ide_d_metrics1"/"ide_d_bindings1" (a `tsm-trace run` started after the
+# leak: it learns the stream from sysfs), "ide_d_metrics2"/"ide_d_bindings2" (after its
+# release), "ide_d.err".
 . /scenarios/lib.sh
 CHECKS=/tmp/checks
 : > "$CHECKS"
@@ -54,6 +59,18 @@ ops() {
 # evf OP DEV KEY: KEY of the (last) grabbed event OP on DEV.
 evf() { kv "$3" "$(grep " op=$1 dev=$2 " "$EVS" | tail -n 1)"; }
 step() { say "== step $1"; }
+# connect_ep / disconnect_ep: the store's result in $r; the truth line says what sysfs lists
+# right after it.
+connect_ep() {
+	r=$(sysw "$TSM" $P/$EP/tsm/connect)
+	say "connect EP: $r"
+	echo "connect dev=$EP rc=$(q "$r") streams=$(streams | tr ' ' ',')" >> /tmp/ide_truth
+}
+disconnect_ep() {
+	r=$(sysw "$TSM" $P/$EP/tsm/disconnect)
+	say "disconnect EP: $r"
+	echo "disconnect dev=$EP rc=$(q "$r") streams=$(streams | tr ' ' ',')" >> /tmp/ide_truth
+}
 HB=/sys/devices/pci0000:00
 streams() { ls "$HB" | grep '^stream' | tr '\n' ' ' | sed 's/ $//'; }
 
@@ -99,14 +116,14 @@ steps() {
 	if [ -x "$BIN" ]; then
 		$BIN check $LDRV > /tmp/ide_check 2>&1
 		echo "exit=$?" >> /tmp/ide_check
-		$BIN trace --json --grace 1s $LDRV > /tmp/ide_trace.jsonl 2> /tmp/ide_trace.err &
+		$BIN trace --json --record /tmp/ide.rec --grace 1s $LDRV > /tmp/ide_trace.jsonl 2> /tmp/ide_trace.err &
 		TRACE_PID=$!
 		: > /tmp/ide_events
 		wait_for /tmp/ide_trace.err 'tracing with' 60 || echo "tsm-trace did not start" >> /tmp/ide_trace.err
 	fi
 
 	step secure
-	r=$(sysw "$TSM" $P/$EP/tsm/connect); say "connect EP: $r"
+	connect_ep
 	check secure_connect ok "$r"
 	grab
 	check secure_ops "ide_alloc:EP ide_setup:EP ide_setup:RP ide_enable:RP ide_enable:EP ide_register:EP connect:EP" "$(ops)"
@@ -118,7 +135,7 @@ steps() {
 	check secure_rp "$RP" "$(evf ide_register $EP rp)"
 	check secure_sysfs stream0.0.0 "$(streams)"
 	check secure_sysfs_target "$EP" "$(readlink $HB/stream0.0.0 | sed 's|.*/||')"
-	r=$(sysw "$TSM" $P/$EP/tsm/disconnect); say "disconnect EP: $r"
+	disconnect_ep
 	check secure_disconnect ok "$r"
 	grab
 	check secure_disc_ops "ide_disable:EP ide_disable:RP ide_unregister:EP ide_teardown:EP ide_teardown:RP ide_free:EP disconnect:EP" "$(ops)"
@@ -126,7 +143,7 @@ steps() {
 
 	step never_secure_rp
 	lctl ide_secure rp 0
-	r=$(sysw "$TSM" $P/$EP/tsm/connect); say "connect EP: $r"
+	connect_ep
 	check nsrp_connect_tolerated ok "$r"
 	grab
 	check nsrp_ops "ide_alloc:EP ide_setup:EP ide_setup:RP ide_enable:RP ide_register:EP connect:EP" "$(ops)"
@@ -134,26 +151,26 @@ steps() {
 	check nsrp_register 0 "$(evf ide_register $EP rc)"
 	check nsrp_connect_rc 0 "$(evf connect $EP rc)"
 	check nsrp_sysfs stream0.0.0 "$(streams)"
-	r=$(sysw "$TSM" $P/$EP/tsm/disconnect); say "disconnect EP: $r"
+	disconnect_ep
 	grab
 	lctl ide_secure rp 1
 
 	step never_secure_ep
 	lctl ide_secure ep 0
-	r=$(sysw "$TSM" $P/$EP/tsm/connect); say "connect EP: $r"
+	connect_ep
 	check nsep_connect_tolerated ok "$r"
 	grab
 	check nsep_ops "ide_alloc:EP ide_setup:EP ide_setup:RP ide_enable:RP ide_enable:EP ide_disable:RP ide_register:EP connect:EP" "$(ops)"
 	check nsep_enable_rp 0 "$(evf ide_enable $RP rc)"
 	check nsep_enable_ep_err -ENXIO "$(evf ide_enable $EP err)"
-	r=$(sysw "$TSM" $P/$EP/tsm/disconnect); say "disconnect EP: $r"
+	disconnect_ep
 	grab
 	lctl ide_secure ep 1
 
 	step no_stream_ids
 	lctl ide_nr_streams 0
 	check nr_streams_0 ok "$r"
-	r=$(sysw "$TSM" $P/$EP/tsm/connect); say "connect EP: $r"
+	connect_ep
 	check nsi_connect_EFAULT "Bad address" "$r"
 	grab
 	check nsi_ops "ide_alloc:EP connect:EP" "$(ops)"
@@ -163,7 +180,7 @@ steps() {
 
 	step register_busy
 	lctl ide_stream_id 255
-	r=$(sysw "$TSM" $P/$EP/tsm/connect); say "connect EP: $r"
+	connect_ep
 	check rb_connect_EBUSY "Device or resource busy" "$r"
 	grab
 	check rb_ops "ide_alloc:EP ide_setup:EP ide_setup:RP ide_enable:RP ide_enable:EP ide_register:EP ide_disable:EP ide_disable:RP ide_teardown:EP ide_teardown:RP ide_free:EP connect:EP" "$(ops)"
@@ -173,30 +190,54 @@ steps() {
 
 	step leak
 	lctl ide_leak 1
-	r=$(sysw "$TSM" $P/$EP/tsm/connect); say "connect EP: $r"
+	connect_ep
 	check leak_connect ok "$r"
-	r=$(sysw "$TSM" $P/$EP/tsm/disconnect); say "disconnect EP: $r"
+	disconnect_ep
 	check leak_disconnect ok "$r"
 	grab
 	check leak_disc_ops "ide_disable:EP ide_disable:RP ide_teardown:EP ide_teardown:RP disconnect:EP" "$(ops | sed 's/.*ide_register:EP connect:EP //')"
 	check leak_sysfs_stays stream0.0.0 "$(streams)"
-	r=$(sysw "$TSM" $P/$EP/tsm/connect); say "connect EP (stream 0 leaked): $r"
+	if [ -x "$BIN" ]; then
+		# A daemon started now never saw the stream made: sysfs shows it registered, its
+		# endpoint not connected.
+		lo_up
+		$BIN run --listen 127.0.0.1:$IPORT --grace 1s --reconcile-interval 1s $LDRV \
+			> /tmp/ide_d.out 2> /tmp/ide_d.err &
+		DAEMON=$!
+		wait_ready $IPORT 60 || echo "daemon not ready" >> /tmp/ide_d.err
+		echo "daemon_started dev=$EP streams=$(streams | tr ' ' ',')" >> /tmp/ide_truth
+		wget -q -O /tmp/ide_d_metrics1 http://127.0.0.1:$IPORT/metrics
+		wget -q -O /tmp/ide_d_bindings1 http://127.0.0.1:$IPORT/bindings
+	fi
+	connect_ep
 	check leak_second_connect ok "$r"
 	grab
 	check leak_second_stream stream1.1.1 "$(evf ide_register $EP stream)"
 	check leak_second_stream_id 1 "$(evf ide_register $EP stream_id)"
 	check leak_sysfs_both "stream0.0.0 stream1.1.1" "$(streams)"
-	r=$(sysw "$TSM" $P/$EP/tsm/disconnect); say "disconnect EP: $r"
+	disconnect_ep
 	lctl ide_release
 	check release ok "$r"
 	check released 1 "$(kv released "$(cat "$LLAST")")"
 	grab
 	check release_ops "ide_release:EP" "$(ops | sed 's/.*disconnect:EP //')"
 	check release_sysfs_gone "" "$(streams)"
+	echo "release dev=$EP rc=$(q "$r") streams=$(streams | tr ' ' ',')" >> /tmp/ide_truth
+	if [ -n "$DAEMON" ]; then
+		# Past a reconciliation after the release.
+		sleep 2.5
+		wget -q -O /tmp/ide_d_metrics2 http://127.0.0.1:$IPORT/metrics
+		wget -q -O /tmp/ide_d_bindings2 http://127.0.0.1:$IPORT/bindings
+		kill -TERM $DAEMON
+		wait $DAEMON
+		echo "exit=$?" >> /tmp/ide_d.err
+	fi
 }
 
 BIN=/bin/tsm-trace
+IPORT=9487
 : > /tmp/ide_events
+: > /tmp/ide_truth
 steps
 if [ -n "$TRACE_PID" ]; then
 	sleep 1.5
@@ -207,7 +248,18 @@ if [ -n "$TRACE_PID" ]; then
 	frame ide_trace.err /tmp/ide_trace.err
 	frame ide_trace.jsonl /tmp/ide_trace.jsonl
 	frame ide_events /tmp/ide_events
+	$BIN replay --metrics /tmp/ide.rec > /tmp/ide_replay_metrics 2> /tmp/ide_replay.err
+	echo "exit=$?" >> /tmp/ide_replay.err
+	frame ide_replay_metrics /tmp/ide_replay_metrics
+	frame ide_replay.err /tmp/ide_replay.err
+	# The capture itself (fuzz/corpus/record/vm-7.3-ide.jsonl is one: the promtool
+	# scenarios replay it).
+	frame ide.rec /tmp/ide.rec
+	for f in ide_d.err ide_d_metrics1 ide_d_bindings1 ide_d_metrics2 ide_d_bindings2; do
+		[ -e /tmp/$f ] && frame $f /tmp/$f
+	done
 fi
+frame ide_truth /tmp/ide_truth
 frame steps "$STEPS"
 frame checks "$CHECKS"
 grep -q 'result=FAIL' "$CHECKS" && exit 1

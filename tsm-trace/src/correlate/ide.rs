@@ -39,7 +39,7 @@ pub enum IdeState {
     Enabled,
     /// `pci_ide_stream_enable` failed on a port (-ENXIO: the stream did not reach Secure).
     NotSecure,
-    /// `pci_ide_stream_disable` on a port.
+    /// `pci_ide_stream_disable` on a port (of a stream that was Secure).
     Disabled,
     /// `pci_ide_stream_teardown` on a port.
     TornDown,
@@ -294,7 +294,10 @@ impl Correlator {
             }
             ProbeId::IdeStreamDisable => {
                 port.enabled = false;
-                s.state = IdeState::Disabled;
+                // A partner disabled after the other's enable failed: still not Secure.
+                if s.state != IdeState::NotSecure {
+                    s.state = IdeState::Disabled;
+                }
             }
             ProbeId::IdeStreamTeardown => {
                 port.set_up = false;
