@@ -169,7 +169,12 @@ fn check_capture(cap: &Path, offset_ns: i64, spans: &[Span], json: &str) -> usiz
     let mut roots: Vec<&Span> = spans
         .iter()
         .filter(|s| s.parent_span_id.is_empty())
-        .filter(|s| !matches!(s.name.as_str(), "leak" | "leak_cleared" | "binding"))
+        .filter(|s| {
+            !matches!(
+                s.name.as_str(),
+                "leak" | "leak_cleared" | "binding" | "ide_stream_leak" | "ide_stream_leak_cleared"
+            )
+        })
         .collect();
     roots.sort_by_key(|s| (s.start_time_unix_nano, s.end_time_unix_nano, s.name.clone()));
     let lines: Vec<Value> = json
