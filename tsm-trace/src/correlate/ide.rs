@@ -223,7 +223,7 @@ impl Correlator {
         };
         let (Some(endpoint), Some(key)) = (ide.endpoint.clone(), stream_key(ide)) else {
             // A failed alloc has no stream; anything else unreadable cannot be followed.
-            if !(f.probe == ProbeId::IdeStreamAlloc && !f.ok()) {
+            if f.probe != ProbeId::IdeStreamAlloc || f.ok() {
                 self.stats.ide_untracked += 1;
             }
             return;

@@ -420,9 +420,9 @@ pub fn check_streams(out: &VmOutput) -> Result<usize> {
                     v.split(',')
                         .filter(|s| !s.is_empty())
                         .map(str::to_string)
-                        .collect()
+                        .collect::<Vec<String>>()
                 })
-                .unwrap_or_else(Vec::new)
+                .unwrap_or_default()
         })
         .collect();
     c.check(!listed_at_start.is_empty(), || {
