@@ -373,7 +373,15 @@ fn replay_to_a_receiver_sends_the_captures_operations() {
             assert_eq!(headers["x-tenant"], "a b");
         }
         assert_eq!(g.resources[0]["service.name"], "tsm-trace");
-        total += check_capture(&cap, 0, &g.spans, &stdout);
+        // A capture that recorded the wall clock: span times are its events' plus that offset.
+        let offset = std::fs::read_to_string(&cap)
+            .ok()
+            .and_then(|t| {
+                let header: Value = serde_json::from_str(t.lines().next()?).ok()?;
+                header["realtime_offset_ns"].as_i64()
+            })
+            .unwrap_or(0);
+        total += check_capture(&cap, offset, &g.spans, &stdout);
         assert!(
             err.contains(&format!(
                 "{} spans, {} exported",
