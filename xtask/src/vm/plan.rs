@@ -17,7 +17,7 @@
 //! | restart           | against the real core's `tsm/bound`      | against the stand-in's bindings      |
 //! | crash             | killed at any instant of a lifecycle, against the real core | same, on the stand-in's bindings |
 //! | doctor            | root, nobody, no bpffs, lockdown         | same                                 |
-//! | ide               | the kernel's `pci_ide_*` on an emulated IDE endpoint and root port | not run yet (item 6: probes reported absent) |
+//! | ide               | the kernel's `pci_ide_*` on an emulated IDE endpoint and root port: frames, stream table, leaks, metrics, a daemon learning streams from sysfs | not run: no IDE API (lifecycle-trace's `check` reports the nine `ide_stream_*` probes absent, with the reason) |
 //!
 //! The fixture smokes (`--smoke`, `--lifecycle`, no tsm-trace) run the stand-in's ctl
 //! commands everywhere and the lifecycle smoke where PCI TSM is.
