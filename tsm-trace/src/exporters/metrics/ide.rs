@@ -34,18 +34,37 @@ pub fn step(p: ProbeId) -> Option<&'static str> {
     })
 }
 
+const IDE_PROBES: [ProbeId; 9] = [
+    ProbeId::IdeStreamAlloc,
+    ProbeId::IdeStreamRegister,
+    ProbeId::IdeStreamSetup,
+    ProbeId::IdeStreamEnable,
+    ProbeId::IdeStreamDisable,
+    ProbeId::IdeStreamTeardown,
+    ProbeId::IdeStreamUnregister,
+    ProbeId::IdeStreamRelease,
+    ProbeId::IdeStreamFree,
+];
+
+fn is_per_port(p: ProbeId) -> bool {
+    matches!(
+        p,
+        ProbeId::IdeStreamSetup
+            | ProbeId::IdeStreamEnable
+            | ProbeId::IdeStreamDisable
+            | ProbeId::IdeStreamTeardown
+    )
+}
+
 /// The per-port steps act on the endpoint or on its root port; the others on the stream.
 fn port_of(p: ProbeId, acted_on: Option<&str>, endpoint: Option<&str>) -> &'static str {
-    match p {
-        ProbeId::IdeStreamSetup
-        | ProbeId::IdeStreamEnable
-        | ProbeId::IdeStreamDisable
-        | ProbeId::IdeStreamTeardown => match (acted_on, endpoint) {
-            (Some(a), Some(e)) if a == e => "endpoint",
-            (Some(_), Some(_)) => "root_port",
-            _ => "unknown",
-        },
-        _ => "stream",
+    if !is_per_port(p) {
+        return "stream";
+    }
+    match (acted_on, endpoint) {
+        (Some(a), Some(e)) if a == e => "endpoint",
+        (Some(_), Some(_)) => "root_port",
+        _ => "unknown",
     }
 }
 
@@ -119,6 +138,20 @@ impl Ide {
         );
         for s in IdeState::ALL {
             streams.with_label_values(&[s.as_str()]).set(0);
+        }
+        // Every step's successes on the ports it acts on, and the enable latency per port.
+        for p in IDE_PROBES {
+            let step = step(p).expect("an IDE probe");
+            if is_per_port(p) {
+                for port in ["endpoint", "root_port"] {
+                    steps.with_label_values(&[step, port, "ok", ""]);
+                }
+            } else {
+                steps.with_label_values(&[step, "stream", "ok", ""]);
+            }
+        }
+        for port in ["endpoint", "root_port"] {
+            enable_duration.with_label_values(&[port, "ok"]);
         }
         for r in IdeLeakReason::ALL {
             leaked.with_label_values(&[r.as_str()]).set(0);
