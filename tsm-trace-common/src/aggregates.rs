@@ -108,6 +108,16 @@ pub const fn layer(p: ProbeId) -> u32 {
         | ProbeId::PciTsmUnbindAny
         | ProbeId::PciTsmDestroy
         | ProbeId::PciTsmGuestReq => LAYER_PCI_TSM,
+        // drivers/pci/ide.c: the PCI core's IDE code, beside drivers/pci/tsm.c.
+        ProbeId::IdeStreamAlloc
+        | ProbeId::IdeStreamRegister
+        | ProbeId::IdeStreamSetup
+        | ProbeId::IdeStreamEnable
+        | ProbeId::IdeStreamDisable
+        | ProbeId::IdeStreamTeardown
+        | ProbeId::IdeStreamUnregister
+        | ProbeId::IdeStreamRelease
+        | ProbeId::IdeStreamFree => LAYER_PCI_TSM,
         ProbeId::DriverBind
         | ProbeId::DriverUnbind
         | ProbeId::DriverProbe
@@ -138,6 +148,16 @@ pub const fn depth(p: ProbeId) -> u32 {
         | ProbeId::DriverBind
         | ProbeId::DriverUnbind
         | ProbeId::DriverGuestReq => 6,
+        // Called by the driver's connect/disconnect; release calls the others.
+        ProbeId::IdeStreamRelease => 7,
+        ProbeId::IdeStreamAlloc
+        | ProbeId::IdeStreamRegister
+        | ProbeId::IdeStreamSetup
+        | ProbeId::IdeStreamEnable
+        | ProbeId::IdeStreamDisable
+        | ProbeId::IdeStreamTeardown
+        | ProbeId::IdeStreamUnregister
+        | ProbeId::IdeStreamFree => 8,
     }
 }
 
@@ -160,6 +180,18 @@ pub const fn outer_kind(p: ProbeId, op: Option<u32>) -> u32 {
         | ProbeId::TsmGuestReq
         | ProbeId::PciTsmGuestReq
         | ProbeId::DriverGuestReq => OP_GUEST_REQUEST,
+        // An IDE step with no probed caller (a driver tsm-trace does not know, or a stream
+        // released on its own): building a stream up is a connect, tearing it down a
+        // disconnect.
+        ProbeId::IdeStreamAlloc
+        | ProbeId::IdeStreamSetup
+        | ProbeId::IdeStreamEnable
+        | ProbeId::IdeStreamRegister => OP_CONNECT,
+        ProbeId::IdeStreamDisable
+        | ProbeId::IdeStreamTeardown
+        | ProbeId::IdeStreamUnregister
+        | ProbeId::IdeStreamRelease
+        | ProbeId::IdeStreamFree => OP_DISCONNECT,
         _ => OP_UNDECIDED,
     }
 }

@@ -1,6 +1,6 @@
 //! [`RawEvent`]: one completed call as the kernel reports it, with its flag and missing-field bits.
 
-use crate::{COMM_LEN, DEV_NAME_LEN, STATS_ID_LEN, TSM_NAME_LEN};
+use crate::{COMM_LEN, DEV_NAME_LEN, IDE_NAME_LEN, STATS_ID_LEN, TSM_NAME_LEN};
 
 /// Bits of [`RawEvent::missing`]: a field the program could not read (offset unresolved or the
 /// read faulted). Userspace reports them as "unknown", never as zero.
@@ -29,6 +29,13 @@ pub mod missing {
     /// The VMM's argv ([`crate::VmmRecord`]): `task_struct.mm` or `mm_struct.arg_start`/
     /// `arg_end` unresolved, a task without mm, or a faulted read.
     pub const VMM_ARGV: u32 = 1 << 14;
+    /// An IDE stream's numbers (`stream_id`, `host_bridge_stream`, both partners'
+    /// `stream_index`): unresolved, unreadable, or no stream (an alloc that failed).
+    pub const IDE_STREAM: u32 = 1 << 15;
+    /// An IDE stream's sysfs name: resolved but unreadable, or unresolved.
+    pub const IDE_NAME: u32 = 1 << 16;
+    /// An IDE stream's endpoint (`dev_name(&ide->pdev->dev)`).
+    pub const IDE_ENDPOINT: u32 = 1 << 17;
 }
 
 /// Flags in [`RawEvent::flags`].
@@ -52,6 +59,9 @@ pub mod flags {
     /// A guest request's `op` and `tvm_arch` were read (post-v5: `RawEvent::op`,
     /// `RawEvent::tvm_arch`).
     pub const REQ_OP: u32 = 1 << 8;
+    /// An IDE stream without a sysfs name yet (not registered): `ide_name` is empty, and
+    /// that is what the kernel has, not a failed read.
+    pub const IDE_UNNAMED: u32 = 1 << 9;
 }
 
 /// One completed call of a probed function (or a point event), as the kernel reports it.
@@ -109,6 +119,22 @@ pub struct RawEvent {
     /// The TSM (`tsmN`): from `pdev->tsm->tsm_dev`, a `tsm_dev *` argument, or the name
     /// written to `tsm/connect` / `tsm/disconnect`.
     pub tsm_name: [u8; TSM_NAME_LEN],
+    /// Kernel-side only: the `struct pci_ide *` an entry parks for its return to read
+    /// (`pci_ide_stream_register`); always 0 in a record that leaves the kernel.
+    pub ide_ptr: u64,
+    /// PCIe IDE: `pci_ide::stream_id` (-1: not assigned yet).
+    pub ide_stream_id: i32,
+    /// `pci_ide::host_bridge_stream`: the host bridge's stream index (`<H>` in the name).
+    pub ide_hb_stream: u32,
+    /// `pci_ide::partner[PCI_IDE_EP].stream_index`, the endpoint's register block (`<E>`).
+    pub ide_ep_index: u32,
+    /// `pci_ide::partner[PCI_IDE_RP].stream_index`, the root port's register block (`<R>`).
+    pub ide_rp_index: u32,
+    /// `pci_ide::name`, the stream's sysfs name (`stream<H>.<R>.<E>`; empty before
+    /// registration: [`flags::IDE_UNNAMED`]).
+    pub ide_name: [u8; IDE_NAME_LEN],
+    /// The stream's endpoint: `dev_name(&ide->pdev->dev)`.
+    pub ide_endpoint: [u8; DEV_NAME_LEN],
 }
 
 impl RawEvent {
@@ -140,6 +166,13 @@ impl RawEvent {
             scope: 0,
             tvm_arch: 0,
             tsm_name: [0; TSM_NAME_LEN],
+            ide_ptr: 0,
+            ide_stream_id: 0,
+            ide_hb_stream: 0,
+            ide_ep_index: 0,
+            ide_rp_index: 0,
+            ide_name: [0; IDE_NAME_LEN],
+            ide_endpoint: [0; DEV_NAME_LEN],
         }
     }
 }

@@ -17,6 +17,8 @@ pub const STATS_ID_LEN: usize = 48;
 pub const COMM_LEN: usize = 16;
 /// Length of a TSM device name (`dev_name(&tsm_dev->dev)`, `tsmN`).
 pub const TSM_NAME_LEN: usize = 16;
+/// Length of an IDE stream's sysfs name (`stream<H>.<R>.<E>`, at most 17 bytes and a NUL).
+pub const IDE_NAME_LEN: usize = 24;
 
 mod control_record;
 mod counters;

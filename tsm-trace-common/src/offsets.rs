@@ -158,6 +158,33 @@ impl ReqFields {
     };
 }
 
+/// `struct pci_ide` (PCIe IDE streams), from `pci_ide_stream_register`'s prototype.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdeOffsets {
+    /// `pci_ide::pdev` (the endpoint).
+    pub pdev: u32,
+    /// `pci_ide::name` (`const char *`, NULL until registered).
+    pub name: u32,
+    pub stream_id: IntField,
+    pub host_bridge_stream: IntField,
+    /// `partner[PCI_IDE_EP].stream_index` and `partner[PCI_IDE_RP].stream_index`: the
+    /// array's element size and the enumerators' values from BTF.
+    pub ep_index: IntField,
+    pub rp_index: IntField,
+}
+
+impl IdeOffsets {
+    pub const UNKNOWN: IdeOffsets = IdeOffsets {
+        pdev: OFFSET_UNKNOWN,
+        name: OFFSET_UNKNOWN,
+        stream_id: IntField::UNKNOWN,
+        host_bridge_stream: IntField::UNKNOWN,
+        ep_index: IntField::UNKNOWN,
+        rp_index: IntField::UNKNOWN,
+    };
+}
+
 /// Struct offsets resolved from BTF at run time, handed to the programs as a read-only global.
 /// Every field is a byte offset or [`OFFSET_UNKNOWN`].
 #[repr(C)]
@@ -225,6 +252,8 @@ pub struct Offsets {
     /// [`aggregates::UAPI_OP_BIND`]/[`aggregates::UAPI_OP_UNBIND`] for them whatever the kernel's values.
     pub uapi_op_bind: u32,
     pub uapi_op_unbind: u32,
+    /// PCIe IDE streams.
+    pub ide: IdeOffsets,
     /// How each probe's return value is decoded ([`ret`]), indexed by [`ProbeId`].
     pub ret: [u32; PROBES],
 }
@@ -266,6 +295,7 @@ impl Offsets {
         kinds: FieldKinds::UNKNOWN,
         uapi_op_bind: OFFSET_UNKNOWN,
         uapi_op_unbind: OFFSET_UNKNOWN,
+        ide: IdeOffsets::UNKNOWN,
         ret: [ret::UNKNOWN; PROBES],
     };
 }

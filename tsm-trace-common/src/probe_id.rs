@@ -109,6 +109,27 @@ probe_ids! {
     /// `ssize_t tsm_guest_req(struct device *, struct tsm_guest_req_info *[, u64 *tsm_code])`
     /// (tsm-core, from the series; the third argument post-v5).
     TsmGuestReq = 22, "tsm_guest_req", pair;
+    /// PCIe IDE (drivers/pci/ide.c, 6.19+): `struct pci_ide *pci_ide_stream_alloc(struct
+    /// pci_dev *)`, NULL on failure (no register block or host bridge stream left).
+    IdeStreamAlloc = 23, "ide_stream_alloc", pair;
+    /// `int pci_ide_stream_register(struct pci_ide *)`: the stream's sysfs link
+    /// `stream<H>.<R>.<E>` under its host bridge; -EBUSY (stream id in use), -ENXIO.
+    IdeStreamRegister = 24, "ide_stream_register", pair;
+    /// `void pci_ide_stream_setup(struct pci_dev *, struct pci_ide *)`: one partner port.
+    IdeStreamSetup = 25, "ide_stream_setup", pair;
+    /// `int pci_ide_stream_enable(struct pci_dev *, struct pci_ide *)`: -ENXIO when the
+    /// stream did not reach the Secure state (SEV-TIO's connect ignores it).
+    IdeStreamEnable = 26, "ide_stream_enable", pair;
+    /// `void pci_ide_stream_disable(struct pci_dev *, struct pci_ide *)`.
+    IdeStreamDisable = 27, "ide_stream_disable", pair;
+    /// `void pci_ide_stream_teardown(struct pci_dev *, struct pci_ide *)`.
+    IdeStreamTeardown = 28, "ide_stream_teardown", pair;
+    /// `void pci_ide_stream_unregister(struct pci_ide *)`.
+    IdeStreamUnregister = 29, "ide_stream_unregister", pair;
+    /// `void pci_ide_stream_release(struct pci_ide *)`: undoes whatever was set up.
+    IdeStreamRelease = 30, "ide_stream_release", pair;
+    /// `void pci_ide_stream_free(struct pci_ide *)`.
+    IdeStreamFree = 31, "ide_stream_free", pair;
 }
 
 /// The raw tracepoint program on `module_free` that [`ProbeId::ModuleLoad`] brings (control,
@@ -164,6 +185,24 @@ impl ProbeId {
                 | ProbeId::DriverDisconnect
                 | ProbeId::DriverUnbind
                 | ProbeId::PciTsmUnbindAny
+        ) || self.is_ide()
+    }
+
+    /// A step of a PCIe IDE stream's life (`pci_ide_stream_*`): the steps follow one
+    /// another under the TSM driver's connect or disconnect (setup of the endpoint, then of
+    /// the root port, ...).
+    pub const fn is_ide(self) -> bool {
+        matches!(
+            self,
+            ProbeId::IdeStreamAlloc
+                | ProbeId::IdeStreamRegister
+                | ProbeId::IdeStreamSetup
+                | ProbeId::IdeStreamEnable
+                | ProbeId::IdeStreamDisable
+                | ProbeId::IdeStreamTeardown
+                | ProbeId::IdeStreamUnregister
+                | ProbeId::IdeStreamRelease
+                | ProbeId::IdeStreamFree
         )
     }
 

@@ -160,6 +160,11 @@ fn resolve_btf(syms: &Kallsyms, opts: &SessionOptions) -> Result<Resolution> {
     let guest_req = found_name(syms, ProbeId::PciTsmGuestReq, &opts.attach);
     let guest_req_ioctl = found_name(syms, ProbeId::GuestReqIoctl, &opts.attach);
     let tsm_guest_req = found_name(syms, ProbeId::TsmGuestReq, &opts.attach);
+    // `struct pci_ide` only where an IDE probe will attach (6.19+).
+    let ide = ProbeId::ALL
+        .iter()
+        .filter(|p| p.is_ide())
+        .any(|p| found_name(syms, *p, &opts.attach).is_some());
     // Driver ops that will be probed: named ones, else those of a known driver present.
     let driver_ops: Vec<(ProbeId, String)> = probes::TARGETS
         .iter()
@@ -199,6 +204,7 @@ fn resolve_btf(syms: &Kallsyms, opts: &SessionOptions) -> Result<Resolution> {
             pci_tsm_guest_req: guest_req.as_deref(),
             guest_req_ioctl: guest_req_ioctl.as_deref(),
             tsm_guest_req: tsm_guest_req.as_deref(),
+            ide,
             driver_ops: &driver_ops_ref,
             probed: &probed_ref,
             overrides: &overrides,

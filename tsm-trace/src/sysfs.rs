@@ -74,6 +74,52 @@ pub struct Snapshot {
     pub errors: Vec<SysfsError>,
     /// `<root>/bus/pci/devices` itself could not be listed: the snapshot says nothing.
     pub listing_error: Option<String>,
+    /// The registered PCIe IDE streams: the `stream<H>.<R>.<E>` links in each host bridge's
+    /// directory (`<root>/devices/pci<domain>:<bus>/`); `None` when `<root>/devices` could
+    /// not be listed.
+    pub ide_streams: Option<Vec<IdeLink>>,
+}
+
+/// A registered IDE stream as sysfs shows it (`pci_ide_stream_register` links the host
+/// bridge's directory to the endpoint under the stream's name).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct IdeLink {
+    /// `pci0000:00`.
+    pub host_bridge: String,
+    /// `stream0.0.0`.
+    pub name: String,
+    /// The endpoint's BDF (the link's last component); `None` when it cannot be read.
+    pub endpoint: Option<String>,
+}
+
+/// The `stream*` links of every host bridge under `<root>/devices`.
+fn read_ide_streams(root: &Path) -> Option<Vec<IdeLink>> {
+    let mut links = Vec::new();
+    for hb in std::fs::read_dir(root.join("devices")).ok()?.flatten() {
+        let host_bridge = hb.file_name().to_string_lossy().into_owned();
+        if !host_bridge.starts_with("pci") {
+            continue;
+        }
+        let Ok(entries) = std::fs::read_dir(hb.path()) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("stream") {
+                continue;
+            }
+            let endpoint = std::fs::read_link(e.path())
+                .ok()
+                .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()));
+            links.push(IdeLink {
+                host_bridge: host_bridge.clone(),
+                name,
+                endpoint,
+            });
+        }
+    }
+    links.sort_by(|a, b| (&a.host_bridge, &a.name).cmp(&(&b.host_bridge, &b.name)));
+    Some(links)
 }
 
 /// Device counts per state.
@@ -153,6 +199,7 @@ impl Snapshot {
             }
             snap.devices.insert(device, state);
         }
+        snap.ide_streams = read_ide_streams(root);
         snap
     }
 
@@ -211,6 +258,17 @@ pub mod fake {
             };
             fs::write(dev.join("tsm/bound"), text).unwrap();
         }
+    }
+
+    /// Adds the host bridge's link `stream<key>` to the endpoint `bdf`.
+    pub fn ide_stream(root: &Path, host_bridge: &str, key: &str, bdf: &str) {
+        let hb = root.join("devices").join(host_bridge);
+        fs::create_dir_all(&hb).unwrap();
+        std::os::unix::fs::symlink(
+            format!("{host_bridge}/0000:00:06.0/{bdf}"),
+            hb.join(format!("stream{key}")),
+        )
+        .unwrap();
     }
 
     /// Writes the device's `tsm/connect` (`""`: not connected).

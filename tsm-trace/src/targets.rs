@@ -57,6 +57,10 @@ const PCI_TSM_C: &[&str] = &[
 
 const PCI_TSM_ORIGIN: &str = "Linux 6.19+ with CONFIG_PCI_TSM=y (drivers/pci/tsm.c)";
 
+/// The kernel's PCIe IDE API (drivers/pci/ide.c; CONFIG_PCI_IDE is a bool, selected with
+/// PCI_TSM): absent before 6.19.
+const PCI_IDE_ORIGIN: &str = "Linux 6.19+ with CONFIG_PCI_IDE=y (drivers/pci/ide.c, the PCIe IDE stream API a TSM driver's connect calls)";
+
 /// A row; its programs are named after the probe (`ProbeId::entry_program`,
 /// `ProbeId::return_program`).
 const fn row(
@@ -238,6 +242,60 @@ pub const TARGETS: &[Target] = &[
         &[],
         "the module_load raw tracepoint (re-attach after module loads)",
     ),
+    builtin(row(
+        ProbeId::IdeStreamAlloc,
+        &["pci_ide_stream_alloc"],
+        &[],
+        PCI_IDE_ORIGIN,
+    )),
+    builtin(row(
+        ProbeId::IdeStreamRegister,
+        &["pci_ide_stream_register"],
+        &[],
+        PCI_IDE_ORIGIN,
+    )),
+    builtin(row(
+        ProbeId::IdeStreamSetup,
+        &["pci_ide_stream_setup"],
+        &[],
+        PCI_IDE_ORIGIN,
+    )),
+    builtin(row(
+        ProbeId::IdeStreamEnable,
+        &["pci_ide_stream_enable"],
+        &[],
+        PCI_IDE_ORIGIN,
+    )),
+    builtin(row(
+        ProbeId::IdeStreamDisable,
+        &["pci_ide_stream_disable"],
+        &[],
+        PCI_IDE_ORIGIN,
+    )),
+    builtin(row(
+        ProbeId::IdeStreamTeardown,
+        &["pci_ide_stream_teardown"],
+        &[],
+        PCI_IDE_ORIGIN,
+    )),
+    builtin(row(
+        ProbeId::IdeStreamUnregister,
+        &["pci_ide_stream_unregister"],
+        &[],
+        PCI_IDE_ORIGIN,
+    )),
+    builtin(row(
+        ProbeId::IdeStreamRelease,
+        &["pci_ide_stream_release"],
+        &[],
+        PCI_IDE_ORIGIN,
+    )),
+    builtin(row(
+        ProbeId::IdeStreamFree,
+        &["pci_ide_stream_free"],
+        &[],
+        PCI_IDE_ORIGIN,
+    )),
 ];
 
 /// Program names of earlier versions, from before each program was named after its probe

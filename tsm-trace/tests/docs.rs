@@ -130,12 +130,37 @@ fn known() -> Known {
         ("tsm-trace/tests/fixtures/standin-6.1.jsonl", "5s"),
         ("tsm-trace/tests/fixtures/standin-6.1.jsonl", "0s"),
         ("fuzz/corpus/record/vm-7.3-lifecycle.jsonl", "5s"),
+        // PCIe IDE steps and a leaked stream (the ide VM suite's session).
+        ("fuzz/corpus/record/vm-7.3-ide.jsonl", "5s"),
     ] {
         let mut c = bin();
         c.args(["replay", "--metrics", "--grace", grace])
             .arg(root().join(f));
         k.add_exposition(&output(&mut c));
     }
+    // The IDE session cut before the leaked stream's release: the leak's own series.
+    let ide = std::fs::read_to_string(root().join("fuzz/corpus/record/vm-7.3-ide.jsonl")).unwrap();
+    let release_start = ide
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["probe"] == "ide_stream_release")
+        .and_then(|v| v["start_ns"].as_u64())
+        .expect("the IDE capture releases its leaked stream");
+    let cut: Vec<&str> = ide
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["end_ns"].as_u64())
+                .is_none_or(|end| end < release_start)
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let cut_file = dir.path().join("ide-before-release.jsonl");
+    std::fs::write(&cut_file, cut.join("\n") + "\n").unwrap();
+    let mut c = bin();
+    c.args(["replay", "--metrics"]).arg(&cut_file);
+    k.add_exposition(&output(&mut c));
     // What the daemon adds for its session (event_loop::publish_session): every program of
     // every probe, its miss counters, and an expired entry of an unknown probe.
     let m = Metrics::new();

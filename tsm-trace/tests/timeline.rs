@@ -93,7 +93,7 @@ fn timeline_slices_are_the_captures_frames() {
                         ));
                     }
                 }
-                "leak" | "binding_closed" => want_instants.push(l.to_string()),
+                "leak" | "binding_closed" | "ide_stream_leak" => want_instants.push(l.to_string()),
                 _ => {}
             }
         }

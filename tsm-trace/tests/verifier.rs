@@ -4,8 +4,8 @@
 
 use tsm_trace::probes;
 use tsm_trace_common::{
-    ARG_PCI_TDI, ArgLoc, FieldKinds, GuestReqArgs, IntField, IntKind, KvmOffsets, OFFSET_UNKNOWN,
-    Offsets, ReqFields,
+    ARG_PCI_TDI, ArgLoc, FieldKinds, GuestReqArgs, IdeOffsets, IntField, IntKind, KvmOffsets,
+    OFFSET_UNKNOWN, Offsets, ReqFields,
 };
 
 fn is_root() -> bool {
@@ -158,6 +158,27 @@ fn every_program_passes_the_verifier() {
         },
         uapi_op_bind: 1,
         uapi_op_unbind: 2,
+        // struct pci_ide as 7.3 lays it out: u8 indices, an int stream id.
+        ide: IdeOffsets {
+            pdev: 0,
+            name: 96,
+            stream_id: IntField {
+                off: 92,
+                kind: IntKind::of(4, true),
+            },
+            host_bridge_stream: IntField {
+                off: 88,
+                kind: IntKind::of(1, false),
+            },
+            ep_index: IntField {
+                off: 12,
+                kind: IntKind::of(1, false),
+            },
+            rp_index: IntField {
+                off: 52,
+                kind: IntKind::of(1, false),
+            },
+        },
         // Every decoding: int widths, pointers, void.
         ret: core::array::from_fn(|i| match i % 4 {
             0 => IntKind::of(4, true),

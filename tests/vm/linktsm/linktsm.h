@@ -6,6 +6,7 @@
  *   linktsm_ops.c   the link ops (probe targets), their injections and delays
  *   linktsm_tee.c   TEE marking of PCIe devices (the device emulation), BDF lookup
  *   linktsm_cmds.c  the ctl commands and their parser
+ *   linktsm_ide.c   PCIe IDE: register emulation, the kernel's pci_ide_* from connect
  *   linktsm_main.c  module parameters, locks, logs, debugfs files, init/exit
  *
  * Functions and state shared between the files are global; the ones that are not probe
@@ -57,6 +58,16 @@ enum lt_op {
 	OP_BIND,
 	OP_UNBIND,
 	OP_GUEST_REQ,
+	/* The kernel's pci_ide_* as the link TSM calls them (linktsm_ide.c). */
+	OP_IDE_ALLOC,
+	OP_IDE_SETUP,
+	OP_IDE_ENABLE,
+	OP_IDE_REGISTER,
+	OP_IDE_DISABLE,
+	OP_IDE_UNREGISTER,
+	OP_IDE_TEARDOWN,
+	OP_IDE_FREE,
+	OP_IDE_RELEASE,
 	OP_NR,
 };
 
@@ -107,6 +118,13 @@ int lt_tee_mark(struct pci_dev *pdev);
 void lt_tee_unmark(int i);
 struct pci_dev *lt_lookup_bdf(const char *name);
 void lt_tee_from_param(void);
+
+/* ---- IDE (linktsm_ide.c) ---- */
+
+int lt_ide_connect(struct pci_dev *pdev);
+void lt_ide_disconnect(struct pci_dev *pdev);
+int lt_ide_cmd(char **argv, int argc);
+void lt_ide_exit(void);
 
 /* ---- Commands (linktsm_cmds.c) ---- */
 

@@ -166,6 +166,10 @@ int lt_run_cmd(char **argv, int argc)
 	u64 v;
 	int rc;
 
+	if (!strncmp(c, "ide_", 4)) {
+		rc = lt_ide_cmd(argv, argc);
+		return rc == -ENOIOCTLCMD ? -EINVAL : rc;
+	}
 	if (!strcmp(c, "register") && argc == 1)
 		return lt_do_register();
 	if (!strcmp(c, "unregister") && argc == 1)

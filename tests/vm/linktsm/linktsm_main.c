@@ -56,6 +56,8 @@
  *   events_clear                      empty the events log
  *   errname <n>                       records name=<%pe of -n>: the kernel's
  *                                     own name of an errno a caller saw
+ *   ide_*                             PCIe IDE emulation and streams: see
+ *                                     linktsm_ide.c
  *
  * Ground truth:
  *   last    the last ctl command: "seq=<n> cmd=<c> rc=<-errno|0> err=<%pe|0>
@@ -337,6 +339,7 @@ static void __exit linktsm_exit(void)
 		tsm_unregister(lt_tsm);
 		lt_tsm = NULL;
 	}
+	lt_ide_exit();
 	while (lt_n_tee)
 		lt_tee_unmark(0);
 	mutex_unlock(&ctl_lock);

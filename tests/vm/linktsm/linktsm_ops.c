@@ -10,6 +10,11 @@ const char *const lt_op_names[OP_NR] = {
 	[OP_CONNECT] = "connect",	[OP_DISCONNECT] = "disconnect",
 	[OP_BIND] = "bind",		[OP_UNBIND] = "unbind",
 	[OP_GUEST_REQ] = "guest_req",
+	[OP_IDE_ALLOC] = "ide_alloc",	[OP_IDE_SETUP] = "ide_setup",
+	[OP_IDE_ENABLE] = "ide_enable",	[OP_IDE_REGISTER] = "ide_register",
+	[OP_IDE_DISABLE] = "ide_disable", [OP_IDE_UNREGISTER] = "ide_unregister",
+	[OP_IDE_TEARDOWN] = "ide_teardown", [OP_IDE_FREE] = "ide_free",
+	[OP_IDE_RELEASE] = "ide_release",
 };
 
 /* Injections, delays and guest_req results (ctl: inject, delay, guest_req_residue, tsm_code). */
@@ -135,6 +140,9 @@ noinline int linktsm_connect(struct pci_dev *pdev)
 	ktime_t start = ktime_get();
 	int rc = op_enter(OP_CONNECT);
 
+	/* A device with IDE: its stream, as SEV-TIO sets one up (linktsm_ide.c). */
+	if (!rc)
+		rc = lt_ide_connect(pdev);
 	lt_ev(OP_CONNECT, pdev, tsm_of(pdev), rc,
 	      ktime_to_ns(ktime_sub(ktime_get(), start)), "%s", "");
 	return rc;
@@ -146,6 +154,7 @@ noinline void linktsm_disconnect(struct pci_dev *pdev)
 	ktime_t start = ktime_get();
 
 	op_enter(OP_DISCONNECT);
+	lt_ide_disconnect(pdev);
 	lt_ev(OP_DISCONNECT, pdev, tsm_of(pdev), 0,
 	      ktime_to_ns(ktime_sub(ktime_get(), start)), "%s", "");
 }

@@ -12,6 +12,7 @@
 //! | `guest_req.rs` | the series' guest-request ioctl and `tsm_guest_req` (tsm-core) |
 //! | `pci_tsm.rs` | `pci_tsm_bind`, `pci_tsm_unbind`                        |
 //! | `pci_tsm_link.rs` | sysfs `tsm/connect` and `tsm/disconnect`, `__pci_tsm_disconnect`, `__pci_tsm_unbind`, `__pci_tsm_destroy`, `pci_tsm_guest_req` |
+//! | `pci_ide.rs` | PCIe IDE streams: `pci_ide_stream_{alloc,register,setup,enable,disable,teardown,unregister,release,free}` |
 //! | `tsm_driver.rs` | the TSM driver's link ops (probe, connect, disconnect, bind, unbind, guest_req) |
 //! | `kvm.rs`     | `kvm_destroy_vm`, exit of a VMM holding a binding       |
 //! | `args.rs`    | arguments at locations userspace computed from BTF (registers or stack) |
@@ -21,6 +22,7 @@ pub mod bench;
 pub mod guest_req;
 pub mod iommufd;
 pub mod kvm;
+pub mod pci_ide;
 pub mod pci_tsm;
 pub mod pci_tsm_link;
 pub mod tsm;
@@ -76,7 +78,7 @@ pub fn begin(probe: ProbeId) -> Result<&'static mut RawEvent, ProgError> {
 // `init` writes every field by name: a field added to `RawEvent` changes its size and stops
 // the build here until `init` writes it too.
 const _: () = assert!(
-    RawEvent::SIZE == 232,
+    RawEvent::SIZE == 312,
     "RawEvent changed: write the new field in probes::init"
 );
 
@@ -117,6 +119,13 @@ unsafe fn init(ev: *mut RawEvent, probe: ProbeId, start_ns: u64) {
         (*ev).dev_name[0] = 0;
         (*ev).kvm_stats_id[0] = 0;
         (*ev).tsm_name[0] = 0;
+        (*ev).ide_ptr = 0;
+        (*ev).ide_stream_id = 0;
+        (*ev).ide_hb_stream = 0;
+        (*ev).ide_ep_index = 0;
+        (*ev).ide_rp_index = 0;
+        (*ev).ide_name[0] = 0;
+        (*ev).ide_endpoint[0] = 0;
     }
 }
 

@@ -303,6 +303,9 @@ pub(super) fn resolve_fields(
     o.mm_arg_start = out.put("mm_struct.arg_start", mm_field("arg_start"));
     o.mm_arg_end = out.put("mm_struct.arg_end", mm_field("arg_end"));
 
+    if fns.ide {
+        super::ide::resolve(objs, &mut o, &mut out);
+    }
     let mut prototypes = lifecycle::resolve(objs, fns, &mut o, &mut out);
     returns::resolve(objs, fns, &mut o, &mut out, &mut prototypes);
     let names = guest_req::resolve(objs, fns, &mut o, &mut out);

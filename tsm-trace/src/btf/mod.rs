@@ -89,6 +89,9 @@ pub struct Functions<'a> {
     pub guest_req_ioctl: Option<&'a str>,
     /// `tsm_guest_req`; `None`: not probed, its request info is left out.
     pub tsm_guest_req: Option<&'a str>,
+    /// Whether an IDE probe (`pci_ide_stream_*`) will be attached: `struct pci_ide` is
+    /// resolved only then (its fields are left out of the report otherwise).
+    pub ide: bool,
     /// The TSM driver ops that will be probed: each prototype is checked against its op.
     pub driver_ops: &'a [(ProbeId, &'a str)],
     /// Every function a kprobe will be attached to, by probe (compiler suffixes dropped): its
@@ -122,6 +125,7 @@ impl Functions<'static> {
         pci_tsm_guest_req: Some("pci_tsm_guest_req"),
         guest_req_ioctl: None,
         tsm_guest_req: None,
+        ide: false,
         driver_ops: &[],
         probed: &[],
         overrides: &[],
@@ -283,6 +287,7 @@ mod abi;
 mod fields;
 mod generation;
 mod guest_req;
+mod ide;
 mod lifecycle;
 mod load;
 mod returns;

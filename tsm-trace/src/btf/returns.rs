@@ -51,6 +51,15 @@ fn field_name(probe: ProbeId) -> &'static str {
         ProbeId::DriverGuestReq => "return driver_guest_req",
         ProbeId::GuestReqIoctl => "return guest_req_ioctl",
         ProbeId::TsmGuestReq => "return tsm_guest_req",
+        ProbeId::IdeStreamAlloc => "return ide_stream_alloc",
+        ProbeId::IdeStreamRegister => "return ide_stream_register",
+        ProbeId::IdeStreamSetup => "return ide_stream_setup",
+        ProbeId::IdeStreamEnable => "return ide_stream_enable",
+        ProbeId::IdeStreamDisable => "return ide_stream_disable",
+        ProbeId::IdeStreamTeardown => "return ide_stream_teardown",
+        ProbeId::IdeStreamUnregister => "return ide_stream_unregister",
+        ProbeId::IdeStreamRelease => "return ide_stream_release",
+        ProbeId::IdeStreamFree => "return ide_stream_free",
     }
 }
 

@@ -166,6 +166,9 @@ impl Correlator {
         let Some(outer) = frames.first() else {
             return;
         };
+        if frames.iter().any(|f| f.probe.is_ide()) || op.kind == OpKind::Disconnect {
+            self.apply_ide(op, frames, out);
+        }
         match op.kind {
             OpKind::Bind => {
                 // The deepest of ioctl / tsm_bind / pci_tsm_bind decides; else the driver's op.

@@ -53,6 +53,10 @@
 mod bindings;
 mod build;
 mod devices;
+mod ide;
+#[cfg(test)]
+#[path = "tests/ide.rs"]
+mod ide_tests;
 #[cfg(test)]
 #[path = "tests/lifecycle.rs"]
 mod lifecycle_tests;
@@ -72,6 +76,9 @@ use serde::Serialize;
 use crate::events::{Event, ProbeId};
 
 use bindings::VmCheck;
+pub use ide::{
+    IdeCounts, IdeLeak, IdeLeakChange, IdeLeakReason, IdePort, IdeState, IdeStreamRecord,
+};
 use nesting::{Chain, Key, ThreadState};
 use rustc_hash::FxBuildHasher as FxBuild;
 pub use types::{
@@ -140,6 +147,17 @@ pub struct Stats {
     /// Device links learned from sysfs (`tsm/connect`) rather than from a connect or
     /// disconnect seen: at start, or after one made while no daemon watched.
     pub links_from_sysfs: u64,
+    /// IDE steps that could not be followed to a stream: its numbers unreadable, or a stream
+    /// allocated before the daemon watched.
+    pub ide_untracked: u64,
+    /// Registered IDE streams sysfs stopped showing with no unregister seen.
+    pub ide_sysfs_gone: u64,
+    /// Registered IDE streams learned from sysfs (registered while no daemon watched).
+    pub ide_from_sysfs: u64,
+    /// IDE streams not tracked because the stream table was full.
+    pub ide_table_full: u64,
+    /// IDE stream leaks detected, in `IdeLeakReason::ALL` order.
+    pub ide_leaks_detected: [u64; 3],
 }
 
 /// Turns events into operations, bindings and leaks. See the module documentation.
@@ -168,6 +186,8 @@ pub struct Correlator {
     recent_points: VecDeque<Key>,
     /// Connect state per device (devices.rs), bounded by `max_bindings`.
     devices: BTreeMap<String, devices::DeviceLink>,
+    /// PCIe IDE streams (ide.rs), bounded by `max_bindings`.
+    ide_streams: ide::Streams,
     stats: Stats,
     /// Reusable buffers (no allocation per event in the steady state).
     scratch: Scratch,
@@ -216,6 +236,7 @@ impl Correlator {
             next_due_ns: u64::MAX,
             bindings: HashMap::default(),
             devices: BTreeMap::new(),
+            ide_streams: BTreeMap::new(),
             binding_order: BTreeMap::new(),
             leaks: BTreeMap::new(),
             leak_count: [0; LeakReason::ALL.len()],

@@ -10,8 +10,10 @@ use crate::events::{Event, ProbeId};
 
 pub(super) const RECENT_KEYS: usize = 16;
 const RECENT_OPS: usize = 4;
-/// More frames than any real operation has (4 layers); protects against floods of overlaps.
-pub(super) const MAX_CHAIN_FRAMES: usize = 8;
+/// More frames than any real operation has; protects against floods of overlaps. A connect
+/// with IDE has connect_store, the driver's probe and connect and 7 `pci_ide_stream_*` calls
+/// per stream (SEV-TIO: one stream; the disconnect: 6 IDE calls and the core's frames).
+pub(super) const MAX_CHAIN_FRAMES: usize = 32;
 
 /// Identity of an event for duplicate detection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -13,6 +13,7 @@ impl Correlator {
     /// - binding known, sysfs `tsm/bound` empty → mismatch `denies_binding`: binding dropped.
     /// - sysfs unbound clears `sysfs_bound_without_owner` leaks.
     /// - a device without `tsm/` (or not listed) is unknown: nothing changes.
+    /// - IDE streams: against the host bridges' `stream*` links (`ide.rs`).
     /// - a device in `in_flight` (a bind or unbind entered and not returned: the kernel may
     ///   show its new state before the call returns) is owned by that call: nothing changes.
     ///
@@ -88,6 +89,7 @@ impl Correlator {
             }
         }
         self.learn_links(&snapshot.links, in_flight, now_ns, &mut out);
+        self.reconcile_ide(snapshot, in_flight, now_ns, &mut out);
         out
     }
 }

@@ -58,6 +58,9 @@ pub struct SavedState {
     /// The correlator's event time (latest return handled).
     #[serde(default)]
     pub clock_ns: u64,
+    /// PCIe IDE streams (allocated and not freed), with their leaks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ide_streams: Vec<super::IdeStreamRecord>,
 }
 
 /// A position in the event ring buffer: the map's id (unique within a boot) and a byte
@@ -312,6 +315,7 @@ impl Correlator {
             vm_checks: self.saved_vm_checks(),
             deferred_points: self.deferred_points.iter().cloned().collect(),
             devices: self.saved_links(),
+            ide_streams: self.ide_streams().cloned().collect(),
             clock_ns: self.clock_ns,
             format: FORMAT,
             boot_id: boot_id.to_string(),
@@ -363,6 +367,7 @@ impl Correlator {
         for l in state.devices {
             self.restore_link(l);
         }
+        self.restore_ide(state.ide_streams);
         self.clock_ns = self.clock_ns.max(state.clock_ns);
         self.table_version += 1;
         (nb, nl)

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::errno;
-use crate::events::{Event, Layer, ProbeId, UnbindCause, Vm};
+use crate::events::{Event, IdeStream, Layer, ProbeId, UnbindCause, Vm};
 
 /// What an operation did, from the ioctl's `op` or from the functions it called.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -122,6 +122,12 @@ pub struct Frame {
     /// Failed by returning NULL, with no errno (a driver's `probe`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub null_return: bool,
+    /// PCIe IDE steps: the port the call acted on (the endpoint, or its root port for
+    /// setup, enable, disable and teardown) and the stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ide: Option<IdeStream>,
 }
 
 impl Frame {
@@ -136,6 +142,8 @@ impl Frame {
             duration_ns: ev.duration_ns(),
             entry_missing: ev.entry_missing,
             null_return: ev.errno().is_none() && !ev.ok(),
+            device: ev.probe.is_ide().then(|| ev.device.clone()).flatten(),
+            ide: ev.ide.clone(),
         }
     }
 
@@ -562,6 +570,10 @@ pub enum Output {
     VmEvent(VmEvent),
     /// A binding ended (any cause); the unbind or disconnect operation comes first.
     BindingClosed(BindingClosed),
+    /// A PCIe IDE stream left registered or enabled after its endpoint's disconnect.
+    IdeStreamLeaked(super::IdeLeakChange),
+    /// A leaked IDE stream was released, or sysfs stopped showing it.
+    IdeStreamLeakCleared(super::IdeLeakChange),
 }
 
 impl Output {
@@ -574,6 +586,7 @@ impl Output {
             Output::LeakCleared(l) => Some(l.cleared_ns.unwrap_or(l.detected_ns)),
             Output::VmEvent(v) => Some(v.time_ns),
             Output::BindingClosed(c) => Some(c.closed_ns),
+            Output::IdeStreamLeaked(l) | Output::IdeStreamLeakCleared(l) => Some(l.time_ns),
             Output::Anomaly(_) | Output::Mismatch(_) => None,
         }
     }

@@ -114,6 +114,49 @@ impl Layer {
     }
 }
 
+/// A PCIe IDE stream as `struct pci_ide` described it at the call (drivers/pci/ide.c). Each
+/// part is `None` when it could not be read (reported as unknown, never as 0).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct IdeStream {
+    /// The endpoint (`ide->pdev`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// `stream_id` (-1: not assigned yet, as `pci_ide_stream_alloc` leaves it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_id: Option<i32>,
+    /// `host_bridge_stream`, the root port's and the endpoint's register block indices:
+    /// `<H>.<R>.<E>` of the sysfs name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_bridge_stream: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rp_index: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ep_index: Option<u32>,
+    /// The sysfs name (`stream0.0.0`); `None` before registration or when unreadable
+    /// ([`IdeStream::unnamed`] tells which).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Not registered (yet, or any more): the kernel has no name for it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unnamed: bool,
+}
+
+impl IdeStream {
+    /// `stream0.0.0` when registered, else `<H>.<R>.<E>` from the numbers (`?` unknown).
+    pub fn label(&self) -> String {
+        if let Some(n) = &self.name {
+            return n.clone();
+        }
+        let n = |v: Option<u32>| v.map_or("?".to_string(), |v| v.to_string());
+        format!(
+            "{}.{}.{}",
+            n(self.host_bridge_stream),
+            n(self.rp_index),
+            n(self.ep_index)
+        )
+    }
+}
+
 /// A KVM VM's identity as the kernel showed it, without its kernel address.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Vm {
@@ -224,6 +267,9 @@ pub struct Event {
     /// `__pci_tsm_destroy` ran for a TSM's unregistration (else: device removal).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tsm_unregister: bool,
+    /// PCIe IDE probes: the stream the call is about (`device` is the port it acts on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ide: Option<IdeStream>,
 }
 
 /// Why a ring-buffer record could not be decoded.
@@ -278,6 +324,7 @@ impl Event {
             ret_null_is_err: false,
             nothing_bound: false,
             tsm_unregister: false,
+            ide: None,
         }
     }
 
@@ -426,6 +473,32 @@ impl Event {
                     ev.out_len = Some(raw.out_len);
                 }
             }
+            ProbeId::IdeStreamAlloc
+            | ProbeId::IdeStreamRegister
+            | ProbeId::IdeStreamSetup
+            | ProbeId::IdeStreamEnable
+            | ProbeId::IdeStreamDisable
+            | ProbeId::IdeStreamTeardown
+            | ProbeId::IdeStreamUnregister
+            | ProbeId::IdeStreamRelease
+            | ProbeId::IdeStreamFree => {
+                ev.device = device;
+                let nums = has(missing::IDE_STREAM);
+                let unnamed = raw.flags & flags::IDE_UNNAMED != 0;
+                ev.ide = Some(IdeStream {
+                    endpoint: has(missing::IDE_ENDPOINT)
+                        .then(|| cstr(&raw.ide_endpoint))
+                        .filter(|s| !s.is_empty()),
+                    stream_id: nums.then_some(raw.ide_stream_id),
+                    host_bridge_stream: nums.then_some(raw.ide_hb_stream),
+                    rp_index: nums.then_some(raw.ide_rp_index),
+                    ep_index: nums.then_some(raw.ide_ep_index),
+                    name: (has(missing::IDE_NAME) && !unnamed)
+                        .then(|| cstr(&raw.ide_name))
+                        .filter(|s| !s.is_empty()),
+                    unnamed,
+                });
+            }
         }
         Ok(ev)
     }
@@ -493,6 +566,50 @@ mod tests {
         r.pid_tgid = (42u64 << 32) | 43;
         r.comm[..4].copy_from_slice(b"qemu");
         r
+    }
+
+    #[test]
+    fn decodes_an_ide_step_and_what_it_could_not_read() {
+        let mut r = raw(ProbeId::IdeStreamEnable);
+        r.ret = -6;
+        r.dev_name[..12].copy_from_slice(b"0000:00:06.0");
+        r.ide_endpoint[..12].copy_from_slice(b"0000:01:00.0");
+        r.ide_stream_id = 3;
+        r.ide_hb_stream = 1;
+        r.ide_rp_index = 2;
+        r.ide_ep_index = 0;
+        r.flags = flags::IDE_UNNAMED;
+        let ev = Event::decode(&r, &key()).unwrap();
+        assert_eq!(ev.errno(), Some(6));
+        assert_eq!(ev.device.as_deref(), Some("0000:00:06.0"));
+        let ide = ev.ide.clone().unwrap();
+        assert_eq!(ide.endpoint.as_deref(), Some("0000:01:00.0"));
+        assert_eq!(
+            (
+                ide.stream_id,
+                ide.host_bridge_stream,
+                ide.rp_index,
+                ide.ep_index
+            ),
+            (Some(3), Some(1), Some(2), Some(0))
+        );
+        // Not registered yet: no name, and that is what the kernel has.
+        assert!(ide.unnamed && ide.name.is_none());
+        assert_eq!(ide.label(), "1.2.0");
+
+        // Registered; the numbers unreadable: unknown, never 0.
+        r.flags = 0;
+        r.ide_name[..11].copy_from_slice(b"stream1.2.0");
+        r.missing = missing::IDE_STREAM;
+        let ide = Event::decode(&r, &key()).unwrap().ide.unwrap();
+        assert_eq!(ide.name.as_deref(), Some("stream1.2.0"));
+        assert_eq!((ide.stream_id, ide.rp_index), (None, None));
+        assert_eq!(ide.label(), "stream1.2.0");
+
+        // The name resolved but unreadable: unknown, not "unnamed".
+        r.missing = missing::IDE_NAME;
+        let ide = Event::decode(&r, &key()).unwrap().ide.unwrap();
+        assert!(ide.name.is_none() && !ide.unnamed);
     }
 
     #[test]

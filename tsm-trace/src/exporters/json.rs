@@ -32,6 +32,11 @@ enum Line<'a> {
     SysfsMismatch(&'a crate::correlate::Mismatch),
     Anomaly(&'a crate::correlate::Anomaly),
     BindingClosed(&'a crate::correlate::BindingClosed),
+    IdeStreamLeak {
+        event: &'static str,
+        #[serde(flatten)]
+        leak: &'a crate::correlate::IdeLeakChange,
+    },
 }
 
 /// [`line`] with `"time"` (RFC 3339 UTC) first when the CLOCK_REALTIME − CLOCK_MONOTONIC
@@ -67,6 +72,14 @@ pub fn line(out: &Output, anomalies: bool) -> Option<String> {
         Output::Anomaly(a) if anomalies => Line::Anomaly(a),
         Output::Anomaly(_) => return None,
         Output::BindingClosed(c) => Line::BindingClosed(c),
+        Output::IdeStreamLeaked(leak) => Line::IdeStreamLeak {
+            event: "detected",
+            leak,
+        },
+        Output::IdeStreamLeakCleared(leak) => Line::IdeStreamLeak {
+            event: "cleared",
+            leak,
+        },
     };
     serde_json::to_string(&l).ok()
 }
@@ -81,6 +94,8 @@ pub struct BindingsView {
     /// Devices per PCI TSM lifecycle state (connected, bound, disconnected).
     pub devices: std::collections::BTreeMap<crate::correlate::TsmState, usize>,
     pub leaks: Vec<Timed<Leak>>,
+    /// PCIe IDE streams allocated and not freed (state per port, registered, leak).
+    pub ide_streams: Vec<Timed<crate::correlate::IdeStreamRecord>>,
     /// Frames waiting for their outer call.
     pub pending_frames: usize,
     /// Operations entered and not returned (all of them), and the oldest of them (bounded):
@@ -126,6 +141,22 @@ impl BindingsView {
                     }
                     Timed {
                         item: l.clone(),
+                        times,
+                    }
+                })
+                .collect(),
+            ide_streams: c
+                .ide_streams()
+                .map(|s| {
+                    let mut times = std::collections::BTreeMap::from([
+                        ("since_time", at(s.since_ns)),
+                        ("changed_time", at(s.changed_ns)),
+                    ]);
+                    if let Some(l) = &s.leak {
+                        times.insert("leak_detected_time", at(l.detected_ns));
+                    }
+                    Timed {
+                        item: s.clone(),
                         times,
                     }
                 })

@@ -181,6 +181,21 @@ impl Timeline {
                     l,
                 )
             }
+            Output::IdeStreamLeaked(l) | Output::IdeStreamLeakCleared(l) => {
+                let mut args = Map::new();
+                args.insert("stream".into(), l.stream.label().into());
+                args.insert("reason".into(), l.reason.as_str().into());
+                args.insert("registered".into(), l.stream.registered.into());
+                if let Some(id) = l.stream.stream_id {
+                    args.insert("stream_id".into(), id.into());
+                }
+                let name = match l.cleared_by {
+                    None => format!("IDE stream leak: {}", l.reason.as_str()),
+                    Some(by) => format!("IDE stream leak cleared: {by}"),
+                };
+                let pid = self.pid(Some(&l.stream.endpoint));
+                self.instant(&name, pid, l.time_ns, args);
+            }
             Output::BindingClosed(c) => {
                 let mut args = binding_args(&c.binding);
                 args.insert("cause".into(), c.cause.as_str().into());

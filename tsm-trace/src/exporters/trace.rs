@@ -36,7 +36,7 @@ use crate::correlate::{
     AnomalyKind, Frame, Leak, LeakReason, MismatchKind, OpKind, OpResult, Operation, Output,
 };
 use crate::errno;
-use crate::events::{Layer, ProbeId, Vm, VmSelector};
+use crate::events::{IdeStream, Layer, ProbeId, Vm, VmSelector};
 
 pub use crate::clock::Clock;
 
@@ -87,6 +87,9 @@ impl Filters {
                 c.binding.vm.as_ref(),
                 false,
             ),
+            Output::IdeStreamLeaked(l) | Output::IdeStreamLeakCleared(l) => {
+                (Some(l.stream.endpoint.as_str()), None, true)
+            }
         };
         if let Some(d) = &self.device
             && device != Some(d.as_str())
@@ -157,6 +160,35 @@ impl TraceFormatter {
                     fmt_duration(at.saturating_sub(l.detected_ns))
                 ))
             }
+            Output::IdeStreamLeaked(l) => Some(format!(
+                "{} IDE-LEAK {} {} {}  {}{}{} since {}",
+                self.clock.format(l.time_ns),
+                l.stream.endpoint,
+                l.stream.label(),
+                l.reason.as_str(),
+                if l.stream.registered {
+                    "registered"
+                } else {
+                    "unregistered"
+                },
+                if l.stream.ep.enabled || l.stream.rp.enabled {
+                    ", enabled"
+                } else {
+                    ""
+                },
+                l.stream
+                    .stream_id
+                    .map_or(String::new(), |id| format!(", stream id {id}")),
+                fmt_duration(l.time_ns.saturating_sub(l.stream.since_ns))
+            )),
+            Output::IdeStreamLeakCleared(l) => Some(format!(
+                "{} IDE-LEAK-END {} {} {}  cleared by {}",
+                self.clock.format(l.time_ns),
+                l.stream.endpoint,
+                l.stream.label(),
+                l.reason.as_str(),
+                l.cleared_by.unwrap_or("?")
+            )),
             Output::VmEvent(v) => Some(format!(
                 "{} {:<8} vm={} comm={} tgid={} bound_devices={}",
                 self.clock.format(v.time_ns),
@@ -361,6 +393,9 @@ impl CallTree {
         } else {
             f.layer.as_str()
         });
+        if let Some(ide) = &f.ide {
+            s.push_str(&ide_label(f.device.as_deref(), ide));
+        }
         s.push(' ');
         if f.entry_missing {
             s.push('?');
@@ -383,6 +418,24 @@ impl CallTree {
             self.render_list(&self.children[i], op, lifecycle, s);
         }
     }
+}
+
+/// An IDE step's port and stream: `[stream0.0.0 id=0]` on the endpoint, `[rp
+/// 0000:00:06.0 stream0.0.0 id=0]` on its root port; `0.0.0` (`<H>.<R>.<E>`) before the
+/// stream has its sysfs name; `?` what could not be read.
+fn ide_label(device: Option<&str>, ide: &IdeStream) -> String {
+    let port = match (device, ide.endpoint.as_deref()) {
+        (Some(d), Some(ep)) if d == ep => String::new(),
+        (Some(d), Some(_)) => format!("rp {d} "),
+        (Some(d), None) => format!("{d} "),
+        (None, _) => "? ".into(),
+    };
+    let id = match ide.stream_id {
+        Some(id) if id >= 0 => format!(" id={id}"),
+        Some(_) => String::new(),
+        None => " id=?".into(),
+    };
+    format!("[{port}{}{id}]", ide.label())
 }
 
 fn opt_vm(vm: Option<&Vm>) -> String {
@@ -489,6 +542,9 @@ pub struct Summary {
     mismatches: BTreeMap<MismatchKind, u64>,
     /// Bindings ended, by cause.
     closed: BTreeMap<&'static str, u64>,
+    /// IDE stream leaks detected and cleared, and the first leak lines (bounded).
+    ide_leaks: (u64, u64),
+    ide_leak_lines: Vec<String>,
     /// Events lost, by reason, as the loss records said.
     lost: BTreeMap<&'static str, u64>,
     /// Operations still running at the end: how many, and each (bounded).
@@ -565,6 +621,15 @@ impl Summary {
             Output::Mismatch(m) => *self.mismatches.entry(m.kind).or_default() += 1,
             Output::VmEvent(_) => {}
             Output::BindingClosed(c) => *self.closed.entry(c.cause.as_str()).or_default() += 1,
+            Output::IdeStreamLeaked(_) => {
+                self.ide_leaks.0 += 1;
+                if self.ide_leak_lines.len() < SUMMARY_LEAKS
+                    && let Some(line) = fmt.format(out)
+                {
+                    self.ide_leak_lines.push(line);
+                }
+            }
+            Output::IdeStreamLeakCleared(_) => self.ide_leaks.1 += 1,
         }
     }
 
@@ -718,6 +783,17 @@ impl Summary {
                 );
             }
         }
+        if self.ide_leaks.0 > 0 {
+            let _ = writeln!(
+                s,
+                "\nIDE streams leaked (left registered or enabled after their endpoint's \
+                 disconnect): {} detected, {} cleared",
+                self.ide_leaks.0, self.ide_leaks.1
+            );
+            for line in &self.ide_leak_lines {
+                let _ = writeln!(s, "  {line}");
+            }
+        }
         if !self.closed.is_empty() {
             let _ = writeln!(s, "\nbindings ended, by cause:");
             for (c, n) in &self.closed {
@@ -749,6 +825,32 @@ impl Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ide_steps_name_their_port_and_stream() {
+        let mut ide = IdeStream {
+            endpoint: Some("0000:01:00.0".into()),
+            stream_id: Some(0),
+            host_bridge_stream: Some(0),
+            rp_index: Some(1),
+            ep_index: Some(2),
+            name: None,
+            unnamed: true,
+        };
+        assert_eq!(
+            ide_label(Some("0000:00:06.0"), &ide),
+            "[rp 0000:00:06.0 0.1.2 id=0]"
+        );
+        ide.name = Some("stream0.1.2".into());
+        assert_eq!(ide_label(Some("0000:01:00.0"), &ide), "[stream0.1.2 id=0]");
+        // Not assigned yet (alloc), and unreadable.
+        ide.stream_id = Some(-1);
+        assert_eq!(ide_label(Some("0000:01:00.0"), &ide), "[stream0.1.2]");
+        ide.stream_id = None;
+        ide.rp_index = None;
+        ide.name = None;
+        assert_eq!(ide_label(None, &ide), "[? 0.?.2 id=?]");
+    }
 
     #[test]
     fn clocks() {

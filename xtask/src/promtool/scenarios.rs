@@ -19,6 +19,13 @@ pub const SESSION_A: &str = "fuzz/corpus/record/vm-6.1-session-a.jsonl";
 pub const SESSION_B: &str = "fuzz/corpus/record/vm-7.3-session-b.jsonl";
 pub const LATE_MODULE: &str = "fuzz/corpus/record/vm-7.3-late-module.jsonl";
 pub const LIFECYCLE: &str = "fuzz/corpus/record/vm-7.3-lifecycle.jsonl";
+/// The ide VM suite's session (tests/vm/scenarios/ide.sh) on 7.3.4: 13 operations. 1 connect
+/// (Secure), 2 disconnect, 3 connect whose root port never reaches Secure (tolerated), 4
+/// disconnect, 5 connect whose endpoint never reaches Secure, 6 disconnect, 7 connect -EFAULT
+/// (no stream id), 8 connect -EBUSY (stream id in use), 9 connect, 10 disconnect that leaves
+/// stream0.0.0 registered, 11 connect (stream1.1.1), 12 disconnect, 13 the leaked stream
+/// released.
+pub const IDE: &str = "fuzz/corpus/record/vm-7.3-ide.jsonl";
 
 /// errnos no `tsm_trace_operations_total` series is created for at start (initial.rs lists
 /// the runbook's; these are not among them): their series appear at 1.
@@ -123,6 +130,17 @@ const VM_DESTROYED: Alert = alert(
 );
 
 /// One bind, its unbind, the VM's end (vm-7.3-late-module): nothing to alert on.
+const IDE_NOT_SECURE: Alert = alert("TsmIdeStreamNotSecure", "warning", &[JOB]);
+const IDE_LEAK: Alert = alert(
+    "TsmLeakedIdeStream",
+    "warning",
+    &[
+        JOB,
+        ("device", "0000:01:00.0"),
+        ("stream", "stream0.0.0"),
+        ("reason", "device_disconnected"),
+    ],
+);
 const QUIET: &[Seg] = &[Seg::Hold(1), Seg::Rest, Seg::Hold(50)];
 
 pub const ALL: &[Scenario] = &[
@@ -637,6 +655,52 @@ pub const ALL: &[Scenario] = &[
             Expect {
                 at: 14,
                 firing: &[alert("TsmTraceRestartUnsafe", "warning", &[])],
+            },
+        ],
+    },
+    Scenario {
+        name: "IDE streams: connects without a Secure stream, a stream a disconnect leaves registered",
+        capture: IDE,
+        derive: None,
+        // Minute 3: op 3 (root port never Secure). Quiet until 38, when the window no longer
+        // holds it. Minutes 39-45: ops 4-10 (5: endpoint never Secure at 40; 7, 8: failed
+        // connects at 42, 43; 10: the leak at 45). Minutes 51-53: ops 11-13 (13: the leaked
+        // stream released at 53).
+        timeline: &[
+            Seg::Hold(1),
+            Seg::Ops(3),
+            Seg::Hold(35),
+            Seg::Ops(7),
+            Seg::Hold(5),
+            Seg::Ops(3),
+            Seg::Hold(5),
+        ],
+        // replay reads no sysfs: the leak's host_bridge label is empty (absent).
+        daemon: &[],
+        fresh_errors: 0,
+        expect: &[
+            Expect { at: 2, firing: &[] },
+            Expect {
+                at: 5,
+                firing: &[IDE_NOT_SECURE],
+            },
+            Expect {
+                at: 38,
+                firing: &[],
+            },
+            Expect {
+                at: 41,
+                firing: &[IDE_NOT_SECURE],
+            },
+            // The leak from 45, for 2m; the failed connects (2 of 4 in 30m) pending since 43.
+            Expect {
+                at: 47,
+                firing: &[IDE_NOT_SECURE, IDE_LEAK],
+            },
+            // Released at 53; the connect failures fire from 48.
+            Expect {
+                at: 55,
+                firing: &[IDE_NOT_SECURE, CONNECT_FAILURES],
             },
         ],
     },

@@ -61,6 +61,7 @@ const LINKTSM: ModuleSrc = ModuleSrc {
         "linktsm_cmds.c",
         "linktsm_ops.c",
         "linktsm_tee.c",
+        "linktsm_ide.c",
         "Kbuild",
     ],
 };

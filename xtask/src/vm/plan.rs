@@ -17,6 +17,7 @@
 //! | restart           | against the real core's `tsm/bound`      | against the stand-in's bindings      |
 //! | crash             | killed at any instant of a lifecycle, against the real core | same, on the stand-in's bindings |
 //! | doctor            | root, nobody, no bpffs, lockdown         | same                                 |
+//! | ide               | the kernel's `pci_ide_*` on an emulated IDE endpoint and root port: frames, stream table, leaks, metrics, a daemon learning streams from sysfs | not run: no IDE API (lifecycle-trace's `check` reports the nine `ide_stream_*` probes absent, with the reason) |
 //!
 //! The fixture smokes (`--smoke`, `--lifecycle`, no tsm-trace) run the stand-in's ctl
 //! commands everywhere and the lifecycle smoke where PCI TSM is.
@@ -28,7 +29,7 @@ use anyhow::{Context, Result};
 use super::kernel::{Kernel, KernelSpec};
 use super::qemu::{RunOptions, VmOutput};
 use super::suites::smoke::{check_lifecycle, check_smoke};
-use super::suites::{crash, doctor, generations, lifecycle, modules, probes, restart, storm};
+use super::suites::{crash, doctor, generations, ide, lifecycle, modules, probes, restart, storm};
 use crate::util::root;
 
 /// A suite's checker: the number of checks made, or every failure.
@@ -64,6 +65,7 @@ pub struct Scripts {
     restart: String,
     crash: String,
     doctor: String,
+    ide: String,
 }
 
 /// The placeholder scenario of `--smoke` (exercises every stand-in ctl command).
@@ -89,6 +91,7 @@ impl Scripts {
             restart: read(restart::SCRIPT)?,
             crash: read(crash::SCRIPT)?,
             doctor: read(doctor::SCRIPT)?,
+            ide: read(ide::SCRIPT)?,
         })
     }
 }
@@ -147,6 +150,7 @@ pub const SUITES: &[&str] = &[
     "restart",
     "crash",
     "doctor",
+    "ide",
     "smoke",
     "lifecycle",
 ];
@@ -202,11 +206,26 @@ pub fn plan<'a>(
             add("crash", &scripts.crash, &long, crash::check);
             // `tsm-trace doctor` as root, nobody, without bpffs and under lockdown.
             add("doctor", &scripts.doctor, opts, doctor::check);
+            // PCIe IDE streams through the kernel's own pci_ide_* (its API came with PCI
+            // TSM in 6.19): an endpoint behind a root port, IDE emulated by tsm_linktsm.
+            if pci_tsm {
+                let ide_opts = RunOptions {
+                    ide_pcie: true,
+                    ..tee.clone()
+                };
+                add("ide", &scripts.ide, &ide_opts, ide::check);
+            }
         }
         Mode::Smoke => {
             add("smoke", &scripts.smoke, opts, check_smoke);
             if pci_tsm {
                 add("lifecycle", &scripts.lifecycle_smoke, &tee, check_lifecycle);
+                // The IDE fixture alone (its script runs no tsm-trace yet).
+                let ide_opts = RunOptions {
+                    ide_pcie: true,
+                    ..tee.clone()
+                };
+                add("ide", &scripts.ide, &ide_opts, ide::check);
             }
         }
         Mode::LifecycleSmoke => {
@@ -296,6 +315,7 @@ mod tests {
             restart: s("r"),
             crash: s("c"),
             doctor: s("d"),
+            ide: s("i"),
         }
     }
 
@@ -304,7 +324,8 @@ mod tests {
         let all: Vec<&str> = SUITES
             .iter()
             .copied()
-            .filter(|s| !matches!(*s, "smoke" | "lifecycle"))
+            // ide runs only where the IDE API is (7.x) for now.
+            .filter(|s| !matches!(*s, "smoke" | "lifecycle" | "ide"))
             .collect();
         assert_eq!(default_scope(&KernelSpec::TrixieBackports), None);
         // 6.1 runs every suite but the crash loop (the newest 7.x runs it).
@@ -333,19 +354,20 @@ mod tests {
         for pci in [true, false] {
             let runs = plan(pci, Mode::Suites, &sc, &RunOptions::default(), &[]);
             let names: Vec<_> = runs.iter().map(|r| r.suite).collect();
-            assert_eq!(
-                names,
-                [
-                    "probes",
-                    "generations",
-                    "lifecycle-trace",
-                    "modules",
-                    "storm",
-                    "restart",
-                    "crash",
-                    "doctor"
-                ]
-            );
+            let mut want = vec![
+                "probes",
+                "generations",
+                "lifecycle-trace",
+                "modules",
+                "storm",
+                "restart",
+                "crash",
+                "doctor",
+            ];
+            if pci {
+                want.push("ide");
+            }
+            assert_eq!(names, want);
             let tee: Vec<_> = runs
                 .iter()
                 .filter(|r| r.opts.tee_pcie)
@@ -354,7 +376,7 @@ mod tests {
             assert_eq!(
                 tee,
                 if pci {
-                    vec!["lifecycle-trace", "restart", "crash"]
+                    vec!["lifecycle-trace", "restart", "crash", "ide"]
                 } else {
                     vec![]
                 }

@@ -91,6 +91,10 @@ pub struct RunOptions {
     /// machine's 00:02.0 (VGA) and 00:03.0 (e1000) as plain PCI devices. false: qemu's
     /// default `pc` machine.
     pub tee_pcie: bool,
+    /// With [`RunOptions::tee_pcie`]: also a PCIe root port at 00:06.0 with an e1000e
+    /// endpoint behind it (0000:01:00.0), the pair a PCIe IDE stream needs (q35 endpoints on
+    /// pcie.0 are RC-integrated and `pci_ide_stream_alloc` refuses them).
+    pub ide_pcie: bool,
     /// Boot this initramfs (made by the caller; removed after the run unless `keep`)
     /// instead of the test initramfs; `extra_files` and the script are then not used.
     pub initrd: Option<PathBuf>,
@@ -110,6 +114,15 @@ fn tee_pcie_args(cmd: &mut Command) {
         .args(["-device", "e1000e,bus=pcie.0,addr=0x5.0,romfile="]);
 }
 
+/// qemu arguments for [`RunOptions::ide_pcie`] (after [`tee_pcie_args`]).
+fn ide_pcie_args(cmd: &mut Command) {
+    cmd.args([
+        "-device",
+        "pcie-root-port,id=rp1,bus=pcie.0,addr=0x6,chassis=1",
+    ])
+    .args(["-device", "e1000e,bus=rp1,romfile="]);
+}
+
 impl Default for RunOptions {
     fn default() -> Self {
         let timeout = std::env::var("TSM_VM_TIMEOUT")
@@ -123,6 +136,7 @@ impl Default for RunOptions {
             memory_mb: 1024,
             hostfwd: None,
             tee_pcie: false,
+            ide_pcie: false,
             initrd: None,
         }
     }
@@ -312,6 +326,9 @@ pub fn spawn_in_vm(
         .stderr(Stdio::piped());
     if opts.tee_pcie {
         tee_pcie_args(&mut cmd);
+        if opts.ide_pcie {
+            ide_pcie_args(&mut cmd);
+        }
     }
     if let (Some(guest), Some(host)) = (opts.hostfwd, host_port) {
         cmd.arg("-netdev")

@@ -43,7 +43,7 @@ pub struct VmTestArgs {
     /// Seconds before a guest is killed.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
-    /// Run only these suites: probes, generations, lifecycle-trace, modules, storm, restart, doctor (or, with
+    /// Run only these suites: probes, generations, lifecycle-trace, modules, storm, restart, crash, doctor, ide (or, with
     /// --smoke, smoke and lifecycle); repeat or comma-separate. Default: all of them.
     #[arg(long, value_delimiter = ',')]
     pub suite: Vec<String>,

@@ -579,6 +579,7 @@ impl Host {
             links,
             errors: Vec::new(),
             listing_error: None,
+            ide_streams: Some(Vec::new()),
         }
     }
 

@@ -11,6 +11,7 @@
 //!
 //! - `operations.rs`: operation counts and durations, from correlated operations or mirroring
 //!   the kernel's exact aggregates (`histograms.rs`: the duration histograms' collector).
+//! - `ide.rs`: PCIe IDE streams (the stream table, leaked streams) and their steps.
 //! - `tables.rs`: what the correlator's tables hold (bindings, leaks, devices, pending frames)
 //!   and the VM lifecycle events it saw.
 //! - `reconcile.rs`: sysfs reconciliation runs and what they found.
@@ -24,6 +25,7 @@
 //! - `openmetrics.rs`: the OpenMetrics exposition (served when the scraper asks for it), with
 //!   the latency histograms' exemplars from `exemplars.rs` (filled by the OTLP exporter).
 
+mod ide;
 mod operations;
 mod otlp;
 mod persistence;
@@ -50,6 +52,7 @@ use crate::events::{Layer, ProbeId};
 use crate::probes::KernelCounts;
 use crate::sysfs::Snapshot;
 
+use ide::Ide;
 use in_flight::InFlightMetrics;
 use misses::MissMetrics;
 use operations::Operations;
@@ -71,6 +74,7 @@ pub struct Metrics {
     registry: Registry,
     operations: Operations,
     tables: Tables,
+    ide: Ide,
     reconcile: Reconcile,
     self_metrics: SelfMetrics,
     persistence: Persistence,
@@ -131,6 +135,7 @@ impl Metrics {
         let registry = Registry::new();
         let operations = Operations::register(&registry);
         let tables = Tables::register(&registry);
+        let ide = Ide::register(&registry);
         let reconcile = Reconcile::register(&registry);
         let self_metrics = SelfMetrics::register(&registry);
         let persistence = Persistence::register(&registry);
@@ -147,6 +152,7 @@ impl Metrics {
             registry,
             operations,
             tables,
+            ide,
             reconcile,
             self_metrics,
             persistence,
@@ -244,13 +250,18 @@ impl Metrics {
     /// Updates counters from one correlator output.
     pub fn observe(&self, out: &Output) {
         match out {
-            Output::Operation(op) => self.operations.observe(op),
+            Output::Operation(op) => {
+                self.operations.observe(op);
+                self.ide.observe(op);
+            }
             Output::LeakDetected(leak) => self.tables.leak_detected(leak),
             Output::LeakCleared(leak) => self.tables.leak_cleared(leak),
             Output::Anomaly(a) => self.self_metrics.anomaly(a.kind),
             Output::Mismatch(m) => self.reconcile.mismatch(m.kind),
             Output::VmEvent(v) => self.tables.vm_event(v.event),
             Output::BindingClosed(c) => self.tables.binding_closed(c.cause),
+            Output::IdeStreamLeaked(l) => self.ide.leak_detected(l),
+            Output::IdeStreamLeakCleared(_) => {}
         }
     }
 
@@ -263,6 +274,7 @@ impl Metrics {
     /// Sets the gauges that mirror the correlator's tables.
     pub fn sync(&self, c: &Correlator) {
         self.tables.sync(c);
+        self.ide.sync(c);
     }
 
     /// `--reconcile-interval` (zero: reconciliation runs once, at start; alerts must not wait

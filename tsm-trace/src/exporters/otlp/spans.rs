@@ -166,6 +166,8 @@ impl Spans {
                 vec![self.leak("leak_cleared", l.cleared_ns.unwrap_or(l.detected_ns), l)]
             }
             Output::BindingClosed(c) => vec![self.binding_closed(c)],
+            Output::IdeStreamLeaked(l) => vec![self.ide_leak("ide_stream_leak", l)],
+            Output::IdeStreamLeakCleared(l) => vec![self.ide_leak("ide_stream_leak_cleared", l)],
             Output::Anomaly(_) | Output::Mismatch(_) | Output::VmEvent(_) => Vec::new(),
         }
     }
@@ -286,6 +288,50 @@ impl Spans {
         };
         let ctx = self.context(self.ids.new_trace_id());
         self.span(ctx, SpanId::INVALID, name, at_ns, at_ns, a, links, status)
+    }
+
+    /// A leaked IDE stream (or its end), linked to the connect of its endpoint.
+    fn ide_leak(&mut self, name: &'static str, l: &crate::correlate::IdeLeakChange) -> SpanData {
+        let mut links = Vec::new();
+        let connect = self
+            .devices
+            .get(&l.stream.endpoint)
+            .and_then(|d| d.connect.clone());
+        Self::link(&connect, "connect", &mut links);
+        let mut a = vec![
+            kv("tsm.device", l.stream.endpoint.clone()),
+            kv("tsm.ide.stream", l.stream.label().to_string()),
+            kv("tsm.leak.reason", l.reason.as_str()),
+            kv("tsm.ide.registered", l.stream.registered),
+        ];
+        if let Some(id) = l.stream.stream_id {
+            a.push(kv("tsm.ide.stream_id", i64::from(id)));
+        }
+        if let Some(hb) = &l.stream.host_bridge {
+            a.push(kv("tsm.ide.host_bridge", hb.clone()));
+        }
+        if let Some(t) = &l.stream.tsm {
+            a.push(kv("tsm.name", t.clone()));
+        }
+        if let Some(c) = l.cleared_by {
+            a.push(kv("tsm.leak.cleared_by", c));
+        }
+        let status = if l.cleared_by.is_none() {
+            Status::error(l.reason.as_str())
+        } else {
+            Status::Unset
+        };
+        let ctx = self.context(self.ids.new_trace_id());
+        self.span(
+            ctx,
+            SpanId::INVALID,
+            name,
+            l.time_ns,
+            l.time_ns,
+            a,
+            links,
+            status,
+        )
     }
 
     fn binding_closed(&mut self, c: &BindingClosed) -> SpanData {

@@ -29,6 +29,8 @@ const FIXTURE_SECTIONS: &[&str] = &[
     "kallsyms",
     "steps",
     "checks",
+    // The ide suite: the fixture's own events (its probe op prints the context pointer).
+    "ide_events",
     "bound",
     "net",
     "story",

@@ -6,6 +6,7 @@
 //!   diagnostics in [`probes::diagnostics`];
 //! - [`generations`]: the stand-in built as each generation of the patch series;
 //! - [`lifecycle`]: the real PCI TSM core (truth, trace session, daemons);
+//! - [`ide`]: PCIe IDE streams set up by the real kernel's `pci_ide_*` (7.x);
 //! - [`modules`], [`storm`], [`restart`], [`crash`] (killed at any instant), [`doctor`];
 //! - [`smoke`]: the fixture smokes (no tsm-trace);
 //! - [`leaks`]: every suite's output searched for kernel addresses.
@@ -14,6 +15,7 @@ pub mod crash;
 pub mod crash_faults;
 pub mod doctor;
 pub mod generations;
+pub mod ide;
 pub mod leaks;
 pub mod lifecycle;
 pub mod modules;

@@ -51,6 +51,17 @@ const LIFECYCLE_PROBES: &[&str] = &[
     "driver_bind",
     "driver_unbind",
     "driver_guest_req",
+    // The kernel's PCIe IDE API (drivers/pci/ide.c) came with PCI TSM in 6.19 (issue 28
+    // item 6: absent, each with its reason, where it is not).
+    "ide_stream_alloc",
+    "ide_stream_register",
+    "ide_stream_setup",
+    "ide_stream_enable",
+    "ide_stream_disable",
+    "ide_stream_teardown",
+    "ide_stream_unregister",
+    "ide_stream_release",
+    "ide_stream_free",
 ];
 
 /// The lifecycle suite on a kernel with PCI TSM (7.x).
