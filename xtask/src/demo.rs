@@ -114,7 +114,6 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let lifecycle = [
         "connect ",
         "disconnect",
-        "guest_req",
         "UNBOUND",
         "EIO from tsm_driver",
         "ide_stream_enable[rp",
@@ -124,6 +123,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         || ide_leaks.is_empty()
         || insecure < 1.0
         || !trace.contains("EBUSY")
+        || !trace
+            .lines()
+            .any(|l| l.contains("guest_request") && l.contains("guest_req_ioctl"))
         || lifecycle.iter().any(|w| !trace.contains(w))
     {
         bail!(

@@ -44,7 +44,7 @@ sysw tsm0 $P/$C/tsm/connect
 say "connect $E, an endpoint behind a PCIe root port with IDE: the driver allocates, sets up and enables a"
 say "  Selective IDE stream with the kernel's pci_ide_stream_* and registers it: Secure on both ports"
 sysw tsm0 $P/$E/tsm/connect
-say "  $(ls /sys/devices/pci0000:00 | grep stream) -> $(readlink /sys/devices/pci0000:00/stream0.0.0 | sed 's|.*/||')"
+say "  $(ls /sys/devices/pci0000:00 | grep '^stream') -> $(readlink /sys/devices/pci0000:00/stream0.0.0 | sed 's|.*/||')"
 sysw tsm0 $P/$E/tsm/disconnect
 say "connect $E again, but its root port never reaches Secure: pci_ide_stream_enable returns -ENXIO, which"
 say "  the driver ignores (as SEV-TIO does): the device is connected, its link not encrypted, the kernel silent"
@@ -54,7 +54,7 @@ lctl ide_secure rp 1
 say "disconnect $E, but the driver does not release its stream: it stays registered on the host bridge"
 lctl ide_leak 1
 sysw tsm0 $P/$E/tsm/disconnect
-say "  $(ls /sys/devices/pci0000:00 | grep stream) still there; $E is connected to: '$(cat $P/$E/tsm/connect)'"
+say "  $(ls /sys/devices/pci0000:00 | grep '^stream') still there; $E is connected to: '$(cat $P/$E/tsm/connect)'"
 say "a VMM creates two confidential VMs and vdevices; binds go through the real pci_tsm_bind"
 ctl realpci 1
 ctl vm_create 1
@@ -69,9 +69,10 @@ say "VM 2 tries to bind the same device: EBUSY from the PCI TSM core"
 ctl ioctl 2 1 0
 say "the TSM driver fails a bind of $C with EIO"
 lctl inject bind 5; ctl ioctl 3 1 0
-say "the guest of VM 1 asks for a TDISP state change (tsm_code 0xabc, 5 bytes of the reply unused)"
-lctl tsm_code 0xabc; lctl guest_req_residue 5
-ctl guest_req $A 1 16 64
+say "the guest of VM 1 asks for a TDISP state change through the series' guest-request ioctl (vdevice 1;"
+say "  5 bytes of the reply unused): ioctl, tsm_guest_req, the kernel's pci_tsm_guest_req, the driver"
+lctl guest_req_residue 5
+ctl tsm_req 1 1 16 64
 say "a bind of $C succeeds, but copying the response to userspace faults: EFAULT, device left bound"
 ctl inject respond_efault; ctl ioctl 3 1 0
 say "$A is disconnected while VM 1 holds it: the kernel unbinds it first"
