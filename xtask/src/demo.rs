@@ -1,8 +1,9 @@
 //! `cargo xtask demo`: the main job where no TSM hardware exists. Builds tsm-trace, boots the
 //! newest Debian 7.x kernel in qemu (q35, with PCIe endpoints the kernel's real PCI TSM core
 //! accepts), registers a test link TSM driver, runs `tsm-trace run`, plays the lifecycle
-//! (a failing and a good connect, binds and their failures, a guest request, a disconnect
-//! while bound, leaks) and shows the trace lines, the leak alert and /metrics.
+//! (a failing and a good connect, IDE streams through the kernel's own `pci_ide_stream_*`:
+//! Secure, never Secure, left registered; binds and their failures, a guest request, a
+//! disconnect while bound, leaks) and shows the trace lines, the alerts and /metrics.
 
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         &RunOptions {
             timeout: Duration::from_secs(300),
             tee_pcie: true,
+            ide_pcie: true,
             ..RunOptions::default()
         },
     )?;
@@ -75,6 +77,21 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     for (k, _) in &leaks {
         println!("  {k}");
     }
+    heading(
+        "alerts: TsmIdeStreamNotSecure and TsmLeakedIdeStream (dashboards/alerts.yml) fire for",
+    );
+    let insecure = m
+        .get("tsm_trace_ide_insecure_connects_total")
+        .copied()
+        .unwrap_or(0.0);
+    println!("  tsm_trace_ide_insecure_connects_total {insecure}");
+    let ide_leaks: Vec<_> = m
+        .iter()
+        .filter(|(k, v)| k.starts_with("tsm_trace_leaked_ide_stream_info{") && **v == 1.0)
+        .collect();
+    for (k, _) in &ide_leaks {
+        println!("  {k}");
+    }
     heading("final /metrics (tsm_trace_* series with a value; --full-metrics for all)");
     if args.full_metrics {
         print!("{}", out.section("metrics")?.text);
@@ -97,11 +114,20 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let lifecycle = [
         "connect ",
         "disconnect",
-        "guest_req",
         "UNBOUND",
         "EIO from tsm_driver",
+        "ide_stream_enable[rp",
+        "IDE-LEAK",
     ];
-    if leaks.len() < 2 || !trace.contains("EBUSY") || lifecycle.iter().any(|w| !trace.contains(w)) {
+    if leaks.len() < 2
+        || ide_leaks.is_empty()
+        || insecure < 1.0
+        || !trace.contains("EBUSY")
+        || !trace
+            .lines()
+            .any(|l| l.contains("guest_request") && l.contains("guest_req_ioctl"))
+        || lifecycle.iter().any(|w| !trace.contains(w))
+    {
         bail!(
             "demo: the scenario did not produce the expected failures and leaks; see the logs above"
         );
