@@ -32,6 +32,11 @@ impl Correlator {
         frames: &[Event],
         out: &mut Vec<Output>,
     ) {
+        // IDE steps with no probed caller (a stream released on its own): their kind says
+        // which way the stream went, not that the device's link changed.
+        if frames.iter().all(|f| f.probe.is_ide()) {
+            return;
+        }
         match op.kind {
             OpKind::Connect if op.ok() => {
                 if let Some(d) = &op.device {

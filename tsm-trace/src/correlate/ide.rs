@@ -207,8 +207,10 @@ impl Correlator {
         for f in steps {
             self.apply_ide_step(op, f, out);
         }
+        // A disconnect of the endpoint; not IDE steps alone (a stream released on its own).
         if op.kind == OpKind::Disconnect
             && op.ok()
+            && frames.iter().any(|f| !f.probe.is_ide())
             && let Some(d) = &op.device
         {
             let reason = IdeLeakReason::of(op.cause.unwrap_or(UnbindCause::Disconnect));

@@ -270,3 +270,27 @@ fn a_removed_endpoint_s_stream_is_leaked_as_device_removed() {
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].reason, IdeLeakReason::DeviceRemoved);
 }
+
+#[test]
+fn ide_steps_with_no_probed_caller_change_no_device_link_and_leak_nothing() {
+    let mut c = Correlator::default();
+    run(&mut c, connect(1_000, 0));
+    assert_eq!(c.device_tsm(DEV), Some(TSM));
+    // The driver disables its stream outside any connect or disconnect (kind disconnect):
+    // the device stays connected, and nothing is leaked.
+    let out = run(
+        &mut c,
+        vec![step(ProbeId::IdeStreamDisable, RP, 5_000, None, true)],
+    );
+    assert!(ide_leaks(&out).0.is_empty(), "{out:#?}");
+    assert_eq!(c.device_tsm(DEV), Some(TSM), "still connected");
+    assert!(c.ide_streams().next().unwrap().registered);
+    // Released on its own (release, and free inside it): the stream is gone, the link stays.
+    let mut rel = step(ProbeId::IdeStreamRelease, DEV, 6_000, None, true);
+    rel.end_ns = 6_100;
+    let free = step(ProbeId::IdeStreamFree, DEV, 6_050, None, false);
+    let out = run(&mut c, vec![free, rel]);
+    assert!(ide_leaks(&out).0.is_empty(), "{out:#?}");
+    assert_eq!(c.ide_streams().count(), 0);
+    assert_eq!(c.device_tsm(DEV), Some(TSM), "still connected");
+}
