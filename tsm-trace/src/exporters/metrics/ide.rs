@@ -34,18 +34,6 @@ pub fn step(p: ProbeId) -> Option<&'static str> {
     })
 }
 
-const IDE_PROBES: [ProbeId; 9] = [
-    ProbeId::IdeStreamAlloc,
-    ProbeId::IdeStreamRegister,
-    ProbeId::IdeStreamSetup,
-    ProbeId::IdeStreamEnable,
-    ProbeId::IdeStreamDisable,
-    ProbeId::IdeStreamTeardown,
-    ProbeId::IdeStreamUnregister,
-    ProbeId::IdeStreamRelease,
-    ProbeId::IdeStreamFree,
-];
-
 fn is_per_port(p: ProbeId) -> bool {
     matches!(
         p,
@@ -140,7 +128,7 @@ impl Ide {
             streams.with_label_values(&[s.as_str()]).set(0);
         }
         // Every step's successes on the ports it acts on, and the enable latency per port.
-        for p in IDE_PROBES {
+        for p in ProbeId::ALL.into_iter().filter(|p| p.is_ide()) {
             let step = step(p).expect("an IDE probe");
             if is_per_port(p) {
                 for port in ["endpoint", "root_port"] {
