@@ -74,13 +74,22 @@ pub static GATE: Array<u32> = Array::with_max_entries(1, 0);
 #[unsafe(no_mangle)]
 static EPOCH: u32 = 0;
 
+/// These programs' epoch.
+#[inline(always)]
+pub fn epoch() -> u32 {
+    // SAFETY: a load-time constant; volatile so the compiler keeps the load userspace patches.
+    unsafe { core::ptr::read_volatile(&EPOCH) }
+}
+
 /// Whether these programs are the live epoch.
 #[inline(always)]
 pub fn live() -> bool {
-    // SAFETY: a load-time constant; volatile so the compiler keeps the load userspace patches.
-    let mine = unsafe { core::ptr::read_volatile(&EPOCH) };
-    GATE.get(0).copied().unwrap_or(0) == mine
+    GATE.get(0).copied().unwrap_or(0) == epoch()
 }
+
+/// Marks a [`LAST_RETURN`] slot written by an entry program (in `_pad`, with the epoch of the
+/// program that parked the entry). A return writes `_pad` 0.
+pub const ENTRY_MARK: u32 = 0x8000_0000;
 
 /// [`ProgError::StandAside`] unless these programs are the live epoch.
 #[inline(always)]
@@ -94,7 +103,10 @@ pub fn ensure_live() -> Result<(), ProgError> {
 
 /// The return a program on this CPU completed last: (pid_tgid, probe). During a handover two
 /// epochs' return probes fire for the same call, one after the other on this CPU; the
-/// second finds the in-flight entry gone and must not report an orphan.
+/// second finds the in-flight entry gone and must not report an orphan. Entry programs write
+/// it too (`_pad` = [`ENTRY_MARK`] | their epoch): when the gate flips between the two
+/// epochs' entry programs of one call, the second finds the entry the first parked and must
+/// neither park it again nor count a missed return.
 #[map]
 pub static LAST_RETURN: PerCpuArray<InflightKey> = PerCpuArray::with_max_entries(1, 0);
 

@@ -166,6 +166,18 @@ pub fn stash(ev: &mut RawEvent) {
         probe: ev.probe,
         _pad: 0,
     };
+    let mark = crate::maps::ENTRY_MARK | (crate::maps::epoch() & !crate::maps::ENTRY_MARK);
+    // A handover: the other epoch's entry program parked this very call just before us on
+    // this CPU, and the gate flipped in between. The call is parked and counted once already.
+    if LAST_RETURN.get(0).is_some_and(|l| {
+        l.pid_tgid == key.pid_tgid
+            && l.probe == key.probe
+            && l._pad & crate::maps::ENTRY_MARK != 0
+            && l._pad != mark
+    }) && INFLIGHT.get_ptr(key).is_some()
+    {
+        return;
+    }
     crate::aggregates::enter(ev);
     let ev: &RawEvent = ev;
     // These functions do not recurse: an entry already parked for this thread and function
@@ -180,6 +192,15 @@ pub fn stash(ev: &mut RawEvent) {
             crate::aggregates::unenter(ev);
             return;
         }
+    }
+    if let Some(last) = LAST_RETURN.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, this program is its only writer while it runs.
+        unsafe {
+            *last = InflightKey {
+                _pad: mark,
+                ..key
+            }
+        };
     }
     match INFLIGHT.get_ptr_mut(key) {
         Some(p) => {
