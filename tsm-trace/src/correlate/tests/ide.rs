@@ -2,6 +2,7 @@
 //! (SEV-TIO's order), a stream that never reaches Secure, one a disconnect leaves registered,
 //! and the stream table against sysfs after a restart.
 
+use super::lifecycle_tests::{dev_frame, ops, run};
 use super::tests::{DEV, ENXIO, ev};
 use super::*;
 use crate::events::{Event, IdeStream, ProbeId};
@@ -9,12 +10,6 @@ use crate::sysfs::{DeviceState, Snapshot, fake};
 
 const TSM: &str = "tsm0";
 const RP: &str = "0000:00:06.0";
-
-fn dev_frame(probe: ProbeId, start: u64, end: u64, ret: Option<i64>) -> Event {
-    let mut e = ev(probe, start, end, 7, ret);
-    e.device = Some(DEV.into());
-    e
-}
 
 /// A `pci_ide_stream_<step>` of stream 0.0.0 of DEV on `port`, at [t, t+10].
 fn step(probe: ProbeId, port: &str, t: u64, ret: Option<i64>, registered: bool) -> Event {
@@ -96,16 +91,6 @@ fn disconnect(t0: u64, release: bool) -> Vec<Event> {
     v
 }
 
-fn run(c: &mut Correlator, evs: Vec<Event>) -> Vec<Output> {
-    let mut out = Vec::new();
-    for e in evs {
-        let t = e.end_ns;
-        out.extend(c.handle(e, t));
-    }
-    out.extend(c.tick(u64::MAX / 2));
-    out
-}
-
 fn ide_leaks(out: &[Output]) -> (Vec<&IdeLeakChange>, Vec<&IdeLeakChange>) {
     let mut d = Vec::new();
     let mut cl = Vec::new();
@@ -127,13 +112,7 @@ fn state(c: &Correlator, s: IdeState) -> usize {
 fn a_connect_sets_up_a_secure_stream_and_its_disconnect_releases_it() {
     let mut c = Correlator::default();
     let out = run(&mut c, connect(1_000, 0));
-    let ops: Vec<&Operation> = out
-        .iter()
-        .filter_map(|o| match o {
-            Output::Operation(op) => Some(op),
-            _ => None,
-        })
-        .collect();
+    let ops = ops(&out);
     assert_eq!(ops.len(), 1, "one connect with its IDE frames: {out:#?}");
     assert_eq!(ops[0].frames.iter().filter(|f| f.probe.is_ide()).count(), 6);
     let s: Vec<&IdeStreamRecord> = c.ide_streams().collect();
@@ -157,13 +136,7 @@ fn a_connect_sets_up_a_secure_stream_and_its_disconnect_releases_it() {
 fn a_stream_that_never_reaches_secure_is_not_secure_inside_an_ok_connect() {
     let mut c = Correlator::default();
     let out = run(&mut c, connect(1_000, ENXIO));
-    let op = out
-        .iter()
-        .find_map(|o| match o {
-            Output::Operation(op) => Some(op),
-            _ => None,
-        })
-        .unwrap();
+    let op = ops(&out)[0];
     assert!(
         op.ok(),
         "SEV-TIO tolerates the -ENXIO: the connect succeeds"

@@ -7,7 +7,7 @@ use crate::events::{Event, Layer, ProbeId, UnbindCause, Vm, VmId};
 
 const TSM: &str = "tsm0";
 
-fn dev_frame(probe: ProbeId, start: u64, end: u64, ret: Option<i64>) -> Event {
+pub(super) fn dev_frame(probe: ProbeId, start: u64, end: u64, ret: Option<i64>) -> Event {
     let mut e = ev(probe, start, end, 7, ret);
     e.device = Some(DEV.into());
     e
@@ -81,7 +81,7 @@ fn disconnect(t0: u64, outer: Event) -> Vec<Event> {
     v
 }
 
-fn run(c: &mut Correlator, evs: Vec<Event>) -> Vec<Output> {
+pub(super) fn run(c: &mut Correlator, evs: Vec<Event>) -> Vec<Output> {
     let mut out = Vec::new();
     for e in evs {
         let t = e.end_ns;
@@ -91,7 +91,7 @@ fn run(c: &mut Correlator, evs: Vec<Event>) -> Vec<Output> {
     out
 }
 
-fn ops(out: &[Output]) -> Vec<&Operation> {
+pub(super) fn ops(out: &[Output]) -> Vec<&Operation> {
     out.iter()
         .filter_map(|o| match o {
             Output::Operation(op) => Some(op),
