@@ -183,6 +183,17 @@ pub struct IdeLeakChange {
     pub cleared_by: Option<&'static str>,
 }
 
+/// The end of `s`'s leak, if it has one (the stream as it was, leak included).
+fn leak_cleared(s: &IdeStreamRecord, at: u64, by: &'static str) -> Option<Output> {
+    let l = s.leak.as_ref()?;
+    Some(Output::IdeStreamLeakCleared(IdeLeakChange {
+        reason: l.reason,
+        stream: s.clone(),
+        time_ns: at,
+        cleared_by: Some(by),
+    }))
+}
+
 /// The table: (endpoint, `<H>.<R>.<E>`) → stream.
 pub(super) type Streams = BTreeMap<(String, String), IdeStreamRecord>;
 
@@ -258,7 +269,7 @@ impl Correlator {
                     },
                 );
                 if let Some(old) = old {
-                    self.ide_forget(old, at, "reallocated", out);
+                    out.extend(leak_cleared(&old, at, "reallocated"));
                 }
                 self.table_version += 1;
             }
@@ -319,50 +330,18 @@ impl Correlator {
             }
             ProbeId::IdeStreamRelease | ProbeId::IdeStreamFree => {
                 if let Some(s) = self.ide_streams.remove(&id) {
-                    self.ide_forget(s, at, "released", out);
+                    out.extend(leak_cleared(&s, at, "released"));
                 }
                 self.table_version += 1;
                 return;
             }
             _ => {}
         }
-        if !s.holds() && s.leak.is_some() {
-            let s = s.clone();
-            self.ide_clear_leak(&id, &s, at, "released", out);
+        if !s.holds() {
+            out.extend(leak_cleared(s, at, "released"));
+            s.leak = None;
         }
         self.table_version += 1;
-    }
-
-    /// A stream left the table: its leak (if any) is cleared.
-    fn ide_forget(&mut self, s: IdeStreamRecord, at: u64, by: &'static str, out: &mut Vec<Output>) {
-        if let Some(l) = &s.leak {
-            out.push(Output::IdeStreamLeakCleared(IdeLeakChange {
-                reason: l.reason,
-                stream: s.clone(),
-                time_ns: at,
-                cleared_by: Some(by),
-            }));
-        }
-    }
-
-    fn ide_clear_leak(
-        &mut self,
-        id: &(String, String),
-        s: &IdeStreamRecord,
-        at: u64,
-        by: &'static str,
-        out: &mut Vec<Output>,
-    ) {
-        if let Some(rec) = self.ide_streams.get_mut(id)
-            && let Some(l) = rec.leak.take()
-        {
-            out.push(Output::IdeStreamLeakCleared(IdeLeakChange {
-                reason: l.reason,
-                stream: s.clone(),
-                time_ns: at,
-                cleared_by: Some(by),
-            }));
-        }
     }
 
     /// Every stream of `endpoint` still held becomes a leak (unless it already is one).
@@ -427,7 +406,7 @@ impl Correlator {
             }
             if let Some(s) = self.ide_streams.remove(&id) {
                 self.stats.ide_sysfs_gone += 1;
-                self.ide_forget(s, now_ns, "sysfs_gone", out);
+                out.extend(leak_cleared(&s, now_ns, "sysfs_gone"));
                 self.table_version += 1;
             }
         }
