@@ -37,11 +37,22 @@ pub enum KernelCounter {
     /// written: that bind's VM is named by its stats_id. Not an event: the bind's own event
     /// is counted apart.
     VmmNameFull = 10,
+    /// `trace --deep`: the event ring buffer was full when a deep call's record was to be
+    /// written. Apart from [`KernelCounter::RingbufFull`]: the operations' own records are
+    /// not affected by it.
+    DeepRingFull = 11,
+    /// `trace --deep`: a deep call was not recorded because its thread's table of open deep
+    /// calls was full (`DEEP_THREADS`) or it was nested deeper than
+    /// [`crate::DEEP_NESTING`].
+    DeepFull = 12,
+    /// `trace --deep`: a deep return did not match the thread's innermost open deep call (a
+    /// missed return probe): the thread's open deep calls were given up.
+    DeepUnmatched = 13,
 }
 
 impl KernelCounter {
     /// Number of counters (the length of the `STATS` array).
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 14;
 
     pub const ALL: [KernelCounter; KernelCounter::COUNT as usize] = [
         KernelCounter::RingbufFull,
@@ -55,6 +66,9 @@ impl KernelCounter {
         KernelCounter::VmmTableFull,
         KernelCounter::ScratchMissing,
         KernelCounter::VmmNameFull,
+        KernelCounter::DeepRingFull,
+        KernelCounter::DeepFull,
+        KernelCounter::DeepUnmatched,
     ];
 
     /// The counter's label: the `reason` of `tsm_trace_events_lost_total` for the losses
@@ -74,6 +88,9 @@ impl KernelCounter {
             KernelCounter::VmmTableFull => "vmm_table_full",
             KernelCounter::ScratchMissing => "scratch_missing",
             KernelCounter::VmmNameFull => "vmm_name_full",
+            KernelCounter::DeepRingFull => "deep_ringbuf_full",
+            KernelCounter::DeepFull => "deep_full",
+            KernelCounter::DeepUnmatched => "deep_unmatched",
         }
     }
 

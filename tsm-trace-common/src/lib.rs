@@ -22,6 +22,7 @@ pub const IDE_NAME_LEN: usize = 24;
 
 mod control_record;
 mod counters;
+mod deep_record;
 mod event;
 mod offsets;
 mod probe_id;
@@ -33,6 +34,7 @@ pub mod maps;
 
 pub use control_record::*;
 pub use counters::*;
+pub use deep_record::*;
 pub use event::*;
 pub use offsets::*;
 pub use probe_id::*;
@@ -52,6 +54,8 @@ mod pod {
     unsafe impl aya::Pod for super::GuestReqArgs {}
     unsafe impl aya::Pod for super::ControlEvent {}
     unsafe impl aya::Pod for super::VmmRecord {}
+    unsafe impl aya::Pod for super::DeepRecord {}
+    unsafe impl aya::Pod for super::DeepThread {}
     unsafe impl aya::Pod for super::InflightKey {}
     unsafe impl aya::Pod for super::aggregates::AggConfig {}
     unsafe impl aya::Pod for super::aggregates::ThreadOp {}

@@ -27,3 +27,5 @@ pub const AGG_CONFIG: &str = "AGG_CONFIG";
 pub const GATE: &str = "GATE";
 /// The return each CPU completed last (handover).
 pub const LAST_RETURN: &str = "LAST_RETURN";
+/// `trace --deep`: each thread's open deep calls.
+pub const DEEP_THREADS: &str = "DEEP_THREADS";

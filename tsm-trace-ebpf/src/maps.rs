@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tsm_trace_common::{
-    KernelCounter, Offsets, ProgError, RawEvent,
+    DeepThread, KernelCounter, Offsets, ProgError, RawEvent,
     aggregates::{self, AggConfig, ThreadOp},
 };
 
@@ -16,6 +16,12 @@ use tsm_trace_common::{
 /// (`probes/expiry.rs`), and a full map is counted (`KernelCounter::AggregationFull`), never silent.
 #[map]
 pub static THREAD_OPS: HashMap<u64, ThreadOp> = HashMap::with_max_entries(4096, 0);
+
+/// `trace --deep`: each thread's open deep calls (`probes/deep.rs`), from its first deep
+/// entry inside a TSM operation to the return of its outermost deep call, which removes it.
+/// Only `trace --deep` attaches the programs that use it.
+#[map]
+pub static DEEP_THREADS: HashMap<u64, DeepThread> = HashMap::with_max_entries(1024, 0);
 
 /// Operations by `aggregates::count_key` (kind, attributed layer, errno): exact at any event rate.
 #[map]

@@ -56,6 +56,8 @@ pub enum SessionError {
     Taken(&'static str),
     #[error(transparent)]
     Stream(#[from] StreamError),
+    #[error("--deep: {0}")]
+    Deep(String),
 }
 
 type Result<T, E = SessionError> = std::result::Result<T, E>;
@@ -567,6 +569,16 @@ impl Session {
     }
 }
 
+/// What `trace --deep` attached, and what not with the reason.
+#[derive(Debug, Default)]
+pub struct DeepReport {
+    pub attached: Vec<(String, Option<String>)>,
+    pub skipped: Vec<probes::deep::Skipped>,
+    pub unmatched: Vec<(probes::deep::DeepSpec, String)>,
+    pub over_cap: usize,
+    pub notes: Vec<String>,
+}
+
 /// The maps of the kernel's exact aggregation (operations, frame durations).
 pub struct AggregateMaps {
     counts: aya::maps::PerCpuHashMap<MapData, u32, u64>,
@@ -647,6 +659,39 @@ impl LiveSession {
         let from = out.len();
         self.stream.drain_now(out);
         name_values(&self.session.btf.names, &mut out[from..]);
+    }
+
+    /// `trace --deep`: plans what `specs` name, attaches the deep programs to it for this
+    /// session and names the deep records the stream reads from now on.
+    pub fn attach_deep(
+        &mut self,
+        specs: &[probes::deep::DeepSpec],
+        max: usize,
+    ) -> Result<DeepReport> {
+        let (kernel, plan) = probes::deep::plan_here(specs, &self.session.opts.btf, max)
+            .map_err(SessionError::Deep)?;
+        let (attached, failed) = probes::deep::attach(&mut self.session.ebpf, &plan)?;
+        let mut report = DeepReport {
+            attached: plan
+                .attach
+                .iter()
+                .filter(|f| attached.values().any(|a| a.name == f.name))
+                .map(|f| (f.name.clone(), f.module.clone()))
+                .collect(),
+            skipped: plan.skipped,
+            unmatched: plan.unmatched,
+            over_cap: plan.over_cap,
+            notes: kernel.notes.clone(),
+        };
+        report.skipped.extend(failed);
+        self.stream
+            .set_deep(probes::deep::symbols(&kernel, attached));
+        Ok(report)
+    }
+
+    /// See [`EventStream::deep_counts`].
+    pub fn deep_counts(&mut self, finish: bool) -> Option<(u64, u64)> {
+        self.stream.deep_counts(finish)
     }
 
     /// Release records only through [`LiveSession::commit`], once what they changed is

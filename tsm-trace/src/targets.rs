@@ -421,6 +421,8 @@ pub struct KnownDriver {
     pub name: &'static str,
     pub module: Option<&'static str>,
     pub ops: &'static [(ProbeId, &'static str)],
+    /// Globs of its internal functions (`trace --deep-known`): the steps inside its ops.
+    pub internals: &'static [&'static str],
 }
 
 pub const KNOWN_DRIVERS: &[KnownDriver] = &[
@@ -433,6 +435,8 @@ pub const KNOWN_DRIVERS: &[KnownDriver] = &[
             (ProbeId::DriverConnect, "dsm_connect"),
             (ProbeId::DriverDisconnect, "dsm_disconnect"),
         ],
+        // sev_tio_dev_connect, sev_tio_spdm_cmd, sev_tio_dev_disconnect, sev_tio_dev_reclaim...
+        internals: &["sev_tio_*"],
     },
     // drivers/virt/coco/arm-cca-host/ in public forks (not mainline).
     KnownDriver {
@@ -446,6 +450,7 @@ pub const KNOWN_DRIVERS: &[KnownDriver] = &[
             (ProbeId::DriverUnbind, "cca_tsm_unbind"),
             (ProbeId::DriverGuestReq, "cca_tsm_guest_req"),
         ],
+        internals: &[],
     },
     // Intel TDX Connect (not mainline).
     KnownDriver {
@@ -456,6 +461,7 @@ pub const KNOWN_DRIVERS: &[KnownDriver] = &[
             (ProbeId::DriverConnect, "tdx_tsm_link_connect"),
             (ProbeId::DriverDisconnect, "tdx_tsm_link_disconnect"),
         ],
+        internals: &["tdx_spdm_*"],
     },
 ];
 

@@ -37,11 +37,23 @@ fn load_with(offsets: &Offsets) {
     let expected: usize = probes::TARGETS
         .iter()
         .map(|t| probes::program_names(t).count())
-        .sum();
+        .sum::<usize>()
+        + probes::deep::PROGRAMS.len();
     assert_eq!(
         loaded, expected,
-        "every program in the compatibility table is in the object"
+        "every program in the compatibility table (and trace --deep's pair) is in the object"
     );
+    // `trace --deep` loads its pair only when asked; load it here so it passes the verifier.
+    for (name, _) in probes::deep::PROGRAMS {
+        let p: &mut aya::programs::KProbe = ebpf
+            .program_mut(name)
+            .expect("deep program present")
+            .try_into()
+            .expect("deep programs are kprobes");
+        if let Err(e) = p.load() {
+            panic!("deep program {name}: {}", probes::chain(&e));
+        }
+    }
     // tsm-trace never loads the baselines; load them here so they pass the verifier too.
     for name in BENCH_PROGRAMS {
         let p: &mut aya::programs::KProbe = ebpf

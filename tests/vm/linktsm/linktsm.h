@@ -7,6 +7,8 @@
  *   linktsm_tee.c   TEE marking of PCIe devices (the device emulation), BDF lookup
  *   linktsm_cmds.c  the ctl commands and their parser
  *   linktsm_ide.c   PCIe IDE: register emulation, the kernel's pci_ide_* from connect
+ *   linktsm_spdm.c  a stand-in SPDM session from connect: lt_spdm_* helpers (deep-trace
+ *                   targets) and their injection
  *   linktsm_main.c  module parameters, locks, logs, debugfs files, init/exit
  *
  * Functions and state shared between the files are global; the ones that are not probe
@@ -68,6 +70,11 @@ enum lt_op {
 	OP_IDE_TEARDOWN,
 	OP_IDE_FREE,
 	OP_IDE_RELEASE,
+	/* The SPDM session's helpers inside connect (linktsm_spdm.c). */
+	OP_SPDM_SESSION,
+	OP_SPDM_EXCHANGE,
+	OP_SPDM_RECV,
+	OP_SPDM_VERIFY,
 	OP_NR,
 };
 
@@ -102,6 +109,12 @@ extern atomic_t lt_n_tdis;
 extern struct pci_dev *lt_tee_devs[];
 extern int lt_n_tee;
 
+/* The TSM a device's context belongs to, or NULL (for the logs). */
+static inline struct tsm_dev *tsm_of(struct pci_dev *pdev)
+{
+	return pdev && pdev->tsm ? pdev->tsm->tsm_dev : NULL;
+}
+
 /* ---- Logs (linktsm_main.c) ---- */
 
 void lt_errname(char *buf, size_t size, long rc);
@@ -125,6 +138,15 @@ int lt_ide_connect(struct pci_dev *pdev);
 void lt_ide_disconnect(struct pci_dev *pdev);
 int lt_ide_cmd(char **argv, int argc);
 void lt_ide_exit(void);
+
+/* ---- SPDM session (linktsm_spdm.c): global, noinline, the deep trace's targets ---- */
+
+int lt_spdm_session(struct pci_dev *pdev);
+int lt_spdm_exchange(struct pci_dev *pdev, int msg);
+int lt_spdm_recv(struct pci_dev *pdev, int msg);
+int lt_spdm_verify(struct pci_dev *pdev, int msg);
+int lt_spdm_notrace(struct pci_dev *pdev);
+int lt_cmd_spdm_fail(char **argv, int argc);
 
 /* ---- Commands (linktsm_cmds.c) ---- */
 

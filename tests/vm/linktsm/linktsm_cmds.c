@@ -192,6 +192,8 @@ int lt_run_cmd(char **argv, int argc)
 	}
 	if (!strcmp(c, "inject"))
 		return cmd_inject(argv, argc);
+	if (!strcmp(c, "spdm_fail"))
+		return lt_cmd_spdm_fail(argv, argc);
 	if (!strcmp(c, "delay") && argc == 3) {
 		int op = parse_op(argv[1]);
 

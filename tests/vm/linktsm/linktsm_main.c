@@ -5,7 +5,8 @@
  *
  * This file: module parameters, locks, the ground-truth logs, the debugfs files
  * and init/exit; linktsm_ops.c has the link ops, linktsm_tee.c the TEE marking,
- * linktsm_cmds.c the ctl commands (private header: linktsm.h).
+ * linktsm_cmds.c the ctl commands, linktsm_spdm.c connect's SPDM helpers
+ * (private header: linktsm.h).
  *
  * Needs CONFIG_PCI_TSM (7.x).  It marks chosen PCIe devices TEE-capable
  * (PCI_EXP_DEVCAP_TEE in the cached pdev->devcap, what is_pci_tsm_pf0()
@@ -44,6 +45,12 @@
  *                                     returns -ENXIO)
  *   inject probe_fail [count]         = inject probe -ENODEV [count]
  *   inject clear                      drop all injections
+ *   spdm_fail <depth> <errno> [count] the SPDM helper at <depth> (1 session,
+ *                                     2 exchange, 3 recv, 4 verify) returns
+ *                                     -<errno> for its next <count> calls
+ *                                     (default 1; at depth 2..4 message 1
+ *                                     fails); connect fails with it.
+ *                                     spdm_fail 0 0 clears (linktsm_spdm.c)
  *   delay <op> <us>                   op = probe|remove|connect|disconnect|
  *                                     bind|unbind|guest_req sleeps <us>
  *   guest_req_residue <n>             guest_req returns this residue
@@ -72,6 +79,10 @@
  *             unbind:    kvm=0x... tdi_id=<n>
  *             guest_req: kvm=0x... tdi_id=<n> scope=<n> in_len=<n>
  *                        out_len=<n> in_sum=<n> ret=<n> tsm_code=0x...
+ *             spdm_session|spdm_exchange|spdm_recv|spdm_verify (connect's
+ *                        helpers, before its IDE work; logged at each
+ *                        helper's return, so deepest first):
+ *                        depth=<1..4> msg=<1|2> (0: the session)
  *           read it; write anything to it (or ctl events_clear) to clear.
  *   info    "registered=0|1 tsm=<tsmN|none> tee=<bdf,...> contexts=<n>
  *            tdis=<n> events=<n> dropped=<n> errname=<%pe of -EIO>"

@@ -15,6 +15,8 @@ const char *const lt_op_names[OP_NR] = {
 	[OP_IDE_DISABLE] = "ide_disable", [OP_IDE_UNREGISTER] = "ide_unregister",
 	[OP_IDE_TEARDOWN] = "ide_teardown", [OP_IDE_FREE] = "ide_free",
 	[OP_IDE_RELEASE] = "ide_release",
+	[OP_SPDM_SESSION] = "spdm_session", [OP_SPDM_EXCHANGE] = "spdm_exchange",
+	[OP_SPDM_RECV] = "spdm_recv",	[OP_SPDM_VERIFY] = "spdm_verify",
 };
 
 /* Injections, delays and guest_req results (ctl: inject, delay, guest_req_residue, tsm_code). */
@@ -45,11 +47,6 @@ static int op_enter(int op)
 	else if (us)
 		usleep_range(us, us + 50);
 	return rc;
-}
-
-static struct tsm_dev *tsm_of(struct pci_dev *pdev)
-{
-	return pdev && pdev->tsm ? pdev->tsm->tsm_dev : NULL;
 }
 
 /* ---- Link ops ---- */
@@ -140,6 +137,9 @@ noinline int linktsm_connect(struct pci_dev *pdev)
 	ktime_t start = ktime_get();
 	int rc = op_enter(OP_CONNECT);
 
+	/* The SPDM session a TSM sets up first (linktsm_spdm.c: the deep trace's targets). */
+	if (!rc)
+		rc = lt_spdm_session(pdev);
 	/* A device with IDE: its stream, as SEV-TIO sets one up (linktsm_ide.c). */
 	if (!rc)
 		rc = lt_ide_connect(pdev);

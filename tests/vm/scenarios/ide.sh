@@ -11,7 +11,8 @@
 # never_secure_rp / never_secure_ep (pci_ide_stream_enable -ENXIO, tolerated: the connect
 # succeeds), no_stream_ids (pci_ide_set_nr_streams 0: alloc NULL, connect -EFAULT),
 # register_busy (stream id 255, reserved: register -EBUSY, connect fails), leak (a
-# disconnect that leaves the stream registered; pci_ide_stream_release later).
+# disconnect that leaves the stream registered; pci_ide_stream_release later), deep
+# (connect's SPDM helpers, a failure injected at each depth: see deep() below).
 #
 # Output (data port): section "steps" (every step's ground truth: sysfs results, the
 # fixture's last records and its events: one line per pci_ide_* call with %pe results),
@@ -24,7 +25,7 @@
 # (`tsm-trace replay --metrics` of the session's capture), and the daemon's view of the
 # leaked stream: "ide_d_metrics1"/"ide_d_bindings1" (a `tsm-trace run` started after the
 # leak: it learns the stream from sysfs), "ide_d_metrics2"/"ide_d_bindings2" (after its
-# release), "ide_d.err".
+# release), "ide_d.err". The deep phase's sections: see deep().
 . /scenarios/lib.sh
 CHECKS=/tmp/checks
 : > "$CHECKS"
@@ -50,10 +51,11 @@ grab() {
 	cat "$EVS" >> /tmp/ide_events
 }
 # ops: "op:dev ..." of the grabbed events (devices as EP/RP), without the core's
-# probe/remove of the device context (the lifecycle suites check those).
+# probe/remove of the device context (the lifecycle suites check those) and connect's SPDM
+# helpers (the deep phase checks those).
 ops() {
 	sed -n 's/.* op=\([a-z_]*\) dev=\([^ ]*\) .*/\1:\2/p' "$EVS" |
-		grep -v '^probe:\|^remove:' |
+		grep -v '^probe:\|^remove:\|^spdm_' |
 		sed "s/$EP/EP/;s/$RP/RP/" | tr '\n' ' ' | sed 's/ $//'
 }
 # evf OP DEV KEY: KEY of the (last) grabbed event OP on DEV.
@@ -234,6 +236,113 @@ steps() {
 	fi
 }
 
+# The deep phase: connect's SPDM helpers (tsm_linktsm's lt_spdm_*, linktsm_spdm.c: session,
+# exchange, recv, verify at depths 1..4, and lt_spdm_notrace, which ftrace cannot attach to).
+# Four steps, each one connect of EP: a (no injection; then a disconnect), b (spdm_fail 4 71:
+# verify fails -EPROTO), c (spdm_fail 2 110: exchange, -ETIMEDOUT), d (spdm_fail 1 5: the
+# session itself, -EIO). Sections: "deep_syms" (every lt_spdm_ function in kallsyms and
+# whether ftrace lists it), "deep_events" (the fixture's events of the steps, each line
+# prefixed with "step=<a..d> "), and where tsm-trace is, "deep_trace.jsonl"/"deep_trace.err"
+# (a `trace --json --deep` session over the steps; xtask's ide_deep.rs compares its calls and
+# failure origins with the fixture's events).
+AFF=/sys/kernel/tracing/available_filter_functions
+# spdm: "op:depth:msg:err ..." of the grabbed SPDM helper events, in log (return) order.
+spdm() {
+	sed -n 's/.* op=\(spdm_[a-z]*\) .* err=\([^ ]*\) .* depth=\([0-9]*\) msg=\([0-9]*\).*/\1:\3:\4:\2/p' "$EVS" |
+		tr '\n' ' ' | sed 's/ $//'
+}
+# dgrab STEP: grab, and keep the step's events for the checker.
+dgrab() {
+	grab
+	sed -n "/./s/^/step=$1 /p" "$EVS" >> /tmp/deep_events
+}
+# dconnect STEP / ddisconnect STEP: ok or fail (the store's errno is in the fixture's event).
+dconnect() {
+	r=$(sysw "$TSM" $P/$EP/tsm/connect)
+	say "connect EP: $r"
+	[ "$r" = ok ] || r=fail
+}
+ddisconnect() {
+	r=$(sysw "$TSM" $P/$EP/tsm/disconnect)
+	say "disconnect EP: $r"
+}
+deep() {
+	step deep
+	# Each helper under its own name (no clone: .isra, .constprop), ftrace-able but notrace.
+	for f in session exchange recv verify notrace; do
+		check "deep_kallsyms_$f" 1 "$(grep -c " [tT] lt_spdm_$f	\[tsm_linktsm\]\$" /proc/kallsyms)"
+		want=1
+		[ $f = notrace ] && want=0
+		check "deep_ftrace_$f" $want "$(grep -cxF "lt_spdm_$f [tsm_linktsm]" $AFF)"
+	done
+	check deep_no_clones 0 "$(grep -c ' lt_spdm_[a-z_]*\.' /proc/kallsyms)"
+	grep ' [tT] lt_spdm_' /proc/kallsyms | while read -r _ ty name mod; do
+		echo "sym=$name type=$ty module=$(echo "$mod" | tr -d '[]') ftrace=$(grep -cxF "$name $mod" $AFF)"
+	done > /tmp/deep_syms
+	: > /tmp/deep_events
+	if [ -x "$BIN" ]; then
+		$BIN trace --json --grace 1s $LDRV --deep 'tsm_linktsm:lt_spdm_*' \
+			--deep 'tsm_linktsm:lt_nothing_matches_*' \
+			> /tmp/deep_trace.jsonl 2> /tmp/deep_trace.err &
+		DEEP_PID=$!
+		wait_for /tmp/deep_trace.err 'tracing with' 60 || echo "tsm-trace did not start" >> /tmp/deep_trace.err
+	fi
+	grab
+
+	say "== deep a: no injection"
+	dconnect
+	check deep_a_connect ok "$r"
+	ddisconnect
+	check deep_a_disconnect ok "$r"
+	dgrab a
+	check deep_a_spdm "spdm_verify:4:1:0 spdm_recv:3:1:0 spdm_exchange:2:1:0 spdm_verify:4:2:0 spdm_recv:3:2:0 spdm_exchange:2:2:0 spdm_session:1:0:0" "$(spdm)"
+	# The session comes first in connect, before its IDE work.
+	check deep_a_spdm_first spdm_verify "$(sed -n 's/.* op=\([a-z_]*\) .*/\1/p' "$EVS" | grep -v '^probe$' | head -n 1)"
+
+	say "== deep b: verify fails"
+	lctl spdm_fail 4 71
+	check deep_b_inject ok "$r"
+	dconnect
+	check deep_b_connect fail "$r"
+	dgrab b
+	check deep_b_spdm "spdm_verify:4:1:-EPROTO spdm_recv:3:1:-EPROTO spdm_exchange:2:1:-EPROTO spdm_session:1:0:-EPROTO" "$(spdm)"
+	check deep_b_ops "connect:EP" "$(ops)"
+	check deep_b_connect_err -EPROTO "$(evf connect $EP err)"
+
+	say "== deep c: exchange fails"
+	lctl spdm_fail 2 110
+	check deep_c_inject ok "$r"
+	dconnect
+	check deep_c_connect fail "$r"
+	dgrab c
+	check deep_c_spdm "spdm_exchange:2:1:-ETIMEDOUT spdm_session:1:0:-ETIMEDOUT" "$(spdm)"
+	check deep_c_connect_err -ETIMEDOUT "$(evf connect $EP err)"
+
+	say "== deep d: the session fails"
+	lctl spdm_fail 1 5
+	check deep_d_inject ok "$r"
+	dconnect
+	check deep_d_connect fail "$r"
+	dgrab d
+	check deep_d_spdm "spdm_session:1:0:-EIO" "$(spdm)"
+	check deep_d_connect_err -EIO "$(evf connect $EP err)"
+	lctl spdm_fail 0 0
+	check deep_clear ok "$r"
+	lctl spdm_fail 5 5
+	check deep_bad_depth "Invalid argument" "$r"
+
+	if [ -n "$DEEP_PID" ]; then
+		sleep 1.5
+		kill -INT $DEEP_PID
+		wait $DEEP_PID
+		echo "exit=$?" >> /tmp/deep_trace.err
+		frame deep_trace.jsonl /tmp/deep_trace.jsonl
+		frame deep_trace.err /tmp/deep_trace.err
+	fi
+	frame deep_syms /tmp/deep_syms
+	frame deep_events /tmp/deep_events
+}
+
 BIN=/bin/tsm-trace
 IPORT=9487
 : > /tmp/ide_events
@@ -259,6 +368,7 @@ if [ -n "$TRACE_PID" ]; then
 		[ -e /tmp/$f ] && frame $f /tmp/$f
 	done
 fi
+[ -n "$TSM" ] && deep
 frame ide_truth /tmp/ide_truth
 frame steps "$STEPS"
 frame checks "$CHECKS"

@@ -47,9 +47,11 @@ grab() {
 	echo > "$EV"
 	sed 's/^/  event: /' "$EVS" >> "$STEPS"
 }
-# ops: "op:dev op:dev ..." of the grabbed events (devices as A/B/C).
+# ops: "op:dev op:dev ..." of the grabbed events (devices as A/B/C), without connect's SPDM
+# helpers (the ide suite's deep phase checks those).
 ops() {
 	sed -n 's/.* op=\([a-z_]*\) dev=\([^ ]*\) .*/\1:\2/p' "$EVS" |
+		grep -v '^spdm_' |
 		sed "s/$A/A/;s/$B/B/;s/$C/C/" | tr '\n' ' ' | sed 's/ $//'
 }
 # evf OP DEV KEY: KEY of the (last) grabbed event OP on DEV.

@@ -15,10 +15,12 @@
 //! | `pci_ide.rs` | PCIe IDE streams: `pci_ide_stream_{alloc,register,setup,enable,disable,teardown,unregister,release,free}` |
 //! | `tsm_driver.rs` | the TSM driver's link ops (probe, connect, disconnect, bind, unbind, guest_req) |
 //! | `kvm.rs`     | `kvm_destroy_vm`, exit of a VMM holding a binding       |
+//! | `deep.rs`    | `trace --deep`: any function a glob names, inside TSM operations only |
 //! | `args.rs`    | arguments at locations userspace computed from BTF (registers or stack) |
 
 pub mod args;
 pub mod bench;
+pub mod deep;
 pub mod guest_req;
 pub mod iommufd;
 pub mod kvm;

@@ -270,6 +270,20 @@ impl Resolution {
 }
 
 /// Loads vmlinux and module BTF from `sources` and resolves every offset the probes need.
+/// How each of `funcs` returns (`tsm_trace_common::ret`), from its own BTF prototype:
+/// `Ok(None)` when BTF has no such function, `Err` when its return type cannot be decoded.
+/// A name defined in several objects is taken from the first that has it (vmlinux first).
+pub fn return_kinds(
+    sources: &BtfSources,
+    funcs: &[&str],
+) -> Result<std::collections::HashMap<String, Result<Option<u32>, String>>, BtfError> {
+    let (objs, _) = load::load(sources)?;
+    Ok(funcs
+        .iter()
+        .map(|f| (f.to_string(), objs.ret_kind(f)))
+        .collect())
+}
+
 pub fn resolve(sources: &BtfSources, fns: &Functions) -> Result<Resolution, BtfError> {
     let (objs, objects) = load(sources)?;
     let (offsets, fields, prototypes, names) = resolve_fields(&objs, fns);

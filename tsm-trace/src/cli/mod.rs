@@ -191,6 +191,8 @@ pub struct TraceArgs {
     pub export: TimelineArgs,
     #[command(flatten)]
     pub otlp: OtlpArgs,
+    #[command(flatten)]
+    pub deep: DeepArgs,
     /// Stop after this long (e.g. 30s, 10m); default: until Ctrl-C.
     #[arg(long, value_name = "DURATION", value_parser = parse::duration, allow_hyphen_values = true, help_heading = "Session")]
     pub duration: Option<Duration>,
@@ -204,6 +206,41 @@ pub struct TraceArgs {
     /// Do not print the summary on exit.
     #[arg(long, help_heading = "Session")]
     pub no_summary: bool,
+}
+
+/// Deep trace for driver bring-up: what a TSM driver does inside its ops. Only `trace` has
+/// it: the functions a glob names are attached for the session (a daemon's metrics must not
+/// depend on ad-hoc globs, and each attached function costs probe hits on every call).
+#[derive(Args, Clone, Debug, Default)]
+pub struct DeepArgs {
+    /// Also probe the functions of MODULE whose names match GLOB (repeatable; MODULE
+    /// `vmlinux` for the kernel image, `*` for any), e.g. `ccp:sev_tio_*`. Only calls made
+    /// inside a TSM operation are recorded: each operation then shows its call tree inside
+    /// the driver, with durations and returns, and the origin of its error (the deepest
+    /// function that first returned it) with the kernel stack there. Functions that cannot
+    /// be probed are listed with the reason.
+    #[arg(long = "deep", value_name = "MODULE:GLOB", value_parser = parse::deep_spec, help_heading = "Deep trace")]
+    pub specs: Vec<crate::probes::deep::DeepSpec>,
+    /// Also probe the internal functions of the TSM drivers tsm-trace knows (its
+    /// compatibility table: `ccp:sev_tio_*`, `*:tdx_spdm_*`).
+    #[arg(long, help_heading = "Deep trace")]
+    pub deep_known: bool,
+    /// Attach to at most N functions: the rest are listed as over the cap. Each attached
+    /// function costs an entry and a return probe hit plus a map lookup on every call, inside
+    /// TSM work or not.
+    #[arg(long, value_name = "N", default_value_t = crate::probes::deep::DEFAULT_MAX, value_parser = parse::deep_max, help_heading = "Deep trace")]
+    pub deep_max: usize,
+}
+
+impl DeepArgs {
+    /// The specs asked for, `--deep-known`'s included; empty: no deep trace.
+    pub fn all(&self) -> Vec<crate::probes::deep::DeepSpec> {
+        let mut v = self.specs.clone();
+        if self.deep_known {
+            v.extend(crate::probes::deep::known());
+        }
+        v
+    }
 }
 
 #[derive(Args)]

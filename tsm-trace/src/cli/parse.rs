@@ -624,3 +624,16 @@ mod user_tests {
         }
     }
 }
+
+/// `--deep MODULE:GLOB`.
+pub fn deep_spec(s: &str) -> Result<crate::probes::deep::DeepSpec, String> {
+    s.parse()
+}
+
+/// `--deep-max N`: 1..=1000 functions.
+pub fn deep_max(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=1000).contains(&n) => Ok(n),
+        _ => Err(format!("`{s}` is not a number of functions from 1 to 1000")),
+    }
+}

@@ -57,6 +57,13 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         log::warn!(target: LOG, "{why}; nothing to trace{later}");
     }
     publish_session(&metrics, live.session());
+    let deep_specs = args.deep.all();
+    if !deep_specs.is_empty() {
+        let report = live.attach_deep(&deep_specs, args.deep.deep_max)?;
+        for line in deep_report_lines(&report, args.deep.deep_max) {
+            eprintln!("tsm-trace: {line}");
+        }
+    }
     let cfg = args.correlate.config();
     let clock = match args.filter.time {
         None | Some(TimeFormat::Wall) => Clock::wall(offset),
@@ -164,8 +171,51 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         if let Some(which) = misses::by_program(&programs) {
             writeln!(err, "kernel misses by program: {which}")?;
         }
+        if let Some((recorded, unclaimed)) = live.deep_counts(true) {
+            writeln!(
+                err,
+                "deep: {recorded} calls recorded, {unclaimed} never claimed by an operation (its record was lost, or it was still open); not recorded: {} (ring buffer full), {} (nested deeper than {} or thread table full), {} (returns without their entry)",
+                k[KernelCounter::DeepRingFull],
+                k[KernelCounter::DeepFull],
+                tsm_trace_common::DEEP_NESTING,
+                k[KernelCounter::DeepUnmatched]
+            )?;
+        }
     }
     Ok(())
+}
+
+/// What `--deep` attached and what not, with the reasons: one line each.
+fn deep_report_lines(r: &tsm_trace::session::DeepReport, max: usize) -> Vec<String> {
+    let mut out: Vec<String> = r.notes.iter().map(|n| format!("deep: {n}")).collect();
+    for (spec, why) in &r.unmatched {
+        out.push(format!("deep: no function matches {spec} ({why})"));
+    }
+    for s in &r.skipped {
+        out.push(format!("deep: NOT ATTACHED {s}"));
+    }
+    if r.over_cap > 0 {
+        out.push(format!(
+            "deep: --deep-max {max} reached: {} more functions not attached ({}; narrow the glob or raise --deep-max)",
+            r.over_cap,
+            tsm_trace::probes::deep::COST
+        ));
+    }
+    let names: Vec<String> = r
+        .attached
+        .iter()
+        .map(|(n, m)| format!("{n} [{}]", m.as_deref().unwrap_or("vmlinux")))
+        .collect();
+    out.push(format!(
+        "deep: attached {} functions{}{}",
+        names.len(),
+        if names.is_empty() { "" } else { ": " },
+        names.join(", ")
+    ));
+    if names.is_empty() {
+        out.push("deep: nothing to trace deeply; operations are traced as without --deep".into());
+    }
+    out
 }
 
 fn kernel_release() -> String {

@@ -167,6 +167,15 @@ pub enum OpResult {
     },
 }
 
+impl OpResult {
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            OpResult::Ok => None,
+            OpResult::Err { errno, .. } => Some(*errno),
+        }
+    }
+}
+
 /// One TSM operation: an outer frame and the calls it made (or a bare call without outer frame).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Operation {
@@ -204,6 +213,60 @@ pub struct Operation {
     pub frames: Vec<Frame>,
     #[serde(flatten)]
     pub result: OpResult,
+    /// `trace --deep`: the deep-traced calls made inside the operation, by start time (their
+    /// stacks are in [`Operation::origin`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<crate::events::deep::DeepCall>,
+    /// `trace --deep`: where a failed operation's errno began.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+}
+
+/// Where a failed operation's errno began (`trace --deep`): the deep-traced call that returned
+/// it first (the deepest of its chain: callees return before their callers), with the kernel
+/// stack at that return when the kernel took one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Origin {
+    pub function: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+    pub depth: u32,
+    #[serde(serialize_with = "ser_errno")]
+    pub errno: i32,
+    /// Innermost first, the function itself first (`name+0xoff`); empty when the kernel took
+    /// none (it takes one only where no deep callee returned the same value before).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stack: Vec<String>,
+}
+
+impl Origin {
+    /// The origin of errno `e` among `calls`: the first call to return it, the deepest on a
+    /// tie. Takes its stack out of the calls (an operation shows one stack, at its origin)
+    /// and clears the others.
+    pub fn find(calls: &mut [crate::events::deep::DeepCall], e: Option<i32>) -> Option<Origin> {
+        let found = e.and_then(|e| {
+            calls
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.errno == Some(e))
+                .min_by_key(|(_, c)| (c.end_ns, std::cmp::Reverse(c.depth)))
+                .map(|(i, _)| i)
+        });
+        let origin = found.map(|i| {
+            let c = &mut calls[i];
+            Origin {
+                function: c.function.clone(),
+                module: c.module.clone(),
+                depth: c.depth,
+                errno: c.errno.unwrap_or_default(),
+                stack: std::mem::take(&mut c.stack),
+            }
+        });
+        for c in calls.iter_mut() {
+            c.stack.clear();
+        }
+        origin
+    }
 }
 
 impl Operation {
@@ -212,10 +275,7 @@ impl Operation {
     }
 
     pub fn errno(&self) -> Option<i32> {
-        match self.result {
-            OpResult::Ok => None,
-            OpResult::Err { errno, .. } => Some(errno),
-        }
+        self.result.errno()
     }
 
     /// The layer used in metrics: the attributed layer for errors, the outer frame's for

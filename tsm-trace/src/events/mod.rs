@@ -5,6 +5,7 @@
 //! JSON lines, so a capture replays through the same correlator as a live session.
 
 mod control;
+pub mod deep;
 pub mod record;
 pub mod vm_id;
 pub mod vm_key;
@@ -270,6 +271,10 @@ pub struct Event {
     /// PCIe IDE probes: the stream the call is about (`device` is the port it acts on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ide: Option<IdeStream>,
+    /// `trace --deep`: the deep-traced calls made inside this call and not inside a probed
+    /// call nested in it, in the order they returned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<deep::DeepCall>,
 }
 
 /// Why a ring-buffer record could not be decoded.
@@ -325,6 +330,7 @@ impl Event {
             nothing_bound: false,
             tsm_unregister: false,
             ide: None,
+            calls: Vec::new(),
         }
     }
 

@@ -39,7 +39,7 @@ struct KernelReason {
 }
 
 /// The kernel's counters of lost events, in the order the records are written.
-const KERNEL: [KernelReason; 9] = [
+const KERNEL: [KernelReason; 12] = [
     KernelReason {
         counter: KernelCounter::RingbufFull,
         says: "ring buffer full; raise --ringbuf-size",
@@ -75,6 +75,18 @@ const KERNEL: [KernelReason; 9] = [
     KernelReason {
         counter: KernelCounter::VmmNameFull,
         says: "VMM names not recorded, ring buffer full: those VMs named by stats_id",
+    },
+    KernelReason {
+        counter: KernelCounter::DeepRingFull,
+        says: "deep calls not recorded, ring buffer full (--deep; raise --ringbuf-size or narrow the globs)",
+    },
+    KernelReason {
+        counter: KernelCounter::DeepFull,
+        says: "deep calls not recorded: nested too deep or the thread table full (--deep)",
+    },
+    KernelReason {
+        counter: KernelCounter::DeepUnmatched,
+        says: "deep returns without their entry (--deep)",
     },
 ];
 

@@ -6,6 +6,7 @@
 
 mod attach;
 mod bpf_sys;
+pub mod deep;
 pub mod expiry;
 mod kallsyms;
 pub mod kernel_log;

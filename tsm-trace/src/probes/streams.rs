@@ -5,6 +5,7 @@ use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
 use super::ring::{Position, Ring, RingError};
+use crate::events::deep::{DeepCalls, DeepSymbols};
 use crate::events::{Control, DecodeError, Event, Identities, VmNames, VmmSeen};
 
 /// Registering a ring buffer with tokio, or waiting on it (`what`: which ring buffer).
@@ -51,6 +52,7 @@ impl EventStream {
             key,
             vmms: Identities::default(),
             auto_commit: true,
+            deep: None,
         })
     }
 }
@@ -98,6 +100,9 @@ pub struct EventStream {
     /// ring buffer with the events and precede their bind records).
     vmms: Identities,
     auto_commit: bool,
+    /// `trace --deep`: names for deep records and the calls waiting for their enclosing
+    /// record.
+    deep: Option<(DeepSymbols, DeepCalls)>,
 }
 
 impl EventStream {
@@ -136,6 +141,7 @@ impl EventStream {
     pub fn drain_now(&mut self, out: &mut Vec<Result<Event, DecodeError>>) {
         let key = &self.key;
         let vmms = &mut self.vmms;
+        let deep = &mut self.deep;
         let ring = self.fd.get_mut();
         ring.read(|item| {
             if item.len() == tsm_trace_common::VmmRecord::SIZE
@@ -144,14 +150,39 @@ impl EventStream {
                 vmms.note(seen);
                 return;
             }
+            if let Some((symbols, calls)) = deep.as_mut() {
+                if let Some((tid, call)) = symbols.decode(item) {
+                    calls.hold(tid, call);
+                    return;
+                }
+            }
             out.push(Event::from_bytes(item, key).map(|mut ev| {
                 vmms.apply(&mut ev);
+                if let Some((_, calls)) = deep.as_mut() {
+                    let start = (!ev.entry_missing).then_some(ev.start_ns);
+                    ev.calls = calls.claim(ev.tid, start, ev.end_ns);
+                }
                 ev
             }))
         });
         if self.auto_commit {
             ring.commit_all();
         }
+    }
+
+    /// Decode deep records (`trace --deep`) with `symbols`.
+    pub fn set_deep(&mut self, symbols: DeepSymbols) {
+        self.deep = Some((symbols, DeepCalls::default()));
+    }
+
+    /// Deep calls decoded, and those never claimed by an enclosing record (counting those
+    /// still waiting once `finish` is set: the session ends). `None` without `--deep`.
+    pub fn deep_counts(&mut self, finish: bool) -> Option<(u64, u64)> {
+        let (_, calls) = self.deep.as_mut()?;
+        if finish {
+            calls.finish();
+        }
+        Some((calls.recorded, calls.unclaimed))
     }
 
     /// Where the next record to read starts: what a state saved now covers.

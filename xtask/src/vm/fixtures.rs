@@ -62,6 +62,7 @@ const LINKTSM: ModuleSrc = ModuleSrc {
         "linktsm_ops.c",
         "linktsm_tee.c",
         "linktsm_ide.c",
+        "linktsm_spdm.c",
         "Kbuild",
     ],
 };

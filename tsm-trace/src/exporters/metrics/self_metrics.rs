@@ -20,11 +20,11 @@ pub const DECODE_ERROR: &str = "decode_error";
 
 /// Why events were lost (`tsm_trace_events_lost_total{reason}`): every kernel counter that
 /// counts a loss, by its one label ([`KernelCounter::label`]), and [`DECODE_ERROR`].
-pub const LOST_REASONS: [&str; 10] = lost_reasons();
+pub const LOST_REASONS: [&str; 13] = lost_reasons();
 
-const fn lost_reasons() -> [&'static str; 10] {
+const fn lost_reasons() -> [&'static str; 13] {
     // Loss labels are distinct (tsm-trace-common's tests): one slot each, then DECODE_ERROR.
-    let mut out = [DECODE_ERROR; 10];
+    let mut out = [DECODE_ERROR; 13];
     let mut n = 0;
     let mut i = 0;
     while i < KernelCounter::ALL.len() {

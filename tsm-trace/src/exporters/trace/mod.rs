@@ -19,6 +19,9 @@
 //! among the frames are listed the same way at the top: `(b, c)`. An errno is shown on the
 //! deepest call that returned it (not on the callers that passed it up).
 //!
+//! **Deep calls** (`trace --deep`) follow the operation line, indented, with the origin of a
+//! failed operation's errno and the kernel stack there (`deep.rs`).
+//!
 //! **Bindings.** Every binding that ends gets an `UNBOUND` line after the operation that ended
 //! it (an unbind, a teardown, a disconnect, a removal): the device, the cause, the VM the
 //! binding belonged to (also when another VMM's vdevice ended it) and how long it lasted. An
@@ -37,6 +40,7 @@ use crate::events::{IdeStream, Vm, VmSelector};
 
 pub use crate::clock::Clock;
 
+mod deep;
 mod summary;
 pub use summary::{Counted, Log2Hist, Summary};
 
@@ -306,10 +310,11 @@ impl TraceFormatter {
             } => {
                 let _ = write!(
                     s,
-                    "  {} from {} ({})",
+                    "  {} from {} ({}){}",
                     errno::name(*e),
                     layer.as_str(),
-                    function.as_str()
+                    function.as_str(),
+                    deep::origin_field(op)
                 );
             }
         }
@@ -328,6 +333,7 @@ impl TraceFormatter {
         if op.tid != op.tgid {
             let _ = write!(s, " tid={}", op.tid);
         }
+        s.push_str(&deep::lines(op));
         s
     }
 }

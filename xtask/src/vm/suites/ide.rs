@@ -8,7 +8,9 @@
 //! `--smoke`), [`check_trace`] compares every IDE frame of its `trace --json` session with
 //! the fixture's record of the same call: the step, the port it acted on, the errno (the
 //! tolerated -ENXIO of `pci_ide_stream_enable` above all), the stream's id, host bridge
-//! stream, both register block indices, endpoint and sysfs name.
+//! stream, both register block indices, endpoint and sysfs name. Its deep phase (a
+//! `trace --deep` session over the fixture's own SPDM helpers inside connect) is checked in
+//! [`super::ide_deep`].
 
 use anyhow::{Result, bail};
 use serde_json::Value;
@@ -42,12 +44,18 @@ pub fn check(out: &VmOutput) -> Result<usize> {
         ));
     }
     let mut n = lines.len();
+    let mut traced = Vec::new();
     if out.sections.contains_key("ide_trace.jsonl") {
-        for r in [check_trace(out), check_streams(out)] {
-            match r {
-                Ok(k) => n += k,
-                Err(e) => errs.push(format!("{e:#}")),
-            }
+        traced.extend([check_trace(out), check_streams(out)]);
+    }
+    // The deep phase (ide_deep.rs): its own `trace --deep` session.
+    if out.sections.contains_key("deep_trace.jsonl") {
+        traced.push(super::ide_deep::check(out));
+    }
+    for r in traced {
+        match r {
+            Ok(k) => n += k,
+            Err(e) => errs.push(format!("{e:#}")),
         }
     }
     if !errs.is_empty() {

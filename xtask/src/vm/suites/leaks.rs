@@ -31,6 +31,8 @@ const FIXTURE_SECTIONS: &[&str] = &[
     "checks",
     // The ide suite: the fixture's own events (its probe op prints the context pointer).
     "ide_events",
+    // Its deep phase's events of the same fixture (ide.sh deep()).
+    "deep_events",
     "bound",
     "net",
     "story",
