@@ -63,6 +63,20 @@ impl InFlightOp {
     }
 }
 
+impl InFlightOp {
+    /// [`InFlightOp::describe`], with the thread's kernel stack if `stack`.
+    pub fn describe_with(&self, now_ns: u64, stack: bool) -> String {
+        let mut d = self.describe(now_ns);
+        if stack {
+            match kernel_stack(self.tgid, self.tid) {
+                Ok(st) => d.push_str(&format!(", kernel stack: {}", st.join(" < "))),
+                Err(e) => d.push_str(&format!(", no kernel stack ({e})")),
+            }
+        }
+        d
+    }
+}
+
 /// What is in flight, from one read of the kernel's entries.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct InFlight {
@@ -152,7 +166,16 @@ impl InFlight {
 
     /// `N operations in flight: a; b; …` for the summary and the log.
     pub fn describe(&self, now_ns: u64) -> String {
-        let mut parts: Vec<String> = self.ops.iter().map(|o| o.describe(now_ns)).collect();
+        self.describe_with(now_ns, false)
+    }
+
+    /// [`InFlight::describe`], with each thread's kernel stack if `stacks`.
+    pub fn describe_with(&self, now_ns: u64, stacks: bool) -> String {
+        let mut parts: Vec<String> = self
+            .ops
+            .iter()
+            .map(|o| o.describe_with(now_ns, stacks))
+            .collect();
         if self.total > self.ops.len() {
             parts.push(format!("and {} more", self.total - self.ops.len()));
         }
@@ -189,6 +212,30 @@ impl InFlight {
 pub struct StuckLog {
     pub after: Duration,
     last_ns: Option<u64>,
+    /// Add each stuck thread's kernel stack (`trace --deep`, `--stuck-stacks`).
+    stacks: bool,
+}
+
+/// The kernel stack of a thread where it is now, innermost first (`/proc/<tgid>/task/<tid>/stack`:
+/// root only, kernels with CONFIG_STACKTRACE), or why not. The kernel prints no addresses
+/// there (`[<0>]`); only the `function+0xoff/0xsize` parts are kept.
+pub fn kernel_stack(tgid: u32, tid: u32) -> Result<Vec<String>, String> {
+    let path = format!("/proc/{tgid}/task/{tid}/stack");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    Ok(parse_stack(&text))
+}
+
+fn parse_stack(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| {
+            let f = l.trim();
+            let f = match f.split_once("] ") {
+                Some((_, rest)) if f.starts_with("[<") => rest,
+                _ => f,
+            };
+            (!f.is_empty()).then(|| f.to_string())
+        })
+        .collect()
 }
 
 impl StuckLog {
@@ -196,7 +243,14 @@ impl StuckLog {
         StuckLog {
             after,
             last_ns: None,
+            stacks: false,
         }
+    }
+
+    /// Each stuck thread's kernel stack with it.
+    pub fn with_stacks(mut self, on: bool) -> StuckLog {
+        self.stacks = on;
+        self
     }
 
     /// The line to log now, if any.
@@ -224,7 +278,7 @@ impl StuckLog {
             self.after,
             stuck
                 .iter()
-                .map(|o| o.describe(now_ns))
+                .map(|o| o.describe_with(now_ns, self.stacks))
                 .collect::<Vec<_>>()
                 .join("; ")
         ))
@@ -234,6 +288,15 @@ impl StuckLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_stacks_keep_the_functions_only() {
+        let t = "[<0>] msleep+0x2b/0x40\n[<0>] linktsm_bind+0x61/0x1a0 [tsm_linktsm]\n\n";
+        assert_eq!(
+            parse_stack(t),
+            ["msleep+0x2b/0x40", "linktsm_bind+0x61/0x1a0 [tsm_linktsm]"]
+        );
+    }
 
     fn entry(tid: u32, probe: ProbeId, start_ns: u64, dev: &str) -> (InflightKey, RawEvent) {
         let mut ev = RawEvent::zeroed();

@@ -230,6 +230,10 @@ pub struct DeepArgs {
     /// TSM work or not.
     #[arg(long, value_name = "N", default_value_t = crate::probes::deep::DEFAULT_MAX, value_parser = parse::deep_max, help_heading = "Deep trace")]
     pub deep_max: usize,
+    /// With each operation logged as stuck (--stuck-after), its thread's kernel stack where
+    /// it waits (from /proc/PID/task/TID/stack). On with --deep.
+    #[arg(long, help_heading = "Deep trace")]
+    pub stuck_stacks: bool,
 }
 
 impl DeepArgs {

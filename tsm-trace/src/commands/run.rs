@@ -294,6 +294,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         }),
         inflight_timeout: args.probes.inflight_timeout,
         stuck_after: args.probes.stuck_after,
+        // Read from /proc with privileges the daemon has dropped by then.
+        stuck_stacks: false,
         readiness: Some(readiness.clone()),
     };
     let stop = event_loop::run(&mut live, &pipeline, &metrics, &cfg, &opts, None).await?;

@@ -110,6 +110,7 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         state: None,
         inflight_timeout: args.probes.inflight_timeout,
         stuck_after: args.probes.stuck_after,
+        stuck_stacks: args.deep.stuck_stacks || !deep_specs.is_empty(),
         readiness: None,
     };
     event_loop::run(
@@ -128,7 +129,7 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
     let mut p = pipeline.into_inner().expect("pipeline lock");
     p.summary_mut().set_in_flight(
         in_flight.total,
-        in_flight.describe(event_loop::monotonic_ns()),
+        in_flight.describe_with(event_loop::monotonic_ns(), opts.stuck_stacks),
     );
     p.finish(event_loop::monotonic_ns());
     if let Some(s) = p.sink_mut() {

@@ -42,6 +42,9 @@ pub struct LoopOptions {
     /// Log the operations in flight longer than this, again every as long (`--stuck-after`;
     /// zero: never).
     pub stuck_after: Duration,
+    /// `trace`: with each stuck thread's kernel stack (`/proc/<tgid>/task/<tid>/stack`, which
+    /// needs the privileges `run` drops after attaching).
+    pub stuck_stacks: bool,
     /// `run`: `/readyz`, set ready or degraded (`doctor::coverage`) once the loop runs and
     /// again whenever a module load or unload changes what is attached.
     pub readiness: Option<crate::http::Readiness>,
@@ -146,7 +149,7 @@ pub async fn run(
     let mut wall_offset = crate::clock::realtime_offset_ns();
     let mut next_housekeeping = Instant::now() + HOUSEKEEPING_EVERY;
     let mut next_in_flight = Instant::now() + IN_FLIGHT_IDLE_EVERY;
-    let mut stuck = crate::in_flight::StuckLog::new(opts.stuck_after);
+    let mut stuck = crate::in_flight::StuckLog::new(opts.stuck_after).with_stacks(opts.stuck_stacks);
     judge_readiness(opts.readiness.as_ref(), live);
     // Something happened since the last sweep (see HOUSEKEEPING_IDLE_EVERY).
     let mut active = true;
