@@ -192,13 +192,22 @@ fn deep_report_lines(r: &tsm_trace::session::DeepReport, max: usize) -> Vec<Stri
     for (spec, why) in &r.unmatched {
         out.push(format!("deep: no function matches {spec} ({why})"));
     }
-    for s in &r.skipped {
+    let over = format!("over --deep-max {max}");
+    for s in r.skipped.iter().filter(|s| s.reason != over) {
         out.push(format!("deep: NOT ATTACHED {s}"));
     }
     if r.over_cap > 0 {
+        let left: Vec<&str> = r
+            .skipped
+            .iter()
+            .filter(|s| s.reason == over)
+            .map(|s| s.name.as_str())
+            .collect();
+        let more = if left.len() > 10 { ", ..." } else { "" };
         out.push(format!(
-            "deep: --deep-max {max} reached: {} more functions not attached ({}; narrow the glob or raise --deep-max)",
+            "deep: --deep-max {max} reached: {} more functions not attached ({}{more}); {}: narrow the glob or raise --deep-max",
             r.over_cap,
+            left[..left.len().min(10)].join(", "),
             tsm_trace::probes::deep::COST
         ));
     }

@@ -173,7 +173,10 @@ fn build_operation(frames: &mut [Event], mut frame_vec: Vec<Frame>) -> Operation
         }
     };
     let guest_request = guest_request(frames);
-    let mut calls: Vec<_> = frames.iter().flat_map(|f| f.calls.iter().cloned()).collect();
+    let mut calls: Vec<_> = frames
+        .iter()
+        .flat_map(|f| f.calls.iter().cloned())
+        .collect();
     calls.sort_by_key(|c| (c.start_ns, c.depth));
     let origin = super::types::Origin::find(&mut calls, result.errno());
     let start_ns = if outer.entry_missing {

@@ -52,6 +52,9 @@
 
 mod bindings;
 mod build;
+#[cfg(test)]
+#[path = "tests/deep.rs"]
+mod deep_tests;
 mod devices;
 mod ide;
 #[cfg(test)]

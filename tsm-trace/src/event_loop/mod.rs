@@ -149,7 +149,8 @@ pub async fn run(
     let mut wall_offset = crate::clock::realtime_offset_ns();
     let mut next_housekeeping = Instant::now() + HOUSEKEEPING_EVERY;
     let mut next_in_flight = Instant::now() + IN_FLIGHT_IDLE_EVERY;
-    let mut stuck = crate::in_flight::StuckLog::new(opts.stuck_after).with_stacks(opts.stuck_stacks);
+    let mut stuck =
+        crate::in_flight::StuckLog::new(opts.stuck_after).with_stacks(opts.stuck_stacks);
     judge_readiness(opts.readiness.as_ref(), live);
     // Something happened since the last sweep (see HOUSEKEEPING_IDLE_EVERY).
     let mut active = true;

@@ -85,7 +85,10 @@ fn is_trampoline(name: &str) -> bool {
 }
 
 impl DeepSymbols {
-    pub fn new(functions: HashMap<u64, DeepFn>, text: BTreeMap<u64, (String, Option<String>)>) -> Self {
+    pub fn new(
+        functions: HashMap<u64, DeepFn>,
+        text: BTreeMap<u64, (String, Option<String>)>,
+    ) -> Self {
         DeepSymbols { functions, text }
     }
 
@@ -254,10 +257,19 @@ mod tests {
     #[test]
     fn returns_decode_by_prototype() {
         let int = IntKind::of(4, true);
-        assert_eq!(decode_ret(int, (-71i32) as u32 as u64), (Some(-71), Some(71)));
+        assert_eq!(
+            decode_ret(int, (-71i32) as u32 as u64),
+            (Some(-71), Some(71))
+        );
         assert_eq!(decode_ret(int, 3), (Some(3), None));
-        assert_eq!(decode_ret(IntKind::of(4, false), 0xffff_ffb9), (Some(0xffff_ffb9), None));
-        assert_eq!(decode_ret(IntKind::of(8, true), -5i64 as u64), (Some(-5), Some(5)));
+        assert_eq!(
+            decode_ret(IntKind::of(4, false), 0xffff_ffb9),
+            (Some(0xffff_ffb9), None)
+        );
+        assert_eq!(
+            decode_ret(IntKind::of(8, true), -5i64 as u64),
+            (Some(-5), Some(5))
+        );
         assert_eq!(decode_ret(ret::PTR, -12i64 as u64), (Some(-12), Some(12)));
         assert_eq!(decode_ret(ret::PTR, 0xffff_8880_1234_0000), (Some(1), None));
         assert_eq!(decode_ret(ret::PTR, 0), (Some(0), None));
@@ -307,7 +319,12 @@ mod tests {
     fn a_record_becomes_a_named_call_with_its_stack() {
         let s = syms();
         let (tid, c) = s
-            .decode(&record(0x1000, (-71i32) as u32 as u64, DEEP_ORIGIN, &[0x3010, 0x2024]))
+            .decode(&record(
+                0x1000,
+                (-71i32) as u32 as u64,
+                DEEP_ORIGIN,
+                &[0x3010, 0x2024],
+            ))
             .unwrap();
         assert_eq!(tid, 9);
         assert_eq!(c.function, "lt_verify");
@@ -320,7 +337,9 @@ mod tests {
         let back: DeepCall = serde_json::from_str(&json).unwrap();
         assert_eq!(back, c);
         // A success carries no stack even if the kernel took one.
-        let (_, ok) = s.decode(&record(0x1000, 0, DEEP_ORIGIN, &[0x2024])).unwrap();
+        let (_, ok) = s
+            .decode(&record(0x1000, 0, DEEP_ORIGIN, &[0x2024]))
+            .unwrap();
         assert!(ok.stack.is_empty() && ok.errno.is_none());
         assert!(s.decode(&record(0x1000, 0, 0, &[])[1..]).is_none());
     }

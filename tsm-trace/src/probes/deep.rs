@@ -175,7 +175,8 @@ impl KernelFunctions {
             notes.push("available_filter_functions is not readable (tracefs not mounted?): notrace functions cannot be told apart and may fail to attach".into());
         }
         let blacklist = open("/sys/kernel/debug/kprobes/blacklist").ok();
-        let mut k = KernelFunctions::parse(kallsyms, filter, blacklist).map_err(|e| e.to_string())?;
+        let mut k =
+            KernelFunctions::parse(kallsyms, filter, blacklist).map_err(|e| e.to_string())?;
         k.notes.splice(0..0, notes);
         if !k.symbols.is_empty() && k.symbols.iter().all(|s| s.addr == 0) {
             return Err("/proc/kallsyms shows no addresses (kernel.kptr_restrict, or not root): deep calls could not be named; run as root with kernel.kptr_restrict below 2".into());
@@ -362,7 +363,10 @@ pub fn plan(
                 "not in /proc/kallsyms: absent, inlined, or its module not loaded".to_string()
             } else if spec.module != "*"
                 && spec.module != "vmlinux"
-                && !k.symbols.iter().any(|s| s.module.as_deref() == Some(&spec.module))
+                && !k
+                    .symbols
+                    .iter()
+                    .any(|s| s.module.as_deref() == Some(&spec.module))
             {
                 format!("module {} is not loaded", spec.module)
             } else {
@@ -376,7 +380,10 @@ pub fn plan(
 
 /// Loads the deep programs and attaches them to every planned function. Returns the names of
 /// what attached (by entry address) and what did not, with the kernel's reason.
-pub fn attach(ebpf: &mut Ebpf, plan: &Plan) -> Result<(HashMap<u64, DeepFn>, Vec<Skipped>), ProbeError> {
+pub fn attach(
+    ebpf: &mut Ebpf,
+    plan: &Plan,
+) -> Result<(HashMap<u64, DeepFn>, Vec<Skipped>), ProbeError> {
     for (name, kind) in PROGRAMS {
         load_program(ebpf, name, kind)?;
     }
@@ -502,12 +509,7 @@ ffffffffc0001600 d lt_spdm_data\t[tsm_linktsm]
     const FILTER: &str = "lt_spdm_session [tsm_linktsm]\nlt_spdm_recv [tsm_linktsm]\nlt_spdm_verify.isra.0 [tsm_linktsm]\nlt_spdm_nobtf [tsm_linktsm]\nlt_spdm_twice [tsm_linktsm]\nlt_spdm_twice\npci_ide_stream_enable\n";
 
     fn kernel() -> KernelFunctions {
-        KernelFunctions::parse(
-            KALLSYMS.as_bytes(),
-            Some(FILTER.as_bytes()),
-            None::<&[u8]>,
-        )
-        .unwrap()
+        KernelFunctions::parse(KALLSYMS.as_bytes(), Some(FILTER.as_bytes()), None::<&[u8]>).unwrap()
     }
 
     fn returns(n: &str) -> Result<Option<u32>, String> {
@@ -516,10 +518,15 @@ ffffffffc0001600 d lt_spdm_data\t[tsm_linktsm]
 
     #[test]
     fn every_match_is_attached_or_said_why_not() {
-        let specs: Vec<DeepSpec> = ["tsm_linktsm:lt_spdm_*", "ccp:sev_tio_*", "vmlinux:nope_*", "vmlinux:inlined_fn"]
-            .iter()
-            .map(|s| s.parse().unwrap())
-            .collect();
+        let specs: Vec<DeepSpec> = [
+            "tsm_linktsm:lt_spdm_*",
+            "ccp:sev_tio_*",
+            "vmlinux:nope_*",
+            "vmlinux:inlined_fn",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
         let p = plan(&specs, &kernel(), &returns, 64);
         let names: Vec<&str> = p.attach.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, ["lt_spdm_session", "lt_spdm_recv"]);
@@ -534,8 +541,15 @@ ffffffffc0001600 d lt_spdm_data\t[tsm_linktsm]
         assert!(why("lt_spdm_verify.isra.0").contains("clone"));
         assert!(why("lt_spdm_nobtf").contains("not in BTF"));
         assert!(why("lt_spdm_twice").contains("defined 2 times"));
-        assert!(why("lt_spdm_data").is_empty(), "data symbols are not functions");
-        let unmatched: Vec<String> = p.unmatched.iter().map(|(s, w)| format!("{s}: {w}")).collect();
+        assert!(
+            why("lt_spdm_data").is_empty(),
+            "data symbols are not functions"
+        );
+        let unmatched: Vec<String> = p
+            .unmatched
+            .iter()
+            .map(|(s, w)| format!("{s}: {w}"))
+            .collect();
         assert_eq!(
             unmatched,
             [

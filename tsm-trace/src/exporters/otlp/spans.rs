@@ -250,7 +250,76 @@ impl Spans {
                 status,
             ));
         }
+        self.deep_calls(op, trace, &root, &ids, &mut spans);
         spans
+    }
+
+    /// `trace --deep`: one span per deep call, after the frames' spans, under the innermost
+    /// frame or deep call whose time contains it; the origin carries the kernel stack.
+    fn deep_calls(
+        &mut self,
+        op: &Operation,
+        trace: TraceId,
+        root: &SpanContext,
+        frame_ids: &[SpanContext],
+        spans: &mut Vec<SpanData>,
+    ) {
+        let ids: Vec<SpanContext> = op.calls.iter().map(|_| self.context(trace)).collect();
+        let mut origin_done = false;
+        for (k, c) in op.calls.iter().enumerate() {
+            let inside = |s: u64, e: u64| s <= c.start_ns && c.end_ns <= e;
+            let frame = op
+                .frames
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| !f.entry_missing && inside(f.start_ns, f.end_ns))
+                .map(|(j, f)| (f.end_ns - f.start_ns, frame_ids[j].span_id()));
+            let call = op.calls[..k]
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.depth < c.depth && inside(p.start_ns, p.end_ns))
+                .map(|(j, p)| (p.end_ns - p.start_ns, ids[j].span_id()));
+            let parent = frame
+                .chain(call)
+                .min_by_key(|(len, _)| *len)
+                .map_or(root.span_id(), |(_, id)| id);
+            let mut a = vec![
+                kv("code.function", c.function.clone()),
+                kv("tsm.deep.depth", i64::from(c.depth)),
+            ];
+            if let Some(m) = &c.module {
+                a.push(kv("tsm.deep.module", m.clone()));
+            }
+            if let Some(r) = c.ret {
+                a.push(kv("tsm.deep.return", r));
+            }
+            if let Some(o) = &op.origin
+                && !origin_done
+                && o.function == c.function
+                && o.depth == c.depth
+                && c.errno == Some(o.errno)
+            {
+                origin_done = true;
+                a.push(kv("tsm.deep.origin", true));
+                if !o.stack.is_empty() {
+                    a.push(kv("code.stacktrace", o.stack.join("\n")));
+                }
+            }
+            let status = match c.errno {
+                Some(e) => Status::error(errno::name(e)),
+                None => Status::Unset,
+            };
+            spans.push(self.span(
+                ids[k].clone(),
+                parent,
+                c.function.clone(),
+                c.start_ns,
+                c.end_ns,
+                a,
+                Vec::new(),
+                status,
+            ));
+        }
     }
 
     fn leak(&mut self, name: &'static str, at_ns: u64, l: &Leak) -> SpanData {
