@@ -268,12 +268,14 @@ ddisconnect() {
 }
 deep() {
 	step deep
-	# Each helper under its own name (no clone: .isra, .constprop), ftrace-able but notrace.
+	# Each helper under its own name (no clone: .isra, .constprop), ftrace-able but notrace,
+	# and in the module's BTF (the tracer reads a deep function's return type there).
 	for f in session exchange recv verify notrace; do
 		check "deep_kallsyms_$f" 1 "$(grep -c " [tT] lt_spdm_$f	\[tsm_linktsm\]\$" /proc/kallsyms)"
 		want=1
 		[ $f = notrace ] && want=0
 		check "deep_ftrace_$f" $want "$(grep -cxF "lt_spdm_$f [tsm_linktsm]" $AFF)"
+		check "deep_btf_$f" 1 "$(grep -c "lt_spdm_$f" /sys/kernel/btf/tsm_linktsm 2>/dev/null | sed 's/^[1-9][0-9]*$/1/')"
 	done
 	check deep_no_clones 0 "$(grep -c ' lt_spdm_[a-z_]*\.' /proc/kallsyms)"
 	grep ' [tT] lt_spdm_' /proc/kallsyms | while read -r _ ty name mod; do

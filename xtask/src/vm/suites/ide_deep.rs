@@ -156,7 +156,7 @@ struct DeepErr {
     not_attached: BTreeMap<String, (String, String)>,
     /// `deep: attached N functions`.
     attached: Option<usize>,
-    /// What follows `deep: no function matches `.
+    /// The spec after `deep: no function matches ` (a reason may follow it).
     no_match: Vec<String>,
 }
 
@@ -177,7 +177,8 @@ fn deep_err(text: &str) -> DeepErr {
         } else if let Some(r) = rest.strip_prefix("attached ") {
             d.attached = r.split_whitespace().next().and_then(|n| n.parse().ok());
         } else if let Some(r) = rest.strip_prefix("no function matches ") {
-            d.no_match.push(r.trim().to_string());
+            d.no_match
+                .extend(r.split_whitespace().next().map(str::to_string));
         }
     }
     d
@@ -481,8 +482,8 @@ mod tests {
         let disconnect = json!({"type": "operation", "kind": "disconnect", "device": EP});
         let err = "tsm-trace: tracing with 9 probes\n\
                    deep: NOT ATTACHED lt_spdm_notrace [tsm_linktsm]: not in available_filter_functions (notrace)\n\
-                   deep: no function matches tsm_linktsm:lt_nothing_matches_*\n\
-                   deep: attached 4 functions\n\
+                   deep: no function matches tsm_linktsm:lt_nothing_matches_* (nothing in kallsyms)\n\
+                   deep: attached 4 functions: lt_spdm_session [tsm_linktsm], lt_spdm_exchange [tsm_linktsm]\n\
                    exit=0\n";
         (events, syms, vec![a, disconnect, b], err.to_string())
     }
@@ -532,7 +533,11 @@ mod tests {
 
     #[test]
     fn stderr_lines_and_stack_entries_parse() {
-        let d = deep_err("x deep: NOT ATTACHED f [m]: why: because\ndeep: attached 3 functions\n");
+        let d = deep_err(
+            "x deep: NOT ATTACHED f [m]: why: because\ndeep: attached 3 functions: a [m]\n\
+             deep: no function matches m:g* (none)\n",
+        );
+        assert_eq!(d.no_match, ["m:g*"]);
         assert_eq!(d.not_attached["f"], ("m".into(), "why: because".into()));
         assert_eq!(d.attached, Some(3));
         assert_eq!(frame_name("lt_spdm_recv+0x1e"), Some("lt_spdm_recv"));
