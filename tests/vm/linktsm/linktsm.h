@@ -147,6 +147,7 @@ int lt_spdm_recv(struct pci_dev *pdev, int msg);
 int lt_spdm_verify(struct pci_dev *pdev, int msg);
 int lt_spdm_notrace(struct pci_dev *pdev);
 int lt_cmd_spdm_fail(char **argv, int argc);
+int lt_cmd_spdm_run(char **argv, int argc);
 
 /* ---- Commands (linktsm_cmds.c) ---- */
 

@@ -194,6 +194,8 @@ int lt_run_cmd(char **argv, int argc)
 		return cmd_inject(argv, argc);
 	if (!strcmp(c, "spdm_fail"))
 		return lt_cmd_spdm_fail(argv, argc);
+	if (!strcmp(c, "spdm_run"))
+		return lt_cmd_spdm_run(argv, argc);
 	if (!strcmp(c, "delay") && argc == 3) {
 		int op = parse_op(argv[1]);
 

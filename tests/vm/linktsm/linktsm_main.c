@@ -51,6 +51,8 @@
  *                                     (default 1; at depth 2..4 message 1
  *                                     fails); connect fails with it.
  *                                     spdm_fail 0 0 clears (linktsm_spdm.c)
+ *   spdm_run <bdf>                    the SPDM chain from the ctl write itself,
+ *                                     outside any TSM operation
  *   delay <op> <us>                   op = probe|remove|connect|disconnect|
  *                                     bind|unbind|guest_req sleeps <us>
  *   guest_req_residue <n>             guest_req returns this residue

@@ -140,3 +140,23 @@ int lt_cmd_spdm_fail(char **argv, int argc)
 	rec("depth=%d errno=%d count=%u", depth, -e, count);
 	return 0;
 }
+
+/*
+ * ctl spdm_run <bdf>: the SPDM chain called from the ctl write itself, outside any TSM
+ * operation: a deep trace must record none of these calls (its per-thread gate is closed).
+ */
+int lt_cmd_spdm_run(char **argv, int argc)
+{
+	struct pci_dev *pdev;
+	int rc;
+
+	if (argc != 2)
+		return -EINVAL;
+	pdev = lt_lookup_bdf(argv[1]);
+	if (IS_ERR(pdev))
+		return PTR_ERR(pdev);
+	rc = lt_spdm_session(pdev);
+	rec("dev=%s rc=%d outside a TSM operation", pci_name(pdev), rc);
+	pci_dev_put(pdev);
+	return 0;
+}

@@ -284,7 +284,7 @@ deep() {
 	: > /tmp/deep_events
 	if [ -x "$BIN" ]; then
 		$BIN trace --json --grace 1s $LDRV --deep 'tsm_linktsm:lt_spdm_*' \
-			--deep 'tsm_linktsm:lt_nothing_matches_*' \
+			--deep 'tsm_linktsm:lt_nothing_matches_*' --deep-known \
 			> /tmp/deep_trace.jsonl 2> /tmp/deep_trace.err &
 		DEEP_PID=$!
 		wait_for /tmp/deep_trace.err 'tracing with' 60 || echo "tsm-trace did not start" >> /tmp/deep_trace.err
@@ -332,6 +332,13 @@ deep() {
 	check deep_clear ok "$r"
 	lctl spdm_fail 5 5
 	check deep_bad_depth "Invalid argument" "$r"
+	# The chain outside any TSM operation (from the ctl write): the gate is closed, so the
+	# session's count of deep calls stays that of steps a..d.
+	say "== deep outside: the SPDM chain outside a TSM operation"
+	lctl spdm_run $EP
+	check deep_outside_run ok "$r"
+	grab
+	check deep_outside_spdm "spdm_verify:4:1:0 spdm_recv:3:1:0 spdm_exchange:2:1:0 spdm_verify:4:2:0 spdm_recv:3:2:0 spdm_exchange:2:2:0 spdm_session:1:0:0" "$(spdm)"
 
 	if [ -n "$DEEP_PID" ]; then
 		sleep 1.5

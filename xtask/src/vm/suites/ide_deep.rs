@@ -22,6 +22,9 @@ use crate::vm::qemu::VmOutput;
 const DRIVER_CONNECT: &str = "linktsm_connect";
 /// The script's second `--deep`, which matches nothing.
 const NO_MATCH: &str = "tsm_linktsm:lt_nothing_matches_*";
+/// What `--deep-known` asks for on a kernel with the drivers tsm-trace knows (the scenario
+/// passes it; the compatibility table, tsm-trace's targets.rs, names the same globs).
+const KNOWN: [&str; 2] = ["ccp:sev_tio_*", "*:tdx_spdm_*"];
 
 type Kv = BTreeMap<String, String>;
 
@@ -154,8 +157,11 @@ fn frame_name(e: &str) -> Option<&str> {
 struct DeepErr {
     /// `deep: NOT ATTACHED <function> [<module>]: <reason>` → (module, reason).
     not_attached: BTreeMap<String, (String, String)>,
-    /// `deep: attached N functions`.
+    /// `deep: attached N functions: f [m], ...`: N, and the names listed.
     attached: Option<usize>,
+    attached_names: Vec<String>,
+    /// `deep: N calls recorded, ...` (the summary).
+    recorded: Option<usize>,
     /// The spec after `deep: no function matches ` (a reason may follow it).
     no_match: Vec<String>,
 }
@@ -176,6 +182,15 @@ fn deep_err(text: &str) -> DeepErr {
             );
         } else if let Some(r) = rest.strip_prefix("attached ") {
             d.attached = r.split_whitespace().next().and_then(|n| n.parse().ok());
+            if let Some((_, list)) = r.split_once(": ") {
+                d.attached_names = list
+                    .split(", ")
+                    .filter_map(|f| f.split_whitespace().next())
+                    .map(str::to_string)
+                    .collect();
+            }
+        } else if let Some((n, _)) = rest.split_once(" calls recorded") {
+            d.recorded = n.trim().parse().ok();
         } else if let Some(r) = rest.strip_prefix("no function matches ") {
             d.no_match
                 .extend(r.split_whitespace().next().map(str::to_string));
@@ -219,6 +234,14 @@ fn check_deep(c: &mut Checks, events: &str, syms_text: &str, trace: &[Value], er
     for (st, op) in steps.iter().zip(ops) {
         check_step(c, st, op, &syms);
     }
+    // Every helper call of steps a..d was recorded, and none of the chain run outside a TSM
+    // operation afterwards (the gate): the session's count is exactly the steps' calls.
+    let in_ops: usize = steps.iter().map(|st| st.helpers.len()).sum();
+    c.eq(
+        deep_err(err).recorded,
+        Some(in_ops),
+        "deep: calls recorded (summary) = the fixture's helper calls inside connects",
+    );
 }
 
 /// The session's report of what it attached, against kallsyms and ftrace's list.
@@ -248,11 +271,36 @@ fn check_err(c: &mut Checks, syms: &BTreeMap<String, (String, bool)>, err: &str)
             format!("deep: NOT ATTACHED {f}: reason {reason:?} does not say notrace")
         });
     }
+    let traceable: Vec<&String> = syms.iter().filter(|(_, m)| m.1).map(|(f, _)| f).collect();
+    let mut ours: Vec<&String> = d
+        .attached_names
+        .iter()
+        .filter(|f| syms.contains_key(*f))
+        .collect();
+    ours.sort();
+    c.eq(
+        ours,
+        traceable,
+        "deep: the lt_spdm_ functions attached = the matches ftrace lists",
+    );
     c.eq(
         d.attached,
-        Some(syms.values().filter(|m| m.1).count()),
-        "deep: attached N functions (N = the matches ftrace lists)",
+        Some(d.attached_names.len()),
+        "deep: attached N functions (N = the functions listed)",
     );
+    // --deep-known: each spec of the compatibility table is reported, attached or not.
+    for spec in KNOWN {
+        let (module, glob) = spec.split_once(':').expect("MODULE:GLOB");
+        let prefix = glob.trim_end_matches('*');
+        let reported = d.no_match.iter().any(|g| g == spec)
+            || d.attached_names.iter().any(|f| f.starts_with(prefix))
+            || d.not_attached
+                .iter()
+                .any(|(f, (m, _))| f.starts_with(prefix) && (module == "*" || m == module));
+        c.check(reported, || {
+            format!("deep: --deep-known spec {spec} is neither attached nor reported in:\n{err}")
+        });
+    }
     c.check(d.no_match.iter().any(|g| g == NO_MATCH), || {
         format!("deep: no line `deep: no function matches {NO_MATCH}` in:\n{err}")
     });
@@ -483,7 +531,10 @@ mod tests {
         let err = "tsm-trace: tracing with 9 probes\n\
                    deep: NOT ATTACHED lt_spdm_notrace [tsm_linktsm]: not in available_filter_functions (notrace)\n\
                    deep: no function matches tsm_linktsm:lt_nothing_matches_* (nothing in kallsyms)\n\
-                   deep: attached 4 functions: lt_spdm_session [tsm_linktsm], lt_spdm_exchange [tsm_linktsm]\n\
+                   deep: no function matches ccp:sev_tio_* (module ccp is not loaded)\n\
+                   deep: no function matches *:tdx_spdm_* (no function of that module has such a name)\n\
+                   deep: attached 4 functions: lt_spdm_session [tsm_linktsm], lt_spdm_exchange [tsm_linktsm], lt_spdm_recv [tsm_linktsm], lt_spdm_verify [tsm_linktsm]\n\
+                   deep: 11 calls recorded, 0 never claimed by an operation\n\
                    exit=0\n";
         (events, syms, vec![a, disconnect, b], err.to_string())
     }
@@ -514,7 +565,9 @@ mod tests {
         trace[0]["calls"][2]["end_ns"] = json!(450);
         let err = err
             .replace("attached 4", "attached 5")
-            .replace("(notrace)", "(blocked)");
+            .replace("(notrace)", "(blocked)")
+            .replace("11 calls recorded", "18 calls recorded")
+            .replace("no function matches ccp:sev_tio_*", "no such line");
         let f = run(&events, &syms, &trace, &err).failed.join("\n");
         for want in [
             "deep step b: calls (as a multiset)",
@@ -525,6 +578,8 @@ mod tests {
             "deep step a: call #2 lt_spdm_recv (depth 3): [220, 450] not inside",
             "deep: attached N functions",
             "reason \"not in available_filter_functions (blocked)\" does not say notrace",
+            "deep: calls recorded (summary) = the fixture's helper calls inside connects",
+            "--deep-known spec ccp:sev_tio_* is neither attached nor reported",
         ] {
             assert!(f.contains(want), "missing {want:?} in:\n{f}");
         }
