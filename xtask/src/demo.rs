@@ -68,6 +68,27 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     for l in trace.lines() {
         println!("  {l}");
     }
+    heading(
+        "tsm-trace trace --deep 'tsm_linktsm:lt_spdm_*' --deep 'tsm_linktsm:lt_ide_*' (inside the driver)",
+    );
+    for l in out.section("deep_err")?.text.lines() {
+        if let Some(i) = l.find("deep: ") {
+            println!("  {}", &l[i..]);
+        }
+    }
+    let deep = &out.section("deep_out")?.text;
+    // Two connects with their call trees inside the driver: the one that failed (where its
+    // errno began, and the kernel stack there) and the one whose root port never reached
+    // Secure (the IDE step's ENXIO, swallowed by the driver's lt_ide_connect).
+    let mut show = false;
+    for l in deep.lines() {
+        if l.trim_start().starts_with(|c: char| c.is_ascii_digit()) {
+            show = l.contains(" connect ") && (l.contains("origin=") || l.contains("ENXIO"));
+        }
+        if show {
+            println!("  {l}");
+        }
+    }
     let m = parse_exposition(&out.section("metrics")?.text);
     heading("alert: TsmLeakedBinding (dashboards/alerts.yml) fires for");
     let leaks: Vec<_> = m
@@ -127,6 +148,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             .lines()
             .any(|l| l.contains("guest_request") && l.contains("guest_req_ioctl"))
         || lifecycle.iter().any(|w| !trace.contains(w))
+        || !deep.contains("origin=lt_spdm_verify")
+        || !deep.contains("lt_spdm_verify [tsm_linktsm] EIO, kernel stack:")
+        || !deep.contains("lt_ide_connect")
     {
         bail!(
             "demo: the scenario did not produce the expected failures and leaks; see the logs above"

@@ -30,11 +30,17 @@ lo_up
 	$LDRV > /tmp/daemon.out 2> /tmp/daemon.err &
 DAEMON=$!
 wait_ready 9477 60
+# A kernel engineer's view beside the daemon: the driver's own SPDM and IDE helpers, deep.
+/bin/tsm-trace trace --time relative --deep 'tsm_linktsm:lt_spdm_*' --deep 'tsm_linktsm:lt_ide_*' \
+	$LDRV > /tmp/deep.out 2> /tmp/deep.err &
+DEEP=$!
+wait_for /tmp/deep.err 'tracing with' 60
 
 say "the TSM driver registers tsm0; the kernel's PCI TSM core offers $A and $C (tsm/ in sysfs)"
 lctl register
-say "connect $A to tsm0, but the SPDM handshake fails (the driver's connect returns -EIO)"
-lctl inject connect 5
+say "connect $A to tsm0, but the SPDM handshake fails: the check of the device's first response"
+say "  (lt_spdm_verify, four calls deep in the driver) returns -EIO, and the driver's connect with it"
+lctl spdm_fail 4 5
 sysw tsm0 $P/$A/tsm/connect
 say "connect $A again (the driver takes 20 ms) and $C"
 lctl delay connect 20000
@@ -84,9 +90,13 @@ wget -q -O /tmp/metrics http://127.0.0.1:9477/metrics
 wget -q -O /tmp/bindings http://127.0.0.1:9477/bindings
 kill -TERM $DAEMON
 wait $DAEMON
+kill -INT $DEEP
+wait $DEEP
 frame story /tmp/story
 frame daemon_err /tmp/daemon.err
 frame daemon_out /tmp/daemon.out
+frame deep_out /tmp/deep.out
+frame deep_err /tmp/deep.err
 frame metrics /tmp/metrics
 frame bindings /tmp/bindings
 exit 0

@@ -178,7 +178,10 @@ fn build_operation(frames: &mut [Event], mut frame_vec: Vec<Frame>) -> Operation
         .flat_map(|f| f.calls.iter().cloned())
         .collect();
     calls.sort_by_key(|c| (c.start_ns, c.depth));
-    let origin = super::types::Origin::find(&mut calls, result.errno());
+    let deep = (!calls.is_empty()).then(|| {
+        let origin = super::types::Origin::find(&mut calls, result.errno());
+        Box::new(super::types::Deep { calls, origin })
+    });
     let start_ns = if outer.entry_missing {
         frames
             .iter()
@@ -219,8 +222,7 @@ fn build_operation(frames: &mut [Event], mut frame_vec: Vec<Frame>) -> Operation
             frame_vec
         },
         result,
-        calls,
-        origin,
+        deep,
     }
 }
 

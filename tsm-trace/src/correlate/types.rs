@@ -213,11 +213,19 @@ pub struct Operation {
     pub frames: Vec<Frame>,
     #[serde(flatten)]
     pub result: OpResult,
-    /// `trace --deep`: the deep-traced calls made inside the operation, by start time (their
-    /// stacks are in [`Operation::origin`]).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// `trace --deep`: its calls and the origin of its errno (`None` without deep calls;
+    /// boxed: most operations have none).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub deep: Option<Box<Deep>>,
+}
+
+/// What `trace --deep` adds to an operation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Deep {
+    /// The deep-traced calls made inside the operation, by start time (their stacks are in
+    /// [`Deep::origin`]).
     pub calls: Vec<crate::events::deep::DeepCall>,
-    /// `trace --deep`: where a failed operation's errno began.
+    /// Where a failed operation's errno began.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub origin: Option<Origin>,
 }
@@ -276,6 +284,16 @@ impl Operation {
 
     pub fn errno(&self) -> Option<i32> {
         self.result.errno()
+    }
+
+    /// `trace --deep`: the calls made inside the operation, by start time.
+    pub fn calls(&self) -> &[crate::events::deep::DeepCall] {
+        self.deep.as_deref().map_or(&[], |d| &d.calls)
+    }
+
+    /// `trace --deep`: where the operation's errno began.
+    pub fn origin(&self) -> Option<&Origin> {
+        self.deep.as_deref().and_then(|d| d.origin.as_ref())
     }
 
     /// The layer used in metrics: the attributed layer for errors, the outer frame's for

@@ -369,6 +369,8 @@ pub fn plan(
                     .any(|s| s.module.as_deref() == Some(&spec.module))
             {
                 format!("module {} is not loaded", spec.module)
+            } else if spec.module == "*" {
+                "no function of vmlinux or a loaded module has such a name".to_string()
             } else {
                 "no function of that module has such a name".to_string()
             };

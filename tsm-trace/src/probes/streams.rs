@@ -150,11 +150,11 @@ impl EventStream {
                 vmms.note(seen);
                 return;
             }
-            if let Some((symbols, calls)) = deep.as_mut() {
-                if let Some((tid, call)) = symbols.decode(item) {
-                    calls.hold(tid, call);
-                    return;
-                }
+            if let Some((symbols, calls)) = deep.as_mut()
+                && let Some((tid, call)) = symbols.decode(item)
+            {
+                calls.hold(tid, call);
+                return;
             }
             out.push(Event::from_bytes(item, key).map(|mut ev| {
                 vmms.apply(&mut ev);

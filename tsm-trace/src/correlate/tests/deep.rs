@@ -53,7 +53,7 @@ fn the_first_call_to_return_the_errno_is_the_origin() {
     let s = dev_frame(ProbeId::Connect, 0, 1_000, Some(-i64::from(EPROTO)));
     let out = run(&mut c, vec![d, s]);
     let op = ops(&out)[0];
-    let order: Vec<&str> = op.calls.iter().map(|c| c.function.as_str()).collect();
+    let order: Vec<&str> = op.calls().iter().map(|c| c.function.as_str()).collect();
     assert_eq!(
         order,
         [
@@ -64,14 +64,14 @@ fn the_first_call_to_return_the_errno_is_the_origin() {
             "lt_spdm_verify"
         ]
     );
-    let o = op.origin.as_ref().expect("an origin");
+    let o = op.origin().expect("an origin");
     assert_eq!(
         (o.function.as_str(), o.depth, o.errno),
         ("lt_spdm_verify", 4, EPROTO)
     );
     assert_eq!(o.stack, ["lt_spdm_verify", "lt_spdm_recv+0x1e"]);
     // One stack per operation, at its origin.
-    assert!(op.calls.iter().all(|c| c.stack.is_empty()));
+    assert!(op.calls().iter().all(|c| c.stack.is_empty()));
     let json = serde_json::to_value(op).unwrap();
     assert_eq!(json["origin"]["errno"], "EPROTO");
     assert_eq!(json["calls"][4]["errno"], "EPROTO");
@@ -93,8 +93,8 @@ fn no_origin_without_a_failure_or_a_call_that_returned_it() {
     d.calls = vec![call("lt_spdm_session", 1, 120, 800, None, &[])];
     let s = dev_frame(ProbeId::Connect, 0, 1_000, Some(5));
     let out = run(&mut c, vec![d, s]);
-    assert!(ops(&out)[0].origin.is_none());
-    assert_eq!(ops(&out)[0].calls.len(), 1);
+    assert!(ops(&out)[0].origin().is_none());
+    assert_eq!(ops(&out)[0].calls().len(), 1);
     // An errno no deep call returned (it began in a probed frame): no origin either.
     let mut d = dev_frame(ProbeId::DriverConnect, 1_100, 1_900, Some(-5));
     d.calls = vec![call(
@@ -107,5 +107,5 @@ fn no_origin_without_a_failure_or_a_call_that_returned_it() {
     )];
     let s = dev_frame(ProbeId::Connect, 1_000, 2_000, Some(-5));
     let out = run(&mut c, vec![d, s]);
-    assert!(ops(&out)[0].origin.is_none());
+    assert!(ops(&out)[0].origin().is_none());
 }

@@ -264,9 +264,10 @@ impl Spans {
         frame_ids: &[SpanContext],
         spans: &mut Vec<SpanData>,
     ) {
-        let ids: Vec<SpanContext> = op.calls.iter().map(|_| self.context(trace)).collect();
+        let calls = op.calls();
+        let ids: Vec<SpanContext> = calls.iter().map(|_| self.context(trace)).collect();
         let mut origin_done = false;
-        for (k, c) in op.calls.iter().enumerate() {
+        for (k, c) in calls.iter().enumerate() {
             let inside = |s: u64, e: u64| s <= c.start_ns && c.end_ns <= e;
             let frame = op
                 .frames
@@ -274,7 +275,7 @@ impl Spans {
                 .enumerate()
                 .filter(|(_, f)| !f.entry_missing && inside(f.start_ns, f.end_ns))
                 .map(|(j, f)| (f.end_ns - f.start_ns, frame_ids[j].span_id()));
-            let call = op.calls[..k]
+            let call = calls[..k]
                 .iter()
                 .enumerate()
                 .filter(|(_, p)| p.depth < c.depth && inside(p.start_ns, p.end_ns))
@@ -293,7 +294,7 @@ impl Spans {
             if let Some(r) = c.ret {
                 a.push(kv("tsm.deep.return", r));
             }
-            if let Some(o) = &op.origin
+            if let Some(o) = op.origin()
                 && !origin_done
                 && o.function == c.function
                 && o.depth == c.depth

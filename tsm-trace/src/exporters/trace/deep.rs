@@ -24,8 +24,7 @@ use crate::errno;
 
 /// ` origin=<function>`, for the operation line (so a grep for the origin finds the line).
 pub fn origin_field(op: &Operation) -> String {
-    op.origin
-        .as_ref()
+    op.origin()
         .map(|o| format!(" origin={}", o.function))
         .unwrap_or_default()
 }
@@ -35,9 +34,9 @@ pub fn origin_field(op: &Operation) -> String {
 pub fn lines(op: &Operation) -> String {
     let mut s = String::new();
     let mut module: Option<&str> = None;
-    let origin = op.origin.as_ref();
+    let origin = op.origin();
     let mut origin_shown = false;
-    for c in &op.calls {
+    for c in op.calls() {
         let _ = write!(
             s,
             "\n    {}{}",
