@@ -670,12 +670,15 @@ impl LiveSession {
     ) -> Result<DeepReport> {
         let (kernel, plan) = probes::deep::plan_here(specs, &self.session.opts.btf, max)
             .map_err(SessionError::Deep)?;
-        let (attached, failed) = probes::deep::attach(&mut self.session.ebpf, &plan)?;
+        // Records are named from the first one on: the decoder is in place before any
+        // program is attached.
+        self.stream.set_deep(probes::deep::symbols(&kernel, &plan));
+        let failed = probes::deep::attach(&mut self.session.ebpf, &plan)?;
         let mut report = DeepReport {
             attached: plan
                 .attach
                 .iter()
-                .filter(|f| attached.values().any(|a| a.name == f.name))
+                .filter(|f| !failed.iter().any(|x| x.name == f.name))
                 .map(|f| (f.name.clone(), f.module.clone()))
                 .collect(),
             skipped: plan.skipped,
@@ -684,8 +687,6 @@ impl LiveSession {
             notes: kernel.notes.clone(),
         };
         report.skipped.extend(failed);
-        self.stream
-            .set_deep(probes::deep::symbols(&kernel, attached));
         Ok(report)
     }
 

@@ -283,7 +283,7 @@ deep() {
 	done > /tmp/deep_syms
 	: > /tmp/deep_events
 	if [ -x "$BIN" ]; then
-		$BIN trace --json --grace 1s $LDRV --deep 'tsm_linktsm:lt_spdm_*' \
+		$BIN trace --json --record /tmp/deep.rec --grace 1s $LDRV --deep 'tsm_linktsm:lt_spdm_*' \
 			--deep 'tsm_linktsm:lt_nothing_matches_*' --deep-known \
 			> /tmp/deep_trace.jsonl 2> /tmp/deep_trace.err &
 		DEEP_PID=$!
@@ -347,6 +347,12 @@ deep() {
 		echo "exit=$?" >> /tmp/deep_trace.err
 		frame deep_trace.jsonl /tmp/deep_trace.jsonl
 		frame deep_trace.err /tmp/deep_trace.err
+		# The capture replays to the same operations, calls and origins.
+		$BIN replay --json /tmp/deep.rec > /tmp/deep_replay.jsonl 2> /tmp/deep_replay.err
+		echo "exit=$?" >> /tmp/deep_replay.err
+		frame deep_replay.jsonl /tmp/deep_replay.jsonl
+		frame deep_replay.err /tmp/deep_replay.err
+		frame deep_capture /tmp/deep.rec
 	fi
 	frame deep_syms /tmp/deep_syms
 	frame deep_events /tmp/deep_events

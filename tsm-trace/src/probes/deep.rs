@@ -380,37 +380,23 @@ pub fn plan(
     p
 }
 
-/// Loads the deep programs and attaches them to every planned function. Returns the names of
-/// what attached (by entry address) and what did not, with the kernel's reason.
-pub fn attach(
-    ebpf: &mut Ebpf,
-    plan: &Plan,
-) -> Result<(HashMap<u64, DeepFn>, Vec<Skipped>), ProbeError> {
+/// Loads the deep programs and attaches them to every planned function. Returns what did
+/// not attach, with the kernel's reason.
+pub fn attach(ebpf: &mut Ebpf, plan: &Plan) -> Result<Vec<Skipped>, ProbeError> {
     for (name, kind) in PROGRAMS {
         load_program(ebpf, name, kind)?;
     }
-    let mut attached = HashMap::new();
-    let mut failed = Vec::new();
-    for f in &plan.attach {
-        match attach_one(ebpf, &f.name) {
-            Ok(()) => {
-                attached.insert(
-                    f.addr,
-                    DeepFn {
-                        name: f.name.clone(),
-                        module: f.module.clone(),
-                        ret: f.ret,
-                    },
-                );
-            }
-            Err(reason) => failed.push(Skipped {
+    Ok(plan
+        .attach
+        .iter()
+        .filter_map(|f| {
+            attach_one(ebpf, &f.name).err().map(|reason| Skipped {
                 name: f.name.clone(),
                 module: f.module.clone(),
                 reason,
-            }),
-        }
-    }
-    Ok((attached, failed))
+            })
+        })
+        .collect())
 }
 
 fn kprobe<'a>(ebpf: &'a mut Ebpf, program: &str) -> Result<&'a mut KProbe, String> {
@@ -432,9 +418,24 @@ fn attach_one(ebpf: &mut Ebpf, name: &str) -> Result<(), String> {
     }
 }
 
-/// The symbols to name deep records with.
-pub fn symbols(k: &KernelFunctions, attached: HashMap<u64, DeepFn>) -> DeepSymbols {
-    DeepSymbols::new(attached, k.text())
+/// The symbols to name deep records with: the planned functions by entry address, and
+/// every text symbol for stacks.
+pub fn symbols(k: &KernelFunctions, plan: &Plan) -> DeepSymbols {
+    let functions: HashMap<u64, DeepFn> = plan
+        .attach
+        .iter()
+        .map(|f| {
+            (
+                f.addr,
+                DeepFn {
+                    name: f.name.clone(),
+                    module: f.module.clone(),
+                    ret: f.ret,
+                },
+            )
+        })
+        .collect();
+    DeepSymbols::new(functions, k.text())
 }
 
 /// Reads what [`plan`] needs from the running kernel and BTF, plans, and returns the plan.

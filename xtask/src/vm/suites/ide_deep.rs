@@ -209,6 +209,8 @@ pub fn check(out: &VmOutput) -> Result<usize> {
         &trace,
         &out.section("deep_trace.err")?.text,
     );
+    let replay = json_lines(out, "deep_replay.jsonl", false)?;
+    check_replay(&mut c, &trace, &replay, &out.section("deep_replay.err")?.text);
     c.finish("ide (deep)", out)
 }
 
@@ -242,6 +244,29 @@ fn check_deep(c: &mut Checks, events: &str, syms_text: &str, trace: &[Value], er
         Some(in_ops),
         "deep: calls recorded (summary) = the fixture's helper calls inside connects",
     );
+}
+
+/// `replay --json` of the session's capture: the same operations with the same calls and
+/// origins (the capture keeps each call by name).
+fn check_replay(c: &mut Checks, live: &[Value], replay: &[Value], err: &str) {
+    c.check(err.contains("exit=0"), || {
+        format!("deep: tsm-trace replay of the capture did not exit 0:\n{err}")
+    });
+    let deep = |v: &[Value]| -> Vec<(String, Value, Value)> {
+        v.iter()
+            .filter(|o| s(o, "type") == "operation" && o.get("calls").is_some())
+            .map(|o| {
+                (
+                    s(o, "kind").to_string(),
+                    o["calls"].clone(),
+                    o.get("origin").cloned().unwrap_or(Value::Null),
+                )
+            })
+            .collect()
+    };
+    let (l, r) = (deep(live), deep(replay));
+    c.check(!l.is_empty(), || "deep: no operation with calls in the live session".into());
+    c.eq(r, l, "deep: replay of the capture: operations with calls (kind, calls, origin)");
 }
 
 /// The session's report of what it attached, against kallsyms and ftrace's list.
