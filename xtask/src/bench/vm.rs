@@ -88,8 +88,11 @@ pub fn run(s: &Sizes, compare: &[Compare]) -> Result<VmBench> {
         timeout: Duration::from_secs(if s.rounds > 10 { 2400 } else { 900 }),
         // bpftrace's libraries (~200 MiB) live in the initramfs.
         memory_mb: 2048,
+        // The deterministic clock: every guest time below is guest instructions.
+        icount: true,
         ..RunOptions::default()
     };
+    super::cost::DETERMINISTIC.store(true, std::sync::atomic::Ordering::Relaxed);
     println!(
         "bench: booting {} (TCG) for the VM benchmarks",
         kernel.version
@@ -106,7 +109,8 @@ pub fn run(s: &Sizes, compare: &[Compare]) -> Result<VmBench> {
         .unwrap_or_default();
     let accel = std::env::var("TSM_VM_ACCEL").unwrap_or_else(|_| "tcg,thread=single".into());
     let machine = format!(
-        "qemu -accel {accel} -cpu max -smp 2 on the host above; guest CPU {} ({} vCPUs), guest kernel {} (Debian), with the tsm_standin fixture; bpftool in VM: {}, bpftrace in VM: {}",
+        "qemu -accel {accel} -icount {} -cpu max -smp 2 on the host above (the deterministic clock: the guest's clock counts the guest instructions executed, 1 ns = 1 instruction, and an idle guest skips ahead; every guest time below, ns, µs or ms, is that count); guest CPU {} ({} vCPUs), guest kernel {} (Debian), with the tsm_standin fixture; bpftool in VM: {}, bpftrace in VM: {}",
+        crate::vm::qemu::ICOUNT,
         env.get("cpu").map_or("?".into(), |c| c.replace('_', " ")),
         env.get("cpus").map_or("?", String::as_str),
         kernel.version,

@@ -210,7 +210,12 @@ pub fn check(out: &VmOutput) -> Result<usize> {
         &out.section("deep_trace.err")?.text,
     );
     let replay = json_lines(out, "deep_replay.jsonl", false)?;
-    check_replay(&mut c, &trace, &replay, &out.section("deep_replay.err")?.text);
+    check_replay(
+        &mut c,
+        &trace,
+        &replay,
+        &out.section("deep_replay.err")?.text,
+    );
     c.finish("ide (deep)", out)
 }
 
@@ -265,8 +270,14 @@ fn check_replay(c: &mut Checks, live: &[Value], replay: &[Value], err: &str) {
             .collect()
     };
     let (l, r) = (deep(live), deep(replay));
-    c.check(!l.is_empty(), || "deep: no operation with calls in the live session".into());
-    c.eq(r, l, "deep: replay of the capture: operations with calls (kind, calls, origin)");
+    c.check(!l.is_empty(), || {
+        "deep: no operation with calls in the live session".into()
+    });
+    c.eq(
+        r,
+        l,
+        "deep: replay of the capture: operations with calls (kind, calls, origin)",
+    );
 }
 
 /// The session's report of what it attached, against kallsyms and ftrace's list.
