@@ -34,7 +34,42 @@ fn main() -> aya_build::Result<()> {
             ..Default::default()
         }],
         aya_build::Toolchain::Custom(&channel),
-    )
+    )?;
+    strip_dwarf(&out.join("tsm-trace"))
+}
+
+/// Rewrites the eBPF object without its DWARF sections (`.debug_*` and their relocations):
+/// the linker needs DWARF to emit BTF, the loader needs only the BTF (`.BTF`, `.BTF.ext`).
+/// Measured on the daemon's start-up: the object drops from 3.4 MB to 0.8 MB, and aya's
+/// parse of it (twice at start: `probes/loader.rs` checks it for CO-RE relocations, then
+/// loads it) from 11.0 to 7.8 MiB of peak RSS, the daemon's whole start-up peak.
+fn strip_dwarf(path: &std::path::Path) -> aya_build::Result<()> {
+    let data = fs::read(path)?;
+    let mut b = object::build::elf::Builder::read(&*data).map_err(std::io::Error::other)?;
+    for s in b.sections.iter_mut() {
+        let name = s.name.as_slice();
+        if name.starts_with(b".debug") || name.starts_with(b".rel.debug") {
+            s.delete = true;
+        }
+    }
+    b.delete_orphans();
+    // bpf-linker names sections in `.strtab`, shared with the symbols; the writer keeps
+    // section names in a table of their own.
+    if !b
+        .sections
+        .iter()
+        .any(|s| matches!(s.data, object::build::elf::SectionData::SectionString))
+    {
+        let s = b.sections.add();
+        s.name = (&b".shstrtab"[..]).into();
+        s.sh_type = object::elf::SHT_STRTAB;
+        s.sh_addralign = 1;
+        s.data = object::build::elf::SectionData::SectionString;
+    }
+    let mut out = Vec::new();
+    b.write(&mut out).map_err(std::io::Error::other)?;
+    fs::write(path, out)?;
+    Ok(())
 }
 
 /// `channel = "..."` of a rust-toolchain.toml (xtask's `toolchain.rs` validates it further).
