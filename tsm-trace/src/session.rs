@@ -569,6 +569,15 @@ impl Session {
     }
 }
 
+/// What the deep programs cost (`BPF_ENABLE_STATS`): (runs, ns in them) of the entry
+/// program (every call of an attached function, inside TSM work or not) and of the return
+/// program.
+#[derive(Debug, Clone, Copy)]
+pub struct DeepCost {
+    pub entry: (u64, u64),
+    pub ret: (u64, u64),
+}
+
 /// What `trace --deep` attached, and what not with the reason.
 #[derive(Debug, Default)]
 pub struct DeepReport {
@@ -608,6 +617,9 @@ pub struct LiveSession {
     control: ControlStream,
     /// The programs' diagnostics, read into the log at `--log-level debug` only.
     _kernel_log: Option<probes::kernel_log::KernelLog>,
+    /// `trace --deep`: the kernel counts run time and runs of every BPF program while this is
+    /// held (`BPF_ENABLE_STATS`), so the session can say what each deep call cost.
+    deep_stats: Option<std::os::fd::OwnedFd>,
 }
 
 impl LiveSession {
@@ -621,6 +633,7 @@ impl LiveSession {
             stream,
             control,
             _kernel_log,
+            deep_stats: None,
         })
     }
 
@@ -687,7 +700,28 @@ impl LiveSession {
             notes: kernel.notes.clone(),
         };
         report.skipped.extend(failed);
+        match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+            Ok(fd) => self.deep_stats = Some(fd),
+            Err(e) => report.notes.push(format!(
+                "the kernel's BPF run-time statistics could not be enabled ({e}): the summary will not say what each deep call cost"
+            )),
+        }
         Ok(report)
+    }
+
+    /// `trace --deep`: runs and run time of the deep entry and return programs since they
+    /// were attached (`None` without `--deep` or without run-time statistics).
+    pub fn deep_cost(&self) -> Option<DeepCost> {
+        self.deep_stats.as_ref()?;
+        let info = |name: &str| {
+            let p: &aya::programs::KProbe = self.session.ebpf.program(name)?.try_into().ok()?;
+            let i = p.info().ok()?;
+            Some((i.run_count(), i.run_time().as_nanos() as u64))
+        };
+        Some(DeepCost {
+            entry: info(probes::deep::ENTRY_PROGRAM)?,
+            ret: info(probes::deep::RETURN_PROGRAM)?,
+        })
     }
 
     /// See [`EventStream::deep_counts`].

@@ -339,6 +339,7 @@ deep() {
 	check deep_outside_run ok "$r"
 	grab
 	check deep_outside_spdm "spdm_verify:4:1:0 spdm_recv:3:1:0 spdm_exchange:2:1:0 spdm_verify:4:2:0 spdm_recv:3:2:0 spdm_exchange:2:2:0 spdm_session:1:0:0" "$(spdm)"
+	echo "calls=$(spdm | wc -w)" > /tmp/deep_outside
 
 	if [ -n "$DEEP_PID" ]; then
 		sleep 1.5
@@ -354,6 +355,7 @@ deep() {
 		frame deep_replay.err /tmp/deep_replay.err
 		frame deep_capture /tmp/deep.rec
 	fi
+	frame deep_outside /tmp/deep_outside
 	frame deep_syms /tmp/deep_syms
 	frame deep_events /tmp/deep_events
 }

@@ -172,6 +172,24 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         if let Some(which) = misses::by_program(&programs) {
             writeln!(err, "kernel misses by program: {which}")?;
         }
+        if let Some(c) = live.deep_cost() {
+            let each = |(runs, ns): (u64, u64)| {
+                if runs == 0 {
+                    "never ran".to_string()
+                } else {
+                    format!(
+                        "ran {runs} times, {} each",
+                        tsm_trace::exporters::trace::fmt_duration(ns / runs)
+                    )
+                }
+            };
+            writeln!(
+                err,
+                "deep: what each call of an attached function cost (the kernel's BPF run-time statistics): entry program {} (every call, inside TSM work or not), return program {}",
+                each(c.entry),
+                each(c.ret)
+            )?;
+        }
         if let Some((recorded, unclaimed)) = live.deep_counts(true) {
             writeln!(
                 err,

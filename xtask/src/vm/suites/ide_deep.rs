@@ -162,6 +162,8 @@ struct DeepErr {
     attached_names: Vec<String>,
     /// `deep: N calls recorded, ...` (the summary).
     recorded: Option<usize>,
+    /// `... entry program ran N times, ...` (the summary's cost line).
+    entry_runs: Option<usize>,
     /// The spec after `deep: no function matches ` (a reason may follow it).
     no_match: Vec<String>,
 }
@@ -191,6 +193,8 @@ fn deep_err(text: &str) -> DeepErr {
             }
         } else if let Some((n, _)) = rest.split_once(" calls recorded") {
             d.recorded = n.trim().parse().ok();
+        } else if let Some((_, r)) = rest.split_once("entry program ran ") {
+            d.entry_runs = r.split_whitespace().next().and_then(|n| n.parse().ok());
         } else if let Some(r) = rest.strip_prefix("no function matches ") {
             d.no_match
                 .extend(r.split_whitespace().next().map(str::to_string));
@@ -208,6 +212,17 @@ pub fn check(out: &VmOutput) -> Result<usize> {
         &out.section("deep_syms")?.text,
         &trace,
         &out.section("deep_trace.err")?.text,
+    );
+    // The entry program ran on every call of an attached function, the chain run outside
+    // a TSM operation included (what the cost line prices), and recorded only those inside.
+    let outside: Option<usize> = parse_kv(&out.section("deep_outside")?.text)
+        .get("calls")
+        .and_then(|n| n.parse().ok());
+    let d = deep_err(&out.section("deep_trace.err")?.text);
+    c.eq(
+        d.entry_runs,
+        d.recorded.zip(outside).map(|(r, o)| r + o),
+        "deep: entry program runs (BPF stats) = calls recorded + the fixture's calls outside TSM operations",
     );
     let replay = json_lines(out, "deep_replay.jsonl", false)?;
     check_replay(
