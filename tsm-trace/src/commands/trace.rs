@@ -173,15 +173,12 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
             writeln!(err, "kernel misses by program: {which}")?;
         }
         if let Some(c) = live.deep_cost() {
-            let each = |(runs, ns): (u64, u64)| {
-                if runs == 0 {
-                    "never ran".to_string()
-                } else {
-                    format!(
-                        "ran {runs} times, {} each",
-                        tsm_trace::exporters::trace::fmt_duration(ns / runs)
-                    )
-                }
+            let each = |(runs, ns): (u64, u64)| match ns.checked_div(runs) {
+                None => "never ran".to_string(),
+                Some(per) => format!(
+                    "ran {runs} times, {} each",
+                    tsm_trace::exporters::trace::fmt_duration(per)
+                ),
             };
             writeln!(
                 err,
