@@ -681,7 +681,14 @@ impl LiveSession {
         specs: &[probes::deep::DeepSpec],
         max: usize,
     ) -> Result<DeepReport> {
-        let (kernel, plan) = probes::deep::plan_here(specs, &self.session.opts.btf, max)
+        let probed: Vec<(String, String)> = self
+            .session
+            .attach
+            .iter()
+            .filter(|r| r.attached)
+            .map(|r| (r.function.clone(), r.probe.as_str().to_string()))
+            .collect();
+        let (kernel, plan) = probes::deep::plan_here(specs, &self.session.opts.btf, &probed, max)
             .map_err(SessionError::Deep)?;
         // Records are named from the first one on: the decoder is in place before any
         // program is attached.

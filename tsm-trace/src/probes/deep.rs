@@ -296,6 +296,7 @@ pub fn plan(
     specs: &[DeepSpec],
     k: &KernelFunctions,
     returns: &dyn Fn(&str) -> Result<Option<u32>, String>,
+    probed: &[(String, String)],
     max: usize,
 ) -> Plan {
     let mut p = Plan::default();
@@ -320,7 +321,11 @@ pub fn plan(
                 reason,
             };
             let n = defs.get(s.name.as_str()).copied().unwrap_or(0);
-            let why = if s.name.contains('.') {
+            let why = if let Some((_, probe)) = probed.iter().find(|(f, _)| *f == s.name) {
+                Some(format!(
+                    "probed by tsm-trace already ({probe}): its calls are the operation's frames"
+                ))
+            } else if s.name.contains('.') {
                 Some(CLONE.to_string())
             } else if n > 1 {
                 Some(format!(
@@ -442,6 +447,7 @@ pub fn symbols(k: &KernelFunctions, plan: &Plan) -> DeepSymbols {
 pub fn plan_here(
     specs: &[DeepSpec],
     btf: &crate::btf::BtfSources,
+    probed: &[(String, String)],
     max: usize,
 ) -> Result<(KernelFunctions, Plan), String> {
     let k = KernelFunctions::read()?;
@@ -463,6 +469,7 @@ pub fn plan_here(
         specs,
         &k,
         &|n: &str| kinds.get(n).cloned().unwrap_or(Ok(None)),
+        probed,
         max,
     );
     Ok((k, p))
@@ -530,7 +537,11 @@ ffffffffc0001600 d lt_spdm_data\t[tsm_linktsm]
         .iter()
         .map(|s| s.parse().unwrap())
         .collect();
-        let p = plan(&specs, &kernel(), &returns, 64);
+        let probed = vec![(
+            "pci_ide_stream_enable".to_string(),
+            "ide_stream_enable".to_string(),
+        )];
+        let p = plan(&specs, &kernel(), &returns, &probed, 64);
         let names: Vec<&str> = p.attach.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, ["lt_spdm_session", "lt_spdm_recv"]);
         let why = |n: &str| {
@@ -566,7 +577,7 @@ ffffffffc0001600 d lt_spdm_data\t[tsm_linktsm]
     #[test]
     fn the_cap_names_what_it_left_out() {
         let specs = vec!["tsm_linktsm:lt_spdm_*".parse().unwrap()];
-        let p = plan(&specs, &kernel(), &returns, 1);
+        let p = plan(&specs, &kernel(), &returns, &[], 1);
         assert_eq!(p.attach.len(), 1);
         assert_eq!(p.over_cap, 1);
         assert!(p.skipped.iter().any(|s| s.reason == "over --deep-max 1"));
