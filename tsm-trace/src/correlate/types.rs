@@ -235,6 +235,9 @@ pub struct Deep {
 /// stack at that return when the kernel took one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Origin {
+    /// Its index in [`Deep::calls`].
+    #[serde(skip)]
+    pub call: usize,
     pub function: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub module: Option<String>,
@@ -263,6 +266,7 @@ impl Origin {
         let origin = found.map(|i| {
             let c = &mut calls[i];
             Origin {
+                call: i,
                 function: c.function.clone(),
                 module: c.module.clone(),
                 depth: c.depth,

@@ -266,7 +266,6 @@ impl Spans {
     ) {
         let calls = op.calls();
         let ids: Vec<SpanContext> = calls.iter().map(|_| self.context(trace)).collect();
-        let mut origin_done = false;
         for (k, c) in calls.iter().enumerate() {
             let inside = |s: u64, e: u64| s <= c.start_ns && c.end_ns <= e;
             let frame = op
@@ -294,13 +293,7 @@ impl Spans {
             if let Some(r) = c.ret {
                 a.push(kv("tsm.deep.return", r));
             }
-            if let Some(o) = op.origin()
-                && !origin_done
-                && o.function == c.function
-                && o.depth == c.depth
-                && c.errno == Some(o.errno)
-            {
-                origin_done = true;
+            if let Some(o) = op.origin().filter(|o| o.call == k) {
                 a.push(kv("tsm.deep.origin", true));
                 if !o.stack.is_empty() {
                     a.push(kv("code.stacktrace", o.stack.join("\n")));
@@ -545,6 +538,66 @@ fn frame_attributes(f: &Frame) -> Vec<KeyValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `trace --deep`: a span per deep call, after the frames', under the innermost frame or
+    /// call containing it; the origin marked, with its stack.
+    #[test]
+    fn deep_calls_nest_under_their_frame_and_caller() {
+        use crate::correlate::{Correlator, Output};
+        use crate::events::{Event, ProbeId, deep::DeepCall};
+        let call = |f: &str, depth, start, end, errno: Option<i32>, stack: &[&str]| DeepCall {
+            function: f.into(),
+            module: Some("m".into()),
+            depth,
+            start_ns: start,
+            end_ns: end,
+            duration_ns: end - start,
+            ret: Some(errno.map_or(0, |e| -i64::from(e))),
+            errno,
+            stack: stack.iter().map(|s| s.to_string()).collect(),
+        };
+        let mut d = Event::new(ProbeId::DriverConnect, 100, 900, 7, 7, "sh".into());
+        d.ret = Some(-71);
+        d.device = Some("0000:00:04.0".into());
+        d.calls = vec![
+            call("inner", 2, 300, 400, Some(71), &["inner", "outer+0x10"]),
+            call("outer", 1, 200, 500, Some(71), &[]),
+        ];
+        let mut c = Event::new(ProbeId::Connect, 0, 1_000, 7, 7, "sh".into());
+        c.ret = Some(-71);
+        c.device = Some("0000:00:04.0".into());
+        let mut corr = Correlator::default();
+        let mut out = corr.handle(d, 900);
+        out.extend(corr.handle(c, 1_000));
+        out.extend(corr.tick(u64::MAX / 2));
+        let op = out
+            .iter()
+            .find(|o| matches!(o, Output::Operation(_)))
+            .expect("an operation");
+        let spans = Spans::new(0).of(op);
+        // Root, two frames, two deep calls.
+        assert_eq!(spans.len(), 5);
+        let by_name = |n: &str| spans.iter().find(|s| s.name == n).unwrap();
+        let (frame, outer, inner) = (
+            by_name("driver_connect"),
+            by_name("outer"),
+            by_name("inner"),
+        );
+        assert_eq!(outer.parent_span_id, frame.span_context.span_id());
+        assert_eq!(inner.parent_span_id, outer.span_context.span_id());
+        let attr = |s: &SpanData, k: &str| {
+            s.attributes
+                .iter()
+                .find(|a| a.key.as_str() == k)
+                .map(|a| a.value.as_str().into_owned())
+        };
+        assert_eq!(attr(inner, "tsm.deep.origin").as_deref(), Some("true"));
+        assert_eq!(
+            attr(inner, "code.stacktrace").as_deref(),
+            Some("inner\nouter+0x10")
+        );
+        assert_eq!(attr(outer, "tsm.deep.origin"), None);
+    }
 
     /// `tsm.vm.name` is the VMM's name for the VM where its command line gave one (and
     /// `tsm.vm.vmm` says which VMM), else the stats id.

@@ -35,8 +35,7 @@ pub fn lines(op: &Operation) -> String {
     let mut s = String::new();
     let mut module: Option<&str> = None;
     let origin = op.origin();
-    let mut origin_shown = false;
-    for c in op.calls() {
+    for (i, c) in op.calls().iter().enumerate() {
         let _ = write!(
             s,
             "\n    {}{}",
@@ -52,14 +51,8 @@ pub fn lines(op: &Operation) -> String {
         if let Some(e) = c.errno {
             let _ = write!(s, " {}", errno::name(e));
         }
-        if let Some(o) = origin
-            && !origin_shown
-            && o.function == c.function
-            && o.depth == c.depth
-            && c.errno == Some(o.errno)
-        {
+        if origin.is_some_and(|o| o.call == i) {
             s.push_str("  <- origin");
-            origin_shown = true;
         }
     }
     if let Some(o) = origin {
