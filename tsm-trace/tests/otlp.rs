@@ -255,10 +255,30 @@ fn check_capture(cap: &Path, offset_ns: i64, spans: &[Span], json: &str) -> usiz
                 "{name}"
             );
         }
-        // The frames: one child span each, in the root's trace, parented inside it.
+        // The frames: one child span each, in the root's trace, parented inside it; deep
+        // calls (`trace --deep`, named by `code.function`): one span each, inside a frame.
+        let in_trace = |s: &&Span| s.trace_id == root.trace_id && s.span_id != root.span_id;
+        let is_call = |s: &&Span| attrs(s).contains_key("code.function");
+        let calls: Vec<&Span> = spans.iter().filter(in_trace).filter(is_call).collect();
+        let want_calls = op["calls"].as_array().map_or(0, Vec::len);
+        assert_eq!(calls.len(), want_calls, "{name}: one span per deep call");
+        for c in &calls {
+            let parent = by_id
+                .get(c.parent_span_id.as_slice())
+                .unwrap_or_else(|| panic!("{name}: deep call {} has no parent", c.name));
+            assert!(
+                parent.start_time_unix_nano <= c.start_time_unix_nano
+                    && c.end_time_unix_nano <= parent.end_time_unix_nano
+                    && parent.span_id != root.span_id,
+                "{name}: deep call {} lies inside a frame or call ({})",
+                c.name,
+                parent.name
+            );
+        }
         let mut kids: Vec<&Span> = spans
             .iter()
-            .filter(|s| s.trace_id == root.trace_id && s.span_id != root.span_id)
+            .filter(in_trace)
+            .filter(|s| !is_call(s))
             .collect();
         kids.sort_by_key(|s| {
             (
