@@ -43,26 +43,17 @@ fn load_with(offsets: &Offsets) {
         loaded, expected,
         "every program in the compatibility table (and trace --deep's pair) is in the object"
     );
-    // `trace --deep` loads its pair only when asked; load it here so it passes the verifier.
-    for (name, _) in probes::deep::PROGRAMS {
+    // tsm-trace loads `trace --deep`'s pair only when asked, and never the baselines: load
+    // them here so they pass the verifier too.
+    let deep = probes::deep::PROGRAMS.iter().map(|(n, _)| *n);
+    for name in deep.chain(BENCH_PROGRAMS.iter().copied()) {
         let p: &mut aya::programs::KProbe = ebpf
             .program_mut(name)
-            .expect("deep program present")
+            .expect("program present")
             .try_into()
-            .expect("deep programs are kprobes");
+            .expect("deep and bench programs are kprobes");
         if let Err(e) = p.load() {
-            panic!("deep program {name}: {}", probes::chain(&e));
-        }
-    }
-    // tsm-trace never loads the baselines; load them here so they pass the verifier too.
-    for name in BENCH_PROGRAMS {
-        let p: &mut aya::programs::KProbe = ebpf
-            .program_mut(name)
-            .expect("bench program present")
-            .try_into()
-            .expect("bench programs are kprobes");
-        if let Err(e) = p.load() {
-            panic!("bench program {name}: {}", probes::chain(&e));
+            panic!("program {name}: {}", probes::chain(&e));
         }
     }
     for (name, prog) in ebpf.programs() {

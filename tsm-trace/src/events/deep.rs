@@ -61,6 +61,31 @@ fn de_errno<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i32>, D::Error> {
     .transpose()
 }
 
+#[cfg(test)]
+impl DeepCall {
+    /// A call of `function` (module `m`) at `depth` over `start..end`, returning `-errno` (or
+    /// 0), with `stack`: for tests.
+    pub(crate) fn test(
+        function: &str,
+        depth: u32,
+        (start_ns, end_ns): (u64, u64),
+        errno: Option<i32>,
+        stack: &[&str],
+    ) -> DeepCall {
+        DeepCall {
+            function: function.into(),
+            module: Some("m".into()),
+            depth,
+            start_ns,
+            end_ns,
+            duration_ns: end_ns - start_ns,
+            ret: Some(errno.map_or(0, |e| -i64::from(e))),
+            errno,
+            stack: stack.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
 /// A function `trace --deep` attached to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeepFn {

@@ -7,17 +7,7 @@ use crate::events::ProbeId;
 use crate::events::deep::DeepCall;
 
 fn call(f: &str, depth: u32, start: u64, end: u64, errno: Option<i32>, stack: &[&str]) -> DeepCall {
-    DeepCall {
-        function: f.into(),
-        module: Some("tsm_linktsm".into()),
-        depth,
-        start_ns: start,
-        end_ns: end,
-        duration_ns: end - start,
-        ret: Some(errno.map_or(0, |e| -i64::from(e))),
-        errno,
-        stack: stack.iter().map(|s| s.to_string()).collect(),
-    }
+    DeepCall::test(f, depth, (start, end), errno, stack)
 }
 
 const EPROTO: i32 = 71;

@@ -545,23 +545,12 @@ mod tests {
     fn deep_calls_nest_under_their_frame_and_caller() {
         use crate::correlate::{Correlator, Output};
         use crate::events::{Event, ProbeId, deep::DeepCall};
-        let call = |f: &str, depth, start, end, errno: Option<i32>, stack: &[&str]| DeepCall {
-            function: f.into(),
-            module: Some("m".into()),
-            depth,
-            start_ns: start,
-            end_ns: end,
-            duration_ns: end - start,
-            ret: Some(errno.map_or(0, |e| -i64::from(e))),
-            errno,
-            stack: stack.iter().map(|s| s.to_string()).collect(),
-        };
         let mut d = Event::new(ProbeId::DriverConnect, 100, 900, 7, 7, "sh".into());
         d.ret = Some(-71);
         d.device = Some("0000:00:04.0".into());
         d.calls = vec![
-            call("inner", 2, 300, 400, Some(71), &["inner", "outer+0x10"]),
-            call("outer", 1, 200, 500, Some(71), &[]),
+            DeepCall::test("inner", 2, (300, 400), Some(71), &["inner", "outer+0x10"]),
+            DeepCall::test("outer", 1, (200, 500), Some(71), &[]),
         ];
         let mut c = Event::new(ProbeId::Connect, 0, 1_000, 7, 7, "sh".into());
         c.ret = Some(-71);
