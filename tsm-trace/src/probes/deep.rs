@@ -91,6 +91,11 @@ impl DeepSpec {
         self.glob.contains(['*', '?'])
     }
 
+    /// Whether the function `name` of `module` (`None`: vmlinux) is one this spec names.
+    fn matches(&self, name: &str, module: Option<&str>) -> bool {
+        self.module_matches(module) && glob_match(&self.glob, name)
+    }
+
     fn module_matches(&self, module: Option<&str>) -> bool {
         match self.module.as_str() {
             "*" => true,
@@ -308,7 +313,7 @@ pub fn plan(
     for spec in specs {
         let mut matched = false;
         for s in &k.symbols {
-            if !spec.module_matches(s.module.as_deref()) || !glob_match(&spec.glob, &s.name) {
+            if !spec.matches(&s.name, s.module.as_deref()) {
                 continue;
             }
             matched = true;
@@ -458,7 +463,7 @@ pub fn plan_here(
         .filter(|s| {
             specs
                 .iter()
-                .any(|sp| sp.module_matches(s.module.as_deref()) && glob_match(&sp.glob, &s.name))
+                .any(|sp| sp.matches(&s.name, s.module.as_deref()))
         })
         .map(|s| s.name.as_str())
         .collect();
