@@ -120,6 +120,7 @@ pub fn test_all(no_vm: bool) -> Result<()> {
             crate::bench::run(&crate::bench::BenchArgs {
                 smoke: true,
                 compare: Vec::new(),
+                cost_only: false,
             })
         })?;
     }

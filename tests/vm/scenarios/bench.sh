@@ -41,6 +41,7 @@ lo_up
 # ---- 1. Cost per probed call (bench_cost.sh), nothing else attached ----------
 . /scenarios/bench_cost.sh
 cost_blocks
+[ "$COST_ONLY" = 1 ] && exit 0
 
 $BIN run --listen 127.0.0.1:$PORT --grace 1s $DRV $PCI_SYMS \
 	> /tmp/daemon.out 2> /tmp/daemon.err &

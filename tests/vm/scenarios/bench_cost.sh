@@ -15,6 +15,8 @@
 #                decoding during a round is on that round's clock); a 1 MiB ring buffer holds
 #                a round's records, and any loss is reported (it would make the block cheaper)
 #   tsm-trace@REV  the same, built from git revision REV (cargo xtask bench --compare)
+# With COST_ONLY=1 (cargo xtask bench --cost-only) only tsm-trace-paused and the tsm-trace@REV
+# blocks run, each with its daemon stopped through the armed rounds: the in-kernel path alone.
 #   bpftrace0    bpftrace: latency histogram + return-value counts, no fields
 #   bpftrace     the same reading the fields tsm-trace reads into maps
 # Sections: cost_env, cost_rounds (round block= base_ns= tool_ns=), cost_hits_<block>
@@ -273,6 +275,16 @@ cost_blocks() {
 		esac
 		args="$args $p=$f"
 	done
+	if [ "$COST_ONLY" = 1 ]; then
+		# cargo xtask bench --cost-only: the in-kernel path alone, this tree's and --compare's.
+		daemon_block tsm-trace-paused $BIN pause
+		for rev in $COMPARE; do
+			daemon_block "tsm-trace@$rev" "/bin/tsm-trace-$rev" pause
+		done
+		echo 1 > $KPE
+		frame cost_rounds /tmp/cost_rounds
+		return 0
+	fi
 	$H empty $args > /tmp/empty.out 2> /tmp/empty.err &
 	EP=$!
 	if wait_for /tmp/empty.err 'baselines attached' 120; then

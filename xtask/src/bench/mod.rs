@@ -34,6 +34,12 @@ pub struct BenchArgs {
     /// the current tree in the same VM run. Report rows only.
     #[arg(long, value_delimiter = ',', value_name = "REV[,REV...]")]
     pub compare: Vec<String>,
+    /// Only the in-kernel cost per probed call: this tree's daemon (stopped through each
+    /// armed round) and each `--compare` revision's, side by side in one VM run; no other
+    /// tool, no host part, BENCHMARKS.md untouched. For iterating on the probes:
+    /// `cargo xtask bench --smoke --cost-only --compare HEAD~1`.
+    #[arg(long)]
+    pub cost_only: bool,
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
@@ -48,12 +54,20 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         "cargo xtask bench"
     };
     let t = std::time::Instant::now();
+    if args.cost_only {
+        let compare = compare::build(&args.compare)?;
+        let vm = vm::run(&sizes, &compare, true)?;
+        let rows: Vec<Row> = vm.rows.into_iter().filter(|r| r.measured).collect();
+        println!("\n{}", render(&rows, &machine(), &vm.machine, args.smoke));
+        println!("bench --cost-only: {:.1}s", t.elapsed().as_secs_f64());
+        return Ok(());
+    }
     let mut rows = host::run(&sizes, args.smoke)?;
     for r in &mut rows {
         r.command = format!("{cmd} (host part: {})", r.command);
     }
     let compare = compare::build(&args.compare)?;
-    let vm = vm::run(&sizes, &compare)?;
+    let vm = vm::run(&sizes, &compare, false)?;
     let bpftrace_missing = vm.bpftrace.is_err();
     let guest = vm.machine.clone();
     for mut r in vm.rows {

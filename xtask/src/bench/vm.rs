@@ -33,7 +33,9 @@ pub struct Compare {
     pub binary: std::path::PathBuf,
 }
 
-pub fn run(s: &Sizes, compare: &[Compare]) -> Result<VmBench> {
+/// `cost_only`: the cost blocks of tsm-trace (stopped daemon) and the `compare` revisions
+/// only (`cargo xtask bench --cost-only`).
+pub fn run(s: &Sizes, compare: &[Compare], cost_only: bool) -> Result<VmBench> {
     let spec = match std::env::var("TSM_VM_KERNEL") {
         Ok(k) if !k.trim().is_empty() => KernelSpec::parse(&k)?,
         _ => KernelSpec::TrixieBackports,
@@ -47,14 +49,15 @@ pub fn run(s: &Sizes, compare: &[Compare]) -> Result<VmBench> {
     let body = std::fs::read_to_string(root().join(SCRIPT)).context(SCRIPT)?;
     let revs: Vec<&str> = compare.iter().map(|c| c.rev.as_str()).collect();
     let script = format!(
-        "#!/bin/sh\nIDLE_S={}\nHOT_N={}\nLAT_N={}\nACC_N={}\nROUNDS={}\nPAIRS={}\nCOMPARE=\"{}\"\n{body}",
+        "#!/bin/sh\nIDLE_S={}\nHOT_N={}\nLAT_N={}\nACC_N={}\nROUNDS={}\nPAIRS={}\nCOMPARE=\"{}\"\nCOST_ONLY={}\n{body}",
         s.idle_s,
         s.hot_n,
         s.lat_n,
         s.acc_n,
         s.rounds,
         s.pairs,
-        revs.join(" ")
+        revs.join(" "),
+        u8::from(cost_only)
     );
     let mut extra = vec![
         (tsm_trace, "/bin/tsm-trace".to_string()),
@@ -68,7 +71,12 @@ pub fn run(s: &Sizes, compare: &[Compare]) -> Result<VmBench> {
         extra.push((c.binary.clone(), format!("/bin/tsm-trace-{}", c.rev)));
     }
     // bpftrace from Debian trixie's packages; without it the bpftrace rows say why.
-    let bpftrace = match super::bpftrace::stage() {
+    let staged = if cost_only {
+        Err("not staged (--cost-only)".into())
+    } else {
+        super::bpftrace::stage().map_err(|e| format!("{e:#}"))
+    };
+    let bpftrace = match staged {
         Ok(b) => {
             println!(
                 "bench: bpftrace {} for the guest ({} files, {:.0} MiB)",
@@ -80,8 +88,8 @@ pub fn run(s: &Sizes, compare: &[Compare]) -> Result<VmBench> {
             Ok(b.version)
         }
         Err(e) => {
-            eprintln!("bench: bpftrace not available in the guest: {e:#}");
-            Err(format!("{e:#}"))
+            eprintln!("bench: bpftrace not available in the guest: {e}");
+            Err(e)
         }
     };
     let opts = RunOptions {
@@ -137,6 +145,13 @@ pub fn run(s: &Sizes, compare: &[Compare]) -> Result<VmBench> {
         }
     }
     rows.extend(cost.into_iter().map(|r| vm_row(r, &cmd)));
+    if cost_only {
+        return Ok(VmBench {
+            machine,
+            rows,
+            bpftrace,
+        });
+    }
     rows.push(vm_row(hotpath(&out, s), &cmd));
     rows.extend(idle(&out, s).into_iter().map(|r| vm_row(r, &cmd)));
     rows.push(vm_row(latency(&out), &cmd));
