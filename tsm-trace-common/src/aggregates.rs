@@ -66,6 +66,28 @@ pub struct AggConfig {
     pub bounds_ns: [u64; BOUNDS],
 }
 
+/// The first histogram bucket whose bound holds `duration_ns` (`BOUNDS`: the `+Inf`
+/// bucket), by binary search over ascending bounds (`tsm-trace`'s `DURATION_BUCKETS`, padded
+/// with `u64::MAX`): five halvings on every probed call where a scan compared up to 20 bounds.
+#[inline(always)]
+pub fn bucket(bounds_ns: &[u64; BOUNDS], duration_ns: u64) -> u32 {
+    let (mut lo, mut hi) = (0usize, BOUNDS);
+    for _ in 0..BUCKET_HALVINGS {
+        if lo < hi {
+            let mid = (lo + hi) / 2;
+            match bounds_ns.get(mid) {
+                Some(&b) if duration_ns <= b => hi = mid,
+                _ => lo = mid + 1,
+            }
+        }
+    }
+    lo as u32
+}
+
+/// Halvings that narrow `BOUNDS + 1` candidate buckets to one.
+const BUCKET_HALVINGS: u32 = usize::BITS - BOUNDS.leading_zeros();
+const _: () = assert!(1 << BUCKET_HALVINGS > BOUNDS);
+
 /// One errno seen in an operation's inner frames and where.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

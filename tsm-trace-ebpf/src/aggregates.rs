@@ -66,31 +66,24 @@ pub fn unenter(ev: &RawEvent) {
     };
     // SAFETY: see `enter`.
     let st = unsafe { &mut *st };
-    if st.depth > 1 {
-        st.depth -= 1;
-    } else {
-        let _ = THREAD_OPS.remove(ev.pid_tgid);
-    }
+    st.depth = st.depth.saturating_sub(1);
 }
 
 /// A probed call returned: `kept` is false when its record was dropped (not a TSM call, such
 /// as `__pci_tsm_destroy` of a device without TSM context), which is then no frame at all.
-/// The operation's outer return removes the thread's entry: `THREAD_OPS` holds only threads
-/// with an operation open, so it never fills with threads that are done (or gone).
+/// The operation's outer return closes it (depth 0). The thread's entry stays for its next
+/// operation, as its `INFLIGHT` slots do (an insert and a delete per operation cost more
+/// than the counting itself); userspace removes the entries of threads that are gone.
 #[inline(always)]
 pub fn exit(p: ProbeId, pid_tgid: u64, ret: i64, ret_flags: u32, duration_ns: u64, kept: bool) {
     let Some(st) = THREAD_OPS.get_ptr_mut(pid_tgid) else {
         return;
     };
-    // SAFETY: see `enter`; `st` is not used once the entry is removed.
-    let done = frame_returned(unsafe { &mut *st }, p, ret, ret_flags, duration_ns, kept);
-    if done {
-        let _ = THREAD_OPS.remove(pid_tgid);
-    }
+    // SAFETY: see `enter`.
+    frame_returned(unsafe { &mut *st }, p, ret, ret_flags, duration_ns, kept);
 }
 
-/// Counts one returned frame of the operation `st`; true when it was the operation's outer
-/// frame (or the entry held no open operation), and the entry is no longer needed.
+/// Counts one returned frame of the operation `st`; its outer frame closes it.
 #[inline(always)]
 fn frame_returned(
     st: &mut ThreadOp,
@@ -99,14 +92,14 @@ fn frame_returned(
     ret_flags: u32,
     duration_ns: u64,
     kept: bool,
-) -> bool {
+) {
     if st.depth == 0 {
-        return true;
+        return;
     }
     st.depth -= 1;
     let root = st.depth == 0;
     if !kept {
-        return root;
+        return;
     }
     let layer = aggregates::layer(p);
     let errno = aggregates::errno(ret, ret_flags);
@@ -127,7 +120,7 @@ fn frame_returned(
             }
             None => {}
         }
-        return false;
+        return;
     }
     let (layer, e) = match errno {
         None => (layer, 0),
@@ -156,7 +149,6 @@ fn frame_returned(
             }
         }
     }
-    true
 }
 
 /// Remembers where errno `e` was returned: the deepest frame (ties: the latest) wins, as
@@ -195,15 +187,10 @@ fn observe(kind: u32, layer: u32, ok: bool, duration_ns: u64) {
     if kind >= aggregates::OPS || layer >= aggregates::LAYERS {
         return;
     }
-    let mut slot = aggregates::BOUNDS as u32;
-    if let Some(cfg) = AGG_CONFIG.get(0) {
-        for i in 0..aggregates::BOUNDS {
-            if duration_ns <= cfg.bounds_ns[i] {
-                slot = i as u32;
-                break;
-            }
-        }
-    }
+    let slot = match AGG_CONFIG.get(0) {
+        Some(cfg) => aggregates::bucket(&cfg.bounds_ns, duration_ns),
+        None => aggregates::BOUNDS as u32,
+    };
     if let Some(v) = OP_HIST.get_ptr_mut(aggregates::hist_index(kind, layer, ok, slot)) {
         // SAFETY: per-CPU value.
         unsafe { *v += 1 };
@@ -218,3 +205,4 @@ fn observe(kind: u32, layer: u32, ok: bool, duration_ns: u64) {
         unsafe { *v += duration_ns };
     }
 }
+

@@ -27,3 +27,43 @@ pub struct Aggregates {
     pub counts: BTreeMap<(OpKind, Layer, u32), u64>,
     pub durations: BTreeMap<(OpKind, Layer, bool), Counts>,
 }
+
+#[cfg(test)]
+mod tests {
+    use tsm_trace_common::aggregates::{BOUNDS, bucket};
+
+    use super::DURATION_BUCKETS;
+
+    /// The bounds as `probes::load` writes them for the kernel.
+    fn kernel_bounds() -> [u64; BOUNDS] {
+        let mut b = [u64::MAX; BOUNDS];
+        for (b, s) in b.iter_mut().zip(DURATION_BUCKETS) {
+            *b = (s * 1e9).round() as u64;
+        }
+        b
+    }
+
+    #[test]
+    fn the_bounds_ascend_as_the_kernels_binary_search_needs() {
+        let b = kernel_bounds();
+        assert!(b.windows(2).all(|w| w[0] < w[1]), "{b:?}");
+    }
+
+    #[test]
+    fn the_kernels_bucket_is_the_first_bound_that_holds_the_duration() {
+        let b = kernel_bounds();
+        let scan = |d: u64| b.iter().position(|&x| d <= x).unwrap_or(BOUNDS) as u32;
+        let mut durations = vec![0, 1, u64::MAX - 1, u64::MAX];
+        for &x in &b {
+            durations.extend([x - 1, x, x.saturating_add(1)]);
+        }
+        for d in durations {
+            assert_eq!(bucket(&b, d), scan(d), "duration {d} ns");
+        }
+        // A duration past the last bound (30 s) is in the +Inf bucket.
+        let mut short = [u64::MAX; BOUNDS];
+        short[..3].copy_from_slice(&[10, 20, 30]);
+        assert_eq!(bucket(&short, 31), 3);
+        assert_eq!(bucket(&[5; BOUNDS], 6), BOUNDS as u32);
+    }
+}

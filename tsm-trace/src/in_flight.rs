@@ -92,8 +92,9 @@ fn cstr(b: &[u8]) -> Option<String> {
 }
 
 impl InFlight {
-    /// Groups parked entries by thread. An entry whose start time is 0 is being parked this
-    /// instant (the entry program stamps it last): not counted yet.
+    /// Groups parked entries by thread. A slot whose start time is 0 is free (its call
+    /// returned; the thread's next call of that function reuses it) or being written this
+    /// instant (the entry program stamps it last): not in flight.
     pub fn from_entries(entries: impl IntoIterator<Item = (InflightKey, RawEvent)>) -> InFlight {
         let mut by_thread: std::collections::BTreeMap<u64, Vec<RawEvent>> = Default::default();
         for (key, ev) in entries {

@@ -407,7 +407,8 @@ impl Session {
     pub fn devices_in_flight(&self) -> std::collections::BTreeSet<String> {
         let mut out = std::collections::BTreeSet::new();
         for (_, ev) in self.inflight.iter().flatten() {
-            if ev.missing & tsm_trace_common::missing::DEV_NAME != 0 {
+            // A free slot (start 0): its call returned.
+            if ev.start_ns == 0 || ev.missing & tsm_trace_common::missing::DEV_NAME != 0 {
                 continue;
             }
             let end = ev.dev_name.iter().position(|&b| b == 0).unwrap_or(0);
@@ -472,7 +473,7 @@ impl Session {
 
     /// Removes kernel-side entries whose return will never come (`probes/expiry.rs`):
     /// in-flight entries of exited threads or older than `timeout`, and the operations of
-    /// exited threads. Only entries this call removed are counted (one whose return came
+    /// exited threads; and the free slots of exited threads (not counted: nothing was lost). Only entries this call removed are counted (one whose return came
     /// meanwhile is gone already).
     /// Also returns the operations still in flight, from the same walk of the map (each
     /// walk of it costs: a kprobe program that fires on a CPU while a bpf(2) map operation
@@ -491,9 +492,14 @@ impl Session {
             raw.iter().map(|(k, ev)| (*k, ev.start_ns)).collect();
         let mut out = Expired::default();
         let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
-        let total = entries.len();
+        let free = expiry::free_slots_of_gone_threads(entries.iter().copied(), alive);
+        let in_flight = entries.iter().filter(|(_, start)| *start != 0).count();
         let stale = expiry::stale_inflight(entries, now, timeout_ns, alive);
-        out.still_in_flight = total - stale.len();
+        out.still_in_flight = in_flight - stale.len();
+        for key in free {
+            raw.retain(|(k, _)| *k != key);
+            let _ = self.inflight.remove(&key);
+        }
         for (key, probe, reason) in stale {
             raw.retain(|(k, _)| *k != key);
             if self.inflight.remove(&key).is_ok() {

@@ -30,12 +30,14 @@ fn try_kvm_destroy_vm_entry(ctx: &ProbeContext, t: u64) -> Result<(), ProgError>
     Ok(())
 }
 
-/// `sched_process_exit`: only processes in `VMM_TGIDS` (those that bound a device) produce an
-/// event, and only when the thread-group leader exits. Costs one hash lookup per process exit;
-/// nothing per ioctl or per VM exit.
+/// `sched_process_exit` (every exiting thread): frees the thread's slots
+/// ([`super::free_thread_slots`]); only processes in `VMM_TGIDS` (those that bound a device)
+/// produce an event, and only when the thread-group leader exits. Costs two hash lookups per
+/// thread exit; nothing per ioctl or per VM exit.
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn vmm_exit(_ctx: RawTracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
+    super::free_thread_slots(pid_tgid);
     let tgid = (pid_tgid >> 32) as u32;
     if tgid != pid_tgid as u32 || !crate::maps::live() {
         return 0;

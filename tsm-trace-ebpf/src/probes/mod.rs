@@ -31,10 +31,7 @@ pub mod tsm;
 pub mod tsm_driver;
 
 use aya_ebpf::{Argument, programs::ProbeContext};
-use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
-};
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated};
 use tsm_trace_common::{
     ARGV_LEN, COMM_LEN, KernelCounter, KvmOffsets, ProbeId, ProgError, RawEvent, VMM_RECORD_KIND,
     VmmRecord, flags, maps as names, missing,
@@ -47,11 +44,9 @@ use crate::{
 };
 
 /// The program's timestamp. A return program takes it as the first thing it does, before any
-/// map lookup or gate; an entry program as the last thing it does, into the record it has
-/// parked ([`stash`]). So neither program's own work lands inside the frame it measures:
-/// under TCG the first run of freshly JITed code is translated on the spot, and that
-/// translation, like the reads and the map update an entry program does, happens before the
-/// frame starts or after it ends.
+/// map lookup or gate; an entry program as late as it can, into the record it has parked
+/// ([`stash`]). So the program's own work (its reads; under TCG the translation of freshly
+/// JITed code on its first run) happens before the frame starts or after it ends.
 #[inline(always)]
 pub fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
@@ -154,13 +149,19 @@ pub fn point(probe: ProbeId, start_ns: u64, fill: impl FnOnce(&mut RawEvent)) {
     slot.submit(0);
 }
 
-const EEXIST: i32 = 17;
-
-/// Parks an entry record until the function returns. The call's start time is taken here,
-/// last: after the operation's in-kernel count has noted the frame and after the record is
-/// in [`INFLIGHT`], it is written into the parked record in place. What the entry program did
-/// before (its reads, the map update, their first run's translation under emulation) is not
-/// part of the frame.
+/// Parks an entry record until the function returns, in this thread's slot for `probe` in
+/// [`INFLIGHT`]. A slot lives as long as its thread: the return frees it (start time 0) and
+/// the thread's next call of that function writes its record into it in place, so a call
+/// pays one lookup, not an insert and a delete (the dearest part of a probed call: a hash
+/// insert and delete cost more than all the reads of a record). Userspace removes the slots
+/// of threads that are gone (`probes/expiry.rs`). The first call of a thread inserts.
+///
+/// The call's start time is taken last where it can be: after the reads, after the
+/// operation's in-kernel count has noted the frame, and after the record is in a reused
+/// slot, it is written into the slot in place (publishing it: a slot with start time 0 is
+/// free). A first call stamps its record just before the insert. What the entry program did
+/// before (its reads, their first run's translation under emulation) is not part of the
+/// frame.
 #[inline(always)]
 pub fn stash(ev: &mut RawEvent) {
     let key = InflightKey {
@@ -169,30 +170,49 @@ pub fn stash(ev: &mut RawEvent) {
         _pad: 0,
     };
     let mark = crate::maps::ENTRY_MARK | (crate::maps::epoch() & !crate::maps::ENTRY_MARK);
+    let slot = INFLIGHT.get_ptr_mut(key);
+    // SAFETY (every dereference of `slot` below): this thread's slot; only this thread's
+    // programs write it, and they do not nest on one CPU. Userspace removes a slot only when
+    // its thread is gone, or when its call has been in flight past the in-flight timeout.
+    let parked = slot.is_some_and(|p| unsafe { (*p).start_ns } != 0);
     // A handover: the other epoch's entry program parked this very call just before us on
     // this CPU, and the gate flipped in between. The call is parked and counted once already.
-    if LAST_RETURN.get(0).is_some_and(|l| {
-        l.pid_tgid == key.pid_tgid
-            && l.probe == key.probe
-            && l._pad & crate::maps::ENTRY_MARK != 0
-            && l._pad != mark
-    }) && INFLIGHT.get_ptr(key).is_some()
+    if parked
+        && LAST_RETURN.get(0).is_some_and(|l| {
+            l.pid_tgid == key.pid_tgid
+                && l.probe == key.probe
+                && l._pad & crate::maps::ENTRY_MARK != 0
+                && l._pad != mark
+        })
     {
         return;
     }
     crate::aggregates::enter(ev);
-    let ev: &RawEvent = ev;
     // These functions do not recurse: an entry already parked for this thread and function
     // is a call whose return never came (its kretprobe missed).
-    if let Err(e) = INFLIGHT.insert(key, ev, BPF_NOEXIST as u64) {
-        if e == -EEXIST {
-            count(KernelCounter::ReturnMissed);
-        }
-        if INFLIGHT.insert(key, ev, 0).is_err() {
-            full(KernelCounter::InflightFull, names::INFLIGHT);
-            // No return will find this frame: the operation's count must not wait for it.
-            crate::aggregates::unenter(ev);
-            return;
+    if parked {
+        count(KernelCounter::ReturnMissed);
+    }
+    match slot {
+        Some(p) => unsafe {
+            ev.start_ns = 0;
+            *p = *ev;
+            let t = now();
+            (*p).start_ns = t;
+            (*p).end_ns = t;
+        },
+        None => {
+            let t = now();
+            ev.start_ns = t;
+            ev.end_ns = t;
+            // By reference: a copy of the record would not fit the BPF stack.
+            let parked: &RawEvent = ev;
+            if INFLIGHT.insert(key, parked, 0).is_err() {
+                full(KernelCounter::InflightFull, names::INFLIGHT);
+                // No return will find this frame: the operation's count must not wait for it.
+                crate::aggregates::unenter(ev);
+                return;
+            }
         }
     }
     if let Some(last) = LAST_RETURN.get_ptr_mut(0) {
@@ -204,27 +224,35 @@ pub fn stash(ev: &mut RawEvent) {
             }
         };
     }
-    match INFLIGHT.get_ptr_mut(key) {
-        Some(p) => {
-            let t = now();
-            // SAFETY: the element just parked; this thread's programs are its only writers and
-            // they do not nest on one CPU.
-            unsafe {
-                (*p).start_ns = t;
-                (*p).end_ns = t;
-            }
-        }
-        None => parked_lost(key, ev),
-    }
 }
 
-/// The record parked a moment ago is gone (a sweep from userspace raced with us): it has no
-/// start time, so no return may complete it. Counted as a full map: the frame is not reported.
-#[inline(never)]
-fn parked_lost(key: InflightKey, ev: &RawEvent) {
-    let _ = INFLIGHT.remove(key);
-    full(KernelCounter::InflightFull, names::INFLIGHT);
-    crate::aggregates::unenter(ev);
+/// A thread is exiting: its free [`INFLIGHT`] slots and its closed operation in
+/// [`crate::maps::THREAD_OPS`] go with it, so the maps hold the threads that live (a burst of
+/// short-lived threads does not fill them). What is still open stays: a call in flight or an
+/// operation unfinished when its thread died is what userspace's sweep finds and counts
+/// (`probes/expiry.rs`), which also removes what this misses (programs replaced meanwhile).
+/// A thread that never did TSM work costs one lookup.
+#[inline(always)]
+pub fn free_thread_slots(pid_tgid: u64) {
+    let Some(st) = crate::maps::THREAD_OPS.get_ptr(pid_tgid) else {
+        return;
+    };
+    // SAFETY: the exiting thread's entry; its programs no longer run.
+    let open = unsafe { (*st).depth } != 0;
+    for p in 0..ProbeId::ALL.len() as u32 {
+        let key = InflightKey {
+            pid_tgid,
+            probe: p,
+            _pad: 0,
+        };
+        // SAFETY: a read of the exiting thread's slot.
+        if INFLIGHT.get_ptr(key).is_some_and(|s| unsafe { (*s).start_ns } == 0) {
+            let _ = INFLIGHT.remove(key);
+        }
+    }
+    if !open {
+        let _ = crate::maps::THREAD_OPS.remove(pid_tgid);
+    }
 }
 
 /// Sends a record to userspace, counting a full ring buffer as a drop.
@@ -261,7 +289,8 @@ pub fn finish_with(
         probe: probe as u32,
         _pad: 0,
     };
-    match INFLIGHT.get_ptr_mut(key) {
+    // SAFETY: this thread's slot (see `stash`).
+    match INFLIGHT.get_ptr_mut(key).filter(|p| unsafe { (**p).start_ns } != 0) {
         Some(p) => {
             let ev = unsafe { &mut *p };
             ev.end_ns = now;
@@ -272,7 +301,8 @@ pub fn finish_with(
                 emit(ev);
             }
             crate::aggregates::exit(probe, pid_tgid, ret, ret_flags, now - ev.start_ns, kept);
-            let _ = INFLIGHT.remove(key);
+            // Free for this thread's next call of `probe`.
+            ev.start_ns = 0;
             if let Some(last) = LAST_RETURN.get_ptr_mut(0) {
                 // SAFETY: per-CPU slot, this program is its only writer while it runs.
                 unsafe { *last = key };

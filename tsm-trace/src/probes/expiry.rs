@@ -60,9 +60,10 @@ pub fn thread_alive(proc_root: &Path, pid_tgid: u64) -> bool {
 }
 
 /// The entries to remove from `INFLIGHT`, with the probe and reason of each. `entries` are
-/// (key, entry time in `CLOCK_MONOTONIC` ns); `now_ns` on the same clock. An entry time of 0
-/// is a record being parked this instant (the entry program writes its start time into the
-/// parked record last): only its thread's exit expires it.
+/// (key, entry time in `CLOCK_MONOTONIC` ns); `now_ns` on the same clock. A slot whose entry
+/// time is 0 is free (its call returned; the thread's next call of that function reuses it)
+/// or being written this instant: no call is lost with it, so it is not listed here (a gone
+/// thread's free slots: [`free_slots_of_gone_threads`]).
 pub fn stale_inflight(
     entries: impl IntoIterator<Item = (InflightKey, u64)>,
     now_ns: u64,
@@ -71,10 +72,11 @@ pub fn stale_inflight(
 ) -> Vec<(InflightKey, Option<ProbeId>, ExpiryReason)> {
     entries
         .into_iter()
+        .filter(|(_, start_ns)| *start_ns != 0)
         .filter_map(|(key, start_ns)| {
             let reason = if !alive(key.pid_tgid) {
                 ExpiryReason::ThreadExited
-            } else if start_ns != 0 && now_ns.saturating_sub(start_ns) > timeout_ns {
+            } else if now_ns.saturating_sub(start_ns) > timeout_ns {
                 ExpiryReason::Timeout
             } else {
                 return None;
@@ -84,8 +86,23 @@ pub fn stale_inflight(
         .collect()
 }
 
-/// The `THREAD_OPS` entries to remove (threads that no longer exist), each with whether it
-/// had an operation open: an operation the exact counts will never see.
+/// The free `INFLIGHT` slots (entry time 0) of threads that no longer exist: removed without
+/// a count, as a thread's slots live until the thread is gone (`probes::stash` in the eBPF
+/// crate). Only a gone thread's: a live thread's program may be writing its slot this instant.
+pub fn free_slots_of_gone_threads(
+    entries: impl IntoIterator<Item = (InflightKey, u64)>,
+    alive: impl Fn(u64) -> bool,
+) -> Vec<InflightKey> {
+    entries
+        .into_iter()
+        .filter(|(key, start_ns)| *start_ns == 0 && !alive(key.pid_tgid))
+        .map(|(key, _)| key)
+        .collect()
+}
+
+/// The `THREAD_OPS` entries to remove (threads that no longer exist: a thread's entry stays
+/// between its operations), each with whether it had an operation open: an operation the
+/// exact counts will never see.
 pub fn stale_thread_ops(
     entries: impl IntoIterator<Item = (u64, ThreadOp)>,
     alive: impl Fn(u64) -> bool,
@@ -127,8 +144,8 @@ mod tests {
                 (key(8, ProbeId::TsmBind), 100),        // too old
                 (key(9, ProbeId::PciTsmBind), 950),     // running
                 (key(9, ProbeId::TsmBind), 1000 - 100), // exactly at the timeout: stays
-                (key(9, ProbeId::DriverBind), 0),       // being parked: no start time yet
-                (key(7, ProbeId::PciTsmBind), 0),       // being parked, but its thread is gone
+                (key(9, ProbeId::DriverBind), 0),       // a free slot (or being written)
+                (key(7, ProbeId::PciTsmBind), 0),       // a free slot of a gone thread
             ],
             1000,
             100,
@@ -141,16 +158,29 @@ mod tests {
             vec![
                 (7, Some(ProbeId::DriverBind), ExpiryReason::ThreadExited),
                 (8, Some(ProbeId::TsmBind), ExpiryReason::Timeout),
-                (7, Some(ProbeId::PciTsmBind), ExpiryReason::ThreadExited),
             ]
         );
+    }
+
+    #[test]
+    fn a_gone_threads_free_slots_go_without_a_count_a_live_threads_stay() {
+        let alive = |pt: u64| pt as u32 != 7;
+        let free = free_slots_of_gone_threads(
+            [
+                (key(7, ProbeId::PciTsmBind), 0),   // free, thread gone
+                (key(7, ProbeId::DriverBind), 990), // in flight, thread gone: expired, counted
+                (key(9, ProbeId::TsmBind), 0),      // free, thread runs: may be written now
+            ],
+            alive,
+        );
+        assert_eq!(free, vec![key(7, ProbeId::PciTsmBind)]);
     }
 
     #[test]
     fn an_unknown_probe_id_still_expires() {
         let mut k = key(7, ProbeId::TsmBind);
         k.probe = 999;
-        let s = stale_inflight([(k, 0)], 1, 100, |_| false);
+        let s = stale_inflight([(k, 1)], 1, 100, |_| false);
         assert_eq!(s[0].1, None);
     }
 

@@ -49,8 +49,10 @@ use super::unpin::{self, is_bpffs};
 pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/tsm-trace";
 
 /// Bump when the meaning of a pinned map changes without its sizes changing (2: `INFLIGHT`
-/// and `THREAD_OPS` became plain hashes; they were LRU hashes).
-pub const REVISION: u32 = 2;
+/// and `THREAD_OPS` became plain hashes; they were LRU hashes. 3: their entries live as long
+/// as their thread, an `INFLIGHT` slot with start time 0 is free; earlier programs would
+/// count a free slot as a missed return).
+pub const REVISION: u32 = 3;
 
 /// The maps a daemon pins. The rest (offsets, histogram bounds, scratch space, the control
 /// ring) belong to one epoch of programs.
