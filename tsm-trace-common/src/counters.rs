@@ -122,6 +122,9 @@ pub enum ProgError {
     /// BTF gave no offset (or the base pointer is NULL): the field is not read, and is
     /// reported missing. Not counted (not a failure of the program).
     Unresolved = 5,
+    /// Not a failure: the other epoch's entry program parked this very call a moment ago
+    /// (a pinned handover on this CPU). Not counted.
+    AlreadyParked = 6,
 }
 
 impl ProgError {
@@ -130,7 +133,10 @@ impl ProgError {
         match self {
             ProgError::ScratchMissing => Some(KernelCounter::ScratchMissing),
             ProgError::ReadFault => Some(KernelCounter::ReadFault),
-            ProgError::StandAside | ProgError::NoArgument | ProgError::Unresolved => None,
+            ProgError::StandAside
+            | ProgError::NoArgument
+            | ProgError::Unresolved
+            | ProgError::AlreadyParked => None,
         }
     }
 }

@@ -9,11 +9,13 @@ use tsm_trace_common::{
     aggregates::{self, AggConfig, ThreadOp},
 };
 
-/// The operation each thread is in, for in-kernel counting (see `aggregates.rs`): an entry from the
-/// operation's first entry to its outer return, which removes it. A plain hash (an LRU hash
-/// takes its list locks and rotates its lists on every update, the dearest part of a probed
-/// call under emulation): entries of threads that died mid-operation are swept by userspace
-/// (`probes/expiry.rs`), and a full map is counted (`KernelCounter::AggregationFull`), never silent.
+/// The operation each thread is in, for in-kernel counting (see `aggregates.rs`): one entry
+/// per thread that did TSM work, from its first probed call to its exit (`depth` 0 between
+/// operations; the thread's exit removes it, `probes::free_thread_slots`). A plain hash (an
+/// LRU hash takes its list locks and rotates its lists on every update, the dearest part of a
+/// probed call under emulation): entries of threads that died mid-operation are swept by
+/// userspace (`probes/expiry.rs`), and a full map is counted
+/// (`KernelCounter::AggregationFull`), never silent.
 #[map]
 pub static THREAD_OPS: HashMap<u64, ThreadOp> = HashMap::with_max_entries(4096, 0);
 
@@ -50,10 +52,12 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 pub use tsm_trace_common::InflightKey;
 
-/// Entry-time records waiting for their return probe. A plain hash, like [`THREAD_OPS`]: an
-/// entry whose return never comes (a missed kretprobe, a thread that died in the call) is
-/// swept by userspace (`probes/expiry.rs`: exited threads, `--inflight-timeout`), and a full
-/// map is counted (`KernelCounter::InflightFull`).
+/// Entry-time records waiting for their return probe: one slot per (thread, probe), which
+/// the return frees (start time 0) and the thread's next call of that probe reuses in place
+/// (`probes::stash`); the thread's exit removes its free slots. A plain hash, like
+/// [`THREAD_OPS`]: an entry whose return never comes (a missed kretprobe, a thread that died
+/// in the call) is swept by userspace (`probes/expiry.rs`: exited threads,
+/// `--inflight-timeout`), and a full map is counted (`KernelCounter::InflightFull`).
 #[map]
 pub static INFLIGHT: HashMap<InflightKey, RawEvent> = HashMap::with_max_entries(4096, 0);
 

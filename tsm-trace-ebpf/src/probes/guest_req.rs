@@ -61,7 +61,7 @@ pub fn guest_req_ioctl_entry(ctx: ProbeContext) -> u32 {
 
 fn try_guest_req_ioctl_entry(ctx: &ProbeContext) -> Result<(), ProgError> {
     let ucmd: u64 = arg(ctx, 0)?;
-    let ev = begin(ProbeId::GuestReqIoctl)?;
+    let mut ev = begin(ProbeId::GuestReqIoctl)?;
     let o = offsets();
     let f = &o.req_cmd;
     match read::at::<u64>("iommufd_ucmd.cmd", ucmd, o.ucmd_cmd) {
@@ -75,7 +75,7 @@ fn try_guest_req_ioctl_entry(ctx: &ProbeContext) -> Result<(), ProgError> {
                 Ok(v) => ev.vdevice_id = v as u32,
                 Err(_) => ev.missing |= missing::VDEVICE_ID,
             }
-            read_req(ev, cmd, f);
+            read_req(&mut ev, cmd, f);
         }
         Err(_) => {
             ev.missing |= missing::VDEVICE_ID | missing::REQ_KIND | missing::GUEST_REQ_ARGS
@@ -103,10 +103,10 @@ pub fn tsm_guest_req_entry(ctx: ProbeContext) -> u32 {
 fn try_tsm_guest_req_entry(ctx: &ProbeContext) -> Result<(), ProgError> {
     let dev: u64 = arg(ctx, 0)?;
     let info: u64 = arg(ctx, 1)?;
-    let ev = begin(ProbeId::TsmGuestReq)?;
+    let mut ev = begin(ProbeId::TsmGuestReq)?;
     let o = offsets();
-    read_dev_name(ev, dev);
-    read_req(ev, info, &o.req_info);
+    read_dev_name(&mut ev, dev);
+    read_req(&mut ev, info, &o.req_info);
     // Parked until the return reads the value behind it; 0 (NULL, or no such argument in
     // this generation) is reported missing there.
     ev.tsm_code = arg_at(ctx, o.tsm_guest_req_code).unwrap_or(0);

@@ -18,7 +18,7 @@ pub fn tsm_op_ioctl_entry(ctx: ProbeContext) -> u32 {
 
 fn try_tsm_op_ioctl_entry(ctx: &ProbeContext) -> Result<(), ProgError> {
     let ucmd: u64 = arg(ctx, 0)?;
-    let ev = begin(ProbeId::TsmOpIoctl)?;
+    let mut ev = begin(ProbeId::TsmOpIoctl)?;
     let o = offsets();
     match read::at::<u64>("iommufd_ucmd.cmd", ucmd, o.ucmd_cmd) {
         Ok(cmd) => {
@@ -94,7 +94,7 @@ pub fn vdevice_abort_entry(ctx: ProbeContext) -> u32 {
 
 fn try_vdevice_abort_entry(ctx: &ProbeContext) -> Result<(), ProgError> {
     let obj: u64 = arg(ctx, 0)?;
-    let ev = begin(ProbeId::VdeviceAbort)?;
+    let mut ev = begin(ProbeId::VdeviceAbort)?;
     let o = offsets();
     match read::int_at("iommufd_object.id", obj, o.obj_id, o.kinds.obj_id) {
         Ok(v) => ev.obj_id = v as u32,
@@ -118,7 +118,7 @@ fn try_vdevice_abort_entry(ctx: &ProbeContext) -> Result<(), ProgError> {
     let dev = read::at::<u64>("iommufd_vdevice.idev", vdev, o.vdev_idev)
         .and_then(|idev| read::at::<u64>("iommufd_device.dev", idev, o.idev_dev))
         .unwrap_or(0);
-    read_dev_name(ev, dev);
+    read_dev_name(&mut ev, dev);
     stash(ev);
     Ok(())
 }

@@ -58,18 +58,86 @@ pub fn arg<T: Argument>(ctx: &ProbeContext, n: usize) -> Result<T, ProgError> {
     ctx.arg(n).ok_or(ProgError::NoArgument)
 }
 
-/// Starts an entry record in per-CPU scratch space with the fields every event carries; its
-/// start time is set by [`stash`], once the record is read.
+/// An entry record being built: in the thread's own [`INFLIGHT`] slot for the probe where it
+/// has one (it is written in place, never copied: a copy of a whole record by the program
+/// costs more than the rest of the entry), else in per-CPU scratch space, which [`stash`]
+/// inserts (the kernel copies it).
+pub struct Entry {
+    ev: &'static mut RawEvent,
+    in_slot: bool,
+}
+
+impl core::ops::Deref for Entry {
+    type Target = RawEvent;
+    fn deref(&self) -> &RawEvent {
+        self.ev
+    }
+}
+
+impl core::ops::DerefMut for Entry {
+    fn deref_mut(&mut self) -> &mut RawEvent {
+        self.ev
+    }
+}
+
+/// Starts an entry record with the fields every event carries; its start time is set by
+/// [`stash`], once the record is read. [`ProgError::AlreadyParked`] when the other epoch's
+/// entry program parked this very call a moment ago (a handover: see [`stash`]).
 #[inline(always)]
-pub fn begin(probe: ProbeId) -> Result<&'static mut RawEvent, ProgError> {
+pub fn begin(probe: ProbeId) -> Result<Entry, ProgError> {
     // Every entry and point event starts here: an earlier epoch stands aside.
     crate::maps::ensure_live()?;
-    let Some(ev) = SCRATCH.get_ptr_mut(0) else {
-        return Err(fail(ProgError::ScratchMissing));
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let key = InflightKey {
+        pid_tgid,
+        probe: probe as u32,
+        _pad: 0,
     };
-    // SAFETY: per-CPU scratch; programs do not nest on one CPU (the kernel's recursion guard).
+    let (ev, in_slot) = match INFLIGHT.get_ptr_mut(key) {
+        Some(p) => {
+            // SAFETY (every dereference of `p`): this thread's slot; only this thread's
+            // programs write it, and they do not nest on one CPU. Userspace removes a slot only
+            // when its thread is gone, or when its call has been in flight past the in-flight
+            // timeout.
+            if unsafe { (*p).start_ns } != 0 {
+                // A handover: the other epoch's entry program parked this very call just
+                // before us on this CPU, and the gate flipped in between. It is parked and
+                // counted once already.
+                let mark = entry_mark();
+                if LAST_RETURN.get(0).is_some_and(|l| {
+                    l.pid_tgid == key.pid_tgid
+                        && l.probe == key.probe
+                        && l._pad & crate::maps::ENTRY_MARK != 0
+                        && l._pad != mark
+                }) {
+                    return Err(ProgError::AlreadyParked);
+                }
+                // These functions do not recurse: an entry still parked for this thread and
+                // function is a call whose return never came (its kretprobe missed).
+                count(KernelCounter::ReturnMissed);
+            }
+            (p, true)
+        }
+        None => match SCRATCH.get_ptr_mut(0) {
+            Some(p) => (p, false),
+            None => return Err(fail(ProgError::ScratchMissing)),
+        },
+    };
+    // SAFETY: this thread's slot (above) or per-CPU scratch (programs do not nest on one CPU:
+    // the kernel's recursion guard). `init` writes the start time 0 first: the slot is free
+    // until `stash` stamps it.
     unsafe { init(ev, probe, 0) };
-    Ok(unsafe { &mut *ev })
+    Ok(Entry {
+        ev: unsafe { &mut *ev },
+        in_slot,
+    })
+}
+
+/// What an entry program writes into [`LAST_RETURN`]'s `_pad`: [`crate::maps::ENTRY_MARK`]
+/// and its epoch.
+#[inline(always)]
+fn entry_mark() -> u32 {
+    crate::maps::ENTRY_MARK | (crate::maps::epoch() & !crate::maps::ENTRY_MARK)
 }
 
 // `init` writes every field by name: a field added to `RawEvent` changes its size and stops
@@ -149,77 +217,48 @@ pub fn point(probe: ProbeId, start_ns: u64, fill: impl FnOnce(&mut RawEvent)) {
     slot.submit(0);
 }
 
-/// Parks an entry record until the function returns, in this thread's slot for `probe` in
+/// Parks an entry record until the function returns, in this thread's slot for its probe in
 /// [`INFLIGHT`]. A slot lives as long as its thread: the return frees it (start time 0) and
-/// the thread's next call of that function writes its record into it in place, so a call
-/// pays one lookup, not an insert and a delete (the dearest part of a probed call: a hash
-/// insert and delete cost more than all the reads of a record). Userspace removes the slots
-/// of threads that are gone (`probes/expiry.rs`). The first call of a thread inserts.
+/// the thread's next call of that function builds its record in it in place ([`begin`]), so
+/// a call pays one lookup, not an insert and a delete (a hash insert and delete cost more
+/// than all the reads of a record). The thread's exit removes its slots
+/// ([`free_thread_slots`]). A thread's first call of a function inserts.
 ///
 /// The call's start time is taken last where it can be: after the reads, after the
-/// operation's in-kernel count has noted the frame, and after the record is in a reused
-/// slot, it is written into the slot in place (publishing it: a slot with start time 0 is
-/// free). A first call stamps its record just before the insert. What the entry program did
-/// before (its reads, their first run's translation under emulation) is not part of the
-/// frame.
+/// operation's in-kernel count has noted the frame; in a slot it is written in place
+/// (publishing the record: a slot with start time 0 is free). A first call stamps its record
+/// just before the insert. What the entry program did before (its reads, their first run's
+/// translation under emulation) is not part of the frame.
 #[inline(always)]
-pub fn stash(ev: &mut RawEvent) {
+pub fn stash(entry: Entry) {
+    let Entry { ev, in_slot } = entry;
     let key = InflightKey {
         pid_tgid: ev.pid_tgid,
         probe: ev.probe,
         _pad: 0,
     };
-    let mark = crate::maps::ENTRY_MARK | (crate::maps::epoch() & !crate::maps::ENTRY_MARK);
-    let slot = INFLIGHT.get_ptr_mut(key);
-    // SAFETY (every dereference of `slot` below): this thread's slot; only this thread's
-    // programs write it, and they do not nest on one CPU. Userspace removes a slot only when
-    // its thread is gone, or when its call has been in flight past the in-flight timeout.
-    let parked = slot.is_some_and(|p| unsafe { (*p).start_ns } != 0);
-    // A handover: the other epoch's entry program parked this very call just before us on
-    // this CPU, and the gate flipped in between. The call is parked and counted once already.
-    if parked
-        && LAST_RETURN.get(0).is_some_and(|l| {
-            l.pid_tgid == key.pid_tgid
-                && l.probe == key.probe
-                && l._pad & crate::maps::ENTRY_MARK != 0
-                && l._pad != mark
-        })
-    {
-        return;
-    }
     crate::aggregates::enter(ev);
-    // These functions do not recurse: an entry already parked for this thread and function
-    // is a call whose return never came (its kretprobe missed).
-    if parked {
-        count(KernelCounter::ReturnMissed);
-    }
-    match slot {
-        Some(p) => unsafe {
-            ev.start_ns = 0;
-            *p = *ev;
-            let t = now();
-            (*p).start_ns = t;
-            (*p).end_ns = t;
-        },
-        None => {
-            let t = now();
-            ev.start_ns = t;
-            ev.end_ns = t;
-            // By reference: a copy of the record would not fit the BPF stack.
-            let parked: &RawEvent = ev;
-            if INFLIGHT.insert(key, parked, 0).is_err() {
-                full(KernelCounter::InflightFull, names::INFLIGHT);
-                // No return will find this frame: the operation's count must not wait for it.
-                crate::aggregates::unenter(ev);
-                return;
-            }
+    let t = now();
+    if in_slot {
+        ev.end_ns = t;
+        ev.start_ns = t;
+    } else {
+        ev.start_ns = t;
+        ev.end_ns = t;
+        // By reference: a copy of the record would not fit the BPF stack.
+        let parked: &RawEvent = ev;
+        if INFLIGHT.insert(key, parked, 0).is_err() {
+            full(KernelCounter::InflightFull, names::INFLIGHT);
+            // No return will find this frame: the operation's count must not wait for it.
+            crate::aggregates::unenter(ev);
+            return;
         }
     }
     if let Some(last) = LAST_RETURN.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, this program is its only writer while it runs.
         unsafe {
             *last = InflightKey {
-                _pad: mark,
+                _pad: entry_mark(),
                 ..key
             }
         };

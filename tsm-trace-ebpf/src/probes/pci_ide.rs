@@ -78,9 +78,9 @@ fn read_ide(ev: &mut RawEvent, ide: u64) {
 fn partner_entry(ctx: &ProbeContext, probe: ProbeId) -> Result<(), ProgError> {
     let pdev: u64 = arg(ctx, 0)?;
     let ide: u64 = arg(ctx, 1)?;
-    let ev = begin(probe)?;
-    read_dev_name(ev, pci_dev_to_dev(pdev));
-    read_ide(ev, ide);
+    let mut ev = begin(probe)?;
+    read_dev_name(&mut ev, pci_dev_to_dev(pdev));
+    read_ide(&mut ev, ide);
     stash(ev);
     Ok(())
 }
@@ -90,8 +90,8 @@ fn partner_entry(ctx: &ProbeContext, probe: ProbeId) -> Result<(), ProgError> {
 #[inline(always)]
 fn stream_entry(ctx: &ProbeContext, probe: ProbeId) -> Result<(), ProgError> {
     let ide: u64 = arg(ctx, 0)?;
-    let ev = begin(probe)?;
-    read_ide(ev, ide);
+    let mut ev = begin(probe)?;
+    read_ide(&mut ev, ide);
     ev.dev_name = ev.ide_endpoint;
     if ev.missing & missing::IDE_ENDPOINT != 0 {
         ev.missing |= missing::DEV_NAME;
@@ -109,8 +109,8 @@ pub fn ide_stream_alloc_entry(ctx: ProbeContext) -> u32 {
 
 fn try_alloc_entry(ctx: &ProbeContext) -> Result<(), ProgError> {
     let pdev: u64 = arg(ctx, 0)?;
-    let ev = begin(ProbeId::IdeStreamAlloc)?;
-    read_dev_name(ev, pci_dev_to_dev(pdev));
+    let mut ev = begin(ProbeId::IdeStreamAlloc)?;
+    read_dev_name(&mut ev, pci_dev_to_dev(pdev));
     ev.flags |= flags::IDE_UNNAMED;
     stash(ev);
     Ok(())
@@ -147,7 +147,7 @@ pub fn ide_stream_register_entry(ctx: ProbeContext) -> u32 {
 
 fn try_register_entry(ctx: &ProbeContext) -> Result<(), ProgError> {
     let ide: u64 = arg(ctx, 0)?;
-    let ev = begin(ProbeId::IdeStreamRegister)?;
+    let mut ev = begin(ProbeId::IdeStreamRegister)?;
     ev.ide_ptr = ide;
     stash(ev);
     Ok(())

@@ -22,10 +22,10 @@ pub fn bind_entry(
     let pdev: u64 = arg(ctx, 0)?;
     let kvm: u64 = arg(ctx, 1)?;
     let tdi_id: u64 = arg(ctx, 2)?;
-    let ev = begin(probe)?;
+    let mut ev = begin(probe)?;
     super::emit_vmm_argv(probe);
-    read_dev_name(ev, pci_dev_to_dev(pdev));
-    read_kvm(ev, kvm, kvm_off);
+    read_dev_name(&mut ev, pci_dev_to_dev(pdev));
+    read_kvm(&mut ev, kvm, kvm_off);
     ev.tdi_id = tdi_id as u32 as u64;
     stash(ev);
     Ok(())
@@ -35,8 +35,8 @@ pub fn bind_entry(
 #[inline(always)]
 pub fn pdev_entry(ctx: &ProbeContext, probe: ProbeId) -> Result<(), ProgError> {
     let pdev: u64 = arg(ctx, 0)?;
-    let ev = begin(probe)?;
-    read_dev_name(ev, pci_dev_to_dev(pdev));
+    let mut ev = begin(probe)?;
+    read_dev_name(&mut ev, pci_dev_to_dev(pdev));
     stash(ev);
     Ok(())
 }

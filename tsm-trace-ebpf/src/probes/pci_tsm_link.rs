@@ -20,8 +20,8 @@ use crate::read::{self, offsets};
 fn store_entry(ctx: &ProbeContext, probe: ProbeId) -> Result<(), ProgError> {
     let dev: u64 = arg(ctx, 0)?;
     let buf: u64 = arg(ctx, 2)?;
-    let ev = begin(probe)?;
-    read_dev_name(ev, dev);
+    let mut ev = begin(probe)?;
+    read_dev_name(&mut ev, dev);
     if read::str_at("sysfs write buffer", buf, 0, &mut ev.tsm_name).is_err() {
         ev.missing |= missing::TSM_NAME;
     }
@@ -83,9 +83,9 @@ pub fn pci_tsm_disconnect_entry(ctx: ProbeContext) -> u32 {
 
 fn try_pci_tsm_disconnect_entry(ctx: &ProbeContext) -> Result<(), ProgError> {
     let pdev: u64 = arg(ctx, 0)?;
-    let ev = begin(ProbeId::PciTsmDisconnect)?;
-    read_dev_name(ev, pci_dev_to_dev(pdev));
-    read_context(ev, pdev);
+    let mut ev = begin(ProbeId::PciTsmDisconnect)?;
+    read_dev_name(&mut ev, pci_dev_to_dev(pdev));
+    read_context(&mut ev, pdev);
     stash(ev);
     Ok(())
 }
@@ -106,9 +106,9 @@ pub fn pci_tsm_unbind_any_entry(ctx: ProbeContext) -> u32 {
 
 fn try_pci_tsm_unbind_any_entry(ctx: &ProbeContext) -> Result<(), ProgError> {
     let pdev: u64 = arg(ctx, 0)?;
-    let ev = begin(ProbeId::PciTsmUnbindAny)?;
-    read_dev_name(ev, pci_dev_to_dev(pdev));
-    let tsm = read_context(ev, pdev);
+    let mut ev = begin(ProbeId::PciTsmUnbindAny)?;
+    read_dev_name(&mut ev, pci_dev_to_dev(pdev));
+    let tsm = read_context(&mut ev, pdev);
     if tsm == 0 {
         if pci_tsm_of(pdev).is_ok() {
             ev.flags |= flags::NOTHING_BOUND;
@@ -118,7 +118,7 @@ fn try_pci_tsm_unbind_any_entry(ctx: &ProbeContext) -> Result<(), ProgError> {
     } else {
         match read::at::<u64>("pci_tsm.tdi", tsm, offsets().pci_tsm_tdi) {
             Ok(0) => ev.flags |= flags::NOTHING_BOUND,
-            Ok(tdi) => read_tdi(ev, tdi),
+            Ok(tdi) => read_tdi(&mut ev, tdi),
             Err(_) => ev.missing |= missing::TDI,
         }
     }
@@ -144,16 +144,16 @@ pub fn pci_tsm_destroy_entry(ctx: ProbeContext) -> u32 {
 fn try_pci_tsm_destroy_entry(ctx: &ProbeContext) -> Result<(), ProgError> {
     let pdev: u64 = arg(ctx, 0)?;
     let tsm_dev: u64 = arg(ctx, 1)?;
-    let ev = begin(ProbeId::PciTsmDestroy)?;
-    read_dev_name(ev, pci_dev_to_dev(pdev));
+    let mut ev = begin(ProbeId::PciTsmDestroy)?;
+    read_dev_name(&mut ev, pci_dev_to_dev(pdev));
     if tsm_dev != 0 {
         ev.flags |= flags::TSM_UNREGISTER;
-        read_tsm_name(ev, tsm_dev);
+        read_tsm_name(&mut ev, tsm_dev);
         // Still report this device's own context (it may belong to another TSM).
         if matches!(pci_tsm_of(pdev), Ok(0)) {
             ev.flags |= flags::NOTHING_BOUND;
         }
-    } else if read_context(ev, pdev) == 0 && pci_tsm_of(pdev).is_ok() {
+    } else if read_context(&mut ev, pdev) == 0 && pci_tsm_of(pdev).is_ok() {
         ev.flags |= flags::NOTHING_BOUND;
     }
     stash(ev);
@@ -178,15 +178,15 @@ pub fn guest_req_entry(ctx: &ProbeContext, probe: ProbeId, is_tdi: bool) -> Resu
     let first: u64 = arg(ctx, 0)?;
     let o = offsets();
     let locs = if is_tdi { o.drv_guest_req } else { o.guest_req };
-    let ev = begin(probe)?;
+    let mut ev = begin(probe)?;
     let pdev = if is_tdi {
-        read_tdi(ev, first);
+        read_tdi(&mut ev, first);
         read::at::<u64>("pci_tdi.pdev", first, o.tdi_pdev).unwrap_or(0)
     } else {
         first
     };
-    read_dev_name(ev, pci_dev_to_dev(pdev));
-    read_context(ev, pdev);
+    read_dev_name(&mut ev, pci_dev_to_dev(pdev));
+    read_context(&mut ev, pdev);
     // Each argument is stored as soon as it is read, 0 when it cannot be: an `Option` whose
     // payload is undefined on its `None` path, kept across the fault path's helper calls, is
     // spilled from a register the verifier knows is uninitialised (`R4 !read_ok`).

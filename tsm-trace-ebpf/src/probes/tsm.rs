@@ -21,10 +21,10 @@ fn try_tsm_bind_entry(ctx: &ProbeContext) -> Result<(), ProgError> {
     let dev: u64 = arg(ctx, 0)?;
     let kvm: u64 = arg(ctx, 1)?;
     let tdi_id: u64 = arg(ctx, 2)?;
-    let ev = begin(ProbeId::TsmBind)?;
+    let mut ev = begin(ProbeId::TsmBind)?;
     super::emit_vmm_argv(ProbeId::TsmBind);
-    read_dev_name(ev, dev);
-    read_kvm(ev, kvm, offsets().kvm_tsm_bind);
+    read_dev_name(&mut ev, dev);
+    read_kvm(&mut ev, kvm, offsets().kvm_tsm_bind);
     ev.tdi_id = tdi_id;
     stash(ev);
     Ok(())
@@ -49,8 +49,8 @@ pub fn tsm_unbind_entry(ctx: ProbeContext) -> u32 {
 
 fn try_tsm_unbind_entry(ctx: &ProbeContext) -> Result<(), ProgError> {
     let dev: u64 = arg(ctx, 0)?;
-    let ev = begin(ProbeId::TsmUnbind)?;
-    read_dev_name(ev, dev);
+    let mut ev = begin(ProbeId::TsmUnbind)?;
+    read_dev_name(&mut ev, dev);
     stash(ev);
     Ok(())
 }

@@ -24,9 +24,9 @@ pub fn driver_probe_entry(ctx: ProbeContext) -> u32 {
 fn try_driver_probe_entry(ctx: &ProbeContext) -> Result<(), ProgError> {
     let tsm_dev: u64 = arg(ctx, 0)?;
     let pdev: u64 = arg(ctx, 1)?;
-    let ev = begin(ProbeId::DriverProbe)?;
-    read_dev_name(ev, pci_dev_to_dev(pdev));
-    read_tsm_name(ev, tsm_dev);
+    let mut ev = begin(ProbeId::DriverProbe)?;
+    read_dev_name(&mut ev, pci_dev_to_dev(pdev));
+    read_tsm_name(&mut ev, tsm_dev);
     stash(ev);
     Ok(())
 }
@@ -102,10 +102,10 @@ fn try_driver_unbind_entry(ctx: &ProbeContext) -> Result<(), ProgError> {
         return pdev_entry(ctx, ProbeId::DriverUnbind);
     }
     let tdi: u64 = arg(ctx, 0)?;
-    let ev = begin(ProbeId::DriverUnbind)?;
-    read_tdi(ev, tdi);
+    let mut ev = begin(ProbeId::DriverUnbind)?;
+    read_tdi(&mut ev, tdi);
     let pdev = read::at::<u64>("pci_tdi.pdev", tdi, o.tdi_pdev).unwrap_or(0);
-    read_dev_name(ev, pci_dev_to_dev(pdev));
+    read_dev_name(&mut ev, pci_dev_to_dev(pdev));
     stash(ev);
     Ok(())
 }
