@@ -36,6 +36,16 @@ pub fn build(revs: &[String]) -> Result<Vec<Compare>> {
             "bench: building tsm-trace at {rev} ({short}) in {}",
             dir.display()
         );
+        // Every revision's binary lands at the same path in the shared target dir: a
+        // revision whose crates cargo finds fresh would not be linked again, and the copy
+        // below would take the previous revision's binary. Touching its main makes cargo
+        // build and link this revision's binary (and run its build script's checks).
+        let main_rs = dir.join("tsm-trace/src/main.rs");
+        std::fs::File::options()
+            .append(true)
+            .open(&main_rs)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+            .with_context(|| format!("--compare {rev}: touching {}", main_rs.display()))?;
         let status = Command::new("cargo")
             .args([
                 "build",
