@@ -1,7 +1,8 @@
 //! `cargo xtask bench --compare REV[,REV...]`: the static tsm-trace of other git revisions,
-//! each built in a temporary `git worktree` under `target/bench-compare/<rev>` (one shared
-//! target dir, `target/bench-compare/target`; the binary is copied to `<rev>.tsm-trace`), so
-//! the VM run can measure their cost per probed call beside the current tree's.
+//! each built in a temporary `git worktree` under `target/bench-compare/<rev>` (with a target
+//! dir of its own, `target/bench-compare/target-<rev>`; the binary is copied to
+//! `<rev>.tsm-trace`), so the VM run can measure their cost per probed call beside the
+//! current tree's.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -14,11 +15,12 @@ use crate::util::root;
 /// Builds every revision; names them by their short commit id.
 pub fn build(revs: &[String]) -> Result<Vec<Compare>> {
     let mut out = Vec::new();
-    let shared = root().join("target/bench-compare/target");
+
     for rev in revs.iter().filter(|r| !r.trim().is_empty()) {
         let short = git(&["rev-parse", "--short=10", &format!("{rev}^{{commit}}")])
             .with_context(|| format!("--compare {rev}: not a git revision of this repository"))?;
         let dir = root().join("target/bench-compare").join(&short);
+        let target = root().join("target/bench-compare").join(format!("target-{short}"));
         if !dir.join(".git").exists() {
             let _ = git(&["worktree", "prune"]);
             std::fs::create_dir_all(dir.parent().unwrap())?;
@@ -36,16 +38,6 @@ pub fn build(revs: &[String]) -> Result<Vec<Compare>> {
             "bench: building tsm-trace at {rev} ({short}) in {}",
             dir.display()
         );
-        // Every revision's binary lands at the same path in the shared target dir: a
-        // revision whose crates cargo finds fresh would not be linked again, and the copy
-        // below would take the previous revision's binary. Touching its main makes cargo
-        // build and link this revision's binary (and run its build script's checks).
-        let main_rs = dir.join("tsm-trace/src/main.rs");
-        std::fs::File::options()
-            .append(true)
-            .open(&main_rs)
-            .and_then(|f| f.set_modified(std::time::SystemTime::now()))
-            .with_context(|| format!("--compare {rev}: touching {}", main_rs.display()))?;
         let status = Command::new("cargo")
             .args([
                 "build",
@@ -56,10 +48,13 @@ pub fn build(revs: &[String]) -> Result<Vec<Compare>> {
                 crate::build::MUSL,
             ])
             .current_dir(&dir)
-            // One target dir for every revision (built one after the other): the
-            // dependencies are built once; each worktree's own crates get their own artifacts
-            // (their paths differ), so a build never reuses another revision's.
-            .env("CARGO_TARGET_DIR", &shared)
+            // A target dir of its own per revision. One shared by every revision is not
+            // safe: cargo hashes a workspace member by its path inside the workspace, so two
+            // worktrees share the build script's OUT_DIR, where the eBPF object is built,
+            // and a revision whose build script cargo found fresh embedded the object of the
+            // revision built before it (measured: a revision two commits back reported the
+            // current tree's cost).
+            .env("CARGO_TARGET_DIR", &target)
             .status()
             .context("running cargo")?;
         if !status.success() {
@@ -68,7 +63,7 @@ pub fn build(revs: &[String]) -> Result<Vec<Compare>> {
                 dir.display()
             );
         }
-        let built: PathBuf = shared.join(crate::build::MUSL).join("release/tsm-trace");
+        let built: PathBuf = target.join(crate::build::MUSL).join("release/tsm-trace");
         // Beside the worktree (inside it, `tsm-trace` is the crate's directory).
         let binary = dir.with_file_name(format!("{short}.tsm-trace"));
         std::fs::copy(&built, &binary).with_context(|| {
