@@ -213,7 +213,7 @@ struct Scratch {
     keep: Vec<Chain>,
     effects: Vec<Output>,
     /// Emptied frame vectors of closed chains.
-    frame_pool: Vec<Vec<Event>>,
+    frame_pool: Vec<Vec<Box<Event>>>,
 }
 
 const FRAME_POOL_MAX: usize = 64;
@@ -367,7 +367,7 @@ impl Correlator {
             // Not a TSM event (the session acts on it); nothing to correlate.
             ProbeId::ModuleLoad => {}
             ProbeId::KvmDestroyVm | ProbeId::VmmExit => self.point_event(ev, clock, out),
-            _ => self.frame_event(ev, clock, out),
+            _ => self.frame_event(Box::new(ev), clock, out),
         }
         if clock >= self.next_due_ns
             || !self.deferred_points.is_empty()

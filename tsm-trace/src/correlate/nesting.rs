@@ -40,10 +40,12 @@ impl Key {
     }
 }
 
-/// Completed frames of one (partial) operation, outermost first.
+/// Completed frames of one (partial) operation, outermost first. Each frame is boxed once
+/// when it arrives: chains absorb chains as the outer calls return, and moving a pointer
+/// costs less than moving a whole [`Event`] at every level.
 #[derive(Debug)]
 pub(super) struct Chain {
-    pub(super) frames: Vec<Event>,
+    pub(super) frames: Vec<Box<Event>>,
     pub(super) deadline_ns: u64,
 }
 
@@ -66,7 +68,7 @@ impl Chain {
     fn start(&self) -> u64 {
         self.frames
             .iter()
-            .map(Event::known_start_ns)
+            .map(|f| f.known_start_ns())
             .min()
             .unwrap_or(0)
     }
@@ -76,7 +78,7 @@ impl Chain {
     }
 
     fn sort(&mut self) {
-        let key = |f: &Event| (f.probe.depth(), f.start_ns, f.end_ns);
+        let key = |f: &Box<Event>| (f.probe.depth(), f.start_ns, f.end_ns);
         // Usually already in order (outer frames arrive last and are put first); a stable
         // sort of sorted input is the identity, so skip the moves.
         if !self.frames.is_sorted_by_key(key) {
@@ -114,7 +116,7 @@ fn push_closed(ts: &mut ThreadState, c: &Chain) {
 }
 
 impl Correlator {
-    pub(super) fn frame_event(&mut self, ev: Event, now_ns: u64, out: &mut Vec<Output>) {
+    pub(super) fn frame_event(&mut self, ev: Box<Event>, now_ns: u64, out: &mut Vec<Output>) {
         let tid = ev.tid;
         if ev.entry_missing {
             self.anomaly(AnomalyKind::EntryMissing, Some(tid), None, out);
@@ -405,7 +407,7 @@ impl Correlator {
                 t.pending.iter().map(|c| super::state::PendingChain {
                     tid: *tid,
                     deadline_ns: c.deadline_ns,
-                    frames: c.frames.clone(),
+                    frames: c.frames.iter().map(|f| Event::clone(f)).collect(),
                 })
             })
             .collect();
@@ -426,7 +428,7 @@ impl Correlator {
             && ts.pending.len() < max
         {
             let mut chain = Chain {
-                frames: p.frames,
+                frames: p.frames.into_iter().map(Box::new).collect(),
                 deadline_ns: p.deadline_ns,
             };
             chain.frames.truncate(MAX_CHAIN_FRAMES);
