@@ -307,9 +307,14 @@ impl Correlator {
         self.seq += 1;
         let seq = self.seq;
         if let Some(ts) = self.threads.get_mut(&tid) {
+            match self.thread_lru.back_mut() {
+                // Already the most recently seen (the frames of one operation come one after
+                // the other): its entry stays last, renewed, rather than leaving a stale one.
+                Some(last) if *last == (ts.lru_seq, tid) => *last = (seq, tid),
+                _ => self.thread_lru.push_back((seq, tid)),
+            }
             ts.lru_seq = seq;
             ts.last_seen_ns = ts.last_seen_ns.max(now_ns);
-            self.thread_lru.push_back((seq, tid));
             self.compact_lru();
             return;
         }
