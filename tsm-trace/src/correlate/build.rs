@@ -125,7 +125,7 @@ fn build_operation(frames: &mut [Box<Event>], mut frame_vec: Vec<Frame>) -> Oper
     let device = frames.iter_mut().find_map(|f| f.device.take());
     // A disconnect unbinds every function of the device: the VM and tdi of the operation are
     // those of its own device's frames (device taken above, so `None` there), else the first.
-    let own = |f: &Box<Event>| f.device.is_none() || f.device == device;
+    let own = |f: &Event| f.device.is_none() || f.device == device;
     let vm = match frames.iter().position(|f| own(f) && f.vm.is_some()) {
         Some(i) => frames[i].vm.take(),
         None => frames.iter_mut().find_map(|f| f.vm.take()),

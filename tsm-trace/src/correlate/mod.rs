@@ -213,6 +213,7 @@ struct Scratch {
     keep: Vec<Chain>,
     effects: Vec<Output>,
     /// Emptied frame vectors of closed chains.
+    #[allow(clippy::vec_box)] // `Chain::frames`
     frame_pool: Vec<Vec<Box<Event>>>,
 }
 

@@ -45,6 +45,7 @@ impl Key {
 /// costs less than moving a whole [`Event`] at every level.
 #[derive(Debug)]
 pub(super) struct Chain {
+    #[allow(clippy::vec_box)] // boxed to be moved cheaply, as said above
     pub(super) frames: Vec<Box<Event>>,
     pub(super) deadline_ns: u64,
 }
@@ -78,11 +79,11 @@ impl Chain {
     }
 
     fn sort(&mut self) {
-        let key = |f: &Box<Event>| (f.probe.depth(), f.start_ns, f.end_ns);
+        let key = |f: &Event| (f.probe.depth(), f.start_ns, f.end_ns);
         // Usually already in order (outer frames arrive last and are put first); a stable
         // sort of sorted input is the identity, so skip the moves.
-        if !self.frames.is_sorted_by_key(key) {
-            self.frames.sort_by_key(key);
+        if !self.frames.is_sorted_by_key(|f| key(f)) {
+            self.frames.sort_by_key(|f| key(f));
         }
     }
 }
