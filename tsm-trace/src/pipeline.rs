@@ -252,12 +252,15 @@ impl Pipeline {
         let t = ev.end_ns.max(ev.start_ns);
         self.last_event_ns = Some(self.last_event_ns.map_or(t, |l| l.max(t)));
         let mut outs = std::mem::take(&mut self.outs);
-        // The previous event's outputs have been seen: hand their buffers back.
-        for o in outs.drain(..) {
+        // The previous event's outputs have been seen: hand their buffers back (taken in
+        // place: an output is too big to move out just to look at it).
+        for o in outs.iter_mut() {
             if let Output::Operation(op) = o {
-                self.correlator.recycle_frames(op.frames);
+                self.correlator
+                    .recycle_frames(std::mem::take(&mut op.frames));
             }
         }
+        outs.clear();
         self.correlator.handle_into(ev, now_ns, &mut outs);
         self.emit(&outs);
         self.outs = outs;

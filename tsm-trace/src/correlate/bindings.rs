@@ -162,7 +162,7 @@ impl Correlator {
     /// Applies an operation to the tables. Times are the frames': a binding starts when the
     /// outermost bind call that succeeded returned, ends when the unbind returned; a leak is
     /// detected when the operation that shows it returned.
-    pub(super) fn apply(&mut self, op: &Operation, frames: &[Event], out: &mut Vec<Output>) {
+    pub(super) fn apply(&mut self, op: &Operation, frames: &[Box<Event>], out: &mut Vec<Output>) {
         let Some(outer) = frames.first() else {
             return;
         };

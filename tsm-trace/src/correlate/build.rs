@@ -120,7 +120,7 @@ fn cause_of(kind: OpKind, outer: &Event) -> Option<UnbindCause> {
 /// Builds an operation from frames sorted outermost first (non-empty). Moves the owned fields
 /// (comm, device, VM) out of the frames, which are dropped afterwards; `frame_vec` is an empty
 /// vector to reuse for [`Operation::frames`].
-fn build_operation(frames: &mut [Event], mut frame_vec: Vec<Frame>) -> Operation {
+fn build_operation(frames: &mut [Box<Event>], mut frame_vec: Vec<Frame>) -> Operation {
     let comm = std::mem::take(&mut frames[0].comm);
     let device = frames.iter_mut().find_map(|f| f.device.take());
     // A disconnect unbinds every function of the device: the VM and tdi of the operation are
@@ -135,7 +135,7 @@ fn build_operation(frames: &mut [Event], mut frame_vec: Vec<Frame>) -> Operation
         .filter(|f| own(f))
         .find_map(|f| f.tdi_id)
         .or_else(|| frames.iter().find_map(|f| f.tdi_id));
-    let frames: &[Event] = frames;
+    let frames: &[Box<Event>] = frames;
     let outer = &frames[0];
     let inferred = frames.iter().find_map(|f| {
         if is_bind_probe(f.probe) {
@@ -185,7 +185,7 @@ fn build_operation(frames: &mut [Event], mut frame_vec: Vec<Frame>) -> Operation
     let start_ns = if outer.entry_missing {
         frames
             .iter()
-            .map(Event::known_start_ns)
+            .map(|f| f.known_start_ns())
             .min()
             .unwrap_or(outer.end_ns)
     } else {
@@ -218,7 +218,7 @@ fn build_operation(frames: &mut [Event], mut frame_vec: Vec<Frame>) -> Operation
         guest_request,
         frames: {
             frame_vec.clear();
-            frame_vec.extend(frames.iter().map(Frame::from_event));
+            frame_vec.extend(frames.iter().map(|f| Frame::from_event(f)));
             frame_vec
         },
         result,
@@ -228,8 +228,8 @@ fn build_operation(frames: &mut [Event], mut frame_vec: Vec<Frame>) -> Operation
 
 /// What a guest request's frames (outermost first) carry: each value from the deepest frame
 /// that has it (the scope together with its name); `None` for other operations.
-fn guest_request(frames: &[Event]) -> Option<GuestRequest> {
-    let req: Vec<&Event> = frames
+fn guest_request(frames: &[Box<Event>]) -> Option<GuestRequest> {
+    let req: Vec<&Box<Event>> = frames
         .iter()
         .filter(|f| aggregates::outer_kind(f.probe, None) == aggregates::OP_GUEST_REQUEST)
         .rev()

@@ -29,7 +29,7 @@ impl Correlator {
     pub(super) fn apply_lifecycle(
         &mut self,
         op: &Operation,
-        frames: &[Event],
+        frames: &[Box<Event>],
         out: &mut Vec<Output>,
     ) {
         // IDE steps with no probed caller (a stream released on its own): their kind says
@@ -60,7 +60,7 @@ impl Correlator {
     /// Closes the binding of every device a `__pci_tsm_unbind` frame found bound.
     pub(super) fn close_unbound(
         &mut self,
-        frames: &[Event],
+        frames: &[Box<Event>],
         cause: UnbindCause,
         out: &mut Vec<Output>,
     ) {

@@ -212,8 +212,17 @@ fn stream_key(ide: &IdeStream) -> Option<String> {
 impl Correlator {
     /// Applies an operation's IDE steps (in call order) to the stream table; after a
     /// disconnect of an endpoint, its streams still held are leaks.
-    pub(super) fn apply_ide(&mut self, op: &Operation, frames: &[Event], out: &mut Vec<Output>) {
-        let mut steps: Vec<&Event> = frames.iter().filter(|f| f.probe.is_ide()).collect();
+    pub(super) fn apply_ide(
+        &mut self,
+        op: &Operation,
+        frames: &[Box<Event>],
+        out: &mut Vec<Output>,
+    ) {
+        let mut steps: Vec<&Event> = frames
+            .iter()
+            .filter(|f| f.probe.is_ide())
+            .map(|f| &**f)
+            .collect();
         steps.sort_by_key(|f| (f.start_ns, f.end_ns));
         for f in steps {
             self.apply_ide_step(op, f, out);

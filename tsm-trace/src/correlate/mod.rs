@@ -213,7 +213,8 @@ struct Scratch {
     keep: Vec<Chain>,
     effects: Vec<Output>,
     /// Emptied frame vectors of closed chains.
-    frame_pool: Vec<Vec<Event>>,
+    #[allow(clippy::vec_box)] // `Chain::frames`
+    frame_pool: Vec<Vec<Box<Event>>>,
 }
 
 const FRAME_POOL_MAX: usize = 64;
@@ -351,7 +352,9 @@ impl Correlator {
     /// [`Self::handle`], appending the outputs to `out` (which the caller can reuse).
     pub fn handle_into(&mut self, ev: Event, _now_ns: u64, out: &mut Vec<Output>) {
         self.stats.events += 1;
-        let mut ev = ev;
+        // Boxed before anything else: the event is copied once, into the box a frame keeps
+        // (see `nesting::Chain`).
+        let mut ev = Box::new(ev);
         if !self.cfg.vmm_names
             && let Some(vm) = ev.vm.as_mut()
         {
@@ -366,7 +369,7 @@ impl Correlator {
         match ev.probe {
             // Not a TSM event (the session acts on it); nothing to correlate.
             ProbeId::ModuleLoad => {}
-            ProbeId::KvmDestroyVm | ProbeId::VmmExit => self.point_event(ev, clock, out),
+            ProbeId::KvmDestroyVm | ProbeId::VmmExit => self.point_event(*ev, clock, out),
             _ => self.frame_event(ev, clock, out),
         }
         if clock >= self.next_due_ns

@@ -40,10 +40,13 @@ impl Key {
     }
 }
 
-/// Completed frames of one (partial) operation, outermost first.
+/// Completed frames of one (partial) operation, outermost first. Each frame is boxed once
+/// when it arrives: chains absorb chains as the outer calls return, and moving a pointer
+/// costs less than moving a whole [`Event`] at every level.
 #[derive(Debug)]
 pub(super) struct Chain {
-    pub(super) frames: Vec<Event>,
+    #[allow(clippy::vec_box)] // boxed to be moved cheaply, as said above
+    pub(super) frames: Vec<Box<Event>>,
     pub(super) deadline_ns: u64,
 }
 
@@ -66,7 +69,7 @@ impl Chain {
     fn start(&self) -> u64 {
         self.frames
             .iter()
-            .map(Event::known_start_ns)
+            .map(|f| f.known_start_ns())
             .min()
             .unwrap_or(0)
     }
@@ -79,8 +82,8 @@ impl Chain {
         let key = |f: &Event| (f.probe.depth(), f.start_ns, f.end_ns);
         // Usually already in order (outer frames arrive last and are put first); a stable
         // sort of sorted input is the identity, so skip the moves.
-        if !self.frames.is_sorted_by_key(key) {
-            self.frames.sort_by_key(key);
+        if !self.frames.is_sorted_by_key(|f| key(f)) {
+            self.frames.sort_by_key(|f| key(f));
         }
     }
 }
@@ -114,7 +117,7 @@ fn push_closed(ts: &mut ThreadState, c: &Chain) {
 }
 
 impl Correlator {
-    pub(super) fn frame_event(&mut self, ev: Event, now_ns: u64, out: &mut Vec<Output>) {
+    pub(super) fn frame_event(&mut self, ev: Box<Event>, now_ns: u64, out: &mut Vec<Output>) {
         let tid = ev.tid;
         if ev.entry_missing {
             self.anomaly(AnomalyKind::EntryMissing, Some(tid), None, out);
@@ -305,9 +308,14 @@ impl Correlator {
         self.seq += 1;
         let seq = self.seq;
         if let Some(ts) = self.threads.get_mut(&tid) {
+            match self.thread_lru.back_mut() {
+                // Already the most recently seen (the frames of one operation come one after
+                // the other): its entry stays last, renewed, rather than leaving a stale one.
+                Some(last) if *last == (ts.lru_seq, tid) => *last = (seq, tid),
+                _ => self.thread_lru.push_back((seq, tid)),
+            }
             ts.lru_seq = seq;
             ts.last_seen_ns = ts.last_seen_ns.max(now_ns);
-            self.thread_lru.push_back((seq, tid));
             self.compact_lru();
             return;
         }
@@ -405,7 +413,7 @@ impl Correlator {
                 t.pending.iter().map(|c| super::state::PendingChain {
                     tid: *tid,
                     deadline_ns: c.deadline_ns,
-                    frames: c.frames.clone(),
+                    frames: c.frames.iter().map(|f| Event::clone(f)).collect(),
                 })
             })
             .collect();
@@ -426,7 +434,7 @@ impl Correlator {
             && ts.pending.len() < max
         {
             let mut chain = Chain {
-                frames: p.frames,
+                frames: p.frames.into_iter().map(Box::new).collect(),
                 deadline_ns: p.deadline_ns,
             };
             chain.frames.truncate(MAX_CHAIN_FRAMES);

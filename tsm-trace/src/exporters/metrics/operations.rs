@@ -106,13 +106,9 @@ impl Operations {
             None => self.ok(op.kind, layer).inc(),
             Some(e) => self.error(op.kind, layer, e).inc(),
         }
-        for f in &op.frames {
-            if f.entry_missing {
-                continue; // duration unknown
-            }
-            self.duration
-                .observe(op.kind, f.layer, f.ok(), f.duration_ns);
-        }
+        let known = op.frames.iter().filter(|f| !f.entry_missing); // else: duration unknown
+        self.duration
+            .observe_all(op.kind, known.map(|f| (f.layer, f.ok(), f.duration_ns)));
     }
 
     fn ok(&self, kind: OpKind, layer: Layer) -> &IntCounter {
