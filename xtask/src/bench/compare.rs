@@ -20,7 +20,9 @@ pub fn build(revs: &[String]) -> Result<Vec<Compare>> {
         let short = git(&["rev-parse", "--short=10", &format!("{rev}^{{commit}}")])
             .with_context(|| format!("--compare {rev}: not a git revision of this repository"))?;
         let dir = root().join("target/bench-compare").join(&short);
-        let target = root().join("target/bench-compare").join(format!("target-{short}"));
+        let target = root()
+            .join("target/bench-compare")
+            .join(format!("target-{short}"));
         if !dir.join(".git").exists() {
             let _ = git(&["worktree", "prune"]);
             std::fs::create_dir_all(dir.parent().unwrap())?;

@@ -103,7 +103,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             eprintln!("bench --smoke: WARNING: bpftrace was not in the guest; its rows say why");
         }
         println!(
-            "bench --smoke: every benchmark ran and produced a number; smoke floors held (each tool fired, costs positive, tsm-trace > empty pair); the size-dependent floors are not checked"
+            "bench --smoke: every benchmark ran and produced a number; smoke floors held (each tool fired, costs positive, tsm-trace > empty pair, tsm-trace at most 1.0x ftrace and bpftrace with the same fields on the deterministic clock); the size-dependent floors are not checked"
         );
         return Ok(());
     }
