@@ -1,12 +1,13 @@
 #!/bin/sh
 # /scenarios/run.sh for `cargo xtask bench` (parsed by xtask/src/bench/vm.rs). xtask prepends
-# the sizes (IDLE_S, HOT_N, LAT_N, ACC_N, ROUNDS, PAIRS, COMPARE). Needs /bin/tsm-trace,
-# /bin/bench_vm, /scenarios/bench_cost.sh, and /bin/bpftrace for the bpftrace blocks.
+# the sizes (IDLE_S, HOT_N, LAT_N, ACC_N, ROUNDS, PAIRS, RATE_STEPS, COMPARE). Needs
+# /bin/tsm-trace, /bin/bench_vm, /scenarios/bench_cost.sh, /scenarios/bench_rate.sh, and /bin/bpftrace for the bpftrace blocks.
 # bpftool is not in the VM: bench_vm reads program stats through the bpf syscall.
 # Sections:
 #   bench_env        guest CPU, kernel, bpf_stats_enabled
 #   idle             daemon CPU time over IDLE_S seconds, probes attached, no events
 #   cost_*           cost per probed call, see bench_cost.sh
+#   rate_*           detail under storms: the highest steady rate without loss, see bench_rate.sh
 #   hotpath          run_cnt deltas over HOT_N non-TSM ioctls + HOT_N getpid calls
 #   latency          LAT_N operations: kretprobe → visible on /metrics, microseconds
 #   acc_trace        `tsm-trace trace --json` over ACC_N binds with injected delays
@@ -41,6 +42,9 @@ lo_up
 # ---- 1. Cost per probed call (bench_cost.sh), nothing else attached ----------
 . /scenarios/bench_cost.sh
 cost_blocks
+# ---- 9. Detail under storms (bench_rate.sh) ------------------------------
+. /scenarios/bench_rate.sh
+rate_blocks
 [ "$COST_ONLY" = 1 ] && exit 0
 
 $BIN run --listen 127.0.0.1:$PORT --grace 1s $DRV $PCI_SYMS \

@@ -283,6 +283,8 @@ cost_blocks() {
 		done
 		echo 1 > $KPE
 		frame cost_rounds /tmp/cost_rounds
+		ctl vdev_destroy $CV
+		ctl vm_destroy $CV
 		return 0
 	fi
 	$H empty $args > /tmp/empty.out 2> /tmp/empty.err &

@@ -249,7 +249,7 @@ int standin_cmd_vdev_destroy(unsigned int id, bool unbind);
 int standin_cmd_tsm_bind(const char *devname, const char *vmname, u64 tdi_id);
 int standin_cmd_tsm_unbind(const char *devname);
 int standin_cmd_guest_req(const char *devname, u32 scope, u32 in_len, u32 out_len);
-int standin_cmd_storm(unsigned int vdev_id, u32 n, const char __user *ubuf);	/* standin_storm.c */
+int standin_cmd_storm(unsigned int vdev_id, u32 n, u32 gap_us, const char __user *ubuf);	/* standin_storm.c */
 int standin_cmd_parallel(unsigned int vdev_id, u32 n);
 
 #endif /* STANDIN_H */

@@ -37,9 +37,12 @@ int standin_run_cmd(char **argv, int argc, const char __user *ubuf)
 		rec("respond_delay_us=%u", a);
 		return 0;
 	}
-	if (!strcmp(c, "storm") && argc == 3) {
+	if (!strcmp(c, "storm") && (argc == 3 || argc == 4)) {
+		d = 0;
 		rc = parse_u32(argv[1], &a) ?: parse_u32(argv[2], &b);
-		return rc ?: standin_cmd_storm(a, b, ubuf);
+		if (!rc && argc == 4)
+			rc = parse_u32(argv[3], &d);
+		return rc ?: standin_cmd_storm(a, b, d, ubuf);
 	}
 	if (!strcmp(c, "parallel") && argc == 3) {
 		rc = parse_u32(argv[1], &a) ?: parse_u32(argv[2], &b);

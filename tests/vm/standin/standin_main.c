@@ -63,7 +63,8 @@
  *   inject clear                            drop all injections
  *   delay_us <n>                            driver bind sleeps n microseconds
  *   respond_delay_us <n>                    the ioctl sleeps n us before responding (bound)
- *   storm <vdev> <n>                        n bind+unbind pairs in one write (in-kernel loop)
+ *   storm <vdev> <n> [gap_us]               n bind+unbind pairs in one write (in-kernel loop),
+ *                                           asleep gap_us after each pair (a steady rate)
  *   parallel <vdev> <n>                     n kernel threads call the driver's bind op
  *                                           (standin_tdi_bind, with delay_us) at once;
  *                                           records n started returned ok duration_ns

@@ -6,10 +6,12 @@
 #include "standin.h"
 
 /*
- * storm <vdev> <n>: n bind+unbind pairs back to back from inside the kernel (one write), the
- * same path as the ioctl; records how many of each succeeded or failed (and with what).
+ * storm <vdev> <n> [gap_us]: n bind+unbind pairs from inside the kernel (one write), the same
+ * path as the ioctl; back to back, or with the writer asleep gap_us (an hrtimer sleep: the
+ * CPU is free for a reader meanwhile) after each pair, for a steady rate. Records how many of
+ * each succeeded or failed (and with what), and the whole write's duration, sleeps included.
  */
-int standin_cmd_storm(unsigned int vdev_id, u32 n, const char __user *ubuf)
+int standin_cmd_storm(unsigned int vdev_id, u32 n, u32 gap_us, const char __user *ubuf)
 {
 	struct iommu_vdevice_tsm_op cmd = {
 		.size = sizeof(cmd),
@@ -44,12 +46,15 @@ int standin_cmd_storm(unsigned int vdev_id, u32 n, const char __user *ubuf)
 		} else {
 			unbind_ok++;
 		}
-		cond_resched();
+		if (gap_us)
+			usleep_range(gap_us, gap_us);
+		else
+			cond_resched();
 	}
 	/* Only the tally: the calls' own records would overflow the buffer. */
 	standin_rec_reset();
-	rec("n=%u bind_ok=%u bind_err=%u unbind_ok=%u unbind_err=%u bind_rc=%d unbind_rc=%d duration_ns=%lld",
-	    n, bind_ok, bind_err, unbind_ok, unbind_err, last_bind_rc,
+	rec("n=%u gap_us=%u bind_ok=%u bind_err=%u unbind_ok=%u unbind_err=%u bind_rc=%d unbind_rc=%d duration_ns=%lld",
+	    n, gap_us, bind_ok, bind_err, unbind_ok, unbind_err, last_bind_rc,
 	    last_unbind_rc, ktime_to_ns(ktime_sub(ktime_get(), start)));
 	return 0;
 }

@@ -158,6 +158,11 @@ impl Ring {
         self.consumer_pos().load(Ordering::Acquire)
     }
 
+    /// The data area's size in bytes (a power of two).
+    pub fn size(&self) -> u64 {
+        self.mask + 1
+    }
+
     /// Where the next record to read starts.
     pub fn position(&self) -> Position {
         Position {

@@ -88,6 +88,8 @@ pub struct Sizes {
     pub hot_n: u64,
     pub lat_n: u64,
     pub acc_n: u64,
+    /// Detail under storms: `pairs:gap_us` steps (`storm <vdev> <pairs> <gap_us>`), in order.
+    pub rate_steps: &'static str,
 }
 
 impl Sizes {
@@ -102,6 +104,7 @@ impl Sizes {
             hot_n: 1_000_000,
             lat_n: 200,
             acc_n: 20,
+            rate_steps: "20000:0 5000:0 5000:2 5000:5 5000:10 5000:20 5000:50 5000:100 5000:200",
         }
     }
 
@@ -116,6 +119,7 @@ impl Sizes {
             hot_n: 10_000,
             lat_n: 4,
             acc_n: 4,
+            rate_steps: "1000:0 200:50",
         }
     }
 }

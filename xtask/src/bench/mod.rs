@@ -16,6 +16,7 @@ mod compare;
 mod cost;
 mod figures;
 mod host;
+mod rate;
 mod vm;
 
 use std::fmt::Write as _;

@@ -12,6 +12,7 @@ use crate::vm::{self, KernelSpec, RunOptions, VmOutput};
 
 pub const SCRIPT: &str = "tests/vm/scenarios/bench.sh";
 pub const COST_SCRIPT: &str = "tests/vm/scenarios/bench_cost.sh";
+pub const RATE_SCRIPT: &str = "tests/vm/scenarios/bench_rate.sh";
 
 pub struct VmBench {
     /// Guest description for the table header.
@@ -49,13 +50,14 @@ pub fn run(s: &Sizes, compare: &[Compare], cost_only: bool) -> Result<VmBench> {
     let body = std::fs::read_to_string(root().join(SCRIPT)).context(SCRIPT)?;
     let revs: Vec<&str> = compare.iter().map(|c| c.rev.as_str()).collect();
     let script = format!(
-        "#!/bin/sh\nIDLE_S={}\nHOT_N={}\nLAT_N={}\nACC_N={}\nROUNDS={}\nPAIRS={}\nCOMPARE=\"{}\"\nCOST_ONLY={}\n{body}",
+        "#!/bin/sh\nIDLE_S={}\nHOT_N={}\nLAT_N={}\nACC_N={}\nROUNDS={}\nPAIRS={}\nRATE_STEPS=\"{}\"\nCOMPARE=\"{}\"\nCOST_ONLY={}\n{body}",
         s.idle_s,
         s.hot_n,
         s.lat_n,
         s.acc_n,
         s.rounds,
         s.pairs,
+        s.rate_steps,
         revs.join(" "),
         u8::from(cost_only)
     );
@@ -65,6 +67,10 @@ pub fn run(s: &Sizes, compare: &[Compare], cost_only: bool) -> Result<VmBench> {
         (
             root().join(COST_SCRIPT),
             "/scenarios/bench_cost.sh".to_string(),
+        ),
+        (
+            root().join(RATE_SCRIPT),
+            "/scenarios/bench_rate.sh".to_string(),
         ),
     ];
     for c in compare {
@@ -131,8 +137,8 @@ pub fn run(s: &Sizes, compare: &[Compare], cost_only: bool) -> Result<VmBench> {
         },
     );
     let cmd = format!(
-        "{SCRIPT} on {} (IDLE_S={} HOT_N={} LAT_N={} ACC_N={} ROUNDS={} PAIRS={})",
-        kernel.version, s.idle_s, s.hot_n, s.lat_n, s.acc_n, s.rounds, s.pairs
+        "{SCRIPT} on {} (IDLE_S={} HOT_N={} LAT_N={} ACC_N={} ROUNDS={} PAIRS={} RATE_STEPS=\"{}\")",
+        kernel.version, s.idle_s, s.hot_n, s.lat_n, s.acc_n, s.rounds, s.pairs, s.rate_steps
     );
     let mut rows = Vec::new();
     let mut cost = super::cost::rows(&out);
@@ -145,6 +151,7 @@ pub fn run(s: &Sizes, compare: &[Compare], cost_only: bool) -> Result<VmBench> {
         }
     }
     rows.extend(cost.into_iter().map(|r| vm_row(r, &cmd)));
+    rows.extend(super::rate::rows(&out).into_iter().map(|r| vm_row(r, &cmd)));
     if cost_only {
         return Ok(VmBench {
             machine,
