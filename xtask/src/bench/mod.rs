@@ -145,6 +145,9 @@ fn machine() -> String {
     format!("{cpu}, {cores} cores, Linux {kernel}")
 }
 
+/// How figure 9 is measured (BENCHMARKS.md's method list).
+const RATE_METHOD: &str = "- detail under storms (figure 9): `tsm-trace run` at its default ring buffer size (256 KiB) watches steps of `storm <vdev> <pairs> <gap_us>` (bind+unbind pairs from one write, the writer asleep gap_us after each pair: a steady rate; gap 0 is back to back), each step's rate its pairs over the stand-in's `duration_ns` on the deterministic clock (sleeps included: pairs per 10⁹ guest instructions and idle time), and its loss the change of the daemon's `tsm_trace_events_lost_total` (every reason) and `tsm_trace_events_processed_total` over the step, read from /metrics once the daemon's next sweep has exported the kernel's counters (tests/vm/scenarios/bench_rate.sh); the same steps for each `--compare` revision. The daemon shares the guest's clock with the storm (one host thread runs both vCPUs), so the lossless rate is what one guest core does for both.\n";
+
 fn render(rows: &[Row], host: &str, guest: &str, smoke: bool) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# Benchmarks\n");
@@ -165,6 +168,7 @@ fn render(rows: &[Row], host: &str, guest: &str, smoke: bool) -> String {
         s,
         "- cost per probed call (figure 1): rounds of `storm <vdev> <pairs>` (bind+unbind pairs in one write, timed by the stand-in: `duration_ns`), each tool block interleaving baseline rounds (all kprobes disarmed through /sys/kernel/debug/kprobes/enabled) with armed rounds, each armed round followed by a wait until the tool's process used no CPU for 20 ms (`bench_vm settle`: work it deferred never lands in the next round, a baseline included), the CPU time that process used over the rounds reported beside (schedstat); added = minimum armed − minimum baseline (on the deterministic clock a round's time is the instructions it executed and anything else that ran in it only adds, so the minimum over the rounds is the undisturbed round and repeats run to run; medians and maxima beside); under `-accel tcg,thread=single` both vCPUs share one host thread, so a tool's process running during a round (the daemon decoding and correlating) is on that round's clock, and block (d′) separates that share: the same daemon stopped (SIGSTOP) through each armed round and let go after it, with a ring buffer that holds a round's records (a loss fails it); probed calls per pair counted from the ftrace events' hits (kprobe_profile); every tool probes the same functions (tests/vm/scenarios/bench_cost.sh) and must fire in armed rounds and not in disarmed ones. Fields: ftrace fetches them with the tracefs BTF argument syntax (`dev->kobj.name:string`, `kvm->userspace_pid`, `$retval`), bpftrace casts the arguments to the kernel's BTF types itself; the ioctl's `struct iommufd_ucmd` and the UAPI struct behind its `void *cmd` exist only in the module's split BTF, which bpftrace's casts cannot name, so both tools read those at the offsets `tsm-trace check` reports from that BTF (the same loads either way). Program statistics come from the bpf syscall (`tsm-trace-bench/src/bin/bench_vm.rs`, `kernel.bpf_stats_enabled=1`); bpftool is not in the VM.\n"
     );
+    let _ = writeln!(s, "{RATE_METHOD}");
     let _ = writeln!(
         s,
         "| figure | measured | floor | result | where | reproduce |\n|---|---|---|---|---|---|"
