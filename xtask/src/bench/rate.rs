@@ -92,6 +92,17 @@ pub fn bracket(steps: &[Step]) -> (Option<&Step>, Option<&Step>) {
     (fastest_clean, slowest_lossy)
 }
 
+/// Blocks that framed their output (`rate_out_<block>`) but have no steps.
+fn without_steps<'a>(
+    sections: impl Iterator<Item = &'a str>,
+    blocks: &BTreeMap<String, Vec<Step>>,
+) -> Vec<&'a str> {
+    sections
+        .filter_map(|name| name.strip_prefix("rate_out_"))
+        .filter(|b| blocks.get(*b).is_none_or(Vec::is_empty))
+        .collect()
+}
+
 fn who(block: &str) -> String {
     match block.strip_prefix("tsm-trace@") {
         Some(rev) => format!("tsm-trace built from git revision {rev} (--compare)"),
@@ -130,6 +141,18 @@ pub fn rows(out: &VmOutput) -> Vec<Row> {
         Err(e) => return vec![Row::missing(LABEL, e)],
     };
     let mut rows = Vec::new();
+    // A block whose daemon never got to its steps left only its output section: say so, or
+    // it would be missing from the table without a word.
+    for block in without_steps(out.sections.keys().map(String::as_str), &blocks) {
+        let tail = out
+            .section(&format!("rate_out_{block}"))
+            .map(|s| s.text.trim().lines().last().unwrap_or("").to_owned())
+            .unwrap_or_default();
+        rows.push(Row::missing(
+            format!("{LABEL}: {}", who(block)),
+            format!("no steps ran (section rate_out_{block}: {tail})"),
+        ));
+    }
     let mut best: BTreeMap<&str, f64> = BTreeMap::new();
     for (block, steps) in &blocks {
         let figure = format!(
@@ -223,6 +246,13 @@ step block=tsm-trace pairs=1000 gap_us=10 duration_ns=80000000 bind_ok=1000 lost
         let (clean, lossy) = bracket(&b["tsm-trace"]);
         assert_eq!(clean.unwrap().gap_us, 20);
         assert_eq!(lossy.unwrap().gap_us, 10);
+    }
+
+    #[test]
+    fn a_block_that_ran_no_steps_is_named() {
+        let b = steps(TEXT).unwrap();
+        let names = ["rate_out_tsm-trace", "rate_out_tsm-trace@abc", "rate_steps"];
+        assert_eq!(without_steps(names.into_iter(), &b), vec!["tsm-trace@abc"]);
     }
 
     #[test]
