@@ -248,6 +248,13 @@ impl Pipeline {
     /// or on how the events were batched (see [`Correlator::handle`]). Returns what it produced; the slice is valid until the next
     /// call (its buffer is reused).
     pub fn handle(&mut self, ev: Event, now_ns: u64) -> &[Output] {
+        let b = self.correlator.boxed(ev);
+        self.handle_boxed(b, now_ns)
+    }
+
+    /// [`Pipeline::handle`] for an event already boxed (the correlator keeps it in that box:
+    /// never copied again).
+    pub fn handle_boxed(&mut self, ev: Box<Event>, now_ns: u64) -> &[Output] {
         self.metrics.event_processed(ev.probe);
         let t = ev.end_ns.max(ev.start_ns);
         self.last_event_ns = Some(self.last_event_ns.map_or(t, |l| l.max(t)));
@@ -261,7 +268,7 @@ impl Pipeline {
             }
         }
         outs.clear();
-        self.correlator.handle_into(ev, now_ns, &mut outs);
+        self.correlator.handle_boxed(ev, now_ns, &mut outs);
         self.emit(&outs);
         self.outs = outs;
         &self.outs

@@ -85,7 +85,7 @@ fn leaks_are_found_with_their_reasons() {
     let mut open: Vec<(LeakReason, String)> = r
         .leaks
         .iter()
-        .map(|l| (l.reason, l.device.clone()))
+        .map(|l| (l.reason, l.device.to_string()))
         .collect();
     open.sort();
     assert_eq!(
@@ -245,7 +245,7 @@ fn a_vm_destroyed_counts_the_bind_its_thread_made_before() {
         .iter()
         .find(|l| l.reason == LeakReason::VmDestroyed)
         .unwrap_or_else(|| panic!("no vm_destroyed leak: {:?}", r.leaks));
-    assert_eq!(leak.device, D3);
+    assert_eq!(&*leak.device, D3);
     assert_eq!(leak.detected_ns, destroy_end);
 }
 
@@ -277,7 +277,7 @@ fn grace_not_expired_at_the_end_of_a_capture_is_not_a_leak() {
     let mut got: Vec<(LeakReason, String, u64)> = r
         .leaks
         .iter()
-        .map(|l| (l.reason, l.device.clone(), l.detected_ns))
+        .map(|l| (l.reason, l.device.to_string(), l.detected_ns))
         .collect();
     got.sort();
     assert_eq!(

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tsm_trace::correlate::{Config, Correlator, UAPI_OP_BIND, UAPI_OP_UNBIND};
-use tsm_trace::events::{Event, ProbeId, Vm, VmId};
+use tsm_trace::events::{Event, Name, ProbeId, Vm, VmId};
 use tsm_trace::exporters::metrics::Metrics;
 use tsm_trace::pipeline::Pipeline;
 
@@ -49,18 +49,24 @@ fn pin_to_one_core() -> bool {
     }
 }
 
+/// Names are made once, as the decoder's interner makes them once (`events::name`): each
+/// event carries a shared reference, as a decoded one does.
 struct Gen {
     vms: Vec<Vm>,
+    comm: Name,
+    devices: Vec<Name>,
 }
 
 impl Gen {
-    fn new(vms: usize) -> Gen {
+    fn new(vms: usize, devices: usize) -> Gen {
         Gen {
+            comm: "qemu-system-x86".into(),
+            devices: (0..devices).map(|d| Self::device(d).into()).collect(),
             vms: (0..vms)
                 .map(|i| Vm {
                     id: VmId::from_bits(0x8880_0000_0000 + (i as u64) * 0x1_0000),
                     pid: Some(10_000 + i as i32),
-                    stats_id: Some(format!("kvm-{}", 10_000 + i)),
+                    stats_id: Some(format!("kvm-{}", 10_000 + i).into()),
                     vmm: None,
                 })
                 .collect(),
@@ -80,7 +86,7 @@ impl Gen {
         let tgid = 10_000 + vm as u32;
         Event {
             ret: Some(0),
-            ..Event::new(probe, start, end, tgid, tgid, "qemu-system-x86".into())
+            ..Event::new(probe, start, end, tgid, tgid, self.comm.clone())
         }
     }
 
@@ -89,7 +95,7 @@ impl Gen {
     /// (`iommufd_vdevice_abort` around the unbind chain).
     fn op(&self, out: &mut Vec<Event>, kind: OpKind, vm: usize, dev: usize, t0: u64) {
         const EBUSY: i64 = -16;
-        let name = Self::device(dev);
+        let name = &self.devices[dev];
         let bind = matches!(kind, OpKind::Bind | OpKind::BindBusy);
         let layers: &[ProbeId] = match kind {
             OpKind::Bind => &[ProbeId::DriverBind, ProbeId::PciTsmBind, ProbeId::TsmBind],
@@ -118,7 +124,7 @@ impl Gen {
         if kind == OpKind::Teardown {
             let mut e = self.base(ProbeId::VdeviceAbort, vm, t0, t0 + 10_000);
             e.ret = None;
-            e.device = Some(name);
+            e.device = Some(name.clone());
             e.obj_id = Some(dev as u32);
             e.virt_id = Some(dev as u64);
             out.push(e);
@@ -146,7 +152,7 @@ enum OpKind {
 /// A synthetic capture of at least `n` events: every device is bound, then unbound, in rounds;
 /// one bind in 8 fails with EBUSY from the PCI TSM layer, one unbind in 8 is a vdevice teardown.
 fn capture(n: usize, devices: usize, vms: usize) -> Vec<Event> {
-    let g = Gen::new(vms);
+    let g = Gen::new(vms, devices);
     let mut out = Vec::with_capacity(n + 8);
     let mut t = 1_000_000_000u64;
     let mut round = 0usize;
@@ -225,7 +231,7 @@ fn scale(args: &[String]) {
     let devices = arg(args, "--devices", 4096) as usize;
     let vms = arg(args, "--vms", 256) as usize;
     let renders = arg(args, "--renders", 20).max(1) as usize;
-    let g = Gen::new(vms);
+    let g = Gen::new(vms, devices);
     let metrics = Arc::new(Metrics::new());
     let mut p = Pipeline::new(Config::default(), metrics.clone(), None);
     let mut t = 1_000_000_000u64;

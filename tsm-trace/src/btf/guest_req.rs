@@ -67,7 +67,9 @@ impl ReqNames {
             _ => return,
         };
         let name = |t: Option<&EnumNames>, v: Option<u32>| {
-            t.zip(v).and_then(|(t, v)| t.name(v)).map(str::to_string)
+            t.zip(v)
+                .and_then(|(t, v)| t.name(v))
+                .map(crate::events::Name::from)
         };
         ev.scope_name = name(scope, ev.scope);
         ev.req_op_name = name(op, ev.req_op);

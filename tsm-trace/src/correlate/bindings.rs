@@ -1,7 +1,6 @@
 //! The binding table and the leak table: how an operation changes them ([`Correlator::apply`]),
 //! and the delayed VM-destroyed / VMM-exited checks that turn lingering bindings into leaks.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use super::Correlator;
@@ -11,7 +10,7 @@ use super::types::{
     AnomalyKind, BindPath, Binding, ClearCause, Leak, LeakReason, OpKind, Operation, Output,
     VmEvent, VmEventKind,
 };
-use crate::events::{Event, ProbeId, UnbindCause};
+use crate::events::{Event, Name, ProbeId, UnbindCause};
 
 #[derive(Debug)]
 enum VmCheckTarget {
@@ -222,9 +221,9 @@ impl Correlator {
                     tdi_id: op.tdi_id,
                     since_ns,
                     path,
-                    tsm: self.device_tsm(&device).map(str::to_string),
+                    tsm: self.device_tsm(&device).cloned(),
                 };
-                if let Some((old, _)) = self.bindings.get(device.as_str()) {
+                if let Some((old, _)) = self.bindings.get(&*device) {
                     let same_vm = match (&old.vm, &binding.vm) {
                         (Some(a), Some(b)) => a.id == b.id,
                         _ => true,
@@ -261,19 +260,16 @@ impl Correlator {
                     || (op.kind == OpKind::Unbind
                         && outer.probe == ProbeId::TsmOpIoctl
                         && outer.ok());
-                let device: Option<Cow<'_, str>> = match op.device.as_deref() {
-                    Some(d) => Some(Cow::Borrowed(d)),
-                    None => self
-                        .device_by_vdevice(op.tgid, op.vdevice_id)
-                        .map(Cow::Owned),
-                };
+                let device: Option<Name> = op
+                    .device
+                    .clone()
+                    .or_else(|| self.device_by_vdevice(op.tgid, op.vdevice_id));
                 if unbound {
                     // Every device the PCI TSM core itself found bound (also other functions'),
                     // then the operation's own device.
                     self.close_unbound(frames, UnbindCause::Unbind, out);
                     match device {
                         Some(d) => {
-                            let d = d.into_owned();
                             // When the outermost unbind call returned (the ioctl or the
                             // teardown may return later).
                             let closed_ns = frames
@@ -330,8 +326,8 @@ impl Correlator {
         }
     }
 
-    fn vm_check_devices(&self, check: &VmCheck) -> (LeakReason, Vec<String>) {
-        let (reason, mut devices): (LeakReason, Vec<String>) = match check.target {
+    fn vm_check_devices(&self, check: &VmCheck) -> (LeakReason, Vec<Name>) {
+        let (reason, mut devices): (LeakReason, Vec<Name>) = match check.target {
             VmCheckTarget::Kvm(kvm) => (
                 LeakReason::VmDestroyed,
                 self.bindings
@@ -355,7 +351,7 @@ impl Correlator {
         (reason, devices)
     }
 
-    pub(super) fn device_by_vdevice(&self, tgid: u32, vdevice_id: Option<u32>) -> Option<String> {
+    pub(super) fn device_by_vdevice(&self, tgid: u32, vdevice_id: Option<u32>) -> Option<Name> {
         let id = vdevice_id?;
         self.bindings
             .values()
@@ -368,25 +364,20 @@ impl Correlator {
         self.table_version += 1;
         self.seq += 1;
         let seq = self.seq;
-        let device: Arc<str> = match self.bindings.remove_entry(binding.device.as_str()) {
+        let device: Arc<str> = match self.bindings.remove_entry(&*binding.device) {
             // Same device again: keep its key.
             Some((key, (_, old_seq))) => {
                 self.binding_order.remove(&old_seq);
                 key
             }
-            None => Arc::from(binding.device.as_str()),
+            None => Arc::from(&*binding.device),
         };
         while self.bindings.len() >= self.cfg.max_bindings {
             let Some((_, old)) = self.binding_order.pop_first() else {
                 break;
             };
             self.bindings.remove(&*old);
-            self.anomaly(
-                AnomalyKind::BindingEvicted,
-                None,
-                Some(old.to_string()),
-                out,
-            );
+            self.anomaly(AnomalyKind::BindingEvicted, None, Some(old.clone()), out);
             self.clear_leaks(&old, ClearCause::Evicted, at_ns, out);
         }
         self.binding_order.insert(seq, device.clone());
@@ -404,12 +395,10 @@ impl Correlator {
         !self.leaks.is_empty() && self.leak_keys(device).next().is_some()
     }
 
-    fn leak_keys(&self, device: &str) -> impl Iterator<Item = &(String, LeakReason)> {
-        let lo = (device.to_string(), LeakReason::ALL[0]);
-        let hi = (
-            device.to_string(),
-            LeakReason::ALL[LeakReason::ALL.len() - 1],
-        );
+    fn leak_keys(&self, device: &str) -> impl Iterator<Item = &(Name, LeakReason)> {
+        let d = Name::from(device);
+        let lo = (d.clone(), LeakReason::ALL[0]);
+        let hi = (d, LeakReason::ALL[LeakReason::ALL.len() - 1]);
         self.leaks.range(lo..=hi).map(|(k, _)| k)
     }
 
@@ -425,11 +414,11 @@ impl Correlator {
         let Some((b, _)) = self.bindings.get(device) else {
             return;
         };
-        if self.leaks.contains_key(&(device.to_string(), reason)) {
+        if self.leaks.contains_key(&(Name::from(device), reason)) {
             return;
         }
         let leak = Leak {
-            device: device.to_string(),
+            device: device.into(),
             reason,
             vm: b.vm.clone(),
             vmm_tgid: Some(b.vmm_tgid),
@@ -474,7 +463,7 @@ impl Correlator {
         if self.leaks.is_empty() {
             return;
         }
-        let keys: Vec<(String, LeakReason)> = self.leak_keys(device).cloned().collect();
+        let keys: Vec<(Name, LeakReason)> = self.leak_keys(device).cloned().collect();
         for k in keys {
             if let Some(mut leak) = self.leaks.remove(&k) {
                 self.table_version += 1;

@@ -33,7 +33,11 @@ impl Correlator {
         out.push(Output::Operation(op));
         out.append(&mut effects);
         self.scratch.effects = effects;
-        frames.clear();
+        for b in frames.drain(..) {
+            if self.scratch.event_boxes.len() < FRAME_POOL_MAX {
+                self.scratch.event_boxes.push(b);
+            }
+        }
         if self.scratch.frame_pool.len() < FRAME_POOL_MAX {
             self.scratch.frame_pool.push(frames);
         }
@@ -54,7 +58,7 @@ impl Correlator {
         if op.device.is_none()
             && let Some(v) = op.vdevice_id
         {
-            op.device = self.vm_names.vdevice(op.tgid, v).map(str::to_string);
+            op.device = self.vm_names.vdevice(op.tgid, v).cloned();
         }
         if !matches!(
             op.kind,
@@ -173,12 +177,12 @@ fn build_operation(frames: &mut [Box<Event>], mut frame_vec: Vec<Frame>) -> Oper
         }
     };
     let guest_request = guest_request(frames);
-    let mut calls: Vec<_> = frames
-        .iter()
-        .flat_map(|f| f.calls.iter().cloned())
-        .collect();
-    calls.sort_by_key(|c| (c.start_ns, c.depth));
-    let deep = (!calls.is_empty()).then(|| {
+    let deep = frames.iter().any(|f| !f.calls.is_empty()).then(|| {
+        let mut calls: Vec<_> = frames
+            .iter()
+            .flat_map(|f| f.calls.iter().cloned())
+            .collect();
+        calls.sort_by_key(|c| (c.start_ns, c.depth));
         let origin = super::types::Origin::find(&mut calls, result.errno());
         Box::new(super::types::Deep { calls, origin })
     });
@@ -229,14 +233,11 @@ fn build_operation(frames: &mut [Box<Event>], mut frame_vec: Vec<Frame>) -> Oper
 /// What a guest request's frames (outermost first) carry: each value from the deepest frame
 /// that has it (the scope together with its name); `None` for other operations.
 fn guest_request(frames: &[Box<Event>]) -> Option<GuestRequest> {
-    let req: Vec<&Box<Event>> = frames
-        .iter()
-        .filter(|f| aggregates::outer_kind(f.probe, None) == aggregates::OP_GUEST_REQUEST)
-        .rev()
-        .collect();
-    if req.is_empty() {
+    let is_req = |f: &Event| aggregates::outer_kind(f.probe, None) == aggregates::OP_GUEST_REQUEST;
+    if !frames.iter().any(|f| is_req(f)) {
         return None;
     }
+    let req: Vec<&Box<Event>> = frames.iter().filter(|f| is_req(f)).rev().collect();
     let scope = req.iter().find(|f| f.scope.is_some());
     let op = req.iter().find(|f| f.req_op.is_some());
     let lens = req

@@ -13,13 +13,13 @@ use std::collections::BTreeMap;
 
 use super::Correlator;
 use super::types::{AnomalyKind, BindingClosed, ClearCause, OpKind, Operation, Output, TsmState};
-use crate::events::{Event, ProbeId, UnbindCause};
+use crate::events::{Event, Name, ProbeId, UnbindCause};
 
 /// What the probes last saw of a device's link.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct DeviceLink {
     /// Connected to this TSM (`None`: disconnected).
-    pub(super) tsm: Option<String>,
+    pub(super) tsm: Option<Name>,
     pub(super) since_ns: u64,
 }
 
@@ -80,7 +80,7 @@ impl Correlator {
     /// (the module's probed functions) ends with [`UnbindCause::ModuleUnloaded`] at `now_ns`.
     /// Call after the events before the unload (its exit path's unbinds) are applied.
     pub fn module_unloaded(&mut self, probes: &[ProbeId], now_ns: u64) -> Vec<Output> {
-        let gone: Vec<String> = self
+        let gone: Vec<Name> = self
             .bindings
             .values()
             .filter(|(b, _)| probes.contains(&b.path.probe()))
@@ -116,7 +116,7 @@ impl Correlator {
     pub(super) fn set_link(
         &mut self,
         device: &str,
-        tsm: Option<String>,
+        tsm: Option<Name>,
         at_ns: u64,
         out: &mut Vec<Output>,
     ) {
@@ -134,7 +134,7 @@ impl Correlator {
             }
         }
         self.devices.insert(
-            device.to_string(),
+            device.into(),
             DeviceLink {
                 tsm,
                 since_ns: at_ns,
@@ -182,23 +182,23 @@ impl Correlator {
             if in_flight.contains(device) {
                 continue;
             }
-            let known = self.devices.get(device.as_str()).map(|l| &l.tsm);
+            let known = self.devices.get(device.as_str()).map(|l| l.tsm.as_deref());
             let changed = match (known, tsm) {
-                (Some(k), t) => k != t,
+                (Some(k), t) => k != t.as_deref(),
                 // Never connected while we watched, not connected now: nothing to learn.
                 (None, None) => false,
                 (None, Some(_)) => true,
             };
             if changed {
                 self.stats.links_from_sysfs += 1;
-                self.set_link(device, tsm.clone(), now_ns, out);
+                self.set_link(device, tsm.as_deref().map(Name::from), now_ns, out);
             }
         }
     }
 
     /// The TSM a device is connected to, if its connect was seen.
-    pub fn device_tsm(&self, device: &str) -> Option<&str> {
-        self.devices.get(device).and_then(|l| l.tsm.as_deref())
+    pub fn device_tsm(&self, device: &str) -> Option<&Name> {
+        self.devices.get(device).and_then(|l| l.tsm.as_ref())
     }
 
     /// Devices per lifecycle state: `bound` counts the binding table; `connected`, devices
@@ -209,7 +209,7 @@ impl Correlator {
         for (d, l) in &self.devices {
             let state = match l.tsm {
                 None => TsmState::Disconnected,
-                Some(_) if self.bindings.contains_key(d.as_str()) => continue,
+                Some(_) if self.bindings.contains_key(&**d) => continue,
                 Some(_) => TsmState::Connected,
             };
             *m.entry(state).or_default() += 1;

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Correlator;
 use super::types::{OpKind, Operation, Output};
-use crate::events::{Event, IdeStream, ProbeId, UnbindCause};
+use crate::events::{Event, IdeStream, Name, ProbeId, UnbindCause};
 use crate::sysfs::Snapshot;
 
 /// Where a stream is in its lifecycle (the last step that changed it).
@@ -144,7 +144,7 @@ pub struct IdeStreamRecord {
     pub rp: IdePort,
     /// The TSM the endpoint was connected to when the stream was allocated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tsm: Option<String>,
+    pub tsm: Option<Name>,
     /// When it was allocated (or learned), and when it last changed.
     pub since_ns: u64,
     pub changed_ns: u64,
@@ -254,10 +254,7 @@ impl Correlator {
         let id = (endpoint.clone(), key.clone());
         if f.probe == ProbeId::IdeStreamAlloc {
             if f.ok() {
-                let tsm = self
-                    .device_tsm(&endpoint)
-                    .map(str::to_string)
-                    .or(op.tsm.clone());
+                let tsm = self.device_tsm(&endpoint).cloned().or(op.tsm.clone());
                 let old = self.ide_streams.insert(
                     id,
                     IdeStreamRecord {
@@ -295,7 +292,7 @@ impl Correlator {
         }
         let on_rp = f.device.as_deref().is_some_and(|p| p != s.endpoint);
         if on_rp && s.root_port.is_none() {
-            s.root_port = f.device.clone();
+            s.root_port = f.device.as_deref().map(str::to_string);
         }
         let port = if on_rp { &mut s.rp } else { &mut s.ep };
         match f.probe {

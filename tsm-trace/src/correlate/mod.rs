@@ -76,7 +76,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::events::{Event, ProbeId};
+use crate::events::{Event, Name, ProbeId};
 
 use bindings::VmCheck;
 pub use ide::{
@@ -177,7 +177,7 @@ pub struct Correlator {
     bindings: HashMap<Arc<str>, (Binding, u64), FxBuild>,
     /// insertion seq → device, oldest first.
     binding_order: BTreeMap<u64, Arc<str>>,
-    leaks: BTreeMap<(String, LeakReason), Leak>,
+    leaks: BTreeMap<(Name, LeakReason), Leak>,
     /// Current leaks per reason (indexed by `LeakReason as usize`).
     leak_count: [usize; LeakReason::ALL.len()],
     /// Frames in all threads' pending chains.
@@ -188,7 +188,7 @@ pub struct Correlator {
     deferred_points: VecDeque<Event>,
     recent_points: VecDeque<Key>,
     /// Connect state per device (devices.rs), bounded by `max_bindings`.
-    devices: BTreeMap<String, devices::DeviceLink>,
+    devices: BTreeMap<Name, devices::DeviceLink>,
     /// PCIe IDE streams (ide.rs), bounded by `max_bindings`.
     ide_streams: ide::Streams,
     stats: Stats,
@@ -215,6 +215,10 @@ struct Scratch {
     /// Emptied frame vectors of closed chains.
     #[allow(clippy::vec_box)] // `Chain::frames`
     frame_pool: Vec<Vec<Box<Event>>>,
+    /// Boxes of frames whose operation was built: the next events move into them (what a
+    /// box still holds is dropped then) instead of into a fresh allocation.
+    #[allow(clippy::vec_box)] // boxes kept to be reused, not values
+    event_boxes: Vec<Box<Event>>,
 }
 
 const FRAME_POOL_MAX: usize = 64;
@@ -350,11 +354,27 @@ impl Correlator {
     }
 
     /// [`Self::handle`], appending the outputs to `out` (which the caller can reuse).
-    pub fn handle_into(&mut self, ev: Event, _now_ns: u64, out: &mut Vec<Output>) {
+    pub fn handle_into(&mut self, ev: Event, now_ns: u64, out: &mut Vec<Output>) {
+        let b = self.boxed(ev);
+        self.handle_boxed(b, now_ns, out);
+    }
+
+    /// `ev` in a box for [`Self::handle_boxed`]: one given back by a closed operation when
+    /// there is one (no allocation), else a new one.
+    pub fn boxed(&mut self, ev: Event) -> Box<Event> {
+        match self.scratch.event_boxes.pop() {
+            Some(mut b) => {
+                *b = ev;
+                b
+            }
+            None => Box::new(ev),
+        }
+    }
+
+    /// [`Self::handle_into`] for an event already in the box a frame keeps (see
+    /// `nesting::Chain`): it is never copied again.
+    pub fn handle_boxed(&mut self, mut ev: Box<Event>, _now_ns: u64, out: &mut Vec<Output>) {
         self.stats.events += 1;
-        // Boxed before anything else: the event is copied once, into the box a frame keeps
-        // (see `nesting::Chain`).
-        let mut ev = Box::new(ev);
         if !self.cfg.vmm_names
             && let Some(vm) = ev.vm.as_mut()
         {
@@ -412,7 +432,7 @@ impl Correlator {
         &mut self,
         kind: AnomalyKind,
         tid: Option<u32>,
-        device: Option<String>,
+        device: Option<Name>,
         out: &mut Vec<Output>,
     ) {
         *self.stats.anomalies.entry(kind).or_default() += 1;

@@ -94,6 +94,9 @@ pub(super) struct ThreadState {
     last_seen_ns: u64,
     pub(super) pending: Vec<Chain>,
     recent: VecDeque<Key>,
+    /// The latest return time among `recent`: an event that returned after it is not among
+    /// them (a thread's calls return one after the other, so this is the common case).
+    recent_max_end_ns: u64,
     /// Recently closed operations: (start, end, outer depth), to recognise late frames.
     closed: VecDeque<(u64, u64, u8)>,
 }
@@ -134,7 +137,7 @@ impl Correlator {
 
         // Duplicates.
         let key = Key::of(&ev);
-        if ts.recent.contains(&key) {
+        if ev.end_ns <= ts.recent_max_end_ns && ts.recent.contains(&key) {
             self.close_all(to_close, now_ns, out);
             self.anomaly(
                 AnomalyKind::DuplicateEvent,
@@ -148,6 +151,9 @@ impl Correlator {
             ts.recent.pop_front();
         }
         ts.recent.push_back(key);
+        // Only grows: after a key leaves `recent`, a bound above the true maximum costs a
+        // scan, never a missed duplicate.
+        ts.recent_max_end_ns = ts.recent_max_end_ns.max(ev.end_ns);
 
         let depth = ev.probe.depth();
         let ev_start = (!ev.entry_missing).then_some(ev.start_ns);

@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 
 use super::Correlator;
 use super::types::{ClearCause, Leak, LeakReason, Mismatch, MismatchKind, Output};
+use crate::events::Name;
 use crate::sysfs::{DeviceState, Snapshot};
 
 impl Correlator {
@@ -39,12 +40,13 @@ impl Correlator {
                     {
                         continue;
                     }
-                    let key = (device.clone(), LeakReason::SysfsBoundWithoutOwner);
+                    let name = Name::from(device.as_str());
+                    let key = (name.clone(), LeakReason::SysfsBoundWithoutOwner);
                     if self.leaks.contains_key(&key) {
                         continue;
                     }
                     let leak = Leak {
-                        device: device.clone(),
+                        device: name.clone(),
                         reason: LeakReason::SysfsBoundWithoutOwner,
                         vm: None,
                         vmm_tgid: None,
@@ -52,7 +54,7 @@ impl Correlator {
                         vdevice_id: None,
                         tdi_id: None,
                         bound_since_ns: None,
-                        tsm: Some(tsm.clone()),
+                        tsm: Some(tsm.as_str().into()),
                         detected_ns: now_ns,
                         cleared_ns: None,
                         cleared_by: None,
@@ -64,7 +66,7 @@ impl Correlator {
                         .or_default() += 1;
                     out.push(Output::Mismatch(Mismatch {
                         kind: MismatchKind::BoundWithoutOwner,
-                        device: device.clone(),
+                        device: name,
                         binding: None,
                     }));
                     self.insert_leak(leak, &mut out);
@@ -79,7 +81,7 @@ impl Correlator {
                         let binding = self.remove_binding(device);
                         out.push(Output::Mismatch(Mismatch {
                             kind: MismatchKind::DeniesBinding,
-                            device: device.clone(),
+                            device: device.as_str().into(),
                             binding,
                         }));
                     }

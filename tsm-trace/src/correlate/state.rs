@@ -19,7 +19,7 @@ use thiserror::Error;
 
 use super::Correlator;
 use super::types::{Binding, Leak};
-use crate::events::Event;
+use crate::events::{Event, Name};
 
 /// The file format. Format 1 (tables only) is read too; a newer format is refused with an
 /// explanation.
@@ -74,9 +74,9 @@ pub struct RingMark {
 /// A device's link: connected to `tsm` (`None`: disconnected) since `since_ns`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedLink {
-    pub device: String,
+    pub device: Name,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tsm: Option<String>,
+    pub tsm: Option<Name>,
     pub since_ns: u64,
 }
 
@@ -475,7 +475,7 @@ mod tests {
         c.restore(load(&p, "b").unwrap().unwrap());
         let back = c.saved_state("b");
         assert_eq!(back, st);
-        assert_eq!(back.bindings[0].vm.as_ref().unwrap().name(), "web-1");
+        assert_eq!(&*back.bindings[0].vm.as_ref().unwrap().name(), "web-1");
         // A file written before the names (no `vmm`) loads: the stats id names the VM.
         let old = text.replace(",\"vmm\":{\"vmm\":\"qemu\",\"name\":\"web-1\"}", "");
         assert!(!old.contains("web-1"));
@@ -483,7 +483,7 @@ mod tests {
         let mut c = Correlator::default();
         c.restore(load(&p, "b").unwrap().unwrap());
         assert_eq!(
-            c.saved_state("b").bindings[0].vm.as_ref().unwrap().name(),
+            &*c.saved_state("b").bindings[0].vm.as_ref().unwrap().name(),
             "kvm-42"
         );
         // `--vm-name stats-id` drops restored names.
@@ -493,8 +493,8 @@ mod tests {
         });
         c.restore(st);
         let back = c.saved_state("b");
-        assert_eq!(back.bindings[0].vm.as_ref().unwrap().name(), "kvm-42");
-        assert_eq!(back.leaks[0].vm.as_ref().unwrap().name(), "kvm-42");
+        assert_eq!(&*back.bindings[0].vm.as_ref().unwrap().name(), "kvm-42");
+        assert_eq!(&*back.leaks[0].vm.as_ref().unwrap().name(), "kvm-42");
     }
 
     #[test]

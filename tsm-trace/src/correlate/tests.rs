@@ -237,7 +237,7 @@ fn successful_bind_via_ioctl() {
     assert_eq!((op.start_ns, op.end_ns), (1_000_000, 2_000_000));
     assert_eq!(op.frames[0].duration_ns, 1_000_000);
     assert_eq!(op.frames[3].duration_ns, 400_000);
-    assert_eq!((op.tgid, op.tid, op.comm.as_str()), (TGID, 10, "qemu"));
+    assert_eq!((op.tgid, op.tid, &*op.comm), (TGID, 10, "qemu"));
 
     let b = c.binding(DEV).expect("bound");
     assert_eq!(b.path, BindPath::Ioctl);
@@ -483,7 +483,7 @@ fn teardown_without_unbind_leaks() {
     let leaks = leaks_detected(&out);
     assert_eq!(leaks.len(), 1);
     assert_eq!(leaks[0].reason, LeakReason::VdeviceTeardownWithoutUnbind);
-    assert_eq!(leaks[0].device, DEV);
+    assert_eq!(&*leaks[0].device, DEV);
     assert_eq!(leaks[0].detected_ns, 4_000_000);
     assert_eq!(leaks[0].bound_since_ns, Some(1_900_000));
     assert!(c.binding(DEV).is_some(), "still bound");
@@ -911,7 +911,7 @@ fn reconcile_against_fake_sysfs() {
     let mismatches: Vec<(MismatchKind, &str)> = out
         .iter()
         .filter_map(|o| match o {
-            Output::Mismatch(m) => Some((m.kind, m.device.as_str())),
+            Output::Mismatch(m) => Some((m.kind, &*m.device)),
             _ => None,
         })
         .collect();
@@ -1007,7 +1007,7 @@ fn reconcile_learns_device_links_from_sysfs() {
     let in_flight: std::collections::BTreeSet<String> = ["0000:02:00.0".to_string()].into();
     let out = c.reconcile(&Snapshot::read(root), &in_flight, 1_000);
     assert!(out.is_empty(), "{out:?}");
-    assert_eq!(c.device_tsm("0000:01:00.0"), Some("tsm0"));
+    assert_eq!(c.device_tsm("0000:01:00.0").map(|t| &**t), Some("tsm0"));
     assert_eq!(
         c.device_tsm("0000:02:00.0"),
         None,
@@ -1024,7 +1024,7 @@ fn reconcile_learns_device_links_from_sysfs() {
     fake::connect(root, "0000:01:00.0", "");
     c.reconcile(&Snapshot::read(root), &Default::default(), 2_000);
     assert_eq!(c.device_tsm("0000:01:00.0"), None);
-    assert_eq!(c.device_tsm("0000:02:00.0"), Some("tsm1"));
+    assert_eq!(c.device_tsm("0000:02:00.0").map(|t| &**t), Some("tsm1"));
     assert_eq!(states(&c), (1, 1));
     // Nothing changed: nothing learned.
     c.reconcile(&Snapshot::read(root), &Default::default(), 3_000);
@@ -1064,7 +1064,7 @@ pub(crate) fn random_event(r: &mut Rng) -> Event {
     e.tgid = r.below(50) as u32;
     e.entry_missing = r.below(10) == 0;
     if r.below(4) != 0 {
-        e.device = Some(format!("0000:{:02x}:00.0", r.below(256)));
+        e.device = Some(format!("0000:{:02x}:00.0", r.below(256)).into());
     }
     if r.below(2) == 0 {
         e.vm = Some(Vm {
@@ -1143,7 +1143,7 @@ fn teardown_with_unreadable_device_matches_by_vdevice_id() {
     let mut evs = teardown(12, 3_000_000, DEV, false);
     evs[0].device = None; // dev name read faulted; obj_id 3 = the bind ioctl's vdevice_id
     let out = feed(&mut c, evs);
-    assert_eq!(leaks_detected(&out)[0].device, DEV);
+    assert_eq!(&*leaks_detected(&out)[0].device, DEV);
 }
 
 /// The VMM's name, given to a bind's frames by the decoder, names the operation, the
@@ -1169,14 +1169,14 @@ fn a_vm_named_by_its_vmm_keeps_the_name_to_its_leak() {
         });
         let out = feed(&mut c, named(bind_via_ioctl(10, 1_000_000, DEV, 0)));
         let op = ops(&out)[0];
-        assert_eq!(op.vm.as_ref().unwrap().name(), want);
+        assert_eq!(&*op.vm.as_ref().unwrap().name(), want);
         let b = c.saved_state("b").bindings;
-        assert_eq!(b[0].vm.as_ref().unwrap().name(), want);
+        assert_eq!(&*b[0].vm.as_ref().unwrap().name(), want);
         let t = 10_000_000;
         c.handle(kvm_destroy(t), t);
         let out = c.tick(t + 5_000_000_000);
         let leaks = leaks_detected(&out);
         assert_eq!(leaks.len(), 1);
-        assert_eq!(leaks[0].vm_name(), want);
+        assert_eq!(&*leaks[0].vm_name(), want);
     }
 }

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::errno;
-use crate::events::{Event, IdeStream, Layer, ProbeId, UnbindCause, Vm};
+use crate::events::{Event, IdeStream, Layer, Name, ProbeId, UnbindCause, Vm};
 
 /// What an operation did, from the ioctl's `op` or from the functions it called.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -58,16 +58,16 @@ pub struct GuestRequest {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scope: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub scope_name: Option<String>,
+    pub scope_name: Option<Name>,
     /// Post-v5: the request's `op` and `tvm_arch` (they replace the UAPI scope).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub req_op: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub req_op_name: Option<String>,
+    pub req_op_name: Option<Name>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tvm_arch: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tvm_arch_name: Option<String>,
+    pub tvm_arch_name: Option<Name>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub in_len: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -125,9 +125,9 @@ pub struct Frame {
     /// PCIe IDE steps: the port the call acted on (the endpoint, or its root port for
     /// setup, enable, disable and teardown) and the stream.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub device: Option<String>,
+    pub device: Option<Name>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ide: Option<IdeStream>,
+    pub ide: Option<Box<IdeStream>>,
 }
 
 impl Frame {
@@ -184,9 +184,9 @@ pub struct Operation {
     pub end_ns: u64,
     pub tgid: u32,
     pub tid: u32,
-    pub comm: String,
+    pub comm: Name,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub device: Option<String>,
+    pub device: Option<Name>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vdevice_id: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -203,7 +203,7 @@ pub struct Operation {
     pub flags: Option<u32>,
     /// The TSM (`tsmN`) of a connect, disconnect or guest request.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tsm: Option<String>,
+    pub tsm: Option<Name>,
     /// Why a disconnect ran (or an unbind): sysfs, device removal, TSM unregistration.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cause: Option<UnbindCause>,
@@ -343,12 +343,12 @@ impl BindPath {
 /// A device believed bound to a VM.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Binding {
-    pub device: String,
+    pub device: Name,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vm: Option<Vm>,
     /// The process that bound it (the VMM).
     pub vmm_tgid: u32,
-    pub vmm_comm: String,
+    pub vmm_comm: Name,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vdevice_id: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -357,7 +357,7 @@ pub struct Binding {
     pub path: BindPath,
     /// The TSM the device was connected to when it was bound, if the connect was seen.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tsm: Option<String>,
+    pub tsm: Option<Name>,
 }
 
 /// A binding that ended, and why: an explicit unbind, or the PCI TSM core unbinding it on a
@@ -457,14 +457,14 @@ impl ClearCause {
 /// A binding believed leaked (or, in [`Output::LeakCleared`], one that no longer is).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Leak {
-    pub device: String,
+    pub device: Name,
     pub reason: LeakReason,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vm: Option<Vm>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vmm_tgid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub vmm_comm: Option<String>,
+    pub vmm_comm: Option<Name>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vdevice_id: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -474,7 +474,7 @@ pub struct Leak {
     pub bound_since_ns: Option<u64>,
     /// The TSM sysfs names as the device's owner (`sysfs_bound_without_owner`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tsm: Option<String>,
+    pub tsm: Option<Name>,
     pub detected_ns: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cleared_ns: Option<u64>,
@@ -484,8 +484,8 @@ pub struct Leak {
 
 impl Leak {
     /// The `vm` label: [`Vm::name`], or empty when unknown.
-    pub fn vm_name(&self) -> String {
-        self.vm.as_ref().map(Vm::name).unwrap_or_default()
+    pub fn vm_name(&self) -> Name {
+        self.vm.as_ref().map_or_else(|| Name::from(""), Vm::name)
     }
 }
 
@@ -577,7 +577,7 @@ pub struct Anomaly {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub device: Option<String>,
+    pub device: Option<Name>,
 }
 
 /// sysfs disagrees with the binding table.
@@ -605,7 +605,7 @@ impl MismatchKind {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Mismatch {
     pub kind: MismatchKind,
-    pub device: String,
+    pub device: Name,
     /// The binding the table dropped (`denies_binding`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub binding: Option<Binding>,
@@ -636,7 +636,7 @@ pub struct VmEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vm: Option<Vm>,
     pub tgid: u32,
-    pub comm: String,
+    pub comm: Name,
     /// Bindings of this VM/VMM at the time of the event (checked again after the grace period).
     pub bound_devices: usize,
 }

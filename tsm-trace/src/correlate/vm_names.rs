@@ -16,7 +16,7 @@ use std::collections::{HashMap, VecDeque};
 
 use rustc_hash::FxBuildHasher as FxBuild;
 
-use crate::events::{Vm, VmId};
+use crate::events::{Name, Vm, VmId};
 
 /// Names kept at once (oldest forgotten first).
 const MAX: usize = 4_096;
@@ -25,7 +25,7 @@ const MAX: usize = 4_096;
 pub(super) struct Names {
     vms: HashMap<VmId, Vm, FxBuild>,
     vm_order: VecDeque<VmId>,
-    vdevices: HashMap<(u32, u32), String, FxBuild>,
+    vdevices: HashMap<(u32, u32), Name, FxBuild>,
     vdevice_order: VecDeque<(u32, u32)>,
 }
 
@@ -98,18 +98,18 @@ impl Names {
     }
 
     pub(super) fn learn_vdevice(&mut self, tgid: u32, vdevice: u32, device: &str) {
-        if self.vdevices.get(&(tgid, vdevice)).map(String::as_str) != Some(device) {
+        if self.vdevices.get(&(tgid, vdevice)).map(|d| &**d) != Some(device) {
             bounded_insert(
                 &mut self.vdevices,
                 &mut self.vdevice_order,
                 (tgid, vdevice),
-                device.to_string(),
+                device.into(),
             );
         }
     }
 
-    pub(super) fn vdevice(&self, tgid: u32, vdevice: u32) -> Option<&str> {
-        self.vdevices.get(&(tgid, vdevice)).map(String::as_str)
+    pub(super) fn vdevice(&self, tgid: u32, vdevice: u32) -> Option<&Name> {
+        self.vdevices.get(&(tgid, vdevice))
     }
 
     pub(super) fn forget_vdevice(&mut self, tgid: u32, vdevice: u32) {

@@ -328,7 +328,7 @@ fn end_module_bindings(
     let devices: Vec<&str> = outs
         .iter()
         .filter_map(|o| match o {
-            correlate::Output::BindingClosed(c) => Some(c.binding.device.as_str()),
+            correlate::Output::BindingClosed(c) => Some(&*c.binding.device),
             _ => None,
         })
         .collect();
@@ -609,11 +609,11 @@ fn reconcile(
     let snap = Snapshot::read(root);
     skip.extend(live.session().devices_in_flight());
     live.drain_now(batch);
-    skip.extend(
-        batch
-            .iter()
-            .filter_map(|e| e.as_ref().ok().and_then(|e| e.device.clone())),
-    );
+    skip.extend(batch.iter().filter_map(|e| {
+        e.as_ref()
+            .ok()
+            .and_then(|e| e.device.as_deref().map(str::to_string))
+    }));
     feed(pipeline, metrics, batch, tap)?;
     report_loss(pipeline, metrics, live);
     pipeline

@@ -6,12 +6,14 @@
 
 mod control;
 pub mod deep;
+pub mod name;
 pub mod record;
 pub mod vm_id;
 pub mod vm_key;
 pub mod vmm;
 
 pub use control::Control;
+pub use name::Name;
 pub use vm_id::{NameVm, VmId, VmKey, VmNames, VmSelector};
 pub use vmm::{Identities, VmmName, VmmSeen};
 
@@ -169,7 +171,7 @@ pub struct Vm {
     pub pid: Option<i32>,
     /// `kvm->stats_id`, e.g. `kvm-4242`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stats_id: Option<String>,
+    pub stats_id: Option<Name>,
     /// The name its VMM's command line gives it ([`vmm`]), read at bind time; absent when
     /// unknown (argv unreadable, no convention matched, `--vm-name stats-id`, or a capture or
     /// state file from before tsm-trace read it).
@@ -180,14 +182,14 @@ pub struct Vm {
 impl Vm {
     /// The name used in labels and trace lines: the VMM's name for it ([`Vm::vmm`]), else the
     /// stats id, else `kvm-<pid>`, else the hash (`vm#…`). Never the pointer.
-    pub fn name(&self) -> String {
+    pub fn name(&self) -> Name {
         if let Some(n) = &self.vmm {
             return n.name.clone();
         }
         match (&self.stats_id, self.pid) {
             (Some(s), _) if !s.is_empty() => s.clone(),
-            (_, Some(pid)) if pid > 0 => format!("kvm-{pid}"),
-            _ => self.id.to_string(),
+            (_, Some(pid)) if pid > 0 => format!("kvm-{pid}").into(),
+            _ => self.id.to_string().into(),
         }
     }
 }
@@ -201,7 +203,7 @@ pub struct Event {
     pub end_ns: u64,
     pub tgid: u32,
     pub tid: u32,
-    pub comm: String,
+    pub comm: Name,
     /// The return value (`None` for void functions and point events). A pointer return
     /// ([`Event::ret_is_ptr`]) is reduced to what it means, never its address: `0` (NULL),
     /// the `ERR_PTR` errno (negative), or `1` (a valid pointer).
@@ -214,7 +216,7 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub entry_missing: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device: Option<String>,
+    pub device: Option<Name>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm: Option<Vm>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -233,7 +235,7 @@ pub struct Event {
     pub virt_id: Option<u64>,
     /// The TSM (`tsmN`) the call concerns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tsm: Option<String>,
+    pub tsm: Option<Name>,
     /// Guest requests: `enum pci_tsm_req_scope`, request and response sizes, and the TSM's
     /// result code (`*tsm_code` after the call).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -254,11 +256,11 @@ pub struct Event {
     /// parameter (the enumerator without the enum's common prefix, lowercase); absent where
     /// BTF has no enum for it (a plain `u32`): then only the number is known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scope_name: Option<String>,
+    pub scope_name: Option<Name>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub req_op_name: Option<String>,
+    pub req_op_name: Option<Name>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tvm_arch_name: Option<String>,
+    pub tvm_arch_name: Option<Name>,
     /// A NULL pointer return is a failure (driver `probe`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ret_null_is_err: bool,
@@ -270,7 +272,7 @@ pub struct Event {
     pub tsm_unregister: bool,
     /// PCIe IDE probes: the stream the call is about (`device` is the port it acts on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ide: Option<IdeStream>,
+    pub ide: Option<Box<IdeStream>>,
     /// `trace --deep`: the deep-traced calls made inside this call and not inside a probed
     /// call nested in it, in the order they returned.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -296,7 +298,7 @@ impl Event {
         end_ns: u64,
         tgid: u32,
         tid: u32,
-        comm: String,
+        comm: Name,
     ) -> Event {
         Event {
             probe,
@@ -384,7 +386,7 @@ impl Event {
         let device = has(missing::DEV_NAME).then(|| cstr(&raw.dev_name));
         // sysfs writes carry a trailing newline (`echo tsm0 > connect`).
         let tsm = has(missing::TSM_NAME)
-            .then(|| cstr(&raw.tsm_name).trim_end().to_string())
+            .then(|| cstr_trimmed(&raw.tsm_name))
             .filter(|s| !s.is_empty());
         let vm = || {
             (raw.kvm != 0).then(|| Vm {
@@ -491,19 +493,19 @@ impl Event {
                 ev.device = device;
                 let nums = has(missing::IDE_STREAM);
                 let unnamed = raw.flags & flags::IDE_UNNAMED != 0;
-                ev.ide = Some(IdeStream {
+                ev.ide = Some(Box::new(IdeStream {
                     endpoint: has(missing::IDE_ENDPOINT)
-                        .then(|| cstr(&raw.ide_endpoint))
+                        .then(|| cstr(&raw.ide_endpoint).to_string())
                         .filter(|s| !s.is_empty()),
                     stream_id: nums.then_some(raw.ide_stream_id),
                     host_bridge_stream: nums.then_some(raw.ide_hb_stream),
                     rp_index: nums.then_some(raw.ide_rp_index),
                     ep_index: nums.then_some(raw.ide_ep_index),
                     name: (has(missing::IDE_NAME) && !unnamed)
-                        .then(|| cstr(&raw.ide_name))
+                        .then(|| cstr(&raw.ide_name).to_string())
                         .filter(|s| !s.is_empty()),
                     unnamed,
-                });
+                }));
             }
         }
         Ok(ev)
@@ -550,10 +552,16 @@ pub fn pointer_meaning(ret: i64) -> i64 {
     }
 }
 
-/// A NUL-terminated byte array as text (lossy: kernel names are ASCII in practice).
-fn cstr(bytes: &[u8]) -> String {
+/// A NUL-terminated byte array as text (lossy: kernel names are ASCII in practice), interned.
+fn cstr(bytes: &[u8]) -> Name {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
+    name::intern(&bytes[..end])
+}
+
+/// [`cstr`] without trailing whitespace (a sysfs write's newline).
+fn cstr_trimmed(bytes: &[u8]) -> Name {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    name::intern(bytes[..end].trim_ascii_end())
 }
 
 #[cfg(test)]
@@ -630,13 +638,13 @@ mod tests {
         let ev = Event::decode(&r, &key()).unwrap();
         assert_eq!(ev.probe, ProbeId::TsmBind);
         assert_eq!((ev.tgid, ev.tid), (42, 43));
-        assert_eq!(ev.comm, "qemu");
+        assert_eq!(&*ev.comm, "qemu");
         assert_eq!(ev.errno(), Some(16));
         assert_eq!(ev.duration_ns(), 20_000);
         assert_eq!(ev.device.as_deref(), Some("0000:01:00.0"));
         let vm = ev.vm.unwrap();
         assert_eq!(vm.pid, Some(4242));
-        assert_eq!(vm.name(), "kvm-4242");
+        assert_eq!(&*vm.name(), "kvm-4242");
         assert_eq!(ev.tdi_id, Some(7));
     }
 
@@ -657,7 +665,7 @@ mod tests {
         assert_eq!(ev.vm.as_ref().unwrap().pid, None);
         let vm = ev.vm.unwrap();
         assert_eq!(vm.id, key().id(0x1000));
-        assert_eq!(vm.name(), key().id(0x1000).to_string());
+        assert_eq!(&*vm.name(), key().id(0x1000).to_string());
     }
 
     #[test]

@@ -336,9 +336,9 @@ mod tests {
         );
         let old = text.replace(",\"vmm\":{\"vmm\":\"firecracker\",\"name\":\"fc-1\"}", "");
         let (_, evs) = read_all(old.as_bytes(), "old").unwrap();
-        assert_eq!(evs[0].vm.as_ref().unwrap().name(), "kvm-5");
+        assert_eq!(&*evs[0].vm.as_ref().unwrap().name(), "kvm-5");
         let (_, evs) = read_all(text.as_bytes(), "new").unwrap();
-        assert_eq!(evs[0].vm.as_ref().unwrap().name(), "fc-1");
+        assert_eq!(&*evs[0].vm.as_ref().unwrap().name(), "fc-1");
     }
 
     /// A guest request with every lifecycle field set survives the round trip.

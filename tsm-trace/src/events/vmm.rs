@@ -31,9 +31,9 @@ pub const MAX_NAME: usize = 64;
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct VmmName {
     /// `qemu`, `kata`, `cloud-hypervisor`, `firecracker` or `crosvm`.
-    pub vmm: String,
+    pub vmm: super::Name,
     /// The VM's name, sanitized (see [`sanitize`]).
-    pub name: String,
+    pub name: super::Name,
 }
 
 /// How a VMM names its VM: its program names (argv[0]'s file name, or a prefix of it) and
@@ -210,8 +210,8 @@ pub fn name_from_argv(argv: &[u8], truncated: bool) -> Option<VmmName> {
         Rule::Socket(opts) => (conv.vmm, socket_name(value(&args, opts)?)?),
     };
     Some(VmmName {
-        vmm: vmm.to_string(),
-        name: sanitize(&raw)?,
+        vmm: vmm.into(),
+        name: sanitize(&raw)?.into(),
     })
 }
 
@@ -302,7 +302,7 @@ mod tests {
     }
 
     fn name(args: &[&str]) -> Option<(String, String)> {
-        name_from_argv(&argv(args), false).map(|n| (n.vmm, n.name))
+        name_from_argv(&argv(args), false).map(|n| (n.vmm.to_string(), n.name.to_string()))
     }
 
     fn some(vmm: &str, n: &str) -> Option<(String, String)> {
@@ -482,7 +482,7 @@ mod tests {
         };
         let seen = VmmSeen::from_bytes(bytes).unwrap();
         assert_eq!(seen.tid, 9);
-        assert_eq!(seen.name.as_ref().unwrap().name, "fc-1");
+        assert_eq!(&*seen.name.as_ref().unwrap().name, "fc-1");
         assert_eq!(VmmSeen::from_bytes(&bytes[1..]), None);
         // A length past the buffer is clamped, never a panic.
         r.len = u32::MAX;
@@ -507,11 +507,11 @@ mod tests {
             vmm: None,
         });
         ids.apply(&mut ev);
-        assert_eq!(ev.vm.as_ref().unwrap().name(), "fc-1");
+        assert_eq!(&*ev.vm.as_ref().unwrap().name(), "fc-1");
         let mut other = ev.clone();
         other.tid = 10;
         other.vm.as_mut().unwrap().vmm = None;
         ids.apply(&mut other);
-        assert_eq!(other.vm.unwrap().name(), "kvm-7");
+        assert_eq!(&*other.vm.unwrap().name(), "kvm-7");
     }
 }

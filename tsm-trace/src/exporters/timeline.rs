@@ -211,10 +211,10 @@ impl Timeline {
             Output::VmEvent(v) => {
                 let mut args = Map::new();
                 if let Some(vm) = &v.vm {
-                    args.insert("vm".into(), vm.name().into());
+                    args.insert("vm".into(), (*vm.name()).into());
                 }
                 args.insert("tgid".into(), v.tgid.into());
-                args.insert("comm".into(), v.comm.clone().into());
+                args.insert("comm".into(), (*v.comm).into());
                 args.insert("bound_devices".into(), v.bound_devices.into());
                 let pid = self.pid(None);
                 self.instant(v.event.as_str(), pid, v.time_ns, args);
@@ -227,13 +227,13 @@ impl Timeline {
         let mut args = Map::new();
         args.insert("reason".into(), l.reason.as_str().into());
         if let Some(vm) = &l.vm {
-            args.insert("vm".into(), vm.name().into());
+            args.insert("vm".into(), (*vm.name()).into());
         }
         if let Some(t) = l.vmm_tgid {
             args.insert("vmm_pid".into(), t.into());
         }
         if let Some(c) = &l.vmm_comm {
-            args.insert("vmm_comm".into(), c.clone().into());
+            args.insert("vmm_comm".into(), (**c).into());
         }
         if let Some(v) = l.vdevice_id {
             args.insert("vdevice".into(), v.into());
@@ -358,10 +358,10 @@ fn op_args(op: &Operation, a: &mut Map<String, Value>) {
         }
     }
     if let Some(d) = &op.device {
-        a.insert("device".into(), d.clone().into());
+        a.insert("device".into(), (**d).into());
     }
     if let Some(vm) = &op.vm {
-        a.insert("vm".into(), vm.name().into());
+        a.insert("vm".into(), (*vm.name()).into());
     }
     if let Some(v) = op.vdevice_id {
         a.insert("vdevice".into(), v.into());
@@ -370,7 +370,7 @@ fn op_args(op: &Operation, a: &mut Map<String, Value>) {
         a.insert("tdi".into(), t.into());
     }
     if let Some(t) = &op.tsm {
-        a.insert("tsm".into(), t.clone().into());
+        a.insert("tsm".into(), (**t).into());
     }
     if let Some(c) = op.cause {
         a.insert("cause".into(), c.as_str().into());
@@ -381,17 +381,17 @@ fn op_args(op: &Operation, a: &mut Map<String, Value>) {
             a.insert("tsm_code".into(), c.into());
         }
     }
-    a.insert("comm".into(), op.comm.clone().into());
+    a.insert("comm".into(), (*op.comm).into());
     a.insert("tgid".into(), op.tgid.into());
 }
 
 fn binding_args(b: &Binding) -> Map<String, Value> {
     let mut a = Map::new();
     if let Some(vm) = &b.vm {
-        a.insert("vm".into(), vm.name().into());
+        a.insert("vm".into(), (*vm.name()).into());
     }
     a.insert("vmm_pid".into(), b.vmm_tgid.into());
-    a.insert("vmm_comm".into(), b.vmm_comm.clone().into());
+    a.insert("vmm_comm".into(), (*b.vmm_comm).into());
     if let Some(v) = b.vdevice_id {
         a.insert("vdevice".into(), v.into());
     }

@@ -176,7 +176,7 @@ const CALLGRIND_EVENTS: u64 = 100_000;
 /// metrics, dropping the event), counted by callgrind collecting only inside that function.
 fn instructions_per_event(bin: &std::path::Path, shown: &str) -> Row {
     const FIGURE: &str = "3c. replay path, host instructions per event: Pipeline::handle inclusive (callgrind; the same count every run)";
-    const FUNCTION: &str = "tsm_trace::pipeline::Pipeline::handle*";
+    const FUNCTION: &str = "tsm_trace::pipeline::Pipeline::handle";
     let out_file =
         std::env::temp_dir().join(format!("tsm-trace-bench-{}.callgrind", std::process::id()));
     let out = Command::new("valgrind")

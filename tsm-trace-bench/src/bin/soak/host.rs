@@ -107,7 +107,7 @@ pub fn bdf(d: usize) -> String {
 }
 
 fn ev(probe: ProbeId, start: u64, end: u64, tgid: u32, tid: u32, comm: &str) -> Event {
-    Event::new(probe, start, end, tgid, tid, comm.to_string())
+    Event::new(probe, start, end, tgid, tid, comm.into())
 }
 
 impl Host {
@@ -202,7 +202,7 @@ impl Host {
             vm: Vm {
                 id: VmId::from_bits(addr >> 4),
                 pid: Some(pid as i32),
-                stats_id: Some(format!("kvm-{pid}")),
+                stats_id: Some(format!("kvm-{pid}").into()),
                 vmm: None,
             },
             addr,
@@ -263,7 +263,7 @@ impl Host {
         e.ret = Some(1);
         e.ret_is_ptr = true;
         e.ret_null_is_err = true;
-        e.device = Some(dev.clone());
+        e.device = Some(dev.clone().into());
         e.tsm = Some(TSM.into());
         out.push(e);
         let mut e = ev(
@@ -275,11 +275,11 @@ impl Host {
             "sh",
         );
         e.ret = Some(0);
-        e.device = Some(dev.clone());
+        e.device = Some(dev.clone().into());
         out.push(e);
         let mut e = ev(ProbeId::Connect, t0, t1, pid, pid, "sh");
         e.ret = Some(5);
-        e.device = Some(dev);
+        e.device = Some(dev.into());
         e.tsm = Some(TSM.into());
         out.push(e);
         self.devices[d].connected = true;
@@ -301,7 +301,7 @@ impl Host {
             pid,
             "sh",
         );
-        e.device = Some(dev.clone());
+        e.device = Some(dev.clone().into());
         out.push(e);
         let mut e = ev(
             ProbeId::PciTsmDisconnect,
@@ -311,12 +311,12 @@ impl Host {
             pid,
             "sh",
         );
-        e.device = Some(dev.clone());
+        e.device = Some(dev.clone().into());
         e.tsm = Some(TSM.into());
         out.push(e);
         let mut e = ev(ProbeId::Disconnect, t0, t1, pid, pid, "sh");
         e.ret = Some(5);
-        e.device = Some(dev);
+        e.device = Some(dev.into());
         e.tsm = Some(TSM.into());
         out.push(e);
         self.devices[d] = Truth {
@@ -330,7 +330,7 @@ impl Host {
     fn unbind_any(&self, d: usize, tgid: u32, tid: u32, comm: &str, t: u64) -> Event {
         let mut e = ev(ProbeId::PciTsmUnbindAny, t, t + 100_000, tgid, tid, comm);
         e.ret = Some(0);
-        e.device = Some(bdf(d));
+        e.device = Some(bdf(d).into());
         e.tsm = Some(TSM.into());
         e.tdi_id = Some(d as u64);
         e
@@ -359,7 +359,7 @@ impl Host {
         let frame = |p: ProbeId, lvl: u64, vm: Vm| {
             let mut e = ev(p, t0 + lvl * 50_000, t1 - lvl * 50_000, pid, tid, comm);
             e.ret = Some(0);
-            e.device = Some(dev.clone());
+            e.device = Some(dev.clone().into());
             e.vm = Some(vm);
             e.tdi_id = Some(d as u64);
             e
@@ -413,7 +413,7 @@ impl Host {
                 "qemu-system-x86",
             );
             e.ret = Some(if fail { -5 } else { 64 });
-            e.device = Some(dev.clone());
+            e.device = Some(dev.clone().into());
             e.tsm = Some(TSM.into());
             e.scope = Some(1);
             e.in_len = Some(16);
@@ -443,7 +443,7 @@ impl Host {
                 tid,
                 comm,
             );
-            e.device = Some(dev.clone());
+            e.device = Some(dev.clone().into());
             out.push(e);
             out.push(h.unbind_any(d, pid, tid, comm, t0 + 180_000));
             let mut e = ev(
@@ -454,16 +454,16 @@ impl Host {
                 tid,
                 comm,
             );
-            e.device = Some(dev.clone());
+            e.device = Some(dev.clone().into());
             out.push(e);
             let mut e = ev(ProbeId::TsmUnbind, t0 + 50_000, t1 - 50_000, pid, tid, comm);
             e.ret = Some(0);
-            e.device = Some(dev.clone());
+            e.device = Some(dev.clone().into());
             out.push(e);
         };
         let abort = |out: &mut Vec<Event>| {
             let mut e = ev(ProbeId::VdeviceAbort, t0, t1, pid, tid, comm);
-            e.device = Some(dev.clone());
+            e.device = Some(dev.clone().into());
             e.obj_id = Some(i as u32 + 1);
             e.virt_id = Some(d as u64);
             out.push(e);

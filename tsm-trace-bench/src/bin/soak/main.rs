@@ -370,17 +370,17 @@ fn full_size_save(
     let (b, l, k) = (st.bindings.clone(), st.leaks.clone(), st.devices.clone());
     for (i, j) in grow(b.len()) {
         let mut x = b[j].clone();
-        x.device = rename(&x.device, i);
+        x.device = rename(&x.device, i).into();
         st.bindings.push(x);
     }
     for (i, j) in grow(l.len()) {
         let mut x = l[j].clone();
-        x.device = rename(&x.device, i);
+        x.device = rename(&x.device, i).into();
         st.leaks.push(x);
     }
     for (i, j) in grow(k.len()) {
         let mut x = k[j].clone();
-        x.device = rename(&x.device, i);
+        x.device = rename(&x.device, i).into();
         st.devices.push(x);
     }
     let mut times = Vec::new();

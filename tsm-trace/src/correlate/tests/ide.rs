@@ -15,7 +15,7 @@ const RP: &str = "0000:00:06.0";
 fn step(probe: ProbeId, port: &str, t: u64, ret: Option<i64>, registered: bool) -> Event {
     let mut e = ev(probe, t, t + 10, 7, ret);
     e.device = Some(port.into());
-    e.ide = Some(IdeStream {
+    e.ide = Some(Box::new(IdeStream {
         endpoint: Some(DEV.into()),
         stream_id: Some(if probe == ProbeId::IdeStreamAlloc {
             -1
@@ -27,7 +27,7 @@ fn step(probe: ProbeId, port: &str, t: u64, ret: Option<i64>, registered: bool) 
         ep_index: Some(0),
         name: registered.then(|| "stream0.0.0".into()),
         unnamed: !registered,
-    });
+    }));
     e
 }
 
@@ -248,7 +248,7 @@ fn a_removed_endpoint_s_stream_is_leaked_as_device_removed() {
 fn ide_steps_with_no_probed_caller_change_no_device_link_and_leak_nothing() {
     let mut c = Correlator::default();
     run(&mut c, connect(1_000, 0));
-    assert_eq!(c.device_tsm(DEV), Some(TSM));
+    assert_eq!(c.device_tsm(DEV).map(|t| &**t), Some(TSM));
     // The driver disables its stream outside any connect or disconnect (kind disconnect):
     // the device stays connected, and nothing is leaked.
     let out = run(
@@ -256,7 +256,11 @@ fn ide_steps_with_no_probed_caller_change_no_device_link_and_leak_nothing() {
         vec![step(ProbeId::IdeStreamDisable, RP, 5_000, None, true)],
     );
     assert!(ide_leaks(&out).0.is_empty(), "{out:#?}");
-    assert_eq!(c.device_tsm(DEV), Some(TSM), "still connected");
+    assert_eq!(
+        c.device_tsm(DEV).map(|t| &**t),
+        Some(TSM),
+        "still connected"
+    );
     assert!(c.ide_streams().next().unwrap().registered);
     // Released on its own (release, and free inside it): the stream is gone, the link stays.
     let mut rel = step(ProbeId::IdeStreamRelease, DEV, 6_000, None, true);
@@ -265,5 +269,9 @@ fn ide_steps_with_no_probed_caller_change_no_device_link_and_leak_nothing() {
     let out = run(&mut c, vec![free, rel]);
     assert!(ide_leaks(&out).0.is_empty(), "{out:#?}");
     assert_eq!(c.ide_streams().count(), 0);
-    assert_eq!(c.device_tsm(DEV), Some(TSM), "still connected");
+    assert_eq!(
+        c.device_tsm(DEV).map(|t| &**t),
+        Some(TSM),
+        "still connected"
+    );
 }

@@ -190,7 +190,7 @@ fn disconnect_while_bound_closes_the_binding_with_its_cause() {
         .collect();
     assert_eq!(closed.len(), 1);
     assert_eq!(closed[0].cause, UnbindCause::Disconnect);
-    assert_eq!(closed[0].binding.device, DEV);
+    assert_eq!(&*closed[0].binding.device, DEV);
     assert!(c.binding(DEV).is_none());
     // No leak, and sysfs (now unbound) finds nothing to complain about.
     assert_eq!(c.leak_counts().values().sum::<usize>(), 0);
@@ -291,7 +291,7 @@ fn disconnect_of_a_dsm_unbinds_its_functions() {
         .iter()
         .filter_map(|x| match x {
             Output::BindingClosed(b) if b.cause == UnbindCause::Disconnect => {
-                Some(b.binding.device.as_str())
+                Some(&*b.binding.device)
             }
             _ => None,
         })
@@ -389,7 +389,7 @@ fn module_unload_ends_the_bindings_made_through_it() {
         })
         .collect();
     assert_eq!(closed.len(), 1, "{outs:?}");
-    assert_eq!(closed[0].binding.device, DEV);
+    assert_eq!(&*closed[0].binding.device, DEV);
     assert_eq!(closed[0].cause, UnbindCause::ModuleUnloaded);
     assert_eq!(closed[0].closed_ns, 9_000_000);
     // /bindings: only the other module's binding is left.
@@ -397,7 +397,7 @@ fn module_unload_ends_the_bindings_made_through_it() {
         .correlator()
         .bindings()
         .iter()
-        .map(|b| b.device.as_str())
+        .map(|b| &*b.device)
         .collect();
     assert_eq!(left, [other]);
     let m = metrics.render();

@@ -318,7 +318,7 @@ impl Spans {
 
     fn leak(&mut self, name: &'static str, at_ns: u64, l: &Leak) -> SpanData {
         let mut links = Vec::new();
-        let bind = self.devices.get(&l.device).and_then(|d| d.bind.clone());
+        let bind = self.devices.get(&*l.device).and_then(|d| d.bind.clone());
         Self::link(&bind, "bind", &mut links);
         let mut a = vec![
             kv("tsm.device", l.device.clone()),
@@ -400,10 +400,10 @@ impl Spans {
     fn binding_closed(&mut self, c: &BindingClosed) -> SpanData {
         let b: &Binding = &c.binding;
         let mut links = Vec::new();
-        let known = self.devices.get(&b.device).cloned().unwrap_or_default();
+        let known = self.devices.get(&*b.device).cloned().unwrap_or_default();
         Self::link(&known.bind, "bind", &mut links);
         Self::link(&known.last_op, "closed_by", &mut links);
-        if let Some(e) = self.devices.get_mut(&b.device) {
+        if let Some(e) = self.devices.get_mut(&*b.device) {
             e.bind = None;
         }
         let mut a = vec![

@@ -77,20 +77,16 @@ impl Filters {
         let (device, vm, failure) = match out {
             Output::Operation(op) => (op.device.as_deref(), op.vm.as_ref(), !op.ok()),
             Output::LeakDetected(l) | Output::LeakCleared(l) => {
-                (Some(l.device.as_str()), l.vm.as_ref(), true)
+                (Some(&*l.device), l.vm.as_ref(), true)
             }
             Output::VmEvent(v) => (None, v.vm.as_ref(), false),
             Output::Mismatch(m) => (
-                Some(m.device.as_str()),
+                Some(&*m.device),
                 m.binding.as_ref().and_then(|b| b.vm.as_ref()),
                 true,
             ),
             Output::Anomaly(a) => (a.device.as_deref(), None, true),
-            Output::BindingClosed(c) => (
-                Some(c.binding.device.as_str()),
-                c.binding.vm.as_ref(),
-                false,
-            ),
+            Output::BindingClosed(c) => (Some(&*c.binding.device), c.binding.vm.as_ref(), false),
             Output::IdeStreamLeaked(l) | Output::IdeStreamLeakCleared(l) => {
                 (Some(l.stream.endpoint.as_str()), None, true)
             }
@@ -445,7 +441,7 @@ fn ide_label(device: Option<&str>, ide: &IdeStream) -> String {
 }
 
 fn opt_vm(vm: Option<&Vm>) -> String {
-    vm.map(Vm::name).unwrap_or_else(|| "?".into())
+    vm.map_or_else(|| "?".to_string(), |v| v.name().to_string())
 }
 
 #[cfg(test)]

@@ -323,7 +323,7 @@ impl Summary {
         if detected > 0 || !still_leaked.is_empty() || unconfirmed > 0 {
             // A leak is one device for one reason: a device can leak for two reasons.
             let devices: std::collections::BTreeSet<&str> =
-                still_leaked.iter().map(|l| l.device.as_str()).collect();
+                still_leaked.iter().map(|l| &*l.device).collect();
             let _ = writeln!(
                 s,
                 "\nleaks (one per device and reason): {detected} detected, {} cleared, \
