@@ -232,7 +232,7 @@ fn build_operation(frames: &mut [Box<Event>], mut frame_vec: Vec<Frame>) -> Oper
 
 /// What a guest request's frames (outermost first) carry: each value from the deepest frame
 /// that has it (the scope together with its name); `None` for other operations.
-fn guest_request(frames: &[Box<Event>]) -> Option<GuestRequest> {
+fn guest_request(frames: &[Box<Event>]) -> Option<Box<GuestRequest>> {
     let is_req = |f: &Event| aggregates::outer_kind(f.probe, None) == aggregates::OP_GUEST_REQUEST;
     if !frames.iter().any(|f| is_req(f)) {
         return None;
@@ -243,7 +243,7 @@ fn guest_request(frames: &[Box<Event>]) -> Option<GuestRequest> {
     let lens = req
         .iter()
         .find(|f| f.in_len.is_some() && f.out_len.is_some());
-    Some(GuestRequest {
+    Some(Box::new(GuestRequest {
         scope: scope.and_then(|f| f.scope),
         scope_name: scope.and_then(|f| f.scope_name.clone()),
         req_op: op.and_then(|f| f.req_op),
@@ -256,7 +256,7 @@ fn guest_request(frames: &[Box<Event>]) -> Option<GuestRequest> {
         residue: req
             .iter()
             .find_map(|f| f.ret.filter(|r| *r > 0).map(|r| r as u64)),
-    })
+    }))
 }
 
 /// The kind indices of the shared table are `OpKind::ALL`'s, and its UAPI values the ones

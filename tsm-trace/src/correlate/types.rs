@@ -208,7 +208,7 @@ pub struct Operation {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cause: Option<UnbindCause>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub guest_request: Option<GuestRequest>,
+    pub guest_request: Option<Box<GuestRequest>>,
     /// Outermost first.
     pub frames: Vec<Frame>,
     #[serde(flatten)]
