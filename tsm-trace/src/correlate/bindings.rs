@@ -1,8 +1,6 @@
 //! The binding table and the leak table: how an operation changes them ([`Correlator::apply`]),
 //! and the delayed VM-destroyed / VMM-exited checks that turn lingering bindings into leaks.
 
-use std::sync::Arc;
-
 use super::Correlator;
 use super::build::is_unbind_probe;
 use super::nesting::{Key, RECENT_KEYS};
@@ -364,14 +362,11 @@ impl Correlator {
         self.table_version += 1;
         self.seq += 1;
         let seq = self.seq;
-        let device: Arc<str> = match self.bindings.remove_entry(&*binding.device) {
-            // Same device again: keep its key.
-            Some((key, (_, old_seq))) => {
-                self.binding_order.remove(&old_seq);
-                key
-            }
-            None => Arc::from(&*binding.device),
-        };
+        // The binding's own name is the key (shared, not copied).
+        if let Some((_, old_seq)) = self.bindings.remove(&*binding.device) {
+            self.binding_order.remove(&old_seq);
+        }
+        let device = binding.device.clone();
         while self.bindings.len() >= self.cfg.max_bindings {
             let Some((_, old)) = self.binding_order.pop_first() else {
                 break;

@@ -121,11 +121,12 @@ fn cause_of(kind: OpKind, outer: &Event) -> Option<UnbindCause> {
     }
 }
 
-/// Builds an operation from frames sorted outermost first (non-empty). Moves the owned fields
-/// (comm, device, VM) out of the frames, which are dropped afterwards; `frame_vec` is an empty
-/// vector to reuse for [`Operation::frames`].
+/// Builds an operation from frames sorted outermost first (non-empty). Moves the device and
+/// VM out of the frames (the comm, a shared [`crate::events::Name`], is shared: taking it would
+/// leave an empty one made for nothing); `frame_vec` is an empty vector to reuse for
+/// [`Operation::frames`].
 fn build_operation(frames: &mut [Box<Event>], mut frame_vec: Vec<Frame>) -> Operation {
-    let comm = std::mem::take(&mut frames[0].comm);
+    let comm = frames[0].comm.clone();
     let device = frames.iter_mut().find_map(|f| f.device.take());
     // A disconnect unbinds every function of the device: the VM and tdi of the operation are
     // those of its own device's frames (device taken above, so `None` there), else the first.

@@ -72,7 +72,6 @@ mod types;
 mod vm_names;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -174,9 +173,9 @@ pub struct Correlator {
     seq: u64,
     /// Earliest time at which some pending chain or idle thread may be due.
     next_due_ns: u64,
-    bindings: HashMap<Arc<str>, (Binding, u64), FxBuild>,
+    bindings: HashMap<Name, (Binding, u64), FxBuild>,
     /// insertion seq → device, oldest first.
-    binding_order: BTreeMap<u64, Arc<str>>,
+    binding_order: BTreeMap<u64, Name>,
     leaks: BTreeMap<(Name, LeakReason), Leak>,
     /// Current leaks per reason (indexed by `LeakReason as usize`).
     leak_count: [usize; LeakReason::ALL.len()],

@@ -45,12 +45,53 @@ impl Key {
 /// costs less than moving a whole [`Event`] at every level.
 #[derive(Debug)]
 pub(super) struct Chain {
+    /// Frames join through [`Chain::new`], [`Chain::push`] and [`Chain::push_outer`], which
+    /// keep the bounds below.
     #[allow(clippy::vec_box)] // boxed to be moved cheaply, as said above
     pub(super) frames: Vec<Box<Event>>,
     pub(super) deadline_ns: u64,
+    /// Earliest known start and latest end over the frames (0 without frames): asked for
+    /// at every event of the thread, kept rather than recomputed.
+    start_ns: u64,
+    end_ns: u64,
 }
 
 impl Chain {
+    #[allow(clippy::vec_box)] // see `frames`
+    pub(super) fn new(frames: Vec<Box<Event>>, deadline_ns: u64) -> Chain {
+        let start_ns = frames.iter().map(|f| f.known_start_ns()).min().unwrap_or(0);
+        let end_ns = frames.iter().map(|f| f.end_ns).max().unwrap_or(0);
+        Chain {
+            frames,
+            deadline_ns,
+            start_ns,
+            end_ns,
+        }
+    }
+
+    fn widen(&mut self, f: &Event) {
+        if self.frames.is_empty() {
+            self.start_ns = f.known_start_ns();
+            self.end_ns = f.end_ns;
+        } else {
+            self.start_ns = self.start_ns.min(f.known_start_ns());
+            self.end_ns = self.end_ns.max(f.end_ns);
+        }
+    }
+
+    /// Adds a frame at the end (sort afterwards).
+    fn push(&mut self, f: Box<Event>) {
+        self.widen(&f);
+        self.frames.push(f);
+    }
+
+    /// Adds a frame that is outside every frame already there (a lower depth): first, so the
+    /// frames stay sorted.
+    fn push_outer(&mut self, f: Box<Event>) {
+        self.widen(&f);
+        self.frames.insert(0, f);
+    }
+
     pub(super) fn outer(&self) -> &Event {
         &self.frames[0]
     }
@@ -67,15 +108,11 @@ impl Chain {
 
     /// Earliest known start (for containment tests of the whole chain).
     fn start(&self) -> u64 {
-        self.frames
-            .iter()
-            .map(|f| f.known_start_ns())
-            .min()
-            .unwrap_or(0)
+        self.start_ns
     }
 
     pub(super) fn end(&self) -> u64 {
-        self.frames.iter().map(|f| f.end_ns).max().unwrap_or(0)
+        self.end_ns
     }
 
     fn sort(&mut self) {
@@ -217,30 +254,42 @@ impl Correlator {
                 .frames
                 .iter()
                 .any(|f| f.probe.depth() == depth && overlap(f, &ev));
-            host.frames.push(ev);
+            host.push(ev);
             host.sort();
         } else {
-            let mut frames = self.scratch.frame_pool.pop().unwrap_or_default();
-            frames.push(ev);
-            let mut extra = Vec::new();
-            for c in absorbed.drain(..) {
-                let mut cf = c.frames;
-                for f in cf.drain(..) {
-                    if frames.len() < MAX_CHAIN_FRAMES {
-                        frames.push(f);
-                    } else {
-                        extra.push(f);
+            let mut chain = match absorbed.pop() {
+                // The common case: the call that contains the one chain pending. Every frame
+                // there is deeper than it (absorbed above): first, the chain stays sorted.
+                Some(mut c) if absorbed.is_empty() && c.frames.len() < MAX_CHAIN_FRAMES => {
+                    c.push_outer(ev);
+                    c
+                }
+                last => {
+                    absorbed.extend(last);
+                    let mut frames = self.scratch.frame_pool.pop().unwrap_or_default();
+                    frames.push(ev);
+                    let mut extra = Vec::new();
+                    for c in absorbed.drain(..) {
+                        let mut cf = c.frames;
+                        for f in cf.drain(..) {
+                            if frames.len() < MAX_CHAIN_FRAMES {
+                                frames.push(f);
+                            } else {
+                                extra.push(f);
+                            }
+                        }
+                        if self.scratch.frame_pool.len() < FRAME_POOL_MAX {
+                            self.scratch.frame_pool.push(cf);
+                        }
                     }
+                    if !extra.is_empty() {
+                        to_close.push(Chain::new(extra, 0));
+                    }
+                    let mut chain = Chain::new(frames, 0);
+                    chain.sort();
+                    chain
                 }
-                if self.scratch.frame_pool.len() < FRAME_POOL_MAX {
-                    self.scratch.frame_pool.push(cf);
-                }
-            }
-            let mut chain = Chain {
-                frames,
-                deadline_ns: 0,
             };
-            chain.sort();
             // Sorted by depth, then start: two frames at one depth that overlap in time are
             // neighbours. (Siblings one after the other are normal: a disconnect unbinds every
             // function, connect runs the driver's probe, then its connect.)
@@ -254,12 +303,6 @@ impl Correlator {
             } else {
                 chain.end().saturating_add(pending_timeout)
             };
-            if !extra.is_empty() {
-                to_close.push(Chain {
-                    frames: extra,
-                    deadline_ns: 0,
-                });
-            }
             keep.push(chain);
         }
 
@@ -439,11 +482,9 @@ impl Correlator {
         if let Some(ts) = self.threads.get_mut(&p.tid)
             && ts.pending.len() < max
         {
-            let mut chain = Chain {
-                frames: p.frames.into_iter().map(Box::new).collect(),
-                deadline_ns: p.deadline_ns,
-            };
-            chain.frames.truncate(MAX_CHAIN_FRAMES);
+            let mut frames: Vec<_> = p.frames.into_iter().map(Box::new).collect();
+            frames.truncate(MAX_CHAIN_FRAMES);
+            let mut chain = Chain::new(frames, p.deadline_ns);
             chain.sort();
             self.pending_count += chain.frames.len();
             self.next_due_ns = self.next_due_ns.min(chain.deadline_ns);
