@@ -33,7 +33,7 @@ impl Correlator {
         out.push(Output::Operation(op));
         out.append(&mut effects);
         self.scratch.effects = effects;
-        for b in frames.drain(..) {
+        while let Some(b) = frames.pop() {
             if self.scratch.event_boxes.len() < FRAME_POOL_MAX {
                 self.scratch.event_boxes.push(b);
             }

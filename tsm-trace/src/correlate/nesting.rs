@@ -149,6 +149,18 @@ fn overlap(a: &Event, b: &Event) -> bool {
     a.known_start_ns() < b.end_ns && b.known_start_ns() < a.end_ns
 }
 
+/// Hands every element of `v` to `f`, in order, leaving `v` empty with its capacity: what
+/// `drain(..)` does, without its cost for the one element these vectors usually hold.
+fn take_each<T>(v: &mut Vec<T>, mut f: impl FnMut(T)) {
+    if v.len() == 1 {
+        if let Some(x) = v.pop() {
+            f(x);
+        }
+    } else {
+        v.drain(..).for_each(f);
+    }
+}
+
 fn push_closed(ts: &mut ThreadState, c: &Chain) {
     if ts.closed.len() >= RECENT_OPS {
         ts.closed.pop_front();
@@ -214,7 +226,7 @@ impl Correlator {
         self.pending_count -= pending.iter().map(|c| c.frames.len()).sum::<usize>();
         let mut absorbed = std::mem::take(&mut self.scratch.absorbed);
         let mut keep = std::mem::take(&mut self.scratch.keep);
-        for chain in pending.drain(..) {
+        take_each(&mut pending, |chain| {
             if chain.outer_depth() > depth && contains(ev_start, ev_end, chain.start(), chain.end())
             {
                 absorbed.push(chain);
@@ -228,7 +240,7 @@ impl Correlator {
             } else {
                 keep.push(chain);
             }
-        }
+        });
         if ev_start.is_none() && absorbed.len() > 1 {
             // Unknown start: only the latest deeper chain can be ours.
             absorbed.sort_by_key(Chain::end);
@@ -307,13 +319,13 @@ impl Correlator {
         }
 
         // Close outermost chains now unless a reorder window holds them.
-        for c in keep.drain(..) {
+        take_each(&mut keep, |c| {
             if window == 0 && c.outer().probe.is_root() {
                 to_close.push(c);
             } else {
                 pending.push(c);
             }
-        }
+        });
         let mut overflow = 0;
         while pending.len() > max_pending {
             to_close.push(pending.remove(0));
@@ -357,15 +369,23 @@ impl Correlator {
         self.seq += 1;
         let seq = self.seq;
         if let Some(ts) = self.threads.get_mut(&tid) {
-            match self.thread_lru.back_mut() {
+            let grew = match self.thread_lru.back_mut() {
                 // Already the most recently seen (the frames of one operation come one after
                 // the other): its entry stays last, renewed, rather than leaving a stale one.
-                Some(last) if *last == (ts.lru_seq, tid) => *last = (seq, tid),
-                _ => self.thread_lru.push_back((seq, tid)),
-            }
+                Some(last) if *last == (ts.lru_seq, tid) => {
+                    *last = (seq, tid);
+                    false
+                }
+                _ => {
+                    self.thread_lru.push_back((seq, tid));
+                    true
+                }
+            };
             ts.lru_seq = seq;
             ts.last_seen_ns = ts.last_seen_ns.max(now_ns);
-            self.compact_lru();
+            if grew {
+                self.compact_lru();
+            }
             return;
         }
         while self.threads.len() >= self.cfg.max_threads {
