@@ -649,6 +649,18 @@ mod tests {
     }
 
     #[test]
+    fn names_of_successive_records_are_shared_not_copied() {
+        let mut r = raw(ProbeId::TsmBind);
+        r.dev_name[..12].copy_from_slice(b"0000:01:00.0");
+        let a = Event::decode(&r, &key()).unwrap();
+        let b = Event::decode(&r, &key()).unwrap();
+        assert!(std::sync::Arc::ptr_eq(&a.comm, &b.comm));
+        let (da, db) = (a.device.unwrap(), b.device.unwrap());
+        assert!(std::sync::Arc::ptr_eq(&da, &db));
+        assert_eq!(&*da, "0000:01:00.0");
+    }
+
+    #[test]
     fn missing_fields_are_unknown_not_zero() {
         let mut r = raw(ProbeId::TsmOpIoctl);
         r.missing = missing::OP | missing::VDEVICE_ID;
