@@ -142,16 +142,21 @@ fn build_operation(frames: &mut [Box<Event>], mut frame_vec: Vec<Frame>) -> Oper
         .or_else(|| frames.iter().find_map(|f| f.tdi_id));
     let frames: &[Box<Event>] = frames;
     let outer = &frames[0];
-    let inferred = frames.iter().find_map(|f| {
-        if is_bind_probe(f.probe) {
-            Some(OpKind::Bind)
-        } else if is_unbind_probe(f.probe) {
-            Some(OpKind::Unbind)
-        } else {
-            None
-        }
-    });
-    let kind = kind_of_outer(outer).or(inferred).unwrap_or(OpKind::Invalid);
+    // When the outermost frame does not decide the kind, the first bind or unbind call does.
+    let inferred = || {
+        frames.iter().find_map(|f| {
+            if is_bind_probe(f.probe) {
+                Some(OpKind::Bind)
+            } else if is_unbind_probe(f.probe) {
+                Some(OpKind::Unbind)
+            } else {
+                None
+            }
+        })
+    };
+    let kind = kind_of_outer(outer)
+        .or_else(inferred)
+        .unwrap_or(OpKind::Invalid);
     let result = match outer.errno() {
         None => OpResult::Ok,
         Some(e) => {

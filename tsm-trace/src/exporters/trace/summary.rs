@@ -99,8 +99,11 @@ const SUMMARY_LEAKS: usize = 100;
 /// Accumulates outputs and prints a summary at exit.
 #[derive(Clone, Debug, Default)]
 pub struct Summary {
-    latency_us: BTreeMap<OpKind, Log2Hist>,
-    ops: BTreeMap<(OpKind, bool), u64>,
+    /// By [`OpKind`] (its index in `OpKind::ALL`): arrays, not maps, for what every
+    /// operation updates.
+    latency_us: [Option<Box<Log2Hist>>; OpKind::ALL.len()],
+    /// Failed, then ok, by kind.
+    ops: [[u64; 2]; OpKind::ALL.len()],
     errors: BTreeMap<(String, Layer, ProbeId, OpKind), u64>,
     leaks_detected: BTreeMap<LeakReason, u64>,
     leaks_cleared: u64,
@@ -158,12 +161,11 @@ impl Summary {
         match out {
             Output::Operation(op) => {
                 if op.frames.first().is_some_and(|f| !f.entry_missing) {
-                    self.latency_us
-                        .entry(op.kind)
-                        .or_default()
+                    self.latency_us[op.kind as usize]
+                        .get_or_insert_default()
                         .add(op.end_ns.saturating_sub(op.start_ns) / 1_000);
                 }
-                *self.ops.entry((op.kind, op.ok())).or_default() += 1;
+                self.ops[op.kind as usize][usize::from(op.ok())] += 1;
                 if let OpResult::Err {
                     errno: e,
                     layer,
@@ -238,15 +240,11 @@ impl Summary {
     }
 
     pub fn operations(&self) -> u64 {
-        self.ops.values().sum()
+        self.ops.iter().flatten().sum()
     }
 
     pub fn failures(&self) -> u64 {
-        self.ops
-            .iter()
-            .filter(|((_, ok), _)| !ok)
-            .map(|(_, n)| n)
-            .sum()
+        self.ops.iter().map(|[failed, _]| failed).sum()
     }
 
     /// The summary text. `still_leaked` lists leaks open at the end (one per device and
@@ -273,8 +271,7 @@ impl Summary {
             }
         }
         for kind in OpKind::ALL {
-            let ok = self.ops.get(&(kind, true)).copied().unwrap_or(0);
-            let err = self.ops.get(&(kind, false)).copied().unwrap_or(0);
+            let [err, ok] = self.ops[kind as usize];
             let (kok, kerr) =
                 counted.map_or((ok, err), |c| (c.get(kind, true), c.get(kind, false)));
             if ok + err + kok + kerr == 0 {
@@ -289,7 +286,7 @@ impl Summary {
                     kind.as_str()
                 );
             }
-            if let Some(h) = self.latency_us.get(&kind) {
+            if let Some(h) = &self.latency_us[kind as usize] {
                 h.render(&mut s);
             }
         }
@@ -398,8 +395,8 @@ mod tests {
     #[test]
     fn summary_totals_come_from_the_kernel_counts_when_there_are_some() {
         let mut s = Summary::default();
-        s.ops.insert((OpKind::Bind, true), 5_605);
-        s.ops.insert((OpKind::Unbind, true), 5_605);
+        s.ops[OpKind::Bind as usize][1] = 5_605;
+        s.ops[OpKind::Unbind as usize][1] = 5_605;
         let kernel = |bind_ok, bind_err, unbind_ok, filtered| Counted {
             ops: [
                 ((OpKind::Bind, true), bind_ok),
