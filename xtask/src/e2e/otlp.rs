@@ -210,7 +210,12 @@ pub(super) fn check(out: &vm::VmOutput, spans: &[Span], errors: &[String], repor
         format!("OTLP: {children} layer spans for {} roots", roots.len())
     });
 
-    // The 15 ms driver binds: each within 1% + 2 ms of the module's own measurement.
+    // The 15 ms driver binds: each within 1% + 5 ms of the module's own measurement. The
+    // check is that each span carries its driver call's duration (the other driver_bind
+    // spans last ~20 µs), not the accuracy of that duration: this VM runs on the wall clock
+    // under TCG, where a stall of the emulator's thread between the probe's timestamp and
+    // the module's lands in the span (4.7 ms once in a CI run, 2026-12-08). Accuracy is
+    // bench row 7's, on the deterministic clock (1% + 50 µs).
     let mut durations: Vec<f64> = spans
         .iter()
         .filter(|s| s.name == "driver_bind" && !attrs(s).contains_key("tsm.errno"))
@@ -220,7 +225,7 @@ pub(super) fn check(out: &vm::VmOutput, spans: &[Span], errors: &[String], repor
         "no bind_ok driver_ns in the truth".into()
     });
     for ns in &driver_ns {
-        let tolerance = ns * 0.01 + 2_000_000.0;
+        let tolerance = ns * 0.01 + 5_000_000.0;
         let hit = durations.iter().position(|d| (d - ns).abs() <= tolerance);
         report.check(hit.is_some(), || {
             format!("OTLP: no driver_bind span within {tolerance} ns of the module's {ns} ns: {durations:?}")
